@@ -1,0 +1,1 @@
+"""Command-line interface (typer): one small module per command group."""

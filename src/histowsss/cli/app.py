@@ -1,0 +1,22 @@
+"""The `histowsss` command."""
+
+from __future__ import annotations
+
+import typer
+
+from histowsss.cli import data_cmd, demo_cmd, run_cmd
+
+app = typer.Typer(help="histowsss: weakly supervised segmentation of H&E images.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(data_cmd.app, name="data")
+app.command("run")(run_cmd.run)
+app.command("steps")(run_cmd.steps)
+app.command("demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""`histowsss data ...`: stats, check, split, synth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from histowsss.cli.common import clear_errors, console, data_config_from
+
+app = typer.Typer(help="Inspect, check, split and generate datasets.", no_args_is_help=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="config (path or builtin name) giving classes/label column")
+SetOpt = typer.Option(None, "--set", "-s", help="override, e.g. data.label_column=grade")
+
+
+@app.command()
+def stats(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Print images and patients per split and class; warn when a patient is in two splits."""
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.stats import patient_split_overlap, split_class_table
+
+    with clear_errors():
+        dc = data_config_from(manifest, config, set_)
+        samples = read_manifest(dc)
+        rows = split_class_table(samples, dc.classes.names)
+        table = Table(title=f"{manifest}")
+        for k in rows[0]:
+            table.add_column(k, justify="right" if k != "split" else "left")
+        for r in rows:
+            table.add_row(*[str(v) for v in r.values()])
+        from rich.console import Console
+
+        Console().print(table)
+        overlap = patient_split_overlap(samples)
+        if overlap:
+            console.print(f"[yellow]warning:[/] {len(overlap)} patient(s) appear in more than one split "
+                          "(evaluation is not patient-disjoint): "
+                          + ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(overlap.items())[:10]))
+
+
+@app.command()
+def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+          min_size: Optional[int] = typer.Option(None, help="smallest usable side (the crop/patch size)")) -> None:
+    """Open every image and mask; list every problem; exit 1 if any error is found."""
+    from histowsss.data.check import check_dataset
+
+    with clear_errors():
+        dc = data_config_from(manifest, config, set_)
+        problems = check_dataset(dc, min_size=min_size)
+    errors = [p for p in problems if p.level == "error"]
+    for p in problems:
+        colour = "red" if p.level == "error" else "yellow"
+        console.print(f"[{colour}]{p.level}[/]: {p.file}: {p.message}", highlight=False)
+    console.print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new manifest with a split column"),
+          train: float = 0.7, val: float = 0.1, test: float = 0.2, seed: int = 0,
+          label_column: str = typer.Option("label", help="column whose classes are stratified"),
+          overwrite: bool = False) -> None:
+    """Write a patient-grouped, class-stratified split (no patient in two splits)."""
+    import csv
+
+    from histowsss.data.manifest import write_manifest
+    from histowsss.data.split import grouped_stratified_split
+
+    with clear_errors():
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        with open(manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for col in ("patient", label_column):
+            if rows and col not in rows[0]:
+                raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels")
+        fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
+        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fractions, seed)
+        for r in rows:
+            r["split"] = assign[r["patient"]]
+        write_manifest(out, rows)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["split"]] = counts.get(r["split"], 0) + 1
+    console.print(f"wrote {out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+
+
+@app.command()
+def synth(out: Path = typer.Argument(..., help="output folder"), size: int = 256, seed: int = 0,
+          train: int = 24, val: int = 8, test: int = 16, overwrite: bool = False) -> None:
+    """Generate the synthetic H&E dataset (benign: regular glands; malignant: crowded irregular glands)."""
+    from histowsss.data.synthetic import generate_synthetic_dataset
+
+    with clear_errors():
+        path = generate_synthetic_dataset(out, {"train": train, "val": val, "test": test}, size=size, seed=seed,
+                                          overwrite=overwrite)
+    console.print(f"manifest: {path}")

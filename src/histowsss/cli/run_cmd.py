@@ -1,0 +1,35 @@
+"""`histowsss run CONFIG`: run pipeline steps in order, skipping finished ones; `histowsss steps`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from histowsss.cli.common import clear_errors, console, default_run_dir, get_config
+
+
+def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland, glas-malignant)"),
+        run_dir: Optional[Path] = typer.Option(None, "--run", "-r", help="run folder (default runs/<name>)"),
+        start: Optional[str] = typer.Option(None, "--from", help="first step"),
+        stop: Optional[str] = typer.Option(None, "--to", help="last step"),
+        overwrite: bool = typer.Option(False, help="redo finished steps"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override, e.g. train_cam.epochs=3")) -> None:
+    """Run the pipeline (or steps --from .. --to) into a run folder; finished steps are skipped."""
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.run_dir import RunDir
+
+    with clear_errors():
+        cfg = get_config(config, set_)
+        rd = RunDir(default_run_dir(cfg, run_dir), cfg).init()
+        console.print(f"run folder: {rd.path}")
+        run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=console.print)
+
+
+def steps() -> None:
+    """List the pipeline steps in order."""
+    from histowsss.steps.registry import PIPELINE
+
+    for i, s in enumerate(PIPELINE, 1):
+        print(f"{i}. {s}")

@@ -1,0 +1,264 @@
+"""Typed configuration: one pydantic model per pipeline step, loaded from YAML with CLI overrides.
+
+Unknown keys are errors that name the key. The resolved config is saved into the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says which key and how to fix it."""
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ClassMap(Strict):
+    """Class names, which one is background/normal, and display colours."""
+
+    names: list[str] = Field(min_length=2)
+    background: str | None = Field(None, description="the background / normal class (absence of any other)")
+    colors: dict[str, str] = Field(default_factory=dict, description="class -> '#rrggbb' for overlays/QuPath")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClassMap":
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"class names must be unique, got {self.names}")
+        if self.background is not None and self.background not in self.names:
+            raise ValueError(f"background class {self.background!r} is not one of names {self.names}")
+        return self
+
+    def index(self, name: str) -> int:
+        """Index of a class name; raises KeyError listing the known names."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"unknown class {name!r}; known classes: {', '.join(self.names)}") from None
+
+    @property
+    def background_index(self) -> int | None:
+        return None if self.background is None else self.names.index(self.background)
+
+    def color(self, name: str) -> str:
+        default = ["#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
+        return self.colors.get(name, default[self.names.index(name) % len(default)])
+
+
+class PatchConfig(Strict):
+    """Tiling of images into training patches (crop labels)."""
+
+    size: int = Field(112, ge=16)
+    stride: int = Field(56, ge=1)
+    border: Literal["shift", "pad", "drop"] = "shift"
+    label_rule: Literal["image", "mask_fraction"] = Field(
+        "image",
+        description="image: a patch inherits its image's labels (multiple-instance style); "
+        "mask_fraction: a patch carries class c if more than min_fraction of its pixels are c in the mask",
+    )
+    min_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+
+
+class DataConfig(Strict):
+    """Where the manifest is and how to read labels and masks."""
+
+    manifest: Path
+    root: Path | None = Field(None, description="folder that image/mask paths are relative to (default: manifest's folder)")
+    label_column: str | None = Field(
+        "label", description="column of class names (';'-separated if multi_label); null: labels come from masks "
+        "(patch rule) and are used for training only through patches")
+    multi_label: bool = False
+    label_separator: str = ";"
+    classes: ClassMap
+    mask_column: str | None = "mask"
+    mask_mode: Literal["class_ids", "binary", "binary_image_label"] = Field(
+        "class_ids",
+        description="class_ids: pixel values are class indices; binary: mask>0 is mask_foreground_class; "
+        "binary_image_label: mask>0 takes the image's own (non-background) label, background elsewhere",
+    )
+    mask_foreground_class: str | None = None
+    points_column: str | None = None
+    train_splits: list[str] = Field(default_factory=lambda: ["train"])
+    val_splits: list[str] = Field(default_factory=list)
+    test_splits: list[str] = Field(default_factory=lambda: ["test"])
+    image_scale: float = Field(1.0, gt=0.0, le=4.0, description="resize every image by this factor on read")
+    patches: PatchConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.mask_mode == "binary" and self.mask_foreground_class is None:
+            raise ValueError("mask_mode 'binary' needs mask_foreground_class (the class of mask>0 pixels)")
+        if self.mask_foreground_class is not None:
+            self.classes.index(self.mask_foreground_class)
+        if self.mask_mode == "binary_image_label" and self.classes.background is None:
+            raise ValueError("mask_mode 'binary_image_label' needs classes.background")
+        return self
+
+
+class BackboneConfig(Strict):
+    """A timm backbone; weights are 'imagenet' (offline package), 'none' or a local file."""
+
+    name: str = "tf_efficientnet_lite0"
+    weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .pth/.safetensors")
+    output_stride: Literal[8, 16, 32] = 16
+    frozen_stages: int = Field(5, ge=0, description="feature stages kept frozen (0 = train all; >= number of stages = whole backbone)")
+    channels_last: bool = True
+
+
+class AugmentConfig(Strict):
+    """H&E augmentation: dihedral flips/rotations, HED stain jitter, scale."""
+
+    flips: bool = True
+    rot90: bool = True
+    hed_jitter: float = Field(0.03, ge=0.0, description="std of the HED-space perturbation")
+    scale_range: tuple[float, float] = (0.8, 1.25)
+
+
+class TrainCamConfig(Strict):
+    """Classifier training for CAMs."""
+
+    network: Literal["cam", "rpnet"] = "cam"
+    background_mode: Literal["absence", "class"] = Field(
+        "absence",
+        description="absence: the classifier has outputs for non-background classes only and an image "
+        "labelled only background/normal has all-zero targets; class: background is a classifier output "
+        "trained from labels (e.g. crop labels that mark background)",
+    )
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    crop_size: int = Field(224, ge=32)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_mult: float = Field(0.1, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    class_balance: bool = True
+    head_layers: int = Field(1, ge=0, description="3x3 conv-BN-ReLU layers between backbone and classifier")
+    head_channels: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    cache_features: bool = Field(True, description="precompute frozen-stage features once per augmented copy")
+    cache_copies: int = Field(4, ge=1, description="augmented copies per image when caching features")
+    cache_scales: list[float] = Field(default_factory=lambda: [1.0])
+    crops_per_image: int = Field(8, ge=1, description="random crops drawn from each image per epoch (no patches)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+    min_epochs_before_diagnosis: int = Field(3, ge=1)
+    rpnet: dict[str, Any] = Field(default_factory=dict, description="RPNet options (see docs)")
+
+
+class MakeCamConfig(Strict):
+    """Multi-scale + flip CAM inference."""
+
+    scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+    input_scale: float = Field(1.0, gt=0, description="extra resize of images at inference (e.g. 2.0 for crop-trained nets)")
+    splits: list[str] | None = Field(None, description="default: train + val + test splits")
+
+
+class EvalCamConfig(Strict):
+    """Threshold sweep (on train/val) and evaluation."""
+
+    choose_on: list[str] | None = Field(None, description="splits to choose thresholds on (default: train + val)")
+    thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    offsets: list[float] = Field(default_factory=lambda: [round(-0.5 + 0.05 * i, 2) for i in range(21)])
+    gate_threshold: float = Field(0.5, description="class-presence probability cut on unlabelled (test) images")
+
+
+class RunConfig(Strict):
+    """The whole pipeline's configuration."""
+
+    name: str = "run"
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    data: DataConfig
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    train_cam: TrainCamConfig = Field(default_factory=TrainCamConfig)
+    make_cam: MakeCamConfig = Field(default_factory=MakeCamConfig)
+    eval_cam: EvalCamConfig = Field(default_factory=EvalCamConfig)
+
+    def step_hash(self, *sections: str) -> str:
+        """Short hash of the named config sections (used to tie a step's files to its inputs)."""
+        dump = self.model_dump(mode="json")
+        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+BUILTIN_CONFIGS = ("demo", "glas-gland", "glas-malignant", "glas-gland-gpu", "glas-malignant-gpu")
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a config shipped with the package (e.g. 'glas-gland')."""
+    p = resources.files("histowsss") / "configs" / f"{name}.yaml"
+    return Path(str(p))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse 'a.b.c=value' (value as YAML scalar/list) into (['a','b','c'], value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train_cam.epochs=3)")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a raw config dict (in place) and return it."""
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"override {ov!r}: {k!r} is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (a path or a builtin name) and apply ``key=value`` overrides."""
+    path = Path(source)
+    if not path.exists():
+        if str(source) in BUILTIN_CONFIGS:
+            path = builtin_config_path(str(source))
+        else:
+            raise ConfigError(
+                f"config file {source} not found; pass a YAML path or one of the builtin names: {', '.join(BUILTIN_CONFIGS)}"
+            )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    apply_overrides(raw, overrides or [])
+    return validate_config(raw, origin=str(path))
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
+    """Validate a raw dict; errors name each offending key path."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown key '{loc}' (check the spelling; see docs/config.md for the keys of each section)")
+            else:
+                lines.append(f"'{loc}': {err['msg']}")
+        raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """YAML text of the resolved config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data layer: manifests, image reading, masks, splits, patches, transforms, synthetic data."""

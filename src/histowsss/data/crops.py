@@ -1,0 +1,93 @@
+"""Training crops for the CAM classifier: fixed patches (with patch labels) or random crops per epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from histowsss.config import DataConfig, TrainCamConfig
+from histowsss.data.io import image_size
+from histowsss.data.manifest import Sample
+from histowsss.data.masks import load_class_mask
+from histowsss.data.patches import crop_padded, patch_labels_from_mask, tile_image
+
+
+@dataclass(frozen=True)
+class CropExample:
+    """A square crop of image ``image`` at (y, x) of side ``size`` (scaled-image pixels) with its target."""
+
+    image: int
+    y: int
+    x: int
+    size: int
+    target: np.ndarray
+
+
+def image_targets(samples: list[Sample], data: DataConfig) -> np.ndarray:
+    """(N, n_classes) multi-hot image labels; without a label column, derived from masks by the patch rule."""
+    if data.label_column:
+        return np.stack([s.target(data.classes) for s in samples])
+    frac = data.patches.min_fraction if data.patches else 0.0
+    return np.stack([patch_labels_from_mask(load_class_mask(s, data), data.classes, frac) for s in samples])
+
+
+def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> list[CropExample]:
+    """Every patch of every image (``sizes`` = scaled (h, w) per image) with its label by the configured rule."""
+    assert data.patches is not None
+    out = []
+    targets = image_targets(samples, data) if data.patches.label_rule == "image" else None
+    for i, s in enumerate(samples):
+        h, w = sizes[i]
+        patches = tile_image(h, w, data.patches, name=str(s.image))
+        mask = load_class_mask(s, data) if data.patches.label_rule == "mask_fraction" else None
+        for p in patches:
+            if mask is not None:
+                t = patch_labels_from_mask(crop_padded(mask, p), data.classes, data.patches.min_fraction)
+            else:
+                t = targets[i]  # type: ignore[index]
+            out.append(CropExample(i, p.y, p.x, p.size, t))
+    return out
+
+
+def random_crop_examples(targets: np.ndarray, sizes: list[tuple[int, int]], crop: int, per_image: int,
+                         rng: np.random.Generator) -> list[CropExample]:
+    """``per_image`` random square crops per image (images smaller than ``crop`` give a centred full crop)."""
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        for _ in range(per_image):
+            c = min(crop, h, w)
+            y = int(rng.integers(0, h - c + 1))
+            x = int(rng.integers(0, w - c + 1))
+            out.append(CropExample(i, y, x, c, targets[i]))
+    return out
+
+
+def scaled_sizes(samples: list[Sample], data: DataConfig, min_size: int | None = None) -> list[tuple[int, int]]:
+    """Image sizes after ``data.image_scale``; clear error for images smaller than ``min_size``."""
+    sizes = []
+    for s in samples:
+        h, w = image_size(s.image)
+        hs, ws = round(h * data.image_scale), round(w * data.image_scale)
+        if min_size is not None and min(hs, ws) < min_size and not (data.patches and data.patches.border == "pad"):
+            raise ValueError(
+                f"{s.image}: image {ws}x{hs} (after image_scale {data.image_scale}) is smaller than the training "
+                f"crop {min_size}; lower train_cam.crop_size / data.patches.size, or remove the image"
+            )
+        sizes.append((hs, ws))
+    return sizes
+
+
+def dihedral_box(y: int, x: int, size: int, h: int, w: int, k: int) -> tuple[int, int]:
+    """Top-left corner of a square box after ``transforms.dihedral(k)`` of an (h, w) image."""
+    for _ in range(k % 4):  # np.rot90 (counter-clockwise): (y, x) -> (w - 1 - x, y); shape (h, w) -> (w, h)
+        y, x = w - x - size, y
+        h, w = w, h
+    if k >= 4:  # horizontal flip
+        x = w - x - size
+    return y, x
+
+
+def training_crop_size(data: DataConfig, train: TrainCamConfig) -> int:
+    """Side of a training crop in scaled-image pixels."""
+    return data.patches.size if data.patches else train.crop_size

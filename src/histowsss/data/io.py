@@ -1,0 +1,110 @@
+"""Reading images and masks, with clear errors and explicit conversions."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+class ImageReadError(ValueError):
+    """An image or mask file cannot be used; the message names the file and the fix."""
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found; fix the path in the manifest or restore the file")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except Exception as e:  # decoder errors differ per format
+        raise ImageReadError(
+            f"{path}: cannot be decoded ({type(e).__name__}: {e}); the file is corrupt or not an image, re-export it"
+        ) from None
+
+
+def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
+    """Read an H&E image as uint8 RGB (H, W, 3).
+
+    Conversions: RGBA -> RGB (alpha composited on white, a warning if not fully opaque);
+    16-bit -> 8-bit (divided by 257). Refused: grayscale and other channel counts,
+    since stain information is lost (fix: export the RGB image).
+    """
+    path = Path(path)
+    img = _read_raw(path)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        raise ImageReadError(
+            f"{path}: grayscale image; H&E needs colour. Export the original RGB image (no conversion is guessed)"
+        )
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ImageReadError(f"{path}: unsupported shape {img.shape}; expected H x W x 3 (RGB) or x 4 (RGBA)")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating) and img.min() >= 0 and img.max() <= 1:
+            img = np.round(img * 255).astype(np.uint8)
+        else:
+            raise ImageReadError(f"{path}: unsupported pixel type {img.dtype}; save as 8- or 16-bit RGB")
+    if img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / 255.0
+        if alpha.min() < 1.0:
+            warnings.warn(f"{path}: RGBA with transparency; composited on white", stacklevel=2)
+        img = np.round(img[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    img = np.ascontiguousarray(img)
+    if scale != 1.0:
+        img = resize(img, scale, nearest=False)
+    return img
+
+
+def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scale: float = 1.0) -> np.ndarray:
+    """Read a single-channel mask as an integer array; check its size against the image's (before scaling)."""
+    path = Path(path)
+    m = _read_raw(path)
+    if m.ndim == 3:
+        if m.shape[2] >= 3 and not (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2])):
+            raise ImageReadError(
+                f"{path}: colour mask; masks must be single-channel class ids (or binary). Convert it to one channel"
+            )
+        m = m[..., 0]
+    if expected_hw is not None and tuple(m.shape[:2]) != tuple(expected_hw):
+        raise ImageReadError(
+            f"{path}: mask size {m.shape[1]}x{m.shape[0]} (WxH) differs from its image {expected_hw[1]}x{expected_hw[0]}; "
+            "the mask belongs to another image or was resized: fix the manifest row or re-export the mask"
+        )
+    if scale != 1.0:
+        m = resize(m, scale, nearest=True)
+    return m.astype(np.int64) if m.dtype != np.uint8 else m
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(height, width) of an image without decoding all pixels where possible."""
+    path = Path(path)
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+            return h, w
+    except Exception:
+        img = _read_raw(path)
+        return img.shape[0], img.shape[1]
+
+
+def resize(img: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
+    """Resize by a factor (bilinear with antialiasing for images, nearest for label maps)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if nearest:
+        if img.dtype not in (np.uint8,):
+            out = Image.fromarray(img.astype(np.int32)).resize(size, Image.NEAREST)
+            return np.asarray(out).astype(img.dtype)
+        return np.asarray(Image.fromarray(img).resize(size, Image.NEAREST))
+    return np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR, reducing_gap=None))

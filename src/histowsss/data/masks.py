@@ -1,0 +1,57 @@
+"""Turn stored masks into class-id maps, as the config says masks are encoded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from histowsss.config import DataConfig
+from histowsss.data.io import ImageReadError, read_mask
+from histowsss.data.manifest import Sample
+
+IGNORE = 255
+
+
+def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.ndarray:
+    """Class-id map (uint8, IGNORE = 255) from a raw mask.
+
+    * ``class_ids``: values are class indices (255 kept as ignore).
+    * ``binary``: mask > 0 is ``mask_foreground_class``; the rest is the background class (or index 0).
+    * ``binary_image_label``: mask > 0 takes the image's own non-background label (so in an image labelled
+      only background/normal, everything is background); with several non-background labels the mask is
+      ambiguous and the foreground becomes IGNORE.
+    """
+    classes = cfg.classes
+    bg = classes.background_index if classes.background_index is not None else 0
+    if cfg.mask_mode == "class_ids":
+        out = raw.astype(np.int64)
+        bad = (out >= len(classes.names)) & (out != IGNORE)
+        if bad.any():
+            raise ImageReadError(
+                f"{sample.mask}: mask value(s) {sorted(np.unique(out[bad]).tolist())[:5]} are not class ids "
+                f"(0..{len(classes.names) - 1}); set data.mask_mode to 'binary' if the mask is 0/255"
+            )
+        return out.astype(np.uint8)
+    fg = raw > 0
+    out = np.full(raw.shape, bg, dtype=np.uint8)
+    if cfg.mask_mode == "binary":
+        out[fg] = classes.index(cfg.mask_foreground_class)  # type: ignore[arg-type]
+        return out
+    own = [lab for lab in sample.labels if lab != classes.background]
+    if len(own) == 1:
+        out[fg] = classes.index(own[0])
+    elif len(own) > 1:
+        out[fg] = IGNORE
+    return out
+
+
+def load_class_mask(sample: Sample, cfg: DataConfig, image_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Read ``sample.mask`` and convert it to a class-id map at the configured image scale."""
+    if sample.mask is None:
+        raise ImageReadError(f"{sample.image}: no mask in the manifest ({cfg.mask_column} column); evaluation needs one")
+    raw = read_mask(sample.mask, expected_hw=image_hw)
+    m = class_map_from_mask(raw, sample, cfg)
+    if cfg.image_scale != 1.0:
+        from histowsss.data.io import resize
+
+        m = resize(m, cfg.image_scale, nearest=True)
+    return m

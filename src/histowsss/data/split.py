@@ -1,0 +1,46 @@
+"""Patient-grouped, class-stratified splits."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+
+def grouped_stratified_split(patients: list[str], labels: list[str], fractions: dict[str, float],
+                             seed: int = 0) -> dict[str, str]:
+    """Assign every patient to a split so that no patient is in two splits and class proportions match.
+
+    ``labels`` holds one label key per row (for multi-label rows, the joined label set). Patients are
+    ordered by their dominant class, shuffled within it, and dealt greedily to the split whose
+    per-class deficit (target count - current count) is largest. Returns patient -> split.
+    """
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    per_patient: dict[str, Counter] = defaultdict(Counter)
+    for p, lab in zip(patients, labels):
+        per_patient[p][lab] += 1
+    totals = Counter(labels)
+    target = {s: {c: f * n for c, n in totals.items()} for s, f in fractions.items()}
+    current = {s: Counter() for s in fractions}
+    order = list(per_patient)
+    rng.shuffle(order)
+    order.sort(key=lambda p: -sum(per_patient[p].values()))  # big patients first, ties shuffled
+    assignment: dict[str, str] = {}
+    for p in order:
+        counts = per_patient[p]
+
+        def gain(s: str) -> float:
+            return sum(min(counts[c], max(target[s][c] - current[s][c], 0.0)) for c in counts) + 1e-3 * fractions[s]
+
+        best = max(fractions, key=gain)
+        assignment[p] = best
+        current[best].update(counts)
+    # guarantee every split with a positive fraction has at least one patient when possible
+    for s, f in fractions.items():
+        if f > 0 and s not in assignment.values() and len(per_patient) >= len(fractions):
+            donor = max(set(assignment.values()), key=lambda d: list(assignment.values()).count(d))
+            moved = next(p for p in reversed(order) if assignment[p] == donor)
+            assignment[moved] = s
+    return assignment

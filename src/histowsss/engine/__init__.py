@@ -1,0 +1,1 @@
+"""Runtime: run folders, atomic writes, checkpoints, devices."""

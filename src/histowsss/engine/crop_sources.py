@@ -1,0 +1,127 @@
+"""Batches of training crops for the classifier: from cached frozen-trunk features, or from pixels.
+
+With a frozen trunk (``backbone.frozen_stages`` > 0) and ``train_cam.cache_features``, the trunk runs once
+per augmented copy of each whole image; training crops are then windows of those feature maps, so an
+epoch costs only the trainable tail. Otherwise crops are cut, augmented and run through the whole net.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from histowsss.config import AugmentConfig, TrainCamConfig
+from histowsss.data.crops import CropExample, dihedral_box
+from histowsss.data.io import read_rgb, resize
+from histowsss.data.manifest import Sample
+from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, random_dihedral_index
+
+
+def _progress(it, description: str, total: int | None = None):
+    from rich.progress import track
+
+    return track(it, description=description, total=total, transient=False)
+
+
+class CachedTrunkSource:
+    """Trunk features of ``copies`` augmented versions of every image (float16, on ``store_device``)."""
+
+    def __init__(self, model: torch.nn.Module, samples: list[Sample], image_scale: float, cfg: TrainCamConfig,
+                 normalizer: Normalizer, device: torch.device, seed: int, channels_last: bool = True):
+        self.start = model.trunk_units
+        bb = model.backbone
+        level = bb.level_of_unit(self.start - 1)
+        self.stride = bb.features[level].reduction if level is not None else _probe_stride(bb, self.start)
+        rng = np.random.default_rng(seed)
+        self.copies: list[list[tuple[torch.Tensor, int, float, tuple[int, int]]]] = []
+        aug = cfg.augment
+        model.eval()
+        for s in _progress(samples, "caching trunk features"):
+            img = read_rgb(s.image, scale=image_scale)
+            per = []
+            for c in range(cfg.cache_copies):
+                scale = cfg.cache_scales[c % len(cfg.cache_scales)]
+                k = 0 if c == 0 else random_dihedral_index(rng, aug)
+                a = img if scale == 1.0 else resize(img, scale, nearest=False)
+                if c > 0:
+                    a = hed_jitter(a, rng, aug.hed_jitter)
+                a = dihedral(a, k)
+                x = normalizer(torch.from_numpy(a)[None].to(device))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():
+                    f = bb.trunk(x)[0].to(torch.float16)
+                per.append((f, k, scale, img.shape[:2]))
+            self.copies.append(per)
+        model.train()
+
+    def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Each example once, in a random copy; batches group examples of one copy scale (equal sizes)."""
+        n_copies = len(self.copies[0])
+        groups: dict[tuple[float, int], list[tuple[CropExample, int]]] = {}
+        for ex in examples:
+            c = int(rng.integers(n_copies))
+            _, _, scale, _ = self.copies[ex.image][c]
+            cells = max(1, round(ex.size * scale / self.stride))
+            groups.setdefault((scale, cells), []).append((ex, c))
+        batches = []
+        for items in groups.values():
+            order = rng.permutation(len(items))
+            for b in range(0, len(items), batch_size):
+                batches.append([items[i] for i in order[b : b + batch_size]])
+        for bi in rng.permutation(len(batches)):
+            batch = batches[bi]
+            xs, ts = [], []
+            for ex, c in batch:
+                f, k, scale, (h, w) = self.copies[ex.image][c]
+                size = round(ex.size * scale)
+                hs, ws = round(h * scale), round(w * scale)
+                y, x = dihedral_box(round(ex.y * scale), round(ex.x * scale), size, hs, ws, k)
+                cells = max(1, round(size / self.stride))
+                cy = min(max(0, round(y / self.stride)), max(0, f.shape[1] - cells))
+                cx = min(max(0, round(x / self.stride)), max(0, f.shape[2] - cells))
+                xs.append(f[:, cy : cy + cells, cx : cx + cells])
+                ts.append(torch.from_numpy(ex.target))
+            yield torch.stack(xs).to(device).float(), torch.stack(ts).to(device), self.start
+
+
+class PixelSource:
+    """Crops cut from decoded images and augmented on the fly (flips/rot90, HED jitter, one scale per batch)."""
+
+    def __init__(self, samples: list[Sample], image_scale: float, aug: AugmentConfig, normalizer: Normalizer,
+                 channels_last: bool = True):
+        self.images = [read_rgb(s.image, scale=image_scale) for s in _progress(samples, "reading images")]
+        self.aug = aug
+        self.normalizer = normalizer
+        self.channels_last = channels_last
+
+    def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        order = rng.permutation(len(examples))
+        lo, hi = self.aug.scale_range
+        for b in range(0, len(order), batch_size):
+            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            xs, ts = [], []
+            for i in order[b : b + batch_size]:
+                ex = examples[i]
+                crop = self.images[ex.image][ex.y : ex.y + ex.size, ex.x : ex.x + ex.size]
+                if crop.shape[0] != ex.size or crop.shape[1] != ex.size:
+                    crop = np.pad(crop, ((0, ex.size - crop.shape[0]), (0, ex.size - crop.shape[1]), (0, 0)), mode="reflect")
+                if scale != 1.0:
+                    crop = resize(crop, scale, nearest=False)
+                crop = dihedral(hed_jitter(crop, rng, self.aug.hed_jitter), random_dihedral_index(rng, self.aug))
+                xs.append(torch.from_numpy(crop))
+                ts.append(torch.from_numpy(ex.target))
+            x = self.normalizer(torch.stack(xs).to(device))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, torch.stack(ts).to(device), 0
+
+
+def _probe_stride(bb: torch.nn.Module, start: int) -> int:
+    with torch.no_grad():
+        y = bb(torch.zeros(1, 3, 64, 64), 0, start)[0]
+    return 64 // y.shape[-1]

@@ -1,0 +1,99 @@
+"""The run folder: resolved config, versions, per-step status records; every write atomic."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from histowsss.config import RunConfig, dump_config
+from histowsss.engine.atomic import write_json, write_text
+
+
+class StepError(RuntimeError):
+    """A step cannot run (missing inputs, stale inputs, finished result without --overwrite)."""
+
+
+class RunDir:
+    """A self-describing run folder: ``config.yaml``, ``versions.json``, ``status/<step>.json`` and outputs."""
+
+    def __init__(self, path: Path | str, cfg: RunConfig):
+        self.path = Path(path)
+        self.cfg = cfg
+
+    def init(self) -> "RunDir":
+        """Create the folder and write the resolved config (refusing a different config without overwrite)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / "config.yaml", dump_config(self.cfg))
+        write_json(self.path / "versions.json", versions())
+        return self
+
+    def sub(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def status_path(self, step: str) -> Path:
+        return self.path / "status" / f"{step}.json"
+
+    def status(self, step: str) -> dict[str, Any] | None:
+        p = self.status_path(step)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def is_done(self, step: str, config_hash: str) -> bool:
+        st = self.status(step)
+        return bool(st and st.get("state") == "done" and st.get("config_hash") == config_hash)
+
+    def require(self, step: str, config_hash: str, for_step: str) -> None:
+        """Raise a clear StepError unless ``step`` finished with the same config hash."""
+        st = self.status(step)
+        if st is None or st.get("state") != "done":
+            raise StepError(f"{for_step} needs the outputs of {step}, which has not finished in {self.path}; "
+                            f"run `histowsss run CONFIG --run {self.path} --to {step}` first")
+        if st.get("config_hash") != config_hash:
+            raise StepError(f"{for_step}: the {step} outputs in {self.path} come from another configuration "
+                            f"(hash {st.get('config_hash')} != {config_hash}); re-run {step} with --overwrite")
+
+    @contextmanager
+    def step(self, step: str, config_hash: str, overwrite: bool = False) -> Iterator[dict[str, Any]]:
+        """Context for running a step: writes 'running', then 'done' (with wall time) or 'failed'.
+
+        Yields a dict the step fills with extra status fields (outputs, counts...).
+        """
+        st = self.status(step)
+        if st and st.get("state") == "done" and not overwrite:
+            if st.get("config_hash") == config_hash:
+                raise StepError(f"{step} already finished in {self.path}; pass --overwrite to redo it")
+            raise StepError(f"{step} in {self.path} finished with another configuration; pass --overwrite to redo it")
+        info: dict[str, Any] = {}
+        t0 = time.time()
+        record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now()}
+        write_json(self.status_path(step), record)
+        try:
+            yield info
+        except BaseException as e:
+            record.update(state="failed", error=f"{type(e).__name__}: {e}", wall_s=round(time.time() - t0, 2))
+            write_json(self.status_path(step), record)
+            raise
+        record.update(state="done", finished=_now(), wall_s=round(time.time() - t0, 2), **info)
+        write_json(self.status_path(step), record)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, torch and the main libraries, for the run record."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("histowsss", "torch", "timm", "segmentation-models-pytorch", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

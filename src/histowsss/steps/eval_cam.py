@@ -1,0 +1,150 @@
+"""Step eval_cam: choose the background parameter on train/val, then score CAM label maps on every split.
+
+Two gatings of the classes present in an image: by its labels (train/val only: the pseudo-label setting that
+later steps use) and by the classifier's own probabilities (any split; the only one used on test images).
+Test ground truth is only read to report the final numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.progress import track
+
+from histowsss.config import RunConfig
+from histowsss.data.crops import image_targets
+from histowsss.data.masks import load_class_mask
+from histowsss.engine.atomic import write_json
+from histowsss.engine.diagnostics import macro_auc
+from histowsss.engine.run_dir import RunDir
+from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
+from histowsss.evaluation.metrics import ConfusionMatrix
+from histowsss.steps.common import output_classes, samples_for
+from histowsss.steps.make_cam import STRIDE, cam_path
+
+STEP = "eval_cam"
+
+
+def cam_mode(cfg: RunConfig) -> str:
+    """'threshold' when background has no CAM channel, 'offset' when it has one."""
+    bg = cfg.data.classes.background
+    return "offset" if bg is not None and bg in output_classes(cfg) else "threshold"
+
+
+def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int = STRIDE) -> list[dict]:
+    """Per image: normalised full-resolution CAMs, probabilities, image targets and the GT class map."""
+    samples = samples_for(cfg, split_names)
+    if not samples:
+        return []
+    keep = [cfg.data.classes.index(n) for n in output_classes(cfg)]
+    targets = image_targets(samples, cfg.data)[:, keep]
+    out = []
+    for s, t in zip(track(samples, description=f"loading {'+'.join(split_names)}"), targets):
+        p = cam_path(run, s.name)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: CAM missing; run make_cam for split {s.split}")
+        with np.load(p) as z:
+            cam, probs, size = z["cam"].astype(np.float32), z["probs"], tuple(int(v) for v in z["size"])
+        gt = load_class_mask(s, cfg.data)
+        if gt.shape != size:
+            raise ValueError(f"{s.mask}: mask size {gt.shape} differs from the CAM's image size {size}")
+        out.append({"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)), "probs": probs,
+                    "target": t, "gt": gt})
+    return out
+
+
+def presence(item: dict, gating: str, gate_threshold: float) -> np.ndarray:
+    """Classes present in an image, from its labels or from the classifier."""
+    if gating == "labels":
+        return item["target"] > 0.5
+    pr = item["probs"] >= gate_threshold
+    return pr
+
+
+def score(items: list[dict], cfg: RunConfig, mode: str, value: float, gating: str) -> ConfusionMatrix:
+    """Confusion matrix of CAM labels over ``items``."""
+    names = cfg.data.classes.names
+    ids = [names.index(n) for n in output_classes(cfg)]
+    bg = cfg.data.classes.background_index if cfg.data.classes.background_index is not None else 0
+    cm = ConfusionMatrix(len(names))
+    for it in items:
+        pred = cams_to_labels(it["cam"], presence(it, gating, cfg.eval_cam.gate_threshold), ids, bg, mode, value)
+        cm.update(it["gt"], pred)
+    return cm
+
+
+def image_level_baseline(items: list[dict], cfg: RunConfig) -> ConfusionMatrix:
+    """Trivial baseline: every pixel gets the most probable predicted class, background if none is predicted."""
+    names = cfg.data.classes.names
+    ids = [names.index(n) for n in output_classes(cfg)]
+    bg = cfg.data.classes.background_index or 0
+    cm = ConfusionMatrix(len(names))
+    for it in items:
+        pr = it["probs"]
+        k = int(np.argmax(pr))
+        cls = ids[k] if pr[k] >= cfg.eval_cam.gate_threshold else bg
+        cm.update(it["gt"], np.full(it["gt"].shape, cls, dtype=np.uint8))
+    return cm
+
+
+def classification_metrics(items: list[dict], gate_threshold: float) -> dict:
+    t = np.stack([i["target"] for i in items])
+    p = np.stack([i["probs"] for i in items])
+    auc = macro_auc(t, p)
+    return {"auc": None if auc is None else round(100 * auc, 2),
+            "accuracy": round(100 * float(((p >= gate_threshold) == (t > 0.5)).all(axis=1).mean()), 2),
+            "images": len(items)}
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the config sections this step depends on."""
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "eval_cam")
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Write metrics/cam.json: chosen background parameter, per-split metrics for both gatings."""
+    ec = cfg.eval_cam
+    h = config_hash(cfg)
+    with run.step(STEP, h, overwrite=overwrite) as info:
+        mode = cam_mode(cfg)
+        values = ec.thresholds if mode == "threshold" else ec.offsets
+        choose = ec.choose_on or (cfg.data.train_splits + cfg.data.val_splits)
+        names = cfg.data.classes.names
+        items = load_split(cfg, run, choose)
+        sweep = []
+        for v in values:
+            s = score(items, cfg, mode, v, "labels").summary(names)
+            sweep.append({"value": v, "miou": s["miou"]})
+        best = max(sweep, key=lambda r: r["miou"] or -1)["value"]
+        result = {"mode": mode, "chosen_on": choose, "chosen_value": best, "sweep": sweep, "splits": {}}
+        bg_name = cfg.data.classes.background
+        for split in list(dict.fromkeys(cfg.data.train_splits + cfg.data.val_splits)) + ["test"]:
+            split_names = cfg.data.test_splits if split == "test" else [split]
+            its = items if split_names == choose else load_split(cfg, run, split_names)
+            if not its:
+                continue
+            entry = {"classification": classification_metrics(its, ec.gate_threshold),
+                     "predicted_gating": score(its, cfg, mode, best, "predicted").summary(names),
+                     "image_level_baseline": image_level_baseline(its, cfg).summary(names)}
+            if split != "test":
+                entry["label_gating"] = score(its, cfg, mode, best, "labels").summary(names)
+            if bg_name is not None:
+                entry["predicted_gating"]["background_images_false_fg"] = _false_fg(its, cfg, mode, best)
+            result["splits"][split] = entry
+        write_json(run.sub("metrics") / "cam.json", result)
+        info.update(outputs=["metrics/cam.json"], chosen_value=best)
+        return result
+
+
+def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float) -> float | None:
+    """Percent of pixels called non-background in images whose ground truth is all background (e.g. benign)."""
+    names = cfg.data.classes.names
+    ids = [names.index(n) for n in output_classes(cfg)]
+    bg = cfg.data.classes.background_index or 0
+    tot = fg = 0
+    for it in items:
+        if np.any(it["gt"] != bg):
+            continue
+        pred = cams_to_labels(it["cam"], presence(it, "predicted", cfg.eval_cam.gate_threshold), ids, bg, mode, value)
+        tot += pred.size
+        fg += int((pred != bg).sum())
+    return round(100 * fg / tot, 2) if tot else None

@@ -1,0 +1,27 @@
+"""The ordered pipeline: step names -> modules with ``STEP`` and ``run(cfg, run_dir, overwrite)``."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+PIPELINE: list[str] = ["train_cam", "make_cam", "eval_cam"]
+
+
+def step_module(name: str) -> ModuleType:
+    """The module of a pipeline step (clear error for unknown names)."""
+    if name not in PIPELINE:
+        raise KeyError(f"unknown step {name!r}; steps in order: {', '.join(PIPELINE)}")
+    return importlib.import_module(f"histowsss.steps.{name}")
+
+
+def select_steps(start: str | None, stop: str | None) -> list[str]:
+    """Steps from ``start`` to ``stop`` inclusive, in pipeline order."""
+    for s in (start, stop):
+        if s is not None and s not in PIPELINE:
+            raise KeyError(f"unknown step {s!r}; steps in order: {', '.join(PIPELINE)}")
+    i = PIPELINE.index(start) if start else 0
+    j = PIPELINE.index(stop) if stop else len(PIPELINE) - 1
+    if i > j:
+        raise ValueError(f"--from {start} comes after --to {stop}")
+    return PIPELINE[i : j + 1]

@@ -1,0 +1,137 @@
+"""Step train_cam: train the image/patch classifier whose activation maps become CAMs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from histowsss.config import RunConfig
+from histowsss.data.crops import (image_targets, patch_examples, random_crop_examples, scaled_sizes,
+                                  training_crop_size)
+from histowsss.data.transforms import Normalizer
+from histowsss.engine.atomic import write_text
+from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
+from histowsss.engine.crop_sources import CachedTrunkSource, PixelSource
+from histowsss.engine.device import resolve_device
+from histowsss.engine.diagnostics import accuracy, chance_bce, check_epoch, macro_auc
+from histowsss.engine.run_dir import RunDir
+from histowsss.steps.common import build_cam_network, cam_hash, output_classes, samples_for
+
+STEP = "train_cam"
+
+
+def _class_indices(cfg: RunConfig) -> list[int]:
+    return [cfg.data.classes.index(n) for n in output_classes(cfg)]
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the config sections this step depends on."""
+    return cam_hash(cfg)
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Train the CAM classifier; writes checkpoints/cam.safetensors and logs/train_cam.jsonl."""
+    tc, data = cfg.train_cam, cfg.data
+    h = config_hash(cfg)
+    with run.step(STEP, h, overwrite=overwrite) as info:
+        torch.manual_seed(tc.seed)
+        rng = np.random.default_rng(tc.seed)
+        device = resolve_device(cfg.device)
+        samples = samples_for(cfg, data.train_splits)
+        if not samples:
+            raise ValueError(f"no training images: no manifest row has split in {data.train_splits}")
+        crop = training_crop_size(data, tc)
+        sizes = scaled_sizes(samples, data, min_size=crop)
+        keep = _class_indices(cfg)
+        fixed = None
+        if data.patches is not None:
+            fixed = patch_examples(samples, data, sizes)
+            fixed = [type(e)(e.image, e.y, e.x, e.size, e.target[keep]) for e in fixed]
+            targets_all = np.stack([e.target for e in fixed])
+        else:
+            img_targets = image_targets(samples, data)[:, keep]
+            targets_all = img_targets
+        model = build_cam_network(cfg).to(device)
+        if cfg.backbone.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        norm = Normalizer(model.backbone.mean, model.backbone.std)
+        cached = tc.cache_features and model.trunk_units > 0
+        source = (CachedTrunkSource(model, samples, data.image_scale, tc, norm, device, tc.seed,
+                                    cfg.backbone.channels_last) if cached
+                  else PixelSource(samples, data.image_scale, tc.augment, norm, cfg.backbone.channels_last))
+        pos = targets_all.mean(axis=0)
+        pos_weight = torch.tensor(np.clip((1 - pos) / np.maximum(pos, 1e-6), 0.2, 20.0) if tc.class_balance
+                                  else np.ones_like(pos), dtype=torch.float32, device=device)
+        opt = torch.optim.AdamW(model.param_groups(tc.lr, tc.backbone_lr_mult), weight_decay=tc.weight_decay)
+        n_examples = len(fixed) if fixed is not None else len(samples) * tc.crops_per_image
+        steps_per_epoch = max(1, math.ceil(n_examples / tc.batch_size))
+        total = steps_per_epoch * tc.epochs
+        warm = int(tc.warmup_epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)) *
+                                                  0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        ckpt_dir = run.sub("checkpoints")
+        logs = run.sub("logs")
+        state_path = ckpt_dir / "cam_train_state.pt"
+        history: list[dict] = []
+        start_epoch = 0
+        state = load_train_state(state_path)
+        if state is not None and state.get("config_hash") == h:
+            load_weights(ckpt_dir / "cam_last.safetensors", model, device="cpu")
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch = int(state["epoch"]) + 1
+            history = json.loads(state["history"])
+            rng = np.random.default_rng([tc.seed, start_epoch])
+        chance = chance_bce(targets_all)
+        t_start = time.time()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[stats]}"), TimeRemainingColumn()) as bar:
+            task = bar.add_task("train_cam", total=total, completed=start_epoch * steps_per_epoch, stats="")
+            for epoch in range(start_epoch, tc.epochs):
+                model.train()
+                t0 = time.time()
+                examples = fixed if fixed is not None else random_crop_examples(
+                    img_targets, sizes, crop, tc.crops_per_image, rng)
+                losses, all_t, all_p = [], [], []
+                for x, t, start in source.batches(examples, tc.batch_size, rng, device):
+                    out = model(x, start=start, targets=t)
+                    loss = F.binary_cross_entropy_with_logits(out["logits"], t, pos_weight=pos_weight)
+                    if "aux_loss" in out:
+                        loss = loss + out["aux_loss"]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    losses.append(float(loss.detach()))
+                    all_t.append(t.detach().cpu().numpy())
+                    all_p.append(torch.sigmoid(out["logits"].detach()).float().cpu().numpy())
+                    bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{tc.epochs} loss {np.mean(losses):.4f}")
+                tt, pp = np.concatenate(all_t), np.concatenate(all_p)
+                plain = float(F.binary_cross_entropy(torch.from_numpy(pp).clamp(1e-6, 1 - 1e-6),
+                                                     torch.from_numpy(tt)).item())
+                rec = {"epoch": epoch, "loss": float(np.mean(losses)), "bce": plain, "chance_bce": chance,
+                       "acc": accuracy(tt, pp), "auc": macro_auc(tt, pp), "lr": opt.param_groups[-1]["lr"],
+                       "seconds": round(time.time() - t0, 2), "examples": int(len(tt)),
+                       "examples_per_s": round(len(tt) / max(time.time() - t0, 1e-9), 2)}
+                history.append(rec)
+                write_text(logs / "train_cam.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+                bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} (chance {chance:.4f}) "
+                                  f"acc {rec['acc']:.3f} auc {rec['auc'] if rec['auc'] is None else round(rec['auc'], 3)} "
+                                  f"{rec['examples_per_s']} crops/s")
+                check_epoch(epoch, plain, chance, rec["auc"], pp, tc.min_epochs_before_diagnosis, history)
+                save_weights(ckpt_dir / "cam_last.safetensors", model)
+                save_train_state(state_path, {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
+                                              "scheduler": sched.state_dict(), "history": json.dumps(history)})
+        meta = {"classes": output_classes(cfg), "network": tc.network, "backbone": cfg.backbone.name,
+                "config_hash": h, "epochs": tc.epochs, "final": history[-1] if history else None}
+        save_weights(ckpt_dir / "cam.safetensors", model, meta)
+        info.update(outputs=["checkpoints/cam.safetensors", "logs/train_cam.jsonl"],
+                    train_seconds=round(time.time() - t_start, 2), examples_per_epoch=n_examples,
+                    cached_features=cached)
+        return meta
