@@ -9,6 +9,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from histowsss.config import ConfigError, RunConfig, load_config
 
@@ -27,7 +28,8 @@ def clear_errors() -> Iterator[None]:
         raise
     except KNOWN_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        console.print(f"[bold red]error:[/] {type(e).__name__}: {msg}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {type(e).__name__}: {escape(str(msg))}", markup=True, highlight=False,
+                      soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -40,27 +42,59 @@ def default_run_dir(cfg: RunConfig, run: Path | None) -> Path:
 
 
 def data_config_from(manifest: Path, config: str | None, overrides: list[str] | None):
-    """A DataConfig for data commands: from a config file (its data section), with the manifest replaced."""
-    from histowsss.config import DataConfig
+    """A DataConfig for data commands: from a config file (its data section), with the manifest replaced.
+
+    Without a config, the classes are inferred from the manifest's label column ('label', or the column named
+    by ``--set data.label_column=COL``); other ``data.*`` overrides apply on top.
+    """
+    from histowsss.config import DataConfig, apply_overrides
 
     if config is not None:
         cfg = load_config(config, overrides)
         return cfg.data.model_copy(update={"manifest": manifest})
-    # no config: infer classes from the manifest's label column
+    over: dict = apply_overrides({}, overrides or [])
+    other = sorted(k for k in over if k != "data")
+    if other:
+        raise ConfigError(f"without --config only data.* overrides apply (got {', '.join(other)}); "
+                          "pass --config for the other sections")
+    data_over = over.get("data", {})
+    if not isinstance(data_over, dict):
+        raise ConfigError("'data' is a section; override its keys, e.g. --set data.label_column=grade")
     import csv
 
-    with open(manifest, newline="") as f:
+    if not Path(manifest).is_file():
+        raise FileNotFoundError(f"{manifest}: manifest not found; pass the path of the manifest CSV")
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
         r = csv.DictReader(f)
-        cols = r.fieldnames or []
-        rows = list(r)
-    col = "label" if "label" in cols else None
-    if col is None:
-        raise ConfigError(f"{manifest}: no 'label' column; pass --config with data.label_column and classes")
-    names = sorted({v.strip() for row in rows for v in row[col].split(";") if v.strip()})
-    if len(names) < 2:
-        names = names + ["other"]
-    return DataConfig(manifest=manifest, label_column=col, multi_label=any(";" in row[col] for row in rows),
-                      classes={"names": names}, mask_column="mask" if "mask" in cols else None)
+        cols = [c.strip() for c in (r.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in r]
+    col = data_over.get("label_column", "label" if "label" in cols else None)
+    raw: dict = {"manifest": manifest, "label_column": col,
+                 "mask_column": "mask" if "mask" in cols else None}
+    if col is not None:
+        if col not in cols:
+            raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(cols)}); pass "
+                              "--set data.label_column=COLUMN, or --config with data.label_column and classes")
+        sep = data_over.get("label_separator", ";")
+        multi = data_over.get("multi_label", any(sep in row[col] for row in rows))
+        values = [row[col].split(sep) if multi else [row[col]] for row in rows]
+        names = sorted({v.strip() for vs in values for v in vs if v.strip()})
+        if len(names) < 2:
+            names = names + ["other"]
+        raw.update(multi_label=multi, classes={"names": names})
+    elif "classes" not in data_over:
+        raise ConfigError(f"{manifest}: no 'label' column; pass --set data.label_column=COLUMN, or --config "
+                          "with data.label_column and classes")
+    raw.update({k: v for k, v in data_over.items() if k not in ("classes", "manifest")})
+    if "classes" in data_over:
+        raw["classes"] = {**raw.get("classes", {}), **data_over["classes"]}
+    from pydantic import ValidationError
+
+    try:
+        return DataConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"'data.{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{manifest}: invalid data settings:\n  " + "\n  ".join(lines)) from None
 
 
 def exit_code(ok: bool) -> None:

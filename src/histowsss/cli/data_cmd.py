@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from histowsss.cli.common import clear_errors, console, data_config_from
@@ -26,24 +27,29 @@ def stats(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
         dc = data_config_from(manifest, config, set_)
         samples = read_manifest(dc)
         rows = split_class_table(samples, dc.classes.names)
-        table = Table(title=f"{manifest}")
+        table = Table(title=escape(str(manifest)))
         for k in rows[0]:
-            table.add_column(k, justify="right" if k != "split" else "left")
+            table.add_column(escape(k), justify="right" if k != "split" else "left")
         for r in rows:
-            table.add_row(*[str(v) for v in r.values()])
+            table.add_row(*[escape(str(v)) for v in r.values()])
         from rich.console import Console
 
         Console().print(table)
         overlap = patient_split_overlap(samples)
         if overlap:
+            shown = list(overlap.items())[:10]
+            more = f", ... ({len(overlap) - len(shown)} more)" if len(overlap) > len(shown) else ""
             console.print(f"[yellow]warning:[/] {len(overlap)} patient(s) appear in more than one split "
                           "(evaluation is not patient-disjoint): "
-                          + ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(overlap.items())[:10]))
+                          + escape(", ".join(f"{p} ({'/'.join(s)})" for p, s in shown)) + more
+                          + "; make a grouped split with `histowsss data split`", highlight=False)
 
 
 @app.command()
 def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-          min_size: Optional[int] = typer.Option(None, help="smallest usable side (the crop/patch size)")) -> None:
+          min_size: Optional[int] = typer.Option(
+              None, help="smallest usable image side after data.image_scale (the training crop size; "
+              "default: data.patches.size when patches are not padded)")) -> None:
     """Open every image and mask; list every problem; exit 1 if any error is found."""
     from histowsss.data.check import check_dataset
 
@@ -53,8 +59,10 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"
-        console.print(f"[{colour}]{p.level}[/]: {p.file}: {p.message}", highlight=False)
-    console.print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
+        console.print(f"[{colour}]{p.level}[/]: {escape(p.file)}: {escape(p.message)}", highlight=False, markup=True,
+                      soft_wrap=True)
+    console.print(f"{escape(str(manifest))}: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)",
+                  highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(1)
 
@@ -73,11 +81,23 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
     with clear_errors():
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        with open(manifest, newline="") as f:
-            rows = list(csv.DictReader(f))
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: manifest not found; pass the path of the manifest CSV")
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
         for col in ("patient", label_column):
-            if rows and col not in rows[0]:
-                raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels")
+            if col not in columns:
+                fix = ("add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"
+                       else f"pass --label-column with one of: {', '.join(columns)}")
+                raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels: {fix}")
+        if not rows:
+            raise ValueError(f"{manifest}: no rows to split")
+        empty = [str(i) for i, r in enumerate(rows, start=2) if not r["patient"]]
+        if empty:
+            raise ValueError(f"{manifest}: empty patient id in row(s) {', '.join(empty[:20])}; fill them in "
+                             "(use the image name where the patient is unknown)")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
         assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fractions, seed)
         for r in rows:
@@ -86,7 +106,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["split"]] = counts.get(r["split"], 0) + 1
-    console.print(f"wrote {out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
 
 
 @app.command()
@@ -98,4 +118,4 @@ def synth(out: Path = typer.Argument(..., help="output folder"), size: int = 256
     with clear_errors():
         path = generate_synthetic_dataset(out, {"train": train, "val": val, "test": test}, size=size, seed=seed,
                                           overwrite=overwrite)
-    console.print(f"manifest: {path}")
+    console.print(f"manifest: {escape(str(path))}")

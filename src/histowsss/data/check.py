@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from histowsss.config import DataConfig
 from histowsss.data.io import ImageReadError, image_size, read_mask, read_rgb
-from histowsss.data.manifest import ManifestError, read_manifest
+from histowsss.data.manifest import ManifestError, scan_manifest
 from histowsss.data.masks import class_map_from_mask
 from histowsss.data.stats import patient_split_overlap
 
@@ -20,41 +21,79 @@ class Problem:
     message: str
 
 
+def _message(e: BaseException, file: str) -> str:
+    """The error text without a leading repetition of the file name (the Problem names the file)."""
+    msg = str(e)
+    for prefix in (f"{file}: ", f"{file} "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
 def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True) -> list[Problem]:
-    """Return every problem found (errors and warnings); an empty list means the data is usable."""
+    """Return every problem found (errors and warnings); an empty list means the data is usable.
+
+    Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
+    mask and every patient found in several splits is listed (nothing stops at the first problem).
+    ``min_size`` (scaled pixels) defaults to the patch size when ``cfg.patches`` tiles without padding.
+    """
+    manifest = str(cfg.manifest)
     try:
-        samples = read_manifest(cfg)
-    except ManifestError as e:
-        return [Problem("error", str(cfg.manifest), str(e))]
-    problems: list[Problem] = []
+        samples, row_problems = scan_manifest(cfg, check_files=True)
+    except ManifestError as e:  # no manifest, or required columns missing: nothing else can be checked
+        return [Problem("error", manifest, _message(e, manifest))]
+    problems = [Problem("error", manifest, p) for p in row_problems]
+    if not samples and not row_problems:
+        problems.append(Problem("warning", manifest, "the manifest has no rows"))
+    present = sorted({s.split for s in samples})
+    for key, wanted in (("train_splits", cfg.train_splits), ("val_splits", cfg.val_splits),
+                        ("test_splits", cfg.test_splits)):
+        for split in wanted:
+            if samples and split not in present:
+                problems.append(Problem("warning", manifest,
+                                        f"data.{key} names split {split!r} but no image is in it (the manifest has: "
+                                        f"{', '.join(present)}); set data.{key} or fix the split column"))
+    if min_size is None and cfg.patches is not None and cfg.patches.border != "pad":
+        min_size = cfg.patches.size
     it = samples
     if progress:
         from rich.progress import track
 
-        it = track(samples, description="checking images")
+        it = track(samples, description="checking images", transient=True)
     for s in it:
+        image = str(s.image)
         try:
-            img = read_rgb(s.image)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                img = read_rgb(s.image)
         except ImageReadError as e:
-            problems.append(Problem("error", str(s.image), str(e)))
+            problems.append(Problem("error", image, _message(e, image)))
             continue
-        except Warning as w:  # pragma: no cover - warnings are not errors
-            problems.append(Problem("warning", str(s.image), str(w)))
+        except Exception as e:  # anything unexpected is still reported per file, and the check goes on
+            problems.append(Problem("error", image, f"cannot be read ({type(e).__name__}: {e})"))
             continue
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                problems.append(Problem("warning", image, _message(w.message, image)))  # type: ignore[arg-type]
         h, w = img.shape[:2]
-        if min_size is not None and min(h * cfg.image_scale, w * cfg.image_scale) < min_size:
+        hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
+        if min_size is not None and min(hs, ws) < min_size:
             problems.append(Problem(
-                "error", str(s.image),
-                f"image {w}x{h} (x{cfg.image_scale}) is smaller than the crop/patch size {min_size}; "
-                "lower the crop size, set data.patches.border=pad, or remove the image"))
+                "error", image,
+                f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than the crop/patch size "
+                f"{min_size}; lower the crop size (train_cam.crop_size / data.patches.size), set "
+                "data.patches.border=pad, or remove the image"))
         if s.mask is not None:
+            mask = str(s.mask)
             try:
                 raw = read_mask(s.mask, expected_hw=(h, w))
                 class_map_from_mask(raw, s, cfg)
             except ImageReadError as e:
-                problems.append(Problem("error", str(s.mask), str(e)))
+                problems.append(Problem("error", mask, f"{_message(e, mask)} (image: {image})"))
+            except Exception as e:
+                problems.append(Problem("error", mask, f"cannot be read ({type(e).__name__}: {e}) (image: {image})"))
     for p, splits in patient_split_overlap(samples).items():
-        problems.append(Problem("warning", str(cfg.manifest),
+        problems.append(Problem("warning", manifest,
                                 f"patient {p} appears in splits {', '.join(splits)}: evaluation is not patient-disjoint "
                                 "(make a grouped split with `histowsss data split`)"))
     return problems

@@ -41,6 +41,12 @@ def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[in
         h, w = sizes[i]
         patches = tile_image(h, w, data.patches, name=str(s.image))
         mask = load_class_mask(s, data) if data.patches.label_rule == "mask_fraction" else None
+        if mask is not None and mask.shape[:2] != (h, w):
+            raise ValueError(
+                f"{s.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {s.image} "
+                f"({w}x{h} after image_scale {data.image_scale}); the mask belongs to another image or was resized: "
+                "fix the manifest row or re-export the mask (`histowsss data check` lists every such file)"
+            )
         for p in patches:
             if mask is not None:
                 t = patch_labels_from_mask(crop_padded(mask, p), data.classes, data.patches.min_fraction)
@@ -80,6 +86,8 @@ def scaled_sizes(samples: list[Sample], data: DataConfig, min_size: int | None =
 
 def dihedral_box(y: int, x: int, size: int, h: int, w: int, k: int) -> tuple[int, int]:
     """Top-left corner of a square box after ``transforms.dihedral(k)`` of an (h, w) image."""
+    if not 0 <= k <= 7:
+        raise ValueError(f"dihedral index k={k} must be in 0..7")
     for _ in range(k % 4):  # np.rot90 (counter-clockwise): (y, x) -> (w - 1 - x, y); shape (h, w) -> (w, h)
         y, x = w - x - size, y
         h, w = w, h

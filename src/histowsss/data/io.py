@@ -12,40 +12,74 @@ class ImageReadError(ValueError):
     """An image or mask file cannot be used; the message names the file and the fix."""
 
 
+def _not_found(path: Path) -> ImageReadError:
+    return ImageReadError(f"{path}: file not found; fix the path in the manifest or restore the file")
+
+
+def _corrupt(path: Path, e: BaseException) -> ImageReadError:
+    # decoder messages differ per library; keep only their first line (imageio appends "pip install" advice
+    # about optional backends, which is not the fix for a broken file)
+    cause = (str(e).strip().splitlines() or [""])[0][:200]
+    return ImageReadError(
+        f"{path}: cannot be decoded as an image ({type(e).__name__}: {cause}); the file is corrupt, truncated or "
+        "not an image: re-export or re-download it (or remove its manifest row)"
+    )
+
+
 def _read_raw(path: Path) -> np.ndarray:
     if not path.exists():
-        raise ImageReadError(f"{path}: file not found; fix the path in the manifest or restore the file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+        raise _not_found(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image file; fix the path in the manifest")
+    import imageio.v3 as iio
+    from PIL import Image
 
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
             return np.asarray(tifffile.imread(path))
-        import imageio.v3 as iio
-
+        except Exception as e:  # decoder errors differ per format
+            raise _corrupt(path, e) from None
+    if suffix in Image.registered_extensions():
+        # Pillow's formats: decode with Pillow only (imageio's fallback through every legacy plugin
+        # adds nothing for a broken PNG/JPEG but noise and deprecation warnings)
+        try:
+            return np.asarray(iio.imread(path, plugin="pillow"))
+        except Exception as e:
+            cause: BaseException = e
+        try:  # Pillow's own words ("cannot identify image file", "image file is truncated")
+            with Image.open(path) as im:
+                im.load()
+        except Exception as pil_error:
+            cause = pil_error
+        raise _corrupt(path, cause) from None
+    try:
         return np.asarray(iio.imread(path))
-    except Exception as e:  # decoder errors differ per format
-        raise ImageReadError(
-            f"{path}: cannot be decoded ({type(e).__name__}: {e}); the file is corrupt or not an image, re-export it"
-        ) from None
+    except Exception as e:
+        raise _corrupt(path, e) from None
 
 
 def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
     """Read an H&E image as uint8 RGB (H, W, 3).
 
     Conversions: RGBA -> RGB (alpha composited on white, a warning if not fully opaque);
-    16-bit -> 8-bit (divided by 257). Refused: grayscale and other channel counts,
+    16-bit -> 8-bit (v / 257 rounded, so 65535 -> 255; 16-bit PNGs are reduced to their high byte by
+    the PNG decoder, which is within one level of that); floats in [0, 1] -> round(255 v).
+    Refused: grayscale and other channel counts,
     since stain information is lost (fix: export the RGB image).
     """
     path = Path(path)
     img = _read_raw(path)
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 2)):  # L, I;16, LA
         raise ImageReadError(
             f"{path}: grayscale image; H&E needs colour. Export the original RGB image (no conversion is guessed)"
         )
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ImageReadError(f"{path}: unsupported shape {img.shape}; expected H x W x 3 (RGB) or x 4 (RGBA)")
     if img.dtype == np.uint16:
-        img = (img.astype(np.uint32) // 257).astype(np.uint8)
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
         if np.issubdtype(img.dtype, np.floating) and img.min() >= 0 and img.max() <= 1:
             img = np.round(img * 255).astype(np.uint8)
@@ -54,7 +88,9 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
     if img.shape[2] == 4:
         alpha = img[..., 3:4].astype(np.float32) / 255.0
         if alpha.min() < 1.0:
-            warnings.warn(f"{path}: RGBA with transparency; composited on white", stacklevel=2)
+            frac = float((alpha < 1.0).mean())
+            warnings.warn(f"{path}: RGBA image with transparency ({100 * frac:.1f}% of pixels not opaque); "
+                          "composited on white. Export it as RGB to silence this", UserWarning, stacklevel=2)
         img = np.round(img[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
     img = np.ascontiguousarray(img)
     if scale != 1.0:
@@ -85,6 +121,8 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
 def image_size(path: Path | str) -> tuple[int, int]:
     """(height, width) of an image without decoding all pixels where possible."""
     path = Path(path)
+    if not path.exists():
+        raise _not_found(path)
     try:
         from PIL import Image
 

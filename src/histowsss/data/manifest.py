@@ -43,7 +43,7 @@ def _parse_labels(raw: str, cfg: DataConfig) -> tuple[str, ...]:
     raw = raw.strip()
     if raw == "":
         return ()
-    parts = [p.strip() for p in raw.split(cfg.label_separator)] if cfg.multi_label else [raw]
+    parts = [p.strip() for p in raw.split(cfg.label_separator) if p.strip()] if cfg.multi_label else [raw]
     out = []
     for p in parts:
         if p not in cfg.classes.names and p.isdigit() and int(p) < len(cfg.classes.names):
@@ -52,68 +52,116 @@ def _parse_labels(raw: str, cfg: DataConfig) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _missing_columns_message(path: Path, missing: list[str], columns: list[str], cfg: DataConfig) -> str:
+    fixes = []
+    lower = {c.lower(): c for c in columns}
+    for col in missing:
+        if col.lower() in lower:  # e.g. "Image" for "image"
+            fixes.append(f"rename column {lower[col.lower()]!r} to {col!r}")
+        elif col == "split":
+            fixes.append("add a split column with `histowsss data split MANIFEST --out NEW.csv` "
+                         "(patient-grouped, class-stratified)")
+        elif col == "image":
+            fixes.append("add an 'image' column of image paths (relative to the manifest's folder or data.root)")
+        elif col == "patient":
+            fixes.append("add a 'patient' column (one id per patient or slide; splits keep a patient's images "
+                         "together; if unknown, use the image name)")
+        elif col == cfg.label_column:
+            fixes.append(f"set data.label_column to one of the columns ({', '.join(columns)}), e.g. "
+                         f"--set data.label_column=COLUMN, or to null to take labels from the masks")
+    return (f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)} "
+            f"(the header has: {', '.join(columns) or 'nothing'}). Fix: " + "; ".join(fixes))
+
+
+def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Sample], list[str]]:
+    """Read the manifest named in ``cfg``: (usable samples, one message per problem row).
+
+    A missing manifest or missing required columns raise ManifestError (nothing can be read then);
+    row problems (empty fields, unknown classes, duplicate names, missing files with ``check_files``)
+    are collected so that every one of them can be reported at once.
+    """
+    path = Path(cfg.manifest)
+    if not path.exists():
+        raise ManifestError(f"{path}: manifest not found; pass the path of a CSV with columns "
+                            f"{', '.join(REQUIRED_COLUMNS + ((cfg.label_column,) if cfg.label_column else ()))}")
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")
+    root = Path(cfg.root) if cfg.root is not None else path.parent
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ManifestError(f"{path}: not a readable CSV ({e}); save it as UTF-8 CSV with a header row") from None
+    required = list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ManifestError(_missing_columns_message(path, missing, columns, cfg))
+    problems: list[str] = []
+    samples: list[Sample] = []
+    names_seen: dict[str, int] = {}
+    for i, r in enumerate(rows, start=2):
+        img_rel = r["image"].strip()
+        if not img_rel:
+            problems.append(f"row {i}: empty image path; fill it in or delete the row")
+            continue
+        row_problems = []
+        split, patient = r["split"].strip(), r["patient"].strip()
+        if not split:
+            row_problems.append(f"row {i} ({img_rel}): empty split; fill it in or make a split with "
+                                "`histowsss data split`")
+        if not patient:
+            row_problems.append(f"row {i} ({img_rel}): empty patient id; fill it in (use the image name if "
+                                "the patient is unknown)")
+        labels = _parse_labels(r[cfg.label_column], cfg) if cfg.label_column else ()
+        unknown = [lab for lab in labels if lab not in cfg.classes.names]
+        if unknown:
+            hint = ""
+            if not cfg.multi_label and any(cfg.label_separator in u for u in unknown):
+                hint = "; for several labels per image set data.multi_label=true"
+            row_problems.append(
+                f"row {i} ({img_rel}): unknown class {', '.join(map(repr, unknown))} in column "
+                f"{cfg.label_column!r}; known classes: {', '.join(cfg.classes.names)} (fix the row or add the "
+                f"class to data.classes.names){hint}"
+            )
+        elif cfg.label_column and not labels and cfg.classes.background is None:
+            row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "
+                                "(fill in the label or set data.classes.background)")
+        name = r.get("name", "").strip() or Path(img_rel).stem
+        if name in names_seen:
+            row_problems.append(f"row {i} ({img_rel}): duplicate image name {name!r} (also row {names_seen[name]}); "
+                                "names must be unique: add a unique 'name' column or rename the file")
+        image = root / img_rel
+        mask = None
+        if cfg.mask_column and cfg.mask_column in r and r[cfg.mask_column].strip():
+            mask = root / r[cfg.mask_column].strip()
+        if check_files:
+            if not image.exists():
+                row_problems.append(f"row {i}: image {image}: file not found; fix the path in the manifest or "
+                                    "restore the file")
+            if mask is not None and not mask.exists():
+                row_problems.append(f"row {i}: mask {mask}: file not found; fix the path in the manifest or "
+                                    "restore the file")
+        names_seen.setdefault(name, i)
+        if row_problems:
+            problems.extend(row_problems)
+            continue
+        extra = {k: v for k, v in r.items() if k not in ("image", "split", "patient", "name")}
+        points = (r.get(cfg.points_column, "").strip() or None) if cfg.points_column else None
+        samples.append(Sample(name=name, image=image, split=split, patient=patient,
+                              labels=labels, mask=mask, points=points, row=i, extra=extra))
+    return samples, problems
+
+
 def read_manifest(cfg: DataConfig, splits: list[str] | None = None, check_files: bool = False) -> list[Sample]:
     """Read and validate the manifest named in ``cfg``; optionally keep only ``splits``.
 
     Raises ManifestError listing every problem (missing columns, unknown classes, missing files...).
     """
-    path = Path(cfg.manifest)
-    if not path.exists():
-        raise ManifestError(f"{path}: manifest not found; pass the path of a CSV with columns "
-                            f"{', '.join(REQUIRED_COLUMNS)}, {cfg.label_column}")
-    root = Path(cfg.root) if cfg.root is not None else path.parent
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
-    required = list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
-    missing = [c for c in required if c not in columns]
-    if missing:
-        fix = []
-        if "split" in missing:
-            fix.append("add a split column with `histowsss data split MANIFEST --out NEW.csv`")
-        if cfg.label_column in missing:
-            fix.append(f"set data.label_column to one of the columns {columns}")
-        raise ManifestError(
-            f"{path}: missing required column(s) {', '.join(missing)} (has: {', '.join(columns)}). "
-            + ("; ".join(fix) if fix else "Add them to the CSV header.")
-        )
-    problems: list[str] = []
-    samples: list[Sample] = []
-    names_seen: set[str] = set()
-    for i, r in enumerate(rows, start=2):
-        img_rel = r["image"].strip()
-        if not img_rel:
-            problems.append(f"row {i}: empty image path")
-            continue
-        labels = _parse_labels(r[cfg.label_column], cfg) if cfg.label_column else ()
-        unknown = [lab for lab in labels if lab not in cfg.classes.names]
-        if unknown:
-            problems.append(
-                f"row {i} ({img_rel}): unknown class {', '.join(map(repr, unknown))}; known classes: "
-                f"{', '.join(cfg.classes.names)} (fix the row or add the class to data.classes.names)"
-            )
-            continue
-        if cfg.label_column and not labels and cfg.classes.background is None:
-            problems.append(f"row {i} ({img_rel}): no label and no background class is configured")
-            continue
-        mask = None
-        if cfg.mask_column and cfg.mask_column in r and r[cfg.mask_column].strip():
-            mask = root / r[cfg.mask_column].strip()
-        name = r.get("name", "").strip() or Path(img_rel).stem
-        if name in names_seen:
-            problems.append(f"row {i} ({img_rel}): duplicate image name {name!r}; names must be unique")
-            continue
-        names_seen.add(name)
-        image = root / img_rel
-        if check_files and not image.exists():
-            problems.append(f"row {i}: {image} not found; fix the path or restore the file")
-        extra = {k: v for k, v in r.items() if k not in ("image", "split", "patient", "name")}
-        points = r.get(cfg.points_column, "").strip() or None if cfg.points_column else None
-        samples.append(Sample(name=name, image=image, split=r["split"].strip(), patient=r["patient"].strip(),
-                              labels=labels, mask=mask, points=points, row=i, extra=extra))
+    samples, problems = scan_manifest(cfg, check_files=check_files)
     if problems:
-        raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        raise ManifestError(f"{cfg.manifest}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if splits is not None:
         samples = [s for s in samples if s.split in splits]
     return samples

@@ -14,7 +14,9 @@ import torch
 
 from histowsss.config import AugmentConfig, TrainCamConfig
 from histowsss.data.crops import CropExample, dihedral_box
-from histowsss.data.io import read_rgb, resize
+from histowsss.data.io import resize
+from histowsss.data.loading import load_image
+from histowsss.config import DataConfig
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, random_dihedral_index
 
@@ -28,18 +30,19 @@ def _progress(it, description: str, total: int | None = None):
 class CachedTrunkSource:
     """Trunk features of ``copies`` augmented versions of every image (float16, on ``store_device``)."""
 
-    def __init__(self, model: torch.nn.Module, samples: list[Sample], image_scale: float, cfg: TrainCamConfig,
+    def __init__(self, model: torch.nn.Module, samples: list[Sample], data: DataConfig, cfg: TrainCamConfig,
                  normalizer: Normalizer, device: torch.device, seed: int, channels_last: bool = True):
         self.start = model.trunk_units
+        self.levels = tuple(getattr(model, "extra_levels", ()))
         bb = model.backbone
         level = bb.level_of_unit(self.start - 1)
         self.stride = bb.features[level].reduction if level is not None else _probe_stride(bb, self.start)
         rng = np.random.default_rng(seed)
-        self.copies: list[list[tuple[torch.Tensor, int, float, tuple[int, int]]]] = []
+        self.copies: list[list[tuple[torch.Tensor, int, float, tuple[int, int], dict]]] = []
         aug = cfg.augment
         model.eval()
         for s in _progress(samples, "caching trunk features"):
-            img = read_rgb(s.image, scale=image_scale)
+            img = load_image(s.image, data)
             per = []
             for c in range(cfg.cache_copies):
                 scale = cfg.cache_scales[c % len(cfg.cache_scales)]
@@ -48,35 +51,48 @@ class CachedTrunkSource:
                 if c > 0:
                     a = hed_jitter(a, rng, aug.hed_jitter)
                 a = dihedral(a, k)
-                x = normalizer(torch.from_numpy(a)[None].to(device))
+                x = normalizer(torch.from_numpy(np.ascontiguousarray(a))[None].to(device))
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
-                    f = bb.trunk(x)[0].to(torch.float16)
-                per.append((f, k, scale, img.shape[:2]))
+                    f, got = bb(x, 0, self.start, collect=self.levels)
+                f = f[0].to(torch.float16)
+                extra = {lv: t[0].to(torch.float16) for lv, t in got.items()}
+                per.append((f, k, scale, img.shape[:2], extra))
             self.copies.append(per)
         model.train()
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
-                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Each example once, in a random copy; batches group examples of one copy scale (equal sizes)."""
+                device: torch.device, paired: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, dict[int, torch.Tensor]]]:
+        """Each example once, in a random copy; batches group examples of one copy scale (equal sizes).
+
+        ``paired``: ``examples`` is [a1, p1, a2, p2, ...]; each pair stays adjacent, in copies of one scale.
+        """
         n_copies = len(self.copies[0])
-        groups: dict[tuple[float, int], list[tuple[CropExample, int]]] = {}
-        for ex in examples:
-            c = int(rng.integers(n_copies))
-            _, _, scale, _ = self.copies[ex.image][c]
-            cells = max(1, round(ex.size * scale / self.stride))
-            groups.setdefault((scale, cells), []).append((ex, c))
+        n_scales = len({c[2] for c in self.copies[0]})
+        unit = 2 if paired else 1
+        groups: dict[tuple[float, int], list[list[tuple[CropExample, int]]]] = {}
+        for u in range(0, len(examples) - unit + 1, unit):
+            c0 = int(rng.integers(n_copies))
+            members = []
+            for m, ex in enumerate(examples[u : u + unit]):
+                c = c0 if m == 0 else int(rng.choice([i for i in range(n_copies) if i % n_scales == c0 % n_scales]))
+                members.append((ex, c))
+            scale = self.copies[members[0][0].image][c0][2]
+            cells = max(1, round(members[0][0].size * scale / self.stride))
+            groups.setdefault((scale, cells), []).append(members)
+        per_batch = max(1, batch_size // unit)
         batches = []
-        for items in groups.values():
-            order = rng.permutation(len(items))
-            for b in range(0, len(items), batch_size):
-                batches.append([items[i] for i in order[b : b + batch_size]])
+        for units in groups.values():
+            order = rng.permutation(len(units))
+            for b in range(0, len(units), per_batch):
+                batches.append([item for i in order[b : b + per_batch] for item in units[i]])
         for bi in rng.permutation(len(batches)):
             batch = batches[bi]
-            xs, ts = [], []
+            xs, ts, ex_feats = [], [], {lv: [] for lv in self.levels}
             for ex, c in batch:
-                f, k, scale, (h, w) = self.copies[ex.image][c]
+                f, k, scale, (h, w), extra = self.copies[ex.image][c]
                 size = round(ex.size * scale)
                 hs, ws = round(h * scale), round(w * scale)
                 y, x = dihedral_box(round(ex.y * scale), round(ex.x * scale), size, hs, ws, k)
@@ -84,23 +100,35 @@ class CachedTrunkSource:
                 cy = min(max(0, round(y / self.stride)), max(0, f.shape[1] - cells))
                 cx = min(max(0, round(x / self.stride)), max(0, f.shape[2] - cells))
                 xs.append(f[:, cy : cy + cells, cx : cx + cells])
+                for lv, t in extra.items():
+                    r = t.shape[1] / f.shape[1]
+                    ey, ex_, es = round(cy * r), round(cx * r), round(cells * r)
+                    ex_feats[lv].append(t[:, ey : ey + es, ex_ : ex_ + es])
                 ts.append(torch.from_numpy(ex.target))
-            yield torch.stack(xs).to(device).float(), torch.stack(ts).to(device), self.start
+            extras = {lv: torch.stack(v).to(device).float() for lv, v in ex_feats.items()}
+            yield torch.stack(xs).to(device).float(), torch.stack(ts).to(device), self.start, extras
 
 
 class PixelSource:
     """Crops cut from decoded images and augmented on the fly (flips/rot90, HED jitter, one scale per batch)."""
 
-    def __init__(self, samples: list[Sample], image_scale: float, aug: AugmentConfig, normalizer: Normalizer,
+    def __init__(self, samples: list[Sample], data: DataConfig, aug: AugmentConfig, normalizer: Normalizer,
                  channels_last: bool = True):
-        self.images = [read_rgb(s.image, scale=image_scale) for s in _progress(samples, "reading images")]
+        self.images = [load_image(s.image, data) for s in _progress(samples, "reading images")]
         self.aug = aug
         self.normalizer = normalizer
         self.channels_last = channels_last
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
-                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        order = rng.permutation(len(examples))
+                device: torch.device, paired: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, dict[int, torch.Tensor]]]:
+        """Random batches of augmented pixel crops (``paired``: keep (anchor, partner) pairs adjacent)."""
+        if paired:
+            units = rng.permutation(len(examples) // 2)
+            order = np.stack([2 * units, 2 * units + 1], axis=1).ravel()
+            batch_size = max(2, batch_size - batch_size % 2)
+        else:
+            order = rng.permutation(len(examples))
         lo, hi = self.aug.scale_range
         for b in range(0, len(order), batch_size):
             scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -118,7 +146,7 @@ class PixelSource:
             x = self.normalizer(torch.stack(xs).to(device))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, torch.stack(ts).to(device), 0
+            yield x, torch.stack(ts).to(device), 0, {}
 
 
 def _probe_stride(bb: torch.nn.Module, start: int) -> int:

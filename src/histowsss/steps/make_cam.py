@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from rich.progress import track
 
 from histowsss.config import RunConfig
-from histowsss.data.io import read_rgb, resize
+from histowsss.data.io import resize
+from histowsss.data.loading import load_image
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz
 from histowsss.engine.device import resolve_device
@@ -80,7 +81,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                     if str(z["config_hash"]) == h:
                         skipped += 1
                         continue
-            img = read_rgb(s.image, scale=cfg.data.image_scale)
+            img = load_image(s.image, cfg.data)
             base_hw = img.shape[:2]
             if mc.input_scale != 1.0:
                 img = resize(img, mc.input_scale, nearest=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-PIPELINE: list[str] = ["train_cam", "make_cam", "eval_cam"]
+PIPELINE: list[str] = ["train_cam", "make_cam", "eval_cam",
+                       "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels", "eval_sem_seg"]
 
 
 def step_module(name: str) -> ModuleType:

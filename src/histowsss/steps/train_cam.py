@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from histowsss.config import RunConfig
 from histowsss.data.crops import (image_targets, patch_examples, random_crop_examples, scaled_sizes,
                                   training_crop_size)
+from histowsss.data.pairs import pair_examples
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
@@ -46,6 +47,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         samples = samples_for(cfg, data.train_splits)
         if not samples:
             raise ValueError(f"no training images: no manifest row has split in {data.train_splits}")
+        patients = [s.patient for s in samples]
         crop = training_crop_size(data, tc)
         sizes = scaled_sizes(samples, data, min_size=crop)
         keep = _class_indices(cfg)
@@ -62,14 +64,16 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             model = model.to(memory_format=torch.channels_last)
         norm = Normalizer(model.backbone.mean, model.backbone.std)
         cached = tc.cache_features and model.trunk_units > 0
-        source = (CachedTrunkSource(model, samples, data.image_scale, tc, norm, device, tc.seed,
+        source = (CachedTrunkSource(model, samples, data, tc, norm, device, tc.seed,
                                     cfg.backbone.channels_last) if cached
-                  else PixelSource(samples, data.image_scale, tc.augment, norm, cfg.backbone.channels_last))
+                  else PixelSource(samples, data, tc.augment, norm, cfg.backbone.channels_last))
         pos = targets_all.mean(axis=0)
         pos_weight = torch.tensor(np.clip((1 - pos) / np.maximum(pos, 1e-6), 0.2, 20.0) if tc.class_balance
                                   else np.ones_like(pos), dtype=torch.float32, device=device)
         opt = torch.optim.AdamW(model.param_groups(tc.lr, tc.backbone_lr_mult), weight_decay=tc.weight_decay)
         n_examples = len(fixed) if fixed is not None else len(samples) * tc.crops_per_image
+        if tc.network == "rpnet":
+            n_examples *= 2  # every example is followed by its partner
         steps_per_epoch = max(1, math.ceil(n_examples / tc.batch_size))
         total = steps_per_epoch * tc.epochs
         warm = int(tc.warmup_epochs * steps_per_epoch)
@@ -98,12 +102,17 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 t0 = time.time()
                 examples = fixed if fixed is not None else random_crop_examples(
                     img_targets, sizes, crop, tc.crops_per_image, rng)
-                losses, all_t, all_p = [], [], []
-                for x, t, start in source.batches(examples, tc.batch_size, rng, device):
-                    out = model(x, start=start, targets=t)
+                paired = tc.network == "rpnet"
+                if paired:
+                    examples = pair_examples(examples, patients, rng)
+                losses, aux_losses, all_t, all_p = [], [], [], []
+                for x, t, start, extras in source.batches(examples, tc.batch_size, rng, device, paired=paired):
+                    out = model(x, start=start, targets=t, extras=extras)
                     loss = F.binary_cross_entropy_with_logits(out["logits"], t, pos_weight=pos_weight)
                     if "aux_loss" in out:
-                        loss = loss + out["aux_loss"]
+                        aux = out["aux_loss"]
+                        loss = loss + aux
+                        aux_losses.append(float(aux.detach()))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -117,6 +126,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                                                      torch.from_numpy(tt)).item())
                 rec = {"epoch": epoch, "loss": float(np.mean(losses)), "bce": plain, "chance_bce": chance,
                        "acc": accuracy(tt, pp), "auc": macro_auc(tt, pp), "lr": opt.param_groups[-1]["lr"],
+                       "aux_loss": float(np.mean(aux_losses)) if aux_losses else None,
                        "seconds": round(time.time() - t0, 2), "examples": int(len(tt)),
                        "examples_per_s": round(len(tt) / max(time.time() - t0, 1e-9), 2)}
                 history.append(rec)

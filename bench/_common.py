@@ -1,0 +1,46 @@
+"""Shared benchmark helpers: result JSON layout, machine description, commit id."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except Exception:
+        return "uncommitted"
+
+
+def machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.node()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {dev}"
+
+
+def check(name: str, value: Any, target: str, met: bool | None) -> dict:
+    return {"name": name, "value": value, "target": target, "met": bool(met) if met is not None else False}
+
+
+def write_result(name: str, profile: str, wall_s: float, config: dict, metrics: dict, checks: list[dict]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.{profile}.json"
+    doc = {"name": name, "profile": profile, "command": " ".join([Path(sys.executable).name] + sys.argv),
+           "commit": commit(), "machine": machine(), "wall_s": round(wall_s, 1), "config": config,
+           "metrics": metrics, "checks": checks}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path

@@ -1,0 +1,177 @@
+"""Step eval_sem_seg: pixel and object metrics of the IRN pseudo-labels beside the CAM labels (train images).
+
+Per split of the IRN images that has masks (train, and val when present), one dataset-level confusion matrix
+(:class:`histowsss.evaluation.metrics.ConfusionMatrix`) for:
+
+* ``cam``: eval_cam's label-gated CAM labels (copied from ``metrics/cam.json``);
+* ``ir_labels`` (and ``ir_labels_crf``): the confident labels upsampled x4 (nearest), scored on confident
+  pixels only (``confident_only``) and with ignore counted as background (``ignore_as_background``);
+* ``irn_pseudo``: ``pseudo/<name>.png``.
+
+Object level (:mod:`histowsss.evaluation.object_metrics`), when the manifest has a ``mask_cc`` column of
+instance masks: ``instances/<name>.png`` and, for comparison, the connected components of the pseudo-mask,
+against the ground-truth instances restricted to foreground classes. F1 from the TP/FP/FN summed over images;
+object Dice and Hausdorff are means over images (images whose Hausdorff is infinite, i.e. exactly one side
+empty, are counted and left out of the mean). Writes ``metrics/sem_seg.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.progress import track
+from scipy import ndimage
+
+from histowsss.config import RunConfig
+from histowsss.data.io import read_mask, resize
+from histowsss.data.manifest import Sample
+from histowsss.data.masks import load_class_mask
+from histowsss.engine.atomic import write_json
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.evaluation.metrics import ConfusionMatrix
+from histowsss.evaluation.object_metrics import object_metrics
+from histowsss.ops.instances import upsample_nearest
+from histowsss.ops.ir_labels import IGNORE
+from histowsss.steps import cam_to_ir_label, eval_cam, make_ins_seg_labels, make_sem_seg_labels
+from histowsss.steps.irn_common import STRIDE, background_id, irn_samples, read_png
+
+STEP = "eval_sem_seg"
+CC_COLUMN = "mask_cc"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the config sections this step depends on."""
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "eval_cam", "ir_label", "train_irn",
+                         "sem_seg", "ins_seg")
+
+
+def instance_gt(cfg: RunConfig, sample: Sample, gt_class: np.ndarray) -> np.ndarray | None:
+    """Ground-truth instance ids from the manifest's mask_cc column, restricted to foreground classes."""
+    rel = sample.extra.get(CC_COLUMN, "").strip()
+    if not rel:
+        return None
+    root = Path(cfg.data.root) if cfg.data.root is not None else Path(cfg.data.manifest).parent
+    cc = read_mask(root / rel).astype(np.int64)
+    if cfg.data.image_scale != 1.0:
+        cc = resize(cc, cfg.data.image_scale, nearest=True)
+    if cc.shape != gt_class.shape:
+        raise StepError(f"{root / rel}: instance mask {cc.shape} differs from the class mask {gt_class.shape}")
+    bg = background_id(cfg)
+    return np.where((gt_class != bg) & (gt_class != IGNORE), cc, 0)
+
+
+def semantic_components(sem: np.ndarray, background: int) -> np.ndarray:
+    """Connected components of every foreground class of a semantic map (instance ids)."""
+    out = np.zeros(sem.shape, np.int64)
+    n = 0
+    for c in np.unique(sem):
+        if c == background or c == IGNORE:
+            continue
+        lab, k = ndimage.label(sem == c)
+        out[lab > 0] = lab[lab > 0] + n
+        n += k
+    return out
+
+
+class ObjectScore:
+    """Sums TP/FP/FN and averages object Dice / Hausdorff over images."""
+
+    def __init__(self):
+        self.tp = self.fp = self.fn = 0
+        self.dice: list[float] = []
+        self.hd: list[float] = []
+        self.hd_inf = 0
+
+    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        m = object_metrics(gt, pred)
+        self.tp += m["tp"]
+        self.fp += m["fp"]
+        self.fn += m["fn"]
+        self.dice.append(m["dice"])
+        if math.isinf(m["hausdorff"]):
+            self.hd_inf += 1
+        else:
+            self.hd.append(m["hausdorff"])
+
+    def summary(self) -> dict:
+        p = self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+        f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+        pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
+        return {"f1": pct(f1), "precision": pct(p), "recall": pct(r), "tp": self.tp, "fp": self.fp, "fn": self.fn,
+                "dice_mean_per_image": pct(float(np.mean(self.dice)) if self.dice else None),
+                "hausdorff_mean_per_image": round(float(np.mean(self.hd)), 2) if self.hd else None,
+                "hausdorff_infinite_images": self.hd_inf, "images": len(self.dice)}
+
+
+def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
+    names = cfg.data.classes.names
+    bg = background_id(cfg)
+    c = len(names)
+    folders = ["ir_labels"] + (["ir_labels_crf"] if cfg.ir_label.crf else [])
+    cms = {f: {"confident_only": ConfusionMatrix(c), "ignore_as_background": ConfusionMatrix(c)} for f in folders}
+    coverage = {f: [0, 0] for f in folders}
+    pseudo_cm = ConfusionMatrix(c)
+    inst_score, cc_score = ObjectScore(), ObjectScore()
+    for s in track(samples, description=STEP):
+        gt = load_class_mask(s, cfg.data)
+        for f in folders:
+            ir = upsample_nearest(read_png(run.path / f / f"{s.name}.png"), STRIDE, gt.shape)
+            ign = ir == IGNORE
+            cms[f]["confident_only"].update(np.where(ign, IGNORE, gt), np.where(ign, bg, ir))
+            cms[f]["ignore_as_background"].update(gt, np.where(ign, bg, ir))
+            coverage[f][0] += int((~ign).sum())
+            coverage[f][1] += ign.size
+        pseudo = read_png(run.path / "pseudo" / f"{s.name}.png")
+        pseudo_cm.update(gt, pseudo)
+        gi = instance_gt(cfg, s, gt)
+        if gi is not None:
+            inst_score.update(gi, read_png(run.path / "instances" / f"{s.name}.png").astype(np.int64))
+            cc_score.update(gi, semantic_components(pseudo, bg))
+    out: dict = {"images": len(samples)}
+    for f in folders:
+        out[f] = {k: cm.summary(names) for k, cm in cms[f].items()}
+        out[f]["coverage"] = round(100 * coverage[f][0] / max(coverage[f][1], 1), 2)
+    out["irn_pseudo"] = pseudo_cm.summary(names)
+    if inst_score.dice:
+        out["objects"] = {"irn_instances": inst_score.summary(), "pseudo_connected_components": cc_score.summary()}
+    return out
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Write metrics/sem_seg.json."""
+    h = config_hash(cfg)
+    with run.step(STEP, h, overwrite=overwrite) as info:
+        run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
+        run.require("cam_to_ir_label", cam_to_ir_label.config_hash(cfg), STEP)
+        run.require("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg), STEP)
+        run.require("make_ins_seg_labels", make_ins_seg_labels.config_hash(cfg), STEP)
+        cam_metrics = json.loads((run.path / "metrics" / "cam.json").read_text())
+        samples = [s for s in irn_samples(cfg) if s.mask is not None]
+        d = cfg.data
+        result: dict = {
+            "notes": [
+                "train/val images only: IRN pseudo-labels are made for the images that later train the "
+                "segmentation network; test images are not touched",
+                "cam = eval_cam label-gated CAM labels (metrics/cam.json); ir_labels at stride 4 upsampled x4 "
+                "(nearest); irn_pseudo = pseudo/ (random walk)",
+                "objects: ground-truth instances from the manifest's mask_cc column restricted to foreground "
+                "classes; for GlaS these ids are connected components derived from the binary annotation, so "
+                "touching glands may be merged and the object metrics are approximate",
+            ],
+            "cam_mode": cam_metrics.get("mode"), "cam_value": cam_metrics.get("chosen_value"), "splits": {}}
+        for split in dict.fromkeys(d.train_splits + d.val_splits):
+            its = [s for s in samples if s.split == split]
+            if not its:
+                continue
+            entry = {"cam": cam_metrics.get("splits", {}).get(split, {}).get("label_gating")}
+            entry.update(_evaluate(cfg, run, its))
+            result["splits"][split] = entry
+        write_json(run.sub("metrics") / "sem_seg.json", result)
+        summary = {sp: {"cam_miou": (e["cam"] or {}).get("miou"), "pseudo_miou": e["irn_pseudo"]["miou"]}
+                   for sp, e in result["splits"].items()}
+        info.update(outputs=["metrics/sem_seg.json"], summary=summary)
+        return result

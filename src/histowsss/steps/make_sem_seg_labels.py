@@ -1,0 +1,161 @@
+"""Step make_sem_seg_labels (IRN): semantic pseudo-masks by a boundary-guided random walk of the CAMs.
+
+For every IRN image (train + val by default):
+
+1. IRN inference on the image (boundary logits averaged over a horizontal flip, displacement from the image
+   itself), saved as ``irn/<name>.npz`` (``boundary`` (h, w), ``dp`` (2, h, w), float16, stride-4 grid) for
+   make_ins_seg_labels.
+2. The per-class max-normalised CAMs of the classes the image is labelled with are propagated with the
+   sparse random walk :func:`histowsss.ops.random_walk.random_walk` (radius 5, beta 10, 2**8 steps; memory
+   linear in pixels, never the dense (HW)^2 matrix).
+3. Post-processing as the reference ``step/make_sem_seg_labels.py``: bilinear x4 upsampling cropped to the
+   image, division by the global maximum, a constant background score ``sem_seg.bg_threshold`` (0.25)
+   prepended AFTER the walk (the reference walks the foreground CAMs only), argmax -> class ids.
+   When background has its own CAM channel (``offset`` mode), that channel is walked with the others, each
+   walked map is divided by its own maximum and the background map is shifted by ``sem_seg.bg_offset``
+   (default: the offset eval_cam chose on train) before the argmax, i.e. eval_cam's rule on walked maps.
+
+Writes ``pseudo/<name>.png`` (uint8 class ids). An image labelled with no foreground class, or whose walk
+carries no foreground evidence at all (e.g. an all-zero CAM), becomes all background and is counted in the
+status record (``no_foreground_label`` / ``no_confident_foreground``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+
+from histowsss.config import RunConfig
+from histowsss.data.io import read_rgb
+from histowsss.data.manifest import Sample
+from histowsss.data.transforms import Normalizer
+from histowsss.engine.atomic import write_npz, write_png
+from histowsss.engine.device import resolve_device
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.evaluation.cam_labels import normalize_cams
+from histowsss.ops.random_walk import random_walk
+from histowsss.steps import train_irn
+from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, cam_mode, fresh_dir, irn_samples,
+                                        load_cam, load_irn, presence, read_png, require_cams, resuming)
+
+STEP = "make_sem_seg_labels"
+BASE_SECTIONS = ("data", "backbone", "train_cam", "make_cam", "ir_label", "train_irn", "sem_seg")
+
+
+def uses_eval_cam(cfg: RunConfig) -> bool:
+    return cam_mode(cfg) == "offset" and cfg.sem_seg.bg_offset == "eval_cam"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the config sections this step depends on (eval_cam too when its offset is used)."""
+    return cfg.step_hash(*BASE_SECTIONS, *(("eval_cam",) if uses_eval_cam(cfg) else ()))
+
+
+def background_value(cfg: RunConfig, run: RunDir) -> float:
+    """The constant background score (threshold mode) or background offset (offset mode)."""
+    if cam_mode(cfg) == "threshold":
+        return cfg.sem_seg.bg_threshold
+    if cfg.sem_seg.bg_offset != "eval_cam":
+        return float(cfg.sem_seg.bg_offset)
+    from histowsss.steps import eval_cam
+
+    run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
+    path = run.path / "metrics" / "cam.json"
+    try:
+        return float(json.loads(path.read_text())["chosen_value"])
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StepError(f"{path}: cannot read eval_cam's chosen offset ({e}); re-run eval_cam, "
+                        "or set sem_seg.bg_offset to a number") from None
+
+
+def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int], background: int, mode: str,
+                boundary: torch.Tensor, size: tuple[int, int], bg_value: float, radius: int = 5, beta: float = 10.0,
+                exp_times: int = 8) -> tuple[np.ndarray, bool]:
+    """Pseudo-label map (H, W) uint8 and whether it has foreground, from normalised CAMs (K, h, w)."""
+    ids = np.asarray(class_ids)
+    fg_present = [i for i in range(len(class_ids)) if present[i] and class_ids[i] != background]
+    empty = np.full(size, background, np.uint8)
+    if not fg_present:
+        return empty, False
+    chans = fg_present if mode == "threshold" else [i for i in range(len(class_ids)) if present[i]]
+    rw = random_walk(cam_norm[chans].contiguous(), boundary, radius=radius, beta=beta, exp_times=exp_times)
+    up = F.interpolate(rw[None], scale_factor=STRIDE, mode="bilinear", align_corners=False)[0, :, : size[0], : size[1]]
+    keys = ids[chans]
+    if mode == "threshold":
+        mx = float(up.max())
+        if not np.isfinite(mx) or mx <= 1e-8:
+            return empty, False
+        scores = torch.cat([torch.full_like(up[:1], bg_value), up / mx])
+        keys = np.concatenate([[background], keys])
+    else:
+        mx = up.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
+        fg_rows = [j for j, k in enumerate(keys) if k != background]
+        if float(up[fg_rows].max()) <= 1e-8:
+            return empty, False
+        scores = up / mx
+        b = [j for j, k in enumerate(keys) if k == background]
+        if b:
+            scores[b[0]] += bg_value
+    lab = keys[scores.argmax(0).cpu().numpy()].astype(np.uint8)
+    return lab, bool(np.any(lab != background))
+
+
+def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device: torch.device, sample: Sample,
+                   present: np.ndarray, cam_hash: str, bg_value: float) -> bool:
+    """IRN inference + random walk for one image; writes irn/<name>.npz and pseudo/<name>.png; returns has_fg."""
+    ss = cfg.sem_seg
+    cam, _, size = load_cam(run, sample.name, cam_hash)
+    img = train_irn.pad_to_multiple(read_rgb(sample.image, scale=cfg.data.image_scale), STRIDE)
+    x = norm(torch.from_numpy(img)[None].to(device))
+    boundary, dp = model.infer(x, flip=ss.flip)
+    if tuple(boundary.shape) != cam.shape[1:]:
+        raise StepError(f"{sample.name}: IRN grid {tuple(boundary.shape)} != CAM grid {cam.shape[1:]}")
+    write_npz(run.path / "irn" / f"{sample.name}.npz", boundary=boundary.cpu().numpy().astype(np.float16),
+              dp=dp.cpu().numpy().astype(np.float16))
+    cam_norm = torch.from_numpy(normalize_cams(cam)).to(device)
+    lab, has_fg = walk_labels(cam_norm, present, cam_class_ids(cfg), background_id(cfg), cam_mode(cfg),
+                              boundary.float(), size, bg_value, ss.radius, ss.beta, ss.exp_times)
+    write_png(run.path / "pseudo" / f"{sample.name}.png", lab)
+    return has_fg
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Write irn/<name>.npz and pseudo/<name>.png for every IRN image."""
+    h = config_hash(cfg)
+    resume = resuming(run, STEP, h, overwrite)
+    with run.step(STEP, h, overwrite=overwrite) as info:
+        run.require("train_irn", train_irn.config_hash(cfg), STEP)
+        samples = irn_samples(cfg)
+        cam_hash = require_cams(cfg, run, samples, STEP)
+        bg_value = background_value(cfg, run)
+        device = resolve_device(cfg.device)
+        model = load_irn(cfg, run, device)
+        norm = Normalizer(model.backbone.mean, model.backbone.std)
+        pres = presence(cfg, samples)
+        bg = background_id(cfg)
+        fresh_dir(run, "pseudo", keep=resume)
+        fresh_dir(run, "irn", keep=resume)
+        computed = reused = 0
+        no_label: list[str] = []
+        no_fg: list[str] = []
+        for s, present in track(list(zip(samples, pres)), description=STEP):
+            p_png, p_npz = run.path / "pseudo" / f"{s.name}.png", run.path / "irn" / f"{s.name}.npz"
+            if resume and p_png.exists() and p_npz.exists():
+                has_fg = bool(np.any(read_png(p_png) != bg))
+                reused += 1
+            else:
+                has_fg = _process_image(cfg, run, model, norm, device, s, present, cam_hash, bg_value)
+                computed += 1
+            if not any(present[i] for i, c in enumerate(cam_class_ids(cfg)) if c != bg):
+                no_label.append(s.name)
+            elif not has_fg:
+                no_fg.append(s.name)
+        info.update(outputs=["pseudo/", "irn/"], images=len(samples), computed=computed, reused=reused,
+                    background_value=bg_value, no_foreground_label=len(no_label),
+                    no_confident_foreground=len(no_fg), no_confident_foreground_images=no_fg[:50])
+        return {"images": len(samples), "computed": computed, "reused": reused,
+                "no_foreground_label": len(no_label), "no_confident_foreground": len(no_fg)}

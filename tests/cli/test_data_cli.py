@@ -1,0 +1,241 @@
+"""`histowsss data stats | check | split` through the real CLI app."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def flat(text: str) -> str:
+    """Output with line wrapping undone (rich wraps at the console width)."""
+    return re.sub(r"\s+", " ", text)
+
+
+def _table_rows(stdout: str) -> dict[str, list[str]]:
+    """split name -> cells of the stats table."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
+        if cells and cells[0] in ("train", "val", "test", "testA", "testB", "all"):
+            rows[cells[0]] = cells
+    return rows
+
+
+# -- check ------------------------------------------------------------------------------------------------------------
+
+def test_check_clean_dataset_exits_0(clean_manifest):
+    r = invoke("data", "check", clean_manifest)
+    assert r.exit_code == 0, r.output
+    assert "0 error(s), 0 warning(s)" in flat(r.output)
+
+
+def test_check_lists_every_problem_and_exits_1(builder):
+    rows = [builder.row("good", "train", "p1", "benign")]
+    rows.append(dict(builder.row("gone", "train", "p2"), image="images/gone_missing.png"))
+    corrupt = builder.row("corrupt", "train", "p3")
+    (builder.root / corrupt["image"]).write_bytes(np.random.default_rng(0).bytes(500))
+    rows.append(corrupt)
+    gray = builder.row("gray", "train", "p4")
+    Image.fromarray(np.full((24, 32), 128, np.uint8)).save(builder.root / gray["image"])
+    rows.append(gray)
+    wrong_mask = builder.row("wrongmask", "train", "p5")
+    builder.mask("wrongmask", 20, 32)
+    rows.append(wrong_mask)
+    rows.append(builder.row("typo", "train", "p6", "malignent"))
+    rows.append(builder.row("small", "test", "p7", h=12, w=40))
+    shared_a = builder.row("shared_a", "train", "p8")
+    shared_b = builder.row("shared_b", "test", "p8")
+    rows += [shared_a, shared_b]
+    rgba = builder.row("rgba", "test", "p9")
+    a = np.full((24, 32, 4), 200, np.uint8)
+    a[0, 0, 3] = 0
+    Image.fromarray(a, "RGBA").save(builder.root / rgba["image"])
+    rows.append(rgba)
+    m = builder.manifest(rows)
+
+    r = invoke("data", "check", m, "--min-size", "16", "--config", "demo", "--set", "data.label_column=label")
+    out = flat(r.output)
+    assert r.exit_code == 1, r.output
+    expected = [
+        ("gone_missing.png", "file not found"),
+        ("corrupt.png", "corrupt"),
+        ("gray.png", "grayscale"),
+        ("wrongmask.png", "mask size 32x20 (WxH) differs from its image 32x24"),
+        ("row 7 (images/typo.png)", "unknown class 'malignent'"),
+        ("small.png", "smaller than the crop/patch size 16"),
+        ("patient p8", "appears in splits test, train"),
+        ("rgba.png", "transparency"),
+        ("data.val_splits", "names split 'val' but no image is in it (the manifest has: test, train)"),
+    ]
+    for file, what in expected:
+        assert re.search(re.escape(file) + ".*" + re.escape(what), out), (file, what, r.output)
+    assert "6 error(s), 3 warning(s)" in out
+    assert "good.png" not in out
+
+
+def test_check_mask_size_with_config(builder, tmp_path):
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "test", "p2", "malignant")]
+    builder.mask("b", 24, 30)
+    m = builder.manifest(rows)
+    r = invoke("data", "check", m, "--config", "demo", "--set", "data.label_column=label")
+    assert r.exit_code == 1, r.output
+    assert re.search(r"masks/b\.png: mask size 30x24 \(WxH\) differs from its image 32x24", flat(r.output))
+    assert "masks/a.png" not in r.output
+
+
+def test_check_missing_column_is_one_clear_error(builder):
+    m = builder.manifest([builder.row("a")], columns=["image", "mask", "patient", "label"])
+    r = invoke("data", "check", m)
+    assert r.exit_code == 1
+    assert "missing required column(s) 'split'" in flat(r.output) and "histowsss data split" in flat(r.output)
+
+
+def test_check_missing_manifest_exits_nonzero(tmp_path):
+    r = invoke("data", "check", tmp_path / "none.csv")
+    assert r.exit_code != 0
+    assert "none.csv" in r.output and "not found" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_messages_with_brackets_do_not_break_the_console(builder):
+    rows = [builder.row("a", label="[weird]"), builder.row("b", label="[/weird]")]
+    m = builder.manifest(rows)
+    r = invoke("data", "stats", m, "--config", "demo", "--set", "data.label_column=label")
+    assert r.exit_code == 2, r.output  # a clear error, not a rich MarkupError
+    assert "'[weird]'" in r.output and "'[/weird]'" in r.output
+
+
+# -- stats ------------------------------------------------------------------------------------------------------------
+
+def test_stats_counts_and_patient_warning(builder):
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "train", "p2", "malignant"),
+            builder.row("c", "train", "p2", "malignant"), builder.row("d", "test", "p2", "benign")]
+    m = builder.manifest(rows)
+    r = invoke("data", "stats", m)
+    assert r.exit_code == 0, r.output
+    table = _table_rows(r.stdout)
+    assert table["train"][:3] == ["train", "3", "2"]
+    assert table["test"][:3] == ["test", "1", "1"]
+    assert table["all"][:3] == ["all", "4", "2"]
+    assert "1 patient(s) appear in more than one split" in flat(r.output) and "p2 (test/train)" in flat(r.output)
+
+
+def test_stats_label_column_override_without_config(builder):
+    rows = [dict(builder.row("a", label="0"), grade="benign"), dict(builder.row("b", label="1"), grade="malignant")]
+    m = builder.manifest(rows)
+    r = invoke("data", "stats", m, "--set", "data.label_column=grade")
+    assert r.exit_code == 0, r.output
+    assert "benign" in r.stdout and "malignant" in r.stdout
+    r = invoke("data", "stats", m, "--set", "data.label_column=nope")
+    assert r.exit_code == 2 and "no 'nope' column" in flat(r.output)
+    r = invoke("data", "stats", m, "--set", "train_cam.epochs=1")
+    assert r.exit_code == 2 and "--config" in r.output
+
+
+def test_stats_unknown_class_exits_2(builder):
+    m = builder.manifest([builder.row("a", label="benign"), builder.row("b", label="tumour")])
+    r = invoke("data", "stats", m, "--config", "demo", "--set", "data.label_column=label")
+    assert r.exit_code == 2
+    out = flat(r.output)
+    assert "unknown class 'tumour'" in out and "images/b.png" in out and "Traceback" not in r.output
+
+
+@pytest.mark.glas
+def test_stats_on_glas(glas_dir, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the config's relative manifest path is not used here
+    r = invoke("data", "stats", glas_dir / "manifest.csv", "--config", "glas-malignant")
+    assert r.exit_code == 0, r.output
+    table = _table_rows(r.stdout)
+    # columns: split, images, patients, benign images, benign patients, malignant images, malignant patients
+    assert table["train"] == ["train", "85", "15", "37", "8", "48", "10"]
+    assert table["testA"][:2] == ["testA", "60"] and table["testB"][:2] == ["testB", "20"]
+    assert table["all"][:2] == ["all", "165"]
+    out = flat(r.output)
+    assert "11 patient(s) appear in more than one split" in out and "(1 more)" in out
+
+
+# -- split ------------------------------------------------------------------------------------------------------------
+
+def _twenty_patients(builder) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(20):
+        label = "malignant" if p % 2 else "benign"
+        for j in range(int(rng.integers(1, 5))):
+            rows.append({"image": f"images/p{p}_{j}.png", "patient": f"P{p}", "label": label})
+    return builder.manifest(rows)
+
+
+def test_split_is_patient_disjoint_and_stratified(builder):
+    m = _twenty_patients(builder)
+    out = builder.root / "split.csv"
+    r = invoke("data", "split", m, "--out", out, "--seed", "1")
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(list(csv.DictReader(m.open())))
+    assert set(rows[0]) == {"image", "patient", "label", "split"}
+    splits_of = defaultdict(set)
+    for row in rows:
+        splits_of[row["patient"]].add(row["split"])
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    for label in ("benign", "malignant"):
+        lab_rows = [r for r in rows if r["label"] == label]
+        frac_train = sum(r["split"] == "train" for r in lab_rows) / len(lab_rows)
+        frac_test = sum(r["split"] == "test" for r in lab_rows) / len(lab_rows)
+        assert 0.55 <= frac_train <= 0.85 and 0.1 <= frac_test <= 0.35, (label, frac_train, frac_test)
+
+
+def test_split_refuses_to_overwrite(builder):
+    m = _twenty_patients(builder)
+    out = builder.root / "split.csv"
+    out.write_text("keep me\n")
+    r = invoke("data", "split", m, "--out", out)
+    assert r.exit_code == 2
+    assert "--overwrite" in r.output and "exists" in r.output
+    assert out.read_text() == "keep me\n"
+    r = invoke("data", "split", m, "--out", out, "--overwrite", "--val", "0", "--test", "0.3")
+    assert r.exit_code == 0, r.output
+    assert {row["split"] for row in csv.DictReader(out.open())} == {"train", "test"}
+
+
+def test_split_output_feeds_stats(builder):
+    m = _twenty_patients(builder)
+    out = builder.root / "split.csv"
+    assert invoke("data", "split", m, "--out", out).exit_code == 0
+    r = invoke("data", "stats", out)
+    assert r.exit_code == 0 and "more than one split" not in r.output
+
+
+def test_split_needs_patient_column_and_ids(builder):
+    m = builder.manifest([{"image": "a.png", "label": "x"}])
+    r = invoke("data", "split", m, "--out", builder.root / "o.csv")
+    assert r.exit_code == 2 and "no 'patient' column" in flat(r.output)
+    m = builder.manifest([{"image": "a.png", "patient": "", "label": "x"}], name="m2.csv")
+    r = invoke("data", "split", m, "--out", builder.root / "o.csv")
+    assert r.exit_code == 2 and "empty patient id in row(s) 2" in flat(r.output)
+    r = invoke("data", "split", m, "--out", builder.root / "o.csv", "--label-column", "grade")
+    assert r.exit_code == 2 and "no 'grade' column" in flat(r.output)
+
+
+def test_split_fractions_must_sum_to_one(builder):
+    m = _twenty_patients(builder)
+    r = invoke("data", "split", m, "--out", builder.root / "o.csv", "--train", "0.5")
+    assert r.exit_code == 2 and "sum to 1" in r.output

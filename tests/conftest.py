@@ -1,0 +1,118 @@
+"""Shared fixtures: a small on-disk dataset builder (RGB PNGs + masks + manifest) and the GlaS folder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GLAS_DIR = REPO_ROOT.parent / "shared/data/glas"
+
+BASE_COLUMNS = ("image", "mask", "split", "patient", "label")
+
+
+class DatasetBuilder:
+    """Writes small images, masks and manifests under ``root`` (paths in the manifest are relative to it).
+
+    >>> b.row("a", split="train", patient="p1", label="malignant")  # writes images/a.png + masks/a.png
+    >>> b.manifest([row, ...])                                        # writes manifest.csv, returns its path
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+
+    def image(self, name: str, h: int = 24, w: int = 32, seed: int = 0, mode: str = "RGB") -> str:
+        """Write an H&E-ish random image (PIL ``mode``) and return its relative path."""
+        rng = np.random.default_rng(seed)
+        rgb = rng.integers(60, 240, size=(h, w, 3), dtype=np.uint8)
+        if mode == "RGB":
+            im = Image.fromarray(rgb)
+        elif mode == "L":
+            im = Image.fromarray(rgb[..., 0])
+        elif mode == "RGBA":
+            im = Image.fromarray(np.dstack([rgb, np.full((h, w), 255, np.uint8)]), "RGBA")
+        else:
+            raise ValueError(mode)
+        rel = f"images/{name}.png"
+        im.save(self.root / rel)
+        return rel
+
+    def mask(self, name: str, h: int = 24, w: int = 32, values: np.ndarray | None = None) -> str:
+        """Write a single-channel uint8 mask (default: a 0/255 square in the middle) and return its path."""
+        if values is None:
+            values = np.zeros((h, w), np.uint8)
+            values[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
+        rel = f"masks/{name}.png"
+        Image.fromarray(np.asarray(values, dtype=np.uint8)).save(self.root / rel)
+        return rel
+
+    def row(self, name: str, split: str = "train", patient: str | None = None, label: str = "malignant",
+            h: int = 24, w: int = 32, mask: bool = True, seed: int = 0) -> dict[str, str]:
+        """Write an image (and its mask) and return the manifest row."""
+        r = {"image": self.image(name, h, w, seed=seed), "mask": self.mask(name, h, w) if mask else "",
+             "split": split, "patient": patient if patient is not None else name, "label": label}
+        return r
+
+    def manifest(self, rows: list[dict[str, Any]], name: str = "manifest.csv",
+                 columns: list[str] | tuple[str, ...] | None = None) -> Path:
+        """Write the rows (only ``columns`` if given) as a CSV and return its path."""
+        cols = list(columns) if columns is not None else list(rows[0].keys() if rows else BASE_COLUMNS)
+        path = self.root / name
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: r.get(c, "") for c in cols})
+        return path
+
+
+@pytest.fixture
+def builder(tmp_path: Path) -> DatasetBuilder:
+    """A dataset builder writing into a fresh temporary folder."""
+    return DatasetBuilder(tmp_path / "ds")
+
+
+def _data_config(manifest: Path, **kw: Any):
+    """A DataConfig for the builder's datasets: benign (background) / malignant, binary masks by image label."""
+    from histowsss.config import DataConfig
+
+    base: dict[str, Any] = dict(manifest=manifest, label_column="label",
+                                classes={"names": ["benign", "malignant"], "background": "benign"},
+                                mask_column="mask", mask_mode="binary_image_label")
+    base.update(kw)
+    return DataConfig.model_validate(base)
+
+
+@pytest.fixture
+def data_config():
+    """``data_config(manifest, **overrides)`` -> DataConfig (benign background / malignant, binary_image_label)."""
+    return _data_config
+
+
+@pytest.fixture
+def clean_manifest(builder: DatasetBuilder) -> Path:
+    """Six good images of four patients, patient-disjoint train/test, both classes in both splits."""
+    rows = [
+        builder.row("a1", "train", "p1", "benign", seed=1),
+        builder.row("a2", "train", "p1", "benign", seed=2),
+        builder.row("b1", "train", "p2", "malignant", seed=3),
+        builder.row("c1", "test", "p3", "benign", seed=4),
+        builder.row("d1", "test", "p4", "malignant", seed=5),
+        builder.row("d2", "test", "p4", "malignant", seed=6),
+    ]
+    return builder.manifest(rows)
+
+
+@pytest.fixture
+def glas_dir() -> Path:
+    """The real GlaS folder (../shared/data/glas next to the repository); tests using it skip when absent."""
+    if not (GLAS_DIR / "manifest.csv").exists():
+        pytest.skip(f"GlaS data not found at {GLAS_DIR}")
+    return GLAS_DIR

@@ -1,0 +1,98 @@
+"""check_dataset: every problem listed, with its level and file."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from histowsss.data.check import check_dataset
+from histowsss.data.manifest import read_manifest
+
+
+def test_clean_dataset_has_no_problems(clean_manifest, data_config):
+    assert check_dataset(data_config(clean_manifest), progress=False) == []
+
+
+def test_every_problem_listed(builder, data_config):
+    rows = [builder.row("ok", "train", "p1", "benign")]
+    rows.append(dict(builder.row("x1", "train", "p2"), image="images/missing.png"))
+    rows.append(dict(builder.row("x2", "train", "p3"), mask="masks/missing_mask.png"))
+    bad = builder.row("x3", "test", "p4")
+    (builder.root / bad["image"]).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(50))
+    rows.append(bad)
+    rows.append(builder.row("x4", "test", "p5", "nonsense"))
+    m = builder.manifest(rows)
+    problems = check_dataset(data_config(m), progress=False)
+    assert [p.level for p in problems] == ["error"] * 4
+    text = [f"{p.file}: {p.message}" for p in problems]
+    assert any("missing.png: file not found" in t for t in text)
+    assert any("missing_mask.png: file not found" in t for t in text)
+    assert any(t.startswith(str(builder.root / "images/x3.png")) and "corrupt" in t for t in text)
+    assert any("unknown class 'nonsense'" in t for t in text)
+
+
+def test_min_size_defaults_to_unpadded_patch_size(builder, data_config):
+    m = builder.manifest([builder.row("a", "train", "p1", h=24, w=32), builder.row("b", "test", "p2", h=40, w=40)])
+    tiles = {"size": 32, "stride": 16, "border": "shift"}
+    problems = check_dataset(data_config(m, patches=tiles), progress=False)
+    assert len(problems) == 1 and problems[0].file.endswith("a.png")
+    assert "32x24" in problems[0].message and "32" in problems[0].message and "border=pad" in problems[0].message
+    assert check_dataset(data_config(m, patches=dict(tiles, border="pad")), progress=False) == []
+    # image_scale applies before the size check
+    problems = check_dataset(data_config(m, image_scale=0.5), min_size=16, progress=False)
+    assert [p.file.endswith("a.png") for p in problems] == [True]
+    assert "16x12" in problems[0].message
+
+
+def test_rgba_with_transparency_is_a_warning(builder, data_config):
+    r = builder.row("a", "train", "p1")
+    a = np.full((24, 32, 4), 180, np.uint8)
+    a[:2, :2, 3] = 10
+    Image.fromarray(a, "RGBA").save(builder.root / r["image"])
+    r2 = builder.row("b", "test", "p2")
+    builder.image("b", mode="RGBA")  # opaque: silently converted
+    problems = check_dataset(data_config(builder.manifest([r, r2])), progress=False)
+    assert [(p.level, p.file.endswith("a.png")) for p in problems] == [("warning", True)]
+    assert "transparency" in problems[0].message
+
+
+def test_grayscale_and_mask_problems(builder, data_config):
+    g = builder.row("g", "train", "p1")
+    builder.image("g", mode="L")
+    mm = builder.row("mm", "test", "p2")
+    builder.mask("mm", 24, 31)
+    cm = builder.row("cm", "test", "p3")
+    builder.mask("cm", values=np.full((24, 32), 7, np.uint8))  # fine for binary_image_label...
+    m = builder.manifest([g, mm, cm])
+    problems = check_dataset(data_config(m), progress=False)
+    assert [(p.level, p.file.rsplit("/", 2)[-2:]) for p in problems] == [
+        ("error", ["images", "g.png"]), ("error", ["masks", "mm.png"])]
+    assert "grayscale" in problems[0].message
+    assert "31x24" in problems[1].message and "images/mm.png" in problems[1].message
+    # ...but not class ids for a two-class map
+    cfg = data_config(m, mask_mode="class_ids")
+    problems = check_dataset(cfg, progress=False)
+    assert any(p.file.endswith("masks/cm.png") and "not class ids" in p.message for p in problems)
+
+
+def test_patients_in_several_splits_and_empty_splits_warn(builder, data_config):
+    rows = [builder.row("a", "train", "p1"), builder.row("b", "test", "p1"), builder.row("c", "train", "p2")]
+    m = builder.manifest(rows)
+    problems = check_dataset(data_config(m, val_splits=["val"]), progress=False)
+    assert all(p.level == "warning" for p in problems)
+    msgs = " | ".join(p.message for p in problems)
+    assert "patient p1 appears in splits test, train" in msgs and "histowsss data split" in msgs
+    assert "data.val_splits names split 'val'" in msgs
+
+
+def test_missing_column_reported_once(builder, data_config):
+    m = builder.manifest([builder.row("a")], columns=["image", "split", "label"])
+    problems = check_dataset(data_config(m), progress=False)
+    assert len(problems) == 1 and problems[0].file == str(m)
+    assert "missing required column(s) 'patient'" in problems[0].message
+
+
+def test_multi_label_empty_parts_ignored(builder, data_config):
+    m = builder.manifest([builder.row("a", label="malignant;"), builder.row("b", label=" ; ")])
+    samples = read_manifest(data_config(m, multi_label=True))
+    assert [s.labels for s in samples] == [("malignant",), ()]

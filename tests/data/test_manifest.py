@@ -1,0 +1,146 @@
+"""Manifest reading: every row problem listed at once, missing columns named with their fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histowsss.data.manifest import (ManifestError, patients_in_several_splits, read_manifest, scan_manifest,
+                                     write_manifest)
+
+
+def test_reads_clean_manifest(clean_manifest, data_config):
+    cfg = data_config(clean_manifest)
+    samples = read_manifest(cfg)
+    assert [s.name for s in samples] == ["a1", "a2", "b1", "c1", "d1", "d2"]
+    s = samples[2]
+    assert s.image == clean_manifest.parent / "images/b1.png" and s.image.exists()
+    assert s.mask == clean_manifest.parent / "masks/b1.png"
+    assert s.split == "train" and s.patient == "p2" and s.labels == ("malignant",) and s.row == 4
+    np.testing.assert_array_equal(s.target(cfg.classes), [0.0, 1.0])
+    assert [s.name for s in read_manifest(cfg, splits=["test"])] == ["c1", "d1", "d2"]
+    assert read_manifest(cfg, check_files=True) == samples
+
+
+def test_root_overrides_manifest_folder(builder, data_config, tmp_path):
+    rows = [builder.row("a", label="benign")]
+    m = builder.manifest(rows, name="m.csv")
+    moved = tmp_path / "elsewhere.csv"
+    moved.write_text(m.read_text())
+    s = read_manifest(data_config(moved, root=builder.root), check_files=True)[0]
+    assert s.image == builder.root / "images/a.png"
+
+
+def test_manifest_not_found(tmp_path, data_config):
+    p = tmp_path / "none.csv"
+    with pytest.raises(ManifestError) as e:
+        read_manifest(data_config(p))
+    assert str(p) in str(e.value) and "not found" in str(e.value)
+
+
+@pytest.mark.parametrize("column, fix", [
+    ("split", "histowsss data split"),
+    ("patient", "add a 'patient' column"),
+    ("image", "add an 'image' column"),
+    ("label", "data.label_column"),
+])
+def test_missing_required_column_named_with_fix(builder, data_config, column, fix):
+    rows = [builder.row("a", label="benign")]
+    cols = [c for c in ("image", "mask", "split", "patient", "label") if c != column]
+    m = builder.manifest(rows, columns=cols)
+    with pytest.raises(ManifestError) as e:
+        read_manifest(data_config(m))
+    msg = str(e.value)
+    assert str(m) in msg
+    assert f"missing required column(s) '{column}'" in msg
+    assert fix in msg
+
+
+def test_column_with_wrong_case_suggests_rename(builder, data_config):
+    m = builder.root / "m.csv"
+    m.write_text("Image,split,patient,label\nimages/a.png,train,p,benign\n")
+    with pytest.raises(ManifestError, match="rename column 'Image' to 'image'"):
+        read_manifest(data_config(m))
+
+
+def test_label_column_from_config(builder, data_config):
+    rows = [dict(builder.row("a"), grade="benign", label="0")]
+    m = builder.manifest(rows)
+    s = read_manifest(data_config(m, label_column="grade"))[0]
+    assert s.labels == ("benign",)
+    # integer class indices are accepted as labels
+    assert read_manifest(data_config(m))[0].labels == ("benign",)
+    # no label column: no image labels
+    assert read_manifest(data_config(m, label_column=None))[0].labels == ()
+
+
+def test_unknown_class_names_row_file_and_fix(builder, data_config):
+    rows = [builder.row("a", label="benign"), builder.row("b", label="malignent")]
+    m = builder.manifest(rows)
+    with pytest.raises(ManifestError) as e:
+        read_manifest(data_config(m))
+    msg = str(e.value)
+    assert str(m) in msg and "row 3 (images/b.png)" in msg and "'malignent'" in msg
+    assert "known classes: benign, malignant" in msg and "data.classes.names" in msg
+
+
+def test_multi_label_hint(builder, data_config):
+    m = builder.manifest([builder.row("a", label="benign;malignant")])
+    with pytest.raises(ManifestError, match="multi_label=true"):
+        read_manifest(data_config(m))
+    s = read_manifest(data_config(m, multi_label=True))[0]
+    assert s.labels == ("benign", "malignant")
+
+
+def test_every_row_problem_listed(builder, data_config):
+    rows = [
+        builder.row("ok", label="benign"),
+        builder.row("bad_class", label="tumour"),
+        dict(builder.row("no_split"), split=""),
+        dict(builder.row("no_patient"), patient=""),
+        dict(builder.row("gone"), image="images/gone_for_good.png"),
+        builder.row("ok", label="malignant"),  # duplicate name
+        dict(builder.row("nomask"), mask="masks/none.png"),
+    ]
+    m = builder.manifest(rows)
+    samples, problems = scan_manifest(data_config(m), check_files=True)
+    assert [s.name for s in samples] == ["ok"]
+    text = "\n".join(problems)
+    for expected in ("row 3 (images/bad_class.png): unknown class 'tumour'", "row 4 (images/no_split.png): empty split",
+                     "row 5 (images/no_patient.png): empty patient",
+                     "image " + str(builder.root / "images/gone_for_good.png") + ": file not found",
+                     "row 7 (images/ok.png): duplicate image name 'ok' (also row 2)",
+                     "row 8: mask " + str(builder.root / "masks/none.png") + ": file not found"):
+        assert expected in text, expected
+    with pytest.raises(ManifestError, match="6 problem"):
+        read_manifest(data_config(m), check_files=True)
+
+
+def test_no_label_needs_background(builder, data_config):
+    m = builder.manifest([builder.row("a", label="")])
+    assert read_manifest(data_config(m))[0].labels == ()
+    cfg = data_config(m, classes={"names": ["x", "y"]}, mask_mode="class_ids")
+    with pytest.raises(ManifestError, match="empty label and no background"):
+        read_manifest(cfg)
+
+
+def test_bom_and_spaces_tolerated(builder, data_config):
+    builder.row("a", label="benign")
+    m = builder.root / "m.csv"
+    m.write_bytes("\ufeffimage , split,patient,label\n images/a.png ,train, p1 ,benign\n".encode())
+    s = read_manifest(data_config(m), check_files=True)[0]
+    assert s.image.name == "a.png" and s.patient == "p1"
+
+
+def test_patients_in_several_splits(builder, data_config):
+    rows = [builder.row("a", "train", "p1"), builder.row("b", "test", "p1"), builder.row("c", "val", "p2"),
+            builder.row("d", "val", "p3"), builder.row("e", "test", "p3")]
+    samples = read_manifest(data_config(builder.manifest(rows)))
+    assert patients_in_several_splits(samples) == {"p1": ["test", "train"], "p3": ["test", "val"]}
+
+
+def test_write_manifest_roundtrip(builder, data_config):
+    rows = [builder.row("a", label="benign"), builder.row("b", label="malignant")]
+    out = builder.root / "sub" / "out.csv"
+    write_manifest(out, rows)
+    assert [s.name for s in read_manifest(data_config(out, root=builder.root), check_files=True)] == ["a", "b"]

@@ -1,0 +1,63 @@
+"""Patient-grouped, class-stratified splitting."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from histowsss.data.split import grouped_stratified_split
+
+FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def synthetic_rows(n_patients: int = 20, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Patients with 2..6 images each; even patients mostly benign, odd ones mostly malignant."""
+    rng = np.random.default_rng(seed)
+    patients, labels = [], []
+    for p in range(n_patients):
+        main, other = ("malignant", "benign") if p % 2 else ("benign", "malignant")
+        for _ in range(int(rng.integers(2, 7))):
+            patients.append(f"P{p:02d}")
+            labels.append(main if rng.random() < 0.85 else other)
+    return patients, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_patient_disjoint_and_stratified(seed):
+    patients, labels = synthetic_rows(seed=seed)
+    assign = grouped_stratified_split(patients, labels, FRACTIONS, seed=seed)
+    assert set(assign) == set(patients)  # every patient once -> no patient in two splits
+    assert set(assign.values()) == set(FRACTIONS)
+    per_split = Counter(assign[p] for p in patients)
+    per_split_class = Counter((assign[p], lab) for p, lab in zip(patients, labels))
+    totals = Counter(labels)
+    for s, f in FRACTIONS.items():
+        assert abs(per_split[s] / len(patients) - f) <= 0.06, (s, per_split)
+        for c, n in totals.items():
+            assert abs(per_split_class[(s, c)] / n - f) <= 0.08, (s, c, per_split_class)
+
+
+def test_deterministic_for_a_seed():
+    patients, labels = synthetic_rows()
+    assert grouped_stratified_split(patients, labels, FRACTIONS, seed=3) == \
+        grouped_stratified_split(patients, labels, FRACTIONS, seed=3)
+
+
+def test_every_split_gets_a_patient_when_possible():
+    patients = ["a", "a", "a", "b", "c"]
+    labels = ["x"] * 5
+    assign = grouped_stratified_split(patients, labels, {"train": 0.8, "val": 0.1, "test": 0.1})
+    assert sorted(assign.values()) == ["test", "train", "val"]
+
+
+def test_two_way_split():
+    patients, labels = synthetic_rows(10)
+    assign = grouped_stratified_split(patients, labels, {"train": 0.5, "test": 0.5})
+    assert set(assign.values()) == {"train", "test"}
+
+
+def test_fractions_must_sum_to_one():
+    with pytest.raises(ValueError, match="sum to 1"):
+        grouped_stratified_split(["a"], ["x"], {"train": 0.7, "test": 0.2})

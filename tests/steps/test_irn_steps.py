@@ -1,0 +1,188 @@
+"""IRN steps (cam_to_ir_label ... eval_sem_seg) on a tiny synthetic run with fake CAMs (no CAM training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from histowsss.config import load_config
+from histowsss.data.masks import load_class_mask
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.atomic import write_npz
+from histowsss.engine.pipeline import run_pipeline
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.steps import (cam_to_ir_label, eval_cam, eval_sem_seg, make_cam, make_ins_seg_labels,
+                             make_sem_seg_labels, train_irn)
+from histowsss.steps.common import all_splits, output_classes, samples_for
+from histowsss.steps.registry import PIPELINE
+
+IRN_STEPS = ["cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels", "eval_sem_seg"]
+FAST = ["backbone.weights=none", "train_irn.epochs=2", "train_irn.batch_size=4", "train_irn.crop_size=64",
+        "train_irn.crops_per_image=2", "train_irn.radius=5", "train_irn.edge_channels=8",
+        "train_irn.dp_channels=16", "sem_seg.exp_times=4", "ins_seg.refine_iterations=20", "ins_seg.min_area=4"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 4, "val": 0, "test": 2}, size=64)
+
+
+def make_cfg(manifest: Path, *extra: str):
+    return load_config("demo", [f"data.manifest={manifest}", *FAST, *extra])
+
+
+def fake_cams(cfg, run: RunDir, zero: tuple[str, ...] = ()) -> None:
+    """CAMs made from the ground truth (blurred, stride 4) + a finished make_cam status record."""
+    rng = np.random.default_rng(0)
+    classes = output_classes(cfg)
+    with run.step("make_cam", make_cam.config_hash(cfg)):
+        for s in samples_for(cfg, all_splits(cfg)):
+            gt = load_class_mask(s, cfg.data)
+            h, w = gt.shape
+            grid = (-(-h // 4), -(-w // 4))
+            cams = []
+            for c in classes:
+                m = np.zeros((grid[0] * 4, grid[1] * 4), np.float32)
+                m[:h, :w] = gt == cfg.data.classes.index(c)
+                m = m.reshape(grid[0], 4, grid[1], 4).mean(axis=(1, 3))
+                m = ndimage.gaussian_filter(m, 1.0) * 5 + rng.random(grid).astype(np.float32) * 0.2
+                cams.append(m if s.name not in zero else np.zeros(grid, np.float32))
+            cam = np.stack(cams).astype(np.float16)
+            probs = np.array([0.9 if (gt == cfg.data.classes.index(c)).any() else 0.1 for c in classes], np.float32)
+            write_npz(make_cam.cam_path(run, s.name), cam=cam, probs=probs, classes=np.array(classes),
+                      size=np.array((h, w)), config_hash=np.array(make_cam.config_hash(cfg)))
+
+
+def prepared_run(path: Path, cfg, zero: tuple[str, ...] = ()) -> RunDir:
+    run = RunDir(path, cfg).init()
+    fake_cams(cfg, run, zero)
+    eval_cam.run(cfg, run)
+    return run
+
+
+def test_steps_are_registered_in_order():
+    i = PIPELINE.index("eval_cam")
+    assert PIPELINE[i + 1 : i + 6] == IRN_STEPS
+
+
+def test_pipeline_end_to_end(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset)
+    run = prepared_run(tmp_path / "run", cfg)
+    res = run_pipeline(cfg, run, start="cam_to_ir_label", stop="eval_sem_seg", log=lambda m: None)
+    assert list(res) == IRN_STEPS
+    names = [s.name for s in samples_for(cfg, ["train"])]
+    for n in names:
+        ir = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(run.path / "ir_labels" / f"{n}.png"))
+        assert ir.shape == (16, 16) and ir.dtype == np.uint8
+        assert set(np.unique(ir)) <= {0, 1, 255}
+        assert (run.path / "pseudo" / f"{n}.png").exists()
+        assert (run.path / "instances" / f"{n}.png").exists()
+        assert (run.path / "irn" / f"{n}.npz").exists()
+    assert (run.path / "checkpoints" / "irn.safetensors").exists()
+    log = [json.loads(line) for line in (run.path / "logs" / "train_irn.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(np.isfinite(r["total"]) for r in log)
+    ir_metrics = json.loads((run.path / "metrics" / "ir_label.json").read_text())
+    assert ir_metrics["sweep"] and ir_metrics["chosen"]["conf_fg"] > 0
+    sem = json.loads((run.path / "metrics" / "sem_seg.json").read_text())
+    train = sem["splits"]["train"]
+    assert train["irn_pseudo"]["miou"] is not None and train["cam"]["miou"] is not None
+    assert {"confident_only", "ignore_as_background", "coverage"} <= set(train["ir_labels"])
+    assert "irn_instances" in train["objects"]
+    from PIL import Image
+    inst = np.asarray(Image.open(run.path / "instances" / f"{names[1]}.png"))
+    assert inst.dtype == np.uint16
+    # a second pipeline call skips every finished step
+    assert run_pipeline(cfg, run, start="cam_to_ir_label", log=lambda m: None) == {}
+
+
+def test_missing_cams_is_a_clear_error(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(StepError, match="make_cam"):
+        cam_to_ir_label.run(cfg, run)
+    fake_cams(cfg, run)
+    victim = samples_for(cfg, ["train"])[0].name
+    make_cam.cam_path(run, victim).unlink()
+    with pytest.raises(StepError, match=f"missing.*{victim}"):
+        cam_to_ir_label.run(cfg, run, overwrite=True)
+
+
+def test_cams_from_another_config_are_refused(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset)
+    run = prepared_run(tmp_path / "run", cfg)
+    other = make_cfg(dataset, "make_cam.scales=[1.0]")
+    with pytest.raises(StepError, match="another configuration"):
+        cam_to_ir_label.run(other, RunDir(run.path, other))
+    # downstream: train_irn refuses ir labels made with another ir_label config
+    cam_to_ir_label.run(cfg, run)
+    changed = make_cfg(dataset, "ir_label.conf_fg=0.5")
+    with pytest.raises(StepError, match="another configuration"):
+        train_irn.run(changed, RunDir(run.path, changed))
+
+
+def test_image_without_confident_foreground_is_counted(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset, "ir_label.select=fixed")
+    malignant = [s.name for s in samples_for(cfg, ["train"]) if "malignant" in s.labels]
+    run = prepared_run(tmp_path / "run", cfg, zero=(malignant[0],))
+    info = cam_to_ir_label.run(cfg, run)
+    assert info["no_confident_foreground"]["count"] == 1
+    assert malignant[0] in info["no_confident_foreground"]["images"]
+    train_irn.run(cfg, run)
+    make_sem_seg_labels.run(cfg, run)
+    st = run.status("make_sem_seg_labels")
+    assert st["no_confident_foreground"] == 1 and st["no_foreground_label"] == 2
+    from PIL import Image
+    assert not np.asarray(Image.open(run.path / "pseudo" / f"{malignant[0]}.png")).any()
+
+
+def test_restart_resumes_without_redoing_images(dataset: Path, tmp_path: Path, monkeypatch):
+    cfg = make_cfg(dataset)
+    run = prepared_run(tmp_path / "run", cfg)
+    cam_to_ir_label.run(cfg, run)
+    train_irn.run(cfg, run)
+    calls: list[str] = []
+    real = make_sem_seg_labels._process_image
+
+    def crashing(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(args[5].name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(make_sem_seg_labels, "_process_image", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        make_sem_seg_labels.run(cfg, run)
+    assert run.status("make_sem_seg_labels")["state"] == "failed"
+    done = {p.stem: p.stat().st_mtime_ns for p in (run.path / "pseudo").glob("*.png")}
+    assert sorted(done) == sorted(calls)
+    monkeypatch.setattr(make_sem_seg_labels, "_process_image", real)
+    out = make_sem_seg_labels.run(cfg, run)
+    assert out["reused"] == 2 and out["computed"] == 2
+    assert all((run.path / "pseudo" / f"{n}.png").stat().st_mtime_ns == t for n, t in done.items())
+    assert run.status("make_sem_seg_labels")["state"] == "done"
+
+
+def test_train_irn_resumes_from_last_epoch(dataset: Path, tmp_path: Path, monkeypatch):
+    cfg = make_cfg(dataset, "train_irn.epochs=2")
+    run = prepared_run(tmp_path / "run", cfg)
+    cam_to_ir_label.run(cfg, run)
+    import histowsss.steps.train_irn as t
+
+    real = t.save_train_state
+
+    def save_then_die(path, state):
+        real(path, state)
+        raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(t, "save_train_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_irn.run(cfg, run)
+    monkeypatch.setattr(t, "save_train_state", real)
+    meta = train_irn.run(cfg, run)
+    assert run.status("train_irn")["resumed_from_epoch"] == 1
+    log = (run.path / "logs" / "train_irn.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0, 1] and meta["final"]["epoch"] == 1
