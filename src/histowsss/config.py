@@ -219,7 +219,7 @@ class TrainIrnConfig(Strict):
     radius: int = Field(10, ge=2, le=16, description="pixel-pair radius on the stride-4 grid (IRN 10)")
     pair_step: int = Field(2, ge=1, le=4, description="pairs from every pair_step-th source cell (random phase "
                            "per batch); 1 = all (reference), 2 = a quarter of the cost")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-3, gt=0, description="AdamW learning rate of the heads (poly decay, power 0.9)")
     weight_decay: float = Field(1e-4, ge=0)
     edge_channels: int = Field(32, ge=4)
     dp_channels: int = Field(64, ge=8)
@@ -250,6 +250,52 @@ class InsSegConfig(Strict):
     min_area: int = Field(16, ge=0, description="instances smaller than this (pixels) are dropped")
 
 
+class TrainSegConfig(Strict):
+    """train_seg: the final segmentation network (smp U-Net / DeepLabV3+ on a timm encoder), see docs/segmentation.md."""
+
+    architecture: Literal["unet", "deeplabv3plus"] = "unet"
+    encoder: str = Field("tf_efficientnet_lite0", description="timm model name, used through smp's 'tu-' encoder")
+    encoder_weights: str = Field("imagenet", description="'imagenet' (offline package), 'none' or a local file; "
+                                 "smp never downloads (encoder_weights=None is always passed to smp)")
+    decoder_channels: list[int] | None = Field(None, description="smp decoder widths (unet: 5 values; "
+                                               "deeplabv3plus: 1 value); null = smp's defaults")
+    labels: Literal["pseudo", "cam", "pseudo_or_cam"] = Field(
+        "pseudo", description="weak training labels: pseudo = pseudo/<name>.png (IRN), cam = eval_cam's label-gated "
+        "CAM labels, pseudo_or_cam = pseudo when make_sem_seg_labels finished, else CAM labels")
+    supervised: bool = Field(False, description="train on the ground-truth masks instead (the upper bound); "
+                             "outputs are named seg_supervised (checkpoint, log, metrics, pred_supervised/)")
+    splits: list[str] | None = Field(None, description="training images (default: train + val splits)")
+    loss: Literal["oeem", "gce", "ce"] = Field(
+        "oeem", description="oeem: pixel CE weighted by the detached probability of the label, normalised per "
+        "class (online easy-example mining); gce: generalised CE (1 - p^q) / q; ce: plain. Supervised uses ce")
+    loss_warmup_epochs: int = Field(1, ge=0, description="epochs of plain CE before oeem/gce take over")
+    gce_q: float = Field(0.7, gt=0, le=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(8, ge=1, description="crops per optimiser step and process (global = x world size)")
+    crop_size: int = Field(160, ge=32, multiple_of=32, description="training crop side (GPU: 384-512)")
+    crops_per_image: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr_mult: float = Field(0.3, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.3, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    seed: int = 0
+
+
+class EvalSegConfig(Strict):
+    """eval_seg / predict: sliding-window inference with blending and test-time augmentation."""
+
+    tile_size: int = Field(256, ge=32, multiple_of=32)
+    overlap: float = Field(0.25, ge=0, lt=1, description="fraction of a tile shared with its neighbour")
+    blend: Literal["gaussian", "linear", "mean"] = "gaussian"
+    tta: Literal["none", "flip", "dihedral"] = Field("flip", description="flip: identity + horizontal flip; "
+                                                     "dihedral: the 8 flips/rotations")
+    batch_size: int = Field(8, ge=1, description="tiles per forward pass")
+    splits: list[str] | None = Field(None, description="splits to evaluate (default: data.test_splits)")
+    save_predictions: bool = Field(True, description="write pred/<name>.png (class ids)")
+
+
 class RunConfig(Strict):
     """The whole pipeline's configuration."""
 
@@ -265,6 +311,8 @@ class RunConfig(Strict):
     train_irn: TrainIrnConfig = Field(default_factory=TrainIrnConfig)
     sem_seg: SemSegConfig = Field(default_factory=SemSegConfig)
     ins_seg: InsSegConfig = Field(default_factory=InsSegConfig)
+    train_seg: TrainSegConfig = Field(default_factory=TrainSegConfig)
+    eval_seg: EvalSegConfig = Field(default_factory=EvalSegConfig)
 
     def step_hash(self, *sections: str) -> str:
         """Short hash of the named config sections (used to tie a step's files to its inputs)."""

@@ -119,7 +119,7 @@ def test_affinity_loss_ignores_pairs_touching_ignore_pixels():
     edge = torch.zeros(1, 8, 10, requires_grad=True)
     out = irn_losses(edge, dp, allign, r, background=0)
     out["total"].backward()
-    assert float(out["total"]) == 0.0 and edge.grad.abs().sum() == 0 and dp.grad.abs().sum() == 0
+    assert float(out["total"].detach()) == 0.0 and edge.grad.abs().sum() == 0 and dp.grad.abs().sum() == 0
 
 
 def test_displacement_loss_is_zero_for_a_field_pointing_at_the_centroid():
@@ -139,3 +139,15 @@ def test_displacement_loss_is_zero_for_a_field_pointing_at_the_centroid():
     # with pair_step 2 the estimate stays zero for the perfect field
     bg2, fg2, _ = pair_labels(lab, 4, background=0, step=2, phase=(1, 0))
     assert float(displacement_loss(dp, fg2, bg2, 4, step=2, phase=(1, 0))["dp_fg"]) < 1e-6
+
+
+def test_a_fresh_model_extracts_with_frozen_batchnorm_statistics():
+    """Caching right after construction must give the features inference sees (BN in eval mode)."""
+    torch.manual_seed(0)
+    m = IRNet(BackboneConfig(weights="none"), edge_channels=8, dp_channels=16)
+    x = torch.randn(2, 3, 64, 64)
+    cached = m.extract(x)
+    m.train()
+    m.eval()
+    assert all(torch.equal(a, b) for a, b in zip(cached, m.extract(x)))
+    assert not m.backbone.training

@@ -61,5 +61,6 @@ def test_crf_smooths_labels_along_the_image():
     noisy = labels.copy()
     noisy[3, 12] = 0
     noisy[10, 2] = 1
+    img.setflags(write=False)  # images decoded by PIL are read-only
     out = crf_refine_labels(img, noisy, 2, bilateral_sxy=5)
     assert (out == labels).mean() > 0.98

@@ -96,7 +96,7 @@ def test_pipeline_end_to_end(dataset: Path, tmp_path: Path):
     inst = np.asarray(Image.open(run.path / "instances" / f"{names[1]}.png"))
     assert inst.dtype == np.uint16
     # a second pipeline call skips every finished step
-    assert run_pipeline(cfg, run, start="cam_to_ir_label", log=lambda m: None) == {}
+    assert run_pipeline(cfg, run, start="cam_to_ir_label", stop="eval_sem_seg", log=lambda m: None) == {}
 
 
 def test_missing_cams_is_a_clear_error(dataset: Path, tmp_path: Path):
@@ -186,3 +186,22 @@ def test_train_irn_resumes_from_last_epoch(dataset: Path, tmp_path: Path, monkey
     assert run.status("train_irn")["resumed_from_epoch"] == 1
     log = (run.path / "logs" / "train_irn.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [0, 1] and meta["final"]["epoch"] == 1
+
+
+def test_background_channel_mode_uses_eval_cams_offset(dataset: Path, tmp_path: Path):
+    """With a background CAM channel (as glas-gland) labels use that channel and the walk uses eval_cam's offset."""
+    cfg = make_cfg(dataset, "train_cam.background_mode=class", "train_irn.epochs=1")
+    assert eval_cam.cam_mode(cfg) == "offset"
+    run = prepared_run(tmp_path / "run", cfg)
+    info = cam_to_ir_label.run(cfg, run)
+    assert info["mode"] == "offset" and info["chosen"]["margin"] == cfg.ir_label.margin
+    train_irn.run(cfg, run)
+    make_sem_seg_labels.run(cfg, run)
+    chosen = json.loads((run.path / "metrics" / "cam.json").read_text())["chosen_value"]
+    assert run.status("make_sem_seg_labels")["background_value"] == chosen
+    # a fixed offset does not depend on eval_cam (another hash), and eval_cam's is refused when eval_cam is stale
+    fixed = make_cfg(dataset, "train_cam.background_mode=class", "train_irn.epochs=1", "sem_seg.bg_offset=0.1")
+    assert make_sem_seg_labels.config_hash(fixed) != make_sem_seg_labels.config_hash(cfg)
+    stale = make_cfg(dataset, "train_cam.background_mode=class", "train_irn.epochs=1", "eval_cam.offsets=[0.0]")
+    with pytest.raises(StepError, match="eval_cam"):
+        make_sem_seg_labels.background_value(stale, RunDir(run.path, stale))

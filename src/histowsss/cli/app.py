@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from histowsss.cli import data_cmd, demo_cmd, run_cmd
+from histowsss.cli import data_cmd, demo_cmd, predict_cmd, report_cmd, run_cmd
 
 app = typer.Typer(help="histowsss: weakly supervised segmentation of H&E images.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -12,6 +12,8 @@ app.add_typer(data_cmd.app, name="data")
 app.command("run")(run_cmd.run)
 app.command("steps")(run_cmd.steps)
 app.command("demo")(demo_cmd.demo)
+app.command("predict")(predict_cmd.predict)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ class CachedTrunkSource:
                 if c > 0:
                     a = hed_jitter(a, rng, aug.hed_jitter)
                 a = dihedral(a, k)
-                x = normalizer(torch.from_numpy(np.ascontiguousarray(a))[None].to(device))
+                x = normalizer(torch.from_numpy(a if a.flags.writeable else a.copy())[None].to(device))
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():

@@ -33,12 +33,14 @@ from histowsss.ops.path_index import neighbour_offsets, path_points
 IGNORE = 255
 STRIDE = 4
 
-__all__ = ["IRNet", "IRNHeads", "MeanShift", "pair_labels", "path_max", "affinity_loss", "displacement_loss", "irn_losses"]
+__all__ = ["IRNet", "IRNHeads", "MeanShift", "pair_labels", "path_max", "affinity_loss", "displacement_loss",
+           "irn_losses"]
 
 
 def _cgr(cin: int, cout: int) -> nn.Sequential:
     """1x1 conv (no bias) -> GroupNorm -> ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.GroupNorm(max(1, cout // 8), cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.GroupNorm(max(1, cout // 8), cout),
+                         nn.ReLU(inplace=True))
 
 
 def fit(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -111,6 +113,7 @@ class IRNet(nn.Module):
         super().__init__()
         self.backbone = StagedBackbone(backbone)
         self.backbone.requires_grad_(False)
+        self.backbone.eval()  # frozen: BatchNorm must use its running statistics, also when caching features
         specs = self.backbone.features
         self.pool = [max(1, STRIDE // s.reduction) for s in specs]
         self.reductions = [max(STRIDE, s.reduction) for s in specs]
@@ -129,6 +132,8 @@ class IRNet(nn.Module):
     @torch.no_grad()
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Multi-level backbone features of normalised images ``x`` (levels finer than stride 4 pooled to it)."""
+        if self.backbone.training:
+            self.backbone.eval()
         n = len(self.backbone.features)
         _, feats = self.backbone(x, 0, None, collect=tuple(range(n)))
         out = []
@@ -167,7 +172,7 @@ class IRNet(nn.Module):
 # per batch is an unbiased estimate at a quarter of the cost (the CPU default of ``train_irn.pair_step``).
 def _shift(padded: torch.Tensor, p: int, dy: int, dx: int, h: int, w: int, step: int = 1,
            phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """Values at ``(y + dy, x + dx)`` for the source pixels ``(y, x)`` of the sub-grid, from a tensor padded by ``p``."""
+    """Values at ``(y + dy, x + dx)`` for the sub-grid source pixels ``(y, x)`` of a tensor padded by ``p``."""
     oy, ox = phase
     return padded[..., p + dy + oy : p + dy + h : step, p + dx + ox : p + dx + w : step]
 

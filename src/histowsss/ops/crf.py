@@ -41,7 +41,8 @@ def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, iter
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(unary_from_labels(labels.astype(np.int32), n_labels, gt_prob=gt_prob, zero_unsure=False))
     d.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
-    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+    rgb = np.array(image, dtype=np.uint8, order="C")  # a writable copy (PIL arrays are read-only)
+    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb,
                            compat=bilateral_compat)
     q = np.array(d.inference(iterations)).reshape(n_labels, h, w)
     return q.argmax(axis=0).astype(labels.dtype)

@@ -14,7 +14,7 @@ from PIL import Image
 from rich.progress import track
 
 from histowsss.config import RunConfig
-from histowsss.data.io import read_rgb
+from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import load_class_mask
 from histowsss.engine.atomic import write_json, write_png
@@ -96,7 +96,7 @@ def _crf(cfg: RunConfig, sample: Sample, maps: tuple[np.ndarray, np.ndarray], gr
     """CRF-refined confident map: both maps are refined on the grid-sized image, then combined."""
     from histowsss.ops.crf import crf_refine_labels
 
-    img = read_rgb(sample.image, scale=cfg.data.image_scale)
+    img = load_image(sample.image, cfg.data)
     small = np.asarray(Image.fromarray(img).resize((grid[1], grid[0]), Image.BOX))
     bg = background_id(cfg)
     ids = sorted({bg} | set(np.unique(maps[0]).tolist()) | set(np.unique(maps[1]).tolist()))
@@ -197,7 +197,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 for f in folders:
                     scores[f].update(gt, labs[f])
         result = {"mode": cam_mode(cfg), "select": how,
-                  "chosen": {"conf_fg": conf_fg, "conf_bg": conf_bg, "margin": il.margin if cam_mode(cfg) == "offset" else None},
+                  "chosen": {"conf_fg": conf_fg, "conf_bg": conf_bg,
+                             "margin": il.margin if cam_mode(cfg) == "offset" else None},
                   "resolution": "stride-4 grid, ground truth sampled at cell centres; train images only",
                   "train_images": len(train), "sweep": sweep,
                   "chosen_metrics": {f: scores[f].summary(names, bg) for f in folders} if train else {},

@@ -28,7 +28,8 @@ def irn_splits(cfg: RunConfig) -> list[str]:
 def irn_samples(cfg: RunConfig) -> list[Sample]:
     samples = samples_for(cfg, irn_splits(cfg))
     if not samples:
-        raise StepError(f"no images in splits {irn_splits(cfg)} for the IRN steps; check ir_label.splits / data.*_splits")
+        raise StepError(f"no images in splits {irn_splits(cfg)} for the IRN steps; "
+                        "check ir_label.splits / data.*_splits")
     return samples
 
 

@@ -34,7 +34,7 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
     total, logits, n = None, None, 0
     for s in scales:
         a = img if s == 1.0 else resize(img, s, nearest=False)
-        x = norm(torch.from_numpy(a)[None].to(device))
+        x = norm(torch.from_numpy(a if a.flags.writeable else a.copy())[None].to(device))
         if flip:
             x = torch.cat([x, x.flip(-1)])
         if channels_last:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from rich.progress import track
 
 from histowsss.config import RunConfig
-from histowsss.data.io import read_rgb
+from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz, write_png
@@ -109,7 +109,7 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
     """IRN inference + random walk for one image; writes irn/<name>.npz and pseudo/<name>.png; returns has_fg."""
     ss = cfg.sem_seg
     cam, _, size = load_cam(run, sample.name, cam_hash)
-    img = train_irn.pad_to_multiple(read_rgb(sample.image, scale=cfg.data.image_scale), STRIDE)
+    img = train_irn.pad_to_multiple(load_image(sample.image, cfg.data), STRIDE)
     x = norm(torch.from_numpy(img)[None].to(device))
     boundary, dp = model.infer(x, flip=ss.flip)
     if tuple(boundary.shape) != cam.shape[1:]:

@@ -6,7 +6,8 @@ import importlib
 from types import ModuleType
 
 PIPELINE: list[str] = ["train_cam", "make_cam", "eval_cam",
-                       "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels", "eval_sem_seg"]
+                       "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels", "eval_sem_seg",
+                       "train_seg", "eval_seg"]
 
 
 def step_module(name: str) -> ModuleType:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
-from histowsss.config import RunConfig
-from histowsss.data.io import read_rgb
+from histowsss.config import DataConfig, RunConfig
+from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral
 from histowsss.engine.atomic import write_text
@@ -32,8 +32,7 @@ from histowsss.engine.device import resolve_device
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.irnet import IGNORE, irn_losses
 from histowsss.steps import cam_to_ir_label
-from histowsss.steps.irn_common import (STRIDE, background_id, build_irn, grid_size, irn_path, irn_samples,
-                                        read_png)
+from histowsss.steps.irn_common import STRIDE, background_id, build_irn, irn_path, irn_samples, read_png
 
 STEP = "train_irn"
 # dihedral transform indices (histowsss.data.transforms.dihedral): identity, horizontal flip, then rotations
@@ -58,16 +57,17 @@ def pad_to_multiple(img: np.ndarray, m: int) -> np.ndarray:
 class FeatureCache:
     """Frozen-backbone features (float16) and IR labels of ``copies`` dihedral copies of every image."""
 
-    def __init__(self, model, samples: list[Sample], labels: list[np.ndarray], image_scale: float, copies: int,
+    def __init__(self, model, samples: list[Sample], labels: list[np.ndarray], data: DataConfig, copies: int,
                  normalizer: Normalizer, device: torch.device):
         self.items: list[list[tuple[list[torch.Tensor], torch.Tensor]]] = []
         self.reductions = model.reductions
         self.nbytes = 0
         for s, lab in zip(track(samples, description="train_irn: caching backbone features"), labels):
-            img = pad_to_multiple(read_rgb(s.image, scale=image_scale), STRIDE)
+            img = pad_to_multiple(load_image(s.image, data), STRIDE)
             if (img.shape[0] // STRIDE, img.shape[1] // STRIDE) != lab.shape:
-                raise StepError(f"{s.name}: IR label {lab.shape} does not match the image grid "
-                                f"{(img.shape[0] // STRIDE, img.shape[1] // STRIDE)}; re-run cam_to_ir_label --overwrite")
+                grid = (img.shape[0] // STRIDE, img.shape[1] // STRIDE)
+                raise StepError(f"{s.name}: IR label {lab.shape} does not match the image grid {grid}; "
+                                "re-run cam_to_ir_label --overwrite")
             per = []
             for k in COPY_ORDER[:copies]:
                 x = normalizer(torch.from_numpy(dihedral(img, k))[None].to(device))
@@ -115,12 +115,13 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         device = resolve_device(cfg.device)
         model = build_irn(cfg).to(device)
         if t.crop_size % model.max_reduction:
+            r = model.max_reduction
             raise StepError(f"train_irn.crop_size ({t.crop_size}) must be a multiple of the backbone's largest "
-                            f"stride ({model.max_reduction}), e.g. {t.crop_size // model.max_reduction * model.max_reduction or model.max_reduction}")
+                            f"stride ({r}), e.g. {max(r, t.crop_size // r * r)}")
         cells, align = t.crop_size // STRIDE, model.max_reduction // STRIDE
         norm = Normalizer(model.backbone.mean, model.backbone.std)
         t0 = time.time()
-        cache = FeatureCache(model, samples, labels, cfg.data.image_scale, t.copies, norm, device)
+        cache = FeatureCache(model, samples, labels, cfg.data, t.copies, norm, device)
         cache_s = time.time() - t0
         bg = background_id(cfg)
         params = [p for p in model.head.parameters() if p.requires_grad]
@@ -149,7 +150,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 rng = np.random.default_rng([t.seed, epoch])
                 model.train()
                 te = time.time()
-                order = [(i, int(rng.integers(t.copies))) for i in range(len(samples)) for _ in range(t.crops_per_image)]
+                order = [(i, int(rng.integers(t.copies))) for i in range(len(samples))
+                         for _ in range(t.crops_per_image)]
                 order = [order[j] for j in rng.permutation(len(order))]
                 sums: dict[str, float] = {}
                 n_steps = 0
@@ -167,7 +169,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     n_steps += 1
-                    bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{t.epochs} loss {sums['total'] / n_steps:.4f}")
+                    bar.update(task, advance=1,
+                               stats=f"epoch {epoch + 1}/{t.epochs} loss {sums['total'] / n_steps:.4f}")
                 rec = {"epoch": epoch, **{k: round(v / max(n_steps, 1), 5) for k, v in sums.items()},
                        "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - te, 2), "crops": len(order)}
                 history.append(rec)
@@ -186,5 +189,3 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                     train_seconds=round(time.time() - t_train, 2), resumed_from_epoch=start_epoch)
         return meta
 
-
-__all__ = ["STEP", "config_hash", "run", "FeatureCache", "pad_to_multiple", "grid_size"]

@@ -1,0 +1,155 @@
+"""`histowsss predict --run RUN_DIR INPUT... --out DIR`: segment new images with a run's trained network.
+
+Per input image ``<stem>`` (files, or every image in a folder), into ``DIR``:
+
+* ``<stem>_labels.png``: class ids (uint8) at the input's own resolution (level 0);
+* ``<stem>_prob.npz``: ``probs`` float16 (C, h, w) at the working resolution (data.image_scale), ``classes``,
+  ``image_scale`` and ``level0_size`` (H, W);
+* ``<stem>_overlay.png``: the image with non-background classes tinted and outlined in their colours;
+* ``<stem>.geojson``: a QuPath-importable FeatureCollection, one annotation per connected region per
+  non-background class, in level-0 pixel coordinates.
+
+Existing outputs are never replaced without ``--overwrite`` (checked for every input before any work); every
+file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from histowsss.cli.common import clear_errors, console
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    """Image files named, or found (non-recursively) in named folders; clear errors for the rest."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    stems: dict[str, Path] = {}
+    for f in out:
+        if f.stem in stems and stems[f.stem] != f:
+            raise ValueError(f"two inputs share the name {f.stem!r} ({stems[f.stem]} and {f}); their outputs would "
+                             "collide: predict them into different --out folders")
+        stems[f.stem] = f
+    return list(dict.fromkeys(out))
+
+
+def output_paths(out_dir: Path, stem: str) -> list[Path]:
+    return [out_dir / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, colors: list[list[int]], background: int | None,
+            alpha: float = 0.4) -> np.ndarray:
+    """RGB image with each non-background class tinted (``alpha``) and its boundary drawn opaque."""
+    from skimage.segmentation import find_boundaries
+
+    out = image.astype(np.float32).copy()
+    edges = find_boundaries(labels, mode="inner")
+    for c, rgb in enumerate(colors):
+        if c == background:
+            continue
+        m = labels == c
+        if not m.any():
+            continue
+        col = np.array(rgb, np.float32)
+        out[m] = (1 - alpha) * out[m] + alpha * col
+        out[m & edges] = col
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def load_run_config(run_dir: Path):
+    from histowsss.config import load_config
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: not found; --run must be a run folder made by `histowsss run`")
+    return load_config(cfg_path)
+
+
+def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
+                   network: str = "seg", device: str | None = None, simplify: float = 1.0,
+                   min_area: float = 16.0, log=print) -> list[dict]:
+    """Segment ``inputs`` with the run's network; returns one record per image (paths, regions per class)."""
+    from histowsss.data.io import read_rgb
+    from histowsss.data.loading import load_image
+    from histowsss.engine.atomic import write_bytes, write_npz, write_png
+    from histowsss.engine.device import resolve_device
+    from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
+    from histowsss.steps.eval_seg import predict_probs
+    from histowsss.steps.train_seg import load_segnet
+
+    cfg = load_run_config(run_dir)
+    files = collect_inputs(inputs)
+    if not overwrite:
+        existing = [p for f in files for p in output_paths(out_dir, f.stem) if p.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise FileExistsError(f"{existing[0]} already exists{more}; pass --overwrite to replace the outputs, "
+                                  "or choose another --out folder")
+    dev = resolve_device(device or cfg.device)
+    model = load_segnet(cfg, run_dir, network, dev)
+    classes = cfg.data.classes
+    colors_hex = [classes.color(n) for n in classes.names]
+    colors = [hex_to_rgb(c) for c in colors_hex]
+    bg = classes.background_index if classes.background_index is not None else 0
+    scale = cfg.data.image_scale
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for f in files:
+        original = read_rgb(f)
+        img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
+        probs = predict_probs(model, img, cfg, dev)
+        lab = probs.argmax(0).astype(np.uint8)
+        H, W = original.shape[:2]
+        lab0 = lab
+        if lab.shape != (H, W):
+            from PIL import Image
+
+            lab0 = np.asarray(Image.fromarray(lab).resize((W, H), Image.NEAREST))
+        labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, f.stem)
+        write_png(labels_p, lab0)
+        write_npz(prob_p, probs=probs.astype(np.float16), classes=np.array(classes.names),
+                  image_scale=np.array(scale), level0_size=np.array((H, W)))
+        write_png(overlay_p, overlay(original, lab0, colors, bg))
+        feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
+                                   min_area=min_area, id_prefix=f.stem)
+        write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
+        counts = {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
+                  for i, n in enumerate(classes.names) if i != bg}
+        log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
+        records.append({"input": str(f), "labels": str(labels_p), "probs": str(prob_p), "overlay": str(overlay_p),
+                        "geojson": str(geo_p), "regions": counts})
+    return records
+
+
+def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
+            run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network"),
+            out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+            overwrite: bool = typer.Option(False, help="replace existing outputs"),
+            supervised: bool = typer.Option(False, help="use the supervised upper-bound network (seg_supervised)"),
+            device: Optional[str] = typer.Option(None, help="device (default: the run config's)"),
+            simplify: float = typer.Option(1.0, help="GeoJSON polygon simplification tolerance, level-0 pixels"),
+            min_area: float = typer.Option(16.0, help="drop GeoJSON regions smaller than this (level-0 pixels^2)"),
+            ) -> None:
+    """Segment images with a run's network: labels PNG, probabilities, overlay and QuPath GeoJSON per image."""
+    with clear_errors():
+        recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
+                              network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
+                              min_area=min_area, log=console.print)
+    console.print(f"{len(recs)} image(s) -> {out}")

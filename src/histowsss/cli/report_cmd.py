@@ -1,0 +1,21 @@
+"""`histowsss report RUN_DIR`: one self-contained HTML report of a run folder (report.html)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from histowsss.cli.common import clear_errors, console
+
+
+def report(run_dir: Path = typer.Argument(..., help="run folder"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                              help="output file (default RUN_DIR/report.html)")) -> None:
+    """Write a self-contained HTML report: data, curves, per-stage quality, examples, timings."""
+    from histowsss.evaluation.report import write_report
+
+    with clear_errors():
+        path = write_report(run_dir, out)
+    console.print(f"report: {path}")

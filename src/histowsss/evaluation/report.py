@@ -1,0 +1,429 @@
+"""One self-contained HTML report of a run folder: data, training curves, per-stage quality, examples, timings.
+
+Everything is inline: CSS in a ``<style>`` block, images as base64 PNG ``data:`` URIs, charts as SVG drawn here.
+No external URL is referenced, so the file can be mailed or archived as is. Missing stages are shown as
+"not run"; every section degrades to a short note when its inputs are absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SECTIONS = ("Run", "Dataset", "Per-stage quality", "Training curves", "Examples", "Timings")
+PALETTE = ["#4363d8", "#e6194b", "#3cb44b", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
+_SCORE_WORDS = ("acc", "auc", "prob", "iou", "dice", "f1", "precision", "recall")  # charted on [0, 1]
+_SKIP_KEYS = {"epoch", "seconds", "examples", "crops", "crops_per_s", "examples_per_s", "lr", "world_size"}
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;
+background:#fafafa;padding:0 16px}
+h1{font-size:26px;margin-bottom:4px}h2{font-size:20px;border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
+h3{font-size:15px;margin:14px 0 6px}
+.sub{color:#666;font-size:13px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0;background:#fff}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f0f0f0}
+td.l,th.l{text-align:left}tr.nr td{color:#999;font-style:italic}
+.charts{display:flex;flex-wrap:wrap;gap:16px}.chart{background:#fff;border:1px solid #ddd;padding:6px}
+.grid{display:grid;grid-template-columns:180px repeat(3,max-content);gap:6px 10px;align-items:center}
+.grid img{border:1px solid #ccc;image-rendering:pixelated;max-width:240px}
+.grid .h{font-weight:bold;font-size:13px}.note{color:#666;font-size:13px}
+.legend span{display:inline-block;margin-right:14px;font-size:13px}
+.sw{display:inline-block;width:12px;height:12px;border:1px solid #999;vertical-align:middle;margin-right:4px}
+pre{background:#fff;border:1px solid #ddd;padding:8px;font-size:12px;overflow:auto;max-height:400px}
+nav a{margin-right:12px;font-size:14px}
+"""
+
+
+# --------------------------------------------------------------------------------------------------- utilities
+def esc(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return esc(v)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def png_data_uri(arr: np.ndarray, max_side: int = 240) -> str:
+    """Base64 PNG ``data:`` URI of an RGB / grey uint8 array, downscaled to ``max_side``."""
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    scale = max_side / max(im.size)
+    if scale < 1:
+        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))),
+                       Image.NEAREST if arr.ndim == 2 or arr.dtype != np.uint8 else Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def colorize(labels: np.ndarray, colors: list[str], ignore_color: str = "#ffffff") -> np.ndarray:
+    """RGB image of a class-id map (255 = ignore)."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:] = [int(ignore_color[i : i + 2], 16) for i in (1, 3, 5)]
+    for c, hx in enumerate(colors):
+        lut[c] = [int(hx[i : i + 2], 16) for i in (1, 3, 5)]
+    return lut[labels.astype(np.uint8)]
+
+
+def table(rows: list[dict], columns: list[str], left: tuple[str, ...] = (), row_class: Callable | None = None) -> str:
+    head = "".join(f'<th class="{"l" if c in left else ""}">{esc(c)}</th>' for c in columns)
+    body = []
+    for r in rows:
+        cls = row_class(r) if row_class else ""
+        cells = "".join(f'<td class="{"l" if c in left else ""}">{_fmt(r.get(c))}</td>' for c in columns)
+        body.append(f'<tr class="{cls}">{cells}</tr>')
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values (steps of 1, 2, 2.5 or 5 x 10^k) covering [lo, hi]."""
+    import math
+
+    raw = (hi - lo) / max(1, n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start, stop = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    k = int(round((stop - start) / step))
+    return [round(start + i * step, 10) for i in range(k + 1)]
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 440, height: int = 240,
+               y_range: tuple[float, float] | None = None) -> str:
+    """Inline SVG line chart of named (x, y) series, with axes, ticks and a legend."""
+    pts = [p for s in series.values() for p in s if p[1] is not None and np.isfinite(p[1])]
+    if not pts:
+        return ""
+    ml, mr, mt, mb = 52, 12, 26, 46
+    pw, ph = width - ml - mr, height - mt - mb
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = y_range if y_range else (min(ys), max(ys))
+    if x1 == x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    yticks = nice_ticks(y0, y1) if not y_range else [y0 + (y1 - y0) * i / 4 for i in range(5)]
+    y0, y1 = yticks[0], yticks[-1]
+    sx = lambda x: ml + (x - x0) / (x1 - x0) * pw  # noqa: E731
+    sy = lambda y: mt + ph - (y - y0) / (y1 - y0) * ph  # noqa: E731
+    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
+           f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
+           f'{esc(title)}</text>',
+           f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fff" stroke="#bbb"/>']
+    for yv in yticks:
+        y = sy(yv)
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{ml - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{yv:.3g}</text>')
+    n_xt = min(6, int(x1 - x0) + 1) if float(x0).is_integer() and float(x1).is_integer() else 5
+    for i in range(n_xt):
+        xv = x0 + (x1 - x0) * i / max(1, n_xt - 1)
+        x = sx(xv)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>')
+        out.append(f'<text x="{x:.1f}" y="{mt + ph + 15}" text-anchor="middle" font-size="10">{xv:.3g}</text>')
+    out.append(f'<text x="{ml + pw}" y="{mt + ph + 28}" text-anchor="end" font-size="11">epoch</text>')
+    lx = ml
+    for k, (name, s) in enumerate(series.items()):
+        col = PALETTE[k % len(PALETTE)]
+        good = [(x, y) for x, y in s if y is not None and np.isfinite(y)]
+        if good:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2"/>')
+            out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{col}"/>' for x, y in good)
+        out.append(f'<rect x="{lx}" y="{height - 10}" width="10" height="4" fill="{col}"/>'
+                   f'<text x="{lx + 13}" y="{height - 5}" font-size="10">{esc(name)}</text>')
+        lx += 20 + 6 * len(name)
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+def _load_cfg(run_path: Path):
+    from histowsss.config import load_config
+
+    p = run_path / "config.yaml"
+    if not p.exists():
+        return None, f"{p} not found"
+    try:
+        return load_config(p), None
+    except Exception as e:  # a report should still be written
+        return None, f"config.yaml cannot be read: {e}"
+
+
+def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
+    parts = []
+    if cfg is not None:
+        c = cfg.data.classes
+        facts = [("run", cfg.name), ("classes", ", ".join(c.names) + (f" (background: {c.background})" if c.background
+                                                                        else "")),
+                 ("image scale", cfg.data.image_scale), ("train / val / test splits",
+                                                         f"{cfg.data.train_splits} / {cfg.data.val_splits} / "
+                                                         f"{cfg.data.test_splits}"),
+                 ("CAM", f"{cfg.train_cam.network} on {cfg.backbone.name} ({cfg.backbone.weights})"),
+                 ("segmentation", f"{cfg.train_seg.architecture} on {cfg.train_seg.encoder} "
+                                  f"({cfg.train_seg.encoder_weights}), labels {cfg.train_seg.labels}, "
+                                  f"loss {cfg.train_seg.loss}")]
+        parts.append(table([{"key": k, "value": v} for k, v in facts], ["key", "value"], left=("key", "value")))
+    else:
+        parts.append(f'<p class="note">{esc(cfg_err)}</p>')
+    versions = _read_json(run_path / "versions.json")
+    if versions:
+        parts.append('<p class="sub">' + esc(", ".join(f"{k} {v}" for k, v in versions.items())) + "</p>")
+    cfg_text = (run_path / "config.yaml").read_text() if (run_path / "config.yaml").exists() else ""
+    if cfg_text:
+        parts.append(f"<details><summary>resolved configuration (config.yaml)</summary><pre>{esc(cfg_text)}</pre>"
+                     "</details>")
+    return "".join(parts)
+
+
+def section_dataset(cfg) -> str:
+    if cfg is None:
+        return '<p class="note">not available (no readable config.yaml)</p>'
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.stats import split_class_table
+
+    try:
+        samples = read_manifest(cfg.data)
+    except Exception as e:
+        return f'<p class="note">manifest not readable from here: {esc(e)}</p>'
+    rows = split_class_table(samples, cfg.data.classes.names)
+    cols = list(rows[0].keys()) if rows else ["split"]
+    note = ""
+    if not cfg.data.label_column:
+        note = ('<p class="note">no image-label column (data.label_column is null): per-class image counts are '
+                "empty; training labels come from the masks (patch rule).</p>")
+    return table(rows, cols, left=("split",)) + note
+
+
+def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
+    """The per-stage quality rows (mIoU, mDice, per-class IoU); stages without metrics are 'not run'."""
+    cam = _read_json(run_path / "metrics" / "cam.json")
+    sem = _read_json(run_path / "metrics" / "sem_seg.json")
+    seg = _read_json(run_path / "metrics" / "seg.json")
+    sup = _read_json(run_path / "metrics" / "seg_supervised.json")
+    rows: list[dict] = []
+
+    def add(stage: str, split: str | None, summ: dict | None, note: str = "") -> None:
+        if not summ:
+            rows.append({"stage": stage, "split": "-", "status": "not run", "note": note})
+            return
+        r = {"stage": stage, "split": split, "status": "done", "mIoU": summ.get("miou"), "mDice": summ.get("mdice"),
+             "note": note}
+        for c in class_names:
+            r[f"IoU {c}"] = (summ.get("per_class", {}).get(c) or {}).get("iou")
+        rows.append(r)
+
+    cs = (cam or {}).get("splits", {})
+    add("Image-level baseline (whole image = classifier's class)", "test",
+        (cs.get("test") or {}).get("image_level_baseline"), "every method must beat this")
+    add("CAM, classes from the classifier", "test", (cs.get("test") or {}).get("predicted_gating"),
+        f"{(cam or {}).get('mode', '')} {(cam or {}).get('chosen_value', '')}".strip())
+    train_split = next((s for s in cs if s not in ("test",)), None)
+    add("CAM, classes from image labels", train_split, (cs.get(train_split) or {}).get("label_gating"),
+        "pseudo-label setting (training images)")
+    ss = (sem or {}).get("splits", {})
+    sem_split = next(iter(ss), None)
+    se = ss.get(sem_split) or {}
+    ir = (se.get("ir_labels") or {})
+    add("IR labels (confident pixels only)", sem_split, ir.get("confident_only"),
+        f"coverage {ir.get('coverage')}%" if ir.get("coverage") is not None else "")
+    add("IRN pseudo-masks (random walk)", sem_split, se.get("irn_pseudo"), "training images")
+    for name, m in (("Segmentation network (weak labels)", seg), ("Supervised upper bound (ground truth)", sup)):
+        if not m:
+            add(name, None, None)
+            continue
+        splits = m.get("splits", {})
+        note = f"labels: {m.get('label_source')}, loss: {m.get('loss')}"
+        add(name, "+".join(m.get("all", {}).get("splits", [])) or "test", m.get("all"), note)
+        if len(splits) > 1:
+            for sp, sm in splits.items():
+                add(f"  {name}: {sp}", sp, sm, "")
+    return rows
+
+
+def section_quality(run_path: Path, class_names: list[str]) -> str:
+    rows = stage_rows(run_path, class_names)
+    cols = ["stage", "split", "status", "mIoU", "mDice"] + [f"IoU {c}" for c in class_names] + ["note"]
+    return (table(rows, cols, left=("stage", "split", "status", "note"),
+                  row_class=lambda r: "nr" if r["status"] == "not run" else "") +
+            '<p class="note">Percent. Each number comes from one dataset-level confusion matrix over the split(s). '
+            "Pseudo-label stages are measured on the training images they label; CAM, baseline and segmentation "
+            "on the test split(s).</p>")
+
+
+def section_curves(run_path: Path) -> str:
+    logs = sorted((run_path / "logs").glob("*.jsonl")) if (run_path / "logs").exists() else []
+    if not logs:
+        return '<p class="note">no training logs (logs/*.jsonl)</p>'
+    blocks = []
+    for p in logs:
+        recs = []
+        for line in p.read_text().splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                continue
+        if not recs:
+            continue
+        xs = [r.get("epoch", i) + 1 for i, r in enumerate(recs)]
+        keys = [k for k in dict.fromkeys(k for r in recs for k in r)
+                if k not in _SKIP_KEYS and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                               for r in recs)]
+        unit_keys = [k for k in keys if any(t in k for t in _SCORE_WORDS) and all(
+            r.get(k) is None or (isinstance(r.get(k), (int, float)) and 0 <= r[k] <= 1) for r in recs)]
+        loss_keys = [k for k in keys if k not in unit_keys]
+        series = lambda ks: {k: [(x, r.get(k)) for x, r in zip(xs, recs)  # noqa: E731
+                                 if isinstance(r.get(k), (int, float))] for k in ks}
+        charts = []
+        if loss_keys:
+            charts.append(line_chart(series(loss_keys), f"{p.stem}: loss terms"))
+        if unit_keys:
+            charts.append(line_chart(series(unit_keys), f"{p.stem}: scores (0-1)", y_range=(0.0, 1.0)))
+        secs = sum(float(r.get("seconds") or 0) for r in recs)
+        charts_html = "".join(f'<div class="chart">{c}</div>' for c in charts if c)
+        blocks.append(f"<h3>{esc(p.stem)}</h3><p class='sub'>{len(recs)} epochs, {secs:.0f} s</p>"
+                      f'<div class="charts">{charts_html}</div>')
+    return "".join(blocks) or '<p class="note">training logs are empty</p>'
+
+
+def section_examples(run_path: Path, cfg, per_side: int = 3) -> str:
+    if cfg is None:
+        return '<p class="note">not available (no readable config.yaml)</p>'
+    from histowsss.data.loading import load_image
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.masks import load_class_mask
+
+    blocks = []
+    colors = [cfg.data.classes.color(n) for n in cfg.data.classes.names]
+    legend = "".join(f'<span><i class="sw" style="background:{esc(c)}"></i>{esc(n)}</span>'
+                     for n, c in zip(cfg.data.classes.names, colors))
+    for tag, pdir, title in (("seg", "pred", "Segmentation network (weak labels)"),
+                             ("seg_supervised", "pred_supervised", "Supervised upper bound")):
+        m = _read_json(run_path / "metrics" / f"{tag}.json")
+        if not m:
+            if tag == "seg":
+                blocks.append(f'<h3>{title}</h3><p class="note">not run (no metrics/seg.json)</p>')
+            continue
+        items = [r for r in m.get("per_image", []) if r.get("miou") is not None]
+        if not items:
+            blocks.append(f'<h3>{title}</h3><p class="note">no per-image scores</p>')
+            continue
+        try:
+            by_name = {s.name: s for s in read_manifest(cfg.data)}
+        except Exception as e:
+            blocks.append(f'<h3>{title}</h3><p class="note">manifest not readable from here: {esc(e)}</p>')
+            continue
+        ranked = sorted(items, key=lambda r: r["miou"], reverse=True)
+        best = ranked[:per_side]
+        worst = [r for r in ranked[::-1][:per_side] if r not in best]
+        rows_html = []
+        for label, group in (("best", best), ("worst", worst)):
+            for r in group:
+                s = by_name.get(r["name"])
+                pred_p = run_path / pdir / f"{r['name']}.png"
+                if s is None or not pred_p.exists():
+                    continue
+                try:
+                    img = load_image(s.image, cfg.data)
+                    gt = load_class_mask(s, cfg.data)
+                    from PIL import Image
+
+                    with Image.open(pred_p) as im:
+                        pred = np.asarray(im)
+                except Exception as e:
+                    rows_html.append(f'<div class="h">{esc(r["name"])}</div><div class="note" '
+                                     f'style="grid-column:span 3">unreadable: {esc(e)}</div>')
+                    continue
+                cells = [png_data_uri(img), png_data_uri(colorize(pred, colors)), png_data_uri(colorize(gt, colors))]
+                rows_html.append(f'<div><b>{label}</b><br>{esc(r["name"])}<br><span class="sub">{esc(r["split"])}, '
+                                 f'mIoU {r["miou"]:.1f}</span></div>' +
+                                 "".join(f'<img src="{c}" alt="{esc(r["name"])}">' for c in cells))
+        head = ('<div class="h"></div><div class="h">image</div><div class="h">prediction</div>'
+                '<div class="h">ground truth</div>')
+        blocks.append(f'<h3>{title}</h3><p class="legend">{legend}<span><i class="sw" style="background:#fff"></i>'
+                      f'ignore</span></p><div class="grid">{head}{"".join(rows_html)}</div>'
+                      f'<p class="note">Ranked by per-image mIoU over {len(items)} test image(s).</p>')
+    return "".join(blocks)
+
+
+def section_timings(run_path: Path) -> str:
+    from histowsss.steps.registry import PIPELINE
+
+    sdir = run_path / "status"
+    recs = {p.stem: _read_json(p) for p in sorted(sdir.glob("*.json"))} if sdir.exists() else {}
+    if not recs:
+        return '<p class="note">no status records</p>'
+    order = [s for s in PIPELINE if s in recs] + [s for s in recs if s not in PIPELINE]
+    rows, total = [], 0.0
+    for s in order:
+        r = recs[s] or {}
+        wall = r.get("wall_s")
+        total += float(wall or 0)
+        rows.append({"step": s, "state": r.get("state"), "wall time (s)": wall, "started": r.get("started"),
+                     "finished": r.get("finished"), "config hash": r.get("config_hash")})
+    rows.append({"step": "total", "wall time (s)": round(total, 2)})
+    missing = [s for s in PIPELINE if s not in recs]
+    note = f'<p class="note">not run: {esc(", ".join(missing))}</p>' if missing else ""
+    return table(rows, ["step", "state", "wall time (s)", "started", "finished", "config hash"],
+                 left=("step", "state", "started", "finished", "config hash")) + note
+
+
+def build_report(run_path: Path | str) -> str:
+    """The report's HTML text."""
+    run_path = Path(run_path)
+    cfg, err = _load_cfg(run_path)
+    names = list(cfg.data.classes.names) if cfg is not None else []
+    if not names:
+        for p in ("seg.json", "seg_supervised.json"):
+            m = _read_json(run_path / "metrics" / p)
+            if m and m.get("all", {}).get("per_class"):
+                names = list(m["all"]["per_class"])
+                break
+    body = {
+        "Run": section_run(run_path, cfg, err),
+        "Dataset": section_dataset(cfg),
+        "Per-stage quality": section_quality(run_path, names),
+        "Training curves": section_curves(run_path),
+        "Examples": section_examples(run_path, cfg),
+        "Timings": section_timings(run_path),
+    }
+    anchor = lambda s: s.lower().replace(" ", "-")  # noqa: E731
+    nav = "".join(f'<a href="#{anchor(s)}">{esc(s)}</a>' for s in SECTIONS)
+    title = f"histowsss report: {cfg.name if cfg is not None else run_path.name}"
+    secs = "".join(f'<section id="{anchor(s)}"><h2>{esc(s)}</h2>{body[s]}</section>' for s in SECTIONS)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>"
+            f'<p class="sub">{esc(run_path.resolve())} &middot; generated {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>'
+            f"<nav>{nav}</nav>{secs}</body></html>")
+
+
+def write_report(run_path: Path | str, out: Path | str | None = None) -> Path:
+    """Write ``report.html`` (or ``out``) atomically; returns its path."""
+    from histowsss.engine.atomic import write_text
+
+    run_path = Path(run_path)
+    if not run_path.is_dir():
+        raise FileNotFoundError(f"{run_path}: run folder not found")
+    out_path = Path(out) if out is not None else run_path / "report.html"
+    write_text(out_path, build_report(run_path))
+    return out_path

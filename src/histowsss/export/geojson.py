@@ -1,0 +1,132 @@
+"""Label maps -> QuPath-importable GeoJSON: one annotation per connected region per non-background class.
+
+Geometry: each 8-connected region of a class is traced with marching squares (``skimage.measure.find_contours``
+on the region's 0/1 mask, level 0.5, foreground fully connected), giving its outer boundary and the boundaries of
+its holes; the largest ring is the shell, the others are holes. Coordinates follow QuPath's convention (pixel
+(r, c) covers [c, c+1] x [r, r+1], so a traced point at index (r, c) is (c + 0.5, r + 0.5)) and are divided by
+``scale`` (the data.image_scale the map was computed at) to give level-0 pixels of the original image. Polygons
+are simplified by ``simplify`` level-0 pixels (topology preserved) and repaired with ``shapely.make_valid``.
+
+Each feature: ``{"type": "Feature", "id": uuid, "geometry": Polygon | MultiPolygon, "properties": {"objectType":
+"annotation", "classification": {"name": ..., "color": [r, g, b]}, "isLocked": false, "measurements": {...}}}``
+(QuPath reads ``objectType`` and ``classification`` inside ``properties``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Sequence
+
+import numpy as np
+
+IGNORE = 255
+_NAMESPACE = uuid.UUID("6f1d2a52-5f43-4d4c-9a37-1b0d7c3e9a11")
+
+
+def hex_to_rgb(color: str) -> list[int]:
+    """'#rrggbb' -> [r, g, b] (QuPath's colour list)."""
+    c = color.lstrip("#")
+    if len(c) != 6:
+        raise ValueError(f"colour {color!r} must look like '#rrggbb'")
+    return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
+
+
+def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5, min_area: float = 0.0,
+                    offset: tuple[float, float] = (0.0, 0.0)):
+    """Shapely (Multi)Polygons, one per 8-connected region of a boolean ``mask``, in level-0 coordinates.
+
+    ``offset`` (y, x) is added (in ``mask`` pixels) before scaling; regions whose level-0 area is below
+    ``min_area`` are dropped.
+    """
+    from scipy import ndimage
+    from shapely import make_valid
+    from shapely.geometry import MultiPolygon, Polygon
+    from skimage.measure import find_contours
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = np.pad(lab[sl] == i, 1).astype(np.float32)
+        rings = []
+        for ctr in find_contours(comp, 0.5, fully_connected="high"):
+            if len(ctr) < 4:
+                continue
+            ys = (ctr[:, 0] - 1 + sl[0].start + offset[0] + 0.5) / scale
+            xs = (ctr[:, 1] - 1 + sl[1].start + offset[1] + 0.5) / scale
+            ring = Polygon(np.column_stack([xs, ys]))
+            if ring.area > 0:
+                rings.append(ring)
+        if not rings:
+            continue
+        rings.sort(key=lambda p: p.area, reverse=True)
+        shell, holes = rings[0], rings[1:]
+        inner = [h.exterior.coords for h in holes if shell.contains(h.representative_point())]
+        poly = Polygon(shell.exterior.coords, inner)
+        if not poly.is_valid:
+            poly = make_valid(poly)
+        if simplify > 0:
+            poly = poly.simplify(simplify, preserve_topology=True)
+        polys = _polygons_of(poly)
+        if not polys:
+            continue
+        geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+        if geom.area >= min_area:
+            out.append(geom)
+    return out
+
+
+def _polygons_of(geom) -> list:
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if isinstance(geom, Polygon):
+        return [geom] if not geom.is_empty and geom.area > 0 else []
+    if isinstance(geom, MultiPolygon):
+        return [g for g in geom.geoms if g.area > 0]
+    if hasattr(geom, "geoms"):  # GeometryCollection (lines/points from make_valid are dropped)
+        return [g for sub in geom.geoms for g in _polygons_of(sub)]
+    return []
+
+
+def _round_coords(obj: Any, ndigits: int) -> Any:
+    if isinstance(obj, (list, tuple)):
+        if obj and isinstance(obj[0], (int, float)):
+            return [round(float(v), ndigits) for v in obj]
+        return [_round_coords(o, ndigits) for o in obj]
+    return obj
+
+
+def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[str],
+                       background: int | None = 0, scale: float = 1.0, simplify: float = 0.5,
+                       min_area: float = 0.0, id_prefix: str = "", ndigits: int = 2) -> list[dict]:
+    """GeoJSON features of every non-background class of a class-id map (IGNORE pixels are skipped)."""
+    from shapely.geometry import mapping
+
+    if len(colors) != len(class_names):
+        raise ValueError(f"need one colour per class ({len(class_names)}), got {len(colors)}")
+    feats = []
+    for c, name in enumerate(class_names):
+        if c == background:
+            continue
+        mask = labels == c
+        if not mask.any():
+            continue
+        for j, geom in enumerate(region_polygons(mask, scale=scale, simplify=simplify, min_area=min_area)):
+            g = mapping(geom)
+            feats.append({
+                "type": "Feature",
+                "id": str(uuid.uuid5(_NAMESPACE, f"{id_prefix}/{name}/{j}")),
+                "geometry": {"type": g["type"], "coordinates": _round_coords(g["coordinates"], ndigits)},
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": {"name": str(name), "color": hex_to_rgb(colors[c])},
+                    "isLocked": False,
+                    "measurements": {"area_px": round(float(geom.area), 1)},
+                },
+            })
+    return feats
+
+
+def feature_collection(features: list[dict]) -> dict:
+    return {"type": "FeatureCollection", "features": features}

@@ -1,0 +1,110 @@
+"""Step eval_seg: sliding-window inference of the segmentation network on the test splits, and its metrics.
+
+For every image of ``eval_seg.splits`` (default: the test splits): class probabilities from overlapping tiles
+(Gaussian / linear blending, flip or dihedral TTA, :mod:`histowsss.engine.inference`), argmax ->
+``pred/<name>.png`` (``pred_supervised/`` for the upper bound). Metrics from dataset-level confusion matrices
+(:class:`histowsss.evaluation.metrics.ConfusionMatrix`): one per split and one over all evaluated splits
+(``all``: e.g. GlaS testA + testB), plus per-image mIoU (for the report's best / worst examples).
+Writes ``metrics/seg.json`` (``metrics/seg_supervised.json``). Only rank 0 evaluates under torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from rich.progress import track
+
+from histowsss.config import RunConfig
+from histowsss.data.loading import load_image
+from histowsss.data.masks import load_class_mask
+from histowsss.data.transforms import Normalizer
+from histowsss.engine.atomic import write_json, write_png
+from histowsss.engine.device import resolve_device
+from histowsss.engine.distributed import is_main_process
+from histowsss.engine.inference import sliding_window_probs
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.evaluation.metrics import ConfusionMatrix
+from histowsss.steps import train_seg
+from histowsss.steps.common import samples_for
+
+STEP = "eval_seg"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of train_seg's inputs + the eval_seg section."""
+    import hashlib
+
+    return hashlib.sha256(f"{train_seg.config_hash(cfg)}|{cfg.step_hash('eval_seg')}".encode()).hexdigest()[:12]
+
+
+def pred_dir_name(tag: str) -> str:
+    return "pred" if tag == "seg" else "pred_" + tag.removeprefix("seg_")
+
+
+def eval_splits(cfg: RunConfig) -> list[str]:
+    return list(cfg.eval_seg.splits or cfg.data.test_splits)
+
+
+def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
+    """(C, H, W) probabilities of one image (already at data.image_scale) with the eval_seg settings."""
+    ev = cfg.eval_seg
+    return sliding_window_probs(model, img, Normalizer(model.mean, model.std), tile=ev.tile_size,
+                                overlap=ev.overlap, blend=ev.blend, tta=ev.tta, batch_size=ev.batch_size,
+                                device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Write pred/<name>.png and metrics/seg.json (or the seg_supervised equivalents)."""
+    if not is_main_process():
+        return {}
+    ev = cfg.eval_seg
+    h = config_hash(cfg)
+    with run.step(STEP, h, overwrite=overwrite) as info:
+        run.require("train_seg", train_seg.config_hash(cfg), STEP)
+        tag = train_seg.tag(cfg)
+        device = resolve_device(cfg.device)
+        model = train_seg.load_segnet(cfg, run.path, tag, device)
+        names = cfg.data.classes.names
+        splits = eval_splits(cfg)
+        samples = samples_for(cfg, splits)
+        if not samples:
+            raise StepError(f"no images in the eval_seg splits {splits}; set eval_seg.splits or data.test_splits")
+        pdir = pred_dir_name(tag)
+        cms = {sp: ConfusionMatrix(len(names)) for sp in splits}
+        overall = ConfusionMatrix(len(names))
+        per_image, unlabelled = [], 0
+        for s in track(samples, description=f"eval_seg ({tag})", disable=False):
+            img = load_image(s.image, cfg.data)
+            pred = predict_probs(model, img, cfg, device).argmax(0).astype(np.uint8)
+            if ev.save_predictions:
+                write_png(run.path / pdir / f"{s.name}.png", pred)
+            if s.mask is None:
+                unlabelled += 1
+                continue
+            gt = load_class_mask(s, cfg.data)
+            if gt.shape != pred.shape:
+                raise StepError(f"{s.mask}: mask size {gt.shape} differs from its image {pred.shape}")
+            one = ConfusionMatrix(len(names))
+            one.update(gt, pred)
+            cms[s.split].merge(one)
+            overall.merge(one)
+            summ = one.summary(names)
+            per_image.append({"name": s.name, "split": s.split, "miou": summ["miou"],
+                              "iou": {c: v["iou"] for c, v in summ["per_class"].items()}})
+        meta_path = train_seg.checkpoint_path(run.path, tag).with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        result = {"tag": tag, "label_source": meta.get("label_source"), "loss": meta.get("loss"),
+                  "supervised": cfg.train_seg.supervised,
+                  "inference": {"tile_size": ev.tile_size, "overlap": ev.overlap, "blend": ev.blend, "tta": ev.tta,
+                                "image_scale": cfg.data.image_scale},
+                  "splits": {sp: {**cms[sp].summary(names), "images": sum(1 for s in samples if s.split == sp)}
+                             for sp in splits},
+                  "all": {**overall.summary(names), "splits": splits, "images": len(samples)},
+                  "unlabelled_images": unlabelled, "per_image": per_image,
+                  "notes": ["'all' is one dataset-level confusion matrix over every evaluated split (not a mean of "
+                            "per-split or per-image numbers); per_image is for choosing examples only"]}
+        write_json(run.sub("metrics") / f"{tag}.json", result)
+        info.update(outputs=[f"metrics/{tag}.json"] + ([f"{pdir}/"] if ev.save_predictions else []), tag=tag,
+                    miou=result["all"]["miou"])
+        return result

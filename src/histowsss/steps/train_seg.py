@@ -1,0 +1,361 @@
+"""Step train_seg: the final segmentation network, trained on the pseudo-masks (or ground truth: the upper bound).
+
+Labels (``train_seg.labels``): ``pseudo/<name>.png`` from make_sem_seg_labels (class ids at the data.image_scale
+resolution, 255 = ignore), eval_cam's label-gated CAM labels (``cam``), or pseudo when available else CAM
+(``pseudo_or_cam``). ``train_seg.supervised: true`` trains the same network on the ground-truth masks instead;
+its outputs are named ``seg_supervised`` so that they sit beside the weakly supervised ones in one run folder.
+
+Training: random square crops (scale jitter, HED stain jitter, dihedral flips/rotations) of the train (+ val)
+images, a noise-robust loss (OEEM weighting by default, see :func:`histowsss.models.segnet.seg_loss`), AdamW with
+linear warm-up + cosine decay, one JSON line per epoch in ``logs/train_<tag>.jsonl``, a checkpoint per epoch for
+resuming, ``checkpoints/<tag>.safetensors`` at the end. Runs unchanged under ``torchrun`` (DDP, see
+:mod:`histowsss.engine.distributed`): every rank trains on its shard of the crops, rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from histowsss.config import RunConfig
+from histowsss.data.io import resize
+from histowsss.data.loading import load_image
+from histowsss.data.manifest import Sample
+from histowsss.data.masks import IGNORE, load_class_mask
+from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
+from histowsss.engine.atomic import write_text
+from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
+from histowsss.engine.distributed import DistContext, init_distributed, unwrap
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.steps.common import samples_for
+
+STEP = "train_seg"
+
+
+# ----------------------------------------------------------------------------------------------- naming, hashes
+def tag(cfg: RunConfig) -> str:
+    """'seg' (weak labels) or 'seg_supervised' (ground truth): the stem of this network's files."""
+    return "seg_supervised" if cfg.train_seg.supervised else "seg"
+
+
+def checkpoint_path(run_path: Path, tag_: str) -> Path:
+    return run_path / "checkpoints" / f"{tag_}.safetensors"
+
+
+def train_splits(cfg: RunConfig) -> list[str]:
+    d = cfg.data
+    return list(cfg.train_seg.splits or dict.fromkeys(d.train_splits + d.val_splits))
+
+
+def _upstream_hash(cfg: RunConfig) -> str:
+    ts = cfg.train_seg
+    if ts.supervised:
+        return "ground_truth"
+    if ts.labels == "cam":
+        from histowsss.steps import eval_cam
+
+        return "cam:" + eval_cam.config_hash(cfg)
+    from histowsss.steps import make_sem_seg_labels
+
+    return "pseudo:" + make_sem_seg_labels.config_hash(cfg)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of this step's inputs: the label source's own hash + the data and train_seg sections."""
+    payload = f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg')}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------------ labels
+def label_source(cfg: RunConfig, run: RunDir) -> str:
+    """'ground_truth', 'pseudo' or 'cam', checking that the producing step finished with this config."""
+    ts = cfg.train_seg
+    if ts.supervised:
+        return "ground_truth"
+    from histowsss.steps import eval_cam, make_sem_seg_labels
+
+    if ts.labels in ("pseudo", "pseudo_or_cam"):
+        h = make_sem_seg_labels.config_hash(cfg)
+        if ts.labels == "pseudo" or run.is_done("make_sem_seg_labels", h):
+            run.require("make_sem_seg_labels", h, STEP)
+            return "pseudo"
+    run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
+    return "cam"
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.ndarray]:
+    """eval_cam's label-gated CAM label maps (its chosen threshold / offset) at image resolution."""
+    from histowsss.data.crops import image_targets
+    from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
+    from histowsss.steps.common import output_classes
+    from histowsss.steps.make_cam import STRIDE, cam_path
+
+    metrics = json.loads((run.path / "metrics" / "cam.json").read_text())
+    mode, value = metrics["mode"], float(metrics["chosen_value"])
+    names = cfg.data.classes.names
+    ids = [names.index(n) for n in output_classes(cfg)]
+    bg = cfg.data.classes.background_index or 0
+    present = image_targets(samples, cfg.data)[:, ids] > 0.5
+    out = []
+    for s, pr in zip(samples, present):
+        p = cam_path(run, s.name)
+        if not p.exists():
+            raise StepError(f"{p}: CAM missing; make_cam.splits must include the train_seg splits {train_splits(cfg)}")
+        with np.load(p) as z:
+            cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
+        out.append(cams_to_labels(normalize_cams(upsample_cam(cam, size, STRIDE)), pr, ids, bg, mode, value))
+    return out
+
+
+def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str) -> list[np.ndarray]:
+    """Class-id maps (uint8, 255 = ignore) of ``samples`` from ``source``."""
+    if source == "ground_truth":
+        missing = [s.name for s in samples if s.mask is None]
+        if missing:
+            raise StepError(f"train_seg.supervised needs a mask for every training image; {len(missing)} have none "
+                            f"(e.g. {', '.join(missing[:3])}); fill the {cfg.data.mask_column!r} column or set "
+                            "train_seg.splits to splits with masks")
+        return [load_class_mask(s, cfg.data) for s in samples]
+    if source == "cam":
+        return cam_labels(cfg, run, samples)
+    out = []
+    for s in samples:
+        p = run.path / "pseudo" / f"{s.name}.png"
+        if not p.exists():
+            raise StepError(f"{p}: pseudo-mask missing; make_sem_seg_labels must cover the train_seg splits "
+                            f"{train_splits(cfg)} (ir_label.splits), or set train_seg.labels=cam")
+        lab = _read_png(p)
+        if lab.ndim != 2:
+            raise StepError(f"{p}: pseudo-mask must be single-channel class ids, got shape {lab.shape}")
+        out.append(lab.astype(np.uint8))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- crops
+def epoch_plan(sizes: list[tuple[int, int]], crop: int, per_image: int, scale_range: tuple[float, float],
+               seed: int, epoch: int) -> list[tuple[int, int, int, int, int]]:
+    """(image, y, x, source side, aug seed) per crop, shuffled; the same on every rank (seeded by epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    lo, hi = scale_range
+    plan = []
+    for i, (h, w) in enumerate(sizes):
+        for _ in range(per_image):
+            s = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
+            side = max(8, int(round(crop / s)))
+            y = int(rng.integers(0, max(h, side) - side + 1))
+            x = int(rng.integers(0, max(w, side) - side + 1))
+            plan.append((i, y, x, side, int(rng.integers(2**31))))
+    order = rng.permutation(len(plan))
+    return [plan[j] for j in order]
+
+
+def make_crop(img: np.ndarray, lab: np.ndarray, y: int, x: int, side: int, crop: int, aug, seed: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a ``side`` square at (y, x) (padding small images: reflect / ignore), resize to ``crop``, augment."""
+    h, w = lab.shape
+    if h < side or w < side:
+        ph, pw = max(0, side - h), max(0, side - w)
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        lab = np.pad(lab, ((0, ph), (0, pw)), constant_values=IGNORE)
+    im, lb = img[y : y + side, x : x + side], lab[y : y + side, x : x + side]
+    if side != crop:
+        im = resize(np.ascontiguousarray(im), crop / side, nearest=False)
+        lb = resize(np.ascontiguousarray(lb), crop / side, nearest=True)
+        im, lb = im[:crop, :crop], lb[:crop, :crop]
+    rng = np.random.default_rng(seed)
+    im = hed_jitter(im, rng, aug.hed_jitter)
+    rot = int(rng.integers(4)) if aug.rot90 else 0
+    k = rot + (4 if (aug.flips and rng.random() < 0.5) else 0)
+    return dihedral(im, k), dihedral(lb, k)
+
+
+# -------------------------------------------------------------------------------------------- status per rank
+@contextlib.contextmanager
+def rank_step(run: RunDir, ctx: DistContext, step: str, h: str, overwrite: bool) -> Iterator[dict]:
+    """``run.step`` on rank 0; on other ranks the same refusal check and no writes."""
+    if ctx.is_main:
+        with run.step(step, h, overwrite=overwrite) as info:
+            yield info
+        return
+    st = run.status(step)
+    if st and st.get("state") == "done" and not overwrite and st.get("config_hash") == h:
+        raise StepError(f"{step} already finished in {run.path}; pass --overwrite to redo it")
+    yield {}
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Train; writes checkpoints/<tag>.safetensors (+ .json metadata) and logs/train_<tag>.jsonl."""
+    h = config_hash(cfg)
+    ctx = init_distributed(cfg.device)
+    try:
+        with rank_step(run, ctx, STEP, h, overwrite) as info:
+            return fit(cfg, run, ctx, h, overwrite, info)[0]
+    finally:
+        ctx.close()
+
+
+def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, info: dict
+        ) -> tuple[dict, torch.nn.Module]:
+    """The training loop of :func:`run` (inside its status context): returns (metadata, trained model)."""
+    from histowsss.models.segnet import build_segnet, seg_loss
+
+    ts, data = cfg.train_seg, cfg.data
+    t_ = tag(cfg)
+    device = ctx.device
+    source = label_source(cfg, run)
+    samples = samples_for(cfg, train_splits(cfg))
+    if not samples:
+        raise StepError(f"no training images: no manifest row has split in {train_splits(cfg)}")
+    labels = load_labels(cfg, run, samples, source)
+    images = []
+    for s, lab in zip(samples, labels):
+        img = load_image(s.image, data)
+        if img.shape[:2] != lab.shape:
+            raise StepError(f"{s.name}: label map {lab.shape[1]}x{lab.shape[0]} ({source}) differs from the image "
+                            f"{img.shape[1]}x{img.shape[0]} at data.image_scale {data.image_scale}; re-make the labels")
+        images.append(img)
+    n_classes = len(data.classes.names)
+    bad = sorted({int(v) for lab in labels for v in np.unique(lab) if v >= n_classes and v != IGNORE})
+    if bad:
+        raise StepError(f"{source} labels hold values {bad[:5]} that are not class ids (0..{n_classes - 1} or 255)")
+    sizes = [lab.shape for lab in labels]
+
+    torch.manual_seed(ts.seed)
+    model = build_segnet(ts, n_classes).to(device)
+    norm = Normalizer(model.mean, model.std)
+    loss_kind = "ce" if ts.supervised else ts.loss
+    opt = torch.optim.AdamW(model.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
+    n_crops = len(samples) * ts.crops_per_image
+    per_rank = -(-n_crops // ctx.world_size)
+    steps_per_epoch = max(1, per_rank // ts.batch_size)
+    total = steps_per_epoch * ts.epochs
+    warm = int(ts.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)) *
+                                              0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    ckpt_dir, logs = run.path / "checkpoints", run.path / "logs"
+    if ctx.is_main:
+        run.sub("checkpoints"), run.sub("logs")
+    state_path, last_path = ckpt_dir / f"{t_}_train_state.pt", ckpt_dir / f"{t_}_last.safetensors"
+    history: list[dict] = []
+    start_epoch = 0
+    state = None if overwrite else load_train_state(state_path)
+    if state is not None and state.get("config_hash") == h and state.get("world_size", 1) == ctx.world_size:
+        load_weights(last_path, model, device="cpu")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        history = json.loads(state["history"])
+    if ctx.distributed and ctx.all_reduce_sum([start_epoch])[0] != start_epoch * ctx.world_size:
+        raise StepError(f"ranks disagree on the epoch to resume from ({run.path} must be on a file system that every "
+                        "rank sees); pass --overwrite to start over")
+    ddp = ctx.wrap(model)
+    use_amp = ts.amp and device.type == "cuda"
+    t_start = time.time()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), disable=not ctx.is_main) as bar:
+        task = bar.add_task(f"train_seg ({t_})", total=total, completed=start_epoch * steps_per_epoch, stats="")
+        for epoch in range(start_epoch, ts.epochs):
+            ddp.train()
+            t0 = time.time()
+            kind = "ce" if epoch < ts.loss_warmup_epochs else loss_kind
+            plan = ctx.shard(epoch_plan(sizes, ts.crop_size, ts.crops_per_image, ts.augment.scale_range,
+                                        ts.seed, epoch))
+            sums = np.zeros(5)  # loss * steps, steps, correct, valid pixels, label-probability sum
+            for b in range(steps_per_epoch):
+                chunk = plan[b * ts.batch_size : (b + 1) * ts.batch_size]
+                crops = [make_crop(images[i], labels[i], y, x, side, ts.crop_size, ts.augment, sd)
+                         for i, y, x, side, sd in chunk]
+                x_t = norm(torch.from_numpy(np.stack([c[0] for c in crops])).to(device))
+                y_t = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)).to(device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = ddp(x_t)
+                loss = seg_loss(logits, y_t, kind, q=ts.gce_q)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    valid = y_t != IGNORE
+                    lg = logits.detach().float()
+                    safe = torch.where(valid, y_t, torch.zeros_like(y_t))
+                    p_lab = torch.softmax(lg, 1).gather(1, safe[:, None])[:, 0]
+                    sums += [float(loss.detach()), 1, float(((lg.argmax(1) == y_t) & valid).sum()),
+                             float(valid.sum()), float(p_lab[valid].sum())]
+                bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{ts.epochs} loss {sums[0] / sums[1]:.4f}")
+            g = ctx.all_reduce_sum(sums.tolist())
+            ctx.sync_buffers(ddp)  # identical BatchNorm statistics on every rank before saving
+            secs = time.time() - t0
+            rec = {"epoch": epoch, "loss": g[0] / max(g[1], 1), "loss_kind": kind,
+                   "label_acc": g[2] / max(g[3], 1), "label_prob": g[4] / max(g[3], 1),
+                   "lr": opt.param_groups[-1]["lr"], "seconds": round(secs, 2),
+                   "crops": steps_per_epoch * ts.batch_size * ctx.world_size,
+                   "crops_per_s": round(steps_per_epoch * ts.batch_size * ctx.world_size / max(secs, 1e-9), 2)}
+            history.append(rec)
+            if ctx.is_main:
+                write_text(logs / f"train_{t_}.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+                bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} ({kind}) agreement with {source} "
+                                  f"labels {100 * rec['label_acc']:.1f}% {rec['crops_per_s']} crops/s")
+                save_weights(last_path, unwrap(ddp))
+                save_train_state(state_path, {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
+                                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                              "history": json.dumps(history)})
+            ctx.barrier()
+    meta = {"tag": t_, "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
+            "decoder_channels": ts.decoder_channels,
+            "label_source": source, "loss": loss_kind, "supervised": ts.supervised, "config_hash": h,
+            "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples),
+            "mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
+    if ctx.is_main:
+        save_weights(checkpoint_path(run.path, t_), unwrap(ddp), meta)
+    ctx.barrier()
+    info.update(outputs=[f"checkpoints/{t_}.safetensors", f"logs/train_{t_}.jsonl"], tag=t_, label_source=source,
+                train_seconds=round(time.time() - t_start, 2), world_size=ctx.world_size)
+    return meta, unwrap(ddp)
+
+
+def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
+    """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode."""
+    from histowsss.models.segnet import build_segnet
+
+    path = checkpoint_path(run_path, tag_)
+    if not path.exists():
+        hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
+        raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
+                                f"{run_path} --to train_seg{hint}` first")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels") if k in meta}
+    # the checkpoint holds every weight; the architecture is the one it was trained with (its metadata)
+    ts = cfg.train_seg.model_copy(update={"encoder_weights": "none", **arch})
+    model = build_segnet(ts, len(meta.get("classes", cfg.data.classes.names)))
+    try:
+        load_weights(path, model, device="cpu")
+    except RuntimeError as e:
+        raise StepError(f"{path}: does not fit the train_seg network of this config ({str(e)[:200]}); "
+                        "re-run train_seg") from None
+    if "mean" in meta:  # the normalisation the network was trained with
+        model.mean, model.std = tuple(meta["mean"]), tuple(meta["std"])
+    elif cfg.train_seg.encoder_weights == "imagenet":
+        from histowsss.models.weights import PACKAGED_WEIGHTS
+
+        spec = PACKAGED_WEIGHTS.get(cfg.train_seg.encoder)
+        if spec is not None:
+            model.mean, model.std = spec.mean, spec.std
+    return model.to(device).eval()

@@ -1,0 +1,130 @@
+"""`histowsss predict` and `histowsss report` on a tiny trained run (fake pseudo-masks, image_scale 0.5)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from shapely.geometry import shape
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from histowsss.config import load_config
+from histowsss.data.masks import load_class_mask
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.atomic import write_png
+from histowsss.engine.pipeline import run_pipeline
+from histowsss.engine.run_dir import RunDir
+from histowsss.steps import make_sem_seg_labels
+from histowsss.steps.common import samples_for
+
+FAST = ["data.image_scale=0.5", "train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
+        "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=2", "train_seg.batch_size=4",
+        "train_seg.crop_size=32", "train_seg.crops_per_image=2", "eval_seg.tile_size=32"]
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("predict")
+    manifest = generate_synthetic_dataset(root / "data", {"train": 6, "val": 2, "test": 3}, size=64)
+    cfg = load_config("demo", [f"data.manifest={manifest}", *FAST])
+    run = RunDir(root / "run", cfg).init()
+    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        for s in samples_for(cfg, ["train", "val"]):
+            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
+    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
+    return run.path
+
+
+def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path: Path):
+    images = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(images[1], folder / "b.png")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[0]), str(folder), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for stem in (images[0].stem, "b"):
+        lab = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        assert lab.shape == (64, 64) and lab.dtype == np.uint8 and lab.max() <= 1  # level 0: the input's size
+        with np.load(out / f"{stem}_prob.npz") as z:
+            assert z["probs"].dtype == np.float16 and z["probs"].shape == (2, 32, 32)  # at image_scale 0.5
+            np.testing.assert_allclose(z["probs"].astype(np.float32).sum(0), 1.0, atol=1e-2)
+            assert list(z["classes"]) == ["benign", "malignant"] and float(z["image_scale"]) == 0.5
+        assert np.asarray(Image.open(out / f"{stem}_overlay.png")).shape == (64, 64, 3)
+        fc = json.loads((out / f"{stem}.geojson").read_text())
+        assert fc["type"] == "FeatureCollection"
+        for f in fc["features"]:
+            assert f["properties"]["objectType"] == "annotation"
+            assert f["properties"]["classification"]["name"] == "malignant"  # background is not exported
+            assert f["properties"]["classification"]["color"] == [230, 25, 75]
+            minx, miny, maxx, maxy = shape(f["geometry"]).bounds
+            assert 0 <= minx and maxx <= 64 and 0 <= miny and maxy <= 64  # level-0 pixels of the 64 px input
+
+
+def test_geojson_coordinates_undo_the_image_scale(trained_run: Path, tmp_path: Path, monkeypatch):
+    from histowsss.cli import predict_cmd
+
+    lab = np.zeros((32, 32), np.uint8)
+    lab[8:16, 4:24] = 1  # the working-resolution map the network "predicts"
+    probs = np.stack([1.0 - lab, lab]).astype(np.float32)
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", lambda *a, **k: probs)
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    predict_cmd.predict_images(trained_run, [img], tmp_path, min_area=0, simplify=0, log=lambda m: None)
+    fc = json.loads((tmp_path / f"{img.stem}.geojson").read_text())
+    (f,) = fc["features"]
+    assert shape(f["geometry"]).bounds == pytest.approx((8.0, 16.0, 48.0, 32.0))  # x 4..24, y 8..16, doubled
+    labels = np.asarray(Image.open(tmp_path / f"{img.stem}_labels.png"))
+    assert labels[16:32, 8:48].all() and labels.sum() == 16 * 40
+
+
+def test_predict_refuses_to_overwrite(trained_run: Path, tmp_path: Path):
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{img.stem}.geojson").write_text("keep me")
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(out)])
+    assert res.exit_code == 2
+    assert f"{img.stem}.geojson" in res.output and "--overwrite" in res.output
+    assert (out / f"{img.stem}.geojson").read_text() == "keep me"
+    assert not (out / f"{img.stem}_labels.png").exists()  # nothing written before the check
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / f"{img.stem}.geojson").read_text())["type"] == "FeatureCollection"
+
+
+def test_predict_errors_are_clear(trained_run: Path, tmp_path: Path):
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(tmp_path / "nope.png"), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "nope.png" in res.output
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(tmp_path), "--supervised", "--out",
+                              str(tmp_path / "o")])
+    assert res.exit_code == 2  # an empty folder, or no supervised network
+
+
+def test_report_is_self_contained_with_all_sections(trained_run: Path):
+    res = runner.invoke(app, ["report", str(trained_run)])
+    assert res.exit_code == 0, res.output
+    text = (trained_run / "report.html").read_text()
+    for section in ("Run", "Dataset", "Per-stage quality", "Training curves", "Examples", "Timings"):
+        assert f"<h2>{section}</h2>" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "http://" not in text and "https://" not in text
+    assert "<link" not in text and "<script" not in text
+    assert "<svg" in text and "data:image/png;base64," in text
+    assert "not run" in text  # CAM / IRN stages of this run were not run
+    assert "Segmentation network (weak labels)" in text and "train_seg" in text
+
+
+def test_report_of_an_empty_run_folder(tmp_path: Path):
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "not run" in (tmp_path / "report.html").read_text()
+    res = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "not found" in res.output

@@ -1,0 +1,122 @@
+"""DDP: sharding, and train_seg in 2 CPU processes (gloo) ending with identical weights on both ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histowsss.engine.distributed import DistContext, env_world, init_distributed
+
+
+def test_shard_pads_so_every_rank_gets_the_same_count():
+    items = list(range(7))
+    shards = [DistContext(rank=r, world_size=3).shard(items) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert {x for s in shards for x in s} == set(items)  # every item is somewhere (2 repeated)
+    assert shards[0] == [0, 3, 6] and shards[2] == [2, 5, 1]
+    assert DistContext().shard(items) == items
+
+
+def test_single_process_is_a_no_op(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
+    assert ctx.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(RuntimeError, match="torchrun"):
+        env_world()
+
+
+def _worker(rank: int, port: int, manifest: str, run_path: str, out: str, fast: list[str]) -> None:
+    """One DDP rank, set up as torchrun would (environment variables), in a forked process."""
+    import traceback
+
+    try:
+        import torch
+        from safetensors.torch import save_file
+
+        from histowsss.config import load_config
+        from histowsss.engine.run_dir import RunDir
+        from histowsss.steps import train_seg
+
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"})
+        torch.set_num_threads(1)  # no OpenMP pool after fork
+        cfg = load_config("demo", [f"data.manifest={manifest}", "device=cpu", *fast])
+        run = RunDir(run_path, cfg)
+        ctx = init_distributed(cfg.device)
+        h = train_seg.config_hash(cfg)
+        with train_seg.rank_step(run, ctx, "train_seg", h, False) as info:
+            _, model = train_seg.fit(cfg, run, ctx, h, False, info)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+        ctx.close()
+    except BaseException:
+        Path(out, f"rank{rank}.error").write_text(traceback.format_exc())
+        os._exit(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_train_identical_weights(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from histowsss.config import load_config
+    from histowsss.data.masks import load_class_mask
+    from histowsss.data.synthetic import generate_synthetic_dataset
+    from histowsss.engine.atomic import write_png
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.steps import make_sem_seg_labels
+    from histowsss.steps.common import samples_for
+
+    manifest = generate_synthetic_dataset(tmp_path / "data", {"train": 4, "val": 0, "test": 1}, size=64)
+    fast = ["train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
+            "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=2", "train_seg.batch_size=2",
+            "train_seg.crop_size=32", "train_seg.crops_per_image=3"]
+    cfg = load_config("demo", [f"data.manifest={manifest}", "device=cpu", *fast])
+    run = RunDir(tmp_path / "run", cfg).init()
+    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        for s in samples_for(cfg, ["train"]):
+            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
+    import segmentation_models_pytorch  # noqa: F401  (imported once here, inherited by the forked ranks)
+    import torch.multiprocessing as mp
+
+    fork = mp.get_context("fork")  # forked ranks skip re-importing torch / smp (seconds each on a busy CPU)
+    port = _free_port()
+    procs = [fork.Process(target=_worker, args=(r, port, str(manifest), str(run.path), str(tmp_path), fast))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    errors = "\n".join(e.read_text() for e in sorted(tmp_path.glob("rank*.error")))
+    assert all(p.exitcode == 0 for p in procs) and not errors, errors or [p.exitcode for p in procs]
+    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        np.testing.assert_array_equal(w0[k].numpy(), w1[k].numpy(), err_msg=k)
+    # the weights moved, and only rank 0 wrote the run's files
+    from histowsss.models.segnet import build_segnet
+    import torch
+
+    torch.manual_seed(cfg.train_seg.seed)
+    init = build_segnet(cfg.train_seg, 2).state_dict()
+    assert any(not np.array_equal(init[k].numpy(), w0[k].numpy()) for k in w0 if k.endswith("weight"))
+    st = run.status("train_seg")
+    assert st["state"] == "done" and st["world_size"] == 2
+    log = [json.loads(x) for x in (run.path / "logs" / "train_seg.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and log[0]["crops"] == 12  # 4 images x 3 crops, shared by 2 ranks x batch 2 x 3 steps
+    assert (run.path / "checkpoints" / "seg.safetensors").exists()

@@ -1,0 +1,88 @@
+"""QuPath GeoJSON export: schema, holes, level-0 coordinates, one feature per region per class."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from shapely.geometry import shape
+
+from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features, region_polygons
+
+NAMES = ["background", "gland", "tumour"]
+COLORS = ["#000000", "#e6194b", "#3cb44b"]
+
+
+def ring_map() -> np.ndarray:
+    lab = np.zeros((40, 50), np.uint8)
+    lab[5:25, 5:25] = 1          # a ring: 20 x 20 square with an 8 x 8 hole
+    lab[11:19, 11:19] = 0
+    lab[30:36, 30:45] = 1        # a second gland region
+    lab[2:8, 40:48] = 2          # a tumour region
+    return lab
+
+
+def test_feature_collection_schema_for_qupath():
+    fc = feature_collection(labels_to_features(ring_map(), NAMES, COLORS, background=0, simplify=0))
+    fc = json.loads(json.dumps(fc))  # plain JSON types only
+    assert fc["type"] == "FeatureCollection"
+    assert len(fc["features"]) == 3  # one per connected region per non-background class, none for background
+    for f in fc["features"]:
+        assert f["type"] == "Feature" and isinstance(f["id"], str)
+        assert f["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        props = f["properties"]
+        assert props["objectType"] == "annotation"  # inside properties, where QuPath reads it
+        cls = props["classification"]
+        assert cls["name"] in ("gland", "tumour")
+        assert cls["color"] == hex_to_rgb(COLORS[NAMES.index(cls["name"])])
+        assert all(isinstance(v, int) for v in cls["color"]) and len(cls["color"]) == 3
+        assert "objectType" not in f and "classification" not in f
+        ring = f["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1]  # closed rings
+    names = sorted(f["properties"]["classification"]["name"] for f in fc["features"])
+    assert names == ["gland", "gland", "tumour"]
+
+
+def test_ring_shaped_region_is_a_polygon_with_a_hole():
+    feats = labels_to_features(ring_map(), NAMES, COLORS, background=0, simplify=0)
+    ring = max((f for f in feats if f["properties"]["classification"]["name"] == "gland"),
+               key=lambda f: shape(f["geometry"]).area)
+    assert ring["geometry"]["type"] == "Polygon"
+    assert len(ring["geometry"]["coordinates"]) == 2  # exterior + one hole
+    geom = shape(ring["geometry"])
+    assert geom.is_valid
+    assert geom.area == pytest.approx(20 * 20 - 8 * 8, rel=0.03)
+    assert not geom.contains(shape({"type": "Point", "coordinates": [15.0, 15.0]}))  # the hole's centre
+    assert geom.contains(shape({"type": "Point", "coordinates": [7.0, 15.0]}))  # on the ring (x=col, y=row)
+
+
+def test_coordinates_are_level0_pixels():
+    lab = np.zeros((20, 30), np.uint8)
+    lab[4:10, 6:18] = 1  # rows 4..9, cols 6..17 at image_scale 0.5
+    (geom,) = region_polygons(lab == 1, scale=0.5, simplify=0)
+    minx, miny, maxx, maxy = geom.bounds
+    # pixel (r, c) covers [c, c+1] x [r, r+1]: the region's edges are x 6..18, y 4..10, doubled at scale 0.5
+    assert (minx, miny, maxx, maxy) == pytest.approx((12.0, 8.0, 36.0, 20.0))
+    assert geom.area == pytest.approx(4 * 6 * 12, rel=0.1)
+
+
+def test_min_area_and_simplify():
+    lab = np.zeros((30, 30), np.uint8)
+    lab[1, 1] = 1
+    yy, xx = np.mgrid[:30, :30]
+    lab[(yy - 18) ** 2 + (xx - 18) ** 2 < 64] = 1
+    feats = labels_to_features(lab, NAMES, COLORS, background=0, simplify=0, min_area=4)
+    assert len(feats) == 1  # the single pixel is dropped
+    fine = len(feats[0]["geometry"]["coordinates"][0])
+    coarse = len(labels_to_features(lab, NAMES, COLORS, background=0, simplify=1.0, min_area=4)
+                 [0]["geometry"]["coordinates"][0])
+    assert coarse < fine
+
+
+def test_ignore_and_empty_maps():
+    lab = np.full((10, 10), 255, np.uint8)
+    assert labels_to_features(lab, NAMES, COLORS, background=0) == []
+    assert labels_to_features(np.zeros((10, 10), np.uint8), NAMES, COLORS, background=0) == []
+    with pytest.raises(ValueError, match="colour"):
+        hex_to_rgb("red")

@@ -1,0 +1,103 @@
+"""The CAM stage end to end on tiny synthetic data: files, metrics, restart, refusal to overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from histowsss.config import load_config
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.pipeline import run_pipeline
+from histowsss.engine.run_dir import RunDir, StepError
+
+FAST = ["train_cam.epochs=2", "train_cam.crop_size=48", "train_cam.crops_per_image=4", "train_cam.cache_copies=2",
+        "train_cam.head_channels=32", "make_cam.scales=[1.0]", "make_cam.flip=false",
+        "train_cam.min_epochs_before_diagnosis=5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory):
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 8, "val": 2, "test": 4}, size=64)
+
+
+def _cfg(manifest, extra=()):
+    return load_config("demo", [f"data.manifest={manifest}"] + FAST + list(extra))
+
+
+def test_cam_stage_runs_and_writes_its_files(tiny_manifest, tmp_path):
+    cfg = _cfg(tiny_manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, log=lambda s: None)
+    assert (rd.path / "checkpoints" / "cam.safetensors").exists()
+    assert (rd.path / "config.yaml").exists() and (rd.path / "versions.json").exists()
+    log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and {"loss", "acc", "auc", "chance_bce"} <= set(log[0])
+    cams = sorted((rd.path / "cams").glob("*.npz"))
+    assert len(cams) == 14
+    with np.load(cams[0]) as z:
+        assert z["cam"].shape[0] == 1 and z["cam"].shape[1:] == (16, 16)  # malignant channel, stride-4 grid
+        assert list(z["classes"]) == ["malignant"]
+    m = json.loads((rd.path / "metrics" / "cam.json").read_text())
+    assert m["mode"] == "threshold" and m["chosen_on"] == ["train", "val"]
+    assert set(m["splits"]) == {"train", "val", "test"}
+    assert "label_gating" not in m["splits"]["test"]  # test labels are not used for gating
+    for key in ("miou", "fwiou", "mdice", "per_class"):
+        assert key in m["splits"]["test"]["predicted_gating"]
+    # finished steps are skipped, and a finished step refuses to run again without overwrite
+    messages = []
+    run_pipeline(cfg, rd, log=messages.append)
+    assert all(s.startswith("[skip]") for s in messages)
+    from histowsss.steps import train_cam
+
+    with pytest.raises(StepError, match="--overwrite"):
+        train_cam.run(cfg, rd)
+
+
+def test_make_cam_requires_train_cam_of_the_same_config(tiny_manifest, tmp_path):
+    cfg = _cfg(tiny_manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    from histowsss.steps import make_cam
+
+    with pytest.raises(StepError, match="has not finished"):
+        make_cam.run(cfg, rd)
+    run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
+    other = _cfg(tiny_manifest, ["train_cam.lr=0.01"])
+    with pytest.raises(StepError, match="another configuration"):
+        make_cam.run(other, RunDir(rd.path, other))
+
+
+def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_manifest, ["train_cam.epochs=3"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    from histowsss.engine import checkpoints
+    from histowsss.steps import train_cam
+
+    real = checkpoints.save_train_state
+    calls = {"n": 0}
+
+    def crash_after_first(path, state):
+        real(path, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(train_cam, "save_train_state", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_cam.run(cfg, rd)
+    assert rd.status("train_cam")["state"] == "failed"
+    monkeypatch.setattr(train_cam, "save_train_state", real)
+    train_cam.run(cfg, rd)
+    log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]  # epochs 0-1 kept, only epoch 2 trained after the restart
+    assert rd.status("train_cam")["state"] == "done"
+
+
+def test_rpnet_trains_through_the_same_step(tiny_manifest, tmp_path):
+    cfg = _cfg(tiny_manifest, ["train_cam.network=rpnet", "train_cam.epochs=1"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="make_cam", log=lambda s: None)
+    log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
+    assert log[0]["aux_loss"] is not None
+    assert len(list((rd.path / "cams").glob("*.npz"))) == 14

@@ -1,0 +1,162 @@
+"""train_seg / eval_seg on tiny synthetic data, with fake pseudo-masks (no CAM / IRN training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from histowsss.config import load_config
+from histowsss.data.masks import load_class_mask
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.atomic import write_npz, write_png
+from histowsss.engine.pipeline import run_pipeline
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.steps import eval_cam, eval_seg, make_cam, make_sem_seg_labels, train_seg
+from histowsss.steps.common import all_splits, output_classes, samples_for
+from histowsss.steps.registry import PIPELINE
+
+FAST = ["train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
+        "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=2", "train_seg.batch_size=4",
+        "train_seg.crop_size=32", "train_seg.crops_per_image=2", "eval_seg.tile_size=32", "eval_seg.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 6, "val": 2, "test": 3}, size=64)
+
+
+def make_cfg(manifest: Path, *extra: str):
+    return load_config("demo", [f"data.manifest={manifest}", *FAST, *extra])
+
+
+def fake_pseudo(cfg, run: RunDir, noise: float = 0.1) -> None:
+    """pseudo/<name>.png = ground truth with a fraction of pixels flipped + a finished make_sem_seg_labels record."""
+    rng = np.random.default_rng(0)
+    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        for s in samples_for(cfg, train_seg.train_splits(cfg)):
+            gt = load_class_mask(s, cfg.data)
+            flip = rng.random(gt.shape) < noise
+            write_png(run.path / "pseudo" / f"{s.name}.png", np.where(flip, 1 - gt, gt).astype(np.uint8))
+
+
+def test_steps_are_registered_after_the_irn_steps():
+    assert PIPELINE[-2:] == ["train_seg", "eval_seg"]
+    assert PIPELINE.index("train_seg") > PIPELINE.index("eval_sem_seg")
+
+
+def test_train_and_eval_on_pseudo_masks(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    res = run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
+    assert list(res) == ["train_seg", "eval_seg"]
+    assert (run.path / "checkpoints" / "seg.safetensors").exists()
+    meta = json.loads((run.path / "checkpoints" / "seg.json").read_text())
+    assert meta["label_source"] == "pseudo" and meta["loss"] == "oeem" and not meta["supervised"]
+    log = [json.loads(x) for x in (run.path / "logs" / "train_seg.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert log[0]["loss_kind"] == "ce" and log[1]["loss_kind"] == "oeem"  # one warm-up epoch of plain CE
+    assert {"loss", "label_acc", "lr", "crops_per_s"} <= set(log[0])
+    m = json.loads((run.path / "metrics" / "seg.json").read_text())
+    assert set(m["splits"]) == {"test"} and m["all"]["splits"] == ["test"]
+    for key in ("miou", "mdice", "fwiou", "pixel_acc", "per_class"):
+        assert key in m["all"] and key in m["splits"]["test"]
+    assert len(m["per_image"]) == 3 and m["inference"]["tta"] == "flip"
+    for s in samples_for(cfg, ["test"]):
+        pred = np.asarray(Image.open(run.path / "pred" / f"{s.name}.png"))
+        assert pred.shape == (64, 64) and pred.dtype == np.uint8 and pred.max() <= 1
+    assert run.status("train_seg")["state"] == "done" and run.status("eval_seg")["state"] == "done"
+    # finished steps are skipped; running one again needs --overwrite
+    msgs: list[str] = []
+    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=msgs.append)
+    assert all(m.startswith("[skip]") for m in msgs)
+    with pytest.raises(StepError, match="overwrite"):
+        train_seg.run(cfg, run)
+
+
+def test_missing_pseudo_masks_are_a_clear_error(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(StepError, match="make_sem_seg_labels"):
+        train_seg.run(cfg, run)
+
+
+def test_supervised_flag_trains_on_ground_truth(dataset: Path, tmp_path: Path, monkeypatch):
+    cfg = make_cfg(dataset, "train_seg.supervised=true", "train_seg.epochs=1")
+    run = RunDir(tmp_path / "run", cfg).init()  # no pseudo-masks at all: they must not be needed
+    seen: dict = {}
+    original = train_seg.load_labels
+
+    def spy(cfg_, run_, samples, source):
+        seen["source"] = source
+        seen["labels"] = original(cfg_, run_, samples, source)
+        seen["samples"] = samples
+        return seen["labels"]
+
+    monkeypatch.setattr(train_seg, "load_labels", spy)
+    meta = train_seg.run(cfg, run)
+    assert seen["source"] == "ground_truth" and meta["label_source"] == "ground_truth" and meta["loss"] == "ce"
+    for s, lab in zip(seen["samples"], seen["labels"]):
+        np.testing.assert_array_equal(lab, load_class_mask(s, cfg.data))
+    assert {s.split for s in seen["samples"]} == {"train", "val"}
+    assert (run.path / "checkpoints" / "seg_supervised.safetensors").exists()
+    assert (run.path / "logs" / "train_seg_supervised.jsonl").exists()
+    assert not (run.path / "checkpoints" / "seg.safetensors").exists()
+    eval_seg.run(cfg, run)
+    m = json.loads((run.path / "metrics" / "seg_supervised.json").read_text())
+    assert m["supervised"] is True and m["label_source"] == "ground_truth"
+    assert len(list((run.path / "pred_supervised").glob("*.png"))) == 3
+
+
+def _fake_cams(cfg, run: RunDir) -> None:
+    """Blurred ground truth on the stride-4 grid as CAMs + a finished make_cam record."""
+    classes = output_classes(cfg)
+    with run.step("make_cam", make_cam.config_hash(cfg)):
+        for s in samples_for(cfg, all_splits(cfg)):
+            gt = load_class_mask(s, cfg.data)
+            h, w = gt.shape
+            cams = [ndimage.gaussian_filter((gt == cfg.data.classes.index(c)).astype(np.float32)
+                                            .reshape(h // 4, 4, w // 4, 4).mean(axis=(1, 3)), 1.0) for c in classes]
+            probs = np.array([0.9 if (gt == cfg.data.classes.index(c)).any() else 0.1 for c in classes], np.float32)
+            write_npz(make_cam.cam_path(run, s.name), cam=np.stack(cams).astype(np.float16), probs=probs,
+                      classes=np.array(classes), size=np.array((h, w)), config_hash=np.array(make_cam.config_hash(cfg)))
+
+
+def test_falls_back_to_cam_labels_when_configured(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset, "train_seg.labels=pseudo_or_cam", "train_seg.epochs=1", "train_seg.loss=gce")
+    run = RunDir(tmp_path / "run", cfg).init()
+    _fake_cams(cfg, run)
+    eval_cam.run(cfg, run)
+    meta = train_seg.run(cfg, run)
+    assert meta["label_source"] == "cam" and meta["loss"] == "gce"
+
+
+def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, monkeypatch):
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    original = train_seg.save_train_state
+
+    def crash_after_first_epoch(path, state):
+        original(path, state)
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(train_seg, "save_train_state", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg.run(cfg, run)
+    assert run.status("train_seg")["state"] == "failed"
+    first = json.loads((run.path / "logs" / "train_seg.jsonl").read_text().splitlines()[0])
+    monkeypatch.setattr(train_seg, "save_train_state", original)
+    epochs_run: list[int] = []
+    real_plan = train_seg.epoch_plan
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
+    train_seg.run(cfg, run)
+    assert epochs_run == [1]  # epoch 0 was not trained again
+    log = [json.loads(x) for x in (run.path / "logs" / "train_seg.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and log[0] == first
+    assert run.status("train_seg")["state"] == "done"
