@@ -104,9 +104,6 @@ def test_data_config_rules():
         DataConfig(manifest="m.csv", classes={"names": ["a", "b"]}, mask_mode="binary_image_label")
 
 
-@pytest.mark.xfail(reason="config.py bug (reported): ClassMap.index raises KeyError inside a pydantic validator, "
-                          "which escapes validate_config as a raw KeyError instead of a ConfigError naming the key",
-                   raises=KeyError, strict=False)
 def test_unknown_foreground_class_is_config_error():
     with pytest.raises(ConfigError, match="mask_foreground_class"):
         load_config("glas-gland", ["data.mask_foreground_class=glands"])

@@ -29,7 +29,7 @@ def _cfg(manifest, extra=()):
 def test_cam_stage_runs_and_writes_its_files(tiny_manifest, tmp_path):
     cfg = _cfg(tiny_manifest)
     rd = RunDir(tmp_path / "run", cfg).init()
-    run_pipeline(cfg, rd, log=lambda s: None)
+    run_pipeline(cfg, rd, stop="eval_cam", log=lambda s: None)
     assert (rd.path / "checkpoints" / "cam.safetensors").exists()
     assert (rd.path / "config.yaml").exists() and (rd.path / "versions.json").exists()
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
@@ -47,7 +47,7 @@ def test_cam_stage_runs_and_writes_its_files(tiny_manifest, tmp_path):
         assert key in m["splits"]["test"]["predicted_gating"]
     # finished steps are skipped, and a finished step refuses to run again without overwrite
     messages = []
-    run_pipeline(cfg, rd, log=messages.append)
+    run_pipeline(cfg, rd, stop="eval_cam", log=messages.append)
     assert all(s.startswith("[skip]") for s in messages)
     from histowsss.steps import train_cam
 
