@@ -28,8 +28,12 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
         cfg = load_config("demo", [f"data.manifest={manifest}", f"seed={seed}"] + list(set_ or []))
         rd = RunDir(run_dir, cfg).init()
         run_pipeline(cfg, rd, overwrite=overwrite, log=console.print)
+    from histowsss.evaluation.report import write_report
+
     print(stage_table(rd.path))
+    report = write_report(rd.path, None)
     console.print(f"demo finished in {time.time() - t0:.0f} s; run folder: {rd.path}")
+    console.print(f"report: {report}")
 
 
 def stage_table(run_path: Path) -> str:
@@ -52,6 +56,22 @@ def stage_table(run_path: Path) -> str:
                     row[f"IoU {c}"] = d["iou"]
                 row["AUC"] = e["classification"]["auc"]
                 rows.append(row)
+    sem = run_path / "metrics" / "sem_seg.json"
+    if sem.exists():
+        m = json.loads(sem.read_text())
+        for split, e in m["splits"].items():
+            for stage, key in (("IR labels (ignore = background)", "ir_labels"), ("IRN pseudo-masks", "irn_pseudo")):
+                s = e[key]["ignore_as_background"] if key == "ir_labels" else e[key]
+                row = {"stage": stage, "split": split, "classes from": "labels", "mIoU": s["miou"]}
+                row.update({f"IoU {c}": d["iou"] for c, d in s["per_class"].items()})
+                rows.append(row)
+    for tag, stage in (("seg", "segmentation network"), ("seg_supervised", "supervised upper bound")):
+        p = run_path / "metrics" / f"{tag}.json"
+        if p.exists():
+            a = json.loads(p.read_text())["all"]
+            row = {"stage": stage, "split": "test", "classes from": "network", "mIoU": a["miou"]}
+            row.update({f"IoU {c}": d["iou"] for c, d in a["per_class"].items()})
+            rows.append(row)
     if not rows:
         return "(no metrics yet)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
