@@ -36,7 +36,7 @@ def per_image_labels(run_path: Path, split_names: list[str]):
     bg = cfg.data.classes.background_index or 0
     out = []
     for it in load_split(cfg, RunDir(run_path, cfg), split_names):
-        pred = cams_to_labels(it["cam"], presence(it, "predicted", cfg.eval_cam.gate_threshold), ids, bg,
+        pred = cams_to_labels(it["cam"], presence(it, "predicted", m.get("chosen_gate", 0.5)), ids, bg,
                               m["mode"], m["chosen_value"])
         out.append((it["name"], it["gt"], pred))
     return cfg, out

@@ -175,7 +175,10 @@ class EvalCamConfig(Strict):
     choose_on: list[str] | None = Field(None, description="splits to choose thresholds on (default: train + val)")
     thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
     offsets: list[float] = Field(default_factory=lambda: [round(-0.5 + 0.05 * i, 2) for i in range(21)])
-    gate_threshold: float = Field(0.5, description="class-presence probability cut on unlabelled (test) images")
+    gate_thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.0],
+        description="candidate class-presence probability cuts for unlabelled (test) images; the best on the "
+        "choose_on splits (classifier gating, chosen background parameter) is used, ties keep the first")
 
 
 class IrLabelConfig(Strict):

@@ -53,26 +53,26 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
 
 
 def presence(item: dict, gating: str, gate_threshold: float) -> np.ndarray:
-    """Classes present in an image, from its labels or from the classifier."""
+    """Classes present in an image, from its labels or from the classifier (probability >= gate_threshold)."""
     if gating == "labels":
         return item["target"] > 0.5
-    pr = item["probs"] >= gate_threshold
-    return pr
+    return item["probs"] >= gate_threshold
 
 
-def score(items: list[dict], cfg: RunConfig, mode: str, value: float, gating: str) -> ConfusionMatrix:
+def score(items: list[dict], cfg: RunConfig, mode: str, value: float, gating: str,
+          gate: float = 0.5) -> ConfusionMatrix:
     """Confusion matrix of CAM labels over ``items``."""
     names = cfg.data.classes.names
     ids = [names.index(n) for n in output_classes(cfg)]
     bg = cfg.data.classes.background_index if cfg.data.classes.background_index is not None else 0
     cm = ConfusionMatrix(len(names))
     for it in items:
-        pred = cams_to_labels(it["cam"], presence(it, gating, cfg.eval_cam.gate_threshold), ids, bg, mode, value)
+        pred = cams_to_labels(it["cam"], presence(it, gating, gate), ids, bg, mode, value)
         cm.update(it["gt"], pred)
     return cm
 
 
-def image_level_baseline(items: list[dict], cfg: RunConfig) -> ConfusionMatrix:
+def image_level_baseline(items: list[dict], cfg: RunConfig, gate: float) -> ConfusionMatrix:
     """Trivial baseline: every pixel gets the most probable predicted class, background if none is predicted."""
     names = cfg.data.classes.names
     ids = [names.index(n) for n in output_classes(cfg)]
@@ -81,7 +81,7 @@ def image_level_baseline(items: list[dict], cfg: RunConfig) -> ConfusionMatrix:
     for it in items:
         pr = it["probs"]
         k = int(np.argmax(pr))
-        cls = ids[k] if pr[k] >= cfg.eval_cam.gate_threshold else bg
+        cls = ids[k] if pr[k] >= gate else bg
         cm.update(it["gt"], np.full(it["gt"].shape, cls, dtype=np.uint8))
     return cm
 
@@ -115,27 +115,31 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             s = score(items, cfg, mode, v, "labels").summary(names)
             sweep.append({"value": v, "miou": s["miou"]})
         best = max(sweep, key=lambda r: r["miou"] or -1)["value"]
-        result = {"mode": mode, "chosen_on": choose, "chosen_value": best, "sweep": sweep, "splits": {}}
+        gate_sweep = [{"gate": g, "miou": score(items, cfg, mode, best, "predicted", g).summary(names)["miou"]}
+                      for g in ec.gate_thresholds]
+        gate = max(gate_sweep, key=lambda r: r["miou"] or -1)["gate"]
+        result = {"mode": mode, "chosen_on": choose, "chosen_value": best, "sweep": sweep,
+                  "chosen_gate": gate, "gate_sweep": gate_sweep, "splits": {}}
         bg_name = cfg.data.classes.background
         for split in list(dict.fromkeys(cfg.data.train_splits + cfg.data.val_splits)) + ["test"]:
             split_names = cfg.data.test_splits if split == "test" else [split]
             its = items if split_names == choose else load_split(cfg, run, split_names)
             if not its:
                 continue
-            entry = {"classification": classification_metrics(its, ec.gate_threshold),
-                     "predicted_gating": score(its, cfg, mode, best, "predicted").summary(names),
-                     "image_level_baseline": image_level_baseline(its, cfg).summary(names)}
+            entry = {"classification": classification_metrics(its, 0.5),
+                     "predicted_gating": score(its, cfg, mode, best, "predicted", gate).summary(names),
+                     "image_level_baseline": image_level_baseline(its, cfg, 0.5).summary(names)}
             if split != "test":
                 entry["label_gating"] = score(its, cfg, mode, best, "labels").summary(names)
             if bg_name is not None:
-                entry["predicted_gating"]["background_images_false_fg"] = _false_fg(its, cfg, mode, best)
+                entry["predicted_gating"]["background_images_false_fg"] = _false_fg(its, cfg, mode, best, gate)
             result["splits"][split] = entry
         write_json(run.sub("metrics") / "cam.json", result)
         info.update(outputs=["metrics/cam.json"], chosen_value=best)
         return result
 
 
-def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float) -> float | None:
+def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float, gate: float) -> float | None:
     """Percent of pixels called non-background in images whose ground truth is all background (e.g. benign)."""
     names = cfg.data.classes.names
     ids = [names.index(n) for n in output_classes(cfg)]
@@ -144,7 +148,7 @@ def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float) -> flo
     for it in items:
         if np.any(it["gt"] != bg):
             continue
-        pred = cams_to_labels(it["cam"], presence(it, "predicted", cfg.eval_cam.gate_threshold), ids, bg, mode, value)
+        pred = cams_to_labels(it["cam"], presence(it, "predicted", gate), ids, bg, mode, value)
         tot += pred.size
         fg += int((pred != bg).sum())
     return round(100 * fg / tot, 2) if tot else None
