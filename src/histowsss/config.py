@@ -152,6 +152,9 @@ class TrainCamConfig(Strict):
     cache_features: bool = Field(True, description="precompute frozen-stage features once per augmented copy")
     cache_copies: int = Field(4, ge=1, description="augmented copies per image when caching features")
     cache_scales: list[float] = Field(default_factory=lambda: [1.0])
+    isolate_patches: bool = Field(
+        False, description="with data.patches and a cache: run the backbone on each patch alone (no context from "
+        "outside the patch), so patch labels describe what the features see; pair with make_cam.patch_size")
     crops_per_image: int = Field(8, ge=1, description="random crops drawn from each image per epoch (no patches)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     num_workers: int = Field(0, ge=0)
@@ -166,6 +169,8 @@ class MakeCamConfig(Strict):
     scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
     input_scale: float = Field(1.0, gt=0, description="extra resize of images at inference (e.g. 2.0 for crop-trained nets)")
+    patch_size: int | None = Field(None, ge=16, description="patch-wise CAMs: each patch (at each scale) alone "
+                                   "through the network, overlapping by half, averaged; null = whole image")
     splits: list[str] | None = Field(None, description="default: train + val + test splits")
 
 

@@ -153,3 +153,74 @@ def _probe_stride(bb: torch.nn.Module, start: int) -> int:
     with torch.no_grad():
         y = bb(torch.zeros(1, 3, 64, 64), 0, start)[0]
     return 64 // y.shape[-1]
+
+
+class CachedPatchSource:
+    """Backbone output of every fixed patch computed on the patch alone (no outside context), per augmented copy.
+
+    Copies: identity, then random dihedral transforms + HED jitter of the patch pixels.
+    """
+
+    def __init__(self, model: torch.nn.Module, samples: list[Sample], examples: list[CropExample],
+                 data: DataConfig, cfg: TrainCamConfig, normalizer: Normalizer, device: torch.device, seed: int,
+                 channels_last: bool = True, batch: int = 64):
+        self.start = model.trunk_units
+        self.levels = tuple(getattr(model, "extra_levels", ()))
+        bb = model.backbone
+        rng = np.random.default_rng(seed)
+        self.index = {id(e): i for i, e in enumerate(examples)}
+        self.feats: list[list[torch.Tensor]] = [[] for _ in examples]
+        self.extras: list[list[dict]] = [[] for _ in examples]
+        by_image: dict[int, list[int]] = {}
+        for i, e in enumerate(examples):
+            by_image.setdefault(e.image, []).append(i)
+        model.eval()
+        for img_idx in _progress(list(by_image), "caching patch features"):
+            img = load_image(samples[img_idx].image, data)
+            ids = by_image[img_idx]
+            for c in range(cfg.cache_copies):
+                crops = []
+                for i in ids:
+                    e = examples[i]
+                    crop = img[e.y : e.y + e.size, e.x : e.x + e.size]
+                    if crop.shape[0] != e.size or crop.shape[1] != e.size:
+                        crop = np.pad(crop, ((0, e.size - crop.shape[0]), (0, e.size - crop.shape[1]), (0, 0)),
+                                      mode="reflect")
+                    if c > 0:
+                        crop = dihedral(hed_jitter(crop, rng, cfg.augment.hed_jitter),
+                                        random_dihedral_index(rng, cfg.augment))
+                    crops.append(np.ascontiguousarray(crop))
+                for b in range(0, len(ids), batch):
+                    x = normalizer(torch.from_numpy(np.stack(crops[b : b + batch])).to(device))
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.no_grad():
+                        f, got = bb(x, 0, self.start, collect=self.levels)
+                    for j, i in enumerate(ids[b : b + batch]):
+                        self.feats[i].append(f[j].to(torch.float16))
+                        self.extras[i].append({lv: t[j].to(torch.float16) for lv, t in got.items()})
+        model.train()
+
+    def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
+                device: torch.device, paired: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, dict[int, torch.Tensor]]]:
+        """Batches of cached patch features, each example in a random copy (pairs kept adjacent)."""
+        n = len(examples)
+        if paired:
+            units = rng.permutation(n // 2)
+            order = np.stack([2 * units, 2 * units + 1], axis=1).ravel()
+            batch_size = max(2, batch_size - batch_size % 2)
+        else:
+            order = rng.permutation(n)
+        for b in range(0, len(order), batch_size):
+            xs, ts, ex = [], [], {lv: [] for lv in self.levels}
+            for k in order[b : b + batch_size]:
+                e = examples[k]
+                i = self.index[id(e)]
+                c = int(rng.integers(len(self.feats[i])))
+                xs.append(self.feats[i][c])
+                for lv in self.levels:
+                    ex[lv].append(self.extras[i][c][lv])
+                ts.append(torch.from_numpy(e.target))
+            extras = {lv: torch.stack(v).to(device).float() for lv, v in ex.items()}
+            yield torch.stack(xs).to(device).float(), torch.stack(ts).to(device), self.start, extras

@@ -51,6 +51,54 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
     return total.cpu().numpy(), (logits / n).cpu().numpy()  # type: ignore[union-attr]
 
 
+@torch.no_grad()
+def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], flip: bool, norm: Normalizer,
+                  device: torch.device, patch: int, channels_last: bool = True,
+                  batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """CAMs computed patch by patch (each patch alone, overlapping by half, averaged), summed over scales.
+
+    For networks trained on isolated patches: the CAM of a pixel then comes from the patches that contain it,
+    with no context from outside them. Returns (cam (K, ceil(H/4), ceil(W/4)), mean patch logits (K,)).
+    """
+    from histowsss.data.patches import Patch, crop_padded, tile_positions
+
+    h, w = img.shape[:2]
+    grid = (-(-h // STRIDE), -(-w // STRIDE))
+    total, logit_sum, n_logits = None, None, 0
+    for s in scales:
+        a = img if s == 1.0 else resize(img, s, nearest=False)
+        hs, ws = a.shape[:2]
+        ys = tile_positions(hs, patch, max(1, patch // 2), "pad" if hs < patch else "shift")
+        xs = tile_positions(ws, patch, max(1, patch // 2), "pad" if ws < patch else "shift")
+        boxes = [Patch(y, x, patch) for y in ys for x in xs]
+        acc = torch.zeros(0)
+        cnt = torch.zeros(1, max(hs, ys[-1] + patch), max(ws, xs[-1] + patch))
+        for b in range(0, len(boxes), batch):
+            bx = boxes[b : b + batch]
+            x = norm(torch.from_numpy(np.stack([crop_padded(a, p) for p in bx])).to(device))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            cam = F.relu(out["cam"].float())
+            lg = out["logits"].float()
+            if flip:
+                o2 = model(x.flip(-1))
+                cam = 0.5 * (cam + F.relu(o2["cam"].float()).flip(-1))
+                lg = 0.5 * (lg + o2["logits"].float())
+            cam = F.interpolate(cam, size=(patch, patch), mode="bilinear", align_corners=False).cpu()
+            if acc.numel() == 0:
+                acc = torch.zeros(cam.shape[1], cnt.shape[1], cnt.shape[2])
+            for p, c in zip(bx, cam):
+                acc[:, p.y : p.y + patch, p.x : p.x + patch] += c
+                cnt[:, p.y : p.y + patch, p.x : p.x + patch] += 1
+            logit_sum = lg.sum(0) if logit_sum is None else logit_sum + lg.sum(0)
+            n_logits += len(bx)
+        m = (acc / cnt.clamp(min=1))[:, :hs, :ws]
+        m = F.interpolate(m[None], size=grid, mode="bilinear", align_corners=False)[0]
+        total = m if total is None else total + m
+    return total.numpy(), (logit_sum / max(n_logits, 1)).cpu().numpy()  # type: ignore[union-attr]
+
+
 def cam_path(run: RunDir, name: str) -> Path:
     return run.path / "cams" / f"{name}.npz"
 
@@ -85,7 +133,11 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             base_hw = img.shape[:2]
             if mc.input_scale != 1.0:
                 img = resize(img, mc.input_scale, nearest=False)
-            cam, logits = multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cfg.backbone.channels_last)
+            if mc.patch_size:
+                cam, logits = patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size,
+                                            cfg.backbone.channels_last)
+            else:
+                cam, logits = multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cfg.backbone.channels_last)
             grid = (-(-base_hw[0] // STRIDE), -(-base_hw[1] // STRIDE))
             if cam.shape[1:] != grid:
                 cam = F.interpolate(torch.from_numpy(cam)[None], size=grid, mode="bilinear", align_corners=False)[0].numpy()

@@ -18,7 +18,7 @@ from histowsss.data.pairs import pair_examples
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
-from histowsss.engine.crop_sources import CachedTrunkSource, PixelSource
+from histowsss.engine.crop_sources import CachedPatchSource, CachedTrunkSource, PixelSource
 from histowsss.engine.device import resolve_device
 from histowsss.engine.diagnostics import accuracy, chance_bce, check_epoch, macro_auc
 from histowsss.engine.run_dir import RunDir
@@ -64,9 +64,13 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             model = model.to(memory_format=torch.channels_last)
         norm = Normalizer(model.backbone.mean, model.backbone.std)
         cached = tc.cache_features and model.trunk_units > 0
-        source = (CachedTrunkSource(model, samples, data, tc, norm, device, tc.seed,
-                                    cfg.backbone.channels_last) if cached
-                  else PixelSource(samples, data, tc.augment, norm, cfg.backbone.channels_last))
+        if cached and tc.isolate_patches and fixed is not None:
+            source = CachedPatchSource(model, samples, fixed, data, tc, norm, device, tc.seed,
+                                       cfg.backbone.channels_last)
+        elif cached:
+            source = CachedTrunkSource(model, samples, data, tc, norm, device, tc.seed, cfg.backbone.channels_last)
+        else:
+            source = PixelSource(samples, data, tc.augment, norm, cfg.backbone.channels_last)
         pos = targets_all.mean(axis=0)
         pos_weight = torch.tensor(np.clip((1 - pos) / np.maximum(pos, 1e-6), 0.2, 20.0) if tc.class_balance
                                   else np.ones_like(pos), dtype=torch.float32, device=device)

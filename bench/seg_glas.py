@@ -1,0 +1,82 @@
+"""Benchmark: the final segmentation network on a GlaS protocol, weak (IRN pseudo-masks) vs supervised.
+
+    python bench/seg_glas.py --protocol glas-gland --profile cpu --mode weak        (after bench/irn_glas.py)
+    python bench/seg_glas.py --protocol glas-gland --profile cpu --mode supervised  (ground-truth masks)
+
+Weak: train_seg + eval_seg in the IRN run folder bench/work/cam_<protocol>.<profile>. Supervised: the same
+network on GlaS train masks in bench/work/seg_supervised_<protocol>.<profile> (the upper bound). Writes
+bench/results/seg_<protocol>_<mode>.<profile>.json; when both exist, the checks compare them with the anchors.
+Test (testA + testB) ground truth is read only by eval_seg to report these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, RESULTS, check, write_result  # noqa: E402
+
+ANCHORS = {"glas-gland": {"OEEM (MICCAI 2022)": 77.56, "MAA (2025)": 81.99, "SEAM (as reported by OEEM)": 66.1}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], required=True)
+    ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--mode", choices=["weak", "supervised"], required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+
+    from histowsss.config import load_config
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.run_dir import RunDir
+
+    if args.mode == "weak":
+        run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
+        cfg = load_config(str(run_path / "config.yaml"), args.overrides)
+    else:
+        run_path = ROOT / "bench" / "work" / f"seg_supervised_{args.protocol}.{args.profile}"
+        name = args.protocol if args.profile == "cpu" else f"{args.protocol}-gpu"
+        cfg = load_config(name, ["train_seg.supervised=true"] + args.overrides)
+    rd = RunDir(run_path, cfg).init()
+    for step in ("train_seg", "eval_seg"):
+        run_pipeline(cfg, rd, step, step, overwrite=not args.keep)
+    tag = "seg_supervised" if args.mode == "supervised" else "seg"
+    m = json.loads((run_path / "metrics" / f"{tag}.json").read_text())
+    st = {s: json.loads((run_path / "status" / f"{s}.json").read_text())["wall_s"] for s in ("train_seg", "eval_seg")}
+    wall = float(sum(st.values()))
+    fg = "gland" if args.protocol == "glas-gland" else "malignant"
+    a = m["all"]
+    metrics = {"test_all": {"miou": a["miou"], f"iou_{fg}": a["per_class"][fg]["iou"], "fwiou": a["fwiou"],
+                            "mdice": a["mdice"]},
+               "test_splits": {k: {"miou": v["miou"], f"iou_{fg}": v["per_class"][fg]["iou"]}
+                               for k, v in a.get("splits", {}).items()},
+               "label_source": m.get("label_source"), "loss": m.get("loss"), "step_seconds": st,
+               "anchors": ANCHORS.get(args.protocol, {})}
+    checks = [check("cpu_train_eval_wall_s" if args.profile == "cpu" else "gpu_train_eval_wall_s", round(wall, 1),
+                    "reported (whole glas-gland pipeline target <= 3600 s: see bench/README.md)", True)]
+    other = RESULTS / f"seg_{args.protocol}_{'supervised' if args.mode == 'weak' else 'weak'}.{args.profile}.json"
+    if other.exists():
+        o = json.loads(other.read_text())["metrics"]["test_all"]
+        weak, sup = (metrics["test_all"], o) if args.mode == "weak" else (o, metrics["test_all"])
+        if args.protocol == "glas-gland":
+            checks += [check("test_miou_vs_OEEM", weak["miou"], ">= 77.56", weak["miou"] >= 77.56),
+                       check("test_miou_vs_MAA", weak["miou"], ">= 81.99", weak["miou"] >= 81.99),
+                       check("test_miou_vs_supervised", weak["miou"], f">= supervised upper bound {sup['miou']}",
+                             weak["miou"] >= sup["miou"])]
+        else:
+            ratio = round(100 * weak["iou_malignant"] / max(sup["iou_malignant"], 1e-9), 1)
+            checks += [check("test_malignant_iou_pct_of_supervised", ratio, ">= 90 % of the supervised IoU",
+                             ratio >= 90)]
+    path = write_result(f"seg_{args.protocol}_{args.mode}", args.profile, wall,
+                        {"run": str(run_path.relative_to(ROOT)), "train_seg": cfg.train_seg.model_dump(mode="json"),
+                         "eval_seg": cfg.eval_seg.model_dump(mode="json")}, metrics, checks)
+    print(json.dumps({"result": str(path), "metrics": metrics, "checks": checks}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
