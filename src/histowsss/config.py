@@ -323,9 +323,13 @@ class RunConfig(Strict):
     eval_seg: EvalSegConfig = Field(default_factory=EvalSegConfig)
 
     def step_hash(self, *sections: str) -> str:
-        """Short hash of the named config sections (used to tie a step's files to its inputs)."""
-        dump = self.model_dump(mode="json")
-        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+        """Short hash of the named config sections (used to tie a step's files to its inputs).
+
+        Only values that differ from the defaults enter the hash, so adding a new option (with a default that
+        keeps the old behaviour) does not invalidate finished runs.
+        """
+        dump = self.model_dump(mode="json", exclude_defaults=True)
+        payload = json.dumps({s: dump.get(s, {}) for s in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
