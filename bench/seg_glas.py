@@ -54,7 +54,7 @@ def main() -> None:
     metrics = {"test_all": {"miou": a["miou"], f"iou_{fg}": a["per_class"][fg]["iou"], "fwiou": a["fwiou"],
                             "mdice": a["mdice"]},
                "test_splits": {k: {"miou": v["miou"], f"iou_{fg}": v["per_class"][fg]["iou"]}
-                               for k, v in a.get("splits", {}).items()},
+                               for k, v in m.get("splits", {}).items()},
                "label_source": m.get("label_source"), "loss": m.get("loss"), "step_seconds": st,
                "anchors": ANCHORS.get(args.protocol, {})}
     checks = [check("cpu_train_eval_wall_s" if args.profile == "cpu" else "gpu_train_eval_wall_s", round(wall, 1),

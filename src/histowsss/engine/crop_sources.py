@@ -102,7 +102,9 @@ class CachedTrunkSource:
                 xs.append(f[:, cy : cy + cells, cx : cx + cells])
                 for lv, t in extra.items():
                     r = t.shape[1] / f.shape[1]
-                    ey, ex_, es = round(cy * r), round(cx * r), round(cells * r)
+                    es = round(cells * r)
+                    ey = min(max(0, round(cy * r)), max(0, t.shape[1] - es))
+                    ex_ = min(max(0, round(cx * r)), max(0, t.shape[2] - es))
                     ex_feats[lv].append(t[:, ey : ey + es, ex_ : ex_ + es])
                 ts.append(torch.from_numpy(ex.target))
             extras = {lv: torch.stack(v).to(device).float() for lv, v in ex_feats.items()}
