@@ -101,8 +101,8 @@ class CachedTrunkSource:
                 cx = min(max(0, round(x / self.stride)), max(0, f.shape[2] - cells))
                 xs.append(f[:, cy : cy + cells, cx : cx + cells])
                 for lv, t in extra.items():
-                    r = t.shape[1] / f.shape[1]
-                    es = round(cells * r)
+                    r = max(1, round(t.shape[1] / f.shape[1]))  # integer stride ratio between the two levels
+                    es = cells * r
                     ey = min(max(0, round(cy * r)), max(0, t.shape[1] - es))
                     ex_ = min(max(0, round(cx * r)), max(0, t.shape[2] - es))
                     ex_feats[lv].append(t[:, ey : ey + es, ex_ : ex_ + es])
