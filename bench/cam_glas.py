@@ -81,7 +81,7 @@ def main() -> None:
     name = f"cam_{args.protocol}" + (f"_{args.network}" if args.network and args.network != "cam" else "")
     run_path = args.run or ROOT / "bench" / "work" / f"{name}.{args.profile}"
     rd = RunDir(run_path, cfg).init()
-    t0 = time.time()
+    time.time()
     timings = {}
     for step in ("train_cam", "make_cam", "eval_cam"):
         ts = time.time()

@@ -42,7 +42,7 @@ def main() -> None:
     cfg = load_config(str(run_path / "config.yaml"))
     rd = RunDir(run_path, cfg)
     timings = {}
-    t0 = time.time()
+    time.time()
     for step in IRN_STEPS:
         ts = time.time()
         run_pipeline(cfg, rd, step, step, overwrite=not args.keep)

@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["weak", "supervised"], required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--run", type=Path, default=None, help="weak mode: run folder holding the CAM/IRN steps")
+    ap.add_argument("--name", default=None, help="result name (default seg_<protocol>_<mode>)")
     args = ap.parse_args()
 
     from histowsss.config import load_config
@@ -36,7 +38,7 @@ def main() -> None:
     from histowsss.engine.run_dir import RunDir
 
     if args.mode == "weak":
-        run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
+        run_path = args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
         cfg = load_config(str(run_path / "config.yaml"), args.overrides)
     else:
         run_path = ROOT / "bench" / "work" / f"seg_supervised_{args.protocol}.{args.profile}"
@@ -78,7 +80,7 @@ def main() -> None:
             ratio = round(100 * weak["iou_malignant"] / max(sup["iou_malignant"], 1e-9), 1)
             checks += [check("test_malignant_iou_pct_of_supervised", ratio, ">= 90 % of the supervised IoU",
                              ratio >= 90)]
-    path = write_result(f"seg_{args.protocol}_{args.mode}", args.profile, wall,
+    path = write_result(args.name or f"seg_{args.protocol}_{args.mode}", args.profile, wall,
                         {"run": str(run_path.relative_to(ROOT)), "train_seg": cfg.train_seg.model_dump(mode="json"),
                          "eval_seg": cfg.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "metrics": metrics, "checks": checks}, indent=2))

@@ -15,8 +15,7 @@ from histowsss.data.synthetic import generate_synthetic_dataset
 from histowsss.engine.atomic import write_npz
 from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir, StepError
-from histowsss.steps import (cam_to_ir_label, eval_cam, eval_sem_seg, make_cam, make_ins_seg_labels,
-                             make_sem_seg_labels, train_irn)
+from histowsss.steps import (cam_to_ir_label, eval_cam, make_cam, make_sem_seg_labels, train_irn)
 from histowsss.steps.common import all_splits, output_classes, samples_for
 from histowsss.steps.registry import PIPELINE
 

@@ -16,7 +16,7 @@ from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz
 from histowsss.engine.device import resolve_device
 from histowsss.engine.run_dir import RunDir
-from histowsss.steps.common import all_splits, cam_hash, load_cam_network, output_classes, samples_for
+from histowsss.steps.common import all_splits, load_cam_network, output_classes, samples_for
 
 STEP = "make_cam"
 STRIDE = 4
