@@ -38,7 +38,7 @@ def main() -> None:
     from histowsss.engine.run_dir import RunDir
 
     if args.mode == "weak":
-        run_path = args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
+        run_path = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
         cfg = load_config(str(run_path / "config.yaml"), args.overrides)
     else:
         run_path = ROOT / "bench" / "work" / f"seg_supervised_{args.protocol}.{args.profile}"
