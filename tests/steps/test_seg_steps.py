@@ -160,3 +160,22 @@ def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, mon
     log = [json.loads(x) for x in (run.path / "logs" / "train_seg.jsonl").read_text().splitlines()]
     assert len(log) == 2 and log[0] == first
     assert run.status("train_seg")["state"] == "done"
+
+
+def test_best_on_train_picks_the_better_label_source(tmp_path):
+    """labels=best_on_train compares IRN pseudo-masks and CAM labels on the training images only."""
+    from histowsss.config import load_config
+    from histowsss.engine.atomic import write_json
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.steps import eval_cam, eval_sem_seg
+    from histowsss.steps.train_seg import label_source
+
+    cfg = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", "train_seg.labels=best_on_train"])
+    run = RunDir(tmp_path / "run", cfg).init()
+    for mod in (eval_cam, eval_sem_seg):
+        with run.step(mod.STEP, mod.config_hash(cfg)):
+            pass
+    for cam, pseudo, expected in ((71.3, 67.6, "cam"), (60.0, 65.0, "pseudo")):
+        write_json(run.path / "metrics" / "sem_seg.json",
+                   {"splits": {"train": {"cam": {"miou": cam}, "irn_pseudo": {"miou": pseudo}}}})
+        assert label_source(cfg, run) == expected

@@ -81,8 +81,18 @@ def label_source(cfg: RunConfig, run: RunDir) -> str:
     ts = cfg.train_seg
     if ts.supervised:
         return "ground_truth"
-    from histowsss.steps import eval_cam, make_sem_seg_labels
+    from histowsss.steps import eval_cam, eval_sem_seg, make_sem_seg_labels
 
+    if ts.labels == "best_on_train":
+        # whichever of IRN pseudo-masks and CAM labels has the higher mIoU on the training images (metrics/sem_seg.json)
+        run.require("eval_sem_seg", eval_sem_seg.config_hash(cfg), STEP)
+        m = json.loads((run.path / "metrics" / "sem_seg.json").read_text())
+        pseudo = [e["irn_pseudo"]["miou"] for e in m["splits"].values()]
+        cam = [(e.get("cam") or {}).get("miou") for e in m["splits"].values()]
+        if None in cam or float(np.mean(pseudo)) >= float(np.mean(cam)):
+            return "pseudo"
+        run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
+        return "cam"
     if ts.labels in ("pseudo", "pseudo_or_cam"):
         h = make_sem_seg_labels.config_hash(cfg)
         if ts.labels == "pseudo" or run.is_done("make_sem_seg_labels", h):
