@@ -270,7 +270,8 @@ class TrainSegConfig(Strict):
     labels: Literal["pseudo", "cam", "pseudo_or_cam", "best_on_train"] = Field(
         "pseudo", description="weak training labels: pseudo = pseudo/<name>.png (IRN), cam = eval_cam's label-gated "
         "CAM labels, pseudo_or_cam = pseudo when make_sem_seg_labels finished, else CAM labels, best_on_train = "
-        "whichever of the two has the higher mIoU on the training images (eval_sem_seg)")
+        "whichever of the two has the higher mIoU on the training images (eval_sem_seg; before it has run, as "
+        "pseudo_or_cam)")
     supervised: bool = Field(False, description="train on the ground-truth masks instead (the upper bound); "
                              "outputs are named seg_supervised (checkpoint, log, metrics, pred_supervised/)")
     splits: list[str] | None = Field(None, description="training images (default: train + val splits)")

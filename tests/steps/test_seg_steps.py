@@ -80,7 +80,7 @@ def test_train_and_eval_on_pseudo_masks(dataset: Path, tmp_path: Path):
 
 
 def test_missing_pseudo_masks_are_a_clear_error(dataset: Path, tmp_path: Path):
-    cfg = make_cfg(dataset)
+    cfg = make_cfg(dataset, "train_seg.labels=pseudo")  # the demo config's default is best_on_train
     run = RunDir(tmp_path / "run", cfg).init()
     with pytest.raises(StepError, match="make_sem_seg_labels"):
         train_seg.run(cfg, run)

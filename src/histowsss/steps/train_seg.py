@@ -83,9 +83,8 @@ def label_source(cfg: RunConfig, run: RunDir) -> str:
         return "ground_truth"
     from histowsss.steps import eval_cam, eval_sem_seg, make_sem_seg_labels
 
-    if ts.labels == "best_on_train":
+    if ts.labels == "best_on_train" and run.is_done("eval_sem_seg", eval_sem_seg.config_hash(cfg)):
         # whichever of IRN pseudo-masks and CAM labels has the higher mIoU on the training images (metrics/sem_seg.json)
-        run.require("eval_sem_seg", eval_sem_seg.config_hash(cfg), STEP)
         m = json.loads((run.path / "metrics" / "sem_seg.json").read_text())
         pseudo = [e["irn_pseudo"]["miou"] for e in m["splits"].values()]
         cam = [(e.get("cam") or {}).get("miou") for e in m["splits"].values()]
@@ -93,7 +92,7 @@ def label_source(cfg: RunConfig, run: RunDir) -> str:
             return "pseudo"
         run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
         return "cam"
-    if ts.labels in ("pseudo", "pseudo_or_cam"):
+    if ts.labels in ("pseudo", "pseudo_or_cam", "best_on_train"):  # best_on_train without eval_sem_seg: as pseudo_or_cam
         h = make_sem_seg_labels.config_hash(cfg)
         if ts.labels == "pseudo" or run.is_done("make_sem_seg_labels", h):
             run.require("make_sem_seg_labels", h, STEP)
