@@ -89,7 +89,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         history: list[dict] = []
         start_epoch = 0
         state = load_train_state(state_path)
-        if state is not None and state.get("config_hash") == h:
+        if state is not None and state.get("config_hash") == h and not overwrite:  # --overwrite retrains
             load_weights(ckpt_dir / "cam_last.safetensors", model, device="cpu")
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
