@@ -15,6 +15,9 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def commit() -> str:
+    """Short commit of the checkout (``+dirty`` with local changes); $HISTOWSSS_COMMIT where no .git travels."""
+    if os.environ.get("HISTOWSSS_COMMIT"):
+        return os.environ["HISTOWSSS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,

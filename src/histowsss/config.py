@@ -290,6 +290,8 @@ class TrainSegConfig(Strict):
     warmup_epochs: float = Field(0.3, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
+                                       "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0
 
 

@@ -152,8 +152,9 @@ class PixelSource:
 
 
 def _probe_stride(bb: torch.nn.Module, start: int) -> int:
+    dev = next(bb.parameters()).device
     with torch.no_grad():
-        y = bb(torch.zeros(1, 3, 64, 64), 0, start)[0]
+        y = bb(torch.zeros(1, 3, 64, 64, device=dev), 0, start)[0]
     return 64 // y.shape[-1]
 
 

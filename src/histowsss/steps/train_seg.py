@@ -32,6 +32,7 @@ from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import IGNORE, load_class_mask
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
+from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
@@ -276,6 +277,7 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
                         "rank sees); pass --overwrite to start over")
     ddp = ctx.wrap(model)
     use_amp = ts.amp and device.type == "cuda"
+    threads = auto_threads(ts.loader_threads)
     t_start = time.time()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), disable=not ctx.is_main) as bar:
@@ -287,10 +289,10 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
             plan = ctx.shard(epoch_plan(sizes, ts.crop_size, ts.crops_per_image, ts.augment.scale_range,
                                         ts.seed, epoch))
             sums = np.zeros(5)  # loss * steps, steps, correct, valid pixels, label-probability sum
-            for b in range(steps_per_epoch):
-                chunk = plan[b * ts.batch_size : (b + 1) * ts.batch_size]
-                crops = [make_crop(images[i], labels[i], y, x, side, ts.crop_size, ts.augment, sd)
-                         for i, y, x, side, sd in chunk]
+            chunks = [plan[b * ts.batch_size : (b + 1) * ts.batch_size] for b in range(steps_per_epoch)]
+            batches = prefetch_batches(chunks, lambda c: make_crop(images[c[0]], labels[c[0]], c[1], c[2], c[3],
+                                                                   ts.crop_size, ts.augment, c[4]), threads)
+            for crops in batches:
                 x_t = norm(torch.from_numpy(np.stack([c[0] for c in crops])).to(device))
                 y_t = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
