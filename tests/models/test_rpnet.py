@@ -3,7 +3,8 @@
 import torch
 
 from histowsss.config import BackboneConfig
-from histowsss.models.rpnet import RPNet, cosine_map, foreground_map, gaussian_smooth, masked_average, part_mask
+from histowsss.models.rpnet import (RPNet, batch_foreground_maps, batch_part_masks, cosine_map, foreground_map,
+                                   gaussian_smooth, masked_average, part_mask)
 
 
 def _features(region_value: torch.Tensor, bg_value: torch.Tensor, region: tuple[slice, slice], size: int = 8):
@@ -77,3 +78,60 @@ def test_rpnet_rejects_unknown_options():
 
     with pytest.raises(ValueError, match="unknown train_cam.rpnet option"):
         RPNet(BackboneConfig(weights="none"), 1, options={"seed_treshold": 0.3})
+
+
+def _reference_fm(fl, fmid, masks_self, masks_pair, fl_pair, fmid_pair, sigma):
+    """Per-image loop over explicit (whole, part) seeds: the prototype maths written out."""
+    protos = []
+    for feat_l, feat_m, masks in ((fl, fmid, masks_self), (fl_pair, fmid_pair, masks_pair)):
+        if masks[0].sum() <= 0:
+            continue
+        for s in masks:
+            protos.append(masked_average(feat_l, s))
+            protos.append(masked_average(feat_m, torch.nn.functional.interpolate(s[None, None], size=feat_m.shape[1:],
+                                                                                 mode="nearest")[0, 0]))
+    if not protos:
+        return torch.zeros_like(fl[0])
+    sim = cosine_map(fl, torch.stack(protos)).clamp(min=0).max(dim=0).values
+    return gaussian_smooth(sim[None], sigma)[0].clamp(0, 1)
+
+
+def test_batched_foreground_maps_match_the_per_image_maths():
+    g = torch.Generator().manual_seed(3)
+    b, k, c, h = 4, 2, 6, 8
+    f = torch.randn(b, c, h, h, generator=g)
+    fmid = torch.randn(b, c, 2 * h, 2 * h, generator=g)
+    seeds = (torch.rand(b, k, h, h, generator=g) > 0.6).float()
+    seeds[2, 1] = 0  # an image whose class has no seed: only the partner's prototypes count
+    parts = batch_part_masks(seeds, g)
+    partner = torch.tensor([1, 0, 3, 2])
+    got = batch_foreground_maps(f, fmid, seeds, parts, partner, sigma=1.0)
+    for i in range(b):
+        j = int(partner[i])
+        for cls in range(k):
+            ref = _reference_fm(f[i], fmid[i], [seeds[i, cls], parts[i, cls]], [seeds[j, cls], parts[j, cls]],
+                                f[j], fmid[j], 1.0)
+            assert torch.allclose(got[i, cls], ref, atol=1e-5), (i, cls)
+
+
+def test_batch_part_masks_drop_a_window_or_keep_the_seed():
+    seeds = torch.zeros(2, 1, 6, 6)
+    seeds[0, 0] = 1
+    seeds[1, 0, 0, 0] = 1  # a one-cell seed: dropping may empty it, then the seed is kept
+    parts = batch_part_masks(seeds, torch.Generator().manual_seed(0))
+    assert 0 < parts[0, 0].sum() < seeds[0, 0].sum()
+    assert parts[1, 0].sum() == 1
+    assert torch.all(parts <= seeds)
+
+
+def test_prototype_loss_ignores_pairs_of_different_classes():
+    torch.manual_seed(0)
+    net = RPNet(BackboneConfig(name="tf_efficientnet_lite0", weights="none", frozen_stages=0), num_outputs=2,
+                head_channels=16)
+    f = torch.randn(2, 16, 4, 4)
+    cam = torch.randn(2, 2, 4, 4, requires_grad=True)
+    fmid = torch.randn(2, 16, 8, 8)
+    mixed = net.prototype_loss(f, fmid, cam, torch.tensor([[1.0, 0], [0, 1.0]]))
+    assert float(mixed.detach()) == 0.0  # the pair shares no class: nothing to mine
+    same = net.prototype_loss(f, fmid, cam, torch.tensor([[1.0, 0], [1.0, 0]]))
+    assert float(same.detach()) > 0 and same.requires_grad

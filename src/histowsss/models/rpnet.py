@@ -92,6 +92,47 @@ def foreground_map(f_last: torch.Tensor, f_mid: torch.Tensor, seeds_self: list[t
     return gaussian_smooth(fm_map[None], sigma)[0].clamp(0, 1)
 
 
+def batch_part_masks(seeds: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Seed dropout for a batch: (B, K, H, W) seeds with one random half-size window each set to 0.
+
+    Where dropping the window would leave no seed, the whole seed is kept (as :func:`part_mask`).
+    """
+    b, k, h, w = seeds.shape
+    wh, ww = max(1, h // 2), max(1, w // 2)
+    dev = seeds.device
+    y0 = torch.randint(0, h - wh + 1, (b, k, 1, 1), generator=generator).to(dev)
+    x0 = torch.randint(0, w - ww + 1, (b, k, 1, 1), generator=generator).to(dev)
+    yy = torch.arange(h, device=dev).view(1, 1, h, 1)
+    xx = torch.arange(w, device=dev).view(1, 1, 1, w)
+    window = (yy >= y0) & (yy < y0 + wh) & (xx >= x0) & (xx < x0 + ww)
+    part = seeds * (~window).to(seeds.dtype)
+    empty = part.flatten(2).sum(2) <= 0
+    return torch.where(empty[..., None, None], seeds, part)
+
+
+def batch_foreground_maps(f_last: torch.Tensor, f_mid: torch.Tensor, seeds: torch.Tensor, parts: torch.Tensor,
+                          partner: torch.Tensor, sigma: float = 1.0, eps: float = 1e-5) -> torch.Tensor:
+    """FM (B, K, H, W) for every image and class at once (the batched form of :func:`foreground_map`).
+
+    ``f_last`` (B, C, H, W), ``f_mid`` (B, C, Hm, Wm), ``seeds``/``parts`` (B, K, H, W) whole and part seeds on
+    the last grid, ``partner`` (B,) the index of each image's partner. Prototypes of image b, class k: whole and
+    part seeds of b and of partner[b], each pooled on both levels (up to 8); an empty seed adds none.
+    """
+    masks = torch.stack([seeds, parts], dim=2)  # (B, K, 2, H, W)
+    bsz, k, _, h, w = masks.shape
+    mid = F.interpolate(masks.flatten(1, 2), size=f_mid.shape[2:], mode="nearest").view(bsz, k, 2, *f_mid.shape[2:])
+    p_last = torch.einsum("bchw,bkshw->bksc", f_last, masks) / (masks.sum(dim=(3, 4))[..., None] + eps)
+    p_mid = torch.einsum("bchw,bkshw->bksc", f_mid, mid) / (mid.sum(dim=(3, 4))[..., None] + eps)
+    own = torch.cat([p_last, p_mid], dim=2)  # (B, K, 4, C)
+    valid_own = (seeds.flatten(2).sum(2) > 0)[..., None].expand(-1, -1, 4)
+    protos = torch.cat([own, own[partner]], dim=2)  # (B, K, 8, C)
+    valid = torch.cat([valid_own, valid_own[partner]], dim=2)  # (B, K, 8)
+    sim = torch.einsum("bkpc,bchw->bkphw", F.normalize(protos, dim=3), F.normalize(f_last, dim=1)).clamp(min=0)
+    sim = sim * valid[..., None, None].to(sim.dtype)
+    fm = sim.max(dim=2).values  # (B, K, H, W)
+    return gaussian_smooth(fm.reshape(bsz * k, h, w), sigma).view(bsz, k, h, w).clamp(0, 1)
+
+
 @register_cam_network("rpnet")
 class RPNet(CamNet):
     """A CamNet with a region-prototype branch used during training only (see the module docstring)."""
@@ -134,27 +175,28 @@ class RPNet(CamNet):
 
     def prototype_loss(self, f: torch.Tensor, f_mid: torch.Tensor, cam: torch.Tensor,
                        targets: torch.Tensor) -> torch.Tensor:
-        """Prototype-branch BCE + consistency MSE over a batch laid out as consecutive (image, partner) pairs."""
+        """Prototype-branch BCE + consistency MSE over a batch laid out as consecutive (image, partner) pairs.
+
+        One batched computation for all images and classes; a (image, class) term counts when both the image
+        and its partner carry the class (an odd last image has no partner and adds nothing).
+        """
         b, k = targets.shape
         with torch.no_grad():
             c = F.relu(cam.detach())
             cn = c / (c.flatten(2).max(dim=2).values[..., None, None] + 1e-5)
-            seeds = (cn > self.seed_threshold).float()
-        losses = []
-        for i in range(b):
-            j = i + 1 if i % 2 == 0 else i - 1
-            if j >= b:
-                continue
-            present = (targets[i] > 0.5).nonzero().flatten().tolist()
-            for cls in present:
-                if targets[j, cls] <= 0.5:
-                    continue
-                fm = foreground_map(f[i], f_mid[i], [seeds[i, cls]], [seeds[j, cls]], f[j], f_mid[j], self.sigma)
-                cam_p = fm * cam[i, cls]
-                logit_p = cam_p.mean()
-                bce = F.binary_cross_entropy_with_logits(logit_p, torch.ones_like(logit_p))
-                cons = F.mse_loss(F.relu(cam[i, cls]), F.relu(cam_p))
-                losses.append(self.branch_weight * bce + self.consistency_weight * cons)
-        if not losses:
+            seeds = (cn > self.seed_threshold).to(f.dtype)
+            parts = batch_part_masks(seeds)
+        idx = torch.arange(b, device=f.device)
+        partner = torch.where(idx % 2 == 0, idx + 1, idx - 1).clamp(max=b - 1)
+        has_partner = (idx % 2 == 1) | (idx + 1 < b)
+        pos = targets > 0.5
+        use = pos & pos[partner] & has_partner[:, None]  # (B, K)
+        if not bool(use.any()):
             return cam.sum() * 0.0
-        return torch.stack(losses).mean()
+        fm = batch_foreground_maps(f, f_mid, seeds, parts, partner, self.sigma)
+        cam_p = fm * cam
+        logit_p = cam_p.mean(dim=(2, 3))
+        bce = F.binary_cross_entropy_with_logits(logit_p, torch.ones_like(logit_p), reduction="none")
+        cons = ((F.relu(cam) - F.relu(cam_p)) ** 2).mean(dim=(2, 3))
+        per = self.branch_weight * bce + self.consistency_weight * cons
+        return per[use].mean()

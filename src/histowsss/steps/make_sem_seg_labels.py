@@ -72,35 +72,60 @@ def background_value(cfg: RunConfig, run: RunDir) -> float:
                         "or set sem_seg.bg_offset to a number") from None
 
 
-def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int], background: int, mode: str,
-                boundary: torch.Tensor, size: tuple[int, int], bg_value: float, radius: int = 5, beta: float = 10.0,
-                exp_times: int = 8) -> tuple[np.ndarray, bool]:
-    """Pseudo-label map (H, W) uint8 and whether it has foreground, from normalised CAMs (K, h, w)."""
+def walk_scores(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int], background: int, mode: str,
+                boundary: torch.Tensor, size: tuple[int, int], radius: int = 5, beta: float = 10.0,
+                exp_times: int = 8, propagate: bool = True) -> tuple[torch.Tensor, np.ndarray] | None:
+    """Walked, upsampled, normalised class scores (C, H, W) and their class ids, before the background value.
+
+    ``propagate=False`` skips the walk (the CAMs themselves, same post-processing: a baseline for sweeps).
+
+    ``None`` when the image has no foreground label or its walk carries no foreground evidence.
+    Threshold mode: foreground channels only, divided by their global maximum. Offset mode: every labelled
+    channel (background included), each divided by its own maximum.
+    """
     ids = np.asarray(class_ids)
     fg_present = [i for i in range(len(class_ids)) if present[i] and class_ids[i] != background]
-    empty = np.full(size, background, np.uint8)
     if not fg_present:
-        return empty, False
+        return None
     chans = fg_present if mode == "threshold" else [i for i in range(len(class_ids)) if present[i]]
-    rw = random_walk(cam_norm[chans].contiguous(), boundary, radius=radius, beta=beta, exp_times=exp_times)
+    rw = (random_walk(cam_norm[chans].contiguous(), boundary, radius=radius, beta=beta, exp_times=exp_times)
+          if propagate else cam_norm[chans].float())
     up = F.interpolate(rw[None], scale_factor=STRIDE, mode="bilinear", align_corners=False)[0, :, : size[0], : size[1]]
     keys = ids[chans]
     if mode == "threshold":
         mx = float(up.max())
         if not np.isfinite(mx) or mx <= 1e-8:
-            return empty, False
-        scores = torch.cat([torch.full_like(up[:1], bg_value), up / mx])
+            return None
+        return up / mx, keys
+    mx = up.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
+    fg_rows = [j for j, k in enumerate(keys) if k != background]
+    if float(up[fg_rows].max()) <= 1e-8:
+        return None
+    return up / mx, keys
+
+
+def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, mode: str,
+                       bg_value: float) -> np.ndarray:
+    """(H, W) uint8 class ids: argmax after the constant background score (threshold) or offset (offset mode)."""
+    if mode == "threshold":
+        scores = torch.cat([torch.full_like(scores[:1], bg_value), scores])
         keys = np.concatenate([[background], keys])
     else:
-        mx = up.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
-        fg_rows = [j for j, k in enumerate(keys) if k != background]
-        if float(up[fg_rows].max()) <= 1e-8:
-            return empty, False
-        scores = up / mx
         b = [j for j, k in enumerate(keys) if k == background]
         if b:
+            scores = scores.clone()
             scores[b[0]] += bg_value
-    lab = keys[scores.argmax(0).cpu().numpy()].astype(np.uint8)
+    return keys[scores.argmax(0).cpu().numpy()].astype(np.uint8)
+
+
+def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int], background: int, mode: str,
+                boundary: torch.Tensor, size: tuple[int, int], bg_value: float, radius: int = 5, beta: float = 10.0,
+                exp_times: int = 8) -> tuple[np.ndarray, bool]:
+    """Pseudo-label map (H, W) uint8 and whether it has foreground, from normalised CAMs (K, h, w)."""
+    got = walk_scores(cam_norm, present, class_ids, background, mode, boundary, size, radius, beta, exp_times)
+    if got is None:
+        return np.full(size, background, np.uint8), False
+    lab = labels_from_scores(got[0], got[1], background, mode, bg_value)
     return lab, bool(np.any(lab != background))
 
 
