@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--network", default="cam")
     ap.add_argument("--keep", action="store_true", help="reuse finished steps")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="override on top of the run's config (saved into it), e.g. sem_seg.exp_times=4")
     args = ap.parse_args()
 
     from histowsss.config import load_config
@@ -39,8 +41,10 @@ def main() -> None:
     run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}{suffix}.{args.profile}"
     if not (run_path / "metrics" / "cam.json").exists():
         raise SystemExit(f"{run_path}: run bench/cam_glas.py --protocol {args.protocol} first")
-    cfg = load_config(str(run_path / "config.yaml"))
+    cfg = load_config(str(run_path / "config.yaml"), args.overrides)
     rd = RunDir(run_path, cfg)
+    if args.overrides:
+        rd.init()  # the run folder describes the config its steps ran with
     timings = {}
     time.time()
     for step in IRN_STEPS:

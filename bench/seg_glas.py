@@ -67,6 +67,14 @@ def main() -> None:
         metrics["pipeline_step_seconds"] = all_steps
         checks.append(check("whole_pipeline_cpu_wall_s" if args.profile == "cpu" else "whole_pipeline_gpu_wall_s",
                             total, "<= 3600 s (sum of every step's recorded time in this run folder)", total <= 3600))
+    if args.mode == "weak" and args.protocol == "glas-malignant":
+        cam_m = json.loads((run_path / "metrics" / "cam.json").read_text())["splits"]["test"]
+        base = cam_m["image_level_baseline"]["per_class"]["malignant"]["iou"]
+        metrics["test_image_level_baseline"] = {"iou_malignant": base, "miou": cam_m["image_level_baseline"]["miou"]}
+        iou = metrics["test_all"]["iou_malignant"]
+        checks.append(check("test_malignant_iou_vs_image_level_baseline", iou,
+                            f"> image-level baseline of this run ({base}) and > 48.7 (design.md)",
+                            iou > base and iou > 48.7))
     other = RESULTS / f"seg_{args.protocol}_{'supervised' if args.mode == 'weak' else 'weak'}.{args.profile}.json"
     if other.exists():
         o = json.loads(other.read_text())["metrics"]["test_all"]
