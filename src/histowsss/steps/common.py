@@ -8,6 +8,7 @@ from histowsss.config import RunConfig
 from histowsss.data.manifest import Sample, read_manifest
 from histowsss.engine.checkpoints import load_weights
 from histowsss.engine.run_dir import RunDir
+from histowsss.models.fuse import inference_model
 
 
 def output_classes(cfg: RunConfig) -> list[str]:
@@ -36,7 +37,7 @@ def load_cam_network(cfg: RunConfig, run: RunDir, device: torch.device) -> torch
     run.require("train_cam", cam_hash(cfg), "this step")
     model = build_cam_network(cfg)
     load_weights(run.path / "checkpoints" / "cam.safetensors", model, device="cpu")
-    return model.to(device).eval()
+    return inference_model(model, device)
 
 
 def samples_for(cfg: RunConfig, splits: list[str]) -> list[Sample]:

@@ -129,4 +129,6 @@ def load_irn(cfg: RunConfig, run: RunDir, device: torch.device):
         load_weights(path, model.head)
     except RuntimeError as e:
         raise StepError(f"{path}: does not match the IRN of this config ({str(e)[:200]}); re-run train_irn") from None
-    return model.to(device).eval()
+    from histowsss.models.fuse import inference_model
+
+    return inference_model(model, device)

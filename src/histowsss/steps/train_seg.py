@@ -369,4 +369,8 @@ def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device 
         spec = PACKAGED_WEIGHTS.get(cfg.train_seg.encoder)
         if spec is not None:
             model.mean, model.std = spec.mean, spec.std
-    return model.to(device).eval()
+    from histowsss.models.fuse import inference_model
+
+    fused = inference_model(model, device)
+    fused.mean, fused.std = model.mean, model.std
+    return fused
