@@ -15,13 +15,14 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def commit() -> str:
-    """Short commit of the checkout (``+dirty`` with local changes); $HISTOWSSS_COMMIT where no .git travels."""
+    """Short commit of the checkout (``+dirty`` with local changes outside bench/results); $HISTOWSSS_COMMIT where no .git travels."""
     if os.environ.get("HISTOWSSS_COMMIT"):
         return os.environ["HISTOWSSS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
+        # results written by earlier benches of the same session do not make the code dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except Exception:
         return "uncommitted"
