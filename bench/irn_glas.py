@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="reuse finished steps")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override on top of the run's config (saved into it), e.g. sem_seg.exp_times=4")
+    ap.add_argument("--run", type=Path, default=None, help="run folder (default bench/work/cam_<protocol>.<profile>)")
+    ap.add_argument("--name", default=None, help="result name (default irn_<protocol>)")
     args = ap.parse_args()
 
     from histowsss.config import load_config
@@ -38,7 +40,7 @@ def main() -> None:
     from histowsss.engine.run_dir import RunDir
 
     suffix = "" if args.network == "cam" else f"_{args.network}"
-    run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}{suffix}.{args.profile}"
+    run_path = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}{suffix}.{args.profile}").resolve()
     if not (run_path / "metrics" / "cam.json").exists():
         raise SystemExit(f"{run_path}: run bench/cam_glas.py --protocol {args.protocol} first")
     cfg = load_config(str(run_path / "config.yaml"), args.overrides)
@@ -81,8 +83,8 @@ def main() -> None:
         checks.append(check("train_pseudo_minus_cam_miou", gain, "> 0 (rises clearly over the CAM stage)", gain > 1))
     checks.append(check("cpu_profile_wall_s" if args.profile == "cpu" else "gpu_profile_wall_s", round(wall, 1),
                         "<= 1800 s", wall <= 1800))
-    path = write_result(f"irn_{args.protocol}{suffix}", args.profile, wall,
-                        {"run": str(run_path.relative_to(ROOT)), "ir_label": cfg.ir_label.model_dump(mode="json"),
+    path = write_result(args.name or f"irn_{args.protocol}{suffix}", args.profile, wall,
+                        {"run": str(run_path.relative_to(ROOT)) if run_path.is_relative_to(ROOT) else str(run_path), "ir_label": cfg.ir_label.model_dump(mode="json"),
                          "train_irn": cfg.train_irn.model_dump(mode="json"),
                          "sem_seg": cfg.sem_seg.model_dump(mode="json"), "ins_seg": cfg.ins_seg.model_dump(mode="json")},
                         metrics, checks)
