@@ -12,6 +12,7 @@ from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
 from histowsss.data.manifest import Sample
 from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.models.fuse import inference_model
 from histowsss.steps import make_cam
 from histowsss.steps.common import output_classes, samples_for
 
@@ -129,6 +130,4 @@ def load_irn(cfg: RunConfig, run: RunDir, device: torch.device):
         load_weights(path, model.head)
     except RuntimeError as e:
         raise StepError(f"{path}: does not match the IRN of this config ({str(e)[:200]}); re-run train_irn") from None
-    from histowsss.models.fuse import inference_model
-
     return inference_model(model, device)

@@ -37,6 +37,7 @@ from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.models.fuse import inference_model
 from histowsss.steps.common import samples_for
 
 STEP = "train_seg"
@@ -369,8 +370,4 @@ def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device 
         spec = PACKAGED_WEIGHTS.get(cfg.train_seg.encoder)
         if spec is not None:
             model.mean, model.std = spec.mean, spec.std
-    from histowsss.models.fuse import inference_model
-
-    fused = inference_model(model, device)
-    fused.mean, fused.std = model.mean, model.std
-    return fused
+    return inference_model(model, device)  # the fused copy keeps mean / std
