@@ -39,7 +39,8 @@ def main() -> None:
 
     if args.mode == "weak":
         run_path = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
-        cfg = load_config(str(run_path / "config.yaml"), args.overrides)
+        # the folder's config.yaml may hold a later supervised run of the report (train_seg.supervised=true)
+        cfg = load_config(str(run_path / "config.yaml"), ["train_seg.supervised=false"] + args.overrides)
     else:
         run_path = ROOT / "bench" / "work" / f"seg_supervised_{args.protocol}.{args.profile}"
         name = args.protocol if args.profile == "cpu" else f"{args.protocol}-gpu"

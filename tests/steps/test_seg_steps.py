@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -179,3 +180,22 @@ def test_best_on_train_picks_the_better_label_source(tmp_path):
         write_json(run.path / "metrics" / "sem_seg.json",
                    {"splits": {"train": {"cam": {"miou": cam}, "irn_pseudo": {"miou": pseudo}}}})
         assert label_source(cfg, run) == expected
+
+
+def test_fit_on_a_subset_of_the_training_images(dataset: Path, tmp_path: Path):
+    """fit(samples=...) trains on exactly the given images (model selection on held-out patients)."""
+    from histowsss.engine.distributed import init_distributed
+
+    cfg = make_cfg(dataset, "train_seg.epochs=1")
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    subset = samples_for(cfg, train_seg.train_splits(cfg))[:3]
+    ctx = init_distributed(cfg.device)
+    meta, model = train_seg.fit(cfg, run, ctx, train_seg.config_hash(cfg), True, {}, samples=subset)
+    assert meta["train_images"] == 3 and meta["label_source"] == "pseudo"
+    ts = cfg.train_seg
+    assert meta["final"]["crops"] == max(1, 3 * ts.crops_per_image // ts.batch_size) * ts.batch_size
+    assert len(samples_for(cfg, train_seg.train_splits(cfg))) > 3  # so the subset really is one
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, len(cfg.data.classes.names), 32, 32)

@@ -222,16 +222,20 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         ctx.close()
 
 
-def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, info: dict
-        ) -> tuple[dict, torch.nn.Module]:
-    """The training loop of :func:`run` (inside its status context): returns (metadata, trained model)."""
+def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, info: dict,
+        samples: list[Sample] | None = None) -> tuple[dict, torch.nn.Module]:
+    """The training loop of :func:`run` (inside its status context): returns (metadata, trained model).
+
+    ``samples`` replaces the images of ``train_seg.splits`` (model selection on a held-out part of them:
+    ``bench/seg_schedule.py``); the run's files are written as usual, so pass a scratch run folder then.
+    """
     from histowsss.models.segnet import build_segnet, seg_loss
 
     ts, data = cfg.train_seg, cfg.data
     t_ = tag(cfg)
     device = ctx.device
     source = label_source(cfg, run)
-    samples = samples_for(cfg, train_splits(cfg))
+    samples = samples if samples is not None else samples_for(cfg, train_splits(cfg))
     if not samples:
         raise StepError(f"no training images: no manifest row has split in {train_splits(cfg)}")
     labels = load_labels(cfg, run, samples, source)

@@ -1,0 +1,141 @@
+"""Model selection for train_seg on a patient-held-out part of GlaS train (no test image is read).
+
+    python bench/seg_schedule.py --protocol glas-gland --profile cpu
+    python bench/seg_schedule.py --protocol glas-gland --profile cpu --candidate train_seg.epochs=5 \\
+        --candidate "train_seg.epochs=10;train_seg.loss=gce"
+
+Needs the weak run folder of bench/irn_glas.py (bench/work/cam_<protocol>.<profile>): the same weak labels that
+train_seg would use there (``train_seg.labels``, e.g. best_on_train). GlaS train is split by patient (grade-
+stratified, seed 0) into a fit part (80 %) and a validation part (20 %). Every candidate (a list of config
+overrides) trains the segmentation network on the fit images' weak labels, in a scratch run folder, and is scored
+on the validation images' ground-truth masks with eval_seg's inference (sliding window, TTA). The weak labels of
+the validation images are scored too (what the network is learning from). The chosen candidate is the one with
+the best validation score (mIoU; IoU of the malignant class on glas-malignant, the number its target is about).
+Writes bench/results/seg_schedule_<protocol>.<profile>.json. Test ground truth is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, check, write_result  # noqa: E402
+
+DEFAULT_CANDIDATES = ["train_seg.epochs=5", "train_seg.epochs=10", "train_seg.epochs=15"]
+
+
+def scratch_run(src: Path, dst: Path) -> None:
+    """A run folder that sees ``src``'s finished upstream steps and weak labels, and nothing it could overwrite."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for sub in ("status", "metrics"):
+        (dst / sub).mkdir()
+        for f in (src / sub).glob("*.json"):
+            if not f.stem.startswith(("train_seg", "eval_seg", "seg")):
+                shutil.copy2(f, dst / sub / f.name)
+    for sub in ("pseudo", "cams"):
+        if (src / sub).exists():
+            (dst / sub).symlink_to((src / sub).resolve(), target_is_directory=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], required=True)
+    ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--candidate", action="append", default=None,
+                    help="';'-separated config overrides of one candidate (repeat; default: epochs 5, 10, 15)")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--run", type=Path, default=None)
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from histowsss.config import load_config
+    from histowsss.data.loading import load_image
+    from histowsss.data.masks import load_class_mask
+    from histowsss.data.split import grouped_stratified_split
+    from histowsss.engine.distributed import init_distributed
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.evaluation.metrics import ConfusionMatrix
+    from histowsss.models.fuse import inference_model
+    from histowsss.steps import train_seg
+    from histowsss.steps.common import samples_for
+    from histowsss.steps.eval_seg import predict_probs
+
+    t0 = time.time()
+    src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
+    weak = ["train_seg.supervised=false"]  # the folder's config.yaml may hold the last (supervised) report run's
+    base = load_config(str(src / "config.yaml"), weak)
+    samples = samples_for(base, train_seg.train_splits(base))
+    patients = [s.patient or s.name for s in samples]
+    # stratify by GlaS grade (benign / malignant) when the manifest has it, else by the image's class labels
+    grades = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
+    assign = grouped_stratified_split(patients, grades, {"fit": 1 - args.val_fraction, "val": args.val_fraction})
+    fit_s = [s for s, p in zip(samples, patients) if assign[p] == "fit"]
+    val_s = [s for s, p in zip(samples, patients) if assign[p] == "val"]
+    names = base.data.classes.names
+    fg = "gland" if args.protocol == "glas-gland" else "malignant"
+    criterion = "miou" if args.protocol == "glas-gland" else f"iou_{fg}"
+    val_imgs = [load_image(s.image, base.data) for s in val_s]
+    val_gt = [load_class_mask(s, base.data) for s in val_s]
+
+    def score(preds) -> dict:
+        cm = ConfusionMatrix(len(names))
+        for g, p in zip(val_gt, preds):
+            cm.update(g, p)
+        sm = cm.summary(names)
+        return {"miou": sm["miou"], f"iou_{fg}": sm["per_class"][fg]["iou"]}
+
+    src_rd = RunDir(src, base)
+    source = train_seg.label_source(base, src_rd)
+    if source == "ground_truth":
+        raise SystemExit("the weak run's train_seg would train on ground truth; fix train_seg.labels")
+    weak_val = score(train_seg.load_labels(base, src_rd, val_s, source))
+    print(f"fit {len(fit_s)} images / val {len(val_s)} images ({len(set(assign.values()))} parts); labels {source}; "
+          f"weak labels on val: {weak_val}", flush=True)
+
+    work = ROOT / "bench" / "work" / f"seg_schedule_{args.protocol}.{args.profile}"
+    results = []
+    for i, cand in enumerate(args.candidate or DEFAULT_CANDIDATES):
+        overrides = [o.strip() for o in cand.split(";") if o.strip()]
+        cfg = load_config(str(src / "config.yaml"), weak + overrides)
+        rd_path = work / f"candidate_{i}"
+        scratch_run(src, rd_path)
+        rd = RunDir(rd_path, cfg).init()
+        ctx = init_distributed(cfg.device)
+        tc = time.time()
+        try:
+            meta, model = train_seg.fit(cfg, rd, ctx, train_seg.config_hash(cfg), True, {}, samples=fit_s)
+        finally:
+            ctx.close()
+        train_s = time.time() - tc
+        model = inference_model(model.eval(), ctx.device)
+        preds = [predict_probs(model, img, cfg, ctx.device).argmax(0).astype(np.uint8) for img in val_imgs]
+        sc = score(preds)
+        rec = {"overrides": overrides, "label_source": meta["label_source"], "val": sc,
+               "train_seconds": round(train_s, 1), "final_epoch": meta["final"]}
+        results.append(rec)
+        print(json.dumps(rec), flush=True)
+        shutil.rmtree(rd_path, ignore_errors=True)
+    best = max(results, key=lambda r: r["val"][criterion])
+    metrics = {"fit_images": len(fit_s), "val_images": len(val_s),
+               "val_patients": sorted({p for p in patients if assign[p] == "val"}),
+               "label_source": source, "weak_labels_on_val": weak_val, "candidates": results,
+               "criterion": criterion, "chosen": best["overrides"]}
+    checks = [check("chosen_on_validation_" + criterion, best["val"][criterion],
+                    "reported (model selection on held-out GlaS train patients; test never read)", True)]
+    path = write_result(f"seg_schedule_{args.protocol}", args.profile, time.time() - t0,
+                        {"run": str(src.relative_to(ROOT)), "val_fraction": args.val_fraction, "split_seed": 0,
+                         "candidates": args.candidate or DEFAULT_CANDIDATES,
+                         "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
+    print(json.dumps({"result": str(path), "chosen": best}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
