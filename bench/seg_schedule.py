@@ -3,6 +3,7 @@
     python bench/seg_schedule.py --protocol glas-gland --profile cpu
     python bench/seg_schedule.py --protocol glas-gland --profile cpu --candidate train_seg.epochs=5 \\
         --candidate "train_seg.epochs=10;train_seg.loss=gce"
+    python bench/seg_schedule.py --protocol glas-gland --profile cpu --candidate train_seg.epochs=15 --self-train 1
 
 Needs the weak run folder of bench/irn_glas.py (bench/work/cam_<protocol>.<profile>): the same weak labels that
 train_seg would use there (``train_seg.labels``, e.g. best_on_train). GlaS train is split by patient (grade-
@@ -11,7 +12,10 @@ overrides) trains the segmentation network on the fit images' weak labels, in a 
 on the validation images' ground-truth masks with eval_seg's inference (sliding window, TTA). The weak labels of
 the validation images are scored too (what the network is learning from). The chosen candidate is the one with
 the best validation score (mIoU; IoU of the malignant class on glas-malignant, the number its target is about).
-Writes bench/results/seg_schedule_<protocol>.<profile>.json. Test ground truth is never read.
+``--self-train N`` adds N self-training rounds to every candidate: the network predicts the fit images, a fresh
+network of the same candidate trains on those predictions (``train_seg.labels=folder``), and each round is scored
+on the validation images like the first.
+Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def main() -> None:
                     help="';'-separated config overrides of one candidate (repeat; default: epochs 5, 10, 15)")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--run", type=Path, default=None)
+    ap.add_argument("--self-train", type=int, default=0, help="self-training rounds after each candidate")
+    ap.add_argument("--name", default=None, help="result name (default: seg_schedule_<protocol>)")
     args = ap.parse_args()
 
     import numpy as np
@@ -60,6 +66,7 @@ def main() -> None:
     from histowsss.data.loading import load_image
     from histowsss.data.masks import load_class_mask
     from histowsss.data.split import grouped_stratified_split
+    from histowsss.engine.atomic import write_png
     from histowsss.engine.distributed import init_distributed
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
@@ -100,13 +107,10 @@ def main() -> None:
     print(f"fit {len(fit_s)} images / val {len(val_s)} images ({len(set(assign.values()))} parts); labels {source}; "
           f"weak labels on val: {weak_val}", flush=True)
 
-    work = ROOT / "bench" / "work" / f"seg_schedule_{args.protocol}.{args.profile}"
+    name = args.name or f"seg_schedule_{args.protocol}"
+    work = ROOT / "bench" / "work" / f"{name}.{args.profile}"
     results = []
-    for i, cand in enumerate(args.candidate or DEFAULT_CANDIDATES):
-        overrides = [o.strip() for o in cand.split(";") if o.strip()]
-        cfg = load_config(str(src / "config.yaml"), weak + overrides)
-        rd_path = work / f"candidate_{i}"
-        scratch_run(src, rd_path)
+    def train_and_score(cfg, rd_path: Path):
         rd = RunDir(rd_path, cfg).init()
         ctx = init_distributed(cfg.device)
         tc = time.time()
@@ -117,22 +121,38 @@ def main() -> None:
         train_s = time.time() - tc
         model = inference_model(model.eval(), ctx.device)
         preds = [predict_probs(model, img, cfg, ctx.device).argmax(0).astype(np.uint8) for img in val_imgs]
-        sc = score(preds)
-        rec = {"overrides": overrides, "label_source": meta["label_source"], "val": sc,
-               "train_seconds": round(train_s, 1), "final_epoch": meta["final"]}
-        results.append(rec)
-        print(json.dumps(rec), flush=True)
+        return meta, model, ctx.device, train_s, score(preds)
+
+    results = []
+    for i, cand in enumerate(args.candidate or DEFAULT_CANDIDATES):
+        overrides = [o.strip() for o in cand.split(";") if o.strip()]
+        cfg = load_config(str(src / "config.yaml"), weak + overrides)
+        rd_path = work / f"candidate_{i}"
+        scratch_run(src, rd_path)
+        for r in range(args.self_train + 1):
+            meta, model, dev, train_s, sc = train_and_score(cfg, rd_path if r == 0 else rd_path / f"self_{r}")
+            rec = {"overrides": overrides, "self_train_round": r, "label_source": meta["label_source"], "val": sc,
+                   "train_seconds": round(train_s, 1), "final_epoch": meta["final"]}
+            results.append(rec)
+            print(json.dumps(rec), flush=True)
+            if r < args.self_train:  # the next round's labels: this network's predictions on the fit images
+                label_dir = rd_path / f"labels_{r + 1}"
+                for s_ in fit_s:
+                    img = load_image(s_.image, base.data)
+                    write_png(label_dir / f"{s_.name}.png", predict_probs(model, img, cfg, dev).argmax(0).astype(np.uint8))
+                cfg = load_config(str(src / "config.yaml"), weak + overrides +
+                                  ["train_seg.labels=folder", f"train_seg.label_dir={label_dir}"])
         shutil.rmtree(rd_path, ignore_errors=True)
     best = max(results, key=lambda r: r["val"][criterion])
     metrics = {"fit_images": len(fit_s), "val_images": len(val_s),
                "val_patients": sorted({p for p in patients if assign[p] == "val"}),
                "label_source": source, "weak_labels_on_val": weak_val, "candidates": results,
-               "criterion": criterion, "chosen": best["overrides"]}
+               "criterion": criterion, "chosen": best["overrides"], "chosen_self_train_round": best["self_train_round"]}
     checks = [check("chosen_on_validation_" + criterion, best["val"][criterion],
                     "reported (model selection on held-out GlaS train patients; test never read)", True)]
-    path = write_result(f"seg_schedule_{args.protocol}", args.profile, time.time() - t0,
+    path = write_result(name, args.profile, time.time() - t0,
                         {"run": str(src.relative_to(ROOT)), "val_fraction": args.val_fraction, "split_seed": 0,
-                         "candidates": args.candidate or DEFAULT_CANDIDATES,
+                         "candidates": args.candidate or DEFAULT_CANDIDATES, "self_train": args.self_train,
                          "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "chosen": best}, indent=2))
 

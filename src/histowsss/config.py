@@ -267,11 +267,14 @@ class TrainSegConfig(Strict):
                                  "smp never downloads (encoder_weights=None is always passed to smp)")
     decoder_channels: list[int] | None = Field(None, description="smp decoder widths (unet: 5 values; "
                                                "deeplabv3plus: 1 value); null = smp's defaults")
-    labels: Literal["pseudo", "cam", "pseudo_or_cam", "best_on_train"] = Field(
+    labels: Literal["pseudo", "cam", "pseudo_or_cam", "best_on_train", "folder"] = Field(
         "pseudo", description="weak training labels: pseudo = pseudo/<name>.png (IRN), cam = eval_cam's label-gated "
         "CAM labels, pseudo_or_cam = pseudo when make_sem_seg_labels finished, else CAM labels, best_on_train = "
         "whichever of the two has the higher mIoU on the training images (eval_sem_seg; before it has run, as "
-        "pseudo_or_cam)")
+        "pseudo_or_cam), folder = class-id PNGs in train_seg.label_dir (e.g. `histowsss predict` output of an "
+        "earlier run on the training images: self-training, or masks exported from QuPath)")
+    label_dir: str | None = Field(None, description="labels=folder: <name>.png or <name>_labels.png per training "
+                                  "image (class ids, 255 = ignore), at the image's own or at data.image_scale size")
     supervised: bool = Field(False, description="train on the ground-truth masks instead (the upper bound); "
                              "outputs are named seg_supervised (checkpoint, log, metrics, pred_supervised/)")
     splits: list[str] | None = Field(None, description="training images (default: train + val splits)")
@@ -293,6 +296,12 @@ class TrainSegConfig(Strict):
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSegConfig":
+        if self.labels == "folder" and not self.label_dir:
+            raise ValueError("train_seg.labels=folder needs train_seg.label_dir (a folder of class-id PNGs)")
+        return self
 
 
 class EvalSegConfig(Strict):

@@ -112,6 +112,27 @@ def test_supervised_flag_trains_on_ground_truth(dataset: Path, tmp_path: Path, m
     m = json.loads((run.path / "metrics" / "seg_supervised.json").read_text())
     assert m["supervised"] is True and m["label_source"] == "ground_truth"
     assert len(list((run.path / "pred_supervised").glob("*.png"))) == 3
+    assert run.status("train_seg_supervised")["state"] == "done" and run.status("eval_seg_supervised")["state"] == "done"
+    assert run.status("train_seg") is None and run.status("eval_seg") is None
+
+
+def test_weak_and_supervised_networks_stay_finished_side_by_side(dataset: Path, tmp_path: Path):
+    """Each network has its own status records: running one never makes the other look unfinished."""
+    weak = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=pseudo")
+    sup = make_cfg(dataset, "train_seg.epochs=1", "train_seg.supervised=true")
+    run = RunDir(tmp_path / "run", weak).init()
+    fake_pseudo(weak, run)
+    quiet = lambda m: None  # noqa: E731
+    run_pipeline(weak, run, start="train_seg", stop="eval_seg", log=quiet)
+    weak_ckpt = (run.path / "checkpoints" / "seg.safetensors").stat().st_mtime_ns
+    run_pipeline(sup, run, start="train_seg", stop="eval_seg", log=quiet)
+    msgs: list[str] = []
+    for cfg in (weak, sup):
+        run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=msgs.append)
+    assert msgs == [f"[skip] {s}: finished with this configuration"
+                    for s in ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised")]
+    assert (run.path / "checkpoints" / "seg.safetensors").stat().st_mtime_ns == weak_ckpt
+    assert {"seg.json", "seg_supervised.json"} <= {p.name for p in (run.path / "metrics").iterdir()}
 
 
 def _fake_cams(cfg, run: RunDir) -> None:
@@ -199,3 +220,53 @@ def test_fit_on_a_subset_of_the_training_images(dataset: Path, tmp_path: Path):
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, 3, 32, 32))
     assert out.shape == (1, len(cfg.data.classes.names), 32, 32)
+
+
+def test_self_training_on_a_label_folder_written_by_predict(dataset: Path, tmp_path: Path):
+    """labels=folder trains on `histowsss predict` output (<stem>_labels.png) of an earlier run: self-training."""
+    from histowsss.cli.predict_cmd import predict_images
+
+    cfg = make_cfg(dataset, "train_seg.epochs=1")
+    run1 = RunDir(tmp_path / "round0", cfg).init()
+    fake_pseudo(cfg, run1)
+    run_pipeline(cfg, run1, start="train_seg", stop="train_seg", log=lambda m: None)
+    train = samples_for(cfg, train_seg.train_splits(cfg))
+    out = tmp_path / "self_labels"
+    predict_images(run1.path, [Path(s.image) for s in train], out, log=lambda m: None)
+
+    cfg2 = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=folder", f"train_seg.label_dir={out}")
+    run2 = RunDir(tmp_path / "round1", cfg2).init()
+    labels = train_seg.load_labels(cfg2, run2, train, train_seg.label_source(cfg2, run2))
+    for s, lab in zip(train, labels):
+        assert np.array_equal(lab, np.asarray(Image.open(out / f"{Path(s.image).stem}_labels.png")))
+    run_pipeline(cfg2, run2, start="train_seg", stop="eval_seg", log=lambda m: None)
+    meta = json.loads((run2.path / "checkpoints" / "seg.json").read_text())
+    assert meta["label_source"] == "folder" and meta["train_images"] == len(train)
+    # other labels in the folder = other inputs: the finished run no longer counts as done
+    h = train_seg.config_hash(cfg2)
+    assert run2.is_done("train_seg", h)
+    first = out / f"{Path(train[0].image).stem}_labels.png"
+    write_png(first, 1 - np.asarray(Image.open(first)))
+    assert train_seg.config_hash(cfg2) != h
+
+
+def test_label_folder_errors_and_level0_labels_are_scaled(dataset: Path, tmp_path: Path):
+    from histowsss.config import ConfigError
+
+    with pytest.raises(ConfigError, match="label_dir"):
+        make_cfg(dataset, "train_seg.labels=folder")
+    folder = tmp_path / "labels"
+    cfg = make_cfg(dataset, "train_seg.labels=folder", f"train_seg.label_dir={folder}")
+    run = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(StepError, match="not a folder"):
+        train_seg.run(cfg, run)
+    train = samples_for(cfg, train_seg.train_splits(cfg))
+    for s in train[1:]:  # the first image has no label
+        write_png(folder / f"{s.name}.png", load_class_mask(s, cfg.data))
+    with pytest.raises(StepError, match=f"no label for training image {train[0].name}"):
+        train_seg.run(cfg, run)
+    # level-0 labels (64 px) are nearest-resized to data.image_scale (0.5 -> 32 px)
+    half = make_cfg(dataset, "train_seg.labels=folder", f"train_seg.label_dir={folder}", "data.image_scale=0.5")
+    lab = train_seg.folder_labels(half, train[1:2])[0]
+    assert lab.shape == (32, 32)
+    assert np.array_equal(lab, load_class_mask(train[1], half.data))

@@ -15,6 +15,13 @@ def step_config_hash(cfg: RunConfig, module) -> str:
     return module.config_hash(cfg)
 
 
+def status_name(cfg: RunConfig, name: str, module) -> str:
+    """The status record a step writes: its name, or the module's ``status_name(cfg)`` where one network of a
+    step has several variants (train_seg / eval_seg: weak and supervised)."""
+    fn = getattr(module, "status_name", None)
+    return fn(cfg) if fn is not None else name
+
+
 def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``."""
@@ -22,13 +29,14 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     for name in select_steps(start, stop):
         mod = step_module(name)
         h = mod.config_hash(cfg)
-        if run.is_done(name, h) and not overwrite:
-            log(f"[skip] {name}: finished with this configuration")
+        key = status_name(cfg, name, mod)
+        if run.is_done(key, h) and not overwrite:
+            log(f"[skip] {key}: finished with this configuration")
             continue
-        log(f"[run ] {name}")
+        log(f"[run ] {key}")
         t0 = time.time()
-        st = run.status(name)
+        st = run.status(key)
         redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
-        log(f"[done] {name} in {time.time() - t0:.1f} s")
+        log(f"[done] {key} in {time.time() - t0:.1f} s")
     return results

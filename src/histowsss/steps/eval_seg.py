@@ -38,6 +38,11 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(f"{train_seg.config_hash(cfg)}|{cfg.step_hash('eval_seg')}".encode()).hexdigest()[:12]
 
 
+def status_name(cfg: RunConfig) -> str:
+    """``eval_seg`` or ``eval_seg_supervised`` (see :func:`histowsss.steps.train_seg.status_name`)."""
+    return f"{STEP}_supervised" if cfg.train_seg.supervised else STEP
+
+
 def pred_dir_name(tag: str) -> str:
     return "pred" if tag == "seg" else "pred_" + tag.removeprefix("seg_")
 
@@ -60,8 +65,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         return {}
     ev = cfg.eval_seg
     h = config_hash(cfg)
-    with run.step(STEP, h, overwrite=overwrite) as info:
-        run.require("train_seg", train_seg.config_hash(cfg), STEP)
+    with run.step(status_name(cfg), h, overwrite=overwrite) as info:
+        run.require(train_seg.status_name(cfg), train_seg.config_hash(cfg), status_name(cfg))
         tag = train_seg.tag(cfg)
         device = resolve_device(cfg.device)
         model = train_seg.load_segnet(cfg, run.path, tag, device)

@@ -49,6 +49,12 @@ def tag(cfg: RunConfig) -> str:
     return "seg_supervised" if cfg.train_seg.supervised else "seg"
 
 
+def status_name(cfg: RunConfig) -> str:
+    """The status record of this network: ``train_seg`` (weak) or ``train_seg_supervised`` (the upper bound), so
+    that both networks of one run folder stay finished side by side."""
+    return f"{STEP}_supervised" if cfg.train_seg.supervised else STEP
+
+
 def checkpoint_path(run_path: Path, tag_: str) -> Path:
     return run_path / "checkpoints" / f"{tag_}.safetensors"
 
@@ -66,6 +72,8 @@ def _upstream_hash(cfg: RunConfig) -> str:
         from histowsss.steps import eval_cam
 
         return "cam:" + eval_cam.config_hash(cfg)
+    if ts.labels == "folder":
+        return "folder:" + folder_fingerprint(cfg)
     from histowsss.steps import make_sem_seg_labels
 
     return "pseudo:" + make_sem_seg_labels.config_hash(cfg)
@@ -79,10 +87,12 @@ def config_hash(cfg: RunConfig) -> str:
 
 # ------------------------------------------------------------------------------------------------------ labels
 def label_source(cfg: RunConfig, run: RunDir) -> str:
-    """'ground_truth', 'pseudo' or 'cam', checking that the producing step finished with this config."""
+    """'ground_truth', 'pseudo', 'cam' or 'folder', checking that the producing step finished with this config."""
     ts = cfg.train_seg
     if ts.supervised:
         return "ground_truth"
+    if ts.labels == "folder":
+        return "folder"
     from histowsss.steps import eval_cam, eval_sem_seg, make_sem_seg_labels
 
     if ts.labels == "best_on_train" and run.is_done("eval_sem_seg", eval_sem_seg.config_hash(cfg)):
@@ -108,6 +118,52 @@ def _read_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im)
+
+
+def folder_label_path(cfg: RunConfig, sample: Sample) -> Path | None:
+    """The label PNG of ``sample`` in train_seg.label_dir: ``<name>.png`` or ``<name>_labels.png`` (what
+    ``histowsss predict`` writes), ``name`` being the manifest name or the image file's stem; None if absent."""
+    d = Path(cfg.train_seg.label_dir or "")
+    for stem in dict.fromkeys([sample.name, Path(sample.image).stem]):
+        for p in (d / f"{stem}.png", d / f"{stem}_labels.png"):
+            if p.exists():
+                return p
+    return None
+
+
+def folder_fingerprint(cfg: RunConfig) -> str:
+    """Hash of the label folder's PNG names, sizes and modification times (new labels = a new training run)."""
+    d = Path(cfg.train_seg.label_dir or "")
+    if not d.is_dir():
+        return "missing:" + str(d)
+    items = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.glob("*.png"))
+    return hashlib.sha256(repr((str(d.resolve()), items)).encode()).hexdigest()[:12]
+
+
+def folder_labels(cfg: RunConfig, samples: list[Sample]) -> list[np.ndarray]:
+    """Class-id PNGs of ``samples`` from train_seg.label_dir, nearest-resized from level 0 to data.image_scale."""
+    from PIL import Image
+
+    d = Path(cfg.train_seg.label_dir or "")
+    if not d.is_dir():
+        raise StepError(f"{d}: train_seg.label_dir is not a folder; point it at the class-id PNGs "
+                        "(e.g. the --out folder of `histowsss predict` run on the training images)")
+    scale = cfg.data.image_scale
+    out = []
+    for s in samples:
+        p = folder_label_path(cfg, s)
+        if p is None:
+            raise StepError(f"{d}: no label for training image {s.name} ({s.name}.png or {s.name}_labels.png); "
+                            f"predict or export every image of the splits {train_splits(cfg)}, or set train_seg.splits")
+        lab = _read_png(p)
+        if lab.ndim != 2:
+            raise StepError(f"{p}: labels must be single-channel class ids, got shape {lab.shape}")
+        with Image.open(s.image) as im:
+            w0, h0 = im.size
+        if scale != 1.0 and lab.shape == (h0, w0):
+            lab = resize(lab.astype(np.uint8), scale, nearest=True)
+        out.append(lab.astype(np.uint8))
+    return out
 
 
 def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.ndarray]:
@@ -145,6 +201,8 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str)
         return [load_class_mask(s, cfg.data) for s in samples]
     if source == "cam":
         return cam_labels(cfg, run, samples)
+    if source == "folder":
+        return folder_labels(cfg, samples)
     out = []
     for s in samples:
         p = run.path / "pseudo" / f"{s.name}.png"
@@ -216,7 +274,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     h = config_hash(cfg)
     ctx = init_distributed(cfg.device)
     try:
-        with rank_step(run, ctx, STEP, h, overwrite) as info:
+        with rank_step(run, ctx, status_name(cfg), h, overwrite) as info:
             return fit(cfg, run, ctx, h, overwrite, info)[0]
     finally:
         ctx.close()
