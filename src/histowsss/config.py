@@ -323,6 +323,9 @@ class RunConfig(Strict):
     name: str = "run"
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    upper_bound: bool = Field(False, description="also train and evaluate the segmentation network on the "
+                              "ground-truth masks (steps train_seg_supervised, eval_seg_supervised): the upper bound "
+                              "of the report; needs masks for the training images")
     data: DataConfig
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     train_cam: TrainCamConfig = Field(default_factory=TrainCamConfig)

@@ -46,7 +46,7 @@ def fake_pseudo(cfg, run: RunDir, noise: float = 0.1) -> None:
 
 
 def test_steps_are_registered_after_the_irn_steps():
-    assert PIPELINE[-2:] == ["train_seg", "eval_seg"]
+    assert PIPELINE[-4:] == ["train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised"]
     assert PIPELINE.index("train_seg") > PIPELINE.index("eval_sem_seg")
 
 
@@ -270,3 +270,30 @@ def test_label_folder_errors_and_level0_labels_are_scaled(dataset: Path, tmp_pat
     lab = train_seg.folder_labels(half, train[1:2])[0]
     assert lab.shape == (32, 32)
     assert np.array_equal(lab, load_class_mask(train[1], half.data))
+
+
+def test_one_run_gives_the_weak_network_and_its_upper_bound(dataset: Path, tmp_path: Path):
+    """upper_bound: true adds train_seg_supervised / eval_seg_supervised to the same `histowsss run`."""
+    cfg = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=pseudo", "upper_bound=true")
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    msgs: list[str] = []
+    res = run_pipeline(cfg, run, start="train_seg", log=msgs.append)
+    assert list(res) == ["train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised"]
+    weak = json.loads((run.path / "metrics" / "seg.json").read_text())
+    sup = json.loads((run.path / "metrics" / "seg_supervised.json").read_text())
+    assert weak["label_source"] == "pseudo" and sup["label_source"] == "ground_truth" and sup["supervised"]
+    for s in ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised"):
+        assert run.status(s)["state"] == "done"
+    # the same hash as training it by hand with --set train_seg.supervised=true
+    by_hand = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=pseudo", "train_seg.supervised=true")
+    assert run.status("train_seg_supervised")["config_hash"] == train_seg.config_hash(by_hand)
+    msgs.clear()
+    run_pipeline(cfg, run, start="train_seg", log=msgs.append)
+    assert len(msgs) == 4 and all(m.startswith("[skip]") for m in msgs)
+    # without upper_bound the two steps are switched off, and say so
+    off = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=pseudo")
+    msgs.clear()
+    run_pipeline(off, run, start="train_seg", log=msgs.append)
+    assert msgs[2:] == ["[off ] train_seg_supervised: upper_bound is false",
+                        "[off ] eval_seg_supervised: upper_bound is false"]

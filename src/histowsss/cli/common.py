@@ -15,6 +15,11 @@ from histowsss.config import ConfigError, RunConfig, load_config
 
 console = Console(stderr=True)
 
+
+def log_line(message: str) -> None:
+    """Print a progress line as it is (no rich markup: "[skip] step" must not be read as a style tag)."""
+    console.print(message, markup=False, highlight=False)
+
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError,
                                                  RuntimeError)
 

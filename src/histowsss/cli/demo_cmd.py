@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, console
+from histowsss.cli.common import clear_errors, console, log_line
 
 
 def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="run folder"),
@@ -27,7 +27,7 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
         manifest = generate_synthetic_dataset(run_dir / "data", seed=seed)
         cfg = load_config("demo", [f"data.manifest={manifest}", f"seed={seed}"] + list(set_ or []))
         rd = RunDir(run_dir, cfg).init()
-        run_pipeline(cfg, rd, overwrite=overwrite, log=console.print)
+        run_pipeline(cfg, rd, overwrite=overwrite, log=log_line)
     from histowsss.evaluation.report import write_report
 
     print(stage_table(rd.path))

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from histowsss.cli.common import clear_errors, console
+from histowsss.cli.common import clear_errors, console, log_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
@@ -151,5 +151,5 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
     with clear_errors():
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
-                              min_area=min_area, log=console.print)
+                              min_area=min_area, log=log_line)
     console.print(f"{len(recs)} image(s) -> {out}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, console, default_run_dir, get_config
+from histowsss.cli.common import clear_errors, console, default_run_dir, get_config, log_line
 
 
 def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland, glas-malignant)"),
@@ -24,7 +24,7 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         cfg = get_config(config, set_)
         rd = RunDir(default_run_dir(cfg, run_dir), cfg).init()
         console.print(f"run folder: {rd.path}")
-        run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=console.print)
+        run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log_line)
 
 
 def steps() -> None:

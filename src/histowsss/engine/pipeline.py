@@ -28,6 +28,10 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     results: dict[str, dict] = {}
     for name in select_steps(start, stop):
         mod = step_module(name)
+        off = getattr(mod, "disabled", lambda c: None)(cfg)
+        if off:
+            log(f"[off ] {name}: {off}")
+            continue
         h = mod.config_hash(cfg)
         key = status_name(cfg, name, mod)
         if run.is_done(key, h) and not overwrite:

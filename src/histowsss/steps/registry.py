@@ -1,4 +1,6 @@
-"""The ordered pipeline: step names -> modules with ``STEP`` and ``run(cfg, run_dir, overwrite)``."""
+"""The ordered pipeline: step names -> modules with ``STEP``, ``config_hash(cfg)`` and ``run(cfg, run_dir, overwrite)``;
+optionally ``status_name(cfg)`` (the status record, when it depends on the config) and ``disabled(cfg)`` (a reason
+not to run with this config, e.g. the supervised upper bound without ``upper_bound: true``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from types import ModuleType
 
 PIPELINE: list[str] = ["train_cam", "make_cam", "eval_cam",
                        "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels", "eval_sem_seg",
-                       "train_seg", "eval_seg"]
+                       "train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised"]
 
 
 def step_module(name: str) -> ModuleType:

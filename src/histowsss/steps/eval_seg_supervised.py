@@ -1,0 +1,26 @@
+"""Step eval_seg_supervised: eval_seg for the upper-bound network (``pred_supervised/``, ``metrics/seg_supervised.json``).
+
+Runs when ``upper_bound: true``; see :mod:`histowsss.steps.train_seg_supervised`.
+"""
+
+from __future__ import annotations
+
+from histowsss.config import RunConfig
+from histowsss.engine.run_dir import RunDir
+from histowsss.steps import eval_seg
+from histowsss.steps.train_seg_supervised import disabled, supervised_config  # noqa: F401  (same switch)
+
+STEP = "eval_seg_supervised"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return eval_seg.config_hash(supervised_config(cfg))
+
+
+def status_name(cfg: RunConfig) -> str:
+    return STEP
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
+    """Evaluate the upper-bound network on the test splits (see :func:`histowsss.steps.eval_seg.run`)."""
+    return eval_seg.run(supervised_config(cfg), run, overwrite=overwrite)
