@@ -109,7 +109,7 @@ def main() -> None:
 
     name = args.name or f"seg_schedule_{args.protocol}"
     work = ROOT / "bench" / "work" / f"{name}.{args.profile}"
-    results = []
+
     def train_and_score(cfg, rd_path: Path):
         rd = RunDir(rd_path, cfg).init()
         ctx = init_distributed(cfg.device)

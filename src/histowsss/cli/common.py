@@ -20,6 +20,7 @@ def log_line(message: str) -> None:
     """Print a progress line as it is (no rich markup: "[skip] step" must not be read as a style tag)."""
     console.print(message, markup=False, highlight=False)
 
+
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError,
                                                  RuntimeError)
 
