@@ -61,11 +61,12 @@ def main() -> None:
     train = samples_for(cfg0, train_seg.train_splits(cfg0))
     work = ROOT / "bench" / "work" / f"selftrain_{args.protocol}.{args.profile}"
 
-    def label_quality(label_dir: Path) -> dict:
-        """The self-labels against the training masks (reported like eval_sem_seg's label quality; selects nothing)."""
+    def label_quality(round_cfg) -> dict:
+        """The labels of ``round_cfg``'s label_dir against the training masks (reported like eval_sem_seg's label
+        quality; selects nothing)."""
         cm = ConfusionMatrix(len(names))
         for s in train:
-            lab = np.asarray(Image.open(train_seg.folder_label_path(cfg, s)))
+            lab = np.asarray(Image.open(train_seg.folder_label_path(round_cfg, s)))
             gt = load_class_mask(s, cfg0.data)
             if lab.shape != gt.shape:
                 lab = np.asarray(Image.fromarray(lab).resize(gt.shape[::-1], Image.NEAREST))
@@ -93,7 +94,7 @@ def main() -> None:
         st = {s: json.loads((rd_path / "status" / f"{s}.json").read_text())["wall_s"] for s in ("train_seg", "eval_seg")}
         extra_s += predict_s + sum(st.values())
         a = m["all"]
-        rounds.append({"round": r, "labels_on_train": label_quality(label_dir),
+        rounds.append({"round": r, "labels_on_train": label_quality(cfg),
                        "test_all": {"miou": a["miou"], f"iou_{fg}": a["per_class"][fg]["iou"], "mdice": a["mdice"]},
                        "test_splits": {k: {"miou": v["miou"], f"iou_{fg}": v["per_class"][fg]["iou"]}
                                        for k, v in m.get("splits", {}).items()},
