@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="run folder (default bench/work/<name>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--keep", action="store_true", help="reuse finished steps in the run folder")
+    ap.add_argument("--name", default=None, help="result name (default cam_<protocol>[_<network>])")
     args = ap.parse_args()
 
     from histowsss.config import load_config
@@ -80,6 +81,7 @@ def main() -> None:
     cfg = load_config(cfg_name, overrides)
     name = f"cam_{args.protocol}" + (f"_{args.network}" if args.network and args.network != "cam" else "")
     run_path = args.run or ROOT / "bench" / "work" / f"{name}.{args.profile}"
+    name = args.name or name
     rd = RunDir(run_path, cfg).init()
     time.time()
     timings = {}

@@ -28,6 +28,9 @@ def main() -> None:
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--exp-times", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
     ap.add_argument("--betas", type=float, nargs="+", default=[10.0, 20.0])
+    ap.add_argument("--name", default=None, help="result name (default irn_walk_sweep_<protocol>)")
+    ap.add_argument("--values", type=float, nargs="+", default=None,
+                    help="background offsets / thresholds to try (default: the full grid)")
     args = ap.parse_args()
 
     import numpy as np
@@ -38,7 +41,8 @@ def main() -> None:
     from histowsss.data.masks import load_class_mask
     from histowsss.evaluation.cam_labels import normalize_cams
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps.irn_common import background_id, cam_class_ids, cam_mode, presence
+    from histowsss.data.label_gate import grid_gate, present_classes, sample_gate
+    from histowsss.steps.irn_common import STRIDE, background_id, cam_class_ids, cam_mode, presence
     from histowsss.steps.make_sem_seg_labels import labels_from_scores, walk_scores
     from histowsss.steps.common import samples_for
 
@@ -47,8 +51,8 @@ def main() -> None:
         raise SystemExit(f"{run_path}: run bench/irn_glas.py --protocol {args.protocol} first")
     cfg = load_config(str(run_path / "config.yaml"))
     mode, bg, ids = cam_mode(cfg), background_id(cfg), cam_class_ids(cfg)
-    values = ([round(-0.4 + 0.05 * i, 2) for i in range(17)] if mode == "offset"
-              else [round(0.05 * i, 2) for i in range(1, 20)])
+    values = args.values or ([round(-0.4 + 0.05 * i, 2) for i in range(17)] if mode == "offset"
+                             else [round(0.05 * i, 2) for i in range(1, 20)])
     samples = samples_for(cfg, cfg.data.train_splits)
     present = presence(cfg, samples)
     names = cfg.data.classes.names
@@ -62,12 +66,18 @@ def main() -> None:
         with np.load(run_path / "irn" / f"{s.name}.npz") as z:
             boundary = torch.from_numpy(z["boundary"].astype(np.float32))
         gt = load_class_mask(s, cfg.data)
+        allowed = sample_gate(cfg, s)  # the pipeline's patch-label gating (eval_cam.label_gating: patch)
+        pres = present[i]
+        if allowed is not None:
+            cam = cam * torch.from_numpy(grid_gate(allowed, tuple(cam.shape[1:]), STRIDE)[ids])
+            pres = present_classes(allowed, ids)
         for e, b in settings:
             # exp_times 0 = no walk: the CAMs with the same upsampling and normalisation
-            got = walk_scores(cam, present[i], ids, bg, mode, boundary, size, cfg.sem_seg.radius, b, max(e, 1),
+            got = walk_scores(cam, pres, ids, bg, mode, boundary, size, cfg.sem_seg.radius, b, max(e, 1),
                               propagate=e > 0)
             for k, v in enumerate(values):
-                lab = np.full(size, bg, np.uint8) if got is None else labels_from_scores(got[0], got[1], bg, mode, v)
+                lab = (np.full(size, bg, np.uint8) if got is None
+                       else labels_from_scores(got[0], got[1], bg, mode, v, allowed))
                 cms[(e, b)][k].update(gt, lab)
     table = []
     for (e, b), row in cms.items():
@@ -83,8 +93,9 @@ def main() -> None:
     gain = round(best["best_miou"] - base["best_miou"], 2)
     checks = [check("train_walk_best_minus_no_walk_miou", gain,
                     "reported (model selection on train; issue 3 target >= +8 is checked by irn_glas.py)", True)]
-    path = write_result(f"irn_walk_sweep_{args.protocol}", args.profile, time.time() - t0,
+    path = write_result(args.name or f"irn_walk_sweep_{args.protocol}", args.profile, time.time() - t0,
                         {"run": str(run_path.relative_to(ROOT)), "radius": cfg.sem_seg.radius,
+                         "label_gating": cfg.eval_cam.label_gating,
                          "note": "GlaS train only: chooses sem_seg.exp_times/beta; test never read"}, metrics, checks)
     print(json.dumps({"result": str(path), "table": metrics["table"], "best": {k: v for k, v in best.items()
                                                                                 if k != "curve"}}, indent=2))

@@ -184,6 +184,11 @@ class EvalCamConfig(Strict):
         default_factory=lambda: [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.0],
         description="candidate class-presence probability cuts for unlabelled (test) images; the best on the "
         "choose_on splits (classifier gating, chosen background parameter) is used, ties keep the first")
+    label_gating: Literal["image", "patch"] = Field(
+        "image", description="how training labels gate CAM classes wherever labels are used (eval_cam's label-gated "
+        "labels, IR seeds, pseudo-masks, CAM labels for train_seg): image = the image's labels; patch = a pixel may "
+        "only take the classes of every labelled patch covering it (needs data.patches.label_rule=mask_fraction; "
+        "see data/label_gate.py)")
 
 
 class IrLabelConfig(Strict):
@@ -337,6 +342,14 @@ class RunConfig(Strict):
     ins_seg: InsSegConfig = Field(default_factory=InsSegConfig)
     train_seg: TrainSegConfig = Field(default_factory=TrainSegConfig)
     eval_seg: EvalSegConfig = Field(default_factory=EvalSegConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        p = self.data.patches
+        if self.eval_cam.label_gating == "patch" and (p is None or p.label_rule != "mask_fraction"):
+            raise ValueError("eval_cam.label_gating=patch needs patch labels (data.patches with "
+                             "label_rule: mask_fraction); use label_gating=image for image-level labels")
+        return self
 
     def step_hash(self, *sections: str) -> str:
         """Short hash of the named config sections (used to tie a step's files to its inputs).

@@ -204,3 +204,37 @@ def test_background_channel_mode_uses_eval_cams_offset(dataset: Path, tmp_path: 
     stale = make_cfg(dataset, "train_cam.background_mode=class", "train_irn.epochs=1", "eval_cam.offsets=[0.0]")
     with pytest.raises(StepError, match="eval_cam"):
         make_sem_seg_labels.background_value(stale, RunDir(run.path, stale))
+
+
+def test_patch_label_gating_constrains_every_label_map(dataset: Path, tmp_path: Path):
+    """eval_cam.label_gating=patch: IR seeds and pseudo-masks take only classes their patch labels allow."""
+    from PIL import Image
+
+    from histowsss.data.label_gate import grid_gate, patch_allowed
+
+    gating = ["data.patches={size: 16, stride: 8, label_rule: mask_fraction}", "train_irn.epochs=1"]
+    cfg = make_cfg(dataset, *gating, "eval_cam.label_gating=patch")
+    plain = make_cfg(dataset, *gating)
+    for step in (cam_to_ir_label, train_irn, make_sem_seg_labels):
+        assert step.config_hash(cfg) != step.config_hash(plain)
+    zero = samples_for(cfg, ["train"])[1].name  # an all-zero CAM: no foreground evidence, still gated
+    run = prepared_run(tmp_path / "run", cfg, zero=(zero,))
+    m = json.loads((run.path / "metrics" / "cam.json").read_text())
+    assert m["label_gating"] == "patch"
+    cam_to_ir_label.run(cfg, run)
+    train_irn.run(cfg, run)
+    make_sem_seg_labels.run(cfg, run)
+    refused = 0
+    for s in samples_for(cfg, ["train"]):
+        allowed = patch_allowed(load_class_mask(s, cfg.data), cfg.data)
+        pseudo = np.asarray(Image.open(run.path / "pseudo" / f"{s.name}.png"))
+        ir = np.asarray(Image.open(run.path / "ir_labels" / f"{s.name}.png"))
+        g = grid_gate(allowed, ir.shape, 4)
+        for lab, gate in ((pseudo, allowed), (ir, g)):
+            valid = lab != 255
+            assert np.take_along_axis(gate, np.where(valid, lab, 0)[None].astype(np.int64), 0)[0][valid].all()
+            single = gate.sum(0) == 1
+            assert (lab[single] == gate[:, single].argmax(0)).all()
+        if s.labels == ("malignant",):
+            refused += int((~allowed[1]).sum())
+    assert refused > 0  # the gate did refuse the malignant class somewhere in malignant images

@@ -21,10 +21,12 @@ def normalize_cams(cam: np.ndarray, eps: float = 1e-5) -> np.ndarray:
 
 
 def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[int], background: int,
-                   mode: str, value: float) -> np.ndarray:
+                   mode: str, value: float, allowed: np.ndarray | None = None) -> np.ndarray:
     """Label map (H, W) of class ids from normalised CAMs (K, H, W).
 
     ``present`` (K,) gates classes (absent classes get score -inf); ``class_ids`` maps CAM index -> class id.
+    ``allowed`` (C, H, W), indexed by class id, gates classes per pixel as well (patch labels,
+    data/label_gate.py); background included.
     mode 'threshold': background score is ``value`` (the CAMs have no background channel);
     mode 'offset': the background class has its own CAM channel, shifted by ``value`` before the argmax.
     """
@@ -38,4 +40,13 @@ def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
         b = class_ids.index(background)
         if np.isfinite(scores[b]).all():
             scores[b] = scores[b] + value
+    if allowed is not None:
+        scores = np.where(allowed[ids], scores, -np.inf)
+        # a pixel whose allowed classes all lack a score keeps the ungated decision
+        none = ~np.isfinite(scores).any(axis=0)
+        if none.any():
+            fallback = cams_to_labels(cam_norm, present, class_ids, background, mode, value)
+            out = ids[np.argmax(scores, axis=0)].astype(np.uint8)
+            out[none] = fallback[none]
+            return out
     return ids[np.argmax(scores, axis=0)].astype(np.uint8)

@@ -4,7 +4,8 @@ Reads ``cams/<name>.npz`` of the IRN images (train + val by default), writes ``i
 class ids, 255 = ignore; with ``ir_label.crf`` also ``ir_labels_crf/<name>.png``) and ``metrics/ir_label.json``:
 a sweep of (conf_fg, conf_bg) pairs scored against the train masks (precision of the confident pixels and
 coverage, on the stride-4 grid with the ground truth sampled at cell centres) and the pair used.
-The labelling rules are in :mod:`histowsss.ops.ir_labels`.
+The labelling rules are in :mod:`histowsss.ops.ir_labels`; with ``eval_cam.label_gating: patch`` the labels
+are then gated by the patch labels (:mod:`histowsss.data.label_gate`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from PIL import Image
 from rich.progress import track
 
 from histowsss.config import RunConfig
+from histowsss.data.label_gate import force_single, present_classes
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import load_class_mask
@@ -21,15 +23,16 @@ from histowsss.engine.atomic import write_json, write_png
 from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.cam_labels import normalize_cams
 from histowsss.ops.ir_labels import IGNORE, combine, confident_maps
-from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, cam_mode, fresh_dir, grid_size,
-                                        irn_samples, load_cam, presence, read_png, require_cams, resuming)
+from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, cam_mode, fresh_dir, gate_on_grid,
+                                        gate_sections, grid_size, irn_samples, load_cam, presence, read_png,
+                                        require_cams, resuming)
 
 STEP = "cam_to_ir_label"
 
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the config sections this step depends on."""
-    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label")
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", *gate_sections(cfg))
 
 
 def label_dir_name(cfg: RunConfig) -> str:
@@ -114,10 +117,15 @@ def _process_image(cfg: RunConfig, run: RunDir, sample: Sample, present: np.ndar
                    conf_fg: float, conf_bg: float) -> dict[str, np.ndarray]:
     """Compute and write the label map(s) of one image; returns them ({'ir_labels': ..., 'ir_labels_crf': ...})."""
     cam, _, size = load_cam(run, sample.name, cam_hash)
+    gate = gate_on_grid(cfg, sample, cam.shape[1:])
+    if gate is not None:
+        present = present_classes(gate, cam_class_ids(cfg))
     maps = _labels(cfg, normalize_cams(cam), present, conf_fg, conf_bg)
     out = {"ir_labels": combine(maps[0], maps[1], background_id(cfg))}
     if cfg.ir_label.crf:
         out["ir_labels_crf"] = _crf(cfg, sample, maps, grid_size(size))
+    if gate is not None:
+        out = {k: force_single(v, gate, IGNORE) for k, v in out.items()}
     for folder, lab in out.items():
         write_png(run.path / folder / f"{sample.name}.png", lab)
     return out
@@ -132,8 +140,12 @@ def _sweep(cfg: RunConfig, run: RunDir, items: list[tuple[Sample, np.ndarray]], 
         cam, _, size = load_cam(run, s.name, cam_hash)
         cam_norm = normalize_cams(cam)
         gt = grid_gt(load_class_mask(s, cfg.data), cam.shape[1:])
+        gate = gate_on_grid(cfg, s, cam.shape[1:])
+        if gate is not None:
+            present = present_classes(gate, cam_class_ids(cfg))
         for sc, (fg, bgt) in zip(scores, pairs):
-            sc.update(gt, combine(*_labels(cfg, cam_norm, present, fg, bgt), bg))
+            lab = combine(*_labels(cfg, cam_norm, present, fg, bgt), bg)
+            sc.update(gt, lab if gate is None else force_single(lab, gate, IGNORE))
     return [{"conf_fg": fg, "conf_bg": bgt, **sc.summary(names, bg)} for (fg, bgt), sc in zip(pairs, scores)]
 
 

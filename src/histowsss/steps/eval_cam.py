@@ -1,7 +1,8 @@
 """Step eval_cam: choose the background parameter on train/val, then score CAM label maps on every split.
 
 Two gatings of the classes present in an image: by its labels (train/val only: the pseudo-label setting that
-later steps use) and by the classifier's own probabilities (any split; the only one used on test images).
+later steps use; with ``label_gating: patch`` per pixel, by the labels of the patches covering it) and by the
+classifier's own probabilities (any split; the only one used on test images).
 Test ground truth is only read to report the final numbers.
 """
 
@@ -12,6 +13,7 @@ from rich.progress import track
 
 from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
+from histowsss.data.label_gate import patch_allowed, present_classes, uses_patch_gate
 from histowsss.data.masks import load_class_mask
 from histowsss.engine.atomic import write_json
 from histowsss.engine.diagnostics import macro_auc
@@ -31,7 +33,8 @@ def cam_mode(cfg: RunConfig) -> str:
 
 
 def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int = STRIDE) -> list[dict]:
-    """Per image: normalised full-resolution CAMs, probabilities, image targets and the GT class map."""
+    """Per image: normalised full-resolution CAMs, probabilities, image targets and the GT class map; for
+    labelled (non-test) images with eval_cam.label_gating=patch also the patch-label gate ('allowed')."""
     samples = samples_for(cfg, split_names)
     if not samples:
         return []
@@ -47,15 +50,19 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
         gt = load_class_mask(s, cfg.data)
         if gt.shape != size:
             raise ValueError(f"{s.mask}: mask size {gt.shape} differs from the CAM's image size {size}")
-        out.append({"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)), "probs": probs,
-                    "target": t, "gt": gt})
+        item = {"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)), "probs": probs,
+                "target": t, "gt": gt}
+        if uses_patch_gate(cfg) and s.split not in cfg.data.test_splits:
+            item["allowed"] = patch_allowed(gt, cfg.data)
+            item["gate_present"] = present_classes(item["allowed"], keep)
+        out.append(item)
     return out
 
 
 def presence(item: dict, gating: str, gate_threshold: float) -> np.ndarray:
     """Classes present in an image, from its labels or from the classifier (probability >= gate_threshold)."""
     if gating == "labels":
-        return item["target"] > 0.5
+        return item["gate_present"] if "allowed" in item else item["target"] > 0.5
     return item["probs"] >= gate_threshold
 
 
@@ -67,7 +74,8 @@ def score(items: list[dict], cfg: RunConfig, mode: str, value: float, gating: st
     bg = cfg.data.classes.background_index if cfg.data.classes.background_index is not None else 0
     cm = ConfusionMatrix(len(names))
     for it in items:
-        pred = cams_to_labels(it["cam"], presence(it, gating, gate), ids, bg, mode, value)
+        allowed = it.get("allowed") if gating == "labels" else None
+        pred = cams_to_labels(it["cam"], presence(it, gating, gate), ids, bg, mode, value, allowed)
         cm.update(it["gt"], pred)
     return cm
 
@@ -118,7 +126,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         gate_sweep = [{"gate": g, "miou": score(items, cfg, mode, best, "predicted", g).summary(names)["miou"]}
                       for g in ec.gate_thresholds]
         gate = max(gate_sweep, key=lambda r: r["miou"] or -1)["gate"]
-        result = {"mode": mode, "chosen_on": choose, "chosen_value": best, "sweep": sweep,
+        result = {"mode": mode, "label_gating": ec.label_gating, "chosen_on": choose, "chosen_value": best, "sweep": sweep,
                   "chosen_gate": gate, "gate_sweep": gate_sweep, "splits": {}}
         bg_name = cfg.data.classes.background
         for split in list(dict.fromkeys(cfg.data.train_splits + cfg.data.val_splits)) + ["test"]:

@@ -10,6 +10,7 @@ import torch
 
 from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
+from histowsss.data.label_gate import grid_gate, sample_gate, uses_patch_gate
 from histowsss.data.manifest import Sample
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -49,6 +50,17 @@ def presence(cfg: RunConfig, samples: list[Sample]) -> np.ndarray:
     """(N, K) bool: the CAM channels each image is labelled with."""
     keep = cam_class_ids(cfg)
     return image_targets(samples, cfg.data)[:, keep] > 0.5
+
+
+def gate_sections(cfg: RunConfig) -> tuple[str, ...]:
+    """Config sections a step's labels depend on through the label gating (eval_cam, when it is per patch)."""
+    return ("eval_cam",) if uses_patch_gate(cfg) else ()
+
+
+def gate_on_grid(cfg: RunConfig, sample: Sample, grid: tuple[int, int]) -> np.ndarray | None:
+    """The sample's patch-label gate (C, h, w) at the stride-4 cell centres, or None (image-level gating)."""
+    allowed = sample_gate(cfg, sample)
+    return None if allowed is None else grid_gate(allowed, grid, STRIDE)
 
 
 def cam_mode(cfg: RunConfig) -> str:

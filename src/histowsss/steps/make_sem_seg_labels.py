@@ -14,6 +14,8 @@ For every IRN image (train + val by default):
    When background has its own CAM channel (``offset`` mode), that channel is walked with the others, each
    walked map is divided by its own maximum and the background map is shifted by ``sem_seg.bg_offset``
    (default: the offset eval_cam chose on train) before the argmax, i.e. eval_cam's rule on walked maps.
+   With ``eval_cam.label_gating: patch`` the patch labels gate the CAMs before the walk and the argmax after
+   it (:mod:`histowsss.data.label_gate`).
 
 Writes ``pseudo/<name>.png`` (uint8 class ids). An image labelled with no foreground class, or whose walk
 carries no foreground evidence at all (e.g. an all-zero CAM), becomes all background and is counted in the
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from rich.progress import track
 
 from histowsss.config import RunConfig
+from histowsss.data.label_gate import force_single, grid_gate, present_classes, sample_gate, uses_patch_gate
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer
@@ -47,7 +50,8 @@ BASE_SECTIONS = ("data", "backbone", "train_cam", "make_cam", "ir_label", "train
 
 
 def uses_eval_cam(cfg: RunConfig) -> bool:
-    return cam_mode(cfg) == "offset" and cfg.sem_seg.bg_offset == "eval_cam"
+    """True when the labels depend on eval_cam's section: its chosen offset, or its per-patch label gating."""
+    return (cam_mode(cfg) == "offset" and cfg.sem_seg.bg_offset == "eval_cam") or uses_patch_gate(cfg)
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -105,8 +109,12 @@ def walk_scores(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
 
 
 def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, mode: str,
-                       bg_value: float) -> np.ndarray:
-    """(H, W) uint8 class ids: argmax after the constant background score (threshold) or offset (offset mode)."""
+                       bg_value: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) uint8 class ids: argmax after the constant background score (threshold) or offset (offset mode).
+
+    ``allowed`` (C, H, W), by class id: the patch-label gate; classes a pixel may not take are left out of its
+    argmax, and pixels with a single allowed class get it.
+    """
     if mode == "threshold":
         scores = torch.cat([torch.full_like(scores[:1], bg_value), scores])
         keys = np.concatenate([[background], keys])
@@ -115,17 +123,30 @@ def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, 
         if b:
             scores = scores.clone()
             scores[b[0]] += bg_value
-    return keys[scores.argmax(0).cpu().numpy()].astype(np.uint8)
+    lab = keys[scores.argmax(0).cpu().numpy()].astype(np.uint8)
+    if allowed is None:
+        return lab
+    gate = torch.from_numpy(allowed[keys]).to(scores.device)
+    gated = force_single(keys[scores.masked_fill(~gate, float("-inf")).argmax(0).cpu().numpy()].astype(np.uint8),
+                         allowed)
+    return np.where(gated == 255, lab, gated).astype(np.uint8)  # no allowed class scored: the ungated label
 
 
 def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int], background: int, mode: str,
                 boundary: torch.Tensor, size: tuple[int, int], bg_value: float, radius: int = 5, beta: float = 10.0,
-                exp_times: int = 8) -> tuple[np.ndarray, bool]:
-    """Pseudo-label map (H, W) uint8 and whether it has foreground, from normalised CAMs (K, h, w)."""
+                exp_times: int = 8, allowed: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Pseudo-label map (H, W) uint8 and whether it has foreground, from normalised CAMs (K, h, w).
+
+    ``allowed``: the patch-label gate at image resolution (see :func:`labels_from_scores`); the caller also
+    zeroes each CAM channel where its class is not allowed, so the walk does not spread it from there.
+    """
     got = walk_scores(cam_norm, present, class_ids, background, mode, boundary, size, radius, beta, exp_times)
     if got is None:
-        return np.full(size, background, np.uint8), False
-    lab = labels_from_scores(got[0], got[1], background, mode, bg_value)
+        lab = np.full(size, background, np.uint8)
+        if allowed is not None:
+            lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
+    else:
+        lab = labels_from_scores(got[0], got[1], background, mode, bg_value, allowed)
     return lab, bool(np.any(lab != background))
 
 
@@ -141,9 +162,15 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
         raise StepError(f"{sample.name}: IRN grid {tuple(boundary.shape)} != CAM grid {cam.shape[1:]}")
     write_npz(run.path / "irn" / f"{sample.name}.npz", boundary=boundary.cpu().numpy().astype(np.float16),
               dp=dp.cpu().numpy().astype(np.float16))
-    cam_norm = torch.from_numpy(normalize_cams(cam)).to(device)
-    lab, has_fg = walk_labels(cam_norm, present, cam_class_ids(cfg), background_id(cfg), cam_mode(cfg),
-                              boundary.float(), size, bg_value, ss.radius, ss.beta, ss.exp_times)
+    cam_norm = normalize_cams(cam)
+    allowed = sample_gate(cfg, sample)
+    if allowed is not None:
+        ids = cam_class_ids(cfg)
+        cam_norm = cam_norm * grid_gate(allowed, cam.shape[1:], STRIDE)[ids]
+        present = present_classes(allowed, ids)
+    lab, has_fg = walk_labels(torch.from_numpy(cam_norm).to(device), present, cam_class_ids(cfg),
+                              background_id(cfg), cam_mode(cfg), boundary.float(), size, bg_value, ss.radius,
+                              ss.beta, ss.exp_times, allowed)
     write_png(run.path / "pseudo" / f"{sample.name}.png", lab)
     return has_fg
 

@@ -32,7 +32,8 @@ from histowsss.engine.device import resolve_device
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.irnet import IGNORE, irn_losses
 from histowsss.steps import cam_to_ir_label
-from histowsss.steps.irn_common import STRIDE, background_id, build_irn, irn_path, irn_samples, read_png
+from histowsss.steps.irn_common import (STRIDE, background_id, build_irn, gate_sections, irn_path, irn_samples,
+                                        read_png)
 
 STEP = "train_irn"
 # dihedral transform indices (histowsss.data.transforms.dihedral): identity, horizontal flip, then rotations
@@ -41,7 +42,7 @@ COPY_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the config sections this step depends on."""
-    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", "train_irn")
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", "train_irn", *gate_sections(cfg))
 
 
 def pad_to_multiple(img: np.ndarray, m: int) -> np.ndarray:

@@ -167,8 +167,10 @@ def folder_labels(cfg: RunConfig, samples: list[Sample]) -> list[np.ndarray]:
 
 
 def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.ndarray]:
-    """eval_cam's label-gated CAM label maps (its chosen threshold / offset) at image resolution."""
+    """eval_cam's label-gated CAM label maps (its chosen threshold / offset, its label_gating) at image
+    resolution."""
     from histowsss.data.crops import image_targets
+    from histowsss.data.label_gate import present_classes, sample_gate
     from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
     from histowsss.steps.common import output_classes
     from histowsss.steps.make_cam import STRIDE, cam_path
@@ -186,7 +188,11 @@ def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.nd
             raise StepError(f"{p}: CAM missing; make_cam.splits must include the train_seg splits {train_splits(cfg)}")
         with np.load(p) as z:
             cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
-        out.append(cams_to_labels(normalize_cams(upsample_cam(cam, size, STRIDE)), pr, ids, bg, mode, value))
+        allowed = sample_gate(cfg, s)
+        if allowed is not None:
+            pr = present_classes(allowed, ids)
+        out.append(cams_to_labels(normalize_cams(upsample_cam(cam, size, STRIDE)), pr, ids, bg, mode, value,
+                                  allowed))
     return out
 
 
