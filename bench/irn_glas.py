@@ -69,6 +69,11 @@ def main() -> None:
          "miou": ir["confident_only"]["miou"], f"iou_{fg}": ir["confident_only"]["per_class"][fg]["iou"]},
         {"stage": "IRN pseudo-masks (random walk)", "miou": pseudo, f"iou_{fg}": tr["irn_pseudo"]["per_class"][fg]["iou"]},
     ]
+    crf = tr.get("ir_labels_crf")
+    if crf:  # ir_label.crf: the CRF-refined seeds (train_irn trained on these), beside the plain ones above
+        stages.insert(3, {"stage": f"IR labels after dense CRF, confident pixels only ({crf['coverage']} % of pixels)",
+                          "miou": crf["confident_only"]["miou"],
+                          f"iou_{fg}": crf["confident_only"]["per_class"][fg]["iou"]})
     status = {s: json.loads((run_path / "status" / f"{s}.json").read_text()) for s in IRN_STEPS}
     metrics = {"train_stages": stages, "objects": tr.get("objects"), "step_seconds": step_wall,
                "this_invocation_seconds": timings,
