@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=["weak", "supervised"], required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--run", type=Path, default=None, help="weak mode: run folder holding the CAM/IRN steps")
+    ap.add_argument("--run", type=Path, default=None, help="weak: run folder holding the CAM/IRN steps; supervised: run folder (default its own)")
     ap.add_argument("--name", default=None, help="result name (default seg_<protocol>_<mode>)")
     args = ap.parse_args()
 
@@ -43,7 +43,8 @@ def main() -> None:
         # the folder's config.yaml may hold a later supervised run of the report (train_seg.supervised=true)
         cfg = load_config(str(run_path / "config.yaml"), ["train_seg.supervised=false"] + args.overrides)
     else:
-        run_path = ROOT / "bench" / "work" / f"seg_supervised_{args.protocol}.{args.profile}"
+        # default: a folder of its own; --run: a pipeline folder whose train_seg_supervised step finished
+        run_path = (args.run or ROOT / "bench" / "work" / f"seg_supervised_{args.protocol}.{args.profile}").resolve()
         name = args.protocol if args.profile == "cpu" else f"{args.protocol}-gpu"
         cfg = load_config(name, ["train_seg.supervised=true"] + args.overrides)
     rd = RunDir(run_path, cfg).init()

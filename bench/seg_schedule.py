@@ -15,6 +15,10 @@ the best validation score (mIoU; IoU of the malignant class on glas-malignant, t
 ``--self-train N`` adds N self-training rounds to every candidate: the network predicts the fit images, a fresh
 network of the same candidate trains on those predictions (``train_seg.labels=folder``), and each round is scored
 on the validation images like the first.
+``--also-tta dihedral`` and ``--bg-offsets ...`` score every trained network a second way at no training cost
+(paired: the same network on the same validation images): with another test-time augmentation, and with an
+offset added to the background probability before the argmax. The candidate itself is still chosen on the
+default inference; the variants are reported under ``val_inference_variants``.
 Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
@@ -48,6 +52,15 @@ def scratch_run(src: Path, dst: Path) -> None:
             (dst / sub).symlink_to((src / sub).resolve(), target_is_directory=True)
 
 
+def offset_argmax(probs, background: int, offset: float):
+    """Class ids from probabilities (C, H, W) with ``offset`` added to the background probability."""
+    import numpy as np
+
+    p = probs.copy()
+    p[background] += offset
+    return p.argmax(0).astype(np.uint8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], required=True)
@@ -58,6 +71,11 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None)
     ap.add_argument("--self-train", type=int, default=0, help="self-training rounds after each candidate")
     ap.add_argument("--name", default=None, help="result name (default: seg_schedule_<protocol>)")
+    ap.add_argument("--bg-offsets", type=float, nargs="+", default=None,
+                    help="also score each network with these offsets added to the background probability before "
+                         "the argmax (paired: same network, same probabilities)")
+    ap.add_argument("--also-tta", nargs="+", default=[], choices=["none", "flip", "dihedral"],
+                    help="also score each network with these test-time augmentations (paired)")
     args = ap.parse_args()
 
     import numpy as np
@@ -120,8 +138,18 @@ def main() -> None:
             ctx.close()
         train_s = time.time() - tc
         model = inference_model(model.eval(), ctx.device)
-        preds = [predict_probs(model, img, cfg, ctx.device).argmax(0).astype(np.uint8) for img in val_imgs]
-        return meta, model, ctx.device, train_s, score(preds)
+        probs = [predict_probs(model, img, cfg, ctx.device) for img in val_imgs]
+        extra = {}
+        bg = base.data.classes.background_index or 0
+        for off in args.bg_offsets or []:
+            extra[f"bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in probs])
+        for tta in args.also_tta:
+            tcfg = cfg.model_copy(update={"eval_seg": cfg.eval_seg.model_copy(update={"tta": tta})})
+            tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
+            extra[f"tta={tta}"] = score([p.argmax(0).astype(np.uint8) for p in tprobs])
+            for off in args.bg_offsets or []:
+                extra[f"tta={tta};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
+        return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra
 
     results = []
     for i, cand in enumerate(args.candidate or DEFAULT_CANDIDATES):
@@ -130,9 +158,11 @@ def main() -> None:
         rd_path = work / f"candidate_{i}"
         scratch_run(src, rd_path)
         for r in range(args.self_train + 1):
-            meta, model, dev, train_s, sc = train_and_score(cfg, rd_path if r == 0 else rd_path / f"self_{r}")
+            meta, model, dev, train_s, sc, extra = train_and_score(cfg, rd_path if r == 0 else rd_path / f"self_{r}")
             rec = {"overrides": overrides, "self_train_round": r, "label_source": meta["label_source"], "val": sc,
                    "train_seconds": round(train_s, 1), "final_epoch": meta["final"]}
+            if extra:  # paired inference variants of this network (the candidate is still chosen on "val")
+                rec["val_inference_variants"] = extra
             results.append(rec)
             print(json.dumps(rec), flush=True)
             if r < args.self_train:  # the next round's labels: this network's predictions on the fit images
@@ -153,6 +183,7 @@ def main() -> None:
     path = write_result(name, args.profile, time.time() - t0,
                         {"run": str(src.relative_to(ROOT)), "val_fraction": args.val_fraction, "split_seed": 0,
                          "candidates": args.candidate or DEFAULT_CANDIDATES, "self_train": args.self_train,
+                         "bg_offsets": args.bg_offsets, "also_tta": args.also_tta,
                          "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "chosen": best}, indent=2))
 

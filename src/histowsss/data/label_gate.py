@@ -70,9 +70,8 @@ def force_single(labels: np.ndarray, allowed: np.ndarray, ignore: int = 255) -> 
     out = labels.copy()
     single = allowed.sum(axis=0) == 1
     valid = out != ignore
-    lab = np.where(valid, out, 0).astype(np.int64)
-    lab = np.minimum(lab, allowed.shape[0] - 1)
-    bad = valid & ~np.take_along_axis(allowed, lab[None], axis=0)[0]
-    out[bad] = ignore
+    known = valid & (out < allowed.shape[0])
+    ok = np.take_along_axis(allowed, np.where(known, out, 0).astype(np.int64)[None], axis=0)[0]
+    out[valid & ~(known & ok)] = ignore
     out[single] = np.argmax(allowed[:, single], axis=0).astype(out.dtype)
     return out
