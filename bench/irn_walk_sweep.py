@@ -41,9 +41,8 @@ def main() -> None:
     from histowsss.data.masks import load_class_mask
     from histowsss.evaluation.cam_labels import normalize_cams
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.data.label_gate import grid_gate, present_classes, sample_gate
-    from histowsss.steps.irn_common import STRIDE, background_id, cam_class_ids, cam_mode, presence
-    from histowsss.steps.make_sem_seg_labels import labels_from_scores, walk_scores
+    from histowsss.steps.irn_common import background_id, cam_class_ids, cam_mode, presence
+    from histowsss.steps.make_sem_seg_labels import gate_cams, labels_from_scores, walk_scores
     from histowsss.steps.common import samples_for
 
     run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
@@ -61,16 +60,14 @@ def main() -> None:
     t0 = time.time()
     for i, s in enumerate(track(samples, description="walk sweep (train)")):
         with np.load(run_path / "cams" / f"{s.name}.npz") as z:
-            cam = torch.from_numpy(normalize_cams(z["cam"].astype(np.float32)))
+            cam_norm = normalize_cams(z["cam"].astype(np.float32))
             size = (int(z["size"][0]), int(z["size"][1]))
         with np.load(run_path / "irn" / f"{s.name}.npz") as z:
             boundary = torch.from_numpy(z["boundary"].astype(np.float32))
         gt = load_class_mask(s, cfg.data)
-        allowed = sample_gate(cfg, s)  # the pipeline's patch-label gating (eval_cam.label_gating: patch)
-        pres = present[i]
-        if allowed is not None:
-            cam = cam * torch.from_numpy(grid_gate(allowed, tuple(cam.shape[1:]), STRIDE)[ids])
-            pres = present_classes(allowed, ids)
+        # the pipeline's patch-label gating (eval_cam.label_gating: patch), as make_sem_seg_labels applies it
+        cam_norm, pres, allowed = gate_cams(cfg, s, cam_norm, present[i])
+        cam = torch.from_numpy(cam_norm)
         for e, b in settings:
             # exp_times 0 = no walk: the CAMs with the same upsampling and normalisation
             got = walk_scores(cam, pres, ids, bg, mode, boundary, size, cfg.sem_seg.radius, b, max(e, 1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from histowsss.config import ClassMap, ConfigError, DataConfig, load_config
-from histowsss.data.label_gate import force_single, grid_gate, patch_allowed, present_classes
+from histowsss.data.label_gate import force_single, cell_centres, patch_allowed, present_classes
 from histowsss.data.patches import crop_padded, patch_labels_from_mask, tile_image
 
 
@@ -75,7 +75,7 @@ def test_force_single_and_grid_sampling():
     lab0 = np.zeros((8, 8), np.uint8)
     out0 = force_single(lab0, allowed)
     assert (out0[4:6] == 0).all() and (out0[6:] == 1).all()
-    g = grid_gate(allowed, (2, 2), 4)
+    g = cell_centres(allowed, (2, 2), 4)
     assert g.shape == (2, 2, 2) and not g[1, 0].any() and g[1, 1].all() and not g[0, 1].any()
     assert present_classes(allowed, [0, 1]).tolist() == [True, True]
     assert present_classes(allowed[:, :4], [1]).tolist() == [False]

@@ -210,7 +210,7 @@ def test_patch_label_gating_constrains_every_label_map(dataset: Path, tmp_path: 
     """eval_cam.label_gating=patch: IR seeds and pseudo-masks take only classes their patch labels allow."""
     from PIL import Image
 
-    from histowsss.data.label_gate import grid_gate, patch_allowed
+    from histowsss.data.label_gate import cell_centres, patch_allowed
 
     gating = ["data.patches={size: 16, stride: 8, label_rule: mask_fraction}", "train_irn.epochs=1"]
     cfg = make_cfg(dataset, *gating, "eval_cam.label_gating=patch")
@@ -229,7 +229,7 @@ def test_patch_label_gating_constrains_every_label_map(dataset: Path, tmp_path: 
         allowed = patch_allowed(load_class_mask(s, cfg.data), cfg.data)
         pseudo = np.asarray(Image.open(run.path / "pseudo" / f"{s.name}.png"))
         ir = np.asarray(Image.open(run.path / "ir_labels" / f"{s.name}.png"))
-        g = grid_gate(allowed, ir.shape, 4)
+        g = cell_centres(allowed, ir.shape, 4)
         for lab, gate in ((pseudo, allowed), (ir, g)):
             valid = lab != 255
             assert np.take_along_axis(gate, np.where(valid, lab, 0)[None].astype(np.int64), 0)[0][valid].all()

@@ -52,11 +52,12 @@ def sample_gate(cfg: RunConfig, sample: Sample) -> np.ndarray | None:
     return patch_allowed(load_class_mask(sample, cfg.data), cfg.data)
 
 
-def grid_gate(allowed: np.ndarray, grid: tuple[int, int], stride: int) -> np.ndarray:
-    """The gate sampled at the centres of the cells of a stride-``stride`` grid (C, h, w)."""
-    ys = np.minimum(np.arange(grid[0]) * stride + stride // 2, allowed.shape[1] - 1)
-    xs = np.minimum(np.arange(grid[1]) * stride + stride // 2, allowed.shape[2] - 1)
-    return allowed[:, ys][:, :, xs]
+def cell_centres(a: np.ndarray, grid: tuple[int, int], stride: int) -> np.ndarray:
+    """An array (..., H, W) (a gate, a ground-truth map) sampled at the centres of the cells of a stride-``stride``
+    grid: (..., h, w)."""
+    ys = np.minimum(np.arange(grid[0]) * stride + stride // 2, a.shape[-2] - 1)
+    xs = np.minimum(np.arange(grid[1]) * stride + stride // 2, a.shape[-1] - 1)
+    return a[..., ys, :][..., xs]
 
 
 def present_classes(allowed: np.ndarray, class_ids: list[int]) -> np.ndarray:

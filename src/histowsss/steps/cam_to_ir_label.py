@@ -15,7 +15,7 @@ from PIL import Image
 from rich.progress import track
 
 from histowsss.config import RunConfig
-from histowsss.data.label_gate import force_single, present_classes
+from histowsss.data.label_gate import cell_centres, force_single, present_classes
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import load_class_mask
@@ -42,9 +42,7 @@ def label_dir_name(cfg: RunConfig) -> str:
 
 def grid_gt(gt: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Ground truth sampled at the centres of the stride-4 cells."""
-    ys = np.minimum(np.arange(grid[0]) * STRIDE + STRIDE // 2, gt.shape[0] - 1)
-    xs = np.minimum(np.arange(grid[1]) * STRIDE + STRIDE // 2, gt.shape[1] - 1)
-    return gt[np.ix_(ys, xs)]
+    return cell_centres(gt, grid, STRIDE)
 
 
 class LabelScore:

@@ -10,7 +10,7 @@ import torch
 
 from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
-from histowsss.data.label_gate import grid_gate, sample_gate, uses_patch_gate
+from histowsss.data.label_gate import cell_centres, sample_gate, uses_patch_gate
 from histowsss.data.manifest import Sample
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -60,7 +60,7 @@ def gate_sections(cfg: RunConfig) -> tuple[str, ...]:
 def gate_on_grid(cfg: RunConfig, sample: Sample, grid: tuple[int, int]) -> np.ndarray | None:
     """The sample's patch-label gate (C, h, w) at the stride-4 cell centres, or None (image-level gating)."""
     allowed = sample_gate(cfg, sample)
-    return None if allowed is None else grid_gate(allowed, grid, STRIDE)
+    return None if allowed is None else cell_centres(allowed, grid, STRIDE)
 
 
 def cam_mode(cfg: RunConfig) -> str:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from rich.progress import track
 
 from histowsss.config import RunConfig
-from histowsss.data.label_gate import force_single, grid_gate, present_classes, sample_gate, uses_patch_gate
+from histowsss.data.label_gate import cell_centres, force_single, present_classes, sample_gate, uses_patch_gate
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer
@@ -150,6 +150,17 @@ def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
     return lab, bool(np.any(lab != background))
 
 
+def gate_cams(cfg: RunConfig, sample: Sample, cam_norm: np.ndarray, present: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """With patch-label gating: each normalised CAM channel (K, h, w) zeroed where its class is refused, the
+    channels allowed somewhere, and the gate at image resolution (for the argmax); unchanged otherwise."""
+    allowed = sample_gate(cfg, sample)
+    if allowed is None:
+        return cam_norm, present, None
+    ids = cam_class_ids(cfg)
+    return cam_norm * cell_centres(allowed, cam_norm.shape[1:], STRIDE)[ids], present_classes(allowed, ids), allowed
+
+
 def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device: torch.device, sample: Sample,
                    present: np.ndarray, cam_hash: str, bg_value: float) -> bool:
     """IRN inference + random walk for one image; writes irn/<name>.npz and pseudo/<name>.png; returns has_fg."""
@@ -162,12 +173,7 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
         raise StepError(f"{sample.name}: IRN grid {tuple(boundary.shape)} != CAM grid {cam.shape[1:]}")
     write_npz(run.path / "irn" / f"{sample.name}.npz", boundary=boundary.cpu().numpy().astype(np.float16),
               dp=dp.cpu().numpy().astype(np.float16))
-    cam_norm = normalize_cams(cam)
-    allowed = sample_gate(cfg, sample)
-    if allowed is not None:
-        ids = cam_class_ids(cfg)
-        cam_norm = cam_norm * grid_gate(allowed, cam.shape[1:], STRIDE)[ids]
-        present = present_classes(allowed, ids)
+    cam_norm, present, allowed = gate_cams(cfg, sample, normalize_cams(cam), present)
     lab, has_fg = walk_labels(torch.from_numpy(cam_norm).to(device), present, cam_class_ids(cfg),
                               background_id(cfg), cam_mode(cfg), boundary.float(), size, bg_value, ss.radius,
                               ss.beta, ss.exp_times, allowed)
