@@ -283,6 +283,9 @@ class TrainSegConfig(Strict):
     supervised: bool = Field(False, description="train on the ground-truth masks instead (the upper bound); "
                              "outputs are named seg_supervised (checkpoint, log, metrics, pred_supervised/)")
     splits: list[str] | None = Field(None, description="training images (default: train + val splits)")
+    patch_veto: bool = Field(False, description="with patch labels (data.patches.label_rule: mask_fraction): a "
+                             "weak-label pixel whose class is missing from the label of a patch covering it becomes "
+                             "ignore (a veto; unlike eval_cam.label_gating=patch nothing is forced to a class)")
     loss: Literal["oeem", "gce", "ce"] = Field(
         "oeem", description="oeem: pixel CE weighted by the detached probability of the label, normalised per "
         "class (online easy-example mining); gce: generalised CE (1 - p^q) / q; ce: plain. Supervised uses ce")
@@ -349,6 +352,9 @@ class RunConfig(Strict):
         if self.eval_cam.label_gating == "patch" and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("eval_cam.label_gating=patch needs patch labels (data.patches with "
                              "label_rule: mask_fraction); use label_gating=image for image-level labels")
+        if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
+            raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
+                             "mask_fraction); set train_seg.patch_veto=false for image-level labels")
         return self
 
     def step_hash(self, *sections: str) -> str:

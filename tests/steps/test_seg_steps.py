@@ -203,6 +203,36 @@ def test_best_on_train_picks_the_better_label_source(tmp_path):
         assert label_source(cfg, run) == expected
 
 
+PATCHES = "data.patches={size: 16, stride: 8, label_rule: mask_fraction, min_fraction: 0.05}"
+
+
+def test_patch_veto_turns_refused_labels_into_ignore_and_forces_nothing(dataset: Path, tmp_path: Path):
+    from histowsss.data.label_gate import patch_allowed
+
+    plain = make_cfg(dataset, PATCHES)
+    cfg = make_cfg(dataset, PATCHES, "train_seg.patch_veto=true")
+    assert train_seg.config_hash(cfg) != train_seg.config_hash(plain)
+    run = RunDir(tmp_path / "run", plain).init()
+    fake_pseudo(plain, run, noise=0.3)
+    samples = samples_for(cfg, train_seg.train_splits(cfg))
+    before = train_seg.load_labels(plain, run, samples, "pseudo")
+    after = train_seg.load_labels(cfg, run, samples, "pseudo")
+    vetoed = wrong_before = wrong_after = 0
+    for s, b, a in zip(samples, before, after):
+        gt = load_class_mask(s, cfg.data)
+        allowed = patch_allowed(gt, cfg.data)
+        refused = ~np.take_along_axis(allowed, b.astype(np.int64)[None], axis=0)[0]
+        assert (a[refused] == 255).all()                     # every refused label is vetoed ...
+        assert (a[~refused] == b[~refused]).all()            # ... and nothing else changes (no class is forced)
+        assert np.mean(a[a != 255] == gt[a != 255]) >= np.mean(b == gt)  # the kept labels are no noisier
+        vetoed += int(refused.sum())
+        wrong_before += int((b != gt).sum())
+        wrong_after += int(((a != gt) & (a != 255)).sum())
+    assert vetoed > 0 and wrong_after < wrong_before
+    with pytest.raises(Exception, match="patch_veto needs patch labels"):
+        make_cfg(dataset, "train_seg.patch_veto=true")
+
+
 def test_fit_on_a_subset_of_the_training_images(dataset: Path, tmp_path: Path):
     """fit(samples=...) trains on exactly the given images (model selection on held-out patients)."""
     from histowsss.engine.distributed import init_distributed

@@ -206,9 +206,9 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str)
                             "train_seg.splits to splits with masks")
         return [load_class_mask(s, cfg.data) for s in samples]
     if source == "cam":
-        return cam_labels(cfg, run, samples)
+        return veto_labels(cfg, samples, cam_labels(cfg, run, samples))
     if source == "folder":
-        return folder_labels(cfg, samples)
+        return veto_labels(cfg, samples, folder_labels(cfg, samples))
     out = []
     for s in samples:
         p = run.path / "pseudo" / f"{s.name}.png"
@@ -219,6 +219,36 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str)
         if lab.ndim != 2:
             raise StepError(f"{p}: pseudo-mask must be single-channel class ids, got shape {lab.shape}")
         out.append(lab.astype(np.uint8))
+    return veto_labels(cfg, samples, out)
+
+
+def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
+    """``train_seg.patch_veto``: weak-label pixels of a class that a covering patch's label refuses become ignore.
+
+    The patch labels are the protocol's (``data.patches`` with ``label_rule: mask_fraction``, derived from the
+    training masks as the crop labels are); a class missing from a patch's label covers at most ``min_fraction``
+    of it. Unlike ``eval_cam.label_gating: patch`` no pixel is forced to a class. Images without a mask are kept
+    as they are. Returns new arrays; the inputs are not changed.
+    """
+    if not cfg.train_seg.patch_veto:
+        return labels
+    from histowsss.data.label_gate import patch_allowed
+
+    d = cfg.data  # RunConfig has checked that data.patches derives patch labels from masks
+    out = []
+    for s, lab in zip(samples, labels):
+        if s.mask is None:
+            out.append(lab)
+            continue
+        allowed = patch_allowed(load_class_mask(s, d), d)
+        if allowed.shape[1:] != lab.shape:
+            raise StepError(f"{s.name}: weak labels {lab.shape} and mask {allowed.shape[1:]} differ in size; "
+                            "were the labels made at another data.image_scale?")
+        known = lab < allowed.shape[0]
+        ok = np.take_along_axis(allowed, np.where(known, lab, 0).astype(np.int64)[None], axis=0)[0]
+        v = lab.copy()
+        v[known & ~ok] = IGNORE
+        out.append(v)
     return out
 
 
