@@ -17,8 +17,9 @@ network of the same candidate trains on those predictions (``train_seg.labels=fo
 on the validation images like the first.
 ``--also-tta dihedral`` and ``--bg-offsets ...`` score every trained network a second way at no training cost
 (paired: the same network on the same validation images): with another test-time augmentation, and with an
-offset added to the background probability before the argmax. The candidate itself is still chosen on the
-default inference; the variants are reported under ``val_inference_variants``.
+offset added to the background probability before the argmax; ``--also-scales 0.75,1,1.25`` with multi-scale
+inference (eval_seg.scales). The candidate itself is still chosen on the default inference; the variants are
+reported under ``val_inference_variants`` (with their inference seconds for the scale sets).
 Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
@@ -76,6 +77,11 @@ def main() -> None:
                          "the argmax (paired: same network, same probabilities)")
     ap.add_argument("--also-tta", nargs="+", default=[], choices=["none", "flip", "dihedral"],
                     help="also score each network with these test-time augmentations (paired)")
+    ap.add_argument("--also-scales", nargs="+", default=[], metavar="S1,S2,...",
+                    help="also score each network with multi-scale inference at these comma-separated scale sets "
+                         "(eval_seg.scales; with the config's TTA and every --also-tta), e.g. 0.75,1,1.25 (paired)")
+    ap.add_argument("--scales-tta", nargs="+", default=None, choices=["none", "flip", "dihedral"],
+                    help="the TTAs combined with --also-scales (default: the config's and every --also-tta)")
     args = ap.parse_args()
 
     import numpy as np
@@ -138,8 +144,9 @@ def main() -> None:
             ctx.close()
         train_s = time.time() - tc
         model = inference_model(model.eval(), ctx.device)
+        ti = time.time()
         probs = [predict_probs(model, img, cfg, ctx.device) for img in val_imgs]
-        extra = {}
+        extra = {"default_inference_seconds": round(time.time() - ti, 1)}
         bg = base.data.classes.background_index or 0
         for off in args.bg_offsets or []:
             extra[f"bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in probs])
@@ -149,6 +156,15 @@ def main() -> None:
             extra[f"tta={tta}"] = score([p.argmax(0).astype(np.uint8) for p in tprobs])
             for off in args.bg_offsets or []:
                 extra[f"tta={tta};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
+        for sc in args.also_scales:
+            scales = [float(v) for v in sc.split(",")]
+            for tta in args.scales_tta or dict.fromkeys([cfg.eval_seg.tta, *args.also_tta]):
+                ev = cfg.eval_seg.model_copy(update={"tta": tta, "scales": scales})
+                tcfg = cfg.model_copy(update={"eval_seg": ev})
+                ti = time.time()
+                tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
+                extra[f"tta={tta};scales={sc}"] = {**score([p.argmax(0).astype(np.uint8) for p in tprobs]),
+                                                   "inference_seconds": round(time.time() - ti, 1)}
         return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra
 
     results = []
@@ -183,7 +199,8 @@ def main() -> None:
     path = write_result(name, args.profile, time.time() - t0,
                         {"run": str(src.relative_to(ROOT)), "val_fraction": args.val_fraction, "split_seed": 0,
                          "candidates": args.candidate or DEFAULT_CANDIDATES, "self_train": args.self_train,
-                         "bg_offsets": args.bg_offsets, "also_tta": args.also_tta,
+                         "bg_offsets": args.bg_offsets, "also_tta": args.also_tta, "also_scales": args.also_scales,
+                         "scales_tta": args.scales_tta,
                          "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "chosen": best}, indent=2))
 

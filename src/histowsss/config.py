@@ -320,9 +320,18 @@ class EvalSegConfig(Strict):
     blend: Literal["gaussian", "linear", "mean"] = "gaussian"
     tta: Literal["none", "flip", "dihedral"] = Field("flip", description="flip: identity + horizontal flip; "
                                                      "dihedral: the 8 flips/rotations")
+    scales: list[float] = Field([1.0], min_length=1, description="image scales of the inference (each with the "
+                                "sliding window and TTA; probabilities resized back and averaged), e.g. [0.75, 1.0, "
+                                "1.25]; cost grows with the sum of the squared scales")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     splits: list[str] | None = Field(None, description="splits to evaluate (default: data.test_splits)")
     save_predictions: bool = Field(True, description="write pred/<name>.png (class ids)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalSegConfig":
+        if any(s <= 0 or s > 4 for s in self.scales):
+            raise ValueError(f"eval_seg.scales must lie in (0, 4], got {self.scales}")
+        return self
 
 
 class RunConfig(Strict):

@@ -97,3 +97,24 @@ def test_sliding_window_matches_whole_image_for_a_pointwise_net(blend, tta):
     np.testing.assert_allclose(probs, ref, atol=1e-5)
     small = img[:20, :25]  # smaller than a tile: padded, then cropped back
     assert sliding_window_probs(model, small, norm, tile=32, tta=tta, size_divisor=32).shape == (3, 20, 25)
+
+
+def test_multiscale_inference_resizes_back_and_averages():
+    from histowsss.engine.inference import multiscale_probs
+
+    model = _Pointwise()
+    norm = Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    kw = dict(tile=32, overlap=0.25, blend="gaussian", tta="flip", batch_size=4, size_divisor=32)
+    img = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    one = sliding_window_probs(model, img, norm, **kw)
+    np.testing.assert_array_equal(multiscale_probs(model, img, norm, [1.0], **kw), one)
+    ms = multiscale_probs(model, img, norm, [0.5, 1.0, 1.5], **kw)
+    assert ms.shape == (3, 50, 70)
+    np.testing.assert_allclose(ms.sum(0), 1.0, atol=1e-5)
+    assert not np.allclose(ms, one, atol=1e-3)  # the resized copies do count
+    # a flat image looks the same at every scale, so a pointwise network gives the same map
+    flat = np.full((40, 60, 3), (200, 120, 160), dtype=np.uint8)
+    np.testing.assert_allclose(multiscale_probs(model, flat, norm, [0.5, 1.25], **kw),
+                               sliding_window_probs(model, flat, norm, **kw), atol=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        multiscale_probs(model, img, norm, [0.0], **kw)

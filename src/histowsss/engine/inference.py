@@ -4,7 +4,8 @@ Probabilities (softmax) of overlapping tiles are averaged with a weight map per 
 centre-weighted window, sigma = tile / 8, so tile borders, where context is missing, count little), ``linear``
 (a pyramid falling to 1/(d+1) at the edge) or ``mean``. Test-time augmentation: ``flip`` = identity + horizontal
 flip, ``dihedral`` = the 8 flips/rotations; each is undone before averaging. Images smaller than a tile are
-padded by reflection and cropped back.
+padded by reflection and cropped back. :func:`multiscale_probs` repeats all of it on resized copies of the image
+and averages the probabilities, resized back to the image's grid.
 """
 
 from __future__ import annotations
@@ -109,3 +110,23 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
         model.train(was_training)
     out = (acc / wsum.clamp_min(1e-8))[:, :h, :w]  # type: ignore[operator]
     return out.cpu().numpy()
+
+
+def multiscale_probs(model: torch.nn.Module, image: np.ndarray, normalizer, scales: list[float] | tuple[float, ...],
+                     **kwargs) -> np.ndarray:
+    """Mean of :func:`sliding_window_probs` over resized copies of ``image`` (bilinear, antialiased), each
+    resized back (bilinear) to (H, W): multi-scale test-time augmentation. ``scales == [1.0]`` is the plain call."""
+    from histowsss.data.io import resize
+
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive factors, got {list(scales)}")
+    h, w = image.shape[:2]
+    acc: np.ndarray | None = None
+    for s in scales:
+        if s == 1.0:
+            p = sliding_window_probs(model, image, normalizer, **kwargs)
+        else:
+            p = sliding_window_probs(model, resize(image, s, nearest=False), normalizer, **kwargs)
+            p = F.interpolate(torch.from_numpy(p)[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
+        acc = p if acc is None else acc + p
+    return acc / len(scales)  # type: ignore[operator]

@@ -1,7 +1,7 @@
 """Step eval_seg: sliding-window inference of the segmentation network on the test splits, and its metrics.
 
 For every image of ``eval_seg.splits`` (default: the test splits): class probabilities from overlapping tiles
-(Gaussian / linear blending, flip or dihedral TTA, :mod:`histowsss.engine.inference`), argmax ->
+(Gaussian / linear blending, flip or dihedral TTA, optionally at several scales, :mod:`histowsss.engine.inference`), argmax ->
 ``pred/<name>.png`` (``pred_supervised/`` for the upper bound). Metrics from dataset-level confusion matrices
 (:class:`histowsss.evaluation.metrics.ConfusionMatrix`): one per split and one over all evaluated splits
 (``all``: e.g. GlaS testA + testB), plus per-image mIoU (for the report's best / worst examples).
@@ -22,7 +22,7 @@ from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_json, write_png
 from histowsss.engine.device import resolve_device
 from histowsss.engine.distributed import is_main_process
-from histowsss.engine.inference import sliding_window_probs
+from histowsss.engine.inference import multiscale_probs
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.steps import train_seg
@@ -54,9 +54,9 @@ def eval_splits(cfg: RunConfig) -> list[str]:
 def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
     """(C, H, W) probabilities of one image (already at data.image_scale) with the eval_seg settings."""
     ev = cfg.eval_seg
-    return sliding_window_probs(model, img, Normalizer(model.mean, model.std), tile=ev.tile_size,
-                                overlap=ev.overlap, blend=ev.blend, tta=ev.tta, batch_size=ev.batch_size,
-                                device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
+    return multiscale_probs(model, img, Normalizer(model.mean, model.std), ev.scales, tile=ev.tile_size,
+                            overlap=ev.overlap, blend=ev.blend, tta=ev.tta, batch_size=ev.batch_size,
+                            device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
 
 
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
@@ -102,7 +102,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         result = {"tag": tag, "label_source": meta.get("label_source"), "loss": meta.get("loss"),
                   "supervised": cfg.train_seg.supervised,
                   "inference": {"tile_size": ev.tile_size, "overlap": ev.overlap, "blend": ev.blend, "tta": ev.tta,
-                                "image_scale": cfg.data.image_scale},
+                                "scales": ev.scales, "image_scale": cfg.data.image_scale},
                   "splits": {sp: {**cms[sp].summary(names), "images": sum(1 for s in samples if s.split == sp)}
                              for sp in splits},
                   "all": {**overall.summary(names), "splits": splits, "images": len(samples)},
