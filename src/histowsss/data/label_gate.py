@@ -65,14 +65,21 @@ def present_classes(allowed: np.ndarray, class_ids: list[int]) -> np.ndarray:
     return allowed[np.asarray(class_ids)].reshape(len(class_ids), -1).any(axis=1)
 
 
-def force_single(labels: np.ndarray, allowed: np.ndarray, ignore: int = 255) -> np.ndarray:
-    """Apply a gate to a hard label map (H, W): pixels with exactly one allowed class get it, pixels whose
-    label is a class they may not take become ``ignore``."""
+def veto(labels: np.ndarray, allowed: np.ndarray, ignore: int = 255) -> np.ndarray:
+    """A copy of a hard label map (H, W) where pixels whose label is a class they may not take (or no class at
+    all) become ``ignore``; nothing else changes."""
     out = labels.copy()
-    single = allowed.sum(axis=0) == 1
     valid = out != ignore
     known = valid & (out < allowed.shape[0])
     ok = np.take_along_axis(allowed, np.where(known, out, 0).astype(np.int64)[None], axis=0)[0]
     out[valid & ~(known & ok)] = ignore
+    return out
+
+
+def force_single(labels: np.ndarray, allowed: np.ndarray, ignore: int = 255) -> np.ndarray:
+    """Apply a gate to a hard label map (H, W): pixels with exactly one allowed class get it, pixels whose
+    label is a class they may not take become ``ignore``."""
+    out = veto(labels, allowed, ignore)
+    single = allowed.sum(axis=0) == 1
     out[single] = np.argmax(allowed[:, single], axis=0).astype(out.dtype)
     return out

@@ -232,7 +232,7 @@ def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray])
     """
     if not cfg.train_seg.patch_veto:
         return labels
-    from histowsss.data.label_gate import patch_allowed
+    from histowsss.data.label_gate import patch_allowed, veto
 
     d = cfg.data  # RunConfig has checked that data.patches derives patch labels from masks
     out = []
@@ -244,11 +244,7 @@ def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray])
         if allowed.shape[1:] != lab.shape:
             raise StepError(f"{s.name}: weak labels {lab.shape} and mask {allowed.shape[1:]} differ in size; "
                             "were the labels made at another data.image_scale?")
-        known = lab < allowed.shape[0]
-        ok = np.take_along_axis(allowed, np.where(known, lab, 0).astype(np.int64)[None], axis=0)[0]
-        v = lab.copy()
-        v[known & ~ok] = IGNORE
-        out.append(v)
+        out.append(veto(lab, allowed, IGNORE))
     return out
 
 
