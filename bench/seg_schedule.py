@@ -19,7 +19,7 @@ on the validation images like the first.
 (paired: the same network on the same validation images): with another test-time augmentation, and with an
 offset added to the background probability before the argmax; ``--also-scales 0.75,1,1.25`` with multi-scale
 inference (eval_seg.scales). The candidate itself is still chosen on the default inference; the variants are
-reported under ``val_inference_variants`` (with their inference seconds for the scale sets).
+reported under ``val_inference_variants`` (each with its inference seconds).
 Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
@@ -150,21 +150,19 @@ def main() -> None:
         bg = base.data.classes.background_index or 0
         for off in args.bg_offsets or []:
             extra[f"bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in probs])
-        for tta in args.also_tta:
-            tcfg = cfg.model_copy(update={"eval_seg": cfg.eval_seg.model_copy(update={"tta": tta})})
-            tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
-            extra[f"tta={tta}"] = score([p.argmax(0).astype(np.uint8) for p in tprobs])
-            for off in args.bg_offsets or []:
-                extra[f"tta={tta};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
+        # paired variants of the inference: another TTA, and multi-scale sets (with --scales-tta or every TTA)
+        variants = [(f"tta={t}", {"tta": t}) for t in args.also_tta]
         for sc in args.also_scales:
-            scales = [float(v) for v in sc.split(",")]
-            for tta in args.scales_tta or dict.fromkeys([cfg.eval_seg.tta, *args.also_tta]):
-                ev = cfg.eval_seg.model_copy(update={"tta": tta, "scales": scales})
-                tcfg = cfg.model_copy(update={"eval_seg": ev})
-                ti = time.time()
-                tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
-                extra[f"tta={tta};scales={sc}"] = {**score([p.argmax(0).astype(np.uint8) for p in tprobs]),
-                                                   "inference_seconds": round(time.time() - ti, 1)}
+            for t in args.scales_tta or dict.fromkeys([cfg.eval_seg.tta, *args.also_tta]):
+                variants.append((f"tta={t};scales={sc}", {"tta": t, "scales": [float(v) for v in sc.split(",")]}))
+        for key, upd in variants:
+            tcfg = cfg.model_copy(update={"eval_seg": cfg.eval_seg.model_copy(update=upd)})
+            ti = time.time()
+            tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
+            extra[key] = {**score([p.argmax(0).astype(np.uint8) for p in tprobs]),
+                          "inference_seconds": round(time.time() - ti, 1)}
+            for off in args.bg_offsets or []:
+                extra[f"{key};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
         return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra
 
     results = []

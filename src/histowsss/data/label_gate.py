@@ -45,11 +45,16 @@ def patch_allowed(class_mask: np.ndarray, data: DataConfig) -> np.ndarray:
     return allowed
 
 
+def mask_gate(sample: Sample, data: DataConfig) -> np.ndarray | None:
+    """The (C, H, W) gate of a sample from the patch labels of its mask, at image resolution; None without a mask."""
+    if sample.mask is None:
+        return None
+    return patch_allowed(load_class_mask(sample, data), data)
+
+
 def sample_gate(cfg: RunConfig, sample: Sample) -> np.ndarray | None:
     """The (C, H, W) gate of a training sample at image resolution, or None without patch gating / mask."""
-    if not uses_patch_gate(cfg) or sample.mask is None:
-        return None
-    return patch_allowed(load_class_mask(sample, cfg.data), cfg.data)
+    return mask_gate(sample, cfg.data) if uses_patch_gate(cfg) else None
 
 
 def cell_centres(a: np.ndarray, grid: tuple[int, int], stride: int) -> np.ndarray:

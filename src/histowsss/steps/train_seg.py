@@ -232,15 +232,14 @@ def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray])
     """
     if not cfg.train_seg.patch_veto:
         return labels
-    from histowsss.data.label_gate import patch_allowed, veto
+    from histowsss.data.label_gate import mask_gate, veto
 
-    d = cfg.data  # RunConfig has checked that data.patches derives patch labels from masks
     out = []
     for s, lab in zip(samples, labels):
-        if s.mask is None:
+        allowed = mask_gate(s, cfg.data)  # RunConfig has checked that data.patches derives patch labels from masks
+        if allowed is None:
             out.append(lab)
             continue
-        allowed = patch_allowed(load_class_mask(s, d), d)
         if allowed.shape[1:] != lab.shape:
             raise StepError(f"{s.name}: weak labels {lab.shape} and mask {allowed.shape[1:]} differ in size; "
                             "were the labels made at another data.image_scale?")
