@@ -19,7 +19,8 @@ on the validation images like the first.
 (paired: the same network on the same validation images): with another test-time augmentation, and with an
 offset added to the background probability before the argmax; ``--also-scales 0.75,1,1.25`` with multi-scale
 inference (eval_seg.scales). The candidate itself is still chosen on the default inference; the variants are
-reported under ``val_inference_variants`` (each with its inference seconds).
+reported under ``val_inference_variants`` (each with its inference seconds). ``--ensemble 0,1`` also scores the
+average of candidates 0 and 1's class probabilities (every inference variant; under ``ensembles``).
 Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
@@ -82,7 +83,14 @@ def main() -> None:
                          "(eval_seg.scales; with the config's TTA and every --also-tta), e.g. 0.75,1,1.25 (paired)")
     ap.add_argument("--scales-tta", nargs="+", default=None, choices=["none", "flip", "dihedral"],
                     help="the TTAs combined with --also-scales (default: the config's and every --also-tta)")
+    ap.add_argument("--ensemble", nargs="+", default=[], metavar="I,J,...",
+                    help="also score ensembles: comma-separated candidate indices (0-based, first round) whose "
+                         "class probabilities are averaged, with the default inference and every variant (paired)")
     args = ap.parse_args()
+    ensembles = [[int(v) for v in e.split(",")] for e in args.ensemble]
+    n_cand = len(args.candidate or DEFAULT_CANDIDATES)
+    if any(i < 0 or i >= n_cand for e in ensembles for i in e):
+        ap.error(f"--ensemble indices must lie in 0..{n_cand - 1} (one per --candidate)")
 
     import numpy as np
 
@@ -147,6 +155,7 @@ def main() -> None:
         ti = time.time()
         probs = [predict_probs(model, img, cfg, ctx.device) for img in val_imgs]
         extra = {"default_inference_seconds": round(time.time() - ti, 1)}
+        kept = {"default": probs}  # the probabilities an --ensemble averages
         bg = base.data.classes.background_index or 0
         for off in args.bg_offsets or []:
             extra[f"bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in probs])
@@ -161,18 +170,25 @@ def main() -> None:
             tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
             extra[key] = {**score([p.argmax(0).astype(np.uint8) for p in tprobs]),
                           "inference_seconds": round(time.time() - ti, 1)}
+            kept[key] = tprobs
             for off in args.bg_offsets or []:
                 extra[f"{key};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
-        return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra
+        return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra, kept
 
     results = []
+    member_probs: dict[int, dict] = {}  # candidate index -> inference variant -> probabilities (ensemble members)
+    cand_overrides: dict[int, list[str]] = {}
     for i, cand in enumerate(args.candidate or DEFAULT_CANDIDATES):
         overrides = [o.strip() for o in cand.split(";") if o.strip()]
         cfg = load_config(str(src / "config.yaml"), weak + overrides)
+        cand_overrides[i] = overrides
         rd_path = work / f"candidate_{i}"
         scratch_run(src, rd_path)
         for r in range(args.self_train + 1):
-            meta, model, dev, train_s, sc, extra = train_and_score(cfg, rd_path if r == 0 else rd_path / f"self_{r}")
+            meta, model, dev, train_s, sc, extra, kept = train_and_score(
+                cfg, rd_path if r == 0 else rd_path / f"self_{r}")
+            if r == 0 and any(i in e for e in ensembles):
+                member_probs[i] = kept
             rec = {"overrides": overrides, "self_train_round": r, "label_source": meta["label_source"], "val": sc,
                    "train_seconds": round(train_s, 1), "final_epoch": meta["final"]}
             if extra:  # paired inference variants of this network (the candidate is still chosen on "val")
@@ -187,18 +203,28 @@ def main() -> None:
                 cfg = load_config(str(src / "config.yaml"), weak + overrides +
                                   ["train_seg.labels=folder", f"train_seg.label_dir={label_dir}"])
         shutil.rmtree(rd_path, ignore_errors=True)
+    ens_results = []
+    for e in ensembles:  # the same networks, their probabilities averaged per inference variant
+        rec = {"members": e, "member_overrides": [cand_overrides[i] for i in e]}
+        for key in member_probs[e[0]]:
+            avg = [sum(member_probs[i][key][k] for i in e) / len(e) for k in range(len(val_imgs))]
+            rec[key] = score([p.argmax(0).astype(np.uint8) for p in avg])
+        ens_results.append(rec)
+        print(json.dumps({"ensemble": rec}), flush=True)
     best = max(results, key=lambda r: r["val"][criterion])
     metrics = {"fit_images": len(fit_s), "val_images": len(val_s),
                "val_patients": sorted({p for p in patients if assign[p] == "val"}),
                "label_source": source, "weak_labels_on_val": weak_val, "candidates": results,
                "criterion": criterion, "chosen": best["overrides"], "chosen_self_train_round": best["self_train_round"]}
+    if ens_results:
+        metrics["ensembles"] = ens_results
     checks = [check("chosen_on_validation_" + criterion, best["val"][criterion],
                     "reported (model selection on held-out GlaS train patients; test never read)", True)]
     path = write_result(name, args.profile, time.time() - t0,
                         {"run": str(src.relative_to(ROOT)), "val_fraction": args.val_fraction, "split_seed": 0,
                          "candidates": args.candidate or DEFAULT_CANDIDATES, "self_train": args.self_train,
                          "bg_offsets": args.bg_offsets, "also_tta": args.also_tta, "also_scales": args.also_scales,
-                         "scales_tta": args.scales_tta,
+                         "scales_tta": args.scales_tta, "ensemble": args.ensemble,
                          "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "chosen": best}, indent=2))
 

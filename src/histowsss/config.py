@@ -304,6 +304,9 @@ class TrainSegConfig(Strict):
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0
+    members: int = Field(1, ge=1, le=8, description="a seed ensemble: networks trained one after another with seeds "
+                         "seed, seed + 1, ... (files seg, seg_m1, ...); eval_seg and predict average their class "
+                         "probabilities. Training and inference cost grow with the count")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSegConfig":

@@ -118,3 +118,27 @@ def test_multiscale_inference_resizes_back_and_averages():
                                sliding_window_probs(model, flat, norm, **kw), atol=1e-5)
     with pytest.raises(ValueError, match="positive"):
         multiscale_probs(model, img, norm, [0.0], **kw)
+
+
+def test_seg_ensemble_averages_member_probabilities():
+    from torch import nn
+
+    from histowsss.models.segnet import SegEnsemble
+
+    class Fixed(nn.Module):
+        def __init__(self, logits, div):
+            super().__init__()
+            self.logits, self.size_divisor = torch.tensor(logits), div
+            self.mean, self.std, self.num_classes = (0.5,) * 3, (0.5,) * 3, 2
+
+        def forward(self, x):
+            return self.logits.view(1, 2, 1, 1).expand(x.shape[0], 2, *x.shape[2:])
+
+    ens = SegEnsemble([Fixed([2.0, 0.0], 32), Fixed([0.0, 3.0], 16)])
+    p = torch.softmax(ens(torch.zeros(1, 3, 4, 4)), 1)[0, :, 0, 0]
+    want = (torch.softmax(torch.tensor([2.0, 0.0]), 0) + torch.softmax(torch.tensor([0.0, 3.0]), 0)) / 2
+    assert torch.allclose(p, want, atol=1e-6) and ens.size_divisor == 32
+    other = Fixed([0.0, 1.0], 32)
+    other.mean = (0.1, 0.2, 0.3)
+    with pytest.raises(ValueError, match="normalisation"):
+        SegEnsemble([Fixed([1.0, 0.0], 32), other])

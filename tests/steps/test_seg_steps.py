@@ -327,3 +327,53 @@ def test_one_run_gives_the_weak_network_and_its_upper_bound(dataset: Path, tmp_p
     run_pipeline(off, run, start="train_seg", log=msgs.append)
     assert msgs[2:] == ["[off ] train_seg_supervised: upper_bound is false",
                         "[off ] eval_seg_supervised: upper_bound is false"]
+
+
+def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset: Path, tmp_path: Path, monkeypatch):
+    cfg = make_cfg(dataset, "train_seg.members=2")
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    original = train_seg.save_train_state
+    seen: list[str] = []
+
+    def crash_in_second_member(path, state):
+        seen.append(Path(path).name)
+        original(path, state)
+        if Path(path).name.startswith("seg_m1"):
+            raise KeyboardInterrupt("simulated interruption in member 2")
+
+    monkeypatch.setattr(train_seg, "save_train_state", crash_in_second_member)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg.run(cfg, run)
+    ck = run.path / "checkpoints"
+    assert (ck / "seg.safetensors").exists() and not (ck / "seg_m1.safetensors").exists()
+    first_member = (ck / "seg.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(train_seg, "save_train_state", original)
+    plans: list[tuple[int, int]] = []
+    real_plan = train_seg.epoch_plan
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: plans.append((a[-2], a[-1])) or real_plan(*a))
+    train_seg.run(cfg, run)
+    # the finished member is kept; the second resumes after its first epoch, with its own seed (seed + 1)
+    assert plans == [(1, 1)] and (ck / "seg.safetensors").stat().st_mtime_ns == first_member
+    meta0 = json.loads((ck / "seg.json").read_text())
+    meta1 = json.loads((ck / "seg_m1.json").read_text())
+    assert meta0["member_tags"] == ["seg", "seg_m1"] and (meta0["seed"], meta1["seed"]) == (0, 1)
+    assert meta0["config_hash"] == meta1["config_hash"]
+    a = (ck / "seg.safetensors").read_bytes()
+    assert a != (ck / "seg_m1.safetensors").read_bytes()  # different seeds: different networks
+
+    from histowsss.models.segnet import SegEnsemble
+
+    model = train_seg.load_segnet(cfg, run.path, "seg")
+    assert isinstance(model, SegEnsemble) and len(model.members) == 2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = torch.stack([torch.softmax(m(x), 1) for m in model.members]).mean(0)
+        got = torch.softmax(model(x), 1)
+    assert torch.allclose(got, want, atol=1e-5)
+    run_pipeline(cfg, run, start="eval_seg", stop="eval_seg", log=lambda m: None)
+    assert json.loads((run.path / "metrics" / "seg.json").read_text())["all"]["miou"] > 0
+    # a member that went missing is a clear error, not a silently smaller ensemble
+    (ck / "seg_m1.safetensors").unlink()
+    with pytest.raises(StepError, match="seg_m1.*missing"):
+        train_seg.load_segnet(cfg, run.path, "seg")

@@ -182,7 +182,9 @@ def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
                  ("CAM", f"{cfg.train_cam.network} on {cfg.backbone.name} ({cfg.backbone.weights})"),
                  ("segmentation", f"{cfg.train_seg.architecture} on {cfg.train_seg.encoder} "
                                   f"({cfg.train_seg.encoder_weights}), labels {cfg.train_seg.labels}, "
-                                  f"loss {cfg.train_seg.loss}")]
+                                  f"loss {cfg.train_seg.loss}"
+                                  + (f", ensemble of {cfg.train_seg.members} seeds" if cfg.train_seg.members > 1
+                                     else ""))]
         parts.append(table([{"key": k, "value": v} for k, v in facts], ["key", "value"], left=("key", "value")))
     else:
         parts.append(f'<p class="note">{esc(cfg_err)}</p>')

@@ -6,10 +6,12 @@ features_only=True)`` as ``net.encoder.model``; its state-dict keys are timm's (
 downloads); ImageNet weights then come from the offline packages of :mod:`histowsss.models.weights`, loaded into
 ``net.encoder.model`` with :func:`load_into` (by name, or by order for the lukemelas-layout lite0 files).
 
-Also here: the pseudo-label-noise-robust losses (:func:`seg_loss`), see docs/segmentation.md.
+Also here: :class:`SegEnsemble` (a seed ensemble's averaged probabilities) and the pseudo-label-noise-robust losses (:func:`seg_loss`), see docs/segmentation.md.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,31 @@ class SegNet(nn.Module):
         ids = {id(p) for p in enc}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": enc, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}]
+
+
+class SegEnsemble(nn.Module):
+    """Networks of one architecture whose class probabilities are averaged (a seed ensemble, ``train_seg.members``).
+
+    ``forward`` returns the log of the members' mean softmax, so the softmax that inference applies to "logits"
+    gives exactly the averaged probabilities, and the argmax is the ensemble's vote.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("SegEnsemble needs at least one member")
+        first = members[0]
+        norms = {(tuple(m.mean), tuple(m.std)) for m in members}
+        if len(norms) != 1:
+            raise ValueError(f"ensemble members expect different input normalisations: {sorted(norms)}")
+        self.members = nn.ModuleList(members)
+        self.mean, self.std = first.mean, first.std
+        self.size_divisor = math.lcm(*(int(m.size_divisor) for m in members))
+        self.num_classes = first.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
 
 
 def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

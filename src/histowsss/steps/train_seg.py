@@ -318,11 +318,8 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     ``samples`` replaces the images of ``train_seg.splits`` (model selection on a held-out part of them:
     ``bench/seg_schedule.py``); the run's files are written as usual, so pass a scratch run folder then.
     """
-    from histowsss.models.segnet import build_segnet, seg_loss
-
     ts, data = cfg.train_seg, cfg.data
     t_ = tag(cfg)
-    device = ctx.device
     source = label_source(cfg, run)
     samples = samples if samples is not None else samples_for(cfg, train_splits(cfg))
     if not samples:
@@ -339,14 +336,71 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     bad = sorted({int(v) for lab in labels for v in np.unique(lab) if v >= n_classes and v != IGNORE})
     if bad:
         raise StepError(f"{source} labels hold values {bad[:5]} that are not class ids (0..{n_classes - 1} or 255)")
-    sizes = [lab.shape for lab in labels]
 
-    torch.manual_seed(ts.seed)
+    n_members = ts.members
+    t_start = time.time()
+    models, tags = [], [member_tag(t_, k) for k in range(n_members)]
+    for k, mt in enumerate(tags):
+        base_meta = {"tag": mt, "member": k, "members": n_members, "member_tags": tags, "seed": ts.seed + k,
+                     "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
+                     "decoder_channels": ts.decoder_channels, "label_source": source,
+                     "loss": "ce" if ts.supervised else ts.loss, "supervised": ts.supervised, "config_hash": h,
+                     "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples)}
+        done = None if overwrite else _finished_member(cfg, run.path, mt, h)
+        if done is not None:  # a member finished before a kill: keep it, train the next one
+            meta, model = done
+        else:
+            meta, model = _train_member(cfg, run, ctx, h, overwrite, images, labels, source, mt, ts.seed + k,
+                                        f"{k + 1}/{n_members}" if n_members > 1 else "")
+            meta = {**base_meta, **meta}
+            if ctx.is_main:
+                save_weights(checkpoint_path(run.path, mt), unwrap(model), meta)
+            ctx.barrier()
+        models.append(unwrap(model))
+    meta = json.loads(checkpoint_path(run.path, t_).with_suffix(".json").read_text()) if ctx.is_main else meta
+    info.update(outputs=[f"checkpoints/{mt}.safetensors" for mt in tags] + [f"logs/train_{mt}.jsonl" for mt in tags],
+                tag=t_, members=n_members, label_source=source, train_seconds=round(time.time() - t_start, 2),
+                world_size=ctx.world_size)
+    if n_members == 1:
+        return meta, models[0]
+    from histowsss.models.segnet import SegEnsemble
+
+    return meta, SegEnsemble(models)
+
+
+def member_tag(tag_: str, k: int) -> str:
+    """File stem of ensemble member ``k``: the network's tag for the first, ``<tag>_m<k>`` for the others."""
+    return tag_ if k == 0 else f"{tag_}_m{k}"
+
+
+def _finished_member(cfg: RunConfig, run_path: Path, mt: str, h: str) -> tuple[dict, torch.nn.Module] | None:
+    """(metadata, model) of member ``mt`` when its final checkpoint was written with config hash ``h``, else None."""
+    path = checkpoint_path(run_path, mt)
+    meta_path = path.with_suffix(".json")
+    if not (path.exists() and meta_path.exists()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("config_hash") != h:
+        return None
+    return meta, _build_from_meta(cfg, meta, path)
+
+
+def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, images: list[np.ndarray],
+                  labels: list[np.ndarray], source: str, t_: str, seed: int, which: str
+                  ) -> tuple[dict, torch.nn.Module]:
+    """Train one network (files ``<t_>_last`` / ``<t_>_train_state`` for resuming); returns (metadata, model)."""
+    from histowsss.models.segnet import build_segnet, seg_loss
+
+    ts, data = cfg.train_seg, cfg.data
+    device = ctx.device
+    sizes = [lab.shape for lab in labels]
+    n_classes = len(data.classes.names)
+    torch.manual_seed(seed)
     model = build_segnet(ts, n_classes).to(device)
     norm = Normalizer(model.mean, model.std)
     loss_kind = "ce" if ts.supervised else ts.loss
     opt = torch.optim.AdamW(model.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
-    n_crops = len(samples) * ts.crops_per_image
+    n_crops = len(images) * ts.crops_per_image
     per_rank = -(-n_crops // ctx.world_size)
     steps_per_epoch = max(1, per_rank // ts.batch_size)
     total = steps_per_epoch * ts.epochs
@@ -372,16 +426,16 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     ddp = ctx.wrap(model)
     use_amp = ts.amp and device.type == "cuda"
     threads = auto_threads(ts.loader_threads)
-    t_start = time.time()
+    label = f"train_seg ({t_}{', member ' + which if which else ''})"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), disable=not ctx.is_main) as bar:
-        task = bar.add_task(f"train_seg ({t_})", total=total, completed=start_epoch * steps_per_epoch, stats="")
+        task = bar.add_task(label, total=total, completed=start_epoch * steps_per_epoch, stats="")
         for epoch in range(start_epoch, ts.epochs):
             ddp.train()
             t0 = time.time()
             kind = "ce" if epoch < ts.loss_warmup_epochs else loss_kind
             plan = ctx.shard(epoch_plan(sizes, ts.crop_size, ts.crops_per_image, ts.augment.scale_range,
-                                        ts.seed, epoch))
+                                        seed, epoch))
             sums = np.zeros(5)  # loss * steps, steps, correct, valid pixels, label-probability sum
             chunks = [plan[b * ts.batch_size : (b + 1) * ts.batch_size] for b in range(steps_per_epoch)]
             batches = prefetch_batches(chunks, lambda c: make_crop(images[c[0]], labels[c[0]], c[1], c[2], c[3],
@@ -422,30 +476,14 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
                                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                               "history": json.dumps(history)})
             ctx.barrier()
-    meta = {"tag": t_, "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
-            "decoder_channels": ts.decoder_channels,
-            "label_source": source, "loss": loss_kind, "supervised": ts.supervised, "config_hash": h,
-            "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples),
-            "mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
-    if ctx.is_main:
-        save_weights(checkpoint_path(run.path, t_), unwrap(ddp), meta)
-    ctx.barrier()
-    info.update(outputs=[f"checkpoints/{t_}.safetensors", f"logs/train_{t_}.jsonl"], tag=t_, label_source=source,
-                train_seconds=round(time.time() - t_start, 2), world_size=ctx.world_size)
+    meta = {"mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
     return meta, unwrap(ddp)
 
 
-def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
-    """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode."""
+def _build_from_meta(cfg: RunConfig, meta: dict, path: Path) -> torch.nn.Module:
+    """The network of checkpoint ``path`` (architecture and normalisation from its metadata), in eval mode."""
     from histowsss.models.segnet import build_segnet
 
-    path = checkpoint_path(run_path, tag_)
-    if not path.exists():
-        hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
-        raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
-                                f"{run_path} --to train_seg{hint}` first")
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels") if k in meta}
     # the checkpoint holds every weight; the architecture is the one it was trained with (its metadata)
     ts = cfg.train_seg.model_copy(update={"encoder_weights": "none", **arch})
@@ -463,4 +501,36 @@ def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device 
         spec = PACKAGED_WEIGHTS.get(cfg.train_seg.encoder)
         if spec is not None:
             model.mean, model.std = spec.mean, spec.std
-    return inference_model(model, device)  # the fused copy keeps mean / std
+    return model.eval()
+
+
+def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
+    """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode.
+
+    A seed ensemble (trained with ``train_seg.members`` > 1; its members are listed in the checkpoint's metadata)
+    comes back as one :class:`histowsss.models.segnet.SegEnsemble` that averages the members' probabilities.
+    """
+    path = checkpoint_path(run_path, tag_)
+    if not path.exists():
+        hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
+        raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
+                                f"{run_path} --to train_seg{hint}` first")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    models = []
+    for mt in meta.get("member_tags") or [tag_]:
+        p = checkpoint_path(run_path, mt)
+        m_meta = json.loads(p.with_suffix(".json").read_text()) if p.with_suffix(".json").exists() else None
+        if not p.exists() or m_meta is None:
+            raise StepError(f"{p}: ensemble member {mt} of {tag_} ({len(meta['member_tags'])} members) is missing; "
+                            f"re-run train_seg (`histowsss run CONFIG --run {run_path} --from train_seg --overwrite`)")
+        if m_meta.get("config_hash") != meta.get("config_hash"):
+            raise StepError(f"{p}: ensemble member {mt} comes from another training run (config hash "
+                            f"{m_meta.get('config_hash')} vs {meta.get('config_hash')}); re-run train_seg with "
+                            "--overwrite")
+        models.append(inference_model(_build_from_meta(cfg, m_meta, p), device))  # fused copies keep mean / std
+    if len(models) == 1:
+        return models[0]
+    from histowsss.models.segnet import SegEnsemble
+
+    return SegEnsemble(models).eval()
