@@ -10,6 +10,8 @@ images, a noise-robust loss (OEEM weighting by default, see :func:`histowsss.mod
 linear warm-up + cosine decay, one JSON line per epoch in ``logs/train_<tag>.jsonl``, a checkpoint per epoch for
 resuming, ``checkpoints/<tag>.safetensors`` at the end. Runs unchanged under ``torchrun`` (DDP, see
 :mod:`histowsss.engine.distributed`): every rank trains on its shard of the crops, rank 0 writes the files.
+``train_seg.members`` > 1 trains a seed ensemble, one member after another (``<tag>_m1``, ...; a finished member is
+kept when a killed run resumes), which :func:`load_segnet` returns as one averaging network.
 """
 
 from __future__ import annotations
