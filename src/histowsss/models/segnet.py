@@ -6,7 +6,8 @@ features_only=True)`` as ``net.encoder.model``; its state-dict keys are timm's (
 downloads); ImageNet weights then come from the offline packages of :mod:`histowsss.models.weights`, loaded into
 ``net.encoder.model`` with :func:`load_into` (by name, or by order for the lukemelas-layout lite0 files).
 
-Also here: :class:`SegEnsemble` (a seed ensemble's averaged probabilities) and the pseudo-label-noise-robust losses (:func:`seg_loss`), see docs/segmentation.md.
+Also here: :class:`SegEnsemble` (a seed ensemble's averaged probabilities) and the pseudo-label-noise-robust
+losses (:func:`seg_loss`), see docs/segmentation.md.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class SegEnsemble(nn.Module):
     """Networks of one architecture whose class probabilities are averaged (a seed ensemble, ``train_seg.members``).
 
     ``forward`` returns the log of the members' mean softmax, so the softmax that inference applies to "logits"
-    gives exactly the averaged probabilities, and the argmax is the ensemble's vote.
+    gives exactly the averaged probabilities (and their argmax the ensemble's prediction).
     """
 
     def __init__(self, members: list[nn.Module]):
