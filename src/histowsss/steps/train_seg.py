@@ -520,12 +520,16 @@ def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device 
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     models = []
-    for mt in meta.get("member_tags") or [tag_]:
+    tags = meta.get("member_tags") or [tag_]
+    for mt in tags:
         p = checkpoint_path(run_path, mt)
-        m_meta = json.loads(p.with_suffix(".json").read_text()) if p.with_suffix(".json").exists() else None
-        if not p.exists() or m_meta is None:
-            raise StepError(f"{p}: ensemble member {mt} of {tag_} ({len(meta['member_tags'])} members) is missing; "
+        if mt == tag_:  # the first member: its metadata is the network's own (possibly absent: older checkpoints)
+            models.append(inference_model(_build_from_meta(cfg, meta, p), device))
+            continue
+        if not (p.exists() and p.with_suffix(".json").exists()):
+            raise StepError(f"{p}: ensemble member {mt} of {tag_} ({len(tags)} members) is missing; "
                             f"re-run train_seg (`histowsss run CONFIG --run {run_path} --from train_seg --overwrite`)")
+        m_meta = json.loads(p.with_suffix(".json").read_text())
         if m_meta.get("config_hash") != meta.get("config_hash"):
             raise StepError(f"{p}: ensemble member {mt} comes from another training run (config hash "
                             f"{m_meta.get('config_hash')} vs {meta.get('config_hash')}); re-run train_seg with "
