@@ -286,6 +286,9 @@ class TrainSegConfig(Strict):
     patch_veto: bool = Field(False, description="with patch labels (data.patches.label_rule: mask_fraction): a "
                              "weak-label pixel whose class is missing from the label of a patch covering it becomes "
                              "ignore (a veto; unlike eval_cam.label_gating=patch nothing is forced to a class)")
+    boundary_ignore: int = Field(0, ge=0, description="weak labels only: pixels within this many pixels (at the "
+                                 "labels' resolution, a square window) of a pixel of another class become ignore, "
+                                 "so the network does not learn the weak labels' most doubtful pixels; 0 = off")
     loss: Literal["oeem", "gce", "ce"] = Field(
         "oeem", description="oeem: pixel CE weighted by the detached probability of the label, normalised per "
         "class (online easy-example mining); gce: generalised CE (1 - p^q) / q; ce: plain. Supervised uses ce")

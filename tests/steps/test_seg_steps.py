@@ -233,6 +233,29 @@ def test_patch_veto_turns_refused_labels_into_ignore_and_forces_nothing(dataset:
         make_cfg(dataset, "train_seg.patch_veto=true")
 
 
+def test_boundary_ignore_bands_weak_labels_only(dataset: Path, tmp_path: Path):
+    """train_seg.boundary_ignore turns the pixels along the weak labels' class boundaries into ignore; the
+    ground truth of the supervised network is never banded; radius 0 (the default) keeps the hash."""
+    from histowsss.ops.label_band import ignore_boundary_band
+
+    plain = make_cfg(dataset)
+    cfg = make_cfg(dataset, "train_seg.boundary_ignore=2")
+    assert train_seg.config_hash(cfg) != train_seg.config_hash(plain)
+    assert train_seg.config_hash(make_cfg(dataset, "train_seg.boundary_ignore=0")) == train_seg.config_hash(plain)
+    run = RunDir(tmp_path / "run", plain).init()
+    fake_pseudo(plain, run, noise=0.0)
+    samples = samples_for(cfg, train_seg.train_splits(cfg))
+    before = train_seg.load_labels(plain, run, samples, "pseudo")
+    after = train_seg.load_labels(cfg, run, samples, "pseudo")
+    banded = 0
+    for b, a in zip(before, after):
+        assert (a == ignore_boundary_band(b, 2)).all()
+        banded += int(((a == 255) & (b != 255)).sum())
+    assert banded > 0
+    for s, g in zip(samples, train_seg.load_labels(cfg, run, samples, "ground_truth")):
+        assert (g == load_class_mask(s, cfg.data)).all()
+
+
 def test_fit_on_a_subset_of_the_training_images(dataset: Path, tmp_path: Path):
     """fit(samples=...) trains on exactly the given images (model selection on held-out patients)."""
     from histowsss.engine.distributed import init_distributed

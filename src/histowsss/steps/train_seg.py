@@ -208,9 +208,9 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str)
                             "train_seg.splits to splits with masks")
         return [load_class_mask(s, cfg.data) for s in samples]
     if source == "cam":
-        return veto_labels(cfg, samples, cam_labels(cfg, run, samples))
+        return weak_label_filters(cfg, samples, cam_labels(cfg, run, samples))
     if source == "folder":
-        return veto_labels(cfg, samples, folder_labels(cfg, samples))
+        return weak_label_filters(cfg, samples, folder_labels(cfg, samples))
     out = []
     for s in samples:
         p = run.path / "pseudo" / f"{s.name}.png"
@@ -221,7 +221,18 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str)
         if lab.ndim != 2:
             raise StepError(f"{p}: pseudo-mask must be single-channel class ids, got shape {lab.shape}")
         out.append(lab.astype(np.uint8))
-    return veto_labels(cfg, samples, out)
+    return weak_label_filters(cfg, samples, out)
+
+
+def weak_label_filters(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
+    """The weak labels as train_seg learns them: the boundary band (``train_seg.boundary_ignore``), then the patch
+    veto (``train_seg.patch_veto``), each turning pixels into ignore. Returns new arrays."""
+    r = cfg.train_seg.boundary_ignore
+    if r:
+        from histowsss.ops.label_band import ignore_boundary_band
+
+        labels = [ignore_boundary_band(lab, r, IGNORE) for lab in labels]
+    return veto_labels(cfg, samples, labels)
 
 
 def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
