@@ -21,6 +21,9 @@ offset added to the background probability before the argmax; ``--also-scales 0.
 inference (eval_seg.scales). The candidate itself is still chosen on the default inference; the variants are
 reported under ``val_inference_variants`` (each with its inference seconds). ``--ensemble 0,1`` also scores the
 average of candidates 0 and 1's class probabilities (every inference variant; under ``ensembles``).
+``--image-gate`` also scores every variant after removing the classes the CAM classifier calls absent from an
+image (its probability in cams/<name>.npz under eval_cam's chosen gate); the classifier was trained on these images,
+so that number is an optimistic bound of what the image-level decision can add.
 Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
@@ -86,6 +89,10 @@ def main() -> None:
     ap.add_argument("--ensemble", nargs="+", default=[], metavar="I,J,...",
                     help="also score ensembles: comma-separated candidate indices (0-based, first round) whose "
                          "class probabilities are averaged, with the default inference and every variant (paired)")
+    ap.add_argument("--image-gate", action="store_true",
+                    help="also score every inference variant with the CAM classifier's image-level decision: classes "
+                         "it calls absent (probability < eval_cam's chosen gate, cams/<name>.npz) are removed before "
+                         "the argmax. The val images trained that classifier, so this is optimistic (paired)")
     args = ap.parse_args()
     ensembles = [[int(v) for v in e.split(",")] for e in args.ensemble]
     n_cand = len(args.candidate or DEFAULT_CANDIDATES)
@@ -131,6 +138,21 @@ def main() -> None:
         sm = cm.summary(names)
         return {"miou": sm["miou"], f"iou_{fg}": sm["per_class"][fg]["iou"]}
 
+    absent = []  # per val image: class indices the CAM classifier calls absent (--image-gate)
+    if args.image_gate:
+        gate = json.loads((src / "metrics" / "cam.json").read_text())["chosen_gate"]
+        for s_ in val_s:
+            z = np.load(src / "cams" / f"{s_.name}.npz")
+            absent.append([names.index(str(c)) for c, p in zip(z["classes"], z["probs"]) if p < gate])
+
+    def gated(probs_list) -> list:
+        out = []
+        for p, gone in zip(probs_list, absent):
+            p = p.copy()
+            p[gone] = -1.0
+            out.append(p.argmax(0).astype(np.uint8))
+        return out
+
     src_rd = RunDir(src, base)
     source = train_seg.label_source(base, src_rd)
     if source == "ground_truth":
@@ -173,6 +195,9 @@ def main() -> None:
             kept[key] = tprobs
             for off in args.bg_offsets or []:
                 extra[f"{key};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
+        if args.image_gate:
+            for key, kp in kept.items():
+                extra["image_gate" if key == "default" else f"{key};image_gate"] = score(gated(kp))
         return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra, kept
 
     results = []
@@ -209,6 +234,8 @@ def main() -> None:
         for key in member_probs[e[0]]:
             avg = [sum(member_probs[i][key][k] for i in e) / len(e) for k in range(len(val_imgs))]
             rec[key] = score([p.argmax(0).astype(np.uint8) for p in avg])
+            if args.image_gate:
+                rec["image_gate" if key == "default" else f"{key};image_gate"] = score(gated(avg))
         ens_results.append(rec)
         print(json.dumps({"ensemble": rec}), flush=True)
     best = max(results, key=lambda r: r["val"][criterion])
@@ -224,7 +251,7 @@ def main() -> None:
                         {"run": str(src.relative_to(ROOT)), "val_fraction": args.val_fraction, "split_seed": 0,
                          "candidates": args.candidate or DEFAULT_CANDIDATES, "self_train": args.self_train,
                          "bg_offsets": args.bg_offsets, "also_tta": args.also_tta, "also_scales": args.also_scales,
-                         "scales_tta": args.scales_tta, "ensemble": args.ensemble,
+                         "scales_tta": args.scales_tta, "ensemble": args.ensemble, "image_gate": args.image_gate,
                          "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "chosen": best}, indent=2))
 
