@@ -23,7 +23,8 @@ reported under ``val_inference_variants`` (each with its inference seconds). ``-
 average of candidates 0 and 1's class probabilities (every inference variant; under ``ensembles``).
 ``--image-gate`` also scores every variant after removing the classes the CAM classifier calls absent from an
 image (its probability in cams/<name>.npz under eval_cam's chosen gate); the classifier was trained on these images,
-so that number is an optimistic bound of what the image-level decision can add.
+so that number is an optimistic bound of what the image-level decision can add; ``--gate-run RUN`` takes the
+classifier of another run folder instead (one whose CAM stage never saw the validation patients).
 Writes bench/results/seg_schedule_<protocol>.<profile>.json (or ``--name``). Test ground truth is never read.
 """
 
@@ -93,6 +94,11 @@ def main() -> None:
                     help="also score every inference variant with the CAM classifier's image-level decision: classes "
                          "it calls absent (probability < eval_cam's chosen gate, cams/<name>.npz) are removed before "
                          "the argmax. The val images trained that classifier, so this is optimistic (paired)")
+    ap.add_argument("--gate-run", type=Path, default=None,
+                    help="with --image-gate: the run folder whose CAM classifier gates (cams/, metrics/cam.json), e.g. "
+                         "one trained without the validation patients, so that the gate is measured honestly")
+    ap.add_argument("--gate-cuts", type=float, nargs="+", default=None,
+                    help="with --image-gate: also score these class-presence cuts (default: eval_cam's chosen one only)")
     args = ap.parse_args()
     ensembles = [[int(v) for v in e.split(",")] for e in args.ensemble]
     n_cand = len(args.candidate or DEFAULT_CANDIDATES)
@@ -138,14 +144,21 @@ def main() -> None:
         sm = cm.summary(names)
         return {"miou": sm["miou"], f"iou_{fg}": sm["per_class"][fg]["iou"]}
 
-    absent = []  # per val image: class indices the CAM classifier calls absent (--image-gate)
+    gate_sets: dict[str, list] = {}  # gate name -> per val image: class indices the CAM classifier calls absent
     if args.image_gate:
-        gate = json.loads((src / "metrics" / "cam.json").read_text())["chosen_gate"]
+        gsrc = (args.gate_run or src).resolve()
+        chosen = json.loads((gsrc / "metrics" / "cam.json").read_text())["chosen_gate"]
+        img_probs = []
         for s_ in val_s:
-            z = np.load(src / "cams" / f"{s_.name}.npz")
-            absent.append([names.index(str(c)) for c, p in zip(z["classes"], z["probs"]) if p < gate])
+            with np.load(gsrc / "cams" / f"{s_.name}.npz") as z:
+                img_probs.append([(names.index(str(c)), float(p)) for c, p in zip(z["classes"], z["probs"])])
+        for cut in [chosen, *[c for c in args.gate_cuts or [] if c != chosen]]:
+            key = "image_gate" if cut == chosen else f"image_gate@{cut:g}"
+            gate_sets[key] = [[k for k, p in ps if p < cut] for ps in img_probs]
+        print(f"image gate from {gsrc} (chosen cut {chosen}): val images with a class removed: "
+              f"{ {k: sum(bool(a) for a in v) for k, v in gate_sets.items()} }", flush=True)
 
-    def gated(probs_list) -> list:
+    def gated(probs_list, absent) -> list:
         out = []
         for p, gone in zip(probs_list, absent):
             p = p.copy()
@@ -195,9 +208,9 @@ def main() -> None:
             kept[key] = tprobs
             for off in args.bg_offsets or []:
                 extra[f"{key};bg_offset={off:g}"] = score([offset_argmax(p, bg, off) for p in tprobs])
-        if args.image_gate:
+        for gk, absent in gate_sets.items():
             for key, kp in kept.items():
-                extra["image_gate" if key == "default" else f"{key};image_gate"] = score(gated(kp))
+                extra[gk if key == "default" else f"{key};{gk}"] = score(gated(kp, absent))
         return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra, kept
 
     results = []
@@ -234,8 +247,8 @@ def main() -> None:
         for key in member_probs[e[0]]:
             avg = [sum(member_probs[i][key][k] for i in e) / len(e) for k in range(len(val_imgs))]
             rec[key] = score([p.argmax(0).astype(np.uint8) for p in avg])
-            if args.image_gate:
-                rec["image_gate" if key == "default" else f"{key};image_gate"] = score(gated(avg))
+            for gk, absent in gate_sets.items():
+                rec[gk if key == "default" else f"{key};{gk}"] = score(gated(avg, absent))
         ens_results.append(rec)
         print(json.dumps({"ensemble": rec}), flush=True)
     best = max(results, key=lambda r: r["val"][criterion])
@@ -252,6 +265,7 @@ def main() -> None:
                          "candidates": args.candidate or DEFAULT_CANDIDATES, "self_train": args.self_train,
                          "bg_offsets": args.bg_offsets, "also_tta": args.also_tta, "also_scales": args.also_scales,
                          "scales_tta": args.scales_tta, "ensemble": args.ensemble, "image_gate": args.image_gate,
+                         "gate_run": str(args.gate_run) if args.gate_run else None, "gate_cuts": args.gate_cuts,
                          "eval_seg": base.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "chosen": best}, indent=2))
 

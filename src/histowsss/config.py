@@ -332,6 +332,13 @@ class EvalSegConfig(Strict):
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     splits: list[str] | None = Field(None, description="splits to evaluate (default: data.test_splits)")
     save_predictions: bool = Field(True, description="write pred/<name>.png (class ids)")
+    image_gate: bool = Field(False, description="remove the classes the CAM classifier calls absent from an image "
+                             "(image-level probability below eval_cam's chosen gate) before the argmax; background is "
+                             "never removed. eval_seg reads make_cam's cams/<name>.npz, predict runs the CAM network "
+                             "(steps/image_gate.py). For image-level labels (e.g. benign / malignant)")
+    image_gate_cut: float | None = Field(None, ge=0, le=1, description="image_gate's class-presence cut; null = "
+                                         "eval_cam's chosen gate (on train, where a classifier is rarely wrong, "
+                                         "every cut may tie: choose it on held-out patients instead)")
 
     @model_validator(mode="after")
     def _check(self) -> "EvalSegConfig":

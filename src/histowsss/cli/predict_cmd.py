@@ -109,12 +109,19 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     colors = [hex_to_rgb(c) for c in colors_hex]
     bg = classes.background_index if classes.background_index is not None else 0
     scale = cfg.data.image_scale
+    gate = None
+    if cfg.eval_seg.image_gate:  # the run's CAM classifier decides which classes an image may contain
+        from histowsss.steps.image_gate import ClassifierGate, apply_gate
+
+        gate = ClassifierGate(cfg, run_dir, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for f in files:
         original = read_rgb(f)
         img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
         probs = predict_probs(model, img, cfg, dev)
+        if gate is not None:
+            probs = apply_gate(probs, gate.absent(img), classes.background_index)
         lab = probs.argmax(0).astype(np.uint8)
         H, W = original.shape[:2]
         lab0 = lab

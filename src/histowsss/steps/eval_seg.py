@@ -35,7 +35,12 @@ def config_hash(cfg: RunConfig) -> str:
     """Hash of train_seg's inputs + the eval_seg section."""
     import hashlib
 
-    return hashlib.sha256(f"{train_seg.config_hash(cfg)}|{cfg.step_hash('eval_seg')}".encode()).hexdigest()[:12]
+    payload = f"{train_seg.config_hash(cfg)}|{cfg.step_hash('eval_seg')}"
+    if cfg.eval_seg.image_gate:  # the gate reads the CAM stage's image probabilities and chosen cut
+        from histowsss.steps import eval_cam
+
+        payload += f"|{eval_cam.config_hash(cfg)}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def status_name(cfg: RunConfig) -> str:
@@ -76,12 +81,26 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         if not samples:
             raise StepError(f"no images in the eval_seg splits {splits}; set eval_seg.splits or data.test_splits")
         pdir = pred_dir_name(tag)
+        gate = None
+        if ev.image_gate:
+            from histowsss.steps import eval_cam
+            from histowsss.steps.image_gate import apply_gate, chosen_gate, stored_absent
+
+            run.require("eval_cam", eval_cam.config_hash(cfg), status_name(cfg) + " (eval_seg.image_gate)")
+            gate = chosen_gate(run.path, cfg)
+        bg = cfg.data.classes.background_index
+        gated_images = 0
         cms = {sp: ConfusionMatrix(len(names)) for sp in splits}
         overall = ConfusionMatrix(len(names))
         per_image, unlabelled = [], 0
         for s in track(samples, description=f"eval_seg ({tag})", disable=False):
             img = load_image(s.image, cfg.data)
-            pred = predict_probs(model, img, cfg, device).argmax(0).astype(np.uint8)
+            probs = predict_probs(model, img, cfg, device)
+            if gate is not None:
+                absent = stored_absent(run.path, s.name, names, gate)
+                probs = apply_gate(probs, absent, bg)
+                gated_images += bool([k for k in absent if k != bg])
+            pred = probs.argmax(0).astype(np.uint8)
             if ev.save_predictions:
                 write_png(run.path / pdir / f"{s.name}.png", pred)
             if s.mask is None:
@@ -102,7 +121,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         result = {"tag": tag, "label_source": meta.get("label_source"), "loss": meta.get("loss"),
                   "supervised": cfg.train_seg.supervised,
                   "inference": {"tile_size": ev.tile_size, "overlap": ev.overlap, "blend": ev.blend, "tta": ev.tta,
-                                "scales": ev.scales, "image_scale": cfg.data.image_scale},
+                                "scales": ev.scales, "image_scale": cfg.data.image_scale,
+                                "image_gate": ev.image_gate, "image_gate_cut": gate,
+                                "images_with_classes_removed": gated_images if ev.image_gate else None},
                   "splits": {sp: {**cms[sp].summary(names), "images": sum(1 for s in samples if s.split == sp)}
                              for sp in splits},
                   "all": {**overall.summary(names), "splits": splits, "images": len(samples)},
