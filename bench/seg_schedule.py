@@ -119,6 +119,7 @@ def main() -> None:
     from histowsss.steps import train_seg
     from histowsss.steps.common import samples_for
     from histowsss.steps.eval_seg import predict_probs
+    from histowsss.steps.image_gate import apply_gate, stored_absent
 
     t0 = time.time()
     src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
@@ -148,23 +149,15 @@ def main() -> None:
     if args.image_gate:
         gsrc = (args.gate_run or src).resolve()
         chosen = json.loads((gsrc / "metrics" / "cam.json").read_text())["chosen_gate"]
-        img_probs = []
-        for s_ in val_s:
-            with np.load(gsrc / "cams" / f"{s_.name}.npz") as z:
-                img_probs.append([(names.index(str(c)), float(p)) for c, p in zip(z["classes"], z["probs"])])
         for cut in [chosen, *[c for c in args.gate_cuts or [] if c != chosen]]:
             key = "image_gate" if cut == chosen else f"image_gate@{cut:g}"
-            gate_sets[key] = [[k for k, p in ps if p < cut] for ps in img_probs]
+            gate_sets[key] = [stored_absent(gsrc, s_.name, names, cut) for s_ in val_s]
         print(f"image gate from {gsrc} (chosen cut {chosen}): val images with a class removed: "
               f"{ {k: sum(bool(a) for a in v) for k, v in gate_sets.items()} }", flush=True)
 
-    def gated(probs_list, absent) -> list:
-        out = []
-        for p, gone in zip(probs_list, absent):
-            p = p.copy()
-            p[gone] = -1.0
-            out.append(p.argmax(0).astype(np.uint8))
-        return out
+    def gated(probs_list, absent) -> list:  # eval_seg's gate (steps/image_gate.py), then the argmax
+        bg = base.data.classes.background_index
+        return [apply_gate(p, gone, bg).argmax(0).astype(np.uint8) for p, gone in zip(probs_list, absent)]
 
     src_rd = RunDir(src, base)
     source = train_seg.label_source(base, src_rd)

@@ -77,16 +77,9 @@ class ClassifierGate:
 
     def absent(self, img: np.ndarray) -> list[int]:
         """Absent classes of ``img`` (as load_image returns it), with make_cam's scales, flip and patches."""
-        from histowsss.data.io import resize
         from histowsss.steps.common import output_classes
-        from histowsss.steps.make_cam import multiscale_cam, patchwise_cam
+        from histowsss.steps.make_cam import image_cam
 
-        mc, cl = self.cfg.make_cam, self.cfg.backbone.channels_last
-        if mc.input_scale != 1.0:
-            img = resize(img, mc.input_scale, nearest=False)
-        if mc.patch_size:
-            _, logits = patchwise_cam(self.model, img, mc.scales, mc.flip, self.norm, self.device, mc.patch_size, cl)
-        else:
-            _, logits = multiscale_cam(self.model, img, mc.scales, mc.flip, self.norm, self.device, cl)
+        _, logits = image_cam(self.model, img, self.cfg, self.norm, self.device)
         probs = 1 / (1 + np.exp(-logits))
         return absent_classes(probs, output_classes(self.cfg), self.cfg.data.classes.names, self.gate)

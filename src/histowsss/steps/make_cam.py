@@ -99,6 +99,18 @@ def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], 
     return total.numpy(), (logit_sum / max(n_logits, 1)).cpu().numpy()  # type: ignore[union-attr]
 
 
+def image_cam(model: torch.nn.Module, img: np.ndarray, cfg: RunConfig, norm: Normalizer,
+              device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """make_cam's CAMs and mean logits of one image (as load_image returns it): ``make_cam.input_scale``, then
+    patch by patch (``make_cam.patch_size``) or whole, at ``make_cam.scales`` with ``flip``."""
+    mc, cl = cfg.make_cam, cfg.backbone.channels_last
+    if mc.input_scale != 1.0:
+        img = resize(img, mc.input_scale, nearest=False)
+    if mc.patch_size:
+        return patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size, cl)
+    return multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cl)
+
+
 def cam_path(run: RunDir, name: str) -> Path:
     return run.path / "cams" / f"{name}.npz"
 
@@ -131,13 +143,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                         continue
             img = load_image(s.image, cfg.data)
             base_hw = img.shape[:2]
-            if mc.input_scale != 1.0:
-                img = resize(img, mc.input_scale, nearest=False)
-            if mc.patch_size:
-                cam, logits = patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size,
-                                            cfg.backbone.channels_last)
-            else:
-                cam, logits = multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cfg.backbone.channels_last)
+            cam, logits = image_cam(model, img, cfg, norm, device)
             grid = (-(-base_hw[0] // STRIDE), -(-base_hw[1] // STRIDE))
             if cam.shape[1:] != grid:
                 cam = F.interpolate(torch.from_numpy(cam)[None], size=grid, mode="bilinear", align_corners=False)[0].numpy()
