@@ -116,3 +116,48 @@ def glas_dir() -> Path:
     if not (GLAS_DIR / "manifest.csv").exists():
         pytest.skip(f"GlaS data not found at {GLAS_DIR}")
     return GLAS_DIR
+
+
+# --- whole-slide images: small pyramidal, tiled TIFFs (openslide's generic-tiff) with mpp -----------------
+
+def write_slide(path: Path, rgb: np.ndarray, mpp: float | None = 0.5, levels: int = 3, tile: int = 64) -> Path:
+    """Write ``rgb`` as level 0 of a tiled TIFF pyramid (each level half the previous, uncompressed)."""
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tif:
+        lv = rgb
+        for k in range(levels):
+            kw: dict = {"subfiletype": 1} if k else {}
+            if mpp is not None:
+                kw.update(resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER")
+            tif.write(lv, tile=(tile, tile), photometric="rgb", **kw)
+            if min(lv.shape[:2]) < 2 * tile:
+                break
+            lv = np.asarray(Image.fromarray(lv).resize((lv.shape[1] // 2, lv.shape[0] // 2), Image.BILINEAR))
+    return path
+
+
+def tissue_slide_rgb(h: int = 300, w: int = 420, seed: int = 0) -> np.ndarray:
+    """Glass (near-white) with two H&E-coloured blobs holding dark 'nuclei'; deterministic."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 242, np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for cy, cx, r in ((90, 110, 70), (190, 300, 90)):
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        img[blob] = (214, 120, 180)
+    dots = rng.random((h, w)) < 0.02
+    img[dots & (img[..., 0] < 230)] = (80, 40, 120)
+    return img
+
+
+@pytest.fixture
+def make_slide():
+    """``make_slide(path, rgb, mpp=0.5, levels=3, tile=64)`` writes a pyramidal tiled TIFF (skips without tiffslide)."""
+    pytest.importorskip("tiffslide", reason="slide readers not installed (pip install 'histowsss[slides]')")
+    return write_slide
+
+
+@pytest.fixture
+def slide_file(tmp_path: Path, make_slide) -> Path:
+    """A 420 x 300 px slide at 0.5 um/px: glass with two tissue blobs."""
+    return make_slide(tmp_path / "s.tif", tissue_slide_rgb())

@@ -70,6 +70,11 @@ class PatchConfig(Strict):
     min_fraction: float = Field(0.05, ge=0.0, lt=1.0)
 
 
+# Config values that describe the data without changing any step's output: kept out of step hashes, so adding
+# them to a finished run's config does not make steps redo their work.
+HASH_EXEMPT = ("data.mpp",)
+
+
 class DataConfig(Strict):
     """Where the manifest is and how to read labels and masks."""
 
@@ -93,6 +98,9 @@ class DataConfig(Strict):
     val_splits: list[str] = Field(default_factory=list)
     test_splits: list[str] = Field(default_factory=lambda: ["test"])
     image_scale: float = Field(1.0, gt=0.0, le=4.0, description="resize every image by this factor on read")
+    mpp: float | None = Field(None, gt=0.0, description="microns per pixel of the manifest's images (before "
+                              "image_scale); predict reads whole-slide images at this resolution / image_scale. "
+                              "Not part of any step's hash")
     stain_normalization: Literal["none", "reinhard"] = "none"
     stain_reference: list[list[float]] | None = Field(None, description="[[L, a, b] mean, [L, a, b] std] for reinhard")
     patches: PatchConfig | None = None
@@ -386,6 +394,9 @@ class RunConfig(Strict):
         keeps the old behaviour) does not invalidate finished runs.
         """
         dump = self.model_dump(mode="json", exclude_defaults=True)
+        for key in HASH_EXEMPT:  # metadata no step's output depends on
+            section, name = key.split(".")
+            dump.get(section, {}).pop(name, None)
         payload = json.dumps({s: dump.get(s, {}) for s in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

@@ -128,3 +128,60 @@ def test_report_of_an_empty_run_folder(tmp_path: Path):
     assert "not run" in (tmp_path / "report.html").read_text()
     res = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def _image_slide(trained_run: Path, tmp_path: Path, make_slide, mpp=None) -> tuple[Path, np.ndarray]:
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    rgb = np.asarray(Image.open(img).convert("RGB"))
+    big = np.tile(rgb, (2, 2, 1))  # 128 x 128 level-0 px of tissue
+    return make_slide(tmp_path / "slide.tif", big, mpp=mpp, tile=32), big
+
+
+def test_predict_segments_a_slide_tile_by_tile(trained_run: Path, tmp_path: Path, make_slide):
+    slide, big = _image_slide(trained_run, tmp_path, make_slide)
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(trained_run), str(slide), "--out", str(out), "--downsample", "2",
+            "--slide-tile", "32", "--slide-margin", "8", "--out-factor", "2", "--tissue-threshold", "0.01"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "slide_slide.json").read_text())
+    assert summary["level0_size"] == [128, 128] and summary["downsample"] == 2.0 and summary["out_downsample"] == 4.0
+    assert summary["tiles"] == 4 and summary["mpp"] is None and summary["area_mm2"] is None
+    assert sum(summary["area_level0_px"].values()) == 128 * 128
+    lab = np.asarray(Image.open(out / "slide_labels.png"))
+    assert lab.shape == (32, 32) and lab.max() <= 1
+    with np.load(out / "slide_prob.npz") as z:
+        assert z["probs"].shape == (2, 32, 32) and float(z["out_downsample"]) == 4.0
+    assert np.asarray(Image.open(out / "slide_overlay.png")).shape == (32, 32, 3)
+    fc = json.loads((out / "slide.geojson").read_text())
+    for f in fc["features"]:
+        minx, miny, maxx, maxy = shape(f["geometry"]).bounds
+        assert 0 <= minx and maxx <= 128 and 0 <= miny and maxy <= 128  # level-0 pixels of the slide
+    assert not (out / "slide.partial").exists()  # the tile cache goes once the outputs are written
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, make_slide, monkeypatch):
+    from histowsss.cli import predict_cmd
+
+    slide, _ = _image_slide(trained_run, tmp_path, make_slide, mpp=0.5)
+    calls = []
+
+    def everything_malignant(model, img, cfg, device):
+        calls.append(img.shape)
+        p = np.zeros((2, *img.shape[:2]), np.float32)
+        p[1] = 1
+        return p
+
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", everything_malignant)
+    # slide at 0.5 um/px; training images at 1 um/px read at image_scale 0.5 = 2 um/px: downsample 4, 32 x 32 px
+    recs = predict_cmd.predict_images(trained_run, [slide], tmp_path / "o", min_area=0, simplify=0,
+                                      slide_options=predict_cmd.SlideOptions(train_mpp=1.0, tile_size=16, margin=0,
+                                                                              out_factor=2, tissue_threshold=0.01),
+                                      log=lambda m: None)
+    assert recs[0]["downsample"] == 4.0 and len(calls) == 4 and calls[0][:2] == (16, 16)
+    assert recs[0]["area_mm2"]["malignant"] == pytest.approx(128 * 128 * 0.25e-6)
+    (f,) = json.loads((tmp_path / "o" / "slide.geojson").read_text())["features"]
+    assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))
+    assert shape(f["geometry"]).area == pytest.approx(128 * 128, rel=0.01)  # marching squares cuts the corners

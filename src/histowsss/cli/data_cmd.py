@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histowsss.cli.common import clear_errors, console, data_config_from
+from histowsss.cli.common import clear_errors, console, data_config_from, log_line
 
 app = typer.Typer(help="Inspect, check, split and generate datasets.", no_args_is_help=True)
 
@@ -118,4 +118,35 @@ def synth(out: Path = typer.Argument(..., help="output folder"), size: int = 256
     with clear_errors():
         path = generate_synthetic_dataset(out, {"train": train, "val": val, "test": test}, size=size, seed=seed,
                                           overwrite=overwrite)
+    console.print(f"manifest: {escape(str(path))}")
+
+
+@app.command()
+def tiles(manifest: Path = typer.Argument(..., help="slide manifest: image (slide path), split, patient, labels"),
+          out: Path = typer.Option(..., "--out", "-o", help="output folder (tiles/ and manifest.csv)"),
+          tile: int = typer.Option(224, help="tile size in pixels at the target resolution"),
+          stride: Optional[int] = typer.Option(None, help="step between tiles (default: the tile size)"),
+          mpp: Optional[float] = typer.Option(None, help="target microns per pixel (needs the slides' mpp metadata)"),
+          downsample: Optional[float] = typer.Option(None, help="level-0 pixels per tile pixel (instead of --mpp)"),
+          min_tissue: float = typer.Option(0.5, help="keep tiles with more than this fraction of tissue"),
+          max_tiles: Optional[int] = typer.Option(None, help="at most this many tiles per slide (seeded random)"),
+          seed: int = 0,
+          tissue_threshold: Optional[float] = typer.Option(None, help="HSV saturation cut for tissue (default: Otsu)"),
+          backend: str = typer.Option("auto", help="auto (openslide, else tiffslide), openslide or tiffslide"),
+          mask_classes: Optional[str] = typer.Option(
+              None, help="comma-separated classes of tile mask values 0, 1, ... (needs an 'annotations' column of "
+              "QuPath GeoJSON files)"),
+          default_class: Optional[str] = typer.Option(None, help="class of annotations without a classification"),
+          ignore_unknown: bool = typer.Option(False, help="skip annotations whose class is not in --mask-classes"),
+          overwrite: bool = False) -> None:
+    """Cut whole-slide images into tiles + a manifest; every tile inherits its slide's labels, split and patient
+    (and, with QuPath annotations, gets a class mask)."""
+    from histowsss.slides.tiles import extract_tiles
+
+    with clear_errors():
+        path = extract_tiles(manifest, out, tile=tile, stride=stride, mpp=mpp, downsample=downsample,
+                             min_tissue=min_tissue, max_tiles=max_tiles, seed=seed, tissue_threshold=tissue_threshold,
+                             backend=backend, overwrite=overwrite,
+                             mask_classes=[c.strip() for c in mask_classes.split(",") if c.strip()] if mask_classes
+                             else None, default_class=default_class, ignore_unknown=ignore_unknown, log=log_line)
     console.print(f"manifest: {escape(str(path))}")

@@ -9,6 +9,10 @@ Per input image ``<stem>`` (files, or every image in a folder), into ``DIR``:
 * ``<stem>.geojson``: a QuPath-importable FeatureCollection, one annotation per connected region per
   non-background class, in level-0 pixel coordinates.
 
+Whole-slide images (openslide formats such as .svs/.ndpi/.mrxs, and tiled or pyramidal .tif/.tiff) are segmented
+tile by tile over their tissue at the training resolution, resumably; their outputs are described in
+:mod:`histowsss.slides.predict`.
+
 Existing outputs are never replaced without ``--overwrite`` (checked for every input before any work); every
 file is written atomically.
 """
@@ -16,6 +20,7 @@ file is written atomically.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -23,8 +28,11 @@ import numpy as np
 import typer
 
 from histowsss.cli.common import clear_errors, console, log_line
+from histowsss.export.overlay import overlay
+from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
 OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
 
 
@@ -33,9 +41,9 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise FileNotFoundError(f"{p}: folder holds no images or slides ({', '.join(INPUT_SUFFIXES)})")
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -54,23 +62,18 @@ def output_paths(out_dir: Path, stem: str) -> list[Path]:
     return [out_dir / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES]
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, colors: list[list[int]], background: int | None,
-            alpha: float = 0.4) -> np.ndarray:
-    """RGB image with each non-background class tinted (``alpha``) and its boundary drawn opaque."""
-    from skimage.segmentation import find_boundaries
+@dataclass
+class SlideOptions:
+    """How whole-slide inputs are read and tiled (see :mod:`histowsss.slides.predict`)."""
 
-    out = image.astype(np.float32).copy()
-    edges = find_boundaries(labels, mode="inner")
-    for c, rgb in enumerate(colors):
-        if c == background:
-            continue
-        m = labels == c
-        if not m.any():
-            continue
-        col = np.array(rgb, np.float32)
-        out[m] = (1 - alpha) * out[m] + alpha * col
-        out[m & edges] = col
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    downsample: float | None = None
+    slide_mpp: float | None = None
+    train_mpp: float | None = None
+    tile_size: int = 1024
+    margin: int = 64
+    out_factor: int = 4
+    tissue_threshold: float | None = None
+    backend: str = "auto"
 
 
 def load_run_config(run_dir: Path):
@@ -84,8 +87,11 @@ def load_run_config(run_dir: Path):
 
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
-                   min_area: float = 16.0, log=print) -> list[dict]:
-    """Segment ``inputs`` with the run's network; returns one record per image (paths, regions per class)."""
+                   min_area: float = 16.0, slide_options: SlideOptions | None = None, log=print) -> list[dict]:
+    """Segment ``inputs`` with the run's network; returns one record per image or slide (paths, regions per class).
+
+    Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`.
+    """
     from histowsss.data.io import read_rgb
     from histowsss.data.loading import load_image
     from histowsss.engine.atomic import write_bytes, write_npz, write_png
@@ -96,8 +102,12 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
 
     cfg = load_run_config(run_dir)
     files = collect_inputs(inputs)
+    slides = {f for f in files if is_slide_file(f)}
     if not overwrite:
-        existing = [p for f in files for p in output_paths(out_dir, f.stem) if p.exists()]
+        from histowsss.slides.predict import slide_output_paths
+
+        existing = [p for f in files for p in (slide_output_paths(out_dir, f.stem) if f in slides
+                                                  else output_paths(out_dir, f.stem)) if p.exists()]
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise FileExistsError(f"{existing[0]} already exists{more}; pass --overwrite to replace the outputs, "
@@ -117,6 +127,16 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for f in files:
+        if f in slides:
+            from histowsss.slides.predict import predict_slide_file
+
+            so = slide_options or SlideOptions()
+            records.append(predict_slide_file(
+                f, cfg, model, dev, out_dir, downsample=so.downsample, slide_mpp=so.slide_mpp,
+                train_mpp=so.train_mpp, tile_size=so.tile_size, margin=so.margin, out_factor=so.out_factor,
+                tissue_threshold=so.tissue_threshold, backend=so.backend, simplify=simplify, min_area=min_area,
+                network=network, log=log))
+            continue
         original = read_rgb(f)
         img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
         probs = predict_probs(model, img, cfg, dev)
@@ -153,10 +173,29 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             device: Optional[str] = typer.Option(None, help="device (default: the run config's)"),
             simplify: float = typer.Option(1.0, help="GeoJSON polygon simplification tolerance, level-0 pixels"),
             min_area: float = typer.Option(16.0, help="drop GeoJSON regions smaller than this (level-0 pixels^2)"),
+            downsample: Optional[float] = typer.Option(
+                None, help="slides: level-0 slide pixels per network pixel (default: from the slide's mpp and the "
+                "run's data.mpp / data.image_scale)"),
+            slide_mpp: Optional[float] = typer.Option(None, help="slides: level-0 microns per pixel, where the slide's "
+                                                      "metadata lacks it or is wrong"),
+            train_mpp: Optional[float] = typer.Option(None, help="slides: microns per pixel of the run's training "
+                                                      "images (default: the run config's data.mpp)"),
+            slide_tile: int = typer.Option(1024, help="slides: tile size in network pixels (a multiple of --out-factor)"),
+            slide_margin: int = typer.Option(64, help="slides: context read around every tile, network pixels"),
+            out_factor: int = typer.Option(4, help="slides: outputs are this many times coarser than the network's "
+                                           "resolution"),
+            tissue_threshold: Optional[float] = typer.Option(None, help="slides: HSV saturation above which a "
+                                                             "thumbnail pixel is tissue (default: Otsu, clipped to "
+                                                             "0.05-0.2)"),
+            slide_backend: str = typer.Option("auto", help="slides: auto (openslide, else tiffslide), openslide or "
+                                              "tiffslide"),
             ) -> None:
-    """Segment images with a run's network: labels PNG, probabilities, overlay and QuPath GeoJSON per image."""
+    """Segment images or whole-slide images with a run's network: labels PNG, probabilities, overlay and QuPath
+    GeoJSON per input (slides: tiled over their tissue at the training resolution, plus a summary JSON)."""
     with clear_errors():
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
-                              min_area=min_area, log=log_line)
+                              min_area=min_area, log=log_line,
+                              slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
+                                                         out_factor, tissue_threshold, slide_backend))
     console.print(f"{len(recs)} image(s) -> {out}")

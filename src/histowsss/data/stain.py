@@ -26,11 +26,16 @@ def lab_stats(img: np.ndarray, tissue_only: bool = True) -> tuple[np.ndarray, np
     return lab.mean(axis=0), lab.std(axis=0) + 1e-6
 
 
-def reinhard(img: np.ndarray, reference: tuple = DEFAULT_REFERENCE) -> np.ndarray:
-    """Reinhard normalisation of an RGB uint8 image to the reference LAB mean/std."""
+def reinhard(img: np.ndarray, reference: tuple = DEFAULT_REFERENCE,
+             source: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Reinhard normalisation of an RGB uint8 image to the reference LAB mean/std.
+
+    ``source``: the LAB mean/std to map from (default: the image's own). Whole-slide tiles pass the slide's
+    statistics, so every tile of a slide gets the same colour mapping whatever its content.
+    """
     from skimage.color import lab2rgb, rgb2lab
 
-    mean, std = lab_stats(img)
+    mean, std = lab_stats(img) if source is None else (np.asarray(source[0]), np.asarray(source[1]))
     lab = rgb2lab(img)
     t_mean, t_std = np.asarray(reference[0]), np.asarray(reference[1])
     lab = (lab - mean) / std * t_std + t_mean

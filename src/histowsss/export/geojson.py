@@ -68,7 +68,7 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
             poly = make_valid(poly)
         if simplify > 0:
             poly = poly.simplify(simplify, preserve_topology=True)
-        polys = _polygons_of(poly)
+        polys = polygons_of(poly)
         if not polys:
             continue
         geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
@@ -77,7 +77,8 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
     return out
 
 
-def _polygons_of(geom) -> list:
+def polygons_of(geom) -> list:
+    """The non-empty polygons of a shapely geometry (Polygon, MultiPolygon or collection); lines/points dropped."""
     from shapely.geometry import MultiPolygon, Polygon
 
     if isinstance(geom, Polygon):
@@ -85,7 +86,7 @@ def _polygons_of(geom) -> list:
     if isinstance(geom, MultiPolygon):
         return [g for g in geom.geoms if g.area > 0]
     if hasattr(geom, "geoms"):  # GeometryCollection (lines/points from make_valid are dropped)
-        return [g for sub in geom.geoms for g in _polygons_of(sub)]
+        return [g for sub in geom.geoms for g in polygons_of(sub)]
     return []
 
 

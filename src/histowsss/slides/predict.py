@@ -1,0 +1,129 @@
+"""Segment whole-slide images with a run's network and write the same outputs as for images, plus a summary.
+
+Per slide ``<stem>``, into the output folder:
+
+* ``<stem>_labels.png``: class ids (uint8) on the output grid (``out_downsample`` level-0 pixels per pixel);
+* ``<stem>_prob.npz``: ``probs`` float16 (C, h, w) on that grid, ``classes``, ``out_downsample``,
+  ``level0_size`` (H, W);
+* ``<stem>_overlay.png``: a slide thumbnail (longest side <= 4096 px) with the classes tinted and outlined;
+* ``<stem>_tissue.png``: the tissue mask the tiles were chosen from (thumbnail resolution);
+* ``<stem>.geojson``: QuPath annotations in level-0 pixel coordinates of the slide;
+* ``<stem>_slide.json``: backend, level-0 size, mpp, working downsample, tiles, timings, and the area of every
+  class (level-0 pixels, and mm^2 when the slide's mpp is known).
+
+The network sees the slide at the resolution of its training images (``data.mpp / data.image_scale`` microns per
+pixel, or ``--downsample``). Reinhard stain normalisation, when the run uses it, maps every tile with the slide's
+own LAB statistics (measured on the thumbnail's tissue), not the tile's. Finished tiles are cached in
+``<stem>.partial/`` next to the outputs, so a killed run continues where it stopped; the cache is removed once
+the outputs are written. The image-level gate (``eval_seg.image_gate``) is not applied to slides: it decides for
+a whole image, and a slide holds many regions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+SLIDE_OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", "_tissue.png", ".geojson", "_slide.json")
+
+
+def slide_output_paths(out_dir: Path, stem: str) -> list[Path]:
+    return [out_dir / f"{stem}{suf}" for suf in SLIDE_OUTPUT_SUFFIXES]
+
+
+def _stain_fn(cfg, thumb: np.ndarray, tissue: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    if cfg.data.stain_normalization != "reinhard":
+        return None
+    from histowsss.data.stain import DEFAULT_REFERENCE, lab_stats, reinhard
+
+    ref = DEFAULT_REFERENCE if cfg.data.stain_reference is None else tuple(map(tuple, cfg.data.stain_reference))
+    px = thumb[tissue] if tissue.any() else thumb.reshape(-1, 3)
+    source = lab_stats(px.reshape(-1, 1, 3))
+    return lambda rgb: reinhard(rgb, ref, source=source)
+
+
+def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, *, downsample: float | None = None,
+                       slide_mpp: float | None = None, train_mpp: float | None = None, tile_size: int = 1024,
+                       margin: int = 64, out_factor: int = 4, tissue_threshold: float | None = None,
+                       min_tissue: float = 0.0, backend: str = "auto", simplify: float = 1.0, min_area: float = 16.0,
+                       network: str = "seg", log: Callable[[str], None] = print) -> dict:
+    """Segment one slide and write its outputs (see the module docstring); returns the summary record."""
+    from PIL import Image
+
+    from histowsss.engine.atomic import write_bytes, write_json, write_npz, write_png
+    from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
+    from histowsss.export.overlay import overlay
+    from histowsss.slides.grid import tissue_tiles, working_downsample
+    from histowsss.slides.inference import predict_slide
+    from histowsss.slides.reader import open_slide
+    from histowsss.slides.tissue import tissue_mask
+    from histowsss.steps.eval_seg import predict_probs
+
+    classes = cfg.data.classes
+    names = list(classes.names)
+    colors_hex = [classes.color(n) for n in names]
+    bg = classes.background_index if classes.background_index is not None else 0
+    with open_slide(path, backend) as slide:
+        mpp = slide_mpp if slide_mpp is not None else slide.mpp
+        ds = working_downsample(path, mpp, train_mpp if train_mpp is not None else cfg.data.mpp,
+                                cfg.data.image_scale, downsample)
+        thumb, thumb_ds = slide.thumbnail(2048)
+        tissue = tissue_mask(thumb, threshold=tissue_threshold)
+        tiles = tissue_tiles(slide.dimensions, ds, tile_size, tissue, thumb_ds, min_tissue)
+        log(f"{path.name}: {slide.backend}, level 0 {slide.dimensions[0]}x{slide.dimensions[1]} px"
+            f"{f' at {mpp:.3f} um/px' if mpp else ''}, network reads it at downsample {ds:.3f}: "
+            f"{len(tiles)} tissue tile(s) of {tile_size} px")
+        stain = _stain_fn(cfg, thumb, tissue)
+        backend_used = slide.backend
+
+        def predict_fn(rgb: np.ndarray) -> np.ndarray:
+            return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
+
+        params = {"slide": str(Path(path).resolve()), "size": list(slide.dimensions), "downsample": ds,
+                  "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
+                  "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
+        cache = out_dir / f"{path.stem}.partial"
+        pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
+                             fill_class=bg, cache_dir=cache, params=params, log=log)
+        labels = pred.labels()
+        H0, W0 = slide.dimensions[1], slide.dimensions[0]
+        # overlay on a thumbnail of at most 4096 px
+        f = max(labels.shape) / 4096
+        ow, oh = (labels.shape[1], labels.shape[0]) if f <= 1 else (max(1, round(labels.shape[1] / f)),
+                                                                       max(1, round(labels.shape[0] / f)))
+        view = slide.read(0, 0, labels.shape[1] * pred.out_downsample, labels.shape[0] * pred.out_downsample, (ow, oh))
+        lab_view = np.asarray(Image.fromarray(labels).resize((ow, oh), Image.NEAREST))
+    labels_p, prob_p, overlay_p, tissue_p, geo_p, summary_p = slide_output_paths(out_dir, path.stem)
+    write_png(labels_p, labels)
+    write_npz(prob_p, probs=(pred.probs.astype(np.float32) / 255.0).astype(np.float16), classes=np.array(names),
+              out_downsample=np.array(pred.out_downsample), level0_size=np.array((H0, W0)))
+    write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
+    write_png(tissue_p, (tissue * 255).astype(np.uint8))
+    feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
+                               simplify=simplify, min_area=min_area, id_prefix=path.stem)
+    write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
+    px_area = pred.out_downsample**2
+    areas = {n: float((labels == i).sum() * px_area) for i, n in enumerate(names)}
+    record = {
+        "input": str(path), "backend": backend_used, "level0_size": [W0, H0],
+        "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
+        "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
+        "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,
+        "area_level0_px": areas,
+        "area_mm2": {n: a * (mpp * 1e-3) ** 2 for n, a in areas.items()} if mpp else None,
+        "regions": {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
+                    for i, n in enumerate(names) if i != bg},
+        "labels": str(labels_p), "probs": str(prob_p), "overlay": str(overlay_p), "tissue": str(tissue_p),
+        "geojson": str(geo_p),
+    }
+    if cfg.eval_seg.image_gate:
+        record["note"] = "eval_seg.image_gate is not applied to slides"
+    write_json(summary_p, record)
+    shutil.rmtree(cache, ignore_errors=True)
+    log(f"{path.name}: {pred.tiles_total} tiles ({pred.tiles_reused} reused) in {pred.seconds:.1f} s, "
+        f"{', '.join(f'{v} {k}' for k, v in record['regions'].items()) or 'no regions'} -> {geo_p}")
+    return record

@@ -1,0 +1,203 @@
+"""Open whole-slide images with openslide (tiffslide as the fallback) behind one small interface.
+
+Both libraries share the OpenSlide API (``dimensions``, ``level_downsamples``, ``read_region``, ``get_thumbnail``,
+``properties``); :class:`Slide` adds what the rest of histowsss needs from it: the level-0 pixel size in microns
+(``mpp``), RGB reads of any level-0 box resampled to any resolution, with the part outside the slide filled white
+(openslide returns transparent pixels there, tiffslide black ones), and a thumbnail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Formats openslide reads; .tif/.tiff files are slides only when they are tiled (see is_slide_file).
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
+INSTALL_HINT = "install the slide readers with `pip install 'histowsss[slides]'` (openslide-python, openslide-bin, tiffslide)"
+
+
+class SlideError(ValueError):
+    """A slide cannot be opened or used; the message names the file and the fix."""
+
+
+def is_slide_file(path: Path) -> bool:
+    """True for whole-slide formats, and for .tif/.tiff files that are tiled (pyramidal TIFF, OME-TIFF)."""
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    if suffix not in TIFF_SUFFIXES:
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return bool(page.is_tiled) or len(tif.series[0].levels) > 1
+    except Exception:  # an unreadable file is reported by the image reader with its own message
+        return False
+
+
+def _to_rgb(region) -> np.ndarray:
+    """PIL image (RGB or RGBA) -> RGB uint8, transparent pixels composited on white."""
+    arr = np.asarray(region)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[2] == 4:
+        alpha = arr[..., 3:4].astype(np.float32) / 255.0
+        arr = np.rint(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+@dataclass
+class Slide:
+    """An open whole-slide image. Use as a context manager or call :meth:`close`."""
+
+    path: Path
+    handle: Any
+    backend: str
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+        w, h = self.handle.dimensions
+        return int(w), int(h)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(float(d) for d in self.handle.level_downsamples)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((int(w), int(h)) for w, h in self.handle.level_dimensions)
+
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 microns per pixel from the slide's metadata (mean of x and y), or None if it has none."""
+        props = self.handle.properties
+        vals = []
+        for axis in ("x", "y"):
+            for key in (f"openslide.mpp-{axis}", f"tiffslide.mpp-{axis}"):
+                v = props.get(key)
+                if v not in (None, ""):
+                    try:
+                        f = float(v)
+                    except (TypeError, ValueError):
+                        continue
+                    if f > 0 and math.isfinite(f):
+                        vals.append(f)
+                        break
+        return float(np.mean(vals)) if vals else None
+
+    def best_level(self, downsample: float) -> int:
+        """The deepest level whose downsample is <= ``downsample`` (so reads are resampled down, never up)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    def read(self, x0: float, y0: float, w0: float, h0: float, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (size[1], size[0], 3) of the level-0 box (x0, y0, w0, h0), resampled to ``size`` (w, h).
+
+        Read from the level that fits the resampling best; the part of the box outside the slide is white.
+        """
+        from PIL import Image
+
+        out_w, out_h = size
+        W, H = self.dimensions
+        downsample = max(w0 / max(out_w, 1), h0 / max(out_h, 1))
+        level = self.best_level(downsample)
+        ds = self.level_downsamples[level]
+        canvas = np.full((out_h, out_w, 3), 255, np.uint8)
+        # the part of the box inside the slide, in level-0 pixels
+        ix0, iy0 = max(0.0, x0), max(0.0, y0)
+        ix1, iy1 = min(float(W), x0 + w0), min(float(H), y0 + h0)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return canvas
+        level_w, level_h = self.level_dimensions[level]
+        lw = max(1, min(int(math.ceil((ix1 - ix0) / ds)), level_w - int(ix0 / ds)))
+        lh = max(1, min(int(math.ceil((iy1 - iy0) / ds)), level_h - int(iy0 / ds)))
+        try:
+            region = self.handle.read_region((int(ix0), int(iy0)), level, (lw, lh))
+        except Exception as e:  # corrupt tile data, truncated file
+            raise SlideError(f"{self.path}: reading level {level} at ({int(ix0)}, {int(iy0)}) failed ({e}); the "
+                             "slide file may be truncated or corrupt: re-export or re-copy it") from e
+        rgb = _to_rgb(region)
+        # where the inside part lands in the output grid
+        sx, sy = out_w / w0, out_h / h0
+        ox0, oy0 = int(round((ix0 - x0) * sx)), int(round((iy0 - y0) * sy))
+        ox1, oy1 = int(round((ix1 - x0) * sx)), int(round((iy1 - y0) * sy))
+        ow, oh = max(1, min(out_w, ox1) - ox0), max(1, min(out_h, oy1) - oy0)
+        if rgb.shape[1] != ow or rgb.shape[0] != oh:
+            rgb = np.asarray(Image.fromarray(rgb).resize((ow, oh), Image.LANCZOS if ow < rgb.shape[1] else
+                                                        Image.BILINEAR))
+        canvas[oy0 : oy0 + oh, ox0 : ox0 + ow] = rgb[: out_h - oy0, : out_w - ox0]
+        return canvas
+
+    def thumbnail(self, max_size: int = 2048, band_pixels: int = 32_000_000) -> tuple[np.ndarray, float]:
+        """RGB thumbnail whose longest side is at most ``max_size``, and its downsample (level-0 px per px).
+
+        Read in horizontal bands of at most ``band_pixels`` source pixels, so a slide without a pyramid (one huge
+        level) is thumbnailed in bounded memory.
+        """
+        W, H = self.dimensions
+        f = max(W, H) / max_size
+        tw, th = (W, H) if f <= 1 else (max(1, int(round(W / f))), max(1, int(round(H / f))))
+        level = self.best_level(W / tw)
+        ds = self.level_downsamples[level]
+        level_w = self.level_dimensions[level][0]
+        rows_per_px = (H / th) / ds  # source rows (at the level read) per thumbnail row
+        band = max(1, int(band_pixels // max(level_w, 1) / max(rows_per_px, 1e-9)))
+        parts = [self.read(0, o0 * H / th, W, (min(th, o0 + band) - o0) * H / th, (tw, min(th, o0 + band) - o0))
+                 for o0 in range(0, th, band)]
+        return np.concatenate(parts, axis=0), W / tw
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slide(path: Path | str, backend: str = "auto") -> Slide:
+    """Open a slide with openslide, or tiffslide when openslide is missing or refuses the file.
+
+    ``backend``: ``auto``, ``openslide`` or ``tiffslide``. Errors name the file and what to do.
+    """
+    path = Path(path)
+    if backend not in ("auto", "openslide", "tiffslide"):
+        raise ValueError(f"unknown slide backend {backend!r}; choose auto, openslide or tiffslide")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: slide not found; check the path")
+    tried: list[str] = []
+    if backend in ("auto", "openslide"):
+        try:
+            import openslide
+
+            return Slide(path, openslide.OpenSlide(str(path)), "openslide")
+        except ImportError as e:
+            tried.append(f"openslide not importable ({e})")
+        except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError
+            tried.append(f"openslide: {type(e).__name__}: {e}")
+    if backend in ("auto", "tiffslide"):
+        try:
+            import tiffslide
+
+            return Slide(path, tiffslide.TiffSlide(str(path)), "tiffslide")
+        except ImportError as e:
+            tried.append(f"tiffslide not importable ({e})")
+        except Exception as e:
+            tried.append(f"tiffslide: {type(e).__name__}: {e}")
+    if all("not importable" in t for t in tried):
+        raise SlideError(f"{path}: no slide reader available; {INSTALL_HINT}")
+    raise SlideError(f"{path}: cannot be opened as a whole-slide image ({'; '.join(tried)}); check that the file "
+                     "is complete (for .mrxs the folder of the same name must sit beside it) and in a format "
+                     "openslide supports")

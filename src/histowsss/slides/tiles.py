@@ -1,0 +1,140 @@
+"""Cut whole-slide images into a tile folder with a manifest, so slide-level labels train the whole pipeline.
+
+Input: a slide manifest (CSV; ``image`` = slide path relative to the CSV's folder, ``split``, ``patient``, label
+column(s), any other columns). Output, in ``out_dir``: ``tiles/<slide stem>/<stem>_x<X>_y<Y>.png`` (X, Y: the
+tile's top-left corner in level-0 slide pixels) and ``manifest.csv`` with one row per tile: the slide's row with
+``image`` replaced by the tile, plus ``slide``, ``x``, ``y``, ``tissue`` (the tile's tissue fraction). Every tile
+inherits its slide's labels (multiple-instance style: a tile of a malignant slide is "possibly malignant"), so
+``data.patches`` is not needed; a patient-grouped split stays patient-grouped. Tiles are taken at the resolution
+asked (``mpp``, or ``downsample`` level-0 pixels per tile pixel), only where the tissue mask covers more than
+``min_tissue`` of the tile; ``max_tiles`` keeps a seeded random subset per slide. Tiles already on disk are
+reused, so an interrupted run continues; the manifest is written last, atomically.
+
+With an ``annotations`` column (a QuPath GeoJSON export per slide, relative to the CSV) and ``mask_classes``, each
+tile also gets a class mask rasterised from the annotations (:mod:`histowsss.slides.annotations`), so tiles of
+annotated slides can be evaluated like GlaS (``data.mask_mode: class_ids`` with the classes in that order).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Callable
+
+
+class SlideManifestError(ValueError):
+    """The slide manifest cannot be used; the message names the file, the row and the fix."""
+
+
+def read_slide_manifest(path: Path) -> list[dict[str, str]]:
+    """Rows of a slide manifest (stripped strings), checked for the columns tiling needs."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: slide manifest not found; pass the path of a CSV with columns image, "
+                                "split, patient and the label column(s)")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    missing = [c for c in ("image", "split", "patient") if c not in columns]
+    if missing:
+        raise SlideManifestError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)}); a "
+                                 "slide manifest needs image (slide path), split and patient, plus the label column")
+    clash = [c for c in ("slide", "x", "y", "tissue") if c in columns]
+    if clash:
+        raise SlideManifestError(f"{path}: column(s) {', '.join(clash)} are written by tiling; rename them")
+    if not rows:
+        raise SlideManifestError(f"{path}: no slides listed")
+    return rows
+
+
+def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | None = None,
+                  mpp: float | None = None, downsample: float | None = None, min_tissue: float = 0.5,
+                  max_tiles: int | None = None, seed: int = 0, tissue_threshold: float | None = None,
+                  backend: str = "auto", overwrite: bool = False, mask_classes: list[str] | None = None,
+                  default_class: str | None = None, ignore_unknown: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
+    """Write tiles of every slide of ``manifest`` and ``out_dir/manifest.csv``; returns the manifest path.
+
+    With an ``annotations`` column (QuPath GeoJSON per slide) and ``mask_classes``, every tile also gets a class
+    mask (``masks/<slide>/<tile>.png``, pixel = index in ``mask_classes``) and the manifest a ``mask`` column.
+    """
+    from rich.progress import track
+
+    from histowsss.data.manifest import write_manifest
+    from histowsss.engine.atomic import write_png
+    from histowsss.slides.grid import Tile, tissue_fraction, working_downsample, working_size
+    from histowsss.slides.reader import open_slide
+    from histowsss.slides.tissue import tissue_mask
+
+    out_manifest = out_dir / "manifest.csv"
+    if out_manifest.exists() and not overwrite:
+        raise FileExistsError(f"{out_manifest} already exists; pass --overwrite to tile again, or choose another "
+                              "--out folder")
+    if (mpp is None) == (downsample is None):
+        raise ValueError("give exactly one of --mpp (microns per tile pixel) or --downsample (level-0 pixels per "
+                         "tile pixel)")
+    stride = stride or tile
+    if tile < 8 or stride < 1:
+        raise ValueError(f"tile ({tile}) must be >= 8 and stride ({stride}) >= 1")
+    rows = read_slide_manifest(manifest)
+    root = manifest.parent
+    annotated = "annotations" in rows[0]
+    if annotated and not mask_classes:
+        raise ValueError(f"{manifest}: has an annotations column; pass --mask-classes (e.g. background,gland: the "
+                         "class of mask value 0, 1, ...) to turn the annotations into tile masks")
+    if mask_classes and not annotated:
+        raise ValueError(f"{manifest}: --mask-classes needs an 'annotations' column (a QuPath GeoJSON export per slide)")
+    if annotated and "mask" in rows[0]:
+        raise SlideManifestError(f"{manifest}: has both 'mask' and 'annotations'; tile masks are written from the "
+                                 "annotations into the 'mask' column: rename or drop 'mask'")
+    problems = [f"row {i}: {root / r['image']} not found" for i, r in enumerate(rows, start=2)
+                if not (root / r["image"]).exists()]
+    if problems:
+        raise FileNotFoundError(f"{manifest}: " + "; ".join(problems[:10]) + " (paths are relative to the manifest's "
+                                "folder; fix them or remove the rows)")
+    out_rows: list[dict[str, str]] = []
+    for i, r in enumerate(rows, start=2):
+        path = root / r["image"]
+        ann = None
+        if annotated and r["annotations"]:
+            from histowsss.slides.annotations import read_annotations
+
+            ann = read_annotations(root / r["annotations"], list(mask_classes or []), default_class, ignore_unknown)
+        with open_slide(path, backend) as slide:
+            ds = working_downsample(path, slide.mpp, mpp, 1.0, downsample)
+            thumb, thumb_ds = slide.thumbnail(2048)
+            tissue = tissue_mask(thumb, threshold=tissue_threshold)
+            ww, wh = working_size(slide.dimensions, ds)
+            cells = []
+            for y in range(0, max(1, wh - tile + 1), stride):
+                for x in range(0, max(1, ww - tile + 1), stride):
+                    f = tissue_fraction(Tile(x, y, tile), ds, tissue, thumb_ds)
+                    if f > min_tissue:
+                        cells.append((x, y, f))
+            if max_tiles is not None and len(cells) > max_tiles:
+                cells = sorted(random.Random(f"{seed}/{path.name}").sample(cells, max_tiles), key=lambda c: (c[1], c[0]))
+            sub = out_dir / "tiles" / path.stem
+            for x, y, f in track(cells, description=f"{path.name}: tiles", transient=True):
+                x0, y0 = int(round(x * ds)), int(round(y * ds))
+                name = f"{path.stem}_x{x0}_y{y0}.png"
+                dest = sub / name
+                box = (x * ds, y * ds, tile * ds, tile * ds)
+                if not dest.exists() or overwrite:
+                    write_png(dest, slide.read(*box, (tile, tile)))
+                row = {**r, "image": str(dest.relative_to(out_dir)), "slide": r["image"], "x": str(x0),
+                       "y": str(y0), "tissue": f"{f:.3f}"}
+                if annotated:
+                    row["mask"] = ""
+                    if ann is not None:
+                        mdest = out_dir / "masks" / path.stem / name
+                        if not mdest.exists() or overwrite:
+                            write_png(mdest, ann.rasterize(*box, (tile, tile)))
+                        row["mask"] = str(mdest.relative_to(out_dir))
+                out_rows.append(row)
+        log(f"{path.name}: {len(cells)} tile(s) of {tile} px at downsample {ds:.3f}")
+    if not out_rows:
+        raise ValueError(f"{manifest}: no tile holds more than {min_tissue:.0%} tissue; lower --min-tissue or "
+                         "--tissue-threshold, or check the slides")
+    write_manifest(out_manifest, out_rows)
+    return out_manifest

@@ -1,0 +1,94 @@
+"""QuPath GeoJSON annotations -> tile class masks (and through `histowsss data tiles`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from histowsss.slides.annotations import AnnotationError, read_annotations
+from tests.conftest import tissue_slide_rgb
+
+runner = CliRunner()
+
+
+def feature(coords, name=None, kind="Polygon"):
+    props = {"objectType": "annotation"}
+    if name is not None:
+        props["classification"] = {"name": name, "color": [255, 0, 0]}
+    return {"type": "Feature", "geometry": {"type": kind, "coordinates": coords}, "properties": props}
+
+
+def square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def write_geojson(path: Path, feats, bare_list=False) -> Path:
+    path.write_text(json.dumps(feats if bare_list else {"type": "FeatureCollection", "features": feats}))
+    return path
+
+
+def test_polygons_holes_and_order_are_rasterised(tmp_path: Path):
+    gj = write_geojson(tmp_path / "a.geojson", [
+        feature([square(100, 50, 200, 150), square(140, 90, 160, 110)], "gland"),  # with a hole
+        feature([square(180, 130, 260, 170)], "tumour"),  # drawn over the gland
+        feature([120, 60], "gland", kind="Point"),  # no area: ignored
+    ], bare_list=True)
+    ann = read_annotations(gj, ["background", "gland", "tumour"])
+    m = ann.rasterize(0, 0, 400, 300, (200, 150))  # downsample 2
+    assert m.shape == (150, 200) and m.dtype == np.uint8
+    assert (m[25:45, 50:70] == 1).all() and (m[46:54, 71:79] == 0).all()  # gland, its hole
+    assert (m[65:85, 90:130] == 2).all() and m[65:75, 85].tolist() == [1] * 10
+    assert m[:24].max() == 0 and m[:, :49].max() == 0
+    assert (m == 1).sum() == pytest.approx(50 * 50 - 10 * 10 - 10 * 10, abs=150)
+    part = ann.rasterize(150, 100, 100, 100, (50, 50))  # a box inside: same pixels as the big map
+    np.testing.assert_array_equal(part, m[50:100, 75:125])
+
+
+def test_annotation_errors_name_the_feature_and_fix(tmp_path: Path):
+    gj = write_geojson(tmp_path / "b.geojson", [feature([square(0, 0, 10, 10)], "Stroma")])
+    with pytest.raises(AnnotationError, match=r"b.geojson: feature 0 has class 'Stroma'.*--ignore-unknown"):
+        read_annotations(gj, ["background", "gland"])
+    assert read_annotations(gj, ["background", "gland"], ignore_unknown=True).geometries == []
+    gj2 = write_geojson(tmp_path / "c.geojson", [feature([square(0, 0, 10, 10)])])
+    with pytest.raises(AnnotationError, match="no classification.*--default-class"):
+        read_annotations(gj2, ["background", "gland"])
+    assert read_annotations(gj2, ["background", "gland"], default_class="gland").labels == [1]
+    (tmp_path / "d.geojson").write_text("{not json")
+    with pytest.raises(AnnotationError, match="d.geojson: not a GeoJSON"):
+        read_annotations(tmp_path / "d.geojson", ["background"])
+    with pytest.raises(FileNotFoundError, match="e.geojson.*QuPath"):
+        read_annotations(tmp_path / "e.geojson", ["background"])
+
+
+def test_tiles_of_an_annotated_slide_get_aligned_masks(tmp_path: Path, make_slide):
+    (tmp_path / "slides").mkdir()
+    make_slide(tmp_path / "slides" / "a.tif", tissue_slide_rgb(), mpp=0.25)
+    # the first tissue blob of tissue_slide_rgb (centre (x 110, y 90), radius 70) annotated as one square
+    write_geojson(tmp_path / "slides" / "a.geojson", [feature([square(60, 40, 160, 140)], "gland")])
+    m = tmp_path / "slides.csv"
+    m.write_text("image,split,patient,label,annotations\nslides/a.tif,test,p1,malignant,slides/a.geojson\n")
+    out = tmp_path / "tiles"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "20", "--downsample", "2",
+                            "--mask-classes", "background,gland"])
+    assert r.exit_code == 0, r.output
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(x["mask"] for x in rows)
+    for x in rows:
+        mask = np.asarray(Image.open(out / x["mask"]))
+        x0, y0 = int(x["x"]), int(x["y"])
+        yy, xx = np.mgrid[0:20, 0:20] * 2 + 1  # level-0 centre of every tile pixel
+        want = ((xx + x0 >= 60) & (xx + x0 < 160) & (yy + y0 >= 40) & (yy + y0 < 140)).astype(np.uint8)
+        np.testing.assert_array_equal(mask, want)
+    assert any(np.asarray(Image.open(out / x["mask"])).any() for x in rows)
+    r = runner.invoke(app, ["data", "check", str(out / "manifest.csv")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "t2"), "--downsample", "2"])
+    assert r.exit_code == 2 and "--mask-classes" in r.output

@@ -1,0 +1,89 @@
+"""Opening slides with openslide / tiffslide: metadata, reads outside the slide, resampling, clear errors."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from histowsss.slides.reader import SlideError, is_slide_file, open_slide
+from tests.conftest import tissue_slide_rgb
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_both_backends_read_the_same_pixels_and_mpp(slide_file: Path, backend: str):
+    pytest.importorskip(backend)
+    rgb = tissue_slide_rgb()
+    with open_slide(slide_file, backend) as s:
+        assert s.backend == backend
+        assert s.dimensions == (420, 300) and s.mpp == pytest.approx(0.5)
+        assert s.level_downsamples[:2] == pytest.approx((1.0, 2.0))
+        np.testing.assert_array_equal(s.read(10, 20, 50, 40, (50, 40)), rgb[20:60, 10:60])
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_outside_the_slide_is_white(slide_file: Path, backend: str):
+    pytest.importorskip(backend)
+    with open_slide(slide_file, backend) as s:
+        r = s.read(400, 290, 40, 20, (40, 20))  # 20 x 10 inside, the rest outside
+        np.testing.assert_array_equal(r[:10, :20], tissue_slide_rgb()[290:300, 400:420])
+        assert (r[10:] == 255).all() and (r[:, 20:] == 255).all()
+        assert (s.read(-100, -100, 50, 50, (10, 10)) == 255).all()
+
+
+def test_downsampled_reads_use_a_pyramid_level(slide_file: Path):
+    with open_slide(slide_file) as s:
+        assert s.best_level(2.0) == 1 and s.best_level(1.9) == 0 and s.best_level(100) == len(s.level_downsamples) - 1
+        r = s.read(0, 0, 420, 300, (105, 75))  # downsample 4
+        ref = np.asarray(Image.fromarray(tissue_slide_rgb()).resize((105, 75), Image.BILINEAR))
+        assert r.shape == (75, 105, 3)
+        assert np.abs(r.astype(int) - ref).mean() < 12  # same picture, other resampling path
+        thumb, ds = s.thumbnail(100)
+        assert max(thumb.shape[:2]) == 100 and ds == pytest.approx(4.2)
+
+
+def test_mpp_is_none_without_metadata(tmp_path: Path, make_slide):
+    path = make_slide(tmp_path / "nompp.tif", tissue_slide_rgb(), mpp=None)
+    with open_slide(path) as s:
+        assert s.mpp is None
+
+
+def test_slide_file_detection(tmp_path: Path, slide_file: Path):
+    plain = tmp_path / "plain.tif"
+    Image.fromarray(tissue_slide_rgb()).save(plain)  # strip-based TIFF: an ordinary image
+    png = tmp_path / "a.png"
+    Image.fromarray(tissue_slide_rgb()).save(png)
+    assert is_slide_file(slide_file) and not is_slide_file(plain) and not is_slide_file(png)
+    assert is_slide_file(tmp_path / "x.svs")  # by suffix
+
+
+def test_errors_name_the_file_and_the_fix(tmp_path: Path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nope.svs"):
+        open_slide(tmp_path / "nope.svs")
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a slide at all")
+    with pytest.raises(SlideError, match="broken.svs.*cannot be opened"):
+        open_slide(bad)
+    with pytest.raises(ValueError, match="unknown slide backend"):
+        open_slide(bad, "bioformats")
+    real_import = builtins.__import__
+
+    def no_readers(name, *a, **k):
+        if name in ("openslide", "tiffslide"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_readers)
+    with pytest.raises(SlideError, match=r"broken.svs.*pip install 'histowsss\[slides\]'"):
+        open_slide(bad)
+
+
+def test_thumbnail_in_bands_equals_one_read(slide_file: Path):
+    with open_slide(slide_file) as s:
+        whole, ds = s.thumbnail(210)
+        banded, ds2 = s.thumbnail(210, band_pixels=5000)  # 5000 px of level 1 (210 wide) = 23 rows a band
+    assert ds == ds2 == pytest.approx(2.0) and whole.shape == banded.shape == (150, 210, 3)
+    np.testing.assert_array_equal(whole, banded)

@@ -1,0 +1,85 @@
+"""`histowsss data tiles`: slides + slide labels -> a tile folder and a manifest the pipeline trains on."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from tests.conftest import tissue_slide_rgb
+
+runner = CliRunner()
+
+
+def slide_manifest(root: Path, make_slide) -> Path:
+    (root / "slides").mkdir(parents=True)
+    make_slide(root / "slides" / "a.tif", tissue_slide_rgb(seed=0), mpp=0.25)
+    make_slide(root / "slides" / "b.tif", tissue_slide_rgb(seed=1)[::-1].copy(), mpp=0.25)
+    m = root / "slides.csv"
+    m.write_text("image,split,patient,label,site\nslides/a.tif,train,p1,malignant,colon\n"
+                 "slides/b.tif,test,p2,benign,rectum\n")
+    return m
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiles_inherit_labels_and_hold_the_slide_pixels(tmp_path: Path, make_slide):
+    m = slide_manifest(tmp_path, make_slide)
+    out = tmp_path / "tiles"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "32", "--mpp", "0.5"])
+    assert r.exit_code == 0, r.output
+    rows = rows_of(out / "manifest.csv")
+    by_slide = {s: [x for x in rows if x["slide"] == s] for s in ("slides/a.tif", "slides/b.tif")}
+    assert all(by_slide.values())
+    for x in by_slide["slides/a.tif"]:
+        assert (x["split"], x["patient"], x["label"], x["site"]) == ("train", "p1", "malignant", "colon")
+        assert float(x["tissue"]) > 0.5
+    for x in by_slide["slides/b.tif"]:
+        assert (x["split"], x["patient"], x["label"]) == ("test", "p2", "benign")
+    x = by_slide["slides/a.tif"][0]
+    tile = np.asarray(Image.open(out / x["image"]))
+    assert tile.shape == (32, 32, 3) and re.search(r"a_x\d+_y\d+\.png$", x["image"])
+    x0, y0 = int(x["x"]), int(x["y"])  # level-0 corner; the tile is 64 level-0 px at half resolution
+    ref = np.asarray(Image.fromarray(tissue_slide_rgb(seed=0)[y0 : y0 + 64, x0 : x0 + 64]).resize((32, 32),
+                                                                                                  Image.BILINEAR))
+    assert np.abs(tile.astype(int) - ref).mean() < 10
+    # the pipeline's own checks accept it: every tile opens, labels are known, no patient in two splits
+    r = runner.invoke(app, ["data", "check", str(out / "manifest.csv")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["data", "stats", str(out / "manifest.csv")])
+    assert r.exit_code == 0 and "warn" not in r.output.lower(), r.output
+
+
+def test_max_tiles_and_overwrite(tmp_path: Path, make_slide):
+    m = slide_manifest(tmp_path, make_slide)
+    out = tmp_path / "tiles"
+    args = ["data", "tiles", str(m), "--out", str(out), "--tile", "16", "--downsample", "2", "--max-tiles", "3"]
+    assert runner.invoke(app, args).exit_code == 0
+    rows = rows_of(out / "manifest.csv")
+    assert len(rows) == 6
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert runner.invoke(app, [*args, "--overwrite", "--seed", "1"]).exit_code == 0
+
+
+def test_bad_slide_manifests_are_explained(tmp_path: Path, make_slide):
+    m = slide_manifest(tmp_path, make_slide)
+    out = tmp_path / "o"
+    m.write_text(m.read_text() + "slides/gone.tif,train,p3,benign,colon\n")
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--mpp", "0.5"])
+    assert r.exit_code == 2 and "row 4" in r.output and "gone.tif" in r.output
+    bad = tmp_path / "nopatient.csv"
+    bad.write_text("image,split,label\nslides/a.tif,train,benign\n")
+    r = runner.invoke(app, ["data", "tiles", str(bad), "--out", str(out), "--mpp", "0.5"])
+    assert r.exit_code == 2 and "patient" in r.output
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out)])
+    assert r.exit_code == 2 and "--mpp" in r.output
+    assert not (out / "manifest.csv").exists()
