@@ -99,7 +99,7 @@ def test_reading_ahead_on_threads_gives_the_same_map(slide_file: Path):
     with open_slide(slide_file) as s:
         one = predict_slide(s, tiles, dark_pixels, 2, 1.0, margin=8, progress=False, read_threads=0)
         three = predict_slide(s, tiles, dark_pixels, 2, 1.0, margin=8, progress=False, read_threads=3)
-    assert three.timings["read_threads"] == 3
+    assert three.timings["read_threads"] == 3 and three.timings["network_mpx"] == pytest.approx(35 * 80 * 80 / 1e6, rel=0.3)
     np.testing.assert_array_equal(one.probs, three.probs)
 
 

@@ -140,6 +140,7 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
         prepare_cache(cache_dir, params or {}, log)
     t0 = time.perf_counter()
     t_net = 0.0
+    net_px = 0
     reused = 0
     n = size // out_factor
     read_s: list[float] = []
@@ -173,6 +174,7 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
             tb = time.perf_counter()
             p = np.asarray(predict_fn(rgb), dtype=np.float32)
             t_net += time.perf_counter() - tb
+            net_px += rgb.shape[0] * rgb.shape[1]
             cw, ch = core_size(tile, (ww, wh))
             if p.shape != (n_classes, *rgb.shape[:2]):
                 raise ValueError(f"predict_fn returned shape {p.shape}, expected {(n_classes, *rgb.shape[:2])}")
@@ -186,4 +188,4 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
     secs = time.perf_counter() - t0
     return SlidePrediction(probs, downsample * out_factor, len(tiles), reused, secs,
                            {"read_s": round(sum(read_s), 2), "network_s": round(t_net, 2),
-                            "read_threads": threads})
+                            "network_mpx": round(net_px / 1e6, 3), "read_threads": threads})
