@@ -93,7 +93,8 @@ class DataConfig(Strict):
         "binary_image_label: mask>0 takes the image's own (non-background) label, background elsewhere",
     )
     mask_foreground_class: str | None = None
-    points_column: str | None = None
+    points_column: str | None = Field(None, description="column of clicks 'x y class; x y class; ...' (level-0 "
+                                      "pixels of the image); see the points section")
     train_splits: list[str] = Field(default_factory=lambda: ["train"])
     val_splits: list[str] = Field(default_factory=list)
     test_splits: list[str] = Field(default_factory=lambda: ["test"])
@@ -355,6 +356,19 @@ class EvalSegConfig(Strict):
         return self
 
 
+class PointsConfig(Strict):
+    """Sparse point annotations (clicks): where they come from and how far a click's class reaches."""
+
+    file: Path | None = Field(None, description="CSV of clicks: image (the manifest name), x, y (level-0 pixels of "
+                              "the image), class; joined with data.points_column when both are given")
+    radius: float = Field(8.0, ge=0.0, description="a click labels the disk of this radius (level-0 pixels) around "
+                          "it; at least the pixel or grid cell it falls in")
+    use_in: list[Literal["ir_label", "sem_seg", "train_seg"]] = Field(
+        default_factory=lambda: ["ir_label", "sem_seg", "train_seg"],
+        description="where clicks act: ir_label (confident seeds of IRN), sem_seg (seed the random walk and fix "
+        "the pseudo-mask at the clicks), train_seg (fix the weak labels at the clicks)")
+
+
 class RunConfig(Strict):
     """The whole pipeline's configuration."""
 
@@ -375,6 +389,7 @@ class RunConfig(Strict):
     ins_seg: InsSegConfig = Field(default_factory=InsSegConfig)
     train_seg: TrainSegConfig = Field(default_factory=TrainSegConfig)
     eval_seg: EvalSegConfig = Field(default_factory=EvalSegConfig)
+    points: PointsConfig = Field(default_factory=PointsConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -238,3 +238,38 @@ def test_patch_label_gating_constrains_every_label_map(dataset: Path, tmp_path: 
         if s.labels == ("malignant",):
             refused += int((~allowed[1]).sum())
     assert refused > 0  # the gate did refuse the malignant class somewhere in malignant images
+
+
+def test_clicks_fix_ir_seeds_and_pseudo_masks(dataset: Path, tmp_path: Path):
+    """points: a click's disk takes its class in the IR seeds and in the pseudo-mask, even against the CAM."""
+    from PIL import Image
+
+    base = make_cfg(dataset, "train_irn.epochs=1")
+    s_mal = next(s for s in samples_for(base, ["train"]) if s.labels == ("malignant",))
+    gt = load_class_mask(s_mal, base.data)
+    ys, xs = np.nonzero(gt == 0)  # a click calling background "malignant", and one calling a gland "benign"
+    yb, xb = ys[len(ys) // 2], xs[len(xs) // 2]
+    ys, xs = np.nonzero(gt == 1)
+    yg, xg = ys[len(ys) // 2], xs[len(xs) // 2]
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(f"image,x,y,class\n{s_mal.name},{xb + 0.5},{yb + 0.5},malignant\n"
+                      f"{s_mal.name},{xg + 0.5},{yg + 0.5},benign\n")
+    cfg = make_cfg(dataset, "train_irn.epochs=1", f"points.file={clicks}", "points.radius=4")
+    run = prepared_run(tmp_path / "run", cfg)
+    cam_to_ir_label.run(cfg, run)
+    train_irn.run(cfg, run)
+    make_sem_seg_labels.run(cfg, run)
+    ir = np.asarray(Image.open(run.path / "ir_labels" / f"{s_mal.name}.png"))
+    pseudo = np.asarray(Image.open(run.path / "pseudo" / f"{s_mal.name}.png"))
+    assert ir[yb // 4, xb // 4] == 1 and ir[yg // 4, xg // 4] == 0
+    assert (pseudo[yb - 2 : yb + 3, xb - 2 : xb + 3] == 1).all() and (pseudo[yg - 2 : yg + 3, xg - 2 : xg + 3] == 0).all()
+    assert gt[yb, xb] == 0 and gt[yg, xg] == 1  # both clicks contradict the (ground-truth-made) CAMs
+
+
+def test_seed_cams_puts_clicks_into_the_walk():
+    cam = np.full((2, 4, 4), 0.3, np.float32)
+    clicks = np.full((4, 4), 255, np.uint8)
+    clicks[0, 0], clicks[3, 3] = 2, 0  # class ids: channel 0 = class 1, channel 1 = class 2; 0 = background
+    out, present = make_sem_seg_labels.seed_cams(cam, np.array([True, False]), [1, 2], clicks)
+    assert out[1, 0, 0] == 1 and out[0, 0, 0] == 0 and (out[:, 3, 3] == 0).all() and out[0, 1, 1] == 0.3
+    assert present.tolist() == [True, True] and cam[1, 0, 0] == 0.3  # input untouched

@@ -400,3 +400,23 @@ def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset:
     (ck / "seg_m1.safetensors").unlink()
     with pytest.raises(StepError, match="seg_m1.*missing"):
         train_seg.load_segnet(cfg, run.path, "seg")
+
+
+def test_clicks_overwrite_weak_labels_at_their_resolution(tmp_path):
+    from histowsss.data.manifest import Sample
+    from histowsss.steps.train_seg import click_labels
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    clicks = tmp_path / "c.csv"
+    clicks.write_text("image,x,y,class\na,30,20,malignant\n")
+    s = Sample(name="a", image=img, split="train", patient="p", labels=("malignant",))
+    cfg = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"points.file={clicks}", "points.radius=4"])
+    half = click_labels(cfg, [s], [np.zeros((20, 30), np.uint8)])[0]  # labels at image_scale 0.5
+    assert half[10, 15] == 1 and half[10, 12] == 0  # radius 4 level-0 px = 2 px at half size
+    assert (half == 1).sum() == pytest.approx(np.pi * 4, abs=4)
+    full = click_labels(cfg, [s], [np.zeros((40, 60), np.uint8)])[0]
+    assert (full == 1).sum() == pytest.approx(np.pi * 16, abs=8)
+    off = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"points.file={clicks}",
+                               "points.use_in=[ir_label]"])
+    assert (click_labels(off, [s], [np.zeros((40, 60), np.uint8)])[0] == 0).all()

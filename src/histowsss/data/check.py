@@ -83,6 +83,16 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than the crop/patch size "
                 f"{min_size}; lower the crop size (train_cam.crop_size / data.patches.size), set "
                 "data.patches.border=pad, or remove the image"))
+        if s.points:
+            from histowsss.data.points import PointsError, check_points, parse_points
+
+            try:
+                for msg in check_points(parse_points(s.points, cfg.classes, f"{cfg.points_column} column"), (w, h),
+                                        f"{cfg.points_column} column"):
+                    problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
+                                            "y = row) of the image"))
+            except PointsError as e:
+                problems.append(Problem("error", image, str(e)))
         if s.mask is not None:
             mask = str(s.mask)
             try:

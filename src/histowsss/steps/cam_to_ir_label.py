@@ -5,7 +5,8 @@ class ids, 255 = ignore; with ``ir_label.crf`` also ``ir_labels_crf/<name>.png``
 a sweep of (conf_fg, conf_bg) pairs scored against the train masks (precision of the confident pixels and
 coverage, on the stride-4 grid with the ground truth sampled at cell centres) and the pair used.
 The labelling rules are in :mod:`histowsss.ops.ir_labels`; with ``eval_cam.label_gating: patch`` the labels
-are then gated by the patch labels (:mod:`histowsss.data.label_gate`).
+are then gated by the patch labels (:mod:`histowsss.data.label_gate`); clicks (``points``, with ``ir_label`` in
+``points.use_in``) then set their disks to their class (:mod:`histowsss.data.points`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from histowsss.config import RunConfig
 from histowsss.data.label_gate import cell_centres, force_single, present_classes
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
+from histowsss.data.points import apply_points, point_map, sample_points, uses_points
 from histowsss.data.masks import load_class_mask
 from histowsss.engine.atomic import write_json, write_png
 from histowsss.engine.run_dir import RunDir
@@ -32,7 +34,7 @@ STEP = "cam_to_ir_label"
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the config sections this step depends on."""
-    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", *gate_sections(cfg))
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", "points", *gate_sections(cfg))
 
 
 def label_dir_name(cfg: RunConfig) -> str:
@@ -124,6 +126,9 @@ def _process_image(cfg: RunConfig, run: RunDir, sample: Sample, present: np.ndar
         out["ir_labels_crf"] = _crf(cfg, sample, maps, grid_size(size))
     if gate is not None:
         out = {k: force_single(v, gate, IGNORE) for k, v in out.items()}
+    if uses_points(cfg, "ir_label"):  # clicks are confident labels whatever the CAM says
+        pm = point_map(sample_points(cfg, sample), cam.shape[1:], cfg.data.image_scale / STRIDE, cfg.points.radius)
+        out = {k: apply_points(v, pm) for k, v in out.items()}
     for folder, lab in out.items():
         write_png(run.path / folder / f"{sample.name}.png", lab)
     return out

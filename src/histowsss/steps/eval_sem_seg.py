@@ -44,7 +44,7 @@ CC_COLUMN = "mask_cc"
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the config sections this step depends on."""
-    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "eval_cam", "ir_label", "train_irn",
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "eval_cam", "ir_label", "points", "train_irn",
                          "sem_seg", "ins_seg")
 
 

@@ -35,6 +35,7 @@ from histowsss.config import RunConfig
 from histowsss.data.label_gate import cell_centres, force_single, present_classes, sample_gate, uses_patch_gate
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
+from histowsss.data.points import apply_points, point_map, sample_points, uses_points
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz, write_png
 from histowsss.engine.device import resolve_device
@@ -46,7 +47,7 @@ from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, ca
                                         load_cam, load_irn, presence, read_png, require_cams, resuming)
 
 STEP = "make_sem_seg_labels"
-BASE_SECTIONS = ("data", "backbone", "train_cam", "make_cam", "ir_label", "train_irn", "sem_seg")
+BASE_SECTIONS = ("data", "backbone", "train_cam", "make_cam", "ir_label", "points", "train_irn", "sem_seg")
 
 
 def uses_eval_cam(cfg: RunConfig) -> bool:
@@ -161,6 +162,22 @@ def gate_cams(cfg: RunConfig, sample: Sample, cam_norm: np.ndarray, present: np.
     return cam_norm * cell_centres(allowed, cam_norm.shape[1:], STRIDE)[ids], present_classes(allowed, ids), allowed
 
 
+def seed_cams(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[int], clicks: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Clicks as random-walk seeds: on a click's cells (``clicks``, class ids on the CAM grid, 255 elsewhere) the
+    normalised CAM (K, h, w) of the click's class is 1 and every other channel 0 (a background click in
+    absence mode zeroes all channels: background by the threshold); a clicked class becomes present."""
+    out = cam_norm.copy()
+    on = clicks != 255
+    present = present.copy()
+    for ch, cid in enumerate(class_ids):
+        out[ch][on] = 0.0
+        mine = clicks == cid
+        out[ch][mine] = 1.0
+        present[ch] = present[ch] or bool(mine.any())
+    return out, present
+
+
 def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device: torch.device, sample: Sample,
                    present: np.ndarray, cam_hash: str, bg_value: float) -> bool:
     """IRN inference + random walk for one image; writes irn/<name>.npz and pseudo/<name>.png; returns has_fg."""
@@ -174,9 +191,17 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
     write_npz(run.path / "irn" / f"{sample.name}.npz", boundary=boundary.cpu().numpy().astype(np.float16),
               dp=dp.cpu().numpy().astype(np.float16))
     cam_norm, present, allowed = gate_cams(cfg, sample, normalize_cams(cam), present)
+    clicks = sample_points(cfg, sample) if uses_points(cfg, "sem_seg") else []
+    if clicks:
+        cam_norm, present = seed_cams(cam_norm, present, cam_class_ids(cfg),
+                                      point_map(clicks, cam_norm.shape[1:], cfg.data.image_scale / STRIDE,
+                                                cfg.points.radius))
     lab, has_fg = walk_labels(torch.from_numpy(cam_norm).to(device), present, cam_class_ids(cfg),
                               background_id(cfg), cam_mode(cfg), boundary.float(), size, bg_value, ss.radius,
                               ss.beta, ss.exp_times, allowed)
+    if clicks:
+        lab = apply_points(lab, point_map(clicks, lab.shape, cfg.data.image_scale, cfg.points.radius))
+        has_fg = bool(np.any(lab != background_id(cfg)))
     write_png(run.path / "pseudo" / f"{sample.name}.png", lab)
     return has_fg
 

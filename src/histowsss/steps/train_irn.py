@@ -42,7 +42,8 @@ COPY_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the config sections this step depends on."""
-    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", "train_irn", *gate_sections(cfg))
+    return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", "points", "train_irn",
+                         *gate_sections(cfg))
 
 
 def pad_to_multiple(img: np.ndarray, m: int) -> np.ndarray:

@@ -83,7 +83,7 @@ def _upstream_hash(cfg: RunConfig) -> str:
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of this step's inputs: the label source's own hash + the data and train_seg sections."""
-    payload = f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg')}"
+    payload = f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}"
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -226,13 +226,34 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str)
 
 def weak_label_filters(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
     """The weak labels as train_seg learns them: the boundary band (``train_seg.boundary_ignore``), then the patch
-    veto (``train_seg.patch_veto``), each turning pixels into ignore. Returns new arrays."""
+    veto (``train_seg.patch_veto``), each turning pixels into ignore, then the clicks (:func:`click_labels`).
+    Returns new arrays."""
     r = cfg.train_seg.boundary_ignore
     if r:
         from histowsss.ops.label_band import ignore_boundary_band
 
         labels = [ignore_boundary_band(lab, r, IGNORE) for lab in labels]
-    return veto_labels(cfg, samples, labels)
+    return click_labels(cfg, samples, veto_labels(cfg, samples, labels))
+
+
+def click_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
+    """Clicks (``points``, with ``train_seg`` in ``points.use_in``) set their disks to their class in the weak
+    labels, at the labels' own resolution. Returns new arrays."""
+    from histowsss.data.points import apply_points, point_map, sample_points, uses_points
+
+    if not uses_points(cfg, "train_seg"):
+        return labels
+    from histowsss.data.io import image_size
+
+    out = []
+    for s, lab in zip(samples, labels):
+        clicks = sample_points(cfg, s)
+        if not clicks:
+            out.append(lab)
+            continue
+        scale = lab.shape[0] / image_size(s.image)[0]  # labels at the image's own or at data.image_scale size
+        out.append(apply_points(lab, point_map(clicks, lab.shape, scale, cfg.points.radius)))
+    return out
 
 
 def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:

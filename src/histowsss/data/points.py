@@ -1,0 +1,134 @@
+"""Sparse point annotations: a few clicked pixels per image, each with a class.
+
+Sources (joined): the manifest's ``data.points_column`` (``"x y class; x y class"``, commas also accepted between
+the numbers) and the CSV ``points.file`` (columns ``image`` = the manifest name, ``x``, ``y``, ``class``). Coordinates
+are level-0 pixels of the image (x = column, y = row; QuPath's point coordinates), classes are names of
+``data.classes`` (or their indices). A click labels the disk of ``points.radius`` level-0 pixels around it, at
+least the pixel or grid cell it falls in; where disks of different classes overlap, the later click wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histowsss.config import ClassMap, RunConfig
+from histowsss.data.manifest import Sample
+
+IGNORE = 255
+
+
+class PointsError(ValueError):
+    """Clicks that cannot be used; the message names the file or image, the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One click: level-0 pixel coordinates and a class index."""
+
+    x: float
+    y: float
+    cls: int
+
+
+def _class_index(token: str, classes: ClassMap, where: str) -> int:
+    if token in classes.names:
+        return classes.index(token)
+    if token.isdigit() and int(token) < len(classes.names):
+        return int(token)
+    raise PointsError(f"{where}: unknown class {token!r}; known classes: {', '.join(classes.names)}")
+
+
+def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Point]:
+    """Parse ``"x y class; x y class"`` (commas or spaces between the three fields)."""
+    out = []
+    for k, part in enumerate(p.strip() for p in (text or "").split(";")):
+        if not part:
+            continue
+        fields = [f for f in re.split(r"[,\s]+", part) if f]
+        if len(fields) != 3:
+            raise PointsError(f"{where}: click {k + 1} {part!r} must be 'x y class'")
+        try:
+            x, y = float(fields[0]), float(fields[1])
+        except ValueError:
+            raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be numbers") from None
+        out.append(Point(x, y, _class_index(fields[2], classes, where)))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _read_file(path: str, mtime: float, names: tuple[str, ...]) -> dict[str, tuple[Point, ...]]:
+    classes = ClassMap(names=list(names))
+    out: dict[str, list[Point]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("image", "x", "y", "class") if c not in cols]
+        if missing:
+            raise PointsError(f"{path}: missing column(s) {', '.join(missing)}; a points file has image (the manifest "
+                              "name), x, y (level-0 pixels) and class")
+        for i, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            where = f"{path}, row {i}"
+            try:
+                x, y = float(row["x"]), float(row["y"])
+            except ValueError:
+                raise PointsError(f"{where}: x and y must be numbers, got {row['x']!r}, {row['y']!r}") from None
+            out.setdefault(row["image"], []).append(Point(x, y, _class_index(row["class"], classes, where)))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def read_points_file(path: Path, classes: ClassMap) -> dict[str, tuple[Point, ...]]:
+    """Clicks of ``points.file`` by image name (cached while the file is unchanged)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: points file not found; fix points.file (a CSV with image, x, y, class)")
+    return _read_file(str(path), path.stat().st_mtime, tuple(classes.names))
+
+
+def uses_points(cfg: RunConfig, where: str) -> bool:
+    """True when clicks are configured and act in ``where`` (ir_label, sem_seg, train_seg)."""
+    return (cfg.points.file is not None or cfg.data.points_column is not None) and where in cfg.points.use_in
+
+
+def sample_points(cfg: RunConfig, sample: Sample) -> list[Point]:
+    """All clicks of one image (manifest column, then points file)."""
+    pts = parse_points(sample.points or "", cfg.data.classes, f"{sample.name} ({cfg.data.points_column})")
+    if cfg.points.file is not None:
+        pts += list(read_points_file(Path(cfg.points.file), cfg.data.classes).get(sample.name, ()))
+    return pts
+
+
+def point_map(points: list[Point], shape: tuple[int, int], scale: float, radius: float) -> np.ndarray:
+    """uint8 (h, w): the class of every labelled pixel, 255 elsewhere, on a grid of ``scale`` pixels per level-0
+    pixel (image_scale for working-resolution maps, image_scale / 4 for the stride-4 grid)."""
+    h, w = shape
+    out = np.full((h, w), IGNORE, np.uint8)
+    r = radius * scale
+    for p in points:
+        cx, cy = p.x * scale, p.y * scale
+        x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)) + 1)
+        y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue  # outside the image
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        disk = ((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r) if r >= 0.5 else np.zeros(xx.shape, bool)
+        disk |= (xx == min(w - 1, int(cx))) & (yy == min(h - 1, int(cy)))  # the click's own pixel / cell
+        out[y0:y1, x0:x1][disk] = p.cls
+    return out
+
+
+def apply_points(labels: np.ndarray, pmap: np.ndarray) -> np.ndarray:
+    """``labels`` with every clicked pixel set to its click's class."""
+    return np.where(pmap != IGNORE, pmap, labels).astype(labels.dtype)
+
+
+def check_points(points: list[Point], size_wh: tuple[int, int], where: str) -> list[str]:
+    """Problems with one image's clicks (outside the image), for ``histowsss data check``."""
+    w, h = size_wh
+    return [f"{where}: click ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image" for p in points
+            if not (0 <= p.x < w and 0 <= p.y < h)]

@@ -1,0 +1,91 @@
+"""Sparse clicks: parsing, the points file, rasterising disks, and `data check` on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histowsss.config import ClassMap, load_config
+from histowsss.data.manifest import Sample
+from histowsss.data.points import (Point, PointsError, apply_points, parse_points, point_map, read_points_file,
+                                   sample_points, uses_points)
+
+CLASSES = ClassMap(names=["background", "gland"], background="background")
+
+
+def test_parse_points_formats_and_errors():
+    assert parse_points("10 20 gland; 3.5,4 background;", CLASSES) == [Point(10, 20, 1), Point(3.5, 4, 0)]
+    assert parse_points("1 2 1", CLASSES) == [Point(1, 2, 1)]  # class indices work too
+    assert parse_points("", CLASSES) == []
+    with pytest.raises(PointsError, match=r"img7: unknown class 'tumour'; known classes: background, gland"):
+        parse_points("1 2 tumour", CLASSES, "img7")
+    with pytest.raises(PointsError, match="click 2 '5 gland' must be 'x y class'"):
+        parse_points("1 2 gland; 5 gland", CLASSES)
+    with pytest.raises(PointsError, match="must be numbers"):
+        parse_points("a b gland", CLASSES)
+
+
+def test_point_map_draws_disks_at_scale():
+    m = point_map([Point(20, 10, 1)], (20, 40), scale=1.0, radius=3)
+    ys, xs = np.nonzero(m == 1)
+    # the click (20, 10) is the corner of pixel (row 10, col 20); pixel centres are at +0.5
+    assert m[10, 20] == 1 and m[10, 17] == 1 and m[10, 22] == 1 and m[10, 16] == 255 and m[10, 23] == 255
+    assert abs(len(ys) - np.pi * 9) < 6
+    g = point_map([Point(20, 10, 1)], (5, 10), scale=0.25, radius=0)  # stride-4 grid: the click's own cell
+    assert g[2, 5] == 1 and (g != 255).sum() == 1
+    later = point_map([Point(5, 5, 1), Point(6, 5, 0)], (10, 10), 1.0, 2)
+    assert later[5, 6] == 0 and later[5, 3] == 1  # the later click wins where disks overlap
+    assert (point_map([Point(100, 100, 1)], (10, 10), 1.0, 2) == 255).all()  # outside: nothing
+    lab = np.zeros((20, 40), np.uint8)
+    assert apply_points(lab, m)[10, 20] == 1 and apply_points(lab, m)[0, 0] == 0
+
+
+def test_points_file_and_column_are_joined(tmp_path: Path):
+    f = tmp_path / "clicks.csv"
+    f.write_text("image,x,y,class\na,1,2,gland\na,3,4,background\nb,5,6,gland\n")
+    assert read_points_file(f, CLASSES)["a"] == (Point(1, 2, 1), Point(3, 4, 0))
+    cfg = load_config("glas-gland", [f"points.file={f}", "data.points_column=clicks"])
+    assert uses_points(cfg, "ir_label") and uses_points(cfg, "train_seg")
+    assert not uses_points(load_config("glas-gland"), "ir_label")
+    s = Sample(name="a", image=tmp_path / "a.png", split="train", patient="p", labels=(), points="7 8 gland")
+    assert sample_points(cfg, s) == [Point(7, 8, 1), Point(1, 2, 1), Point(3, 4, 0)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,x,class\na,1,gland\n")
+    with pytest.raises(PointsError, match="bad.csv: missing column.*y"):
+        read_points_file(bad, CLASSES)
+    bad.write_text("image,x,y,class\na,1,2,stroma\n")
+    with pytest.raises(PointsError, match="bad.csv, row 2: unknown class 'stroma'"):
+        read_points_file(bad, CLASSES)
+    with pytest.raises(FileNotFoundError, match="nope.csv.*points.file"):
+        read_points_file(tmp_path / "nope.csv", CLASSES)
+
+
+def test_points_enter_the_hashes_of_the_steps_that_use_them(tmp_path: Path):
+    from histowsss.steps import cam_to_ir_label, make_cam, make_sem_seg_labels, train_irn, train_seg
+
+    f = tmp_path / "clicks.csv"
+    f.write_text("image,x,y,class\n")
+    plain, clicked = load_config("glas-gland"), load_config("glas-gland", [f"points.file={f}"])
+    assert make_cam.config_hash(plain) == make_cam.config_hash(clicked)  # the CAM stage is reused
+    for step in (cam_to_ir_label, train_irn, make_sem_seg_labels, train_seg):
+        assert step.config_hash(plain) != step.config_hash(clicked)
+
+
+def test_data_check_reports_bad_clicks(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "images" / "b.png")
+    (tmp_path / "m.csv").write_text("image,split,patient,label,clicks\nimages/a.png,train,p1,gland,40 5 gland\n"
+                                    "images/b.png,train,p2,gland,1 1 stroma\n")
+    r = CliRunner().invoke(app, ["data", "check", str(tmp_path / "m.csv"), "--set", "data.points_column=clicks"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 1
+    assert "a.png" in out and "click (40, 5) lies outside the 30x20 image" in out
+    assert "b.png" in out and "unknown class 'stroma'" in out
