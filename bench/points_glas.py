@@ -1,8 +1,11 @@
-"""Benchmark: sparse clicks on top of the crop labels (glas-gland): how much do a few points per image add?
+"""Benchmark: sparse clicks on top of the weak labels: how much do a few points per image add?
 
 Usage::
 
     python bench/points_glas.py --protocol glas-gland --profile cpu [--bg-clicks 3] [--radius 8] [--seed 0]
+    python bench/points_glas.py --protocol glas-malignant --profile cpu
+
+(glas-malignant: a gland click takes its image's grade, malignant or benign; background clicks are benign.)
 
 Simulated annotator: on every GlaS **train** image, one click per gland (at the point of the gland's connected
 component farthest from its outline, as a pathologist clicks a gland's middle; ``masks_cc``) and ``--bg-clicks``
@@ -84,7 +87,7 @@ def link_cam_stage(src: Path, dst: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", choices=["glas-gland"], default="glas-gland")
+    ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], default="glas-gland")
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--bg-clicks", type=int, default=3)
     ap.add_argument("--radius", type=float, default=8.0)
@@ -133,8 +136,11 @@ def main() -> None:
         ir = tr["ir_labels"]
         return {"train_cam_miou": tr["cam"]["miou"], "train_ir_confident_miou": ir["confident_only"]["miou"],
                 "train_ir_coverage": ir["coverage"], "train_pseudo_miou": tr["irn_pseudo"]["miou"],
-                "test_miou": seg["all"]["miou"],
+                f"train_pseudo_iou_{fg}": tr["irn_pseudo"]["per_class"][fg]["iou"],
+                "test_miou": seg["all"]["miou"], f"test_iou_{fg}": seg["all"]["per_class"][fg]["iou"],
                 "test_per_split": {k: v["miou"] for k, v in seg["splits"].items()}}
+
+    fg = next(c for c in cfg.data.classes.names if c != cfg.data.classes.background)
 
     with_clicks, without = stage_numbers(dst), stage_numbers(src)
     step_wall = {s: json.loads((dst / "status" / f"{s}.json").read_text())["wall_s"] for s in STEPS}
@@ -144,7 +150,8 @@ def main() -> None:
                           "clicked_pixel_pct": round(100 * clicked / total, 3)},
                "with_clicks": with_clicks, "without_clicks": without,
                "gain": {k: round(with_clicks[k] - without[k], 2) for k in
-                        ("train_cam_miou", "train_ir_confident_miou", "train_pseudo_miou", "test_miou")},
+                        ("train_cam_miou", "train_ir_confident_miou", "train_pseudo_miou", f"train_pseudo_iou_{fg}",
+                         "test_miou", f"test_iou_{fg}")},
                "step_seconds": step_wall}
     config = {"source_run": str(src.relative_to(ROOT)), "run": str(dst.relative_to(ROOT)),
               "clicks_file": str(clicks.relative_to(ROOT)), "bg_clicks": args.bg_clicks, "seed": args.seed,

@@ -83,3 +83,17 @@ def test_bad_slide_manifests_are_explained(tmp_path: Path, make_slide):
     r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out)])
     assert r.exit_code == 2 and "--mpp" in r.output
     assert not (out / "manifest.csv").exists()
+
+
+def test_slides_without_mpp_and_clashing_names(tmp_path: Path, make_slide):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    make_slide(tmp_path / "a" / "s.tif", tissue_slide_rgb(), mpp=None)
+    make_slide(tmp_path / "b" / "s.tif", tissue_slide_rgb(), mpp=None)
+    m = tmp_path / "slides.csv"
+    m.write_text("image,split,patient,label\na/s.tif,train,p1,benign\n")
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "o"), "--mpp", "0.5"])
+    assert r.exit_code == 2 and "s.tif" in r.output and "--downsample" in r.output
+    m.write_text("image,split,patient,label\na/s.tif,train,p1,benign\nb/s.tif,train,p2,benign\n")
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "o"), "--downsample", "2"])
+    assert r.exit_code == 2 and "rows 2 and 3" in " ".join(r.output.split())

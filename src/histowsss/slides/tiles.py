@@ -48,6 +48,25 @@ def read_slide_manifest(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def tissue_cells(slide, downsample: float, tile: int, stride: int, min_tissue: float,
+                 tissue_threshold: float | None) -> list[tuple[int, int, float]]:
+    """(x, y, tissue fraction) of every ``tile``-pixel cell (``stride`` apart, working pixels at ``downsample``)
+    whose tissue fraction on the slide's thumbnail mask is above ``min_tissue``."""
+    from histowsss.slides.grid import Tile, tissue_fraction, working_size
+    from histowsss.slides.tissue import tissue_mask
+
+    thumb, thumb_ds = slide.thumbnail(2048)
+    tissue = tissue_mask(thumb, threshold=tissue_threshold)
+    ww, wh = working_size(slide.dimensions, downsample)
+    cells = []
+    for y in range(0, max(1, wh - tile + 1), stride):
+        for x in range(0, max(1, ww - tile + 1), stride):
+            f = tissue_fraction(Tile(x, y, tile), downsample, tissue, thumb_ds)
+            if f > min_tissue:
+                cells.append((x, y, f))
+    return cells
+
+
 def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | None = None,
                   mpp: float | None = None, downsample: float | None = None, min_tissue: float = 0.5,
                   max_tiles: int | None = None, seed: int = 0, tissue_threshold: float | None = None,
@@ -63,9 +82,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
 
     from histowsss.data.manifest import write_manifest
     from histowsss.engine.atomic import write_png
-    from histowsss.slides.grid import Tile, tissue_fraction, working_downsample, working_size
+    from histowsss.slides.grid import working_downsample
     from histowsss.slides.reader import open_slide
-    from histowsss.slides.tissue import tissue_mask
 
     out_manifest = out_dir / "manifest.csv"
     if out_manifest.exists() and not overwrite:
@@ -90,6 +108,13 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                                  "annotations into the 'mask' column: rename or drop 'mask'")
     problems = [f"row {i}: {root / r['image']} not found" for i, r in enumerate(rows, start=2)
                 if not (root / r["image"]).exists()]
+    stems: dict[str, int] = {}
+    for i, r in enumerate(rows, start=2):
+        stem = Path(r["image"]).stem
+        if stem in stems:
+            problems.append(f"rows {stems[stem]} and {i}: two slides named {stem!r} would share tiles/{stem}/ "
+                            "(rename one)")
+        stems.setdefault(stem, i)
     if problems:
         raise FileNotFoundError(f"{manifest}: " + "; ".join(problems[:10]) + " (paths are relative to the manifest's "
                                 "folder; fix them or remove the rows)")
@@ -102,16 +127,11 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
 
             ann = read_annotations(root / r["annotations"], list(mask_classes or []), default_class, ignore_unknown)
         with open_slide(path, backend) as slide:
+            if downsample is None and slide.mpp is None:
+                raise ValueError(f"{path}: the slide's metadata has no microns-per-pixel value, so --mpp cannot be "
+                                 "met; pass --downsample (level-0 pixels per tile pixel) instead")
             ds = working_downsample(path, slide.mpp, mpp, 1.0, downsample)
-            thumb, thumb_ds = slide.thumbnail(2048)
-            tissue = tissue_mask(thumb, threshold=tissue_threshold)
-            ww, wh = working_size(slide.dimensions, ds)
-            cells = []
-            for y in range(0, max(1, wh - tile + 1), stride):
-                for x in range(0, max(1, ww - tile + 1), stride):
-                    f = tissue_fraction(Tile(x, y, tile), ds, tissue, thumb_ds)
-                    if f > min_tissue:
-                        cells.append((x, y, f))
+            cells = tissue_cells(slide, ds, tile, stride, min_tissue, tissue_threshold)
             if max_tiles is not None and len(cells) > max_tiles:
                 cells = sorted(random.Random(f"{seed}/{path.name}").sample(cells, max_tiles), key=lambda c: (c[1], c[0]))
             sub = out_dir / "tiles" / path.stem
