@@ -73,6 +73,8 @@ class PatchConfig(Strict):
 # Config values that describe the data without changing any step's output: kept out of step hashes, so adding
 # them to a finished run's config does not make steps redo their work.
 HASH_EXEMPT = ("data.mpp",)
+# Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
+LATE_SECTIONS = ("points",)
 
 
 class DataConfig(Strict):
@@ -412,7 +414,9 @@ class RunConfig(Strict):
         for key in HASH_EXEMPT:  # metadata no step's output depends on
             section, name = key.split(".")
             dump.get(section, {}).pop(name, None)
-        payload = json.dumps({s: dump.get(s, {}) for s in sections}, sort_keys=True)
+        # a section added after runs existed enters only when it holds a non-default value, so those runs stay valid
+        payload = json.dumps({s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -89,3 +89,10 @@ def test_data_check_reports_bad_clicks(tmp_path: Path):
     assert r.exit_code == 1
     assert "a.png" in out and "click (40, 5) lies outside the 30x20 image" in out
     assert "b.png" in out and "unknown class 'stroma'" in out
+
+
+def test_runs_made_before_points_existed_keep_their_hashes(tmp_path: Path):
+    plain = load_config("glas-gland")
+    assert plain.step_hash("data", "ir_label", "points") == plain.step_hash("data", "ir_label")
+    clicked = load_config("glas-gland", [f"points.file={tmp_path / 'c.csv'}"])
+    assert clicked.step_hash("data", "ir_label", "points") != clicked.step_hash("data", "ir_label")
