@@ -19,8 +19,8 @@ from histowsss.config import RunConfig
 from histowsss.data.label_gate import cell_centres, force_single, present_classes
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
-from histowsss.data.points import apply_points, point_map, sample_points, uses_points
 from histowsss.data.masks import load_class_mask
+from histowsss.data.points import apply_points, point_map, sample_points, uses_points
 from histowsss.engine.atomic import write_json, write_png
 from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.cam_labels import normalize_cams
