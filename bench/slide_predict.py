@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -128,9 +129,11 @@ def main() -> None:
         path = work / f"glas_{variant}.tif"
         corners = build_slide(path, images, gap)
         out = work / f"pred_{variant}"
-        for f in out.glob(f"{path.stem}*"):
+        for f in out.glob(f"{path.stem}*"):  # outputs and the tile cache of an earlier, interrupted run
             if f.is_file():
                 f.unlink()
+            elif f.is_dir():
+                shutil.rmtree(f)
         t0 = time.perf_counter()
         rec = predict_slide_file(path, cfg, model, dev, out, train_mpp=0.62, out_factor=1, log=print)
         secs = time.perf_counter() - t0
@@ -140,7 +143,7 @@ def main() -> None:
         crops = [lab[y : y + h, x : x + w] for y, x in corners]
         agree = float(np.mean([np.mean(c == o) for c, o in zip(crops, own)]))
         m = {**scores(crops, gts), "agreement_with_per_image": round(100 * agree, 2), "seconds": round(secs, 1),
-             "tiles": rec["tiles"], "level0_size": rec["level0_size"], "timings": rec["timings"],
+             "tiles": rec["tiles"], "tiles_reused": rec["tiles_reused"], "level0_size": rec["level0_size"], "timings": rec["timings"],
              "network_mpx_per_s": round(rec["timings"]["network_mpx"] / max(rec["timings"]["network_s"], 1e-9), 3),
              "tissue_mpx_per_s": round(len(images) * h * w / 1e6 / secs, 3)}
         band = np.zeros((h, w), bool)
