@@ -5,7 +5,12 @@ Usage::
     python bench/points_glas.py --protocol glas-gland --profile cpu [--bg-clicks 3] [--radius 8] [--seed 0]
     python bench/points_glas.py --protocol glas-malignant --profile cpu
 
+    python bench/points_glas.py --protocol glas-gland --profile cpu --placement errors [--error-clicks 8]
+
 (glas-malignant: a gland click takes its image's grade, malignant or benign; background clicks are benign.)
+``--placement errors`` simulates a correcting annotator instead: the middle of each of the ``--error-clicks``
+largest wrongly labelled regions of the source run's own pseudo-masks, with the true class there (written to
+``..._errors``).
 
 Simulated annotator: on every GlaS **train** image, one click per gland (at the point of the gland's connected
 component farthest from its outline, as a pathologist clicks a gland's middle; ``masks_cc``) and ``--bg-clicks``
@@ -68,6 +73,37 @@ def simulate_clicks(samples, cfg, bg_clicks: int, seed: int, min_bg_dist: float 
     return rows
 
 
+def corrective_clicks(samples, cfg, run: Path, k: int, min_area: int = 20) -> list[dict]:
+    """Clicks on the errors of ``run``'s pseudo-masks: the middle of each of the ``k`` largest wrongly labelled
+    regions per image, with the ground-truth class there (an annotator correcting what the pipeline showed)."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from histowsss.data.masks import load_class_mask
+
+    names = cfg.data.classes.names
+    rows = []
+    for s in samples:
+        gt = load_class_mask(s, cfg.data)
+        pseudo = np.asarray(Image.open(run / "pseudo" / f"{s.name}.png"))
+        if pseudo.shape != gt.shape:
+            raise SystemExit(f"{s.name}: pseudo-mask {pseudo.shape} vs mask {gt.shape}")
+        wrong = (pseudo != gt) & (gt != 255)
+        lab, n = ndimage.label(wrong, structure=np.ones((3, 3), bool))
+        if not n:
+            continue
+        areas = np.bincount(lab.ravel())[1:]
+        for i in np.argsort(-areas)[:k]:
+            if areas[i] < min_area:
+                break
+            dt = ndimage.distance_transform_edt(np.pad(lab == i + 1, 1))[1:-1, 1:-1]
+            y, x = np.unravel_index(int(dt.argmax()), dt.shape)
+            scale = cfg.data.image_scale  # masks are at image_scale; clicks are level-0 pixels
+            rows.append({"image": s.name, "x": (float(x) + 0.5) / scale, "y": (float(y) + 0.5) / scale,
+                         "class": names[int(gt[y, x])]})
+    return rows
+
+
 def link_cam_stage(src: Path, dst: Path) -> None:
     """A run folder holding the CAM stage of ``src``: large read-only files hard-linked, small ones copied."""
     if dst.exists():
@@ -92,6 +128,10 @@ def main() -> None:
     ap.add_argument("--bg-clicks", type=int, default=3)
     ap.add_argument("--radius", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--placement", choices=["centre", "errors"], default="centre",
+                    help="centre: every gland's middle + --bg-clicks; errors: the middle of the --error-clicks largest "
+                    "errors of the run's own pseudo-masks (a correcting annotator)")
+    ap.add_argument("--error-clicks", type=int, default=8)
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
 
@@ -110,11 +150,13 @@ def main() -> None:
             raise SystemExit(f"{src / rel} missing: run the protocol's CAM, IRN and weak segmentation benches first")
     base = load_config(str(src / "config.yaml"), ["train_seg.supervised=false"])
     train = samples_for(base, list(base.data.train_splits))
-    clicks = ROOT / "bench" / "work" / "points" / f"{args.protocol}_clicks.csv"
+    tag = "" if args.placement == "centre" else "_errors"
+    clicks = ROOT / "bench" / "work" / "points" / f"{args.protocol}{tag}_clicks.csv"
     clicks.parent.mkdir(parents=True, exist_ok=True)
-    rows = simulate_clicks(train, base, args.bg_clicks, args.seed)
+    rows = (simulate_clicks(train, base, args.bg_clicks, args.seed) if args.placement == "centre"
+            else corrective_clicks(train, base, src, args.error_clicks))
     write_manifest(clicks, [{k: str(v) for k, v in r.items()} for r in rows])
-    dst = ROOT / "bench" / "work" / f"points_{args.protocol}.{args.profile}"
+    dst = ROOT / "bench" / "work" / f"points_{args.protocol}{tag}.{args.profile}"
     link_cam_stage(src, dst)
     cfg = load_config(str(src / "config.yaml"), ["train_seg.supervised=false", f"points.file={clicks}",
                                                  f"points.radius={args.radius}"])
@@ -154,10 +196,12 @@ def main() -> None:
                          "test_miou", f"test_iou_{fg}")},
                "step_seconds": step_wall}
     config = {"source_run": str(src.relative_to(ROOT)), "run": str(dst.relative_to(ROOT)),
-              "clicks_file": str(clicks.relative_to(ROOT)), "bg_clicks": args.bg_clicks, "seed": args.seed,
+              "clicks_file": str(clicks.relative_to(ROOT)), "placement": args.placement,
+              "bg_clicks": args.bg_clicks if args.placement == "centre" else None,
+              "error_clicks": args.error_clicks if args.placement == "errors" else None, "seed": args.seed,
               "points": cfg.points.model_dump(mode="json"), "train_seg": cfg.train_seg.model_dump(mode="json"),
               "note": "radius fixed a priori; test ground truth only reported"}
-    path = write_result(args.name or f"points_{args.protocol}", args.profile, time.time() - t0, config, metrics, [])
+    path = write_result(args.name or f"points_{args.protocol}{tag}", args.profile, time.time() - t0, config, metrics, [])
     print(json.dumps(metrics, indent=2), path)
 
 
