@@ -94,7 +94,7 @@ def main() -> None:
     from histowsss.data.manifest import read_manifest
     from histowsss.data.masks import load_class_mask
     from histowsss.engine.device import resolve_device
-    from histowsss.slides.predict import predict_slide_file
+    from histowsss.slides.predict import SlideOptions, predict_slide_file
     from histowsss.steps.eval_seg import predict_probs
     from histowsss.steps.train_seg import load_segnet
 
@@ -135,7 +135,7 @@ def main() -> None:
             elif f.is_dir():
                 shutil.rmtree(f)
         t0 = time.perf_counter()
-        rec = predict_slide_file(path, cfg, model, dev, out, train_mpp=0.62, out_factor=1, log=print)
+        rec = predict_slide_file(path, cfg, model, dev, out, SlideOptions(train_mpp=0.62, out_factor=1), log=print)
         secs = time.perf_counter() - t0
         from PIL import Image
 

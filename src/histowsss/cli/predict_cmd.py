@@ -20,7 +20,6 @@ file is written atomically.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +28,7 @@ import typer
 
 from histowsss.cli.common import clear_errors, console, log_line
 from histowsss.export.overlay import overlay
+from histowsss.slides.predict import SlideOptions
 from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -60,20 +60,6 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
 
 def output_paths(out_dir: Path, stem: str) -> list[Path]:
     return [out_dir / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES]
-
-
-@dataclass
-class SlideOptions:
-    """How whole-slide inputs are read and tiled (see :mod:`histowsss.slides.predict`)."""
-
-    downsample: float | None = None
-    slide_mpp: float | None = None
-    train_mpp: float | None = None
-    tile_size: int = 1024
-    margin: int = 64
-    out_factor: int = 4
-    tissue_threshold: float | None = None
-    backend: str = "auto"
 
 
 def load_run_config(run_dir: Path):
@@ -130,12 +116,8 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         if f in slides:
             from histowsss.slides.predict import predict_slide_file
 
-            so = slide_options or SlideOptions()
-            records.append(predict_slide_file(
-                f, cfg, model, dev, out_dir, downsample=so.downsample, slide_mpp=so.slide_mpp,
-                train_mpp=so.train_mpp, tile_size=so.tile_size, margin=so.margin, out_factor=so.out_factor,
-                tissue_threshold=so.tissue_threshold, backend=so.backend, simplify=simplify, min_area=min_area,
-                network=network, log=log))
+            records.append(predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
+                                              simplify=simplify, min_area=min_area, network=network, log=log))
             continue
         original = read_rgb(f)
         img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised

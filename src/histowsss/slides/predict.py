@@ -23,10 +23,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+@dataclass
+class SlideOptions:
+    """How whole-slide inputs are read and tiled (``histowsss predict`` options)."""
+
+    downsample: float | None = None
+    slide_mpp: float | None = None
+    train_mpp: float | None = None
+    tile_size: int = 1024
+    margin: int = 64
+    out_factor: int = 4
+    tissue_threshold: float | None = None
+    backend: str = "auto"
+
 
 SLIDE_OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", "_tissue.png", ".geojson", "_slide.json")
 
@@ -46,11 +61,9 @@ def _stain_fn(cfg, thumb: np.ndarray, tissue: np.ndarray) -> Callable[[np.ndarra
     return lambda rgb: reinhard(rgb, ref, source=source)
 
 
-def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, *, downsample: float | None = None,
-                       slide_mpp: float | None = None, train_mpp: float | None = None, tile_size: int = 1024,
-                       margin: int = 64, out_factor: int = 4, tissue_threshold: float | None = None,
-                       min_tissue: float = 0.0, backend: str = "auto", simplify: float = 1.0, min_area: float = 16.0,
-                       network: str = "seg", log: Callable[[str], None] = print) -> dict:
+def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: SlideOptions | None = None, *,
+                       min_tissue: float = 0.0, simplify: float = 1.0, min_area: float = 16.0, network: str = "seg",
+                       log: Callable[[str], None] = print) -> dict:
     """Segment one slide and write its outputs (see the module docstring); returns the summary record."""
     from PIL import Image
 
@@ -63,6 +76,9 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, *, downsam
     from histowsss.slides.tissue import tissue_mask
     from histowsss.steps.eval_seg import predict_probs
 
+    o = options or SlideOptions()
+    downsample, slide_mpp, train_mpp, backend = o.downsample, o.slide_mpp, o.train_mpp, o.backend
+    tile_size, margin, out_factor, tissue_threshold = o.tile_size, o.margin, o.out_factor, o.tissue_threshold
     classes = cfg.data.classes
     names = list(classes.names)
     colors_hex = [classes.color(n) for n in names]
