@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from histowsss.cli import data_cmd, demo_cmd, predict_cmd, report_cmd, run_cmd
+from histowsss.cli import data_cmd, demo_cmd, init_cmd, predict_cmd, report_cmd, run_cmd
 
 app = typer.Typer(help="histowsss: weakly supervised segmentation of H&E images.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 app.add_typer(data_cmd.app, name="data")
+app.command("init")(init_cmd.init)
 app.command("run")(run_cmd.run)
 app.command("steps")(run_cmd.steps)
 app.command("demo")(demo_cmd.demo)

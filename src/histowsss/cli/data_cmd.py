@@ -1,4 +1,4 @@
-"""`histowsss data ...`: stats, check, split, synth."""
+"""`histowsss data ...`: stats, check, split, manifest, synth, tiles."""
 
 from __future__ import annotations
 
@@ -107,6 +107,47 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
     for r in rows:
         counts[r["split"]] = counts.get(r["split"], 0) + 1
     console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+
+
+@app.command()
+def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folders: FOLDER/<class>/... or "
+                                          "FOLDER/<split>/<class>/..."),
+             out: Path = typer.Option(..., "--out", "-o", help="manifest CSV to write (paths relative to it)"),
+             masks: Optional[Path] = typer.Option(None, help="folder of masks, matched to images by file stem"),
+             mask_suffix: str = typer.Option("", help="suffix of mask stems, e.g. '_mask' for img1_mask.png"),
+             patient_regex: Optional[str] = typer.Option(
+                 None, help="regular expression searched in each image's path below FOLDER; its first group (or "
+                 "(?P<patient>...)) is the patient, e.g. '^[^/]+/(TCGA-..-....)'; default: every image its own patient"),
+             train: float = 0.7, val: float = 0.1, test: float = 0.2, seed: int = 0,
+             label_column: str = typer.Option("label", help="name of the class column"),
+             overwrite: bool = False) -> None:
+    """Write a manifest for a folder of labelled images (one sub-folder per class, optionally per split first);
+    without split folders, a patient-grouped, class-stratified split is made."""
+    from histowsss.data.folder_manifest import manifest_from_folder
+
+    with clear_errors():
+        fractions = {"train": train, "val": val, "test": test}
+        made = manifest_from_folder(folder, out, masks=masks, mask_suffix=mask_suffix, patient_regex=patient_regex,
+                                    fractions=fractions, label_column=label_column, seed=seed, overwrite=overwrite)
+    table = Table(title=escape(str(made.path)))
+    classes = sorted({c for _, c in made.counts})
+    splits = list(dict.fromkeys(s for s, _ in made.counts))
+    table.add_column("split")
+    for c in classes:
+        table.add_column(escape(c), justify="right")
+    for s in splits:
+        table.add_row(escape(s), *[str(made.counts.get((s, c), 0)) for c in classes])
+    from rich.console import Console
+
+    Console().print(table)
+    source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
+    console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
+                  + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
+    if not made.patients_from_regex:
+        console.print("[yellow]warning:[/] no --patient-regex: every image is its own patient, so images of one "
+                      "patient can land in different splits; pass a pattern that extracts the patient or slide id",
+                      highlight=False)
+    console.print(f"next: histowsss init {escape(str(made.path))} --out my.yaml", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,43 @@
+"""`histowsss init MANIFEST --out CONFIG.yaml`: a config for the user's own data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from histowsss.cli.common import clear_errors, console
+
+
+def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, patient, label[, mask])"),
+         out: Path = typer.Option(..., "--out", "-o", help="config YAML to write"),
+         profile: str = typer.Option("cpu", help="cpu (the CPU profile measured on GlaS) or gpu (full resolution, "
+                                     "larger crops, longer schedules)"),
+         background: Optional[str] = typer.Option(None, help="the background / normal class (guessed from names "
+                                                  "such as normal, benign, background)"),
+         label_column: Optional[str] = typer.Option(None, help="column of class names (default: label)"),
+         mask_mode: Optional[str] = typer.Option(None, help="class_ids, binary or binary_image_label (default: "
+                                                 "read from the masks)"),
+         mpp: Optional[float] = typer.Option(None, help="microns per pixel of the images: the network then works at "
+                                             "the resolution the profile was measured at"),
+         image_scale: Optional[float] = typer.Option(None, help="resize factor on read (instead of --mpp)"),
+         name: Optional[str] = typer.Option(None, help="run name (default: the file stem of --out)"),
+         overwrite: bool = False) -> None:
+    """Write a config for your own manifest: the image-label profile measured on GlaS, fitted to your data
+    (classes, background, splits, mask mode, resolution, crop sizes)."""
+    from histowsss.config_init import config_for_manifest
+    from histowsss.engine.atomic import write_text
+
+    with clear_errors():
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
+                                   mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out)
+        write_text(out, made.text)
+    for n in made.notes:
+        console.print(f"- {escape(n)}", highlight=False)
+    console.print(f"wrote {escape(str(out))}\nnext: histowsss data check {escape(str(manifest))} --config "
+                  f"{escape(str(out))}\n      histowsss run {escape(str(out))} --run runs/{escape(made.config.name)}",
+                  highlight=False)

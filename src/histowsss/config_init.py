@@ -1,0 +1,234 @@
+"""A config for a user's own manifest: the image-label profile measured on GlaS, fitted to the data.
+
+``config_for_manifest`` reads the manifest (labels, splits, masks, image sizes), starts from the builtin
+``glas-malignant`` (CPU) or ``glas-malignant-gpu`` profile (image-level labels, the setting of most user data),
+and fills in what depends on the data: classes and background, splits, mask mode, the resolution the network
+works at (from the images' microns per pixel when given) and crop sizes that fit the images. Every choice it
+makes is returned as a note, written at the top of the YAML.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from histowsss.config import ConfigError, RunConfig, builtin_config_path, validate_config
+
+PROFILES = {"cpu": "glas-malignant", "gpu": "glas-malignant-gpu"}
+# microns per network pixel of the profiles: GlaS at 0.62 um/px, read at data.image_scale 0.5 (CPU) or 1.0 (GPU)
+NETWORK_MPP = {"cpu": 1.24, "gpu": 0.62}
+BACKGROUND_NAMES = ("normal", "benign", "background", "healthy", "non-tumour", "non-tumor", "nontumour", "nontumor",
+                    "non_tumour", "non_tumor", "negative", "stroma_normal", "norm")
+PALETTE = ("#e6194b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#008080", "#9a6324")
+BACKGROUND_COLOR = "#3cb44b"
+SMALL_SIDE = 256  # images whose scaled short side is under this are read at full size when no mpp is given
+MAX_SIZE_READS = 2000
+
+
+@dataclass
+class InitResult:
+    """The config text, the validated config and the notes on what was chosen."""
+
+    text: str
+    config: RunConfig
+    notes: list[str]
+
+
+def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: manifest not found; pass the manifest CSV (make one from a folder of "
+                                "class sub-folders with `histowsss data manifest FOLDER --out manifest.csv`)")
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    if not rows:
+        raise ConfigError(f"{manifest}: no rows")
+    return columns, rows
+
+
+def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], label_column: str | None,
+             separator: str) -> tuple[str, list[str], bool]:
+    col = label_column or ("label" if "label" in columns else None)
+    if col is None or col not in columns:
+        raise ConfigError(f"{manifest}: no {(col or 'label')!r} column (columns: {', '.join(columns)}); pass "
+                          "--label-column COLUMN (the column of class names)")
+    multi = any(separator in r[col] for r in rows)
+    names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]]) if v.strip()})
+    if len(names) < 2:
+        raise ConfigError(f"{manifest}: column {col!r} holds {len(names)} class name(s) ({', '.join(names)}); "
+                          "a classifier needs at least two classes")
+    return col, names, multi
+
+
+def _background(names: list[str], given: str | None) -> str:
+    if given is not None:
+        if given not in names:
+            raise ConfigError(f"--background {given!r} is not one of the manifest's classes: {', '.join(names)}")
+        return given
+    found = [n for n in names if n.lower() in BACKGROUND_NAMES]
+    if len(found) != 1:
+        raise ConfigError(f"cannot tell which class is background / normal (classes: {', '.join(names)}); pass "
+                          "--background NAME: the class of images or pixels with none of the others")
+    return found[0]
+
+
+def _splits(manifest: Path, rows: list[dict[str, str]]) -> dict[str, list[str]]:
+    values = list(dict.fromkeys(r.get("split", "") for r in rows))
+    if "" in values:
+        raise ConfigError(f"{manifest}: rows without a split; make one with `histowsss data split {manifest} --out "
+                          "NEW.csv` (patient-grouped, class-stratified)")
+    out: dict[str, list[str]] = {"train_splits": [], "val_splits": [], "test_splits": []}
+    for v in values:
+        low = v.lower()
+        key = ("train_splits" if low.startswith("train") else "val_splits" if low.startswith(("val", "dev"))
+               else "test_splits" if low.startswith("test") else None)
+        if key is None:
+            raise ConfigError(f"{manifest}: split {v!r} is not train*, val*, valid*, dev* or test*; rename it, or "
+                              "write data.train_splits / val_splits / test_splits into the config yourself")
+        out[key].append(v)
+    if not out["train_splits"] or not out["test_splits"]:
+        raise ConfigError(f"{manifest}: needs train and test splits (has: {', '.join(values)}); make them with "
+                          f"`histowsss data split {manifest} --out NEW.csv`")
+    return out
+
+
+def _mask_mode(root: Path, masks: list[str], names: list[str], background: str) -> tuple[dict[str, Any], str]:
+    from PIL import Image
+
+    values: set[int] = set()
+    for rel in masks[:8]:
+        p = root / rel
+        try:
+            with Image.open(p) as im:
+                values |= {int(v) for v in np.unique(np.asarray(im))}
+        except OSError as e:
+            raise ConfigError(f"{p}: mask not readable ({e}); fix the file or its path in the manifest") from None
+    if values <= {0, 1} or values <= {0, 255}:
+        # binary_image_label, not binary: objects in an image labelled background (benign glands, say) stay background
+        return ({"mask_mode": "binary_image_label"},
+                f"masks look binary ({sorted(values)}): mask_mode binary_image_label (mask > 0 takes the image's own "
+                f"label; images labelled {background} only are all background)")
+    ids = values - {255}
+    if ids and max(ids) < len(names):
+        return {"mask_mode": "class_ids"}, f"mask values {sorted(values)}: mask_mode class_ids (index into the classes)"
+    raise ConfigError(f"masks hold values {sorted(values)[:10]} that are neither binary nor class indices (0..."
+                      f"{len(names) - 1}, 255 = ignore); pass --mask-mode")
+
+
+def _short_sides(root: Path, images: list[str]) -> np.ndarray:
+    from histowsss.data.io import image_size
+
+    step = max(1, len(images) // MAX_SIZE_READS)
+    return np.array([min(image_size(root / rel)) for rel in images[::step]])
+
+
+def _fit(value: int, side: int, multiple: int) -> int:
+    return max(multiple, min(value, side // multiple * multiple))
+
+
+def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | None = None,
+                        label_column: str | None = None, mask_mode: str | None = None, mpp: float | None = None,
+                        image_scale: float | None = None, name: str | None = None,
+                        label_separator: str = ";", out: Path | None = None) -> InitResult:
+    """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
+    manifest = Path(manifest)
+    columns, rows = _read_rows(manifest)
+    for col in ("image", "split", "patient"):
+        if col not in columns:
+            raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
+                              "make the manifest with `histowsss data manifest`")
+    col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
+    bg = _background(names, background)
+    names = [bg] + [n for n in names if n != bg]
+    notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"]
+    if multi:
+        notes.append(f"several labels per image ('{label_separator}'-separated): multi_label true")
+    splits = _splits(manifest, rows)
+    notes.append("splits: " + "; ".join(f"{k[:-7]} = {', '.join(v)}" for k, v in splits.items() if v))
+    raw: dict[str, Any] = yaml.safe_load(builtin_config_path(PROFILES[profile]).read_text())
+    root = manifest.parent
+    data: dict[str, Any] = {"manifest": str(manifest), "label_column": col, "multi_label": multi,
+                            "classes": {"names": names, "background": bg,
+                                        "colors": {bg: BACKGROUND_COLOR, **{n: PALETTE[i % len(PALETTE)]
+                                                                            for i, n in enumerate(names[1:])}}},
+                            **splits}
+    if label_separator != ";":
+        data["label_separator"] = label_separator
+    masks = [r["mask"] for r in rows if r.get("mask")] if "mask" in columns else []
+    if masks:
+        data["mask_column"] = "mask"
+        if mask_mode is not None:
+            data["mask_mode"] = mask_mode
+            if mask_mode == "binary" and len(names) == 2:
+                data["mask_foreground_class"] = names[1]
+            notes.append(f"mask_mode {mask_mode} (given)")
+        else:
+            mode, note = _mask_mode(root, masks, names, bg)
+            data.update(mode)
+            notes.append(note)
+    else:
+        data["mask_column"] = None
+        notes.append("no masks: quality is not measured and there is no supervised upper bound")
+    train_names = set(splits["train_splits"])
+    train_images = [r["image"] for r in rows if r["split"] in train_names]
+    sides = _short_sides(root, train_images)
+    if image_scale is not None:
+        scale = image_scale
+        notes.append(f"image_scale {scale} (given)")
+    elif mpp is not None:
+        scale = round(mpp / NETWORK_MPP[profile], 4)
+        notes.append(f"image_scale {scale}: images at {mpp} um/px read at {NETWORK_MPP[profile]} um/px, the "
+                     f"resolution the {profile} profile was measured at on GlaS")
+    else:
+        scale = float(raw["data"].get("image_scale", 1.0))
+        if float(np.median(sides)) * scale < SMALL_SIDE:
+            scale = 1.0
+            notes.append(f"image_scale 1.0: small images (median short side {int(np.median(sides))} px); pass --mpp "
+                         "to read them at the profile's resolution instead")
+        else:
+            notes.append(f"image_scale {scale} (the profile's; pass --mpp to match the resolution it was measured at)")
+    if mpp is not None:
+        data["mpp"] = mpp
+    data["image_scale"] = scale
+    side = int(sides.min() * scale)
+    if side < 64:
+        raise ConfigError(f"{manifest}: the smallest training image is {int(sides.min())} px on its short side, "
+                          f"{side} px at image_scale {scale}: too small to train on (>= 64 px); pass a larger "
+                          "--image-scale or use larger tiles")
+    fitted = []
+    for section, key, multiple in (("train_cam", "crop_size", 32), ("train_irn", "crop_size", 16),
+                                   ("train_seg", "crop_size", 32)):
+        sec = raw.setdefault(section, {})
+        current = int(sec.get(key, RunConfig.model_fields[section].default_factory().model_dump()[key]))
+        new = _fit(current, side, multiple)
+        sec[key] = new
+        if new != current:
+            fitted.append(f"{section}.{key} {current} -> {new}")
+    if fitted:
+        notes.append(f"crops fitted to the smallest training image ({side} px at image_scale {scale}): "
+                     + ", ".join(fitted))
+    raw["data"] = data
+    raw["name"] = name or (Path(out).stem if out is not None else manifest.stem)
+    raw["upper_bound"] = bool(masks) and all(r.get("mask") for r in rows if r["split"] in train_names)
+    # settings measured on GlaS that hold for any data: a short random walk, the image gate at eval_cam's cut
+    raw.setdefault("sem_seg", {})["exp_times"] = 4
+    if raw.setdefault("eval_seg", {}).get("image_gate"):
+        raw["eval_seg"]["image_gate_cut"] = None
+        notes.append("eval_seg.image_gate on (image-level labels), its cut the one eval_cam chooses on your train "
+                     "split (the profile's 0.3 was chosen on GlaS patients)")
+    cfg = validate_config(raw, origin=f"config for {manifest}")
+    header = [f"# histowsss config for {manifest}, made by `histowsss init` from the {PROFILES[profile]} profile",
+              "# (image-level labels; CAM -> IRN -> segmentation network). What was chosen from the data:"]
+    header += [f"#   - {n}" for n in notes]
+    header += [f"# Check the data before a long run: histowsss data check {manifest} --config {out or 'THIS_FILE'}",
+               "# Every key: docs/config.md; override any with --set section.key=value.", ""]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110)
+    return InitResult(text=text, config=cfg, notes=notes)

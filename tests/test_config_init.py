@@ -1,0 +1,131 @@
+"""`config_for_manifest` / `histowsss init`: a config fitted to a user's manifest, and a user's folder trained on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from histowsss.config import ConfigError, load_config
+from histowsss.config_init import NETWORK_MPP, config_for_manifest
+from histowsss.data.synthetic import generate_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 6, "val": 2, "test": 4}, size=128)
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    with open(src, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows = [edit(dict(r)) for r in rows]
+    with open(dst, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return dst
+
+
+def test_config_fits_the_manifest(synth: Path, tmp_path: Path):
+    made = config_for_manifest(synth, label_column="grade")
+    cfg = made.config
+    assert cfg.data.classes.names == ["benign", "malignant"] and cfg.data.classes.background == "benign"
+    assert (cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits) == (["train"], ["val"], ["test"])
+    assert cfg.data.mask_mode == "binary_image_label"  # benign glands in benign images are not malignant
+    assert cfg.data.image_scale == 1.0  # small images are read at full size
+    assert cfg.train_cam.crop_size == cfg.train_seg.crop_size == cfg.train_irn.crop_size == 128
+    assert cfg.upper_bound and cfg.sem_seg.exp_times == 4 and cfg.eval_seg.image_gate_cut is None
+    # the text is the config: loading it gives the same model
+    (tmp_path / "c.yaml").write_text(made.text)
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert made.text.startswith("# histowsss config for") and "mask_mode binary_image_label" in made.text
+
+
+def test_resolution_follows_the_images_mpp_and_the_profile(synth: Path):
+    cpu = config_for_manifest(synth, label_column="grade", mpp=0.62).config
+    gpu = config_for_manifest(synth, label_column="grade", mpp=0.62, profile="gpu").config
+    assert cpu.data.image_scale == pytest.approx(0.62 / NETWORK_MPP["cpu"]) == 0.5 and cpu.data.mpp == 0.62
+    assert gpu.data.image_scale == 1.0
+    assert cpu.train_cam.crop_size == 64 and gpu.train_cam.crop_size == 128  # crops fit the 64 / 128 px images
+    assert gpu.train_seg.epochs > cpu.train_seg.epochs  # the GPU profile's longer schedule
+    with pytest.raises(ConfigError, match="too small to train on"):  # 128 px * 0.25 = 32 px
+        config_for_manifest(synth, label_column="grade", image_scale=0.25)
+
+
+def test_what_cannot_be_guessed_is_asked_for(synth: Path, tmp_path: Path):
+    odd = _rewrite(synth, synth.parent / "odd.csv", lambda r: {**r, "grade": {"benign": "a", "malignant": "b"}[r["grade"]]})
+    with pytest.raises(ConfigError, match="pass --background NAME"):
+        config_for_manifest(odd, label_column="grade")
+    assert config_for_manifest(odd, label_column="grade", background="a").config.data.classes.names == ["a", "b"]
+    with pytest.raises(ConfigError, match="'nope' is not one of the manifest's classes"):
+        config_for_manifest(synth, label_column="grade", background="nope")
+    with pytest.raises(ConfigError, match="no 'colour' column.*--label-column"):
+        config_for_manifest(synth, label_column="colour")
+    nosplit = _rewrite(synth, synth.parent / "nosplit.csv", lambda r: {**r, "split": ""})
+    with pytest.raises(ConfigError, match="histowsss data split"):
+        config_for_manifest(nosplit, label_column="grade")
+    other = _rewrite(synth, synth.parent / "other.csv", lambda r: {**r, "split": "fold1"})
+    with pytest.raises(ConfigError, match="'fold1' is not train"):
+        config_for_manifest(other, label_column="grade")
+    with pytest.raises(FileNotFoundError, match="histowsss data manifest"):
+        config_for_manifest(tmp_path / "missing.csv")
+
+
+def test_class_id_masks_and_multi_label(tmp_path: Path):
+    rows = ["image,split,patient,label,mask"]
+    for i, (split, labels) in enumerate([("train", "normal"), ("train", "tumour;necrosis"), ("test", "tumour"),
+                                         ("test", "normal;necrosis")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        Image.fromarray(np.arange(96 * 96).reshape(96, 96).astype(np.uint8) % 3).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    cfg = config_for_manifest(tmp_path / "m.csv").config
+    assert cfg.data.multi_label and cfg.data.mask_mode == "class_ids"
+    assert cfg.data.classes.names == ["normal", "necrosis", "tumour"]  # background first: mask value 0
+    assert cfg.train_cam.crop_size == 96
+
+
+def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):
+    """The whole on-ramp through the CLI: folder -> `data manifest` -> `init` -> `run` (CAM stage)."""
+    with open(synth, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # the layout tile datasets ship in: tiles/<class>/<patient>_<tile>.png, masks elsewhere
+        stem = f"{r['patient']}_{Path(r['image']).stem}"
+        (tmp_path / "tiles" / r["grade"]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        shutil.copy(synth.parent / r["image"], tmp_path / "tiles" / r["grade"] / f"{stem}.png")
+        shutil.copy(synth.parent / r["mask"], tmp_path / "masks" / f"{stem}.png")
+    runner = CliRunner()
+    manifest, config = tmp_path / "data" / "manifest.csv", tmp_path / "mine.yaml"
+    r = runner.invoke(app, ["data", "manifest", str(tmp_path / "tiles"), "--out", str(manifest), "--masks",
+                            str(tmp_path / "masks"), "--patient-regex", r"/(P\d+)_", "--train", "0.5", "--val", "0",
+                            "--test", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "patients" in r.output and "warning" not in r.output
+    r = runner.invoke(app, ["init", str(manifest), "--out", str(config)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["init", str(manifest), "--out", str(config)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    fast = ["train_cam.epochs=2", "train_cam.crops_per_image=4", "train_cam.cache_copies=1",
+            "train_cam.cache_scales=[1.0]", "train_cam.head_channels=32", "make_cam.scales=[1.0]", "make_cam.flip=false",
+            "train_cam.min_epochs_before_diagnosis=5"]
+    args = ["run", str(config), "--run", str(tmp_path / "run"), "--to", "eval_cam"]
+    for s in fast:
+        args += ["--set", s]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "run" / "metrics" / "cam.json").read_text())
+    assert set(m["splits"]) == {"train", "test"} and 0 <= m["splits"]["test"]["predicted_gating"]["miou"] <= 100
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["name"] == "mine" and saved["data"]["classes"]["background"] == "benign"
+    assert re.search(r"mask_mode: binary_image_label", config.read_text())
