@@ -134,6 +134,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                        "seconds": round(time.time() - t0, 2), "examples": int(len(tt)),
                        "examples_per_s": round(len(tt) / max(time.time() - t0, 1e-9), 2)}
                 history.append(rec)
+                # cached copies batch per scale, so an epoch may take a few more steps than estimated: keep the bar true
+                bar.update(task, total=next(t for t in bar.tasks if t.id == task).completed
+                           + steps_per_epoch * (tc.epochs - epoch - 1))
                 write_text(logs / "train_cam.jsonl", "".join(json.dumps(r) + "\n" for r in history))
                 bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} (chance {chance:.4f}) "
                                   f"acc {rec['acc']:.3f} auc {rec['auc'] if rec['auc'] is None else round(rec['auc'], 3)} "
