@@ -13,7 +13,8 @@ whole glands or stroma areas are wrong. This bench reads the run folder bench/wo
   ``--spacing`` cells), i.e. labels snapped to the boundary map, and the same regions labelled by their
   ground-truth majority (an oracle: the best any labelling of those regions can do).
 
-Background value: eval_cam's chosen one (as make_sem_seg_labels). Test images are never read. No issue target
+Background values: eval_cam's chosen one for the CAM labels (as eval_cam), make_sem_seg_labels' for the walk and
+the region votes (its threshold, or eval_cam's offset). Test images are never read. No issue target
 is set here, so the result has no checks.
 """
 
@@ -57,13 +58,16 @@ def main() -> None:
     if not (run_path / "irn").is_dir():
         raise SystemExit(f"{run_path}: run bench/irn_glas.py --protocol {args.protocol} --keep first")
     cfg = load_config(str(run_path / "config.yaml"))
+    ss = cfg.sem_seg
     mode, bg, ids = cam_mode(cfg), background_id(cfg), cam_class_ids(cfg)
-    value = (cfg.sem_seg.bg_threshold if mode == "threshold"
-             else float(json.loads((run_path / "metrics" / "cam.json").read_text())["chosen_value"]))
+    chosen = float(json.loads((run_path / "metrics" / "cam.json").read_text())["chosen_value"])
+    # CAM labels: eval_cam's chosen background value; the walk: make_sem_seg_labels' (its threshold, or the offset)
+    values = {"cam": chosen, "pseudo": cfg.sem_seg.bg_threshold if mode == "threshold"
+              else chosen if ss.bg_offset == "eval_cam" else float(ss.bg_offset)}
+    value = values["pseudo"]
     samples = samples_for(cfg, cfg.data.train_splits)
     present = presence(cfg, samples)
     names = cfg.data.classes.names
-    ss = cfg.sem_seg
     kinds = ["cam", "pseudo"] + [f"vote_{g}" for g in args.spacing] + [f"oracle_{g}" for g in args.spacing]
     cms = {k: ConfusionMatrix(len(names)) for k in kinds}
     edges = list(BANDS) + [np.inf]
@@ -86,7 +90,7 @@ def main() -> None:
             got = walk_scores(cam, pres, ids, bg, mode, torch.from_numpy(boundary), size, ss.radius, ss.beta,
                               ss.exp_times, propagate=walk)
             labs[kind] = (np.full(size, bg, np.uint8) if got is None
-                          else labels_from_scores(got[0], got[1], bg, mode, value, allowed))
+                          else labels_from_scores(got[0], got[1], bg, mode, values[kind], allowed))
             if walk:
                 walked = got
         # distance of every pixel to the nearest ground-truth class outline
@@ -138,7 +142,7 @@ def main() -> None:
     metrics = {"train_miou": miou, "errors_by_distance_to_outline": bands,
                "error_share_within_8px": near,
                "regions_per_image_mean": {g: round(float(np.mean(v)), 1) for g, v in regions_per_image.items()},
-               "background_value": value, "images": len(samples)}
+               "background_values": values, "images": len(samples)}
     path = write_result(f"irn_error_anatomy_{args.protocol}", args.profile, time.time() - t0,
                         {"run": str(run_path.relative_to(ROOT)), "spacing": args.spacing, "bands": list(BANDS),
                          "sem_seg": ss.model_dump(mode="json"),
