@@ -1,0 +1,112 @@
+"""Benchmark: the own-data on-ramp on real data. GlaS laid out as a user's folder of labelled images, then
+`histowsss data manifest` -> `histowsss init` -> `histowsss run`, exactly as docs/data.md tells a user.
+
+    python bench/own_data_glas.py --profile cpu
+
+The GlaS images and masks of ../shared/data/glas are linked (symbolic links, nothing copied) into
+bench/work/own_data_glas.<profile>/folder/<split>/<grade>/<patient>__<name>.png and .../masks/, the layout tile
+datasets ship in (the patient id in the file name, the split and class in the folders). The three commands run
+as a user would type them (`--mpp 0.62`, GlaS' resolution; nothing else tuned); the whole pipeline then trains
+and evaluates. The per-stage numbers are reported beside the hand-written `glas-malignant` profile's committed
+results. No issue sets a target for this, so there are no checks. Test ground truth is read only by the
+evaluation steps, as in every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, ROOT, write_result  # noqa: E402
+
+GLAS = ROOT.parent / "shared" / "data" / "glas"
+
+
+def _link_layout(work: Path) -> tuple[Path, Path]:
+    folder, masks = work / "folder", work / "masks"
+    with open(GLAS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        stem = f"{r['patient']}__{Path(r['image']).stem}"
+        img = folder / r["split"] / r["grade"] / f"{stem}{Path(r['image']).suffix}"
+        msk = masks / f"{stem}{Path(r['mask']).suffix}"
+        for link, target in ((img, GLAS / r["image"]), (msk, GLAS / r["mask"])):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(target.resolve(), link.parent.resolve()))
+    return folder, masks
+
+
+def _cli(*args: str, cwd: Path) -> str:
+    exe = Path(sys.executable).with_name("histowsss")
+    out = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"histowsss {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out.stdout + out.stderr
+
+
+def _iou(d: dict, cls: str) -> dict:
+    return {"miou": d["miou"], f"iou_{cls}": d["per_class"][cls]["iou"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    args = ap.parse_args()
+    work = ROOT / "bench" / "work" / f"own_data_glas.{args.profile}"
+    work.mkdir(parents=True, exist_ok=True)
+    folder, masks = _link_layout(work)
+    t0 = time.time()
+    commands = [
+        ["data", "manifest", "folder", "--out", "data/manifest.csv", "--masks", "masks", "--patient-regex",
+         r"/([^/]+)__", "--overwrite"],
+        ["init", "data/manifest.csv", "--out", "glas-own.yaml", "--mpp", "0.62", "--profile", args.profile,
+         "--overwrite"],
+        ["run", "glas-own.yaml", "--run", "run"],
+    ]
+    logs = [_cli(*c, cwd=work) for c in commands]
+    wall = time.time() - t0
+    run = work / "run"
+    cam = json.loads((run / "metrics" / "cam.json").read_text())
+    sem = json.loads((run / "metrics" / "sem_seg.json").read_text())["splits"]["train"]
+    seg = json.loads((run / "metrics" / "seg.json").read_text())["all"]
+    sup = json.loads((run / "metrics" / "seg_supervised.json").read_text())["all"]
+    steps = {p.stem: json.loads(p.read_text()).get("wall_s") for p in sorted((run / "status").glob("*.json"))}
+    fg = "malignant"
+    metrics = {
+        "cam_test": {**_iou(cam["splits"]["test"]["predicted_gating"], fg),
+                     "auc": cam["splits"]["test"]["classification"]["auc"]},
+        "train_cam": _iou(sem["cam"], fg), "train_pseudo": _iou(sem["irn_pseudo"], fg),
+        "seg_test": _iou(seg, fg), "supervised_test": _iou(sup, fg),
+        "weak_over_supervised_pct": round(100 * seg["per_class"][fg]["iou"] / sup["per_class"][fg]["iou"], 1),
+        "step_seconds": steps, "pipeline_seconds": round(sum(v for v in steps.values() if v), 1),
+        "init_notes": [ln.strip("- ").strip() for ln in (work / "glas-own.yaml").read_text().splitlines()
+                       if ln.startswith("#   - ")],
+    }
+    ref = {}
+    for name, key in (("cam_glas-malignant", "cam"), ("seg_glas-malignant_weak", "seg"),
+                      ("seg_glas-malignant_supervised", "supervised")):
+        p = RESULTS / f"{name}.{args.profile}.json"
+        if p.exists():
+            d = json.loads(p.read_text())
+            ref[key] = {"result": p.name, "commit": d["commit"], "metrics": {
+                k: v for k, v in d["metrics"].items() if k.startswith("test_") and isinstance(v, dict)}}
+    metrics["glas_malignant_profile_results"] = ref
+    write_result("own_data_glas", args.profile, wall,
+                 {"work": str(work.relative_to(ROOT)), "commands": [" ".join(["histowsss", *c]) for c in commands],
+                  "note": "GlaS as a folder of labelled images through the own-data on-ramp; test ground truth read "
+                          "only by the evaluation steps; no issue target, so no checks"},
+                 metrics, [])
+    print(json.dumps({k: v for k, v in metrics.items() if k != "glas_malignant_profile_results"}, indent=1))
+    print(logs[0][-800:])
+
+
+if __name__ == "__main__":
+    main()
