@@ -129,3 +129,17 @@ def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["name"] == "mine" and saved["data"]["classes"]["background"] == "benign"
     assert re.search(r"mask_mode: binary_image_label", config.read_text())
+
+
+def test_crops_fit_the_smallest_image_where_they_must(tmp_path: Path):
+    """train_cam needs every image to hold its crop; train_irn / train_seg pad, so they follow the median image."""
+    rows = ["image,split,patient,label"]
+    for i, side in enumerate([96, 200, 200, 200, 200, 200]):
+        Image.fromarray(np.full((side, side + 10, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{'train' if i < 4 else 'test'},p{i},{'normal' if i % 2 else 'tumour'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv", image_scale=1.0)
+    cfg = made.config
+    assert cfg.train_cam.crop_size == 96 and cfg.train_irn.crop_size == 192 and cfg.train_seg.crop_size == 160
+    assert cfg.data.mask_column is None and not cfg.upper_bound
+    assert any("smallest 96 px, median 200 px" in n for n in made.notes)

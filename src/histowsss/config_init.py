@@ -203,18 +203,21 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         raise ConfigError(f"{manifest}: the smallest training image is {int(sides.min())} px on its short side, "
                           f"{side} px at image_scale {scale}: too small to train on (>= 64 px); pass a larger "
                           "--image-scale or use larger tiles")
+    typical = int(np.median(sides) * scale)
     fitted = []
-    for section, key, multiple in (("train_cam", "crop_size", 32), ("train_irn", "crop_size", 16),
-                                   ("train_seg", "crop_size", 32)):
+    # train_cam needs every image to hold a crop; train_irn and train_seg pad smaller images (with ignore), so
+    # their crops only follow the typical image, not to waste most of each crop on padding
+    for section, key, multiple, limit in (("train_cam", "crop_size", 32, side), ("train_irn", "crop_size", 16, typical),
+                                          ("train_seg", "crop_size", 32, typical)):
         sec = raw.setdefault(section, {})
         current = int(sec.get(key, RunConfig.model_fields[section].default_factory().model_dump()[key]))
-        new = _fit(current, side, multiple)
+        new = _fit(current, limit, multiple)
         sec[key] = new
         if new != current:
             fitted.append(f"{section}.{key} {current} -> {new}")
     if fitted:
-        notes.append(f"crops fitted to the smallest training image ({side} px at image_scale {scale}): "
-                     + ", ".join(fitted))
+        notes.append(f"crops fitted to the images at image_scale {scale} (short side: smallest {side} px, median "
+                     f"{typical} px): " + ", ".join(fitted))
     raw["data"] = data
     raw["name"] = name or (Path(out).stem if out is not None else manifest.stem)
     raw["upper_bound"] = bool(masks) and all(r.get("mask") for r in rows if r["split"] in train_names)
