@@ -20,29 +20,34 @@ SetOpt = typer.Option(None, "--set", "-s", help="override, e.g. data.label_colum
 @app.command()
 def stats(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Print images and patients per split and class; warn when a patient is in two splits."""
+    with clear_errors():
+        dc = data_config_from(manifest, config, set_)
+        _print_stats(manifest, dc)
+
+
+def _print_stats(manifest: Path, dc) -> None:
+    """The images / patients per split and class table, and the patient-overlap warning."""
+    from rich.console import Console
+
     from histowsss.data.manifest import read_manifest
     from histowsss.data.stats import patient_split_overlap, split_class_table
 
-    with clear_errors():
-        dc = data_config_from(manifest, config, set_)
-        samples = read_manifest(dc)
-        rows = split_class_table(samples, dc.classes.names)
-        table = Table(title=escape(str(manifest)))
-        for k in rows[0]:
-            table.add_column(escape(k), justify="right" if k != "split" else "left")
-        for r in rows:
-            table.add_row(*[escape(str(v)) for v in r.values()])
-        from rich.console import Console
-
-        Console().print(table)
-        overlap = patient_split_overlap(samples)
-        if overlap:
-            shown = list(overlap.items())[:10]
-            more = f", ... ({len(overlap) - len(shown)} more)" if len(overlap) > len(shown) else ""
-            console.print(f"[yellow]warning:[/] {len(overlap)} patient(s) appear in more than one split "
-                          "(evaluation is not patient-disjoint): "
-                          + escape(", ".join(f"{p} ({'/'.join(s)})" for p, s in shown)) + more
-                          + "; make a grouped split with `histowsss data split`", highlight=False)
+    samples = read_manifest(dc)
+    rows = split_class_table(samples, dc.classes.names)
+    table = Table(title=escape(str(manifest)))
+    for k in rows[0]:
+        table.add_column(escape(k), justify="right" if k != "split" else "left")
+    for r in rows:
+        table.add_row(*[escape(str(v)) for v in r.values()])
+    Console().print(table)
+    overlap = patient_split_overlap(samples)
+    if overlap:
+        shown = list(overlap.items())[:10]
+        more = f", ... ({len(overlap) - len(shown)} more)" if len(overlap) > len(shown) else ""
+        console.print(f"[yellow]warning:[/] {len(overlap)} patient(s) appear in more than one split "
+                      "(evaluation is not patient-disjoint): "
+                      + escape(", ".join(f"{p} ({'/'.join(s)})" for p, s in shown)) + more
+                      + "; make a grouped split with `histowsss data split`", highlight=False)
 
 
 @app.command()
@@ -129,17 +134,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
         fractions = {"train": train, "val": val, "test": test}
         made = manifest_from_folder(folder, out, masks=masks, mask_suffix=mask_suffix, patient_regex=patient_regex,
                                     fractions=fractions, label_column=label_column, seed=seed, overwrite=overwrite)
-    table = Table(title=escape(str(made.path)))
-    classes = sorted({c for _, c in made.counts})
-    splits = list(dict.fromkeys(s for s, _ in made.counts))
-    table.add_column("split")
-    for c in classes:
-        table.add_column(escape(c), justify="right")
-    for s in splits:
-        table.add_row(escape(s), *[str(made.counts.get((s, c), 0)) for c in classes])
-    from rich.console import Console
-
-    Console().print(table)
+        _print_stats(made.path, data_config_from(made.path, None, [f"data.label_column={label_column}"]))
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
     console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from histowsss.data.manifest import write_manifest
@@ -38,7 +37,6 @@ class FolderManifest:
     splits_from_folders: bool
     patients_from_regex: bool
     masks_found: int = 0
-    counts: Counter = field(default_factory=Counter)  # (split, label) -> images
 
 
 def _images_below(folder: Path) -> list[Path]:
@@ -158,5 +156,4 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | None = None, mask_
             r["split"] = assign[r["patient"]]
     write_manifest(out, rows)
     return FolderManifest(path=out, rows=rows, splits_from_folders=by_split, patients_from_regex=pattern is not None,
-                          masks_found=sum(1 for r in rows if r.get("mask")),
-                          counts=Counter((r["split"], r[label_column]) for r in rows))
+                          masks_found=sum(1 for r in rows if r.get("mask")))
