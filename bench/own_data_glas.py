@@ -87,7 +87,7 @@ def main() -> None:
         "seg_test": _iou(seg, fg), "supervised_test": _iou(sup, fg),
         "weak_over_supervised_pct": round(100 * seg["per_class"][fg]["iou"] / sup["per_class"][fg]["iou"], 1),
         "step_seconds": steps, "pipeline_seconds": round(sum(v for v in steps.values() if v), 1),
-        "init_notes": [ln.strip("- ").strip() for ln in (work / "glas-own.yaml").read_text().splitlines()
+        "init_notes": [ln.removeprefix("#   - ") for ln in (work / "glas-own.yaml").read_text().splitlines()
                        if ln.startswith("#   - ")],
     }
     ref = {}
