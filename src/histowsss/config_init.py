@@ -221,8 +221,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     raw["data"] = data
     raw["name"] = name or (Path(out).stem if out is not None else manifest.stem)
     raw["upper_bound"] = bool(masks) and all(r.get("mask") for r in rows if r["split"] in train_names)
-    # settings measured on GlaS that hold for any data: a short random walk, the image gate at eval_cam's cut
+    # IRN's 256 walk steps leaked across thin stroma on GlaS train; 16 steps were chosen there (docs/irn.md)
     raw.setdefault("sem_seg", {})["exp_times"] = 4
+    notes.append("sem_seg.exp_times 4 (16 random-walk steps, chosen on GlaS train; IRN's 256 over-spread there)")
     if raw.setdefault("eval_seg", {}).get("image_gate"):
         raw["eval_seg"]["image_gate_cut"] = None
         notes.append("eval_seg.image_gate on (image-level labels), its cut the one eval_cam chooses on your train "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -67,6 +68,14 @@ def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path
             assert f["properties"]["classification"]["color"] == [230, 25, 75]
             minx, miny, maxx, maxy = shape(f["geometry"]).bounds
             assert 0 <= minx and maxx <= 64 and 0 <= miny and maxy <= 64  # level-0 pixels of the 64 px input
+    rows = {Path(r["input"]).stem: r for r in csv.DictReader(open(out / "predictions.csv", newline=""))}
+    assert set(rows) == {images[0].stem, "b"}
+    for stem, r in rows.items():
+        lab = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        assert r["kind"] == "image" and r["basis"] == "image" and (r["width"], r["height"]) == ("64", "64")
+        assert float(r["malignant_percent"]) == pytest.approx(100 * (lab == 1).mean(), abs=0.01)
+        assert int(r["malignant_regions"]) == sum(1 for x in json.loads((out / f"{stem}.geojson").read_text())["features"])
+        assert r["mpp"] == "" and r["malignant_mm2"] == ""  # the demo config sets no data.mpp
 
 
 def test_geojson_coordinates_undo_the_image_scale(trained_run: Path, tmp_path: Path, monkeypatch):
@@ -182,6 +191,12 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
                                       log=lambda m: None)
     assert recs[0]["downsample"] == 4.0 and len(calls) == 4 and calls[0][:2] == (16, 16)
     assert recs[0]["area_mm2"]["malignant"] == pytest.approx(128 * 128 * 0.25e-6)
+    (row,) = csv.DictReader(open(tmp_path / "o" / "predictions.csv", newline=""))
+    assert row["kind"] == "slide" and row["basis"] == "tissue" and row["mpp"] == "0.5"
+    tissue = recs[0]["tissue_level0_px"]
+    assert 0 < tissue <= 128 * 128 and float(row["basis_mm2"]) == pytest.approx(tissue * 0.25e-6, abs=1e-4)
+    assert row["malignant_percent"] == "100.00"  # every tissue pixel is called malignant
+    assert float(row["malignant_mm2"]) == pytest.approx(tissue * 0.25e-6, abs=1e-4)
     (f,) = json.loads((tmp_path / "o" / "slide.geojson").read_text())["features"]
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))
     assert shape(f["geometry"]).area == pytest.approx(128 * 128, rel=0.01)  # marching squares cuts the corners

@@ -7,7 +7,9 @@ Per input image ``<stem>`` (files, or every image in a folder), into ``DIR``:
   ``image_scale`` and ``level0_size`` (H, W);
 * ``<stem>_overlay.png``: the image with non-background classes tinted and outlined in their colours;
 * ``<stem>.geojson``: a QuPath-importable FeatureCollection, one annotation per connected region per
-  non-background class, in level-0 pixel coordinates.
+  non-background class, in level-0 pixel coordinates;
+* ``predictions.csv`` (one per folder, rows merged across invocations): per input the percent of the image (of the
+  tissue, for slides), region count and mm^2 of every non-background class (:mod:`histowsss.export.summary`).
 
 Whole-slide images (openslide formats such as .svs/.ndpi/.mrxs, and tiled or pyramidal .tif/.tiff) are segmented
 tile by tile over their tissue at the training resolution, resumably; their outputs are described in
@@ -28,6 +30,7 @@ import typer
 
 from histowsss.cli.common import clear_errors, console, log_line
 from histowsss.export.overlay import overlay
+from histowsss.export.summary import update_summary, summary_row
 from histowsss.slides.predict import SlideOptions
 from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
@@ -142,9 +145,24 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         counts = {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
                   for i, n in enumerate(classes.names) if i != bg}
         log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
+        px = np.bincount(lab0.ravel(), minlength=len(classes.names))
         records.append({"input": str(f), "labels": str(labels_p), "probs": str(prob_p), "overlay": str(overlay_p),
-                        "geojson": str(geo_p), "regions": counts})
+                        "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
+                        "area_level0_px": {n: float(px[i]) for i, n in enumerate(classes.names)}})
+    summary = update_summary(out_dir, [_summary_row(r, cfg.data.mpp) for r in records])
+    log(f"per-input class fractions and areas: {summary}")
     return records
+
+
+def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
+    """The predictions.csv row of an image record (fractions of the image) or a slide record (of its tissue)."""
+    slide = "tissue_level0_px" in rec
+    w, h = rec["level0_size"]
+    return summary_row(input_path=rec["input"], kind="slide" if slide else "image", width=w, height=h,
+                       mpp=rec["mpp"] if slide else images_mpp, basis="tissue" if slide else "image",
+                       basis_px=rec["tissue_level0_px"] if slide else float(w * h),
+                       class_px=rec["area_in_tissue_level0_px"] if slide else rec["area_level0_px"],
+                       regions=rec["regions"], geojson=rec["geojson"])
 
 
 def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or folders of images"),

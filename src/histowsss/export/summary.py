@@ -1,0 +1,57 @@
+"""`predictions.csv`: one row per predicted image or slide, the table a study reports (class area fractions,
+region counts, areas in mm^2).
+
+Fractions are of the image's pixels, or, for a slide, of its tissue (the tissue mask of the prediction). Areas in
+mm^2 need the microns per pixel: the slide's own, or for images ``data.mpp`` of the run (images are assumed to
+be at the training images' resolution). The file is an index over an output folder: predicting more inputs into
+the same folder adds their rows and replaces the rows of inputs predicted again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from histowsss.engine.atomic import write_text
+
+SUMMARY_FILE = "predictions.csv"
+FIRST_COLUMNS = ["input", "kind", "width", "height", "mpp", "basis", "basis_mm2"]
+
+
+def summary_row(*, input_path: str, kind: str, width: int, height: int, mpp: float | None, basis: str,
+                basis_px: float, class_px: dict[str, float], regions: dict[str, int], geojson: str) -> dict[str, str]:
+    """One row: per non-background class (the keys of ``regions``) its percent of ``basis_px``, region count and
+    mm^2; ``class_px`` are level-0 pixel areas."""
+    mm2 = (mpp * 1e-3) ** 2 if mpp else None
+    row = {"input": input_path, "kind": kind, "width": str(width), "height": str(height),
+           "mpp": "" if mpp is None else f"{mpp:g}", "basis": basis,
+           "basis_mm2": "" if mm2 is None else f"{basis_px * mm2:.4f}"}
+    for name, n in regions.items():
+        px = class_px.get(name, 0.0)
+        row[f"{name}_percent"] = f"{100 * px / basis_px:.2f}" if basis_px > 0 else ""
+        row[f"{name}_regions"] = str(n)
+        row[f"{name}_mm2"] = "" if mm2 is None else f"{px * mm2:.4f}"
+    row["geojson"] = geojson
+    return row
+
+
+def update_summary(out_dir: Path, rows: list[dict[str, str]]) -> Path:
+    """Merge ``rows`` into ``out_dir/predictions.csv`` (by input; other rows kept) and write it atomically."""
+    path = Path(out_dir) / SUMMARY_FILE
+    merged: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            merged = {r["input"]: r for r in csv.DictReader(f) if r.get("input")}
+    for r in rows:
+        merged[r["input"]] = r
+    columns = list(FIRST_COLUMNS)
+    for r in merged.values():
+        columns += [k for k in r if k not in columns and k != "geojson"]
+    columns.append("geojson")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    w.writeheader()
+    w.writerows(merged.values())
+    write_text(path, buf.getvalue())
+    return path

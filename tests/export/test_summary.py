@@ -1,0 +1,39 @@
+"""predictions.csv: per-input class fractions, regions and areas; merged across invocations."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from histowsss.export.summary import summary_row, update_summary
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rows_hold_fractions_regions_and_areas(tmp_path: Path):
+    img = summary_row(input_path="a.png", kind="image", width=100, height=50, mpp=0.5, basis="image", basis_px=5000,
+                      class_px={"tumour": 1250, "normal": 3750}, regions={"tumour": 3}, geojson="a.geojson")
+    assert img["tumour_percent"] == "25.00" and img["tumour_regions"] == "3"
+    assert img["tumour_mm2"] == f"{1250 * 0.25e-6:.4f}" and img["basis_mm2"] == f"{5000 * 0.25e-6:.4f}"
+    assert "normal_percent" not in img  # background is the rest
+    slide = summary_row(input_path="s.svs", kind="slide", width=10, height=10, mpp=None, basis="tissue", basis_px=0,
+                        class_px={}, regions={"tumour": 0}, geojson="s.geojson")
+    assert slide["tumour_percent"] == "" and slide["tumour_mm2"] == "" and slide["mpp"] == ""
+
+
+def test_the_index_merges_invocations(tmp_path: Path):
+    def row(name: str, px: float, cls: str = "tumour") -> dict[str, str]:
+        return summary_row(input_path=name, kind="image", width=10, height=10, mpp=None, basis="image",
+                           basis_px=100, class_px={cls: px}, regions={cls: 1}, geojson=f"{name}.geojson")
+
+    path = update_summary(tmp_path, [row("a.png", 10), row("b.png", 20)])
+    path = update_summary(tmp_path, [row("b.png", 40), row("c.png", 5, cls="necrosis")])
+    rows = {r["input"]: r for r in _read(path)}
+    assert list(rows) == ["a.png", "b.png", "c.png"]
+    assert rows["a.png"]["tumour_percent"] == "10.00" and rows["b.png"]["tumour_percent"] == "40.00"
+    assert rows["c.png"]["necrosis_percent"] == "5.00" and rows["a.png"]["necrosis_percent"] == ""
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[0] == "input" and header[-1] == "geojson"
