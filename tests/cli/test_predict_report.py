@@ -200,3 +200,34 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
     (f,) = json.loads((tmp_path / "o" / "slide.geojson").read_text())["features"]
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))
     assert shape(f["geometry"]).area == pytest.approx(128 * 128, rel=0.01)  # marching squares cuts the corners
+
+
+def test_inputs_from_sub_folders_and_never_earlier_outputs(tmp_path: Path):
+    from histowsss.cli.predict_cmd import collect_inputs
+
+    def img(p: Path) -> Path:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p)
+        return p
+
+    top = img(tmp_path / "in" / "a.png")
+    deep = img(tmp_path / "in" / "tumour" / "b.png")
+    img(tmp_path / "in" / ".hidden" / "c.png")
+    img(tmp_path / "in" / "s.partial" / "t.png")
+    img(tmp_path / "in" / "a_labels.png")  # an image of the user's that merely looks like an output: kept
+    out = tmp_path / "in" / "pred"
+    img(out / "a_labels.png")
+    img(out / "a_overlay.png")
+    assert collect_inputs([tmp_path / "in"], exclude=out) == [top, tmp_path / "in" / "a_labels.png"]
+    assert collect_inputs([tmp_path / "in"], recursive=True, exclude=out) == [top, tmp_path / "in" / "a_labels.png",
+                                                                               deep]
+    img(tmp_path / "only" / "sub" / "d.png")
+    with pytest.raises(FileNotFoundError, match="pass --recursive"):
+        collect_inputs([tmp_path / "only"])
+    assert collect_inputs([tmp_path / "only"], recursive=True) == [tmp_path / "only" / "sub" / "d.png"]
+    # predicting a folder into itself: the second pass does not pick up the first one's outputs
+    same = tmp_path / "same"
+    x = img(same / "x.png")
+    img(same / "x_labels.png")
+    img(same / "x_overlay.png")
+    assert collect_inputs([same], exclude=same) == [x]

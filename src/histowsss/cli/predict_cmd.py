@@ -1,6 +1,7 @@
 """`histowsss predict --run RUN_DIR INPUT... --out DIR`: segment new images with a run's trained network.
 
-Per input image ``<stem>`` (files, or every image in a folder), into ``DIR``:
+Per input image ``<stem>`` (files, or every image in a folder; ``--recursive``: in its sub-folders too), into
+``DIR``:
 
 * ``<stem>_labels.png``: class ids (uint8) at the input's own resolution (level 0);
 * ``<stem>_prob.npz``: ``probs`` float16 (C, h, w) at the working resolution (data.image_scale), ``classes``,
@@ -37,16 +38,30 @@ from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
 OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
+OUTPUT_IMAGE_SUFFIXES = ("_labels.png", "_overlay.png", "_tissue.png")  # images predict writes (slides: + tissue)
 
 
-def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files named, or found (non-recursively) in named folders; clear errors for the rest."""
+def collect_inputs(inputs: list[Path], recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """Image files named, or found in named folders (``recursive``: in their sub-folders too); clear errors for the
+    rest. Found in folders, earlier outputs (label, overlay and tissue PNGs below ``exclude``, the output folder)
+    and files in hidden or ``*.partial`` folders (slide tile caches) are skipped."""
+    skip = exclude.resolve() if exclude is not None else None
+
+    def wanted(f: Path, top: Path) -> bool:
+        if any(x.startswith(".") or x.endswith(".partial") for x in f.relative_to(top).parts[:-1]):
+            return False
+        if (skip is not None and f.name.endswith(OUTPUT_IMAGE_SUFFIXES)
+                and (skip == f.resolve().parent or skip in f.resolve().parents)):
+            return False
+        return f.is_file() and f.suffix.lower() in INPUT_SUFFIXES
+
     out: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES)
+            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if wanted(f, p))
             if not found:
-                raise FileNotFoundError(f"{p}: folder holds no images or slides ({', '.join(INPUT_SUFFIXES)})")
+                raise FileNotFoundError(f"{p}: folder holds no images or slides ({', '.join(INPUT_SUFFIXES)})"
+                                        + ("" if recursive else "; pass --recursive to search its sub-folders"))
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -76,7 +91,8 @@ def load_run_config(run_dir: Path):
 
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
-                   min_area: float = 16.0, slide_options: SlideOptions | None = None, log=print) -> list[dict]:
+                   min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
+                   log=print) -> list[dict]:
     """Segment ``inputs`` with the run's network; returns one record per image or slide (paths, regions per class).
 
     Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`.
@@ -90,7 +106,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.steps.train_seg import load_segnet
 
     cfg = load_run_config(run_dir)
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
     if not overwrite:
         from histowsss.slides.predict import slide_output_paths
@@ -169,6 +185,8 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             overwrite: bool = typer.Option(False, help="replace existing outputs"),
+            recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "
+                                           "folders given (output names must stay unique)"),
             supervised: bool = typer.Option(False, help="use the supervised upper-bound network (seg_supervised)"),
             device: Optional[str] = typer.Option(None, help="device (default: the run config's)"),
             simplify: float = typer.Option(1.0, help="GeoJSON polygon simplification tolerance, level-0 pixels"),
@@ -195,7 +213,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
     with clear_errors():
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
-                              min_area=min_area, log=log_line,
+                              min_area=min_area, log=log_line, recursive=recursive,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
                                                          out_factor, tissue_threshold, slide_backend))
     console.print(f"{len(recs)} image(s) -> {out}")
