@@ -13,6 +13,17 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask): mkstemp's private 0o600 would hide results
+    from the colleagues and services (a lab's web server, say) that read a shared run folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -26,6 +37,7 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
