@@ -30,12 +30,12 @@ import numpy as np
 import typer
 
 from histowsss.cli.common import clear_errors, console, log_line
+from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.export.overlay import overlay
 from histowsss.export.summary import update_summary, summary_row
 from histowsss.slides.predict import SlideOptions
 from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
 OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
 OUTPUT_IMAGE_SUFFIXES = ("_labels.png", "_overlay.png", "_tissue.png")  # images predict writes (slides: + tissue)

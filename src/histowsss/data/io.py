@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # the file types read as plain images
+
 
 class ImageReadError(ValueError):
     """An image or mask file cannot be used; the message names the file and the fix."""
