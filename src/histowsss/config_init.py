@@ -9,7 +9,6 @@ makes is returned as a note, written at the top of the YAML.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import yaml
 
 from histowsss.config import ConfigError, RunConfig, builtin_config_path, validate_config
+from histowsss.data.manifest import read_csv_rows
 
 PROFILES = {"cpu": "glas-malignant", "gpu": "glas-malignant-gpu"}
 # microns per network pixel of the profiles: GlaS at 0.62 um/px, read at data.image_scale 0.5 (CPU) or 1.0 (GPU)
@@ -40,13 +40,8 @@ class InitResult:
 
 
 def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: manifest not found; pass the manifest CSV (make one from a folder of "
-                                "class sub-folders with `histowsss data manifest FOLDER --out manifest.csv`)")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    columns, rows = read_csv_rows(manifest, fix="pass the manifest CSV (make one from a folder of class "
+                                  "sub-folders with `histowsss data manifest FOLDER --out manifest.csv`)")
     if not rows:
         raise ConfigError(f"{manifest}: no rows")
     return columns, rows

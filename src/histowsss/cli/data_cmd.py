@@ -78,20 +78,13 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
           label_column: str = typer.Option("label", help="column whose classes are stratified"),
           overwrite: bool = False) -> None:
     """Write a patient-grouped, class-stratified split (no patient in two splits)."""
-    import csv
-
-    from histowsss.data.manifest import write_manifest
+    from histowsss.data.manifest import read_csv_rows, write_manifest
     from histowsss.data.split import grouped_stratified_split
 
     with clear_errors():
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: manifest not found; pass the path of the manifest CSV")
-        with open(manifest, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+        columns, rows = read_csv_rows(manifest)
         for col in ("patient", label_column):
             if col not in columns:
                 fix = ("add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"

@@ -175,6 +175,22 @@ def patients_in_several_splits(samples: list[Sample]) -> dict[str, list[str]]:
     return {p: sorted(sp) for p, sp in sorted(by_patient.items()) if len(sp) > 1}
 
 
+def read_csv_rows(path: Path, what: str = "manifest", fix: str = "pass the path of the manifest CSV"
+                  ) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of a CSV with a header, names and values stripped; a BOM (Excel) is tolerated.
+
+    A missing file raises FileNotFoundError saying ``{path}: {what} not found; {fix}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found; {fix}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    return columns, rows
+
+
 def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
     """Write manifest rows (dicts with the same keys) atomically."""
     import io

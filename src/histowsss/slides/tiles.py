@@ -17,10 +17,11 @@ annotated slides can be evaluated like GlaS (``data.mask_mode: class_ids`` with 
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 from typing import Callable
+
+from histowsss.data.manifest import read_csv_rows
 
 
 class SlideManifestError(ValueError):
@@ -29,13 +30,8 @@ class SlideManifestError(ValueError):
 
 def read_slide_manifest(path: Path) -> list[dict[str, str]]:
     """Rows of a slide manifest (stripped strings), checked for the columns tiling needs."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: slide manifest not found; pass the path of a CSV with columns image, "
-                                "split, patient and the label column(s)")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    columns, rows = read_csv_rows(path, "slide manifest", "pass the path of a CSV with columns image, split, "
+                                  "patient and the label column(s)")
     missing = [c for c in ("image", "split", "patient") if c not in columns]
     if missing:
         raise SlideManifestError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)}); a "
