@@ -66,6 +66,8 @@ def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path
             assert f["properties"]["objectType"] == "annotation"
             assert f["properties"]["classification"]["name"] == "malignant"  # background is not exported
             assert f["properties"]["classification"]["color"] == [230, 25, 75]
+            m = f["properties"]["measurements"]  # the region's own probability of its class: the argmax, so >= 1/2
+            assert 0.5 - 1e-3 <= m["min_probability"] <= m["mean_probability"] <= 1
             minx, miny, maxx, maxy = shape(f["geometry"]).bounds
             assert 0 <= minx and maxx <= 64 and 0 <= miny and maxy <= 64  # level-0 pixels of the 64 px input
     rows = {Path(r["input"]).stem: r for r in csv.DictReader(open(out / "predictions.csv", newline=""))}
@@ -198,6 +200,7 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
     assert row["malignant_percent"] == "100.00"  # every tissue pixel is called malignant
     assert float(row["malignant_mm2"]) == pytest.approx(tissue * 0.25e-6, abs=1e-4)
     (f,) = json.loads((tmp_path / "o" / "slide.geojson").read_text())["features"]
+    assert f["properties"]["measurements"]["mean_probability"] == 1.0  # from the stitched uint8 map
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))
     assert shape(f["geometry"]).area == pytest.approx(128 * 128, rel=0.01)  # marching squares cuts the corners
 

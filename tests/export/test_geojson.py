@@ -86,3 +86,25 @@ def test_ignore_and_empty_maps():
     assert labels_to_features(np.zeros((10, 10), np.uint8), NAMES, COLORS, background=0) == []
     with pytest.raises(ValueError, match="colour"):
         hex_to_rgb("red")
+
+
+def test_regions_carry_their_class_probability():
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:6, 2:6] = 1  # a confident region
+    lab[10:18, 10:18] = 1  # a doubtful one
+    probs = np.zeros((2, 20, 20), np.float32)
+    probs[1][2:6, 2:6] = 0.9
+    probs[1][10:18, 10:18] = 0.55
+    probs[1][12, 12] = 0.51
+    probs[0] = 1 - probs[1]
+    feats = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0, probs=probs)
+    by_area = {f["properties"]["measurements"]["area_px"] > 30: f["properties"]["measurements"] for f in feats}
+    assert len(feats) == 2
+    assert by_area[False]["mean_probability"] == pytest.approx(0.9) and by_area[False]["min_probability"] == pytest.approx(0.9)
+    assert by_area[True]["min_probability"] == pytest.approx(0.51)
+    assert by_area[True]["mean_probability"] == pytest.approx((63 * 0.55 + 0.51) / 64, abs=1e-4)
+    as_uint8 = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0,
+                                  probs=np.round(probs * 255).astype(np.uint8))
+    assert {round(f["properties"]["measurements"]["mean_probability"], 2) for f in as_uint8} == {0.9, 0.55}
+    with pytest.raises(ValueError, match="probs"):
+        labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], probs=probs[:, :10])

@@ -156,7 +156,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                   image_scale=np.array(scale), level0_size=np.array((H, W)))
         write_png(overlay_p, overlay(original, lab0, colors, bg))
         feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
-                                   min_area=min_area, id_prefix=f.stem)
+                                   min_area=min_area, id_prefix=f.stem, probs=probs)
         write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
         counts = {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
                   for i, n in enumerate(classes.names) if i != bg}

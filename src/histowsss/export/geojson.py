@@ -32,11 +32,11 @@ def hex_to_rgb(color: str) -> list[int]:
 
 
 def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5, min_area: float = 0.0,
-                    offset: tuple[float, float] = (0.0, 0.0)):
+                    offset: tuple[float, float] = (0.0, 0.0), with_pixels: bool = False):
     """Shapely (Multi)Polygons, one per 8-connected region of a boolean ``mask``, in level-0 coordinates.
 
     ``offset`` (y, x) is added (in ``mask`` pixels) before scaling; regions whose level-0 area is below
-    ``min_area`` are dropped.
+    ``min_area`` are dropped. ``with_pixels``: (polygon, (slices, boolean mask of the region within them)) pairs.
     """
     from scipy import ndimage
     from shapely import make_valid
@@ -73,7 +73,7 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
             continue
         geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
         if geom.area >= min_area:
-            out.append(geom)
+            out.append((geom, (sl, lab[sl] == i)) if with_pixels else geom)
     return out
 
 
@@ -100,12 +100,21 @@ def _round_coords(obj: Any, ndigits: int) -> Any:
 
 def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[str],
                        background: int | None = 0, scale: float = 1.0, simplify: float = 0.5,
-                       min_area: float = 0.0, id_prefix: str = "", ndigits: int = 2) -> list[dict]:
-    """GeoJSON features of every non-background class of a class-id map (IGNORE pixels are skipped)."""
+                       min_area: float = 0.0, id_prefix: str = "", ndigits: int = 2,
+                       probs: np.ndarray | None = None) -> list[dict]:
+    """GeoJSON features of every non-background class of a class-id map (IGNORE pixels are skipped).
+
+    ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the measurements
+    ``mean_probability`` and ``min_probability`` of its class over its pixels (QuPath lists them per annotation,
+    so uncertain regions can be sorted out there).
+    """
     from shapely.geometry import mapping
 
     if len(colors) != len(class_names):
         raise ValueError(f"need one colour per class ({len(class_names)}), got {len(colors)}")
+    if probs is not None and probs.shape != (len(class_names), *labels.shape):
+        raise ValueError(f"probs {probs.shape} must be (classes, *labels.shape) = {(len(class_names), *labels.shape)}")
+    unit = 1.0 / 255 if probs is not None and probs.dtype == np.uint8 else 1.0  # uint8 maps: 255 = probability 1
     feats = []
     for c, name in enumerate(class_names):
         if c == background:
@@ -113,7 +122,12 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
         mask = labels == c
         if not mask.any():
             continue
-        for j, geom in enumerate(region_polygons(mask, scale=scale, simplify=simplify, min_area=min_area)):
+        for j, (geom, (sl, pixels)) in enumerate(region_polygons(mask, scale=scale, simplify=simplify,
+                                                                  min_area=min_area, with_pixels=True)):
+            measurements = {"area_px": round(float(geom.area), 1)}
+            if probs is not None:
+                p = np.asarray(probs[c][sl], dtype=np.float32)[pixels] * unit
+                measurements.update(mean_probability=round(float(p.mean()), 4), min_probability=round(float(p.min()), 4))
             g = mapping(geom)
             feats.append({
                 "type": "Feature",
@@ -123,7 +137,7 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                     "objectType": "annotation",
                     "classification": {"name": str(name), "color": hex_to_rgb(colors[c])},
                     "isLocked": False,
-                    "measurements": {"area_px": round(float(geom.area), 1)},
+                    "measurements": measurements,
                 },
             })
     return feats

@@ -121,7 +121,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
-                               simplify=simplify, min_area=min_area, id_prefix=path.stem)
+                               simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
     px_area = pred.out_downsample**2
     areas = {n: float((labels == i).sum() * px_area) for i, n in enumerate(names)}
