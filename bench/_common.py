@@ -48,3 +48,18 @@ def write_result(name: str, profile: str, wall_s: float, config: dict, metrics: 
            "metrics": metrics, "checks": checks}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
+
+
+def cam_and_boundary(run_path: Path, name: str):
+    """(max-normalised CAMs (K, h, w) float32, image size (H, W), IRN boundary map (h, w) float32) of one image of a
+    finished run folder (cams/ of make_cam, irn/ of make_sem_seg_labels)."""
+    import numpy as np
+
+    from histowsss.evaluation.cam_labels import normalize_cams
+
+    with np.load(run_path / "cams" / f"{name}.npz") as z:
+        cam_norm = normalize_cams(z["cam"].astype(np.float32))
+        size = (int(z["size"][0]), int(z["size"][1]))
+    with np.load(run_path / "irn" / f"{name}.npz") as z:
+        boundary = z["boundary"].astype(np.float32)
+    return cam_norm, size, boundary

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, write_result  # noqa: E402
+from _common import ROOT, cam_and_boundary, write_result  # noqa: E402
 
 BANDS = (0, 4, 8, 16, 32, 64)
 
@@ -48,7 +48,6 @@ def main() -> None:
 
     from histowsss.config import load_config
     from histowsss.data.masks import load_class_mask
-    from histowsss.evaluation.cam_labels import normalize_cams
     from histowsss.evaluation.metrics import ConfusionMatrix
     from histowsss.steps.common import samples_for
     from histowsss.steps.irn_common import STRIDE, background_id, cam_class_ids, cam_mode, presence
@@ -76,11 +75,7 @@ def main() -> None:
     regions_per_image = {g: [] for g in args.spacing}
     t0 = time.time()
     for i, s in enumerate(track(samples, description="error anatomy (train)")):
-        with np.load(run_path / "cams" / f"{s.name}.npz") as z:
-            cam_norm = normalize_cams(z["cam"].astype(np.float32))
-            size = (int(z["size"][0]), int(z["size"][1]))
-        with np.load(run_path / "irn" / f"{s.name}.npz") as z:
-            boundary = z["boundary"].astype(np.float32)
+        cam_norm, size, boundary = cam_and_boundary(run_path, s.name)
         gt = load_class_mask(s, cfg.data)
         cam_norm, pres, allowed = gate_cams(cfg, s, cam_norm, present[i])
         cam = torch.from_numpy(cam_norm)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, check, write_result  # noqa: E402
+from _common import ROOT, cam_and_boundary, check, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,6 @@ def main() -> None:
 
     from histowsss.config import load_config
     from histowsss.data.masks import load_class_mask
-    from histowsss.evaluation.cam_labels import normalize_cams
     from histowsss.evaluation.metrics import ConfusionMatrix
     from histowsss.steps.irn_common import background_id, cam_class_ids, cam_mode, presence
     from histowsss.steps.make_sem_seg_labels import gate_cams, labels_from_scores, walk_scores
@@ -59,11 +58,8 @@ def main() -> None:
     cms = {s: [ConfusionMatrix(len(names)) for _ in values] for s in settings}
     t0 = time.time()
     for i, s in enumerate(track(samples, description="walk sweep (train)")):
-        with np.load(run_path / "cams" / f"{s.name}.npz") as z:
-            cam_norm = normalize_cams(z["cam"].astype(np.float32))
-            size = (int(z["size"][0]), int(z["size"][1]))
-        with np.load(run_path / "irn" / f"{s.name}.npz") as z:
-            boundary = torch.from_numpy(z["boundary"].astype(np.float32))
+        cam_norm, size, boundary = cam_and_boundary(run_path, s.name)
+        boundary = torch.from_numpy(boundary)
         gt = load_class_mask(s, cfg.data)
         # the pipeline's patch-label gating (eval_cam.label_gating: patch), as make_sem_seg_labels applies it
         cam_norm, pres, allowed = gate_cams(cfg, s, cam_norm, present[i])
