@@ -195,10 +195,10 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
     assert recs[0]["area_mm2"]["malignant"] == pytest.approx(128 * 128 * 0.25e-6)
     (row,) = csv.DictReader(open(tmp_path / "o" / "predictions.csv", newline=""))
     assert row["kind"] == "slide" and row["basis"] == "tissue" and row["mpp"] == "0.5"
-    tissue = recs[0]["tissue_level0_px"]
-    assert 0 < tissue <= 128 * 128 and float(row["basis_mm2"]) == pytest.approx(tissue * 0.25e-6, abs=1e-4)
-    assert row["malignant_percent"] == "100.00"  # every tissue pixel is called malignant
-    assert float(row["malignant_mm2"]) == pytest.approx(tissue * 0.25e-6, abs=1e-4)
+    assert 0 < recs[0]["tissue_level0_px"] <= recs[0]["tissue_or_class_level0_px"] == 128 * 128
+    assert float(row["basis_mm2"]) == pytest.approx(128 * 128 * 0.25e-6, abs=1e-4)
+    assert row["malignant_percent"] == "100.00"  # every analysed pixel is called malignant
+    assert float(row["malignant_mm2"]) == pytest.approx(128 * 128 * 0.25e-6, abs=1e-4)  # = the GeoJSON's area
     (f,) = json.loads((tmp_path / "o" / "slide.geojson").read_text())["features"]
     assert f["properties"]["measurements"]["mean_probability"] == 1.0  # from the stitched uint8 map
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))

@@ -176,8 +176,8 @@ def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
     w, h = rec["level0_size"]
     return summary_row(input_path=rec["input"], kind="slide" if slide else "image", width=w, height=h,
                        mpp=rec["mpp"] if slide else images_mpp, basis="tissue" if slide else "image",
-                       basis_px=rec["tissue_level0_px"] if slide else float(w * h),
-                       class_px=rec["area_in_tissue_level0_px"] if slide else rec["area_level0_px"],
+                       basis_px=rec["tissue_or_class_level0_px"] if slide else float(w * h),
+                       class_px=rec["area_level0_px"],
                        regions=rec["regions"], geojson=rec["geojson"])
 
 

@@ -9,8 +9,8 @@ Per slide ``<stem>``, into the output folder:
 * ``<stem>_tissue.png``: the tissue mask the tiles were chosen from (thumbnail resolution);
 * ``<stem>.geojson``: QuPath annotations in level-0 pixel coordinates of the slide;
 * ``<stem>_slide.json``: backend, level-0 size, mpp, working downsample, tiles, timings, and the area of every
-  class (level-0 pixels, and mm^2 when the slide's mpp is known), of the tissue, and of every class inside the
-  tissue (the slide's row of ``predictions.csv`` gives the class percentages of the tissue).
+  class (level-0 pixels, and mm^2 when the slide's mpp is known), of the tissue mask, and of the tissue mask joined
+  with every pixel called a non-background class (the basis of the slide's percentages in ``predictions.csv``).
 
 The network sees the slide at the resolution of its training images (``data.mpp / data.image_scale`` microns per
 pixel, or ``--downsample``). Reinhard stain normalisation, when the run uses it, maps every tile with the slide's
@@ -126,14 +126,16 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     px_area = pred.out_downsample**2
     areas = {n: float((labels == i).sum() * px_area) for i, n in enumerate(names)}
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
-    areas_in_tissue = {n: float(((labels == i) & in_tissue).sum() * px_area) for i, n in enumerate(names)}
+    # the thumbnail's tissue mask misses white lumen and tissue edges that the network calls a class: count them too,
+    # so class areas here, in predictions.csv and in the GeoJSON agree
+    analysed = float((in_tissue | (labels != bg)).sum() * px_area)
     record = {
         "input": str(path), "backend": backend_used, "level0_size": [W0, H0],
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
         "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
         "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,
         "area_level0_px": areas, "tissue_level0_px": float(in_tissue.sum() * px_area),
-        "area_in_tissue_level0_px": areas_in_tissue,
+        "tissue_or_class_level0_px": analysed,
         "area_mm2": {n: a * (mpp * 1e-3) ** 2 for n, a in areas.items()} if mpp else None,
         "regions": {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
                     for i, n in enumerate(names) if i != bg},
