@@ -32,7 +32,7 @@ import typer
 from histowsss.cli.common import clear_errors, console, log_line
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.export.overlay import overlay
-from histowsss.export.summary import update_summary, summary_row
+from histowsss.export.summary import summary_row, update_summary
 from histowsss.slides.predict import SlideOptions
 from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
@@ -162,8 +162,8 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                   for i, n in enumerate(classes.names) if i != bg}
         log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
         px = np.bincount(lab0.ravel(), minlength=len(classes.names))
-        records.append({"input": str(f), "labels": str(labels_p), "probs": str(prob_p), "overlay": str(overlay_p),
-                        "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
+        records.append({"input": str(f), "kind": "image", "labels": str(labels_p), "probs": str(prob_p),
+                        "overlay": str(overlay_p), "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
                         "area_level0_px": {n: float(px[i]) for i, n in enumerate(classes.names)}})
     summary = update_summary(out_dir, [_summary_row(r, cfg.data.mpp) for r in records])
     log(f"per-input class fractions and areas: {summary}")
@@ -172,9 +172,9 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
 
 def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
     """The predictions.csv row of an image record (fractions of the image) or a slide record (of its tissue)."""
-    slide = "tissue_level0_px" in rec
+    slide = rec["kind"] == "slide"
     w, h = rec["level0_size"]
-    return summary_row(input_path=rec["input"], kind="slide" if slide else "image", width=w, height=h,
+    return summary_row(input_path=rec["input"], kind=rec["kind"], width=w, height=h,
                        mpp=rec["mpp"] if slide else images_mpp, basis="tissue" if slide else "image",
                        basis_px=rec["tissue_or_class_level0_px"] if slide else float(w * h),
                        class_px=rec["area_level0_px"],

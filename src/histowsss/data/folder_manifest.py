@@ -44,6 +44,10 @@ def _images_below(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def _direct_images(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _subfolders(folder: Path, skip: set[Path]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve() not in skip)
 
@@ -96,7 +100,7 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | None = None, mask_
             raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
     skip = {masks.resolve()} if masks is not None else set()
     top = _subfolders(root, skip)
-    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    loose = _direct_images(root)
     if loose:
         raise FolderLayoutError(f"{root}: {len(loose)} image(s) directly in the folder (e.g. {loose[0]}); put every "
                                 "image in a sub-folder named after its class (ROOT/<class>/...), or write the manifest "
@@ -109,7 +113,7 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | None = None, mask_
     for t in top:
         if by_split:
             classes = _subfolders(t, skip)
-            stray = [p.name for p in t.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            stray = _direct_images(t)
             if stray or not classes:
                 raise FolderLayoutError(f"{t}: a split folder must hold one sub-folder per class "
                                         f"({'images found directly in it, e.g. ' + stray[0] if stray else 'none found'})")

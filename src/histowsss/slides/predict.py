@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+
 @dataclass
 class SlideOptions:
     """How whole-slide inputs are read and tiled (``histowsss predict`` options)."""
@@ -130,7 +131,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     # so class areas here, in predictions.csv and in the GeoJSON agree
     analysed = float((in_tissue | (labels != bg)).sum() * px_area)
     record = {
-        "input": str(path), "backend": backend_used, "level0_size": [W0, H0],
+        "input": str(path), "kind": "slide", "backend": backend_used, "level0_size": [W0, H0],
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
         "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
         "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,
