@@ -44,7 +44,7 @@ def test_config_fits_the_manifest(synth: Path, tmp_path: Path):
     assert cfg.data.mask_mode == "binary_image_label"  # benign glands in benign images are not malignant
     assert cfg.data.image_scale == 1.0  # small images are read at full size
     assert cfg.train_cam.crop_size == cfg.train_seg.crop_size == cfg.train_irn.crop_size == 128
-    assert cfg.upper_bound and cfg.sem_seg.exp_times == 4 and cfg.eval_seg.image_gate_cut is None
+    assert cfg.upper_bound and cfg.sem_seg.exp_times == 4 and not cfg.eval_seg.image_gate
     # the text is the config: loading it gives the same model
     (tmp_path / "c.yaml").write_text(made.text)
     assert load_config(tmp_path / "c.yaml") == cfg

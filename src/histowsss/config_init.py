@@ -220,9 +220,12 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     raw.setdefault("sem_seg", {})["exp_times"] = 4
     notes.append("sem_seg.exp_times 4 (16 random-walk steps, chosen on GlaS train; IRN's 256 over-spread there)")
     if raw.setdefault("eval_seg", {}).get("image_gate"):
+        # eval_cam's cut is chosen on images the classifier trained on; on unseen GlaS patients it cost malignant
+        # IoU, and no cut gained more than 0.5 (bench/results/seg_crossval_glas-malignant.cpu.json)
+        raw["eval_seg"]["image_gate"] = False
         raw["eval_seg"]["image_gate_cut"] = None
-        notes.append("eval_seg.image_gate on (image-level labels), its cut the one eval_cam chooses on your train "
-                     "split (the profile's 0.3 was chosen on GlaS patients)")
+        notes.append("eval_seg.image_gate off: on GlaS it changed little and a cut chosen on training images removed "
+                     "classes from unseen patients' images; choose it on your patients with bench/seg_crossval.py")
     cfg = validate_config(raw, origin=f"config for {manifest}")
     header = [f"# histowsss config for {manifest}, made by `histowsss init` from the {PROFILES[profile]} profile",
               "# (image-level labels; CAM -> IRN -> segmentation network). What was chosen from the data:"]
