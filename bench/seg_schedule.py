@@ -40,22 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, check, write_result  # noqa: E402
 
+from histowsss.tuning.scratch import scratch_run  # noqa: E402
+
 DEFAULT_CANDIDATES = ["train_seg.epochs=5", "train_seg.epochs=10", "train_seg.epochs=15"]
-
-
-def scratch_run(src: Path, dst: Path) -> None:
-    """A run folder that sees ``src``'s finished upstream steps and weak labels, and nothing it could overwrite."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for sub in ("status", "metrics"):
-        (dst / sub).mkdir()
-        for f in (src / sub).glob("*.json"):
-            if not f.stem.startswith(("train_seg", "eval_seg", "seg")):
-                shutil.copy2(f, dst / sub / f.name)
-    for sub in ("pseudo", "cams"):
-        if (src / sub).exists():
-            (dst / sub).symlink_to((src / sub).resolve(), target_is_directory=True)
 
 
 def offset_argmax(probs, background: int, offset: float):

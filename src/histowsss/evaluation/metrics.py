@@ -102,6 +102,16 @@ class ConfusionMatrix:
             raise ValueError(f"num_classes differ: {self.num_classes} vs {other.num_classes}")
         self._cm += other._cm
 
+    @classmethod
+    def from_matrix(cls, counts: Any, ignore_index: int = 255) -> "ConfusionMatrix":
+        """A matrix holding the given (C, C) counts (rows = gt, cols = pred), e.g. one saved with ``matrix.tolist()``."""
+        arr = np.asarray(counts, dtype=np.int64)
+        if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or (arr < 0).any():
+            raise ValueError(f"counts must be a square matrix of non-negative integers, got shape {arr.shape}")
+        cm = cls(arr.shape[0], ignore_index)
+        cm._cm[:] = arr
+        return cm
+
     @property
     def matrix(self) -> np.ndarray:
         """A copy of the int64 (C, C) counts (rows = gt, cols = pred)."""

@@ -1,0 +1,79 @@
+"""`histowsss tune RUN_DIR`: choose segmentation settings by patient cross-validation of the training images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from histowsss.cli.common import clear_errors, console, log_line
+
+
+def _cuts(text: Optional[str]) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--gate-cuts {text!r}: give comma-separated probabilities, e.g. 0.5,0.3,0.1") from None
+
+
+def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels are made (histowsss run ... --to "
+                                                   "eval_sem_seg)"),
+         candidate: Optional[list[str]] = typer.Option(
+             None, "--candidate", "-c",
+             help="';'-separated config overrides of one candidate, e.g. \"train_seg.members=1;train_seg.epochs=10\" "
+                  "(repeat; none: the run's own configuration)"),
+         folds: int = typer.Option(4, help="patient folds (each training patient is held out once)"),
+         gate_cuts: Optional[str] = typer.Option(
+             None, help="also score the CAM classifier's image gate at these class-presence cuts, e.g. 0.5,0.2,0.05"),
+         holdout_classifier: bool = typer.Option(
+             False, help="gate each fold with a CAM stage trained without its patients (honest, one CAM training "
+                         "per fold)"),
+         criterion: str = typer.Option("miou", help="miou, or iou_<class> (e.g. iou_malignant)"),
+         name: str = typer.Option("crossval", help="result name: RUN_DIR/tuning/<name>.json"),
+         keep_work: bool = typer.Option(False, help="keep the scratch folders (held-out CAM stages) after success"),
+         overwrite: bool = typer.Option(False, help="replace a finished result of the same name"),
+         seed: int = typer.Option(0, help="seed of the patient-to-fold assignment")) -> None:
+    """Cross-validate segmentation settings on the training patients; test images are never read.
+
+    Each candidate trains K networks (one per held-out fold, on the weak labels of the other folds) and every
+    training image is scored once against its mask. Prints the pooled table and the overrides of the best choice.
+    A killed call resumes: finished (fold, candidate) pairs are kept under RUN_DIR/tuning/<name>/.
+    """
+    from rich.table import Table
+
+    from histowsss.engine.atomic import write_json
+    from histowsss.tuning.crossval import crossval
+
+    with clear_errors():
+        out = run_dir / "tuning" / f"{name}.json"
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "
+                                  "--name to keep both")
+        work = run_dir / "tuning" / name
+        res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=_cuts(gate_cuts),
+                       holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
+        write_json(out, res)
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    crit = res["criterion"]
+    table = Table(title=f"{folds}-fold patient cross-validation, {res['training_images']} training images "
+                        f"({res['training_patients']} patients), {crit} pooled over the folds")
+    table.add_column("candidate")
+    table.add_column("variant")
+    table.add_column(crit, justify="right")
+    table.add_column(f"fold mean {crit}", justify="right")
+    for row in res["pooled"]:
+        for vk, v in row.items():
+            if isinstance(v, dict):
+                best = row["overrides"] == res["chosen"]["candidate"] and vk == res["chosen"]["variant"]
+                table.add_row(row["overrides"] or "(run config)", vk, f"{v[crit]:.2f}" + (" *" if best else ""),
+                              f"{v['fold_mean_' + crit]:.2f}")
+    console.print(table)
+    console.print(f"weak labels themselves: {crit} {res['weak_labels_pooled'][crit]:.2f}")
+    sets = " ".join(f"--set {o}" for o in res["chosen"]["overrides"]) or "(no overrides: the run configuration)"
+    console.print(f"chosen: {sets}", markup=False, highlight=False)
+    console.print(f"result: {out}")

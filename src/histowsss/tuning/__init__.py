@@ -1,0 +1,1 @@
+"""Model selection on training data only: scratch run folders and patient-grouped cross-validation."""

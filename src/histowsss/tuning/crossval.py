@@ -1,0 +1,282 @@
+"""Patient-grouped K-fold cross-validation of segmentation-network settings on a run's training images.
+
+Test ground truth is the wrong place to choose settings, and one held-out fifth of a small training set is a noisy
+guide. ``crossval`` scores every training image once instead: the training patients are dealt into K
+class-stratified folds; for each fold every candidate (a list of config overrides) trains the segmentation network
+on the other folds' weak labels (those ``train_seg.labels`` picks in the source run) and predicts the fold's images
+with eval_seg's inference. Scores are pooled over the folds into one confusion matrix per candidate and variant.
+
+Variants: the network alone (``network``) and, for each class-presence cut in ``gate_cuts``, the network gated by the
+CAM classifier (``image_gate@<cut>``, as ``eval_seg.image_gate`` does). With ``holdout_classifier`` each fold's gate
+comes from a CAM stage trained without that fold's patients, so it judges unseen patients as on test; otherwise the
+source run's classifier, which saw every training image, gates (optimistic).
+
+Restartable: each finished (fold, candidate) is kept as a small JSON of confusion matrices, keyed by everything that
+determines it; the held-out CAM stages are ordinary run folders whose finished steps are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from histowsss.config import ConfigError, RunConfig, load_config
+from histowsss.engine.atomic import write_json
+from histowsss.evaluation.metrics import ConfusionMatrix
+from histowsss.tuning.scratch import scratch_run
+
+NETWORK = "network"
+WEAK = ["train_seg.supervised=false"]  # a run's config.yaml may hold the last (supervised) run's switch
+
+
+def parse_candidate(text: str) -> list[str]:
+    """``"a.b=1; c.d=2"`` -> ``["a.b=1", "c.d=2"]`` (an empty text: the run's own configuration)."""
+    return [o.strip() for o in text.split(";") if o.strip()]
+
+
+def gate_variant(cut: float) -> str:
+    return f"image_gate@{cut:g}"
+
+
+def fold_assignment(patients: list[str], strata: list[str], folds: int, seed: int = 0) -> dict[str, str]:
+    """Patient -> ``fold<k>``: no patient in two folds, each fold with about the same share of every stratum."""
+    from histowsss.data.split import grouped_stratified_split
+
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    if len(set(patients)) < folds:
+        raise ValueError(f"{len(set(patients))} training patients cannot fill {folds} folds; use --folds "
+                         f"{max(2, len(set(patients)))} or fewer")
+    return grouped_stratified_split(patients, strata, {f"fold{k}": 1 / folds for k in range(folds)}, seed=seed)
+
+
+def fold_manifest(src_manifest: Path, names: set[str], out: Path) -> None:
+    """A copy of ``src_manifest`` with absolute file paths and the rows named in ``names`` moved to split
+    ``holdout`` (a CAM stage trained on it never sees those images)."""
+    from histowsss.engine.atomic import write_text
+
+    with Path(src_manifest).open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    base = Path(src_manifest).parent.resolve()
+    for r in rows:
+        for col in ("image", "mask", "mask_cc"):
+            if r.get(col):
+                r[col] = str((base / r[col]).resolve())
+        name = r.get("name") or Path(r["image"]).stem
+        if name in names:
+            r["split"] = "holdout"
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out, buf.getvalue())
+
+
+def holdout_cam_run(src: Path, manifest: Path, run_path: Path, log: Callable[[str], None]) -> Path:
+    """The source run's CAM stage (train_cam .. eval_cam) trained without the ``holdout`` split of ``manifest``;
+    make_cam covers the held-out images, so their class probabilities come from a classifier that never saw them."""
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.run_dir import RunDir
+
+    cfg = load_config(str(src / "config.yaml"), WEAK + [f"data.manifest={manifest}", "data.test_splits=[holdout]",
+                                                        "upper_bound=false"])
+    run_pipeline(cfg, RunDir(run_path, cfg).init(), None, "eval_cam", log=log)
+    return run_path
+
+
+def _summary(cm: ConfusionMatrix, names: list[str]) -> dict:
+    sm = cm.summary(names)
+    return {"miou": sm["miou"], **{f"iou_{c}": sm["per_class"][c]["iou"] for c in names}}
+
+
+def _matrix(cm: ConfusionMatrix) -> list[list[int]]:
+    return cm.matrix.tolist()
+
+
+def _key(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def criterion_names(cfg: RunConfig) -> list[str]:
+    """The criteria a cross-validation can choose by: ``miou`` and ``iou_<class>`` for every class."""
+    return ["miou"] + [f"iou_{c}" for c in cfg.data.classes.names]
+
+
+def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 4, gate_cuts: list[float] | None = None,
+             holdout_classifier: bool = False, criterion: str = "miou", seed: int = 0,
+             log: Callable[[str], None] = print) -> dict:
+    """Cross-validate ``candidates`` (``;``-separated overrides each) on the finished weak labels of ``run_path``.
+
+    Scratch folders and per-(fold, candidate) records go to ``work`` (kept, so a killed call resumes). Returns the
+    pooled scores, per-fold scores and the chosen (candidate, variant) by ``criterion``. Test images are never read.
+    """
+    from histowsss.data.loading import load_image
+    from histowsss.data.masks import load_class_mask
+    from histowsss.engine.distributed import init_distributed
+    from histowsss.engine.run_dir import RunDir, StepError
+    from histowsss.models.fuse import inference_model
+    from histowsss.steps import train_seg
+    from histowsss.steps.common import samples_for
+    from histowsss.steps.eval_seg import predict_probs
+    from histowsss.steps.image_gate import apply_gate, stored_absent
+
+    src = Path(run_path).resolve()
+    if not (src / "config.yaml").exists():
+        raise FileNotFoundError(f"{src / 'config.yaml'} missing: pass a run folder of `histowsss run` whose weak "
+                                "labels are made (its steps up to eval_sem_seg, or eval_cam for CAM labels)")
+    base = load_config(str(src / "config.yaml"), WEAK)
+    if criterion not in criterion_names(base):
+        raise ConfigError(f"criterion {criterion!r} unknown; choose one of {', '.join(criterion_names(base))}")
+    cands = list(candidates) or [""]
+    parsed = [parse_candidate(c) for c in cands]
+    cfgs = [load_config(str(src / "config.yaml"), WEAK + p) for p in parsed]  # bad overrides fail before training
+    gate_cuts = list(gate_cuts or [])
+    if any(not 0 < c < 1 for c in gate_cuts):
+        raise ValueError(f"gate cuts must lie in (0, 1), got {gate_cuts}")
+    if holdout_classifier and not gate_cuts:
+        raise ValueError("holdout_classifier only changes the image gate: give gate cuts too")
+    src_rd = RunDir(src, base)
+    source = train_seg.label_source(base, src_rd)
+    if source == "ground_truth":
+        raise StepError("the run's train_seg trains on ground truth (train_seg.supervised); cross-validation "
+                        "chooses settings for the weak network")
+    samples = samples_for(base, train_seg.train_splits(base))
+    if not samples:
+        raise StepError(f"no training images in {base.data.manifest} (splits {train_seg.train_splits(base)})")
+    missing_masks = [s.name for s in samples if not s.mask]
+    if missing_masks:
+        raise StepError(f"cross-validation scores the training images against their masks, but {len(missing_masks)} "
+                        f"have none (e.g. {missing_masks[0]}); add a mask column for (some of) the training patients")
+    patients = [s.patient or s.name for s in samples]
+    strata = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
+    assign = fold_assignment(patients, strata, folds, seed)
+    fold_names = [f"fold{k}" for k in range(folds)]
+    names = list(base.data.classes.names)
+    n = len(names)
+    bg = base.data.classes.background_index
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    pooled: dict[tuple[int, str], ConfusionMatrix] = {}
+    pooled_labels = ConfusionMatrix(n)
+    fold_records = []
+    t_start = time.time()
+    for f in fold_names:
+        val_s = [s for s, p in zip(samples, patients) if assign[p] == f]
+        fit_s = [s for s, p in zip(samples, patients) if assign[p] != f]
+        gt = [load_class_mask(s, base.data) for s in val_s]
+        rec: dict = {"fold": f, "val_patients": sorted({p for p in patients if assign[p] == f}, key=str),
+                     "val_images": len(val_s), "fit_images": len(fit_s), "candidates": []}
+        cm = ConfusionMatrix(n)
+        for g, lab in zip(gt, train_seg.load_labels(base, src_rd, val_s, source)):
+            cm.update(g, lab)
+            pooled_labels.update(g, lab)
+        rec["weak_labels"] = _summary(cm, names)
+        gates: dict[str, list[list[int]]] = {}
+        if gate_cuts:
+            gate_run = src
+            if holdout_classifier:
+                tc = time.time()
+                man = work / f"{f}_manifest.csv"
+                fold_manifest(Path(base.data.manifest), {s.name for s in val_s}, man)
+                log(f"{f}: CAM stage without the fold's {len(rec['val_patients'])} patients")
+                gate_run = holdout_cam_run(src, man, work / f"{f}_cam", log)
+                rec["holdout_cam_seconds"] = round(time.time() - tc, 1)
+                cam_m = json.loads((gate_run / "metrics" / "cam.json").read_text())
+                rec["holdout_classifier"] = {"chosen_gate": cam_m.get("chosen_gate"),
+                                             "holdout": cam_m.get("splits", {}).get("test", {}).get("classification")}
+            for cut in gate_cuts:
+                gates[gate_variant(cut)] = [stored_absent(gate_run, s.name, names, cut) for s in val_s]
+            rec["images_with_class_removed"] = {k: sum(bool(a) for a in v) for k, v in gates.items()}
+        imgs = None
+        for ci, (cand, cfg) in enumerate(zip(cands, cfgs)):
+            key = _key({"candidate": parsed[ci], "train_seg": train_seg.config_hash(cfg),
+                        "eval_seg": cfg.eval_seg.model_dump(mode="json"), "val": sorted(s.name for s in val_s),
+                        "fit": sorted(s.name for s in fit_s), "gates": gate_cuts, "holdout": holdout_classifier})
+            done_path = work / f"{f}_candidate{ci}.json"
+            done = json.loads(done_path.read_text()) if done_path.exists() else None
+            if done is None or done.get("key") != key:
+                rd_path = work / f"{f}_candidate{ci}"
+                key_path = rd_path / "crossval_key.txt"
+                resume = key_path.exists() and key_path.read_text() == key
+                scratch_run(src, rd_path, keep=resume)  # a killed training resumes from its last epoch
+                key_path.write_text(key)
+                log(f"{f}: candidate {ci} ({cand or 'the run configuration'}): train on {len(fit_s)} images, "
+                    f"predict {len(val_s)}")
+                rd = RunDir(rd_path, cfg).init()
+                ctx = init_distributed(cfg.device)
+                tc = time.time()
+                try:
+                    meta, model = train_seg.fit(cfg, rd, ctx, train_seg.config_hash(cfg), False, {}, samples=fit_s)
+                finally:
+                    ctx.close()
+                train_s = time.time() - tc
+                model = inference_model(model.eval(), ctx.device)
+                if imgs is None:
+                    imgs = [load_image(s.image, base.data) for s in val_s]
+                probs = [predict_probs(model, img, cfg, ctx.device) for img in imgs]
+                variants = {NETWORK: [p.argmax(0).astype(np.uint8) for p in probs]}
+                for gk, absent in gates.items():
+                    variants[gk] = [apply_gate(p, a, bg).argmax(0).astype(np.uint8) for p, a in zip(probs, absent)]
+                mats = {}
+                for vk, preds in variants.items():
+                    vcm = ConfusionMatrix(n)
+                    for g, p in zip(gt, preds):
+                        vcm.update(g, p)
+                    mats[vk] = _matrix(vcm)
+                done = {"key": key, "train_seconds": round(train_s, 1), "final_epoch": meta["final"],
+                        "confusion": mats}
+                write_json(done_path, done)
+                shutil.rmtree(rd_path, ignore_errors=True)
+            else:
+                log(f"{f}: candidate {ci}: finished earlier, kept")
+            crec = {"candidate": ci, "train_seconds": done["train_seconds"], "final_epoch": done["final_epoch"]}
+            for vk, m in done["confusion"].items():
+                vcm = ConfusionMatrix.from_matrix(m)
+                pooled.setdefault((ci, vk), ConfusionMatrix(n)).merge(vcm)
+                crec[vk] = _summary(vcm, names)
+            rec["candidates"].append(crec)
+            log(json.dumps({"fold": f, **{k: v for k, v in crec.items()}}))
+        fold_records.append(rec)
+
+    pooled_rec = []
+    for ci, cand in enumerate(cands):
+        row: dict = {"candidate": ci, "overrides": cand}
+        for (cj, vk), cm in pooled.items():
+            if cj == ci:
+                row[vk] = {**_summary(cm, names), "fold_mean_" + criterion: round(float(np.mean(
+                    [r["candidates"][ci][vk][criterion] for r in fold_records])), 2)}
+        pooled_rec.append(row)
+    best_c, best_v = max(((r["candidate"], vk) for r in pooled_rec for vk in r if isinstance(r[vk], dict)),
+                         key=lambda cv: pooled_rec[cv[0]][cv[1]][criterion])
+    return {"run": str(src), "folds": folds, "split_seed": seed, "label_source": source,
+            "training_images": len(samples), "training_patients": len(set(patients)),
+            "candidates": cands, "gate_cuts": gate_cuts, "holdout_classifier": holdout_classifier,
+            "weak_labels_pooled": _summary(pooled_labels, names), "criterion": criterion, "pooled": pooled_rec,
+            "per_fold": fold_records, "chosen": {"candidate": cands[best_c], "variant": best_v,
+                                                 criterion: pooled_rec[best_c][best_v][criterion],
+                                                 "overrides": chosen_overrides(cands[best_c], best_v,
+                                                                               base.eval_seg.image_gate)},
+            "seconds": round(time.time() - t_start, 1),
+            "notes": ["every training image is scored once, by a network (and, with holdout_classifier, a CAM "
+                      "classifier) that never saw its patient; test images are never read"]}
+
+
+def chosen_overrides(candidate: str, variant: str, gate_on: bool) -> list[str]:
+    """The ``--set`` overrides that give a run the chosen candidate and variant (``gate_on``: the run's config
+    already gates, which the ungated ``network`` variant must switch off)."""
+    out = parse_candidate(candidate)
+    if variant.startswith("image_gate@"):
+        out += ["eval_seg.image_gate=true", f"eval_seg.image_gate_cut={variant.split('@', 1)[1]}"]
+    elif variant == NETWORK and gate_on:
+        out += ["eval_seg.image_gate=false"]
+    return out

@@ -1,0 +1,24 @@
+"""Scratch run folders for model selection: they read a finished run's labels and write nothing back into it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def scratch_run(src: Path, dst: Path, keep: bool = False) -> None:
+    """Make ``dst`` a run folder that sees ``src``'s finished upstream steps and weak labels, and nothing it could
+    overwrite: status and metrics records are copied (but not those of the segmentation steps), ``pseudo/`` and
+    ``cams/`` are symbolic links. An existing ``dst`` is wiped first unless ``keep`` (resuming a killed training).
+    """
+    if dst.exists() and not keep:
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for sub in ("status", "metrics"):
+        (dst / sub).mkdir(exist_ok=True)
+        for f in (src / sub).glob("*.json"):
+            if not f.stem.startswith(("train_seg", "eval_seg", "seg")):
+                shutil.copy2(f, dst / sub / f.name)
+    for sub in ("pseudo", "cams"):
+        if (src / sub).exists() and not (dst / sub).exists():
+            (dst / sub).symlink_to((src / sub).resolve(), target_is_directory=True)

@@ -1,0 +1,160 @@
+"""Patient cross-validation (histowsss tune) on tiny synthetic data with fake weak labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from histowsss.config import ConfigError, load_config
+from histowsss.data.masks import load_class_mask
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.atomic import write_npz, write_png
+from histowsss.engine.run_dir import RunDir
+from histowsss.steps import make_sem_seg_labels, train_seg
+from histowsss.steps.common import samples_for
+from histowsss.tuning import crossval as cv
+
+SEG = ["train_seg.labels=pseudo", "train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
+       "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=1", "train_seg.batch_size=4",
+       "train_seg.crop_size=32", "train_seg.crops_per_image=1", "eval_seg.tile_size=32", "eval_seg.batch_size=16",
+       "eval_seg.scales=[1.0]", "eval_seg.tta=none"]
+CAM = ["train_cam.epochs=1", "train_cam.crop_size=48", "train_cam.crops_per_image=2", "train_cam.cache_copies=1",
+       "train_cam.head_channels=32", "make_cam.scales=[1.0]", "make_cam.flip=false",
+       "train_cam.min_epochs_before_diagnosis=5"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 8, "val": 2, "test": 3}, size=48)
+
+
+def weak_run(manifest: Path, path: Path) -> RunDir:
+    """A run folder with finished weak labels (ground truth with 10 % of the pixels flipped) and fake classifier
+    probabilities in cams/ (0.9 for malignant images, 0.2 for benign ones)."""
+    cfg = load_config("demo", [f"data.manifest={manifest}", *SEG, *CAM])
+    run = RunDir(path, cfg).init()
+    rng = np.random.default_rng(0)
+    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        for s in samples_for(cfg, train_seg.train_splits(cfg)):
+            gt = load_class_mask(s, cfg.data)
+            flip = rng.random(gt.shape) < 0.1
+            write_png(run.path / "pseudo" / f"{s.name}.png", np.where(flip, 1 - gt, gt).astype(np.uint8))
+            p = 0.9 if "malignant" in s.labels else 0.2
+            write_npz(run.path / "cams" / f"{s.name}.npz", probs=np.array([p], np.float32),
+                      classes=np.array(["malignant"]))
+    return run
+
+
+def test_folds_keep_patients_together_and_need_enough_patients():
+    patients = ["a", "a", "b", "c", "c", "d"]
+    assign = cv.fold_assignment(patients, ["x", "x", "y", "x", "x", "y"], 2)
+    assert set(assign) == set(patients) and set(assign.values()) == {"fold0", "fold1"}
+    with pytest.raises(ValueError, match="cannot fill 5 folds"):
+        cv.fold_assignment(patients, ["x"] * 6, 5)
+    with pytest.raises(ValueError, match="at least 2"):
+        cv.fold_assignment(patients, ["x"] * 6, 1)
+
+
+def test_fold_manifest_moves_the_fold_to_holdout_with_absolute_paths(dataset: Path, tmp_path: Path):
+    out = tmp_path / "m.csv"
+    cv.fold_manifest(dataset, {"syn_train_000", "syn_val_001"}, out)
+    rows = list(csv.DictReader(out.open()))
+    held = {r["name"] for r in rows if r["split"] == "holdout"}
+    assert held == {"syn_train_000", "syn_val_001"}
+    assert all(Path(r["image"]).is_absolute() and Path(r["image"]).exists() for r in rows)
+    assert sum(r["split"] == "test" for r in rows) == 3  # test rows stay test
+
+
+def test_chosen_overrides_reproduce_the_variant():
+    assert cv.chosen_overrides("a.b=1; c=2", "image_gate@0.3", False) == [
+        "a.b=1", "c=2", "eval_seg.image_gate=true", "eval_seg.image_gate_cut=0.3"]
+    assert cv.chosen_overrides("", "network", True) == ["eval_seg.image_gate=false"]
+    assert cv.chosen_overrides("x=1", "network", False) == ["x=1"]
+
+
+def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tmp_path: Path, monkeypatch):
+    run = weak_run(dataset, tmp_path / "run")
+    cfg = run.cfg
+    read: list[str] = []
+    import histowsss.data.loading as loading
+
+    real_load = loading.load_image
+    def spy(p, d):
+        read.append(Path(p).name)
+        return real_load(p, d)
+
+    monkeypatch.setattr(loading, "load_image", spy)
+    monkeypatch.setattr(train_seg, "load_image", spy)
+    res = cv.crossval(run.path, ["", "train_seg.epochs=2"], tmp_path / "work", folds=2, gate_cuts=[0.5],
+                      criterion="iou_malignant", log=lambda m: None)
+    train_s = samples_for(cfg, train_seg.train_splits(cfg))
+    assert read and not any("test" in n for n in read)  # test images are never read
+    assert res["training_images"] == len(train_s) == 10
+    pix = sum(load_class_mask(s, cfg.data).size for s in train_s)
+    for row in res["pooled"]:
+        assert set(row) == {"candidate", "overrides", "network", "image_gate@0.5"}
+    # each training image is scored once per candidate and variant: the pooled pixel count is the images' total
+    folds = res["per_fold"]
+    assert sorted(n for f in folds for n in f["val_patients"]) == sorted({s.patient for s in train_s})
+    assert sum(f["val_images"] for f in folds) == len(train_s)
+    assert all(f["fit_images"] + f["val_images"] == len(train_s) for f in folds)
+    recs = sorted((tmp_path / "work").glob("fold*_candidate*.json"))
+    assert len(recs) == 4
+    total = sum(np.asarray(json.loads(r.read_text())["confusion"]["network"]).sum() for r in recs)
+    assert total == 2 * pix
+    # the gate at 0.5 removes "malignant" from every benign image: no malignant pixel predicted there
+    assert sum(f["images_with_class_removed"]["image_gate@0.5"] for f in folds) == sum(
+        "malignant" not in s.labels for s in train_s)
+    gated = res["pooled"][0]["image_gate@0.5"]
+    assert gated["iou_benign"] >= res["pooled"][0]["network"]["iou_benign"]
+    assert res["chosen"][res["criterion"]] == max(v["iou_malignant"] for r in res["pooled"] for v in r.values()
+                                                  if isinstance(v, dict))
+    # a second call trains nothing: every (fold, candidate) record is kept and gives the same numbers
+    monkeypatch.setattr(train_seg, "fit", lambda *a, **k: pytest.fail("retrained a finished fold"))
+    again = cv.crossval(run.path, ["", "train_seg.epochs=2"], tmp_path / "work", folds=2, gate_cuts=[0.5],
+                        criterion="iou_malignant", log=lambda m: None)
+    assert again["pooled"] == res["pooled"] and again["chosen"] == res["chosen"]
+    # bad input names the problem before any training
+    with pytest.raises(ConfigError, match="criterion 'iou_gland' unknown"):
+        cv.crossval(run.path, [""], tmp_path / "work", folds=2, criterion="iou_gland")
+    with pytest.raises(ValueError, match="gate cuts"):
+        cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[1.5])
+    with pytest.raises(ValueError, match="unknown|no field|not a"):
+        cv.crossval(run.path, ["train_seg.no_such_key=1"], tmp_path / "work", folds=2)
+
+
+def test_holdout_classifier_never_sees_the_fold(dataset: Path, tmp_path: Path):
+    run = weak_run(dataset, tmp_path / "run")
+    res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[0.5], holdout_classifier=True,
+                      log=lambda m: None)
+    for f in res["per_fold"]:
+        cam_run = tmp_path / "work" / f"{f['fold']}_cam"
+        man = load_config(str(cam_run / "config.yaml")).data.manifest
+        rows = list(csv.DictReader(open(man)))
+        held = {r["patient"] for r in rows if r["split"] == "holdout"}
+        trained_on = {r["patient"] for r in rows if r["split"] in ("train", "val")}
+        assert held == set(f["val_patients"]) and not held & trained_on
+        assert json.loads((cam_run / "status" / "eval_cam.json").read_text())["state"] == "done"
+        assert "chosen_gate" in f["holdout_classifier"] and f["holdout_cam_seconds"] >= 0
+
+
+def test_cli_writes_the_result_and_refuses_to_overwrite_it(dataset: Path, tmp_path: Path):
+    run = weak_run(dataset, tmp_path / "run")
+    args = ["tune", str(run.path), "--folds", "2", "--gate-cuts", "0.5", "--criterion", "iou_malignant"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = run.path / "tuning" / "crossval.json"
+    res = json.loads(out.read_text())
+    assert res["chosen"]["variant"] in {"network", "image_gate@0.5"} and not (run.path / "tuning" / "crossval").exists()
+    assert "chosen: " in r.output
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--gate-cuts", "0.5,x", "--name", "b"])
+    assert r.exit_code == 2 and "comma-separated" in r.output
