@@ -225,7 +225,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         raw["eval_seg"]["image_gate"] = False
         raw["eval_seg"]["image_gate_cut"] = None
         notes.append("eval_seg.image_gate off: on GlaS it changed little and a cut chosen on training images removed "
-                     "classes from unseen patients' images; choose it on your patients with bench/seg_crossval.py")
+                     "classes from unseen patients' images; choose it on your patients with `histowsss tune RUN "
+                     "--gate-cuts 0.5,0.2,0.05 --holdout-classifier --criterion iou_<class>`")
     cfg = validate_config(raw, origin=f"config for {manifest}")
     header = [f"# histowsss config for {manifest}, made by `histowsss init` from the {PROFILES[profile]} profile",
               "# (image-level labels; CAM -> IRN -> segmentation network). What was chosen from the data:"]

@@ -123,8 +123,10 @@ def test_report_is_self_contained_with_all_sections(trained_run: Path):
     res = runner.invoke(app, ["report", str(trained_run)])
     assert res.exit_code == 0, res.output
     text = (trained_run / "report.html").read_text()
-    for section in ("Run", "Dataset", "Per-stage quality", "Training curves", "Examples", "Timings"):
+    for section in ("Run", "Dataset", "Per-stage quality", "Model selection", "Training curves", "Examples",
+                    "Timings"):
         assert f"<h2>{section}</h2>" in text
+    assert "no cross-validation in this run folder" in text
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
     assert "http://" not in text and "https://" not in text
     assert "<link" not in text and "<script" not in text

@@ -43,7 +43,7 @@ def weak_run(manifest: Path, path: Path) -> RunDir:
     rng = np.random.default_rng(0)
     with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
         for s in samples_for(cfg, train_seg.train_splits(cfg)):
-            gt = load_class_mask(s, cfg.data)
+            gt = load_class_mask(s, cfg.data) if s.mask else np.zeros((48, 48), np.uint8)
             flip = rng.random(gt.shape) < 0.1
             write_png(run.path / "pseudo" / f"{s.name}.png", np.where(flip, 1 - gt, gt).astype(np.uint8))
             p = 0.9 if "malignant" in s.labels else 0.2
@@ -154,7 +154,40 @@ def test_cli_writes_the_result_and_refuses_to_overwrite_it(dataset: Path, tmp_pa
     res = json.loads(out.read_text())
     assert res["chosen"]["variant"] in {"network", "image_gate@0.5"} and not (run.path / "tuning" / "crossval").exists()
     assert "chosen: " in r.output
+    from histowsss.evaluation.report import build_report
+
+    text = build_report(run.path)  # the report shows the cross-validation and marks the choice
+    assert "crossval: 2-fold patient cross-validation" in text and "(chosen)" in text and "image_gate@0.5" in text
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
     r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--gate-cuts", "0.5,x", "--name", "b"])
     assert r.exit_code == 2 and "comma-separated" in r.output
+
+
+def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fold(dataset: Path, tmp_path: Path):
+    rows = list(csv.DictReader(dataset.open()))
+    first = next(r["patient"] for r in rows if r["split"] == "train")
+    for r in rows:
+        r["image"] = str(dataset.parent / r["image"])
+        r["mask"] = "" if r["patient"] == first else str(dataset.parent / r["mask"])
+    man = tmp_path / "partial.csv"
+    with man.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run = weak_run(man, tmp_path / "run")
+    res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, log=lambda m: None)
+    unmasked = sum(r["patient"] == first for r in rows)
+    assert unmasked and res["scored_images"] == res["training_images"] - unmasked
+    assert sum(f["val_images"] for f in res["per_fold"]) == res["scored_images"]
+    assert sum(f["unscored_val_images"] for f in res["per_fold"]) == unmasked
+    for f in res["per_fold"]:  # the unmasked patient trains the other fold, never its own
+        assert f["fit_images"] == res["training_images"] - f["val_images"] - f["unscored_val_images"]
+    for r in rows:
+        r["mask"] = ""
+    with man.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(RuntimeError, match="fill the mask column"):
+        cv.crossval(run.path, [""], tmp_path / "work2", folds=2, log=lambda m: None)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-SECTIONS = ("Run", "Dataset", "Per-stage quality", "Training curves", "Examples", "Timings")
+SECTIONS = ("Run", "Dataset", "Per-stage quality", "Model selection", "Training curves", "Examples", "Timings")
 PALETTE = ["#4363d8", "#e6194b", "#3cb44b", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
 _SCORE_WORDS = ("acc", "auc", "prob", "iou", "dice", "f1", "precision", "recall")  # charted on [0, 1]
 _SKIP_KEYS = {"epoch", "seconds", "examples", "crops", "crops_per_s", "examples_per_s", "lr", "world_size"}
@@ -273,6 +273,40 @@ def section_quality(run_path: Path, class_names: list[str]) -> str:
             "on the test split(s).</p>")
 
 
+def section_tuning(run_path: Path) -> str:
+    """The cross-validations of ``histowsss tune`` kept in RUN/tuning/*.json: pooled scores and the choice."""
+    files = sorted((run_path / "tuning").glob("*.json")) if (run_path / "tuning").is_dir() else []
+    parts = []
+    for path in files:
+        res = _read_json(path)
+        if not isinstance(res, dict) or "pooled" not in res:
+            continue
+        crit = res.get("criterion", "miou")
+        chosen = res.get("chosen", {})
+        rows = []
+        for row in res["pooled"]:
+            for vk, v in row.items():
+                if isinstance(v, dict):
+                    mark = row.get("overrides") == chosen.get("candidate") and vk == chosen.get("variant")
+                    rows.append({"candidate": (row.get("overrides") or "(run config)") + (" (chosen)" if mark else ""),
+                                 "variant": vk, f"{crit} pooled": v.get(crit), f"{crit} fold mean":
+                                 v.get(f"fold_mean_{crit}"), "mIoU pooled": v.get("miou")})
+        weak = (res.get("weak_labels_pooled") or {}).get(crit)
+        gate = (" Image gate from a CAM stage trained without each fold's patients." if res.get("holdout_classifier")
+                else (" Image gate from the run's own classifier (it saw every image: optimistic)."
+                      if res.get("gate_cuts") else ""))
+        parts.append(f"<h3>{esc(path.stem)}: {esc(res.get('folds'))}-fold patient cross-validation</h3>" +
+                     table(rows, ["candidate", "variant", f"{crit} pooled", f"{crit} fold mean", "mIoU pooled"],
+                           left=("candidate", "variant")) +
+                     f'<p class="note">{esc(res.get("scored_images", res.get("training_images")))} training images of '
+                     f'{esc(res.get("training_patients"))} patients, each scored once by a network that never saw its '
+                     f"patient; the weak labels themselves: {esc(_fmt(weak))}.{esc(gate)} Chosen overrides: "
+                     f'<code>{esc(" ".join(chosen.get("overrides") or []) or "none")}</code>. Test images are never '
+                     "read.</p>")
+    return "".join(parts) or ('<p class="note">no cross-validation in this run folder (<code>histowsss tune RUN'
+                              "</code> chooses settings on the training patients)</p>")
+
+
 def section_curves(run_path: Path) -> str:
     logs = sorted((run_path / "logs").glob("*.jsonl")) if (run_path / "logs").exists() else []
     if not logs:
@@ -406,6 +440,7 @@ def build_report(run_path: Path | str) -> str:
         "Run": section_run(run_path, cfg, err),
         "Dataset": section_dataset(cfg),
         "Per-stage quality": section_quality(run_path, names),
+        "Model selection": section_tuning(run_path),
         "Training curves": section_curves(run_path),
         "Examples": section_examples(run_path, cfg),
         "Timings": section_timings(run_path),

@@ -152,10 +152,10 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
     samples = samples_for(base, train_seg.train_splits(base))
     if not samples:
         raise StepError(f"no training images in {base.data.manifest} (splits {train_seg.train_splits(base)})")
-    missing_masks = [s.name for s in samples if not s.mask]
-    if missing_masks:
-        raise StepError(f"cross-validation scores the training images against their masks, but {len(missing_masks)} "
-                        f"have none (e.g. {missing_masks[0]}); add a mask column for (some of) the training patients")
+    if not any(s.mask for s in samples):
+        raise StepError(f"cross-validation scores training images against their masks, but none of the "
+                        f"{len(samples)} training images in {base.data.manifest} has one; fill the mask column for "
+                        "the images of a few patients (only those are scored; the others still train)")
     patients = [s.patient or s.name for s in samples]
     strata = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
     assign = fold_assignment(patients, strata, folds, seed)
@@ -171,11 +171,18 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
     fold_records = []
     t_start = time.time()
     for f in fold_names:
-        val_s = [s for s, p in zip(samples, patients) if assign[p] == f]
+        held = [s for s, p in zip(samples, patients) if assign[p] == f]
+        val_s = [s for s in held if s.mask]  # scored; a held-out patient's images without a mask are left out
         fit_s = [s for s, p in zip(samples, patients) if assign[p] != f]
         gt = [load_class_mask(s, base.data) for s in val_s]
         rec: dict = {"fold": f, "val_patients": sorted({p for p in patients if assign[p] == f}, key=str),
-                     "val_images": len(val_s), "fit_images": len(fit_s), "candidates": []}
+                     "val_images": len(val_s), "unscored_val_images": len(held) - len(val_s),
+                     "fit_images": len(fit_s), "candidates": []}
+        if not val_s:
+            log(f"{f}: none of its images has a mask; nothing to score, skipped")
+            rec["skipped"] = "no image of the fold's patients has a mask"
+            fold_records.append(rec)
+            continue
         cm = ConfusionMatrix(n)
         for g, lab in zip(gt, train_seg.load_labels(base, src_rd, val_s, source)):
             cm.update(g, lab)
@@ -187,7 +194,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
             if holdout_classifier:
                 tc = time.time()
                 man = work / f"{f}_manifest.csv"
-                fold_manifest(Path(base.data.manifest), {s.name for s in val_s}, man)
+                fold_manifest(Path(base.data.manifest), {s.name for s in held}, man)
                 log(f"{f}: CAM stage without the fold's {len(rec['val_patients'])} patients")
                 gate_run = holdout_cam_run(src, man, work / f"{f}_cam", log)
                 rec["holdout_cam_seconds"] = round(time.time() - tc, 1)
@@ -254,12 +261,13 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         for (cj, vk), cm in pooled.items():
             if cj == ci:
                 row[vk] = {**_summary(cm, names), "fold_mean_" + criterion: round(float(np.mean(
-                    [r["candidates"][ci][vk][criterion] for r in fold_records])), 2)}
+                    [r["candidates"][ci][vk][criterion] for r in fold_records if r["candidates"]])), 2)}
         pooled_rec.append(row)
     best_c, best_v = max(((r["candidate"], vk) for r in pooled_rec for vk in r if isinstance(r[vk], dict)),
                          key=lambda cv: pooled_rec[cv[0]][cv[1]][criterion])
     return {"run": str(src), "folds": folds, "split_seed": seed, "label_source": source,
             "training_images": len(samples), "training_patients": len(set(patients)),
+            "scored_images": sum(bool(s.mask) for s in samples),
             "candidates": cands, "gate_cuts": gate_cuts, "holdout_classifier": holdout_classifier,
             "weak_labels_pooled": _summary(pooled_labels, names), "criterion": criterion, "pooled": pooled_rec,
             "per_fold": fold_records, "chosen": {"candidate": cands[best_c], "variant": best_v,
