@@ -195,6 +195,9 @@ class EvalCamConfig(Strict):
         default_factory=lambda: [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.0],
         description="candidate class-presence probability cuts for unlabelled (test) images; the best on the "
         "choose_on splits (classifier gating, chosen background parameter) is used, ties keep the first")
+    no_mask_value: float | None = Field(
+        None, description="background threshold / offset when no image of choose_on has a mask (nothing to sweep "
+        "on); null = 0.15 in threshold mode (IRN's CAM evaluation threshold), 0.0 in offset mode")
     label_gating: Literal["image", "patch"] = Field(
         "image", description="how training labels gate CAM classes wherever labels are used (eval_cam's label-gated "
         "labels, IR seeds, pseudo-masks, CAM labels for train_seg): image = the image's labels; patch = a pixel may "

@@ -176,7 +176,8 @@ def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fo
         w.writeheader()
         w.writerows(rows)
     run = weak_run(man, tmp_path / "run")
-    res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, log=lambda m: None)
+    res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[0.5], holdout_classifier=True,
+                      log=lambda m: None)
     unmasked = sum(r["patient"] == first for r in rows)
     assert unmasked and res["scored_images"] == res["training_images"] - unmasked
     assert sum(f["val_images"] for f in res["per_fold"]) == res["scored_images"]

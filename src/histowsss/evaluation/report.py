@@ -225,9 +225,10 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     sup = _read_json(run_path / "metrics" / "seg_supervised.json")
     rows: list[dict] = []
 
-    def add(stage: str, split: str | None, summ: dict | None, note: str = "") -> None:
-        if not summ:
-            rows.append({"stage": stage, "split": "-", "status": "not run", "note": note})
+    def add(stage: str, split: str | None, summ: dict | None, note: str = "", ran: bool = False) -> None:
+        if not summ:  # a step that ran on images without masks has nothing to score
+            rows.append({"stage": stage, "split": split or "-", "status": "done, no masks to score" if ran else
+                         "not run", "note": note})
             return
         r = {"stage": stage, "split": split, "status": "done", "mIoU": summ.get("miou"), "mDice": summ.get("mdice"),
              "note": note}
@@ -236,27 +237,31 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
         rows.append(r)
 
     cs = (cam or {}).get("splits", {})
+    ran_cam = cam is not None
+    chosen = f"{(cam or {}).get('mode', '')} {(cam or {}).get('chosen_value', '')}".strip()
+    if ran_cam and not cam.get("chosen_on"):
+        chosen += " (default: no training masks to choose it on)"
     add("Image-level baseline (whole image = classifier's class)", "test",
-        (cs.get("test") or {}).get("image_level_baseline"), "every method must beat this")
-    add("CAM, classes from the classifier", "test", (cs.get("test") or {}).get("predicted_gating"),
-        f"{(cam or {}).get('mode', '')} {(cam or {}).get('chosen_value', '')}".strip())
+        (cs.get("test") or {}).get("image_level_baseline"), "every method must beat this", ran_cam)
+    add("CAM, classes from the classifier", "test", (cs.get("test") or {}).get("predicted_gating"), chosen, ran_cam)
     train_split = next((s for s in cs if s not in ("test",)), None)
     add("CAM, classes from image labels", train_split, (cs.get(train_split) or {}).get("label_gating"),
-        "pseudo-label setting (training images)")
+        "pseudo-label setting (training images)", ran_cam)
     ss = (sem or {}).get("splits", {})
     sem_split = next(iter(ss), None)
     se = ss.get(sem_split) or {}
     ir = (se.get("ir_labels") or {})
     add("IR labels (confident pixels only)", sem_split, ir.get("confident_only"),
-        f"coverage {ir.get('coverage')}%" if ir.get("coverage") is not None else "")
-    add("IRN pseudo-masks (random walk)", sem_split, se.get("irn_pseudo"), "training images")
+        f"coverage {ir.get('coverage')}%" if ir.get("coverage") is not None else "", sem is not None)
+    add("IRN pseudo-masks (random walk)", sem_split, se.get("irn_pseudo"), "training images", sem is not None)
     for name, m in (("Segmentation network (weak labels)", seg), ("Supervised upper bound (ground truth)", sup)):
         if not m:
             add(name, None, None)
             continue
         splits = m.get("splits", {})
         note = f"labels: {m.get('label_source')}, loss: {m.get('loss')}"
-        add(name, "+".join(m.get("all", {}).get("splits", [])) or "test", m.get("all"), note)
+        add(name, "+".join(m.get("all", {}).get("splits", [])) or "test",
+            m.get("all") if (m.get("all") or {}).get("miou") is not None else None, note, True)
         if len(splits) > 1:
             for sp, sm in splits.items():
                 add(f"  {name}: {sp}", sp, sm, "")

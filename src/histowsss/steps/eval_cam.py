@@ -4,6 +4,11 @@ Two gatings of the classes present in an image: by its labels (train/val only: t
 later steps use; with ``label_gating: patch`` per pixel, by the labels of the patches covering it) and by the
 classifier's own probabilities (any split; the only one used on test images).
 Test ground truth is only read to report the final numbers.
+
+Without masks on the choose splits (image labels only, the usual weakly supervised setting) nothing can be swept:
+the background parameter is ``eval_cam.no_mask_value`` (IRN's 0.15 threshold, offset 0), the class-presence cut
+0.5, and the record says so (``chosen_on: []``); images without a mask are left out of every segmentation score
+(the classification scores use every image).
 """
 
 from __future__ import annotations
@@ -47,16 +52,29 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
             raise FileNotFoundError(f"{p}: CAM missing; run make_cam for split {s.split}")
         with np.load(p) as z:
             cam, probs, size = z["cam"].astype(np.float32), z["probs"], tuple(int(v) for v in z["size"])
-        gt = load_class_mask(s, cfg.data)
-        if gt.shape != size:
+        gt = load_class_mask(s, cfg.data) if s.mask is not None else None  # no mask: classification only
+        if gt is not None and gt.shape != size:
             raise ValueError(f"{s.mask}: mask size {gt.shape} differs from the CAM's image size {size}")
         item = {"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)), "probs": probs,
                 "target": t, "gt": gt}
-        if uses_patch_gate(cfg) and s.split not in cfg.data.test_splits:
+        if gt is not None and uses_patch_gate(cfg) and s.split not in cfg.data.test_splits:
             item["allowed"] = patch_allowed(gt, cfg.data)
             item["gate_present"] = present_classes(item["allowed"], keep)
         out.append(item)
     return out
+
+
+def masked(items: list[dict]) -> list[dict]:
+    """The items with a ground-truth mask (the only ones a segmentation score can use)."""
+    return [it for it in items if it["gt"] is not None]
+
+
+def no_mask_value(cfg: RunConfig, mode: str) -> float:
+    """The background parameter when no mask can choose it: ``eval_cam.no_mask_value``, else 0.15 (threshold mode,
+    IRN's CAM evaluation threshold) or 0.0 (offset mode: the background channel as it is)."""
+    if cfg.eval_cam.no_mask_value is not None:
+        return float(cfg.eval_cam.no_mask_value)
+    return 0.15 if mode == "threshold" else 0.0
 
 
 def presence(item: dict, gating: str, gate_threshold: float) -> np.ndarray:
@@ -73,7 +91,7 @@ def score(items: list[dict], cfg: RunConfig, mode: str, value: float, gating: st
     ids = [names.index(n) for n in output_classes(cfg)]
     bg = cfg.data.classes.background_index if cfg.data.classes.background_index is not None else 0
     cm = ConfusionMatrix(len(names))
-    for it in items:
+    for it in masked(items):
         allowed = it.get("allowed") if gating == "labels" else None
         pred = cams_to_labels(it["cam"], presence(it, gating, gate), ids, bg, mode, value, allowed)
         cm.update(it["gt"], pred)
@@ -86,7 +104,7 @@ def image_level_baseline(items: list[dict], cfg: RunConfig, gate: float) -> Conf
     ids = [names.index(n) for n in output_classes(cfg)]
     bg = cfg.data.classes.background_index or 0
     cm = ConfusionMatrix(len(names))
-    for it in items:
+    for it in masked(items):
         pr = it["probs"]
         k = int(np.argmax(pr))
         cls = ids[k] if pr[k] >= gate else bg
@@ -118,25 +136,36 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         choose = ec.choose_on or (cfg.data.train_splits + cfg.data.val_splits)
         names = cfg.data.classes.names
         items = load_split(cfg, run, choose)
-        sweep = []
-        for v in values:
-            s = score(items, cfg, mode, v, "labels").summary(names)
-            sweep.append({"value": v, "miou": s["miou"]})
-        best = max(sweep, key=lambda r: r["miou"] or -1)["value"]
-        gate_sweep = [{"gate": g, "miou": score(items, cfg, mode, best, "predicted", g).summary(names)["miou"]}
-                      for g in ec.gate_thresholds]
-        gate = max(gate_sweep, key=lambda r: r["miou"] or -1)["gate"]
-        result = {"mode": mode, "label_gating": ec.label_gating, "chosen_on": choose, "chosen_value": best, "sweep": sweep,
-                  "chosen_gate": gate, "gate_sweep": gate_sweep, "splits": {}}
+        sweep, gate_sweep = [], []
+        if masked(items):
+            for v in values:
+                s = score(items, cfg, mode, v, "labels").summary(names)
+                sweep.append({"value": v, "miou": s["miou"]})
+            best = max(sweep, key=lambda r: r["miou"] or -1)["value"]
+            gate_sweep = [{"gate": g, "miou": score(items, cfg, mode, best, "predicted", g).summary(names)["miou"]}
+                          for g in ec.gate_thresholds]
+            gate = max(gate_sweep, key=lambda r: r["miou"] or -1)["gate"]
+            chosen_on, how = choose, f"swept on {len(masked(items))} masked images of {', '.join(choose)}"
+        else:
+            best, gate, chosen_on = no_mask_value(cfg, mode), 0.5, []
+            how = (f"default (no image of {', '.join(choose)} has a mask): eval_cam.no_mask_value / 0.5; give some "
+                   "training patients masks to choose them")
+        result = {"mode": mode, "label_gating": ec.label_gating, "chosen_on": chosen_on, "chosen_how": how,
+                  "chosen_value": best, "sweep": sweep, "chosen_gate": gate, "gate_sweep": gate_sweep,
+                  "masked_images": {}, "splits": {}}
         bg_name = cfg.data.classes.background
         for split in list(dict.fromkeys(cfg.data.train_splits + cfg.data.val_splits)) + ["test"]:
             split_names = cfg.data.test_splits if split == "test" else [split]
             its = items if split_names == choose else load_split(cfg, run, split_names)
             if not its:
                 continue
-            entry = {"classification": classification_metrics(its, 0.5),
-                     "predicted_gating": score(its, cfg, mode, best, "predicted", gate).summary(names),
-                     "image_level_baseline": image_level_baseline(its, cfg, 0.5).summary(names)}
+            result["masked_images"][split] = len(masked(its))
+            entry = {"classification": classification_metrics(its, 0.5)}
+            if not masked(its):  # image labels only: nothing to score the CAM label maps against
+                result["splits"][split] = entry
+                continue
+            entry.update({"predicted_gating": score(its, cfg, mode, best, "predicted", gate).summary(names),
+                          "image_level_baseline": image_level_baseline(its, cfg, 0.5).summary(names)})
             if split != "test":
                 entry["label_gating"] = score(its, cfg, mode, best, "labels").summary(names)
             if bg_name is not None:
@@ -153,7 +182,7 @@ def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float, gate: 
     ids = [names.index(n) for n in output_classes(cfg)]
     bg = cfg.data.classes.background_index or 0
     tot = fg = 0
-    for it in items:
+    for it in masked(items):
         if np.any(it["gt"] != bg):
             continue
         pred = cams_to_labels(it["cam"], presence(it, "predicted", gate), ids, bg, mode, value)
