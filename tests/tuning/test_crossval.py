@@ -35,10 +35,10 @@ def dataset(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 8, "val": 2, "test": 3}, size=48)
 
 
-def weak_run(manifest: Path, path: Path) -> RunDir:
+def weak_run(manifest: Path, path: Path, *extra: str) -> RunDir:
     """A run folder with finished weak labels (ground truth with 10 % of the pixels flipped) and fake classifier
     probabilities in cams/ (0.9 for malignant images, 0.2 for benign ones)."""
-    cfg = load_config("demo", [f"data.manifest={manifest}", *SEG, *CAM])
+    cfg = load_config("demo", [f"data.manifest={manifest}", *SEG, *CAM, *extra])
     run = RunDir(path, cfg).init()
     rng = np.random.default_rng(0)
     with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
@@ -70,6 +70,28 @@ def test_fold_manifest_moves_the_fold_to_holdout_with_absolute_paths(dataset: Pa
     assert held == {"syn_train_000", "syn_val_001"}
     assert all(Path(r["image"]).is_absolute() and Path(r["image"]).exists() for r in rows)
     assert sum(r["split"] == "test" for r in rows) == 3  # test rows stay test
+
+
+def test_fold_manifest_keeps_linked_image_names(dataset: Path, tmp_path: Path):
+    """Images that are symbolic links (the own-data layout) keep their names; unknown names are refused."""
+    rows = list(csv.DictReader(dataset.open()))
+    (tmp_path / "links").mkdir()
+    for r in rows:
+        link = tmp_path / "links" / f"p{r['patient']}__{Path(r['image']).name}"
+        link.symlink_to(dataset.parent / r["image"])
+        r["image"], r["mask"], r["mask_cc"], r["name"] = f"links/{link.name}", "", "", ""
+    src = tmp_path / "m.csv"
+    with src.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    first = Path(rows[0]["image"]).stem
+    cv.fold_manifest(src, {first}, tmp_path / "out.csv")
+    out = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [Path(r["image"]).stem for r in out if r["split"] == "holdout"] == [first]
+    assert all(Path(r["image"]).is_symlink() for r in out)
+    with pytest.raises(ValueError, match="would have seen them"):
+        cv.fold_manifest(src, {first, "syn_train_000"}, tmp_path / "out2.csv")  # the link target's name
 
 
 def test_chosen_overrides_reproduce_the_variant():
@@ -131,7 +153,7 @@ def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tm
 
 
 def test_holdout_classifier_never_sees_the_fold(dataset: Path, tmp_path: Path):
-    run = weak_run(dataset, tmp_path / "run")
+    run = weak_run(dataset, tmp_path / "run", "make_cam.splits=[train,val,test]")  # holdout is added to these
     res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[0.5], holdout_classifier=True,
                       log=lambda m: None)
     for f in res["per_fold"]:

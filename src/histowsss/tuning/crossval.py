@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -64,14 +65,19 @@ def fold_manifest(src_manifest: Path, names: set[str], out: Path) -> None:
 
     with Path(src_manifest).open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
-    base = Path(src_manifest).parent.resolve()
+    base = Path(os.path.abspath(Path(src_manifest).parent))
+    moved: set[str] = set()
     for r in rows:
+        name = (r.get("name") or "").strip() or Path(r["image"].strip()).stem  # as data/manifest.py names images
         for col in ("image", "mask", "mask_cc"):
-            if r.get(col):
-                r[col] = str((base / r[col]).resolve())
-        name = r.get("name") or Path(r["image"]).stem
+            if r.get(col):  # absolute, but symbolic links kept: their names are the images' names
+                r[col] = os.path.abspath(base / r[col].strip())
         if name in names:
             r["split"] = "holdout"
+            moved.add(name)
+    if moved != set(names):
+        raise ValueError(f"{src_manifest}: {len(set(names) - moved)} held-out images not found by name (e.g. "
+                         f"{sorted(set(names) - moved)[0]}); the fold's CAM stage would have seen them")
     import io
 
     buf = io.StringIO()
@@ -87,8 +93,10 @@ def holdout_cam_run(src: Path, manifest: Path, run_path: Path, log: Callable[[st
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.engine.run_dir import RunDir
 
-    cfg = load_config(str(src / "config.yaml"), WEAK + [f"data.manifest={manifest}", "data.test_splits=[holdout]",
-                                                        "upper_bound=false"])
+    over = WEAK + [f"data.manifest={manifest}", "data.test_splits=[holdout]", "upper_bound=false"]
+    cfg = load_config(str(src / "config.yaml"), over)
+    if cfg.make_cam.splits is not None and "holdout" not in cfg.make_cam.splits:  # CAMs for the held-out images too
+        cfg = load_config(str(src / "config.yaml"), over + [f"make_cam.splits={[*cfg.make_cam.splits, 'holdout']}"])
     run_pipeline(cfg, RunDir(run_path, cfg).init(), None, "eval_cam", log=log)
     return run_path
 
