@@ -115,9 +115,9 @@ def main() -> None:
                        if ln.startswith("#   - ")],
     }
     ref = {}
-    for name, key in (("cam_glas-malignant", "cam"), ("seg_glas-malignant_weak", "seg"),
-                      ("seg_glas-malignant_supervised", "supervised")):
-        p = RESULTS / f"{name}.{args.profile}.json"
+    for ref_name, key in (("cam_glas-malignant", "cam"), ("seg_glas-malignant_weak", "seg"),
+                          ("seg_glas-malignant_supervised", "supervised")):
+        p = RESULTS / f"{ref_name}.{args.profile}.json"
         if p.exists():
             d = json.loads(p.read_text())
             ref[key] = {"result": p.name, "commit": d["commit"], "metrics": {
