@@ -76,4 +76,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     console.print(f"weak labels themselves: {crit} {res['weak_labels_pooled'][crit]:.2f}")
     sets = " ".join(f"--set {o}" for o in res["chosen"]["overrides"]) or "(no overrides: the run configuration)"
     console.print(f"chosen: {sets}", markup=False, highlight=False)
+    if res["chosen"]["candidate"]:
+        console.print("(leave out overrides given only to save time, e.g. train_seg.members=1)", markup=False,
+                      highlight=False)
     console.print(f"result: {out}")
