@@ -31,11 +31,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from histowsss.config import load_config
-    from histowsss.engine.distributed import init_distributed
-    from histowsss.engine.run_dir import RunDir
     from histowsss.steps import train_seg
     from histowsss.steps.common import samples_for
-    from histowsss.tuning.scratch import scratch_run
+    from histowsss.tuning.scratch import fit_on, scratch_run
 
     t0 = time.time()
     src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
@@ -47,16 +45,10 @@ def main() -> None:
     for k in range(2):
         dst = work / f"run{k}"
         scratch_run(src, dst)
-        rd = RunDir(dst, cfg).init()
-        ctx = init_distributed(cfg.device)
-        tc = time.time()
-        try:
-            meta, model = train_seg.fit(cfg, rd, ctx, train_seg.config_hash(cfg), True, {}, samples=samples)
-        finally:
-            ctx.close()
+        meta, model, _, train_s = fit_on(cfg, dst, samples)
         sd = {n: v.detach().cpu().float() for n, v in model.state_dict().items()}
         digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in sd.values())).hexdigest()[:16]
-        runs.append({"digest": digest, "final_loss": meta["final"]["loss"], "train_seconds": round(time.time() - tc, 1),
+        runs.append({"digest": digest, "final_loss": meta["final"]["loss"], "train_seconds": round(train_s, 1),
                      "state": sd})
     diff = max(float((runs[0]["state"][n] - runs[1]["state"][n]).abs().max()) for n in runs[0]["state"])
     shutil.rmtree(work, ignore_errors=True)

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, check, write_result  # noqa: E402
 
-from histowsss.tuning.scratch import scratch_run  # noqa: E402
+from histowsss.tuning.scratch import fit_on, scratch_run  # noqa: E402
 
 DEFAULT_CANDIDATES = ["train_seg.epochs=5", "train_seg.epochs=10", "train_seg.epochs=15"]
 
@@ -99,10 +99,8 @@ def main() -> None:
     from histowsss.data.masks import load_class_mask
     from histowsss.data.split import grouped_stratified_split
     from histowsss.engine.atomic import write_png
-    from histowsss.engine.distributed import init_distributed
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.models.fuse import inference_model
     from histowsss.steps import train_seg
     from histowsss.steps.common import samples_for
     from histowsss.steps.eval_seg import predict_probs
@@ -158,17 +156,9 @@ def main() -> None:
     work = ROOT / "bench" / "work" / f"{name}.{args.profile}"
 
     def train_and_score(cfg, rd_path: Path):
-        rd = RunDir(rd_path, cfg).init()
-        ctx = init_distributed(cfg.device)
-        tc = time.time()
-        try:
-            meta, model = train_seg.fit(cfg, rd, ctx, train_seg.config_hash(cfg), True, {}, samples=fit_s)
-        finally:
-            ctx.close()
-        train_s = time.time() - tc
-        model = inference_model(model.eval(), ctx.device)
+        meta, model, device, train_s = fit_on(cfg, rd_path, fit_s)
         ti = time.time()
-        probs = [predict_probs(model, img, cfg, ctx.device) for img in val_imgs]
+        probs = [predict_probs(model, img, cfg, device) for img in val_imgs]
         extra = {"default_inference_seconds": round(time.time() - ti, 1)}
         kept = {"default": probs}  # the probabilities an --ensemble averages
         bg = base.data.classes.background_index or 0
@@ -182,7 +172,7 @@ def main() -> None:
         for key, upd in variants:
             tcfg = cfg.model_copy(update={"eval_seg": cfg.eval_seg.model_copy(update=upd)})
             ti = time.time()
-            tprobs = [predict_probs(model, img, tcfg, ctx.device) for img in val_imgs]
+            tprobs = [predict_probs(model, img, tcfg, device) for img in val_imgs]
             extra[key] = {**score([p.argmax(0).astype(np.uint8) for p in tprobs]),
                           "inference_seconds": round(time.time() - ti, 1)}
             kept[key] = tprobs
@@ -191,7 +181,7 @@ def main() -> None:
         for gk, absent in gate_sets.items():
             for key, kp in kept.items():
                 extra[gk if key == "default" else f"{key};{gk}"] = score(gated(kp, absent))
-        return meta, model, ctx.device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra, kept
+        return meta, model, device, train_s, score([p.argmax(0).astype(np.uint8) for p in probs]), extra, kept
 
     results = []
     member_probs: dict[int, dict] = {}  # candidate index -> inference variant -> probabilities (ensemble members)

@@ -31,7 +31,7 @@ import numpy as np
 from histowsss.config import ConfigError, RunConfig, load_config
 from histowsss.engine.atomic import write_json
 from histowsss.evaluation.metrics import ConfusionMatrix
-from histowsss.tuning.scratch import scratch_run
+from histowsss.tuning.scratch import fit_on, scratch_run
 
 NETWORK = "network"
 WEAK = ["train_seg.supervised=false"]  # a run's config.yaml may hold the last (supervised) run's switch
@@ -129,9 +129,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
     """
     from histowsss.data.loading import load_image
     from histowsss.data.masks import load_class_mask
-    from histowsss.engine.distributed import init_distributed
     from histowsss.engine.run_dir import RunDir, StepError
-    from histowsss.models.fuse import inference_model
     from histowsss.steps import train_seg
     from histowsss.steps.common import samples_for
     from histowsss.steps.eval_seg import predict_probs
@@ -227,18 +225,10 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
                 key_path.write_text(key)
                 log(f"{f}: candidate {ci} ({cand or 'the run configuration'}): train on {len(fit_s)} images, "
                     f"predict {len(val_s)}")
-                rd = RunDir(rd_path, cfg).init()
-                ctx = init_distributed(cfg.device)
-                tc = time.time()
-                try:
-                    meta, model = train_seg.fit(cfg, rd, ctx, train_seg.config_hash(cfg), False, {}, samples=fit_s)
-                finally:
-                    ctx.close()
-                train_s = time.time() - tc
-                model = inference_model(model.eval(), ctx.device)
+                meta, model, device, train_s = fit_on(cfg, rd_path, fit_s, overwrite=False)
                 if imgs is None:
                     imgs = [load_image(s.image, base.data) for s in val_s]
-                probs = [predict_probs(model, img, cfg, ctx.device) for img in imgs]
+                probs = [predict_probs(model, img, cfg, device) for img in imgs]
                 variants = {NETWORK: [p.argmax(0).astype(np.uint8) for p in probs]}
                 for gk, absent in gates.items():
                     variants[gk] = [apply_gate(p, a, bg).argmax(0).astype(np.uint8) for p, a in zip(probs, absent)]

@@ -22,3 +22,24 @@ def scratch_run(src: Path, dst: Path, keep: bool = False) -> None:
     for sub in ("pseudo", "cams"):
         if (src / sub).exists() and not (dst / sub).exists():
             (dst / sub).symlink_to((src / sub).resolve(), target_is_directory=True)
+
+
+def fit_on(cfg, run_path: Path, samples, overwrite: bool = True):
+    """Train the segmentation network of ``cfg`` on ``samples`` only, in the scratch run folder ``run_path``
+    (``overwrite=False``: resume a killed training there). Returns (metadata, model in eval mode on its device,
+    device, training seconds)."""
+    import time
+
+    from histowsss.engine.distributed import init_distributed
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.models.fuse import inference_model
+    from histowsss.steps import train_seg
+
+    rd = RunDir(run_path, cfg).init()
+    ctx = init_distributed(cfg.device)
+    t0 = time.time()
+    try:
+        meta, model = train_seg.fit(cfg, rd, ctx, train_seg.config_hash(cfg), overwrite, {}, samples=samples)
+    finally:
+        ctx.close()
+    return meta, inference_model(model.eval(), ctx.device), ctx.device, time.time() - t0
