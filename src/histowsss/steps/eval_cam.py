@@ -55,8 +55,9 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
         gt = load_class_mask(s, cfg.data) if s.mask is not None else None  # no mask: classification only
         if gt is not None and gt.shape != size:
             raise ValueError(f"{s.mask}: mask size {gt.shape} differs from the CAM's image size {size}")
-        item = {"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)), "probs": probs,
-                "target": t, "gt": gt}
+        # full-resolution CAMs only where a mask can score them (an unmasked image counts for classification only)
+        item = {"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)) if gt is not None else None,
+                "probs": probs, "target": t, "gt": gt}
         if gt is not None and uses_patch_gate(cfg) and s.split not in cfg.data.test_splits:
             item["allowed"] = patch_allowed(gt, cfg.data)
             item["gate_present"] = present_classes(item["allowed"], keep)
