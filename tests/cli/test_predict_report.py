@@ -236,3 +236,18 @@ def test_inputs_from_sub_folders_and_never_earlier_outputs(tmp_path: Path):
     img(same / "x_labels.png")
     img(same / "x_overlay.png")
     assert collect_inputs([same], exclude=same) == [x]
+
+
+def test_report_reads_a_relative_manifest_from_where_the_run_started(clean_manifest: Path, tmp_path: Path,
+                                                                     monkeypatch):
+    from histowsss.config import load_config
+    from histowsss.evaluation.report import section_dataset
+
+    root = clean_manifest.parent.parent  # the run was started in `root`, with a manifest path relative to it
+    rel = clean_manifest.relative_to(root)
+    cfg = load_config("demo", [f"data.manifest={rel}", "data.label_column=label", "data.val_splits=[]"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert "manifest not readable" in section_dataset(cfg)  # no run folder to look beside
+    text = section_dataset(cfg, root / "run")
+    assert "manifest not readable" not in text and "<table" in text and "train" in text

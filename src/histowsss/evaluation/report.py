@@ -198,14 +198,23 @@ def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
     return "".join(parts)
 
 
-def section_dataset(cfg) -> str:
+def section_dataset(cfg, run_path: Path | None = None) -> str:
+    """Images and patients per split and class. A relative manifest path is read from the current folder, else
+    from the run folder's parent (where `histowsss run` is usually started) or the run folder itself."""
     if cfg is None:
         return '<p class="note">not available (no readable config.yaml)</p>'
     from histowsss.data.manifest import read_manifest
     from histowsss.data.stats import split_class_table
 
+    data = cfg.data
+    man = Path(data.manifest)
+    if not man.is_absolute() and not man.exists() and run_path is not None:
+        for base in (run_path.parent, run_path):
+            if (base / man).exists():
+                data = data.model_copy(update={"manifest": base / man})
+                break
     try:
-        samples = read_manifest(cfg.data)
+        samples = read_manifest(data)
     except Exception as e:
         return f'<p class="note">manifest not readable from here: {esc(e)}</p>'
     rows = split_class_table(samples, cfg.data.classes.names)
@@ -443,7 +452,7 @@ def build_report(run_path: Path | str) -> str:
                 break
     body = {
         "Run": section_run(run_path, cfg, err),
-        "Dataset": section_dataset(cfg),
+        "Dataset": section_dataset(cfg, run_path),
         "Per-stage quality": section_quality(run_path, names),
         "Model selection": section_tuning(run_path),
         "Training curves": section_curves(run_path),
