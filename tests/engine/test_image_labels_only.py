@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from histowsss.config import load_config
+from histowsss.data.manifest import write_manifest
 from histowsss.data.synthetic import generate_synthetic_dataset
 from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir
@@ -39,10 +40,7 @@ def without_masks(manifest: Path, out: Path, keep_test: bool) -> Path:
         keep = keep_test and r["split"] == "test"
         r["mask"] = str(manifest.parent / r["mask"]) if keep else ""
         r["mask_cc"] = str(manifest.parent / r["mask_cc"]) if keep else ""
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(out, rows)
     return out
 
 

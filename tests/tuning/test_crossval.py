@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from histowsss.cli.app import app
 from histowsss.config import ConfigError, load_config
+from histowsss.data.manifest import write_manifest
 from histowsss.data.masks import load_class_mask
 from histowsss.data.synthetic import generate_synthetic_dataset
 from histowsss.engine.atomic import write_npz, write_png
@@ -81,10 +82,7 @@ def test_fold_manifest_keeps_linked_image_names(dataset: Path, tmp_path: Path):
         link.symlink_to(dataset.parent / r["image"])
         r["image"], r["mask"], r["mask_cc"], r["name"] = f"links/{link.name}", "", "", ""
     src = tmp_path / "m.csv"
-    with src.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(src, rows)
     first = Path(rows[0]["image"]).stem
     cv.fold_manifest(src, {first}, tmp_path / "out.csv")
     out = list(csv.DictReader((tmp_path / "out.csv").open()))
@@ -193,10 +191,7 @@ def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fo
         r["image"] = str(dataset.parent / r["image"])
         r["mask"] = "" if r["patient"] == first else str(dataset.parent / r["mask"])
     man = tmp_path / "partial.csv"
-    with man.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(man, rows)
     run = weak_run(man, tmp_path / "run")
     res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[0.5], holdout_classifier=True,
                       log=lambda m: None)
@@ -208,9 +203,6 @@ def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fo
         assert f["fit_images"] == res["training_images"] - f["val_images"] - f["unscored_val_images"]
     for r in rows:
         r["mask"] = ""
-    with man.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(man, rows)
     with pytest.raises(RuntimeError, match="fill the mask column"):
         cv.crossval(run.path, [""], tmp_path / "work2", folds=2, log=lambda m: None)

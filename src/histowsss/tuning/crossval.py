@@ -17,7 +17,6 @@ determines it; the held-out CAM stages are ordinary run folders whose finished s
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -61,30 +60,23 @@ def fold_assignment(patients: list[str], strata: list[str], folds: int, seed: in
 def fold_manifest(src_manifest: Path, names: set[str], out: Path) -> None:
     """A copy of ``src_manifest`` with absolute file paths and the rows named in ``names`` moved to split
     ``holdout`` (a CAM stage trained on it never sees those images)."""
-    from histowsss.engine.atomic import write_text
+    from histowsss.data.manifest import read_csv_rows, write_manifest
 
-    with Path(src_manifest).open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+    _, rows = read_csv_rows(Path(src_manifest))
     base = Path(os.path.abspath(Path(src_manifest).parent))
     moved: set[str] = set()
     for r in rows:
-        name = (r.get("name") or "").strip() or Path(r["image"].strip()).stem  # as data/manifest.py names images
+        name = r.get("name") or Path(r["image"]).stem  # as data/manifest.py names images
         for col in ("image", "mask", "mask_cc"):
             if r.get(col):  # absolute, but symbolic links kept: their names are the images' names
-                r[col] = os.path.abspath(base / r[col].strip())
+                r[col] = os.path.abspath(base / r[col])
         if name in names:
             r["split"] = "holdout"
             moved.add(name)
     if moved != set(names):
         raise ValueError(f"{src_manifest}: {len(set(names) - moved)} held-out images not found by name (e.g. "
                          f"{sorted(set(names) - moved)[0]}); the fold's CAM stage would have seen them")
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(out, buf.getvalue())
+    write_manifest(out, rows)
 
 
 def holdout_cam_run(src: Path, manifest: Path, run_path: Path, log: Callable[[str], None]) -> Path:
