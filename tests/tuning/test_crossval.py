@@ -141,6 +141,13 @@ def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tm
     again = cv.crossval(run.path, ["", "train_seg.epochs=2"], tmp_path / "work", folds=2, gate_cuts=[0.5],
                         criterion="iou_malignant", log=lambda m: None)
     assert again["pooled"] == res["pooled"] and again["chosen"] == res["chosen"]
+    # new gate cuts re-score the kept fold probabilities, still without training
+    more = cv.crossval(run.path, ["", "train_seg.epochs=2"], tmp_path / "work", folds=2, gate_cuts=[0.5, 0.1],
+                       criterion="iou_malignant", log=lambda m: None)
+    for old_row, row in zip(res["pooled"], more["pooled"]):
+        assert row["network"] == old_row["network"] and row["image_gate@0.5"] == old_row["image_gate@0.5"]
+        # every image's fake classifier probability is >= 0.2: a 0.1 cut removes nothing
+        assert row["image_gate@0.1"]["miou"] == row["network"]["miou"]
     # bad input names the problem before any training
     with pytest.raises(ConfigError, match="criterion 'iou_gland' unknown"):
         cv.crossval(run.path, [""], tmp_path / "work", folds=2, criterion="iou_gland")

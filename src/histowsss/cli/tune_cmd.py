@@ -41,7 +41,8 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
 
     Each candidate trains K networks (one per held-out fold, on the weak labels of the other folds) and every
     training image is scored once against its mask. Prints the pooled table and the overrides of the best choice.
-    A killed call resumes: finished (fold, candidate) pairs are kept under RUN_DIR/tuning/<name>/.
+    A killed call resumes: finished (fold, candidate) pairs are kept under RUN_DIR/tuning/<name>/ (with
+    --keep-work, a later call re-scores other gate cuts there without training).
     """
     from rich.table import Table
 

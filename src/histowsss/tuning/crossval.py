@@ -12,7 +12,9 @@ comes from a CAM stage trained without that fold's patients, so it judges unseen
 source run's classifier, which saw every training image, gates (optimistic).
 
 Restartable: each finished (fold, candidate) is kept as a small JSON of confusion matrices, keyed by everything that
-determines it; the held-out CAM stages are ordinary run folders whose finished steps are skipped.
+determines the trained network, beside the fold's predicted probabilities (float16 ``.npz``), so a later call with
+other gate cuts (or with held-out classifiers) re-scores them without training again; the held-out CAM stages are
+ordinary run folders whose finished steps are skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from histowsss.config import ConfigError, RunConfig, load_config
-from histowsss.engine.atomic import write_json
+from histowsss.engine.atomic import write_json, write_npz
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.tuning.scratch import fit_on, scratch_run
 
@@ -106,6 +108,21 @@ def _key(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _gate_confusions(probs_path: Path, val_s: list, gt: list[np.ndarray], gates: dict[str, list[list[int]]],
+                     background: int | None, n: int) -> dict[str, list[list[int]]]:
+    """Confusion matrices of the kept fold probabilities under every image-gate variant (one image in memory at a
+    time)."""
+    from histowsss.steps.image_gate import apply_gate
+
+    cms = {gk: ConfusionMatrix(n) for gk in gates}
+    with np.load(probs_path) as z:
+        for i, (s, g) in enumerate(zip(val_s, gt)):
+            p = z[s.name].astype(np.float32)
+            for gk, absent in gates.items():
+                cms[gk].update(g, apply_gate(p, absent[i], background).argmax(0).astype(np.uint8))
+    return {gk: _matrix(cm) for gk, cm in cms.items()}
+
+
 def criterion_names(cfg: RunConfig) -> list[str]:
     """The criteria a cross-validation can choose by: ``miou`` and ``iou_<class>`` for every class."""
     return ["miou"] + [f"iou_{c}" for c in cfg.data.classes.names]
@@ -125,7 +142,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
     from histowsss.steps import train_seg
     from histowsss.steps.common import samples_for
     from histowsss.steps.eval_seg import predict_probs
-    from histowsss.steps.image_gate import apply_gate, stored_absent
+    from histowsss.steps.image_gate import stored_absent
 
     src = Path(run_path).resolve()
     if not (src / "config.yaml").exists():
@@ -204,12 +221,14 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
             rec["images_with_class_removed"] = {k: sum(bool(a) for a in v) for k, v in gates.items()}
         imgs = None
         for ci, (cand, cfg) in enumerate(zip(cands, cfgs)):
+            # the gates are not part of the key: the fold's probabilities are kept, so new cuts re-score them
             key = _key({"candidate": parsed[ci], "train_seg": train_seg.config_hash(cfg),
                         "eval_seg": cfg.eval_seg.model_dump(mode="json"), "val": sorted(s.name for s in val_s),
-                        "fit": sorted(s.name for s in fit_s), "gates": gate_cuts, "holdout": holdout_classifier})
+                        "fit": sorted(s.name for s in fit_s)})
             done_path = work / f"{f}_candidate{ci}.json"
+            probs_path = work / f"{f}_candidate{ci}_probs.npz"
             done = json.loads(done_path.read_text()) if done_path.exists() else None
-            if done is None or done.get("key") != key:
+            if done is None or done.get("key") != key or (gates and not probs_path.exists()):
                 rd_path = work / f"{f}_candidate{ci}"
                 key_path = rd_path / "crossval_key.txt"
                 resume = key_path.exists() and key_path.read_text() == key
@@ -220,24 +239,23 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
                 meta, model, device, train_s = fit_on(cfg, rd_path, fit_s, overwrite=False)
                 if imgs is None:
                     imgs = [load_image(s.image, base.data) for s in val_s]
-                probs = [predict_probs(model, img, cfg, device) for img in imgs]
-                variants = {NETWORK: [p.argmax(0).astype(np.uint8) for p in probs]}
-                for gk, absent in gates.items():
-                    variants[gk] = [apply_gate(p, a, bg).argmax(0).astype(np.uint8) for p, a in zip(probs, absent)]
-                mats = {}
-                for vk, preds in variants.items():
-                    vcm = ConfusionMatrix(n)
-                    for g, p in zip(gt, preds):
-                        vcm.update(g, p)
-                    mats[vk] = _matrix(vcm)
+                probs = {s.name: predict_probs(model, img, cfg, device).astype(np.float16)
+                         for s, img in zip(val_s, imgs)}
+                write_npz(probs_path, **probs)
+                vcm = ConfusionMatrix(n)
+                for g, s in zip(gt, val_s):
+                    vcm.update(g, probs[s.name].argmax(0).astype(np.uint8))
                 done = {"key": key, "train_seconds": round(train_s, 1), "final_epoch": meta["final"],
-                        "confusion": mats}
+                        "confusion": {NETWORK: _matrix(vcm)}}
                 write_json(done_path, done)
                 shutil.rmtree(rd_path, ignore_errors=True)
             else:
-                log(f"{f}: candidate {ci}: finished earlier, kept")
+                log(f"{f}: candidate {ci}: trained earlier, kept" + (" (gates re-scored)" if gates else ""))
+            confusion = {NETWORK: done["confusion"][NETWORK]}
+            if gates:
+                confusion.update(_gate_confusions(probs_path, val_s, gt, gates, bg, n))
             crec = {"candidate": ci, "train_seconds": done["train_seconds"], "final_epoch": done["final_epoch"]}
-            for vk, m in done["confusion"].items():
+            for vk, m in confusion.items():
                 vcm = ConfusionMatrix.from_matrix(m)
                 pooled.setdefault((ci, vk), ConfusionMatrix(n)).merge(vcm)
                 crec[vk] = _summary(vcm, names)
