@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from histowsss.slides.grid import Tile, tissue_tiles
-from histowsss.slides.inference import block_mean, predict_slide, read_tile
+from histowsss.slides.inference import UNLABELLED, block_mean, predict_slide, read_tile
 from histowsss.slides.reader import open_slide
 from tests.conftest import tissue_slide_rgb
 
@@ -47,6 +47,12 @@ def test_tiles_without_tissue_are_background(slide_file: Path):
     for t in tiles:
         kept[t.y // 2 : (t.y + 32) // 2, t.x // 2 : (t.x + 32) // 2] = True
     assert (lab[kept] == 1).all() and (lab[~kept] == 0).all()
+    # a class map without a background class (tissue types): off-tissue pixels are unlabelled, not class 0
+    with open_slide(slide_file) as s:
+        pred = predict_slide(s, tiles, lambda rgb: np.stack([np.ones(rgb.shape[:2]), np.zeros(rgb.shape[:2])]), 2,
+                             downsample=2.0, margin=4, out_factor=2, fill_class=None, progress=False)
+    lab = pred.labels()
+    assert (lab[kept] == 0).all() and (lab[~kept] == UNLABELLED).all()
 
 
 def test_margins_outside_the_slide_are_mirrored(slide_file: Path):

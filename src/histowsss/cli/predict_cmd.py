@@ -122,7 +122,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     classes = cfg.data.classes
     colors_hex = [classes.color(n) for n in classes.names]
     colors = [hex_to_rgb(c) for c in colors_hex]
-    bg = classes.background_index if classes.background_index is not None else 0
+    bg = classes.background_index  # None (e.g. tissue types): every class is tinted and exported
     scale = cfg.data.image_scale
     gate = None
     if cfg.eval_seg.image_gate:  # the run's CAM classifier decides which classes an image may contain

@@ -7,7 +7,8 @@ windows with flip TTA). Tiles are ``tile_size`` working pixels plus ``margin`` o
 saw at least ``margin`` pixels of context; the margins are thrown away. Tiles at the right and bottom edges are
 cut to the slide, so no network time goes to pixels beyond it. The stitched map is kept at
 ``out_factor`` times coarser than the working resolution (block means, stored as uint8 = p x 255) so a 100k px
-slide fits in memory; outside the tissue tiles every pixel is ``fill_class``.
+slide fits in memory; outside the tissue tiles every pixel is ``fill_class`` (the background class), or ``UNLABELLED``
+(255) when the class map has no background class.
 
 Cache: ``cache_dir/params.json`` (everything the result depends on) and one ``r<row>_c<col>.npy`` per finished tile,
 each written atomically. A restart with the same parameters reuses the finished tiles; other parameters clear them.
@@ -26,6 +27,8 @@ from typing import Callable
 import numpy as np
 
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
+
+UNLABELLED = 255  # as data.masks.IGNORE: skipped by the GeoJSON export, the overlay and the class areas
 from histowsss.slides.grid import Tile, working_size
 from histowsss.slides.reader import Slide
 
@@ -42,8 +45,11 @@ class SlidePrediction:
     timings: dict = field(default_factory=dict)
 
     def labels(self) -> np.ndarray:
-        """Class ids (uint8) of the stitched map."""
-        return self.probs.argmax(0).astype(np.uint8)
+        """Class ids (uint8) of the stitched map; 255 where nothing was predicted and no ``fill_class`` was given
+        (off-tissue area of a class map without a background class)."""
+        lab = self.probs.argmax(0).astype(np.uint8)
+        lab[self.probs.max(0) == 0] = UNLABELLED
+        return lab
 
 
 def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
@@ -114,7 +120,7 @@ def prepare_cache(cache_dir: Path, params: dict, log: Callable[[str], None]) -> 
 
 
 def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndarray], np.ndarray], n_classes: int,
-                  downsample: float, margin: int = 64, out_factor: int = 4, fill_class: int = 0,
+                  downsample: float, margin: int = 64, out_factor: int = 4, fill_class: int | None = 0,
                   cache_dir: Path | None = None, params: dict | None = None,
                   log: Callable[[str], None] = print, progress: bool = True,
                   read_threads: int | None = None) -> SlidePrediction:
@@ -135,7 +141,8 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
     ww, wh = working_size(slide.dimensions, downsample)
     Ho, Wo = int(math.ceil(wh / out_factor)), int(math.ceil(ww / out_factor))
     probs = np.zeros((n_classes, Ho, Wo), np.uint8)
-    probs[fill_class] = 255
+    if fill_class is not None:  # else off-tissue pixels stay all-zero: labels() marks them UNLABELLED
+        probs[fill_class] = 255
     if cache_dir is not None:
         prepare_cache(cache_dir, params or {}, log)
     t0 = time.perf_counter()

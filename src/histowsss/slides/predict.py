@@ -73,7 +73,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.export.overlay import overlay
     from histowsss.slides.grid import tissue_tiles, working_downsample
-    from histowsss.slides.inference import predict_slide
+    from histowsss.slides.inference import UNLABELLED, predict_slide
     from histowsss.slides.reader import open_slide
     from histowsss.slides.tissue import tissue_mask
     from histowsss.steps.eval_seg import predict_probs
@@ -84,7 +84,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     classes = cfg.data.classes
     names = list(classes.names)
     colors_hex = [classes.color(n) for n in names]
-    bg = classes.background_index if classes.background_index is not None else 0
+    bg = classes.background_index  # None (e.g. tissue types): every class is exported, off-tissue area is unlabelled
     with open_slide(path, backend) as slide:
         mpp = slide_mpp if slide_mpp is not None else slide.mpp
         ds = working_downsample(path, mpp, train_mpp if train_mpp is not None else cfg.data.mpp,
@@ -129,7 +129,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
     # the thumbnail's tissue mask misses white lumen and tissue edges that the network calls a class: count them too,
     # so class areas here, in predictions.csv and in the GeoJSON agree
-    analysed = float((in_tissue | (labels != bg)).sum() * px_area)
+    called = labels != (bg if bg is not None else UNLABELLED)  # pixels the network gave a non-background class
+    analysed = float((in_tissue | called).sum() * px_area)
     record = {
         "input": str(path), "kind": "slide", "backend": backend_used, "level0_size": [W0, H0],
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,

@@ -1,0 +1,79 @@
+"""The whole pipeline on multi-label tissue-type labels with three classes (as in LUAD-HistoSeg or BCSS-WSSS), with
+and without a background class, down to predict's QuPath GeoJSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from histowsss.config import load_config
+from histowsss.data.manifest import write_manifest
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.pipeline import run_pipeline
+from histowsss.engine.run_dir import RunDir
+from histowsss.evaluation.report import build_report
+from tests.engine.test_image_labels_only import FAST
+
+NAMES = ["stroma", "benign_gland", "malignant_gland"]
+
+
+@pytest.fixture(scope="module")
+def tissue_manifest(tmp_path_factory) -> Path:
+    """Synthetic images relabelled as tissue types: every image holds stroma and the glands of its own grade;
+    masks hold class ids 0/1/2."""
+    root = tmp_path_factory.mktemp("tissue")
+    man = generate_synthetic_dataset(root / "syn", {"train": 6, "val": 2, "test": 2}, size=48)
+    rows = list(csv.DictReader(man.open()))
+    (root / "masks").mkdir()
+    for r in rows:
+        gland = Image.open(man.parent / r["mask"])
+        fg = np.asarray(gland) > 0
+        cls = "malignant_gland" if r["grade"] == "malignant" else "benign_gland"
+        ids = np.where(fg, NAMES.index(cls), 0).astype(np.uint8)
+        Image.fromarray(ids).save(root / "masks" / Path(r["mask"]).name)
+        r["image"] = str(man.parent / r["image"])
+        r["mask"] = str(root / "masks" / Path(r["mask"]).name)
+        r["mask_cc"] = str(man.parent / r["mask_cc"])
+        r["tissue"] = f"stroma;{cls}" if fg.any() else "stroma"
+    write_manifest(root / "tissue.csv", rows)
+    return root / "tissue.csv"
+
+
+@pytest.mark.parametrize("background", ["stroma", "null"], ids=["stroma-as-background", "no-background"])
+def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, background: str):
+    over = [f"data.manifest={tissue_manifest}", "data.label_column=tissue", "data.multi_label=true",
+            f"data.classes.names=[{','.join(NAMES)}]", f"data.classes.background={background}",
+            "data.classes.colors={}", "data.mask_mode=class_ids", "train_cam.background_mode=class", *FAST]
+    cfg = load_config("demo", over)
+    run = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, run, log=lambda m: None)
+    assert run.status("eval_seg")["state"] == "done"
+    rows = {r["name"]: r for r in csv.DictReader(tissue_manifest.open())}
+    with np.load(run.path / "cams" / f"{next(iter(rows))}.npz") as z:
+        assert list(z["classes"]) == NAMES  # a CAM for every tissue class, background or not
+    for png in sorted((run.path / "pseudo").glob("*.png")):
+        lab = np.asarray(Image.open(png))
+        present = {NAMES.index(c) for c in rows[png.stem]["tissue"].split(";")}
+        # a pseudo-mask holds only the classes its image is labelled with (the other grade's glands never)
+        assert set(np.unique(lab).tolist()) <= present, png.name
+    seg = json.loads((run.path / "metrics" / "seg.json").read_text())
+    assert set(seg["all"]["per_class"]) == set(NAMES) and seg["all"]["miou"] is not None
+    assert "stroma" in build_report(run.path)
+
+    from histowsss.cli import predict_cmd
+
+    test_img = next(r["image"] for r in rows.values() if r["split"] == "test")
+    recs = predict_cmd.predict_images(run.path, [Path(test_img)], tmp_path / "pred", min_area=0, simplify=0,
+                                      log=lambda m: None)
+    assert len(recs) == 1
+    gj = json.loads(next((tmp_path / "pred").glob("*.geojson")).read_text())
+    named = {f["properties"]["classification"]["name"] for f in gj["features"]}
+    assert named <= set(NAMES) and all(f["properties"]["objectType"] == "annotation" for f in gj["features"])
+    if background == "null":  # with no background class every tissue is exported, stroma included
+        lab = np.asarray(Image.open(next((tmp_path / "pred").glob("*_labels.png"))))
+        assert {NAMES[v] for v in np.unique(lab)} <= named
