@@ -19,7 +19,7 @@ from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.report import build_report
 from tests.engine.test_image_labels_only import FAST
 
-NAMES = ["stroma", "benign_gland", "malignant_gland"]
+NAMES = ["benign_gland", "malignant_gland", "stroma"]  # class 0 is a tissue an image may lack
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def tissue_manifest(tmp_path_factory) -> Path:
         gland = Image.open(man.parent / r["mask"])
         fg = np.asarray(gland) > 0
         cls = "malignant_gland" if r["grade"] == "malignant" else "benign_gland"
-        ids = np.where(fg, NAMES.index(cls), 0).astype(np.uint8)
+        ids = np.where(fg, NAMES.index(cls), NAMES.index("stroma")).astype(np.uint8)
         Image.fromarray(ids).save(root / "masks" / Path(r["mask"]).name)
         r["image"] = str(man.parent / r["image"])
         r["mask"] = str(root / "masks" / Path(r["mask"]).name)
@@ -64,6 +64,16 @@ def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, 
     seg = json.loads((run.path / "metrics" / "seg.json").read_text())
     assert set(seg["all"]["per_class"]) == set(NAMES) and seg["all"]["miou"] is not None
     assert "stroma" in build_report(run.path)
+    cam = json.loads((run.path / "metrics" / "cam.json").read_text())
+    assert cam["mode"] == ("argmax" if background == "null" else "offset")
+    if background == "null":  # no background parameter to choose, and the CRF (which needs one) is refused
+        assert [r["value"] for r in cam["sweep"]] == [0.0]
+        from histowsss.engine.run_dir import StepError
+        from histowsss.steps import cam_to_ir_label
+
+        crf = load_config("demo", over + ["ir_label.crf=true"])
+        with pytest.raises(StepError, match="needs a background class"):
+            cam_to_ir_label.run(crf, RunDir(run.path, crf), overwrite=True)
 
     from histowsss.cli import predict_cmd
 

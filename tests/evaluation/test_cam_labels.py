@@ -32,3 +32,13 @@ def test_offset_mode_with_pixel_gate_and_absent_classes():
     # gland absent from the image labels and background refused: the ungated decision stays
     out2 = cams_to_labels(cam, np.array([True, False]), [0, 1], 0, "offset", 0.0, allowed)
     assert (out2 == 0).all()
+
+
+def test_argmax_mode_has_no_background():
+    cam = np.stack([np.full((2, 2), 0.9, np.float32), np.array([[0.8, 0.1], [0.0, 0.0]], np.float32),
+                    np.array([[0.1, 0.2], [0.0, 0.3]], np.float32)])
+    # class 0 is not labelled: weak pixels take the best labelled class, never class 0 as a stand-in background
+    out = cams_to_labels(cam, np.array([False, True, True]), [0, 1, 2], 0, "argmax", 0.25)
+    assert out.tolist() == [[1, 2], [1, 2]]  # a tie at 0 goes to the first labelled class
+    # nothing predicted present (a test image under the classifier gate): the best of all classes
+    assert (cams_to_labels(cam, np.zeros(3, bool), [0, 1, 2], 0, "argmax", 0.0) == 0).all()

@@ -64,3 +64,17 @@ def test_crf_smooths_labels_along_the_image():
     img.setflags(write=False)  # images decoded by PIL are read-only
     out = crf_refine_labels(img, noisy, 2, bilateral_sxy=5)
     assert (out == labels).mean() > 0.98
+
+
+def test_argmax_rule_without_background_class():
+    # three tissue classes (ids 0, 1, 2), none of them background; the image is labelled with classes 1 and 2
+    c0 = np.array([[0.9, 0.9, 0.9, 0.9]], np.float32)
+    c1 = np.array([[0.8, 0.5, 0.1, 0.0]], np.float32)
+    c2 = np.array([[0.1, 0.45, 0.7, 0.0]], np.float32)
+    cam, present = np.stack([c0, c1, c2]), np.array([False, True, True])
+    lab = confident_labels(cam, present, [0, 1, 2], 0, "argmax", conf_fg=0.3, conf_bg=0.05)
+    # class 0 is never given (not labelled); a pixel is confident when its best class beats the second by 0.3
+    assert lab.tolist() == [[1, IGNORE, 2, IGNORE]]
+    # one labelled class: that class everywhere, whatever its CAM; no label: nothing known
+    assert (confident_labels(cam, np.array([False, True, False]), [0, 1, 2], 0, "argmax", 0.3, 0.05) == 1).all()
+    assert (confident_labels(cam, np.zeros(3, bool), [0, 1, 2], 0, "argmax", 0.3, 0.05) == IGNORE).all()

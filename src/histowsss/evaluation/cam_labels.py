@@ -28,11 +28,17 @@ def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
     ``allowed`` (C, H, W), indexed by class id, gates classes per pixel as well (patch labels,
     data/label_gate.py); background included.
     mode 'threshold': background score is ``value`` (the CAMs have no background channel);
-    mode 'offset': the background class has its own CAM channel, shifted by ``value`` before the argmax.
+    mode 'offset': the background class has its own CAM channel, shifted by ``value`` before the argmax;
+    mode 'argmax': no background class (``background`` and ``value`` unused): the best present class; an image
+    with no class present takes the best of all.
     """
+    if mode == "argmax" and not np.any(present):
+        present = np.ones(len(class_ids), bool)
     scores = np.where(present[:, None, None], cam_norm, -np.inf).astype(np.float32)
     ids = np.asarray(class_ids)
-    if mode == "threshold":
+    if mode == "argmax":
+        pass
+    elif mode == "threshold":
         bg = np.full((1,) + cam_norm.shape[1:], value, dtype=np.float32)
         scores = np.concatenate([bg, scores])
         ids = np.concatenate([[background], ids])

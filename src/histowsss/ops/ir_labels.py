@@ -17,6 +17,9 @@ Rules, with ``m`` the largest normalised foreground score of a pixel and ``k`` i
   channel replaces the constant. Strict fg ``k`` where ``m >= conf_fg`` and ``m - s_bg >= margin`` (strong and
   beating background); bg where ``m < conf_bg`` (no foreground evidence) or where ``s_bg >= conf_fg`` and
   ``s_bg - m >= margin`` (background strong and beating every foreground class).
+* ``argmax`` mode (no background class, e.g. tissue types where every pixel is one of the labelled classes):
+  class ``k`` where it beats the second-best labelled class by ``conf_fg`` (``m - m2 >= conf_fg``), ignore
+  elsewhere; ``conf_bg`` is unused. An image labelled with one class is that class everywhere.
 
 An image with no foreground label is all background (as in the reference).
 """
@@ -37,6 +40,8 @@ def confident_maps(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
     present = np.asarray(present, dtype=bool)
     ids = np.asarray(class_ids, dtype=np.int64)
     shape = cam.shape[1:]
+    if mode == "argmax":
+        return _argmax_maps(cam, present, ids, conf_fg)
     if mode == "offset":
         b = list(class_ids).index(background)
         s_bg = cam[b] if present[b] else np.full(shape, -np.inf, np.float32)
@@ -45,7 +50,7 @@ def confident_maps(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
         s_bg = None
         fg = list(range(len(class_ids)))
     else:
-        raise ValueError(f"mode must be 'threshold' or 'offset', got {mode!r}")
+        raise ValueError(f"mode must be 'threshold', 'offset' or 'argmax', got {mode!r}")
     fg = [i for i in fg if present[i]]
     if not fg:
         full = np.full(shape, background, np.uint8)
@@ -65,8 +70,28 @@ def confident_maps(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
     return strict, loose
 
 
+def _argmax_maps(cam: np.ndarray, present: np.ndarray, ids: np.ndarray, conf_margin: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax mode: the best labelled class where it beats the second by ``conf_margin``, IGNORE elsewhere (the
+    same map twice, so :func:`combine` passes it through)."""
+    shape = cam.shape[1:]
+    idx = [i for i in range(len(ids)) if present[i]]
+    if not idx:  # no label at all: nothing is known
+        full = np.full(shape, IGNORE, np.uint8)
+        return full, full.copy()
+    if len(idx) == 1:
+        full = np.full(shape, ids[idx[0]], np.uint8)
+        return full, full.copy()
+    scores = cam[idx]
+    top2 = -np.partition(-scores, 1, axis=0)[:2]  # best and second-best score per pixel
+    k = ids[np.asarray(idx)][scores.argmax(axis=0)]
+    out = np.where(top2[0] - top2[1] >= conf_margin, k, IGNORE).astype(np.uint8)
+    return out, out.copy()
+
+
 def combine(strict: np.ndarray, loose: np.ndarray, background: int) -> np.ndarray:
-    """Foreground of ``strict``, background where ``loose`` is background, ignore (255) elsewhere."""
+    """Foreground of ``strict``, background where ``loose`` is background, ignore (255) elsewhere (an argmax-mode
+    pair, identical maps holding IGNORE, comes back unchanged)."""
     out = np.full(strict.shape, IGNORE, np.uint8)
     out[(strict == background) & (loose == background)] = background
     fg = strict != background

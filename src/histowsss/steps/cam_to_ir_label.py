@@ -22,7 +22,7 @@ from histowsss.data.manifest import Sample
 from histowsss.data.masks import load_class_mask
 from histowsss.data.points import apply_points, point_map, sample_points, uses_points
 from histowsss.engine.atomic import write_json, write_png
-from histowsss.engine.run_dir import RunDir
+from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.cam_labels import normalize_cams
 from histowsss.ops.ir_labels import IGNORE, combine, confident_maps
 from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, cam_mode, fresh_dir, gate_on_grid,
@@ -168,6 +168,10 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     with run.step(STEP, h, overwrite=overwrite) as info:
         samples = irn_samples(cfg)
         cam_hash = require_cams(cfg, run, samples, STEP)
+        argmax = cam_mode(cfg) == "argmax"
+        if il.crf and argmax:
+            raise StepError("ir_label.crf needs a background class: with data.classes.background null the confident "
+                            "maps hold ignore pixels that the CRF cannot take as a label; set ir_label.crf=false")
         if il.crf:
             from histowsss.ops.crf import require_crf
 
@@ -201,19 +205,21 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             else:
                 labs = _process_image(cfg, run, s, present, cam_hash, conf_fg, conf_bg)
                 computed += 1
-            has_fg_label = any(present[i] for i, c in enumerate(cam_class_ids(cfg)) if c != bg)
+            has_fg_label = any(present[i] for i, c in enumerate(cam_class_ids(cfg)) if argmax or c != bg)
             final = labs[folders[-1]]
             if not has_fg_label:
                 bg_only += 1
-            elif not np.any((final != bg) & (final != IGNORE)):
+            elif not np.any(((final != bg) | argmax) & (final != IGNORE)):  # argmax: no confident pixel at all
                 no_fg.append(s.name)
             if s.split in cfg.data.train_splits and s.mask is not None:
                 gt = grid_gt(load_class_mask(s, cfg.data), final.shape)
                 for f in folders:
                     scores[f].update(gt, labs[f])
         result = {"mode": cam_mode(cfg), "select": how,
-                  "chosen": {"conf_fg": conf_fg, "conf_bg": conf_bg,
+                  "chosen": {"conf_fg": conf_fg, "conf_bg": None if argmax else conf_bg,
                              "margin": il.margin if cam_mode(cfg) == "offset" else None},
+                  **({"note": "argmax mode (no background class): conf_fg is the margin by which the best labelled "
+                              "class beats the second"} if argmax else {}),
                   "resolution": "stride-4 grid, ground truth sampled at cell centres; train images only",
                   "train_images": len(train), "sweep": sweep,
                   "chosen_metrics": {f: scores[f].summary(names, bg) for f in folders} if train else {},

@@ -32,9 +32,12 @@ STEP = "eval_cam"
 
 
 def cam_mode(cfg: RunConfig) -> str:
-    """'threshold' when background has no CAM channel, 'offset' when it has one."""
+    """'threshold' when background has no CAM channel, 'offset' when it has one, 'argmax' when the class map has
+    no background class at all (tissue types: every pixel is one of the labelled classes)."""
     bg = cfg.data.classes.background
-    return "offset" if bg is not None and bg in output_classes(cfg) else "threshold"
+    if bg is None:
+        return "argmax"
+    return "offset" if bg in output_classes(cfg) else "threshold"
 
 
 def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int = STRIDE) -> list[dict]:
@@ -75,7 +78,7 @@ def no_mask_value(cfg: RunConfig, mode: str) -> float:
     IRN's CAM evaluation threshold) or 0.0 (offset mode: the background channel as it is)."""
     if cfg.eval_cam.no_mask_value is not None:
         return float(cfg.eval_cam.no_mask_value)
-    return 0.15 if mode == "threshold" else 0.0
+    return 0.15 if mode == "threshold" else 0.0  # offset: the background channel as it is; argmax: unused
 
 
 def presence(item: dict, gating: str, gate_threshold: float) -> np.ndarray:
@@ -108,7 +111,7 @@ def image_level_baseline(items: list[dict], cfg: RunConfig, gate: float) -> Conf
     for it in masked(items):
         pr = it["probs"]
         k = int(np.argmax(pr))
-        cls = ids[k] if pr[k] >= gate else bg
+        cls = ids[k] if pr[k] >= gate or cfg.data.classes.background_index is None else bg
         cm.update(it["gt"], np.full(it["gt"].shape, cls, dtype=np.uint8))
     return cm
 
@@ -133,7 +136,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     h = config_hash(cfg)
     with run.step(STEP, h, overwrite=overwrite) as info:
         mode = cam_mode(cfg)
-        values = ec.thresholds if mode == "threshold" else ec.offsets
+        # argmax mode (no background class) has no background parameter: one value, nothing to sweep
+        values = ec.thresholds if mode == "threshold" else ec.offsets if mode == "offset" else [0.0]
         choose = ec.choose_on or (cfg.data.train_splits + cfg.data.val_splits)
         names = cfg.data.classes.names
         items = load_split(cfg, run, choose)

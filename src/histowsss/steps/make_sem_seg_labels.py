@@ -14,6 +14,8 @@ For every IRN image (train + val by default):
    When background has its own CAM channel (``offset`` mode), that channel is walked with the others, each
    walked map is divided by its own maximum and the background map is shifted by ``sem_seg.bg_offset``
    (default: the offset eval_cam chose on train) before the argmax, i.e. eval_cam's rule on walked maps.
+   With no background class at all (``argmax`` mode, e.g. tissue types) every labelled channel is walked, each
+   divided by its own maximum, and the argmax over them is the label.
    With ``eval_cam.label_gating: patch`` the patch labels gate the CAMs before the walk and the argmax after
    it (:mod:`histowsss.data.label_gate`).
 
@@ -61,7 +63,9 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def background_value(cfg: RunConfig, run: RunDir) -> float:
-    """The constant background score (threshold mode) or background offset (offset mode)."""
+    """The constant background score (threshold mode) or background offset (offset mode); 0 in argmax mode."""
+    if cam_mode(cfg) == "argmax":
+        return 0.0
     if cam_mode(cfg) == "threshold":
         return cfg.sem_seg.bg_threshold
     if cfg.sem_seg.bg_offset != "eval_cam":
@@ -86,13 +90,14 @@ def walk_scores(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
 
     ``None`` when the image has no foreground label or its walk carries no foreground evidence.
     Threshold mode: foreground channels only, divided by their global maximum. Offset mode: every labelled
-    channel (background included), each divided by its own maximum.
+    channel (background included), each divided by its own maximum. Argmax mode (no background class): every
+    labelled channel, each divided by its own maximum.
     """
     ids = np.asarray(class_ids)
-    fg_present = [i for i in range(len(class_ids)) if present[i] and class_ids[i] != background]
+    fg_present = [i for i in range(len(class_ids)) if present[i] and (mode == "argmax" or class_ids[i] != background)]
     if not fg_present:
         return None
-    chans = fg_present if mode == "threshold" else [i for i in range(len(class_ids)) if present[i]]
+    chans = fg_present if mode in ("threshold", "argmax") else [i for i in range(len(class_ids)) if present[i]]
     rw = (random_walk(cam_norm[chans].contiguous(), boundary, radius=radius, beta=beta, exp_times=exp_times)
           if propagate else cam_norm[chans].float())
     up = F.interpolate(rw[None], scale_factor=STRIDE, mode="bilinear", align_corners=False)[0, :, : size[0], : size[1]]
@@ -103,7 +108,7 @@ def walk_scores(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
             return None
         return up / mx, keys
     mx = up.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]
-    fg_rows = [j for j, k in enumerate(keys) if k != background]
+    fg_rows = [j for j, k in enumerate(keys) if mode == "argmax" or k != background]
     if float(up[fg_rows].max()) <= 1e-8:
         return None
     return up / mx, keys
@@ -116,7 +121,9 @@ def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, 
     ``allowed`` (C, H, W), by class id: the patch-label gate; classes a pixel may not take are left out of its
     argmax, and pixels with a single allowed class get it.
     """
-    if mode == "threshold":
+    if mode == "argmax":  # no background: the best labelled class
+        pass
+    elif mode == "threshold":
         scores = torch.cat([torch.full_like(scores[:1], bg_value), scores])
         keys = np.concatenate([[background], keys])
     else:
@@ -142,13 +149,19 @@ def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
     zeroes each CAM channel where its class is not allowed, so the walk does not spread it from there.
     """
     got = walk_scores(cam_norm, present, class_ids, background, mode, boundary, size, radius, beta, exp_times)
+    if got is None and mode == "argmax":  # no evidence to walk: the first labelled class (the only one, usually)
+        first = [class_ids[i] for i in range(len(class_ids)) if present[i]]
+        lab = np.full(size, first[0] if first else background, np.uint8)
+        if allowed is not None:
+            lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
+        return lab, False
     if got is None:
         lab = np.full(size, background, np.uint8)
         if allowed is not None:
             lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
     else:
         lab = labels_from_scores(got[0], got[1], background, mode, bg_value, allowed)
-    return lab, bool(np.any(lab != background))
+    return lab, mode == "argmax" or bool(np.any(lab != background))
 
 
 def gate_cams(cfg: RunConfig, sample: Sample, cam_norm: np.ndarray, present: np.ndarray
@@ -201,7 +214,7 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
                               ss.beta, ss.exp_times, allowed)
     if clicks:
         lab = apply_points(lab, point_map(clicks, lab.shape, cfg.data.image_scale, cfg.points.radius))
-        has_fg = bool(np.any(lab != background_id(cfg)))
+        has_fg = has_fg or bool(np.any(lab != background_id(cfg)))
     write_png(run.path / "pseudo" / f"{sample.name}.png", lab)
     return has_fg
 
@@ -227,13 +240,14 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         no_fg: list[str] = []
         for s, present in track(list(zip(samples, pres)), description=STEP):
             p_png, p_npz = run.path / "pseudo" / f"{s.name}.png", run.path / "irn" / f"{s.name}.npz"
+            argmax = cam_mode(cfg) == "argmax"
             if resume and p_png.exists() and p_npz.exists():
-                has_fg = bool(np.any(read_png(p_png) != bg))
+                has_fg = argmax or bool(np.any(read_png(p_png) != bg))
                 reused += 1
             else:
                 has_fg = _process_image(cfg, run, model, norm, device, s, present, cam_hash, bg_value)
                 computed += 1
-            if not any(present[i] for i, c in enumerate(cam_class_ids(cfg)) if c != bg):
+            if not any(present[i] for i, c in enumerate(cam_class_ids(cfg)) if argmax or c != bg):
                 no_label.append(s.name)
             elif not has_fg:
                 no_fg.append(s.name)
