@@ -95,6 +95,24 @@ def test_class_id_masks_and_multi_label(tmp_path: Path):
     assert cfg.train_cam.crop_size == 96
 
 
+def test_tissue_types_without_a_background_class(tmp_path: Path):
+    rows = ["image,split,patient,label,mask"]
+    for i, (split, labels) in enumerate([("train", "stroma;tumour"), ("train", "tumour;necrosis"),
+                                         ("test", "tumour"), ("test", "stroma;necrosis")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        Image.fromarray(np.arange(96 * 96).reshape(96, 96).astype(np.uint8) % 3).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match="--background none"):  # no name says background: the fix is named
+        config_for_manifest(tmp_path / "m.csv")
+    made = config_for_manifest(tmp_path / "m.csv", background="none")
+    cfg = made.config
+    assert cfg.data.classes.background is None and cfg.data.multi_label and cfg.data.mask_mode == "class_ids"
+    assert sorted(cfg.data.classes.names) == ["necrosis", "stroma", "tumour"]
+    assert cfg.train_cam.background_mode == "class" and "no background class" in made.text
+    assert set(cfg.data.classes.colors) == set(cfg.data.classes.names)
+
+
 def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):
     """The whole on-ramp through the CLI: folder -> `data manifest` -> `init` -> `run` (CAM stage)."""
     with open(synth, newline="") as f:

@@ -61,15 +61,21 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
     return col, names, multi
 
 
-def _background(names: list[str], given: str | None) -> str:
+def _background(names: list[str], given: str | None) -> str | None:
+    """The background / normal class; None for ``--background none`` (tissue types: every pixel is a class)."""
     if given is not None:
+        if given not in names and given.lower() == "none":
+            return None
         if given not in names:
-            raise ConfigError(f"--background {given!r} is not one of the manifest's classes: {', '.join(names)}")
+            raise ConfigError(f"--background {given!r} is not one of the manifest's classes: {', '.join(names)}; "
+                              "or pass --background none when every pixel is one of the classes (tissue types)")
         return given
     found = [n for n in names if n.lower() in BACKGROUND_NAMES]
     if len(found) != 1:
         raise ConfigError(f"cannot tell which class is background / normal (classes: {', '.join(names)}); pass "
-                          "--background NAME: the class of images or pixels with none of the others")
+                          "--background NAME: the class of images or pixels with none of the others, or "
+                          "--background none when every pixel is one of the classes (tissue types such as tumour, "
+                          "stroma, necrosis)")
     return found[0]
 
 
@@ -93,7 +99,8 @@ def _splits(manifest: Path, rows: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def _mask_mode(root: Path, masks: list[str], names: list[str], background: str) -> tuple[dict[str, Any], str]:
+def _mask_mode(root: Path, masks: list[str], names: list[str], background: str | None
+               ) -> tuple[dict[str, Any], str]:
     from PIL import Image
 
     values: set[int] = set()
@@ -104,7 +111,10 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str) 
                 values |= {int(v) for v in np.unique(np.asarray(im))}
         except OSError as e:
             raise ConfigError(f"{p}: mask not readable ({e}); fix the file or its path in the manifest") from None
-    if values <= {0, 1} or values <= {0, 255}:
+    if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
+        raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class to put mask 0 "
+                          "in; give masks of class indices (0..., 255 = ignore), or name a background class")
+    if (values <= {0, 1} or values <= {0, 255}) and background is not None:
         # binary_image_label, not binary: objects in an image labelled background (benign glands, say) stay background
         return ({"mask_mode": "binary_image_label"},
                 f"masks look binary ({sorted(values)}): mask_mode binary_image_label (mask > 0 takes the image's own "
@@ -142,8 +152,12 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                               "make the manifest with `histowsss data manifest`")
     col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
     bg = _background(names, background)
-    names = [bg] + [n for n in names if n != bg]
-    notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"]
+    if bg is not None:
+        names = [bg] + [n for n in names if n != bg]
+        notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"]
+    else:
+        notes = [f"classes from column {col!r}: {', '.join(names)}, no background class (every pixel is one of "
+                 "them; labels are the best of an image's labelled classes, docs/data.md)"]
     if multi:
         notes.append(f"several labels per image ('{label_separator}'-separated): multi_label true")
     splits = _splits(manifest, rows)
@@ -152,8 +166,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     root = manifest.parent
     data: dict[str, Any] = {"manifest": str(manifest), "label_column": col, "multi_label": multi,
                             "classes": {"names": names, "background": bg,
-                                        "colors": {bg: BACKGROUND_COLOR, **{n: PALETTE[i % len(PALETTE)]
-                                                                            for i, n in enumerate(names[1:])}}},
+                                        "colors": ({bg: BACKGROUND_COLOR} if bg is not None else {})
+                                        | {n: PALETTE[i % len(PALETTE)]
+                                           for i, n in enumerate(names[1:] if bg is not None else names)}},
                             **splits}
     if label_separator != ";":
         data["label_separator"] = label_separator
@@ -214,6 +229,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         notes.append(f"crops fitted to the images at image_scale {scale} (short side: smallest {side} px, median "
                      f"{typical} px): " + ", ".join(fitted))
     raw["data"] = data
+    if bg is None:  # every class is a classifier output with its own CAM
+        raw.setdefault("train_cam", {})["background_mode"] = "class"
     raw["name"] = name or (Path(out).stem if out is not None else manifest.stem)
     raw["upper_bound"] = bool(masks) and all(r.get("mask") for r in rows if r["split"] in train_names)
     # IRN's 256 walk steps leaked across thin stroma on GlaS train; 16 steps were chosen there (docs/irn.md)

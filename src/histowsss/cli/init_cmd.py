@@ -16,7 +16,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
          profile: str = typer.Option("cpu", help="cpu (the CPU profile measured on GlaS) or gpu (full resolution, "
                                      "larger crops, longer schedules)"),
          background: Optional[str] = typer.Option(None, help="the background / normal class (guessed from names "
-                                                  "such as normal, benign, background)"),
+                                                  "such as normal, benign, background); 'none' when every pixel is "
+                                                  "one of the classes (tissue types)"),
          label_column: Optional[str] = typer.Option(None, help="column of class names (default: label)"),
          mask_mode: Optional[str] = typer.Option(None, help="class_ids, binary or binary_image_label (default: "
                                                  "read from the masks)"),
