@@ -37,6 +37,9 @@ def test_apply_gate_removes_absent_classes_but_never_background():
     g = apply_gate(p, [1], background=0)
     assert (g.argmax(0) == 0).all() and np.allclose(g.sum(0), 1) and np.allclose(p[1], 0.7)  # input unchanged
     assert np.array_equal(apply_gate(p, [0], background=0), p)  # background is never removed
+    # no background class (tissue types): one class removed renormalises the rest; all removed leaves the network's
+    assert (apply_gate(p, [1], background=None).argmax(0) == 0).all()
+    assert np.array_equal(apply_gate(p, [0, 1], background=None), p)
 
 
 @pytest.fixture(scope="module")

@@ -48,9 +48,11 @@ def stored_absent(run_path: Path, name: str, names: list[str], gate: float) -> l
 
 def apply_gate(probs: np.ndarray, absent: list[int], background: int | None) -> np.ndarray:
     """A copy of (C, H, W) probabilities with the absent classes (never background) set to 0 and the rest
-    renormalised to sum to 1 per pixel."""
+    renormalised to sum to 1 per pixel; unchanged when that would remove every class (no background class)."""
     out = probs.copy()
     drop = [k for k in absent if k != background]
+    if len(set(drop)) >= out.shape[0]:  # no background class and every class called absent: the network decides
+        return out
     if drop:
         out[drop] = 0
         total = out.sum(0, keepdims=True)
