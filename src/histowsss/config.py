@@ -95,6 +95,9 @@ class DataConfig(Strict):
         "binary_image_label: mask>0 takes the image's own (non-background) label, background elsewhere",
     )
     mask_foreground_class: str | None = None
+    mask_ignore_values: list[int] = Field(
+        default_factory=list, description="raw mask values left out of every score and label (ignore), e.g. [4] for "
+        "the white background of LUAD-HistoSeg / BCSS-WSSS masks; 255 is always ignore")
     points_column: str | None = Field(None, description="column of clicks 'x y class; x y class; ...' (level-0 "
                                       "pixels of the image); see the points section")
     train_splits: list[str] = Field(default_factory=lambda: ["train"])

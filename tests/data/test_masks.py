@@ -40,6 +40,18 @@ def test_class_ids_mode_rejects_non_ids_with_fix():
     assert "m/x.png" in msg and "[7, 128]" in msg and "mask_mode" in msg and "binary" in msg
 
 
+def test_ignore_values_in_every_mode():
+    # LUAD-HistoSeg / BCSS-WSSS: four tissues 0..3, value 4 = white background left out of their evaluation
+    cfg = _cfg(classes={"names": ["te", "nec", "lym", "tas"]}, mask_mode="class_ids", mask_ignore_values=[4])
+    out = class_map_from_mask(np.array([[0, 3, 4], [255, 1, 4]], np.uint8), _sample(), cfg)
+    assert out.tolist() == [[0, 3, IGNORE], [IGNORE, 1, IGNORE]]
+    with pytest.raises(ImageReadError, match="mask_ignore_values"):  # the fix is named when it is missing
+        class_map_from_mask(np.array([[4]], np.uint8), _sample(), _cfg(classes={"names": ["te", "nec", "lym", "tas"]}))
+    binary = _cfg(classes={"names": ["background", "gland"], "background": "background"}, mask_mode="binary",
+                  mask_foreground_class="gland", mask_ignore_values=[128])
+    assert class_map_from_mask(np.array([[0, 255, 128]], np.uint8), _sample(), binary).tolist() == [[0, 1, IGNORE]]
+
+
 def test_binary_mode():
     cfg = _cfg(classes={"names": ["background", "gland"], "background": "background"}, mask_mode="binary",
                mask_foreground_class="gland")

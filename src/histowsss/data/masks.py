@@ -19,28 +19,36 @@ def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.
     * ``binary_image_label``: mask > 0 takes the image's own non-background label (so in an image labelled
       only background/normal, everything is background); with several non-background labels the mask is
       ambiguous and the foreground becomes IGNORE.
+
+    Raw values in ``data.mask_ignore_values`` become IGNORE in every mode.
     """
     classes = cfg.classes
     bg = classes.background_index if classes.background_index is not None else 0
+    ignored = np.isin(raw, cfg.mask_ignore_values) if cfg.mask_ignore_values else None
     if cfg.mask_mode == "class_ids":
         out = raw.astype(np.int64)
+        if ignored is not None:
+            out[ignored] = IGNORE
         bad = (out >= len(classes.names)) & (out != IGNORE)
         if bad.any():
             raise ImageReadError(
                 f"{sample.mask}: mask value(s) {sorted(np.unique(out[bad]).tolist())[:5]} are not class ids "
-                f"(0..{len(classes.names) - 1}); set data.mask_mode to 'binary' if the mask is 0/255"
+                f"(0..{len(classes.names) - 1}); set data.mask_mode to 'binary' if the mask is 0/255, or list values "
+                "that mark pixels to leave out in data.mask_ignore_values"
             )
         return out.astype(np.uint8)
     fg = raw > 0
     out = np.full(raw.shape, bg, dtype=np.uint8)
     if cfg.mask_mode == "binary":
         out[fg] = classes.index(cfg.mask_foreground_class)  # type: ignore[arg-type]
-        return out
-    own = [lab for lab in sample.labels if lab != classes.background]
-    if len(own) == 1:
-        out[fg] = classes.index(own[0])
-    elif len(own) > 1:
-        out[fg] = IGNORE
+    else:
+        own = [lab for lab in sample.labels if lab != classes.background]
+        if len(own) == 1:
+            out[fg] = classes.index(own[0])
+        elif len(own) > 1:
+            out[fg] = IGNORE
+    if ignored is not None:
+        out[ignored] = IGNORE
     return out
 
 
