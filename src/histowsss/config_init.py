@@ -99,7 +99,7 @@ def _splits(manifest: Path, rows: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def _mask_mode(root: Path, masks: list[str], names: list[str], background: str | None
+def _mask_mode(root: Path, masks: list[str], names: list[str], background: str | None, ignore: list[int]
                ) -> tuple[dict[str, Any], str]:
     from PIL import Image
 
@@ -108,7 +108,7 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
         p = root / rel
         try:
             with Image.open(p) as im:
-                values |= {int(v) for v in np.unique(np.asarray(im))}
+                values |= {int(v) for v in np.unique(np.asarray(im))} - set(ignore)
         except OSError as e:
             raise ConfigError(f"{p}: mask not readable ({e}); fix the file or its path in the manifest") from None
     if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
@@ -140,7 +140,8 @@ def _fit(value: int, side: int, multiple: int) -> int:
 def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | None = None,
                         label_column: str | None = None, mask_mode: str | None = None, mpp: float | None = None,
                         image_scale: float | None = None, name: str | None = None,
-                        label_separator: str = ";", out: Path | None = None) -> InitResult:
+                        label_separator: str = ";", out: Path | None = None,
+                        mask_ignore: list[int] | None = None, classes: list[str] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
@@ -151,13 +152,22 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
                               "make the manifest with `histowsss data manifest`")
     col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
+    if classes:  # the given order: class-id masks are indexed by it
+        missing = [n for n in names if n not in classes]
+        if missing or len(set(classes)) != len(classes):
+            raise ConfigError(f"--classes {','.join(classes)}: must name every class of the manifest once "
+                              f"({', '.join(names)}; missing: {', '.join(missing) or 'none'})")
+        names = list(classes)
     bg = _background(names, background)
-    if bg is not None:
+    if bg is not None and not classes:
         names = [bg] + [n for n in names if n != bg]
-        notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"]
+        notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"
+                 + (" in the order given by --classes (mask value = position)" if classes else "")]
     else:
         notes = [f"classes from column {col!r}: {', '.join(names)}, no background class (every pixel is one of "
-                 "them; labels are the best of an image's labelled classes, docs/data.md)"]
+                 "them; labels are the best of an image's labelled classes, docs/data.md)"
+                 + ("; order given by --classes (mask value = position)" if classes else
+                    "; order alphabetical: pass --classes in mask-value order if the masks hold class ids")]
     if multi:
         notes.append(f"several labels per image ('{label_separator}'-separated): multi_label true")
     splits = _splits(manifest, rows)
@@ -175,13 +185,17 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     masks = [r["mask"] for r in rows if r.get("mask")] if "mask" in columns else []
     if masks:
         data["mask_column"] = "mask"
+        if mask_ignore:
+            data["mask_ignore_values"] = list(mask_ignore)
+            notes.append(f"mask values {', '.join(map(str, mask_ignore))} are no class: left out of every score "
+                         "(data.mask_ignore_values)")
         if mask_mode is not None:
             data["mask_mode"] = mask_mode
             if mask_mode == "binary" and len(names) == 2:
                 data["mask_foreground_class"] = names[1]
             notes.append(f"mask_mode {mask_mode} (given)")
         else:
-            mode, note = _mask_mode(root, masks, names, bg)
+            mode, note = _mask_mode(root, masks, names, bg, list(mask_ignore or []))
             data.update(mode)
             notes.append(note)
     else:

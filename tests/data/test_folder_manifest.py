@@ -98,3 +98,69 @@ def test_a_finished_manifest_is_not_overwritten(class_folder: Path, tmp_path: Pa
     assert out.read_text() == "mine\n"
     manifest_from_folder(class_folder, out, overwrite=True)
     assert len(_rows(out)) == 24
+
+
+def test_label_vectors_in_file_names():
+    from histowsss.data.folder_manifest import label_from_name
+
+    names = ["TE", "NEC", "LYM", "TAS"]
+    assert label_from_name("1031280-2300-27920-[1 0 0 1]", names) == ["TE", "TAS"]  # LUAD-HistoSeg
+    assert label_from_name("TCGA-A1-A0SK-DX1_xmin45749+0[1101]", names) == ["TE", "NEC", "TAS"]  # BCSS-WSSS
+    assert label_from_name("1003370-11223-11698-[1, 1, 0]", names[:3]) == ["TE", "NEC"]  # WSSS4LUAD
+    assert label_from_name("test_image_7", names) is None
+    with pytest.raises(ValueError, match="does not hold 4 zeros and ones"):
+        label_from_name("a-[1 0 1]", names)
+    with pytest.raises(ValueError, match="does not hold 4"):
+        label_from_name("a-[1 0 2 1]", names)
+
+
+def test_a_luad_histoseg_layout_becomes_a_manifest_and_a_config(tmp_path: Path):
+    """training/<patient>-<x>-<y>-[a b c d].png with labels in the names; val|test/img + mask with class ids 0..3
+    and 4 = white background: `data manifest --labels-in-name` -> `init --background none --mask-ignore 4`."""
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from histowsss.config import load_config
+
+    root = tmp_path / "LUAD-HistoSeg"
+    vectors = ["[1 0 0 1]", "[0 1 1 0]", "[1 1 0 0]", "[0 0 1 1]"]
+    for p in range(4):
+        for k, v in enumerate(vectors):
+            _img(root / "training" / f"10{p}-{k * 224}-{p * 224}-{v}.png", 90 + 10 * k, size=64)
+    for split, pid in (("val", 200), ("test", 300)):
+        for k in range(3):
+            _img(root / split / "img" / f"{pid + k}-0-0-{split}{k}.png", 120, size=64)
+            m = np.full((64, 64), 4, np.uint8)  # white background: no class
+            m[:32, :] = k
+            m[32:, :32] = (k + 1) % 4
+            (root / split / "mask").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(m).save(root / split / "mask" / f"{pid + k}-0-0-{split}{k}.png")
+    runner = CliRunner()
+    man, cfg_path = tmp_path / "luad.csv", tmp_path / "luad.yaml"
+    args = ["data", "manifest", str(root), "--out", str(man), "--labels-in-name", "TE,NEC,LYM,TAS",
+            "--masks", str(root / "val" / "mask"), "--masks", str(root / "test" / "mask"), "--mask-ignore", "4",
+            "--patient-regex", r"/(\d+)-"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "--classes TE,NEC,LYM,TAS --background none --mask-ignore 4" in r.output
+    rows = {Path(x["image"]).stem: x for x in _rows(man)}
+    assert len(rows) == 22 and {x["split"] for x in rows.values()} == {"training", "val", "test"}
+    assert rows["100-0-0-[1 0 0 1]"]["label"] == "TE;TAS" and rows["100-0-0-[1 0 0 1]"]["patient"] == "100"
+    assert rows["200-0-0-val0"]["label"] == "TE;NEC" and rows["302-0-0-test2"]["label"] == "LYM;TAS"  # from masks
+    assert rows["201-0-0-val1"]["mask"].endswith("val/mask/201-0-0-val1.png")
+    assert rows["100-0-0-[1 0 0 1]"]["mask"] == ""
+    r = runner.invoke(app, ["init", str(man), "--out", str(cfg_path)])
+    assert r.exit_code != 0 and "--background none" in r.output  # no background name: the fix is named
+    r = runner.invoke(app, ["init", str(man), "--out", str(cfg_path), "--background", "none", "--mask-ignore", "4",
+                            "--classes", "TE,NEC"])
+    assert r.exit_code != 0 and "must name every class" in r.output
+    r = runner.invoke(app, ["init", str(man), "--out", str(cfg_path), "--background", "none", "--mask-ignore", "4",
+                            "--classes", "TE,NEC,LYM,TAS"])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(str(cfg_path))
+    # the vector order is the mask-value order: class 0 = TE, as LUAD-HistoSeg's masks are indexed
+    assert cfg.data.classes.background is None and cfg.data.classes.names == ["TE", "NEC", "LYM", "TAS"]
+    assert cfg.data.mask_ignore_values == [4] and cfg.data.mask_mode == "class_ids" and cfg.data.multi_label
+    assert cfg.data.train_splits == ["training"] and cfg.data.test_splits == ["test"]
+    r = runner.invoke(app, ["data", "check", str(man), "--config", str(cfg_path)])
+    assert r.exit_code == 0, r.output

@@ -109,9 +109,16 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
 
 @app.command()
 def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folders: FOLDER/<class>/... or "
-                                          "FOLDER/<split>/<class>/..."),
+                                          "FOLDER/<split>/<class>/... (or, with --labels-in-name, any images)"),
              out: Path = typer.Option(..., "--out", "-o", help="manifest CSV to write (paths relative to it)"),
-             masks: Optional[Path] = typer.Option(None, help="folder of masks, matched to images by file stem"),
+             masks: Optional[list[Path]] = typer.Option(
+                 None, help="folder of masks, matched to images by file stem (repeat for several folders)"),
+             labels_in_name: Optional[str] = typer.Option(
+                 None, help="comma-separated classes of the multi-label vector at the end of each file name, in "
+                 "order, e.g. TE,NEC,LYM,TAS for LUAD-HistoSeg's '...-[1 0 0 1].png' (BCSS-WSSS: '[1101]'); images "
+                 "without one take the classes present in their mask"),
+             mask_ignore: Optional[str] = typer.Option(
+                 None, help="with --labels-in-name: comma-separated mask values that are no class (e.g. 4)"),
              mask_suffix: str = typer.Option("", help="suffix of mask stems, e.g. '_mask' for img1_mask.png"),
              patient_regex: Optional[str] = typer.Option(
                  None, help="regular expression searched in each image's path below FOLDER; its first group (or "
@@ -119,15 +126,33 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
              train: float = 0.7, val: float = 0.1, test: float = 0.2, seed: int = 0,
              label_column: str = typer.Option("label", help="name of the class column"),
              overwrite: bool = False) -> None:
-    """Write a manifest for a folder of labelled images (one sub-folder per class, optionally per split first);
-    without split folders, a patient-grouped, class-stratified split is made."""
-    from histowsss.data.folder_manifest import manifest_from_folder
+    """Write a manifest for a folder of labelled images (one sub-folder per class, optionally per split first; or
+    multi-label vectors in the file names with --labels-in-name); without split folders, a patient-grouped,
+    class-stratified split is made."""
+    from histowsss.data.folder_manifest import manifest_from_folder, manifest_from_named_labels
 
     with clear_errors():
         fractions = {"train": train, "val": val, "test": test}
-        made = manifest_from_folder(folder, out, masks=masks, mask_suffix=mask_suffix, patient_regex=patient_regex,
-                                    fractions=fractions, label_column=label_column, seed=seed, overwrite=overwrite)
-        _print_stats(made.path, data_config_from(made.path, None, [f"data.label_column={label_column}"]))
+        if labels_in_name:
+            names = [c.strip() for c in labels_in_name.split(",") if c.strip()]
+            try:
+                ignore = [int(v) for v in (mask_ignore or "").split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"--mask-ignore {mask_ignore!r}: give comma-separated integers, e.g. 4") from None
+            made = manifest_from_named_labels(folder, out, names, masks=masks, mask_suffix=mask_suffix,
+                                              mask_ignore=ignore, patient_regex=patient_regex, fractions=fractions,
+                                              label_column=label_column, seed=seed, overwrite=overwrite)
+            over = [f"data.label_column={label_column}", "data.multi_label=true",
+                    f"data.classes.names=[{','.join(names)}]", "data.classes.background=null"]
+        else:
+            if mask_ignore:
+                raise ValueError("--mask-ignore only applies with --labels-in-name (labels read from masks); for "
+                                 "evaluation set data.mask_ignore_values in the config (histowsss init --mask-ignore)")
+            made = manifest_from_folder(folder, out, masks=masks, mask_suffix=mask_suffix,
+                                        patient_regex=patient_regex, fractions=fractions, label_column=label_column,
+                                        seed=seed, overwrite=overwrite)
+            over = [f"data.label_column={label_column}"]
+        _print_stats(made.path, data_config_from(made.path, None, over))
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
     console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
@@ -135,7 +160,9 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
         console.print("[yellow]warning:[/] no --patient-regex: every image is its own patient, so images of one "
                       "patient can land in different splits; pass a pattern that extracts the patient or slide id",
                       highlight=False)
-    console.print(f"next: histowsss init {escape(str(made.path))} --out my.yaml", highlight=False)
+    more = (f" --classes {labels_in_name} --background none" + (f" --mask-ignore {mask_ignore}" if mask_ignore else "")
+            if labels_in_name else "")
+    console.print(f"next: histowsss init {escape(str(made.path))} --out my.yaml{more}", highlight=False)
 
 
 @app.command()

@@ -19,8 +19,13 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                                   "such as normal, benign, background); 'none' when every pixel is "
                                                   "one of the classes (tissue types)"),
          label_column: Optional[str] = typer.Option(None, help="column of class names (default: label)"),
+         classes: Optional[str] = typer.Option(None, help="comma-separated class names in the order class-id masks "
+                                               "use (mask value 0 = the first); default: background first, then "
+                                               "alphabetical"),
          mask_mode: Optional[str] = typer.Option(None, help="class_ids, binary or binary_image_label (default: "
                                                  "read from the masks)"),
+         mask_ignore: Optional[str] = typer.Option(None, help="comma-separated mask values that are no class, left out "
+                                                   "of every score (e.g. 4 for LUAD-HistoSeg / BCSS-WSSS)"),
          mpp: Optional[float] = typer.Option(None, help="microns per pixel of the images: the network then works at "
                                              "the resolution the profile was measured at"),
          image_scale: Optional[float] = typer.Option(None, help="resize factor on read (instead of --mpp)"),
@@ -34,8 +39,14 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
     with clear_errors():
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        try:
+            ignore = [int(v) for v in (mask_ignore or "").split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--mask-ignore {mask_ignore!r}: give comma-separated integers, e.g. 4") from None
         made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
-                                   mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out)
+                                   mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out,
+                                   mask_ignore=ignore,
+                                   classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
         write_text(out, made.text)
     for n in made.notes:
         console.print(f"- {escape(n)}", highlight=False)

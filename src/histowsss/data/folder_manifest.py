@@ -7,7 +7,15 @@ The layout tile and patch datasets ship in (torchvision's ImageFolder):
 
 Patients come from a regular expression on the image's path below ROOT (``patient_regex``); without one every
 image is its own patient, which keeps nothing together (the caller is warned). Masks, optional, are found by
-file stem in another folder.
+file stem in other folders.
+
+The public weakly supervised tissue data sets write each patch's multi-label vector into its file name instead
+(LUAD-HistoSeg ``<patient>-<x>-<y>-[1 0 0 1].png``, BCSS-WSSS ``<image>+<k>[1101].png``, WSSS4LUAD
+``...-[1, 1, 0].png``): :func:`manifest_from_named_labels` reads those, with the class names in vector order.
+
+    ROOT/**/<name>[v1 v2 ...].png           split made here
+    ROOT/<split>/**/<name>[...].png         split taken from the folder; images without a vector take the
+                                            classes present in their mask (validation / test images)
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.data.manifest import write_manifest
@@ -63,22 +73,29 @@ def _patient(rel: str, pattern: re.Pattern[str] | None) -> str | None:
     return m.group(1) if pattern.groups else m.group(0)
 
 
-def _mask_index(masks: Path, suffix: str) -> dict[str, Path]:
+def _mask_index(masks: Path | list[Path], suffix: str) -> dict[str, Path]:
     index: dict[str, Path] = {}
-    for p in _images_below(masks):
-        stem = p.stem
-        if suffix:
-            if not stem.endswith(suffix):
-                continue
-            stem = stem[: -len(suffix)]
-        if stem in index:
-            raise FolderLayoutError(f"{masks}: two masks for image stem {stem!r} ({index[stem].name} and {p.name}); "
-                                    "keep one, or pass --mask-suffix to tell masks from other files")
-        index[stem] = p
+    for folder in [masks] if isinstance(masks, Path) else masks:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: mask folder not found")
+        for p in _images_below(Path(folder)):
+            stem = p.stem
+            if suffix:
+                if not stem.endswith(suffix):
+                    continue
+                stem = stem[: -len(suffix)]
+            if stem in index:
+                raise FolderLayoutError(f"{folder}: two masks for image stem {stem!r} ({index[stem]} and {p}); "
+                                        "keep one, or pass --mask-suffix to tell masks from other files")
+            index[stem] = p
     return index
 
 
-def manifest_from_folder(root: Path, out: Path, masks: Path | None = None, mask_suffix: str = "",
+def _as_list(masks: Path | list[Path] | None) -> list[Path]:
+    return [] if masks is None else [Path(masks)] if isinstance(masks, (str, Path)) else [Path(m) for m in masks]
+
+
+def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None = None, mask_suffix: str = "",
                          patient_regex: str | None = None, fractions: dict[str, float] | None = None,
                          label_column: str = "label", seed: int = 0, overwrite: bool = False) -> FolderManifest:
     """Write a manifest CSV (image, split, patient, label[, mask]) for the images below ``root``.
@@ -98,7 +115,8 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | None = None, mask_
             pattern = re.compile(patient_regex)
         except re.error as e:
             raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
-    skip = {masks.resolve()} if masks is not None else set()
+    masks = _as_list(masks) or None
+    skip = {m.resolve() for m in masks or []}
     top = _subfolders(root, skip)
     loose = _direct_images(root)
     if loose:
@@ -155,6 +173,114 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | None = None, mask_
     if not by_split:
         fr = fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
         fr = {k: v for k, v in fr.items() if v > 0}
+        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fr, seed)
+        for r in rows:
+            r["split"] = assign[r["patient"]]
+    write_manifest(out, rows)
+    return FolderManifest(path=out, rows=rows, splits_from_folders=by_split, patients_from_regex=pattern is not None,
+                          masks_found=sum(1 for r in rows if r.get("mask")))
+
+
+NAMED_LABEL = re.compile(r"\[([^\[\]]*)\][^\[\]]*$")  # the last [...] of a file name
+
+
+def label_from_name(stem: str, class_names: list[str]) -> list[str] | None:
+    """The classes of a file name's multi-label vector (``[1 0 0 1]``, ``[1101]``, ``[1, 1, 0]``), in
+    ``class_names`` order; None when the name carries no vector. Raises ValueError for a vector of the wrong
+    length or with values other than 0 / 1."""
+    m = NAMED_LABEL.search(stem)
+    if m is None:
+        return None
+    inside = m.group(1)
+    bits = re.findall(r"\d+", inside) if re.search(r"[\s,]", inside.strip()) else list(inside.strip())
+    if len(bits) != len(class_names) or any(b not in ("0", "1") for b in bits):
+        raise ValueError(f"{stem}: label vector [{inside}] does not hold {len(class_names)} zeros and ones, one per "
+                         f"class ({', '.join(class_names)})")
+    return [c for c, b in zip(class_names, bits) if b == "1"]
+
+
+def _classes_in_mask(path: Path, class_names: list[str], ignore: list[int]) -> list[str]:
+    from histowsss.data.io import read_mask
+
+    raw = read_mask(path)
+    present = [int(v) for v in np.unique(raw) if int(v) not in ignore and int(v) != 255]
+    bad = [v for v in present if v >= len(class_names)]
+    if bad:
+        raise FolderLayoutError(f"{path}: mask values {bad[:5]} are not class ids 0..{len(class_names) - 1}; pass "
+                                "--mask-ignore for values that mark pixels to leave out (e.g. 4 in LUAD-HistoSeg)")
+    return [class_names[v] for v in present]
+
+
+def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], masks: list[Path] | None = None,
+                               mask_suffix: str = "", mask_ignore: list[int] | None = None,
+                               patient_regex: str | None = None, fractions: dict[str, float] | None = None,
+                               label_column: str = "label", seed: int = 0, overwrite: bool = False) -> FolderManifest:
+    """Write a manifest CSV (image, split, patient, label[, mask]) for the images below ``root`` whose file names
+    carry a multi-label vector in ``class_names`` order (see the module docstring).
+
+    Images without a vector take the classes present in their mask (``mask_ignore`` values and 255 left out).
+    Splits come from top-level split folders when every top-level folder is one, else a patient-grouped split
+    stratified by label set is made. Raises FolderLayoutError naming the file and the fix.
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: folder not found")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+        raise FolderLayoutError(f"--labels-in-name {','.join(class_names)}: give two or more distinct class names, "
+                                "in the order of the file names' label vectors")
+    pattern = None
+    if patient_regex is not None:
+        try:
+            pattern = re.compile(patient_regex)
+        except re.error as e:
+            raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
+    mask_dirs = _as_list(masks)
+    skip = {m.resolve() for m in mask_dirs}
+    mask_index = _mask_index(mask_dirs, mask_suffix) if mask_dirs else {}
+    top = _subfolders(root, skip)
+    by_split = bool(top) and all(SPLIT_FOLDER.match(p.name) for p in top) and not _direct_images(root)
+    images = [p for p in _images_below(root) if not any(p.resolve().is_relative_to(s) for s in skip)]
+    if not images:
+        raise FolderLayoutError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) below it")
+    rows: list[dict[str, str]] = []
+    seen: dict[str, Path] = {}
+    unmatched: list[str] = []
+    for img in images:
+        rel = img.relative_to(root).as_posix()
+        try:
+            labels = label_from_name(img.stem, class_names)
+        except ValueError as e:
+            raise FolderLayoutError(f"{rel}: {e}") from None
+        mask = mask_index.get(img.stem)
+        if labels is None:
+            if mask is None:
+                raise FolderLayoutError(f"{rel}: no label vector [..] at the end of its name and no mask to read its "
+                                        "classes from; pass the mask folder(s) with --masks, or name the file "
+                                        "<name>[1 0 ...].png")
+            labels = _classes_in_mask(mask, class_names, list(mask_ignore or []))
+        if not labels:
+            raise FolderLayoutError(f"{rel}: no class in its label (all zeros, or an empty mask); remove the image or "
+                                    "fix its label")
+        patient = _patient(rel, pattern)
+        if patient is None:
+            unmatched.append(rel)
+            continue
+        if img.stem in seen:
+            raise FolderLayoutError(f"{root}: two images named {img.stem!r} ({seen[img.stem].relative_to(root)} and "
+                                    f"{rel}); image names must be unique: rename one")
+        seen[img.stem] = img
+        row = {"image": os.path.relpath(img, out.parent).replace(os.sep, "/"),
+               "split": rel.split("/")[0] if by_split else "", "patient": patient, label_column: ";".join(labels)}
+        if mask_dirs:
+            row["mask"] = os.path.relpath(mask, out.parent).replace(os.sep, "/") if mask is not None else ""
+        rows.append(row)
+    if unmatched:
+        raise FolderLayoutError(f"--patient-regex {patient_regex!r} matches no patient in {len(unmatched)} image "
+                                f"path(s) below {root}, e.g. {', '.join(unmatched[:3])}")
+    if not by_split:
+        fr = {k: v for k, v in (fractions or {"train": 0.7, "val": 0.1, "test": 0.2}).items() if v > 0}
         assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fr, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
