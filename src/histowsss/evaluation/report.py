@@ -217,13 +217,39 @@ def section_dataset(cfg, run_path: Path | None = None) -> str:
         samples = read_manifest(data)
     except Exception as e:
         return f'<p class="note">manifest not readable from here: {esc(e)}</p>'
-    rows = split_class_table(samples, cfg.data.classes.names)
-    cols = list(rows[0].keys()) if rows else ["split"]
     note = ""
     if not cfg.data.label_column:
-        note = ('<p class="note">no image-label column (data.label_column is null): per-class image counts are '
-                "empty; training labels come from the masks (patch rule).</p>")
+        samples, note = _labels_from_masks(samples, data)
+    rows = split_class_table(samples, cfg.data.classes.names)
+    cols = list(rows[0].keys()) if rows else ["split"]
     return table(rows, cols, left=("split",)) + note
+
+
+MASK_COUNT_LIMIT = 5000  # images whose masks the report reads to count classes when there is no label column
+
+
+def _labels_from_masks(samples: list, data) -> tuple[list, str]:
+    """Without an image-label column: each image's classes from its mask by the patch rule (a class counts when it
+    covers more than ``data.patches.min_fraction`` of the image), as training derives them; and the table's note."""
+    import dataclasses
+
+    from histowsss.data.crops import image_targets
+
+    empty = ('<p class="note">no image-label column (data.label_column is null): per-class image counts are '
+             "empty; training labels come from the masks (patch rule).</p>")
+    if not samples or len(samples) > MASK_COUNT_LIMIT or any(s.mask is None for s in samples):
+        return samples, empty
+    try:
+        targets = image_targets(samples, data)
+    except Exception:
+        return samples, empty
+    names = data.classes.names
+    out = [dataclasses.replace(s, labels=tuple(n for n, t in zip(names, row) if t > 0.5))
+           for s, row in zip(samples, targets)]
+    frac = data.patches.min_fraction if data.patches else 0.0
+    return out, (f'<p class="note">no image-label column (data.label_column is null): an image counts for a class '
+                 f"when its mask holds it on more than {100 * frac:g} % of the image (the patch rule training labels "
+                 "come from).</p>")
 
 
 def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
@@ -248,6 +274,8 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     cs = (cam or {}).get("splits", {})
     ran_cam = cam is not None
     chosen = f"{(cam or {}).get('mode', '')} {(cam or {}).get('chosen_value', '')}".strip()
+    if (cam or {}).get("mode") == "argmax":
+        chosen = "argmax over the classes (no background)"
     if ran_cam and not cam.get("chosen_on"):
         chosen += " (default: no training masks to choose it on)"
     add("Image-level baseline (whole image = classifier's class)", "test",
