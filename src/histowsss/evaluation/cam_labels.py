@@ -36,13 +36,11 @@ def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
         present = np.ones(len(class_ids), bool)
     scores = np.where(present[:, None, None], cam_norm, -np.inf).astype(np.float32)
     ids = np.asarray(class_ids)
-    if mode == "argmax":
-        pass
-    elif mode == "threshold":
+    if mode == "threshold":
         bg = np.full((1,) + cam_norm.shape[1:], value, dtype=np.float32)
         scores = np.concatenate([bg, scores])
         ids = np.concatenate([[background], ids])
-    else:
+    elif mode == "offset":
         b = class_ids.index(background)
         if np.isfinite(scores[b]).all():
             scores[b] = scores[b] + value

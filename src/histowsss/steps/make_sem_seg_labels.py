@@ -121,12 +121,10 @@ def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, 
     ``allowed`` (C, H, W), by class id: the patch-label gate; classes a pixel may not take are left out of its
     argmax, and pixels with a single allowed class get it.
     """
-    if mode == "argmax":  # no background: the best labelled class
-        pass
-    elif mode == "threshold":
+    if mode == "threshold":
         scores = torch.cat([torch.full_like(scores[:1], bg_value), scores])
         keys = np.concatenate([[background], keys])
-    else:
+    elif mode == "offset":  # argmax mode (no background): the best labelled class as it is
         b = [j for j, k in enumerate(keys) if k == background]
         if b:
             scores = scores.clone()
@@ -149,18 +147,14 @@ def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
     zeroes each CAM channel where its class is not allowed, so the walk does not spread it from there.
     """
     got = walk_scores(cam_norm, present, class_ids, background, mode, boundary, size, radius, beta, exp_times)
-    if got is None and mode == "argmax":  # no evidence to walk: the first labelled class (the only one, usually)
-        first = [class_ids[i] for i in range(len(class_ids)) if present[i]]
-        lab = np.full(size, first[0] if first else background, np.uint8)
+    if got is None:  # no evidence to walk: background, or with no background class the first labelled class
+        labelled = [class_ids[i] for i in range(len(class_ids)) if present[i]]
+        fill = labelled[0] if mode == "argmax" and labelled else background
+        lab = np.full(size, fill, np.uint8)
         if allowed is not None:
             lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
-        return lab, False
-    if got is None:
-        lab = np.full(size, background, np.uint8)
-        if allowed is not None:
-            lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
-    else:
-        lab = labels_from_scores(got[0], got[1], background, mode, bg_value, allowed)
+        return lab, mode != "argmax" and bool(np.any(lab != background))
+    lab = labels_from_scores(got[0], got[1], background, mode, bg_value, allowed)
     return lab, mode == "argmax" or bool(np.any(lab != background))
 
 
