@@ -35,6 +35,7 @@ def tissue_manifest(tmp_path_factory) -> Path:
         fg = np.asarray(gland) > 0
         cls = "malignant_gland" if r["grade"] == "malignant" else "benign_gland"
         ids = np.where(fg, NAMES.index(cls), NAMES.index("stroma")).astype(np.uint8)
+        ids[:4, :4] = 9  # a value that is no class (as 4, white background, in LUAD-HistoSeg masks)
         Image.fromarray(ids).save(root / "masks" / Path(r["mask"]).name)
         r["image"] = str(man.parent / r["image"])
         r["mask"] = str(root / "masks" / Path(r["mask"]).name)
@@ -48,7 +49,8 @@ def tissue_manifest(tmp_path_factory) -> Path:
 def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, background: str):
     over = [f"data.manifest={tissue_manifest}", "data.label_column=tissue", "data.multi_label=true",
             f"data.classes.names=[{','.join(NAMES)}]", f"data.classes.background={background}",
-            "data.classes.colors={}", "data.mask_mode=class_ids", "train_cam.background_mode=class", *FAST]
+            "data.classes.colors={}", "data.mask_mode=class_ids", "data.mask_ignore_values=[9]",
+            "train_cam.background_mode=class", *FAST]
     cfg = load_config("demo", over)
     run = RunDir(tmp_path / "run", cfg).init()
     run_pipeline(cfg, run, log=lambda m: None)
@@ -63,6 +65,9 @@ def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, 
         assert set(np.unique(lab).tolist()) <= present, png.name
     seg = json.loads((run.path / "metrics" / "seg.json").read_text())
     assert set(seg["all"]["per_class"]) == set(NAMES) and seg["all"]["miou"] is not None
+    # the ignored corner is scored nowhere: the class supports add up to the test pixels less 16 per image
+    n_test = sum(r["split"] == "test" for r in rows.values())
+    assert sum(c["support"] for c in seg["all"]["per_class"].values()) == n_test * (48 * 48 - 16)
     assert "stroma" in build_report(run.path)
     cam = json.loads((run.path / "metrics" / "cam.json").read_text())
     assert cam["mode"] == ("argmax" if background == "null" else "offset")
