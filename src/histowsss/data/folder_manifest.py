@@ -73,6 +73,56 @@ def _patient(rel: str, pattern: re.Pattern[str] | None) -> str | None:
     return m.group(1) if pattern.groups else m.group(0)
 
 
+def _compile_patient_regex(patient_regex: str | None) -> re.Pattern[str] | None:
+    if patient_regex is None:
+        return None
+    try:
+        return re.compile(patient_regex)
+    except re.error as e:
+        raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
+
+
+def _claim(img: Path, root: Path, pattern: re.Pattern[str] | None, seen: dict[str, Path],
+           unmatched: list[str]) -> str | None:
+    """The patient of ``img`` (None, and noted in ``unmatched``, when the pattern finds none); refuses a second
+    image of the same name."""
+    rel = img.relative_to(root).as_posix()
+    patient = _patient(rel, pattern)
+    if patient is None:
+        unmatched.append(rel)
+        return None
+    if img.stem in seen:
+        raise FolderLayoutError(f"{root}: two images named {img.stem!r} ({seen[img.stem].relative_to(root)} and "
+                                f"{rel}); image names must be unique: rename one")
+    seen[img.stem] = img
+    return patient
+
+
+def _relpath(p: Path, out: Path) -> str:
+    return os.path.relpath(p, out.parent).replace(os.sep, "/")
+
+
+def _refuse_unmatched(root: Path, unmatched: list[str], patient_regex: str | None) -> None:
+    if unmatched:
+        raise FolderLayoutError(f"--patient-regex {patient_regex!r} matches no patient in {len(unmatched)} image "
+                                f"path(s) below {root}, e.g. {', '.join(unmatched[:3])}; the pattern is searched in the "
+                                "path below the folder (use a group, or (?P<patient>...), for the id)")
+
+
+def _finish(root: Path, out: Path, rows: list[dict[str, str]], unmatched: list[str], patient_regex: str | None,
+            by_split: bool, label_column: str, fractions: dict[str, float] | None, seed: int) -> FolderManifest:
+    """Refuse unmatched patients, make the split when no split folders gave one, write the manifest."""
+    _refuse_unmatched(root, unmatched, patient_regex)
+    if not by_split:
+        fr = {k: v for k, v in (fractions or {"train": 0.7, "val": 0.1, "test": 0.2}).items() if v > 0}
+        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fr, seed)
+        for r in rows:
+            r["split"] = assign[r["patient"]]
+    write_manifest(out, rows)
+    return FolderManifest(path=out, rows=rows, splits_from_folders=by_split, patients_from_regex=patient_regex is not None,
+                          masks_found=sum(1 for r in rows if r.get("mask")))
+
+
 def _mask_index(masks: Path | list[Path], suffix: str) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for folder in [masks] if isinstance(masks, Path) else masks:
@@ -109,12 +159,7 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
         raise FileNotFoundError(f"{root}: folder not found; pass the folder whose sub-folders are the classes")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    pattern = None
-    if patient_regex is not None:
-        try:
-            pattern = re.compile(patient_regex)
-        except re.error as e:
-            raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
+    pattern = _compile_patient_regex(patient_regex)
     masks = _as_list(masks) or None
     skip = {m.resolve() for m in masks or []}
     top = _subfolders(root, skip)
@@ -143,42 +188,23 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     unmatched: list[str] = []
     seen: dict[str, Path] = {}
     for split, cls in groups:
-        images = _images_below(cls)
-        for img in images:
-            rel_root = img.relative_to(root).as_posix()
-            patient = _patient(rel_root, pattern)
+        for img in _images_below(cls):
+            patient = _claim(img, root, pattern, seen, unmatched)
             if patient is None:
-                unmatched.append(rel_root)
                 continue
-            if img.stem in seen:
-                raise FolderLayoutError(f"{root}: two images named {img.stem!r} ({seen[img.stem].relative_to(root)} and "
-                                        f"{rel_root}); image names must be unique: rename one")
-            seen[img.stem] = img
-            row = {"image": os.path.relpath(img, out.parent).replace(os.sep, "/"), "split": split,
-                   "patient": patient, label_column: cls.name}
+            row = {"image": _relpath(img, out), "split": split, "patient": patient, label_column: cls.name}
             if masks is not None:
                 m = mask_index.get(img.stem)
-                row["mask"] = os.path.relpath(m, out.parent).replace(os.sep, "/") if m is not None else ""
+                row["mask"] = _relpath(m, out) if m is not None else ""
             rows.append(row)
-    if unmatched:
-        raise FolderLayoutError(f"--patient-regex {patient_regex!r} matches no patient in {len(unmatched)} image "
-                                f"path(s) below {root}, e.g. {', '.join(unmatched[:3])}; the pattern is searched in the "
-                                "path below the folder (use a group, or (?P<patient>...), for the id)")
+    _refuse_unmatched(root, unmatched, patient_regex)
     if not rows:
         raise FolderLayoutError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class sub-folders")
     labels = sorted({r[label_column] for r in rows})
     if len(labels) < 2:
         raise FolderLayoutError(f"{root}: one class only ({labels[0]}); a classifier needs at least two class "
                                 "sub-folders (e.g. normal/ and tumour/)")
-    if not by_split:
-        fr = fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
-        fr = {k: v for k, v in fr.items() if v > 0}
-        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fr, seed)
-        for r in rows:
-            r["split"] = assign[r["patient"]]
-    write_manifest(out, rows)
-    return FolderManifest(path=out, rows=rows, splits_from_folders=by_split, patients_from_regex=pattern is not None,
-                          masks_found=sum(1 for r in rows if r.get("mask")))
+    return _finish(root, out, rows, unmatched, patient_regex, by_split, label_column, fractions, seed)
 
 
 NAMED_LABEL = re.compile(r"\[([^\[\]]*)\][^\[\]]*$")  # the last [...] of a file name
@@ -230,12 +256,7 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise FolderLayoutError(f"--labels-in-name {','.join(class_names)}: give two or more distinct class names, "
                                 "in the order of the file names' label vectors")
-    pattern = None
-    if patient_regex is not None:
-        try:
-            pattern = re.compile(patient_regex)
-        except re.error as e:
-            raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
+    pattern = _compile_patient_regex(patient_regex)
     mask_dirs = _as_list(masks)
     skip = {m.resolve() for m in mask_dirs}
     mask_index = _mask_index(mask_dirs, mask_suffix) if mask_dirs else {}
@@ -263,27 +284,12 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
         if not labels:
             raise FolderLayoutError(f"{rel}: no class in its label (all zeros, or an empty mask); remove the image or "
                                     "fix its label")
-        patient = _patient(rel, pattern)
+        patient = _claim(img, root, pattern, seen, unmatched)
         if patient is None:
-            unmatched.append(rel)
             continue
-        if img.stem in seen:
-            raise FolderLayoutError(f"{root}: two images named {img.stem!r} ({seen[img.stem].relative_to(root)} and "
-                                    f"{rel}); image names must be unique: rename one")
-        seen[img.stem] = img
-        row = {"image": os.path.relpath(img, out.parent).replace(os.sep, "/"),
-               "split": rel.split("/")[0] if by_split else "", "patient": patient, label_column: ";".join(labels)}
+        row = {"image": _relpath(img, out), "split": rel.split("/")[0] if by_split else "", "patient": patient,
+               label_column: ";".join(labels)}
         if mask_dirs:
-            row["mask"] = os.path.relpath(mask, out.parent).replace(os.sep, "/") if mask is not None else ""
+            row["mask"] = _relpath(mask, out) if mask is not None else ""
         rows.append(row)
-    if unmatched:
-        raise FolderLayoutError(f"--patient-regex {patient_regex!r} matches no patient in {len(unmatched)} image "
-                                f"path(s) below {root}, e.g. {', '.join(unmatched[:3])}")
-    if not by_split:
-        fr = {k: v for k, v in (fractions or {"train": 0.7, "val": 0.1, "test": 0.2}).items() if v > 0}
-        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fr, seed)
-        for r in rows:
-            r["split"] = assign[r["patient"]]
-    write_manifest(out, rows)
-    return FolderManifest(path=out, rows=rows, splits_from_folders=by_split, patients_from_regex=pattern is not None,
-                          masks_found=sum(1 for r in rows if r.get("mask")))
+    return _finish(root, out, rows, unmatched, patient_regex, by_split, label_column, fractions, seed)
