@@ -111,6 +111,11 @@ def test_tissue_types_without_a_background_class(tmp_path: Path):
     assert sorted(cfg.data.classes.names) == ["necrosis", "stroma", "tumour"]
     assert cfg.train_cam.background_mode == "class" and "no background class" in made.text
     assert set(cfg.data.classes.colors) == set(cfg.data.classes.names)
+    # --classes with a named background keeps the given order and says which class is background
+    named = config_for_manifest(tmp_path / "m.csv", background="stroma", classes=["tumour", "stroma", "necrosis"])
+    assert named.config.data.classes.names == ["tumour", "stroma", "necrosis"]
+    assert "(background / normal: stroma) in the order given by --classes" in named.text
+    assert set(named.config.data.classes.colors) == {"tumour", "stroma", "necrosis"}
 
 
 def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):

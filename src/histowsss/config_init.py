@@ -161,6 +161,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     bg = _background(names, background)
     if bg is not None and not classes:
         names = [bg] + [n for n in names if n != bg]
+    if bg is not None:
         notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"
                  + (" in the order given by --classes (mask value = position)" if classes else "")]
     else:
@@ -178,7 +179,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                             "classes": {"names": names, "background": bg,
                                         "colors": ({bg: BACKGROUND_COLOR} if bg is not None else {})
                                         | {n: PALETTE[i % len(PALETTE)]
-                                           for i, n in enumerate(names[1:] if bg is not None else names)}},
+                                           for i, n in enumerate(n for n in names if n != bg)}},
                             **splits}
     if label_separator != ";":
         data["label_separator"] = label_separator

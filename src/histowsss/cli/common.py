@@ -103,6 +103,16 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         raise ConfigError(f"{manifest}: invalid data settings:\n  " + "\n  ".join(lines)) from None
 
 
+def comma_list(text: str | None, option: str, kind: type = float, example: str = "0.5,0.3") -> list:
+    """``"a,b,c"`` -> ``[kind(a), kind(b), kind(c)]`` (empty or None -> []); a ValueError naming ``option``."""
+    if not text:
+        return []
+    try:
+        return [kind(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give comma-separated {kind.__name__}s, e.g. {example}") from None
+
+
 def exit_code(ok: bool) -> None:
     if not ok:
         sys.exit(1)

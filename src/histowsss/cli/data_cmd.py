@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histowsss.cli.common import clear_errors, console, data_config_from, log_line
+from histowsss.cli.common import clear_errors, comma_list, console, data_config_from, log_line
 
 app = typer.Typer(help="Inspect, check, split and generate datasets.", no_args_is_help=True)
 
@@ -135,10 +135,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
         fractions = {"train": train, "val": val, "test": test}
         if labels_in_name:
             names = [c.strip() for c in labels_in_name.split(",") if c.strip()]
-            try:
-                ignore = [int(v) for v in (mask_ignore or "").split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(f"--mask-ignore {mask_ignore!r}: give comma-separated integers, e.g. 4") from None
+            ignore = comma_list(mask_ignore, "--mask-ignore", int, "4")
             made = manifest_from_named_labels(folder, out, names, masks=masks, mask_suffix=mask_suffix,
                                               mask_ignore=ignore, patient_regex=patient_regex, fractions=fractions,
                                               label_column=label_column, seed=seed, overwrite=overwrite)

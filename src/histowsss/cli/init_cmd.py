@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from histowsss.cli.common import clear_errors, console
+from histowsss.cli.common import clear_errors, comma_list, console
 
 
 def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, patient, label[, mask])"),
@@ -39,10 +39,7 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
     with clear_errors():
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        try:
-            ignore = [int(v) for v in (mask_ignore or "").split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"--mask-ignore {mask_ignore!r}: give comma-separated integers, e.g. 4") from None
+        ignore = comma_list(mask_ignore, "--mask-ignore", int, "4")
         made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
                                    mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out,
                                    mask_ignore=ignore,

@@ -8,16 +8,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, console, log_line
-
-
-def _cuts(text: Optional[str]) -> list[float]:
-    if not text:
-        return []
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ValueError(f"--gate-cuts {text!r}: give comma-separated probabilities, e.g. 0.5,0.3,0.1") from None
+from histowsss.cli.common import clear_errors, comma_list, console, log_line
 
 
 def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels are made (histowsss run ... --to "
@@ -55,7 +46,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
             raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "
                                   "--name to keep both")
         work = run_dir / "tuning" / name
-        res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=_cuts(gate_cuts),
+        res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=comma_list(gate_cuts, "--gate-cuts", float, "0.5,0.3,0.1"),
                        holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
         write_json(out, res)
         if not keep_work:

@@ -123,9 +123,9 @@ def _finish(root: Path, out: Path, rows: list[dict[str, str]], unmatched: list[s
                           masks_found=sum(1 for r in rows if r.get("mask")))
 
 
-def _mask_index(masks: Path | list[Path], suffix: str) -> dict[str, Path]:
+def _mask_index(masks: list[Path], suffix: str) -> dict[str, Path]:
     index: dict[str, Path] = {}
-    for folder in [masks] if isinstance(masks, Path) else masks:
+    for folder in masks:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: mask folder not found")
         for p in _images_below(Path(folder)):
