@@ -11,7 +11,12 @@ whole glands or stroma areas are wrong. This bench reads the run folder bench/wo
   ground-truth class outline (bands in image pixels): how much of each lies within a few pixels of an outline;
 * region voting: the walked scores averaged inside watershed regions of the boundary map (markers on a grid of
   ``--spacing`` cells), i.e. labels snapped to the boundary map, and the same regions labelled by their
-  ground-truth majority (an oracle: the best any labelling of those regions can do).
+  ground-truth majority (an oracle: the best any labelling of those regions can do);
+* the outline oracle: the same CAMs walked (same radius, beta, background value) on a boundary map drawn from the
+  ground truth instead of IRN's (1 on stride-4 cells that hold two classes or touch a cell of another majority
+  class, 0 elsewhere), for ``--oracle-exp-times``. It separates the two possible causes of a small IRN gain:
+  seeds too poor for any walk, or a boundary map too weak to walk far. With it, the IRN boundary map's ROC AUC
+  for those outline cells (per image, then mean / percentiles).
 
 Background values: eval_cam's chosen one for the CAM labels (as eval_cam), make_sem_seg_labels' for the walk and
 the region votes (its threshold, or eval_cam's offset). Test images are never read. No issue target
@@ -32,11 +37,39 @@ from _common import ROOT, cam_and_boundary, write_result  # noqa: E402
 BANDS = (0, 4, 8, 16, 32, 64)
 
 
+def outline_grid(gt, grid: tuple[int, int], n_classes: int):
+    """(h, w) bool on the stride-4 grid: cells holding two classes of ``gt`` (255 = ignore, left out) or touching
+    a cell (4-neighbourhood) whose majority class differs."""
+    import numpy as np
+
+    from histowsss.steps.irn_common import STRIDE
+
+    h, w = grid
+    pad = np.full((h * STRIDE, w * STRIDE), 255, np.uint8)
+    pad[: gt.shape[0], : gt.shape[1]] = gt[: h * STRIDE, : w * STRIDE]
+    cells = pad.reshape(h, STRIDE, w, STRIDE).transpose(0, 2, 1, 3).reshape(h, w, STRIDE * STRIDE)
+    counts = np.stack([(cells == c).sum(-1) for c in range(n_classes)], -1)
+    mixed = (counts > 0).sum(-1) > 1
+    major = np.where(counts.sum(-1) > 0, counts.argmax(-1), -1)
+    edge = mixed.copy()
+    for a, b in ((major[1:], major[:-1]), (major[:, 1:], major[:, :-1])):
+        diff = (a != b) & (a >= 0) & (b >= 0)
+        if a.shape[0] != h:
+            edge[1:] |= diff
+            edge[:-1] |= diff
+        else:
+            edge[:, 1:] |= diff
+            edge[:, :-1] |= diff
+    return edge
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], required=True)
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--spacing", type=int, nargs="+", default=[3, 5], help="watershed marker grid (stride-4 cells)")
+    ap.add_argument("--oracle-exp-times", type=int, nargs="+", default=[4, 6, 8],
+                    help="walk lengths (2**n steps) for the ground-truth-outline walk")
     args = ap.parse_args()
 
     import numpy as np
@@ -45,6 +78,7 @@ def main() -> None:
     from rich.progress import track
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
+    from sklearn.metrics import roc_auc_score
 
     from histowsss.config import load_config
     from histowsss.data.masks import load_class_mask
@@ -67,7 +101,9 @@ def main() -> None:
     samples = samples_for(cfg, cfg.data.train_splits)
     present = presence(cfg, samples)
     names = cfg.data.classes.names
-    kinds = ["cam", "pseudo"] + [f"vote_{g}" for g in args.spacing] + [f"oracle_{g}" for g in args.spacing]
+    kinds = (["cam", "pseudo"] + [f"vote_{g}" for g in args.spacing] + [f"oracle_{g}" for g in args.spacing]
+             + [f"outline_oracle_e{e}" for e in args.oracle_exp_times])
+    boundary_auc: list[float] = []
     cms = {k: ConfusionMatrix(len(names)) for k in kinds}
     edges = list(BANDS) + [np.inf]
     band_pixels = np.zeros(len(BANDS), np.int64)
@@ -102,6 +138,14 @@ def main() -> None:
             cms[kind].update(gt, labs[kind])
         h, w = boundary.shape
         gt_small = gt[::STRIDE, ::STRIDE][:h, :w]
+        outline_cells = outline_grid(gt, (h, w), len(names))
+        if 0 < outline_cells.mean() < 1:
+            boundary_auc.append(float(roc_auc_score(outline_cells.ravel(), boundary.ravel())))
+        for e in args.oracle_exp_times:
+            got = walk_scores(cam, pres, ids, bg, mode, torch.from_numpy(outline_cells.astype(np.float32)), size,
+                              ss.radius, ss.beta, e)
+            cms[f"outline_oracle_e{e}"].update(gt, np.full(size, bg, np.uint8) if got is None
+                                               else labels_from_scores(got[0], got[1], bg, mode, value, allowed))
         for g in args.spacing:
             markers = np.zeros((h, w), np.int32)
             gy, gx = np.meshgrid(np.arange(g // 2, h, g), np.arange(g // 2, w, g), indexing="ij")
@@ -137,9 +181,14 @@ def main() -> None:
     metrics = {"train_miou": miou, "errors_by_distance_to_outline": bands,
                "error_share_within_8px": near,
                "regions_per_image_mean": {g: round(float(np.mean(v)), 1) for g, v in regions_per_image.items()},
+               "irn_boundary_auc_vs_gt_outline_cells": {
+                   "mean": round(float(np.mean(boundary_auc)), 3),
+                   "p10_p50_p90": [round(float(x), 3) for x in np.percentile(boundary_auc, [10, 50, 90])],
+                   "images": len(boundary_auc)},
                "background_values": values, "images": len(samples)}
     path = write_result(f"irn_error_anatomy_{args.protocol}", args.profile, time.time() - t0,
                         {"run": str(run_path.relative_to(ROOT)), "spacing": args.spacing, "bands": list(BANDS),
+                         "oracle_exp_times": args.oracle_exp_times,
                          "sem_seg": ss.model_dump(mode="json"),
                          "note": "GlaS train only (analysis for issue 3); test never read; no target, so no checks"},
                         metrics, [])
