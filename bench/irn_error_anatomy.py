@@ -51,15 +51,14 @@ def outline_grid(gt, grid: tuple[int, int], n_classes: int):
     counts = np.stack([(cells == c).sum(-1) for c in range(n_classes)], -1)
     mixed = (counts > 0).sum(-1) > 1
     major = np.where(counts.sum(-1) > 0, counts.argmax(-1), -1)
+    known = major >= 0
+    down = (major[1:] != major[:-1]) & known[1:] & known[:-1]  # cell (y + 1, x) differs from (y, x)
+    right = (major[:, 1:] != major[:, :-1]) & known[:, 1:] & known[:, :-1]
     edge = mixed.copy()
-    for a, b in ((major[1:], major[:-1]), (major[:, 1:], major[:, :-1])):
-        diff = (a != b) & (a >= 0) & (b >= 0)
-        if a.shape[0] != h:
-            edge[1:] |= diff
-            edge[:-1] |= diff
-        else:
-            edge[:, 1:] |= diff
-            edge[:, :-1] |= diff
+    edge[1:] |= down
+    edge[:-1] |= down
+    edge[:, 1:] |= right
+    edge[:, :-1] |= right
     return edge
 
 

@@ -33,18 +33,6 @@ from points_glas import link_cam_stage  # noqa: E402
 VARIANTS = ("ir_labels", "ground_truth")
 
 
-def truth_on_grid(gt, grid: tuple[int, int]):
-    """Ground-truth class ids (h, w) at the stride-4 cell centres (the grid cam_to_ir_label labels)."""
-    import numpy as np
-
-    from histowsss.steps.irn_common import STRIDE
-
-    h, w = grid
-    ys = np.minimum(np.arange(h) * STRIDE + STRIDE // 2, gt.shape[0] - 1)
-    xs = np.minimum(np.arange(w) * STRIDE + STRIDE // 2, gt.shape[1] - 1)
-    return gt[np.ix_(ys, xs)].astype(np.uint8)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], required=True)
@@ -65,6 +53,7 @@ def main() -> None:
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
+    from histowsss.steps.cam_to_ir_label import grid_gt
     from histowsss.steps.common import samples_for
     from histowsss.steps.irn_common import background_id, cam_class_ids, cam_mode, irn_samples, presence
     from histowsss.steps.make_sem_seg_labels import background_value, gate_cams, labels_from_scores, walk_scores
@@ -96,7 +85,7 @@ def main() -> None:
                 p = dst / "ir_labels" / f"{s.name}.png"
                 with Image.open(p) as im:
                     grid = (im.height, im.width)
-                write_png(p, truth_on_grid(load_class_mask(s, cfg.data), grid))
+                write_png(p, grid_gt(load_class_mask(s, cfg.data), grid).astype(np.uint8))
         run_pipeline(cfg, rd, start="train_irn", stop="make_sem_seg_labels")
         value = background_value(cfg, rd)
         cms = {e: ConfusionMatrix(len(names)) for e in lengths}
@@ -105,17 +94,16 @@ def main() -> None:
             cam_norm, size, boundary = cam_and_boundary(dst, s.name)
             gt = load_class_mask(s, cfg.data)
             cam_norm, pres, allowed = gate_cams(cfg, s, cam_norm, present[i])
+            cam, bnd = torch.from_numpy(cam_norm), torch.from_numpy(boundary)
             outline = outline_grid(gt, boundary.shape, len(names))
             if 0 < outline.mean() < 1:
                 aucs.append(float(roc_auc_score(outline.ravel(), boundary.ravel())))
             if variant == args.variants[0]:
-                got = walk_scores(torch.from_numpy(cam_norm), pres, ids, bg, mode, torch.from_numpy(boundary), size,
-                                  propagate=False)
+                got = walk_scores(cam, pres, ids, bg, mode, bnd, size, propagate=False)
                 cam_cm.update(gt, np.full(size, bg, np.uint8) if got is None
                               else labels_from_scores(got[0], got[1], bg, mode, cam_value, allowed))
             for e in lengths:
-                got = walk_scores(torch.from_numpy(cam_norm), pres, ids, bg, mode, torch.from_numpy(boundary), size,
-                                  ss.radius, ss.beta, e)
+                got = walk_scores(cam, pres, ids, bg, mode, bnd, size, ss.radius, ss.beta, e)
                 cms[e].update(gt, np.full(size, bg, np.uint8) if got is None
                               else labels_from_scores(got[0], got[1], bg, mode, value, allowed))
         final = json.loads((dst / "logs" / "train_irn.jsonl").read_text().splitlines()[-1])
