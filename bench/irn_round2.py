@@ -55,6 +55,7 @@ def main() -> None:
     import numpy as np
     import torch
     import torch.nn.functional as F
+    from PIL import Image
     from rich.progress import track
     from sklearn.metrics import roc_auc_score
 
@@ -205,8 +206,6 @@ def main() -> None:
     cms = {e: ConfusionMatrix(len(names)) for e in args.exp_times}
     cm_cam, cm_first, cm_pred = (ConfusionMatrix(len(names)) for _ in range(3))
     walked, aucs = {}, []
-    from PIL import Image
-
     with torch.no_grad():
         for i, s in enumerate(track(samples, description="round 2: boundary + walk")):
             cam_norm, size, _ = cam_and_boundary(src, s.name)
