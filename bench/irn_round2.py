@@ -66,13 +66,13 @@ def main() -> None:
     from histowsss.engine.atomic import write_png
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.models.irnet import IGNORE, irn_losses
+    from histowsss.models.irnet import IGNORE
     from histowsss.steps.cam_to_ir_label import grid_gt
     from histowsss.steps.common import samples_for
     from histowsss.steps.irn_common import (STRIDE, background_id, build_irn, cam_class_ids, cam_mode, grid_size,
                                             presence)
     from histowsss.steps.make_sem_seg_labels import background_value, gate_cams, walk_labels
-    from histowsss.steps.train_irn import COPY_ORDER, pad_to_multiple
+    from histowsss.steps.train_irn import COPY_ORDER, optimise_step, pad_to_multiple
 
     src = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
     pred = args.predictions or ROOT / "bench" / "work" / f"round2_predictions_{args.protocol}.{args.profile}"
@@ -184,12 +184,7 @@ def main() -> None:
             lab = torch.stack([cr[2] for cr in crops])
             _, tail_out = bb(trunk, tu, None, collect=tuple(tail))
             edge, dp = model.heads(fl + [pooled(tail_out[i], i) for i in tail], (cells, cells))
-            phase = (int(rng.integers(t.pair_step)), int(rng.integers(t.pair_step)))
-            losses = irn_losses(edge, dp, lab, t.radius, bg, step=t.pair_step, phase=phase)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            sched.step()
+            losses = optimise_step(edge, dp, lab, t, bg, rng, opt, sched)
             loss_sum += float(losses["total"].detach())
             n += 1
         history.append({"epoch": epoch, "loss": round(loss_sum / n, 5), "seconds": round(time.time() - te, 1)})

@@ -46,7 +46,8 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
             raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "
                                   "--name to keep both")
         work = run_dir / "tuning" / name
-        res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=comma_list(gate_cuts, "--gate-cuts", float, "0.5,0.3,0.1"),
+        cuts = comma_list(gate_cuts, "--gate-cuts", float, "0.5,0.3,0.1")
+        res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
                        holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
         write_json(out, res)
         if not keep_work:

@@ -124,11 +124,12 @@ def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, 
     if mode == "threshold":
         scores = torch.cat([torch.full_like(scores[:1], bg_value), scores])
         keys = np.concatenate([[background], keys])
-    elif mode == "offset":  # argmax mode (no background): the best labelled class as it is
+    elif mode == "offset":
         b = [j for j, k in enumerate(keys) if k == background]
         if b:
             scores = scores.clone()
             scores[b[0]] += bg_value
+    # argmax mode (no background class): the scores of the labelled classes as they are
     lab = keys[scores.argmax(0).cpu().numpy()].astype(np.uint8)
     if allowed is None:
         return lab

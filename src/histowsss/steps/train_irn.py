@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
-from histowsss.config import DataConfig, RunConfig
+from histowsss.config import DataConfig, RunConfig, TrainIrnConfig
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral
@@ -96,6 +96,19 @@ class FeatureCache:
         return out, lw
 
 
+def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t: TrainIrnConfig, background: int,
+                  rng: np.random.Generator, opt: torch.optim.Optimizer, sched) -> dict[str, torch.Tensor]:
+    """One IRN update: the pair losses (source cells on a random ``pair_step`` phase), backward, optimiser and
+    learning-rate schedule steps. Returns the losses."""
+    phase = (int(rng.integers(t.pair_step)), int(rng.integers(t.pair_step)))
+    losses = irn_losses(edge, dp, labels, t.radius, background, step=t.pair_step, phase=phase)
+    opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    opt.step()
+    sched.step()
+    return losses
+
+
 def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.ndarray]:
     folder = run.path / cam_to_ir_label.label_dir_name(cfg)
     missing = [s.name for s in samples if not (folder / f"{s.name}.png").exists()]
@@ -162,12 +175,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                     feats = [torch.stack([cr[0][lv] for cr in crops]).to(device) for lv in range(len(crops[0][0]))]
                     lab = torch.stack([cr[1] for cr in crops]).to(device)
                     edge, dp = model.heads(feats, (cells, cells))
-                    phase = (int(rng.integers(t.pair_step)), int(rng.integers(t.pair_step)))
-                    losses = irn_losses(edge, dp, lab, t.radius, bg, step=t.pair_step, phase=phase)
-                    opt.zero_grad(set_to_none=True)
-                    losses["total"].backward()
-                    opt.step()
-                    sched.step()
+                    losses = optimise_step(edge, dp, lab, t, bg, rng, opt, sched)
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     n_steps += 1
