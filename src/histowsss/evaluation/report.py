@@ -107,6 +107,20 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(start + i * step, 10) for i in range(k + 1)]
 
 
+def epoch_ticks(x0: float, x1: float) -> list[float]:
+    """x-axis ticks: every epoch of a short whole-number range, else the first epoch and round whole numbers
+    (1, 10, 20, 30, 40 for 40 epochs); five even steps for a range that is not whole numbers."""
+    if not (float(x0).is_integer() and float(x1).is_integer()):
+        return [x0 + (x1 - x0) * i / 4 for i in range(5)]
+    if x1 - x0 <= 5:
+        return [float(v) for v in range(int(x0), int(x1) + 1)]
+    ticks = [v for v in nice_ticks(x0, x1) if x0 < v <= x1 and float(v).is_integer()]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else x1 - x0
+    if ticks and ticks[0] - x0 < 0.4 * step:
+        ticks = ticks[1:]
+    return [float(x0)] + ticks
+
+
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 440, height: int = 240,
                y_range: tuple[float, float] | None = None) -> str:
     """Inline SVG line chart of named (x, y) series, with axes, ticks and a legend."""
@@ -135,9 +149,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: 
         y = sy(yv)
         out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
         out.append(f'<text x="{ml - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{yv:.3g}</text>')
-    n_xt = min(6, int(x1 - x0) + 1) if float(x0).is_integer() and float(x1).is_integer() else 5
-    for i in range(n_xt):
-        xv = x0 + (x1 - x0) * i / max(1, n_xt - 1)
+    for xv in epoch_ticks(x0, x1):
         x = sx(xv)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>')
         out.append(f'<text x="{x:.1f}" y="{mt + ph + 15}" text-anchor="middle" font-size="10">{xv:.3g}</text>')
