@@ -5,7 +5,8 @@
 
 Weak: train_seg + eval_seg in the IRN run folder bench/work/cam_<protocol>.<profile>. Supervised: the same
 network on GlaS train masks in bench/work/seg_supervised_<protocol>.<profile> (the upper bound). Writes
-bench/results/seg_<protocol>_<mode>.<profile>.json; when both exist, the checks compare them with the anchors.
+bench/results/seg_<protocol>_<mode>.<profile>.json (``--name``); when the other mode's result (``--other``) comes from
+the same commit, the checks compare the two.
 Test (testA + testB) ground truth is read only by eval_seg to report these numbers.
 """
 
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--run", type=Path, default=None, help="weak: run folder holding the CAM/IRN steps; supervised: run folder (default its own)")
     ap.add_argument("--name", default=None, help="result name (default seg_<protocol>_<mode>)")
+    ap.add_argument("--other", default=None,
+                    help="result name of the other mode to compare with (default seg_<protocol>_<other mode>)")
     args = ap.parse_args()
 
     from histowsss.config import load_config
@@ -81,7 +84,8 @@ def main() -> None:
                             f"> image-level baseline of this run ({base}) and > 48.7 (design.md)",
                             iou > base and iou > 48.7))
     # the other mode's result counts only when the same code produced it (run weak --keep after supervised)
-    other = RESULTS / f"seg_{args.protocol}_{'supervised' if args.mode == 'weak' else 'weak'}.{args.profile}.json"
+    other_name = args.other or f"seg_{args.protocol}_{'supervised' if args.mode == 'weak' else 'weak'}"
+    other = RESULTS / f"{other_name}.{args.profile}.json"
     o = None
     if other.exists():
         doc = json.loads(other.read_text())
