@@ -25,7 +25,8 @@ true outline cells. Every choice uses the train masks, as the pipeline's own thr
 This is a prototype of a pipeline option (the IRN-tail training lives here, not in histowsss), so no checks. It was
 not adopted: networks trained on its labels pool to 71.87 against 72.76 in the 4-fold patient cross-validation of
 GlaS train (``seg_crossval_round2_glas-gland.cpu.json``, docs/irn.md).
-Writes ``bench/results/irn_round2_<protocol>.<profile>.json``.
+Writes ``bench/results/irn_round2_<protocol>.<profile>.json`` (``--name`` for another name; ``--predictions`` for
+another network's predictions).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--trainable-from", type=int, default=3, help="first backbone feature level trained with the heads")
     ap.add_argument("--backbone-lr", type=float, default=5e-4)
     ap.add_argument("--exp-times", type=int, nargs="+", default=[4, 5, 6])
+    ap.add_argument("--name", default=None,
+                    help="result name (default irn_round2_<protocol>); the labels go to bench/work/<name>.<profile>/labels")
     args = ap.parse_args()
 
     import numpy as np
@@ -78,7 +81,8 @@ def main() -> None:
 
     src = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
     pred = args.predictions or ROOT / "bench" / "work" / f"round2_predictions_{args.protocol}.{args.profile}"
-    out = ROOT / "bench" / "work" / f"round2_{args.protocol}.{args.profile}"
+    name = args.name or f"irn_round2_{args.protocol}"
+    out = ROOT / "bench" / "work" / (f"{name}.{args.profile}" if args.name else f"round2_{args.protocol}.{args.profile}")
     if not (src / "pseudo").is_dir():
         raise SystemExit(f"{src}: run bench/irn_glas.py and bench/seg_glas.py --keep first")
     cfg = load_config(str(src / "config.yaml"), [f"backbone.frozen_stages={args.trainable_from}"])
@@ -239,7 +243,7 @@ def main() -> None:
                                              "p10_p50_p90": [round(float(v), 3) for v in np.percentile(aucs, [10, 50, 90])]},
         "irn_history": history, "irn_seconds": round(train_s, 1), "labels": str((out / "labels").relative_to(ROOT)),
         "images": len(samples)}
-    path = write_result(f"irn_round2_{args.protocol}", args.profile, time.time() - t0,
+    path = write_result(name, args.profile, time.time() - t0,
                         {"run": str(src.relative_to(ROOT)), "predictions": str(pred), "trainable_from": args.trainable_from,
                          "backbone_lr": args.backbone_lr, "thresholds": args.thresholds, "exp_times": args.exp_times,
                          "train_irn": t.model_dump(mode="json"),
