@@ -24,7 +24,9 @@ Reports the labels' train mIoU beside the CAM and the first-round pseudo-masks, 
 true outline cells. Every choice uses the train masks, as the pipeline's own thresholds do; test is never read.
 This is a prototype of a pipeline option (the IRN-tail training lives here, not in histowsss), so no checks. It was
 not adopted: networks trained on its labels pool to 71.87 against 72.76 in the 4-fold patient cross-validation of
-GlaS train (``seg_crossval_round2_glas-gland.cpu.json``, docs/irn.md).
+GlaS train (``seg_crossval_round2_glas-gland.cpu.json``, docs/irn.md); from the 80-epoch network's predictions
+(``--name irn_round2_e80_glas-gland``) they tie at 80 epochs, 75.86 against 76.19
+(``seg_crossval_round2e80_glas-gland.cpu.json``).
 Writes ``bench/results/irn_round2_<protocol>.<profile>.json`` (``--name`` for another name; ``--predictions`` for
 another network's predictions).
 """
