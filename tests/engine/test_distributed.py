@@ -120,3 +120,51 @@ def test_two_cpu_processes_train_identical_weights(tmp_path: Path):
     log = [json.loads(x) for x in (run.path / "logs" / "train_seg.jsonl").read_text().splitlines()]
     assert len(log) == 2 and log[0]["crops"] == 12  # 4 images x 3 crops, shared by 2 ranks x batch 2 x 3 steps
     assert (run.path / "checkpoints" / "seg.safetensors").exists()
+
+
+def _folder_worker(rank: int, port: int, folder: str, out: str) -> None:
+    """One rank of a two-node job (LOCAL_RANK 0 on both "nodes"): check that it sees rank 0's run folder."""
+    try:
+        import torch
+
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"})
+        torch.set_num_threads(1)
+        ctx = init_distributed("cpu")
+        try:
+            ctx.check_shared_folder(folder)
+            Path(out, f"rank{rank}.ok").write_text("ok")
+        except RuntimeError as e:
+            Path(out, f"rank{rank}.refused").write_text(str(e))
+        finally:
+            ctx.close()
+    except BaseException:
+        import traceback
+
+        Path(out, f"rank{rank}.error").write_text(traceback.format_exc())
+        os._exit(1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_rank_stops_when_a_node_does_not_see_the_run_folder(tmp_path: Path, shared: bool):
+    import torch.multiprocessing as mp
+
+    folders = [tmp_path / "run", tmp_path / ("run" if shared else "node1_local_run")]
+    for f in folders:
+        f.mkdir(exist_ok=True)
+    fork, port = mp.get_context("fork"), _free_port()
+    procs = [fork.Process(target=_folder_worker, args=(r, port, str(folders[r]), str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+    errors = "\n".join(e.read_text() for e in sorted(tmp_path.glob("rank*.error")))
+    assert not errors and all(p.exitcode == 0 for p in procs), errors or [p.exitcode for p in procs]
+    if shared:
+        assert sorted(x.name for x in tmp_path.glob("rank*.ok")) == ["rank0.ok", "rank1.ok"]
+    else:  # both ranks stop with the same message naming rank 1 and the fix; neither waits forever
+        messages = [(tmp_path / f"rank{r}.refused").read_text() for r in range(2)]
+        assert messages[0] == messages[1] and "rank(s) [1]" in messages[0] and "every node mounts" in messages[0]
+    assert not list(folders[0].glob(".ddp_shared_check*"))  # rank 0 cleans its marker up

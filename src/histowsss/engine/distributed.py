@@ -16,7 +16,9 @@ Conventions that the training steps follow:
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import torch
@@ -111,6 +113,37 @@ class DistContext:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def check_shared_folder(self, folder: Path | str) -> None:
+        """Raise on every rank unless every rank sees ``folder`` as the one rank 0 writes to.
+
+        Ranks other than 0 read the run folder (labels, finished checkpoints) and only rank 0 writes it; on several
+        nodes it must therefore sit on a file system all nodes share, at the same path. Rank 0 writes a fresh token
+        into ``folder``; a rank that reads no token, or another one, names itself and every rank stops with the
+        same message (rather than one rank failing later while the others wait in a collective call).
+        """
+        if not self.distributed:
+            return
+        from histowsss.engine.atomic import write_text
+
+        marker = Path(folder) / ".ddp_shared_check"
+        token = secrets.token_hex(8) if self.is_main else None
+        if self.is_main:
+            write_text(marker, token)
+        token, main_folder = self.broadcast_object((token, str(folder)))
+        try:
+            seen = marker.read_text()
+        except OSError:
+            seen = None
+        flags = [0.0] * self.world_size
+        flags[self.rank] = 0.0 if seen == token else 1.0
+        missing = [r for r, f in enumerate(self.all_reduce_sum(flags)) if f > 0]
+        if self.is_main:
+            marker.unlink(missing_ok=True)
+        if missing:
+            raise RuntimeError(
+                f"rank(s) {missing} do not see the run folder {main_folder} that rank 0 writes to; with several nodes, "
+                "put the run folder on a file system every node mounts at the same path (NFS, Lustre, ...)")
 
     def barrier(self) -> None:
         if self.distributed:

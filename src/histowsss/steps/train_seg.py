@@ -342,6 +342,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     h = config_hash(cfg)
     ctx = init_distributed(cfg.device)
     try:
+        ctx.check_shared_folder(run.path)
         with rank_step(run, ctx, status_name(cfg), h, overwrite) as info:
             return fit(cfg, run, ctx, h, overwrite, info)[0]
     finally:
