@@ -145,13 +145,14 @@ def _folder_worker(rank: int, port: int, folder: str, out: str) -> None:
         os._exit(1)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_every_rank_stops_when_a_node_does_not_see_the_run_folder(tmp_path: Path, shared: bool):
+@pytest.mark.parametrize("case", ["shared", "not_shared", "unwritable"])
+def test_every_rank_stops_when_a_node_does_not_see_the_run_folder(tmp_path: Path, case: str):
     import torch.multiprocessing as mp
 
-    folders = [tmp_path / "run", tmp_path / ("run" if shared else "node1_local_run")]
-    for f in folders:
-        f.mkdir(exist_ok=True)
+    (tmp_path / "a_file").write_text("not a folder")
+    folders = {"shared": [tmp_path / "run", tmp_path / "run"],
+               "not_shared": [tmp_path / "run", tmp_path / "node1_local_run"],
+               "unwritable": [tmp_path / "a_file" / "run", tmp_path / "a_file" / "run"]}[case]
     fork, port = mp.get_context("fork"), _free_port()
     procs = [fork.Process(target=_folder_worker, args=(r, port, str(folders[r]), str(tmp_path))) for r in range(2)]
     for p in procs:
@@ -162,9 +163,14 @@ def test_every_rank_stops_when_a_node_does_not_see_the_run_folder(tmp_path: Path
             p.kill()
     errors = "\n".join(e.read_text() for e in sorted(tmp_path.glob("rank*.error")))
     assert not errors and all(p.exitcode == 0 for p in procs), errors or [p.exitcode for p in procs]
-    if shared:
+    if case == "shared":
         assert sorted(x.name for x in tmp_path.glob("rank*.ok")) == ["rank0.ok", "rank1.ok"]
-    else:  # both ranks stop with the same message naming rank 1 and the fix; neither waits forever
-        messages = [(tmp_path / f"rank{r}.refused").read_text() for r in range(2)]
-        assert messages[0] == messages[1] and "rank(s) [1]" in messages[0] and "every node mounts" in messages[0]
-    assert not list(folders[0].glob(".ddp_shared_check*"))  # rank 0 cleans its marker up
+        assert not list(folders[0].glob(".ddp_shared_check*"))  # rank 0 cleans its marker up
+        return
+    # both ranks stop with the same message naming the cause and the fix; neither waits forever
+    messages = [(tmp_path / f"rank{r}.refused").read_text() for r in range(2)]
+    assert messages[0] == messages[1]
+    if case == "not_shared":
+        assert "rank(s) [1]" in messages[0] and str(folders[0]) in messages[0] and "every node mounts" in messages[0]
+    else:
+        assert "rank 0 cannot write into the run folder" in messages[0]

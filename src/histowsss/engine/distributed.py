@@ -127,10 +127,15 @@ class DistContext:
         from histowsss.engine.atomic import write_text
 
         marker = Path(folder) / ".ddp_shared_check"
-        token = secrets.token_hex(8) if self.is_main else None
+        token, failure = (secrets.token_hex(8) if self.is_main else None), None
         if self.is_main:
-            write_text(marker, token)
-        token, main_folder = self.broadcast_object((token, str(folder)))
+            try:
+                write_text(marker, token)
+            except OSError as e:  # told to every rank below, so that none waits for rank 0 forever
+                failure = f"rank 0 cannot write into the run folder {folder}: {e}"
+        token, main_folder, failure = self.broadcast_object((token, str(folder), failure))
+        if failure:
+            raise RuntimeError(failure)
         try:
             seen = marker.read_text()
         except OSError:
