@@ -133,7 +133,7 @@ class DistContext:
                 write_text(marker, token)
             except OSError as e:  # told to every rank below, so that none waits for rank 0 forever
                 failure = f"rank 0 cannot write into the run folder {folder}: {e}"
-        token, main_folder, failure = self.broadcast_object((token, str(folder), failure))
+        token, main_folder, failure = self.broadcast_object((token, str(Path(folder).resolve()), failure))
         if failure:
             raise RuntimeError(failure)
         try:
