@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from histowsss.cli import data_cmd, demo_cmd, init_cmd, predict_cmd, report_cmd, run_cmd, tune_cmd
+from histowsss.cli import data_cmd, demo_cmd, export_cmd, init_cmd, predict_cmd, report_cmd, run_cmd, tune_cmd
 
 app = typer.Typer(help="histowsss: weakly supervised segmentation of H&E images.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -15,6 +15,7 @@ app.command("steps")(run_cmd.steps)
 app.command("demo")(demo_cmd.demo)
 app.command("predict")(predict_cmd.predict)
 app.command("report")(report_cmd.report)
+app.command("export")(export_cmd.export)
 app.command("tune")(tune_cmd.tune)
 
 

@@ -1,4 +1,5 @@
-"""`histowsss predict --run RUN_DIR INPUT... --out DIR`: segment new images with a run's trained network.
+"""`histowsss predict --run RUN_DIR INPUT... --out DIR`: segment new images with a run's trained network
+(``RUN_DIR`` may also be a model folder written by ``histowsss export``).
 
 Per input image ``<stem>`` (files, or every image in a folder; ``--recursive``: in its sub-folders too), into
 ``DIR``:
@@ -106,6 +107,13 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.steps.train_seg import load_segnet
 
     cfg = load_run_config(run_dir)
+    from histowsss.export.model_bundle import bundle_networks
+
+    held = bundle_networks(run_dir)
+    if held is not None and network not in held:
+        raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
+                                f"from its run folder with `histowsss export RUN_DIR --out DIR"
+                                f"{' --supervised' if network == 'seg_supervised' else ''}`")
     files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
     if not overwrite:
@@ -182,7 +190,7 @@ def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
 
 
 def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
-            run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network"),
+            run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network, or a folder written by `histowsss export`"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             overwrite: bool = typer.Option(False, help="replace existing outputs"),
             recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "

@@ -30,7 +30,9 @@ class StagedBackbone(nn.Module):
     that are frozen (run in eval mode, no gradients) and may be cached.
     """
 
-    def __init__(self, cfg: BackboneConfig):
+    def __init__(self, cfg: BackboneConfig, load_pretrained: bool = True):
+        """``load_pretrained=False``: skip reading ``cfg.weights`` (a trained checkpoint will replace every weight),
+        keeping the normalisation those weights imply."""
         super().__init__()
         self.cfg = cfg
         kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
@@ -38,7 +40,7 @@ class StagedBackbone(nn.Module):
             model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs)
         except RuntimeError as e:
             raise WeightsError(f"timm cannot build {cfg.name!r}: {e}") from None
-        self.mean, self.std = _load_weights(model, cfg)
+        self.mean, self.std = _load_weights(model, cfg, load_pretrained)
         info = model.feature_info
         names = [f["module"] for f in info]
         units: list[tuple[str, nn.Module]] = []
@@ -102,15 +104,18 @@ class StagedBackbone(nn.Module):
         return None
 
 
-def _load_weights(model: nn.Module, cfg: BackboneConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _load_weights(model: nn.Module, cfg: BackboneConfig, load: bool = True) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Load ``cfg.weights`` into ``model`` (unless ``load`` is False); returns the input normalisation (mean, std)."""
     w = cfg.weights
     if w == "none":
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if w == "imagenet":
-        path = packaged_weights_path(cfg.name)
         spec = PACKAGED_WEIGHTS[cfg.name]
-        load_into(model, read_state_dict(path), str(path))
+        if load:
+            path = packaged_weights_path(cfg.name)
+            load_into(model, read_state_dict(path), str(path))
         return spec.mean, spec.std
-    load_into(model, read_state_dict(w), w)
+    if load:
+        load_into(model, read_state_dict(w), w)
     pc = getattr(model, "pretrained_cfg", {}) or {}
     return tuple(pc.get("mean", (0.485, 0.456, 0.406))), tuple(pc.get("std", (0.229, 0.224, 0.225)))

@@ -16,9 +16,9 @@ class CamNet(nn.Module):
     """GAP + 1x1 classifier on the last (output-stride 16) feature map; CAMs are the classifier applied per cell."""
 
     def __init__(self, backbone: BackboneConfig, num_outputs: int, head_layers: int = 1, head_channels: int = 256,
-                 dropout: float = 0.1, **_: object):
+                 dropout: float = 0.1, load_pretrained: bool = True, **_: object):
         super().__init__()
-        self.backbone = StagedBackbone(backbone)
+        self.backbone = StagedBackbone(backbone, load_pretrained)
         self.head = make_head(self.backbone.out_channels, head_layers, head_channels)
         out_ch = head_channels if head_layers > 0 else self.backbone.out_channels
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()

@@ -138,8 +138,8 @@ class RPNet(CamNet):
     """A CamNet with a region-prototype branch used during training only (see the module docstring)."""
 
     def __init__(self, backbone: BackboneConfig, num_outputs: int, head_layers: int = 1, head_channels: int = 256,
-                 dropout: float = 0.1, options: dict | None = None, **_: object):
-        super().__init__(backbone, num_outputs, head_layers, head_channels, dropout)
+                 dropout: float = 0.1, options: dict | None = None, load_pretrained: bool = True, **_: object):
+        super().__init__(backbone, num_outputs, head_layers, head_channels, dropout, load_pretrained)
         opts = dict(options or {})
         self.mid_level = int(opts.pop("mid_level", 2))
         self.seed_threshold = float(opts.pop("seed_threshold", 0.5))

@@ -24,18 +24,21 @@ def cam_hash(cfg: RunConfig) -> str:
     return cfg.step_hash("data", "backbone", "train_cam")
 
 
-def build_cam_network(cfg: RunConfig) -> torch.nn.Module:
+def build_cam_network(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.Module:
+    """The CAM network of ``cfg``; ``load_pretrained=False`` when a trained checkpoint is loaded into it next (the
+    backbone's pretrained weights file need not exist then: a model exported to another machine)."""
     from histowsss.models.registry import create_cam_network
 
     return create_cam_network(cfg.train_cam.network, backbone=cfg.backbone, num_outputs=len(output_classes(cfg)),
                               head_layers=cfg.train_cam.head_layers, head_channels=cfg.train_cam.head_channels,
-                              dropout=cfg.train_cam.dropout, options=cfg.train_cam.rpnet)
+                              dropout=cfg.train_cam.dropout, options=cfg.train_cam.rpnet,
+                              load_pretrained=load_pretrained)
 
 
 def load_cam_network(cfg: RunConfig, run: RunDir, device: torch.device) -> torch.nn.Module:
     """The trained CAM network of a run (requires a finished train_cam with the same config)."""
     run.require("train_cam", cam_hash(cfg), "this step")
-    model = build_cam_network(cfg)
+    model = build_cam_network(cfg, load_pretrained=False)
     load_weights(run.path / "checkpoints" / "cam.safetensors", model, device="cpu")
     return inference_model(model, device)
 

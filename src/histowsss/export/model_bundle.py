@@ -1,0 +1,189 @@
+"""A trained network as a small folder to share (``histowsss export``): what ``histowsss predict --run`` needs.
+
+A run folder holds every step's files (CAMs, labels, training states: hundreds of MB on GlaS); the bundle holds only
+
+* ``config.yaml`` and ``versions.json`` of the run (unchanged, so every config hash still matches);
+* the network's checkpoints (``checkpoints/<tag>.safetensors`` + ``.json``, every ensemble member);
+* with ``eval_seg.image_gate``: the CAM classifier (``checkpoints/cam.safetensors``, ``status/train_cam.json``) and
+  eval_cam's chosen class-presence cut (``metrics/cam.json``) when the config does not fix the cut;
+* ``model.json``: what the network is (classes and colours, resolution, architecture, members, training labels), its
+  scores where the run evaluated it, and the size and SHA-256 of every file above;
+* ``MODEL.md``: the same for people.
+
+The bundle is written into a hidden temporary folder, loaded once as ``predict`` would load it, then renamed into
+place; an existing bundle is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL_CARD = "model.json"
+
+
+def bundle_files(run_path: Path, cfg, network: str = "seg") -> list[str]:
+    """Paths (relative to ``run_path``) that ``predict`` reads for ``network``; errors name what is missing."""
+    ckpt = run_path / "checkpoints" / f"{network}.safetensors"
+    if not ckpt.exists():
+        hint = " --set train_seg.supervised=true" if network == "seg_supervised" else ""
+        raise FileNotFoundError(f"{ckpt}: no trained segmentation network to export; run `histowsss run CONFIG "
+                                f"--run {run_path} --to train_seg{hint}` first")
+    meta_path = ckpt.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    files = ["config.yaml"] + (["versions.json"] if (run_path / "versions.json").exists() else [])
+    for tag in meta.get("member_tags") or [network]:
+        files.append(f"checkpoints/{tag}.safetensors")
+        if (run_path / "checkpoints" / f"{tag}.json").exists():
+            files.append(f"checkpoints/{tag}.json")
+    if cfg.eval_seg.image_gate:
+        gate = ["checkpoints/cam.safetensors", "status/train_cam.json"]
+        if cfg.eval_seg.image_gate_cut is None:
+            gate.append("metrics/cam.json")
+        missing = [f for f in gate if not (run_path / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{run_path / missing[0]}: eval_seg.image_gate needs the run's CAM classifier and "
+                                    "its chosen cut; run the CAM stage (`--to eval_cam`) or set eval_seg.image_gate="
+                                    "false")
+        files += gate
+    missing = [f for f in files if not (run_path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_path / missing[0]}: missing; re-run train_seg for this run folder")
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _scores(run_path: Path, network: str) -> dict[str, Any]:
+    """mIoU and per-class IoU per evaluated split (eval_seg's metrics/<tag>.json), or {} when not evaluated."""
+    path = run_path / "metrics" / f"{network}.json"
+    if not path.exists():
+        return {}
+    m = json.loads(path.read_text())
+    out = {}
+    for split, e in {**m.get("splits", {}), **({"all": m["all"]} if m.get("all") else {})}.items():
+        if isinstance(e, dict) and "miou" in e:
+            out[split] = {"miou": e["miou"], "iou": {c: v["iou"] for c, v in e.get("per_class", {}).items()},
+                          "images": e.get("images")}
+    return out
+
+
+def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path) -> dict[str, Any]:
+    """The content of ``model.json``."""
+    from histowsss import __version__
+
+    meta_path = run_path / "checkpoints" / f"{network}.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    classes = cfg.data.classes
+    return {
+        "format": "histowsss-model/1",
+        "network": network,
+        "exported_from": str(run_path.resolve()),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "histowsss_version": __version__,
+        "classes": [{"name": n, "color": classes.color(n)} for n in classes.names],
+        "background": classes.background,
+        "mpp": cfg.data.mpp,
+        "image_scale": cfg.data.image_scale,
+        "stain_normalization": cfg.data.stain_normalization,
+        "architecture": meta.get("architecture", cfg.train_seg.architecture),
+        "encoder": meta.get("encoder", cfg.train_seg.encoder),
+        "members": meta.get("members", 1),
+        "trained_on": {"labels": meta.get("label_source"), "loss": meta.get("loss"), "epochs": meta.get("epochs"),
+                       "images": meta.get("train_images")},
+        "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
+                      "image_gate": cfg.eval_seg.image_gate},
+        "scores": _scores(run_path, network),
+        "files": {f: {"bytes": (bundle / f).stat().st_size, "sha256": _sha256(bundle / f)} for f in files},
+    }
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """``MODEL.md``: the model card for people."""
+    classes = ", ".join(f"{c['name']} ({c['color']})" for c in card["classes"])
+    t = card["trained_on"]
+    lines = [
+        f"# histowsss model: {card['network']}",
+        "",
+        f"- Classes: {classes}; background: {card['background']}",
+        f"- Input: images at {card['mpp'] or 'unknown'} um/px, scaled by {card['image_scale']} before the network; "
+        f"stain normalisation: {card['stain_normalization']}",
+        f"- Network: {card['architecture']} on {card['encoder']}, {card['members']} member(s); trained {t['epochs']} "
+        f"epochs on {t['images']} images with {t['labels']} labels ({t['loss']} loss)",
+        f"- Inference: {card['inference']['tta']} test-time augmentation at scales {card['inference']['scales']}; "
+        f"image-level gate: {card['inference']['image_gate']}",
+        f"- Exported {card['exported_at']} by histowsss {card['histowsss_version']} from {card['exported_from']}",
+        "",
+        "Use: `histowsss predict --run THIS_FOLDER IMAGES_OR_SLIDES... --out OUT`",
+        "",
+    ]
+    if card["scores"]:
+        names = [c["name"] for c in card["classes"]]
+        lines += ["| split | images | mIoU | " + " | ".join(f"IoU {n}" for n in names) + " |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+        for split, s in card["scores"].items():
+            ious = " | ".join(str(s["iou"].get(n, "")) for n in names)
+            lines.append(f"| {split} | {s['images'] or ''} | {s['miou']} | {ious} |")
+    else:
+        lines.append("Not evaluated in its run (no eval_seg scores).")
+    return "\n".join(lines) + "\n"
+
+
+def export_model(run_path: Path | str, out: Path | str, network: str = "seg", overwrite: bool = False) -> Path:
+    """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``."""
+    from histowsss.cli.predict_cmd import load_run_config
+    from histowsss.engine.atomic import write_json, write_text
+    from histowsss.steps.train_seg import load_segnet
+
+    run_path, out = Path(run_path), Path(out)
+    cfg = load_run_config(run_path)
+    files = bundle_files(run_path, cfg, network)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    if out.resolve() == run_path.resolve() or run_path.resolve() in out.resolve().parents:
+        raise ValueError(f"{out}: export into a folder outside the run folder {run_path}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        for f in files:
+            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_path / f, tmp / f)
+        card = model_card(run_path, cfg, network, files, tmp)
+        write_json(tmp / MODEL_CARD, card)
+        write_text(tmp / "MODEL.md", card_markdown(card))
+        load_segnet(cfg, tmp, network)  # the bundle loads as predict will load it
+        if cfg.eval_seg.image_gate:
+            from histowsss.steps.image_gate import ClassifierGate
+
+            ClassifierGate(cfg, tmp, "cpu")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def bundle_networks(folder: Path) -> list[str] | None:
+    """The networks an exported model folder holds (None: ``folder`` is a run folder, not an export)."""
+    path = Path(folder) / MODEL_CARD
+    if not path.exists():
+        return None
+    return [json.loads(path.read_text()).get("network", "seg")]
+

@@ -1,0 +1,109 @@
+"""`histowsss export`: a run's network as a small folder; `predict --run MODEL_DIR` gives the run folder's output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from histowsss.config import load_config
+from histowsss.data.masks import load_class_mask
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.atomic import write_png
+from histowsss.engine.pipeline import run_pipeline
+from histowsss.engine.run_dir import RunDir
+from histowsss.steps import make_sem_seg_labels
+from histowsss.steps.common import samples_for
+
+FAST = ["train_cam.epochs=2", "train_cam.crop_size=48", "train_cam.crops_per_image=4", "train_cam.cache_copies=2",
+        "train_cam.head_channels=32", "make_cam.scales=[1.0]", "make_cam.flip=false",
+        "train_cam.min_epochs_before_diagnosis=5", "train_seg.members=2",
+        "train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
+        "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=1", "train_seg.batch_size=4",
+        "train_seg.crop_size=32", "train_seg.crops_per_image=2", "eval_seg.tile_size=32", "eval_seg.image_gate=true"]
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def gated_run(tmp_path_factory) -> Path:
+    """A run with a CAM classifier, a 2-member network and the image gate (eval_cam's chosen cut)."""
+    root = tmp_path_factory.mktemp("export")
+    manifest = generate_synthetic_dataset(root / "data", {"train": 6, "val": 0, "test": 3}, size=64)
+    cfg = load_config("demo", [f"data.manifest={manifest}", *FAST])
+    run = RunDir(root / "run", cfg).init()
+    run_pipeline(cfg, run, stop="eval_cam", log=lambda m: None)
+    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        for s in samples_for(cfg, ["train"]):
+            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
+    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
+    return run.path
+
+
+def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Path):
+    model = tmp_path / "shared" / "model"
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(model)])
+    assert res.exit_code == 0, res.output
+    held = sorted(str(f.relative_to(model)) for f in model.rglob("*") if f.is_file())
+    assert held == ["MODEL.md", "checkpoints/cam.safetensors", "checkpoints/seg.json", "checkpoints/seg.safetensors",
+                    "checkpoints/seg_m1.json", "checkpoints/seg_m1.safetensors", "config.yaml", "metrics/cam.json",
+                    "model.json", "status/train_cam.json", "versions.json"]
+    assert not list(model.parent.glob(".*partial*"))  # no temporary folder left behind
+    card = json.loads((model / "model.json").read_text())
+    assert card["network"] == "seg" and card["members"] == 2 and card["inference"]["image_gate"] is True
+    assert [c["name"] for c in card["classes"]] == ["benign", "malignant"]
+    assert "test" in card["scores"] and 0 <= card["scores"]["test"]["miou"] <= 100
+    for f, info in card["files"].items():  # sizes recorded for every copied file
+        assert (model / f).stat().st_size == info["bytes"] and len(info["sha256"]) == 64
+    assert "| test |" in (model / "MODEL.md").read_text()
+
+    # the bundle works away from its run folder: moved, with the run folder out of reach
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(model), moved)
+    images = sorted((gated_run.parent / "data" / "images").glob("syn_test_*.png"))[:2]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for p in images:
+        shutil.copy(p, inputs / p.name)
+    outs = {}
+    root = gated_run.parent
+    hidden = root.with_name(root.name + "_out_of_reach")
+    for name, source in (("run", gated_run), ("bundle", moved)):
+        if name == "bundle":
+            root.rename(hidden)  # nothing of the run folder, nor of its data, may be read now
+        try:
+            res = runner.invoke(app, ["predict", "--run", str(source), str(inputs), "--out", str(tmp_path / name)])
+        finally:
+            if hidden.exists():
+                hidden.rename(root)
+        assert res.exit_code == 0, res.output
+        outs[name] = [np.asarray(Image.open(tmp_path / name / f"{p.stem}_labels.png")) for p in images]
+    for a, b in zip(outs["run"], outs["bundle"]):
+        np.testing.assert_array_equal(a, b)
+
+    # the bundle holds the weak network only; asking it for the supervised one says so
+    res = runner.invoke(app, ["predict", "--run", str(moved), "--supervised", str(images[0]), "--out",
+                              str(tmp_path / "sup")])
+    assert res.exit_code == 2 and "holds seg, not seg_supervised" in res.output
+
+
+def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, tmp_path: Path):
+    out = tmp_path / "model"
+    assert runner.invoke(app, ["export", str(gated_run), "--out", str(out)]).exit_code == 0
+    (out / "note.txt").write_text("kept until --overwrite")
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.output and "--overwrite" in res.output
+    assert (out / "note.txt").exists()
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0 and not (out / "note.txt").exists() and (out / "model.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary or old folder left
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "sup"), "--supervised"])
+    assert res.exit_code == 2 and "seg_supervised.safetensors" in res.output and "train_seg.supervised=true" in res.output
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(gated_run / "model")])
+    assert res.exit_code == 2 and "outside the run folder" in res.output
