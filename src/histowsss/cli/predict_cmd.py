@@ -103,12 +103,11 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.engine.atomic import write_bytes, write_npz, write_png
     from histowsss.engine.device import resolve_device
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
+    from histowsss.export.model_bundle import bundle_networks
     from histowsss.steps.eval_seg import predict_probs
     from histowsss.steps.train_seg import load_segnet
 
     cfg = load_run_config(run_dir)
-    from histowsss.export.model_bundle import bundle_networks
-
     held = bundle_networks(run_dir)
     if held is not None and network not in held:
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
@@ -190,7 +189,8 @@ def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
 
 
 def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
-            run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network, or a folder written by `histowsss export`"),
+            run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network, "
+                                                      "or a model folder written by `histowsss export`"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             overwrite: bool = typer.Option(False, help="replace existing outputs"),
             recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "

@@ -186,4 +186,3 @@ def bundle_networks(folder: Path) -> list[str] | None:
     if not path.exists():
         return None
     return [json.loads(path.read_text()).get("network", "seg")]
-

@@ -104,15 +104,16 @@ class StagedBackbone(nn.Module):
         return None
 
 
-def _load_weights(model: nn.Module, cfg: BackboneConfig, load: bool = True) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _load_weights(model: nn.Module, cfg: BackboneConfig,
+                  load: bool = True) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Load ``cfg.weights`` into ``model`` (unless ``load`` is False); returns the input normalisation (mean, std)."""
     w = cfg.weights
     if w == "none":
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if w == "imagenet":
+        path = packaged_weights_path(cfg.name) if load else None  # its error names the weight packages
         spec = PACKAGED_WEIGHTS[cfg.name]
-        if load:
-            path = packaged_weights_path(cfg.name)
+        if path is not None:
             load_into(model, read_state_dict(path), str(path))
         return spec.mean, spec.std
     if load:
