@@ -161,3 +161,36 @@ def make_slide():
 def slide_file(tmp_path: Path, make_slide) -> Path:
     """A 420 x 300 px slide at 0.5 um/px: glass with two tissue blobs."""
     return make_slide(tmp_path / "s.tif", tissue_slide_rgb())
+
+
+# --- a tiny trained run: synthetic data, masks as pseudo-masks, train_seg + eval_seg ------------------------------
+
+def build_trained_run(root: Path, splits: dict[str, int], overrides: list[str], cam_stage: bool = False) -> Path:
+    """A run folder ``root/run`` (data in ``root/data``, config ``demo`` + ``overrides``) whose segmentation network
+    trained on the masks of the train and val images, written as pseudo-masks; with ``cam_stage`` the CAM stage
+    (train_cam .. eval_cam) ran first. Returns the run folder."""
+    from histowsss.config import load_config
+    from histowsss.data.masks import load_class_mask
+    from histowsss.data.synthetic import generate_synthetic_dataset
+    from histowsss.engine.atomic import write_png
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.steps import make_sem_seg_labels
+    from histowsss.steps.common import samples_for
+
+    manifest = generate_synthetic_dataset(root / "data", splits, size=64)
+    cfg = load_config("demo", [f"data.manifest={manifest}", *overrides])
+    run = RunDir(root / "run", cfg).init()
+    if cam_stage:
+        run_pipeline(cfg, run, stop="eval_cam", log=lambda m: None)
+    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        for s in samples_for(cfg, ["train", "val"]):
+            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
+    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
+    return run.path
+
+
+@pytest.fixture(scope="session")
+def trained_run_builder():
+    """``build_trained_run(root, splits, overrides, cam_stage=False)`` for module-scoped fixtures."""
+    return build_trained_run

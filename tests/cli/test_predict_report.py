@@ -15,14 +15,6 @@ from shapely.geometry import shape
 from typer.testing import CliRunner
 
 from histowsss.cli.app import app
-from histowsss.config import load_config
-from histowsss.data.masks import load_class_mask
-from histowsss.data.synthetic import generate_synthetic_dataset
-from histowsss.engine.atomic import write_png
-from histowsss.engine.pipeline import run_pipeline
-from histowsss.engine.run_dir import RunDir
-from histowsss.steps import make_sem_seg_labels
-from histowsss.steps.common import samples_for
 
 FAST = ["data.image_scale=0.5", "train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
         "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=2", "train_seg.batch_size=4",
@@ -32,16 +24,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("predict")
-    manifest = generate_synthetic_dataset(root / "data", {"train": 6, "val": 2, "test": 3}, size=64)
-    cfg = load_config("demo", [f"data.manifest={manifest}", *FAST])
-    run = RunDir(root / "run", cfg).init()
-    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
-        for s in samples_for(cfg, ["train", "val"]):
-            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
-    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
-    return run.path
+def trained_run(tmp_path_factory, trained_run_builder) -> Path:
+    return trained_run_builder(tmp_path_factory.mktemp("predict"), {"train": 6, "val": 2, "test": 3}, FAST)
 
 
 def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path: Path):

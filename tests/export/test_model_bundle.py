@@ -12,14 +12,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from histowsss.cli.app import app
-from histowsss.config import load_config
-from histowsss.data.masks import load_class_mask
-from histowsss.data.synthetic import generate_synthetic_dataset
-from histowsss.engine.atomic import write_png
-from histowsss.engine.pipeline import run_pipeline
-from histowsss.engine.run_dir import RunDir
-from histowsss.steps import make_sem_seg_labels
-from histowsss.steps.common import samples_for
 
 FAST = ["train_cam.epochs=2", "train_cam.crop_size=48", "train_cam.crops_per_image=4", "train_cam.cache_copies=2",
         "train_cam.head_channels=32", "make_cam.scales=[1.0]", "make_cam.flip=false",
@@ -32,18 +24,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def gated_run(tmp_path_factory) -> Path:
+def gated_run(tmp_path_factory, trained_run_builder) -> Path:
     """A run with a CAM classifier, a 2-member network and the image gate (eval_cam's chosen cut)."""
-    root = tmp_path_factory.mktemp("export")
-    manifest = generate_synthetic_dataset(root / "data", {"train": 6, "val": 0, "test": 3}, size=64)
-    cfg = load_config("demo", [f"data.manifest={manifest}", *FAST])
-    run = RunDir(root / "run", cfg).init()
-    run_pipeline(cfg, run, stop="eval_cam", log=lambda m: None)
-    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
-        for s in samples_for(cfg, ["train"]):
-            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
-    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
-    return run.path
+    return trained_run_builder(tmp_path_factory.mktemp("export"), {"train": 6, "val": 0, "test": 3}, FAST,
+                               cam_stage=True)
 
 
 def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Path):

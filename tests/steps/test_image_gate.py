@@ -43,16 +43,12 @@ def test_apply_gate_removes_absent_classes_but_never_background():
 
 
 @pytest.fixture(scope="module")
-def gated_run(tmp_path_factory) -> tuple[Path, list]:
+def gated_run(tmp_path_factory, trained_run_builder) -> tuple[Path, list]:
     root = tmp_path_factory.mktemp("gate")
-    manifest = generate_synthetic_dataset(root / "data", {"train": 8, "val": 2, "test": 4}, size=64)
+    run_path = trained_run_builder(root, {"train": 8, "val": 2, "test": 4}, FAST, cam_stage=True)
+    manifest = root / "data" / "manifest.csv"
     cfg = load_config("demo", [f"data.manifest={manifest}", *FAST])
-    run = RunDir(root / "run", cfg).init()
-    run_pipeline(cfg, run, stop="eval_cam", log=lambda m: None)
-    with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
-        for s in samples_for(cfg, ["train", "val"]):
-            write_png(run.path / "pseudo" / f"{s.name}.png", load_class_mask(s, cfg.data))
-    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
+    run = RunDir(run_path, cfg)
     # a cut between the test images' malignant probabilities, so that some are gated and some not
     test = samples_for(cfg, ["test"])
     probs = {s.name: float(np.load(run.path / "cams" / f"{s.name}.npz")["probs"][0]) for s in test}

@@ -29,13 +29,9 @@ MODEL_CARD = "model.json"
 
 def bundle_files(run_path: Path, cfg, network: str = "seg") -> list[str]:
     """Paths (relative to ``run_path``) that ``predict`` reads for ``network``; errors name what is missing."""
-    ckpt = run_path / "checkpoints" / f"{network}.safetensors"
-    if not ckpt.exists():
-        hint = " --set train_seg.supervised=true" if network == "seg_supervised" else ""
-        raise FileNotFoundError(f"{ckpt}: no trained segmentation network to export; run `histowsss run CONFIG "
-                                f"--run {run_path} --to train_seg{hint}` first")
-    meta_path = ckpt.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    from histowsss.steps.train_seg import segnet_meta
+
+    meta = segnet_meta(run_path, network)
     files = ["config.yaml"] + (["versions.json"] if (run_path / "versions.json").exists() else [])
     for tag in meta.get("member_tags") or [network]:
         files.append(f"checkpoints/{tag}.safetensors")
@@ -82,9 +78,9 @@ def _scores(run_path: Path, network: str) -> dict[str, Any]:
 def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path) -> dict[str, Any]:
     """The content of ``model.json``."""
     from histowsss import __version__
+    from histowsss.steps.train_seg import segnet_meta
 
-    meta_path = run_path / "checkpoints" / f"{network}.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = segnet_meta(run_path, network)
     classes = cfg.data.classes
     return {
         "format": "histowsss-model/1",

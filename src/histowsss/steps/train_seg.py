@@ -542,19 +542,25 @@ def _build_from_meta(cfg: RunConfig, meta: dict, path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
-    """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode.
-
-    A seed ensemble (trained with ``train_seg.members`` > 1; its members are listed in the checkpoint's metadata)
-    comes back as one :class:`histowsss.models.segnet.SegEnsemble` that averages the members' probabilities.
-    """
+def segnet_meta(run_path: Path, tag_: str) -> dict:
+    """The metadata of the trained network ``tag_`` of a run folder ({} for checkpoints without); a clear error
+    when the network was not trained."""
     path = checkpoint_path(run_path, tag_)
     if not path.exists():
         hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
         raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
                                 f"{run_path} --to train_seg{hint}` first")
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
+    """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode.
+
+    A seed ensemble (trained with ``train_seg.members`` > 1; its members are listed in the checkpoint's metadata)
+    comes back as one :class:`histowsss.models.segnet.SegEnsemble` that averages the members' probabilities.
+    """
+    meta = segnet_meta(run_path, tag_)
     models = []
     tags = meta.get("member_tags") or [tag_]
     for mt in tags:
