@@ -117,6 +117,9 @@ def test_report_is_self_contained_with_all_sections(trained_run: Path):
     assert "<svg" in text and "data:image/png;base64," in text
     assert "not run" in text  # CAM / IRN stages of this run were not run
     assert "Segmentation network (weak labels)" in text and "train_seg" in text
+    objects = text.split("Objects (GlaS challenge metrics)", 1)[1].split("</table>", 1)[0]
+    f1 = json.loads((trained_run / "metrics" / "seg.json").read_text())["objects"]["all"]["f1"]
+    assert "Segmentation network (weak labels)" in objects and f'<td class="">{f1:.2f}</td>' in objects
 
 
 def test_report_of_an_empty_run_folder(tmp_path: Path):

@@ -11,7 +11,7 @@ from PIL import Image
 from histowsss.config import DataConfig
 from histowsss.data.io import ImageReadError
 from histowsss.data.manifest import Sample
-from histowsss.data.masks import IGNORE, class_map_from_mask, load_class_mask
+from histowsss.data.masks import IGNORE, class_map_from_mask, load_class_mask, load_instance_mask
 
 RAW = np.array([[0, 255, 255], [0, 0, 255]], np.uint8)
 
@@ -109,3 +109,22 @@ def test_load_class_mask_without_mask_is_clear():
     cfg = _cfg(classes={"names": ["a", "b"]})
     with pytest.raises(ImageReadError, match=r"x\.png: no mask"):
         load_class_mask(_sample(), cfg)
+
+
+def test_load_instance_mask_keeps_foreground_ids_and_names_a_size_mismatch(tmp_path):
+    cc = np.zeros((8, 12), np.uint8)
+    cc[1:4, 1:4], cc[5:8, 6:11] = 3, 7
+    Image.fromarray(cc).save(tmp_path / "cc.png")
+    cfg = DataConfig.model_validate(dict(manifest=str(tmp_path / "m.csv"), classes={"names": ["background", "gland"], "background": "background"}))
+    s = Sample(name="x", image=Path("x.png"), split="test", patient="p", labels=(), extra={"mask_cc": "cc.png"})
+    gt = (cc > 0).astype(np.uint8)
+    gt[1, 1] = 0            # a ground-truth background pixel inside instance 3
+    gt[6, 7] = IGNORE       # an ignored pixel inside instance 7
+    out = load_instance_mask(s, cfg, gt, background=0)
+    expected = cc.astype(np.int64)
+    expected[1, 1] = expected[6, 7] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert load_instance_mask(Sample(name="y", image=Path("y.png"), split="test", patient="p", labels=()),
+                              cfg, gt, 0) is None  # no mask_cc: no object metrics
+    with pytest.raises(ImageReadError, match=r"cc\.png: instance mask .* differs from the class mask"):
+        load_instance_mask(s, cfg, gt[:, :10], background=0)

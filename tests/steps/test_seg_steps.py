@@ -12,11 +12,12 @@ from PIL import Image
 from scipy import ndimage
 
 from histowsss.config import load_config
-from histowsss.data.masks import load_class_mask
+from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.data.synthetic import generate_synthetic_dataset
 from histowsss.engine.atomic import write_npz, write_png
 from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.evaluation.object_score import ObjectScore
 from histowsss.steps import eval_cam, eval_seg, make_cam, make_sem_seg_labels, train_seg
 from histowsss.steps.common import all_splits, output_classes, samples_for
 from histowsss.steps.registry import PIPELINE
@@ -68,9 +69,15 @@ def test_train_and_eval_on_pseudo_masks(dataset: Path, tmp_path: Path):
     for key in ("miou", "mdice", "fwiou", "pixel_acc", "per_class"):
         assert key in m["all"] and key in m["splits"]["test"]
     assert len(m["per_image"]) == 3 and m["inference"]["tta"] == "flip"
+    expected = ObjectScore()
     for s in samples_for(cfg, ["test"]):
         pred = np.asarray(Image.open(run.path / "pred" / f"{s.name}.png"))
         assert pred.shape == (64, 64) and pred.dtype == np.uint8 and pred.max() <= 1
+        gt = load_class_mask(s, cfg.data)
+        expected.update(load_instance_mask(s, cfg.data, gt, 0), ndimage.label(pred == 1)[0])
+    # GlaS object metrics of the prediction's connected components against the manifest's instance masks
+    assert m["objects"]["splits"]["test"] == m["objects"]["all"] == expected.summary()
+    assert m["objects"]["all"]["images"] == 3 and m["objects"]["all"]["tp"] + m["objects"]["all"]["fn"] > 0
     assert run.status("train_seg")["state"] == "done" and run.status("eval_seg")["state"] == "done"
     # finished steps are skipped; running one again needs --overwrite
     msgs: list[str] = []

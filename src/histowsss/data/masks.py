@@ -63,3 +63,34 @@ def load_class_mask(sample: Sample, cfg: DataConfig, image_hw: tuple[int, int] |
 
         m = resize(m, cfg.image_scale, nearest=True)
     return m
+
+
+INSTANCE_COLUMN = "mask_cc"
+
+
+def load_instance_mask(sample: Sample, cfg: DataConfig, gt_class: np.ndarray,
+                       background: int | None) -> np.ndarray | None:
+    """Ground-truth instance ids from the manifest's ``mask_cc`` column, restricted to the foreground of ``gt_class``.
+
+    ``None`` when the sample has no instance mask. Read at the configured image scale (nearest); pixels that are
+    background or ignore in ``gt_class`` become 0.
+    """
+    from pathlib import Path
+
+    from histowsss.data.io import resize
+
+    rel = (sample.extra.get(INSTANCE_COLUMN) or "").strip()
+    if not rel:
+        return None
+    root = Path(cfg.root) if cfg.root is not None else Path(cfg.manifest).parent
+    path = root / rel
+    cc = read_mask(path).astype(np.int64)
+    if cfg.image_scale != 1.0:
+        cc = resize(cc, cfg.image_scale, nearest=True)
+    if cc.shape != gt_class.shape:
+        raise ImageReadError(f"{path}: instance mask {cc.shape} differs from the class mask {gt_class.shape}; "
+                             f"fix the {INSTANCE_COLUMN} column or the file")
+    fg = gt_class != IGNORE
+    if background is not None:
+        fg &= gt_class != background
+    return np.where(fg, cc, 0)

@@ -317,14 +317,50 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     return rows
 
 
+def object_rows(run_path: Path) -> list[dict]:
+    """GlaS object-level rows (F1, object Dice, object Hausdorff): IRN instances and segmentation networks."""
+    rows: list[dict] = []
+
+    def add(stage: str, split: str, o: dict | None) -> None:
+        if o:
+            rows.append({"stage": stage, "split": split, "images": o.get("images"), "object F1": o.get("f1"),
+                         "precision": o.get("precision"), "recall": o.get("recall"),
+                         "object Dice": o.get("dice_mean_per_image"),
+                         "object Hausdorff (px)": o.get("hausdorff_mean_per_image")})
+
+    sem = _read_json(run_path / "metrics" / "sem_seg.json") or {}
+    for sp, e in (sem.get("splits") or {}).items():
+        objs = (e or {}).get("objects") or {}
+        add("IRN instances (displacement field)", sp, objs.get("irn_instances"))
+        add("IRN pseudo-masks, connected components", sp, objs.get("pseudo_connected_components"))
+    for name, file in (("Segmentation network (weak labels)", "seg.json"),
+                       ("Supervised upper bound (ground truth)", "seg_supervised.json")):
+        objs = (_read_json(run_path / "metrics" / file) or {}).get("objects") or {}
+        splits = objs.get("splits") or {}
+        add(name, "+".join(splits) or "test", objs.get("all"))
+        if len(splits) > 1:
+            for sp, o in splits.items():
+                add(f"  {name}: {sp}", sp, o)
+    return rows
+
+
 def section_quality(run_path: Path, class_names: list[str]) -> str:
     rows = stage_rows(run_path, class_names)
     cols = ["stage", "split", "status", "mIoU", "mDice"] + [f"IoU {c}" for c in class_names] + ["note"]
-    return (table(rows, cols, left=("stage", "split", "status", "note"),
+    html = (table(rows, cols, left=("stage", "split", "status", "note"),
                   row_class=lambda r: "nr" if r["status"] == "not run" else "") +
             '<p class="note">Percent. Each number comes from one dataset-level confusion matrix over the split(s). '
             "Pseudo-label stages are measured on the training images they label; CAM, baseline and segmentation "
             "on the test split(s).</p>")
+    objs = object_rows(run_path)
+    if objs:
+        cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)"]
+        html += ("<h3>Objects (GlaS challenge metrics)</h3>" + table(objs, cols, left=("stage", "split")) +
+                 '<p class="note">Against the manifest\'s instance masks (<code>mask_cc</code>). A network\'s objects '
+                 "are the connected components of its prediction. F1, precision and recall (percent) come from "
+                 "matches summed over the images; object Dice (percent) and Hausdorff (pixels) are means over the "
+                 "images, leaving out images with exactly one side empty.</p>")
+    return html
 
 
 def section_tuning(run_path: Path) -> str:

@@ -5,6 +5,9 @@ For every image of ``eval_seg.splits`` (default: the test splits): class probabi
 ``pred/<name>.png`` (``pred_supervised/`` for the upper bound). Metrics from dataset-level confusion matrices
 (:class:`histowsss.evaluation.metrics.ConfusionMatrix`): one per split and one over all evaluated splits
 (``all``: e.g. GlaS testA + testB), plus per-image mIoU (for the report's best / worst examples).
+Object level, when the manifest has instance masks (``mask_cc``): the GlaS challenge metrics (object F1, object
+Dice, object Hausdorff, :mod:`histowsss.evaluation.object_score`) of the prediction's connected components (each
+foreground class) against the ground-truth instances, per split and over all (``objects``).
 Writes ``metrics/seg.json`` (``metrics/seg_supervised.json``). Only rank 0 evaluates under torchrun.
 """
 
@@ -17,7 +20,7 @@ from rich.progress import track
 
 from histowsss.config import RunConfig
 from histowsss.data.loading import load_image
-from histowsss.data.masks import load_class_mask
+from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_json, write_png
 from histowsss.engine.device import resolve_device
@@ -25,6 +28,7 @@ from histowsss.engine.distributed import is_main_process
 from histowsss.engine.inference import multiscale_probs
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.metrics import ConfusionMatrix
+from histowsss.evaluation.object_score import ObjectScore, semantic_components
 from histowsss.steps import train_seg
 from histowsss.steps.common import samples_for
 
@@ -64,6 +68,17 @@ def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
                             device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
 
 
+def object_summary(per_split: dict[str, ObjectScore]) -> dict | None:
+    """``{"splits": {split: summary}, "all": summary}`` over the splits that had instance masks; None if none had."""
+    scored = {sp: o for sp, o in per_split.items() if o.dice}
+    if not scored:
+        return None
+    overall = ObjectScore()
+    for o in scored.values():
+        overall.merge(o)
+    return {"splits": {sp: o.summary() for sp, o in scored.items()}, "all": overall.summary()}
+
+
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write pred/<name>.png and metrics/seg.json (or the seg_supervised equivalents)."""
     if not is_main_process():
@@ -92,6 +107,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         gated_images = 0
         cms = {sp: ConfusionMatrix(len(names)) for sp in splits}
         overall = ConfusionMatrix(len(names))
+        objects = {sp: ObjectScore() for sp in splits}
         per_image, unlabelled = [], 0
         for s in track(samples, description=f"eval_seg ({tag})", disable=False):
             img = load_image(s.image, cfg.data)
@@ -113,6 +129,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             one.update(gt, pred)
             cms[s.split].merge(one)
             overall.merge(one)
+            gi = load_instance_mask(s, cfg.data, gt, bg)
+            if gi is not None:
+                objects[s.split].update(gi, semantic_components(pred, bg))
             summ = one.summary(names)
             per_image.append({"name": s.name, "split": s.split, "miou": summ["miou"],
                               "iou": {c: v["iou"] for c, v in summ["per_class"].items()}})
@@ -128,8 +147,12 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                              for sp in splits},
                   "all": {**overall.summary(names), "splits": splits, "images": len(samples)},
                   "unlabelled_images": unlabelled, "per_image": per_image,
+                  "objects": object_summary(objects),
                   "notes": ["'all' is one dataset-level confusion matrix over every evaluated split (not a mean of "
-                            "per-split or per-image numbers); per_image is for choosing examples only"]}
+                            "per-split or per-image numbers); per_image is for choosing examples only",
+                            "objects: GlaS challenge metrics of the prediction's connected components against the "
+                            "manifest's instance masks (mask_cc); F1 from TP/FP/FN summed over images, object Dice "
+                            "(percent) and Hausdorff (pixels at data.image_scale) averaged over images"]}
         write_json(run.sub("metrics") / f"{tag}.json", result)
         info.update(outputs=[f"metrics/{tag}.json"] + ([f"{pdir}/"] if ev.save_predictions else []), tag=tag,
                     miou=result["all"]["miou"])

@@ -18,93 +18,29 @@ empty, are counted and left out of the mean). Writes ``metrics/sem_seg.json``.
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 from rich.progress import track
-from scipy import ndimage
 
 from histowsss.config import RunConfig
-from histowsss.data.io import read_mask, resize
 from histowsss.data.manifest import Sample
-from histowsss.data.masks import load_class_mask
+from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.engine.atomic import write_json
-from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.metrics import ConfusionMatrix
-from histowsss.evaluation.object_metrics import object_metrics
+from histowsss.evaluation.object_score import ObjectScore, semantic_components
 from histowsss.ops.instances import upsample_nearest
 from histowsss.ops.ir_labels import IGNORE
 from histowsss.steps import cam_to_ir_label, eval_cam, make_ins_seg_labels, make_sem_seg_labels
 from histowsss.steps.irn_common import STRIDE, background_id, irn_samples, read_png
 
 STEP = "eval_sem_seg"
-CC_COLUMN = "mask_cc"
 
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the config sections this step depends on."""
     return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "eval_cam", "ir_label", "points", "train_irn",
                          "sem_seg", "ins_seg")
-
-
-def instance_gt(cfg: RunConfig, sample: Sample, gt_class: np.ndarray) -> np.ndarray | None:
-    """Ground-truth instance ids from the manifest's mask_cc column, restricted to foreground classes."""
-    rel = sample.extra.get(CC_COLUMN, "").strip()
-    if not rel:
-        return None
-    root = Path(cfg.data.root) if cfg.data.root is not None else Path(cfg.data.manifest).parent
-    cc = read_mask(root / rel).astype(np.int64)
-    if cfg.data.image_scale != 1.0:
-        cc = resize(cc, cfg.data.image_scale, nearest=True)
-    if cc.shape != gt_class.shape:
-        raise StepError(f"{root / rel}: instance mask {cc.shape} differs from the class mask {gt_class.shape}")
-    bg = background_id(cfg)
-    return np.where((gt_class != bg) & (gt_class != IGNORE), cc, 0)
-
-
-def semantic_components(sem: np.ndarray, background: int) -> np.ndarray:
-    """Connected components of every foreground class of a semantic map (instance ids)."""
-    out = np.zeros(sem.shape, np.int64)
-    n = 0
-    for c in np.unique(sem):
-        if c == background or c == IGNORE:
-            continue
-        lab, k = ndimage.label(sem == c)
-        out[lab > 0] = lab[lab > 0] + n
-        n += k
-    return out
-
-
-class ObjectScore:
-    """Sums TP/FP/FN and averages object Dice / Hausdorff over images."""
-
-    def __init__(self):
-        self.tp = self.fp = self.fn = 0
-        self.dice: list[float] = []
-        self.hd: list[float] = []
-        self.hd_inf = 0
-
-    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
-        m = object_metrics(gt, pred)
-        self.tp += m["tp"]
-        self.fp += m["fp"]
-        self.fn += m["fn"]
-        self.dice.append(m["dice"])
-        if math.isinf(m["hausdorff"]):
-            self.hd_inf += 1
-        else:
-            self.hd.append(m["hausdorff"])
-
-    def summary(self) -> dict:
-        p = self.tp / (self.tp + self.fp) if self.tp + self.fp else None
-        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else None
-        f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
-        pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
-        return {"f1": pct(f1), "precision": pct(p), "recall": pct(r), "tp": self.tp, "fp": self.fp, "fn": self.fn,
-                "dice_mean_per_image": pct(float(np.mean(self.dice)) if self.dice else None),
-                "hausdorff_mean_per_image": round(float(np.mean(self.hd)), 2) if self.hd else None,
-                "hausdorff_infinite_images": self.hd_inf, "images": len(self.dice)}
 
 
 def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
@@ -127,7 +63,7 @@ def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
             coverage[f][1] += ign.size
         pseudo = read_png(run.path / "pseudo" / f"{s.name}.png")
         pseudo_cm.update(gt, pseudo)
-        gi = instance_gt(cfg, s, gt)
+        gi = load_instance_mask(s, cfg.data, gt, bg)
         if gi is not None:
             inst_score.update(gi, read_png(run.path / "instances" / f"{s.name}.png").astype(np.int64))
             cc_score.update(gi, semantic_components(pseudo, bg))

@@ -1,0 +1,37 @@
+"""Object metrics summed over images and splits; instances from a class map."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from histowsss.evaluation.object_score import ObjectScore, semantic_components
+
+
+def test_semantic_components_numbers_each_class_and_skips_background_and_ignore():
+    sem = np.array([[1, 1, 0, 2],
+                    [0, 0, 0, 2],
+                    [1, 255, 0, 0]], np.uint8)
+    inst = semantic_components(sem, background=0)
+    assert inst[0, 0] == inst[0, 1] and inst[2, 0] != inst[0, 0]   # two separate regions of class 1
+    assert inst[0, 3] == inst[1, 3] and inst[0, 3] not in (inst[0, 0], inst[2, 0])
+    assert (inst[sem == 0] == 0).all() and inst[2, 1] == 0
+    assert len(np.unique(inst[inst > 0])) == 3
+    assert len(np.unique(semantic_components(sem, background=None))) == 4 + 1  # class 0 regions count too
+
+
+def test_merge_equals_scoring_every_image_in_one():
+    gt = np.zeros((10, 10), np.int64)
+    gt[1:4, 1:4], gt[6:9, 6:9] = 1, 2
+    pred_good, pred_miss = gt.copy(), np.zeros_like(gt)
+    pred_miss[1:4, 1:4] = 5
+    a, b, both = ObjectScore(), ObjectScore(), ObjectScore()
+    a.update(gt, pred_good)
+    b.update(gt, pred_miss)
+    b.update(gt, np.zeros_like(gt))  # nothing predicted: infinite Hausdorff, counted apart
+    for p in (pred_good, pred_miss, np.zeros_like(gt)):
+        both.update(gt, p)
+    a.merge(b)
+    assert a.summary() == both.summary()
+    s = both.summary()
+    assert (s["tp"], s["fp"], s["fn"]) == (3, 0, 3) and s["precision"] == 100.0 and s["recall"] == 50.0
+    assert s["images"] == 3 and s["hausdorff_infinite_images"] == 1
