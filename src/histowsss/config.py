@@ -356,6 +356,14 @@ class EvalSegConfig(Strict):
     image_gate_cut: float | None = Field(None, ge=0, le=1, description="image_gate's class-presence cut; null = "
                                          "eval_cam's chosen gate (on train, where a classifier is rarely wrong, "
                                          "every cut may tie: choose it on held-out patients instead)")
+    min_object_area: int = Field(0, ge=0, description="after the argmax: regions of a non-background class smaller "
+                                 "than this many pixels (at data.image_scale) take the class around them "
+                                 "(ops/label_cleanup.py); eval_seg, predict and slides; 0 = off")
+    max_hole_area: int = Field(0, ge=0, description="after the argmax: background regions smaller than this many "
+                               "pixels that do not touch the image border (holes) take the class around them; 0 = off")
+    split_h: float = Field(0.0, ge=0, description="after the clean-up: cut objects joined by a neck along watershed "
+                           "lines of their distance transform where both sides rise at least this many pixels above "
+                           "the neck (touching glands become separate objects, the line background); 0 = off")
 
     @model_validator(mode="after")
     def _check(self) -> "EvalSegConfig":

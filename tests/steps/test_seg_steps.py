@@ -18,6 +18,7 @@ from histowsss.engine.atomic import write_npz, write_png
 from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.object_score import ObjectScore
+from histowsss.ops.label_cleanup import clean_labels
 from histowsss.steps import eval_cam, eval_seg, make_cam, make_sem_seg_labels, train_seg
 from histowsss.steps.common import all_splits, output_classes, samples_for
 from histowsss.steps.registry import PIPELINE
@@ -427,3 +428,29 @@ def test_clicks_overwrite_weak_labels_at_their_resolution(tmp_path):
     off = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"points.file={clicks}",
                                "points.use_in=[ir_label]"])
     assert (click_labels(off, [s], [np.zeros((40, 60), np.uint8)])[0] == 0).all()
+
+
+def test_object_clean_up_relabels_the_saved_predictions(dataset: Path, tmp_path: Path):
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run, noise=0.3)
+    run_pipeline(cfg, run, start="train_seg", stop="eval_seg", log=lambda m: None)
+    raw = {s.name: np.asarray(Image.open(run.path / "pred" / f"{s.name}.png")) for s in samples_for(cfg, ["test"])}
+    cleaned_cfg = make_cfg(dataset, "eval_seg.min_object_area=40", "eval_seg.max_hole_area=20")
+    assert eval_seg.config_hash(cleaned_cfg) != eval_seg.config_hash(cfg)
+    assert train_seg.config_hash(cleaned_cfg) == train_seg.config_hash(cfg)  # the network is not trained again
+    m = eval_seg.run(cleaned_cfg, RunDir(run.path, cleaned_cfg), overwrite=True)
+    assert m["inference"]["min_object_area"] == 40 and m["inference"]["max_hole_area"] == 20
+    for name, lab in raw.items():
+        new = np.asarray(Image.open(run.path / "pred" / f"{name}.png"))
+        np.testing.assert_array_equal(new, clean_labels(lab, 0, min_object_area=40, max_hole_area=20))
+
+
+def test_clean_up_areas_shrink_on_a_coarser_map(dataset: Path):
+    cfg = make_cfg(dataset, "eval_seg.min_object_area=64")
+    lab = np.zeros((16, 16), np.uint8)
+    lab[2:4, 2:4] = 1     # 4 px: 64 network pixels at 4x coarser, not removed (not smaller than 64 / 16)
+    lab[10, 10] = 1       # 1 px: removed
+    out = eval_seg.clean_for(lab, cfg, pixel_factor=4)
+    assert (out[2:4, 2:4] == 1).all() and out[10, 10] == 0
+    assert (eval_seg.clean_for(lab, make_cfg(dataset)) == lab).all()

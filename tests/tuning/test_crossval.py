@@ -213,3 +213,22 @@ def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fo
     write_manifest(man, rows)
     with pytest.raises(RuntimeError, match="fill the mask column"):
         cv.crossval(run.path, [""], tmp_path / "work2", folds=2, log=lambda m: None)
+
+
+def test_cli_also_chooses_the_object_clean_up_on_the_out_of_fold_predictions(dataset: Path, tmp_path: Path):
+    run = weak_run(dataset, tmp_path / "run")
+    r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--object-areas", "0,30", "--hole-areas", "0,10",
+                            "--split-h", "0,2"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((run.path / "tuning" / "crossval.json").read_text())
+    cl = res["cleanup"]
+    assert [(x["min_object_area"], x["max_hole_area"], x["split_h"]) for x in cl["rows"]] == [
+        (a, h, s) for a in (0, 30) for h in (0, 10) for s in (0.0, 2.0)]
+    assert all(x["objects"]["images"] == res["scored_images"] for x in cl["rows"])
+    c = cl["chosen"]
+    assert cl["overrides"] == [f"eval_seg.min_object_area={c['min_object_area']}",
+                               f"eval_seg.max_hole_area={c['max_hole_area']}", f"eval_seg.split_h={c['split_h']}"]
+    assert "chosen clean-up: --set eval_seg.min_object_area=" in r.output
+    assert not (run.path / "tuning" / "crossval").exists()  # the fold probabilities were scored before removal
+    r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--hole-areas", "10", "--name", "h"])
+    assert r.exit_code == 2 and "--object-areas" in r.output

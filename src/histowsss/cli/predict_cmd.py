@@ -104,7 +104,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.engine.device import resolve_device
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.export.model_bundle import bundle_networks
-    from histowsss.steps.eval_seg import predict_probs
+    from histowsss.steps.eval_seg import labels_from_probs, predict_probs
     from histowsss.steps.train_seg import load_segnet
 
     cfg = load_run_config(run_dir)
@@ -150,7 +150,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         probs = predict_probs(model, img, cfg, dev)
         if gate is not None:
             probs = apply_gate(probs, gate.absent(img), classes.background_index)
-        lab = probs.argmax(0).astype(np.uint8)
+        lab = labels_from_probs(probs, cfg)
         H, W = original.shape[:2]
         lab0 = lab
         if lab.shape != (H, W):

@@ -25,6 +25,14 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
                          "per fold)"),
          criterion: str = typer.Option("miou", help="miou, or iou_<class> (e.g. iou_malignant)"),
          name: str = typer.Option("crossval", help="result name: RUN_DIR/tuning/<name>.json"),
+         object_areas: Optional[str] = typer.Option(
+             None, help="also choose eval_seg's object clean-up: min_object_area values to try, e.g. 0,200,800 "
+                        "(pixels; with the manifest's instance masks, chosen by the GlaS rank sum of object F1, Dice "
+                        "and Hausdorff on the chosen candidate's out-of-fold predictions)"),
+         hole_areas: Optional[str] = typer.Option(None, help="max_hole_area values to try with --object-areas "
+                                                              "(default 0)"),
+         split_h: Optional[str] = typer.Option(None, "--split-h", help="split_h values (touching objects) to try "
+                                                                       "with --object-areas (default 0)"),
          keep_work: bool = typer.Option(False, help="keep the scratch folders (held-out CAM stages) after success"),
          overwrite: bool = typer.Option(False, help="replace a finished result of the same name"),
          seed: int = typer.Option(0, help="seed of the patient-to-fold assignment")) -> None:
@@ -47,8 +55,15 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
                                   "--name to keep both")
         work = run_dir / "tuning" / name
         cuts = comma_list(gate_cuts, "--gate-cuts", float, "0.5,0.3,0.1")
+        areas = comma_list(object_areas, "--object-areas", int, "0,200,800")
+        holes = comma_list(hole_areas, "--hole-areas", int, "0,200") or [0]
+        splits = comma_list(split_h, "--split-h", float, "0,3,6") or [0.0]
+        if (hole_areas or split_h) and not areas:
+            raise ValueError("--hole-areas and --split-h need --object-areas (give 0 to leave small objects alone)")
         res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
                        holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
+        if areas:
+            res["cleanup"] = choose_cleanup(run_dir, res, work, areas, holes, splits)
         write_json(out, res)
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -72,4 +87,44 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     if res["chosen"]["candidate"]:
         console.print("(leave out overrides given only to save time, e.g. train_seg.members=1)", markup=False,
                       highlight=False)
+    if res.get("cleanup"):
+        cl = res["cleanup"]
+        t2 = Table(title="object clean-up on the out-of-fold predictions (GlaS object metrics)")
+        for col in ("min_object_area", "max_hole_area", "split_h", "mIoU", "object F1", "object Dice", "Hausdorff",
+                    "rank sum"):
+            t2.add_column(col, justify="right")
+        for r in cl["rows"]:
+            o = r["objects"] or {}
+            keys = ("min_object_area", "max_hole_area", "split_h")
+            best = all(r[k] == cl["chosen"][k] for k in keys)
+            t2.add_row(*(str(r[k]) for k in keys), f"{r['miou']:.2f}", str(o.get("f1")),
+                       str(o.get("dice_mean_per_image")), str(o.get("hausdorff_mean_per_image")),
+                       str(r.get("rank_sum", "-")) + (" *" if best else ""))
+        console.print(t2)
+        console.print("chosen clean-up: " + " ".join(f"--set {o}" for o in cl["overrides"]), markup=False,
+                      highlight=False)
     console.print(f"result: {out}")
+
+
+def choose_cleanup(run_dir: Path, res: dict, work: Path, areas: list[int], holes: list[int],
+                   splits: list[float]) -> dict:
+    """Score eval_seg's object clean-up on the chosen candidate's kept fold probabilities (see tuning.cleanup)."""
+    from histowsss.config import load_config
+    from histowsss.steps import train_seg
+    from histowsss.steps.common import samples_for
+    from histowsss.tuning.cleanup import choose_by_rank_sum, score_cleanup
+    from histowsss.tuning.crossval import WEAK
+
+    ci = res["candidates"].index(res["chosen"]["candidate"])
+    files = sorted(work.glob(f"fold*_candidate{ci}_probs.npz"))
+    cfg = load_config(str(run_dir / "config.yaml"), WEAK)
+    rows = score_cleanup(cfg, samples_for(cfg, train_seg.train_splits(cfg)), files, areas, holes, splits,
+                         log=log_line)
+    chosen = choose_by_rank_sum(rows)
+    return {"candidate": res["chosen"]["candidate"], "rows": rows,
+            "chosen": {k: chosen[k] for k in ("min_object_area", "max_hole_area", "split_h", "miou", "objects",
+                                              "rank_sum")},
+            "overrides": [f"eval_seg.min_object_area={chosen['min_object_area']}",
+                          f"eval_seg.max_hole_area={chosen['max_hole_area']}", f"eval_seg.split_h={chosen['split_h']}"],
+            "notes": ["the chosen candidate's out-of-fold predictions (the image gate is not applied); chosen by the "
+                      "GlaS challenge rule: smallest sum of ranks on object F1, object Dice, object Hausdorff"]}

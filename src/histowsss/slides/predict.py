@@ -76,7 +76,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     from histowsss.slides.inference import UNLABELLED, predict_slide
     from histowsss.slides.reader import open_slide
     from histowsss.slides.tissue import tissue_mask
-    from histowsss.steps.eval_seg import predict_probs
+    from histowsss.steps.eval_seg import clean_for, predict_probs
 
     o = options or SlideOptions()
     downsample, slide_mpp, train_mpp, backend = o.downsample, o.slide_mpp, o.train_mpp, o.backend
@@ -107,7 +107,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         cache = out_dir / f"{path.stem}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
                              fill_class=bg, cache_dir=cache, params=params, log=log)
-        labels = pred.labels()
+        labels = clean_for(pred.labels(), cfg, pixel_factor=out_factor)
         H0, W0 = slide.dimensions[1], slide.dimensions[0]
         # overlay on a thumbnail of at most 4096 px
         f = max(labels.shape) / 4096

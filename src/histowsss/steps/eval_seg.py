@@ -14,6 +14,7 @@ Writes ``metrics/seg.json`` (``metrics/seg_supervised.json``). Only rank 0 evalu
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 from rich.progress import track
@@ -68,6 +69,27 @@ def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
                             device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
 
 
+def labels_from_probs(probs: np.ndarray, cfg: RunConfig, pixel_factor: float = 1.0) -> np.ndarray:
+    """Class ids (uint8) of (C, H, W) probabilities: the argmax, then the eval_seg object clean-up
+    (``min_object_area``, ``max_hole_area``, ``split_h``; ``pixel_factor``: network pixels per map pixel along a
+    side, so areas shrink by its square and ``split_h`` by it on a coarser map such as a slide's)."""
+    lab = probs.argmax(0).astype(np.uint8)
+    return clean_for(lab, cfg, pixel_factor)
+
+
+def clean_for(lab: np.ndarray, cfg: RunConfig, pixel_factor: float = 1.0) -> np.ndarray:
+    """``lab`` with the eval_seg object clean-up (:func:`histowsss.ops.label_cleanup.clean_objects`; unchanged when
+    it is off)."""
+    ev = cfg.eval_seg
+    if not ev.min_object_area and not ev.max_hole_area and not ev.split_h:
+        return lab
+    from histowsss.ops.label_cleanup import clean_objects
+
+    f2 = pixel_factor**2
+    return clean_objects(lab, cfg.data.classes.background_index, min_object_area=math.ceil(ev.min_object_area / f2),
+                         max_hole_area=math.ceil(ev.max_hole_area / f2), split_h=ev.split_h / pixel_factor)
+
+
 def object_summary(per_split: dict[str, ObjectScore]) -> dict | None:
     """``{"splits": {split: summary}, "all": summary}`` over the splits that had instance masks; None if none had."""
     scored = {sp: o for sp, o in per_split.items() if o.dice}
@@ -116,7 +138,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 absent = stored_absent(run.path, s.name, names, gate)
                 probs = apply_gate(probs, absent, bg)
                 gated_images += bool([k for k in absent if k != bg])
-            pred = probs.argmax(0).astype(np.uint8)
+            pred = labels_from_probs(probs, cfg)
             if ev.save_predictions:
                 write_png(run.path / pdir / f"{s.name}.png", pred)
             if s.mask is None:
@@ -142,6 +164,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                   "inference": {"tile_size": ev.tile_size, "overlap": ev.overlap, "blend": ev.blend, "tta": ev.tta,
                                 "scales": ev.scales, "image_scale": cfg.data.image_scale,
                                 "image_gate": ev.image_gate, "image_gate_cut": gate,
+                                "min_object_area": ev.min_object_area, "max_hole_area": ev.max_hole_area,
+                                "split_h": ev.split_h,
                                 "images_with_classes_removed": gated_images if ev.image_gate else None},
                   "splits": {sp: {**cms[sp].summary(names), "images": sum(1 for s in samples if s.split == sp)}
                              for sp in splits},

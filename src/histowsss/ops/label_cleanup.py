@@ -1,0 +1,110 @@
+"""Object clean-up of a class map: regions too small to be objects take the class that surrounds them.
+
+A segmentation network's argmax leaves specks (a few pixels called gland in the stroma) and pin-holes (a few
+background pixels inside a gland). Pixel metrics barely notice them; object metrics (GlaS object F1, a count of
+glands in QuPath) count every speck as an object. :func:`clean_labels` relabels
+
+* every connected region (4-connected) of a non-background class smaller than ``min_object_area`` pixels, and
+* every background region smaller than ``max_hole_area`` pixels that does not touch the image border (a hole),
+
+with the most frequent class on the region's outer ring (its 4-neighbours outside it; ignore pixels do not vote).
+Classes are processed in ascending id, then holes. Areas are in pixels of the map given.
+
+:func:`split_touching` separates objects joined by a narrow neck (two glands bridged across the thin stroma between
+them): per foreground class, a watershed of the negated Euclidean distance transform from the markers of its
+h-maxima (maxima that stand at least ``h`` pixels above the saddle joining them), with a one-pixel watershed line
+given to the background, so the connected components of the map are the split objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+IGNORE = 255
+
+__all__ = ["clean_labels", "split_touching", "clean_objects"]
+
+
+def _surrounding_class(out: np.ndarray, lab: np.ndarray, k: int, sl: tuple[slice, slice], ignore: int) -> int | None:
+    """Most frequent class on the outer ring of region ``k`` of ``lab`` (None when the ring is empty)."""
+    y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, lab.shape[0])
+    x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, lab.shape[1])
+    region = lab[y0:y1, x0:x1] == k
+    ring = ndimage.binary_dilation(region) & ~region
+    votes = out[y0:y1, x0:x1][ring]
+    votes = votes[votes != ignore]
+    if votes.size == 0:
+        return None
+    return int(np.bincount(votes).argmax())
+
+
+def _relabel_small(out: np.ndarray, mask: np.ndarray, max_area: int, ignore: int, skip_border: bool) -> int:
+    """Give every region of ``mask`` smaller than ``max_area`` its surrounding class, in place; returns the count."""
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return 0
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    small = set((np.flatnonzero(sizes[1:] < max_area) + 1).tolist())
+    if skip_border and small:
+        edge = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+        small -= set(np.unique(edge).tolist())
+    changed = 0
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if k not in small or sl is None:
+            continue
+        c = _surrounding_class(out, lab, k, sl, ignore)
+        if c is not None:
+            out[sl][lab[sl] == k] = c
+            changed += 1
+    return changed
+
+
+def clean_labels(labels: np.ndarray, background: int | None, min_object_area: int = 0, max_hole_area: int = 0,
+                 ignore: int = IGNORE) -> np.ndarray:
+    """A copy of the (H, W) class map ``labels`` with small objects and small holes relabelled (see the module)."""
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D class map, got shape {labels.shape}")
+    out = labels.copy()
+    if min_object_area > 0:
+        for c in np.unique(labels).tolist():
+            if c == background or c == ignore:
+                continue
+            _relabel_small(out, out == c, min_object_area, ignore, skip_border=False)
+    if max_hole_area > 0 and background is not None:
+        _relabel_small(out, out == background, max_hole_area, ignore, skip_border=True)
+    return out
+
+
+def split_touching(labels: np.ndarray, background: int, h: float, ignore: int = IGNORE) -> np.ndarray:
+    """A copy of ``labels`` whose foreground regions are cut along watershed lines (set to ``background``) where
+    the distance transform has more than one h-maximum of height ``h`` pixels (see the module)."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D class map, got shape {labels.shape}")
+    out = labels.copy()
+    if h <= 0:
+        return out
+    for c in np.unique(labels).tolist():
+        if c == background or c == ignore:
+            continue
+        mask = labels == c
+        dist = ndimage.distance_transform_edt(mask)  # distance to the nearest other pixel: the image edge is none
+        markers, n = ndimage.label(h_maxima(dist, h) & mask)
+        if n < 2:
+            continue
+        ws = watershed(-dist, markers, mask=mask, watershed_line=True)
+        out[mask & (ws == 0)] = background
+    return out
+
+
+def clean_objects(labels: np.ndarray, background: int | None, min_object_area: int = 0, max_hole_area: int = 0,
+                  split_h: float = 0.0, ignore: int = IGNORE) -> np.ndarray:
+    """The whole clean-up in its order: small objects, then holes (:func:`clean_labels`), then the split of touching
+    objects (:func:`split_touching`, only with a background class)."""
+    out = clean_labels(labels, background, min_object_area, max_hole_area, ignore)
+    if split_h > 0 and background is not None:
+        out = split_touching(out, background, split_h, ignore)
+    return out

@@ -1,0 +1,90 @@
+"""Choose eval_seg's object clean-up (``min_object_area``, ``max_hole_area``, ``split_h``) on training predictions.
+
+:func:`score_cleanup` re-scores kept class probabilities (the ``.npz`` files :func:`histowsss.tuning.crossval.crossval`
+keeps per fold: every training image predicted by a network that never saw its patient) under every combination of
+the values given: pixel metrics from one pooled confusion matrix, and the GlaS object metrics against the manifest's
+instance masks. :func:`choose_by_rank_sum` picks one the way the GlaS challenge ranked its entrants: a standard
+competition rank on each of object F1, object Dice and object Hausdorff, the smallest sum wins (ties: higher mIoU,
+then the smaller values). Test images are never read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from histowsss.config import RunConfig
+from histowsss.data.manifest import Sample
+from histowsss.data.masks import load_class_mask, load_instance_mask
+from histowsss.evaluation.metrics import ConfusionMatrix
+from histowsss.evaluation.object_score import ObjectScore, semantic_components
+from histowsss.ops.label_cleanup import clean_objects
+
+__all__ = ["score_cleanup", "choose_by_rank_sum"]
+
+
+def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterable[Path],
+                  min_object_areas: list[int], max_hole_areas: list[int], split_hs: list[float] | None = None,
+                  log: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """One row per (min_object_area, max_hole_area, split_h): ``miou``, ``iou_<class>`` and ``objects``
+    (ObjectScore summary).
+
+    ``probs_files``: ``.npz`` files of (C, H, W) probabilities keyed by sample name (at data.image_scale); every
+    stored image must be one of ``samples`` and have a mask.
+    """
+    names = list(cfg.data.classes.names)
+    bg = cfg.data.classes.background_index
+    by_name = {s.name: s for s in samples}
+    combos = [(a, h, sp) for a in min_object_areas for h in max_hole_areas for sp in (split_hs or [0.0])]
+    cms = {c: ConfusionMatrix(len(names)) for c in combos}
+    objs = {c: ObjectScore() for c in combos}
+    seen = 0
+    for path in probs_files:
+        with np.load(path) as z:
+            for key in z.files:
+                if key not in by_name:
+                    raise KeyError(f"{path}: {key!r} is not one of the training images given")
+                s = by_name[key]
+                gt = load_class_mask(s, cfg.data)
+                gi = load_instance_mask(s, cfg.data, gt, bg)
+                lab = z[key].astype(np.float32).argmax(0).astype(np.uint8)
+                for combo in combos:
+                    a, h, sp = combo
+                    out = clean_objects(lab, bg, min_object_area=a, max_hole_area=h, split_h=sp)
+                    cms[combo].update(gt, out)
+                    if gi is not None:
+                        objs[combo].update(gi, semantic_components(out, bg))
+                seen += 1
+        log(f"{path.name}: {seen} images scored")
+    rows = []
+    for combo in combos:
+        sm = cms[combo].summary(names)
+        rows.append({"min_object_area": combo[0], "max_hole_area": combo[1], "split_h": combo[2], "miou": sm["miou"],
+                     **{f"iou_{c}": sm["per_class"][c]["iou"] for c in names},
+                     "objects": objs[combo].summary() if objs[combo].dice else None})
+    return rows
+
+
+def _competition_rank(keys: list) -> list[int]:
+    """Standard competition ranks ("1224") of keys where lower is better: equal keys share the best rank."""
+    return [1 + sum(1 for o in keys if o < k) for k in keys]
+
+
+def choose_by_rank_sum(rows: list[dict]) -> dict:
+    """The row with the smallest sum of ranks on object F1, object Dice and object Hausdorff (GlaS challenge rule);
+    ties go to the higher mIoU, then to the smaller areas and split. Rows without object scores cannot be ranked. Each ranked
+    row gets its ``rank_sum``."""
+    scored = [r for r in rows if r.get("objects") and r["objects"]["hausdorff_mean_per_image"] is not None]
+    if not scored:
+        raise ValueError("no row has object metrics: the training images need instance masks (mask_cc column)")
+    o = [r["objects"] for r in scored]
+    f1 = _competition_rank([-x["f1"] for x in o])
+    dice = _competition_rank([-x["dice_mean_per_image"] for x in o])
+    # an image left with no object on one side has no finite Hausdorff: more such images rank worse first
+    hd = _competition_rank([(x["hausdorff_infinite_images"], x["hausdorff_mean_per_image"]) for x in o])
+    for r, a, b, c in zip(scored, f1, dice, hd):
+        r["rank_sum"] = a + b + c
+    return min(scored, key=lambda r: (r["rank_sum"], -r["miou"], r["min_object_area"], r["max_hole_area"],
+                                      r.get("split_h", 0.0)))

@@ -1,0 +1,101 @@
+"""Small objects and holes take the class around them; everything else stays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histowsss.ops.label_cleanup import clean_labels
+
+
+def _map() -> np.ndarray:
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:12, 2:12] = 1          # a gland (100 px) ...
+    lab[5:7, 5:7] = 0            # ... with a 4 px hole
+    lab[15, 15] = 1              # a 1 px speck
+    lab[16:18, 2:4] = 2          # a 4 px region of another class
+    lab[0, 18:20] = 0            # background touching the border stays background
+    return lab
+
+
+def test_off_by_default_and_returns_a_copy():
+    lab = _map()
+    out = clean_labels(lab, background=0)
+    np.testing.assert_array_equal(out, lab)
+    assert out is not lab
+
+
+def test_small_objects_become_background_and_large_ones_stay():
+    lab = _map()
+    out = clean_labels(lab, background=0, min_object_area=5)
+    assert out[15, 15] == 0 and (out[16:18, 2:4] == 0).all()
+    assert (out[2:12, 2:12] == lab[2:12, 2:12]).all()       # the gland keeps its hole
+    np.testing.assert_array_equal(clean_labels(lab, background=0, min_object_area=4), _expected_speck_only(lab))
+
+
+def _expected_speck_only(lab: np.ndarray) -> np.ndarray:
+    out = lab.copy()
+    out[15, 15] = 0  # only regions strictly smaller than the area go
+    return out
+
+
+def test_holes_are_filled_but_border_background_is_not():
+    lab = _map()
+    out = clean_labels(lab, background=0, max_hole_area=5)
+    assert (out[5:7, 5:7] == 1).all()
+    assert (out[0, :] == 0).all() and out[15, 15] == 1       # the large outer background is untouched
+    big_hole = clean_labels(lab, background=0, max_hole_area=4)
+    assert (big_hole[5:7, 5:7] == 0).all()
+
+
+def test_a_small_region_inside_another_class_takes_that_class_and_ignore_does_not_vote():
+    lab = np.full((9, 9), 2, np.uint8)
+    lab[4, 4] = 1
+    lab[3, 4] = 255
+    out = clean_labels(lab, background=0, min_object_area=2)
+    assert out[4, 4] == 2 and out[3, 4] == 255
+    alone = np.full((3, 3), 255, np.uint8)
+    alone[1, 1] = 1                                           # only ignore around it: left as it is
+    assert clean_labels(alone, background=0, min_object_area=2)[1, 1] == 1
+
+
+def test_without_a_background_class_objects_are_cleaned_and_holes_are_not():
+    lab = np.zeros((8, 8), np.uint8)
+    lab[3, 3] = 1
+    out = clean_labels(lab, background=None, min_object_area=2, max_hole_area=100)
+    assert (out == 0).all()
+
+
+def test_rejects_a_stack():
+    with pytest.raises(ValueError, match="2-D class map"):
+        clean_labels(np.zeros((2, 4, 4), np.uint8), background=0, min_object_area=3)
+
+
+def _two_glands_and_a_neck() -> np.ndarray:
+    yy, xx = np.mgrid[:60, :100]
+    lab = np.zeros((60, 100), np.uint8)
+    lab[(yy - 30) ** 2 + (xx - 25) ** 2 < 20**2] = 1
+    lab[(yy - 30) ** 2 + (xx - 72) ** 2 < 22**2] = 1
+    lab[27:33, 40:60] = 1      # a 6 px neck across the stroma
+    return lab
+
+
+def test_split_cuts_a_neck_with_a_background_line_and_leaves_round_objects_whole():
+    from scipy import ndimage
+
+    from histowsss.ops.label_cleanup import clean_objects, split_touching
+
+    lab = _two_glands_and_a_neck()
+    assert ndimage.label(lab == 1)[1] == 1
+    out = split_touching(lab, background=0, h=5)
+    parts, n = ndimage.label(out == 1)
+    assert n == 2 and parts[30, 25] != parts[30, 72]
+    changed = out != lab
+    assert (out[changed] == 0).all() and 0 < changed.sum() <= 12
+    assert changed[:, 40:60].sum() == changed.sum()          # the cut lies in the neck
+    assert ndimage.label(split_touching(lab, 0, h=40) == 1)[1] == 1  # the smaller gland is not 40 px above the neck
+    disc = np.zeros_like(lab)
+    disc[(np.mgrid[:60, :100][0] - 30) ** 2 + (np.mgrid[:60, :100][1] - 50) ** 2 < 25**2] = 1
+    np.testing.assert_array_equal(split_touching(disc, 0, h=1), disc)
+    np.testing.assert_array_equal(clean_objects(lab, None, split_h=5), lab)  # no background class: no split
+    np.testing.assert_array_equal(clean_objects(lab, 0, split_h=5), out)

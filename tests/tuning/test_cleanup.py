@@ -1,0 +1,54 @@
+"""Choosing the object clean-up on stored training predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histowsss.config import load_config
+from histowsss.data.masks import load_class_mask
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.atomic import write_npz
+from histowsss.steps.common import samples_for
+from histowsss.tuning.cleanup import _competition_rank, choose_by_rank_sum, score_cleanup
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), {"train": 4, "test": 1}, size=64)
+
+
+def test_specks_and_holes_are_scored_and_the_clean_up_that_removes_them_is_chosen(dataset: Path, tmp_path: Path):
+    cfg = load_config("demo", [f"data.manifest={dataset}"])
+    samples = samples_for(cfg, ["train"])
+    probs = {}
+    for s in samples:
+        lab = load_class_mask(s, cfg.data).astype(np.int64)
+        lab[60:62, 1:3] = 1          # a 4 px speck in a corner
+        g = np.argwhere(lab == 1)
+        y, x = g[len(g) // 2]
+        probs[s.name] = np.stack([lab == 0, lab == 1]).astype(np.float16)
+        probs[s.name][:, y, x] = (1, 0)  # a 1 px hole inside a gland (when the pixel is interior)
+    write_npz(tmp_path / "fold0_candidate0_probs.npz", **probs)
+    rows = score_cleanup(cfg, samples, [tmp_path / "fold0_candidate0_probs.npz"], [0, 8], [0, 4])
+    assert [(r["min_object_area"], r["max_hole_area"], r["split_h"]) for r in rows] == [
+        (0, 0, 0.0), (0, 4, 0.0), (8, 0, 0.0), (8, 4, 0.0)]
+    off, specks_gone = rows[0], rows[2]
+    assert specks_gone["objects"]["fp"] < off["objects"]["fp"] and specks_gone["miou"] > off["miou"]
+    assert specks_gone["objects"]["tp"] == off["objects"]["tp"]
+    chosen = choose_by_rank_sum(rows)
+    assert chosen["min_object_area"] == 8 and all("rank_sum" in r for r in rows)
+    with pytest.raises(KeyError, match="not one of the training images"):
+        score_cleanup(cfg, samples[:1], [tmp_path / "fold0_candidate0_probs.npz"], [0], [0])
+
+
+def test_competition_ranks_share_the_best_place():
+    assert _competition_rank([3, 1, 1, 2]) == [4, 1, 1, 3]
+    assert _competition_rank([(0, 5.0), (1, 1.0), (0, 2.0)]) == [2, 3, 1]
+
+
+def test_rows_without_objects_cannot_be_ranked():
+    with pytest.raises(ValueError, match="instance masks"):
+        choose_by_rank_sum([{"min_object_area": 0, "max_hole_area": 0, "miou": 50.0, "objects": None}])
