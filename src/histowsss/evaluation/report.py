@@ -309,6 +309,10 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
             continue
         splits = m.get("splits", {})
         note = f"labels: {m.get('label_source')}, loss: {m.get('loss')}"
+        inf = m.get("inference") or {}
+        if inf.get("min_object_area") or inf.get("max_hole_area") or inf.get("split_h"):
+            note += (f"; clean-up: objects < {inf.get('min_object_area')} px, holes < {inf.get('max_hole_area')} px, "
+                     f"split_h {inf.get('split_h')}")
         add(name, "+".join(m.get("all", {}).get("splits", [])) or "test",
             m.get("all") if (m.get("all") or {}).get("miou") is not None else None, note, True)
         if len(splits) > 1:
