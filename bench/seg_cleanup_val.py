@@ -2,6 +2,7 @@
 
     python bench/seg_cleanup_val.py --protocol glas-gland --profile cpu
 
+``--gate-cut`` (with ``--holdout-classifier``) scores the predictions gated as eval_seg.image_gate gates them.
 Runs ``histowsss.tuning.crossval`` (patient-grouped, grade-stratified folds of GlaS train, seed 0) for one
 candidate (default ``train_seg.epochs=15;train_seg.members=1``) and keeps its work folder, whose per-fold
 probabilities are every training image predicted by a network that never saw its patient. Re-scores them under every
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, check, write_result  # noqa: E402
 
-from histowsss.tuning.cleanup import choose_by_rank_sum, score_cleanup  # noqa: E402
+from histowsss.tuning.cleanup import choose_by_rank_sum, fold_gate_absent, score_cleanup  # noqa: E402
 from histowsss.tuning.crossval import WEAK, crossval  # noqa: E402
 
 
@@ -35,6 +36,10 @@ def main() -> None:
     ap.add_argument("--areas", type=int, nargs="+", default=[0, 100, 400, 1600])
     ap.add_argument("--holes", type=int, nargs="+", default=[0, 400])
     ap.add_argument("--splits", type=float, nargs="+", default=[0.0, 3.0, 6.0, 12.0])
+    ap.add_argument("--gate-cut", type=float, default=None,
+                    help="score the predictions gated at this cut, as eval_seg.image_gate (glas-malignant: 0.05)")
+    ap.add_argument("--holdout-classifier", action="store_true",
+                    help="gate each fold with a CAM stage trained without its patients (as the cut was chosen)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
 
@@ -47,13 +52,19 @@ def main() -> None:
     criterion = "miou" if args.protocol == "glas-gland" else "iou_malignant"
     name = args.name or f"seg_cleanup_val_{args.protocol}"
     work = ROOT / "bench" / "work" / f"{name}.{args.profile}"  # kept: a second call re-scores without training
-    cv = crossval(src, [args.candidate], work, folds=args.folds, criterion=criterion,
-                  log=lambda m: print(m, flush=True))
+    cuts = [args.gate_cut] if args.gate_cut is not None else None
+    cv = crossval(src, [args.candidate], work, folds=args.folds, criterion=criterion, gate_cuts=cuts,
+                  holdout_classifier=args.holdout_classifier, log=lambda m: print(m, flush=True))
     cfg = load_config(str(src / "config.yaml"), WEAK)
     samples = samples_for(cfg, train_seg.train_splits(cfg))
     files = sorted(work.glob("fold*_candidate0_probs.npz"))
+    absent = None
+    if args.gate_cut is not None:
+        absent = fold_gate_absent(files, work, src, list(cfg.data.classes.names), args.gate_cut,
+                                  args.holdout_classifier)
     t1 = time.time()
-    rows = score_cleanup(cfg, samples, files, args.areas, args.holes, args.splits, log=lambda m: print(m, flush=True))
+    rows = score_cleanup(cfg, samples, files, args.areas, args.holes, args.splits, absent=absent,
+                         log=lambda m: print(m, flush=True))
     chosen = choose_by_rank_sum(rows)
     off = next(r for r in rows if r["min_object_area"] == 0 and r["max_hole_area"] == 0 and r["split_h"] == 0)
     metrics = {"crossval": {k: cv[k] for k in ("folds", "label_source", "pooled", "chosen", "seconds")},
@@ -75,7 +86,8 @@ def main() -> None:
     path = write_result(name, args.profile, time.time() - t0,
                         {"run": str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src),
                          "candidate": args.candidate, "folds": args.folds, "areas": args.areas, "holes": args.holes,
-                         "splits": args.splits},
+                         "splits": args.splits, "gate_cut": args.gate_cut,
+                         "holdout_classifier": args.holdout_classifier},
                         metrics, checks)
     print(f"chosen min_object_area={chosen['min_object_area']} max_hole_area={chosen['max_hole_area']} "
           f"split_h={chosen['split_h']}: "

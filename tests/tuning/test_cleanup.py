@@ -40,6 +40,9 @@ def test_specks_and_holes_are_scored_and_the_clean_up_that_removes_them_is_chose
     assert specks_gone["objects"]["tp"] == off["objects"]["tp"]
     chosen = choose_by_rank_sum(rows)
     assert chosen["min_object_area"] == 8 and all("rank_sum" in r for r in rows)
+    gated = score_cleanup(cfg, samples, [tmp_path / "fold0_candidate0_probs.npz"], [0], [0],
+                          absent={s.name: [1] for s in samples})  # an image gate that removes the gland class
+    assert gated[0]["objects"]["tp"] == 0 and gated[0]["objects"]["fp"] == 0 and gated[0][f"iou_{cfg.data.classes.names[1]}"] == 0
     with pytest.raises(KeyError, match="not one of the training images"):
         score_cleanup(cfg, samples[:1], [tmp_path / "fold0_candidate0_probs.npz"], [0], [0])
 
@@ -52,3 +55,19 @@ def test_competition_ranks_share_the_best_place():
 def test_rows_without_objects_cannot_be_ranked():
     with pytest.raises(ValueError, match="instance masks"):
         choose_by_rank_sum([{"min_object_area": 0, "max_hole_area": 0, "miou": 50.0, "objects": None}])
+
+
+def test_gate_absent_comes_from_each_folds_held_out_classifier_or_the_run(tmp_path: Path):
+    from histowsss.tuning.cleanup import fold_gate_absent
+
+    names = ["background", "malignant"]
+    write_npz(tmp_path / "work" / "fold0_candidate0_probs.npz", a=np.zeros((2, 4, 4), np.float16))
+    write_npz(tmp_path / "work" / "fold1_candidate0_probs.npz", b=np.zeros((2, 4, 4), np.float16))
+    for where, name, p in (("work/fold0_cam", "a", 0.9), ("work/fold1_cam", "b", 0.01), ("run", "a", 0.01),
+                           ("run", "b", 0.9)):
+        write_npz(tmp_path / where / "cams" / f"{name}.npz", probs=np.array([p], np.float32),
+                  classes=np.array(["malignant"]))
+    files = sorted((tmp_path / "work").glob("fold*_probs.npz"))
+    held = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, holdout_classifier=True)
+    own = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, holdout_classifier=False)
+    assert held == {"a": [], "b": [1]} and own == {"a": [1], "b": []}

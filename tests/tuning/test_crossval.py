@@ -218,10 +218,11 @@ def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fo
 def test_cli_also_chooses_the_object_clean_up_on_the_out_of_fold_predictions(dataset: Path, tmp_path: Path):
     run = weak_run(dataset, tmp_path / "run")
     r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--object-areas", "0,30", "--hole-areas", "0,10",
-                            "--split-h", "0,2"])
+                            "--split-h", "0,2", "--gate-cuts", "0.5"])
     assert r.exit_code == 0, r.output
     res = json.loads((run.path / "tuning" / "crossval.json").read_text())
     cl = res["cleanup"]
+    assert cl["variant"] == res["chosen"]["variant"]  # scored as the chosen variant gates (or not)
     assert [(x["min_object_area"], x["max_hole_area"], x["split_h"]) for x in cl["rows"]] == [
         (a, h, s) for a in (0, 30) for h in (0, 10) for s in (0.0, 2.0)]
     assert all(x["objects"]["images"] == res["scored_images"] for x in cl["rows"])

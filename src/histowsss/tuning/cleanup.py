@@ -21,15 +21,19 @@ from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.evaluation.object_score import ObjectScore, semantic_components
 from histowsss.ops.label_cleanup import clean_objects
+from histowsss.steps.image_gate import apply_gate
 
-__all__ = ["score_cleanup", "choose_by_rank_sum"]
+__all__ = ["score_cleanup", "choose_by_rank_sum", "fold_gate_absent"]
 
 
 def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterable[Path],
                   min_object_areas: list[int], max_hole_areas: list[int], split_hs: list[float] | None = None,
+                  absent: dict[str, list[int]] | None = None,
                   log: Callable[[str], None] = lambda m: None) -> list[dict]:
     """One row per (min_object_area, max_hole_area, split_h): ``miou``, ``iou_<class>`` and ``objects``
-    (ObjectScore summary).
+    (ObjectScore summary). ``absent``: per image name, the classes an image gate removes before the argmax (as
+    ``eval_seg.image_gate``; :func:`histowsss.steps.image_gate.apply_gate`), so the clean-up is chosen on the
+    labels the configuration will clean.
 
     ``probs_files``: ``.npz`` files of (C, H, W) probabilities keyed by sample name (at data.image_scale); every
     stored image must be one of ``samples`` and have a mask.
@@ -49,7 +53,10 @@ def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterab
                 s = by_name[key]
                 gt = load_class_mask(s, cfg.data)
                 gi = load_instance_mask(s, cfg.data, gt, bg)
-                lab = z[key].astype(np.float32).argmax(0).astype(np.uint8)
+                probs = z[key].astype(np.float32)
+                if absent is not None:
+                    probs = apply_gate(probs, absent[key], bg)
+                lab = probs.argmax(0).astype(np.uint8)
                 for combo in combos:
                     a, h, sp = combo
                     out = clean_objects(lab, bg, min_object_area=a, max_hole_area=h, split_h=sp)
@@ -65,6 +72,21 @@ def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterab
                      **{f"iou_{c}": sm["per_class"][c]["iou"] for c in names},
                      "objects": objs[combo].summary() if objs[combo].dice else None})
     return rows
+
+
+def fold_gate_absent(files: Iterable[Path], work: Path, run_dir: Path, names: list[str], cut: float,
+                     holdout_classifier: bool) -> dict[str, list[int]]:
+    """Per image of the kept fold probabilities ``<fold>_candidate<i>_probs.npz``, the classes the image gate at
+    ``cut`` removes: from each fold's held-out CAM stage (``work/<fold>_cam``) with ``holdout_classifier``, else from
+    the run's own classifier (which saw every training image: optimistic), as crossval scores its gate variants."""
+    from histowsss.steps.image_gate import stored_absent
+
+    absent: dict[str, list[int]] = {}
+    for f in files:
+        gate_run = Path(work) / f"{f.name.split('_', 1)[0]}_cam" if holdout_classifier else Path(run_dir)
+        with np.load(f) as z:
+            absent.update({k: stored_absent(gate_run, k, names, cut) for k in z.files})
+    return absent
 
 
 def _competition_rank(keys: list) -> list[int]:
