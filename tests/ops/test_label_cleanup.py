@@ -99,3 +99,18 @@ def test_split_cuts_a_neck_with_a_background_line_and_leaves_round_objects_whole
     np.testing.assert_array_equal(split_touching(disc, 0, h=1), disc)
     np.testing.assert_array_equal(clean_objects(lab, None, split_h=5), lab)  # no background class: no split
     np.testing.assert_array_equal(clean_objects(lab, 0, split_h=5), out)
+
+
+@pytest.mark.parametrize("angle", [0, 20, 45, 70])
+def test_split_parts_do_not_touch_even_diagonally(angle):
+    from scipy import ndimage
+
+    from histowsss.ops.label_cleanup import split_touching
+
+    yy, xx = np.mgrid[:100, :140]
+    t = np.deg2rad(angle)
+    lab = ((yy - 50) ** 2 + (xx - 40) ** 2 < 20**2).astype(np.uint8)
+    lab[(yy - 50 - 36 * np.sin(t)) ** 2 + (xx - 40 - 36 * np.cos(t)) ** 2 < 20**2] = 1   # two overlapping discs
+    out = split_touching(lab, background=0, h=3)
+    assert ndimage.label(out == 1, structure=np.ones((3, 3)))[1] == 2
+    assert ((out != lab) <= (lab == 1)).all() and (out != lab).sum() < 80   # only a thin cut, inside the object

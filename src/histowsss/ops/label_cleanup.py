@@ -12,8 +12,9 @@ Classes are processed in ascending id, then holes. Areas are in pixels of the ma
 
 :func:`split_touching` separates objects joined by a narrow neck (two glands bridged across the thin stroma between
 them): per foreground class, a watershed of the negated Euclidean distance transform from the markers of its
-h-maxima (maxima that stand at least ``h`` pixels above the saddle joining them), with a one-pixel watershed line
-given to the background, so the connected components of the map are the split objects.
+h-maxima (maxima that stand at least ``h`` pixels above the saddle joining them); the pixels of one part that touch
+(8-connected) a part of higher id become background, so the connected components of the map, 4- or 8-connected,
+are the split objects.
 """
 
 from __future__ import annotations
@@ -39,25 +40,22 @@ def _surrounding_class(out: np.ndarray, lab: np.ndarray, k: int, sl: tuple[slice
     return int(np.bincount(votes).argmax())
 
 
-def _relabel_small(out: np.ndarray, mask: np.ndarray, max_area: int, ignore: int, skip_border: bool) -> int:
-    """Give every region of ``mask`` smaller than ``max_area`` its surrounding class, in place; returns the count."""
+def _relabel_small(out: np.ndarray, mask: np.ndarray, max_area: int, ignore: int, skip_border: bool) -> None:
+    """Give every region of ``mask`` smaller than ``max_area`` its surrounding class, in place."""
     lab, n = ndimage.label(mask)
     if n == 0:
-        return 0
+        return
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     small = set((np.flatnonzero(sizes[1:] < max_area) + 1).tolist())
     if skip_border and small:
         edge = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
         small -= set(np.unique(edge).tolist())
-    changed = 0
     for k, sl in enumerate(ndimage.find_objects(lab), start=1):
         if k not in small or sl is None:
             continue
         c = _surrounding_class(out, lab, k, sl, ignore)
         if c is not None:
             out[sl][lab[sl] == k] = c
-            changed += 1
-    return changed
 
 
 def clean_labels(labels: np.ndarray, background: int | None, min_object_area: int = 0, max_hole_area: int = 0,
@@ -77,8 +75,8 @@ def clean_labels(labels: np.ndarray, background: int | None, min_object_area: in
 
 
 def split_touching(labels: np.ndarray, background: int, h: float, ignore: int = IGNORE) -> np.ndarray:
-    """A copy of ``labels`` whose foreground regions are cut along watershed lines (set to ``background``) where
-    the distance transform has more than one h-maximum of height ``h`` pixels (see the module)."""
+    """A copy of ``labels`` whose foreground regions are cut along watershed boundaries (set to ``background``)
+    where the distance transform has more than one h-maximum of height ``h`` pixels (see the module)."""
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -95,8 +93,11 @@ def split_touching(labels: np.ndarray, background: int, h: float, ignore: int = 
         markers, n = ndimage.label(h_maxima(dist, h) & mask)
         if n < 2:
             continue
-        ws = watershed(-dist, markers, mask=mask, watershed_line=True)
-        out[mask & (ws == 0)] = background
+        ws = watershed(-dist, markers, mask=mask)
+        # cut so that the parts do not touch even diagonally (QuPath's regions are 8-connected): a pixel with a
+        # neighbour of a higher part becomes background, which leaves no pair of parts 8-adjacent
+        higher = ndimage.maximum_filter(ws, size=3) > ws
+        out[mask & higher] = background
     return out
 
 

@@ -69,17 +69,15 @@ def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
                             device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
 
 
-def labels_from_probs(probs: np.ndarray, cfg: RunConfig, pixel_factor: float = 1.0) -> np.ndarray:
-    """Class ids (uint8) of (C, H, W) probabilities: the argmax, then the eval_seg object clean-up
-    (``min_object_area``, ``max_hole_area``, ``split_h``; ``pixel_factor``: network pixels per map pixel along a
-    side, so areas shrink by its square and ``split_h`` by it on a coarser map such as a slide's)."""
-    lab = probs.argmax(0).astype(np.uint8)
-    return clean_for(lab, cfg, pixel_factor)
+def labels_from_probs(probs: np.ndarray, cfg: RunConfig) -> np.ndarray:
+    """Class ids (uint8) of (C, H, W) probabilities: the argmax, then the eval_seg object clean-up."""
+    return clean_for(probs.argmax(0).astype(np.uint8), cfg)
 
 
 def clean_for(lab: np.ndarray, cfg: RunConfig, pixel_factor: float = 1.0) -> np.ndarray:
-    """``lab`` with the eval_seg object clean-up (:func:`histowsss.ops.label_cleanup.clean_objects`; unchanged when
-    it is off)."""
+    """``lab`` with the eval_seg object clean-up (``min_object_area``, ``max_hole_area``, ``split_h``;
+    :func:`histowsss.ops.label_cleanup.clean_objects`; unchanged when it is off). ``pixel_factor``: network pixels
+    per map pixel along a side, so areas shrink by its square and ``split_h`` by it on a coarser map (a slide's)."""
     ev = cfg.eval_seg
     if not ev.min_object_area and not ev.max_hole_area and not ev.split_h:
         return lab
