@@ -148,6 +148,14 @@ def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tm
         assert row["network"] == old_row["network"] and row["image_gate@0.5"] == old_row["image_gate@0.5"]
         # every image's fake classifier probability is >= 0.2: a 0.1 cut removes nothing
         assert row["image_gate@0.1"]["miou"] == row["network"]["miou"]
+    # an object clean-up in the run's config does not change the kept probabilities: still nothing to train
+    text = (run.path / "config.yaml").read_text()
+    assert "  min_object_area: 0\n" in text and "  split_h: 0.0\n" in text
+    (run.path / "config.yaml").write_text(text.replace("  min_object_area: 0\n", "  min_object_area: 30\n")
+                                          .replace("  split_h: 0.0\n", "  split_h: 2.0\n"))
+    assert cv.load_config(str(run.path / "config.yaml")).eval_seg.min_object_area == 30
+    assert cv.crossval(run.path, ["", "train_seg.epochs=2"], tmp_path / "work", folds=2, gate_cuts=[0.5],
+                       criterion="iou_malignant", log=lambda m: None)["pooled"] == res["pooled"]
     # bad input names the problem before any training
     with pytest.raises(ConfigError, match="criterion 'iou_gland' unknown"):
         cv.crossval(run.path, [""], tmp_path / "work", folds=2, criterion="iou_gland")

@@ -35,6 +35,9 @@ from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.tuning.scratch import fit_on, scratch_run
 
 NETWORK = "network"
+# eval_seg's object clean-up works on the argmax: the kept probabilities do not depend on it, and the pooled pixel
+# scores here are of the plain argmax (tuning.cleanup scores the clean-up on the kept probabilities)
+CLEANUP_KEYS = ("min_object_area", "max_hole_area", "split_h")
 WEAK = ["train_seg.supervised=false"]  # a run's config.yaml may hold the last (supervised) run's switch
 
 
@@ -223,7 +226,8 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         for ci, (cand, cfg) in enumerate(zip(cands, cfgs)):
             # the gates are not part of the key: the fold's probabilities are kept, so new cuts re-score them
             key = _key({"candidate": parsed[ci], "train_seg": train_seg.config_hash(cfg),
-                        "eval_seg": cfg.eval_seg.model_dump(mode="json"), "val": sorted(s.name for s in val_s),
+                        "eval_seg": cfg.eval_seg.model_dump(mode="json", exclude=set(CLEANUP_KEYS)),
+                        "val": sorted(s.name for s in val_s),
                         "fit": sorted(s.name for s in fit_s)})
             done_path = work / f"{f}_candidate{ci}.json"
             probs_path = work / f"{f}_candidate{ci}_probs.npz"
