@@ -46,6 +46,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     from rich.table import Table
 
     from histowsss.engine.atomic import write_json
+    from histowsss.tuning.cleanup import cleanup_from_crossval
     from histowsss.tuning.crossval import crossval
 
     with clear_errors():
@@ -63,7 +64,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
                        holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
         if areas:
-            res["cleanup"] = choose_cleanup(run_dir, res, work, areas, holes, splits)
+            res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
         write_json(out, res)
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -105,32 +106,3 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
                       highlight=False)
     console.print(f"result: {out}")
 
-
-def choose_cleanup(run_dir: Path, res: dict, work: Path, areas: list[int], holes: list[int],
-                   splits: list[float]) -> dict:
-    """Score eval_seg's object clean-up on the chosen candidate's kept fold probabilities (see tuning.cleanup),
-    gated as the chosen variant gates them (each fold's held-out classifier with --holdout-classifier)."""
-    from histowsss.config import load_config
-    from histowsss.steps import train_seg
-    from histowsss.steps.common import samples_for
-    from histowsss.tuning.cleanup import choose_by_rank_sum, fold_gate_absent, score_cleanup
-    from histowsss.tuning.crossval import WEAK
-
-    ci = res["candidates"].index(res["chosen"]["candidate"])
-    files = sorted(work.glob(f"fold*_candidate{ci}_probs.npz"))
-    cfg = load_config(str(run_dir / "config.yaml"), WEAK)
-    variant = res["chosen"]["variant"]
-    absent = None
-    if variant.startswith("image_gate@"):
-        absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names),
-                                  float(variant.split("@", 1)[1]), res["holdout_classifier"])
-    rows = score_cleanup(cfg, samples_for(cfg, train_seg.train_splits(cfg)), files, areas, holes, splits,
-                         absent=absent, log=log_line)
-    chosen = choose_by_rank_sum(rows)
-    return {"candidate": res["chosen"]["candidate"], "variant": variant, "rows": rows,
-            "chosen": {k: chosen[k] for k in ("min_object_area", "max_hole_area", "split_h", "miou", "objects",
-                                              "rank_sum")},
-            "overrides": [f"eval_seg.min_object_area={chosen['min_object_area']}",
-                          f"eval_seg.max_hole_area={chosen['max_hole_area']}", f"eval_seg.split_h={chosen['split_h']}"],
-            "notes": ["the chosen candidate's out-of-fold predictions, gated as its chosen variant; chosen by the GlaS "
-                      "challenge rule: smallest sum of ranks on object F1, object Dice, object Hausdorff"]}

@@ -23,7 +23,7 @@ from histowsss.evaluation.object_score import ObjectScore, semantic_components
 from histowsss.ops.label_cleanup import clean_objects
 from histowsss.steps.image_gate import apply_gate
 
-__all__ = ["score_cleanup", "choose_by_rank_sum", "fold_gate_absent"]
+__all__ = ["score_cleanup", "choose_by_rank_sum", "fold_gate_absent", "cleanup_from_crossval"]
 
 
 def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterable[Path],
@@ -110,3 +110,37 @@ def choose_by_rank_sum(rows: list[dict]) -> dict:
         r["rank_sum"] = a + b + c
     return min(scored, key=lambda r: (r["rank_sum"], -r["miou"], r["min_object_area"], r["max_hole_area"],
                                       r.get("split_h", 0.0)))
+
+
+def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int], holes: list[int],
+                          splits: list[float], log: Callable[[str], None] = lambda m: None) -> dict:
+    """Score and choose the clean-up on the kept fold probabilities of a finished
+    :func:`histowsss.tuning.crossval.crossval` result ``res`` (its work folder ``work``, before it is removed): the
+    chosen candidate's predictions, gated as its chosen variant gates them. Returns the rows, the choice and its
+    ``--set`` overrides."""
+    from histowsss.config import load_config
+    from histowsss.steps import train_seg
+    from histowsss.steps.common import samples_for
+    from histowsss.tuning.crossval import WEAK
+
+    ci = res["candidates"].index(res["chosen"]["candidate"])
+    files = sorted(Path(work).glob(f"fold*_candidate{ci}_probs.npz"))
+    if not files:
+        raise FileNotFoundError(f"{work}: no kept fold probabilities of candidate {ci}; run the cross-validation "
+                                "there first")
+    cfg = load_config(str(Path(run_dir) / "config.yaml"), WEAK)
+    variant = res["chosen"]["variant"]
+    absent = None
+    if variant.startswith("image_gate@"):
+        absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names),
+                                  float(variant.split("@", 1)[1]), res["holdout_classifier"])
+    rows = score_cleanup(cfg, samples_for(cfg, train_seg.train_splits(cfg)), files, areas, holes, splits,
+                         absent=absent, log=log)
+    chosen = choose_by_rank_sum(rows)
+    keys = ("min_object_area", "max_hole_area", "split_h")
+    return {"candidate": res["chosen"]["candidate"], "variant": variant, "rows": rows,
+            "chosen": {k: chosen[k] for k in (*keys, "miou", "objects", "rank_sum")},
+            "overrides": [f"eval_seg.{k}={chosen[k]}" for k in keys],
+            "notes": ["the chosen candidate's out-of-fold predictions, gated as its chosen variant; chosen by the GlaS "
+                      "challenge rule: smallest sum of ranks on object F1, object Dice, object Hausdorff; test never "
+                      "read"]}
