@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, check, write_result  # noqa: E402
 
-from histowsss.tuning.cleanup import choose_by_rank_sum, fold_gate_absent, score_cleanup  # noqa: E402
-from histowsss.tuning.crossval import WEAK, crossval  # noqa: E402
+from histowsss.tuning.cleanup import cleanup_from_crossval  # noqa: E402
+from histowsss.tuning.crossval import crossval  # noqa: E402
 
 
 def main() -> None:
@@ -43,10 +43,6 @@ def main() -> None:
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
 
-    from histowsss.config import load_config
-    from histowsss.steps import train_seg
-    from histowsss.steps.common import samples_for
-
     t0 = time.time()
     src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
     criterion = "miou" if args.protocol == "glas-gland" else "iou_malignant"
@@ -55,25 +51,14 @@ def main() -> None:
     cuts = [args.gate_cut] if args.gate_cut is not None else None
     cv = crossval(src, [args.candidate], work, folds=args.folds, criterion=criterion, gate_cuts=cuts,
                   holdout_classifier=args.holdout_classifier, log=lambda m: print(m, flush=True))
-    cfg = load_config(str(src / "config.yaml"), WEAK)
-    samples = samples_for(cfg, train_seg.train_splits(cfg))
-    files = sorted(work.glob("fold*_candidate0_probs.npz"))
-    absent = None
-    if args.gate_cut is not None:
-        absent = fold_gate_absent(files, work, src, list(cfg.data.classes.names), args.gate_cut,
-                                  args.holdout_classifier)
     t1 = time.time()
-    rows = score_cleanup(cfg, samples, files, args.areas, args.holes, args.splits, absent=absent,
-                         log=lambda m: print(m, flush=True))
-    chosen = choose_by_rank_sum(rows)
+    cl = cleanup_from_crossval(src, cv, work, args.areas, args.holes, args.splits, gate_cut=args.gate_cut,
+                               log=lambda m: print(m, flush=True))
+    rows, chosen = cl["rows"], cl["chosen"]
     off = next(r for r in rows if r["min_object_area"] == 0 and r["max_hole_area"] == 0 and r["split_h"] == 0)
     metrics = {"crossval": {k: cv[k] for k in ("folds", "label_source", "pooled", "chosen", "seconds")},
                "rescore_seconds": round(time.time() - t1, 1), "rows": rows, "off": off,
-               "chosen": {k: chosen[k] for k in ("min_object_area", "max_hole_area", "split_h", "rank_sum", "miou",
-                                                 "objects")},
-               "chosen_overrides": [f"eval_seg.min_object_area={chosen['min_object_area']}",
-                                    f"eval_seg.max_hole_area={chosen['max_hole_area']}",
-                                    f"eval_seg.split_h={chosen['split_h']}"],
+               "chosen": chosen, "chosen_overrides": cl["overrides"],
                "notes": ["out-of-fold predictions of GlaS train (each image by a network that never saw its "
                          "patient); areas and split_h in pixels at data.image_scale; chosen by the GlaS challenge rule (smallest "
                          "sum of ranks on object F1, object Dice, object Hausdorff; ties: higher mIoU); test never "

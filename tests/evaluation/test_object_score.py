@@ -35,3 +35,14 @@ def test_merge_equals_scoring_every_image_in_one():
     s = both.summary()
     assert (s["tp"], s["fp"], s["fn"]) == (3, 0, 3) and s["precision"] == 100.0 and s["recall"] == 50.0
     assert s["images"] == 3 and s["hausdorff_infinite_images"] == 1
+
+
+def test_f1_is_zero_when_nothing_is_predicted_and_none_without_any_object():
+    gt = np.zeros((6, 6), np.int64)
+    gt[1:3, 1:3] = 1
+    missed = ObjectScore()
+    missed.update(gt, np.zeros_like(gt))
+    assert missed.summary()["f1"] == 0.0 and missed.summary()["precision"] is None
+    empty = ObjectScore()
+    empty.update(np.zeros_like(gt), np.zeros_like(gt))
+    assert empty.summary()["f1"] is None

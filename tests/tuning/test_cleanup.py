@@ -71,3 +71,26 @@ def test_gate_absent_comes_from_each_folds_held_out_classifier_or_the_run(tmp_pa
     held = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, holdout_classifier=True)
     own = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, holdout_classifier=False)
     assert held == {"a": [], "b": [1]} and own == {"a": [1], "b": []}
+
+
+def test_cleanup_from_crossval_gates_as_the_variant_or_at_the_cut_given(dataset: Path, tmp_path: Path):
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.tuning.cleanup import cleanup_from_crossval
+
+    cfg = load_config("demo", [f"data.manifest={dataset}"])
+    run = RunDir(tmp_path / "run", cfg).init()
+    samples = samples_for(cfg, ["train"])
+    probs = {s.name: np.stack([load_class_mask(s, cfg.data) == c for c in (0, 1)]).astype(np.float16) for s in samples}
+    write_npz(tmp_path / "work" / "fold0_candidate0_probs.npz", **probs)
+    for s in samples:  # the classifier calls class 1 absent everywhere
+        write_npz(run.path / "cams" / f"{s.name}.npz", probs=np.array([0.01], np.float32),
+                  classes=np.array([cfg.data.classes.names[1]]))
+    res = {"candidates": [""], "chosen": {"candidate": "", "variant": "network"}, "holdout_classifier": False}
+    plain = cleanup_from_crossval(run.path, res, tmp_path / "work", [0], [0], [0.0])
+    gated = cleanup_from_crossval(run.path, res, tmp_path / "work", [0], [0], [0.0], gate_cut=0.5)
+    by_variant = cleanup_from_crossval(run.path, {**res, "chosen": {"candidate": "", "variant": "image_gate@0.5"}},
+                                       tmp_path / "work", [0], [0], [0.0])
+    assert plain["gate_cut"] is None and plain["rows"][0]["objects"]["tp"] > 0
+    assert gated["gate_cut"] == by_variant["gate_cut"] == 0.5
+    assert gated["rows"][0]["objects"]["tp"] == by_variant["rows"][0]["objects"]["tp"] == 0
+    assert plain["overrides"] == ["eval_seg.min_object_area=0", "eval_seg.max_hole_area=0", "eval_seg.split_h=0.0"]

@@ -39,6 +39,11 @@ class Sample:
         return t
 
 
+def data_root(cfg: DataConfig) -> Path:
+    """The folder manifest paths are relative to: ``data.root``, else the manifest's folder."""
+    return Path(cfg.root) if cfg.root is not None else Path(cfg.manifest).parent
+
+
 def _parse_labels(raw: str, cfg: DataConfig) -> tuple[str, ...]:
     raw = raw.strip()
     if raw == "":
@@ -86,7 +91,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
                             f"{', '.join(REQUIRED_COLUMNS + ((cfg.label_column,) if cfg.label_column else ()))}")
     if path.is_dir():
         raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")
-    root = Path(cfg.root) if cfg.root is not None else path.parent
+    root = data_root(cfg)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
             reader = csv.DictReader(f)

@@ -6,7 +6,7 @@ import numpy as np
 
 from histowsss.config import DataConfig
 from histowsss.data.io import ImageReadError, read_mask
-from histowsss.data.manifest import Sample
+from histowsss.data.manifest import Sample, data_root
 
 IGNORE = 255
 
@@ -75,15 +75,12 @@ def load_instance_mask(sample: Sample, cfg: DataConfig, gt_class: np.ndarray,
     ``None`` when the sample has no instance mask. Read at the configured image scale (nearest); pixels that are
     background or ignore in ``gt_class`` become 0.
     """
-    from pathlib import Path
-
     from histowsss.data.io import resize
 
     rel = (sample.extra.get(INSTANCE_COLUMN) or "").strip()
     if not rel:
         return None
-    root = Path(cfg.root) if cfg.root is not None else Path(cfg.manifest).parent
-    path = root / rel
+    path = data_root(cfg) / rel
     cc = read_mask(path).astype(np.int64)
     if cfg.image_scale != 1.0:
         cc = resize(cc, cfg.image_scale, nearest=True)

@@ -68,7 +68,8 @@ class ObjectScore:
         """F1 / precision / recall (percent, from the summed counts), mean object Dice (percent), mean Hausdorff (px)."""
         p = self.tp / (self.tp + self.fp) if self.tp + self.fp else None
         r = self.tp / (self.tp + self.fn) if self.tp + self.fn else None
-        f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+        # no true positive while some object exists on either side: F1 0 (as the GlaS code); None with no object at all
+        f1 = 2 * p * r / (p + r) if p and r else (0.0 if self.fp + self.fn else None)
         pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
         return {"f1": pct(f1), "precision": pct(p), "recall": pct(r), "tp": self.tp, "fp": self.fp, "fn": self.fn,
                 "dice_mean_per_image": pct(float(np.mean(self.dice)) if self.dice else None),

@@ -113,11 +113,13 @@ def choose_by_rank_sum(rows: list[dict]) -> dict:
 
 
 def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int], holes: list[int],
-                          splits: list[float], log: Callable[[str], None] = lambda m: None) -> dict:
+                          splits: list[float], gate_cut: float | None = None,
+                          log: Callable[[str], None] = lambda m: None) -> dict:
     """Score and choose the clean-up on the kept fold probabilities of a finished
     :func:`histowsss.tuning.crossval.crossval` result ``res`` (its work folder ``work``, before it is removed): the
-    chosen candidate's predictions, gated as its chosen variant gates them. Returns the rows, the choice and its
-    ``--set`` overrides."""
+    chosen candidate's predictions, gated as its chosen variant gates them, or at ``gate_cut`` when given (as a
+    configuration with the image gate on will gate them). Returns the rows, the choice and its ``--set``
+    overrides."""
     from histowsss.config import load_config
     from histowsss.steps import train_seg
     from histowsss.steps.common import samples_for
@@ -130,15 +132,17 @@ def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int]
                                 "there first")
     cfg = load_config(str(Path(run_dir) / "config.yaml"), WEAK)
     variant = res["chosen"]["variant"]
+    if gate_cut is None and variant.startswith("image_gate@"):
+        gate_cut = float(variant.split("@", 1)[1])
     absent = None
-    if variant.startswith("image_gate@"):
-        absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names),
-                                  float(variant.split("@", 1)[1]), res["holdout_classifier"])
+    if gate_cut is not None:
+        absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names), gate_cut,
+                                  res["holdout_classifier"])
     rows = score_cleanup(cfg, samples_for(cfg, train_seg.train_splits(cfg)), files, areas, holes, splits,
                          absent=absent, log=log)
     chosen = choose_by_rank_sum(rows)
     keys = ("min_object_area", "max_hole_area", "split_h")
-    return {"candidate": res["chosen"]["candidate"], "variant": variant, "rows": rows,
+    return {"candidate": res["chosen"]["candidate"], "variant": variant, "gate_cut": gate_cut, "rows": rows,
             "chosen": {k: chosen[k] for k in (*keys, "miou", "objects", "rank_sum")},
             "overrides": [f"eval_seg.{k}={chosen[k]}" for k in keys],
             "notes": ["the chosen candidate's out-of-fold predictions, gated as its chosen variant; chosen by the GlaS "
