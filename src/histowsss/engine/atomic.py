@@ -24,6 +24,24 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+PARTIAL = ".partial"  # in the name of every temporary file atomic_path makes, so a killed write's leftover is known
+
+
+def remove_partial_files(folder: Path | str, older_than: float) -> int:
+    """Delete the temporary files of writes killed before they were renamed (``.<name>.<random>.partial<ext>``)
+    below ``folder`` whose modification time is before ``older_than`` (a live write's file is newer); returns the
+    count."""
+    n = 0
+    for p in Path(folder).rglob(f".*{PARTIAL}*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < older_than:
+                p.unlink()
+                n += 1
+        except FileNotFoundError:  # renamed or removed meanwhile
+            pass
+    return n
+
+
 @contextmanager
 def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -32,7 +50,8 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL + (suffix or path.suffix or ".tmp"),
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from histowsss.config import RunConfig, dump_config
-from histowsss.engine.atomic import write_json, write_text
+from histowsss.engine.atomic import remove_partial_files, write_json, write_text
 
 
 class StepError(RuntimeError):
@@ -70,6 +71,11 @@ class RunDir:
             raise StepError(f"{step} in {self.path} finished with another configuration; pass --overwrite to redo it")
         info: dict[str, Any] = {}
         t0 = time.time()
+        if st and st.get("state") in ("running", "failed") and os.environ.get("RANK", "0") == "0":
+            # a killed run may have left half-written temporary files: its finished files are kept and reused
+            removed = remove_partial_files(self.path, older_than=t0)
+            if removed:
+                info["partial_files_removed"] = removed
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now()}
         write_json(self.status_path(step), record)
         try:
