@@ -306,6 +306,10 @@ def test_self_training_on_a_label_folder_written_by_predict(dataset: Path, tmp_p
     # other labels in the folder = other inputs: the finished run no longer counts as done
     h = train_seg.config_hash(cfg2)
     assert run2.is_done("train_seg", h)
+    # hidden files (a killed atomic write's temporary, macOS resource forks) are not labels
+    write_png(out / f".{Path(train[0].image).stem}_labels.x1.partial.png", np.zeros((4, 4), np.uint8))
+    write_png(out / f"._{Path(train[0].image).stem}_labels.png", np.zeros((4, 4), np.uint8))
+    assert train_seg.config_hash(cfg2) == h
     first = out / f"{Path(train[0].image).stem}_labels.png"
     write_png(first, 1 - np.asarray(Image.open(first)))
     assert train_seg.config_hash(cfg2) != h

@@ -137,11 +137,13 @@ def folder_label_path(cfg: RunConfig, sample: Sample) -> Path | None:
 
 
 def folder_fingerprint(cfg: RunConfig) -> str:
-    """Hash of the label folder's PNG names, sizes and modification times (new labels = a new training run)."""
+    """Hash of the label folder's PNG names, sizes and modification times (new labels = a new training run).
+    Hidden files (an atomic write's temporary ``.<name>.partial.png``, macOS ``._<name>.png``) do not count."""
     d = Path(cfg.train_seg.label_dir or "")
     if not d.is_dir():
         return "missing:" + str(d)
-    items = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.glob("*.png"))
+    items = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.glob("*.png")
+                   if not f.name.startswith("."))
     return hashlib.sha256(repr((str(d.resolve()), items)).encode()).hexdigest()[:12]
 
 
