@@ -91,3 +91,11 @@ def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, 
     assert res.exit_code == 2 and "seg_supervised.safetensors" in res.output and "train_seg.supervised=true" in res.output
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(gated_run / "model")])
     assert res.exit_code == 2 and "outside the run folder" in res.output
+    # --overwrite never deletes a folder that holds the run, nor one that is not an earlier export
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(gated_run.parent), "--overwrite"])
+    assert res.exit_code == 2 and "not one holding it" in res.output and (gated_run / "config.yaml").exists()
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "table.csv").write_text("precious")
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(other), "--overwrite"])
+    assert res.exit_code == 2 and "not a model folder" in res.output and (other / "table.csv").exists()

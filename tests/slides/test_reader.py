@@ -87,3 +87,15 @@ def test_thumbnail_in_bands_equals_one_read(slide_file: Path):
         banded, ds2 = s.thumbnail(210, band_pixels=5000)  # 5000 px of level 1 (210 wide) = 23 rows a band
     assert ds == ds2 == pytest.approx(2.0) and whole.shape == banded.shape == (150, 210, 3)
     np.testing.assert_array_equal(whole, banded)
+
+
+def test_banded_read_equals_one_read_and_bounds_each_request(slide_file: Path):
+    """The slide overlay reads the whole slide: in bands, so a slide without a pyramid does not fill the memory."""
+    with open_slide(slide_file) as s:
+        whole = s.read(10, 4, 400, 290, (200, 145))
+        sizes: list[tuple[int, int]] = []
+        read_region = s.handle.read_region
+        s.handle.read_region = lambda loc, level, size: sizes.append(size) or read_region(loc, level, size)
+        banded = s.read_banded(10, 4, 400, 290, (200, 145), band_pixels=4000)
+    np.testing.assert_array_equal(whole, banded)
+    assert len(sizes) > 5 and max(w * h for w, h in sizes) <= 4000 + 2 * 200  # a band rounds up by a row at most

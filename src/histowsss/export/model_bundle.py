@@ -145,10 +145,15 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     run_path, out = Path(run_path), Path(out)
     cfg = load_run_config(run_path)
     files = bundle_files(run_path, cfg, network)
+    run_abs, out_abs = run_path.resolve(), out.resolve()
+    if out_abs == run_abs or run_abs in out_abs.parents or out_abs in run_abs.parents:
+        raise ValueError(f"{out}: export into a folder outside the run folder {run_path}, and not one holding it")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-    if out.resolve() == run_path.resolve() or run_path.resolve() in out.resolve().parents:
-        raise ValueError(f"{out}: export into a folder outside the run folder {run_path}")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and bundle_networks(out) is None)):
+        # --overwrite replaces an earlier export, never a folder of other files (it would be deleted)
+        raise FileExistsError(f"{out} exists and is not a model folder written by `histowsss export` (no {MODEL_CARD}); "
+                              "--overwrite only replaces an earlier export: choose a new or empty --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

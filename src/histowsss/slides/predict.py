@@ -113,7 +113,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         f = max(labels.shape) / 4096
         ow, oh = (labels.shape[1], labels.shape[0]) if f <= 1 else (max(1, round(labels.shape[1] / f)),
                                                                        max(1, round(labels.shape[0] / f)))
-        view = slide.read(0, 0, labels.shape[1] * pred.out_downsample, labels.shape[0] * pred.out_downsample, (ow, oh))
+        view = slide.read_banded(0, 0, labels.shape[1] * pred.out_downsample, labels.shape[0] * pred.out_downsample,
+                                 (ow, oh))
         lab_view = np.asarray(Image.fromarray(labels).resize((ow, oh), Image.NEAREST))
     labels_p, prob_p, overlay_p, tissue_p, geo_p, summary_p = slide_output_paths(out_dir, path.stem)
     write_png(labels_p, labels)

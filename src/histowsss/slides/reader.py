@@ -139,23 +139,26 @@ class Slide:
         canvas[oy0 : oy0 + oh, ox0 : ox0 + ow] = rgb[: out_h - oy0, : out_w - ox0]
         return canvas
 
-    def thumbnail(self, max_size: int = 2048, band_pixels: int = 32_000_000) -> tuple[np.ndarray, float]:
-        """RGB thumbnail whose longest side is at most ``max_size``, and its downsample (level-0 px per px).
+    def read_banded(self, x0: float, y0: float, w0: float, h0: float, size: tuple[int, int],
+                    band_pixels: int = 32_000_000) -> np.ndarray:
+        """As :meth:`read`, in horizontal bands of at most ``band_pixels`` source pixels each, so a large box of a
+        slide without a pyramid (one huge level) is read in bounded memory."""
+        out_w, out_h = size
+        level = self.best_level(max(w0 / max(out_w, 1), h0 / max(out_h, 1)))
+        ds = self.level_downsamples[level]
+        rows_per_px = (h0 / max(out_h, 1)) / ds  # source rows (at the level read) per output row
+        band = max(1, int(band_pixels // max(w0 / ds, 1) / max(rows_per_px, 1e-9)))
+        parts = [self.read(x0, y0 + o0 * h0 / out_h, w0, (min(out_h, o0 + band) - o0) * h0 / out_h,
+                           (out_w, min(out_h, o0 + band) - o0)) for o0 in range(0, out_h, band)]
+        return np.concatenate(parts, axis=0)
 
-        Read in horizontal bands of at most ``band_pixels`` source pixels, so a slide without a pyramid (one huge
-        level) is thumbnailed in bounded memory.
-        """
+    def thumbnail(self, max_size: int = 2048, band_pixels: int = 32_000_000) -> tuple[np.ndarray, float]:
+        """RGB thumbnail whose longest side is at most ``max_size``, and its downsample (level-0 px per px);
+        read in bands (:meth:`read_banded`)."""
         W, H = self.dimensions
         f = max(W, H) / max_size
         tw, th = (W, H) if f <= 1 else (max(1, int(round(W / f))), max(1, int(round(H / f))))
-        level = self.best_level(W / tw)
-        ds = self.level_downsamples[level]
-        level_w = self.level_dimensions[level][0]
-        rows_per_px = (H / th) / ds  # source rows (at the level read) per thumbnail row
-        band = max(1, int(band_pixels // max(level_w, 1) / max(rows_per_px, 1e-9)))
-        parts = [self.read(0, o0 * H / th, W, (min(th, o0 + band) - o0) * H / th, (tw, min(th, o0 + band) - o0))
-                 for o0 in range(0, th, band)]
-        return np.concatenate(parts, axis=0), W / tw
+        return self.read_banded(0, 0, W, H, (tw, th), band_pixels), W / tw
 
     def close(self) -> None:
         self.handle.close()
