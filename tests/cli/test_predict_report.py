@@ -206,6 +206,8 @@ def test_inputs_from_sub_folders_and_never_earlier_outputs(tmp_path: Path):
     deep = img(tmp_path / "in" / "tumour" / "b.png")
     img(tmp_path / "in" / ".hidden" / "c.png")
     img(tmp_path / "in" / "s.partial" / "t.png")
+    img(tmp_path / "in" / ".a_overlay.k3j2x.partial.png")  # a killed atomic write's temporary
+    img(tmp_path / "in" / "._a.png")  # macOS resource fork
     img(tmp_path / "in" / "a_labels.png")  # an image of the user's that merely looks like an output: kept
     out = tmp_path / "in" / "pred"
     img(out / "a_labels.png")

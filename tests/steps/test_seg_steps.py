@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +295,12 @@ def test_self_training_on_a_label_folder_written_by_predict(dataset: Path, tmp_p
     train = samples_for(cfg, train_seg.train_splits(cfg))
     out = tmp_path / "self_labels"
     predict_images(run1.path, [Path(s.image) for s in train], out, log=lambda m: None)
+    # the weights' fingerprint (key of predict's slide tile cache) follows the checkpoint file
+    fp = train_seg.weights_fingerprint(run1.path, "seg")
+    assert fp == train_seg.weights_fingerprint(run1.path, "seg")
+    ckpt = train_seg.checkpoint_path(run1.path, "seg")
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
+    assert train_seg.weights_fingerprint(run1.path, "seg") != fp
 
     cfg2 = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=folder", f"train_seg.label_dir={out}")
     run2 = RunDir(tmp_path / "round1", cfg2).init()

@@ -45,11 +45,13 @@ OUTPUT_IMAGE_SUFFIXES = ("_labels.png", "_overlay.png", "_tissue.png")  # images
 def collect_inputs(inputs: list[Path], recursive: bool = False, exclude: Path | None = None) -> list[Path]:
     """Image files named, or found in named folders (``recursive``: in their sub-folders too); clear errors for the
     rest. Found in folders, earlier outputs (label, overlay and tissue PNGs below ``exclude``, the output folder)
-    and files in hidden or ``*.partial`` folders (slide tile caches) are skipped."""
+    hidden files (a killed atomic write's ``.<name>.partial.png``, macOS ``._<name>``) and files in hidden or
+    ``*.partial`` folders (slide tile caches) are skipped."""
     skip = exclude.resolve() if exclude is not None else None
 
     def wanted(f: Path, top: Path) -> bool:
-        if any(x.startswith(".") or x.endswith(".partial") for x in f.relative_to(top).parts[:-1]):
+        parts = f.relative_to(top).parts
+        if parts[-1].startswith(".") or any(x.startswith(".") or x.endswith(".partial") for x in parts[:-1]):
             return False
         if (skip is not None and f.name.endswith(OUTPUT_IMAGE_SUFFIXES)
                 and (skip == f.resolve().parent or skip in f.resolve().parents)):
@@ -105,7 +107,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.export.model_bundle import bundle_networks
     from histowsss.steps.eval_seg import labels_from_probs, predict_probs
-    from histowsss.steps.train_seg import load_segnet
+    from histowsss.steps.train_seg import load_segnet, weights_fingerprint
 
     cfg = load_run_config(run_dir)
     held = bundle_networks(run_dir)
@@ -143,7 +145,8 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             from histowsss.slides.predict import predict_slide_file
 
             records.append(predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
-                                              simplify=simplify, min_area=min_area, network=network, log=log))
+                                              simplify=simplify, min_area=min_area, network=network,
+                                              weights=weights_fingerprint(run_dir, network), log=log))
             continue
         original = read_rgb(f)
         img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised

@@ -65,8 +65,11 @@ def _stain_fn(cfg, thumb: np.ndarray, tissue: np.ndarray) -> Callable[[np.ndarra
 
 def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: SlideOptions | None = None, *,
                        min_tissue: float = 0.0, simplify: float = 1.0, min_area: float = 16.0, network: str = "seg",
-                       log: Callable[[str], None] = print) -> dict:
-    """Segment one slide and write its outputs (see the module docstring); returns the summary record."""
+                       weights: str = "", log: Callable[[str], None] = print) -> dict:
+    """Segment one slide and write its outputs (see the module docstring); returns the summary record.
+
+    ``weights`` names the network's weights (``train_seg.weights_fingerprint``): tiles cached by a killed call with
+    other weights are not reused."""
     from PIL import Image
 
     from histowsss.engine.atomic import write_bytes, write_json, write_npz, write_png
@@ -102,7 +105,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
             return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
 
         params = {"slide": str(Path(path).resolve()), "size": list(slide.dimensions), "downsample": ds,
-                  "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
+                  "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network, "weights": weights,
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
         cache = out_dir / f"{path.stem}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,

@@ -556,6 +556,18 @@ def segnet_meta(run_path: Path, tag_: str) -> dict:
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
 
+def weights_fingerprint(run_path: Path, tag_: str) -> str:
+    """Hash of the checkpoint files (names, sizes, modification times) of the trained network ``tag_`` and its
+    ensemble members: which weights a cached prediction came from."""
+    tags = segnet_meta(run_path, tag_).get("member_tags") or [tag_]
+    items = []
+    for mt in tags:
+        p = checkpoint_path(run_path, mt)
+        st = p.stat() if p.exists() else None
+        items.append((str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None))
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:12]
+
+
 def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
     """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode.
 
