@@ -210,6 +210,12 @@ def test_best_on_train_picks_the_better_label_source(tmp_path):
         write_json(run.path / "metrics" / "sem_seg.json",
                    {"splits": {"train": {"cam": {"miou": cam}, "irn_pseudo": {"miou": pseudo}}}})
         assert label_source(cfg, run) == expected
+    # eval_cam's settings are an input of train_seg whenever CAM labels may be chosen, never with labels=pseudo
+    sweep = "eval_cam.thresholds=[0.3]"
+    for labels, follows in (("best_on_train", True), ("pseudo_or_cam", True), ("cam", True), ("pseudo", False)):
+        a = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"train_seg.labels={labels}"])
+        b = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"train_seg.labels={labels}", sweep])
+        assert (train_seg.config_hash(a) != train_seg.config_hash(b)) == follows, labels
 
 
 PATCHES = "data.patches={size: 16, stride: 8, label_rule: mask_fraction, min_fraction: 0.05}"

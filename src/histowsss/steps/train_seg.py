@@ -76,9 +76,14 @@ def _upstream_hash(cfg: RunConfig) -> str:
         return "cam:" + eval_cam.config_hash(cfg)
     if ts.labels == "folder":
         return "folder:" + folder_fingerprint(cfg)
-    from histowsss.steps import make_sem_seg_labels
+    from histowsss.steps import eval_cam, make_sem_seg_labels
 
-    return "pseudo:" + make_sem_seg_labels.config_hash(cfg)
+    pseudo = "pseudo:" + make_sem_seg_labels.config_hash(cfg)
+    if ts.labels == "pseudo":
+        return pseudo
+    # pseudo_or_cam / best_on_train may train on eval_cam's CAM labels (best_on_train picks by eval_sem_seg's scores of
+    # the two, which depend on nothing else): a change of eval_cam's settings is a change of this step's input
+    return f"{pseudo}|cam:{eval_cam.config_hash(cfg)}"
 
 
 def config_hash(cfg: RunConfig) -> str:
