@@ -103,11 +103,11 @@ def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(train_cam, "save_train_state", crash_after_first)
+    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train_cam.run(cfg, rd)
     assert rd.status("train_cam")["state"] == "failed"
-    monkeypatch.setattr(train_cam, "save_train_state", real)
+    monkeypatch.setattr(checkpoints, "save_train_state", real)
     train_cam.run(cfg, rd)
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]  # epochs 0-1 kept, only epoch 2 trained after the restart

@@ -36,7 +36,7 @@ from histowsss.data.masks import IGNORE, load_class_mask
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
+from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -385,6 +385,11 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     n_members = ts.members
     t_start = time.time()
     models, tags = [], [member_tag(t_, k) for k in range(n_members)]
+    if overwrite and ctx.is_main:  # start over: a kill and a plain re-run must not find the networks replaced here
+        for mt in tags:
+            for p in (checkpoint_path(run.path, mt), checkpoint_path(run.path, mt).with_suffix(".json")):
+                p.unlink(missing_ok=True)
+    ctx.barrier()
     for k, mt in enumerate(tags):
         base_meta = {"tag": mt, "member": k, "members": n_members, "member_tags": tags, "seed": ts.seed + k,
                      "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
@@ -458,8 +463,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     state_path, last_path = ckpt_dir / f"{t_}_train_state.pt", ckpt_dir / f"{t_}_last.safetensors"
     history: list[dict] = []
     start_epoch = 0
-    state = None if overwrite else load_train_state(state_path)
-    if state is not None and state.get("config_hash") == h and state.get("world_size", 1) == ctx.world_size:
+    state = resume_point(last_path, state_path, h, overwrite, ctx.is_main)
+    if state is not None and state.get("world_size", 1) == ctx.world_size:
         load_weights(last_path, model, device="cpu")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -516,10 +521,10 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                 write_text(logs / f"train_{t_}.jsonl", "".join(json.dumps(r) + "\n" for r in history))
                 bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} ({kind}) agreement with {source} "
                                   f"labels {100 * rec['label_acc']:.1f}% {rec['crops_per_s']} crops/s")
-                save_weights(last_path, unwrap(ddp))
-                save_train_state(state_path, {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
-                                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                              "history": json.dumps(history)})
+                save_resume_point(last_path, state_path, unwrap(ddp),
+                                  {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
+                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                   "history": json.dumps(history)})
             ctx.barrier()
     meta = {"mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
     return meta, unwrap(ddp)
