@@ -395,7 +395,8 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
                      "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
                      "decoder_channels": ts.decoder_channels, "label_source": source,
                      "loss": "ce" if ts.supervised else ts.loss, "supervised": ts.supervised, "config_hash": h,
-                     "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples)}
+                     "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples),
+                     "input": network_input(cfg)}
         done = None if overwrite else _finished_member(cfg, run.path, mt, h)
         if done is not None:  # a member finished before a kill: keep it, train the next one
             meta, model = done
@@ -564,6 +565,29 @@ def segnet_meta(run_path: Path, tag_: str) -> dict:
                                 f"{run_path} --to train_seg{hint}` first")
     meta_path = path.with_suffix(".json")
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def network_input(cfg: RunConfig) -> dict:
+    """What the network's input depends on (resolution, stain normalisation) and what its outputs mean (classes):
+    recorded with the network, checked by ``predict`` against the run folder's config.yaml."""
+    d = cfg.data
+    return {"classes": list(d.classes.names), "background": d.classes.background, "image_scale": d.image_scale,
+            "mpp": d.mpp, "stain_normalization": d.stain_normalization, "stain_reference": d.stain_reference}
+
+
+def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
+    """StepError when config.yaml's data settings are not those the network was trained with (a later
+    `histowsss run` with other --set values rewrote config.yaml); networks without the record pass."""
+    trained = segnet_meta(run_path, tag_).get("input")
+    if trained is None:
+        return
+    now = json.loads(json.dumps(network_input(cfg)))
+    diff = [k for k in trained if trained[k] != now.get(k)]
+    if diff:
+        raise StepError(f"{run_path / 'config.yaml'}: " + ", ".join(f"data.{k} = {now.get(k)!r}" for k in diff)
+                        + f", but network {tag_} was trained with " + ", ".join(f"{trained[k]!r}" for k in diff)
+                        + f" (a later run rewrote config.yaml); restore those values in config.yaml or re-run "
+                        f"`histowsss run CONFIG --run {run_path} --from train_seg`")
 
 
 def weights_fingerprint(run_path: Path, tag_: str) -> str:
