@@ -584,7 +584,9 @@ def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
     now = json.loads(json.dumps(network_input(cfg)))
     diff = [k for k in trained if trained[k] != now.get(k)]
     if diff:
-        raise StepError(f"{run_path / 'config.yaml'}: " + ", ".join(f"data.{k} = {now.get(k)!r}" for k in diff)
+        key = {"classes": "classes.names", "background": "classes.background"}
+        settings = ", ".join(f"data.{key.get(k, k)} = {now.get(k)!r}" for k in diff)
+        raise StepError(f"{run_path / 'config.yaml'}: {settings}"
                         + f", but network {tag_} was trained with " + ", ".join(f"{trained[k]!r}" for k in diff)
                         + f" (a later run rewrote config.yaml); restore those values in config.yaml or re-run "
                         f"`histowsss run CONFIG --run {run_path} --from train_seg`")
