@@ -137,6 +137,7 @@ def test_report_is_self_contained_with_all_sections(trained_run: Path):
     objects = text.split("Objects (GlaS challenge metrics)", 1)[1].split("</table>", 1)[0]
     f1 = json.loads((trained_run / "metrics" / "seg.json").read_text())["objects"]["all"]["f1"]
     assert "Segmentation network (weak labels)" in objects and f'<td class="">{f1:.2f}</td>' in objects
+    assert "images with infinite Hausdorff" in objects
 
 
 def test_report_of_an_empty_run_folder(tmp_path: Path):
