@@ -166,3 +166,18 @@ def test_crops_fit_the_smallest_image_where_they_must(tmp_path: Path):
     assert cfg.train_cam.crop_size == 96 and cfg.train_irn.crop_size == 192 and cfg.train_seg.crop_size == 160
     assert cfg.data.mask_column is None and not cfg.upper_bound
     assert any("smallest 96 px, median 200 px" in n for n in made.notes)
+
+
+def test_binary_255_masks_without_a_background_class_are_refused(tmp_path: Path):
+    """Two tissue classes, masks 0/255 and --background none: 255 would mean ignore, so nothing would be scored."""
+    rows = ["image,split,patient,label,mask"]
+    for i, (split, labels) in enumerate([("train", "stroma;tumour"), ("train", "tumour"), ("test", "stroma;tumour"),
+                                         ("test", "stroma")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.zeros((96, 96), np.uint8)
+        m[:48] = 255
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match="255 means ignore"):
+        config_for_manifest(tmp_path / "m.csv", background="none")

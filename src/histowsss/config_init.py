@@ -27,7 +27,6 @@ BACKGROUND_NAMES = ("normal", "benign", "background", "healthy", "non-tumour", "
 PALETTE = ("#e6194b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#008080", "#9a6324")
 BACKGROUND_COLOR = "#3cb44b"
 SMALL_SIDE = 256  # images whose scaled short side is under this are read at full size when no mpp is given
-MAX_SIZE_READS = 2000
 
 
 @dataclass
@@ -114,6 +113,10 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
         raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class to put mask 0 "
                           "in; give masks of class indices (0..., 255 = ignore), or name a background class")
+    if values <= {0, 255} and 255 in values and background is None:
+        raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class, and without one "
+                          "255 means ignore: every foreground pixel would go unscored; name the background class "
+                          "(--background), or give masks of class indices (0..., 255 = ignore)")
     if (values <= {0, 1} or values <= {0, 255}) and background is not None:
         # binary_image_label, not binary: objects in an image labelled background (benign glands, say) stay background
         return ({"mask_mode": "binary_image_label"},
@@ -127,10 +130,11 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
 
 
 def _short_sides(root: Path, images: list[str]) -> np.ndarray:
+    """Short side of every training image (headers only): train_cam's crop must fit the smallest, which a sample
+    could miss."""
     from histowsss.data.io import image_size
 
-    step = max(1, len(images) // MAX_SIZE_READS)
-    return np.array([min(image_size(root / rel)) for rel in images[::step]])
+    return np.array([min(image_size(root / rel)) for rel in images])
 
 
 def _fit(value: int, side: int, multiple: int) -> int:

@@ -103,6 +103,23 @@ def test_predict_errors_are_clear(trained_run: Path, tmp_path: Path):
     assert res.exit_code == 2  # an empty folder, or no supervised network
 
 
+def test_predict_refuses_a_config_rewritten_with_other_input_settings(trained_run: Path, tmp_path: Path):
+    """A later `histowsss run --set data.image_scale=...` rewrote config.yaml: predict names the setting, not guesses."""
+    import yaml
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    scale = cfg["data"].get("image_scale", 1.0)
+    cfg["data"]["image_scale"] = scale / 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(img)
+    res = runner.invoke(app, ["predict", "--run", str(run), str(img), "--out", str(tmp_path / "out")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"data.image_scale = {scale / 2!r}" in out and "--from train_seg" in out
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_report_is_self_contained_with_all_sections(trained_run: Path):
     res = runner.invoke(app, ["report", str(trained_run)])
     assert res.exit_code == 0, res.output
@@ -120,6 +137,7 @@ def test_report_is_self_contained_with_all_sections(trained_run: Path):
     objects = text.split("Objects (GlaS challenge metrics)", 1)[1].split("</table>", 1)[0]
     f1 = json.loads((trained_run / "metrics" / "seg.json").read_text())["objects"]["all"]["f1"]
     assert "Segmentation network (weak labels)" in objects and f'<td class="">{f1:.2f}</td>' in objects
+    assert "images with infinite Hausdorff" in objects
 
 
 def test_report_of_an_empty_run_folder(tmp_path: Path):

@@ -71,6 +71,18 @@ def test_split_folders_are_kept_and_masks_matched_by_stem(tmp_path: Path):
     assert rows["train_benign_0"]["patient"] == "train_benign_0"  # no pattern: every image its own patient
 
 
+def test_masks_beside_the_images_are_not_images(class_folder: Path, tmp_path: Path):
+    """tiles/<class>/S00_0.png + S00_0_mask.png, --masks tiles --mask-suffix _mask: the masks are no rows of their own."""
+    for img in sorted(class_folder.rglob("*.png")):
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(img.with_name(img.stem + "_mask.png"))
+    made = manifest_from_folder(class_folder, tmp_path / "m.csv", masks=class_folder, mask_suffix="_mask",
+                                patient_regex=r"/(S\d+)_")
+    rows = _rows(tmp_path / "m.csv")
+    assert len(rows) == 24 and made.masks_found == 24
+    assert not any(r["image"].endswith("_mask.png") for r in rows)
+    assert all(r["mask"] == r["image"][:-4] + "_mask.png" for r in rows)
+
+
 def test_bad_layouts_name_the_folder_and_the_fix(class_folder: Path, tmp_path: Path):
     with pytest.raises(FolderLayoutError, match="directly in the folder.*sub-folder named after its class"):
         _img(tmp_path / "flat" / "a.png")

@@ -204,3 +204,32 @@ def test_resize_nearest_keeps_labels():
     assert out.shape == (4, 4) and set(np.unique(out).tolist()) == {0, 1, 2, 255}
     big = np.array([[0, 70000]], np.int64)
     assert set(np.unique(resize(big, 3.0, nearest=True)).tolist()) == {0, 70000}
+
+
+def test_palette_mask_gives_its_indices_and_a_palette_image_its_colours(tmp_path):
+    """LUAD-HistoSeg / BCSS-WSSS store masks as palette PNGs: the indices are the class ids."""
+    ids = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    im = Image.fromarray(ids, mode="P")
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 128, 255] + [0] * (256 - 3) * 3)
+    im.save(tmp_path / "pal.png")
+    assert read_mask(tmp_path / "pal.png").tolist() == ids.tolist()
+    assert read_rgb(tmp_path / "pal.png")[0, 1].tolist() == [255, 0, 0]  # as an image: the colours
+
+
+def test_cmyk_jpeg_is_converted_not_taken_for_rgba(tmp_path):
+    Image.new("RGB", (8, 6), (200, 100, 150)).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    rgb = read_rgb(tmp_path / "c.jpg")
+    assert rgb.shape == (6, 8, 3) and np.abs(rgb[3, 4].astype(int) - (200, 100, 150)).max() < 12
+
+
+def test_exif_orientation_is_applied_to_the_pixels_and_the_size(tmp_path):
+    """A photo stored 8 x 4 but tagged 'rotate 90' is shown 4 wide, 8 high: masks drawn on it have that size."""
+    a = np.zeros((4, 8, 3), np.uint8)
+    a[0, 0] = (255, 0, 0)
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "r.png", exif=exif.tobytes())
+    rgb = read_rgb(tmp_path / "r.png")
+    assert rgb.shape == (8, 4, 3) and image_size(tmp_path / "r.png") == (8, 4)
+    assert rgb[0, 3].tolist() == [255, 0, 0]  # orientation 6: the top-left corner goes to the top right

@@ -89,6 +89,10 @@ def test_data_check_reports_bad_clicks(tmp_path: Path):
     assert r.exit_code == 1
     assert "a.png" in out and "click (40, 5) lies outside the 30x20 image" in out
     assert "b.png" in out and "unknown class 'stroma'" in out
+    # a points column that the manifest lacks (misspelt) is an error, not a run without clicks
+    r = CliRunner().invoke(app, ["data", "check", str(tmp_path / "m.csv"), "--set", "data.points_column=click"])
+    out = " ".join(r.output.split())
+    assert r.exit_code != 0 and "missing required column(s) 'click'" in out and "data.points_column" in out
 
 
 def test_runs_made_before_points_existed_keep_their_hashes(tmp_path: Path):

@@ -61,3 +61,21 @@ def test_two_way_split():
 def test_fractions_must_sum_to_one():
     with pytest.raises(ValueError, match="sum to 1"):
         grouped_stratified_split(["a"], ["x"], {"train": 0.7, "test": 0.2})
+
+
+def test_same_split_in_every_process():
+    """The split must not depend on the interpreter's string hashing (PYTHONHASHSEED differs per process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from histowsss.data.split import grouped_stratified_split as g; "
+            "print(json.dumps(g(['P0', 'P1', 'P2', 'P3'], ['y', 'x', 'y', 'x'], "
+            "{'train': 0.6, 'val': 0.2, 'test': 0.2}, seed=0), sort_keys=True))")
+    outs = set()
+    for hash_seed in ("1", "2", "3", "4", "5", "6"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(outs) == 1 and set(json.loads(outs.pop()).values()) == {"train", "val", "test"}

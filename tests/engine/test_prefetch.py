@@ -31,3 +31,30 @@ def test_error_surfaces_at_its_chunk():
 def test_auto_threads():
     assert auto_threads(0) == 0 and auto_threads(5) == 5
     assert 0 <= auto_threads(None) <= 8
+
+
+def test_closing_early_waits_for_running_reads_and_starts_no_more():
+    """A consumer that fails after the first chunk: once the generator is closed nothing is running or started."""
+    import threading
+    import time
+
+    from histowsss.engine.prefetch import prefetch_batches
+
+    lock = threading.Lock()
+    started: list[int] = []
+    finished: list[int] = []
+
+    def make(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.05)
+        with lock:
+            finished.append(i)
+        return i
+
+    gen = prefetch_batches(([i] for i in range(50)), make, threads=1, depth=4)
+    assert next(gen) == [0]  # chunks 1-4 are queued now, chunk 1 running
+    gen.close()
+    with lock:
+        assert sorted(started) == sorted(finished)  # nothing still reading after close
+        assert len(started) <= 2  # the queued chunks were cancelled, not run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histowsss.evaluation.object_score import ObjectScore, semantic_components
+from histowsss.evaluation.object_score import ObjectScore, predicted_objects, semantic_components
 
 
 def test_semantic_components_numbers_each_class_and_skips_background_and_ignore():
@@ -17,6 +17,20 @@ def test_semantic_components_numbers_each_class_and_skips_background_and_ignore(
     assert (inst[sem == 0] == 0).all() and inst[2, 1] == 0
     assert len(np.unique(inst[inst > 0])) == 3
     assert len(np.unique(semantic_components(sem, background=None))) == 4 + 1  # class 0 regions count too
+
+
+def test_objects_in_unlabelled_ground_truth_are_not_scored():
+    """Pixels the ground truth leaves unlabelled (255) count at the object level as at the pixel level: not at all."""
+    gt = np.zeros((12, 12), np.uint8)
+    gt[1:5, 1:5] = 1
+    gt[7:11, 7:11] = 255  # an unannotated region
+    pred = np.where(gt == 255, 1, gt).astype(np.uint8)  # perfect, and a region where nothing is annotated
+    inst_gt = (gt == 1).astype(np.int64)
+    score = ObjectScore()
+    score.update(inst_gt, predicted_objects(pred, gt, background=0))
+    s = score.summary()
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 0, 0) and s["dice_mean_per_image"] == 100.0
+    assert len(np.unique(semantic_components(pred, background=0))) == 3  # unmasked, it would have been a false object
 
 
 def test_merge_equals_scoring_every_image_in_one():

@@ -68,6 +68,15 @@ def test_max_tiles_and_overwrite(tmp_path: Path, make_slide):
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
     assert runner.invoke(app, [*args, "--overwrite", "--seed", "1"]).exit_code == 0
+    # an interrupted call (no manifest.csv yet) redone with another tile size: no tile of the old size is reused
+    assert runner.invoke(app, [*args[:-2], "--overwrite"]).exit_code == 0  # every 16 px tile
+    (out / "manifest.csv").unlink()
+    bigger = ["data", "tiles", str(m), "--out", str(out), "--tile", "32", "--downsample", "2"]
+    r = runner.invoke(app, bigger)
+    assert r.exit_code == 0
+    for row in rows_of(out / "manifest.csv"):
+        assert Image.open(out / row["image"]).size == (32, 32)
+    assert "written anew" in r.output
 
 
 def test_bad_slide_manifests_are_explained(tmp_path: Path, make_slide):

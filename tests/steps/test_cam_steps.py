@@ -68,6 +68,26 @@ def test_make_cam_requires_train_cam_of_the_same_config(tiny_manifest, tmp_path)
         make_cam.run(other, RunDir(rd.path, other))
 
 
+def test_eval_cam_requires_the_cams_of_its_config(tiny_manifest, tmp_path):
+    """eval_cam never scores CAMs made with other make_cam settings (its choices feed the later steps)."""
+    from histowsss.steps import eval_cam
+
+    cfg = _cfg(tiny_manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="make_cam", log=lambda s: None)
+    other = _cfg(tiny_manifest, ["make_cam.scales=[1.0,2.0]"])
+    with pytest.raises(StepError, match="make_cam outputs .* another configuration"):
+        eval_cam.run(other, RunDir(rd.path, other))
+    # a CAM file of another make_cam among those of this one (a killed, redone make_cam) is named
+    name = sorted((rd.path / "cams").glob("*.npz"))[0]
+    with np.load(name) as z:
+        stale = dict(z)
+    stale["config_hash"] = np.array("0123456789ab")
+    np.savez_compressed(name, **stale)
+    with pytest.raises(StepError, match=f"{name.name}: CAM from another configuration"):
+        eval_cam.run(cfg, rd)
+
+
 def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
     cfg = _cfg(tiny_manifest, ["train_cam.epochs=3"])
     rd = RunDir(tmp_path / "run", cfg).init()
@@ -83,11 +103,11 @@ def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(train_cam, "save_train_state", crash_after_first)
+    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train_cam.run(cfg, rd)
     assert rd.status("train_cam")["state"] == "failed"
-    monkeypatch.setattr(train_cam, "save_train_state", real)
+    monkeypatch.setattr(checkpoints, "save_train_state", real)
     train_cam.run(cfg, rd)
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]  # epochs 0-1 kept, only epoch 2 trained after the restart

@@ -169,7 +169,7 @@ def test_train_irn_resumes_from_last_epoch(dataset: Path, tmp_path: Path, monkey
     cfg = make_cfg(dataset, "train_irn.epochs=2")
     run = prepared_run(tmp_path / "run", cfg)
     cam_to_ir_label.run(cfg, run)
-    import histowsss.steps.train_irn as t
+    from histowsss.engine import checkpoints as t
 
     real = t.save_train_state
 

@@ -15,6 +15,7 @@ from scipy import ndimage
 from histowsss.config import load_config
 from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine import checkpoints
 from histowsss.engine.atomic import write_npz, write_png
 from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir, StepError
@@ -171,18 +172,18 @@ def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, mon
     cfg = make_cfg(dataset)
     run = RunDir(tmp_path / "run", cfg).init()
     fake_pseudo(cfg, run)
-    original = train_seg.save_train_state
+    original = checkpoints.save_train_state
 
     def crash_after_first_epoch(path, state):
         original(path, state)
         raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(train_seg, "save_train_state", crash_after_first_epoch)
+    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_seg.run(cfg, run)
     assert run.status("train_seg")["state"] == "failed"
     first = json.loads((run.path / "logs" / "train_seg.jsonl").read_text().splitlines()[0])
-    monkeypatch.setattr(train_seg, "save_train_state", original)
+    monkeypatch.setattr(checkpoints, "save_train_state", original)
     epochs_run: list[int] = []
     real_plan = train_seg.epoch_plan
     monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
@@ -210,6 +211,12 @@ def test_best_on_train_picks_the_better_label_source(tmp_path):
         write_json(run.path / "metrics" / "sem_seg.json",
                    {"splits": {"train": {"cam": {"miou": cam}, "irn_pseudo": {"miou": pseudo}}}})
         assert label_source(cfg, run) == expected
+    # eval_cam's settings are an input of train_seg whenever CAM labels may be chosen, never with labels=pseudo
+    sweep = "eval_cam.thresholds=[0.3]"
+    for labels, follows in (("best_on_train", True), ("pseudo_or_cam", True), ("cam", True), ("pseudo", False)):
+        a = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"train_seg.labels={labels}"])
+        b = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"train_seg.labels={labels}", sweep])
+        assert (train_seg.config_hash(a) != train_seg.config_hash(b)) == follows, labels
 
 
 PATCHES = "data.patches={size: 16, stride: 8, label_rule: mask_fraction, min_fraction: 0.05}"
@@ -371,11 +378,34 @@ def test_one_run_gives_the_weak_network_and_its_upper_bound(dataset: Path, tmp_p
                         "[off ] eval_seg_supervised: upper_bound is false"]
 
 
+def test_a_killed_overwrite_is_not_resumed_as_the_network_it_replaces(dataset: Path, tmp_path: Path, monkeypatch):
+    """--overwrite, killed in its first epoch, then a plain re-run: the new network is trained, not the old one kept."""
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    train_seg.run(cfg, run)
+    ck = run.path / "checkpoints"
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("simulated kill in the first epoch")
+
+    real_plan = train_seg.epoch_plan
+    monkeypatch.setattr(train_seg, "epoch_plan", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg.run(cfg, run, overwrite=True)
+    assert not (ck / "seg.safetensors").exists() and not (ck / "seg_train_state.pt").exists()
+    plans: list[int] = []
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: plans.append(a[-1]) or real_plan(*a))
+    train_seg.run(cfg, run)
+    assert plans == list(range(cfg.train_seg.epochs))  # trained from the start, not resumed from the old run's state
+    assert (ck / "seg.safetensors").exists() and run.status("train_seg")["state"] == "done"
+
+
 def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset: Path, tmp_path: Path, monkeypatch):
     cfg = make_cfg(dataset, "train_seg.members=2")
     run = RunDir(tmp_path / "run", cfg).init()
     fake_pseudo(cfg, run)
-    original = train_seg.save_train_state
+    original = checkpoints.save_train_state
     seen: list[str] = []
 
     def crash_in_second_member(path, state):
@@ -384,13 +414,13 @@ def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset:
         if Path(path).name.startswith("seg_m1"):
             raise KeyboardInterrupt("simulated interruption in member 2")
 
-    monkeypatch.setattr(train_seg, "save_train_state", crash_in_second_member)
+    monkeypatch.setattr(checkpoints, "save_train_state", crash_in_second_member)
     with pytest.raises(KeyboardInterrupt):
         train_seg.run(cfg, run)
     ck = run.path / "checkpoints"
     assert (ck / "seg.safetensors").exists() and not (ck / "seg_m1.safetensors").exists()
     first_member = (ck / "seg.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr(train_seg, "save_train_state", original)
+    monkeypatch.setattr(checkpoints, "save_train_state", original)
     plans: list[tuple[int, int]] = []
     real_plan = train_seg.epoch_plan
     monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: plans.append((a[-2], a[-1])) or real_plan(*a))

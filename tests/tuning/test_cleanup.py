@@ -45,6 +45,8 @@ def test_specks_and_holes_are_scored_and_the_clean_up_that_removes_them_is_chose
     assert gated[0]["objects"]["tp"] == 0 and gated[0]["objects"]["fp"] == 0 and gated[0][f"iou_{cfg.data.classes.names[1]}"] == 0
     with pytest.raises(KeyError, match="not one of the training images"):
         score_cleanup(cfg, samples[:1], [tmp_path / "fold0_candidate0_probs.npz"], [0], [0])
+    with pytest.raises(ValueError, match="scored already from fold0_candidate0_probs.npz"):
+        score_cleanup(cfg, samples, [tmp_path / "fold0_candidate0_probs.npz"] * 2, [0], [0])
 
 
 def test_competition_ranks_share_the_best_place():
@@ -85,7 +87,10 @@ def test_cleanup_from_crossval_gates_as_the_variant_or_at_the_cut_given(dataset:
     for s in samples:  # the classifier calls class 1 absent everywhere
         write_npz(run.path / "cams" / f"{s.name}.npz", probs=np.array([0.01], np.float32),
                   classes=np.array([cfg.data.classes.names[1]]))
-    res = {"candidates": [""], "chosen": {"candidate": "", "variant": "network"}, "holdout_classifier": False}
+    res = {"candidates": [""], "chosen": {"candidate": "", "variant": "network"}, "holdout_classifier": False,
+           "per_fold": [{"fold": "fold0", "candidates": [{"candidate": 0}]}]}
+    # a file of an earlier cross-validation with more folds, left in the kept work folder: not read
+    write_npz(tmp_path / "work" / "fold4_candidate0_probs.npz", **probs)
     plain = cleanup_from_crossval(run.path, res, tmp_path / "work", [0], [0], [0.0])
     gated = cleanup_from_crossval(run.path, res, tmp_path / "work", [0], [0], [0.0], gate_cut=0.5)
     by_variant = cleanup_from_crossval(run.path, {**res, "chosen": {"candidate": "", "variant": "image_gate@0.5"}},

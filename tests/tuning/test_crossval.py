@@ -99,6 +99,20 @@ def test_chosen_overrides_reproduce_the_variant():
     assert cv.chosen_overrides("x=1", "network", False) == ["x=1"]
 
 
+def test_a_class_missing_from_a_fold_neither_crashes_nor_wins():
+    assert cv._mean_of_known([50.0, None, 60.0]) == 55.0 and cv._mean_of_known([None]) is None
+    pooled = [{"candidate": 0, "overrides": "", "network": {"iou_x": None}, "image_gate@0.5": {"iou_x": 10.0}},
+              {"candidate": 1, "overrides": "a=1", "network": {"iou_x": 5.0}}]
+    assert cv.best_variant(pooled, "iou_x") == (0, "image_gate@0.5")
+
+
+def test_candidates_cannot_change_how_the_data_are_read():
+    """Scored on the run's images and masks: a data.* candidate would be trained at one setting, judged at another."""
+    assert cv.parse_candidate(" train_seg.epochs=3 ;eval_seg.tta=none") == ["train_seg.epochs=3", "eval_seg.tta=none"]
+    with pytest.raises(ConfigError, match="data.image_scale=0.5: cross-validation compares"):
+        cv.parse_candidate("train_seg.epochs=3;data.image_scale=0.5")
+
+
 def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tmp_path: Path, monkeypatch):
     run = weak_run(dataset, tmp_path / "run")
     cfg = run.cfg

@@ -107,7 +107,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.export.model_bundle import bundle_networks
     from histowsss.steps.eval_seg import labels_from_probs, predict_probs
-    from histowsss.steps.train_seg import load_segnet, weights_fingerprint
+    from histowsss.steps.train_seg import check_network_input, load_segnet, weights_fingerprint
 
     cfg = load_run_config(run_dir)
     held = bundle_networks(run_dir)
@@ -127,6 +127,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             raise FileExistsError(f"{existing[0]} already exists{more}; pass --overwrite to replace the outputs, "
                                   "or choose another --out folder")
     dev = resolve_device(device or cfg.device)
+    check_network_input(cfg, run_dir, network)
     model = load_segnet(cfg, run_dir, network, dev)
     classes = cfg.data.classes
     colors_hex = [classes.color(n) for n in classes.names]

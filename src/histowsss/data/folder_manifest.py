@@ -141,6 +141,16 @@ def _mask_index(masks: list[Path], suffix: str) -> dict[str, Path]:
     return index
 
 
+def _without_masks(images: list[Path], root: Path, mask_dirs: set[Path], mask_index: dict[str, Path]) -> list[Path]:
+    """``images`` less the mask files (masks kept beside the images, e.g. ``a.png`` + ``a_mask.png``) and the files
+    below a mask folder (one that is not the image tree itself or a folder above it)."""
+    files = {p.resolve() for p in mask_index.values()}
+    r = root.resolve()
+    apart = [m for m in mask_dirs if m != r and not r.is_relative_to(m)]
+    return [p for p in images
+            if p.resolve() not in files and not any(p.resolve().is_relative_to(m) for m in apart)]
+
+
 def _as_list(masks: Path | list[Path] | None) -> list[Path]:
     return [] if masks is None else [Path(masks)] if isinstance(masks, (str, Path)) else [Path(m) for m in masks]
 
@@ -188,7 +198,7 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     unmatched: list[str] = []
     seen: dict[str, Path] = {}
     for split, cls in groups:
-        for img in _images_below(cls):
+        for img in _without_masks(_images_below(cls), root, skip, mask_index):
             patient = _claim(img, root, pattern, seen, unmatched)
             if patient is None:
                 continue
@@ -262,7 +272,7 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
     mask_index = _mask_index(mask_dirs, mask_suffix) if mask_dirs else {}
     top = _subfolders(root, skip)
     by_split = bool(top) and all(SPLIT_FOLDER.match(p.name) for p in top) and not _direct_images(root)
-    images = [p for p in _images_below(root) if not any(p.resolve().is_relative_to(s) for s in skip)]
+    images = _without_masks(_images_below(root), root, skip, mask_index)
     if not images:
         raise FolderLayoutError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) below it")
     rows: list[dict[str, str]] = []

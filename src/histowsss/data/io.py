@@ -28,7 +28,40 @@ def _corrupt(path: Path, e: BaseException) -> ImageReadError:
     )
 
 
-def _read_raw(path: Path) -> np.ndarray:
+_TO_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B (CMYK would pass for RGBA)
+_EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(im) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a damaged EXIF block: read the pixels as stored
+        return 1
+
+
+def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
+    """Pixels of a Pillow file that needs more than a plain decode: EXIF orientation (as viewers and annotation tools
+    show it), CMYK / YCbCr / LAB / HSV converted to RGB, palette indices kept (``keep_palette``: masks). None: decode
+    it plainly."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        palette = keep_palette and im.mode in ("P", "PA")
+        if not (im.mode in _TO_RGB_MODES or palette or _orientation(im) not in (0, 1)):
+            return None
+        im.load()
+        out = ImageOps.exif_transpose(im)
+    if out.mode in _TO_RGB_MODES:
+        out = out.convert("RGB")
+    if out.mode in ("P", "PA"):
+        if keep_palette:  # the class ids, not the colours they are shown in
+            arr = np.asarray(out)
+            return arr[..., 0] if arr.ndim == 3 else arr
+        out = out.convert("RGBA" if "transparency" in out.info or out.mode == "PA" else "RGB")
+    return np.asarray(out)
+
+
+def _read_raw(path: Path, keep_palette: bool = False) -> np.ndarray:
     if not path.exists():
         raise _not_found(path)
     if path.is_dir():
@@ -48,7 +81,8 @@ def _read_raw(path: Path) -> np.ndarray:
         # Pillow's formats: decode with Pillow only (imageio's fallback through every legacy plugin
         # adds nothing for a broken PNG/JPEG but noise and deprecation warnings)
         try:
-            return np.asarray(iio.imread(path, plugin="pillow"))
+            special = _read_pillow(path, keep_palette)
+            return special if special is not None else np.asarray(iio.imread(path, plugin="pillow"))
         except Exception as e:
             cause: BaseException = e
         try:  # Pillow's own words ("cannot identify image file", "image file is truncated")
@@ -101,9 +135,11 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
 
 
 def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scale: float = 1.0) -> np.ndarray:
-    """Read a single-channel mask as an integer array; check its size against the image's (before scaling)."""
+    """Read a single-channel mask as an integer array; check its size against the image's (before scaling).
+
+    Palette (indexed) PNGs give their indices, the class ids (as LUAD-HistoSeg and BCSS-WSSS store them)."""
     path = Path(path)
-    m = _read_raw(path)
+    m = _read_raw(path, keep_palette=True)
     if m.ndim == 3:
         if m.shape[2] >= 3 and not (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2])):
             raise ImageReadError(
@@ -130,7 +166,8 @@ def image_size(path: Path | str) -> tuple[int, int]:
 
         with Image.open(path) as im:
             w, h = im.size
-            return h, w
+            # EXIF orientations 5-8 turn the image by a quarter: read_rgb returns it as shown
+            return (w, h) if _orientation(im) in (5, 6, 7, 8) else (h, w)
     except Exception:
         img = _read_raw(path)
         return img.shape[0], img.shape[1]

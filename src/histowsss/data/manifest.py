@@ -74,6 +74,9 @@ def _missing_columns_message(path: Path, missing: list[str], columns: list[str],
         elif col == cfg.label_column:
             fixes.append(f"set data.label_column to one of the columns ({', '.join(columns)}), e.g. "
                          f"--set data.label_column=COLUMN, or to null to take labels from the masks")
+        elif col == cfg.points_column:
+            fixes.append(f"set data.points_column to the column of clicks (the header has: {', '.join(columns)}), "
+                         "or to null to train without clicks")
     return (f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)} "
             f"(the header has: {', '.join(columns) or 'nothing'}). Fix: " + "; ".join(fixes))
 
@@ -99,7 +102,9 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
             rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
     except (UnicodeDecodeError, csv.Error) as e:
         raise ManifestError(f"{path}: not a readable CSV ({e}); save it as UTF-8 CSV with a header row") from None
-    required = list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
+    # a points column that is named but absent would silently give no clicks at all
+    required = (list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
+                + ([cfg.points_column] if cfg.points_column else []))
     missing = [c for c in required if c not in columns]
     if missing:
         raise ManifestError(_missing_columns_message(path, missing, columns, cfg))

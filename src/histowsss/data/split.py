@@ -40,7 +40,10 @@ def grouped_stratified_split(patients: list[str], labels: list[str], fractions: 
     # guarantee every split with a positive fraction has at least one patient when possible
     for s, f in fractions.items():
         if f > 0 and s not in assignment.values() and len(per_patient) >= len(fractions):
-            donor = max(set(assignment.values()), key=lambda d: list(assignment.values()).count(d))
+            held = Counter(assignment.values())
+            # the split with the most patients gives one (ties: the larger fraction, then the order given; never a
+            # set's order, which changes with the interpreter's string hashing from one process to the next)
+            donor = max(fractions, key=lambda d: (held[d], fractions[d]))
             moved = next(p for p in reversed(order) if assignment[p] == donor)
             assignment[moved] = s
     return assignment

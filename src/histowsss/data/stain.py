@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MIN_STD = 1.0  # LAB units
+
 # LAB mean and std of a typical H&E image (mean over the 85 GlaS train images).
 DEFAULT_REFERENCE = ((61.4, 40.8, -26.8), (14.3, 10.9, 9.9))
 
@@ -23,7 +25,9 @@ def lab_stats(img: np.ndarray, tissue_only: bool = True) -> tuple[np.ndarray, np
         keep = lab[:, 0] < 92
         if keep.sum() > 100:
             lab = lab[keep]
-    return lab.mean(axis=0), lab.std(axis=0) + 1e-6
+    # a floor of one LAB unit: a nearly uniform image (a blank or pale tile) would otherwise have its smallest
+    # differences stretched a million-fold into garish colours
+    return lab.mean(axis=0), np.maximum(lab.std(axis=0), MIN_STD)
 
 
 def reinhard(img: np.ndarray, reference: tuple = DEFAULT_REFERENCE,

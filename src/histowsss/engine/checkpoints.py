@@ -12,13 +12,15 @@ from torch import nn
 from histowsss.engine.atomic import atomic_path, write_json
 
 
-def save_weights(path: Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
-    """Save a model's state dict to ``path`` (.safetensors) and ``meta`` next to it (.json)."""
+def save_weights(path: Path, model: nn.Module, meta: dict[str, Any] | None = None,
+                 stamp: dict[str, str] | None = None) -> None:
+    """Save a model's state dict to ``path`` (.safetensors) and ``meta`` next to it (.json); ``stamp`` goes into
+    the safetensors header (see :func:`weights_stamp`)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt"})
+        save_file(sd, str(tmp), metadata={"format": "pt", **(stamp or {})})
     if meta is not None:
         write_json(path.with_suffix(".json"), meta)
 
@@ -45,3 +47,41 @@ def load_train_state(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def weights_stamp(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header ({} if the file is missing or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # missing, truncated: no stamp
+        return {}
+
+
+def save_resume_point(last_path: Path, state_path: Path, model: nn.Module, state: dict[str, Any]) -> None:
+    """After an epoch: the weights (``last_path``) and the optimiser state (``state_path``, with ``config_hash`` and
+    ``epoch``); the weights carry the same config hash and epoch, so a kill between the two writes is detected."""
+    save_weights(last_path, model, stamp={"config_hash": str(state["config_hash"]), "epoch": str(state["epoch"])})
+    save_train_state(state_path, state)
+
+
+def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite: bool,
+                 is_main: bool = True) -> dict[str, Any] | None:
+    """The training state to continue from: None to start over. ``overwrite`` discards an earlier run's resume files
+    (rank 0 deletes them, so a later resume cannot pick them up); a state of another config, or one whose weights are
+    not of its epoch (a kill between the two writes, a run of another config killed after its first weights), is
+    not resumed."""
+    if overwrite:
+        if is_main:
+            for p in (last_path, state_path):
+                p.unlink(missing_ok=True)
+        return None
+    state = load_train_state(state_path)
+    if state is None or state.get("config_hash") != config_hash:
+        return None
+    stamp = weights_stamp(last_path)
+    if stamp.get("config_hash") != config_hash or stamp.get("epoch") != str(state.get("epoch")):
+        return None
+    return state

@@ -29,7 +29,8 @@ def prefetch_batches(chunks: Iterable[Sequence[T]], make: Callable[[T], R], thre
     """Yield ``[make(item) for item in chunk]`` for each chunk, in order, up to ``depth`` chunks ahead.
 
     ``threads == 0`` runs everything in the caller's thread (no pool). Exceptions surface at the chunk
-    that raised them.
+    that raised them. Closing the generator early cancels the chunks not started and waits for the running ones,
+    so nothing reads from a source (e.g. a slide) after the caller has closed it.
     """
     if threads <= 0:
         for chunk in chunks:
@@ -50,8 +51,13 @@ def prefetch_batches(chunks: Iterable[Sequence[T]], make: Callable[[T], R], thre
                     return
                 pending.append([pool.submit(make, item) for item in chunk])
 
-        fill()
-        while pending:
-            futures = pending.popleft()
+        try:
             fill()
-            yield [f.result() for f in futures]
+            while pending:
+                futures = pending.popleft()
+                fill()
+                yield [f.result() for f in futures]
+        finally:  # closed early (the consumer failed): drop what has not started, wait for what runs
+            for futures in pending:
+                for f in futures:
+                    f.cancel()

@@ -26,7 +26,8 @@ class RunDir:
         self.cfg = cfg
 
     def init(self) -> "RunDir":
-        """Create the folder and write the resolved config (refusing a different config without overwrite)."""
+        """Create the folder and write the resolved config of this invocation (each step's status records the
+        hash of the sections it used; networks record their input settings, checked by ``predict``)."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / "config.yaml", dump_config(self.cfg))
         write_json(self.path / "versions.json", versions())

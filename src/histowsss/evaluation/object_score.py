@@ -18,7 +18,7 @@ from histowsss.evaluation.object_metrics import object_metrics
 
 IGNORE = 255
 
-__all__ = ["ObjectScore", "semantic_components"]
+__all__ = ["ObjectScore", "predicted_objects", "semantic_components"]
 
 
 def semantic_components(sem: np.ndarray, background: int | None) -> np.ndarray:
@@ -32,6 +32,13 @@ def semantic_components(sem: np.ndarray, background: int | None) -> np.ndarray:
         out[lab > 0] = lab[lab > 0] + n
         n += k
     return out
+
+
+def predicted_objects(pred: np.ndarray, gt_class: np.ndarray, background: int | None) -> np.ndarray:
+    """The objects of a predicted class map that are scored against ``gt_class``: its connected components, cut to
+    the pixels the ground truth labels (its ignore pixels, 255, count at the object level no more than at the pixel
+    level)."""
+    return semantic_components(np.where(gt_class == IGNORE, IGNORE, pred), background)
 
 
 class ObjectScore:

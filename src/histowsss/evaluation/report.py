@@ -330,7 +330,8 @@ def object_rows(run_path: Path) -> list[dict]:
             rows.append({"stage": stage, "split": split, "images": o.get("images"), "object F1": o.get("f1"),
                          "precision": o.get("precision"), "recall": o.get("recall"),
                          "object Dice": o.get("dice_mean_per_image"),
-                         "object Hausdorff (px)": o.get("hausdorff_mean_per_image")})
+                         "object Hausdorff (px)": o.get("hausdorff_mean_per_image"),
+                         "images with infinite Hausdorff": o.get("hausdorff_infinite_images")})
 
     sem = _read_json(run_path / "metrics" / "sem_seg.json") or {}
     for sp, e in (sem.get("splits") or {}).items():
@@ -358,12 +359,15 @@ def section_quality(run_path: Path, class_names: list[str]) -> str:
             "on the test split(s).</p>")
     objs = object_rows(run_path)
     if objs:
-        cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)"]
+        cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)",
+                "images with infinite Hausdorff"]
         html += ("<h3>Objects (GlaS challenge metrics)</h3>" + table(objs, cols, left=("stage", "split")) +
                  '<p class="note">Against the manifest\'s instance masks (<code>mask_cc</code>). A network\'s objects '
                  "are the connected components of its prediction. F1, precision and recall (percent) come from "
                  "matches summed over the images; object Dice (percent) and Hausdorff (pixels) are means over the "
-                 "images, leaving out images with exactly one side empty.</p>")
+                 "images. An image where exactly one side has no object scores object Dice 0 and an infinite "
+                 "Hausdorff (as in the challenge's code): the Hausdorff mean leaves those images out and the last "
+                 "column counts them, so a network that predicts nothing on hard images cannot look better.</p>")
     return html
 
 

@@ -16,6 +16,7 @@ each written atomically. A restart with the same parameters reuses the finished 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -172,26 +173,29 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
         return tile, None, rgb
 
     threads = auto_threads(read_threads)
-    loaded = (b[0] for b in prefetch_batches(([t] for t in tiles), load, threads, depth=2))
-    for tile, block, rgb in track(loaded, total=len(tiles), description=f"{slide.path.name}: tiles",
-                                  transient=True, disable=not progress):
-        if block is not None:
-            reused += 1
-        else:
-            tb = time.perf_counter()
-            p = np.asarray(predict_fn(rgb), dtype=np.float32)
-            t_net += time.perf_counter() - tb
-            net_px += rgb.shape[0] * rgb.shape[1]
-            cw, ch = core_size(tile, (ww, wh))
-            if p.shape != (n_classes, *rgb.shape[:2]):
-                raise ValueError(f"predict_fn returned shape {p.shape}, expected {(n_classes, *rgb.shape[:2])}")
-            core = p[:, margin : margin + ch, margin : margin + cw]
-            block = np.clip(np.rint(block_mean(core, out_factor) * 255.0), 0, 255).astype(np.uint8)
-            if cache_dir is not None:
-                _save_npy(cache_dir / f"r{tile.row}_c{tile.col}.npy", block)
-        r0, c0 = tile.row * n, tile.col * n
-        h, w = min(block.shape[1], Ho - r0), min(block.shape[2], Wo - c0)
-        probs[:, r0 : r0 + h, c0 : c0 + w] = block[:, :h, :w]
+    batches = prefetch_batches(([t] for t in tiles), load, threads, depth=2)
+    # closed on a failure too: the read-ahead stops before the caller closes the slide
+    with contextlib.closing(batches):
+        loaded = (b[0] for b in batches)
+        for tile, block, rgb in track(loaded, total=len(tiles), description=f"{slide.path.name}: tiles",
+                                      transient=True, disable=not progress):
+            if block is not None:
+                reused += 1
+            else:
+                tb = time.perf_counter()
+                p = np.asarray(predict_fn(rgb), dtype=np.float32)
+                t_net += time.perf_counter() - tb
+                net_px += rgb.shape[0] * rgb.shape[1]
+                cw, ch = core_size(tile, (ww, wh))
+                if p.shape != (n_classes, *rgb.shape[:2]):
+                    raise ValueError(f"predict_fn returned shape {p.shape}, expected {(n_classes, *rgb.shape[:2])}")
+                core = p[:, margin : margin + ch, margin : margin + cw]
+                block = np.clip(np.rint(block_mean(core, out_factor) * 255.0), 0, 255).astype(np.uint8)
+                if cache_dir is not None:
+                    _save_npy(cache_dir / f"r{tile.row}_c{tile.col}.npy", block)
+            r0, c0 = tile.row * n, tile.col * n
+            h, w = min(block.shape[1], Ho - r0), min(block.shape[2], Wo - c0)
+            probs[:, r0 : r0 + h, c0 : c0 + w] = block[:, :h, :w]
     secs = time.perf_counter() - t0
     return SlidePrediction(probs, downsample * out_factor, len(tiles), reused, secs,
                            {"read_s": round(sum(read_s), 2), "network_s": round(t_net, 2),

@@ -17,6 +17,7 @@ annotated slides can be evaluated like GlaS (``data.mask_mode: class_ids`` with 
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Callable
@@ -114,6 +115,18 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     if problems:
         raise FileNotFoundError(f"{manifest}: " + "; ".join(problems[:10]) + " (paths are relative to the manifest's "
                                 "folder; fix them or remove the rows)")
+    # tiles of an interrupted call are reused only when they were cut with the same settings (names carry only the
+    # tile's corner, which other tile sizes / resolutions share)
+    from histowsss.engine.atomic import write_json
+
+    settings = {"tile": tile, "mpp": mpp, "downsample": downsample, "mask_classes": list(mask_classes or []),
+                "default_class": default_class, "ignore_unknown": ignore_unknown}
+    record = out_dir / "tiling.json"
+    earlier = json.loads(record.read_text()) if record.exists() else None
+    rewrite = overwrite or earlier != settings
+    if not overwrite and earlier is not None and earlier != settings:
+        log(f"{out_dir}: tiles of an interrupted call with other settings ({earlier}) are written anew")
+    write_json(record, settings)
     out_rows: list[dict[str, str]] = []
     for i, r in enumerate(rows, start=2):
         path = root / r["image"]
@@ -136,7 +149,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                 name = f"{path.stem}_x{x0}_y{y0}.png"
                 dest = sub / name
                 box = (x * ds, y * ds, tile * ds, tile * ds)
-                if not dest.exists() or overwrite:
+                if not dest.exists() or rewrite:
                     write_png(dest, slide.read(*box, (tile, tile)))
                 row = {**r, "image": str(dest.relative_to(out_dir)), "slide": r["image"], "x": str(x0),
                        "y": str(y0), "tissue": f"{f:.3f}"}
@@ -144,7 +157,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                     row["mask"] = ""
                     if ann is not None:
                         mdest = out_dir / "masks" / path.stem / name
-                        if not mdest.exists() or overwrite:
+                        if not mdest.exists() or rewrite:
                             write_png(mdest, ann.rasterize(*box, (tile, tile)))
                         row["mask"] = str(mdest.relative_to(out_dir))
                 out_rows.append(row)

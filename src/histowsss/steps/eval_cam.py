@@ -22,11 +22,12 @@ from histowsss.data.label_gate import patch_allowed, present_classes, uses_patch
 from histowsss.data.masks import load_class_mask
 from histowsss.engine.atomic import write_json
 from histowsss.engine.diagnostics import macro_auc
-from histowsss.engine.run_dir import RunDir
+from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.steps.common import output_classes, samples_for
 from histowsss.steps.make_cam import STRIDE, cam_path
+from histowsss.steps.make_cam import config_hash as make_cam_hash
 
 STEP = "eval_cam"
 
@@ -49,11 +50,15 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
     keep = [cfg.data.classes.index(n) for n in output_classes(cfg)]
     targets = image_targets(samples, cfg.data)[:, keep]
     out = []
+    expected = make_cam_hash(cfg)
     for s, t in zip(track(samples, description=f"loading {'+'.join(split_names)}"), targets):
         p = cam_path(run, s.name)
         if not p.exists():
             raise FileNotFoundError(f"{p}: CAM missing; run make_cam for split {s.split}")
         with np.load(p) as z:
+            if "config_hash" in z and str(z["config_hash"]) != expected:
+                raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected}); "
+                                "re-run make_cam with --overwrite")
             cam, probs, size = z["cam"].astype(np.float32), z["probs"], tuple(int(v) for v in z["size"])
         gt = load_class_mask(s, cfg.data) if s.mask is not None else None  # no mask: classification only
         if gt is not None and gt.shape != size:
@@ -134,6 +139,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write metrics/cam.json: chosen background parameter, per-split metrics for both gatings."""
     ec = cfg.eval_cam
     h = config_hash(cfg)
+    run.require("make_cam", make_cam_hash(cfg), STEP)
     with run.step(STEP, h, overwrite=overwrite) as info:
         mode = cam_mode(cfg)
         # argmax mode (no background class) has no background parameter: one value, nothing to sweep

@@ -29,7 +29,7 @@ from histowsss.engine.distributed import is_main_process
 from histowsss.engine.inference import multiscale_probs
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.metrics import ConfusionMatrix
-from histowsss.evaluation.object_score import ObjectScore, semantic_components
+from histowsss.evaluation.object_score import ObjectScore, predicted_objects
 from histowsss.steps import train_seg
 from histowsss.steps.common import samples_for
 
@@ -151,7 +151,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             overall.merge(one)
             gi = load_instance_mask(s, cfg.data, gt, bg)
             if gi is not None:
-                objects[s.split].update(gi, semantic_components(pred, bg))
+                objects[s.split].update(gi, predicted_objects(pred, gt, bg))
             summ = one.summary(names)
             per_image.append({"name": s.name, "split": s.split, "miou": summ["miou"],
                               "iou": {c: v["iou"] for c, v in summ["per_class"].items()}})

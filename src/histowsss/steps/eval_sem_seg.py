@@ -28,7 +28,7 @@ from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.engine.atomic import write_json
 from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.metrics import ConfusionMatrix
-from histowsss.evaluation.object_score import ObjectScore, semantic_components
+from histowsss.evaluation.object_score import ObjectScore, predicted_objects
 from histowsss.ops.instances import upsample_nearest
 from histowsss.ops.ir_labels import IGNORE
 from histowsss.steps import cam_to_ir_label, eval_cam, make_ins_seg_labels, make_sem_seg_labels
@@ -65,8 +65,9 @@ def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
         pseudo_cm.update(gt, pseudo)
         gi = load_instance_mask(s, cfg.data, gt, bg)
         if gi is not None:
-            inst_score.update(gi, read_png(run.path / "instances" / f"{s.name}.png").astype(np.int64))
-            cc_score.update(gi, semantic_components(pseudo, bg))
+            inst = read_png(run.path / "instances" / f"{s.name}.png").astype(np.int64)
+            inst_score.update(gi, np.where(gt == IGNORE, 0, inst))
+            cc_score.update(gi, predicted_objects(pseudo, gt, bg))
     out: dict = {"images": len(samples)}
     for f in folders:
         out[f] = {k: cm.summary(names) for k, cm in cms[f].items()}

@@ -17,7 +17,7 @@ from histowsss.data.crops import (image_targets, patch_examples, random_crop_exa
 from histowsss.data.pairs import pair_examples
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
+from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.crop_sources import CachedPatchSource, CachedTrunkSource, PixelSource
 from histowsss.engine.device import resolve_device
 from histowsss.engine.diagnostics import accuracy, chance_bce, check_epoch, macro_auc
@@ -88,8 +88,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         state_path = ckpt_dir / "cam_train_state.pt"
         history: list[dict] = []
         start_epoch = 0
-        state = load_train_state(state_path)
-        if state is not None and state.get("config_hash") == h and not overwrite:  # --overwrite retrains
+        state = resume_point(ckpt_dir / "cam_last.safetensors", state_path, h, overwrite)  # --overwrite retrains
+        if state is not None:
             load_weights(ckpt_dir / "cam_last.safetensors", model, device="cpu")
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -142,9 +142,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                                   f"acc {rec['acc']:.3f} auc {rec['auc'] if rec['auc'] is None else round(rec['auc'], 3)} "
                                   f"{rec['examples_per_s']} crops/s")
                 check_epoch(epoch, plain, chance, rec["auc"], pp, tc.min_epochs_before_diagnosis, history)
-                save_weights(ckpt_dir / "cam_last.safetensors", model)
-                save_train_state(state_path, {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
-                                              "scheduler": sched.state_dict(), "history": json.dumps(history)})
+                save_resume_point(ckpt_dir / "cam_last.safetensors", state_path, model,
+                                  {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "history": json.dumps(history)})
         meta = {"classes": output_classes(cfg), "network": tc.network, "backbone": cfg.backbone.name,
                 "config_hash": h, "epochs": tc.epochs, "final": history[-1] if history else None}
         save_weights(ckpt_dir / "cam.safetensors", model, meta)

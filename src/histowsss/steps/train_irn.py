@@ -27,7 +27,7 @@ from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
+from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.device import resolve_device
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.irnet import IGNORE, irn_losses
@@ -150,8 +150,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         state_path = ckpt / "irn_train_state.pt"
         history: list[dict] = []
         start_epoch = 0
-        state = load_train_state(state_path)
-        if state is not None and state.get("config_hash") == h and not overwrite:
+        state = resume_point(ckpt / "irn_last.safetensors", state_path, h, overwrite)
+        if state is not None:
             load_weights(ckpt / "irn_last.safetensors", model.head)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -188,9 +188,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 bar.console.print(f"epoch {epoch + 1}: loss {rec.get('total', 0):.4f} (pos {rec.get('pos_aff', 0):.3f} "
                                   f"neg {rec.get('neg_aff', 0):.3f} dp_fg {rec.get('dp_fg', 0):.3f} "
                                   f"dp_bg {rec.get('dp_bg', 0):.3f}) {rec['seconds']} s")
-                save_weights(ckpt / "irn_last.safetensors", model.head)
-                save_train_state(state_path, {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
-                                              "scheduler": sched.state_dict(), "history": json.dumps(history)})
+                save_resume_point(ckpt / "irn_last.safetensors", state_path, model.head,
+                                  {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "history": json.dumps(history)})
         meta = {"backbone": cfg.backbone.name, "config_hash": h, "epochs": t.epochs, "radius": t.radius,
                 "copies": t.copies, "final": history[-1] if history else None}
         save_weights(irn_path(run), model.head, meta)

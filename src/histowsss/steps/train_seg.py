@@ -36,7 +36,7 @@ from histowsss.data.masks import IGNORE, load_class_mask
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_train_state, load_weights, save_train_state, save_weights
+from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -76,9 +76,14 @@ def _upstream_hash(cfg: RunConfig) -> str:
         return "cam:" + eval_cam.config_hash(cfg)
     if ts.labels == "folder":
         return "folder:" + folder_fingerprint(cfg)
-    from histowsss.steps import make_sem_seg_labels
+    from histowsss.steps import eval_cam, make_sem_seg_labels
 
-    return "pseudo:" + make_sem_seg_labels.config_hash(cfg)
+    pseudo = "pseudo:" + make_sem_seg_labels.config_hash(cfg)
+    if ts.labels == "pseudo":
+        return pseudo
+    # pseudo_or_cam / best_on_train may train on eval_cam's CAM labels (best_on_train picks by eval_sem_seg's scores of
+    # the two, which depend on nothing else): a change of eval_cam's settings is a change of this step's input
+    return f"{pseudo}|cam:{eval_cam.config_hash(cfg)}"
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -380,12 +385,18 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     n_members = ts.members
     t_start = time.time()
     models, tags = [], [member_tag(t_, k) for k in range(n_members)]
+    if overwrite and ctx.is_main:  # start over: a kill and a plain re-run must not find the networks replaced here
+        for mt in tags:
+            for p in (checkpoint_path(run.path, mt), checkpoint_path(run.path, mt).with_suffix(".json")):
+                p.unlink(missing_ok=True)
+    ctx.barrier()
     for k, mt in enumerate(tags):
         base_meta = {"tag": mt, "member": k, "members": n_members, "member_tags": tags, "seed": ts.seed + k,
                      "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
                      "decoder_channels": ts.decoder_channels, "label_source": source,
                      "loss": "ce" if ts.supervised else ts.loss, "supervised": ts.supervised, "config_hash": h,
-                     "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples)}
+                     "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples),
+                     "input": network_input(cfg)}
         done = None if overwrite else _finished_member(cfg, run.path, mt, h)
         if done is not None:  # a member finished before a kill: keep it, train the next one
             meta, model = done
@@ -453,8 +464,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     state_path, last_path = ckpt_dir / f"{t_}_train_state.pt", ckpt_dir / f"{t_}_last.safetensors"
     history: list[dict] = []
     start_epoch = 0
-    state = None if overwrite else load_train_state(state_path)
-    if state is not None and state.get("config_hash") == h and state.get("world_size", 1) == ctx.world_size:
+    state = resume_point(last_path, state_path, h, overwrite, ctx.is_main)
+    if state is not None and state.get("world_size", 1) == ctx.world_size:
         load_weights(last_path, model, device="cpu")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -511,10 +522,10 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                 write_text(logs / f"train_{t_}.jsonl", "".join(json.dumps(r) + "\n" for r in history))
                 bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} ({kind}) agreement with {source} "
                                   f"labels {100 * rec['label_acc']:.1f}% {rec['crops_per_s']} crops/s")
-                save_weights(last_path, unwrap(ddp))
-                save_train_state(state_path, {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
-                                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                              "history": json.dumps(history)})
+                save_resume_point(last_path, state_path, unwrap(ddp),
+                                  {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
+                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                   "history": json.dumps(history)})
             ctx.barrier()
     meta = {"mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
     return meta, unwrap(ddp)
@@ -554,6 +565,31 @@ def segnet_meta(run_path: Path, tag_: str) -> dict:
                                 f"{run_path} --to train_seg{hint}` first")
     meta_path = path.with_suffix(".json")
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def network_input(cfg: RunConfig) -> dict:
+    """What the network's input depends on (resolution, stain normalisation) and what its outputs mean (classes):
+    recorded with the network, checked by ``predict`` against the run folder's config.yaml."""
+    d = cfg.data
+    return {"classes": list(d.classes.names), "background": d.classes.background, "image_scale": d.image_scale,
+            "mpp": d.mpp, "stain_normalization": d.stain_normalization, "stain_reference": d.stain_reference}
+
+
+def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
+    """StepError when config.yaml's data settings are not those the network was trained with (a later
+    `histowsss run` with other --set values rewrote config.yaml); networks without the record pass."""
+    trained = segnet_meta(run_path, tag_).get("input")
+    if trained is None:
+        return
+    now = json.loads(json.dumps(network_input(cfg)))
+    diff = [k for k in trained if trained[k] != now.get(k)]
+    if diff:
+        key = {"classes": "classes.names", "background": "classes.background"}
+        settings = ", ".join(f"data.{key.get(k, k)} = {now.get(k)!r}" for k in diff)
+        raise StepError(f"{run_path / 'config.yaml'}: {settings}"
+                        + f", but network {tag_} was trained with " + ", ".join(f"{trained[k]!r}" for k in diff)
+                        + f" (a later run rewrote config.yaml); restore those values in config.yaml or re-run "
+                        f"`histowsss run CONFIG --run {run_path} --from train_seg`")
 
 
 def weights_fingerprint(run_path: Path, tag_: str) -> str:

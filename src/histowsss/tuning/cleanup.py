@@ -19,7 +19,7 @@ from histowsss.config import RunConfig
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.evaluation.metrics import ConfusionMatrix
-from histowsss.evaluation.object_score import ObjectScore, semantic_components
+from histowsss.evaluation.object_score import ObjectScore, predicted_objects
 from histowsss.ops.label_cleanup import clean_objects
 from histowsss.steps.image_gate import apply_gate
 
@@ -45,11 +45,16 @@ def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterab
     cms = {c: ConfusionMatrix(len(names)) for c in combos}
     objs = {c: ObjectScore() for c in combos}
     seen = 0
+    scored: dict[str, Path] = {}
     for path in probs_files:
         with np.load(path) as z:
             for key in z.files:
                 if key not in by_name:
                     raise KeyError(f"{path}: {key!r} is not one of the training images given")
+                if key in scored:  # out-of-fold means once: a second copy comes from another cross-validation
+                    raise ValueError(f"{path}: {key!r} was scored already from {scored[key].name}; the files must "
+                                     "be the folds of one cross-validation")
+                scored[key] = Path(path)
                 s = by_name[key]
                 gt = load_class_mask(s, cfg.data)
                 gi = load_instance_mask(s, cfg.data, gt, bg)
@@ -62,7 +67,7 @@ def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterab
                     out = clean_objects(lab, bg, min_object_area=a, max_hole_area=h, split_h=sp)
                     cms[combo].update(gt, out)
                     if gi is not None:
-                        objs[combo].update(gi, semantic_components(out, bg))
+                        objs[combo].update(gi, predicted_objects(out, gt, bg))
                 seen += 1
         log(f"{path.name}: {seen} images scored")
     rows = []
@@ -126,10 +131,12 @@ def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int]
     from histowsss.tuning.crossval import WEAK
 
     ci = res["candidates"].index(res["chosen"]["candidate"])
-    files = sorted(Path(work).glob(f"fold*_candidate{ci}_probs.npz"))
-    if not files:
-        raise FileNotFoundError(f"{work}: no kept fold probabilities of candidate {ci}; run the cross-validation "
-                                "there first")
+    # the folds of this cross-validation only: the kept work folder may also hold files of an earlier one (more folds)
+    files = [Path(work) / f"{r['fold']}_candidate{ci}_probs.npz" for r in res["per_fold"] if r["candidates"]]
+    missing = [f.name for f in files if not f.exists()]
+    if not files or missing:
+        raise FileNotFoundError(f"{work}: kept fold probabilities of candidate {ci} missing ({', '.join(missing)}); "
+                                "run the cross-validation there first")
     cfg = load_config(str(Path(run_dir) / "config.yaml"), WEAK)
     variant = res["chosen"]["variant"]
     if gate_cut is None and variant.startswith("image_gate@"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -42,8 +43,17 @@ WEAK = ["train_seg.supervised=false"]  # a run's config.yaml may hold the last (
 
 
 def parse_candidate(text: str) -> list[str]:
-    """``"a.b=1; c.d=2"`` -> ``["a.b=1", "c.d=2"]`` (an empty text: the run's own configuration)."""
-    return [o.strip() for o in text.split(";") if o.strip()]
+    """``"a.b=1; c.d=2"`` -> ``["a.b=1", "c.d=2"]`` (an empty text: the run's own configuration).
+
+    ``data.*`` overrides are refused: every candidate is scored on the run's images and masks as the run reads
+    them (resolution, stain normalisation), so a candidate with other data settings would be trained on one and
+    judged on another."""
+    overrides = [o.strip() for o in text.split(";") if o.strip()]
+    bad = [o for o in overrides if o.split("=", 1)[0].strip().startswith("data.")]
+    if bad:
+        raise ConfigError(f"candidate {text!r}: {', '.join(bad)}: cross-validation compares settings on the run's own "
+                          "data settings; to compare data.* settings, make one run per setting and tune each")
+    return overrides
 
 
 def gate_variant(cut: float) -> str:
@@ -101,6 +111,22 @@ def holdout_cam_run(src: Path, manifest: Path, run_path: Path, log: Callable[[st
 def _summary(cm: ConfusionMatrix, names: list[str]) -> dict:
     sm = cm.summary(names)
     return {"miou": sm["miou"], **{f"iou_{c}": sm["per_class"][c]["iou"] for c in names}}
+
+
+def _mean_of_known(values: list[float | None]) -> float | None:
+    """Mean of the values that exist (a fold without the criterion's class, neither in its masks nor predicted, has
+    none), rounded; None when none does."""
+    known = [v for v in values if v is not None]
+    return round(float(np.mean(known)), 2) if known else None
+
+
+def best_variant(pooled: list[dict], criterion: str) -> tuple[int, str]:
+    """(candidate, variant) of the pooled rows with the highest ``criterion``; a variant without a value ranks last."""
+    def value(cv: tuple[int, str]) -> float:
+        v = pooled[cv[0]][cv[1]][criterion]
+        return -math.inf if v is None else v
+
+    return max(((r["candidate"], vk) for r in pooled for vk in r if isinstance(r[vk], dict)), key=value)
 
 
 def _matrix(cm: ConfusionMatrix) -> list[list[int]]:
@@ -272,11 +298,10 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         row: dict = {"candidate": ci, "overrides": cand}
         for (cj, vk), cm in pooled.items():
             if cj == ci:
-                row[vk] = {**_summary(cm, names), "fold_mean_" + criterion: round(float(np.mean(
-                    [r["candidates"][ci][vk][criterion] for r in fold_records if r["candidates"]])), 2)}
+                row[vk] = {**_summary(cm, names), "fold_mean_" + criterion: _mean_of_known(
+                    [r["candidates"][ci][vk][criterion] for r in fold_records if r["candidates"]])}
         pooled_rec.append(row)
-    best_c, best_v = max(((r["candidate"], vk) for r in pooled_rec for vk in r if isinstance(r[vk], dict)),
-                         key=lambda cv: pooled_rec[cv[0]][cv[1]][criterion])
+    best_c, best_v = best_variant(pooled_rec, criterion)
     return {"run": str(src), "folds": folds, "split_seed": seed, "label_source": source,
             "training_images": len(samples), "training_patients": len(set(patients)),
             "scored_images": sum(bool(s.mask) for s in samples),

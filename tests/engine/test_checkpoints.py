@@ -1,0 +1,52 @@
+"""Resume points: the weights and the optimiser state of one epoch, written as a pair and resumed only as a pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from histowsss.engine.checkpoints import (load_weights, resume_point, save_resume_point, save_weights,
+                                          weights_stamp)
+
+
+def _state(h: str, epoch: int) -> dict:
+    return {"config_hash": h, "epoch": epoch, "history": "[]"}
+
+
+def test_a_matching_pair_resumes(tmp_path: Path):
+    last, state = tmp_path / "x_last.safetensors", tmp_path / "x_train_state.pt"
+    model = nn.Linear(3, 2)
+    save_resume_point(last, state, model, _state("abc", 4))
+    assert weights_stamp(last) == {"format": "pt", "config_hash": "abc", "epoch": "4"}
+    assert resume_point(last, state, "abc", overwrite=False)["epoch"] == 4
+    other = nn.Linear(3, 2)
+    load_weights(last, other)
+    assert torch.equal(other.weight, model.weight)
+
+
+def test_mismatched_or_stale_files_start_over(tmp_path: Path):
+    last, state = tmp_path / "x_last.safetensors", tmp_path / "x_train_state.pt"
+    model = nn.Linear(3, 2)
+    assert resume_point(last, state, "abc", overwrite=False) is None  # nothing yet
+    save_resume_point(last, state, model, _state("abc", 0))
+    assert resume_point(last, state, "other", overwrite=False) is None  # another configuration
+    # killed between the two writes of epoch 1: epoch-1 weights beside the epoch-0 state
+    save_weights(last, model, stamp={"config_hash": "abc", "epoch": "1"})
+    assert resume_point(last, state, "abc", overwrite=False) is None
+    # a run of another config (started with --overwrite) killed after its first weights: the state is still "abc"
+    save_weights(last, model, stamp={"config_hash": "new", "epoch": "0"})
+    assert resume_point(last, state, "abc", overwrite=False) is None
+    save_weights(last, model)  # weights without a stamp (older versions)
+    assert resume_point(last, state, "abc", overwrite=False) is None
+
+
+def test_overwrite_discards_the_earlier_run(tmp_path: Path):
+    last, state = tmp_path / "x_last.safetensors", tmp_path / "x_train_state.pt"
+    save_resume_point(last, state, nn.Linear(3, 2), _state("abc", 2))
+    assert resume_point(last, state, "abc", overwrite=True, is_main=False) is None
+    assert last.exists() and state.exists()  # only rank 0 deletes
+    assert resume_point(last, state, "abc", overwrite=True) is None
+    assert not last.exists() and not state.exists()
+    assert resume_point(last, state, "abc", overwrite=False) is None
