@@ -104,7 +104,7 @@ def test_predict_errors_are_clear(trained_run: Path, tmp_path: Path):
 
 
 def test_predict_refuses_a_config_rewritten_with_other_input_settings(trained_run: Path, tmp_path: Path):
-    """A later `histowsss run --set data.image_scale=...` rewrote config.yaml: predict names the setting, not guesses."""
+    """A later `histowsss run --set data.image_scale=...` rewrote config.yaml: predict names the setting."""
     import yaml
 
     run = shutil.copytree(trained_run, tmp_path / "run")

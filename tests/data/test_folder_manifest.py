@@ -72,7 +72,7 @@ def test_split_folders_are_kept_and_masks_matched_by_stem(tmp_path: Path):
 
 
 def test_masks_beside_the_images_are_not_images(class_folder: Path, tmp_path: Path):
-    """tiles/<class>/S00_0.png + S00_0_mask.png, --masks tiles --mask-suffix _mask: the masks are no rows of their own."""
+    """tiles/<class>/S00_0.png + S00_0_mask.png, --masks tiles --mask-suffix _mask: masks are no rows of their own."""
     for img in sorted(class_folder.rglob("*.png")):
         Image.fromarray(np.zeros((40, 40), np.uint8)).save(img.with_name(img.stem + "_mask.png"))
     made = manifest_from_folder(class_folder, tmp_path / "m.csv", masks=class_folder, mask_suffix="_mask",

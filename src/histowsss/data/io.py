@@ -28,7 +28,8 @@ def _corrupt(path: Path, e: BaseException) -> ImageReadError:
     )
 
 
-_TO_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not R, G, B (CMYK would pass for RGBA)
+# Pillow modes whose channels are not R, G, B (a CMYK image would pass for RGBA)
+_TO_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
 _EXIF_ORIENTATION = 0x0112
 
 

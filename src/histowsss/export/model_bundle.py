@@ -152,7 +152,8 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and bundle_networks(out) is None)):
         # --overwrite replaces an earlier export, never a folder of other files (it would be deleted)
-        raise FileExistsError(f"{out} exists and is not a model folder written by `histowsss export` (no {MODEL_CARD}); "
+        raise FileExistsError(f"{out} exists and is not a model folder written by `histowsss export` "
+                              f"(no {MODEL_CARD}); "
                               "--overwrite only replaces an earlier export: choose a new or empty --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

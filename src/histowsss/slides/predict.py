@@ -105,7 +105,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
             return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
 
         params = {"slide": str(Path(path).resolve()), "size": list(slide.dimensions), "downsample": ds,
-                  "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network, "weights": weights,
+                  "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
+                  "weights": weights,
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
         cache = out_dir / f"{path.stem}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
