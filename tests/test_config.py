@@ -79,6 +79,34 @@ def test_overrides_apply_to_loaded_config():
     assert cfg.data.manifest == Path("/x/m.csv")
 
 
+@pytest.mark.parametrize("text, value", [
+    ("name=2024", "2024"),                                     # a name that looks like a number
+    ("name=yes", "yes"),                                       # ... or like a boolean
+    ("data.classes.colors.benign=#ff0000", "#ff0000"),         # '#' starts a YAML comment
+    ("data.label_separator=|", "|"),                           # '|' is a YAML block marker
+    ("data.label_separator=,", ","),                           # not valid YAML at all
+    ("train_seg.label_dir=runs/demo #2/labels", "runs/demo #2/labels"),
+    ("train_seg.label_dir=runs/a: b/labels", "runs/a: b/labels"),
+    ("train_seg.label_dir=001", "001"),
+    ("train_seg.label_dir='quoted'", "quoted"),
+    ("train_seg.label_dir=null", None),
+    ("eval_seg.tta=none", "none"),
+])
+def test_text_fields_take_the_value_as_written(text, value):
+    assert parse_override(text)[1] == value
+
+
+def test_a_value_that_is_not_valid_yaml_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"make_cam.scales=\[1.0,.*not valid YAML.*\[a, b\]"):
+        parse_override("make_cam.scales=[1.0,")
+
+
+def test_a_section_written_as_null_can_be_overridden():
+    """A run folder's config.yaml writes empty sections as null: its keys can still be set."""
+    raw = {"data": {"patches": None}}
+    assert apply_overrides(raw, ["data.patches.size=112"]) == {"data": {"patches": {"size": 112}}}
+
+
 def test_override_without_equals_is_clear():
     with pytest.raises(ConfigError, match="key.sub=value"):
         parse_override("train_cam.epochs")

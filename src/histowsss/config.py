@@ -9,7 +9,9 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+import re
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -443,18 +445,70 @@ def builtin_config_path(name: str) -> Path:
     return Path(str(p))
 
 
+_NULLS = ("", "null", "Null", "NULL", "~")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _field_type(keys: list[str]) -> Any:
+    """The annotation of the config field at ``keys`` (through sections and dicts); None when unknown."""
+    node: Any = RunConfig
+    for k in keys:
+        while get_origin(node) in (Union, UnionType):  # X | None: the non-None part
+            args = [a for a in get_args(node) if a is not type(None)]
+            node = args[0] if len(args) == 1 else None
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(k)
+            node = field.annotation if field is not None else None
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            return None
+    return node
+
+
+def _wants_text(annotation: Any) -> bool:
+    """True for a field whose values are text only (str, Path, a Literal of strings; optionally None)."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) \
+        else [annotation]
+    if get_origin(args[0] if args else None) is Literal:
+        return all(isinstance(v, str) for a in args for v in get_args(a))
+    return bool(args) and all(a in (str, Path) for a in args)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse 'a.b.c=value' (value as YAML scalar/list) into (['a','b','c'], value)."""
+    """Parse 'a.b.c=value' into (['a','b','c'], value).
+
+    The value is read as YAML (numbers, booleans, null, [lists], {mappings}), except where it is text: for a field
+    that only holds text (a name, a path, a colour, a separator) the value is taken as written (``name=2024``,
+    ``colors.benign=#ff0000``, ``label_separator=|``, a path with ``#`` or ``: `` in it); quotes may still be used.
+    """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train_cam.epochs=3)")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):  # YAML 1.1 reads '1e-4' as a string
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return key.strip().split("."), parsed
+    keys = key.strip().split(".")
+    raw = value.strip()
+    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+    if _wants_text(_field_type(keys)) and not quoted:
+        return keys, None if raw in _NULLS else raw
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        if raw[:1] in "[{":
+            problem = str(e).strip().splitlines()[0]
+            raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); "
+                              "write lists as [a, b] and mappings as {k: v}") from None
+        return keys, raw  # text YAML cannot read (',', '&', '*x'): as written
+    if quoted:
+        return keys, parsed
+    if parsed is None and raw not in _NULLS or parsed == "" and raw != "":
+        return keys, raw  # '#...' (a comment to YAML), '|' or '>' (block markers): as written
+    if isinstance(parsed, (dict, list)) and raw[:1] not in "[{":
+        return keys, raw  # 'a: b' or '- a' inside a text value
+    if isinstance(parsed, str) and _NUMBER.fullmatch(raw):  # YAML 1.1 reads '1e-4' as a string
+        return keys, float(raw)
+    if isinstance(parsed, str) and parsed != raw:
+        return keys, raw  # YAML cut it short (e.g. at ' #')
+    return keys, parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -463,7 +517,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         keys, value = parse_override(ov)
         node = raw
         for k in keys[:-1]:
-            if not isinstance(node.get(k, {}), dict):
+            if node.get(k) is None:  # an absent section, or one written as null (a run folder's config.yaml)
+                node[k] = {}
+            if not isinstance(node[k], dict):
                 raise ConfigError(f"override {ov!r}: {k!r} is not a section")
             node = node.setdefault(k, {})
         node[keys[-1]] = value

@@ -146,6 +146,10 @@ def test_report_of_an_empty_run_folder(tmp_path: Path):
     assert "not run" in (tmp_path / "report.html").read_text()
     res = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "not found" in res.output
+    odd = tmp_path / "a[/b]c[red]d"  # square brackets in a path are not rich markup
+    odd.mkdir(parents=True)
+    res = runner.invoke(app, ["report", str(odd)])
+    assert res.exit_code == 0 and str(odd / "report.html") in " ".join(res.output.split()).replace(" ", ""), res.output
 
 
 def _image_slide(trained_run: Path, tmp_path: Path, make_slide, mpp=None) -> tuple[Path, np.ndarray]:

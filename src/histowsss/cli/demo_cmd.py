@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, console, log_line
+from histowsss.cli.common import clear_errors, log_line
 
 
 def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="run folder"),
@@ -32,8 +32,8 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
 
     print(stage_table(rd.path))
     report = write_report(rd.path, None)
-    console.print(f"demo finished in {time.time() - t0:.0f} s; run folder: {rd.path}")
-    console.print(f"report: {report}")
+    log_line(f"demo finished in {time.time() - t0:.0f} s; run folder: {rd.path}")
+    log_line(f"report: {report}")
 
 
 def stage_table(run_path: Path) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from histowsss.cli.common import clear_errors, console
+from histowsss.cli.common import clear_errors, log_line
 
 
 def export(run_dir: Path = typer.Argument(..., help="run folder with a trained segmentation network"),
@@ -20,4 +20,4 @@ def export(run_dir: Path = typer.Argument(..., help="run folder with a trained s
     with clear_errors():
         path = export_model(run_dir, out, "seg_supervised" if supervised else "seg", overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    console.print(f"model: {path} ({size / 1e6:.1f} MB; {MODEL_CARD}, MODEL.md)")
+    log_line(f"model: {path} ({size / 1e6:.1f} MB; {MODEL_CARD}, MODEL.md)")

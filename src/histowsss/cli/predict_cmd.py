@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from histowsss.cli.common import clear_errors, console, log_line
+from histowsss.cli.common import clear_errors, log_line
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.export.overlay import overlay
 from histowsss.export.summary import summary_row, update_summary
@@ -228,4 +228,4 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                               min_area=min_area, log=log_line, recursive=recursive,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
                                                          out_factor, tissue_threshold, slide_backend))
-    console.print(f"{len(recs)} image(s) -> {out}")
+    log_line(f"{len(recs)} image(s) -> {out}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, console
+from histowsss.cli.common import clear_errors, log_line
 
 
 def report(run_dir: Path = typer.Argument(..., help="run folder"),
@@ -18,4 +18,4 @@ def report(run_dir: Path = typer.Argument(..., help="run folder"),
 
     with clear_errors():
         path = write_report(run_dir, out)
-    console.print(f"report: {path}")
+    log_line(f"report: {path}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, console, default_run_dir, get_config, log_line
+from histowsss.cli.common import clear_errors, default_run_dir, get_config, log_line
 
 
 def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland, glas-malignant)"),
@@ -23,7 +23,7 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
     with clear_errors():
         cfg = get_config(config, set_)
         rd = RunDir(default_run_dir(cfg, run_dir), cfg).init()
-        console.print(f"run folder: {rd.path}")
+        log_line(f"run folder: {rd.path}")
         run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log_line)
 
 

@@ -104,5 +104,5 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         console.print(t2)
         console.print("chosen clean-up: " + " ".join(f"--set {o}" for o in cl["overrides"]), markup=False,
                       highlight=False)
-    console.print(f"result: {out}")
+    log_line(f"result: {out}")
 
