@@ -68,6 +68,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_under_torchrun_only_the_segmentation_steps_may_run(monkeypatch, tmp_path: Path):
+    """Every other step would run once per process on the same files: refused before anything runs."""
+    from histowsss.config import ConfigError, load_config
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.run_dir import RunDir
+
+    cfg = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", "upper_bound=false"])
+    run = RunDir(tmp_path / "run", cfg).init()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=r"train_cam, make_cam would run in each of the 2 torchrun processes"):
+        run_pipeline(cfg, run, stop="make_cam", log=lambda m: None)
+    assert not (run.path / "status").exists()  # refused before any step started
+    logs: list[str] = []
+    assert run_pipeline(cfg, run, start="train_seg_supervised", log=logs.append) == {}  # off: nothing to refuse
+    assert logs and all(m.startswith("[off ]") for m in logs)
+
+
 def test_two_cpu_processes_train_identical_weights(tmp_path: Path):
     from safetensors.torch import load_file
 

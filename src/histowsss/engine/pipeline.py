@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from histowsss.config import RunConfig
+from histowsss.config import ConfigError, RunConfig
 from histowsss.engine.run_dir import RunDir
 from histowsss.steps.registry import select_steps, step_module
 
@@ -22,18 +22,37 @@ def status_name(cfg: RunConfig, name: str, module) -> str:
     return fn(cfg) if fn is not None else name
 
 
+# steps that share their work among torchrun's processes (DDP training; evaluation on rank 0 after it)
+DISTRIBUTED_STEPS = ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised")
+
+
 def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``."""
-    results: dict[str, dict] = {}
+    """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``.
+
+    Under torchrun (WORLD_SIZE > 1) only the segmentation steps may have work to do: every other step would run
+    once per process, all on the same files."""
+    from histowsss.engine.distributed import env_world
+
+    plan = []  # (name, module, hash, status key, reason it is off or None)
     for name in select_steps(start, stop):
         mod = step_module(name)
-        off = getattr(mod, "disabled", lambda c: None)(cfg)
+        plan.append((name, mod, mod.config_hash(cfg), status_name(cfg, name, mod),
+                     getattr(mod, "disabled", lambda c: None)(cfg)))
+    world = env_world()[1]
+    if world > 1:
+        todo = [key for name, _, h, key, off in plan
+                if not off and name not in DISTRIBUTED_STEPS and (overwrite or not run.is_done(key, h))]
+        if todo:
+            raise ConfigError(f"{', '.join(todo)} would run in each of the {world} torchrun processes; only the "
+                              "segmentation steps share their work: run the earlier steps in one process first "
+                              f"(`histowsss run CONFIG -r {run.path} --to eval_sem_seg`), then torchrun with "
+                              "--from train_seg --to eval_seg")
+    results: dict[str, dict] = {}
+    for name, mod, h, key, off in plan:
         if off:
             log(f"[off ] {name}: {off}")
             continue
-        h = mod.config_hash(cfg)
-        key = status_name(cfg, name, mod)
         if run.is_done(key, h) and not overwrite:
             log(f"[skip] {key}: finished with this configuration")
             continue
