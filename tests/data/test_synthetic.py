@@ -154,7 +154,7 @@ def test_reuse_existing_and_refuse_different(tmp_path: Path) -> None:
     assert img.read_bytes() == content
 
     # different parameters: refuse, unless overwrite=True
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"overwrite=True; on the command line --overwrite"):
         generate_synthetic_dataset(out, **{**kw, "seed": 1})
     with pytest.raises(FileExistsError):
         generate_synthetic_dataset(out, **{**kw, "n_per_split": {"train": 2, "val": 2}})

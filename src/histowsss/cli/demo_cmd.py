@@ -14,7 +14,7 @@ from histowsss.cli.common import clear_errors, log_line
 
 def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="run folder"),
          seed: int = typer.Option(0, help="synthetic data seed"),
-         overwrite: bool = typer.Option(False, help="redo finished steps"),
+         overwrite: bool = typer.Option(False, help="redo finished steps (and regenerate the data for another --seed)"),
          set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override")) -> None:
     """Generate synthetic H&E data, run every step on it, print the per-stage quality table."""
     from histowsss.config import load_config
@@ -24,7 +24,7 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
 
     t0 = time.time()
     with clear_errors():
-        manifest = generate_synthetic_dataset(run_dir / "data", seed=seed)
+        manifest = generate_synthetic_dataset(run_dir / "data", seed=seed, overwrite=overwrite)
         cfg = load_config("demo", [f"data.manifest={manifest}", f"seed={seed}"] + list(set_ or []))
         rd = RunDir(run_dir, cfg).init()
         run_pipeline(cfg, rd, overwrite=overwrite, log=log_line)

@@ -593,7 +593,7 @@ def generate_synthetic_dataset(
             raise FileExistsError(
                 f"{manifest} already exists and was not generated with the same parameters "
                 f"({params_path.name}: {existing!r}, requested: {params!r}); "
-                "pass overwrite=True to regenerate it or choose another output folder"
+                "regenerate it (overwrite=True; on the command line --overwrite) or choose another output folder"
             )
         if _manifest_complete(out_dir, manifest):
             return manifest
