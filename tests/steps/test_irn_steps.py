@@ -98,6 +98,21 @@ def test_pipeline_end_to_end(dataset: Path, tmp_path: Path):
     assert run_pipeline(cfg, run, start="cam_to_ir_label", stop="eval_sem_seg", log=lambda m: None) == {}
 
 
+def test_inference_rebuilds_the_backbone_the_heads_were_trained_on(dataset: Path):
+    """backbone.weights: none: the frozen random backbone is not saved, so it must come out the same at inference."""
+    import torch
+
+    from histowsss.steps.irn_common import build_irn, build_irn_as_trained
+
+    cfg = make_cfg(dataset)
+    torch.manual_seed(cfg.train_irn.seed)  # as train_irn builds it
+    trained = build_irn(cfg).state_dict()
+    state = torch.random.get_rng_state()
+    rebuilt = build_irn_as_trained(cfg).state_dict()
+    assert all(torch.equal(trained[k], rebuilt[k]) for k in trained)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+
+
 def test_missing_cams_is_a_clear_error(dataset: Path, tmp_path: Path):
     cfg = make_cfg(dataset)
     run = RunDir(tmp_path / "run", cfg).init()

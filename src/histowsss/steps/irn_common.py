@@ -130,11 +130,20 @@ def build_irn(cfg: RunConfig):
     return IRNet(cfg.backbone, edge_channels=t.edge_channels, dp_channels=t.dp_channels)
 
 
+def build_irn_as_trained(cfg: RunConfig):
+    """The IRN as train_irn built it: seeded with train_irn.seed, so a backbone without pretrained weights
+    (``backbone.weights: none``; frozen, not saved with the heads) is the same random network the heads were
+    trained on. The caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train_irn.seed)
+        return build_irn(cfg)
+
+
 def load_irn(cfg: RunConfig, run: RunDir, device: torch.device):
     """The trained IRN of a run (heads from checkpoints/irn.safetensors, frozen backbone from its config)."""
     from histowsss.engine.checkpoints import load_weights
 
-    model = build_irn(cfg)
+    model = build_irn_as_trained(cfg)
     path = irn_path(run)
     if not path.exists():
         raise StepError(f"{path}: IRN checkpoint missing; run train_irn")

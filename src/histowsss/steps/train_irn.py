@@ -128,7 +128,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         labels = load_labels(cfg, run, samples)
         torch.manual_seed(t.seed)
         device = resolve_device(cfg.device)
-        model = build_irn(cfg).to(device)
+        model = build_irn(cfg).to(device)  # as irn_common.build_irn_as_trained rebuilds it for inference
         if t.crop_size % model.max_reduction:
             r = model.max_reduction
             raise StepError(f"train_irn.crop_size ({t.crop_size}) must be a multiple of the backbone's largest "
