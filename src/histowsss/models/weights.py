@@ -81,6 +81,10 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
+# top-level names of classifier heads that a timm feature extractor (features_only) drops: unused, never an error
+HEAD_PREFIXES = ("classifier", "conv_head", "bn2", "fc", "head", "global_pool", "pre_logits", "head_drop", "norm")
+
+
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
 
@@ -90,6 +94,15 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
     target = model.state_dict()
     if set(target) <= set(sd) or len(set(target) & set(sd)) >= 0.9 * len(target):
         matched = {k: v for k, v in sd.items() if k in target and target[k].shape == v.shape}
+        # by name, everything must fit: a tensor left at init, one of another shape, or one the model lacks (other
+        # than the classifier head a feature extractor drops) means weights of another architecture
+        unfit = [k for k in target if k not in matched and not k.endswith("num_batches_tracked")]
+        unused = [k for k in sd if k not in target and not k.split(".", 1)[0] in HEAD_PREFIXES]
+        if unfit or unused:
+            what = (f"{len(unfit)} of the model's tensors missing or of another shape (e.g. {unfit[0]})" if unfit
+                    else f"{len(unused)} tensors the model does not have (e.g. {unused[0]})")
+            raise WeightsError(f"{source}: {what}; these weights are for another architecture (check backbone.name "
+                               "or train_seg.encoder)")
     else:
         src, dst = list(sd.items()), list(target.items())
         matched = {}
