@@ -155,3 +155,33 @@ def test_patchwise_cam_of_a_translation_invariant_net_matches_whole_image():
     patched, _ = patchwise_cam(PixelNet(), img, [1.0], False, norm, torch.device("cpu"), 16, channels_last=False)
     assert patched.shape == whole.shape
     assert np.abs(patched - whole)[:, 1:-1, 1:-1].max() < 0.02 * whole.max()
+
+
+def test_flipped_cams_land_where_the_unflipped_ones_do():
+    """Width 200 is not a multiple of 16: the flipped image's stride-16 cells start 8 px off; its CAM, flipped back,
+    must still peak at the object, not a cell away."""
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.steps.make_cam import multiscale_cam
+
+    class Stride16Net(torch.nn.Module):  # a mirror-symmetric CAM with output stride 16 ('same' padding: ceil)
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            x = torch.nn.functional.pad(x[:, :1] + 1.0, (0, -w % 16, 0, -h % 16))
+            cam = torch.nn.functional.avg_pool2d(x, 16)
+            return {"cam": cam, "logits": cam.mean(dim=(2, 3))}
+
+    img = np.zeros((64, 200, 3), np.uint8)
+    img[24:40, 90:110] = 255  # a bright blob centred at x = 100
+    norm = Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    plain, _ = multiscale_cam(Stride16Net(), img, [1.0], False, norm, torch.device("cpu"), channels_last=False)
+    both, _ = multiscale_cam(Stride16Net(), img, [1.0], True, norm, torch.device("cpu"), channels_last=False)
+    flipped_back = both - plain
+    assert plain.shape == (1, 16, 50)
+
+    def centre(cam):  # column centre of mass of the blob's row, in pixels
+        row = cam[0].max(axis=0) - cam[0].min()
+        return float((row * (4 * np.arange(row.size) + 1.5)).sum() / row.sum())
+
+    assert abs(centre(plain) - 100) < 4 and abs(centre(flipped_back) - centre(plain)) < 2

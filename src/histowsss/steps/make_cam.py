@@ -22,6 +22,28 @@ STEP = "make_cam"
 STRIDE = 4
 
 
+def cam_on_pixels(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A network's strided CAM (N, K, hc, wc) on the pixels of its input (N, K, *size): upsampled to the padded
+    extent its cells cover (``stride * hc``), then cut to the input (stretching it onto the input instead would
+    shift it by up to a stride at the far edges)."""
+    hc, wc = cam.shape[-2:]
+    stride = max(1, round(max(size[0] / hc, size[1] / wc)))
+    up = F.interpolate(cam, size=(hc * stride, wc * stride), mode="bilinear", align_corners=False)
+    return up[..., : size[0], : size[1]]
+
+
+def pixels_to_grid(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A per-pixel map (N, K, h', w') of an image of ``size`` (h', w' at any scale) on the stride-4 grid of that
+    image: resized to ``size``, padded at the far edges to whole cells, averaged per 4 x 4 cell (the inverse of
+    ``evaluation.cam_labels.upsample_cam``)."""
+    h, w = size
+    if cam.shape[-2:] != (h, w):
+        cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+    gh, gw = -(-h // STRIDE), -(-w // STRIDE)
+    cam = F.pad(cam, (0, gw * STRIDE - w, 0, gh * STRIDE - h), mode="replicate")
+    return F.avg_pool2d(cam, STRIDE)
+
+
 @torch.no_grad()
 def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], flip: bool, norm: Normalizer,
                    device: torch.device, channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +52,6 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
     Returns (cam (K, ceil(H/4), ceil(W/4)) float32, logits (K,)).
     """
     h, w = img.shape[:2]
-    grid = (-(-h // STRIDE), -(-w // STRIDE))
     total, logits, n = None, None, 0
     for s in scales:
         a = img if s == 1.0 else resize(img, s, nearest=False)
@@ -40,10 +61,11 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = model(x)
-        cam = F.relu(out["cam"].float())
+        # each view's CAM on its own pixels first: a flipped image's stride-16 cells start at its other edge
+        cam = cam_on_pixels(F.relu(out["cam"].float()), a.shape[:2])
         if flip:
             cam = cam[0:1] + cam[1:2].flip(-1)
-        cam = F.interpolate(cam, size=grid, mode="bilinear", align_corners=False)[0]
+        cam = pixels_to_grid(cam, (h, w))[0]
         total = cam if total is None else total + cam
         lg = out["logits"].float().mean(0)
         logits = lg if logits is None else logits + lg
