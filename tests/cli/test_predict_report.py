@@ -262,3 +262,8 @@ def test_report_reads_a_relative_manifest_from_where_the_run_started(clean_manif
     assert "manifest not readable" in section_dataset(cfg)  # no run folder to look beside
     text = section_dataset(cfg, root / "run")
     assert "manifest not readable" not in text and "<table" in text and "train" in text
+    # runs/<name> below the folder the run was started in (the default layout): found there too, for every section
+    from histowsss.evaluation.report import with_reachable_manifest
+
+    found = with_reachable_manifest(cfg, root / "runs" / "demo")
+    assert Path(found.data.manifest) == root / rel

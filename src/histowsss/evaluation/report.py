@@ -212,19 +212,15 @@ def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
 
 def section_dataset(cfg, run_path: Path | None = None) -> str:
     """Images and patients per split and class. A relative manifest path is read from the current folder, else
-    from the run folder's parent (where `histowsss run` is usually started) or the run folder itself."""
+    from where the run was likely started (:func:`with_reachable_manifest`)."""
     if cfg is None:
         return '<p class="note">not available (no readable config.yaml)</p>'
+    if run_path is not None:
+        cfg = with_reachable_manifest(cfg, run_path)
     from histowsss.data.manifest import read_manifest
     from histowsss.data.stats import split_class_table
 
     data = cfg.data
-    man = Path(data.manifest)
-    if not man.is_absolute() and not man.exists() and run_path is not None:
-        for base in (run_path.parent, run_path):
-            if (base / man).exists():
-                data = data.model_copy(update={"manifest": base / man})
-                break
     try:
         samples = read_manifest(data)
     except Exception as e:
@@ -369,6 +365,21 @@ def section_quality(run_path: Path, class_names: list[str]) -> str:
                  "Hausdorff (as in the challenge's code): the Hausdorff mean leaves those images out and the last "
                  "column counts them, so a network that predicts nothing on hard images cannot look better.</p>")
     return html
+
+
+def with_reachable_manifest(cfg, run_path: Path):
+    """``cfg`` with a relative manifest path that does not resolve from here resolved against the folders a run is
+    usually started from: the run folder's parent, its grandparent (``runs/<name>`` below the project), the run folder
+    itself; unchanged when none holds it."""
+    if cfg is None:
+        return None
+    man = Path(cfg.data.manifest)
+    if man.is_absolute() or man.exists():
+        return cfg
+    for base in (run_path.parent, run_path.parent.parent, run_path):
+        if (base / man).exists():
+            return cfg.model_copy(update={"data": cfg.data.model_copy(update={"manifest": base / man})})
+    return cfg
 
 
 def section_tuning(run_path: Path) -> str:
@@ -527,6 +538,7 @@ def build_report(run_path: Path | str) -> str:
     """The report's HTML text."""
     run_path = Path(run_path)
     cfg, err = _load_cfg(run_path)
+    cfg = with_reachable_manifest(cfg, run_path)  # the Dataset and Examples sections read the same manifest
     names = list(cfg.data.classes.names) if cfg is not None else []
     if not names:
         for p in ("seg.json", "seg_supervised.json"):
