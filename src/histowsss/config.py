@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
-import re
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -521,7 +521,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node[k] = {}
             if not isinstance(node[k], dict):
                 raise ConfigError(f"override {ov!r}: {k!r} is not a section")
-            node = node.setdefault(k, {})
+            node = node[k]
         node[keys[-1]] = value
     return raw
 

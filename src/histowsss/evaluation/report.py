@@ -548,7 +548,7 @@ def build_report(run_path: Path | str) -> str:
                 break
     body = {
         "Run": section_run(run_path, cfg, err),
-        "Dataset": section_dataset(cfg, run_path),
+        "Dataset": section_dataset(cfg),  # cfg's manifest already resolved above
         "Per-stage quality": section_quality(run_path, names),
         "Model selection": section_tuning(run_path),
         "Training curves": section_curves(run_path),

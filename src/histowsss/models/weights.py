@@ -97,7 +97,7 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
         # by name, everything must fit: a tensor left at init, one of another shape, or one the model lacks (other
         # than the classifier head a feature extractor drops) means weights of another architecture
         unfit = [k for k in target if k not in matched and not k.endswith("num_batches_tracked")]
-        unused = [k for k in sd if k not in target and not k.split(".", 1)[0] in HEAD_PREFIXES]
+        unused = [k for k in sd if k not in target and k.split(".", 1)[0] not in HEAD_PREFIXES]
         if unfit or unused:
             what = (f"{len(unfit)} of the model's tensors missing or of another shape (e.g. {unfit[0]})" if unfit
                     else f"{len(unused)} tensors the model does not have (e.g. {unused[0]})")
