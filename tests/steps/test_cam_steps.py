@@ -246,3 +246,14 @@ def test_input_scale_cam_lands_on_the_original_grid():
     full = cfg.model_copy(update={"make_cam": cfg.make_cam.model_copy(update={"input_scale": 1.0})})
     ref, _ = image_cam(_Stride16Net(), img, full, norm, torch.device("cpu"))
     assert abs(_blob_centre(cam) - _blob_centre(ref)) < 3
+
+
+def test_a_trunk_cache_too_large_for_the_memory_is_refused(tiny_manifest, tmp_path, monkeypatch):
+    from histowsss.engine import memory
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
+    cfg = _cfg(tiny_manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(memory.CacheTooLarge, match=r"train_cam: caching features of 8 images .*train_cam.cache_copies"):
+        run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
+    assert rd.status("train_cam")["state"] != "done"

@@ -314,3 +314,23 @@ def test_images_smaller_than_the_crop_are_mirrored_not_zero_padded(dataset: Path
         assert f[:, k:, k:].abs().amax() > 0
     img, lab2 = train_irn.mirror_to_min_side(np.arange(2 * 8 * 3).reshape(2, 8, 3).astype(np.uint8), np.zeros((1, 2)), 0)
     assert img.shape == (2, 8, 3) and lab2.shape == (1, 2)
+
+
+def test_an_irn_cache_too_large_for_the_memory_is_refused_after_one_image(dataset: Path, monkeypatch):
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.engine import memory
+    from histowsss.steps.irn_common import build_irn
+
+    cfg = make_cfg(dataset)
+    model = build_irn(cfg)
+    samples = samples_for(cfg, ["train"])
+    labels = [np.zeros((16, 16), np.uint8) for _ in samples]
+    loaded = []
+    monkeypatch.setattr(train_irn, "load_image", lambda *a, **k: loaded.append(1) or np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
+    with pytest.raises(memory.CacheTooLarge, match=r"train_irn: caching features of 4 images .* lower train_irn"):
+        train_irn.FeatureCache(model, samples, labels, cfg.data, 2, Normalizer(model.backbone.mean,
+                               model.backbone.std), torch.device("cpu"))
+    assert len(loaded) == 1  # refused after the first image, not after caching them all
