@@ -240,7 +240,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                           "--image-scale or use larger tiles")
     typical = int(np.median(sides) * scale)
     fitted = []
-    # train_cam needs every image to hold a crop; train_irn and train_seg pad smaller images (with ignore), so
+    # train_cam needs every image to hold a crop; train_irn mirrors and train_seg pads smaller images (labels ignore there), so
     # their crops only follow the typical image, not to waste most of each crop on padding
     for section, key, multiple, limit in (("train_cam", "crop_size", 32, side), ("train_irn", "crop_size", 16, typical),
                                           ("train_seg", "crop_size", 32, typical)):
