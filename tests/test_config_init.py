@@ -181,3 +181,29 @@ def test_binary_255_masks_without_a_background_class_are_refused(tmp_path: Path)
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ConfigError, match="255 means ignore"):
         config_for_manifest(tmp_path / "m.csv", background="none")
+
+
+def test_init_writes_an_absolute_manifest_and_leaves_glas_cleanup_out(synth: Path, monkeypatch):
+    """The config is run from other folders than init's; the profiles' object clean-up is sized for GlaS glands."""
+    monkeypatch.chdir(synth.parent)
+    made = config_for_manifest(Path(synth.name), label_column="grade")
+    assert Path(made.config.data.manifest).is_absolute() and Path(made.config.data.manifest).exists()
+    es = made.config.eval_seg
+    assert es.min_object_area == 0 and es.max_hole_area == 0 and es.split_h == 0
+    assert "object clean-up off" in made.text and "--object-areas" in made.text
+
+
+def test_mask_mode_reads_masks_from_the_whole_manifest(tmp_path: Path):
+    """Sorted by class, the first masks hold only 0 / 1; a later one holds 2: the masks are class ids, not binary."""
+    rows = ["image,split,patient,label,mask"]
+    for i in range(30):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.zeros((96, 96), np.uint8)
+        m[10:20, 10:20] = 1 if i < 20 else 2
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        label = "normal;a" if i < 20 else "normal;b"
+        rows.append(f"i{i}.png,{'train' if i % 3 else 'test'},p{i},{label},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv", background="normal")
+    assert made.config.data.mask_mode == "class_ids" and made.config.data.classes.names == ["normal", "a", "b"]
+    assert "pass --classes in mask-value order" in made.text

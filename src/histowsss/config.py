@@ -244,7 +244,7 @@ class TrainIrnConfig(Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(8, ge=1)
     crop_size: int = Field(256, ge=32, description="training crop side in image pixels (multiple of the "
-                           "backbone's largest stride; smaller images are padded with ignore)")
+                           "backbone's largest stride; smaller images are mirrored out to it, their labels ignore there)")
     crops_per_image: int = Field(4, ge=1, description="random crops of each image per epoch")
     copies: int = Field(2, ge=1, le=8, description="cached dihedral copies per image: 1 = original, 2 = + horizontal "
                         "flip (IRN), 4 / 8 = + rotations")

@@ -103,7 +103,10 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     from PIL import Image
 
     values: set[int] = set()
-    for rel in masks[:8]:
+    # up to 24 masks spread over the whole manifest (it is often sorted by class: the first few could all be
+    # one class's and miss the values of the others)
+    step = max(1, len(masks) // 24)
+    for rel in masks[::step][:24]:
         p = root / rel
         try:
             with Image.open(p) as im:
@@ -167,7 +170,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         names = [bg] + [n for n in names if n != bg]
     if bg is not None:
         notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"
-                 + (" in the order given by --classes (mask value = position)" if classes else "")]
+                 + (" in the order given by --classes (mask value = position)" if classes else
+                    "; order: background first, then alphabetical (mask value = position): pass --classes in "
+                    "mask-value order if the masks hold class ids")]
     else:
         notes = [f"classes from column {col!r}: {', '.join(names)}, no background class (every pixel is one of "
                  "them; labels are the best of an image's labelled classes, docs/data.md)"
@@ -179,7 +184,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     notes.append("splits: " + "; ".join(f"{k[:-7]} = {', '.join(v)}" for k, v in splits.items() if v))
     raw: dict[str, Any] = yaml.safe_load(builtin_config_path(PROFILES[profile]).read_text())
     root = manifest.parent
-    data: dict[str, Any] = {"manifest": str(manifest), "label_column": col, "multi_label": multi,
+    # absolute: the config is often run from another folder than the one init ran in
+    data: dict[str, Any] = {"manifest": str(manifest.resolve()), "label_column": col, "multi_label": multi,
                             "classes": {"names": names, "background": bg,
                                         "colors": ({bg: BACKGROUND_COLOR} if bg is not None else {})
                                         | {n: PALETTE[i % len(PALETTE)]
@@ -234,7 +240,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                           "--image-scale or use larger tiles")
     typical = int(np.median(sides) * scale)
     fitted = []
-    # train_cam needs every image to hold a crop; train_irn and train_seg pad smaller images (with ignore), so
+    # train_cam needs every image to hold a crop; train_irn mirrors and train_seg pads smaller images (labels ignore there), so
     # their crops only follow the typical image, not to waste most of each crop on padding
     for section, key, multiple, limit in (("train_cam", "crop_size", 32, side), ("train_irn", "crop_size", 16, typical),
                                           ("train_seg", "crop_size", 32, typical)):
@@ -255,6 +261,13 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     # IRN's 256 walk steps leaked across thin stroma on GlaS train; 16 steps were chosen there (docs/irn.md)
     raw.setdefault("sem_seg", {})["exp_times"] = 4
     notes.append("sem_seg.exp_times 4 (16 random-walk steps, chosen on GlaS train; IRN's 256 over-spread there)")
+    es = raw.setdefault("eval_seg", {})
+    cleanup = {k: es[k] for k in ("min_object_area", "max_hole_area", "split_h") if es.get(k)}
+    if cleanup:  # chosen for GlaS glands (sizes in GlaS pixels, touching glands split): not for other objects
+        es.update({k: 0 for k in cleanup})
+        notes.append("eval_seg object clean-up off (the profile's " + ", ".join(f"{k} {v}" for k, v in cleanup.items())
+                     + " was chosen for GlaS glands); choose it on your data with `histowsss tune RUN "
+                     "--object-areas 0,400,1600 --hole-areas 0,400 --split-h 0,12,18`")
     if raw.setdefault("eval_seg", {}).get("image_gate"):
         # eval_cam's cut is chosen on images the classifier trained on; on unseen GlaS patients it cost malignant
         # IoU, and no cut gained more than 0.5 (bench/results/seg_crossval_glas-malignant.cpu.json)

@@ -233,3 +233,32 @@ def test_exif_orientation_is_applied_to_the_pixels_and_the_size(tmp_path):
     rgb = read_rgb(tmp_path / "r.png")
     assert rgb.shape == (8, 4, 3) and image_size(tmp_path / "r.png") == (8, 4)
     assert rgb[0, 3].tolist() == [255, 0, 0]  # orientation 6: the top-left corner goes to the top right
+
+
+def test_planar_rgb_tif_reads_samples_last(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(a, -1, 0), photometric="rgb", planarconfig="separate")
+    assert np.array_equal(read_rgb(tmp_path / "planar.tif"), a)
+
+
+def test_compressed_tif_without_imagecodecs_falls_back_to_pillow(tmp_path, monkeypatch):
+    """LZW / JPEG TIFFs need imagecodecs in tifffile (an optional package): Pillow reads them instead, and when
+    neither can, the message says which package is missing rather than calling the file corrupt."""
+    tifffile = pytest.importorskip("tifffile")
+    a = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+
+    def no_codecs(*args, **kwargs):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", no_codecs)
+    assert np.array_equal(read_rgb(tmp_path / "lzw.tif"), a)
+    import PIL.Image
+
+    def no_pillow(*args, **kwargs):
+        raise OSError("decoder tiff_lzw not available")
+
+    monkeypatch.setattr(PIL.Image, "open", no_pillow)
+    with pytest.raises(ImageReadError, match=r"lzw\.tif: its TIFF compression needs the imagecodecs package"):
+        read_rgb(tmp_path / "lzw.tif")

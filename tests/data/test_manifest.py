@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,10 @@ def test_write_manifest_roundtrip(builder, data_config):
     out = builder.root / "sub" / "out.csv"
     write_manifest(out, rows)
     assert [s.name for s in read_manifest(data_config(out, root=builder.root), check_files=True)] == ["a", "b"]
+
+
+def test_a_relative_manifest_not_found_says_where_it_was_looked_for(tmp_path, data_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ManifestError, match=r"data/m\.csv: manifest not found \(a relative path is read from the "
+                                            r"current folder, " + str(tmp_path)):
+        read_manifest(data_config(Path("data/m.csv")))

@@ -100,3 +100,10 @@ def test_runs_made_before_points_existed_keep_their_hashes(tmp_path: Path):
     assert plain.step_hash("data", "ir_label", "points") == plain.step_hash("data", "ir_label")
     clicked = load_config("glas-gland", [f"points.file={tmp_path / 'c.csv'}"])
     assert clicked.step_hash("data", "ir_label", "points") != clicked.step_hash("data", "ir_label")
+
+
+def test_class_names_with_spaces_are_one_field():
+    classes = ClassMap(names=["background", "tumour stroma"], background="background")
+    assert parse_points("10 20 tumour stroma; 1,2,background", classes) == [Point(10, 20, 1), Point(1, 2, 0)]
+    with pytest.raises(PointsError, match="unknown class 'tumour  cells'"):
+        parse_points("1 2 tumour  cells", classes)

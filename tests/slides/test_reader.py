@@ -99,3 +99,12 @@ def test_banded_read_equals_one_read_and_bounds_each_request(slide_file: Path):
         banded = s.read_banded(10, 4, 400, 290, (200, 145), band_pixels=4000)
     np.testing.assert_array_equal(whole, banded)
     assert len(sizes) > 5 and max(w * h for w, h in sizes) <= 4000 + 2 * 200  # a band rounds up by a row at most
+
+
+def test_a_small_tiled_single_level_tif_is_an_image(tmp_path: Path):
+    """Tiles and exported regions are often written tiled: predict must read them as training read them."""
+    import tifffile
+
+    rgb = tissue_slide_rgb()
+    tifffile.imwrite(tmp_path / "tiled.tif", rgb, tile=(64, 64), photometric="rgb")
+    assert not is_slide_file(tmp_path / "tiled.tif")

@@ -185,3 +185,75 @@ def test_flipped_cams_land_where_the_unflipped_ones_do():
         return float((row * (4 * np.arange(row.size) + 1.5)).sum() / row.sum())
 
     assert abs(centre(plain) - 100) < 4 and abs(centre(flipped_back) - centre(plain)) < 2
+
+
+class _Stride16Net:
+    """A mirror-symmetric CAM 'network' with output stride 16 ('same' padding: ceil), for alignment tests."""
+
+    def __new__(cls):
+        import torch
+
+        class Net(torch.nn.Module):
+            def forward(self, x):
+                h, w = x.shape[-2:]
+                x = torch.nn.functional.pad(x[:, :1] + 1.0, (0, -w % 16, 0, -h % 16))
+                cam = torch.nn.functional.avg_pool2d(x, 16)
+                return {"cam": cam, "logits": cam.mean(dim=(2, 3))}
+
+        return Net()
+
+
+def _blob_centre(cam: np.ndarray) -> float:
+    """Column centre of mass (in pixels of the stride-4 grid's image) of a CAM's brightest row profile."""
+    row = cam[0].max(axis=0) - cam[0].min()
+    return float((row * (4 * np.arange(row.size) + 1.5)).sum() / row.sum())
+
+
+def test_patchwise_flipped_cams_land_where_the_unflipped_ones_do():
+    """Patches of 40 px are not a multiple of the stride: each flipped patch's CAM must be put on its own pixels
+    before it is flipped back, or the two views disagree by part of a cell."""
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.steps.make_cam import patchwise_cam
+
+    img = np.zeros((80, 200, 3), np.uint8)
+    img[32:48, 90:110] = 255  # a bright blob centred at x = 100
+    norm = Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    args = (_Stride16Net(), img, [1.0])
+    plain, _ = patchwise_cam(*args, False, norm, torch.device("cpu"), 40, channels_last=False)
+    both, _ = patchwise_cam(*args, True, norm, torch.device("cpu"), 40, channels_last=False)
+    flipped_back = 2 * both - plain  # both = 0.5 (plain + flipped back)
+    assert plain.shape == (1, 20, 50)
+    assert abs(_blob_centre(flipped_back) - _blob_centre(plain)) < 1.5
+
+
+def test_input_scale_cam_lands_on_the_original_grid():
+    """make_cam.input_scale: the network sees a smaller copy; its CAM must land on the original image's stride-4
+    grid at the object (200 px at scale 0.5 is 100 px, whose stride-4 grid of 25 cells is not half of 50)."""
+    import torch
+
+    from histowsss.config import load_config
+    from histowsss.data.transforms import Normalizer
+    from histowsss.steps.make_cam import image_cam
+
+    cfg = load_config("demo", ["make_cam.input_scale=0.5", "make_cam.scales=[1.0]", "make_cam.flip=false"])
+    img = np.zeros((64, 200, 3), np.uint8)
+    img[24:40, 150:170] = 255  # centred at x = 160, near the far edge where a stretch errs most
+    norm = Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    cam, _ = image_cam(_Stride16Net(), img, cfg, norm, torch.device("cpu"))
+    assert cam.shape == (1, 16, 50)
+    full = cfg.model_copy(update={"make_cam": cfg.make_cam.model_copy(update={"input_scale": 1.0})})
+    ref, _ = image_cam(_Stride16Net(), img, full, norm, torch.device("cpu"))
+    assert abs(_blob_centre(cam) - _blob_centre(ref)) < 3
+
+
+def test_a_trunk_cache_too_large_for_the_memory_is_refused(tiny_manifest, tmp_path, monkeypatch):
+    from histowsss.engine import memory
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
+    cfg = _cfg(tiny_manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(memory.CacheTooLarge, match=r"train_cam: caching features of 8 images .*train_cam.cache_copies"):
+        run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
+    assert rd.status("train_cam")["state"] != "done"

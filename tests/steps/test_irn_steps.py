@@ -288,3 +288,49 @@ def test_seed_cams_puts_clicks_into_the_walk():
     out, present = make_sem_seg_labels.seed_cams(cam, np.array([True, False]), [1, 2], clicks)
     assert out[1, 0, 0] == 1 and out[0, 0, 0] == 0 and (out[:, 3, 3] == 0).all() and out[0, 1, 1] == 0.3
     assert present.tolist() == [True, True] and cam[1, 0, 0] == 0.3  # input untouched
+
+
+def test_images_smaller_than_the_crop_are_mirrored_not_zero_padded(dataset: Path):
+    """A 64 px image with 96 px crops: its cached features cover the crop with mirrored image content (the heads'
+    GroupNorm never sees zeros at inference), and the mirrored part's labels are ignored."""
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.models.irnet import IGNORE
+    from histowsss.steps.irn_common import build_irn
+
+    cfg = make_cfg(dataset, "train_irn.crop_size=96", "train_irn.copies=1")
+    model = build_irn(cfg)
+    sample = samples_for(cfg, ["train"])[0]
+    lab = np.zeros((16, 16), np.uint8)
+    lab[4:8, 4:8] = 1
+    cache = train_irn.FeatureCache(model, [sample], [lab], cfg.data, 1,
+                                   Normalizer(model.backbone.mean, model.backbone.std), torch.device("cpu"),
+                                   min_side=96)
+    feats, lw = cache.crop(0, 0, 24, model.max_reduction // 4, np.random.default_rng(0))
+    assert lw.shape == (24, 24) and (lw[:16, :16].numpy() == lab).all() and (lw[16:, :] == IGNORE).all()
+    for f in feats:  # every level: the part beyond the image holds features, not zero padding
+        k = f.shape[-1] * 64 // 96
+        assert f[:, k:, k:].abs().amax() > 0
+    img, lab2 = train_irn.mirror_to_min_side(np.arange(2 * 8 * 3).reshape(2, 8, 3).astype(np.uint8), np.zeros((1, 2)), 0)
+    assert img.shape == (2, 8, 3) and lab2.shape == (1, 2)
+
+
+def test_an_irn_cache_too_large_for_the_memory_is_refused_after_one_image(dataset: Path, monkeypatch):
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.engine import memory
+    from histowsss.steps.irn_common import build_irn
+
+    cfg = make_cfg(dataset)
+    model = build_irn(cfg)
+    samples = samples_for(cfg, ["train"])
+    labels = [np.zeros((16, 16), np.uint8) for _ in samples]
+    loaded = []
+    monkeypatch.setattr(train_irn, "load_image", lambda *a, **k: loaded.append(1) or np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
+    with pytest.raises(memory.CacheTooLarge, match=r"train_irn: caching features of 4 images .* lower train_irn"):
+        train_irn.FeatureCache(model, samples, labels, cfg.data, 2, Normalizer(model.backbone.mean,
+                               model.backbone.std), torch.device("cpu"))
+    assert len(loaded) == 1  # refused after the first image, not after caching them all

@@ -255,3 +255,26 @@ def test_cli_also_chooses_the_object_clean_up_on_the_out_of_fold_predictions(dat
     assert not (run.path / "tuning" / "crossval").exists()  # the fold probabilities were scored before removal
     r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--hole-areas", "10", "--name", "h"])
     assert r.exit_code == 2 and "--object-areas" in r.output
+
+
+def test_fold_manifest_follows_data_root_and_the_mask_column(dataset: Path, tmp_path: Path, monkeypatch):
+    """A manifest kept apart from its images (data.root) with masks in a column of another name: the fold manifest's
+    paths are absolute from data.root, and the held-out CAM stage runs it with data.root unset."""
+    rows = list(csv.DictReader(dataset.open()))
+    for r in rows:
+        r["gt"] = r.pop("mask")
+    src = tmp_path / "elsewhere" / "m.csv"
+    src.parent.mkdir()
+    write_manifest(src, rows)
+    cv.fold_manifest(src, {"syn_train_000"}, tmp_path / "out.csv", root=dataset.parent, path_columns=("image", "gt"))
+    out = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert all(Path(r[c]).is_absolute() and Path(r[c]).exists() for r in out for c in ("image", "gt") if r[c])
+
+    seen = {}
+    import histowsss.engine.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    cfg = load_config("demo", [f"data.manifest={src}", f"data.root={dataset.parent}", "data.mask_column=gt"])
+    run = RunDir(tmp_path / "src_run", cfg).init()
+    cv.holdout_cam_run(run.path, tmp_path / "out.csv", tmp_path / "fold_cam", log=lambda s: None)
+    assert seen["cfg"].data.root is None and Path(seen["cfg"].data.manifest) == tmp_path / "out.csv"

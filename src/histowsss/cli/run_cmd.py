@@ -10,7 +10,7 @@ import typer
 from histowsss.cli.common import clear_errors, default_run_dir, get_config, log_line
 
 
-def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland, glas-malignant)"),
+def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland[-gpu], glas-malignant[-gpu])"),
         run_dir: Optional[Path] = typer.Option(None, "--run", "-r", help="run folder (default runs/<name>)"),
         start: Optional[str] = typer.Option(None, "--from", help="first step"),
         stop: Optional[str] = typer.Option(None, "--to", help="last step"),

@@ -30,12 +30,14 @@ def _message(e: BaseException, file: str) -> str:
     return msg
 
 
-def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True) -> list[Problem]:
+def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True,
+                  train_min_size: int | None = None) -> list[Problem]:
     """Return every problem found (errors and warnings); an empty list means the data is usable.
 
     Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
     mask and every patient found in several splits is listed (nothing stops at the first problem).
-    ``min_size`` (scaled pixels) defaults to the patch size when ``cfg.patches`` tiles without padding.
+    ``min_size`` (scaled pixels) defaults to the patch size when ``cfg.patches`` tiles without padding;
+    ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold).
     """
     manifest = str(cfg.manifest)
     try:
@@ -77,11 +79,12 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("warning", image, _message(w.message, image)))  # type: ignore[arg-type]
         h, w = img.shape[:2]
         hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
-        if min_size is not None and min(hs, ws) < min_size:
+        least = max(min_size or 0, train_min_size or 0 if s.split in cfg.train_splits else 0)
+        if least and min(hs, ws) < least:
             problems.append(Problem(
                 "error", image,
                 f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than the crop/patch size "
-                f"{min_size}; lower the crop size (train_cam.crop_size / data.patches.size), set "
+                f"{least}; lower the crop size (train_cam.crop_size / data.patches.size), set "
                 "data.patches.border=pad, or remove the image"))
         if s.points:
             from histowsss.data.points import PointsError, check_points, parse_points

@@ -62,6 +62,37 @@ def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
     return np.asarray(out)
 
 
+def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
+    """A TIFF's first image, samples last (planar-separate RGB comes as (3, H, W)); compressions tifffile cannot
+    decode without the optional ``imagecodecs`` (LZW, JPEG, ...) are read with Pillow instead."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            arr = np.asarray(tif.asarray())  # series 0, level 0 (tifffile.imread's default)
+            axes = tif.series[0].axes
+        if arr.ndim == 3 and axes.startswith("S") and arr.shape[0] in (3, 4):
+            arr = np.moveaxis(arr, 0, -1)
+        return np.ascontiguousarray(arr)
+    except Exception as e:  # decoder errors differ per format
+        tiff_error: BaseException = e
+    try:
+        special = _read_pillow(path, keep_palette)
+        if special is not None:
+            return special
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except Exception:
+        pass
+    if "imagecodecs" in str(tiff_error):
+        raise ImageReadError(f"{path}: its TIFF compression needs the imagecodecs package ({tiff_error}); "
+                             "`pip install imagecodecs` (the [slides] extra brings it), or re-save it uncompressed "
+                             "or as PNG") from None
+    raise _corrupt(path, tiff_error) from None
+
+
 def _read_raw(path: Path, keep_palette: bool = False) -> np.ndarray:
     if not path.exists():
         raise _not_found(path)
@@ -72,12 +103,7 @@ def _read_raw(path: Path, keep_palette: bool = False) -> np.ndarray:
 
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            return np.asarray(tifffile.imread(path))
-        except Exception as e:  # decoder errors differ per format
-            raise _corrupt(path, e) from None
+        return _read_tiff(path, keep_palette)
     if suffix in Image.registered_extensions():
         # Pillow's formats: decode with Pillow only (imageio's fallback through every legacy plugin
         # adds nothing for a broken PNG/JPEG but noise and deprecation warnings)

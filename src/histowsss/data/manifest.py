@@ -90,7 +90,8 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
     """
     path = Path(cfg.manifest)
     if not path.exists():
-        raise ManifestError(f"{path}: manifest not found; pass the path of a CSV with columns "
+        where = "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        raise ManifestError(f"{path}: manifest not found{where}; pass the path of a CSV with columns "
                             f"{', '.join(REQUIRED_COLUMNS + ((cfg.label_column,) if cfg.label_column else ()))}")
     if path.is_dir():
         raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")

@@ -50,8 +50,10 @@ def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Po
     for k, part in enumerate(p.strip() for p in (text or "").split(";")):
         if not part:
             continue
-        fields = [f for f in re.split(r"[,\s]+", part) if f]
-        if len(fields) != 3:
+        fields = [f for f in re.split(r"[,\s]+", part, maxsplit=2) if f]  # the class name may hold spaces
+        if len(fields) == 3:
+            fields[2] = fields[2].strip(", \t")
+        if len(fields) != 3 or not fields[2]:
             raise PointsError(f"{where}: click {k + 1} {part!r} must be 'x y class'")
         try:
             x, y = float(fields[0]), float(fields[1])

@@ -19,6 +19,7 @@ from histowsss.data.loading import load_image
 from histowsss.config import DataConfig
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, random_dihedral_index
+from histowsss.engine.memory import check_cache_fits
 
 
 def _progress(it, description: str, total: int | None = None):
@@ -41,7 +42,8 @@ class CachedTrunkSource:
         self.copies: list[list[tuple[torch.Tensor, int, float, tuple[int, int], dict]]] = []
         aug = cfg.augment
         model.eval()
-        for s in _progress(samples, "caching trunk features"):
+        held = 0
+        for i_s, s in enumerate(_progress(samples, "caching trunk features")):
             img = load_image(s.image, data)
             per = []
             for c in range(cfg.cache_copies):
@@ -59,7 +61,12 @@ class CachedTrunkSource:
                 f = f[0].to(torch.float16)
                 extra = {lv: t[0].to(torch.float16) for lv, t in got.items()}
                 per.append((f, k, scale, img.shape[:2], extra))
+                held += f.numel() * 2 + sum(t.numel() * 2 for t in extra.values())
             self.copies.append(per)
+            if i_s == 0:
+                check_cache_fits("train_cam", held, len(samples), held, device,
+                                 "lower train_cam.cache_copies or data.image_scale, or set train_cam.cache_features="
+                                 "false (crops then run through the whole network: slower, no cache)")
         model.train()
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,

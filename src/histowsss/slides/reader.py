@@ -25,8 +25,14 @@ class SlideError(ValueError):
     """A slide cannot be opened or used; the message names the file and the fix."""
 
 
+# a tiled TIFF of one level is a slide only when larger than this on a side (smaller ones, e.g. regions exported
+# from QuPath or tiles written tiled by default, are read whole as images, as training reads them)
+SINGLE_LEVEL_SLIDE_SIDE = 8192
+
+
 def is_slide_file(path: Path) -> bool:
-    """True for whole-slide formats, and for .tif/.tiff files that are tiled (pyramidal TIFF, OME-TIFF)."""
+    """True for whole-slide formats, for pyramidal .tif/.tiff files (OME-TIFF included), and for tiled single-level
+    ones larger than ``SINGLE_LEVEL_SLIDE_SIDE`` px on a side."""
     suffix = path.suffix.lower()
     if suffix in SLIDE_SUFFIXES:
         return True
@@ -37,7 +43,9 @@ def is_slide_file(path: Path) -> bool:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return bool(page.is_tiled) or len(tif.series[0].levels) > 1
+            if len(tif.series[0].levels) > 1:
+                return True
+            return bool(page.is_tiled) and max(page.imagewidth, page.imagelength) > SINGLE_LEVEL_SLIDE_SIDE
     except Exception:  # an unreadable file is reported by the image reader with its own message
         return False
 

@@ -27,7 +27,10 @@ def cam_on_pixels(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     extent its cells cover (``stride * hc``), then cut to the input (stretching it onto the input instead would
     shift it by up to a stride at the far edges)."""
     hc, wc = cam.shape[-2:]
-    stride = max(1, round(max(size[0] / hc, size[1] / wc)))
+    strides = [s for s in (1, 2, 4, 8, 16, 32, 64) if -(-size[0] // s) == hc and -(-size[1] // s) == wc]
+    if not strides:  # not a ceil-strided grid of this input: the best is to stretch it
+        return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    stride = strides[0]
     up = F.interpolate(cam, size=(hc * stride, wc * stride), mode="bilinear", align_corners=False)
     return up[..., : size[0], : size[1]]
 
@@ -46,12 +49,14 @@ def pixels_to_grid(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], flip: bool, norm: Normalizer,
-                   device: torch.device, channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of ReLU'd CAMs over scales (and horizontal flips) on the stride-4 grid of ``img``; mean logits.
+                   device: torch.device, channels_last: bool = True,
+                   size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of ReLU'd CAMs over scales (and horizontal flips) on the stride-4 grid of an image of ``size`` (default
+    ``img``'s own; another when ``img`` is a rescaled copy of it); mean logits.
 
     Returns (cam (K, ceil(H/4), ceil(W/4)) float32, logits (K,)).
     """
-    h, w = img.shape[:2]
+    h, w = size or img.shape[:2]
     total, logits, n = None, None, 0
     for s in scales:
         a = img if s == 1.0 else resize(img, s, nearest=False)
@@ -76,16 +81,16 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
 @torch.no_grad()
 def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], flip: bool, norm: Normalizer,
                   device: torch.device, patch: int, channels_last: bool = True,
-                  batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                  batch: int = 64, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CAMs computed patch by patch (each patch alone, overlapping by half, averaged), summed over scales.
 
     For networks trained on isolated patches: the CAM of a pixel then comes from the patches that contain it,
-    with no context from outside them. Returns (cam (K, ceil(H/4), ceil(W/4)), mean patch logits (K,)).
+    with no context from outside them. ``size`` as in ``multiscale_cam``. Returns (cam (K, ceil(H/4),
+    ceil(W/4)), mean patch logits (K,)).
     """
     from histowsss.data.patches import Patch, crop_padded, tile_positions
 
-    h, w = img.shape[:2]
-    grid = (-(-h // STRIDE), -(-w // STRIDE))
+    size = size or img.shape[:2]
     total, logit_sum, n_logits = None, None, 0
     for s in scales:
         a = img if s == 1.0 else resize(img, s, nearest=False)
@@ -101,13 +106,14 @@ def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], 
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
-            cam = F.relu(out["cam"].float())
+            # each view's CAM on the patch's pixels before the flipped one is flipped back (see multiscale_cam)
+            cam = cam_on_pixels(F.relu(out["cam"].float()), (patch, patch))
             lg = out["logits"].float()
             if flip:
                 o2 = model(x.flip(-1))
-                cam = 0.5 * (cam + F.relu(o2["cam"].float()).flip(-1))
+                cam = 0.5 * (cam + cam_on_pixels(F.relu(o2["cam"].float()), (patch, patch)).flip(-1))
                 lg = 0.5 * (lg + o2["logits"].float())
-            cam = F.interpolate(cam, size=(patch, patch), mode="bilinear", align_corners=False).cpu()
+            cam = cam.cpu()
             if acc.numel() == 0:
                 acc = torch.zeros(cam.shape[1], cnt.shape[1], cnt.shape[2])
             for p, c in zip(bx, cam):
@@ -115,8 +121,7 @@ def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], 
                 cnt[:, p.y : p.y + patch, p.x : p.x + patch] += 1
             logit_sum = lg.sum(0) if logit_sum is None else logit_sum + lg.sum(0)
             n_logits += len(bx)
-        m = (acc / cnt.clamp(min=1))[:, :hs, :ws]
-        m = F.interpolate(m[None], size=grid, mode="bilinear", align_corners=False)[0]
+        m = pixels_to_grid((acc / cnt.clamp(min=1))[None, :, :hs, :ws], size)[0]
         total = m if total is None else total + m
     return total.numpy(), (logit_sum / max(n_logits, 1)).cpu().numpy()  # type: ignore[union-attr]
 
@@ -126,11 +131,12 @@ def image_cam(model: torch.nn.Module, img: np.ndarray, cfg: RunConfig, norm: Nor
     """make_cam's CAMs and mean logits of one image (as load_image returns it): ``make_cam.input_scale``, then
     patch by patch (``make_cam.patch_size``) or whole, at ``make_cam.scales`` with ``flip``."""
     mc, cl = cfg.make_cam, cfg.backbone.channels_last
+    size = img.shape[:2]  # the CAM goes on this image's stride-4 grid, whatever scale the network saw
     if mc.input_scale != 1.0:
         img = resize(img, mc.input_scale, nearest=False)
     if mc.patch_size:
-        return patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size, cl)
-    return multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cl)
+        return patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size, cl, size=size)
+    return multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cl, size=size)
 
 
 def cam_path(run: RunDir, name: str) -> Path:
@@ -166,9 +172,6 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             img = load_image(s.image, cfg.data)
             base_hw = img.shape[:2]
             cam, logits = image_cam(model, img, cfg, norm, device)
-            grid = (-(-base_hw[0] // STRIDE), -(-base_hw[1] // STRIDE))
-            if cam.shape[1:] != grid:
-                cam = F.interpolate(torch.from_numpy(cam)[None], size=grid, mode="bilinear", align_corners=False)[0].numpy()
             write_npz(path, cam=cam.astype(np.float16), probs=1 / (1 + np.exp(-logits)), classes=np.array(classes),
                       size=np.array(base_hw), config_hash=np.array(h))
             done += 1

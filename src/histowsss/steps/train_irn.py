@@ -3,8 +3,9 @@
 The backbone is frozen (as in IRN), so its multi-level features are computed ONCE per image and per cached
 dihedral copy (``train_irn.copies``: identity + horizontal flip by default) and kept in memory as float16;
 every epoch then cuts random ``crop_size`` windows (aligned to the largest feature stride) out of the cached
-maps and runs only the heads and the pair losses. Images smaller than a crop are padded (features 0, labels
-ignore). The reference's random rescaling (0.5-1.5) would need the backbone on every batch; it is dropped.
+maps and runs only the heads and the pair losses. Images smaller than a crop are mirrored out to the crop
+(labels ignore there) before their features are computed, so the heads' GroupNorm sees image-like features, not
+zeros it never meets at inference. The reference's random rescaling (0.5-1.5) would need the backbone on every batch; it is dropped.
 
 Writes ``checkpoints/irn.safetensors`` (heads only; the backbone comes from the config), ``logs/train_irn.jsonl``
 (losses per epoch) and, after every epoch, ``checkpoints/irn_last.safetensors`` + ``irn_train_state.pt`` so
@@ -29,6 +30,7 @@ from histowsss.data.transforms import Normalizer, dihedral
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.device import resolve_device
+from histowsss.engine.memory import check_cache_fits
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.irnet import IGNORE, irn_losses
 from histowsss.steps import cam_to_ir_label
@@ -60,7 +62,7 @@ class FeatureCache:
     """Frozen-backbone features (float16) and IR labels of ``copies`` dihedral copies of every image."""
 
     def __init__(self, model, samples: list[Sample], labels: list[np.ndarray], data: DataConfig, copies: int,
-                 normalizer: Normalizer, device: torch.device):
+                 normalizer: Normalizer, device: torch.device, min_side: int = 0):
         self.items: list[list[tuple[list[torch.Tensor], torch.Tensor]]] = []
         self.reductions = model.reductions
         self.nbytes = 0
@@ -70,6 +72,7 @@ class FeatureCache:
                 grid = (img.shape[0] // STRIDE, img.shape[1] // STRIDE)
                 raise StepError(f"{s.name}: IR label {lab.shape} does not match the image grid {grid}; "
                                 "re-run cam_to_ir_label --overwrite")
+            img, lab = mirror_to_min_side(img, lab, min_side)
             per = []
             for k in COPY_ORDER[:copies]:
                 x = normalizer(torch.from_numpy(dihedral(img, k))[None].to(device))
@@ -77,6 +80,9 @@ class FeatureCache:
                 self.nbytes += sum(f.numel() * 2 for f in feats)
                 per.append((feats, torch.from_numpy(np.array(dihedral(lab, k), dtype=np.uint8))))
             self.items.append(per)
+            if len(self.items) == 1:
+                check_cache_fits(STEP, self.nbytes, len(samples), self.nbytes, device,
+                                 "lower train_irn.copies or data.image_scale, or train on a subset of the images")
 
     def crop(self, i: int, c: int, cells: int, align: int, rng: np.random.Generator
              ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -109,6 +115,19 @@ def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t:
     return losses
 
 
+def mirror_to_min_side(img: np.ndarray, lab: np.ndarray, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image (H, W, 3; H, W multiples of STRIDE) smaller than ``min_side`` mirrored out at the bottom/right to
+    it, its stride-4 label grid padded with IGNORE to match (nothing is learnt from the mirrored part)."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, min_side - h), max(0, min_side - w)
+    if ph == 0 and pw == 0:
+        return img, lab
+    img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+    gh, gw = img.shape[0] // STRIDE, img.shape[1] // STRIDE
+    lab = np.pad(lab, ((0, gh - lab.shape[0]), (0, gw - lab.shape[1])), constant_values=IGNORE)
+    return img, lab
+
+
 def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.ndarray]:
     folder = run.path / cam_to_ir_label.label_dir_name(cfg)
     missing = [s.name for s in samples if not (folder / f"{s.name}.png").exists()]
@@ -136,7 +155,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         cells, align = t.crop_size // STRIDE, model.max_reduction // STRIDE
         norm = Normalizer(model.backbone.mean, model.backbone.std)
         t0 = time.time()
-        cache = FeatureCache(model, samples, labels, cfg.data, t.copies, norm, device)
+        cache = FeatureCache(model, samples, labels, cfg.data, t.copies, norm, device, min_side=t.crop_size)
         cache_s = time.time() - t0
         bg = background_id(cfg)
         params = [p for p in model.head.parameters() if p.requires_grad]

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from histowsss.config import ConfigError, RunConfig, load_config
+from histowsss.data.manifest import data_root
 from histowsss.engine.atomic import write_json, write_npz
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.tuning.scratch import fit_on, scratch_run
@@ -72,17 +73,19 @@ def fold_assignment(patients: list[str], strata: list[str], folds: int, seed: in
     return grouped_stratified_split(patients, strata, {f"fold{k}": 1 / folds for k in range(folds)}, seed=seed)
 
 
-def fold_manifest(src_manifest: Path, names: set[str], out: Path) -> None:
-    """A copy of ``src_manifest`` with absolute file paths and the rows named in ``names`` moved to split
-    ``holdout`` (a CAM stage trained on it never sees those images)."""
+def fold_manifest(src_manifest: Path, names: set[str], out: Path, root: Path | None = None,
+                  path_columns: tuple[str, ...] = ("image", "mask", "mask_cc")) -> None:
+    """A copy of ``src_manifest`` with absolute file paths (relative ones read from ``root``, default the manifest's
+    folder, as ``data.root`` does) in ``path_columns``, and the rows named in ``names`` moved to split ``holdout`` (a
+    CAM stage trained on it never sees those images). Run it with ``data.root`` unset."""
     from histowsss.data.manifest import read_csv_rows, write_manifest
 
     _, rows = read_csv_rows(Path(src_manifest))
-    base = Path(os.path.abspath(Path(src_manifest).parent))
+    base = Path(os.path.abspath(root if root is not None else Path(src_manifest).parent))
     moved: set[str] = set()
     for r in rows:
         name = r.get("name") or Path(r["image"]).stem  # as data/manifest.py names images
-        for col in ("image", "mask", "mask_cc"):
+        for col in path_columns:
             if r.get(col):  # absolute, but symbolic links kept: their names are the images' names
                 r[col] = os.path.abspath(base / r[col])
         if name in names:
@@ -100,7 +103,8 @@ def holdout_cam_run(src: Path, manifest: Path, run_path: Path, log: Callable[[st
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.engine.run_dir import RunDir
 
-    over = WEAK + [f"data.manifest={manifest}", "data.test_splits=[holdout]", "upper_bound=false"]
+    # the fold manifest's paths are absolute: data.root would be put in front of them
+    over = WEAK + [f"data.manifest={manifest}", "data.root=null", "data.test_splits=[holdout]", "upper_bound=false"]
     cfg = load_config(str(src / "config.yaml"), over)
     if cfg.make_cam.splits is not None and "holdout" not in cfg.make_cam.splits:  # CAMs for the held-out images too
         cfg = load_config(str(src / "config.yaml"), over + [f"make_cam.splits={[*cfg.make_cam.splits, 'holdout']}"])
@@ -238,7 +242,9 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
             if holdout_classifier:
                 tc = time.time()
                 man = work / f"{f}_manifest.csv"
-                fold_manifest(Path(base.data.manifest), {s.name for s in held}, man)
+                fold_manifest(Path(base.data.manifest), {s.name for s in held}, man, root=data_root(base.data),
+                              path_columns=tuple(dict.fromkeys(c for c in ("image", base.data.mask_column, "mask_cc")
+                                                               if c)))
                 log(f"{f}: CAM stage without the fold's {len(rec['val_patients'])} patients")
                 gate_run = holdout_cam_run(src, man, work / f"{f}_cam", log)
                 rec["holdout_cam_seconds"] = round(time.time() - tc, 1)
