@@ -196,12 +196,12 @@ def test_init_writes_an_absolute_manifest_and_leaves_glas_cleanup_out(synth: Pat
 def test_mask_mode_reads_masks_from_the_whole_manifest(tmp_path: Path):
     """Sorted by class, the first masks hold only 0 / 1; a later one holds 2: the masks are class ids, not binary."""
     rows = ["image,split,patient,label,mask"]
-    for i in range(30):
+    for i in range(47):  # 47: more than 24 masks but fewer than two per pick; only the last rows hold a 2
         Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
         m = np.zeros((96, 96), np.uint8)
-        m[10:20, 10:20] = 1 if i < 20 else 2
+        m[10:20, 10:20] = 1 if i < 44 else 2
         Image.fromarray(m).save(tmp_path / f"m{i}.png")
-        label = "normal;a" if i < 20 else "normal;b"
+        label = "normal;a" if i < 44 else "normal;b"
         rows.append(f"i{i}.png,{'train' if i % 3 else 'test'},p{i},{label},m{i}.png")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     made = config_for_manifest(tmp_path / "m.csv", background="normal")

@@ -105,8 +105,8 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     values: set[int] = set()
     # up to 24 masks spread over the whole manifest (it is often sorted by class: the first few could all be
     # one class's and miss the values of the others)
-    step = max(1, len(masks) // 24)
-    for rel in masks[::step][:24]:
+    picks = sorted({int(i) for i in np.linspace(0, len(masks) - 1, min(len(masks), 24)).round()}) if masks else []
+    for rel in (masks[i] for i in picks):
         p = root / rel
         try:
             with Image.open(p) as im:

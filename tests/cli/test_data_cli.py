@@ -253,3 +253,11 @@ def test_check_with_a_config_wants_training_images_to_hold_the_cam_crop(builder)
     assert r.exit_code == 1, r.output
     assert re.search(r"small_train\.png.*smaller than the crop/patch size 32", out) and "small_test" not in out
     assert "good.png" not in out and "1 error(s)" in out
+
+
+def test_check_with_a_config_accepts_small_images_when_patches_are_padded(builder):
+    rows = [builder.row("good", "train", "p1", "benign", h=32, w=40), builder.row("small_train", "train", "p2", h=24, w=40)]
+    m = builder.manifest(rows)
+    r = invoke("data", "check", m, "--config", "demo", "--set", "data.label_column=label", "--set", "data.val_splits=[]",
+               "--set", "data.patches={size: 32, stride: 32, border: pad, label_rule: image}")
+    assert r.exit_code == 0, r.output

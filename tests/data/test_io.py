@@ -262,3 +262,10 @@ def test_compressed_tif_without_imagecodecs_falls_back_to_pillow(tmp_path, monke
     monkeypatch.setattr(PIL.Image, "open", no_pillow)
     with pytest.raises(ImageReadError, match=r"lzw\.tif: its TIFF compression needs the imagecodecs package"):
         read_rgb(tmp_path / "lzw.tif")
+
+
+def test_ome_channel_first_tif_reads_samples_last(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "cyx.ome.tif", np.moveaxis(a, -1, 0), metadata={"axes": "CYX"})
+    assert np.array_equal(read_rgb(tmp_path / "cyx.ome.tif"), a)

@@ -257,3 +257,16 @@ def test_a_trunk_cache_too_large_for_the_memory_is_refused(tiny_manifest, tmp_pa
     with pytest.raises(memory.CacheTooLarge, match=r"train_cam: caching features of 8 images .*train_cam.cache_copies"):
         run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
     assert rd.status("train_cam")["state"] != "done"
+
+
+def test_cam_on_pixels_finds_the_stride_of_grids_rounded_up_or_down():
+    import torch
+
+    from histowsss.steps.make_cam import cam_on_pixels
+
+    cam = torch.arange(4.0).view(1, 1, 2, 2)
+    up = cam_on_pixels(cam, (40, 40))  # ceil(40 / 32) = 2 and 40 // 16 = 2: the nearer to 40 / 2 = 20 is 16
+    assert up.shape[-2:] == (40, 40)
+    assert torch.allclose(up[0, 0, 0, :8], torch.zeros(8)) and torch.allclose(up[0, 0, 0, 32:], torch.ones(8))
+    assert cam_on_pixels(torch.zeros(1, 1, 3, 3), (40, 40)).shape[-2:] == (40, 40)  # ceil(40 / 16) = 3
+    assert cam_on_pixels(torch.zeros(1, 1, 5, 7), (40, 40)).shape[-2:] == (40, 40)  # no stride fits: stretched

@@ -61,7 +61,8 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
     with clear_errors():
         dc = data_config_from(manifest, config, set_)
         train_min = None
-        if config is not None and min_size is None:  # train_cam refuses training images smaller than its crop
+        padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
+        if config is not None and min_size is None and not padded:  # train_cam refuses images smaller than its crop
             from histowsss.config import load_config
             from histowsss.data.crops import training_crop_size
 

@@ -71,7 +71,7 @@ def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             arr = np.asarray(tif.asarray())  # series 0, level 0 (tifffile.imread's default)
             axes = tif.series[0].axes
-        if arr.ndim == 3 and axes.startswith("S") and arr.shape[0] in (3, 4):
+        if arr.ndim == 3 and axes[:1] in ("S", "C") and arr.shape[0] in (3, 4):  # planar RGB, OME channels
             arr = np.moveaxis(arr, 0, -1)
         return np.ascontiguousarray(arr)
     except Exception as e:  # decoder errors differ per format

@@ -19,7 +19,7 @@ from histowsss.data.loading import load_image
 from histowsss.config import DataConfig
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, random_dihedral_index
-from histowsss.engine.memory import check_cache_fits
+from histowsss.engine.memory import check_cache_fits, image_pixels
 
 
 def _progress(it, description: str, total: int | None = None):
@@ -64,7 +64,8 @@ class CachedTrunkSource:
                 held += f.numel() * 2 + sum(t.numel() * 2 for t in extra.values())
             self.copies.append(per)
             if i_s == 0:
-                check_cache_fits("train_cam", held, len(samples), held, device,
+                check_cache_fits("train_cam", held, image_pixels([x.image for x in samples], data.image_scale),
+                                 held, device,
                                  "lower train_cam.cache_copies or data.image_scale, or set train_cam.cache_features="
                                  "false (crops then run through the whole network: slower, no cache)")
         model.train()
@@ -185,7 +186,8 @@ class CachedPatchSource:
         for i, e in enumerate(examples):
             by_image.setdefault(e.image, []).append(i)
         model.eval()
-        for img_idx in _progress(list(by_image), "caching patch features"):
+        order = list(by_image)
+        for n_done, img_idx in enumerate(_progress(order, "caching patch features")):
             img = load_image(samples[img_idx].image, data)
             ids = by_image[img_idx]
             for c in range(cfg.cache_copies):
@@ -209,6 +211,12 @@ class CachedPatchSource:
                     for j, i in enumerate(ids[b : b + batch]):
                         self.feats[i].append(f[j].to(torch.float16))
                         self.extras[i].append({lv: t[j].to(torch.float16) for lv, t in got.items()})
+            if n_done == 0:  # the cache grows with the number of patches: extrapolate by it
+                held = sum(t.numel() * 2 for i in ids for t in self.feats[i])
+                held += sum(t.numel() * 2 for i in ids for d in self.extras[i] for t in d.values())
+                check_cache_fits("train_cam", held, [float(len(by_image[k])) for k in order], held, device,
+                                 "lower train_cam.cache_copies, or set train_cam.cache_features=false (patches then "
+                                 "run through the whole network: slower, no cache)")
         model.train()
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,

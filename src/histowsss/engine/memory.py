@@ -19,7 +19,9 @@ def free_bytes(device: torch.device) -> int | None:
     """Free memory where tensors on ``device`` live (host RAM for the CPU), or None when it cannot be read."""
     if device.type == "cuda":
         try:
-            return int(torch.cuda.mem_get_info(device)[0])
+            # memory torch's allocator holds but does not use is free for the cache too
+            idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(torch.cuda.mem_get_info(device)[0]) + int(idle)
         except Exception:
             return None
     if device.type != "cpu":
@@ -47,14 +49,29 @@ class CacheTooLarge(RuntimeError):
     """A feature cache would not fit into the free memory of its device."""
 
 
-def check_cache_fits(step: str, first_bytes: int, n_images: int, cached_bytes: int, device: torch.device,
+def image_pixels(images: list, scale: float = 1.0, min_side: int = 0) -> list[float]:
+    """Pixels of each image (file headers only) at ``scale``, each side at least ``min_side`` (padded images)."""
+    from histowsss.data.io import image_size
+
+    out = []
+    for path in images:
+        h, w = image_size(path)
+        out.append(max(h * scale, min_side) * max(w * scale, min_side))
+    return out
+
+
+def check_cache_fits(step: str, first_bytes: int, pixels: list[float], cached_bytes: int, device: torch.device,
                      fix: str) -> None:
-    """Refuse, before the rest is cached, a cache whose size extrapolated from its first image (``first_bytes``)
-    to ``n_images`` exceeds ``CACHE_SHARE`` of what is free now (``cached_bytes`` already held counted as free)."""
-    free = free_bytes(device)
-    if free is None or n_images <= 1:
+    """Refuse, before the rest is cached, a cache whose size extrapolated from its first image (``first_bytes``,
+    ``pixels[0]``) by the pixels of every image (``pixels``) exceeds ``CACHE_SHARE`` of what is free now
+    (``cached_bytes`` already held counted as free)."""
+    n_images = len(pixels)
+    if n_images <= 1:
         return
-    need = first_bytes * n_images
+    free = free_bytes(device)
+    if free is None:
+        return
+    need = first_bytes * sum(pixels) / max(pixels[0], 1.0)
     room = (free + cached_bytes) * CACHE_SHARE
     if need > room:
         raise CacheTooLarge(

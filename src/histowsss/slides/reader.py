@@ -26,7 +26,8 @@ class SlideError(ValueError):
 
 
 # a tiled TIFF of one level is a slide only when larger than this on a side (smaller ones, e.g. regions exported
-# from QuPath or tiles written tiled by default, are read whole as images, as training reads them)
+# from QuPath or tiles written tiled by default, are read whole as images, as training reads them); a pyramid is
+# always a slide
 SINGLE_LEVEL_SLIDE_SIDE = 8192
 
 

@@ -27,12 +27,19 @@ def cam_on_pixels(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     extent its cells cover (``stride * hc``), then cut to the input (stretching it onto the input instead would
     shift it by up to a stride at the far edges)."""
     hc, wc = cam.shape[-2:]
-    strides = [s for s in (1, 2, 4, 8, 16, 32, 64) if -(-size[0] // s) == hc and -(-size[1] // s) == wc]
-    if not strides:  # not a ceil-strided grid of this input: the best is to stretch it
+    h, w = size
+    # the power of two whose grid this is, rounded up ('same' padding, timm's tf_ models) or down (ConvNeXt); where
+    # several fit (grids of a cell or two), the one nearest the plain ratio
+    fits = [s for s in (1, 2, 4, 8, 16, 32, 64)
+            if (-(-h // s), -(-w // s)) == (hc, wc) or (h // s, w // s) == (hc, wc)]
+    if not fits:  # not a strided grid of this input: the best is to stretch it
         return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
-    stride = strides[0]
+    ratio = max(h / hc, w / wc)
+    stride = min(fits, key=lambda s: (abs(s - ratio), s))
     up = F.interpolate(cam, size=(hc * stride, wc * stride), mode="bilinear", align_corners=False)
-    return up[..., : size[0], : size[1]]
+    if up.shape[-2] < h or up.shape[-1] < w:  # a grid rounded down leaves the far edge uncovered: extend its cells
+        up = F.pad(up, (0, max(0, w - up.shape[-1]), 0, max(0, h - up.shape[-2])), mode="replicate")
+    return up[..., :h, :w]
 
 
 def pixels_to_grid(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

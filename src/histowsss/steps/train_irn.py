@@ -30,7 +30,7 @@ from histowsss.data.transforms import Normalizer, dihedral
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.device import resolve_device
-from histowsss.engine.memory import check_cache_fits
+from histowsss.engine.memory import check_cache_fits, image_pixels
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.irnet import IGNORE, irn_losses
 from histowsss.steps import cam_to_ir_label
@@ -81,7 +81,8 @@ class FeatureCache:
                 per.append((feats, torch.from_numpy(np.array(dihedral(lab, k), dtype=np.uint8))))
             self.items.append(per)
             if len(self.items) == 1:
-                check_cache_fits(STEP, self.nbytes, len(samples), self.nbytes, device,
+                check_cache_fits(STEP, self.nbytes, image_pixels([x.image for x in samples], data.image_scale,
+                                                                 min_side), self.nbytes, device,
                                  "lower train_irn.copies or data.image_scale, or train on a subset of the images")
 
     def crop(self, i: int, c: int, cells: int, align: int, rng: np.random.Generator
