@@ -268,7 +268,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         notes.append("eval_seg object clean-up off (the profile's " + ", ".join(f"{k} {v}" for k, v in cleanup.items())
                      + " was chosen for GlaS glands); choose it on your data with `histowsss tune RUN "
                      "--object-areas 0,400,1600 --hole-areas 0,400 --split-h 0,12,18`")
-    if raw.setdefault("eval_seg", {}).get("image_gate"):
+    if es.get("image_gate"):
         # eval_cam's cut is chosen on images the classifier trained on; on unseen GlaS patients it cost malignant
         # IoU, and no cut gained more than 0.5 (bench/results/seg_crossval_glas-malignant.cpu.json)
         raw["eval_seg"]["image_gate"] = False

@@ -79,7 +79,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("warning", image, _message(w.message, image)))  # type: ignore[arg-type]
         h, w = img.shape[:2]
         hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
-        least = max(min_size or 0, train_min_size or 0 if s.split in cfg.train_splits else 0)
+        least = max(min_size or 0, (train_min_size or 0) if s.split in cfg.train_splits else 0)
         if least and min(hs, ws) < least:
             problems.append(Problem(
                 "error", image,

@@ -29,10 +29,12 @@ def _progress(it, description: str, total: int | None = None):
 
 
 class CachedTrunkSource:
-    """Trunk features of ``copies`` augmented versions of every image (float16, on ``store_device``)."""
+    """Trunk features of ``copies`` augmented versions of every image (float16, on ``store_device``). ``sizes``:
+    the images' sizes after ``data.image_scale`` when known (else read from the file headers for the memory check)."""
 
     def __init__(self, model: torch.nn.Module, samples: list[Sample], data: DataConfig, cfg: TrainCamConfig,
-                 normalizer: Normalizer, device: torch.device, seed: int, channels_last: bool = True):
+                 normalizer: Normalizer, device: torch.device, seed: int, channels_last: bool = True,
+                 sizes: list[tuple[int, int]] | None = None):
         self.start = model.trunk_units
         self.levels = tuple(getattr(model, "extra_levels", ()))
         bb = model.backbone
@@ -64,8 +66,9 @@ class CachedTrunkSource:
                 held += f.numel() * 2 + sum(t.numel() * 2 for t in extra.values())
             self.copies.append(per)
             if i_s == 0:
-                check_cache_fits("train_cam", held, image_pixels([x.image for x in samples], data.image_scale),
-                                 held, device,
+                pixels = ([float(h * w) for h, w in sizes] if sizes is not None
+                          else image_pixels([x.image for x in samples], data.image_scale))
+                check_cache_fits("train_cam", held, pixels, device,
                                  "lower train_cam.cache_copies or data.image_scale, or set train_cam.cache_features="
                                  "false (crops then run through the whole network: slower, no cache)")
         model.train()
@@ -214,7 +217,7 @@ class CachedPatchSource:
             if n_done == 0:  # the cache grows with the number of patches: extrapolate by it
                 held = sum(t.numel() * 2 for i in ids for t in self.feats[i])
                 held += sum(t.numel() * 2 for i in ids for d in self.extras[i] for t in d.values())
-                check_cache_fits("train_cam", held, [float(len(by_image[k])) for k in order], held, device,
+                check_cache_fits("train_cam", held, [float(len(by_image[k])) for k in order], device,
                                  "lower train_cam.cache_copies, or set train_cam.cache_features=false (patches then "
                                  "run through the whole network: slower, no cache)")
         model.train()

@@ -60,11 +60,10 @@ def image_pixels(images: list, scale: float = 1.0, min_side: int = 0) -> list[fl
     return out
 
 
-def check_cache_fits(step: str, first_bytes: int, pixels: list[float], cached_bytes: int, device: torch.device,
-                     fix: str) -> None:
+def check_cache_fits(step: str, first_bytes: int, pixels: list[float], device: torch.device, fix: str) -> None:
     """Refuse, before the rest is cached, a cache whose size extrapolated from its first image (``first_bytes``,
-    ``pixels[0]``) by the pixels of every image (``pixels``) exceeds ``CACHE_SHARE`` of what is free now
-    (``cached_bytes`` already held counted as free)."""
+    ``pixels[0]``) by the pixels of every image (``pixels``) exceeds ``CACHE_SHARE`` of what is free now (the
+    first image's share, already held, counted as free)."""
     n_images = len(pixels)
     if n_images <= 1:
         return
@@ -72,9 +71,9 @@ def check_cache_fits(step: str, first_bytes: int, pixels: list[float], cached_by
     if free is None:
         return
     need = first_bytes * sum(pixels) / max(pixels[0], 1.0)
-    room = (free + cached_bytes) * CACHE_SHARE
+    room = (free + first_bytes) * CACHE_SHARE
     if need > room:
         raise CacheTooLarge(
             f"{step}: caching features of {n_images} images needs about {_gib(need)} (extrapolated from the first "
-            f"image, {first_bytes / 2**20:.1f} MiB), but only {_gib(free + cached_bytes)} is free on {device.type}; "
+            f"image, {first_bytes / 2**20:.1f} MiB), but only {_gib(free + first_bytes)} is free on {device.type}; "
             f"{fix}")

@@ -68,7 +68,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             source = CachedPatchSource(model, samples, fixed, data, tc, norm, device, tc.seed,
                                        cfg.backbone.channels_last)
         elif cached:
-            source = CachedTrunkSource(model, samples, data, tc, norm, device, tc.seed, cfg.backbone.channels_last)
+            source = CachedTrunkSource(model, samples, data, tc, norm, device, tc.seed, cfg.backbone.channels_last,
+                                       sizes=sizes)
         else:
             source = PixelSource(samples, data, tc.augment, norm, cfg.backbone.channels_last)
         pos = targets_all.mean(axis=0)

@@ -5,7 +5,8 @@ dihedral copy (``train_irn.copies``: identity + horizontal flip by default) and 
 every epoch then cuts random ``crop_size`` windows (aligned to the largest feature stride) out of the cached
 maps and runs only the heads and the pair losses. Images smaller than a crop are mirrored out to the crop
 (labels ignore there) before their features are computed, so the heads' GroupNorm sees image-like features, not
-zeros it never meets at inference. The reference's random rescaling (0.5-1.5) would need the backbone on every batch; it is dropped.
+zeros it never meets at inference. The reference's random rescaling (0.5-1.5) would need the backbone on every
+batch; it is dropped.
 
 Writes ``checkpoints/irn.safetensors`` (heads only; the backbone comes from the config), ``logs/train_irn.jsonl``
 (losses per epoch) and, after every epoch, ``checkpoints/irn_last.safetensors`` + ``irn_train_state.pt`` so
@@ -82,7 +83,7 @@ class FeatureCache:
             self.items.append(per)
             if len(self.items) == 1:
                 check_cache_fits(STEP, self.nbytes, image_pixels([x.image for x in samples], data.image_scale,
-                                                                 min_side), self.nbytes, device,
+                                                                 min_side), device,
                                  "lower train_irn.copies or data.image_scale, or train on a subset of the images")
 
     def crop(self, i: int, c: int, cells: int, align: int, rng: np.random.Generator
