@@ -157,6 +157,10 @@ class TrainCamConfig(Strict):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     crop_size: int = Field(224, ge=32)
+    small_images: Literal["mirror", "refuse"] = Field(
+        "mirror", description="training images smaller than crop_size (random crops, or patches not padded): "
+        "mirror them out at the bottom/right to the crop (their label still holds for mirrored tissue; a warning "
+        "counts them) or refuse them with the file names")
     lr: float = Field(1e-3, gt=0)
     backbone_lr_mult: float = Field(0.1, ge=0)
     weight_decay: float = Field(1e-4, ge=0)

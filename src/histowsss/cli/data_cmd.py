@@ -60,14 +60,16 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
     with clear_errors():
         dc = data_config_from(manifest, config, set_)
-        train_min = None
+        train_min, mirrors = None, False
         padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
         if config is not None and min_size is None and not padded:  # train_cam refuses images smaller than its crop
             from histowsss.config import load_config
             from histowsss.data.crops import training_crop_size
 
-            train_min = training_crop_size(dc, load_config(config, set_).train_cam)
-        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min)
+            tc = load_config(config, set_).train_cam
+            train_min = training_crop_size(dc, tc)
+            mirrors = tc.small_images == "mirror" and dc.patches is None
+        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors)
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"
