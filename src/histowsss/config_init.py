@@ -242,10 +242,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     fitted = []
     # train_cam mirrors smaller images out to its random crops (train_cam.small_images), train_irn mirrors and
     # train_seg pads them (labels ignore there), so the crops follow the typical image, not the smallest one, which
-    # would shrink every crop for a few edge tiles; unpadded patches still need every image to hold one
-    patches = raw.get("data", {}).get("patches")
-    cam_limit = side if patches and patches.get("border", "shift") != "pad" else typical
-    for section, key, multiple, limit in (("train_cam", "crop_size", 32, cam_limit),
+    # would shrink every crop for a few edge tiles (the data section written here has no patches)
+    for section, key, multiple, limit in (("train_cam", "crop_size", 32, typical),
                                           ("train_irn", "crop_size", 16, typical),
                                           ("train_seg", "crop_size", 32, typical)):
         sec = raw.setdefault(section, {})
@@ -259,9 +257,10 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                      f"{typical} px): " + ", ".join(fitted))
     cam_crop = int(raw["train_cam"]["crop_size"])
     n_small = int((sides * scale < cam_crop).sum())
-    if n_small and not patches:
+    if n_small:
         notes.append(f"{n_small} of {len(sides)} training images are smaller than train_cam's {cam_crop}-px crop: "
-                     "train_cam mirrors them out to it (train_cam.small_images: refuse to drop that)")
+                     "train_cam mirrors them out to it (train_cam.small_images: refuse stops with their names "
+                     "instead)")
     raw["data"] = data
     if bg is None:  # every class is a classifier output with its own CAM
         raw.setdefault("train_cam", {})["background_mode"] = "class"

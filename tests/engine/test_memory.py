@@ -35,7 +35,8 @@ def _cgroup_v1(tmp_path, limits: dict[str, int | None], usage: int, inactive: in
         d.mkdir(parents=True, exist_ok=True)
         (d / "memory.limit_in_bytes").write_text(f"{limit if limit is not None else 9223372036854771712}\n")
         (d / "memory.usage_in_bytes").write_text(f"{usage}\n")
-        (d / "memory.stat").write_text(f"cache 5\ninactive_file {inactive}\ntotal_inactive_file {inactive}\n")
+        # the group's own page cache comes first; v1's usage is the subtree's, so total_inactive_file counts
+        (d / "memory.stat").write_text(f"cache 5\ninactive_file 0\ntotal_inactive_file {inactive}\n")
     proc = tmp_path / "proc_cgroup"
     own = max(limits, key=len)
     proc.write_text(f"5:devices:/\n4:memory:/{own}\n0::/\n")

@@ -53,8 +53,9 @@ def _print_stats(manifest: Path, dc) -> None:
 @app.command()
 def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
           min_size: Optional[int] = typer.Option(
-              None, help="smallest usable image side after data.image_scale (default: with --config, the "
-              "training images must hold train_cam's crop; data.patches.size when patches are not padded)")) -> None:
+              None, help="smallest usable image side after data.image_scale (default: with --config, training "
+              "images under train_cam's crop are errors with train_cam.small_images=refuse, warnings when mirrored; "
+              "data.patches.size when patches are not padded)")) -> None:
     """Open every image and mask; list every problem; exit 1 if any error is found."""
     from histowsss.data.check import check_dataset
 

@@ -91,8 +91,9 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
             problems.append(Problem(
                 "error", image,
                 f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than the crop/patch size "
-                f"{least}; lower the crop size (train_cam.crop_size / data.patches.size), set "
-                "data.patches.border=pad, or remove the image"))
+                f"{least}; lower the crop size (train_cam.crop_size / data.patches.size), "
+                + ("set data.patches.border=pad" if cfg.patches is not None else "set train_cam.small_images=mirror")
+                + ", or remove the image"))
         if s.points:
             from histowsss.data.points import PointsError, check_points, parse_points
 

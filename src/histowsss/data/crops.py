@@ -58,7 +58,8 @@ def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[in
 
 def random_crop_examples(targets: np.ndarray, sizes: list[tuple[int, int]], crop: int, per_image: int,
                          rng: np.random.Generator) -> list[CropExample]:
-    """``per_image`` random square crops per image (images smaller than ``crop`` give a centred full crop)."""
+    """``per_image`` random square crops per image (an image smaller than ``crop`` gives crops of its short side;
+    train_cam mirrors such images out to the crop first)."""
     out = []
     for i, (h, w) in enumerate(sizes):
         for _ in range(per_image):

@@ -55,7 +55,8 @@ def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Pa
 
     Reads cgroup v2 (``memory.max`` / ``memory.current``) or v1 (``memory.limit_in_bytes`` /
     ``memory.usage_in_bytes``) of the process's own group and of every group above it (a parent's limit binds its
-    children); a group's reclaimable page cache (``inactive_file``) counts as free, as the kernel would reclaim it.
+    children); a group's reclaimable page cache (``inactive_file``, v1's ``total_inactive_file`` of the subtree)
+    counts as free, as the kernel would reclaim it.
     """
     best: int | None = None
     for folder, v1 in _cgroup_folders(root, proc_cgroup):
@@ -67,15 +68,17 @@ def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Pa
             continue
         if not limit_text.isdigit() or int(limit_text) >= 2**60:
             continue  # "max" (v2) or a huge number (v1): no limit at this level
-        inactive = 0
+        stat: dict[str, int] = {}
         try:
             for line in (folder / "memory.stat").read_text().splitlines():
                 key, _, value = line.partition(" ")
-                if key in ("inactive_file", "total_inactive_file"):
-                    inactive = int(value)
-                    break
-        except (OSError, ValueError):
+                if value.strip().isdigit():
+                    stat[key] = int(value)
+        except OSError:
             pass
+        # v1's usage counts the whole subtree, so its reclaimable cache is the subtree's (total_inactive_file);
+        # v2's inactive_file already is
+        inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
         room = max(int(limit_text) - usage + inactive, 0)
         best = room if best is None else min(best, room)
     return best
