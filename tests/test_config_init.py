@@ -154,8 +154,9 @@ def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):
     assert re.search(r"mask_mode: binary_image_label", config.read_text())
 
 
-def test_crops_fit_the_smallest_image_where_they_must(tmp_path: Path):
-    """train_cam needs every image to hold its crop; train_irn / train_seg pad, so they follow the median image."""
+def test_crops_follow_the_typical_image_and_small_ones_are_counted(tmp_path: Path):
+    """train_cam mirrors, train_irn mirrors and train_seg pads images smaller than their crops, so the crops follow
+    the median image (one 96-px edge tile does not shrink the profile's 160-px CAM crop to 96), and the notes count the small ones."""
     rows = ["image,split,patient,label"]
     for i, side in enumerate([96, 200, 200, 200, 200, 200]):
         Image.fromarray(np.full((side, side + 10, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
@@ -163,9 +164,12 @@ def test_crops_fit_the_smallest_image_where_they_must(tmp_path: Path):
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     made = config_for_manifest(tmp_path / "m.csv", image_scale=1.0)
     cfg = made.config
-    assert cfg.train_cam.crop_size == 96 and cfg.train_irn.crop_size == 192 and cfg.train_seg.crop_size == 160
+    assert cfg.train_cam.crop_size == 160 and cfg.train_irn.crop_size == 192 and cfg.train_seg.crop_size == 160
+    assert cfg.train_cam.small_images == "mirror"
     assert cfg.data.mask_column is None and not cfg.upper_bound
     assert any("smallest 96 px, median 200 px" in n for n in made.notes)
+    assert any("1 of 4 training images are smaller than train_cam's 160-px crop: train_cam mirrors them" in n
+               for n in made.notes)
 
 
 def test_binary_255_masks_without_a_background_class_are_refused(tmp_path: Path):

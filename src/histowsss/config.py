@@ -74,7 +74,7 @@ class PatchConfig(Strict):
 
 # Config values that describe the data without changing any step's output: kept out of step hashes, so adding
 # them to a finished run's config does not make steps redo their work.
-HASH_EXEMPT = ("data.mpp",)
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images")  # refuse gives the mirror network or nothing
 # Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
 LATE_SECTIONS = ("points",)
 
@@ -157,6 +157,10 @@ class TrainCamConfig(Strict):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     crop_size: int = Field(224, ge=32)
+    small_images: Literal["mirror", "refuse"] = Field(
+        "mirror", description="training images smaller than crop_size (random crops; unpadded data.patches always "
+        "refuse them): mirror them out at the bottom/right to the crop (their label still holds for mirrored "
+        "tissue; the step counts them) or refuse them with the file names")
     lr: float = Field(1e-3, gt=0)
     backbone_lr_mult: float = Field(0.1, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -323,6 +327,8 @@ class TrainSegConfig(Strict):
     warmup_epochs: float = Field(0.3, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    cpu_amp: bool = Field(False, description="bfloat16 autocast for training on the CPU too (fast on CPUs with "
+                          "AVX512-BF16 or AMX, slow on others; inference on the CPU stays float32)")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0

@@ -133,8 +133,8 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
 
 
 def _short_sides(root: Path, images: list[str]) -> np.ndarray:
-    """Short side of every training image (headers only): train_cam's crop must fit the smallest, which a sample
-    could miss."""
+    """Short side of every training image (headers only): the crops follow the typical one, and the notes count
+    the images under train_cam's crop (a sample could miss them)."""
     from histowsss.data.io import image_size
 
     return np.array([min(image_size(root / rel)) for rel in images])
@@ -240,9 +240,11 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                           "--image-scale or use larger tiles")
     typical = int(np.median(sides) * scale)
     fitted = []
-    # train_cam needs every image to hold a crop; train_irn mirrors and train_seg pads smaller images (labels ignore there), so
-    # their crops only follow the typical image, not to waste most of each crop on padding
-    for section, key, multiple, limit in (("train_cam", "crop_size", 32, side), ("train_irn", "crop_size", 16, typical),
+    # train_cam mirrors smaller images out to its random crops (train_cam.small_images), train_irn mirrors and
+    # train_seg pads them (labels ignore there), so the crops follow the typical image, not the smallest one, which
+    # would shrink every crop for a few edge tiles (the data section written here has no patches)
+    for section, key, multiple, limit in (("train_cam", "crop_size", 32, typical),
+                                          ("train_irn", "crop_size", 16, typical),
                                           ("train_seg", "crop_size", 32, typical)):
         sec = raw.setdefault(section, {})
         current = int(sec.get(key, RunConfig.model_fields[section].default_factory().model_dump()[key]))
@@ -253,6 +255,12 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     if fitted:
         notes.append(f"crops fitted to the images at image_scale {scale} (short side: smallest {side} px, median "
                      f"{typical} px): " + ", ".join(fitted))
+    cam_crop = int(raw["train_cam"]["crop_size"])
+    n_small = int((sides * scale < cam_crop).sum())
+    if n_small:
+        notes.append(f"{n_small} of {len(sides)} training images are smaller than train_cam's {cam_crop}-px crop: "
+                     "train_cam mirrors them out to it (train_cam.small_images: refuse stops with their names "
+                     "instead)")
     raw["data"] = data
     if bg is None:  # every class is a classifier output with its own CAM
         raw.setdefault("train_cam", {})["background_mode"] = "class"

@@ -242,17 +242,25 @@ def test_split_fractions_must_sum_to_one(builder):
 
 
 def test_check_with_a_config_wants_training_images_to_hold_the_cam_crop(builder):
-    """Without --min-size, --config checks what train_cam will refuse: a training image smaller than its crop
+    """Without --min-size, --config checks training images against train_cam's crop: smaller ones are refused (an error)
+    with small_images=refuse, mirrored (a warning) by default
     (a test image of that size is fine: it is never cropped)."""
     rows = [builder.row("good", "train", "p1", "benign", h=32, w=40), builder.row("small_train", "train", "p2", h=24, w=40),
             builder.row("small_test", "test", "p3", h=24, w=40)]
     m = builder.manifest(rows)
     r = invoke("data", "check", m, "--config", "demo", "--set", "data.label_column=label",
-               "--set", "train_cam.crop_size=32", "--set", "data.val_splits=[]")
+               "--set", "train_cam.crop_size=32", "--set", "data.val_splits=[]", "--set", "train_cam.small_images=refuse")
     out = flat(r.output)
     assert r.exit_code == 1, r.output
     assert re.search(r"small_train\.png.*smaller than the crop/patch size 32", out) and "small_test" not in out
     assert "good.png" not in out and "1 error(s)" in out
+    # the default mirrors small training images: a warning that says so, no error
+    r = invoke("data", "check", m, "--config", "demo", "--set", "data.label_column=label",
+               "--set", "train_cam.crop_size=32", "--set", "data.val_splits=[]")
+    out = flat(r.output)
+    assert r.exit_code == 0, r.output
+    assert re.search(r"small_train\.png.*smaller than train_cam's crop 32: train_cam will mirror it", out)
+    assert "small_test" not in out and "good.png" not in out
 
 
 def test_check_with_a_config_accepts_small_images_when_patches_are_padded(builder):

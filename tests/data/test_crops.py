@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from histowsss.config import TrainCamConfig
-from histowsss.data.crops import (dihedral_box, image_targets, patch_examples, random_crop_examples, scaled_sizes,
+from histowsss.data.crops import (dihedral_box, fitted_sizes, image_targets, patch_examples, random_crop_examples,
+                                  scaled_sizes,
                                   training_crop_size)
 from histowsss.data.manifest import read_manifest
 from histowsss.data.transforms import dihedral
@@ -53,6 +54,18 @@ def test_scaled_sizes_image_smaller_than_crop_names_file_and_fix(builder, data_c
     # padded patches accept small images
     padded = type(cfg).model_validate(dict(cfg.model_dump(), patches={"size": 32, "stride": 16, "border": "pad"}))
     assert scaled_sizes(samples, padded, min_size=32) == [(20, 30), (20, 35)]
+
+
+def test_small_images_are_mirrored_to_the_crop_when_asked_but_unpadded_patches_still_refuse(builder, data_config):
+    cfg = _two_images(builder, data_config, image_scale=0.5)
+    samples = read_manifest(cfg)
+    assert fitted_sizes(samples, cfg, 32, mirror=True) == ([(32, 32), (32, 35)], ["a", "b"])
+    assert fitted_sizes(samples, cfg, 20, mirror=True) == ([(20, 30), (20, 35)], [])
+    with pytest.raises(ValueError, match="small_images=mirror"):
+        fitted_sizes(samples, cfg, 32, mirror=False)
+    tiled = type(cfg).model_validate(dict(cfg.model_dump(), patches={"size": 32, "stride": 16, "border": "drop"}))
+    with pytest.raises(ValueError, match="border=pad"):
+        fitted_sizes(samples, tiled, 32, mirror=True)
 
 
 def test_scaled_sizes_missing_image_is_clear(builder, data_config):

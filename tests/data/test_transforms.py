@@ -83,3 +83,17 @@ def test_data_layer_does_not_need_torch():
     code = ("import sys; import histowsss.data.transforms, histowsss.data.crops, histowsss.data.check; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_mirror_pad_reflects_at_the_bottom_right_only_where_needed():
+    from histowsss.data.transforms import mirror_pad
+
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    out = mirror_pad(img, 5)
+    assert out.shape == (5, 5, 3)
+    np.testing.assert_array_equal(out[:2, :3], img)  # the image stays at the top left
+    np.testing.assert_array_equal(out[2, :3], img[1])  # the first mirrored row repeats the last row
+    np.testing.assert_array_equal(out[:2, 3], img[:, 2])
+    assert out.shape == (5, 5, 3) and mirror_pad(img, 9).shape == (9, 9, 3)  # more than the image itself
+    assert mirror_pad(img, 2) is img
+    assert mirror_pad(img[..., 0], 4).shape == (4, 4)  # 2-D arrays too

@@ -35,6 +35,10 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(model)])
     assert res.exit_code == 0, res.output
     held = sorted(str(f.relative_to(model)) for f in model.rglob("*") if f.is_file())
+    # the config the shipped train_cam status names travels with it
+    named = json.loads((model / "status" / "train_cam.json").read_text())["run_config"]
+    assert named.startswith("config_history/") and named in held
+    held.remove(named)
     assert held == ["MODEL.md", "checkpoints/cam.safetensors", "checkpoints/seg.json", "checkpoints/seg.safetensors",
                     "checkpoints/seg_m1.json", "checkpoints/seg_m1.safetensors", "config.yaml", "metrics/cam.json",
                     "model.json", "status/train_cam.json", "versions.json"]

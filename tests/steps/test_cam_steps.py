@@ -270,3 +270,19 @@ def test_cam_on_pixels_finds_the_stride_of_grids_rounded_up_or_down():
     assert torch.allclose(up[0, 0, 0, :8], torch.zeros(8)) and torch.allclose(up[0, 0, 0, 32:], torch.ones(8))
     assert cam_on_pixels(torch.zeros(1, 1, 3, 3), (40, 40)).shape[-2:] == (40, 40)  # ceil(40 / 16) = 3
     assert cam_on_pixels(torch.zeros(1, 1, 5, 7), (40, 40)).shape[-2:] == (40, 40)  # no stride fits: stretched
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_training_images_smaller_than_the_crop_are_mirrored_or_refused(tiny_manifest, tmp_path, cached):
+    """64-px images, a 96-px crop: mirrored out to the crop (cached trunk features or pixel crops), counted in the
+    step's status; with small_images=refuse the step names the first image and the fixes."""
+    small = ["train_cam.crop_size=96", f"train_cam.cache_features={str(cached).lower()}"]
+    cfg = _cfg(tiny_manifest, small)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
+    status = json.loads((rd.path / "status" / "train_cam.json").read_text())
+    assert status["state"] == "done" and status["mirrored_images"] == 8  # every train image
+    refuse = _cfg(tiny_manifest, small + ["train_cam.small_images=refuse"])
+    with pytest.raises(ValueError, match=r"\.png: image 64x64 .* smaller than the training crop 96; lower "
+                                         r"train_cam.crop_size, set train_cam.small_images=mirror"):
+        run_pipeline(refuse, RunDir(tmp_path / "refused", refuse).init(), stop="train_cam", log=lambda s: None)

@@ -53,21 +53,24 @@ def _print_stats(manifest: Path, dc) -> None:
 @app.command()
 def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
           min_size: Optional[int] = typer.Option(
-              None, help="smallest usable image side after data.image_scale (default: with --config, the "
-              "training images must hold train_cam's crop; data.patches.size when patches are not padded)")) -> None:
+              None, help="smallest usable image side after data.image_scale (default: with --config, training "
+              "images under train_cam's crop are errors with train_cam.small_images=refuse, warnings when mirrored; "
+              "data.patches.size when patches are not padded)")) -> None:
     """Open every image and mask; list every problem; exit 1 if any error is found."""
     from histowsss.data.check import check_dataset
 
     with clear_errors():
         dc = data_config_from(manifest, config, set_)
-        train_min = None
+        train_min, mirrors = None, False
         padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
         if config is not None and min_size is None and not padded:  # train_cam refuses images smaller than its crop
             from histowsss.config import load_config
             from histowsss.data.crops import training_crop_size
 
-            train_min = training_crop_size(dc, load_config(config, set_).train_cam)
-        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min)
+            tc = load_config(config, set_).train_cam
+            train_min = training_crop_size(dc, tc)
+            mirrors = tc.small_images == "mirror" and dc.patches is None
+        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors)
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"

@@ -31,13 +31,15 @@ def _message(e: BaseException, file: str) -> str:
 
 
 def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True,
-                  train_min_size: int | None = None) -> list[Problem]:
+                  train_min_size: int | None = None, train_mirrors: bool = False) -> list[Problem]:
     """Return every problem found (errors and warnings); an empty list means the data is usable.
 
     Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
     mask and every patient found in several splits is listed (nothing stops at the first problem).
     ``min_size`` (scaled pixels) defaults to the patch size when ``cfg.patches`` tiles without padding;
-    ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold).
+    ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold); with
+    ``train_mirrors`` (``train_cam.small_images=mirror``) a training image under it is a warning (it will be
+    mirrored out to the crop), not an error.
     """
     manifest = str(cfg.manifest)
     try:
@@ -79,13 +81,19 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("warning", image, _message(w.message, image)))  # type: ignore[arg-type]
         h, w = img.shape[:2]
         hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
-        least = max(min_size or 0, (train_min_size or 0) if s.split in cfg.train_splits else 0)
+        train_least = (train_min_size or 0) if s.split in cfg.train_splits else 0
+        least = max(min_size or 0, 0 if train_mirrors else train_least)
+        if train_mirrors and train_least > least and min(hs, ws) < train_least:
+            problems.append(Problem(
+                "warning", image, f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than "
+                f"train_cam's crop {train_least}: train_cam will mirror it out to the crop (train_cam.small_images)"))
         if least and min(hs, ws) < least:
             problems.append(Problem(
                 "error", image,
                 f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than the crop/patch size "
-                f"{least}; lower the crop size (train_cam.crop_size / data.patches.size), set "
-                "data.patches.border=pad, or remove the image"))
+                f"{least}; lower the crop size (train_cam.crop_size / data.patches.size), "
+                + ("set data.patches.border=pad" if cfg.patches is not None else "set train_cam.small_images=mirror")
+                + ", or remove the image"))
         if s.points:
             from histowsss.data.points import PointsError, check_points, parse_points
 

@@ -58,7 +58,8 @@ def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[in
 
 def random_crop_examples(targets: np.ndarray, sizes: list[tuple[int, int]], crop: int, per_image: int,
                          rng: np.random.Generator) -> list[CropExample]:
-    """``per_image`` random square crops per image (images smaller than ``crop`` give a centred full crop)."""
+    """``per_image`` random square crops per image (an image smaller than ``crop`` gives crops of its short side;
+    train_cam mirrors such images out to the crop first)."""
     out = []
     for i, (h, w) in enumerate(sizes):
         for _ in range(per_image):
@@ -71,17 +72,33 @@ def random_crop_examples(targets: np.ndarray, sizes: list[tuple[int, int]], crop
 
 def scaled_sizes(samples: list[Sample], data: DataConfig, min_size: int | None = None) -> list[tuple[int, int]]:
     """Image sizes after ``data.image_scale``; clear error for images smaller than ``min_size``."""
-    sizes = []
+    return fitted_sizes(samples, data, min_size, mirror=False)[0]
+
+
+def fitted_sizes(samples: list[Sample], data: DataConfig, min_size: int | None,
+                 mirror: bool) -> tuple[list[tuple[int, int]], list[str]]:
+    """Image sizes after ``data.image_scale``, and the names of the images mirrored out to ``min_size``.
+
+    An image smaller than ``min_size`` is a clear error naming it, or, with ``mirror`` and random crops (no
+    ``data.patches``), is mirrored out to it (:func:`histowsss.data.transforms.mirror_pad`; its size is given as
+    the mirrored one). Padded patches take any size; unpadded patches refuse small images (their labels may come
+    from masks, which are not mirrored).
+    """
+    sizes, mirrored = [], []
     for s in samples:
         h, w = image_size(s.image)
         hs, ws = round(h * data.image_scale), round(w * data.image_scale)
         if min_size is not None and min(hs, ws) < min_size and not (data.patches and data.patches.border == "pad"):
-            raise ValueError(
-                f"{s.image}: image {ws}x{hs} (after image_scale {data.image_scale}) is smaller than the training "
-                f"crop {min_size}; lower train_cam.crop_size / data.patches.size, or remove the image"
-            )
+            if not mirror or data.patches is not None:
+                fix = ("set data.patches.border=pad, lower data.patches.size" if data.patches is not None else
+                       "lower train_cam.crop_size, set train_cam.small_images=mirror")
+                raise ValueError(
+                    f"{s.image}: image {ws}x{hs} (after image_scale {data.image_scale}) is smaller than the training "
+                    f"crop {min_size}; {fix}, or remove the image")
+            hs, ws = max(hs, min_size), max(ws, min_size)
+            mirrored.append(s.name)
         sizes.append((hs, ws))
-    return sizes
+    return sizes, mirrored
 
 
 def dihedral_box(y: int, x: int, size: int, h: int, w: int, k: int) -> tuple[int, int]:

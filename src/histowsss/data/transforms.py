@@ -34,6 +34,15 @@ def hed_jitter(img: np.ndarray, rng: np.random.Generator, sigma: float) -> np.nd
     return np.clip(np.rint(out), 0, 255).reshape(img.shape).astype(np.uint8)
 
 
+def mirror_pad(arr: np.ndarray, min_side: int) -> np.ndarray:
+    """``arr`` (H, W[, C]) mirrored out at the bottom/right until each side is at least ``min_side`` (unchanged
+    when it already is)."""
+    ph, pw = max(0, min_side - arr.shape[0]), max(0, min_side - arr.shape[1])
+    if ph == 0 and pw == 0:
+        return arr
+    return np.pad(arr, ((0, ph), (0, pw)) + ((0, 0),) * (arr.ndim - 2), mode="symmetric")
+
+
 def dihedral(arr: np.ndarray, k: int) -> np.ndarray:
     """One of the 8 dihedral transforms (k in 0..7): k % 4 quarter turns, then a flip if k >= 4."""
     if not 0 <= k <= 7:

@@ -18,7 +18,7 @@ from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.config import DataConfig
 from histowsss.data.manifest import Sample
-from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, random_dihedral_index
+from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, mirror_pad, random_dihedral_index
 from histowsss.engine.memory import check_cache_fits, image_pixels
 
 
@@ -30,11 +30,12 @@ def _progress(it, description: str, total: int | None = None):
 
 class CachedTrunkSource:
     """Trunk features of ``copies`` augmented versions of every image (float16, on ``store_device``). ``sizes``:
-    the images' sizes after ``data.image_scale`` when known (else read from the file headers for the memory check)."""
+    the images' sizes after ``data.image_scale`` when known (else read from the file headers for the memory check);
+    images smaller than ``min_side`` are mirrored out to it (``train_cam.small_images``)."""
 
     def __init__(self, model: torch.nn.Module, samples: list[Sample], data: DataConfig, cfg: TrainCamConfig,
                  normalizer: Normalizer, device: torch.device, seed: int, channels_last: bool = True,
-                 sizes: list[tuple[int, int]] | None = None):
+                 sizes: list[tuple[int, int]] | None = None, min_side: int = 0):
         self.start = model.trunk_units
         self.levels = tuple(getattr(model, "extra_levels", ()))
         bb = model.backbone
@@ -46,7 +47,7 @@ class CachedTrunkSource:
         model.eval()
         held = 0
         for i_s, s in enumerate(_progress(samples, "caching trunk features")):
-            img = load_image(s.image, data)
+            img = mirror_pad(load_image(s.image, data), min_side)
             per = []
             for c in range(cfg.cache_copies):
                 scale = cfg.cache_scales[c % len(cfg.cache_scales)]
@@ -126,8 +127,8 @@ class PixelSource:
     """Crops cut from decoded images and augmented on the fly (flips/rot90, HED jitter, one scale per batch)."""
 
     def __init__(self, samples: list[Sample], data: DataConfig, aug: AugmentConfig, normalizer: Normalizer,
-                 channels_last: bool = True):
-        self.images = [load_image(s.image, data) for s in _progress(samples, "reading images")]
+                 channels_last: bool = True, min_side: int = 0):
+        self.images = [mirror_pad(load_image(s.image, data), min_side) for s in _progress(samples, "reading images")]
         self.aug = aug
         self.normalizer = normalizer
         self.channels_last = channels_last

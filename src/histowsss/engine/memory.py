@@ -26,6 +26,14 @@ def free_bytes(device: torch.device) -> int | None:
             return None
     if device.type != "cpu":
         return None
+    host = _host_available()
+    limited = cgroup_available()
+    if host is None or limited is None:
+        return limited if host is None else host
+    return min(host, limited)
+
+
+def _host_available() -> int | None:
     try:
         import psutil
 
@@ -39,6 +47,79 @@ def free_bytes(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Memory this process's control groups still allow (a container's or a batch job's limit, which the host's
+    free memory does not show), or None when no group sets a limit or none can be read.
+
+    Reads cgroup v2 (``memory.max`` / ``memory.current``) or v1 (``memory.limit_in_bytes`` /
+    ``memory.usage_in_bytes``) of the process's own group and of every group above it (a parent's limit binds its
+    children); a group's reclaimable page cache (``inactive_file``, v1's ``total_inactive_file`` of the subtree)
+    counts as free, as the kernel would reclaim it.
+    """
+    best: int | None = None
+    for folder, v1 in _cgroup_folders(root, proc_cgroup):
+        limit_f, usage_f = ("memory.limit_in_bytes", "memory.usage_in_bytes") if v1 else ("memory.max", "memory.current")
+        try:
+            limit_text = (folder / limit_f).read_text().strip()
+            usage = int((folder / usage_f).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not limit_text.isdigit() or int(limit_text) >= 2**60:
+            continue  # "max" (v2) or a huge number (v1): no limit at this level
+        stat: dict[str, int] = {}
+        try:
+            for line in (folder / "memory.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if value.strip().isdigit():
+                    stat[key] = int(value)
+        except OSError:
+            pass
+        # v1's usage counts the whole subtree, so its reclaimable cache is the subtree's (total_inactive_file);
+        # v2's inactive_file already is
+        inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+        room = max(int(limit_text) - usage + inactive, 0)
+        best = room if best is None else min(best, room)
+    return best
+
+
+def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[tuple[Path, bool]]:
+    """The memory cgroup folders of this process, its own group first, then each parent up to the mount
+    (``(folder, is_v1)``); a group path the mount does not show (a container's namespace) starts at the mount."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    out: list[tuple[Path, bool]] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, rel = parts
+        if "memory" in controllers.split(","):
+            mount, v1 = root / "memory", True
+        elif hid == "0" and controllers == "" and _v2_has_memory(root):
+            mount, v1 = root, False
+        else:
+            continue
+        folder = mount / rel.strip("/")
+        if not folder.is_dir():
+            folder = mount
+        while True:
+            out.append((folder, v1))
+            if folder == mount or mount not in folder.parents:
+                break
+            folder = folder.parent
+    return out
+
+
+def _v2_has_memory(root: Path) -> bool:
+    """Whether ``root`` is a cgroup v2 mount with the memory controller (not the memory-less one of a hybrid)."""
+    try:
+        return "memory" in (root / "cgroup.controllers").read_text().split()
+    except OSError:
+        return False
 
 
 def _gib(n: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -24,12 +25,23 @@ class RunDir:
     def __init__(self, path: Path | str, cfg: RunConfig):
         self.path = Path(path)
         self.cfg = cfg
+        self.config_file: str | None = None  # set by init(): the config_history file of this invocation
 
     def init(self) -> "RunDir":
-        """Create the folder and write the resolved config of this invocation (each step's status records the
-        hash of the sections it used; networks record their input settings, checked by ``predict``)."""
+        """Create the folder and write the resolved config of this invocation as ``config.yaml``.
+
+        A later invocation with other settings (``--set``, another YAML) rewrites ``config.yaml``; every config
+        the folder has seen is also kept, by content, as ``config_history/<sha>.yaml``, and each step's status
+        names the one it ran with (``run_config``), beside the hash of the sections it used. Networks record
+        their input settings, checked by ``predict``.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        write_text(self.path / "config.yaml", dump_config(self.cfg))
+        text = dump_config(self.cfg)
+        self.config_file = f"config_history/{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+        if not (self.path / self.config_file).exists():
+            (self.path / "config_history").mkdir(exist_ok=True)
+            write_text(self.path / self.config_file, text)
+        write_text(self.path / "config.yaml", text)
         write_json(self.path / "versions.json", versions())
         return self
 
@@ -78,6 +90,8 @@ class RunDir:
             if removed:
                 info["partial_files_removed"] = removed
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now()}
+        if self.config_file:
+            record["run_config"] = self.config_file
         write_json(self.status_path(step), record)
         try:
             yield info

@@ -207,7 +207,22 @@ def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
     if cfg_text:
         parts.append(f"<details><summary>resolved configuration (config.yaml)</summary><pre>{esc(cfg_text)}</pre>"
                      "</details>")
+    by_config = steps_by_config(run_path)
+    if len(by_config) > 1:
+        parts.append('<p class="note">The steps ran with ' + str(len(by_config)) + " configurations (config.yaml "
+                     "holds the last invocation's): " + esc("; ".join(f"{', '.join(steps)}: {name}"
+                                                                       for name, steps in by_config.items())) + "</p>")
     return "".join(parts)
+
+
+def steps_by_config(run_path: Path) -> dict[str, list[str]]:
+    """Finished steps grouped by the config file they ran with (``status/<step>.json`` -> ``run_config``)."""
+    out: dict[str, list[str]] = {}
+    for f in sorted((run_path / "status").glob("*.json")):
+        st = _read_json(f) or {}
+        if st.get("state") == "done" and st.get("run_config"):
+            out.setdefault(st["run_config"], []).append(st.get("step", f.stem))
+    return out
 
 
 def section_dataset(cfg, run_path: Path | None = None) -> str:

@@ -47,6 +47,10 @@ def bundle_files(run_path: Path, cfg, network: str = "seg") -> list[str]:
                                     "its chosen cut; run the CAM stage (`--to eval_cam`) or set eval_seg.image_gate="
                                     "false")
         files += gate
+        named = (json.loads((run_path / "status/train_cam.json").read_text()).get("run_config")
+                 if (run_path / "status/train_cam.json").exists() else None)
+        if named and (run_path / named).exists():  # the config the shipped status record names
+            files.append(named)
     missing = [f for f in files if not (run_path / f).exists()]
     if missing:
         raise FileNotFoundError(f"{run_path / missing[0]}: missing; re-run train_seg for this run folder")

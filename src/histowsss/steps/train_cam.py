@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from histowsss.config import RunConfig
-from histowsss.data.crops import (image_targets, patch_examples, random_crop_examples, scaled_sizes,
+from histowsss.data.crops import (fitted_sizes, image_targets, patch_examples, random_crop_examples,
                                   training_crop_size)
 from histowsss.data.pairs import pair_examples
 from histowsss.data.transforms import Normalizer
@@ -49,7 +49,12 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             raise ValueError(f"no training images: no manifest row has split in {data.train_splits}")
         patients = [s.patient for s in samples]
         crop = training_crop_size(data, tc)
-        sizes = scaled_sizes(samples, data, min_size=crop)
+        sizes, mirrored = fitted_sizes(samples, data, crop, mirror=tc.small_images == "mirror")
+        if mirrored:
+            print(f"train_cam: {len(mirrored)} training image(s) smaller than the {crop}-px crop mirrored out to it "
+                  f"(train_cam.small_images=mirror): {', '.join(mirrored[:5])}{' ...' if len(mirrored) > 5 else ''}")
+            info["mirrored_images"] = len(mirrored)
+        min_side = crop if mirrored else 0
         keep = _class_indices(cfg)
         fixed = None
         if data.patches is not None:
@@ -69,9 +74,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                                        cfg.backbone.channels_last)
         elif cached:
             source = CachedTrunkSource(model, samples, data, tc, norm, device, tc.seed, cfg.backbone.channels_last,
-                                       sizes=sizes)
+                                       sizes=sizes, min_side=min_side)
         else:
-            source = PixelSource(samples, data, tc.augment, norm, cfg.backbone.channels_last)
+            source = PixelSource(samples, data, tc.augment, norm, cfg.backbone.channels_last, min_side=min_side)
         pos = targets_all.mean(axis=0)
         pos_weight = torch.tensor(np.clip((1 - pos) / np.maximum(pos, 1e-6), 0.2, 20.0) if tc.class_balance
                                   else np.ones_like(pos), dtype=torch.float32, device=device)

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from histowsss.config import DataConfig, RunConfig, TrainIrnConfig
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
-from histowsss.data.transforms import Normalizer, dihedral
+from histowsss.data.transforms import Normalizer, dihedral, mirror_pad
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
 from histowsss.engine.device import resolve_device
@@ -124,7 +124,7 @@ def mirror_to_min_side(img: np.ndarray, lab: np.ndarray, min_side: int) -> tuple
     ph, pw = max(0, min_side - h), max(0, min_side - w)
     if ph == 0 and pw == 0:
         return img, lab
-    img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+    img = mirror_pad(img, min_side)
     gh, gw = img.shape[0] // STRIDE, img.shape[1] // STRIDE
     lab = np.pad(lab, ((0, gh - lab.shape[0]), (0, gw - lab.shape[1])), constant_values=IGNORE)
     return img, lab

@@ -475,7 +475,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
         raise StepError(f"ranks disagree on the epoch to resume from ({run.path} must be on a file system that every "
                         "rank sees); pass --overwrite to start over")
     ddp = ctx.wrap(model)
-    use_amp = ts.amp and device.type == "cuda"
+    use_amp = (ts.amp and device.type == "cuda") or (ts.cpu_amp and device.type == "cpu")
     threads = auto_threads(ts.loader_threads)
     label = f"train_seg ({t_}{', member ' + which if which else ''})"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

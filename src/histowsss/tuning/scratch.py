@@ -19,6 +19,8 @@ def scratch_run(src: Path, dst: Path, keep: bool = False) -> None:
         for f in (src / sub).glob("*.json"):
             if not f.stem.startswith(("train_seg", "eval_seg", "seg")):
                 shutil.copy2(f, dst / sub / f.name)
+    if (src / "config_history").is_dir():  # the configs the copied status records name (run_config)
+        shutil.copytree(src / "config_history", dst / "config_history", dirs_exist_ok=True)
     for sub in ("pseudo", "cams"):
         if (src / sub).exists() and not (dst / sub).exists():
             (dst / sub).symlink_to((src / sub).resolve(), target_is_directory=True)

@@ -1,0 +1,36 @@
+"""engine/run_dir: a folder re-used with other settings keeps every config its steps ran with."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from histowsss.config import load_config
+from histowsss.engine.run_dir import RunDir
+from histowsss.evaluation.report import steps_by_config
+
+
+def _run_step(rd: RunDir, step: str) -> None:
+    with rd.step(step, "h-" + step):
+        pass
+
+
+def test_each_step_names_the_config_it_ran_with_after_config_yaml_is_rewritten(tmp_path):
+    first = RunDir(tmp_path / "run", load_config("demo")).init()
+    _run_step(first, "train_cam")
+    second = RunDir(tmp_path / "run", load_config("demo", ["train_seg.epochs=3"])).init()
+    _run_step(second, "train_seg")
+    RunDir(tmp_path / "run", load_config("demo")).init()  # the first settings again: no new history file
+
+    history = sorted((tmp_path / "run" / "config_history").glob("*.yaml"))
+    assert len(history) == 2
+    status = {s: json.loads((tmp_path / "run" / "status" / f"{s}.json").read_text()) for s in ("train_cam", "train_seg")}
+    assert status["train_cam"]["run_config"] != status["train_seg"]["run_config"]
+    cam_cfg = yaml.safe_load((tmp_path / "run" / status["train_cam"]["run_config"]).read_text())
+    seg_cfg = yaml.safe_load((tmp_path / "run" / status["train_seg"]["run_config"]).read_text())
+    assert seg_cfg["train_seg"]["epochs"] == 3 and cam_cfg["train_seg"]["epochs"] != 3
+    # config.yaml holds the last invocation's settings
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == cam_cfg
+    assert steps_by_config(tmp_path / "run") == {status["train_cam"]["run_config"]: ["train_cam"],
+                                                 status["train_seg"]["run_config"]: ["train_seg"]}
