@@ -495,3 +495,22 @@ def test_clean_up_areas_shrink_on_a_coarser_map(dataset: Path):
     out = eval_seg.clean_for(lab, cfg, pixel_factor=4)
     assert (out[2:4, 2:4] == 1).all() and out[10, 10] == 0
     assert (eval_seg.clean_for(lab, make_cfg(dataset)) == lab).all()
+
+
+def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path):
+    """train_seg.cpu_amp: the same seed and crops trained under bfloat16 autocast give other (finite) weights than
+    float32; off by default, so finished float32 runs keep their hash."""
+    from histowsss.engine.distributed import init_distributed
+
+    weights = {}
+    for amp in (False, True):
+        cfg = make_cfg(dataset, "train_seg.epochs=1", f"train_seg.cpu_amp={str(amp).lower()}")
+        run = RunDir(tmp_path / f"run_{amp}", cfg).init()
+        fake_pseudo(cfg, run)
+        ctx = init_distributed(cfg.device)
+        assert ctx.device.type == "cpu"
+        meta, model = train_seg.fit(cfg, run, ctx, train_seg.config_hash(cfg), True, {})
+        assert np.isfinite(meta["final"]["loss"])
+        weights[amp] = torch.cat([p.detach().flatten().float() for p in model.parameters()])
+    assert torch.isfinite(weights[True]).all() and not torch.equal(weights[False], weights[True])
+    assert train_seg.config_hash(make_cfg(dataset)) == train_seg.config_hash(make_cfg(dataset, "train_seg.cpu_amp=false"))
