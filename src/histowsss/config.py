@@ -328,7 +328,7 @@ class TrainSegConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     cpu_amp: bool = Field(False, description="bfloat16 autocast for training on the CPU too (fast on CPUs with "
-                          "AVX512-BF16 or AMX, slow on others; inference on the CPU stays float32)")
+                          "AVX512-BF16 or AMX, slow on others, which train_seg names; inference on the CPU stays float32)")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0

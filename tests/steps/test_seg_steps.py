@@ -497,11 +497,12 @@ def test_clean_up_areas_shrink_on_a_coarser_map(dataset: Path):
     assert (eval_seg.clean_for(lab, make_cfg(dataset)) == lab).all()
 
 
-def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path):
+def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path, monkeypatch, capsys):
     """train_seg.cpu_amp: the same seed and crops trained under bfloat16 autocast give other (finite) weights than
-    float32; off by default, so finished float32 runs keep their hash."""
+    float32; off by default, so finished float32 runs keep their hash; a CPU without bfloat16 instructions is named."""
     from histowsss.engine.distributed import init_distributed
 
+    monkeypatch.setattr(train_seg, "cpu_has_bf16", lambda: False)
     weights = {}
     for amp in (False, True):
         cfg = make_cfg(dataset, "train_seg.epochs=1", f"train_seg.cpu_amp={str(amp).lower()}")
@@ -513,4 +514,5 @@ def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path):
         assert np.isfinite(meta["final"]["loss"])
         weights[amp] = torch.cat([p.detach().flatten().float() for p in model.parameters()])
     assert torch.isfinite(weights[True]).all() and not torch.equal(weights[False], weights[True])
+    assert capsys.readouterr().out.count("no bfloat16 instructions") == 1  # only the run with cpu_amp on
     assert train_seg.config_hash(make_cfg(dataset)) == train_seg.config_hash(make_cfg(dataset, "train_seg.cpu_amp=false"))

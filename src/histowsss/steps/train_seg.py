@@ -37,6 +37,7 @@ from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
+from histowsss.engine.device import cpu_has_bf16
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -476,6 +477,9 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                         "rank sees); pass --overwrite to start over")
     ddp = ctx.wrap(model)
     use_amp = (ts.amp and device.type == "cuda") or (ts.cpu_amp and device.type == "cpu")
+    if use_amp and device.type == "cpu" and cpu_has_bf16() is False and ctx.is_main:
+        print("train_seg: train_seg.cpu_amp is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): "
+              "autocast is emulated and slower than float32; set train_seg.cpu_amp=false")
     threads = auto_threads(ts.loader_threads)
     label = f"train_seg ({t_}{', member ' + which if which else ''})"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

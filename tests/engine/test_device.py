@@ -1,0 +1,27 @@
+"""engine/device: device selection and whether the CPU can run bfloat16 autocast natively."""
+
+from __future__ import annotations
+
+import torch
+
+from histowsss.engine.device import cpu_has_bf16, resolve_device
+
+
+def test_auto_resolves_to_an_available_device():
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\n"
+                   "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    old = tmp_path / "old"
+    old.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    none = tmp_path / "none"
+    none.write_text("processor\t: 0\n")
+    assert cpu_has_bf16(str(x86)) is True and cpu_has_bf16(str(arm)) is True
+    assert cpu_has_bf16(str(old)) is False
+    assert cpu_has_bf16(str(none)) is None and cpu_has_bf16(str(tmp_path / "absent")) is None
