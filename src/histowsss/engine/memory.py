@@ -26,11 +26,8 @@ def free_bytes(device: torch.device) -> int | None:
             return None
     if device.type != "cpu":
         return None
-    host = _host_available()
-    limited = cgroup_available()
-    if host is None or limited is None:
-        return limited if host is None else host
-    return min(host, limited)
+    known = [v for v in (_host_available(), cgroup_available()) if v is not None]
+    return min(known) if known else None
 
 
 def _host_available() -> int | None:

@@ -120,11 +120,10 @@ def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t:
 def mirror_to_min_side(img: np.ndarray, lab: np.ndarray, min_side: int) -> tuple[np.ndarray, np.ndarray]:
     """An image (H, W, 3; H, W multiples of STRIDE) smaller than ``min_side`` mirrored out at the bottom/right to
     it, its stride-4 label grid padded with IGNORE to match (nothing is learnt from the mirrored part)."""
-    h, w = img.shape[:2]
-    ph, pw = max(0, min_side - h), max(0, min_side - w)
-    if ph == 0 and pw == 0:
+    padded = mirror_pad(img, min_side)
+    if padded is img:
         return img, lab
-    img = mirror_pad(img, min_side)
+    img = padded
     gh, gw = img.shape[0] // STRIDE, img.shape[1] // STRIDE
     lab = np.pad(lab, ((0, gh - lab.shape[0]), (0, gw - lab.shape[1])), constant_values=IGNORE)
     return img, lab
