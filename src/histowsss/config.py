@@ -74,7 +74,9 @@ class PatchConfig(Strict):
 
 # Config values that describe the data without changing any step's output: kept out of step hashes, so adding
 # them to a finished run's config does not make steps redo their work.
-HASH_EXEMPT = ("data.mpp", "train_cam.small_images")  # refuse gives the mirror network or nothing
+# data.mpp: metadata; train_cam.small_images: refuse gives the mirror network or nothing; train_seg.channels_last: a
+# memory layout (the same network up to float rounding, as with another thread count)
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last")
 # Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
 LATE_SECTIONS = ("points",)
 
@@ -192,6 +194,9 @@ class MakeCamConfig(Strict):
     patch_size: int | None = Field(None, ge=16, description="patch-wise CAMs: each patch (at each scale) alone "
                                    "through the network, overlapping by half, averaged; null = whole image")
     splits: list[str] | None = Field(None, description="default: train + val + test splits")
+    cpu_amp: bool = Field(False, description="bfloat16 autocast for the CAM network's inference on the CPU (about 2x "
+                          "faster on CPUs with AVX512-BF16 or AMX, slower on others, which make_cam names); also the "
+                          "CAM classifier of predict's image gate")
 
 
 class EvalCamConfig(Strict):
@@ -328,7 +333,9 @@ class TrainSegConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     cpu_amp: bool = Field(False, description="bfloat16 autocast for training on the CPU too (fast on CPUs with "
-                          "AVX512-BF16 or AMX, slow on others, which train_seg names; inference on the CPU stays float32)")
+                          "AVX512-BF16 or AMX, slow on others, which train_seg names; inference: eval_seg.cpu_amp)")
+    channels_last: bool = Field(True, description="train in channels-last memory layout (faster convolutions on CPUs "
+                                "and GPUs; the same network up to float rounding, so not part of the config hash)")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0
@@ -355,6 +362,9 @@ class EvalSegConfig(Strict):
                                 "sliding window and TTA; probabilities resized back and averaged), e.g. [0.75, 1.0, "
                                 "1.25]; cost grows with the sum of the squared scales")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
+    cpu_amp: bool = Field(False, description="bfloat16 autocast for inference on the CPU (eval_seg, predict, slides; "
+                          "about 2x faster on CPUs with AVX512-BF16 or AMX, slower on others, which eval_seg names); "
+                          "on CUDA inference follows train_seg.amp")
     splits: list[str] | None = Field(None, description="splits to evaluate (default: data.test_splits)")
     save_predictions: bool = Field(True, description="write pred/<name>.png (class ids)")
     image_gate: bool = Field(False, description="remove the classes the CAM classifier calls absent from an image "

@@ -500,9 +500,11 @@ def test_clean_up_areas_shrink_on_a_coarser_map(dataset: Path):
 def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path, monkeypatch, capsys):
     """train_seg.cpu_amp: the same seed and crops trained under bfloat16 autocast give other (finite) weights than
     float32; off by default, so finished float32 runs keep their hash; a CPU without bfloat16 instructions is named."""
+    from histowsss.engine import device as device_mod
     from histowsss.engine.distributed import init_distributed
 
-    monkeypatch.setattr(train_seg, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(device_mod, "_WARNED", set())
     weights = {}
     for amp in (False, True):
         cfg = make_cfg(dataset, "train_seg.epochs=1", f"train_seg.cpu_amp={str(amp).lower()}")

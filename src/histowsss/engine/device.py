@@ -32,3 +32,21 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     if not flags:
         return None
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+_WARNED: set[str] = set()
+
+
+def bf16_autocast(device: torch.device, cuda: bool, cpu: bool, option: str, warn: bool = True) -> bool:
+    """Whether bfloat16 autocast is on for ``device``: ``cuda`` on a GPU, ``cpu`` on the CPU (other devices: off).
+    When the CPU option is on but the CPU has no bfloat16 instructions, says so (``warn``) once per process, naming
+    ``option``."""
+    if device.type == "cuda":
+        return cuda
+    if device.type != "cpu" or not cpu:
+        return False
+    if warn and option not in _WARNED and cpu_has_bf16() is False:
+        _WARNED.add(option)
+        print(f"{option} is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): autocast is emulated "
+              f"and slower than float32; set {option}=false")
+    return True

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from histowsss.engine.device import bf16_autocast
+
 
 def window(tile: int, blend: str) -> np.ndarray:
     """(tile, tile) float32 weight map of one tile, max 1, strictly positive."""
@@ -71,8 +73,12 @@ def _undo(x: torch.Tensor, k: int) -> torch.Tensor:
 def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, tile: int = 256,
                          overlap: float = 0.25, blend: str = "gaussian", tta: str = "flip", batch_size: int = 8,
                          device: torch.device | str = "cpu", size_divisor: int = 32,
-                         amp: bool = False) -> np.ndarray:
-    """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3)."""
+                         amp: bool = False, cpu_amp: bool = False, channels_last: bool = True) -> np.ndarray:
+    """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3).
+
+    ``amp`` / ``cpu_amp``: bfloat16 autocast on CUDA / on the CPU (probabilities are computed in float32 either way);
+    ``channels_last``: tiles go through the network in channels-last layout (faster convolutions, same result up to
+    float rounding)."""
     device = torch.device(device)
     if tile % size_divisor:
         raise ValueError(f"tile size {tile} must be a multiple of {size_divisor}")
@@ -88,12 +94,14 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
     x_all = torch.from_numpy(np.require(img, requirements=["C", "W"]))  # copies read-only arrays
     was_training = model.training
     model.eval()
-    use_amp = amp and device.type == "cuda"
+    use_amp = bf16_autocast(device, amp, cpu_amp, "eval_seg.cpu_amp")
     try:
         for i in range(0, len(boxes), batch_size):
             chunk = boxes[i : i + batch_size]
             x = torch.stack([x_all[y : y + tile, xx : xx + tile] for y, xx in chunk]).to(device)
             x = normalizer(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             prob = None
             for k in ops:
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):

@@ -66,7 +66,8 @@ def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
     ev = cfg.eval_seg
     return multiscale_probs(model, img, Normalizer(model.mean, model.std), ev.scales, tile=ev.tile_size,
                             overlap=ev.overlap, blend=ev.blend, tta=ev.tta, batch_size=ev.batch_size,
-                            device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp)
+                            device=device, size_divisor=model.size_divisor, amp=cfg.train_seg.amp,
+                            cpu_amp=ev.cpu_amp)
 
 
 def labels_from_probs(probs: np.ndarray, cfg: RunConfig) -> np.ndarray:

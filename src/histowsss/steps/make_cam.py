@@ -14,7 +14,7 @@ from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz
-from histowsss.engine.device import resolve_device
+from histowsss.engine.device import bf16_autocast, resolve_device
 from histowsss.engine.run_dir import RunDir
 from histowsss.steps.common import all_splits, load_cam_network, output_classes, samples_for
 
@@ -136,14 +136,17 @@ def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], 
 def image_cam(model: torch.nn.Module, img: np.ndarray, cfg: RunConfig, norm: Normalizer,
               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """make_cam's CAMs and mean logits of one image (as load_image returns it): ``make_cam.input_scale``, then
-    patch by patch (``make_cam.patch_size``) or whole, at ``make_cam.scales`` with ``flip``."""
+    patch by patch (``make_cam.patch_size``) or whole, at ``make_cam.scales`` with ``flip``; bfloat16 autocast on the
+    CPU with ``make_cam.cpu_amp`` (CAMs and logits come back in float32 either way)."""
     mc, cl = cfg.make_cam, cfg.backbone.channels_last
     size = img.shape[:2]  # the CAM goes on this image's stride-4 grid, whatever scale the network saw
     if mc.input_scale != 1.0:
         img = resize(img, mc.input_scale, nearest=False)
-    if mc.patch_size:
-        return patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size, cl, size=size)
-    return multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cl, size=size)
+    amp = bf16_autocast(device, False, mc.cpu_amp, "make_cam.cpu_amp")
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        if mc.patch_size:
+            return patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size, cl, size=size)
+        return multiscale_cam(model, img, mc.scales, mc.flip, norm, device, cl, size=size)
 
 
 def cam_path(run: RunDir, name: str) -> Path:

@@ -37,7 +37,7 @@ from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
-from histowsss.engine.device import cpu_has_bf16
+from histowsss.engine.device import bf16_autocast
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -449,6 +449,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     n_classes = len(data.classes.names)
     torch.manual_seed(seed)
     model = build_segnet(ts, n_classes).to(device)
+    if ts.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     norm = Normalizer(model.mean, model.std)
     loss_kind = "ce" if ts.supervised else ts.loss
     opt = torch.optim.AdamW(model.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
@@ -476,10 +478,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
         raise StepError(f"ranks disagree on the epoch to resume from ({run.path} must be on a file system that every "
                         "rank sees); pass --overwrite to start over")
     ddp = ctx.wrap(model)
-    use_amp = (ts.amp and device.type == "cuda") or (ts.cpu_amp and device.type == "cpu")
-    if use_amp and device.type == "cpu" and cpu_has_bf16() is False and ctx.is_main:
-        print("train_seg: train_seg.cpu_amp is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): "
-              "autocast is emulated and slower than float32; set train_seg.cpu_amp=false")
+    use_amp = bf16_autocast(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=ctx.is_main)
     threads = auto_threads(ts.loader_threads)
     label = f"train_seg ({t_}{', member ' + which if which else ''})"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -497,6 +496,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                                                                    ts.crop_size, ts.augment, c[4]), threads)
             for crops in batches:
                 x_t = norm(torch.from_numpy(np.stack([c[0] for c in crops])).to(device))
+                if ts.channels_last:
+                    x_t = x_t.contiguous(memory_format=torch.channels_last)
                 y_t = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits = ddp(x_t)
