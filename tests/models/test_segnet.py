@@ -142,3 +142,40 @@ def test_seg_ensemble_averages_member_probabilities():
     other.mean = (0.1, 0.2, 0.3)
     with pytest.raises(ValueError, match="normalisation"):
         SegEnsemble([Fixed([1.0, 0.0], 32), other])
+
+
+class _LayoutSpy(torch.nn.Module):
+    """A pointwise net that records, per call, whether it ran under CPU bfloat16 autocast and got channels-last input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x):
+        self.seen.append((torch.is_autocast_enabled("cpu"), x.is_contiguous(memory_format=torch.channels_last)))
+        return self.conv(x)
+
+
+def test_cpu_amp_and_channels_last_tiles():
+    """cpu_amp: tiles go through the network under bfloat16 autocast, probabilities stay float32 and close to the
+    float32 ones; channels_last (the default) changes the layout only, not the result."""
+    spy = _LayoutSpy()
+    norm = Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    img = np.random.default_rng(2).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    kw = dict(tile=32, overlap=0.25, tta="flip", batch_size=4, size_divisor=32)
+    fp = sliding_window_probs(spy, img, norm, **kw)
+    assert spy.seen and all(not amp and cl for amp, cl in spy.seen)
+    spy.seen.clear()
+    bf = sliding_window_probs(spy, img, norm, cpu_amp=True, **kw)
+    assert spy.seen and all(amp for amp, _ in spy.seen)
+    assert bf.dtype == np.float32 and not np.array_equal(bf, fp)
+    np.testing.assert_allclose(bf, fp, atol=3e-2)
+    spy.seen.clear()
+    nchw = sliding_window_probs(spy, img, norm, channels_last=False, **kw)
+    assert spy.seen and all(not cl for _, cl in spy.seen)
+    np.testing.assert_allclose(nchw, fp, atol=1e-6)
+    spy.seen.clear()
+    sliding_window_probs(spy, img, norm, amp=True, **kw)  # amp is CUDA's switch: no autocast on the CPU
+    assert not any(amp for amp, _ in spy.seen)

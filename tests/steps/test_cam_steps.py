@@ -286,3 +286,43 @@ def test_training_images_smaller_than_the_crop_are_mirrored_or_refused(tiny_mani
     with pytest.raises(ValueError, match=r"\.png: image 64x64 .* smaller than the training crop 96; lower "
                                          r"train_cam.crop_size, set train_cam.small_images=mirror"):
         run_pipeline(refuse, RunDir(tmp_path / "refused", refuse).init(), stop="train_cam", log=lambda s: None)
+
+
+def test_make_cam_cpu_amp_runs_the_cam_network_in_bfloat16():
+    """make_cam.cpu_amp: the CAM network runs under bfloat16 autocast; CAMs and logits come back float32, close to
+    the float32 ones; the option enters make_cam's hash only when on."""
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.steps import make_cam
+    from histowsss.steps.make_cam import image_cam
+
+    class Spy(torch.nn.Module):  # a 1x1 convolution (autocast lowers it to bfloat16), pooled to stride 16
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 1)
+            with torch.no_grad():  # positive, so the ReLU'd CAM is not all zero
+                self.conv.weight.copy_(torch.tensor([0.31, 0.57, 0.23]).view(1, 3, 1, 1))
+                self.conv.bias.fill_(2.1)
+            self.autocast: list[bool] = []
+
+        def forward(self, x):
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
+            h, w = x.shape[-2:]
+            cam = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(self.conv(x), (0, -w % 16, 0, -h % 16)), 16)
+            return {"cam": cam, "logits": cam.mean(dim=(2, 3))}
+
+    img = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    norm = Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    out = {}
+    for on in (False, True):
+        cfg = load_config("demo", [f"make_cam.cpu_amp={str(on).lower()}", "make_cam.scales=[1.0, 1.5]"])
+        spy = Spy()
+        out[on] = image_cam(spy, img, cfg, norm, torch.device("cpu"))
+        assert spy.autocast and all(a == on for a in spy.autocast)
+        assert out[on][0].dtype == np.float32 and out[on][1].dtype == np.float32
+    assert not np.array_equal(out[True][0], out[False][0])  # the convolution did run in bfloat16
+    np.testing.assert_allclose(out[True][0], out[False][0], atol=0.02 * float(np.abs(out[False][0]).max()))
+    base = load_config("demo")
+    assert make_cam.config_hash(base) == make_cam.config_hash(load_config("demo", ["make_cam.cpu_amp=false"]))
+    assert make_cam.config_hash(base) != make_cam.config_hash(load_config("demo", ["make_cam.cpu_amp=true"]))

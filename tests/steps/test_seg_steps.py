@@ -518,3 +518,60 @@ def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path, mo
     assert torch.isfinite(weights[True]).all() and not torch.equal(weights[False], weights[True])
     assert capsys.readouterr().out.count("no bfloat16 instructions") == 1  # only the run with cpu_amp on
     assert train_seg.config_hash(make_cfg(dataset)) == train_seg.config_hash(make_cfg(dataset, "train_seg.cpu_amp=false"))
+
+
+def test_eval_seg_cpu_amp_reaches_the_network_and_its_hash(dataset: Path):
+    """eval_seg.cpu_amp: eval_seg's (and predict's) inference runs the network under bfloat16 autocast; being on
+    changes eval_seg's hash (other numbers), being off keeps the hash of configs written before the option."""
+
+    class Spy(torch.nn.Module):
+        mean, std, size_divisor = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+            self.autocast: list[bool] = []
+
+        def forward(self, x):
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
+            return self.conv(x)
+
+    img = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    for on in (False, True):
+        cfg = make_cfg(dataset, f"eval_seg.cpu_amp={str(on).lower()}", "eval_seg.tile_size=32")
+        spy = Spy()
+        probs = eval_seg.predict_probs(spy, img, cfg, torch.device("cpu"))
+        assert probs.dtype == np.float32 and probs.shape == (2, 40, 48)
+        assert spy.autocast and all(a == on for a in spy.autocast)
+    assert eval_seg.config_hash(make_cfg(dataset)) == eval_seg.config_hash(make_cfg(dataset, "eval_seg.cpu_amp=false"))
+    assert eval_seg.config_hash(make_cfg(dataset)) != eval_seg.config_hash(make_cfg(dataset, "eval_seg.cpu_amp=true"))
+
+
+def test_train_seg_feeds_channels_last_crops_outside_the_hash(dataset: Path, tmp_path: Path, monkeypatch):
+    """train_seg.channels_last: the network's weights and its crops are channels-last (faster convolutions; the
+    crops alone already are, as views of stacked HWC arrays); a layout, so the config hash ignores it and a
+    finished run stays valid either way."""
+    from histowsss.engine.distributed import init_distributed
+    from histowsss.models import segnet
+
+    seen: list[bool] = []
+    real = segnet.build_segnet
+
+    def spying(ts, n):
+        m = real(ts, n)
+        conv = next(p for p in m.parameters() if p.dim() == 4)  # the stem's kernel
+        m.register_forward_pre_hook(lambda mod, args: seen.append(
+            args[0].is_contiguous(memory_format=torch.channels_last) and
+            conv.is_contiguous(memory_format=torch.channels_last)))
+        return m
+
+    monkeypatch.setattr(segnet, "build_segnet", spying)
+    for cl in (True, False):
+        seen.clear()
+        cfg = make_cfg(dataset, "train_seg.epochs=1", f"train_seg.channels_last={str(cl).lower()}")
+        run = RunDir(tmp_path / f"run_{cl}", cfg).init()
+        fake_pseudo(cfg, run)
+        train_seg.fit(cfg, run, init_distributed(cfg.device), train_seg.config_hash(cfg), True, {})
+        assert seen and all(s == cl for s in seen)
+    assert train_seg.config_hash(make_cfg(dataset, "train_seg.channels_last=false")) == \
+        train_seg.config_hash(make_cfg(dataset))

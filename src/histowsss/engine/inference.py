@@ -59,7 +59,8 @@ def _tta_ops(tta: str) -> list[int]:
 
 def _apply(x: torch.Tensor, k: int) -> torch.Tensor:
     """Dihedral transform k of (B, C, H, W): k % 4 quarter turns then a horizontal flip if k >= 4."""
-    x = torch.rot90(x, k % 4, dims=(2, 3))
+    if k % 4:  # rot90 by 0 would copy into the default layout
+        x = torch.rot90(x, k % 4, dims=(2, 3))
     return x.flip(3) if k >= 4 else x
 
 
@@ -78,7 +79,7 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
 
     ``amp`` / ``cpu_amp``: bfloat16 autocast on CUDA / on the CPU (probabilities are computed in float32 either way);
     ``channels_last``: tiles go through the network in channels-last layout (faster convolutions, same result up to
-    float rounding)."""
+    float rounding); False: channels-first."""
     device = torch.device(device)
     if tile % size_divisor:
         raise ValueError(f"tile size {tile} must be a multiple of {size_divisor}")
@@ -100,12 +101,13 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
             chunk = boxes[i : i + batch_size]
             x = torch.stack([x_all[y : y + tile, xx : xx + tile] for y, xx in chunk]).to(device)
             x = normalizer(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             prob = None
             for k in ops:
+                # the layout after the flips / turns (which may change it); normalised HWC tiles start channels-last
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                xk = _apply(x, k).contiguous(memory_format=fmt)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(_apply(x, k))
+                    logits = model(xk)
                 p = _undo(F.softmax(logits.float(), dim=1), k)
                 prob = p if prob is None else prob + p
             prob = prob / len(ops)  # type: ignore[operator]
