@@ -30,7 +30,7 @@ def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
 def test_bf16_autocast_follows_the_device_and_names_a_cpu_without_bf16(monkeypatch, capsys):
     from histowsss.engine import device as device_mod
 
-    monkeypatch.setattr(device_mod, "_WARNED", set())
+    monkeypatch.setattr(device_mod, "_CHECKED", set())
     monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert device_mod.bf16_autocast(cuda, True, False, "x.cpu_amp") is True
@@ -44,3 +44,15 @@ def test_bf16_autocast_follows_the_device_and_names_a_cpu_without_bf16(monkeypat
     assert out.count("no bfloat16 instructions") == 1 and "x.cpu_amp=false" in out  # once per option, named
     monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: True)
     assert device_mod.bf16_autocast(cpu, False, True, "z.cpu_amp") is True and capsys.readouterr().out == ""
+
+
+def test_autocast_bf16_is_a_no_op_when_off_even_where_autocast_is_unknown():
+    from histowsss.engine.device import autocast_bf16
+
+    with autocast_bf16(torch.device("cpu"), True):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast_bf16(torch.device("cpu"), False):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast_bf16(torch.device("meta"), False):  # torch.autocast(device_type="meta", enabled=False) raises
+        pass

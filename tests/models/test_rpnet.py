@@ -135,3 +135,18 @@ def test_prototype_loss_ignores_pairs_of_different_classes():
     assert float(mixed.detach()) == 0.0  # the pair shares no class: nothing to mine
     same = net.prototype_loss(f, fmid, cam, torch.tensor([[1.0, 0], [1.0, 0]]))
     assert float(same.detach()) > 0 and same.requires_grad
+
+
+def test_cam_logits_are_averaged_in_float32_under_bfloat16_autocast():
+    """make_cam.cpu_amp: the maps come out bfloat16, the image logits (stored probabilities, the classifier gate)
+    are their mean taken in float32, not a bfloat16-rounded one."""
+    from histowsss.models.cam import CamNet
+
+    for cls in (CamNet, RPNet):
+        net = cls(BackboneConfig(name="tf_efficientnet_lite0", weights="none", frozen_stages=0), num_outputs=2,
+                  head_channels=16).eval()
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        assert out["cam"].dtype == torch.bfloat16 and out["logits"].dtype == torch.float32
+        assert torch.equal(out["logits"], out["cam"].float().mean(dim=(2, 3)))

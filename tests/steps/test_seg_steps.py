@@ -504,7 +504,7 @@ def test_cpu_amp_trains_in_bfloat16_on_the_cpu(dataset: Path, tmp_path: Path, mo
     from histowsss.engine.distributed import init_distributed
 
     monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(device_mod, "_WARNED", set())
+    monkeypatch.setattr(device_mod, "_CHECKED", set())
     weights = {}
     for amp in (False, True):
         cfg = make_cfg(dataset, "train_seg.epochs=1", f"train_seg.cpu_amp={str(amp).lower()}")

@@ -278,3 +278,15 @@ def test_fold_manifest_follows_data_root_and_the_mask_column(dataset: Path, tmp_
     run = RunDir(tmp_path / "src_run", cfg).init()
     cv.holdout_cam_run(run.path, tmp_path / "out.csv", tmp_path / "fold_cam", log=lambda s: None)
     assert seen["cfg"].data.root is None and Path(seen["cfg"].data.manifest) == tmp_path / "out.csv"
+
+
+def test_fold_cache_key_takes_cpu_amp_only_when_on():
+    """eval_seg.cpu_amp (added after caches existed): off, a fold's cache key is the one of before the option, so
+    finished folds are reused; on, the probabilities differ and so does the key."""
+    from histowsss.tuning.crossval import CLEANUP_KEYS, eval_key
+
+    base = load_config("demo")
+    before = base.eval_seg.model_dump(mode="json", exclude=set(CLEANUP_KEYS) | {"cpu_amp"})
+    assert eval_key(base) == before
+    on = eval_key(load_config("demo", ["eval_seg.cpu_amp=true"]))
+    assert on["cpu_amp"] is True and on != before

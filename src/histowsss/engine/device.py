@@ -34,19 +34,29 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-_WARNED: set[str] = set()
+_CHECKED: set[str] = set()
+
+
+def autocast_bf16(device: torch.device, enabled: bool):
+    """bfloat16 autocast on ``device`` when ``enabled``; a no-op context otherwise (also on devices without
+    autocast, where even a disabled ``torch.autocast`` raises)."""
+    import contextlib
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def bf16_autocast(device: torch.device, cuda: bool, cpu: bool, option: str, warn: bool = True) -> bool:
     """Whether bfloat16 autocast is on for ``device``: ``cuda`` on a GPU, ``cpu`` on the CPU (other devices: off).
-    When the CPU option is on but the CPU has no bfloat16 instructions, says so (``warn``) once per process, naming
-    ``option``."""
+    When the CPU option is on but the CPU has no bfloat16 instructions, says so (``warn``) once per process and
+    option, naming the option and where to turn it off."""
     if device.type == "cuda":
         return cuda
     if device.type != "cpu" or not cpu:
         return False
-    if warn and option not in _WARNED and cpu_has_bf16() is False:
-        _WARNED.add(option)
-        print(f"{option} is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): autocast is emulated "
-              f"and slower than float32; set {option}=false")
+    if warn and option not in _CHECKED:
+        _CHECKED.add(option)
+        if cpu_has_bf16() is False:
+            print(f"{option} is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): autocast is emulated "
+                  f"and slower than float32; set {option}=false (`--set {option}=false` on `histowsss run`; for "
+                  "`histowsss predict`, in the run folder's config.yaml)")
     return True

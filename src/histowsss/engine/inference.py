@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histowsss.engine.device import bf16_autocast
+from histowsss.engine.device import autocast_bf16, bf16_autocast
 
 
 def window(tile: int, blend: str) -> np.ndarray:
@@ -106,7 +106,7 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
                 # the layout after the flips / turns (which may change it); normalised HWC tiles start channels-last
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 xk = _apply(x, k).contiguous(memory_format=fmt)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast_bf16(device, use_amp):
                     logits = model(xk)
                 p = _undo(F.softmax(logits.float(), dim=1), k)
                 prob = p if prob is None else prob + p

@@ -37,7 +37,8 @@ class CamNet(nn.Module):
         """Image-level logits (B, K) and the class activation maps (B, K, h, w) before ReLU."""
         f = self.features(x, start)
         cam = self.classifier(self.dropout(f))
-        return {"logits": cam.mean(dim=(2, 3)), "cam": cam}
+        # the mean in float32: under bfloat16 autocast (make_cam.cpu_amp) the map is bfloat16, the logits should not be
+        return {"logits": cam.float().mean(dim=(2, 3)), "cam": cam}
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU'd class activation maps for a batch of normalised images."""

@@ -168,7 +168,7 @@ class RPNet(CamNet):
             mid = None if extras is None else extras.get(self.mid_level)
         f = self.head(last)
         cam = self.classifier(self.dropout(f))
-        out = {"logits": cam.mean(dim=(2, 3)), "cam": cam}
+        out = {"logits": cam.float().mean(dim=(2, 3)), "cam": cam}  # float32 under autocast too (see cam.py)
         if self.training and targets is not None and mid is not None:
             out["aux_loss"] = self.prototype_loss(f, self.mid_proj(mid.float()), cam, targets)
         return out

@@ -37,7 +37,7 @@ from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
-from histowsss.engine.device import bf16_autocast
+from histowsss.engine.device import autocast_bf16, bf16_autocast
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
@@ -499,7 +499,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                 if ts.channels_last:
                     x_t = x_t.contiguous(memory_format=torch.channels_last)
                 y_t = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)).to(device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast_bf16(device, use_amp):
                     logits = ddp(x_t)
                 loss = seg_loss(logits, y_t, kind, q=ts.gce_q)
                 opt.zero_grad(set_to_none=True)

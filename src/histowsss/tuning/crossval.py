@@ -137,6 +137,15 @@ def _matrix(cm: ConfusionMatrix) -> list[list[int]]:
     return cm.matrix.tolist()
 
 
+def eval_key(cfg) -> dict:
+    """The eval_seg settings a fold's cached probabilities depend on (not the clean-up, applied afterwards); options
+    added later enter only when set, so earlier caches stay valid."""
+    d = cfg.eval_seg.model_dump(mode="json", exclude=set(CLEANUP_KEYS))
+    if not d.get("cpu_amp"):
+        d.pop("cpu_amp", None)
+    return d
+
+
 def _key(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -258,7 +267,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         for ci, (cand, cfg) in enumerate(zip(cands, cfgs)):
             # the gates are not part of the key: the fold's probabilities are kept, so new cuts re-score them
             key = _key({"candidate": parsed[ci], "train_seg": train_seg.config_hash(cfg),
-                        "eval_seg": cfg.eval_seg.model_dump(mode="json", exclude=set(CLEANUP_KEYS)),
+                        "eval_seg": eval_key(cfg),
                         "val": sorted(s.name for s in val_s),
                         "fit": sorted(s.name for s in fit_s)})
             done_path = work / f"{f}_candidate{ci}.json"
