@@ -334,8 +334,9 @@ class TrainSegConfig(Strict):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     cpu_amp: bool = Field(False, description="bfloat16 autocast for training on the CPU too (fast on CPUs with "
                           "AVX512-BF16 or AMX, slow on others, which train_seg names; inference: eval_seg.cpu_amp)")
-    channels_last: bool = Field(True, description="train in channels-last memory layout (faster convolutions on CPUs "
-                                "and GPUs; the same network up to float rounding, so not part of the config hash)")
+    channels_last: bool = Field(True, description="the network's weights in channels-last memory layout (as its crops "
+                                "are); a layout, so not part of the config hash, though like another thread count it "
+                                "changes the float rounding")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores)")
     seed: int = 0

@@ -96,6 +96,8 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
     was_training = model.training
     model.eval()
     use_amp = bf16_autocast(device, amp, cpu_amp, "eval_seg.cpu_amp")
+    # set after the flips / turns, which may change the layout (normalised HWC tiles start channels-last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     try:
         for i in range(0, len(boxes), batch_size):
             chunk = boxes[i : i + batch_size]
@@ -103,8 +105,6 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
             x = normalizer(x)
             prob = None
             for k in ops:
-                # the layout after the flips / turns (which may change it); normalised HWC tiles start channels-last
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
                 xk = _apply(x, k).contiguous(memory_format=fmt)
                 with autocast_bf16(device, use_amp):
                     logits = model(xk)
