@@ -51,6 +51,7 @@ def main() -> None:
     from histowsss.data.masks import load_class_mask
     from histowsss.data.transforms import Normalizer
     from histowsss.engine.device import cpu_has_bf16
+    from histowsss.engine.inference import multiscale_probs
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.cam_labels import normalize_cams, upsample_cam
     from histowsss.evaluation.metrics import ConfusionMatrix
@@ -71,6 +72,7 @@ def main() -> None:
     mode, value = eval_cam.cam_mode(base), cam_info["chosen_value"]
 
     seg_model = train_seg.load_segnet(base, run_path, train_seg.tag(base), dev)
+    seg_norm = Normalizer(seg_model.mean, seg_model.std)
     cam_model = load_cam_network(base, RunDir(run_path, base), dev)
     if base.backbone.channels_last:
         cam_model = cam_model.to(memory_format=torch.channels_last)
@@ -94,9 +96,7 @@ def main() -> None:
             cfg = base.model_copy(update={"eval_seg": base.eval_seg.model_copy(update={"cpu_amp": amp})})
             t = time.perf_counter()
             ev = cfg.eval_seg
-            from histowsss.engine.inference import multiscale_probs
-
-            p = multiscale_probs(seg_model, img, Normalizer(seg_model.mean, seg_model.std), ev.scales,
+            p = multiscale_probs(seg_model, img, seg_norm, ev.scales,
                                  tile=ev.tile_size, overlap=ev.overlap, blend=ev.blend, tta=ev.tta,
                                  batch_size=ev.batch_size, device=dev, size_divisor=seg_model.size_divisor,
                                  cpu_amp=amp, channels_last=cl)
