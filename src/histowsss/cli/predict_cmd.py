@@ -95,7 +95,7 @@ def load_run_config(run_dir: Path):
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
-                   log=print) -> list[dict]:
+                   cpu_amp: bool | None = None, log=print) -> list[dict]:
     """Segment ``inputs`` with the run's network; returns one record per image or slide (paths, regions per class).
 
     Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`.
@@ -110,6 +110,8 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.steps.train_seg import check_network_input, load_segnet, weights_fingerprint
 
     cfg = load_run_config(run_dir)
+    if cpu_amp is not None:  # bfloat16 on the CPU for both networks predict runs; None keeps the run's settings
+        cfg.eval_seg.cpu_amp = cfg.make_cam.cpu_amp = cpu_amp
     held = bundle_networks(run_dir)
     if held is not None and network not in held:
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
@@ -219,13 +221,17 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                              "0.05-0.2)"),
             slide_backend: str = typer.Option("auto", help="slides: auto (openslide, else tiffslide), openslide or "
                                               "tiffslide"),
+            cpu_amp: Optional[bool] = typer.Option(
+                None, "--cpu-amp/--no-cpu-amp", help="bfloat16 inference on the CPU for the segmentation network and "
+                "the image gate's classifier (default: the run's eval_seg.cpu_amp / make_cam.cpu_amp); --no-cpu-amp "
+                "on CPUs without bfloat16 instructions, where it is emulated and slower"),
             ) -> None:
     """Segment images or whole-slide images with a run's network: labels PNG, probabilities, overlay and QuPath
     GeoJSON per input (slides: tiled over their tissue at the training resolution, plus a summary JSON)."""
     with clear_errors():
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
-                              min_area=min_area, log=log_line, recursive=recursive,
+                              min_area=min_area, log=log_line, recursive=recursive, cpu_amp=cpu_amp,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
                                                          out_factor, tissue_threshold, slide_backend))
     log_line(f"{len(recs)} image(s) -> {out}")

@@ -57,6 +57,6 @@ def bf16_autocast(device: torch.device, cuda: bool, cpu: bool, option: str, warn
         _CHECKED.add(option)
         if cpu_has_bf16() is False:
             print(f"{option} is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): autocast is emulated "
-                  f"and slower than float32; set {option}=false (`--set {option}=false` on `histowsss run`; for "
-                  "`histowsss predict`, in the run folder's config.yaml)")
+                  f"and slower than float32; set {option}=false (`--set {option}=false` on `histowsss run`; "
+                  "`histowsss predict --no-cpu-amp`)")
     return True
