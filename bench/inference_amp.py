@@ -55,7 +55,7 @@ def main() -> None:
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.cam_labels import normalize_cams, upsample_cam
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps import eval_cam, eval_seg, train_seg
+    from histowsss.steps import eval_cam, eval_seg, segnet_io, train_seg
     from histowsss.steps.common import load_cam_network, output_classes, samples_for
     from histowsss.steps.make_cam import STRIDE, image_cam
     from histowsss.data.crops import image_targets
@@ -71,7 +71,7 @@ def main() -> None:
     cam_info = json.loads((run_path / "metrics" / "cam.json").read_text())
     mode, value = eval_cam.cam_mode(base), cam_info["chosen_value"]
 
-    seg_model = train_seg.load_segnet(base, run_path, train_seg.tag(base), dev)
+    seg_model = segnet_io.load_segnet(base, run_path, train_seg.tag(base), dev)
     seg_norm = Normalizer(seg_model.mean, seg_model.std)
     cam_model = load_cam_network(base, RunDir(run_path, base), dev)
     if base.backbone.channels_last:

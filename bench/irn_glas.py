@@ -44,9 +44,9 @@ def main() -> None:
     if not (run_path / "metrics" / "cam.json").exists():
         raise SystemExit(f"{run_path}: run bench/cam_glas.py --protocol {args.protocol} first")
     cfg = load_config(str(run_path / "config.yaml"), args.overrides)
-    rd = RunDir(run_path, cfg)
-    if args.overrides:
-        rd.init()  # the run folder describes the config its steps ran with
+    # the run folder describes the config its steps ran with: init() files it in config_history/, so every step's
+    # status names it (run_config), as under `histowsss run` (before stop 31, the IRN steps of a bench run had none)
+    rd = RunDir(run_path, cfg).init()
     timings = {}
     time.time()
     for step in IRN_STEPS:

@@ -46,7 +46,7 @@ def main() -> None:
     from histowsss.engine.atomic import write_png
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps import train_seg
+    from histowsss.steps import seg_labels
     from histowsss.steps.common import samples_for
     from histowsss.steps.make_cam import STRIDE
 
@@ -57,8 +57,8 @@ def main() -> None:
             sys.exit(f"{run / sub} missing: run bench/irn_glas.py --protocol {args.protocol} --keep first")
     cfg = load_config(str(run / "config.yaml"), ["train_seg.supervised=false"])
     names = cfg.data.classes.names
-    samples = samples_for(cfg, train_seg.train_splits(cfg))
-    cam = train_seg.cam_labels(cfg, RunDir(run, cfg), samples)
+    samples = samples_for(cfg, seg_labels.train_splits(cfg))
+    cam = seg_labels.cam_labels(cfg, RunDir(run, cfg), samples)
     out = {k: ROOT / "bench" / "work" / f"labels_{k}_{args.protocol}.{args.profile}" for k in ("irconf", "agree")}
     kinds = ["pseudo", "cam", *out]
     cms = {k: ConfusionMatrix(len(names)) for k in kinds}

@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from histowsss.config import load_config
-    from histowsss.steps import train_seg
+    from histowsss.steps import seg_labels
     from histowsss.steps.common import samples_for
     from histowsss.tuning.scratch import fit_on, scratch_run
 
@@ -39,7 +39,7 @@ def main() -> None:
     src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
     over = ["train_seg.supervised=false", "train_seg.members=1", f"train_seg.epochs={args.epochs}"]
     cfg = load_config(str(src / "config.yaml"), over)
-    samples = samples_for(cfg, train_seg.train_splits(cfg))[: args.images]
+    samples = samples_for(cfg, seg_labels.train_splits(cfg))[: args.images]
     work = ROOT / "bench" / "work" / f"seg_determinism_{args.protocol}.{args.profile}"
     runs = []
     for k in range(2):

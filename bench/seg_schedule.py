@@ -101,7 +101,7 @@ def main() -> None:
     from histowsss.engine.atomic import write_png
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps import train_seg
+    from histowsss.steps import seg_labels
     from histowsss.steps.common import samples_for
     from histowsss.steps.eval_seg import predict_probs
     from histowsss.steps.image_gate import apply_gate, stored_absent
@@ -110,7 +110,7 @@ def main() -> None:
     src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
     weak = ["train_seg.supervised=false"]  # the folder's config.yaml may hold the last (supervised) report run's
     base = load_config(str(src / "config.yaml"), weak)
-    samples = samples_for(base, train_seg.train_splits(base))
+    samples = samples_for(base, seg_labels.train_splits(base))
     patients = [s.patient or s.name for s in samples]
     # stratify by GlaS grade (benign / malignant) when the manifest has it, else by the image's class labels
     grades = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
@@ -145,10 +145,10 @@ def main() -> None:
         return [apply_gate(p, gone, bg).argmax(0).astype(np.uint8) for p, gone in zip(probs_list, absent)]
 
     src_rd = RunDir(src, base)
-    source = train_seg.label_source(base, src_rd)
+    source = seg_labels.label_source(base, src_rd)
     if source == "ground_truth":
         raise SystemExit("the weak run's train_seg would train on ground truth; fix train_seg.labels")
-    weak_val = score(train_seg.load_labels(base, src_rd, val_s, source))
+    weak_val = score(seg_labels.load_labels(base, src_rd, val_s, source))
     print(f"fit {len(fit_s)} images / val {len(val_s)} images ({len(set(assign.values()))} parts); labels {source}; "
           f"weak labels on val: {weak_val}", flush=True)
 

@@ -46,7 +46,7 @@ def main() -> None:
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.engine.run_dir import RunDir
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps import train_seg
+    from histowsss.steps import seg_labels, train_seg
     from histowsss.steps.common import samples_for
 
     t0 = time.time()
@@ -58,7 +58,7 @@ def main() -> None:
                          f"`python bench/seg_glas.py --protocol {args.protocol} --profile {args.profile} --mode weak` first")
     names = cfg0.data.classes.names
     fg = "gland" if args.protocol == "glas-gland" else "malignant"
-    train = samples_for(cfg0, train_seg.train_splits(cfg0))
+    train = samples_for(cfg0, seg_labels.train_splits(cfg0))
     work = ROOT / "bench" / "work" / f"selftrain_{args.protocol}.{args.profile}"
 
     def label_quality(round_cfg) -> dict:
@@ -66,7 +66,7 @@ def main() -> None:
         quality; selects nothing)."""
         cm = ConfusionMatrix(len(names))
         for s in train:
-            lab = np.asarray(Image.open(train_seg.folder_label_path(round_cfg, s)))
+            lab = np.asarray(Image.open(seg_labels.folder_label_path(round_cfg, s)))
             gt = load_class_mask(s, cfg0.data)
             if lab.shape != gt.shape:
                 lab = np.asarray(Image.fromarray(lab).resize(gt.shape[::-1], Image.NEAREST))

@@ -96,7 +96,7 @@ def main() -> None:
     from histowsss.engine.device import resolve_device
     from histowsss.slides.predict import SlideOptions, predict_slide_file
     from histowsss.steps.eval_seg import predict_probs
-    from histowsss.steps.train_seg import load_segnet
+    from histowsss.steps.segnet_io import load_segnet
 
     t_all = time.perf_counter()
     cfg = load_run_config(args.run)

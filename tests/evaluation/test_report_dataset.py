@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 
 from histowsss.config import load_config
 from histowsss.data.manifest import read_manifest

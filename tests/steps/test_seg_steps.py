@@ -21,7 +21,7 @@ from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.object_score import ObjectScore
 from histowsss.ops.label_cleanup import clean_labels
-from histowsss.steps import eval_cam, eval_seg, make_cam, make_sem_seg_labels, train_seg
+from histowsss.steps import eval_cam, eval_seg, make_cam, make_sem_seg_labels, seg_labels, segnet_io, train_seg
 from histowsss.steps.common import all_splits, output_classes, samples_for
 from histowsss.steps.registry import PIPELINE
 
@@ -43,7 +43,7 @@ def fake_pseudo(cfg, run: RunDir, noise: float = 0.1) -> None:
     """pseudo/<name>.png = ground truth with a fraction of pixels flipped + a finished make_sem_seg_labels record."""
     rng = np.random.default_rng(0)
     with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
-        for s in samples_for(cfg, train_seg.train_splits(cfg)):
+        for s in samples_for(cfg, seg_labels.train_splits(cfg)):
             gt = load_class_mask(s, cfg.data)
             flip = rng.random(gt.shape) < noise
             write_png(run.path / "pseudo" / f"{s.name}.png", np.where(flip, 1 - gt, gt).astype(np.uint8))
@@ -101,7 +101,7 @@ def test_supervised_flag_trains_on_ground_truth(dataset: Path, tmp_path: Path, m
     cfg = make_cfg(dataset, "train_seg.supervised=true", "train_seg.epochs=1")
     run = RunDir(tmp_path / "run", cfg).init()  # no pseudo-masks at all: they must not be needed
     seen: dict = {}
-    original = train_seg.load_labels
+    original = seg_labels.load_labels
 
     def spy(cfg_, run_, samples, source):
         seen["source"] = source
@@ -200,7 +200,7 @@ def test_best_on_train_picks_the_better_label_source(tmp_path):
     from histowsss.engine.atomic import write_json
     from histowsss.engine.run_dir import RunDir
     from histowsss.steps import eval_cam, eval_sem_seg
-    from histowsss.steps.train_seg import label_source
+    from histowsss.steps.seg_labels import label_source
 
     cfg = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", "train_seg.labels=best_on_train"])
     run = RunDir(tmp_path / "run", cfg).init()
@@ -230,9 +230,9 @@ def test_patch_veto_turns_refused_labels_into_ignore_and_forces_nothing(dataset:
     assert train_seg.config_hash(cfg) != train_seg.config_hash(plain)
     run = RunDir(tmp_path / "run", plain).init()
     fake_pseudo(plain, run, noise=0.3)
-    samples = samples_for(cfg, train_seg.train_splits(cfg))
-    before = train_seg.load_labels(plain, run, samples, "pseudo")
-    after = train_seg.load_labels(cfg, run, samples, "pseudo")
+    samples = samples_for(cfg, seg_labels.train_splits(cfg))
+    before = seg_labels.load_labels(plain, run, samples, "pseudo")
+    after = seg_labels.load_labels(cfg, run, samples, "pseudo")
     vetoed = wrong_before = wrong_after = 0
     for s, b, a in zip(samples, before, after):
         gt = load_class_mask(s, cfg.data)
@@ -260,15 +260,15 @@ def test_boundary_ignore_bands_weak_labels_only(dataset: Path, tmp_path: Path):
     assert train_seg.config_hash(make_cfg(dataset, "train_seg.boundary_ignore=0")) == train_seg.config_hash(plain)
     run = RunDir(tmp_path / "run", plain).init()
     fake_pseudo(plain, run, noise=0.0)
-    samples = samples_for(cfg, train_seg.train_splits(cfg))
-    before = train_seg.load_labels(plain, run, samples, "pseudo")
-    after = train_seg.load_labels(cfg, run, samples, "pseudo")
+    samples = samples_for(cfg, seg_labels.train_splits(cfg))
+    before = seg_labels.load_labels(plain, run, samples, "pseudo")
+    after = seg_labels.load_labels(cfg, run, samples, "pseudo")
     banded = 0
     for b, a in zip(before, after):
         assert (a == ignore_boundary_band(b, 2)).all()
         banded += int(((a == 255) & (b != 255)).sum())
     assert banded > 0
-    for s, g in zip(samples, train_seg.load_labels(cfg, run, samples, "ground_truth")):
+    for s, g in zip(samples, seg_labels.load_labels(cfg, run, samples, "ground_truth")):
         assert (g == load_class_mask(s, cfg.data)).all()
 
 
@@ -279,13 +279,13 @@ def test_fit_on_a_subset_of_the_training_images(dataset: Path, tmp_path: Path):
     cfg = make_cfg(dataset, "train_seg.epochs=1")
     run = RunDir(tmp_path / "run", cfg).init()
     fake_pseudo(cfg, run)
-    subset = samples_for(cfg, train_seg.train_splits(cfg))[:3]
+    subset = samples_for(cfg, seg_labels.train_splits(cfg))[:3]
     ctx = init_distributed(cfg.device)
     meta, model = train_seg.fit(cfg, run, ctx, train_seg.config_hash(cfg), True, {}, samples=subset)
     assert meta["train_images"] == 3 and meta["label_source"] == "pseudo"
     ts = cfg.train_seg
     assert meta["final"]["crops"] == max(1, 3 * ts.crops_per_image // ts.batch_size) * ts.batch_size
-    assert len(samples_for(cfg, train_seg.train_splits(cfg))) > 3  # so the subset really is one
+    assert len(samples_for(cfg, seg_labels.train_splits(cfg))) > 3  # so the subset really is one
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, 3, 32, 32))
     assert out.shape == (1, len(cfg.data.classes.names), 32, 32)
@@ -299,19 +299,19 @@ def test_self_training_on_a_label_folder_written_by_predict(dataset: Path, tmp_p
     run1 = RunDir(tmp_path / "round0", cfg).init()
     fake_pseudo(cfg, run1)
     run_pipeline(cfg, run1, start="train_seg", stop="train_seg", log=lambda m: None)
-    train = samples_for(cfg, train_seg.train_splits(cfg))
+    train = samples_for(cfg, seg_labels.train_splits(cfg))
     out = tmp_path / "self_labels"
     predict_images(run1.path, [Path(s.image) for s in train], out, log=lambda m: None)
     # the weights' fingerprint (key of predict's slide tile cache) follows the checkpoint file
-    fp = train_seg.weights_fingerprint(run1.path, "seg")
-    assert fp == train_seg.weights_fingerprint(run1.path, "seg")
-    ckpt = train_seg.checkpoint_path(run1.path, "seg")
+    fp = segnet_io.weights_fingerprint(run1.path, "seg")
+    assert fp == segnet_io.weights_fingerprint(run1.path, "seg")
+    ckpt = segnet_io.checkpoint_path(run1.path, "seg")
     os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
-    assert train_seg.weights_fingerprint(run1.path, "seg") != fp
+    assert segnet_io.weights_fingerprint(run1.path, "seg") != fp
 
     cfg2 = make_cfg(dataset, "train_seg.epochs=1", "train_seg.labels=folder", f"train_seg.label_dir={out}")
     run2 = RunDir(tmp_path / "round1", cfg2).init()
-    labels = train_seg.load_labels(cfg2, run2, train, train_seg.label_source(cfg2, run2))
+    labels = seg_labels.load_labels(cfg2, run2, train, seg_labels.label_source(cfg2, run2))
     for s, lab in zip(train, labels):
         assert np.array_equal(lab, np.asarray(Image.open(out / f"{Path(s.image).stem}_labels.png")))
     run_pipeline(cfg2, run2, start="train_seg", stop="eval_seg", log=lambda m: None)
@@ -339,14 +339,14 @@ def test_label_folder_errors_and_level0_labels_are_scaled(dataset: Path, tmp_pat
     run = RunDir(tmp_path / "run", cfg).init()
     with pytest.raises(StepError, match="not a folder"):
         train_seg.run(cfg, run)
-    train = samples_for(cfg, train_seg.train_splits(cfg))
+    train = samples_for(cfg, seg_labels.train_splits(cfg))
     for s in train[1:]:  # the first image has no label
         write_png(folder / f"{s.name}.png", load_class_mask(s, cfg.data))
     with pytest.raises(StepError, match=f"no label for training image {train[0].name}"):
         train_seg.run(cfg, run)
     # level-0 labels (64 px) are nearest-resized to data.image_scale (0.5 -> 32 px)
     half = make_cfg(dataset, "train_seg.labels=folder", f"train_seg.label_dir={folder}", "data.image_scale=0.5")
-    lab = train_seg.folder_labels(half, train[1:2])[0]
+    lab = seg_labels.folder_labels(half, train[1:2])[0]
     assert lab.shape == (32, 32)
     assert np.array_equal(lab, load_class_mask(train[1], half.data))
 
@@ -436,7 +436,7 @@ def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset:
 
     from histowsss.models.segnet import SegEnsemble
 
-    model = train_seg.load_segnet(cfg, run.path, "seg")
+    model = segnet_io.load_segnet(cfg, run.path, "seg")
     assert isinstance(model, SegEnsemble) and len(model.members) == 2
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -448,12 +448,12 @@ def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset:
     # a member that went missing is a clear error, not a silently smaller ensemble
     (ck / "seg_m1.safetensors").unlink()
     with pytest.raises(StepError, match="seg_m1.*missing"):
-        train_seg.load_segnet(cfg, run.path, "seg")
+        segnet_io.load_segnet(cfg, run.path, "seg")
 
 
 def test_clicks_overwrite_weak_labels_at_their_resolution(tmp_path):
     from histowsss.data.manifest import Sample
-    from histowsss.steps.train_seg import click_labels
+    from histowsss.steps.seg_labels import click_labels
 
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)

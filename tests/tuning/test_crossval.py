@@ -17,7 +17,7 @@ from histowsss.data.masks import load_class_mask
 from histowsss.data.synthetic import generate_synthetic_dataset
 from histowsss.engine.atomic import write_npz, write_png
 from histowsss.engine.run_dir import RunDir
-from histowsss.steps import make_sem_seg_labels, train_seg
+from histowsss.steps import make_sem_seg_labels, seg_labels, train_seg
 from histowsss.steps.common import samples_for
 from histowsss.tuning import crossval as cv
 
@@ -43,7 +43,7 @@ def weak_run(manifest: Path, path: Path, *extra: str) -> RunDir:
     run = RunDir(path, cfg).init()
     rng = np.random.default_rng(0)
     with run.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
-        for s in samples_for(cfg, train_seg.train_splits(cfg)):
+        for s in samples_for(cfg, seg_labels.train_splits(cfg)):
             gt = load_class_mask(s, cfg.data) if s.mask else np.zeros((48, 48), np.uint8)
             flip = rng.random(gt.shape) < 0.1
             write_png(run.path / "pseudo" / f"{s.name}.png", np.where(flip, 1 - gt, gt).astype(np.uint8))
@@ -128,7 +128,7 @@ def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tm
     monkeypatch.setattr(train_seg, "load_image", spy)
     res = cv.crossval(run.path, ["", "train_seg.epochs=2"], tmp_path / "work", folds=2, gate_cuts=[0.5],
                       criterion="iou_malignant", log=lambda m: None)
-    train_s = samples_for(cfg, train_seg.train_splits(cfg))
+    train_s = samples_for(cfg, seg_labels.train_splits(cfg))
     assert read and not any("test" in n for n in read)  # test images are never read
     assert res["training_images"] == len(train_s) == 10
     pix = sum(load_class_mask(s, cfg.data).size for s in train_s)

@@ -107,7 +107,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.export.model_bundle import bundle_networks
     from histowsss.steps.eval_seg import labels_from_probs, predict_probs
-    from histowsss.steps.train_seg import check_network_input, load_segnet, weights_fingerprint
+    from histowsss.steps.segnet_io import check_network_input, load_segnet, weights_fingerprint
 
     cfg = load_run_config(run_dir)
     if cpu_amp is not None:  # bfloat16 on the CPU for both networks predict runs; None keeps the run's settings

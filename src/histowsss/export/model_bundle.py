@@ -29,7 +29,7 @@ MODEL_CARD = "model.json"
 
 def bundle_files(run_path: Path, cfg, network: str = "seg") -> list[str]:
     """Paths (relative to ``run_path``) that ``predict`` reads for ``network``; errors name what is missing."""
-    from histowsss.steps.train_seg import segnet_meta
+    from histowsss.steps.segnet_io import segnet_meta
 
     meta = segnet_meta(run_path, network)
     files = ["config.yaml"] + (["versions.json"] if (run_path / "versions.json").exists() else [])
@@ -82,7 +82,7 @@ def _scores(run_path: Path, network: str) -> dict[str, Any]:
 def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path) -> dict[str, Any]:
     """The content of ``model.json``."""
     from histowsss import __version__
-    from histowsss.steps.train_seg import segnet_meta
+    from histowsss.steps.segnet_io import segnet_meta
 
     meta = segnet_meta(run_path, network)
     classes = cfg.data.classes
@@ -144,7 +144,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``."""
     from histowsss.cli.predict_cmd import load_run_config
     from histowsss.engine.atomic import write_json, write_text
-    from histowsss.steps.train_seg import load_segnet
+    from histowsss.steps.segnet_io import load_segnet
 
     run_path, out = Path(run_path), Path(out)
     cfg = load_run_config(run_path)

@@ -68,7 +68,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                        weights: str = "", log: Callable[[str], None] = print) -> dict:
     """Segment one slide and write its outputs (see the module docstring); returns the summary record.
 
-    ``weights`` names the network's weights (``train_seg.weights_fingerprint``): tiles cached by a killed call with
+    ``weights`` names the network's weights (``segnet_io.weights_fingerprint``): tiles cached by a killed call with
     other weights are not reused."""
     from PIL import Image
 

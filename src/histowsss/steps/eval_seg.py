@@ -30,7 +30,7 @@ from histowsss.engine.inference import multiscale_probs
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.evaluation.object_score import ObjectScore, predicted_objects
-from histowsss.steps import train_seg
+from histowsss.steps import segnet_io, train_seg
 from histowsss.steps.common import samples_for
 
 STEP = "eval_seg"
@@ -110,7 +110,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         run.require(train_seg.status_name(cfg), train_seg.config_hash(cfg), status_name(cfg))
         tag = train_seg.tag(cfg)
         device = resolve_device(cfg.device)
-        model = train_seg.load_segnet(cfg, run.path, tag, device)
+        model = segnet_io.load_segnet(cfg, run.path, tag, device)
         names = cfg.data.classes.names
         splits = eval_splits(cfg)
         samples = samples_for(cfg, splits)
@@ -156,7 +156,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             summ = one.summary(names)
             per_image.append({"name": s.name, "split": s.split, "miou": summ["miou"],
                               "iou": {c: v["iou"] for c, v in summ["per_class"].items()}})
-        meta_path = train_seg.checkpoint_path(run.path, tag).with_suffix(".json")
+        meta_path = segnet_io.checkpoint_path(run.path, tag).with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         result = {"tag": tag, "label_source": meta.get("label_source"), "loss": meta.get("loss"),
                   "supervised": cfg.train_seg.supervised,

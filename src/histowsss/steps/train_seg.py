@@ -11,7 +11,7 @@ linear warm-up + cosine decay, one JSON line per epoch in ``logs/train_<tag>.jso
 resuming, ``checkpoints/<tag>.safetensors`` at the end. Runs unchanged under ``torchrun`` (DDP, see
 :mod:`histowsss.engine.distributed`): every rank trains on its shard of the crops, rank 0 writes the files.
 ``train_seg.members`` > 1 trains a seed ensemble, one member after another (``<tag>_m1``, ...; a finished member is
-kept when a killed run resumes), which :func:`load_segnet` returns as one averaging network.
+kept when a killed run resumes), which :func:`histowsss.steps.segnet_io.load_segnet` returns as one averaging network.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from histowsss.config import RunConfig
 from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
-from histowsss.data.masks import IGNORE, load_class_mask
+from histowsss.data.masks import IGNORE
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
@@ -40,8 +40,9 @@ from histowsss.engine.checkpoints import load_weights, resume_point, save_resume
 from histowsss.engine.device import autocast_bf16, bf16_autocast
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
-from histowsss.models.fuse import inference_model
 from histowsss.steps.common import samples_for
+from histowsss.steps.seg_labels import folder_fingerprint, label_source, load_labels, train_splits
+from histowsss.steps.segnet_io import build_from_meta, checkpoint_path, network_input
 
 STEP = "train_seg"
 
@@ -56,15 +57,6 @@ def status_name(cfg: RunConfig) -> str:
     """The status record of this network: ``train_seg`` (weak) or ``train_seg_supervised`` (the upper bound), so
     that both networks of one run folder stay finished side by side."""
     return f"{STEP}_supervised" if cfg.train_seg.supervised else STEP
-
-
-def checkpoint_path(run_path: Path, tag_: str) -> Path:
-    return run_path / "checkpoints" / f"{tag_}.safetensors"
-
-
-def train_splits(cfg: RunConfig) -> list[str]:
-    d = cfg.data
-    return list(cfg.train_seg.splits or dict.fromkeys(d.train_splits + d.val_splits))
 
 
 def _upstream_hash(cfg: RunConfig) -> str:
@@ -91,205 +83,6 @@ def config_hash(cfg: RunConfig) -> str:
     """Hash of this step's inputs: the label source's own hash + the data and train_seg sections."""
     payload = f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}"
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-# ------------------------------------------------------------------------------------------------------ labels
-def label_source(cfg: RunConfig, run: RunDir) -> str:
-    """'ground_truth', 'pseudo', 'cam' or 'folder', checking that the producing step finished with this config."""
-    ts = cfg.train_seg
-    if ts.supervised:
-        return "ground_truth"
-    if ts.labels == "folder":
-        return "folder"
-    from histowsss.steps import eval_cam, eval_sem_seg, make_sem_seg_labels
-
-    if ts.labels == "best_on_train" and run.is_done("eval_sem_seg", eval_sem_seg.config_hash(cfg)):
-        # whichever of IRN pseudo-masks and CAM labels has the higher mIoU on the training images (metrics/sem_seg.json)
-        m = json.loads((run.path / "metrics" / "sem_seg.json").read_text())
-        if not m["splits"]:  # no training image has a mask: nothing to compare, IRN's pseudo-masks as pseudo_or_cam
-            run.require("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg), STEP)
-            return "pseudo"
-        pseudo = [e["irn_pseudo"]["miou"] for e in m["splits"].values()]
-        cam = [(e.get("cam") or {}).get("miou") for e in m["splits"].values()]
-        if None in cam or float(np.mean(pseudo)) >= float(np.mean(cam)):
-            return "pseudo"
-        run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
-        return "cam"
-    if ts.labels in ("pseudo", "pseudo_or_cam", "best_on_train"):  # best_on_train without eval_sem_seg: as pseudo_or_cam
-        h = make_sem_seg_labels.config_hash(cfg)
-        if ts.labels == "pseudo" or run.is_done("make_sem_seg_labels", h):
-            run.require("make_sem_seg_labels", h, STEP)
-            return "pseudo"
-    run.require("eval_cam", eval_cam.config_hash(cfg), STEP)
-    return "cam"
-
-
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def folder_label_path(cfg: RunConfig, sample: Sample) -> Path | None:
-    """The label PNG of ``sample`` in train_seg.label_dir: ``<name>.png`` or ``<name>_labels.png`` (what
-    ``histowsss predict`` writes), ``name`` being the manifest name or the image file's stem; None if absent."""
-    d = Path(cfg.train_seg.label_dir or "")
-    for stem in dict.fromkeys([sample.name, Path(sample.image).stem]):
-        for p in (d / f"{stem}.png", d / f"{stem}_labels.png"):
-            if p.exists():
-                return p
-    return None
-
-
-def folder_fingerprint(cfg: RunConfig) -> str:
-    """Hash of the label folder's PNG names, sizes and modification times (new labels = a new training run).
-    Hidden files (an atomic write's temporary ``.<name>.partial.png``, macOS ``._<name>.png``) do not count."""
-    d = Path(cfg.train_seg.label_dir or "")
-    if not d.is_dir():
-        return "missing:" + str(d)
-    items = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.glob("*.png")
-                   if not f.name.startswith("."))
-    return hashlib.sha256(repr((str(d.resolve()), items)).encode()).hexdigest()[:12]
-
-
-def folder_labels(cfg: RunConfig, samples: list[Sample]) -> list[np.ndarray]:
-    """Class-id PNGs of ``samples`` from train_seg.label_dir, nearest-resized from level 0 to data.image_scale."""
-    from PIL import Image
-
-    d = Path(cfg.train_seg.label_dir or "")
-    if not d.is_dir():
-        raise StepError(f"{d}: train_seg.label_dir is not a folder; point it at the class-id PNGs "
-                        "(e.g. the --out folder of `histowsss predict` run on the training images)")
-    scale = cfg.data.image_scale
-    out = []
-    for s in samples:
-        p = folder_label_path(cfg, s)
-        if p is None:
-            raise StepError(f"{d}: no label for training image {s.name} ({s.name}.png or {s.name}_labels.png); "
-                            f"predict or export every image of the splits {train_splits(cfg)}, or set train_seg.splits")
-        lab = _read_png(p)
-        if lab.ndim != 2:
-            raise StepError(f"{p}: labels must be single-channel class ids, got shape {lab.shape}")
-        with Image.open(s.image) as im:
-            w0, h0 = im.size
-        if scale != 1.0 and lab.shape == (h0, w0):
-            lab = resize(lab.astype(np.uint8), scale, nearest=True)
-        out.append(lab.astype(np.uint8))
-    return out
-
-
-def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.ndarray]:
-    """eval_cam's label-gated CAM label maps (its chosen threshold / offset, its label_gating) at image
-    resolution."""
-    from histowsss.data.crops import image_targets
-    from histowsss.data.label_gate import present_classes, sample_gate
-    from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
-    from histowsss.steps.common import output_classes
-    from histowsss.steps.make_cam import STRIDE, cam_path
-
-    metrics = json.loads((run.path / "metrics" / "cam.json").read_text())
-    mode, value = metrics["mode"], float(metrics["chosen_value"])
-    names = cfg.data.classes.names
-    ids = [names.index(n) for n in output_classes(cfg)]
-    bg = cfg.data.classes.background_index or 0
-    present = image_targets(samples, cfg.data)[:, ids] > 0.5
-    out = []
-    for s, pr in zip(samples, present):
-        p = cam_path(run, s.name)
-        if not p.exists():
-            raise StepError(f"{p}: CAM missing; make_cam.splits must include the train_seg splits {train_splits(cfg)}")
-        with np.load(p) as z:
-            cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
-        allowed = sample_gate(cfg, s)
-        if allowed is not None:
-            pr = present_classes(allowed, ids)
-        out.append(cams_to_labels(normalize_cams(upsample_cam(cam, size, STRIDE)), pr, ids, bg, mode, value,
-                                  allowed))
-    return out
-
-
-def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample], source: str) -> list[np.ndarray]:
-    """Class-id maps (uint8, 255 = ignore) of ``samples`` from ``source``."""
-    if source == "ground_truth":
-        missing = [s.name for s in samples if s.mask is None]
-        if missing:
-            raise StepError(f"train_seg.supervised needs a mask for every training image; {len(missing)} have none "
-                            f"(e.g. {', '.join(missing[:3])}); fill the {cfg.data.mask_column!r} column or set "
-                            "train_seg.splits to splits with masks")
-        return [load_class_mask(s, cfg.data) for s in samples]
-    if source == "cam":
-        return weak_label_filters(cfg, samples, cam_labels(cfg, run, samples))
-    if source == "folder":
-        return weak_label_filters(cfg, samples, folder_labels(cfg, samples))
-    out = []
-    for s in samples:
-        p = run.path / "pseudo" / f"{s.name}.png"
-        if not p.exists():
-            raise StepError(f"{p}: pseudo-mask missing; make_sem_seg_labels must cover the train_seg splits "
-                            f"{train_splits(cfg)} (ir_label.splits), or set train_seg.labels=cam")
-        lab = _read_png(p)
-        if lab.ndim != 2:
-            raise StepError(f"{p}: pseudo-mask must be single-channel class ids, got shape {lab.shape}")
-        out.append(lab.astype(np.uint8))
-    return weak_label_filters(cfg, samples, out)
-
-
-def weak_label_filters(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
-    """The weak labels as train_seg learns them: the boundary band (``train_seg.boundary_ignore``), then the patch
-    veto (``train_seg.patch_veto``), each turning pixels into ignore, then the clicks (:func:`click_labels`).
-    Returns new arrays."""
-    r = cfg.train_seg.boundary_ignore
-    if r:
-        from histowsss.ops.label_band import ignore_boundary_band
-
-        labels = [ignore_boundary_band(lab, r, IGNORE) for lab in labels]
-    return click_labels(cfg, samples, veto_labels(cfg, samples, labels))
-
-
-def click_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
-    """Clicks (``points``, with ``train_seg`` in ``points.use_in``) set their disks to their class in the weak
-    labels, at the labels' own resolution. Returns new arrays."""
-    from histowsss.data.points import apply_points, point_map, sample_points, uses_points
-
-    if not uses_points(cfg, "train_seg"):
-        return labels
-    from histowsss.data.io import image_size
-
-    out = []
-    for s, lab in zip(samples, labels):
-        clicks = sample_points(cfg, s)
-        if not clicks:
-            out.append(lab)
-            continue
-        scale = lab.shape[0] / image_size(s.image)[0]  # labels at the image's own or at data.image_scale size
-        out.append(apply_points(lab, point_map(clicks, lab.shape, scale, cfg.points.radius)))
-    return out
-
-
-def veto_labels(cfg: RunConfig, samples: list[Sample], labels: list[np.ndarray]) -> list[np.ndarray]:
-    """``train_seg.patch_veto``: weak-label pixels of a class that a covering patch's label refuses become ignore.
-
-    The patch labels are the protocol's (``data.patches`` with ``label_rule: mask_fraction``, derived from the
-    training masks as the crop labels are); a class missing from a patch's label covers at most ``min_fraction``
-    of it. Unlike ``eval_cam.label_gating: patch`` no pixel is forced to a class. Images without a mask are kept
-    as they are. Returns new arrays; the inputs are not changed.
-    """
-    if not cfg.train_seg.patch_veto:
-        return labels
-    from histowsss.data.label_gate import mask_gate, veto
-
-    out = []
-    for s, lab in zip(samples, labels):
-        allowed = mask_gate(s, cfg.data)  # RunConfig has checked that data.patches derives patch labels from masks
-        if allowed is None:
-            out.append(lab)
-            continue
-        if allowed.shape[1:] != lab.shape:
-            raise StepError(f"{s.name}: weak labels {lab.shape} and mask {allowed.shape[1:]} differ in size; "
-                            "were the labels made at another data.image_scale?")
-        out.append(veto(lab, allowed, IGNORE))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------- crops
@@ -434,7 +227,7 @@ def _finished_member(cfg: RunConfig, run_path: Path, mt: str, h: str) -> tuple[d
     meta = json.loads(meta_path.read_text())
     if meta.get("config_hash") != h:
         return None
-    return meta, _build_from_meta(cfg, meta, path)
+    return meta, build_from_meta(cfg, meta, path)
 
 
 def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, images: list[np.ndarray],
@@ -534,106 +327,3 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
             ctx.barrier()
     meta = {"mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
     return meta, unwrap(ddp)
-
-
-def _build_from_meta(cfg: RunConfig, meta: dict, path: Path) -> torch.nn.Module:
-    """The network of checkpoint ``path`` (architecture and normalisation from its metadata), in eval mode."""
-    from histowsss.models.segnet import build_segnet
-
-    arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels") if k in meta}
-    # the checkpoint holds every weight; the architecture is the one it was trained with (its metadata)
-    ts = cfg.train_seg.model_copy(update={"encoder_weights": "none", **arch})
-    model = build_segnet(ts, len(meta.get("classes", cfg.data.classes.names)))
-    try:
-        load_weights(path, model, device="cpu")
-    except RuntimeError as e:
-        raise StepError(f"{path}: does not fit the train_seg network of this config ({str(e)[:200]}); "
-                        "re-run train_seg") from None
-    if "mean" in meta:  # the normalisation the network was trained with
-        model.mean, model.std = tuple(meta["mean"]), tuple(meta["std"])
-    elif cfg.train_seg.encoder_weights == "imagenet":
-        from histowsss.models.weights import PACKAGED_WEIGHTS
-
-        spec = PACKAGED_WEIGHTS.get(cfg.train_seg.encoder)
-        if spec is not None:
-            model.mean, model.std = spec.mean, spec.std
-    return model.eval()
-
-
-def segnet_meta(run_path: Path, tag_: str) -> dict:
-    """The metadata of the trained network ``tag_`` of a run folder ({} for checkpoints without); a clear error
-    when the network was not trained."""
-    path = checkpoint_path(run_path, tag_)
-    if not path.exists():
-        hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
-        raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
-                                f"{run_path} --to train_seg{hint}` first")
-    meta_path = path.with_suffix(".json")
-    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
-
-
-def network_input(cfg: RunConfig) -> dict:
-    """What the network's input depends on (resolution, stain normalisation) and what its outputs mean (classes):
-    recorded with the network, checked by ``predict`` against the run folder's config.yaml."""
-    d = cfg.data
-    return {"classes": list(d.classes.names), "background": d.classes.background, "image_scale": d.image_scale,
-            "mpp": d.mpp, "stain_normalization": d.stain_normalization, "stain_reference": d.stain_reference}
-
-
-def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
-    """StepError when config.yaml's data settings are not those the network was trained with (a later
-    `histowsss run` with other --set values rewrote config.yaml); networks without the record pass."""
-    trained = segnet_meta(run_path, tag_).get("input")
-    if trained is None:
-        return
-    now = json.loads(json.dumps(network_input(cfg)))
-    diff = [k for k in trained if trained[k] != now.get(k)]
-    if diff:
-        key = {"classes": "classes.names", "background": "classes.background"}
-        settings = ", ".join(f"data.{key.get(k, k)} = {now.get(k)!r}" for k in diff)
-        raise StepError(f"{run_path / 'config.yaml'}: {settings}"
-                        + f", but network {tag_} was trained with " + ", ".join(f"{trained[k]!r}" for k in diff)
-                        + f" (a later run rewrote config.yaml); restore those values in config.yaml or re-run "
-                        f"`histowsss run CONFIG --run {run_path} --from train_seg`")
-
-
-def weights_fingerprint(run_path: Path, tag_: str) -> str:
-    """Hash of the checkpoint files (names, sizes, modification times) of the trained network ``tag_`` and its
-    ensemble members: which weights a cached prediction came from."""
-    tags = segnet_meta(run_path, tag_).get("member_tags") or [tag_]
-    items = []
-    for mt in tags:
-        p = checkpoint_path(run_path, mt)
-        st = p.stat() if p.exists() else None
-        items.append((str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None))
-    return hashlib.sha256(repr(items).encode()).hexdigest()[:12]
-
-
-def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device | str = "cpu"):
-    """The trained network ``tag_`` ('seg' / 'seg_supervised') of a run folder, in eval mode.
-
-    A seed ensemble (trained with ``train_seg.members`` > 1; its members are listed in the checkpoint's metadata)
-    comes back as one :class:`histowsss.models.segnet.SegEnsemble` that averages the members' probabilities.
-    """
-    meta = segnet_meta(run_path, tag_)
-    models = []
-    tags = meta.get("member_tags") or [tag_]
-    for mt in tags:
-        p = checkpoint_path(run_path, mt)
-        if mt == tag_:  # the first member: its metadata is the network's own (possibly absent: older checkpoints)
-            models.append(inference_model(_build_from_meta(cfg, meta, p), device))
-            continue
-        if not (p.exists() and p.with_suffix(".json").exists()):
-            raise StepError(f"{p}: ensemble member {mt} of {tag_} ({len(tags)} members) is missing; "
-                            f"re-run train_seg (`histowsss run CONFIG --run {run_path} --from train_seg --overwrite`)")
-        m_meta = json.loads(p.with_suffix(".json").read_text())
-        if m_meta.get("config_hash") != meta.get("config_hash"):
-            raise StepError(f"{p}: ensemble member {mt} comes from another training run (config hash "
-                            f"{m_meta.get('config_hash')} vs {meta.get('config_hash')}); re-run train_seg with "
-                            "--overwrite")
-        models.append(inference_model(_build_from_meta(cfg, m_meta, p), device))  # fused copies keep mean / std
-    if len(models) == 1:
-        return models[0]
-    from histowsss.models.segnet import SegEnsemble
-
-    return SegEnsemble(models).eval()

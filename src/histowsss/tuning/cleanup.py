@@ -126,7 +126,7 @@ def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int]
     configuration with the image gate on will gate them). Returns the rows, the choice and its ``--set``
     overrides."""
     from histowsss.config import load_config
-    from histowsss.steps import train_seg
+    from histowsss.steps import seg_labels
     from histowsss.steps.common import samples_for
     from histowsss.tuning.crossval import WEAK
 
@@ -145,7 +145,7 @@ def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int]
     if gate_cut is not None:
         absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names), gate_cut,
                                   res["holdout_classifier"])
-    rows = score_cleanup(cfg, samples_for(cfg, train_seg.train_splits(cfg)), files, areas, holes, splits,
+    rows = score_cleanup(cfg, samples_for(cfg, seg_labels.train_splits(cfg)), files, areas, holes, splits,
                          absent=absent, log=log)
     chosen = choose_by_rank_sum(rows)
     keys = ("min_object_area", "max_hole_area", "split_h")

@@ -181,7 +181,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
     from histowsss.data.loading import load_image
     from histowsss.data.masks import load_class_mask
     from histowsss.engine.run_dir import RunDir, StepError
-    from histowsss.steps import train_seg
+    from histowsss.steps import seg_labels, train_seg
     from histowsss.steps.common import samples_for
     from histowsss.steps.eval_seg import predict_probs
     from histowsss.steps.image_gate import stored_absent
@@ -202,13 +202,13 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
     if holdout_classifier and not gate_cuts:
         raise ValueError("holdout_classifier only changes the image gate: give gate cuts too")
     src_rd = RunDir(src, base)
-    source = train_seg.label_source(base, src_rd)
+    source = seg_labels.label_source(base, src_rd)
     if source == "ground_truth":
         raise StepError("the run's train_seg trains on ground truth (train_seg.supervised); cross-validation "
                         "chooses settings for the weak network")
-    samples = samples_for(base, train_seg.train_splits(base))
+    samples = samples_for(base, seg_labels.train_splits(base))
     if not samples:
-        raise StepError(f"no training images in {base.data.manifest} (splits {train_seg.train_splits(base)})")
+        raise StepError(f"no training images in {base.data.manifest} (splits {seg_labels.train_splits(base)})")
     if not any(s.mask for s in samples):
         raise StepError(f"cross-validation scores training images against their masks, but none of the "
                         f"{len(samples)} training images in {base.data.manifest} has one; fill the mask column for "
@@ -241,7 +241,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
             fold_records.append(rec)
             continue
         cm = ConfusionMatrix(n)
-        for g, lab in zip(gt, train_seg.load_labels(base, src_rd, val_s, source)):
+        for g, lab in zip(gt, seg_labels.load_labels(base, src_rd, val_s, source)):
             cm.update(g, lab)
             pooled_labels.update(g, lab)
         rec["weak_labels"] = _summary(cm, names)
