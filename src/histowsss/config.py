@@ -196,7 +196,7 @@ class MakeCamConfig(Strict):
     splits: list[str] | None = Field(None, description="default: train + val + test splits")
     cpu_amp: bool = Field(False, description="bfloat16 autocast for the CAM network's inference on the CPU (about 2x "
                           "faster on CPUs with AVX512-BF16 or AMX, slower on others, which make_cam names); also the "
-                          "CAM classifier of predict's image gate")
+                          "CAM classifier of predict's image gate (`predict --cpu-amp/--no-cpu-amp` decides it there)")
 
 
 class EvalCamConfig(Strict):
@@ -365,7 +365,8 @@ class EvalSegConfig(Strict):
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     cpu_amp: bool = Field(False, description="bfloat16 autocast for inference on the CPU (eval_seg, predict, slides; "
                           "about 2x faster on CPUs with AVX512-BF16 or AMX, slower on others, which eval_seg names); "
-                          "on CUDA inference follows train_seg.amp")
+                          "on CUDA inference follows train_seg.amp; `histowsss predict --cpu-amp/--no-cpu-amp` "
+                          "decides it (and make_cam.cpu_amp) for one call")
     splits: list[str] | None = Field(None, description="splits to evaluate (default: data.test_splits)")
     save_predictions: bool = Field(True, description="write pred/<name>.png (class ids)")
     image_gate: bool = Field(False, description="remove the classes the CAM classifier calls absent from an image "

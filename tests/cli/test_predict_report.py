@@ -64,33 +64,6 @@ def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path
         assert r["mpp"] == "" and r["malignant_mm2"] == ""  # the demo config sets no data.mpp
 
 
-def test_predict_cpu_amp_flag_overrides_the_run_setting(trained_run: Path, tmp_path: Path, monkeypatch):
-    """--cpu-amp / --no-cpu-amp decide bfloat16 inference for predict's networks; without either, the run's
-    eval_seg.cpu_amp holds (off in this run). The run folder's config.yaml is not changed."""
-    import histowsss.engine.inference as inference
-
-    seen: list[tuple[str, bool]] = []
-    real = inference.bf16_autocast
-
-    def spy(device, cuda, cpu, option, warn=True):
-        seen.append((option, cpu))
-        return real(device, cuda, cpu, option, warn)
-
-    monkeypatch.setattr(inference, "bf16_autocast", spy)
-    image = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
-    config_before = (trained_run / "config.yaml").read_text()
-    for flag, expected in ((None, False), ("--cpu-amp", True), ("--no-cpu-amp", False)):
-        seen.clear()
-        out = tmp_path / f"out_{flag}"
-        res = runner.invoke(app, ["predict", "--run", str(trained_run), str(image), "--out", str(out)]
-                            + ([flag] if flag else []))
-        assert res.exit_code == 0, res.output
-        assert seen and all(opt == "eval_seg.cpu_amp" and cpu is expected for opt, cpu in seen), (flag, seen)
-        lab = np.asarray(Image.open(out / f"{image.stem}_labels.png"))
-        assert lab.shape == (64, 64)
-    assert (trained_run / "config.yaml").read_text() == config_before
-
-
 def test_geojson_coordinates_undo_the_image_scale(trained_run: Path, tmp_path: Path, monkeypatch):
     from histowsss.cli import predict_cmd
 

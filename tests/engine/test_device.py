@@ -42,6 +42,12 @@ def test_bf16_autocast_follows_the_device_and_names_a_cpu_without_bf16(monkeypat
     assert device_mod.bf16_autocast(cpu, False, True, "y.cpu_amp", warn=False) is True
     out = capsys.readouterr().out
     assert out.count("no bfloat16 instructions") == 1 and "x.cpu_amp=false" in out  # once per option, named
+    # predict's flag is named for the options predict decides, not for training's
+    device_mod.bf16_autocast(cpu, False, True, "eval_seg.cpu_amp")
+    assert "histowsss predict --no-cpu-amp" in capsys.readouterr().out
+    device_mod.bf16_autocast(cpu, False, True, "train_seg.cpu_amp")
+    out = capsys.readouterr().out
+    assert "train_seg.cpu_amp=false" in out and "predict" not in out
     monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: True)
     assert device_mod.bf16_autocast(cpu, False, True, "z.cpu_amp") is True and capsys.readouterr().out == ""
 

@@ -111,3 +111,46 @@ def test_gate_without_the_cam_stage_is_a_clear_error(tmp_path):
     run_pipeline(cfg, run, start="train_seg", stop="train_seg", log=lambda m: None)
     with pytest.raises(StepError, match="eval_cam"):
         eval_seg.run(cfg, run)
+
+
+def test_predict_cpu_amp_flags_override_the_run_settings(gated_run, tmp_path: Path, monkeypatch):
+    """predict's bfloat16 inference, for the segmentation network and the image gate's classifier alike: the run's
+    eval_seg.cpu_amp / make_cam.cpu_amp without a flag, --cpu-amp / --no-cpu-amp over them; config.yaml unchanged."""
+    import shutil
+
+    import yaml
+
+    import histowsss.engine.inference as inference
+    import histowsss.steps.make_cam as make_cam
+
+    seen: dict[str, list[bool]] = {}
+
+    def spy_on(module):
+        real = module.bf16_autocast
+
+        def spy(device, cuda, cpu, option, warn=True):
+            seen.setdefault(option, []).append(cpu)
+            return real(device, cuda, cpu, option, warn)
+
+        monkeypatch.setattr(module, "bf16_autocast", spy)
+
+    spy_on(inference)
+    spy_on(make_cam)
+    run_off, items = gated_run
+    run_on = tmp_path / "run_on"  # the same run, its config.yaml with both options on
+    shutil.copytree(run_off, run_on)
+    doc = yaml.safe_load((run_on / "config.yaml").read_text())
+    doc["eval_seg"]["cpu_amp"] = doc["make_cam"]["cpu_amp"] = True
+    (run_on / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    image = items[0][0].image
+    for run, flag, expected in ((run_on, None, True), (run_on, "--no-cpu-amp", False), (run_off, None, False),
+                                (run_off, "--cpu-amp", True)):
+        seen.clear()
+        before = (run / "config.yaml").read_text()
+        out = tmp_path / f"out_{run.name}_{flag}"
+        res = CliRunner().invoke(app, ["predict", "--run", str(run), str(image), "--out", str(out)]
+                                 + ([flag] if flag else []))
+        assert res.exit_code == 0, res.output
+        assert set(seen) == {"eval_seg.cpu_amp", "make_cam.cpu_amp"}, (run.name, flag, seen)
+        assert all(v is expected for vals in seen.values() for v in vals), (run.name, flag, seen)
+        assert (run / "config.yaml").read_text() == before

@@ -45,6 +45,10 @@ def autocast_bf16(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
+# the options `histowsss predict --cpu-amp/--no-cpu-amp` decides for one call
+PREDICT_OPTIONS = ("eval_seg.cpu_amp", "make_cam.cpu_amp")
+
+
 def bf16_autocast(device: torch.device, cuda: bool, cpu: bool, option: str, warn: bool = True) -> bool:
     """Whether bfloat16 autocast is on for ``device``: ``cuda`` on a GPU, ``cpu`` on the CPU (other devices: off).
     When the CPU option is on but the CPU has no bfloat16 instructions, says so (``warn``) once per process and
@@ -56,7 +60,7 @@ def bf16_autocast(device: torch.device, cuda: bool, cpu: bool, option: str, warn
     if warn and option not in _CHECKED:
         _CHECKED.add(option)
         if cpu_has_bf16() is False:
+            predict = "; `histowsss predict --no-cpu-amp`" if option in PREDICT_OPTIONS else ""
             print(f"{option} is on but this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): autocast is emulated "
-                  f"and slower than float32; set {option}=false (`--set {option}=false` on `histowsss run`; "
-                  "`histowsss predict --no-cpu-amp`)")
+                  f"and slower than float32; set {option}=false (`--set {option}=false` on `histowsss run`{predict})")
     return True
