@@ -27,29 +27,29 @@ def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
     assert cpu_has_bf16(str(none)) is None and cpu_has_bf16(str(tmp_path / "absent")) is None
 
 
-def test_bf16_autocast_follows_the_device_and_names_a_cpu_without_bf16(monkeypatch, capsys):
+def test_bf16_enabled_follows_the_device_and_names_a_cpu_without_bf16(monkeypatch, capsys):
     from histowsss.engine import device as device_mod
 
     monkeypatch.setattr(device_mod, "_CHECKED", set())
     monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert device_mod.bf16_autocast(cuda, True, False, "x.cpu_amp") is True
-    assert device_mod.bf16_autocast(cuda, False, True, "x.cpu_amp") is False
-    assert device_mod.bf16_autocast(cpu, True, False, "x.cpu_amp") is False
+    assert device_mod.bf16_enabled(cuda, True, False, "x.cpu_amp") is True
+    assert device_mod.bf16_enabled(cuda, False, True, "x.cpu_amp") is False
+    assert device_mod.bf16_enabled(cpu, True, False, "x.cpu_amp") is False
     assert capsys.readouterr().out == ""
-    assert device_mod.bf16_autocast(cpu, False, True, "x.cpu_amp") is True
-    assert device_mod.bf16_autocast(cpu, False, True, "x.cpu_amp") is True
-    assert device_mod.bf16_autocast(cpu, False, True, "y.cpu_amp", warn=False) is True
+    assert device_mod.bf16_enabled(cpu, False, True, "x.cpu_amp") is True
+    assert device_mod.bf16_enabled(cpu, False, True, "x.cpu_amp") is True
+    assert device_mod.bf16_enabled(cpu, False, True, "y.cpu_amp", warn=False) is True
     out = capsys.readouterr().out
     assert out.count("no bfloat16 instructions") == 1 and "x.cpu_amp=false" in out  # once per option, named
     # predict's flag is named for the options predict decides, not for training's
-    device_mod.bf16_autocast(cpu, False, True, "eval_seg.cpu_amp")
+    device_mod.bf16_enabled(cpu, False, True, "eval_seg.cpu_amp")
     assert "histowsss predict --no-cpu-amp" in capsys.readouterr().out
-    device_mod.bf16_autocast(cpu, False, True, "train_seg.cpu_amp")
+    device_mod.bf16_enabled(cpu, False, True, "train_seg.cpu_amp")
     out = capsys.readouterr().out
     assert "train_seg.cpu_amp=false" in out and "predict" not in out
     monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: True)
-    assert device_mod.bf16_autocast(cpu, False, True, "z.cpu_amp") is True and capsys.readouterr().out == ""
+    assert device_mod.bf16_enabled(cpu, False, True, "z.cpu_amp") is True and capsys.readouterr().out == ""
 
 
 def test_autocast_bf16_is_a_no_op_when_off_even_where_autocast_is_unknown():

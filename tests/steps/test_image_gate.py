@@ -126,13 +126,13 @@ def test_predict_cpu_amp_flags_override_the_run_settings(gated_run, tmp_path: Pa
     seen: dict[str, list[bool]] = {}
 
     def spy_on(module):
-        real = module.bf16_autocast
+        real = module.bf16_enabled
 
         def spy(device, cuda, cpu, option, warn=True):
             seen.setdefault(option, []).append(cpu)
             return real(device, cuda, cpu, option, warn)
 
-        monkeypatch.setattr(module, "bf16_autocast", spy)
+        monkeypatch.setattr(module, "bf16_enabled", spy)
 
     spy_on(inference)
     spy_on(make_cam)

@@ -49,7 +49,7 @@ def autocast_bf16(device: torch.device, enabled: bool):
 PREDICT_OPTIONS = ("eval_seg.cpu_amp", "make_cam.cpu_amp")
 
 
-def bf16_autocast(device: torch.device, cuda: bool, cpu: bool, option: str, warn: bool = True) -> bool:
+def bf16_enabled(device: torch.device, cuda: bool, cpu: bool, option: str, warn: bool = True) -> bool:
     """Whether bfloat16 autocast is on for ``device``: ``cuda`` on a GPU, ``cpu`` on the CPU (other devices: off).
     When the CPU option is on but the CPU has no bfloat16 instructions, says so (``warn``) once per process and
     option, naming the option and where to turn it off."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histowsss.engine.device import autocast_bf16, bf16_autocast
+from histowsss.engine.device import autocast_bf16, bf16_enabled
 
 
 def window(tile: int, blend: str) -> np.ndarray:
@@ -95,7 +95,7 @@ def sliding_window_probs(model: torch.nn.Module, image: np.ndarray, normalizer, 
     x_all = torch.from_numpy(np.require(img, requirements=["C", "W"]))  # copies read-only arrays
     was_training = model.training
     model.eval()
-    use_amp = bf16_autocast(device, amp, cpu_amp, "eval_seg.cpu_amp")
+    use_amp = bf16_enabled(device, amp, cpu_amp, "eval_seg.cpu_amp")
     # set after the flips / turns, which may change the layout (normalised HWC tiles start channels-last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     try:

@@ -14,7 +14,7 @@ from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz
-from histowsss.engine.device import autocast_bf16, bf16_autocast, resolve_device
+from histowsss.engine.device import autocast_bf16, bf16_enabled, resolve_device
 from histowsss.engine.run_dir import RunDir
 from histowsss.steps.common import all_splits, load_cam_network, output_classes, samples_for
 
@@ -142,7 +142,7 @@ def image_cam(model: torch.nn.Module, img: np.ndarray, cfg: RunConfig, norm: Nor
     size = img.shape[:2]  # the CAM goes on this image's stride-4 grid, whatever scale the network saw
     if mc.input_scale != 1.0:
         img = resize(img, mc.input_scale, nearest=False)
-    amp = bf16_autocast(device, False, mc.cpu_amp, "make_cam.cpu_amp")
+    amp = bf16_enabled(device, False, mc.cpu_amp, "make_cam.cpu_amp")
     with autocast_bf16(device, amp):
         if mc.patch_size:
             return patchwise_cam(model, img, mc.scales, mc.flip, norm, device, mc.patch_size, cl, size=size)

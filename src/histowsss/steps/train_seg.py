@@ -37,7 +37,7 @@ from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
-from histowsss.engine.device import autocast_bf16, bf16_autocast
+from histowsss.engine.device import autocast_bf16, bf16_enabled
 from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.common import samples_for
@@ -271,7 +271,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
         raise StepError(f"ranks disagree on the epoch to resume from ({run.path} must be on a file system that every "
                         "rank sees); pass --overwrite to start over")
     ddp = ctx.wrap(model)
-    use_amp = bf16_autocast(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=ctx.is_main)
+    use_amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=ctx.is_main)
     threads = auto_threads(ts.loader_threads)
     label = f"train_seg ({t_}{', member ' + which if which else ''})"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
