@@ -154,3 +154,22 @@ def test_predict_cpu_amp_flags_override_the_run_settings(gated_run, tmp_path: Pa
         assert set(seen) == {"eval_seg.cpu_amp", "make_cam.cpu_amp"}, (run.name, flag, seen)
         assert all(v is expected for vals in seen.values() for v in vals), (run.name, flag, seen)
         assert (run / "config.yaml").read_text() == before
+
+
+def test_cpu_amp_flag_is_ignored_off_the_cpu(gated_run):
+    """On a GPU the CPU bfloat16 options do nothing; the flag leaves them (and so a slide's cache key) unchanged."""
+    import torch
+
+    from histowsss.cli.predict_cmd import apply_cpu_amp
+    from histowsss.config import load_config
+
+    cfg = load_config(gated_run[0] / "config.yaml")
+    cfg.eval_seg.cpu_amp = cfg.make_cam.cpu_amp = False
+    lines: list[str] = []
+    apply_cpu_amp(cfg, True, torch.device("cuda"), lines.append)
+    assert (cfg.eval_seg.cpu_amp, cfg.make_cam.cpu_amp) == (False, False)
+    assert lines and "ignored on cuda" in lines[0]
+    apply_cpu_amp(cfg, True, torch.device("cpu"), lines.append)
+    assert (cfg.eval_seg.cpu_amp, cfg.make_cam.cpu_amp) == (True, True)
+    apply_cpu_amp(cfg, None, torch.device("cpu"), lines.append)
+    assert (cfg.eval_seg.cpu_amp, cfg.make_cam.cpu_amp) == (True, True)

@@ -92,6 +92,18 @@ def load_run_config(run_dir: Path):
     return load_config(cfg_path)
 
 
+def apply_cpu_amp(cfg, cpu_amp: bool | None, dev, log=print) -> None:
+    """``--cpu-amp/--no-cpu-amp``: bfloat16 CPU inference on or off for both networks predict runs (in memory; the
+    run's config.yaml is untouched). None keeps the run's settings. Off the CPU the options do nothing, so they are
+    left as they are: a slide resumed on a GPU keeps its cached tiles (the settings are in the cache key)."""
+    if cpu_amp is None:
+        return
+    if dev.type == "cpu":
+        cfg.eval_seg.cpu_amp = cfg.make_cam.cpu_amp = cpu_amp
+    else:
+        log(f"--{'' if cpu_amp else 'no-'}cpu-amp applies to CPU inference only; ignored on {dev.type}")
+
+
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
@@ -110,8 +122,6 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.steps.segnet_io import check_network_input, load_segnet, weights_fingerprint
 
     cfg = load_run_config(run_dir)
-    if cpu_amp is not None:  # bfloat16 on the CPU for both networks predict runs; None keeps the run's settings
-        cfg.eval_seg.cpu_amp = cfg.make_cam.cpu_amp = cpu_amp
     held = bundle_networks(run_dir)
     if held is not None and network not in held:
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
@@ -129,6 +139,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             raise FileExistsError(f"{existing[0]} already exists{more}; pass --overwrite to replace the outputs, "
                                   "or choose another --out folder")
     dev = resolve_device(device or cfg.device)
+    apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
     model = load_segnet(cfg, run_dir, network, dev)
     classes = cfg.data.classes
@@ -224,7 +235,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             cpu_amp: Optional[bool] = typer.Option(
                 None, "--cpu-amp/--no-cpu-amp", help="bfloat16 inference on the CPU for the segmentation network and "
                 "the image gate's classifier (default: the run's eval_seg.cpu_amp / make_cam.cpu_amp); --no-cpu-amp "
-                "on CPUs without bfloat16 instructions, where it is emulated and slower"),
+                "on CPUs without bfloat16 instructions, where it is emulated and slower; ignored on a GPU"),
             ) -> None:
     """Segment images or whole-slide images with a run's network: labels PNG, probabilities, overlay and QuPath
     GeoJSON per input (slides: tiled over their tissue at the training resolution, plus a summary JSON)."""
