@@ -114,3 +114,20 @@ def test_split_parts_do_not_touch_even_diagonally(angle):
     out = split_touching(lab, background=0, h=3)
     assert ndimage.label(out == 1, structure=np.ones((3, 3)))[1] == 2
     assert ((out != lab) <= (lab == 1)).all() and (out != lab).sum() < 80   # only a thin cut, inside the object
+
+
+@pytest.mark.parametrize("angle", [0, 30, 45, 135])
+def test_one_elongated_gland_is_never_split_whatever_its_angle(angle):
+    """A single ellipse has one distance-transform ridge; at 45 degrees its plateau pixels touch only at corners,
+    which must still make one marker (4-connected markers cut it into about 20 parts)."""
+    from scipy import ndimage
+    from skimage.draw import ellipse
+
+    from histowsss.ops.label_cleanup import split_touching
+
+    lab = np.zeros((420, 420), np.uint8)
+    rr, cc = ellipse(210, 210, 150, 50, rotation=np.deg2rad(angle))
+    lab[rr, cc] = 1
+    out = split_touching(lab, background=0, h=18)
+    np.testing.assert_array_equal(out, lab)
+    assert ndimage.label(out == 1)[1] == 1
