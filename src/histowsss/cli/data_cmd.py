@@ -61,16 +61,20 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
     with clear_errors():
         dc = data_config_from(manifest, config, set_)
-        train_min, mirrors = None, False
+        train_min, mirrors, points_file = None, False, None
         padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
-        if config is not None and min_size is None and not padded:  # train_cam refuses images smaller than its crop
+        if config is not None:
             from histowsss.config import load_config
-            from histowsss.data.crops import training_crop_size
 
-            tc = load_config(config, set_).train_cam
-            train_min = training_crop_size(dc, tc)
-            mirrors = tc.small_images == "mirror" and dc.patches is None
-        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors)
+            full = load_config(config, set_)
+            points_file = full.points.file
+            if min_size is None and not padded:  # train_cam refuses images smaller than its crop
+                from histowsss.data.crops import training_crop_size
+
+                train_min = training_crop_size(dc, full.train_cam)
+                mirrors = full.train_cam.small_images == "mirror" and dc.patches is None
+        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors,
+                                 points_file=points_file)
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"
@@ -83,12 +87,12 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
 
 @app.command()
-def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new manifest with a split column"),
+def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new manifest with a split column (relative paths rewritten to name the same files from its folder)"),
           train: float = 0.7, val: float = 0.1, test: float = 0.2, seed: int = 0,
           label_column: str = typer.Option("label", help="column whose classes are stratified"),
           overwrite: bool = False) -> None:
     """Write a patient-grouped, class-stratified split (no patient in two splits)."""
-    from histowsss.data.manifest import read_csv_rows, write_manifest
+    from histowsss.data.manifest import read_csv_rows, rebase_paths, write_manifest
     from histowsss.data.split import grouped_stratified_split
 
     with clear_errors():
@@ -110,6 +114,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fractions, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
+        rebase_paths(rows, manifest.parent, out.parent)  # relative paths keep naming the same files from --out's folder
         write_manifest(out, rows)
     counts: dict[str, int] = {}
     for r in rows:
