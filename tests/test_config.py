@@ -50,6 +50,14 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(p)
 
 
+def test_test_splits_are_held_out_of_training_and_threshold_choice():
+    with pytest.raises(ConfigError, match=r"test.*both in test_splits and in train_splits"):
+        load_config("demo", ["data.train_splits=[train, test]"])
+    with pytest.raises(ConfigError, match=r"eval_cam.choose_on names test split\(s\) test"):
+        load_config("demo", ["eval_cam.choose_on=[val, test]"])
+    assert load_config("demo", ["eval_cam.choose_on=[val]"]).eval_cam.choose_on == ["val"]
+
+
 def test_invalid_value_names_key():
     with pytest.raises(ConfigError, match=r"train_cam\.epochs"):
         load_config("demo", ["train_cam.epochs=0"])

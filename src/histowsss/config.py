@@ -124,6 +124,10 @@ class DataConfig(Strict):
                              f"{self.classes.names}")
         if self.mask_mode == "binary_image_label" and self.classes.background is None:
             raise ValueError("mask_mode 'binary_image_label' needs classes.background")
+        both = sorted(set(self.test_splits) & set(self.train_splits + self.val_splits))
+        if both:  # the test images would be trained on, or thresholds chosen on them
+            raise ValueError(f"split(s) {', '.join(both)} are both in test_splits and in train_splits/val_splits; a "
+                             "test split must be held out: name disjoint splits (e.g. `histowsss data split`)")
         return self
 
 
@@ -433,6 +437,10 @@ class RunConfig(Strict):
         if self.eval_cam.label_gating == "patch" and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("eval_cam.label_gating=patch needs patch labels (data.patches with "
                              "label_rule: mask_fraction); use label_gating=image for image-level labels")
+        leak = sorted(set(self.eval_cam.choose_on or []) & set(self.data.test_splits))
+        if leak:
+            raise ValueError(f"eval_cam.choose_on names test split(s) {', '.join(leak)}: thresholds are chosen on "
+                             "training/validation data only; leave choose_on unset (train + val) or name those splits")
         if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
                              "mask_fraction); set train_seg.patch_veto=false for image-level labels")
