@@ -267,3 +267,42 @@ def test_report_reads_a_relative_manifest_from_where_the_run_started(clean_manif
 
     found = with_reachable_manifest(cfg, root / "runs" / "demo")
     assert Path(found.data.manifest) == root / rel
+
+
+def test_a_killed_batch_goes_on_with_skip_existing_and_blank_slides_are_skipped(trained_run: Path, tmp_path: Path,
+                                                                              make_slide, monkeypatch):
+    """predictions.csv grows after every input; --skip-existing skips the inputs whose outputs all exist and redoes
+    one left half-written; a slide without tissue is skipped with a warning while the batch goes on."""
+    from histowsss.steps import eval_seg
+
+    imgs = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[:3]
+    blank = make_slide(tmp_path / "glass.tif", np.full((128, 128, 3), 245, np.uint8), mpp=None)
+    out = tmp_path / "out"
+    real, calls = eval_seg.predict_probs, []
+
+    def killed_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the batch is killed while predicting the third image
+        return real(*a, **k)
+
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", killed_at_the_third)
+    args = ["predict", "--run", str(trained_run), *map(str, imgs), str(blank), "--out", str(out), "--downsample", "1",
+            "--tissue-threshold", "0.05"]
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [Path(r["input"]).name for r in rows] == [imgs[0].name, imgs[1].name]  # the finished ones are listed
+    (out / f"{imgs[2].stem}_labels.png").write_bytes(b"half")  # a half-written input: some outputs only
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", real)
+    assert runner.invoke(app, args).exit_code == 2  # without a flag, existing outputs are refused
+    before = (out / f"{imgs[0].stem}.geojson").stat().st_mtime_ns
+    res = runner.invoke(app, args + ["--skip-existing"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "2 of 4 input(s) already predicted" in text and "glass.tif" in text and "no tissue" in text
+    assert (out / f"{imgs[0].stem}.geojson").stat().st_mtime_ns == before  # not redone
+    assert Image.open(out / f"{imgs[2].stem}_labels.png").size  # redone: a readable PNG again
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sorted(Path(r["input"]).name for r in rows) == sorted(i.name for i in imgs)
+    assert not (out / "glass_labels.png").exists()

@@ -74,7 +74,7 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
                 train_min = training_crop_size(dc, full.train_cam)
                 mirrors = full.train_cam.small_images == "mirror" and dc.patches is None
         problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors,
-                                 points_file=points_file)
+                                 points_file=points_file, classes_inferred=config is None)
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"

@@ -33,7 +33,7 @@ import typer
 from histowsss.cli.common import clear_errors, log_line
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.export.overlay import overlay
-from histowsss.export.summary import summary_row, update_summary
+from histowsss.export.summary import SUMMARY_FILE, summary_row, update_summary
 from histowsss.slides.predict import SlideOptions
 from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
@@ -107,10 +107,14 @@ def apply_cpu_amp(cfg, cpu_amp: bool | None, dev, log=print) -> None:
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
-                   cpu_amp: bool | None = None, log=print) -> list[dict]:
-    """Segment ``inputs`` with the run's network; returns one record per image or slide (paths, regions per class).
+                   cpu_amp: bool | None = None, skip_existing: bool = False, log=print) -> list[dict]:
+    """Segment ``inputs`` with the run's network; returns one record per image or slide predicted (paths, regions
+    per class). ``predictions.csv`` is updated after every input, so a killed batch keeps the rows of those done.
 
-    Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`.
+    Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`;
+    a slide without tissue is skipped with a warning. ``skip_existing`` resumes a killed batch: inputs whose outputs
+    all exist are skipped, those with only some are predicted again (without it, any existing output is an error
+    unless ``overwrite``).
     """
     from histowsss.data.io import read_rgb
     from histowsss.data.loading import load_image
@@ -129,15 +133,22 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                                 f"{' --supervised' if network == 'seg_supervised' else ''}`")
     files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
-    if not overwrite:
-        from histowsss.slides.predict import slide_output_paths
+    from histowsss.slides.predict import NoTissueError, slide_output_paths
 
-        existing = [p for f in files for p in (slide_output_paths(out_dir, f.stem) if f in slides
-                                                  else output_paths(out_dir, f.stem)) if p.exists()]
+    def outputs_of(f: Path) -> list[Path]:
+        return slide_output_paths(out_dir, f.stem) if f in slides else output_paths(out_dir, f.stem)
+
+    if skip_existing and not overwrite:  # each input's last output is written last: all there = finished
+        done = [f for f in files if all(p.exists() for p in outputs_of(f))]
+        if done:
+            log(f"{len(done)} of {len(files)} input(s) already predicted in {out_dir}: skipped (--skip-existing)")
+        files = [f for f in files if f not in set(done)]
+    elif not overwrite:
+        existing = [p for f in files for p in outputs_of(f) if p.exists()]
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise FileExistsError(f"{existing[0]} already exists{more}; pass --overwrite to replace the outputs, "
-                                  "or choose another --out folder")
+            raise FileExistsError(f"{existing[0]} already exists{more}; pass --skip-existing to go on with a killed "
+                                  "batch, --overwrite to replace the outputs, or choose another --out folder")
     dev = resolve_device(device or cfg.device)
     apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
@@ -153,14 +164,22 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
 
         gate = ClassifierGate(cfg, run_dir, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    records: list[dict] = []
+    blank: list[Path] = []
     for f in files:
         if f in slides:
             from histowsss.slides.predict import predict_slide_file
 
-            records.append(predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
-                                              simplify=simplify, min_area=min_area, network=network,
-                                              weights=weights_fingerprint(run_dir, network), log=log))
+            try:
+                rec = predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
+                                         simplify=simplify, min_area=min_area, network=network,
+                                         weights=weights_fingerprint(run_dir, network), log=log)
+            except NoTissueError as e:  # an empty glass slide in a batch: said, and the batch goes on
+                log(f"warning: {e}; skipped")
+                blank.append(f)
+                continue
+            records.append(rec)
+            update_summary(out_dir, [_summary_row(rec, cfg.data.mpp)])
             continue
         original = read_rgb(f)
         img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
@@ -189,8 +208,11 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         records.append({"input": str(f), "kind": "image", "labels": str(labels_p), "probs": str(prob_p),
                         "overlay": str(overlay_p), "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
                         "area_level0_px": {n: float(px[i]) for i, n in enumerate(classes.names)}})
-    summary = update_summary(out_dir, [_summary_row(r, cfg.data.mpp) for r in records])
-    log(f"per-input class fractions and areas: {summary}")
+        update_summary(out_dir, [_summary_row(records[-1], cfg.data.mpp)])
+    if blank:
+        log(f"warning: {len(blank)} slide(s) without tissue, no outputs: {', '.join(f.name for f in blank)}")
+    if records:
+        log(f"per-input class fractions and areas: {out_dir / SUMMARY_FILE}")
     return records
 
 
@@ -210,6 +232,9 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                       "or a model folder written by `histowsss export`"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             overwrite: bool = typer.Option(False, help="replace existing outputs"),
+            skip_existing: bool = typer.Option(False, help="go on with a killed batch: inputs whose outputs all "
+                                               "exist are skipped, the others predicted (a slide's cached tiles "
+                                               "reused)"),
             recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "
                                            "folders given (output names must stay unique)"),
             supervised: bool = typer.Option(False, help="use the supervised upper-bound network (seg_supervised)"),
@@ -243,6 +268,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
                               min_area=min_area, log=log_line, recursive=recursive, cpu_amp=cpu_amp,
+                              skip_existing=skip_existing,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
                                                          out_factor, tissue_threshold, slide_backend))
     log_line(f"{len(recs)} image(s) -> {out}")

@@ -35,8 +35,8 @@ def _labels_from_masks(cfg: DataConfig) -> bool:
     return cfg.label_column is None or (cfg.patches is not None and cfg.patches.label_rule == "mask_fraction")
 
 
-def _class_coverage(cfg: DataConfig, samples: list, manifest: str) -> list[Problem]:
-    """An error per class (background aside) that no image of the training splits is labelled with: the CAM
+def _class_coverage(cfg: DataConfig, samples: list, manifest: str, level: str = "error") -> list[Problem]:
+    """A problem per class (background aside) that no image of the training splits is labelled with: the CAM
     classifier would see it only as a negative and could never localise it."""
     if cfg.label_column is None or _labels_from_masks(cfg):
         return []
@@ -44,7 +44,9 @@ def _class_coverage(cfg: DataConfig, samples: list, manifest: str) -> list[Probl
     if not train:
         return []
     seen = {lab for s in train for lab in s.labels}
-    return [Problem("error", manifest, f"class {c!r} has no image in the training splits "
+    if level == "warning":  # classes read off the labels: only those some image carries (not a placeholder)
+        seen |= set(cfg.classes.names) - {lab for s in samples for lab in s.labels}
+    return [Problem(level, manifest, f"class {c!r} has no image in the training splits "
                     f"({', '.join(cfg.train_splits)}): it cannot be learnt; label some training images {c!r} "
                     "(e.g. re-split with `histowsss data split`) or remove it from data.classes.names")
             for c in cfg.classes.names if c != cfg.classes.background and c not in seen]
@@ -93,7 +95,7 @@ def _instance_mask_problem(s, cfg: DataConfig, hw: tuple[int, int]) -> Problem |
 
 def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True,
                   train_min_size: int | None = None, train_mirrors: bool = False,
-                  points_file=None) -> list[Problem]:
+                  points_file=None, classes_inferred: bool = False) -> list[Problem]:
     """Return every problem found (errors and warnings); an empty list means the data is usable.
 
     Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
@@ -103,6 +105,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold); with
     ``train_mirrors`` (``train_cam.small_images=mirror``) a training image under it is a warning (it will be
     mirrored out to the crop), not an error. ``points_file`` (``points.file``) is read and its clicks checked too.
+    ``classes_inferred``: the classes were read off the label column (no config says which is background), so a
+    class without training images is a warning (it may be the background class), not an error.
     """
     manifest = str(cfg.manifest)
     try:
@@ -120,7 +124,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("warning", manifest,
                                         f"data.{key} names split {split!r} but no image is in it (the manifest has: "
                                         f"{', '.join(present)}); set data.{key} or fix the split column"))
-    problems += _class_coverage(cfg, samples, manifest)
+    problems += _class_coverage(cfg, samples, manifest, "warning" if classes_inferred else "error")
     file_clicks: dict = {}
     if points_file is not None:
         found, file_clicks = _points_file_problems(points_file, cfg, samples)

@@ -48,6 +48,10 @@ class SlideOptions:
 SLIDE_OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", "_tissue.png", ".geojson", "_slide.json")
 
 
+class NoTissueError(ValueError):
+    """The slide's thumbnail shows no tissue: nothing to segment (predict skips it and goes on)."""
+
+
 def slide_output_paths(out_dir: Path, stem: str) -> list[Path]:
     return [out_dir / f"{stem}{suf}" for suf in SLIDE_OUTPUT_SUFFIXES]
 
@@ -98,6 +102,9 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         log(f"{path.name}: {slide.backend}, level 0 {slide.dimensions[0]}x{slide.dimensions[1]} px"
             f"{f' at {mpp:.3f} um/px' if mpp else ''}, network reads it at downsample {ds:.3f}: "
             f"{len(tiles)} tissue tile(s) of {tile_size} px")
+        if not tiles:
+            raise NoTissueError(f"{path}: no tissue found (tissue threshold {tissue_threshold}); is the slide blank? "
+                                "Lower --tissue-threshold if it holds faint tissue")
         stain = _stain_fn(cfg, thumb, tissue)
         backend_used = slide.backend
 
@@ -108,6 +115,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                   "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
                   "weights": weights,
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
+        if stain is not None:  # the Reinhard source statistics come from the tissue of this reader's thumbnail
+            params.update(backend=slide.backend, tissue_threshold=tissue_threshold)
         cache = out_dir / f"{path.stem}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
                              fill_class=bg, cache_dir=cache, params=params, log=log)

@@ -179,6 +179,23 @@ class Slide:
         self.close()
 
 
+def _deeper_pyramid(slide: Slide) -> Slide:
+    """``slide`` (opened by openslide), or the same TIFF opened by tiffslide when tiffslide finds more pyramid
+    levels: openslide's generic TIFF reader does not see levels stored as sub-images (SubIFDs: OME-TIFF, bfconvert
+    and QuPath exports) and would decode level 0 for every downsampled read."""
+    try:
+        import tiffslide
+
+        other = Slide(slide.path, tiffslide.TiffSlide(str(slide.path)), "tiffslide")
+    except Exception:
+        return slide
+    if len(other.level_downsamples) > len(slide.level_downsamples):
+        slide.close()
+        return other
+    other.close()
+    return slide
+
+
 def open_slide(path: Path | str, backend: str = "auto") -> Slide:
     """Open a slide with openslide, or tiffslide when openslide is missing or refuses the file.
 
@@ -194,7 +211,10 @@ def open_slide(path: Path | str, backend: str = "auto") -> Slide:
         try:
             import openslide
 
-            return Slide(path, openslide.OpenSlide(str(path)), "openslide")
+            slide = Slide(path, openslide.OpenSlide(str(path)), "openslide")
+            if backend == "auto" and path.suffix.lower() in TIFF_SUFFIXES:
+                return _deeper_pyramid(slide)
+            return slide
         except ImportError as e:
             tried.append(f"openslide not importable ({e})")
         except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError
