@@ -58,6 +58,26 @@ def test_test_splits_are_held_out_of_training_and_threshold_choice():
     assert load_config("demo", ["eval_cam.choose_on=[val]"]).eval_cam.choose_on == ["val"]
 
 
+def test_a_key_written_twice_is_an_error(tmp_path):
+    """Plain YAML keeps the last of two equal keys: a section written twice would drop the first without a word."""
+    text = builtin_config_path("demo").read_text() + "\ntrain_cam:\n  lr: 0.002\n"
+    p = tmp_path / "twice.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*'train_cam' appears twice"):
+        load_config(p)
+
+
+def test_settings_that_change_no_output_change_no_hash():
+    """Thread counts and unused keys: a finished step stays finished when they change."""
+    from histowsss.steps import train_cam, train_seg
+
+    base = load_config("demo")
+    for over in ("train_seg.loader_threads=3", "train_cam.num_workers=2", "seed=5"):
+        other = load_config("demo", [over])
+        assert train_seg.config_hash(other) == train_seg.config_hash(base), over
+        assert train_cam.config_hash(other) == train_cam.config_hash(base), over
+
+
 def test_invalid_value_names_key():
     with pytest.raises(ConfigError, match=r"train_cam\.epochs"):
         load_config("demo", ["train_cam.epochs=0"])

@@ -76,7 +76,8 @@ class PatchConfig(Strict):
 # them to a finished run's config does not make steps redo their work.
 # data.mpp: metadata; train_cam.small_images: refuse gives the mirror network or nothing; train_seg.channels_last: a
 # memory layout (the same network up to float rounding, as with another thread count)
-HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last")
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last", "train_seg.loader_threads",
+               "train_cam.num_workers")
 # Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
 LATE_SECTIONS = ("points",)
 
@@ -183,7 +184,8 @@ class TrainCamConfig(Strict):
         "outside the patch), so patch labels describe what the features see; pair with make_cam.patch_size")
     crops_per_image: int = Field(8, ge=1, description="random crops drawn from each image per epoch (no patches)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="unused (train_cam draws its crops from the feature cache in the "
+                             "main process); kept so that older configs load; in no hash")
     seed: int = 0
     min_epochs_before_diagnosis: int = Field(3, ge=1)
     rpnet: dict[str, Any] = Field(default_factory=dict, description="RPNet options (see docs)")
@@ -342,7 +344,8 @@ class TrainSegConfig(Strict):
                                 "are); a layout, so not part of the config hash, though like another thread count it "
                                 "changes the float rounding")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
-                                       "network (null: half the cores, at most 8; 0 on <= 2 cores)")
+                                       "network (null: half the cores, at most 8; 0 on <= 2 cores); the batches "
+                                       "are the same for any number, so not part of the config hash")
     seed: int = 0
     members: int = Field(1, ge=1, le=8, description="a seed ensemble: networks trained one after another with seeds "
                          "seed, seed + 1, ... (files seg, seg_m1, ...); eval_seg and predict average their class "
@@ -413,7 +416,8 @@ class RunConfig(Strict):
     """The whole pipeline's configuration."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, description="unused: every training step has its own (train_cam.seed, train_irn.seed, "
+                      "train_seg.seed); kept so that older configs load")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     upper_bound: bool = Field(False, description="also train and evaluate the segmentation network on the "
                               "ground-truth masks (steps train_seg_supervised, eval_seg_supervised): the upper bound "
@@ -552,6 +556,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently, which drops
+    a whole section written twice)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (a path or a builtin name) and apply ``key=value`` overrides."""
     path = Path(source)
@@ -563,7 +587,7 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
                 f"config file {source} not found; pass a YAML path or one of the builtin names: {', '.join(BUILTIN_CONFIGS)}"
             )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
