@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pathlib import Path
 from typing import Optional
 
@@ -172,9 +174,11 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
         console.print("[yellow]warning:[/] no --patient-regex: every image is its own patient, so images of one "
                       "patient can land in different splits; pass a pattern that extracts the patient or slide id",
                       highlight=False)
-    more = (f" --classes {labels_in_name} --background none" + (f" --mask-ignore {mask_ignore}" if mask_ignore else "")
-            if labels_in_name else "")
-    console.print(f"next: histowsss init {escape(str(made.path))} --out my.yaml{more}", highlight=False)
+    more = (f" --classes {shlex.quote(labels_in_name)} --background none"
+            + (f" --mask-ignore {shlex.quote(str(mask_ignore))}" if mask_ignore else "") if labels_in_name else "")
+    # quoted for the shell, so the line can be pasted even where paths hold spaces
+    console.print(f"next: histowsss init {escape(shlex.quote(str(made.path)))} --out my.yaml{escape(more)}",
+                  highlight=False)
 
 
 @app.command()
