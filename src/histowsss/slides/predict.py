@@ -48,6 +48,15 @@ class SlideOptions:
 SLIDE_OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", "_tissue.png", ".geojson", "_slide.json")
 
 
+def cell_areas(shape: tuple[int, int], out_downsample: float, width: int, height: int) -> np.ndarray:
+    """Level-0 pixel area of every cell of an output grid of ``shape`` whose cells are ``out_downsample`` level-0
+    pixels wide: the last row and column, which the grid rounds up past the slide's edge, count their part inside."""
+    d = float(out_downsample)
+    rows = np.clip((height - np.arange(shape[0]) * d) / d, 0.0, 1.0)
+    cols = np.clip((width - np.arange(shape[1]) * d) / d, 0.0, 1.0)
+    return np.outer(rows, cols) * d * d
+
+
 class NoTissueError(ValueError):
     """The slide's thumbnail shows no tissue: nothing to segment (predict skips it and goes on)."""
 
@@ -136,21 +145,22 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
-                               simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs)
+                               simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs,
+                               bounds=(W0, H0))
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
-    px_area = pred.out_downsample**2
-    areas = {n: float((labels == i).sum() * px_area) for i, n in enumerate(names)}
+    cell = cell_areas(labels.shape, pred.out_downsample, W0, H0)  # level-0 px of each output cell inside the slide
+    areas = {n: float(cell[labels == i].sum()) for i, n in enumerate(names)}
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
     # the thumbnail's tissue mask misses white lumen and tissue edges that the network calls a class: count them too,
     # so class areas here, in predictions.csv and in the GeoJSON agree
     called = labels != (bg if bg is not None else UNLABELLED)  # pixels the network gave a non-background class
-    analysed = float((in_tissue | called).sum() * px_area)
+    analysed = float(cell[in_tissue | called].sum())
     record = {
         "input": str(path), "kind": "slide", "backend": backend_used, "level0_size": [W0, H0],
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
         "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
         "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,
-        "area_level0_px": areas, "tissue_level0_px": float(in_tissue.sum() * px_area),
+        "area_level0_px": areas, "tissue_level0_px": float(cell[in_tissue].sum()),
         "tissue_or_class_level0_px": analysed,
         "area_mm2": {n: a * (mpp * 1e-3) ** 2 for n, a in areas.items()} if mpp else None,
         "regions": {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
