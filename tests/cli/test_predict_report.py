@@ -214,6 +214,34 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
     assert f["properties"]["measurements"]["mean_probability"] == 1.0  # from the stitched uint8 map
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))
     assert shape(f["geometry"]).area == pytest.approx(128 * 128, rel=0.01)  # marching squares cuts the corners
+    # a slide QuPath crops to its openslide.bounds (.mrxs): the GeoJSON is in QuPath's frame, or with --no-crop not
+    from histowsss.slides.reader import Slide
+
+    monkeypatch.setattr(Slide, "qupath_origin", property(lambda self: (8, 4)))
+    for no_crop, shift in ((False, (8, 4)), (True, (0, 0))):
+        out = tmp_path / f"crop_{no_crop}"
+        recs = predict_cmd.predict_images(
+            trained_run, [slide], out, min_area=0, simplify=0, log=lambda m: None,
+            slide_options=predict_cmd.SlideOptions(train_mpp=1.0, tile_size=16, margin=0, out_factor=2,
+                                                   tissue_threshold=0.01, no_crop=no_crop))
+        (g,) = json.loads((out / "slide.geojson").read_text())["features"]
+        assert shape(g["geometry"]).bounds == pytest.approx((-shift[0], -shift[1], 128.0 - shift[0], 128.0 - shift[1]))
+        assert recs[0]["geojson_origin_level0"] == list(shift)
+
+
+def test_the_qupath_origin_is_the_corner_of_the_openslide_bounds():
+    from types import SimpleNamespace
+
+    from histowsss.slides.reader import Slide
+
+    def slide(props):
+        return Slide(Path("x.mrxs"), SimpleNamespace(properties=props), "openslide")
+
+    bounds = {"openslide.bounds-x": "1200", "openslide.bounds-y": "340", "openslide.bounds-width": "5000",
+              "openslide.bounds-height": "4000"}
+    assert slide(bounds).qupath_origin == (1200, 340)
+    assert slide({}).qupath_origin == (0, 0)
+    assert slide({k: v for k, v in bounds.items() if not k.endswith("height")}).qupath_origin == (0, 0)
 
 
 def test_inputs_from_sub_folders_and_never_earlier_outputs(tmp_path: Path):

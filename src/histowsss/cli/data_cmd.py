@@ -210,6 +210,9 @@ def tiles(manifest: Path = typer.Argument(..., help="slide manifest: image (slid
               "QuPath GeoJSON files)"),
           default_class: Optional[str] = typer.Option(None, help="class of annotations without a classification"),
           ignore_unknown: bool = typer.Option(False, help="skip annotations whose class is not in --mask-classes"),
+          no_crop: bool = typer.Option(False, "--no-crop", help="the annotations are in the uncropped level-0 "
+                                       "frame (QuPath opened the slide with --no-crop); default: QuPath's frame, "
+                                       "cropped to openslide.bounds-* where the slide has them (.mrxs)"),
           overwrite: bool = False) -> None:
     """Cut whole-slide images into tiles + a manifest; every tile inherits its slide's labels, split and patient
     (and, with QuPath annotations, gets a class mask)."""
@@ -220,5 +223,6 @@ def tiles(manifest: Path = typer.Argument(..., help="slide manifest: image (slid
                              min_tissue=min_tissue, max_tiles=max_tiles, seed=seed, tissue_threshold=tissue_threshold,
                              backend=backend, overwrite=overwrite,
                              mask_classes=[c.strip() for c in mask_classes.split(",") if c.strip()] if mask_classes
-                             else None, default_class=default_class, ignore_unknown=ignore_unknown, log=log_line)
+                             else None, default_class=default_class, ignore_unknown=ignore_unknown,
+                             no_crop=no_crop, log=log_line)
     console.print(f"manifest: {escape(str(path))}")

@@ -257,6 +257,9 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                              "0.05-0.2)"),
             slide_backend: str = typer.Option("auto", help="slides: auto (openslide, else tiffslide), openslide or "
                                               "tiffslide"),
+            no_crop: bool = typer.Option(False, "--no-crop", help="slides: GeoJSON in the uncropped level-0 frame "
+                                         "(for QuPath images opened with --no-crop); default: QuPath's frame, which "
+                                         "starts at openslide.bounds-x/y where the slide has them (.mrxs)"),
             cpu_amp: Optional[bool] = typer.Option(
                 None, "--cpu-amp/--no-cpu-amp", help="bfloat16 inference on the CPU for the segmentation network and "
                 "the image gate's classifier (default: the run's eval_seg.cpu_amp / make_cam.cpu_amp); --no-cpu-amp "
@@ -270,5 +273,5 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                               min_area=min_area, log=log_line, recursive=recursive, cpu_amp=cpu_amp,
                               skip_existing=skip_existing,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
-                                                         out_factor, tissue_threshold, slide_backend))
+                                                         out_factor, tissue_threshold, slide_backend, no_crop))
     log_line(f"{len(recs)} image(s) -> {out}")

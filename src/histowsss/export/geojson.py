@@ -116,11 +116,13 @@ def _clip(geom, bounds: tuple[float, float]):
 def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[str],
                        background: int | None = 0, scale: float = 1.0, simplify: float = 0.5,
                        min_area: float = 0.0, id_prefix: str = "", ndigits: int = 2,
-                       probs: np.ndarray | None = None, bounds: tuple[float, float] | None = None) -> list[dict]:
+                       probs: np.ndarray | None = None, bounds: tuple[float, float] | None = None,
+                       origin: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
     """GeoJSON features of every non-background class of a class-id map (IGNORE pixels are skipped).
 
     ``bounds`` (width, height), in output coordinates: polygons are cut to that box (a slide's output grid rounds
-    its last row and column up, past the slide's edge).
+    its last row and column up, past the slide's edge). ``origin`` (output coordinates) is subtracted from every
+    coordinate after the cut: the corner of QuPath's cropped frame (``Slide.qupath_origin``).
 
     ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the measurements
     ``mean_probability`` and ``min_probability`` of its class over its pixels (QuPath lists them per annotation,
@@ -146,6 +148,10 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                 geom = _clip(geom, bounds)
                 if geom is None:
                     continue
+            if origin != (0.0, 0.0) and origin != (0, 0):
+                from shapely.affinity import translate
+
+                geom = translate(geom, -origin[0], -origin[1])
             measurements = {"area_px": round(float(geom.area), 1)}
             if probs is not None:
                 p = np.asarray(probs[c][sl], dtype=np.float32)[pixels] * unit

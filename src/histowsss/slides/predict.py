@@ -43,6 +43,7 @@ class SlideOptions:
     out_factor: int = 4
     tissue_threshold: float | None = None
     backend: str = "auto"
+    no_crop: bool = False  # GeoJSON in the uncropped level-0 frame (QuPath images opened with --no-crop)
 
 
 SLIDE_OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", "_tissue.png", ".geojson", "_slide.json")
@@ -116,6 +117,10 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                                 "Lower --tissue-threshold if it holds faint tissue")
         stain = _stain_fn(cfg, thumb, tissue)
         backend_used = slide.backend
+        origin = (0, 0) if o.no_crop else slide.qupath_origin
+        if origin != (0, 0):
+            log(f"{path.name}: QuPath crops this slide to its bounds; GeoJSON coordinates start at level-0 pixel "
+                f"{origin} as QuPath's do (--no-crop for the uncropped frame)")
 
         def predict_fn(rgb: np.ndarray) -> np.ndarray:
             return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
@@ -146,7 +151,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
                                simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs,
-                               bounds=(W0, H0))
+                               bounds=(W0, H0), origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
     cell = cell_areas(labels.shape, pred.out_downsample, W0, H0)  # level-0 px of each output cell inside the slide
     areas = {n: float(cell[labels == i].sum()) for i, n in enumerate(names)}
@@ -157,6 +162,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     analysed = float(cell[in_tissue | called].sum())
     record = {
         "input": str(path), "kind": "slide", "backend": backend_used, "level0_size": [W0, H0],
+        "geojson_origin_level0": list(origin),
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
         "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
         "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,

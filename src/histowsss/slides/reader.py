@@ -85,6 +85,20 @@ class Slide:
         return tuple((int(w), int(h)) for w, h in self.handle.level_dimensions)
 
     @property
+    def qupath_origin(self) -> tuple[int, int]:
+        """Level-0 pixel where QuPath's image coordinates start: QuPath's OpenSlide reader crops a slide to the
+        ``openslide.bounds-*`` box when the file has one (MIRAX .mrxs, some Hamamatsu), so its (0, 0) is
+        (bounds-x, bounds-y); (0, 0) otherwise. Annotations exchanged with QuPath are shifted by it."""
+        props = self.handle.properties
+        keys = [f"openslide.bounds-{k}" for k in ("x", "y", "width", "height")]
+        if not all(props.get(k) not in (None, "") for k in keys):
+            return (0, 0)
+        try:
+            return (int(props[keys[0]]), int(props[keys[1]]))
+        except (TypeError, ValueError):
+            return (0, 0)
+
+    @property
     def mpp(self) -> float | None:
         """Level-0 microns per pixel from the slide's metadata (mean of x and y), or None if it has none."""
         props = self.handle.properties
