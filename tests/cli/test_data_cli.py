@@ -289,3 +289,10 @@ def test_split_into_another_folder_keeps_naming_the_same_files(builder, tmp_path
     same = builder.root / "split_here.csv"
     assert invoke("data", "split", m, "--out", same, "--val", "0", "--test", "0.3").exit_code == 0
     assert [row["image"] for row in csv.DictReader(same.open())] == [row["image"] for row in rows]
+
+
+def test_a_manifest_without_rows_says_so(builder):
+    m = builder.manifest([])
+    for cmd in ("stats", "check"):
+        r = invoke("data", cmd, m)
+        assert r.exit_code == 2 and "header but no rows" in flat(r.output), r.output

@@ -69,6 +69,9 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     from histowsss.data.manifest import read_csv_rows
 
     cols, rows = read_csv_rows(Path(manifest))
+    if not rows:
+        raise ValueError(f"{manifest}: the manifest has a header but no rows; add one row per image (or make the "
+                         "manifest with `histowsss data manifest FOLDER`)")
     col = data_over.get("label_column", "label" if "label" in cols else None)
     raw: dict = {"manifest": manifest, "label_column": col,
                  "mask_column": "mask" if "mask" in cols else None}

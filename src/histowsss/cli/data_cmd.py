@@ -146,7 +146,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     """Write a manifest for a folder of labelled images (one sub-folder per class, optionally per split first; or
     multi-label vectors in the file names with --labels-in-name); without split folders, a patient-grouped,
     class-stratified split is made."""
-    from histowsss.data.folder_manifest import manifest_from_folder, manifest_from_named_labels
+    from histowsss.data.folder_manifest import IMAGE_SUFFIXES, manifest_from_folder, manifest_from_named_labels
 
     with clear_errors():
         fractions = {"train": train, "val": val, "test": test}
@@ -170,6 +170,10 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
     console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
+    if made.empty_folders:
+        console.print(f"[yellow]warning:[/] no image ({', '.join(IMAGE_SUFFIXES)}) in "
+                      f"{escape(', '.join(made.empty_folders))}: left out of the manifest (whole-slide images are "
+                      "cut into tiles with `histowsss data tiles`)", highlight=False)
     if not made.patients_from_regex:
         console.print("[yellow]warning:[/] no --patient-regex: every image is its own patient, so images of one "
                       "patient can land in different splits; pass a pattern that extracts the patient or slide id",
