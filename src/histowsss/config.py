@@ -76,8 +76,7 @@ class PatchConfig(Strict):
 # them to a finished run's config does not make steps redo their work.
 # data.mpp: metadata; train_cam.small_images: refuse gives the mirror network or nothing; train_seg.channels_last: a
 # memory layout (the same network up to float rounding, as with another thread count)
-HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last", "train_seg.loader_threads",
-               "train_cam.num_workers")
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last")
 # Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
 LATE_SECTIONS = ("points",)
 
@@ -125,10 +124,6 @@ class DataConfig(Strict):
                              f"{self.classes.names}")
         if self.mask_mode == "binary_image_label" and self.classes.background is None:
             raise ValueError("mask_mode 'binary_image_label' needs classes.background")
-        both = sorted(set(self.test_splits) & set(self.train_splits + self.val_splits))
-        if both:  # the test images would be trained on, or thresholds chosen on them
-            raise ValueError(f"split(s) {', '.join(both)} are both in test_splits and in train_splits/val_splits; a "
-                             "test split must be held out: name disjoint splits (e.g. `histowsss data split`)")
         return self
 
 
@@ -185,7 +180,7 @@ class TrainCamConfig(Strict):
     crops_per_image: int = Field(8, ge=1, description="random crops drawn from each image per epoch (no patches)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     num_workers: int = Field(0, ge=0, description="unused (train_cam draws its crops from the feature cache in the "
-                             "main process); kept so that older configs load; in no hash")
+                             "main process); kept so that older configs load (and, set, in the hash as before)")
     seed: int = 0
     min_epochs_before_diagnosis: int = Field(3, ge=1)
     rpnet: dict[str, Any] = Field(default_factory=dict, description="RPNet options (see docs)")
@@ -345,7 +340,7 @@ class TrainSegConfig(Strict):
                                 "changes the float rounding")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores); the batches "
-                                       "are the same for any number, so not part of the config hash")
+                                       "are the same for any number (set, it is in the hash, as it always was)")
     seed: int = 0
     members: int = Field(1, ge=1, le=8, description="a seed ensemble: networks trained one after another with seeds "
                          "seed, seed + 1, ... (files seg, seg_m1, ...); eval_seg and predict average their class "
@@ -441,10 +436,6 @@ class RunConfig(Strict):
         if self.eval_cam.label_gating == "patch" and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("eval_cam.label_gating=patch needs patch labels (data.patches with "
                              "label_rule: mask_fraction); use label_gating=image for image-level labels")
-        leak = sorted(set(self.eval_cam.choose_on or []) & set(self.data.test_splits))
-        if leak:
-            raise ValueError(f"eval_cam.choose_on names test split(s) {', '.join(leak)}: thresholds are chosen on "
-                             "training/validation data only; leave choose_on unset (train + val) or name those splits")
         if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
                              "mask_fraction); set train_seg.patch_veto=false for image-level labels")
@@ -464,6 +455,30 @@ class RunConfig(Strict):
         payload = json.dumps({s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def data_split_leaks(data: DataConfig) -> list[str]:
+    """Why the test splits of ``data`` are not held out (empty when they are): a split that is also a training or
+    validation split."""
+    both = sorted(set(data.test_splits) & set(data.train_splits + data.val_splits))
+    return [f"split(s) {', '.join(both)} are both in data.test_splits and in data.train_splits/val_splits; a test "
+            "split must be held out: name disjoint splits (e.g. `histowsss data split`)"] if both else []
+
+
+def split_leaks(cfg: RunConfig) -> list[str]:
+    """Why the test images would be trained on or used to choose a setting (empty when they are held out): checked
+    before steps run (`histowsss run`, `data check --config`), not on loading, so a finished run folder or exported
+    model made before the check still loads for predict and report."""
+    out = data_split_leaks(cfg.data)
+    test = set(cfg.data.test_splits)
+    for key, splits, what in (("eval_cam.choose_on", cfg.eval_cam.choose_on, "thresholds are chosen on them"),
+                              ("ir_label.splits", cfg.ir_label.splits, "the IRN trains on them"),
+                              ("train_seg.splits", cfg.train_seg.splits, "the segmentation network trains on them")):
+        leak = sorted(set(splits or []) & test)
+        if leak:
+            out.append(f"{key} names test split(s) {', '.join(leak)}: {what}; leave {key} unset (train + val) or "
+                       "name training/validation splits only")
+    return out
 
 
 BUILTIN_CONFIGS = ("demo", "glas-gland", "glas-malignant", "glas-gland-gpu", "glas-malignant-gpu")
@@ -564,6 +579,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges a mapping; its keys may repeat
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(

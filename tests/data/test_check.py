@@ -132,11 +132,18 @@ def test_points_file_is_checked(builder, data_config):
     m = builder.manifest(rows)
     clicks = builder.root / "clicks.csv"
     clicks.write_text("image,x,y,class\na,3,4,malignant\nb,99999,4,malignant\na.png,1,1,benign\n")
-    problems = [p for p in check_dataset(data_config(m), progress=False, points_file=clicks) if p.level == "error"]
-    text = [f"{p.file}: {p.message}" for p in problems]
-    assert len(problems) == 2 and all(p.level == "error" for p in problems), text
-    assert any("clicks for 1 image(s) not in the manifest" in t and "'a.png'" in t for t in text)
-    assert any(t.startswith(str(builder.root / "images" / "b.png")) and "99999" in t for t in text)
+    problems = check_dataset(data_config(m), progress=False, points_file=clicks)
+    text = {f"{p.level} {p.file}: {p.message}" for p in problems if "no image" not in p.message}
+    # a click outside its image is an error; clicks of images not in this manifest are unused: a warning
+    assert any(t.startswith(f"error {builder.root / 'images' / 'b.png'}") and "99999" in t for t in text), text
+    assert any(t.startswith("warning") and "clicks for 1 image(s) not in the manifest" in t and "'a.png'" in t
+               for t in text), text
+    assert sum(t.startswith("error") for t in text) == 1
     clicks.write_text("image,x,y,class\na,3,4,tumour\n")
     problems = [p for p in check_dataset(data_config(m), progress=False, points_file=clicks) if p.level == "error"]
     assert len(problems) == 1 and "tumour" in problems[0].message
+
+
+def test_a_test_split_that_is_also_trained_on_is_an_error(clean_manifest, data_config):
+    problems = check_dataset(data_config(clean_manifest, train_splits=["train", "test"]), progress=False)
+    assert [p.level for p in problems] == ["error"] and "both in data.test_splits" in problems[0].message

@@ -169,6 +169,10 @@ def test_windows_separators_semicolons_and_encodings(builder, data_config):
     semi.write_text("image;mask;split;patient;label\n" + "".join(
         f"{r['image']};{r['mask']};{r['split']};{r['patient']};{r['label']}\n" for r in rows))
     assert [s.name for s in read_manifest(data_config(semi), check_files=True)] == ["a", "b"]
+    odd = builder.root / "images" / "x\\y.png"  # a POSIX file name that holds a backslash is still found
+    odd.write_bytes((builder.root / "images" / "a.png").read_bytes())
+    odd_m = builder.manifest([dict(rows[0], image="images/x\\y.png"), rows[1]], name="odd.csv")
+    assert read_manifest(data_config(odd_m), check_files=True)[0].image == odd
     latin = builder.root / "latin.csv"
     latin.write_bytes("image,split,patient,label\nimages/caf\u00e9.png,train,p,benign\n".encode("cp1252"))
     with pytest.raises(ManifestError, match=r"latin\.csv: not UTF-8.*CSV UTF-8"):

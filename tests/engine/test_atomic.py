@@ -87,5 +87,5 @@ def test_damaged_files_of_a_run_name_themselves_and_the_fix(tmp_path: Path):
     run = RunDir(tmp_path / "run", load_config("demo")).init()
     run.status_path("eval_cam").parent.mkdir(parents=True, exist_ok=True)
     run.status_path("eval_cam").write_text("")
-    with pytest.raises(StepError, match=r"eval_cam\.json: unreadable status record.*delete it and re-run eval_cam"):
+    with pytest.raises(StepError, match=r"eval_cam\.json: unreadable status record.*--from eval_cam --to eval_cam"):
         run.is_done("eval_cam", "x")

@@ -77,6 +77,11 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
                 mirrors = full.train_cam.small_images == "mirror" and dc.patches is None
         problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors,
                                  points_file=points_file, classes_inferred=config is None)
+        if config is not None:  # the steps' own splits: test images trained on or used to choose settings
+            from histowsss.config import data_split_leaks, split_leaks
+            from histowsss.data.check import Problem
+
+            problems += [Problem("error", str(manifest), m) for m in split_leaks(full) if m not in data_split_leaks(dc)]
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"
@@ -116,12 +121,14 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fractions, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
-        rebase_paths(rows, manifest.parent, out.parent)  # relative paths keep naming the same files from --out's folder
+        # relative paths that name files from the manifest's folder keep naming them from --out's folder
+        rebased = rebase_paths(rows, manifest.parent, out.parent)
         write_manifest(out, rows)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["split"]] = counts.get(r["split"], 0) + 1
-    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
+                  + (f"; {rebased} relative path(s) rewritten for its folder" if rebased else ""))
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from histowsss.config import DataConfig
+from histowsss.config import DataConfig, data_split_leaks
 from histowsss.data.io import ImageReadError, image_size, read_mask, read_rgb
 from histowsss.data.manifest import ManifestError, scan_manifest
 from histowsss.data.masks import class_map_from_mask
@@ -68,8 +68,8 @@ def _points_file_problems(points_file, cfg: DataConfig, samples: list) -> tuple[
     problems = []
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
-        problems.append(Problem("error", path, f"clicks for {len(unknown)} image(s) not in the manifest, e.g. "
-                                f"{', '.join(map(repr, unknown[:3]))}{more}: they would be dropped; the image column "
+        problems.append(Problem("warning", path, f"clicks for {len(unknown)} image(s) not in the manifest, e.g. "
+                                f"{', '.join(map(repr, unknown[:3]))}{more}: they are not used; the image column "
                                 "holds the manifest's image name (its 'name' column, else the file name without "
                                 "extension)"))
     return problems, clicks
@@ -83,7 +83,7 @@ def _instance_mask_problem(s, cfg: DataConfig, hw: tuple[int, int]) -> Problem |
     rel = (s.extra.get(INSTANCE_COLUMN) or "").strip()
     if not rel:
         return None
-    path = data_root(cfg) / manifest_path(rel)
+    path = manifest_path(data_root(cfg), rel)
     try:
         read_mask(path, expected_hw=hw)
     except ImageReadError as e:
@@ -124,6 +124,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("warning", manifest,
                                         f"data.{key} names split {split!r} but no image is in it (the manifest has: "
                                         f"{', '.join(present)}); set data.{key} or fix the split column"))
+    problems += [Problem("error", manifest, m) for m in data_split_leaks(cfg)]
     problems += _class_coverage(cfg, samples, manifest, "warning" if classes_inferred else "error")
     file_clicks: dict = {}
     if points_file is not None:

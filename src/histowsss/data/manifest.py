@@ -71,30 +71,41 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
-def manifest_path(value: str) -> Path:
-    """A path as written in a manifest cell; Windows separators (``images\\a.png``, from manifests made on
-    Windows) become ``/`` so the file is found on Linux and macOS too."""
+def manifest_path(root: Path, value: str) -> Path:
+    """The file a manifest cell names, relative to ``root`` (absolute paths kept). A path written with Windows
+    separators (``images\\a.png``, a manifest made on Windows) is read with ``/`` where the path as written names
+    no file, so it is found on Linux and macOS too (a file whose name holds a backslash still is)."""
     value = value.strip()
-    return Path(PureWindowsPath(value).as_posix()) if "\\" in value and os.sep == "/" else Path(value)
+    path = Path(root) / value
+    if "\\" in value and os.sep == "/" and not path.exists():
+        return Path(root) / PureWindowsPath(value).as_posix()
+    return path
 
 
 def rebase_paths(rows: list[dict[str, str]], src_folder: Path, dst_folder: Path,
-                 columns: tuple[str, ...] = PATH_COLUMNS) -> None:
-    """Rewrite, in place, the relative paths of ``columns`` (read from ``src_folder``) relative to ``dst_folder``:
-    a manifest written into another folder then still names the same files. Absolute paths are kept."""
+                 columns: tuple[str, ...] = PATH_COLUMNS + ("annotations",)) -> int:
+    """Rewrite, in place, the relative paths of ``columns`` that name a file from ``src_folder`` so that they name it
+    from ``dst_folder``: a manifest written into another folder still names the same files. Paths naming no file
+    from ``src_folder`` (relative to a ``data.root`` elsewhere, say) and absolute paths are kept. Returns the count
+    rewritten."""
     src, dst = Path(os.path.abspath(src_folder)), Path(os.path.abspath(dst_folder))
     if src == dst:
-        return
+        return 0
+    n = 0
     for r in rows:
         for col in columns:
             value = (r.get(col) or "").strip()
-            if not value or manifest_path(value).is_absolute():
+            if not value or Path(value).is_absolute() or PureWindowsPath(value).is_absolute():
                 continue
-            target = os.path.normpath(src / manifest_path(value))
+            target = manifest_path(src, value)
+            if not target.exists():
+                continue
             try:
-                r[col] = Path(os.path.relpath(target, dst)).as_posix()
+                r[col] = Path(os.path.relpath(os.path.normpath(target), dst)).as_posix()
             except ValueError:  # another drive (Windows): no relative path exists
-                r[col] = target
+                r[col] = os.path.normpath(target)
+            n += 1
+    return n
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -193,7 +204,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
             row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "
                                 "(fill in the label or set data.classes.background)")
         name = r.get("name", "").strip() or Path(img_rel).stem
-        image = root / manifest_path(img_rel)
+        image = manifest_path(root, img_rel)
         key = os.path.normcase(os.path.normpath(os.path.abspath(image)))
         if key in files_seen:  # e.g. manifests of two sources joined: a test image also in train leaks
             j, other_split = files_seen[key]
@@ -205,7 +216,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
         files_seen.setdefault(key, (i, split))
         mask = None
         if cfg.mask_column and cfg.mask_column in r and r[cfg.mask_column].strip():
-            mask = root / manifest_path(r[cfg.mask_column])
+            mask = manifest_path(root, r[cfg.mask_column])
         if check_files:
             if not image.exists():
                 row_problems.append(f"row {i}: image {image}: file not found; fix the path in the manifest or "

@@ -82,7 +82,7 @@ def load_instance_mask(sample: Sample, cfg: DataConfig, gt_class: np.ndarray,
     rel = (sample.extra.get(INSTANCE_COLUMN) or "").strip()
     if not rel:
         return None
-    path = data_root(cfg) / manifest_path(rel)
+    path = manifest_path(data_root(cfg), rel)
     cc = read_mask(path).astype(np.int64)
     if cfg.image_scale != 1.0:
         cc = resize(cc, cfg.image_scale, nearest=True)

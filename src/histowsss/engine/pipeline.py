@@ -29,10 +29,15 @@ DISTRIBUTED_STEPS = ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                overwrite: bool = False) -> list[tuple]:
     """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), checked before
-    anything is written: unknown step names, and under torchrun (WORLD_SIZE > 1) steps other than the
+    anything is written: test splits that are not held out (:func:`histowsss.config.split_leaks`), unknown step
+    names, and under torchrun (WORLD_SIZE > 1) steps other than the
     segmentation ones with work to do (they would run once per process, all on the same files), are errors."""
+    from histowsss.config import split_leaks
     from histowsss.engine.distributed import env_world
 
+    leaks = split_leaks(cfg)
+    if leaks:  # test images trained on, or settings chosen on them
+        raise ConfigError("; ".join(leaks))
     plan = []
     for name in select_steps(start, stop):
         mod = step_module(name)

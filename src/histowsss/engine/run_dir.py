@@ -103,8 +103,9 @@ class RunDir:
         try:
             return json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StepError(f"{p}: unreadable status record ({e}; a machine stopped while writing it?); delete it "
-                            f"and re-run {step} with --overwrite") from None
+            raise StepError(f"{p}: unreadable status record ({e}; a machine stopped while writing it?); delete it, "
+                            f"then `histowsss run CONFIG --run {self.path} --from {step} --to {step}` runs that step "
+                            "again (without --overwrite, which would redo every step of the range)") from None
 
     def is_done(self, step: str, config_hash: str) -> bool:
         st = self.status(step)
