@@ -112,7 +112,7 @@ def main() -> None:
             checks.append(check("test_malignant_iou_pct_of_supervised", ratio, ">= 90 % of the supervised IoU",
                                 ratio >= 90))
     path = write_result(args.name or f"seg_{args.protocol}_{args.mode}", args.profile, wall,
-                        {"run": str(run_path.relative_to(ROOT)), "train_seg": cfg.train_seg.model_dump(mode="json"),
+                        {"run": str(run_path.relative_to(ROOT)) if run_path.is_relative_to(ROOT) else str(run_path), "train_seg": cfg.train_seg.model_dump(mode="json"),
                          "eval_seg": cfg.eval_seg.model_dump(mode="json")}, metrics, checks)
     print(json.dumps({"result": str(path), "metrics": metrics, "checks": checks}, indent=2))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,50 @@ def test_unknown_key_in_yaml_file(tmp_path):
     p.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"data\.clases"):
         load_config(p)
+
+
+def test_test_splits_are_held_out_of_training_and_threshold_choice(tmp_path):
+    """Checked before steps run (not on loading: a finished run folder made before the check still loads)."""
+    from histowsss.config import split_leaks
+    from histowsss.engine.pipeline import plan_steps
+    from histowsss.engine.run_dir import RunDir
+
+    for over, says in (("data.train_splits=[train, test]", "both in data.test_splits and in data.train_splits"),
+                       ("eval_cam.choose_on=[val, test]", "eval_cam.choose_on names test split(s) test"),
+                       ("ir_label.splits=[train, test]", "ir_label.splits names test split(s) test"),
+                       ("train_seg.splits=[test]", "train_seg.splits names test split(s) test")):
+        cfg = load_config("demo", [over])  # loads
+        assert any(says in m for m in split_leaks(cfg)), over
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            plan_steps(cfg, RunDir(tmp_path / "run", cfg))
+    assert split_leaks(load_config("demo", ["eval_cam.choose_on=[val]"])) == []
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    p = tmp_path / "merge.yaml"
+    p.write_text(builtin_config_path("demo").read_text().replace("train_cam:\n", "train_cam:\n  <<: {seed: 3}\n", 1))
+    assert load_config(p).train_cam.seed == 3
+
+
+def test_a_key_written_twice_is_an_error(tmp_path):
+    """Plain YAML keeps the last of two equal keys: a section written twice would drop the first without a word."""
+    text = builtin_config_path("demo").read_text() + "\ntrain_cam:\n  lr: 0.002\n"
+    p = tmp_path / "twice.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*'train_cam' appears twice"):
+        load_config(p)
+
+
+def test_settings_that_change_no_output_change_no_hash():
+    """Thread counts and unused keys: a finished step stays finished when they change."""
+    from histowsss.steps import train_cam, train_seg
+
+    base = load_config("demo")
+    for over in ("seed=5",):  # (loader_threads / num_workers stay in the hash: finished runs that set them stay done)
+        other = load_config("demo", [over])
+        assert train_seg.config_hash(other) == train_seg.config_hash(base), over
+        assert train_cam.config_hash(other) == train_cam.config_hash(base), over
 
 
 def test_invalid_value_names_key():

@@ -129,14 +129,16 @@ def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):
         shutil.copy(synth.parent / r["image"], tmp_path / "tiles" / r["grade"] / f"{stem}.png")
         shutil.copy(synth.parent / r["mask"], tmp_path / "masks" / f"{stem}.png")
     runner = CliRunner()
-    manifest, config = tmp_path / "data" / "manifest.csv", tmp_path / "mine.yaml"
+    manifest, config = tmp_path / "my data" / "manifest.csv", tmp_path / "mine.yaml"  # a space: hints are quoted
     r = runner.invoke(app, ["data", "manifest", str(tmp_path / "tiles"), "--out", str(manifest), "--masks",
                             str(tmp_path / "masks"), "--patient-regex", r"/(P\d+)_", "--train", "0.5", "--val", "0",
                             "--test", "0.5"])
     assert r.exit_code == 0, r.output
     assert "patients" in r.output and "warning" not in r.output
+    assert f"next: histowsss init '{manifest}'" in " ".join(r.output.split()).replace(" /", "/")
     r = runner.invoke(app, ["init", str(manifest), "--out", str(config)])
     assert r.exit_code == 0, r.output
+    assert f"histowsss data check '{manifest}'" in r.output.replace("\n", "")
     r = runner.invoke(app, ["init", str(manifest), "--out", str(config)])
     assert r.exit_code == 2 and "--overwrite" in r.output
     fast = ["train_cam.epochs=2", "train_cam.crops_per_image=4", "train_cam.cache_copies=1",

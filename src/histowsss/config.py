@@ -179,7 +179,8 @@ class TrainCamConfig(Strict):
         "outside the patch), so patch labels describe what the features see; pair with make_cam.patch_size")
     crops_per_image: int = Field(8, ge=1, description="random crops drawn from each image per epoch (no patches)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="unused (train_cam draws its crops from the feature cache in the "
+                             "main process); kept so that older configs load (and, set, in the hash as before)")
     seed: int = 0
     min_epochs_before_diagnosis: int = Field(3, ge=1)
     rpnet: dict[str, Any] = Field(default_factory=dict, description="RPNet options (see docs)")
@@ -338,7 +339,8 @@ class TrainSegConfig(Strict):
                                 "are); a layout, so not part of the config hash, though like another thread count it "
                                 "changes the float rounding")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
-                                       "network (null: half the cores, at most 8; 0 on <= 2 cores)")
+                                       "network (null: half the cores, at most 8; 0 on <= 2 cores); the batches "
+                                       "are the same for any number (set, it is in the hash, as it always was)")
     seed: int = 0
     members: int = Field(1, ge=1, le=8, description="a seed ensemble: networks trained one after another with seeds "
                          "seed, seed + 1, ... (files seg, seg_m1, ...); eval_seg and predict average their class "
@@ -409,7 +411,8 @@ class RunConfig(Strict):
     """The whole pipeline's configuration."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, description="unused: every training step has its own (train_cam.seed, train_irn.seed, "
+                      "train_seg.seed); kept so that older configs load")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     upper_bound: bool = Field(False, description="also train and evaluate the segmentation network on the "
                               "ground-truth masks (steps train_seg_supervised, eval_seg_supervised): the upper bound "
@@ -452,6 +455,30 @@ class RunConfig(Strict):
         payload = json.dumps({s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def data_split_leaks(data: DataConfig) -> list[str]:
+    """Why the test splits of ``data`` are not held out (empty when they are): a split that is also a training or
+    validation split."""
+    both = sorted(set(data.test_splits) & set(data.train_splits + data.val_splits))
+    return [f"split(s) {', '.join(both)} are both in data.test_splits and in data.train_splits/val_splits; a test "
+            "split must be held out: name disjoint splits (e.g. `histowsss data split`)"] if both else []
+
+
+def split_leaks(cfg: RunConfig) -> list[str]:
+    """Why the test images would be trained on or used to choose a setting (empty when they are held out): checked
+    before steps run (`histowsss run`, `data check --config`), not on loading, so a finished run folder or exported
+    model made before the check still loads for predict and report."""
+    out = data_split_leaks(cfg.data)
+    test = set(cfg.data.test_splits)
+    for key, splits, what in (("eval_cam.choose_on", cfg.eval_cam.choose_on, "thresholds are chosen on them"),
+                              ("ir_label.splits", cfg.ir_label.splits, "the IRN trains on them"),
+                              ("train_seg.splits", cfg.train_seg.splits, "the segmentation network trains on them")):
+        leak = sorted(set(splits or []) & test)
+        if leak:
+            out.append(f"{key} names test split(s) {', '.join(leak)}: {what}; leave {key} unset (train + val) or "
+                       "name training/validation splits only")
+    return out
 
 
 BUILTIN_CONFIGS = ("demo", "glas-gland", "glas-malignant", "glas-gland-gpu", "glas-malignant-gpu")
@@ -544,6 +571,28 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently, which drops
+    a whole section written twice)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges a mapping; its keys may repeat
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (a path or a builtin name) and apply ``key=value`` overrides."""
     path = Path(source)
@@ -555,7 +604,7 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
                 f"config file {source} not found; pass a YAML path or one of the builtin names: {', '.join(BUILTIN_CONFIGS)}"
             )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):

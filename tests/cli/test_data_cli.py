@@ -269,3 +269,41 @@ def test_check_with_a_config_accepts_small_images_when_patches_are_padded(builde
     r = invoke("data", "check", m, "--config", "demo", "--set", "data.label_column=label", "--set", "data.val_splits=[]",
                "--set", "data.patches={size: 32, stride: 32, border: pad, label_rule: image}")
     assert r.exit_code == 0, r.output
+
+
+def test_split_into_another_folder_keeps_naming_the_same_files(builder, tmp_path):
+    """Manifest paths are relative to the manifest's folder: a split written elsewhere has them rewritten."""
+    rows = [builder.row(f"i{k}", patient=f"P{k}", label="malignant" if k % 2 else "benign") for k in range(10)]
+    m = builder.manifest(rows)
+    out = tmp_path / "elsewhere" / "deeper" / "split.csv"
+    out.parent.mkdir(parents=True)
+    r = invoke("data", "split", m, "--out", out, "--val", "0", "--test", "0.3")
+    assert r.exit_code == 0, r.output
+    assert "20 relative path(s) rewritten" in flat(r.output)  # 10 images and their masks
+    new = list(csv.DictReader(out.open()))
+    for old, row in zip(rows, new):
+        assert (out.parent / row["image"]).resolve() == (builder.root / old["image"]).resolve()
+        assert (out.parent / row["mask"]).resolve() == (builder.root / old["mask"]).resolve()
+    r = invoke("data", "check", out)
+    assert r.exit_code == 0 and "0 error(s)" in flat(r.output), r.output
+    # paths relative to a data.root elsewhere name no file from the manifest's folder: kept as written
+    rooted = tmp_path / "rooted"
+    rooted.mkdir()
+    (rooted / "m.csv").write_text("image,patient,label\n" + "".join(
+        f"{Path(r['image']).name},P{k},{r['label']}\n" for k, r in enumerate(rows)))
+    r = invoke("data", "split", rooted / "m.csv", "--out", tmp_path / "elsewhere" / "rooted_split.csv", "--val", "0",
+               "--test", "0.3")
+    assert r.exit_code == 0, r.output
+    assert [x["image"] for x in csv.DictReader((tmp_path / "elsewhere" / "rooted_split.csv").open())] == \
+        [Path(x["image"]).name for x in rows]
+    # into the manifest's own folder: the paths stay as written
+    same = builder.root / "split_here.csv"
+    assert invoke("data", "split", m, "--out", same, "--val", "0", "--test", "0.3").exit_code == 0
+    assert [row["image"] for row in csv.DictReader(same.open())] == [row["image"] for row in rows]
+
+
+def test_a_manifest_without_rows_says_so(builder):
+    m = builder.manifest([])
+    for cmd in ("stats", "check"):
+        r = invoke("data", cmd, m)
+        assert r.exit_code == 2 and "header but no rows" in flat(r.output), r.output

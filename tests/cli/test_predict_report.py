@@ -214,6 +214,34 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
     assert f["properties"]["measurements"]["mean_probability"] == 1.0  # from the stitched uint8 map
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 128.0, 128.0))
     assert shape(f["geometry"]).area == pytest.approx(128 * 128, rel=0.01)  # marching squares cuts the corners
+    # a slide QuPath crops to its openslide.bounds (.mrxs): the GeoJSON is in QuPath's frame, or with --no-crop not
+    from histowsss.slides.reader import Slide
+
+    monkeypatch.setattr(Slide, "qupath_origin", property(lambda self: (8, 4)))
+    for no_crop, shift in ((False, (8, 4)), (True, (0, 0))):
+        out = tmp_path / f"crop_{no_crop}"
+        recs = predict_cmd.predict_images(
+            trained_run, [slide], out, min_area=0, simplify=0, log=lambda m: None,
+            slide_options=predict_cmd.SlideOptions(train_mpp=1.0, tile_size=16, margin=0, out_factor=2,
+                                                   tissue_threshold=0.01, no_crop=no_crop))
+        (g,) = json.loads((out / "slide.geojson").read_text())["features"]
+        assert shape(g["geometry"]).bounds == pytest.approx((-shift[0], -shift[1], 128.0 - shift[0], 128.0 - shift[1]))
+        assert recs[0]["geojson_origin_level0"] == list(shift)
+
+
+def test_the_qupath_origin_is_the_corner_of_the_openslide_bounds():
+    from types import SimpleNamespace
+
+    from histowsss.slides.reader import Slide
+
+    def slide(props):
+        return Slide(Path("x.mrxs"), SimpleNamespace(properties=props), "openslide")
+
+    bounds = {"openslide.bounds-x": "1200", "openslide.bounds-y": "340", "openslide.bounds-width": "5000",
+              "openslide.bounds-height": "4000"}
+    assert slide(bounds).qupath_origin == (1200, 340)
+    assert slide({}).qupath_origin == (0, 0)
+    assert slide({k: v for k, v in bounds.items() if not k.endswith("height")}).qupath_origin == (0, 0)
 
 
 def test_inputs_from_sub_folders_and_never_earlier_outputs(tmp_path: Path):
@@ -267,3 +295,44 @@ def test_report_reads_a_relative_manifest_from_where_the_run_started(clean_manif
 
     found = with_reachable_manifest(cfg, root / "runs" / "demo")
     assert Path(found.data.manifest) == root / rel
+
+
+def test_a_killed_batch_goes_on_with_skip_existing_and_blank_slides_are_skipped(trained_run: Path, tmp_path: Path,
+                                                                              make_slide, monkeypatch):
+    """predictions.csv grows after every input; --skip-existing skips the inputs whose outputs all exist and redoes
+    one left half-written; a slide without tissue is skipped with a warning while the batch goes on."""
+    from histowsss.steps import eval_seg
+
+    imgs = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[:3]
+    blank = make_slide(tmp_path / "glass.tif", np.full((128, 128, 3), 245, np.uint8), mpp=None)
+    out = tmp_path / "out"
+    real, calls = eval_seg.predict_probs, []
+
+    def killed_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the batch is killed while predicting the third image
+        return real(*a, **k)
+
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", killed_at_the_third)
+    args = ["predict", "--run", str(trained_run), *map(str, imgs), str(blank), "--out", str(out), "--downsample", "1",
+            "--tissue-threshold", "0.05"]
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [Path(r["input"]).name for r in rows] == [imgs[0].name, imgs[1].name]  # the finished ones are listed
+    (out / "predictions.csv").unlink()  # as a kill between an input's outputs and its row leaves it: rebuilt below
+    (out / f"{imgs[2].stem}_labels.png").write_bytes(b"half")  # a half-written input: some outputs only
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", real)
+    assert runner.invoke(app, args).exit_code == 2  # without a flag, existing outputs are refused
+    before = (out / f"{imgs[0].stem}.geojson").stat().st_mtime_ns
+    res = runner.invoke(app, args + ["--skip-existing"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "2 of 4 input(s) already predicted" in text and "glass.tif" in text and "no tissue" in text
+    assert (out / f"{imgs[0].stem}.geojson").stat().st_mtime_ns == before  # not redone
+    assert Image.open(out / f"{imgs[2].stem}_labels.png").size  # redone: a readable PNG again
+    after = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sorted(Path(r["input"]).name for r in after) == sorted(i.name for i in imgs)
+    assert [r for r in after if r["input"] in {x["input"] for x in rows}] == rows  # rebuilt from the outputs alike
+    assert not (out / "glass_labels.png").exists()

@@ -14,7 +14,7 @@ def test_clean_dataset_has_no_problems(clean_manifest, data_config):
 
 
 def test_every_problem_listed(builder, data_config):
-    rows = [builder.row("ok", "train", "p1", "benign")]
+    rows = [builder.row("ok", "train", "p1", "benign"), builder.row("ok2", "train", "p6", "malignant")]
     rows.append(dict(builder.row("x1", "train", "p2"), image="images/missing.png"))
     rows.append(dict(builder.row("x2", "train", "p3"), mask="masks/missing_mask.png"))
     bad = builder.row("x3", "test", "p4")
@@ -96,3 +96,54 @@ def test_multi_label_empty_parts_ignored(builder, data_config):
     m = builder.manifest([builder.row("a", label="malignant;"), builder.row("b", label=" ; ")])
     samples = read_manifest(data_config(m, multi_label=True))
     assert [s.labels for s in samples] == [("malignant",), ()]
+
+
+def test_class_without_training_images_is_an_error(builder, data_config):
+    """A class only in the test split cannot be learnt: the CAM classifier would see it as a negative only."""
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "test", "p2", "malignant")]
+    problems = check_dataset(data_config(builder.manifest(rows)), progress=False)
+    assert [p.level for p in problems] == ["error"]
+    assert "class 'malignant' has no image in the training splits" in problems[0].message
+
+
+def test_instance_masks_and_masks_that_training_labels_need_are_checked(builder, data_config):
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "train", "p2", "malignant"),
+            builder.row("c", "test", "p3", "malignant")]
+    rows[0]["mask_cc"] = "masks/nope.png"
+    rows[1]["mask_cc"] = rows[1]["mask"]
+    rows[2]["mask_cc"] = builder.mask("c_cc", 10, 10)
+    m = builder.manifest(rows, columns=["image", "mask", "mask_cc", "split", "patient", "label"])
+    problems = check_dataset(data_config(m), progress=False)
+    text = sorted(f"{p.file}: {p.message}" for p in problems if p.level == "error")
+    assert len(text) == 2, text
+    assert any("nope.png: file not found" in t for t in text)
+    assert any("c_cc.png: mask size 10x10" in t and "instance mask of" in t for t in text)
+    # labels read from the masks (no label column): a training image without a mask cannot be labelled
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "train", "p2", "malignant", mask=False),
+            builder.row("c", "test", "p3", "benign", mask=False)]
+    m = builder.manifest(rows, name="nomask.csv")
+    problems = check_dataset(data_config(m, label_column=None, mask_mode="class_ids"), progress=False)
+    assert [(p.level, p.file.endswith("b.png")) for p in problems] == [("error", True)]
+    assert "training image without a mask" in problems[0].message
+
+
+def test_points_file_is_checked(builder, data_config):
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "train", "p2", "malignant")]
+    m = builder.manifest(rows)
+    clicks = builder.root / "clicks.csv"
+    clicks.write_text("image,x,y,class\na,3,4,malignant\nb,99999,4,malignant\na.png,1,1,benign\n")
+    problems = check_dataset(data_config(m), progress=False, points_file=clicks)
+    text = {f"{p.level} {p.file}: {p.message}" for p in problems if "no image" not in p.message}
+    # a click outside its image is an error; clicks of images not in this manifest are unused: a warning
+    assert any(t.startswith(f"error {builder.root / 'images' / 'b.png'}") and "99999" in t for t in text), text
+    assert any(t.startswith("warning") and "clicks for 1 image(s) not in the manifest" in t and "'a.png'" in t
+               for t in text), text
+    assert sum(t.startswith("error") for t in text) == 1
+    clicks.write_text("image,x,y,class\na,3,4,tumour\n")
+    problems = [p for p in check_dataset(data_config(m), progress=False, points_file=clicks) if p.level == "error"]
+    assert len(problems) == 1 and "tumour" in problems[0].message
+
+
+def test_a_test_split_that_is_also_trained_on_is_an_error(clean_manifest, data_config):
+    problems = check_dataset(data_config(clean_manifest, train_splits=["train", "test"]), progress=False)
+    assert [p.level for p in problems] == ["error"] and "both in data.test_splits" in problems[0].message

@@ -51,6 +51,20 @@ def test_class_folders_give_labels_and_a_patient_grouped_split(class_folder: Pat
     assert all(len(s) == 1 for s in splits_of.values())  # no patient in two splits
     for split in ("train", "test"):  # both classes in each split
         assert {r["label"] for r in rows if r["split"] == split} == {"normal", "tumour"}
+    assert made.empty_folders == []
+
+
+def test_a_class_folder_without_readable_images_is_named(class_folder: Path, tmp_path: Path):
+    (class_folder / "necrosis").mkdir()
+    (class_folder / "necrosis" / "S09.svs").write_bytes(b"slide")  # a whole-slide image is no tile
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    r = CliRunner().invoke(app, ["data", "manifest", str(class_folder), "--out", str(tmp_path / "m.csv"),
+                                 "--patient-regex", r"/(S\d+)_"])
+    assert r.exit_code == 0, r.output
+    assert "warning: no image" in r.output and "necrosis" in r.output and "data tiles" in " ".join(r.output.split())
 
 
 def test_split_folders_are_kept_and_masks_matched_by_stem(tmp_path: Path):

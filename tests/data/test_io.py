@@ -125,7 +125,17 @@ def test_16bit_tif_converted_to_8bit(tmp_path):
     # intermediate values are rounded to the nearest 8-bit level
     b = np.array([[[128, 129, 385]]], np.uint16)
     tifffile.imwrite(tmp_path / "b16.tif", b, photometric="rgb")
-    assert read_rgb(tmp_path / "b16.tif").tolist() == [[[0, 1, 1]]]
+    with pytest.warns(UserWarning, match="stop at 385"):
+        assert read_rgb(tmp_path / "b16.tif").tolist() == [[[0, 1, 1]]]
+
+
+def test_12bit_data_in_a_16bit_tif_is_named(tmp_path):
+    """Camera data of 12 bits in a 16-bit file reads almost black: said, with the fix, not silently darkened."""
+    tifffile = pytest.importorskip("tifffile")
+    a = np.random.default_rng(0).integers(0, 4096, (8, 8, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "c12.tif", a, photometric="rgb")
+    with pytest.warns(UserWarning, match=r"c12\.tif: 16-bit image whose values stop at \d+ \(10- or 12-bit"):
+        assert read_rgb(tmp_path / "c12.tif").max() <= 16
 
 
 def test_16bit_png_converted_to_8bit(tmp_path):

@@ -101,20 +101,22 @@ def test_every_row_problem_listed(builder, data_config):
         dict(builder.row("no_split"), split=""),
         dict(builder.row("no_patient"), patient=""),
         dict(builder.row("gone"), image="images/gone_for_good.png"),
-        builder.row("ok", label="malignant"),  # duplicate name
+        dict(builder.row("ok", label="malignant"), split="test"),  # the same file again: a test image in train
+        dict(builder.row("other"), name="ok"),  # another file under a name already taken
         dict(builder.row("nomask"), mask="masks/none.png"),
     ]
-    m = builder.manifest(rows)
+    m = builder.manifest(rows, columns=["image", "mask", "split", "patient", "label", "name"])
     samples, problems = scan_manifest(data_config(m), check_files=True)
     assert [s.name for s in samples] == ["ok"]
     text = "\n".join(problems)
     for expected in ("row 3 (images/bad_class.png): unknown class 'tumour'", "row 4 (images/no_split.png): empty split",
                      "row 5 (images/no_patient.png): empty patient",
                      "image " + str(builder.root / "images/gone_for_good.png") + ": file not found",
-                     "row 7 (images/ok.png): duplicate image name 'ok' (also row 2)",
-                     "row 8: mask " + str(builder.root / "masks/none.png") + ": file not found"):
+                     "row 7 (images/ok.png, split test): the same image file as row 2 (split train)",
+                     "row 8 (images/other.png): duplicate image name 'ok' (also row 2)",
+                     "row 9: mask " + str(builder.root / "masks/none.png") + ": file not found"):
         assert expected in text, expected
-    with pytest.raises(ManifestError, match="6 problem"):
+    with pytest.raises(ManifestError, match="7 problem"):
         read_manifest(data_config(m), check_files=True)
 
 
@@ -153,3 +155,25 @@ def test_a_relative_manifest_not_found_says_where_it_was_looked_for(tmp_path, da
     with pytest.raises(ManifestError, match=r"data/m\.csv: manifest not found \(a relative path is read from the "
                                             r"current folder, " + str(tmp_path)):
         read_manifest(data_config(Path("data/m.csv")))
+
+
+def test_windows_separators_semicolons_and_encodings(builder, data_config):
+    """Manifests made on Windows / by a European Excel: backslash paths are found, ';'-separated files are read,
+    and text that is not UTF-8 is a clear error naming the file and the fix."""
+    rows = [builder.row("a", label="benign"), builder.row("b", label="malignant")]
+    win = [dict(r, image=r["image"].replace("/", "\\"), mask=r["mask"].replace("/", "\\")) for r in rows]
+    samples = read_manifest(data_config(builder.manifest(win, name="win.csv")), check_files=True)
+    assert [s.image for s in samples] == [builder.root / "images" / "a.png", builder.root / "images" / "b.png"]
+    assert samples[0].mask == builder.root / "masks" / "a.png"
+    semi = builder.root / "semi.csv"
+    semi.write_text("image;mask;split;patient;label\n" + "".join(
+        f"{r['image']};{r['mask']};{r['split']};{r['patient']};{r['label']}\n" for r in rows))
+    assert [s.name for s in read_manifest(data_config(semi), check_files=True)] == ["a", "b"]
+    odd = builder.root / "images" / "x\\y.png"  # a POSIX file name that holds a backslash is still found
+    odd.write_bytes((builder.root / "images" / "a.png").read_bytes())
+    odd_m = builder.manifest([dict(rows[0], image="images/x\\y.png"), rows[1]], name="odd.csv")
+    assert read_manifest(data_config(odd_m), check_files=True)[0].image == odd
+    latin = builder.root / "latin.csv"
+    latin.write_bytes("image,split,patient,label\nimages/caf\u00e9.png,train,p,benign\n".encode("cp1252"))
+    with pytest.raises(ManifestError, match=r"latin\.csv: not UTF-8.*CSV UTF-8"):
+        read_manifest(data_config(latin))

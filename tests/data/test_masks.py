@@ -38,6 +38,9 @@ def test_class_ids_mode_rejects_non_ids_with_fix():
         class_map_from_mask(np.array([[0, 1, 7, 128]], np.uint8), _sample(mask=Path("m/x.png")), cfg)
     msg = str(e.value)
     assert "m/x.png" in msg and "[7, 128]" in msg and "mask_mode" in msg and "binary" in msg
+    # a signed label map: negative values are not class ids either (-1 is not a silent 255 = ignore)
+    with pytest.raises(ImageReadError, match=r"\[-2, -1\]"):
+        class_map_from_mask(np.array([[0, 1, -1, -2]], np.int16), _sample(mask=Path("m/x.png")), cfg)
 
 
 def test_ignore_values_in_every_mode():

@@ -45,3 +45,17 @@ def test_singleton_class_pairs_with_itself():
         assert label_key(a.target) == label_key(b.target)
         if a.image == 0:
             assert b.image == 0
+
+
+def test_another_patient_whenever_one_has_the_label_set_however_few():
+    """95 crops of patient A, 5 of B, one label set: every anchor gets a partner of the other patient (a sample of
+    16 candidates used to miss B about half the time and fall back to the anchor itself)."""
+    t = np.array([1.0, 0.0], np.float32)
+    ex = [CropExample(i, 0, 0, 8, t) for i in range(100)]
+    patients = ["A"] * 95 + ["B"] * 5
+    pairs = pair_examples(ex, patients, np.random.default_rng(0))
+    assert all(patients[a.image] != patients[b.image] for a, b in zip(pairs[::2], pairs[1::2]))
+    # one patient only: another image of it, never the anchor while another image exists
+    one = [CropExample(i // 2, i % 2, 0, 8, t) for i in range(6)]
+    pairs = pair_examples(one, ["A"] * 3, np.random.default_rng(0))
+    assert all(a.image != b.image for a, b in zip(pairs[::2], pairs[1::2]))

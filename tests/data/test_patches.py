@@ -45,6 +45,14 @@ def test_pad_covers_with_regular_stride(length, size, stride):
     assert _covered(starts, size, max(length, starts[-1] + size))[:length].all()
 
 
+@pytest.mark.parametrize("length, size, stride", [(300, 112, 150), (17, 16, 21), (100, 10, 35)])
+def test_pad_with_a_stride_beyond_the_size_starts_every_patch_inside(length, size, stride):
+    """stride > size samples with gaps; no patch may start past the border (it would be all reflection)."""
+    starts = tile_positions(length, size, stride, "pad")
+    assert starts == list(range(0, length, stride))
+    assert all(s < length for s in starts)
+
+
 def test_glas_tiling_count():
     # GlaS 775 x 522 with 112 px patches, stride 56, shifted last row/column: 13 x 9 patches
     patches = tile_image(522, 775, PatchConfig(size=112, stride=56, border="shift"))

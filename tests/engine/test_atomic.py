@@ -55,3 +55,37 @@ def test_a_resumed_step_removes_the_leftovers_of_killed_writes_only(tmp_path):
         fresh.write_bytes(b"live")     # a write of this run, newer than its start: not touched
     assert not stale.exists() and kept.exists() and fresh.exists()
     assert info["partial_files_removed"] == 1 and run.status("make_cam")["partial_files_removed"] == 1
+
+
+def test_writes_are_flushed_to_disk_before_the_rename(tmp_path: Path, monkeypatch):
+    """fsync of the file before os.replace (and of the folder after): a machine crash cannot leave a complete-looking
+    name on empty data."""
+    import histowsss.engine.atomic as atomic
+
+    order: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (order.append("replace"), real_replace(a, b))[1])
+    write_text(tmp_path / "a.json", "{}")
+    assert order == ["fsync", "replace", "fsync"]
+
+
+def test_damaged_files_of_a_run_name_themselves_and_the_fix(tmp_path: Path):
+    import numpy as np
+
+    from histowsss.config import load_config
+    from histowsss.engine.atomic import CorruptFileError, read_npz, write_npz
+    from histowsss.engine.run_dir import RunDir, StepError
+
+    good = tmp_path / "cams" / "a.npz"
+    write_npz(good, cam=np.ones((2, 3, 3), np.float16))
+    assert read_npz(good)["cam"].shape == (2, 3, 3)
+    for name, data in (("empty.npz", b""), ("cut.npz", good.read_bytes()[:60])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CorruptFileError, match=rf"{name}: unreadable .*re-run the step that wrote it"):
+            read_npz(tmp_path / name)
+    run = RunDir(tmp_path / "run", load_config("demo")).init()
+    run.status_path("eval_cam").parent.mkdir(parents=True, exist_ok=True)
+    run.status_path("eval_cam").write_text("")
+    with pytest.raises(StepError, match=r"eval_cam\.json: unreadable status record.*--from eval_cam --to eval_cam"):
+        run.is_done("eval_cam", "x")

@@ -71,6 +71,14 @@ def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, 
     assert "stroma" in build_report(run.path)
     cam = json.loads((run.path / "metrics" / "cam.json").read_text())
     assert cam["mode"] == ("argmax" if background == "null" else "offset")
+    sem = json.loads((run.path / "metrics" / "sem_seg.json").read_text())
+    ir = next(iter(sem["splits"].values()))["ir_labels"]
+    # ignore pixels are counted as background only where there is one (not as whichever class is first)
+    assert ("ignore_as_background" in ir) == (background != "null") and "confident_only" in ir
+    from histowsss.cli.demo_cmd import stage_table
+
+    table = stage_table(run.path)  # the demo's closing table reads either
+    assert ("IR labels (confident pixels)" in table) == (background == "null") and "IRN pseudo-masks" in table
     if background == "null":  # no background parameter to choose, and the CRF (which needs one) is refused
         assert [r["value"] for r in cam["sweep"]] == [0.0]
         from histowsss.engine.run_dir import StepError

@@ -34,6 +34,14 @@ def test_offset_mode_with_pixel_gate_and_absent_classes():
     assert (out2 == 0).all()
 
 
+def test_offset_mode_with_no_class_present_is_background_in_any_channel_order():
+    cam = np.stack([np.full((2, 2), 0.6, np.float32), np.full((2, 2), 0.4, np.float32)])
+    none = np.array([False, False])
+    assert (cams_to_labels(cam, none, [0, 1], 0, "offset", 0.0) == 0).all()
+    assert (cams_to_labels(cam[::-1].copy(), none, [1, 0], 0, "offset", 0.0) == 0).all()  # background listed last
+    assert (cams_to_labels(cam[::-1].copy(), none, [1, 0], 0, "offset", 0.0, np.ones((2, 2, 2), bool)) == 0).all()
+
+
 def test_argmax_mode_has_no_background():
     cam = np.stack([np.full((2, 2), 0.9, np.float32), np.array([[0.8, 0.1], [0.0, 0.0]], np.float32),
                     np.array([[0.1, 0.2], [0.0, 0.3]], np.float32)])

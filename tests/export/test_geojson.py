@@ -108,3 +108,24 @@ def test_regions_carry_their_class_probability():
     assert {round(f["properties"]["measurements"]["mean_probability"], 2) for f in as_uint8} == {0.9, 0.55}
     with pytest.raises(ValueError, match="probs"):
         labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], probs=probs[:, :10])
+
+
+def test_slide_outputs_stop_at_the_slide_edge():
+    """A slide's output grid rounds its last row and column up: polygons are cut to the slide, and the edge cells
+    count only their part inside it, so a slide called one class all over has exactly the slide's area."""
+    from histowsss.slides.predict import cell_areas
+
+    cell = cell_areas((3, 4), 4, 14, 10)  # 14 x 10 level-0 px on cells of 4 px: 4 x 3 cells reach 16 x 12
+    assert cell.sum() == 14 * 10 and cell[0, 0] == 16 and cell[2, 3] == 2 * 2
+    labels = np.ones((3, 4), np.uint8)
+    feats = labels_to_features(labels, ["bg", "gland"], ["#000000", "#ff0000"], scale=0.25, simplify=0,
+                               bounds=(14, 10))
+    assert len(feats) == 1
+    geom = shape(feats[0]["geometry"])
+    assert geom.bounds == (0, 0, 14, 10) and 130 <= geom.area <= 140  # (the outline's corner is chamfered)
+    assert feats[0]["properties"]["measurements"]["area_px"] == round(geom.area, 1)
+    # a region wholly past the edge is dropped
+    labels = np.zeros((3, 4), np.uint8)
+    labels[:, 3] = 1
+    assert labels_to_features(labels, ["bg", "gland"], ["#000000", "#ff0000"], scale=0.25, simplify=0,
+                              bounds=(12, 10)) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
                     "checkpoints/seg_m1.json", "checkpoints/seg_m1.safetensors", "config.yaml", "metrics/cam.json",
                     "model.json", "status/train_cam.json", "versions.json"]
     assert not list(model.parent.glob(".*partial*"))  # no temporary folder left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert model.stat().st_mode & 0o777 == 0o777 & ~umask  # made to be shared: not mkdtemp's private 0700
     card = json.loads((model / "model.json").read_text())
     assert card["network"] == "seg" and card["members"] == 2 and card["inference"]["image_gate"] is True
     assert [c["name"] for c in card["classes"]] == ["benign", "malignant"]

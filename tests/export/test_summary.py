@@ -37,3 +37,29 @@ def test_the_index_merges_invocations(tmp_path: Path):
     assert rows["c.png"]["necrosis_percent"] == "5.00" and rows["a.png"]["necrosis_percent"] == ""
     header = path.read_text().splitlines()[0].split(",")
     assert header[0] == "input" and header[-1] == "geojson"
+
+
+def test_rows_are_merged_in_batches_and_on_failure(tmp_path):
+    """A long batch does not rewrite predictions.csv after every input (quadratic); its rows still land when the
+    interval has passed, on flush, and when the batch fails."""
+    from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_inputs
+
+    def row(name):
+        return {"input": name, "kind": "image", "geojson": f"{name}.geojson"}
+
+    buf = SummaryBuffer(tmp_path, every_s=3600)
+    buf.add(row("a"))
+    buf.add(row("b"))
+    assert not (tmp_path / SUMMARY_FILE).exists()
+    buf.flush()
+    assert summarised_inputs(tmp_path) == {"a", "b"}
+    try:
+        with SummaryBuffer(tmp_path, every_s=3600) as rows:
+            rows.add(row("c"))
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert summarised_inputs(tmp_path) == {"a", "b", "c"}
+    now = SummaryBuffer(tmp_path, every_s=0)
+    now.add(row("d"))
+    assert "d" in summarised_inputs(tmp_path)

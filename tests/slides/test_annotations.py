@@ -92,3 +92,30 @@ def test_tiles_of_an_annotated_slide_get_aligned_masks(tmp_path: Path, make_slid
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "t2"), "--downsample", "2"])
     assert r.exit_code == 2 and "--mask-classes" in r.output
+
+
+def test_annotations_of_a_slide_qupath_crops_are_shifted_to_level0(tmp_path: Path, make_slide, monkeypatch):
+    """QuPath's coordinates of a slide with openslide bounds (.mrxs) start at (bounds-x, bounds-y): the same square,
+    exported from such a slide, lands on the same level-0 pixels (and with --no-crop, unshifted)."""
+    from histowsss.slides.reader import Slide
+
+    (tmp_path / "slides").mkdir()
+    make_slide(tmp_path / "slides" / "a.tif", tissue_slide_rgb(), mpp=0.25)
+    monkeypatch.setattr(Slide, "qupath_origin", property(lambda self: (20, 10)))
+    write_geojson(tmp_path / "slides" / "a.geojson", [feature([square(40, 30, 140, 130)], "gland")])  # (60,40)-(160,140)
+    m = tmp_path / "slides.csv"
+    m.write_text("image,split,patient,label,annotations\nslides/a.tif,test,p1,malignant,slides/a.geojson\n")
+    for flag, (ox, oy) in (([], (20, 10)), (["--no-crop"], (0, 0))):
+        out = tmp_path / f"tiles{len(flag)}"
+        r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "20", "--downsample", "2",
+                                "--mask-classes", "background,gland", *flag])
+        assert r.exit_code == 0, r.output
+        with open(out / "manifest.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for x in rows:
+            mask = np.asarray(Image.open(out / x["mask"]))
+            x0, y0 = int(x["x"]), int(x["y"])
+            yy, xx = np.mgrid[0:20, 0:20] * 2 + 1
+            lx, ly = 40 + ox, 30 + oy
+            want = ((xx + x0 >= lx) & (xx + x0 < lx + 100) & (yy + y0 >= ly) & (yy + y0 < ly + 100)).astype(np.uint8)
+            np.testing.assert_array_equal(mask, want)

@@ -108,3 +108,20 @@ def test_a_small_tiled_single_level_tif_is_an_image(tmp_path: Path):
     rgb = tissue_slide_rgb()
     tifffile.imwrite(tmp_path / "tiled.tif", rgb, tile=(64, 64), photometric="rgb")
     assert not is_slide_file(tmp_path / "tiled.tif")
+
+
+def test_a_pyramid_in_sub_images_is_read_with_its_levels(tmp_path: Path):
+    """OME-TIFF / bfconvert / QuPath exports keep the lower levels in SubIFDs, which openslide's generic TIFF reader
+    does not list: auto then reads the file with tiffslide, which does."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("tiffslide")
+    rgb = tissue_slide_rgb(256, 384)
+    path = tmp_path / "sub.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        tif.write(rgb, tile=(64, 64), subifds=2, photometric="rgb", metadata={"axes": "YXS"})
+        for f in (2, 4):
+            tif.write(rgb[::f, ::f], tile=(64, 64), subfiletype=1, photometric="rgb")
+    with open_slide(path) as s:
+        assert len(s.level_downsamples) == 3 and s.level_downsamples[-1] == pytest.approx(4.0, rel=0.02)
+        assert s.best_level(4.0) == 2
+        np.testing.assert_array_equal(s.read(0, 0, 64, 64, (64, 64)), rgb[:64, :64])

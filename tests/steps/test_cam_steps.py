@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -112,6 +113,11 @@ def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]  # epochs 0-1 kept, only epoch 2 trained after the restart
     assert rd.status("train_cam")["state"] == "done"
+    # the resumed network is the one an uninterrupted run trains, bit for bit
+    whole = RunDir(tmp_path / "whole", cfg).init()
+    train_cam.run(cfg, whole)
+    assert (whole.path / "checkpoints" / "cam.safetensors").read_bytes() == \
+        (rd.path / "checkpoints" / "cam.safetensors").read_bytes()
 
 
 def test_rpnet_trains_through_the_same_step(tiny_manifest, tmp_path):
@@ -326,3 +332,21 @@ def test_make_cam_cpu_amp_runs_the_cam_network_in_bfloat16():
     base = load_config("demo")
     assert make_cam.config_hash(base) == make_cam.config_hash(load_config("demo", ["make_cam.cpu_amp=false"]))
     assert make_cam.config_hash(base) != make_cam.config_hash(load_config("demo", ["make_cam.cpu_amp=true"]))
+
+
+def test_a_resumed_make_cam_makes_a_damaged_cam_again(tiny_manifest, tmp_path):
+    """A CAM file cut short by a machine crash is not taken for a finished one: make_cam, resumed, writes it anew."""
+    from histowsss.engine.atomic import read_npz
+    from histowsss.steps import make_cam
+
+    cfg = _cfg(tiny_manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="make_cam", log=lambda s: None)
+    files = sorted((rd.path / "cams").glob("*.npz"))
+    whole = files[0].read_bytes()
+    files[0].write_bytes(whole[:100])
+    record = json.loads(rd.status_path("make_cam").read_text())
+    rd.status_path("make_cam").write_text(json.dumps(dict(record, state="failed")))  # as a killed run leaves it
+    make_cam.run(cfg, rd)
+    assert rd.status("make_cam")["state"] == "done"
+    np.testing.assert_array_equal(read_npz(files[0])["cam"], np.load(io.BytesIO(whole))["cam"])

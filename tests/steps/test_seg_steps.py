@@ -63,6 +63,11 @@ def test_train_and_eval_on_pseudo_masks(dataset: Path, tmp_path: Path):
     assert all(m.startswith("[skip]") for m in msgs)
     with pytest.raises(StepError, match="overwrite"):
         train_seg.run(cfg, run)
+    # eval_seg again on fewer splits, without saving: no prediction of the earlier evaluation stays behind
+    (run.path / "pred" / "stale_other_split.png").write_bytes(b"x")
+    fewer = make_cfg(dataset, "eval_seg.save_predictions=false")
+    eval_seg.run(fewer, run, overwrite=True)
+    assert not (run.path / "pred").exists()
 
 
 def test_missing_pseudo_masks_are_a_clear_error(dataset: Path, tmp_path: Path):

@@ -66,14 +66,12 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     data_over = over.get("data", {})
     if not isinstance(data_over, dict):
         raise ConfigError("'data' is a section; override its keys, e.g. --set data.label_column=grade")
-    import csv
+    from histowsss.data.manifest import read_csv_rows
 
-    if not Path(manifest).is_file():
-        raise FileNotFoundError(f"{manifest}: manifest not found; pass the path of the manifest CSV")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        r = csv.DictReader(f)
-        cols = [c.strip() for c in (r.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in r]
+    cols, rows = read_csv_rows(Path(manifest))
+    if not rows:
+        raise ValueError(f"{manifest}: the manifest has a header but no rows; add one row per image (or make the "
+                         "manifest with `histowsss data manifest FOLDER`)")
     col = data_over.get("label_column", "label" if "label" in cols else None)
     raw: dict = {"manifest": manifest, "label_column": col,
                  "mask_column": "mask" if "mask" in cols else None}

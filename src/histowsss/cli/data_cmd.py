@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pathlib import Path
 from typing import Optional
 
@@ -61,16 +63,25 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
     with clear_errors():
         dc = data_config_from(manifest, config, set_)
-        train_min, mirrors = None, False
+        train_min, mirrors, points_file = None, False, None
         padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
-        if config is not None and min_size is None and not padded:  # train_cam refuses images smaller than its crop
+        if config is not None:
             from histowsss.config import load_config
-            from histowsss.data.crops import training_crop_size
 
-            tc = load_config(config, set_).train_cam
-            train_min = training_crop_size(dc, tc)
-            mirrors = tc.small_images == "mirror" and dc.patches is None
-        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors)
+            full = load_config(config, set_)
+            points_file = full.points.file
+            if min_size is None and not padded:  # train_cam refuses images smaller than its crop
+                from histowsss.data.crops import training_crop_size
+
+                train_min = training_crop_size(dc, full.train_cam)
+                mirrors = full.train_cam.small_images == "mirror" and dc.patches is None
+        problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors,
+                                 points_file=points_file, classes_inferred=config is None)
+        if config is not None:  # the steps' own splits: test images trained on or used to choose settings
+            from histowsss.config import data_split_leaks, split_leaks
+            from histowsss.data.check import Problem
+
+            problems += [Problem("error", str(manifest), m) for m in split_leaks(full) if m not in data_split_leaks(dc)]
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"
@@ -83,12 +94,12 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
 
 @app.command()
-def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new manifest with a split column"),
+def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new manifest with a split column (relative paths rewritten to name the same files from its folder)"),
           train: float = 0.7, val: float = 0.1, test: float = 0.2, seed: int = 0,
           label_column: str = typer.Option("label", help="column whose classes are stratified"),
           overwrite: bool = False) -> None:
     """Write a patient-grouped, class-stratified split (no patient in two splits)."""
-    from histowsss.data.manifest import read_csv_rows, write_manifest
+    from histowsss.data.manifest import read_csv_rows, rebase_paths, write_manifest
     from histowsss.data.split import grouped_stratified_split
 
     with clear_errors():
@@ -110,11 +121,14 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fractions, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
+        # relative paths that name files from the manifest's folder keep naming them from --out's folder
+        rebased = rebase_paths(rows, manifest.parent, out.parent)
         write_manifest(out, rows)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["split"]] = counts.get(r["split"], 0) + 1
-    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
+                  + (f"; {rebased} relative path(s) rewritten for its folder" if rebased else ""))
 
 
 @app.command()
@@ -139,7 +153,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     """Write a manifest for a folder of labelled images (one sub-folder per class, optionally per split first; or
     multi-label vectors in the file names with --labels-in-name); without split folders, a patient-grouped,
     class-stratified split is made."""
-    from histowsss.data.folder_manifest import manifest_from_folder, manifest_from_named_labels
+    from histowsss.data.folder_manifest import IMAGE_SUFFIXES, manifest_from_folder, manifest_from_named_labels
 
     with clear_errors():
         fractions = {"train": train, "val": val, "test": test}
@@ -163,13 +177,19 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
     console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
+    if made.empty_folders:
+        console.print(f"[yellow]warning:[/] no image ({', '.join(IMAGE_SUFFIXES)}) in "
+                      f"{escape(', '.join(made.empty_folders))}: left out of the manifest (whole-slide images are "
+                      "cut into tiles with `histowsss data tiles`)", highlight=False)
     if not made.patients_from_regex:
         console.print("[yellow]warning:[/] no --patient-regex: every image is its own patient, so images of one "
                       "patient can land in different splits; pass a pattern that extracts the patient or slide id",
                       highlight=False)
-    more = (f" --classes {labels_in_name} --background none" + (f" --mask-ignore {mask_ignore}" if mask_ignore else "")
-            if labels_in_name else "")
-    console.print(f"next: histowsss init {escape(str(made.path))} --out my.yaml{more}", highlight=False)
+    more = (f" --classes {shlex.quote(labels_in_name)} --background none"
+            + (f" --mask-ignore {shlex.quote(str(mask_ignore))}" if mask_ignore else "") if labels_in_name else "")
+    # quoted for the shell, so the line can be pasted even where paths hold spaces
+    console.print(f"next: histowsss init {escape(shlex.quote(str(made.path)))} --out my.yaml{escape(more)}",
+                  highlight=False)
 
 
 @app.command()
@@ -201,6 +221,9 @@ def tiles(manifest: Path = typer.Argument(..., help="slide manifest: image (slid
               "QuPath GeoJSON files)"),
           default_class: Optional[str] = typer.Option(None, help="class of annotations without a classification"),
           ignore_unknown: bool = typer.Option(False, help="skip annotations whose class is not in --mask-classes"),
+          no_crop: bool = typer.Option(False, "--no-crop", help="the annotations are in the uncropped level-0 "
+                                       "frame (QuPath opened the slide with --no-crop); default: QuPath's frame, "
+                                       "cropped to openslide.bounds-* where the slide has them (.mrxs)"),
           overwrite: bool = False) -> None:
     """Cut whole-slide images into tiles + a manifest; every tile inherits its slide's labels, split and patient
     (and, with QuPath annotations, gets a class mask)."""
@@ -211,5 +234,6 @@ def tiles(manifest: Path = typer.Argument(..., help="slide manifest: image (slid
                              min_tissue=min_tissue, max_tiles=max_tiles, seed=seed, tissue_threshold=tissue_threshold,
                              backend=backend, overwrite=overwrite,
                              mask_classes=[c.strip() for c in mask_classes.split(",") if c.strip()] if mask_classes
-                             else None, default_class=default_class, ignore_unknown=ignore_unknown, log=log_line)
+                             else None, default_class=default_class, ignore_unknown=ignore_unknown,
+                             no_crop=no_crop, log=log_line)
     console.print(f"manifest: {escape(str(path))}")

@@ -61,7 +61,9 @@ def stage_table(run_path: Path) -> str:
         m = json.loads(sem.read_text())
         for split, e in m["splits"].items():
             for stage, key in (("IR labels (ignore = background)", "ir_labels"), ("IRN pseudo-masks", "irn_pseudo")):
-                s = e[key]["ignore_as_background"] if key == "ir_labels" else e[key]
+                s = e[key] if key != "ir_labels" else e[key].get("ignore_as_background", e[key]["confident_only"])
+                if key == "ir_labels" and "ignore_as_background" not in e[key]:  # no background class
+                    stage = "IR labels (confident pixels)"
                 row = {"stage": stage, "split": split, "classes from": "labels", "mIoU": s["miou"]}
                 row.update({f"IoU {c}": d["iou"] for c, d in s["per_class"].items()})
                 rows.append(row)

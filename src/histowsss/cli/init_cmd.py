@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pathlib import Path
 from typing import Optional
 
@@ -47,6 +49,7 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
         write_text(out, made.text)
     for n in made.notes:
         console.print(f"- {escape(n)}", highlight=False)
-    console.print(f"wrote {escape(str(out))}\nnext: histowsss data check {escape(str(manifest))} --config "
-                  f"{escape(str(out))}\n      histowsss run {escape(str(out))} --run runs/{escape(made.config.name)}",
-                  highlight=False)
+    q = shlex.quote  # the lines can be pasted even where paths hold spaces
+    console.print(f"wrote {escape(str(out))}\nnext: histowsss data check {escape(q(str(manifest)))} --config "
+                  f"{escape(q(str(out)))}\n      histowsss run {escape(q(str(out)))} "
+                  f"--run {escape(q('runs/' + made.config.name))}", highlight=False)

@@ -33,7 +33,7 @@ import typer
 from histowsss.cli.common import clear_errors, log_line
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.export.overlay import overlay
-from histowsss.export.summary import summary_row, update_summary
+from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_inputs, summary_row
 from histowsss.slides.predict import SlideOptions
 from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
 
@@ -107,19 +107,20 @@ def apply_cpu_amp(cfg, cpu_amp: bool | None, dev, log=print) -> None:
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
-                   cpu_amp: bool | None = None, log=print) -> list[dict]:
-    """Segment ``inputs`` with the run's network; returns one record per image or slide (paths, regions per class).
+                   cpu_amp: bool | None = None, skip_existing: bool = False, log=print) -> list[dict]:
+    """Segment ``inputs`` with the run's network; returns one record per image or slide predicted (paths, regions
+    per class). ``predictions.csv`` is updated as the batch goes (every 10 s and at the end, also when it fails), and
+    ``skip_existing`` restores the rows a kill lost from the finished inputs' outputs.
 
-    Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`.
+    Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`;
+    a slide without tissue is skipped with a warning. ``skip_existing`` resumes a killed batch: inputs whose outputs
+    all exist are skipped, those with only some are predicted again (without it, any existing output is an error
+    unless ``overwrite``).
     """
-    from histowsss.data.io import read_rgb
-    from histowsss.data.loading import load_image
-    from histowsss.engine.atomic import write_bytes, write_npz, write_png
     from histowsss.engine.device import resolve_device
-    from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.export.model_bundle import bundle_networks
-    from histowsss.steps.eval_seg import labels_from_probs, predict_probs
-    from histowsss.steps.segnet_io import check_network_input, load_segnet, weights_fingerprint
+    from histowsss.slides.predict import slide_output_paths
+    from histowsss.steps.segnet_io import check_network_input, load_segnet
 
     cfg = load_run_config(run_dir)
     held = bundle_networks(run_dir)
@@ -129,69 +130,134 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                                 f"{' --supervised' if network == 'seg_supervised' else ''}`")
     files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
-    if not overwrite:
-        from histowsss.slides.predict import slide_output_paths
 
-        existing = [p for f in files for p in (slide_output_paths(out_dir, f.stem) if f in slides
-                                                  else output_paths(out_dir, f.stem)) if p.exists()]
+    def outputs_of(f: Path) -> list[Path]:
+        return slide_output_paths(out_dir, f.stem) if f in slides else output_paths(out_dir, f.stem)
+
+    if skip_existing and not overwrite:  # each input's last output is written last: all there = finished
+        done = [f for f in files if all(p.exists() for p in outputs_of(f))]
+        if done:
+            log(f"{len(done)} of {len(files)} input(s) already predicted in {out_dir}: skipped (--skip-existing)")
+            listed = summarised_inputs(out_dir)  # a kill can come between an input's outputs and its row
+            with SummaryBuffer(out_dir) as rows:
+                for f in done:
+                    if str(f) not in listed:
+                        rows.add(_summary_row(_record_from_outputs(f, f in slides, out_dir, cfg), cfg.data.mpp))
+        files = [f for f in files if f not in set(done)]
+    elif not overwrite:
+        existing = [p for f in files for p in outputs_of(f) if p.exists()]
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise FileExistsError(f"{existing[0]} already exists{more}; pass --overwrite to replace the outputs, "
-                                  "or choose another --out folder")
+            raise FileExistsError(f"{existing[0]} already exists{more}; pass --skip-existing to go on with a killed "
+                                  "batch, --overwrite to replace the outputs, or choose another --out folder")
     dev = resolve_device(device or cfg.device)
     apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
     model = load_segnet(cfg, run_dir, network, dev)
+    gate = None
+    if cfg.eval_seg.image_gate:  # the run's CAM classifier decides which classes an image may contain
+        from histowsss.steps.image_gate import ClassifierGate
+
+        gate = ClassifierGate(cfg, run_dir, dev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    blank: list[Path] = []
+    with SummaryBuffer(out_dir) as rows:  # predictions.csv keeps the finished inputs' rows if the batch is killed
+        for f in files:
+            rec = _predict_one(f, f in slides, cfg, model, dev, out_dir, gate, slide_options, simplify, min_area,
+                               network, run_dir, log)
+            if rec is None:
+                blank.append(f)
+                continue
+            records.append(rec)
+            rows.add(_summary_row(rec, cfg.data.mpp))
+    if blank:
+        log(f"warning: {len(blank)} slide(s) without tissue, no outputs: {', '.join(f.name for f in blank)}")
+    if records:
+        log(f"per-input class fractions and areas: {out_dir / SUMMARY_FILE}")
+    return records
+
+
+def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, slide_options, simplify: float,
+                 min_area: float, network: str, run_dir: Path, log) -> dict | None:
+    """Segment one image or slide and write its outputs; its record, or None for a slide without tissue."""
+    from histowsss.data.io import read_rgb
+    from histowsss.data.loading import load_image
+    from histowsss.engine.atomic import write_bytes, write_npz, write_png
+    from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
+    from histowsss.slides.predict import NoTissueError, predict_slide_file
+    from histowsss.steps.eval_seg import labels_from_probs, predict_probs
+    from histowsss.steps.segnet_io import weights_fingerprint
+
     classes = cfg.data.classes
     colors_hex = [classes.color(n) for n in classes.names]
     colors = [hex_to_rgb(c) for c in colors_hex]
     bg = classes.background_index  # None (e.g. tissue types): every class is tinted and exported
     scale = cfg.data.image_scale
-    gate = None
-    if cfg.eval_seg.image_gate:  # the run's CAM classifier decides which classes an image may contain
-        from histowsss.steps.image_gate import ClassifierGate, apply_gate
+    if is_slide:
+        try:
+            return predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
+                                      simplify=simplify, min_area=min_area, network=network,
+                                      weights=weights_fingerprint(run_dir, network), log=log)
+        except NoTissueError as e:  # an empty glass slide in a batch: said, and the batch goes on
+            log(f"warning: {e}; skipped")
+            return None
+    original = read_rgb(f)
+    img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
+    probs = predict_probs(model, img, cfg, dev)
+    if gate is not None:
+        from histowsss.steps.image_gate import apply_gate
 
-        gate = ClassifierGate(cfg, run_dir, dev)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for f in files:
-        if f in slides:
-            from histowsss.slides.predict import predict_slide_file
+        probs = apply_gate(probs, gate.absent(img), classes.background_index)
+    lab = labels_from_probs(probs, cfg)
+    H, W = original.shape[:2]
+    lab0 = lab
+    if lab.shape != (H, W):
+        from PIL import Image
 
-            records.append(predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
-                                              simplify=simplify, min_area=min_area, network=network,
-                                              weights=weights_fingerprint(run_dir, network), log=log))
-            continue
-        original = read_rgb(f)
-        img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
-        probs = predict_probs(model, img, cfg, dev)
-        if gate is not None:
-            probs = apply_gate(probs, gate.absent(img), classes.background_index)
-        lab = labels_from_probs(probs, cfg)
-        H, W = original.shape[:2]
-        lab0 = lab
-        if lab.shape != (H, W):
-            from PIL import Image
+        lab0 = np.asarray(Image.fromarray(lab).resize((W, H), Image.NEAREST))
+    labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, f.stem)
+    write_png(labels_p, lab0)
+    write_npz(prob_p, probs=probs.astype(np.float16), classes=np.array(classes.names),
+              image_scale=np.array(scale), level0_size=np.array((H, W)))
+    write_png(overlay_p, overlay(original, lab0, colors, bg))
+    feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
+                               min_area=min_area, id_prefix=f.stem, probs=probs)
+    write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())  # the last output: all there = finished
+    counts = _region_counts(feats, classes.names, bg)
+    log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
+    return _image_record(f, out_dir, lab0, counts, classes.names)
 
-            lab0 = np.asarray(Image.fromarray(lab).resize((W, H), Image.NEAREST))
-        labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, f.stem)
-        write_png(labels_p, lab0)
-        write_npz(prob_p, probs=probs.astype(np.float16), classes=np.array(classes.names),
-                  image_scale=np.array(scale), level0_size=np.array((H, W)))
-        write_png(overlay_p, overlay(original, lab0, colors, bg))
-        feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
-                                   min_area=min_area, id_prefix=f.stem, probs=probs)
-        write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
-        counts = {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
-                  for i, n in enumerate(classes.names) if i != bg}
-        log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
-        px = np.bincount(lab0.ravel(), minlength=len(classes.names))
-        records.append({"input": str(f), "kind": "image", "labels": str(labels_p), "probs": str(prob_p),
-                        "overlay": str(overlay_p), "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
-                        "area_level0_px": {n: float(px[i]) for i, n in enumerate(classes.names)}})
-    summary = update_summary(out_dir, [_summary_row(r, cfg.data.mpp) for r in records])
-    log(f"per-input class fractions and areas: {summary}")
-    return records
+
+def _region_counts(feats: list[dict], names: list[str], bg: int | None) -> dict[str, int]:
+    """GeoJSON regions per non-background class."""
+    return {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)
+            for i, n in enumerate(names) if i != bg}
+
+
+def _image_record(f: Path, out_dir: Path, lab0: np.ndarray, counts: dict[str, int], names: list[str]) -> dict:
+    """The record of a predicted image from its level-0 label map and region counts."""
+    labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, f.stem)
+    H, W = lab0.shape
+    px = np.bincount(lab0.ravel(), minlength=len(names))
+    return {"input": str(f), "kind": "image", "labels": str(labels_p), "probs": str(prob_p),
+            "overlay": str(overlay_p), "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
+            "area_level0_px": {n: float(px[i]) for i, n in enumerate(names)}}
+
+
+def _record_from_outputs(f: Path, is_slide: bool, out_dir: Path, cfg) -> dict:
+    """The record of an input predicted earlier, read back from its outputs (a slide's summary JSON; an image's
+    label PNG and GeoJSON): rows of predictions.csv that a killed batch did not write."""
+    from histowsss.data.io import read_mask
+    from histowsss.slides.predict import slide_output_paths
+
+    if is_slide:
+        return json.loads(slide_output_paths(out_dir, f.stem)[-1].read_text())
+    labels_p, _, _, geo_p = output_paths(out_dir, f.stem)
+    feats = json.loads(geo_p.read_text())["features"]
+    names = cfg.data.classes.names
+    return _image_record(f, out_dir, read_mask(labels_p), _region_counts(feats, names, cfg.data.classes.background_index),
+                         names)
 
 
 def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
@@ -210,6 +276,9 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                       "or a model folder written by `histowsss export`"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             overwrite: bool = typer.Option(False, help="replace existing outputs"),
+            skip_existing: bool = typer.Option(False, help="go on with a killed batch: inputs whose outputs all "
+                                               "exist are skipped, the others predicted (a slide's cached tiles "
+                                               "reused)"),
             recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "
                                            "folders given (output names must stay unique)"),
             supervised: bool = typer.Option(False, help="use the supervised upper-bound network (seg_supervised)"),
@@ -232,6 +301,9 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                              "0.05-0.2)"),
             slide_backend: str = typer.Option("auto", help="slides: auto (openslide, else tiffslide), openslide or "
                                               "tiffslide"),
+            no_crop: bool = typer.Option(False, "--no-crop", help="slides: GeoJSON in the uncropped level-0 frame "
+                                         "(for QuPath images opened with --no-crop); default: QuPath's frame, which "
+                                         "starts at openslide.bounds-x/y where the slide has them (.mrxs)"),
             cpu_amp: Optional[bool] = typer.Option(
                 None, "--cpu-amp/--no-cpu-amp", help="bfloat16 inference on the CPU for the segmentation network and "
                 "the image gate's classifier (default: the run's eval_seg.cpu_amp / make_cam.cpu_amp); --no-cpu-amp "
@@ -243,6 +315,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
                               min_area=min_area, log=log_line, recursive=recursive, cpu_amp=cpu_amp,
+                              skip_existing=skip_existing,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
-                                                         out_factor, tissue_threshold, slide_backend))
+                                                         out_factor, tissue_threshold, slide_backend, no_crop))
     log_line(f"{len(recs)} image(s) -> {out}")

@@ -61,11 +61,14 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         splits = comma_list(split_h, "--split-h", float, "0,3,6") or [0.0]
         if (hole_areas or split_h) and not areas:
             raise ValueError("--hole-areas and --split-h need --object-areas (give 0 to leave small objects alone)")
-        res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
-                       holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
-        if areas:
-            res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
-        write_json(out, res)
+        from histowsss.engine.run_dir import run_lock
+
+        with run_lock(run_dir, "histowsss tune", create=False):
+            res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
+                           holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
+            if areas:
+                res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
+            write_json(out, res)
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
     crit = res["criterion"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from histowsss.config import DataConfig
+from histowsss.config import DataConfig, data_split_leaks
 from histowsss.data.io import ImageReadError, image_size, read_mask, read_rgb
 from histowsss.data.manifest import ManifestError, scan_manifest
 from histowsss.data.masks import class_map_from_mask
@@ -30,16 +30,83 @@ def _message(e: BaseException, file: str) -> str:
     return msg
 
 
+def _labels_from_masks(cfg: DataConfig) -> bool:
+    """Whether training labels are read from the masks (no label column, or patch labels by mask fraction)."""
+    return cfg.label_column is None or (cfg.patches is not None and cfg.patches.label_rule == "mask_fraction")
+
+
+def _class_coverage(cfg: DataConfig, samples: list, manifest: str, level: str = "error") -> list[Problem]:
+    """A problem per class (background aside) that no image of the training splits is labelled with: the CAM
+    classifier would see it only as a negative and could never localise it."""
+    if cfg.label_column is None or _labels_from_masks(cfg):
+        return []
+    train = [s for s in samples if s.split in cfg.train_splits]
+    if not train:
+        return []
+    seen = {lab for s in train for lab in s.labels}
+    if level == "warning":  # classes read off the labels: only those some image carries (not a placeholder)
+        seen |= set(cfg.classes.names) - {lab for s in samples for lab in s.labels}
+    return [Problem(level, manifest, f"class {c!r} has no image in the training splits "
+                    f"({', '.join(cfg.train_splits)}): it cannot be learnt; label some training images {c!r} "
+                    "(e.g. re-split with `histowsss data split`) or remove it from data.classes.names")
+            for c in cfg.classes.names if c != cfg.classes.background and c not in seen]
+
+
+def _points_file_problems(points_file, cfg: DataConfig, samples: list) -> tuple[list[Problem], dict]:
+    """Problems of ``points.file`` (unreadable, unknown class, names not in the manifest) and its clicks by name."""
+    from pathlib import Path
+
+    from histowsss.data.points import PointsError, read_points_file
+
+    path = str(points_file)
+    try:
+        clicks = read_points_file(Path(points_file), cfg.classes)
+    except (PointsError, FileNotFoundError) as e:
+        return [Problem("error", path, _message(e, path))], {}
+    names = {s.name for s in samples}
+    unknown = sorted(set(clicks) - names)
+    problems = []
+    if unknown:
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        problems.append(Problem("warning", path, f"clicks for {len(unknown)} image(s) not in the manifest, e.g. "
+                                f"{', '.join(map(repr, unknown[:3]))}{more}: they are not used; the image column "
+                                "holds the manifest's image name (its 'name' column, else the file name without "
+                                "extension)"))
+    return problems, clicks
+
+
+def _instance_mask_problem(s, cfg: DataConfig, hw: tuple[int, int]) -> Problem | None:
+    """The instance mask (``mask_cc`` column) of ``s``: readable and the size of its image, or a Problem."""
+    from histowsss.data.manifest import data_root, manifest_path
+    from histowsss.data.masks import INSTANCE_COLUMN
+
+    rel = (s.extra.get(INSTANCE_COLUMN) or "").strip()
+    if not rel:
+        return None
+    path = manifest_path(data_root(cfg), rel)
+    try:
+        read_mask(path, expected_hw=hw)
+    except ImageReadError as e:
+        return Problem("error", str(path), f"{_message(e, str(path))} (instance mask of {s.image})")
+    except Exception as e:
+        return Problem("error", str(path), f"cannot be read ({type(e).__name__}: {e}) (instance mask of {s.image})")
+    return None
+
+
 def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True,
-                  train_min_size: int | None = None, train_mirrors: bool = False) -> list[Problem]:
+                  train_min_size: int | None = None, train_mirrors: bool = False,
+                  points_file=None, classes_inferred: bool = False) -> list[Problem]:
     """Return every problem found (errors and warnings); an empty list means the data is usable.
 
     Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
-    mask and every patient found in several splits is listed (nothing stops at the first problem).
+    mask (instance masks too), every patient found in several splits, every class without a training image, and
+    every training image without the mask its labels are read from is listed (nothing stops at the first problem).
     ``min_size`` (scaled pixels) defaults to the patch size when ``cfg.patches`` tiles without padding;
     ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold); with
     ``train_mirrors`` (``train_cam.small_images=mirror``) a training image under it is a warning (it will be
-    mirrored out to the crop), not an error.
+    mirrored out to the crop), not an error. ``points_file`` (``points.file``) is read and its clicks checked too.
+    ``classes_inferred``: the classes were read off the label column (no config says which is background), so a
+    class without training images is a warning (it may be the background class), not an error.
     """
     manifest = str(cfg.manifest)
     try:
@@ -57,6 +124,13 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("warning", manifest,
                                         f"data.{key} names split {split!r} but no image is in it (the manifest has: "
                                         f"{', '.join(present)}); set data.{key} or fix the split column"))
+    problems += [Problem("error", manifest, m) for m in data_split_leaks(cfg)]
+    problems += _class_coverage(cfg, samples, manifest, "warning" if classes_inferred else "error")
+    file_clicks: dict = {}
+    if points_file is not None:
+        found, file_clicks = _points_file_problems(points_file, cfg, samples)
+        problems += found
+    from_masks = _labels_from_masks(cfg)
     if min_size is None and cfg.patches is not None and cfg.patches.border != "pad":
         min_size = cfg.patches.size
     it = samples
@@ -104,7 +178,22 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                                             "y = row) of the image"))
             except PointsError as e:
                 problems.append(Problem("error", image, str(e)))
+        if s.name in file_clicks:
+            from histowsss.data.points import check_points
+
+            for msg in check_points(list(file_clicks[s.name]), (w, h), str(points_file)):
+                problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
+                                        "y = row) of the image"))
+        if s.mask is None and from_masks and s.split in cfg.train_splits:
+            rule = ("data.label_column is null" if cfg.label_column is None
+                    else "data.patches.label_rule is mask_fraction")
+            problems.append(Problem("error", image, f"training image without a mask, but its labels are read from "
+                                    f"the masks ({rule}); fill in its {cfg.mask_column or 'mask'} column or remove "
+                                    "the row"))
         if s.mask is not None:
+            problem = _instance_mask_problem(s, cfg, (h, w))
+            if problem is not None:
+                problems.append(problem)
             mask = str(s.mask)
             try:
                 raw = read_mask(s.mask, expected_hw=(h, w))

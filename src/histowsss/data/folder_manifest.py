@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class FolderManifest:
     splits_from_folders: bool
     patients_from_regex: bool
     masks_found: int = 0
+    empty_folders: list[str] = field(default_factory=list)  # class folders without one readable image
 
 
 def _images_below(folder: Path) -> list[Path]:
@@ -197,7 +198,9 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     rows: list[dict[str, str]] = []
     unmatched: list[str] = []
     seen: dict[str, Path] = {}
+    empty: list[str] = []
     for split, cls in groups:
+        n_before = len(rows)
         for img in _without_masks(_images_below(cls), root, skip, mask_index):
             patient = _claim(img, root, pattern, seen, unmatched)
             if patient is None:
@@ -207,6 +210,8 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
                 m = mask_index.get(img.stem)
                 row["mask"] = _relpath(m, out) if m is not None else ""
             rows.append(row)
+        if len(rows) == n_before and not unmatched:
+            empty.append(str(cls.relative_to(root)))
     _refuse_unmatched(root, unmatched, patient_regex)
     if not rows:
         raise FolderLayoutError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class sub-folders")
@@ -214,7 +219,9 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     if len(labels) < 2:
         raise FolderLayoutError(f"{root}: one class only ({labels[0]}); a classifier needs at least two class "
                                 "sub-folders (e.g. normal/ and tumour/)")
-    return _finish(root, out, rows, unmatched, patient_regex, by_split, label_column, fractions, seed)
+    made = _finish(root, out, rows, unmatched, patient_regex, by_split, label_column, fractions, seed)
+    made.empty_folders = empty
+    return made
 
 
 NAMED_LABEL = re.compile(r"\[([^\[\]]*)\][^\[\]]*$")  # the last [...] of a file name

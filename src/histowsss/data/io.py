@@ -142,6 +142,11 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ImageReadError(f"{path}: unsupported shape {img.shape}; expected H x W x 3 (RGB) or x 4 (RGBA)")
     if img.dtype == np.uint16:
+        top = int(img[..., :3].max())
+        if 0 < top <= 4095:  # 10/12-bit camera data in a 16-bit file: / 257 leaves it nearly black
+            warnings.warn(f"{path}: 16-bit image whose values stop at {top} (10- or 12-bit data?); read as 16-bit it "
+                          "is almost black. Export it as 8-bit RGB, or rescale it to the full 16-bit range",
+                          UserWarning, stacklevel=2)
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
         if np.issubdtype(img.dtype, np.floating) and img.min() >= 0 and img.max() <= 1:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
 from histowsss.config import ClassMap, DataConfig
 
 REQUIRED_COLUMNS = ("image", "split", "patient")
+PATH_COLUMNS = ("image", "mask", "mask_cc")  # the columns that hold file paths (relative to the manifest's folder)
 
 
 class ManifestError(ValueError):
@@ -37,6 +39,73 @@ class Sample:
         for lab in self.labels:
             t[classes.index(lab)] = 1.0
         return t
+
+
+def _delimiter(header: str) -> str:
+    """The separator of a CSV header line: ``,`` unless the line has none and has ``;`` (Excel in many European
+    locales) or tabs."""
+    if "," in header:
+        return ","
+    counts = {d: header.count(d) for d in (";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of a CSV file, columns stripped, values as written; a BOM (Excel) is tolerated and a file
+    separated by ``;`` or tabs instead of commas is read too. Text that is not UTF-8 raises ManifestError naming
+    the file and the fix."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
+            header = f.readline()
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=_delimiter(header))
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "") for k, v in r.items() if k is not None} for r in reader]
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as 'CSV UTF-8' "
+                            "(Excel: Save As > CSV UTF-8; or `iconv -f cp1252 -t utf-8`)") from None
+    except csv.Error as e:
+        raise ManifestError(f"{path}: not a readable CSV ({e}); save it as UTF-8 CSV with a header row") from None
+    return columns, rows
+
+
+def manifest_path(root: Path, value: str) -> Path:
+    """The file a manifest cell names, relative to ``root`` (absolute paths kept). A path written with Windows
+    separators (``images\\a.png``, a manifest made on Windows) is read with ``/`` where the path as written names
+    no file, so it is found on Linux and macOS too (a file whose name holds a backslash still is)."""
+    value = value.strip()
+    path = Path(root) / value
+    if "\\" in value and os.sep == "/" and not path.exists():
+        return Path(root) / PureWindowsPath(value).as_posix()
+    return path
+
+
+def rebase_paths(rows: list[dict[str, str]], src_folder: Path, dst_folder: Path,
+                 columns: tuple[str, ...] = PATH_COLUMNS + ("annotations",)) -> int:
+    """Rewrite, in place, the relative paths of ``columns`` that name a file from ``src_folder`` so that they name it
+    from ``dst_folder``: a manifest written into another folder still names the same files. Paths naming no file
+    from ``src_folder`` (relative to a ``data.root`` elsewhere, say) and absolute paths are kept. Returns the count
+    rewritten."""
+    src, dst = Path(os.path.abspath(src_folder)), Path(os.path.abspath(dst_folder))
+    if src == dst:
+        return 0
+    n = 0
+    for r in rows:
+        for col in columns:
+            value = (r.get(col) or "").strip()
+            if not value or Path(value).is_absolute() or PureWindowsPath(value).is_absolute():
+                continue
+            target = manifest_path(src, value)
+            if not target.exists():
+                continue
+            try:
+                r[col] = Path(os.path.relpath(os.path.normpath(target), dst)).as_posix()
+            except ValueError:  # another drive (Windows): no relative path exists
+                r[col] = os.path.normpath(target)
+            n += 1
+    return n
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -96,13 +165,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
     if path.is_dir():
         raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")
     root = data_root(cfg)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ManifestError(f"{path}: not a readable CSV ({e}); save it as UTF-8 CSV with a header row") from None
+    columns, rows = read_table(path)
     # a points column that is named but absent would silently give no clicks at all
     required = (list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
                 + ([cfg.points_column] if cfg.points_column else []))
@@ -112,6 +175,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
     problems: list[str] = []
     samples: list[Sample] = []
     names_seen: dict[str, int] = {}
+    files_seen: dict[str, tuple[int, str]] = {}
     for i, r in enumerate(rows, start=2):
         img_rel = r["image"].strip()
         if not img_rel:
@@ -140,13 +204,19 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
             row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "
                                 "(fill in the label or set data.classes.background)")
         name = r.get("name", "").strip() or Path(img_rel).stem
-        if name in names_seen:
+        image = manifest_path(root, img_rel)
+        key = os.path.normcase(os.path.normpath(os.path.abspath(image)))
+        if key in files_seen:  # e.g. manifests of two sources joined: a test image also in train leaks
+            j, other_split = files_seen[key]
+            row_problems.append(f"row {i} ({img_rel}, split {split or '?'}): the same image file as row {j} (split "
+                                f"{other_split or '?'}); an image may appear once: delete one of the rows")
+        elif name in names_seen:
             row_problems.append(f"row {i} ({img_rel}): duplicate image name {name!r} (also row {names_seen[name]}); "
                                 "names must be unique: add a unique 'name' column or rename the file")
-        image = root / img_rel
+        files_seen.setdefault(key, (i, split))
         mask = None
         if cfg.mask_column and cfg.mask_column in r and r[cfg.mask_column].strip():
-            mask = root / r[cfg.mask_column].strip()
+            mask = manifest_path(root, r[cfg.mask_column])
         if check_files:
             if not image.exists():
                 row_problems.append(f"row {i}: image {image}: file not found; fix the path in the manifest or "
@@ -195,11 +265,8 @@ def read_csv_rows(path: Path, what: str = "manifest", fix: str = "pass the path 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found; {fix}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
-    return columns, rows
+    columns, rows = read_table(path)
+    return columns, [{k: v.strip() for k, v in r.items()} for r in rows]
 
 
 def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 
 from histowsss.config import DataConfig
 from histowsss.data.io import ImageReadError, read_mask
-from histowsss.data.manifest import Sample, data_root
+from histowsss.data.manifest import Sample, data_root, manifest_path
 
 IGNORE = 255
 
@@ -29,7 +29,7 @@ def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.
         out = raw.astype(np.int64)
         if ignored is not None:
             out[ignored] = IGNORE
-        bad = (out >= len(classes.names)) & (out != IGNORE)
+        bad = ((out >= len(classes.names)) | (out < 0)) & (out != IGNORE)  # negative: a signed label map
         if bad.any():
             raise ImageReadError(
                 f"{sample.mask}: mask value(s) {sorted(np.unique(out[bad]).tolist())[:5]} are not class ids "
@@ -55,7 +55,9 @@ def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.
 def load_class_mask(sample: Sample, cfg: DataConfig, image_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read ``sample.mask`` and convert it to a class-id map at the configured image scale."""
     if sample.mask is None:
-        raise ImageReadError(f"{sample.image}: no mask in the manifest ({cfg.mask_column} column); evaluation needs one")
+        raise ImageReadError(f"{sample.image}: no mask in the manifest ({cfg.mask_column} column), and this step needs "
+                             "one (evaluation; training labels read from masks); fill in the column or remove the row "
+                             "(`histowsss data check` lists every such row)")
     raw = read_mask(sample.mask, expected_hw=image_hw)
     m = class_map_from_mask(raw, sample, cfg)
     if cfg.image_scale != 1.0:
@@ -80,7 +82,7 @@ def load_instance_mask(sample: Sample, cfg: DataConfig, gt_class: np.ndarray,
     rel = (sample.extra.get(INSTANCE_COLUMN) or "").strip()
     if not rel:
         return None
-    path = data_root(cfg) / rel
+    path = manifest_path(data_root(cfg), rel)
     cc = read_mask(path).astype(np.int64)
     if cfg.image_scale != 1.0:
         cc = resize(cc, cfg.image_scale, nearest=True)

@@ -33,7 +33,8 @@ def tile_positions(length: int, size: int, stride: int, border: str) -> list[int
         raise PatchError(f"length {length} < patch size {size}")
     if border == "pad":
         n = max(1, int(np.ceil(max(length - size, 0) / stride)) + 1)
-        return [i * stride for i in range(n)]
+        # every patch starts inside the image (with stride > size the last one could start past it: all mirror)
+        return [i * stride for i in range(n) if i * stride < length]
     starts = list(range(0, length - size + 1, stride))
     if border == "shift" and starts[-1] + size < length:
         starts.append(length - size)

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename."""
+"""Atomic file writes: write to a temporary file in the same folder, flush it to disk, then rename (and flush the
+folder), so that after a kill or a machine crash a file is either whole or absent; reading back with clear errors."""
 
 from __future__ import annotations
 
@@ -57,10 +58,46 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)
+        _fsync(tmp_path)  # the data on disk before the name: a crash cannot leave a whole-looking empty file
         os.replace(tmp_path, path)
+        _fsync(path.parent)  # the rename itself
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data to disk (best effort: some file systems refuse it for folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CorruptFileError(ValueError):
+    """A file a step wrote cannot be read back (truncated or empty); the message names it and the fix."""
+
+
+def read_npz(path: Path | str, fix: str = "delete it and re-run the step that wrote it with --overwrite"
+             ) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, read now; a truncated or empty file raises CorruptFileError naming it."""
+    import zipfile
+    import zlib
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise CorruptFileError(f"{path}: unreadable ({type(e).__name__}: {e}); the file is truncated or damaged "
+                               f"(a machine stopped while writing it?): {fix}") from None
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

@@ -26,15 +26,19 @@ def status_name(cfg: RunConfig, name: str, module) -> str:
 DISTRIBUTED_STEPS = ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised")
 
 
-def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
-                 overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``.
-
-    Under torchrun (WORLD_SIZE > 1) only the segmentation steps may have work to do: every other step would run
-    once per process, all on the same files."""
+def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
+               overwrite: bool = False) -> list[tuple]:
+    """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), checked before
+    anything is written: test splits that are not held out (:func:`histowsss.config.split_leaks`), unknown step
+    names, and under torchrun (WORLD_SIZE > 1) steps other than the
+    segmentation ones with work to do (they would run once per process, all on the same files), are errors."""
+    from histowsss.config import split_leaks
     from histowsss.engine.distributed import env_world
 
-    plan = []  # (name, module, hash, status key, reason it is off or None)
+    leaks = split_leaks(cfg)
+    if leaks:  # test images trained on, or settings chosen on them
+        raise ConfigError("; ".join(leaks))
+    plan = []
     for name in select_steps(start, stop):
         mod = step_module(name)
         plan.append((name, mod, mod.config_hash(cfg), status_name(cfg, name, mod),
@@ -48,6 +52,14 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                               "segmentation steps share their work: run the earlier steps in one process first "
                               f"(`histowsss run CONFIG -r {run.path} --to eval_sem_seg`), then torchrun with "
                               "--from train_seg --to eval_seg")
+    return plan
+
+
+def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
+                 overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
+    (see :func:`plan_steps` for what is refused)."""
+    plan = plan_steps(cfg, run, start, stop, overwrite)
     results: dict[str, dict] = {}
     for name, mod, h, key, off in plan:
         if off:

@@ -19,6 +19,46 @@ class StepError(RuntimeError):
     """A step cannot run (missing inputs, stale inputs, finished result without --overwrite)."""
 
 
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[None]:
+    """Hold ``folder/.lock`` while ``what`` works in the run folder: a second histowsss process on the same folder
+    (whose cleanup of a killed run's temporary files would delete the first one's writes in flight) is refused with
+    a clear error. The lock goes with the process, so a killed run leaves none behind. Under torchrun only the first
+    process locks. Where the file system has no locks (some network mounts), nothing is checked. ``create``: make the
+    folder if missing (else a missing folder is not locked)."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    folder = Path(folder)
+    if not folder.is_dir() and not create:  # nothing to guard: the command reports the missing folder itself
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            raise StepError(f"{folder}: {holder} is working in this run folder; wait for it to finish (or stop it) "
+                            "before starting another command that writes here") from None
+        except OSError:  # no locking on this file system
+            pass
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} ({what})".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
 class RunDir:
     """A self-describing run folder: ``config.yaml``, ``versions.json``, ``status/<step>.json`` and outputs."""
 
@@ -35,9 +75,11 @@ class RunDir:
         names the one it ran with (``run_config``), beside the hash of the sections it used. Networks record
         their input settings, checked by ``predict``.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
         text = dump_config(self.cfg)
         self.config_file = f"config_history/{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+        if os.environ.get("RANK", "0") != "0":  # under torchrun the first process writes the run's records
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / self.config_file).exists():
             (self.path / "config_history").mkdir(exist_ok=True)
             write_text(self.path / self.config_file, text)
@@ -54,8 +96,16 @@ class RunDir:
         return self.path / "status" / f"{step}.json"
 
     def status(self, step: str) -> dict[str, Any] | None:
+        """The step's status record, or None if it never started; an unreadable record is a StepError."""
         p = self.status_path(step)
-        return json.loads(p.read_text()) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StepError(f"{p}: unreadable status record ({e}; a machine stopped while writing it?); delete it, "
+                            f"then `histowsss run CONFIG --run {self.path} --from {step} --to {step}` runs that step "
+                            "again (without --overwrite, which would redo every step of the range)") from None
 
     def is_done(self, step: str, config_hash: str) -> bool:
         st = self.status(step)

@@ -28,7 +28,8 @@ def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
     ``allowed`` (C, H, W), indexed by class id, gates classes per pixel as well (patch labels,
     data/label_gate.py); background included.
     mode 'threshold': background score is ``value`` (the CAMs have no background channel);
-    mode 'offset': the background class has its own CAM channel, shifted by ``value`` before the argmax;
+    mode 'offset': the background class has its own CAM channel, shifted by ``value`` before the argmax (a pixel
+    where no class has a score, e.g. none present, is background whatever the order of ``class_ids``);
     mode 'argmax': no background class (``background`` and ``value`` unused): the best present class; an image
     with no class present takes the best of all.
     """
@@ -53,4 +54,7 @@ def cams_to_labels(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[in
             out = ids[np.argmax(scores, axis=0)].astype(np.uint8)
             out[none] = fallback[none]
             return out
-    return ids[np.argmax(scores, axis=0)].astype(np.uint8)
+    out = ids[np.argmax(scores, axis=0)].astype(np.uint8)
+    if mode == "offset":  # argmax of all -inf is index 0, which need not be the background channel
+        out[~np.isfinite(scores).any(axis=0)] = background
+    return out

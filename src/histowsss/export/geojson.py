@@ -98,11 +98,31 @@ def _round_coords(obj: Any, ndigits: int) -> Any:
     return obj
 
 
+def _clip(geom, bounds: tuple[float, float]):
+    """``geom`` cut to the box (0, 0, width, height): a Polygon or MultiPolygon, or None when nothing is left."""
+    from shapely.geometry import MultiPolygon, Polygon, box
+
+    w, h = bounds
+    minx, miny, maxx, maxy = geom.bounds
+    if minx >= 0 and miny >= 0 and maxx <= w and maxy <= h:
+        return geom
+    cut = geom.intersection(box(0, 0, w, h))
+    parts = [g for g in getattr(cut, "geoms", [cut]) if isinstance(g, Polygon) and g.area > 0]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
+
+
 def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[str],
                        background: int | None = 0, scale: float = 1.0, simplify: float = 0.5,
                        min_area: float = 0.0, id_prefix: str = "", ndigits: int = 2,
-                       probs: np.ndarray | None = None) -> list[dict]:
+                       probs: np.ndarray | None = None, bounds: tuple[float, float] | None = None,
+                       origin: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
     """GeoJSON features of every non-background class of a class-id map (IGNORE pixels are skipped).
+
+    ``bounds`` (width, height), in output coordinates: polygons are cut to that box (a slide's output grid rounds
+    its last row and column up, past the slide's edge). ``origin`` (output coordinates) is subtracted from every
+    coordinate after the cut: the corner of QuPath's cropped frame (``Slide.qupath_origin``).
 
     ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the measurements
     ``mean_probability`` and ``min_probability`` of its class over its pixels (QuPath lists them per annotation,
@@ -124,6 +144,14 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
             continue
         for j, (geom, (sl, pixels)) in enumerate(region_polygons(mask, scale=scale, simplify=simplify,
                                                                   min_area=min_area, with_pixels=True)):
+            if bounds is not None:
+                geom = _clip(geom, bounds)
+                if geom is None:
+                    continue
+            if origin != (0.0, 0.0) and origin != (0, 0):
+                from shapely.affinity import translate
+
+                geom = translate(geom, -origin[0], -origin[1])
             measurements = {"area_px": round(float(geom.area), 1)}
             if probs is not None:
                 p = np.asarray(probs[c][sl], dtype=np.float32)[pixels] * unit

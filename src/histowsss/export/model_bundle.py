@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -161,6 +162,9 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
                               "--overwrite only replaces an earlier export: choose a new or empty --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); a bundle is made to be shared
     try:
         for f in files:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)

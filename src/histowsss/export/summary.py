@@ -56,3 +56,42 @@ def update_summary(out_dir: Path, rows: list[dict[str, str]]) -> Path:
     w.writerows(merged.values())
     write_text(path, buf.getvalue())
     return path
+
+
+def summarised_inputs(out_dir: Path) -> set[str]:
+    """The inputs ``out_dir/predictions.csv`` has a row for (empty when there is none)."""
+    path = Path(out_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["input"] for r in csv.DictReader(f) if r.get("input")}
+
+
+class SummaryBuffer:
+    """Rows for ``predictions.csv`` merged into it every ``every_s`` seconds and on :meth:`flush` (also when a
+    ``with`` block ends by an error), so a long batch keeps its finished rows without rewriting the whole file after
+    every input (which would cost time quadratic in the batch)."""
+
+    def __init__(self, out_dir: Path, every_s: float = 10.0):
+        import time
+
+        self.out_dir, self.every_s, self._clock = Path(out_dir), every_s, time.monotonic
+        self.pending: list[dict[str, str]] = []
+        self.last = self._clock()
+
+    def add(self, row: dict[str, str]) -> None:
+        self.pending.append(row)
+        if self._clock() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            update_summary(self.out_dir, self.pending)
+            self.pending = []
+        self.last = self._clock()
+
+    def __enter__(self) -> "SummaryBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()

@@ -79,8 +79,9 @@ def working_downsample(path: object, slide_mpp: float | None, train_mpp: float |
         return float(downsample)
     if train_mpp is None:
         raise ValueError(f"{path}: the run config does not say the training images' resolution (data.mpp), so the "
-                         "slide cannot be read at it: set data.mpp in the config (microns per pixel of the training "
-                         "images), or pass --downsample (level-0 slide pixels per network pixel)")
+                         "slide cannot be read at it: pass --train-mpp (microns per pixel of the training images), "
+                         "or --downsample (level-0 slide pixels per network pixel); for the next run, set data.mpp "
+                         "before training (`histowsss init --mpp`)")
     if slide_mpp is None:
         raise ValueError(f"{path}: the slide's metadata has no microns-per-pixel value: pass --slide-mpp (its level-0 "
                          "resolution) or --downsample (level-0 slide pixels per network pixel)")

@@ -43,9 +43,23 @@ class SlideOptions:
     out_factor: int = 4
     tissue_threshold: float | None = None
     backend: str = "auto"
+    no_crop: bool = False  # GeoJSON in the uncropped level-0 frame (QuPath images opened with --no-crop)
 
 
 SLIDE_OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", "_tissue.png", ".geojson", "_slide.json")
+
+
+def cell_areas(shape: tuple[int, int], out_downsample: float, width: int, height: int) -> np.ndarray:
+    """Level-0 pixel area of every cell of an output grid of ``shape`` whose cells are ``out_downsample`` level-0
+    pixels wide: the last row and column, which the grid rounds up past the slide's edge, count their part inside."""
+    d = float(out_downsample)
+    rows = np.clip((height - np.arange(shape[0]) * d) / d, 0.0, 1.0)
+    cols = np.clip((width - np.arange(shape[1]) * d) / d, 0.0, 1.0)
+    return np.outer(rows, cols) * d * d
+
+
+class NoTissueError(ValueError):
+    """The slide's thumbnail shows no tissue: nothing to segment (predict skips it and goes on)."""
 
 
 def slide_output_paths(out_dir: Path, stem: str) -> list[Path]:
@@ -98,8 +112,15 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         log(f"{path.name}: {slide.backend}, level 0 {slide.dimensions[0]}x{slide.dimensions[1]} px"
             f"{f' at {mpp:.3f} um/px' if mpp else ''}, network reads it at downsample {ds:.3f}: "
             f"{len(tiles)} tissue tile(s) of {tile_size} px")
+        if not tiles:
+            raise NoTissueError(f"{path}: no tissue found (tissue threshold {tissue_threshold}); is the slide blank? "
+                                "Lower --tissue-threshold if it holds faint tissue")
         stain = _stain_fn(cfg, thumb, tissue)
         backend_used = slide.backend
+        origin = (0, 0) if o.no_crop else slide.qupath_origin
+        if origin != (0, 0):
+            log(f"{path.name}: QuPath crops this slide to its bounds; GeoJSON coordinates start at level-0 pixel "
+                f"{origin} as QuPath's do (--no-crop for the uncropped frame)")
 
         def predict_fn(rgb: np.ndarray) -> np.ndarray:
             return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
@@ -108,6 +129,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                   "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
                   "weights": weights,
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
+        if stain is not None:  # the Reinhard source statistics come from the tissue of this reader's thumbnail
+            params.update(backend=slide.backend, tissue_threshold=tissue_threshold)
         cache = out_dir / f"{path.stem}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
                              fill_class=bg, cache_dir=cache, params=params, log=log)
@@ -127,21 +150,23 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
-                               simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs)
+                               simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs,
+                               bounds=(W0, H0), origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
-    px_area = pred.out_downsample**2
-    areas = {n: float((labels == i).sum() * px_area) for i, n in enumerate(names)}
+    cell = cell_areas(labels.shape, pred.out_downsample, W0, H0)  # level-0 px of each output cell inside the slide
+    areas = {n: float(cell[labels == i].sum()) for i, n in enumerate(names)}
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
     # the thumbnail's tissue mask misses white lumen and tissue edges that the network calls a class: count them too,
     # so class areas here, in predictions.csv and in the GeoJSON agree
     called = labels != (bg if bg is not None else UNLABELLED)  # pixels the network gave a non-background class
-    analysed = float((in_tissue | called).sum() * px_area)
+    analysed = float(cell[in_tissue | called].sum())
     record = {
         "input": str(path), "kind": "slide", "backend": backend_used, "level0_size": [W0, H0],
+        "geojson_origin_level0": list(origin),
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
         "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
         "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,
-        "area_level0_px": areas, "tissue_level0_px": float(in_tissue.sum() * px_area),
+        "area_level0_px": areas, "tissue_level0_px": float(cell[in_tissue].sum()),
         "tissue_or_class_level0_px": analysed,
         "area_mm2": {n: a * (mpp * 1e-3) ** 2 for n, a in areas.items()} if mpp else None,
         "regions": {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)

@@ -85,6 +85,20 @@ class Slide:
         return tuple((int(w), int(h)) for w, h in self.handle.level_dimensions)
 
     @property
+    def qupath_origin(self) -> tuple[int, int]:
+        """Level-0 pixel where QuPath's image coordinates start: QuPath's OpenSlide reader crops a slide to the
+        ``openslide.bounds-*`` box when the file has one (MIRAX .mrxs, some Hamamatsu), so its (0, 0) is
+        (bounds-x, bounds-y); (0, 0) otherwise. Annotations exchanged with QuPath are shifted by it."""
+        props = self.handle.properties
+        keys = [f"openslide.bounds-{k}" for k in ("x", "y", "width", "height")]
+        if not all(props.get(k) not in (None, "") for k in keys):
+            return (0, 0)
+        try:
+            return (int(props[keys[0]]), int(props[keys[1]]))
+        except (TypeError, ValueError):
+            return (0, 0)
+
+    @property
     def mpp(self) -> float | None:
         """Level-0 microns per pixel from the slide's metadata (mean of x and y), or None if it has none."""
         props = self.handle.properties
@@ -179,6 +193,23 @@ class Slide:
         self.close()
 
 
+def _deeper_pyramid(slide: Slide) -> Slide:
+    """``slide`` (opened by openslide), or the same TIFF opened by tiffslide when tiffslide finds more pyramid
+    levels: openslide's generic TIFF reader does not see levels stored as sub-images (SubIFDs: OME-TIFF, bfconvert
+    and QuPath exports) and would decode level 0 for every downsampled read."""
+    try:
+        import tiffslide
+
+        other = Slide(slide.path, tiffslide.TiffSlide(str(slide.path)), "tiffslide")
+    except Exception:
+        return slide
+    if len(other.level_downsamples) > len(slide.level_downsamples):
+        slide.close()
+        return other
+    other.close()
+    return slide
+
+
 def open_slide(path: Path | str, backend: str = "auto") -> Slide:
     """Open a slide with openslide, or tiffslide when openslide is missing or refuses the file.
 
@@ -194,7 +225,10 @@ def open_slide(path: Path | str, backend: str = "auto") -> Slide:
         try:
             import openslide
 
-            return Slide(path, openslide.OpenSlide(str(path)), "openslide")
+            slide = Slide(path, openslide.OpenSlide(str(path)), "openslide")
+            if backend == "auto" and path.suffix.lower() in TIFF_SUFFIXES:
+                return _deeper_pyramid(slide)
+            return slide
         except ImportError as e:
             tried.append(f"openslide not importable ({e})")
         except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError

@@ -68,12 +68,14 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                   mpp: float | None = None, downsample: float | None = None, min_tissue: float = 0.5,
                   max_tiles: int | None = None, seed: int = 0, tissue_threshold: float | None = None,
                   backend: str = "auto", overwrite: bool = False, mask_classes: list[str] | None = None,
-                  default_class: str | None = None, ignore_unknown: bool = False,
+                  default_class: str | None = None, ignore_unknown: bool = False, no_crop: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Write tiles of every slide of ``manifest`` and ``out_dir/manifest.csv``; returns the manifest path.
 
     With an ``annotations`` column (QuPath GeoJSON per slide) and ``mask_classes``, every tile also gets a class
     mask (``masks/<slide>/<tile>.png``, pixel = index in ``mask_classes``) and the manifest a ``mask`` column.
+    Annotation coordinates are QuPath's: for a slide QuPath crops to its bounds they start at
+    ``Slide.qupath_origin`` (``no_crop``: annotations of an image QuPath opened with --no-crop, level-0 frame).
     """
     from rich.progress import track
 
@@ -120,7 +122,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     from histowsss.engine.atomic import write_json
 
     settings = {"tile": tile, "mpp": mpp, "downsample": downsample, "mask_classes": list(mask_classes or []),
-                "default_class": default_class, "ignore_unknown": ignore_unknown}
+                "default_class": default_class, "ignore_unknown": ignore_unknown,
+                **({"no_crop": True} if no_crop else {})}
     record = out_dir / "tiling.json"
     earlier = json.loads(record.read_text()) if record.exists() else None
     rewrite = overwrite or earlier != settings
@@ -158,7 +161,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                     if ann is not None:
                         mdest = out_dir / "masks" / path.stem / name
                         if not mdest.exists() or rewrite:
-                            write_png(mdest, ann.rasterize(*box, (tile, tile)))
+                            ox, oy = (0, 0) if no_crop else slide.qupath_origin  # QuPath's frame is cropped
+                            write_png(mdest, ann.rasterize(box[0] - ox, box[1] - oy, box[2], box[3], (tile, tile)))
                         row["mask"] = str(mdest.relative_to(out_dir))
                 out_rows.append(row)
         log(f"{path.name}: {len(cells)} tile(s) of {tile} px at downsample {ds:.3f}")

@@ -20,7 +20,7 @@ from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
 from histowsss.data.label_gate import patch_allowed, present_classes, uses_patch_gate
 from histowsss.data.masks import load_class_mask
-from histowsss.engine.atomic import write_json
+from histowsss.engine.atomic import read_npz, write_json
 from histowsss.engine.diagnostics import macro_auc
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
@@ -55,11 +55,11 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
         p = cam_path(run, s.name)
         if not p.exists():
             raise FileNotFoundError(f"{p}: CAM missing; run make_cam for split {s.split}")
-        with np.load(p) as z:
-            if "config_hash" in z and str(z["config_hash"]) != expected:
-                raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected}); "
-                                "re-run make_cam with --overwrite")
-            cam, probs, size = z["cam"].astype(np.float32), z["probs"], tuple(int(v) for v in z["size"])
+        z = read_npz(p, "delete it and re-run make_cam with --overwrite")
+        if "config_hash" in z and str(z["config_hash"]) != expected:
+            raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected}); "
+                            "re-run make_cam with --overwrite")
+        cam, probs, size = z["cam"].astype(np.float32), z["probs"], tuple(int(v) for v in z["size"])
         gt = load_class_mask(s, cfg.data) if s.mask is not None else None  # no mask: classification only
         if gt is not None and gt.shape != size:
             raise ValueError(f"{s.mask}: mask size {gt.shape} differs from the CAM's image size {size}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 from rich.progress import track
@@ -117,6 +118,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         if not samples:
             raise StepError(f"no images in the eval_seg splits {splits}; set eval_seg.splits or data.test_splits")
         pdir = pred_dir_name(tag)
+        # every prediction is made again: none of an earlier network (or of other splits) stays beside the new scores
+        shutil.rmtree(run.path / pdir, ignore_errors=True)
         gate = None
         if ev.image_gate:
             from histowsss.steps import eval_cam

@@ -48,7 +48,10 @@ def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
     bg = background_id(cfg)
     c = len(names)
     folders = ["ir_labels"] + (["ir_labels_crf"] if cfg.ir_label.crf else [])
-    cms = {f: {"confident_only": ConfusionMatrix(c), "ignore_as_background": ConfusionMatrix(c)} for f in folders}
+    # "ignore as background" needs a background class: without one, class 0 would be scored for the ignore pixels
+    kinds = ("confident_only", "ignore_as_background") if cfg.data.classes.background_index is not None \
+        else ("confident_only",)
+    cms = {f: {k: ConfusionMatrix(c) for k in kinds} for f in folders}
     coverage = {f: [0, 0] for f in folders}
     pseudo_cm = ConfusionMatrix(c)
     inst_score, cc_score = ObjectScore(), ObjectScore()
@@ -58,7 +61,8 @@ def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
             ir = upsample_nearest(read_png(run.path / f / f"{s.name}.png"), STRIDE, gt.shape)
             ign = ir == IGNORE
             cms[f]["confident_only"].update(np.where(ign, IGNORE, gt), np.where(ign, bg, ir))
-            cms[f]["ignore_as_background"].update(gt, np.where(ign, bg, ir))
+            if "ignore_as_background" in cms[f]:
+                cms[f]["ignore_as_background"].update(gt, np.where(ign, bg, ir))
             coverage[f][0] += int((~ign).sum())
             coverage[f][1] += ign.size
         pseudo = read_png(run.path / "pseudo" / f"{s.name}.png")

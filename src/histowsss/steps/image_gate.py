@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from histowsss.config import RunConfig
+from histowsss.engine.atomic import read_npz
 from histowsss.engine.run_dir import StepError
 
 
@@ -42,8 +43,8 @@ def stored_absent(run_path: Path, name: str, names: list[str], gate: float) -> l
     if not path.exists():
         raise StepError(f"{path} missing: eval_seg.image_gate needs make_cam's image probabilities for every "
                         "evaluated image (make_cam.splits must include eval_seg's splits)")
-    with np.load(path) as z:
-        return absent_classes(z["probs"], list(z["classes"]), names, gate)
+    z = read_npz(path, "delete it and re-run make_cam with --overwrite")
+    return absent_classes(z["probs"], list(z["classes"]), names, gate)
 
 
 def apply_gate(probs: np.ndarray, absent: list[int], background: int | None) -> np.ndarray:

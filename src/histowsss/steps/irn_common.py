@@ -12,6 +12,7 @@ from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
 from histowsss.data.label_gate import cell_centres, sample_gate, uses_patch_gate
 from histowsss.data.manifest import Sample
+from histowsss.engine.atomic import read_npz
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
 from histowsss.steps import make_cam
@@ -86,11 +87,11 @@ def load_cam(run: RunDir, name: str, expected_hash: str) -> tuple[np.ndarray, np
     p = make_cam.cam_path(run, name)
     if not p.exists():
         raise StepError(f"{p}: CAM missing; re-run make_cam")
-    with np.load(p) as z:
-        if "config_hash" in z and str(z["config_hash"]) != expected_hash:
-            raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected_hash}); "
-                            "re-run make_cam with --overwrite")
-        return z["cam"].astype(np.float32), z["probs"], (int(z["size"][0]), int(z["size"][1]))
+    z = read_npz(p, "delete it and re-run make_cam with --overwrite")
+    if "config_hash" in z and str(z["config_hash"]) != expected_hash:
+        raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected_hash}); "
+                        "re-run make_cam with --overwrite")
+    return z["cam"].astype(np.float32), z["probs"], (int(z["size"][0]), int(z["size"][1]))
 
 
 def grid_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from histowsss.config import RunConfig
 from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.data.transforms import Normalizer
-from histowsss.engine.atomic import write_npz
+from histowsss.engine.atomic import CorruptFileError, read_npz, write_npz
 from histowsss.engine.device import autocast_bf16, bf16_enabled, resolve_device
 from histowsss.engine.run_dir import RunDir
 from histowsss.steps.common import all_splits, load_cam_network, output_classes, samples_for
@@ -175,10 +175,13 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         for s in track(samples, description="make_cam"):
             path = cam_path(run, s.name)
             if path.exists() and not overwrite:
-                with np.load(path) as z:
-                    if str(z["config_hash"]) == h:
-                        skipped += 1
-                        continue
+                try:
+                    same = str(read_npz(path)["config_hash"]) == h
+                except CorruptFileError:  # a file damaged by a machine crash is made again
+                    same = False
+                if same:
+                    skipped += 1
+                    continue
             img = load_image(s.image, cfg.data)
             base_hw = img.shape[:2]
             cam, logits = image_cam(model, img, cfg, norm, device)

@@ -17,7 +17,7 @@ from rich.progress import track
 
 from histowsss.config import RunConfig
 from histowsss.data.manifest import Sample
-from histowsss.engine.atomic import write_png
+from histowsss.engine.atomic import read_npz, write_png
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.ops.instances import cluster_centroids, find_centroids, instances_from_clusters, upsample_nearest
 from histowsss.steps import make_sem_seg_labels
@@ -46,8 +46,8 @@ def instances_for(dp: np.ndarray, semantic: np.ndarray, background: int, cfg: Ru
 
 def _process_image(cfg: RunConfig, run: RunDir, sample: Sample) -> int:
     """Write instances/<name>.png of one image; returns its number of instances."""
-    with np.load(run.path / "irn" / f"{sample.name}.npz") as z:
-        dp = z["dp"].astype(np.float32)
+    dp = read_npz(run.path / "irn" / f"{sample.name}.npz", "delete it and re-run make_sem_seg_labels with "
+                  "--overwrite")["dp"].astype(np.float32)
     semantic = read_png(run.path / "pseudo" / f"{sample.name}.png")
     inst = instances_for(dp, semantic, background_id(cfg), cfg)
     write_png(run.path / "instances" / f"{sample.name}.png", inst)

@@ -16,6 +16,7 @@ from histowsss.config import RunConfig
 from histowsss.data.io import resize
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import IGNORE, load_class_mask
+from histowsss.engine.atomic import read_npz
 from histowsss.engine.run_dir import RunDir, StepError
 
 CONSUMER = "train_seg"  # the step that reads these labels (named in the errors of missing inputs)
@@ -132,8 +133,8 @@ def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.nd
         p = cam_path(run, s.name)
         if not p.exists():
             raise StepError(f"{p}: CAM missing; make_cam.splits must include the train_seg splits {train_splits(cfg)}")
-        with np.load(p) as z:
-            cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
+        z = read_npz(p, "delete it and re-run make_cam with --overwrite")
+        cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
         allowed = sample_gate(cfg, s)
         if allowed is not None:
             pr = present_classes(allowed, ids)

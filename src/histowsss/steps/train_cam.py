@@ -42,7 +42,6 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     h = config_hash(cfg)
     with run.step(STEP, h, overwrite=overwrite) as info:
         torch.manual_seed(tc.seed)
-        rng = np.random.default_rng(tc.seed)
         device = resolve_device(cfg.device)
         samples = samples_for(cfg, data.train_splits)
         if not samples:
@@ -101,13 +100,15 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             sched.load_state_dict(state["scheduler"])
             start_epoch = int(state["epoch"]) + 1
             history = json.loads(state["history"])
-            rng = np.random.default_rng([tc.seed, start_epoch])
         chance = chance_bce(targets_all)
         t_start = time.time()
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[stats]}"), TimeRemainingColumn()) as bar:
             task = bar.add_task("train_cam", total=total, completed=start_epoch * steps_per_epoch, stats="")
             for epoch in range(start_epoch, tc.epochs):
+                # each epoch draws from its own seeds, so a run resumed after a kill trains as one never stopped
+                rng = np.random.default_rng([tc.seed, epoch])
+                torch.manual_seed(tc.seed * 1_000_003 + epoch)
                 model.train()
                 t0 = time.time()
                 examples = fixed if fixed is not None else random_crop_examples(
