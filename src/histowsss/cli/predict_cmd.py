@@ -143,7 +143,8 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                 for f in done:
                     if str(f) not in listed:
                         rows.add(_summary_row(_record_from_outputs(f, f in slides, out_dir, cfg), cfg.data.mpp))
-        files = [f for f in files if f not in set(done)]
+        finished = set(done)
+        files = [f for f in files if f not in finished]
     elif not overwrite:
         existing = [p for f in files for p in outputs_of(f) if p.exists()]
         if existing:

@@ -38,7 +38,7 @@ def _labels_from_masks(cfg: DataConfig) -> bool:
 def _class_coverage(cfg: DataConfig, samples: list, manifest: str, level: str = "error") -> list[Problem]:
     """A problem per class (background aside) that no image of the training splits is labelled with: the CAM
     classifier would see it only as a negative and could never localise it."""
-    if cfg.label_column is None or _labels_from_masks(cfg):
+    if _labels_from_masks(cfg):  # (no label column included)
         return []
     train = [s for s in samples if s.split in cfg.train_splits]
     if not train:
