@@ -110,6 +110,9 @@ def test_annotations_of_a_slide_qupath_crops_are_shifted_to_level0(tmp_path: Pat
         r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "20", "--downsample", "2",
                                 "--mask-classes", "background,gland", *flag])
         assert r.exit_code == 0, r.output
+        # the frame is part of the tiling's settings: a resumed tiling never mixes masks of both frames
+        record = json.loads((out / "tiling.json").read_text())
+        assert record.get("qupath_origins") == ({"slides/a.tif": [20, 10]} if not flag else None)
         with open(out / "manifest.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         for x in rows:

@@ -124,6 +124,15 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     settings = {"tile": tile, "mpp": mpp, "downsample": downsample, "mask_classes": list(mask_classes or []),
                 "default_class": default_class, "ignore_unknown": ignore_unknown,
                 **({"no_crop": True} if no_crop else {})}
+    if annotated and not no_crop:  # masks of slides QuPath crops depend on the frame their annotations are read in
+        origins = {}
+        for r in rows:
+            if r["annotations"]:
+                with open_slide(root / r["image"], backend) as slide:
+                    if slide.qupath_origin != (0, 0):
+                        origins[r["image"]] = list(slide.qupath_origin)
+        if origins:
+            settings["qupath_origins"] = origins
     record = out_dir / "tiling.json"
     earlier = json.loads(record.read_text()) if record.exists() else None
     rewrite = overwrite or earlier != settings
