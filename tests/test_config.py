@@ -180,3 +180,11 @@ def test_data_config_rules():
 def test_unknown_foreground_class_is_config_error():
     with pytest.raises(ConfigError, match="mask_foreground_class"):
         load_config("glas-gland", ["data.mask_foreground_class=glands"])
+
+
+def test_numbers_as_names_and_booleans_as_numbers():
+    """Split or class names written as numbers are text; a boolean given for a number is refused, not read as 1."""
+    assert load_config("demo", ["data.train_splits=[1, 2]"]).data.train_splits == ["1", "2"]
+    with pytest.raises(ConfigError, match="epochs: true is a boolean"):
+        load_config("demo", ["train_cam.epochs=true"])
+    assert load_config("demo", ["train_cam.epochs=3"]).train_cam.epochs == 3

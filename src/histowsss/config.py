@@ -22,9 +22,21 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    """Base model: unknown keys are rejected."""
+    """Base model: unknown keys are rejected; a number where text is expected (a split or class named 1 in YAML)
+    is taken as its text, and a boolean where a number is expected (``epochs: true``) is refused instead of being
+    read as 1."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and field.annotation in (int, float):
+                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, but {name} is a number")
+        return data
 
 
 class ClassMap(Strict):
