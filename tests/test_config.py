@@ -188,3 +188,6 @@ def test_numbers_as_names_and_booleans_as_numbers():
     with pytest.raises(ConfigError, match="epochs: true is a boolean"):
         load_config("demo", ["train_cam.epochs=true"])
     assert load_config("demo", ["train_cam.epochs=3"]).train_cam.epochs == 3
+    with pytest.raises(ConfigError, match="loader_threads: true is a boolean"):  # int | None too
+        load_config("demo", ["train_seg.loader_threads=true"])
+    assert load_config("demo", ["train_seg.loader_threads=null"]).train_seg.loader_threads is None

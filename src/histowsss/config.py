@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
 from importlib import resources
 from pathlib import Path
 from types import UnionType
@@ -34,9 +35,17 @@ class Strict(BaseModel):
         if isinstance(data, dict):
             for name, field in cls.model_fields.items():
                 value = data.get(name)
-                if isinstance(value, bool) and field.annotation in (int, float):
+                if isinstance(value, bool) and _is_number(field.annotation):
                     raise ValueError(f"{name}: {str(value).lower()} is a boolean, but {name} is a number")
         return data
+
+
+def _is_number(annotation: Any) -> bool:
+    """int or float, optionally or-None (``int | None``)."""
+    if annotation in (int, float):
+        return True
+    args = set(get_args(annotation)) - {type(None)}
+    return get_origin(annotation) in (Union, types.UnionType) and bool(args) and args <= {int, float}
 
 
 class ClassMap(Strict):
