@@ -490,7 +490,12 @@ def split_leaks(cfg: RunConfig) -> list[str]:
     """Why the test images would be trained on or used to choose a setting (empty when they are held out): checked
     before steps run (`histowsss run`, `data check --config`), not on loading, so a finished run folder or exported
     model made before the check still loads for predict and report."""
-    out = data_split_leaks(cfg.data)
+    return data_split_leaks(cfg.data) + step_split_leaks(cfg)
+
+
+def step_split_leaks(cfg: RunConfig) -> list[str]:
+    """The steps' own split settings that name a test split (see :func:`split_leaks`)."""
+    out = []
     test = set(cfg.data.test_splits)
     for key, splits, what in (("eval_cam.choose_on", cfg.eval_cam.choose_on, "thresholds are chosen on them"),
                               ("ir_label.splits", cfg.ir_label.splits, "the IRN trains on them"),

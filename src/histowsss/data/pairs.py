@@ -38,7 +38,7 @@ def pair_examples(examples: list[CropExample], patients: list[str], rng: np.rand
 
 class _Segments:
     """A pool of example indices sorted by a group (patient, image): one uniform draw among the examples outside
-    a given group in O(log n)."""
+    a given group in constant time."""
 
     def __init__(self, pool: list[int], groups: list):
         order = sorted(range(len(pool)), key=lambda i: str(groups[i]))

@@ -14,15 +14,16 @@ from typing import Any, Iterator
 import numpy as np
 
 
-def _file_mode() -> int:
-    """The mode a plainly created file gets (0o666 less the umask): mkstemp's private 0o600 would hide results
-    from the colleagues and services (a lab's web server, say) that read a shared run folder."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-FILE_MODE = _file_mode()
+# the modes a plainly created file / folder gets (0o666 / 0o777 less the umask): mkstemp's private 0o600 (mkdtemp's
+# 0o700) would hide results from the colleagues and services (a lab's web server, say) that read a shared folder
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
 
 
 PARTIAL = ".partial"  # in the name of every temporary file atomic_path makes, so a killed write's leftover is known

@@ -148,7 +148,7 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                 geom = _clip(geom, bounds)
                 if geom is None:
                     continue
-            if origin != (0.0, 0.0) and origin != (0, 0):
+            if origin != (0, 0):
                 from shapely.affinity import translate
 
                 geom = translate(geom, -origin[0], -origin[1])

@@ -144,7 +144,7 @@ def card_markdown(card: dict[str, Any]) -> str:
 def export_model(run_path: Path | str, out: Path | str, network: str = "seg", overwrite: bool = False) -> Path:
     """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``."""
     from histowsss.cli.predict_cmd import load_run_config
-    from histowsss.engine.atomic import write_json, write_text
+    from histowsss.engine.atomic import DIR_MODE, write_json, write_text
     from histowsss.steps.segnet_io import load_segnet
 
     run_path, out = Path(run_path), Path(out)
@@ -162,9 +162,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
                               "--overwrite only replaces an earlier export: choose a new or empty --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); a bundle is made to be shared
+    os.chmod(tmp, DIR_MODE)  # mkdtemp's folder is private (0700); a bundle is made to be shared
     try:
         for f in files:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
 
             ann = read_annotations(root / r["annotations"], list(mask_classes or []), default_class, ignore_unknown)
         with open_slide(path, backend) as slide:
+            ox, oy = (0, 0) if no_crop else slide.qupath_origin  # annotations are in QuPath's (cropped) frame
             if downsample is None and slide.mpp is None:
                 raise ValueError(f"{path}: the slide's metadata has no microns-per-pixel value, so --mpp cannot be "
                                  "met; pass --downsample (level-0 pixels per tile pixel) instead")
@@ -170,7 +171,6 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                     if ann is not None:
                         mdest = out_dir / "masks" / path.stem / name
                         if not mdest.exists() or rewrite:
-                            ox, oy = (0, 0) if no_crop else slide.qupath_origin  # QuPath's frame is cropped
                             write_png(mdest, ann.rasterize(box[0] - ox, box[1] - oy, box[2], box[3], (tile, tile)))
                         row["mask"] = str(mdest.relative_to(out_dir))
                 out_rows.append(row)
