@@ -146,6 +146,14 @@ def test_report_of_an_empty_run_folder(tmp_path: Path):
     assert "not run" in (tmp_path / "report.html").read_text()
     res = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, ["report", str(tmp_path)])  # an earlier report is replaced
+    assert res.exit_code == 0, res.output
+    other = tmp_path / "notes.html"
+    other.write_text("my notes")
+    res = runner.invoke(app, ["report", str(tmp_path), "--out", str(other)])
+    assert res.exit_code == 2 and "not a histowsss report" in res.output and other.read_text() == "my notes"
+    res = runner.invoke(app, ["report", str(tmp_path), "--out", str(other), "--overwrite"])
+    assert res.exit_code == 0 and "histowsss report" in other.read_text()
     odd = tmp_path / "a[/b]c[red]d"  # square brackets in a path are not rich markup
     odd.mkdir(parents=True)
     res = runner.invoke(app, ["report", str(odd)])

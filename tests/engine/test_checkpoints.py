@@ -50,3 +50,21 @@ def test_overwrite_discards_the_earlier_run(tmp_path: Path):
     assert resume_point(last, state, "abc", overwrite=True) is None
     assert not last.exists() and not state.exists()
     assert resume_point(last, state, "abc", overwrite=False) is None
+
+
+def test_unreadable_files_name_themselves_and_the_fix(tmp_path: Path):
+    import pytest
+
+    from histowsss.engine.atomic import CorruptFileError
+
+    last, state = tmp_path / "x_last.safetensors", tmp_path / "x_train_state.pt"
+    save_resume_point(last, state, nn.Linear(3, 2), _state("abc", 2))
+    last.write_bytes(last.read_bytes()[:20])  # truncated weights
+    with pytest.raises(CorruptFileError, match="x_last.safetensors: unreadable checkpoint.*re-run"):
+        load_weights(last, nn.Linear(3, 2))
+    last.write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="x_last.safetensors"):
+        load_weights(last, nn.Linear(3, 2))
+    state.write_bytes(state.read_bytes()[:30])  # a truncated resume state: warned about, training starts over
+    with pytest.warns(UserWarning, match="x_train_state.pt: unreadable training state"):
+        assert resume_point(last, state, "abc", overwrite=False) is None

@@ -95,6 +95,22 @@ def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, 
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(out), "--overwrite"])
     assert res.exit_code == 0 and not (out / "note.txt").exists() and (out / "model.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary or old folder left
+    # the new bundle cannot be moved in (e.g. the disk goes away): the earlier one stays where it was
+    (out / "note.txt").write_text("earlier bundle")
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if self.name.startswith(".model.") and not self.name.endswith(".old") and Path(target) == out:
+            raise OSError("simulated failure")
+        return real_rename(self, target)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(Path, "rename", failing_rename):
+        res = runner.invoke(app, ["export", str(gated_run), "--out", str(out), "--overwrite"])
+    assert res.exit_code != 0 and (out / "note.txt").read_text() == "earlier bundle"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (out / "note.txt").unlink()
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "sup"), "--supervised"])
     assert res.exit_code == 2 and "seg_supervised.safetensors" in res.output and "train_seg.supervised=true" in res.output
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(gated_run / "model")])

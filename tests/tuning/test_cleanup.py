@@ -65,14 +65,17 @@ def test_gate_absent_comes_from_each_folds_held_out_classifier_or_the_run(tmp_pa
     names = ["background", "malignant"]
     write_npz(tmp_path / "work" / "fold0_candidate0_probs.npz", a=np.zeros((2, 4, 4), np.float16))
     write_npz(tmp_path / "work" / "fold1_candidate0_probs.npz", b=np.zeros((2, 4, 4), np.float16))
-    for where, name, p in (("work/fold0_cam", "a", 0.9), ("work/fold1_cam", "b", 0.01), ("run", "a", 0.01),
+    for where, name, p in (("work/fold0_k0_cam", "a", 0.9), ("work/fold1_k1_cam", "b", 0.01), ("run", "a", 0.01),
                            ("run", "b", 0.9)):
         write_npz(tmp_path / where / "cams" / f"{name}.npz", probs=np.array([p], np.float32),
                   classes=np.array(["malignant"]))
     files = sorted((tmp_path / "work").glob("fold*_probs.npz"))
-    held = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, holdout_classifier=True)
-    own = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, holdout_classifier=False)
+    runs = {"fold0": "fold0_k0_cam", "fold1": "fold1_k1_cam"}
+    held = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, runs)
+    own = fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, None)
     assert held == {"a": [], "b": [1]} and own == {"a": [1], "b": []}
+    with pytest.raises(FileNotFoundError, match="fold1"):  # a fold whose held-out stage is not recorded
+        fold_gate_absent(files, tmp_path / "work", tmp_path / "run", names, 0.5, {"fold0": "fold0_k0_cam"})
 
 
 def test_cleanup_from_crossval_gates_as_the_variant_or_at_the_cut_given(dataset: Path, tmp_path: Path):

@@ -61,6 +61,8 @@ def test_folds_keep_patients_together_and_need_enough_patients():
         cv.fold_assignment(patients, ["x"] * 6, 5)
     with pytest.raises(ValueError, match="at least 2"):
         cv.fold_assignment(patients, ["x"] * 6, 1)
+    with pytest.raises(ValueError, match="needs at least 2 training patients, got 1"):  # not "use --folds 2"
+        cv.fold_assignment(["a", "a"], ["x", "x"], 2)
 
 
 def test_fold_manifest_moves_the_fold_to_holdout_with_absolute_paths(dataset: Path, tmp_path: Path):
@@ -97,6 +99,24 @@ def test_chosen_overrides_reproduce_the_variant():
         "a.b=1", "c=2", "eval_seg.image_gate=true", "eval_seg.image_gate_cut=0.3"]
     assert cv.chosen_overrides("", "network", True) == ["eval_seg.image_gate=false"]
     assert cv.chosen_overrides("x=1", "network", False) == ["x=1"]
+
+
+def test_the_choice_switches_off_a_gate_the_candidate_itself_sets_and_needs_a_score():
+    """The ungated ``network`` variant is what was scored: a candidate that turns the gate on must get it switched
+    off again, even when the run's config does not gate; a criterion with no value anywhere is an error."""
+    pooled = [{"candidate": 0, "overrides": "", "network": {"miou": 50.0}},
+              {"candidate": 1, "overrides": "eval_seg.image_gate=true", "network": {"miou": 60.0}}]
+    chosen = cv.choose(pooled, "miou", ["", "eval_seg.image_gate=true"], [False, True])
+    assert chosen["index"] == 1 and chosen["miou"] == 60.0
+    assert chosen["overrides"] == ["eval_seg.image_gate=true", "eval_seg.image_gate=false"]
+    none = [{"candidate": 0, "overrides": "", "network": {"iou_x": None}}]
+    with pytest.raises(ValueError, match="no candidate has a iou_x score"):
+        cv.choose(none, "iou_x", [""], [False])
+
+
+def test_duplicate_candidates_mark_one_choice():
+    pooled = [{"candidate": i, "overrides": "a=1", "network": {"miou": 50.0}} for i in range(2)]
+    assert cv.choose(pooled, "miou", ["a=1", "a=1"], [False, False])["index"] == 0
 
 
 def test_a_class_missing_from_a_fold_neither_crashes_nor_wins():
@@ -181,17 +201,24 @@ def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tm
 
 def test_holdout_classifier_never_sees_the_fold(dataset: Path, tmp_path: Path):
     run = weak_run(dataset, tmp_path / "run", "make_cam.splits=[train,val,test]")  # holdout is added to these
-    res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[0.5], holdout_classifier=True,
-                      log=lambda m: None)
-    for f in res["per_fold"]:
-        cam_run = tmp_path / "work" / f"{f['fold']}_cam"
-        man = load_config(str(cam_run / "config.yaml")).data.manifest
-        rows = list(csv.DictReader(open(man)))
-        held = {r["patient"] for r in rows if r["split"] == "holdout"}
-        trained_on = {r["patient"] for r in rows if r["split"] in ("train", "val")}
-        assert held == set(f["val_patients"]) and not held & trained_on
-        assert json.loads((cam_run / "status" / "eval_cam.json").read_text())["state"] == "done"
-        assert "chosen_gate" in f["holdout_classifier"] and f["holdout_cam_seconds"] >= 0
+    # a second call with another fold assignment in the same (kept) work folder must not reuse the first call's
+    # held-out classifiers: each of those saw some of the new folds' patients
+    assignments = []
+    for seed in (0, 1):
+        res = cv.crossval(run.path, [""], tmp_path / "work", folds=2, gate_cuts=[0.5], holdout_classifier=True,
+                          seed=seed, log=lambda m: None)
+        assignments.append(sorted(tuple(f["val_patients"]) for f in res["per_fold"]))
+        for f in res["per_fold"]:
+            cam_run = tmp_path / "work" / f["holdout_cam_run"]
+            man = load_config(str(cam_run / "config.yaml")).data.manifest
+            rows = list(csv.DictReader(open(man)))
+            held = {r["patient"] for r in rows if r["split"] == "holdout"}
+            trained_on = {r["patient"] for r in rows if r["split"] in ("train", "val")}
+            assert held == set(f["val_patients"]) and not held & trained_on
+            assert json.loads((cam_run / "status" / "eval_cam.json").read_text())["state"] == "done"
+            assert "chosen_gate" in f["holdout_classifier"] and f["holdout_cam_seconds"] >= 0
+    assert assignments[0] != assignments[1]  # the seeds draw other folds, so the check above meant something
+    assert len(list((tmp_path / "work").glob("fold*_cam"))) == 4  # each held-out set trained its own classifier
 
 
 def test_cli_writes_the_result_and_refuses_to_overwrite_it(dataset: Path, tmp_path: Path):

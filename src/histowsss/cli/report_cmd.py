@@ -12,10 +12,12 @@ from histowsss.cli.common import clear_errors, log_line
 
 def report(run_dir: Path = typer.Argument(..., help="run folder"),
            out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                              help="output file (default RUN_DIR/report.html)")) -> None:
+                                              help="output file (default RUN_DIR/report.html)"),
+           overwrite: bool = typer.Option(False, help="replace an existing --out file that is not a report (an "
+                                                      "earlier report is always replaced)")) -> None:
     """Write a self-contained HTML report: data, curves, per-stage quality, examples, timings."""
     from histowsss.evaluation.report import write_report
 
     with clear_errors():
-        path = write_report(run_dir, out)
+        path = write_report(run_dir, out, overwrite=overwrite)
     log_line(f"report: {path}")

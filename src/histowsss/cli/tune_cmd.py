@@ -11,6 +11,11 @@ import typer
 from histowsss.cli.common import clear_errors, comma_list, console, log_line
 
 
+def _num(v: float | None) -> str:
+    """A score for the table; "-" where there is none (a class neither in the masks nor predicted)."""
+    return "-" if v is None else f"{v:.2f}"
+
+
 def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels are made (histowsss run ... --to "
                                                    "eval_sem_seg)"),
          candidate: Optional[list[str]] = typer.Option(
@@ -81,11 +86,11 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     for row in res["pooled"]:
         for vk, v in row.items():
             if isinstance(v, dict):
-                best = row["overrides"] == res["chosen"]["candidate"] and vk == res["chosen"]["variant"]
-                table.add_row(row["overrides"] or "(run config)", vk, f"{v[crit]:.2f}" + (" *" if best else ""),
-                              f"{v['fold_mean_' + crit]:.2f}")
+                best = row["candidate"] == res["chosen"]["index"] and vk == res["chosen"]["variant"]
+                table.add_row(row["overrides"] or "(run config)", vk, _num(v[crit]) + (" *" if best else ""),
+                              _num(v["fold_mean_" + crit]))
     console.print(table)
-    console.print(f"weak labels themselves: {crit} {res['weak_labels_pooled'][crit]:.2f}")
+    console.print(f"weak labels themselves: {crit} {_num(res['weak_labels_pooled'][crit])}")
     sets = " ".join(f"--set {o}" for o in res["chosen"]["overrides"]) or "(no overrides: the run configuration)"
     console.print(f"chosen: {sets}", markup=False, highlight=False)
     if res["chosen"]["candidate"]:
@@ -101,7 +106,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
             o = r["objects"] or {}
             keys = ("min_object_area", "max_hole_area", "split_h")
             best = all(r[k] == cl["chosen"][k] for k in keys)
-            t2.add_row(*(str(r[k]) for k in keys), f"{r['miou']:.2f}", str(o.get("f1")),
+            t2.add_row(*(str(r[k]) for k in keys), _num(r["miou"]), str(o.get("f1")),
                        str(o.get("dice_mean_per_image")), str(o.get("hausdorff_mean_per_image")),
                        str(r.get("rank_sum", "-")) + (" *" if best else ""))
         console.print(t2)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from histowsss.engine.atomic import atomic_path, write_json
+from histowsss.engine.atomic import CorruptFileError, atomic_path, write_json
 
 
 def save_weights(path: Path, model: nn.Module, meta: dict[str, Any] | None = None,
@@ -31,7 +32,12 @@ def load_weights(path: Path, model: nn.Module, device: torch.device | str = "cpu
 
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found; run the training step first")
-    model.load_state_dict(load_file(str(path), device=str(device)))
+    try:
+        sd = load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors' own error type: truncated, empty, not a safetensors file
+        raise CorruptFileError(f"{path}: unreadable checkpoint ({e}); delete it and re-run the step that wrote it "
+                               "with --overwrite") from None
+    model.load_state_dict(sd)
     meta = path.with_suffix(".json")
     return json.loads(meta.read_text()) if meta.exists() else {}
 
@@ -43,10 +49,15 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_train_state(path: Path) -> dict[str, Any] | None:
-    """Load a training state saved by ``save_train_state`` (weights_only=True), or None."""
+    """Load a training state saved by ``save_train_state`` (weights_only=True), or None; an unreadable one raises
+    CorruptFileError naming it."""
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or empty file (pickle/zip errors), or not a state this code wrote
+        raise CorruptFileError(f"{path}: unreadable training state ({e}); delete it (the step then starts over)"
+                               ) from None
 
 
 def weights_stamp(path: Path) -> dict[str, str]:
@@ -78,7 +89,11 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
             for p in (last_path, state_path):
                 p.unlink(missing_ok=True)
         return None
-    state = load_train_state(state_path)
+    try:
+        state = load_train_state(state_path)
+    except CorruptFileError as e:  # only a resume point: start over, saying why
+        warnings.warn(f"{e}; not resumed", stacklevel=2)
+        return None
     if state is None or state.get("config_hash") != config_hash:
         return None
     stamp = weights_stamp(last_path)

@@ -411,7 +411,8 @@ def section_tuning(run_path: Path) -> str:
         for row in res["pooled"]:
             for vk, v in row.items():
                 if isinstance(v, dict):
-                    mark = row.get("overrides") == chosen.get("candidate") and vk == chosen.get("variant")
+                    mark = vk == chosen.get("variant") and (row.get("candidate") == chosen["index"] if "index" in chosen
+                                                            else row.get("overrides") == chosen.get("candidate"))
                     rows.append({"candidate": (row.get("overrides") or "(run config)") + (" (chosen)" if mark else ""),
                                  "variant": vk, f"{crit} pooled": v.get(crit), f"{crit} fold mean":
                                  v.get(f"fold_mean_{crit}"), "mIoU pooled": v.get("miou")})
@@ -580,13 +581,28 @@ def build_report(run_path: Path | str) -> str:
             f"<nav>{nav}</nav>{secs}</body></html>")
 
 
-def write_report(run_path: Path | str, out: Path | str | None = None) -> Path:
-    """Write ``report.html`` (or ``out``) atomically; returns its path."""
+def is_report(path: Path) -> bool:
+    """True when ``path`` holds a report this module wrote (its opening bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return b"<title>histowsss report: " in f.read(200)
+    except OSError:
+        return False
+
+
+def write_report(run_path: Path | str, out: Path | str | None = None, overwrite: bool = False) -> Path:
+    """Write ``report.html`` (or ``out``) atomically; returns its path. An earlier report is replaced; any other
+    existing file only with ``overwrite``."""
     from histowsss.engine.atomic import write_text
 
     run_path = Path(run_path)
     if not run_path.is_dir():
         raise FileNotFoundError(f"{run_path}: run folder not found")
     out_path = Path(out) if out is not None else run_path / "report.html"
+    if out_path.is_dir():
+        raise FileExistsError(f"{out_path} is a folder; give a file name for the report (e.g. {out_path / 'report.html'})")
+    if out_path.exists() and not overwrite and not is_report(out_path):
+        raise FileExistsError(f"{out_path} exists and is not a histowsss report; choose another --out, or pass "
+                              "--overwrite to replace it")
     write_text(out_path, build_report(run_path))
     return out_path

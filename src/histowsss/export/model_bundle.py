@@ -178,7 +178,12 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             out.rename(old / out.name)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:  # the earlier bundle goes back where it was
+                (old / out.name).rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)

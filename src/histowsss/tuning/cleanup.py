@@ -10,6 +10,8 @@ then the smaller values). Test images are never read.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -80,15 +82,19 @@ def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterab
 
 
 def fold_gate_absent(files: Iterable[Path], work: Path, run_dir: Path, names: list[str], cut: float,
-                     holdout_classifier: bool) -> dict[str, list[int]]:
+                     holdout_runs: dict[str, str] | None) -> dict[str, list[int]]:
     """Per image of the kept fold probabilities ``<fold>_candidate<i>_probs.npz``, the classes the image gate at
-    ``cut`` removes: from each fold's held-out CAM stage (``work/<fold>_cam``) with ``holdout_classifier``, else from
-    the run's own classifier (which saw every training image: optimistic), as crossval scores its gate variants."""
+    ``cut`` removes: from each fold's held-out CAM stage (``holdout_runs``: fold -> its folder under ``work``, as
+    crossval records it), else (None) from the run's own classifier (which saw every training image: optimistic), as
+    crossval scores its gate variants."""
     from histowsss.steps.image_gate import stored_absent
 
     absent: dict[str, list[int]] = {}
     for f in files:
-        gate_run = Path(work) / f"{f.name.split('_', 1)[0]}_cam" if holdout_classifier else Path(run_dir)
+        fold = f.name.split("_", 1)[0]
+        if holdout_runs is not None and fold not in holdout_runs:
+            raise FileNotFoundError(f"{f}: no held-out CAM stage recorded for {fold}; run the cross-validation again")
+        gate_run = Path(work) / holdout_runs[fold] if holdout_runs is not None else Path(run_dir)
         with np.load(f) as z:
             absent.update({k: stored_absent(gate_run, k, names, cut) for k in z.files})
     return absent
@@ -113,7 +119,8 @@ def choose_by_rank_sum(rows: list[dict]) -> dict:
     hd = _competition_rank([(x["hausdorff_infinite_images"], x["hausdorff_mean_per_image"]) for x in o])
     for r, a, b, c in zip(scored, f1, dice, hd):
         r["rank_sum"] = a + b + c
-    return min(scored, key=lambda r: (r["rank_sum"], -r["miou"], r["min_object_area"], r["max_hole_area"],
+    return min(scored, key=lambda r: (r["rank_sum"], -(r["miou"] if r["miou"] is not None else -math.inf),
+                                      r["min_object_area"], r["max_hole_area"],
                                       r.get("split_h", 0.0)))
 
 
@@ -130,7 +137,7 @@ def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int]
     from histowsss.steps.common import samples_for
     from histowsss.tuning.crossval import WEAK
 
-    ci = res["candidates"].index(res["chosen"]["candidate"])
+    ci = res["chosen"].get("index", res["candidates"].index(res["chosen"]["candidate"]))
     # the folds of this cross-validation only: the kept work folder may also hold files of an earlier one (more folds)
     files = [Path(work) / f"{r['fold']}_candidate{ci}_probs.npz" for r in res["per_fold"] if r["candidates"]]
     missing = [f.name for f in files if not f.exists()]
@@ -143,8 +150,9 @@ def cleanup_from_crossval(run_dir: Path, res: dict, work: Path, areas: list[int]
         gate_cut = float(variant.split("@", 1)[1])
     absent = None
     if gate_cut is not None:
-        absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names), gate_cut,
-                                  res["holdout_classifier"])
+        runs = ({r["fold"]: r["holdout_cam_run"] for r in res["per_fold"] if r.get("holdout_cam_run")}
+                if res["holdout_classifier"] else None)
+        absent = fold_gate_absent(files, work, run_dir, list(cfg.data.classes.names), gate_cut, runs)
     rows = score_cleanup(cfg, samples_for(cfg, seg_labels.train_splits(cfg)), files, areas, holes, splits,
                          absent=absent, log=log)
     chosen = choose_by_rank_sum(rows)

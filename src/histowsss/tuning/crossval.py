@@ -67,9 +67,12 @@ def fold_assignment(patients: list[str], strata: list[str], folds: int, seed: in
 
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    if len(set(patients)) < folds:
-        raise ValueError(f"{len(set(patients))} training patients cannot fill {folds} folds; use --folds "
-                         f"{max(2, len(set(patients)))} or fewer")
+    n_pat = len(set(patients))
+    if n_pat < 2:
+        raise ValueError(f"patient cross-validation needs at least 2 training patients, got {n_pat}; fill the "
+                         "manifest's patient column (images without one count as a patient each)")
+    if n_pat < folds:
+        raise ValueError(f"{n_pat} training patients cannot fill {folds} folds; use --folds {n_pat} or fewer")
     return grouped_stratified_split(patients, strata, {f"fold{k}": 1 / folds for k in range(folds)}, seed=seed)
 
 
@@ -250,12 +253,16 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
             gate_run = src
             if holdout_classifier:
                 tc = time.time()
-                man = work / f"{f}_manifest.csv"
+                # named after the held-out images: a kept work folder of another fold assignment (--seed,
+                # --folds) must not lend its classifier, which saw some of these patients
+                hk = _key(sorted(s.name for s in held))
+                man = work / f"{f}_{hk}_manifest.csv"
                 fold_manifest(Path(base.data.manifest), {s.name for s in held}, man, root=data_root(base.data),
                               path_columns=tuple(dict.fromkeys(c for c in ("image", base.data.mask_column, "mask_cc")
                                                                if c)))
                 log(f"{f}: CAM stage without the fold's {len(rec['val_patients'])} patients")
-                gate_run = holdout_cam_run(src, man, work / f"{f}_cam", log)
+                gate_run = holdout_cam_run(src, man, work / f"{f}_{hk}_cam", log)
+                rec["holdout_cam_run"] = gate_run.name
                 rec["holdout_cam_seconds"] = round(time.time() - tc, 1)
                 cam_m = json.loads((gate_run / "metrics" / "cam.json").read_text())
                 rec["holdout_classifier"] = {"chosen_gate": cam_m.get("chosen_gate"),
@@ -316,19 +323,29 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
                 row[vk] = {**_summary(cm, names), "fold_mean_" + criterion: _mean_of_known(
                     [r["candidates"][ci][vk][criterion] for r in fold_records if r["candidates"]])}
         pooled_rec.append(row)
-    best_c, best_v = best_variant(pooled_rec, criterion)
+    chosen = choose(pooled_rec, criterion, cands, [c.eval_seg.image_gate for c in cfgs])
     return {"run": str(src), "folds": folds, "split_seed": seed, "label_source": source,
             "training_images": len(samples), "training_patients": len(set(patients)),
             "scored_images": sum(bool(s.mask) for s in samples),
             "candidates": cands, "gate_cuts": gate_cuts, "holdout_classifier": holdout_classifier,
             "weak_labels_pooled": _summary(pooled_labels, names), "criterion": criterion, "pooled": pooled_rec,
-            "per_fold": fold_records, "chosen": {"candidate": cands[best_c], "variant": best_v,
-                                                 criterion: pooled_rec[best_c][best_v][criterion],
-                                                 "overrides": chosen_overrides(cands[best_c], best_v,
-                                                                               base.eval_seg.image_gate)},
+            "per_fold": fold_records, "chosen": chosen,
             "seconds": round(time.time() - t_start, 1),
             "notes": ["every training image is scored once, by a network (and, with holdout_classifier, a CAM "
                       "classifier) that never saw its patient; test images are never read"]}
+
+
+def choose(pooled: list[dict], criterion: str, candidates: list[str], gates_on: list[bool]) -> dict:
+    """The chosen (candidate, variant) of the pooled rows by ``criterion``, with its index, score and ``--set``
+    overrides; ``gates_on[i]``: candidate i's config gates (the run's config, or the candidate itself sets the gate).
+    A criterion no row has a value for is an error."""
+    best_c, best_v = best_variant(pooled, criterion)
+    value = pooled[best_c][best_v][criterion]
+    if value is None:
+        raise ValueError(f"no candidate has a {criterion} score: no scored training mask holds its class and no "
+                         "network predicted it; choose another --criterion (miou, or iou_<class>)")
+    return {"index": best_c, "candidate": candidates[best_c], "variant": best_v, criterion: value,
+            "overrides": chosen_overrides(candidates[best_c], best_v, gates_on[best_c])}
 
 
 def chosen_overrides(candidate: str, variant: str, gate_on: bool) -> list[str]:
