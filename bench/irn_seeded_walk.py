@@ -65,7 +65,7 @@ def main() -> None:
     names = cfg.data.classes.names
     ss = cfg.sem_seg
     # score differences fg - bg (two-class) are shifted by the offset: one grid for every variant
-    values = [round(-0.5 + 0.05 * i, 2) for i in range(21)]
+    values = [round(-0.9 + 0.05 * i, 2) for i in range(37)]
     samples = samples_for(cfg, cfg.data.train_splits)[: args.limit]
     present = presence(cfg, samples)
     variants = [("cam_walk", ss.exp_times)] + [("harmonic", n) for n in args.steps] + \
