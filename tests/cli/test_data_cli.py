@@ -77,7 +77,7 @@ def test_check_lists_every_problem_and_exits_1(builder):
         ("gray.png", "grayscale"),
         ("wrongmask.png", "mask size 32x20 (WxH) differs from its image 32x24"),
         ("row 7 (images/typo.png)", "unknown class 'malignent'"),
-        ("small.png", "smaller than the crop/patch size 16"),
+        ("small.png", "smaller than --min-size 16; lower --min-size"),
         ("patient p8", "appears in splits test, train"),
         ("rgba.png", "transparency"),
         ("data.val_splits", "names split 'val' but no image is in it (the manifest has: test, train)"),

@@ -118,6 +118,10 @@ def test_predict_refuses_a_config_rewritten_with_other_input_settings(trained_ru
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and f"data.image_scale = {scale / 2!r}" in out and "--from train_seg" in out
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # export refuses it too: the bundle would not predict (it once did, and the bundle then failed in predict)
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "data.image_scale" in out and not (tmp_path / "model").exists()
 
 
 def test_report_is_self_contained_with_all_sections(trained_run: Path):
@@ -188,8 +192,13 @@ def test_predict_segments_a_slide_tile_by_tile(trained_run: Path, tmp_path: Path
         minx, miny, maxx, maxy = shape(f["geometry"]).bounds
         assert 0 <= minx and maxx <= 128 and 0 <= miny and maxy <= 128  # level-0 pixels of the slide
     assert not (out / "slide.partial").exists()  # the tile cache goes once the outputs are written
+    assert "0 image(s), 1 slide(s)" in " ".join(res.output.split())
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--overwrite" in res.output
+    bad = ["--slide-tile" if a == "--slide-tile" else ("33" if prev == "--slide-tile" else a)
+           for prev, a in zip([None] + args, args)]
+    res = runner.invoke(app, bad + ["--overwrite"])  # named before the slide is opened
+    assert res.exit_code == 2 and "--slide-tile 33 must be a multiple of --out-factor 2" in " ".join(res.output.split())
 
 
 def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, make_slide, monkeypatch):

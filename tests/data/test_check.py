@@ -41,7 +41,7 @@ def test_min_size_defaults_to_unpadded_patch_size(builder, data_config):
     # image_scale applies before the size check
     problems = check_dataset(data_config(m, image_scale=0.5), min_size=16, progress=False)
     assert [p.file.endswith("a.png") for p in problems] == [True]
-    assert "16x12" in problems[0].message
+    assert "16x12" in problems[0].message and "smaller than --min-size 16" in problems[0].message
 
 
 def test_rgba_with_transparency_is_a_warning(builder, data_config):
@@ -142,6 +142,16 @@ def test_points_file_is_checked(builder, data_config):
     clicks.write_text("image,x,y,class\na,3,4,tumour\n")
     problems = [p for p in check_dataset(data_config(m), progress=False, points_file=clicks) if p.level == "error"]
     assert len(problems) == 1 and "tumour" in problems[0].message
+    # every problem at once: a bad class no longer hides a bad number, a click outside its image or an unknown name
+    clicks.write_text("image,x,y,class\na,3,4,tumour\na,x,4,benign\nb,99999,4,malignant\nzz,1,1,benign\n")
+    problems = check_dataset(data_config(m), progress=False, points_file=clicks)
+    text = [f"{p.level} {p.message}" for p in problems if "no image" not in p.message]
+    assert any("row 2: unknown class 'tumour'" in t for t in text), text
+    assert any("row 3: x and y must be numbers" in t for t in text), text
+    assert any(t.startswith("error") and "99999" in t for t in text), text
+    assert any(t.startswith("warning") and "'zz'" in t for t in text), text
+    # the points file is the problem's file, not repeated in its message
+    assert not any(str(clicks) in p.message for p in problems if p.file == str(clicks))
 
 
 def test_a_test_split_that_is_also_trained_on_is_an_error(clean_manifest, data_config):

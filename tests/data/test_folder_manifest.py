@@ -95,6 +95,14 @@ def test_masks_beside_the_images_are_not_images(class_folder: Path, tmp_path: Pa
     assert len(rows) == 24 and made.masks_found == 24
     assert not any(r["image"].endswith("_mask.png") for r in rows)
     assert all(r["mask"] == r["image"][:-4] + "_mask.png" for r in rows)
+    # --mask-suffix alone (no --masks) once listed every mask as an image of its own, silently
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    r = CliRunner().invoke(app, ["data", "manifest", str(class_folder), "--out", str(tmp_path / "m2.csv"),
+                                 "--mask-suffix", "_mask"])
+    assert r.exit_code == 2 and "give --masks too" in " ".join(r.output.split()) and not (tmp_path / "m2.csv").exists()
 
 
 def test_bad_layouts_name_the_folder_and_the_fix(class_folder: Path, tmp_path: Path):

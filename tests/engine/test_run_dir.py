@@ -34,3 +34,13 @@ def test_each_step_names_the_config_it_ran_with_after_config_yaml_is_rewritten(t
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == cam_cfg
     assert steps_by_config(tmp_path / "run") == {status["train_cam"]["run_config"]: ["train_cam"],
                                                  status["train_seg"]["run_config"]: ["train_seg"]}
+
+
+def test_a_file_given_as_run_folder_is_named(tmp_path):
+    import pytest
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(FileExistsError, match="afile is a file, not a run folder"):
+        RunDir(f, load_config("demo")).init()
+    assert f.read_text() == "x"

@@ -65,7 +65,9 @@ def test_make_cam_requires_train_cam_of_the_same_config(tiny_manifest, tmp_path)
         make_cam.run(cfg, rd)
     run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
     other = _cfg(tiny_manifest, ["train_cam.lr=0.01"])
-    with pytest.raises(StepError, match="another configuration"):
+    # the message says which setting differs from the one train_cam ran with (the likely missing --set)
+    with pytest.raises(StepError, match=r"another configuration .*train_cam ran with train_cam\.lr = 0\.001 "
+                                        r"\(now 0\.01\): give those settings again"):
         make_cam.run(other, RunDir(rd.path, other))
 
 

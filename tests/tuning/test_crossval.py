@@ -282,6 +282,18 @@ def test_cli_also_chooses_the_object_clean_up_on_the_out_of_fold_predictions(dat
     assert not (run.path / "tuning" / "crossval").exists()  # the fold probabilities were scored before removal
     r = runner.invoke(app, ["tune", str(run.path), "--folds", "2", "--hole-areas", "10", "--name", "h"])
     assert r.exit_code == 2 and "--object-areas" in r.output
+    # without instance masks the clean-up is refused before any fold trains (it once trained them all first)
+    rows = list(csv.DictReader(dataset.open()))
+    for row in rows:
+        row["image"], row["mask"], row["mask_cc"] = (str(dataset.parent / row[k]) for k in ("image", "mask", "mask_cc"))
+        row["mask_cc"] = ""
+    man = tmp_path / "no_cc.csv"
+    write_manifest(man, rows)
+    run2 = weak_run(man, tmp_path / "run2")
+    r = runner.invoke(app, ["tune", str(run2.path), "--folds", "2", "--object-areas", "0,30", "--name", "cc"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "add a mask_cc column" in out and "no_cc.csv" in out
+    assert not (run2.path / "tuning" / "cc").exists()
 
 
 def test_fold_manifest_follows_data_root_and_the_mask_column(dataset: Path, tmp_path: Path, monkeypatch):

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from histowsss.config import ConfigError, RunConfig, load_config
+from histowsss.ops.crf import CrfUnavailable
 
 console = Console(stderr=True)
 
@@ -21,8 +22,10 @@ def log_line(message: str) -> None:
     console.print(message, markup=False, highlight=False)
 
 
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError,
-                                                 RuntimeError)
+# OSError: files that cannot be written or read (permissions, a full disk), named by the message; CrfUnavailable: the
+# optional CRF extra is missing, and its message says how to install it
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (ConfigError, OSError, KeyError, ValueError, RuntimeError,
+                                                 CrfUnavailable)
 
 
 @contextmanager

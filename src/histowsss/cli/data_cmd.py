@@ -38,7 +38,10 @@ def _print_stats(manifest: Path, dc) -> None:
     rows = split_class_table(samples, dc.classes.names)
     table = Table(title=escape(str(manifest)))
     for k in rows[0]:
-        table.add_column(escape(k), justify="right" if k != "split" else "left")
+        # the split names are never cut short; numbers and class headers wrap in narrow terminals
+        split_w = max(len(str(r[k])) for r in rows) if k == "split" else None
+        table.add_column(escape(k), justify="right" if k != "split" else "left", overflow="fold",
+                         no_wrap=k == "split", min_width=split_w)
     for r in rows:
         table.add_row(*[escape(str(v)) for v in r.values()])
     Console().print(table)
@@ -156,6 +159,10 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     from histowsss.data.folder_manifest import IMAGE_SUFFIXES, manifest_from_folder, manifest_from_named_labels
 
     with clear_errors():
+        if mask_suffix and not masks:
+            raise ValueError(f"--mask-suffix {mask_suffix} names the masks found in --masks; give --masks too (the "
+                             f"image folder itself, e.g. --masks {folder}, when masks lie beside the images: they are "
+                             "then not listed as images)")
         fractions = {"train": train, "val": val, "test": test}
         if labels_in_name:
             names = [c.strip() for c in labels_in_name.split(",") if c.strip()]

@@ -293,9 +293,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                       "metadata lacks it or is wrong"),
             train_mpp: Optional[float] = typer.Option(None, help="slides: microns per pixel of the run's training "
                                                       "images (default: the run config's data.mpp)"),
-            slide_tile: int = typer.Option(1024, help="slides: tile size in network pixels (a multiple of --out-factor)"),
+            slide_tile: int = typer.Option(1024, min=16, help="slides: tile size in network pixels (a multiple of "
+                                           "--out-factor)"),
             slide_margin: int = typer.Option(64, help="slides: context read around every tile, network pixels"),
-            out_factor: int = typer.Option(4, help="slides: outputs are this many times coarser than the network's "
+            out_factor: int = typer.Option(4, min=1, help="slides: outputs are this many times coarser than the network's "
                                            "resolution"),
             tissue_threshold: Optional[float] = typer.Option(None, help="slides: HSV saturation above which a "
                                                              "thumbnail pixel is tissue (default: Otsu, clipped to "
@@ -313,10 +314,14 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
     """Segment images or whole-slide images with a run's network: labels PNG, probabilities, overlay and QuPath
     GeoJSON per input (slides: tiled over their tissue at the training resolution, plus a summary JSON)."""
     with clear_errors():
+        if slide_tile % out_factor:  # checked before any slide is opened
+            raise ValueError(f"--slide-tile {slide_tile} must be a multiple of --out-factor {out_factor}, e.g. "
+                             f"{max(out_factor, slide_tile - slide_tile % out_factor)}")
         recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                               network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
                               min_area=min_area, log=log_line, recursive=recursive, cpu_amp=cpu_amp,
                               skip_existing=skip_existing,
                               slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
                                                          out_factor, tissue_threshold, slide_backend, no_crop))
-    log_line(f"{len(recs)} image(s) -> {out}")
+    n_slides = sum(r.get("kind") == "slide" for r in recs)
+    log_line(f"{len(recs) - n_slides} image(s)" + (f", {n_slides} slide(s)" if n_slides else "") + f" -> {out}")

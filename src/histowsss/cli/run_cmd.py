@@ -17,17 +17,20 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         overwrite: bool = typer.Option(False, help="redo finished steps"),
         set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override, e.g. train_cam.epochs=3")) -> None:
     """Run the pipeline (or steps --from .. --to) into a run folder; finished steps are skipped."""
+    from histowsss.engine.distributed import is_main_process
     from histowsss.engine.pipeline import plan_steps, run_pipeline
     from histowsss.engine.run_dir import RunDir, run_lock
 
+    # under torchrun only rank 0 reports (the others run the same steps; their errors still print)
+    log = log_line if is_main_process() else (lambda msg: None)
     with clear_errors():
         cfg = get_config(config, set_)
         rd = RunDir(default_run_dir(cfg, run_dir), cfg)
         plan_steps(cfg, rd, start, stop, overwrite)  # a refused command leaves the folder's config.yaml as it was
         with run_lock(rd.path, "histowsss run"):
             rd.init()
-            log_line(f"run folder: {rd.path}")
-            run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log_line)
+            log(f"run folder: {rd.path}")
+            run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
 
 
 def steps() -> None:

@@ -66,6 +66,10 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         splits = comma_list(split_h, "--split-h", float, "0,3,6") or [0.0]
         if (hole_areas or split_h) and not areas:
             raise ValueError("--hole-areas and --split-h need --object-areas (give 0 to leave small objects alone)")
+        if areas:  # before any training: the clean-up needs instance masks to rank
+            from histowsss.tuning.cleanup import require_instance_masks
+
+            require_instance_masks(run_dir)
         from histowsss.engine.run_dir import run_lock
 
         with run_lock(run_dir, "histowsss tune", create=False):
@@ -79,8 +83,8 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     crit = res["criterion"]
     table = Table(title=f"{folds}-fold patient cross-validation, {res['training_images']} training images "
                         f"({res['training_patients']} patients), {crit} pooled over the folds")
-    table.add_column("candidate")
-    table.add_column("variant")
+    table.add_column("candidate", overflow="fold")  # folded, not cut: candidates often differ only at the end
+    table.add_column("variant", overflow="fold")
     table.add_column(crit, justify="right")
     table.add_column(f"fold mean {crit}", justify="right")
     for row in res["pooled"]:

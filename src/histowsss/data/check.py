@@ -56,16 +56,18 @@ def _points_file_problems(points_file, cfg: DataConfig, samples: list) -> tuple[
     """Problems of ``points.file`` (unreadable, unknown class, names not in the manifest) and its clicks by name."""
     from pathlib import Path
 
-    from histowsss.data.points import PointsError, read_points_file
+    from histowsss.data.points import PointsError, parse_points_file
 
     path = str(points_file)
+    if not Path(points_file).is_file():
+        return [Problem("error", path, "points file not found; fix points.file (a CSV with image, x, y, class)")], {}
     try:
-        clicks = read_points_file(Path(points_file), cfg.classes)
-    except (PointsError, FileNotFoundError) as e:
+        clicks, errors = parse_points_file(points_file, cfg.classes)  # every bad row, the good ones kept
+    except (PointsError, OSError, UnicodeDecodeError) as e:
         return [Problem("error", path, _message(e, path))], {}
+    problems = [Problem("error", path, msg) for msg in errors]
     names = {s.name for s in samples}
     unknown = sorted(set(clicks) - names)
-    problems = []
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         problems.append(Problem("warning", path, f"clicks for {len(unknown)} image(s) not in the manifest, e.g. "
@@ -131,6 +133,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
         found, file_clicks = _points_file_problems(points_file, cfg, samples)
         problems += found
     from_masks = _labels_from_masks(cfg)
+    asked_size = min_size  # given by the caller (--min-size), not the patch size below
     if min_size is None and cfg.patches is not None and cfg.patches.border != "pad":
         min_size = cfg.patches.size
     it = samples
@@ -162,12 +165,14 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 "warning", image, f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than "
                 f"train_cam's crop {train_least}: train_cam will mirror it out to the crop (train_cam.small_images)"))
         if least and min(hs, ws) < least:
-            problems.append(Problem(
-                "error", image,
-                f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than the crop/patch size "
-                f"{least}; lower the crop size (train_cam.crop_size / data.patches.size), "
-                + ("set data.patches.border=pad" if cfg.patches is not None else "set train_cam.small_images=mirror")
-                + ", or remove the image"))
+            if asked_size is not None and least == asked_size:  # the size asked for with --min-size
+                msg = f"is smaller than --min-size {least}; lower --min-size or remove the image"
+            else:
+                msg = (f"is smaller than the crop/patch size {least}; lower the crop size (train_cam.crop_size / "
+                       "data.patches.size), "
+                       + ("set data.patches.border=pad" if cfg.patches is not None
+                          else "set train_cam.small_images=mirror") + ", or remove the image")
+            problems.append(Problem("error", image, f"image {ws}x{hs} (after image_scale {cfg.image_scale}) {msg}"))
         if s.points:
             from histowsss.data.points import PointsError, check_points, parse_points
 

@@ -80,7 +80,7 @@ def _compile_patient_regex(patient_regex: str | None) -> re.Pattern[str] | None:
     try:
         return re.compile(patient_regex)
     except re.error as e:
-        raise FolderLayoutError(f"--patient-regex {patient_regex!r} is not a valid regular expression ({e})") from None
+        raise FolderLayoutError(f"--patient-regex '{patient_regex}' is not a valid regular expression ({e})") from None
 
 
 def _claim(img: Path, root: Path, pattern: re.Pattern[str] | None, seen: dict[str, Path],
@@ -105,7 +105,7 @@ def _relpath(p: Path, out: Path) -> str:
 
 def _refuse_unmatched(root: Path, unmatched: list[str], patient_regex: str | None) -> None:
     if unmatched:
-        raise FolderLayoutError(f"--patient-regex {patient_regex!r} matches no patient in {len(unmatched)} image "
+        raise FolderLayoutError(f"--patient-regex '{patient_regex}' matches no patient in {len(unmatched)} image "
                                 f"path(s) below {root}, e.g. {', '.join(unmatched[:3])}; the pattern is searched in the "
                                 "path below the folder (use a group, or (?P<patient>...), for the id)")
 

@@ -24,7 +24,7 @@ def _corrupt(path: Path, e: BaseException) -> ImageReadError:
     cause = (str(e).strip().splitlines() or [""])[0][:200]
     return ImageReadError(
         f"{path}: cannot be decoded as an image ({type(e).__name__}: {cause}); the file is corrupt, truncated or "
-        "not an image: re-export or re-download it (or remove its manifest row)"
+        "not an image: re-export or re-download it (or leave it out: its manifest row, or the inputs given)"
     )
 
 

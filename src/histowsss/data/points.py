@@ -63,10 +63,11 @@ def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Po
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _read_file(path: str, mtime: float, names: tuple[str, ...]) -> dict[str, tuple[Point, ...]]:
-    classes = ClassMap(names=list(names))
+def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, list[Point]], list[str]]:
+    """Clicks of a points file by image name, and every row's problem (``"row N: ..."``), the usable rows kept.
+    A missing column is a PointsError (no row can be read)."""
     out: dict[str, list[Point]] = {}
+    errors: list[str] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
@@ -76,12 +77,26 @@ def _read_file(path: str, mtime: float, names: tuple[str, ...]) -> dict[str, tup
                               "name), x, y (level-0 pixels) and class")
         for i, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            where = f"{path}, row {i}"
             try:
                 x, y = float(row["x"]), float(row["y"])
             except ValueError:
-                raise PointsError(f"{where}: x and y must be numbers, got {row['x']!r}, {row['y']!r}") from None
-            out.setdefault(row["image"], []).append(Point(x, y, _class_index(row["class"], classes, where)))
+                errors.append(f"row {i}: x and y must be numbers, got {row['x']!r}, {row['y']!r}")
+                continue
+            try:
+                cls = _class_index(row["class"], classes, f"row {i}")
+            except PointsError as e:
+                errors.append(str(e))
+                continue
+            out.setdefault(row["image"], []).append(Point(x, y, cls))
+    return out, errors
+
+
+@functools.lru_cache(maxsize=4)
+def _read_file(path: str, mtime: float, names: tuple[str, ...]) -> dict[str, tuple[Point, ...]]:
+    out, errors = parse_points_file(path, ClassMap(names=list(names)))
+    if errors:
+        more = f" (and {len(errors) - 1} more row(s); `histowsss data check` lists them all)" if len(errors) > 1 else ""
+        raise PointsError(f"{path}, {errors[0]}{more}")
     return {k: tuple(v) for k, v in out.items()}
 
 

@@ -51,9 +51,13 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     On error the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL + (suffix or path.suffix or ".tmp"),
-                               dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL + (suffix or path.suffix or ".tmp"),
+                                   dir=path.parent)
+    except OSError as e:  # the error would name the temporary file; say which file could not be written, and why
+        raise type(e)(e.errno, f"{e.strerror or e}: cannot write {path} (its folder is missing, read-only or "
+                      "not a folder); choose another place") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -79,6 +79,8 @@ class RunDir:
         self.config_file = f"config_history/{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
         if os.environ.get("RANK", "0") != "0":  # under torchrun the first process writes the run's records
             return self
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"{self.path} is a file, not a run folder; choose another --run")
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / self.config_file).exists():
             (self.path / "config_history").mkdir(exist_ok=True)
@@ -118,8 +120,37 @@ class RunDir:
             raise StepError(f"{for_step} needs the outputs of {step}, which has not finished in {self.path}; "
                             f"run `histowsss run CONFIG --run {self.path} --to {step}` first")
         if st.get("config_hash") != config_hash:
+            diff = self._settings_diff(st.get("run_config"))
             raise StepError(f"{for_step}: the {step} outputs in {self.path} come from another configuration "
-                            f"(hash {st.get('config_hash')} != {config_hash}); re-run {step} with --overwrite")
+                            f"(hash {st.get('config_hash')} != {config_hash})"
+                            + (f"; {step} ran with {diff}: give those settings again (the --set values of that run) "
+                               f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
+
+    def _settings_diff(self, run_config: str | None, most: int = 6) -> str:
+        """``key = old (now new)`` for the settings where the config a step ran with (``config_history`` file)
+        differs from this invocation's; "" when unknown."""
+        import yaml
+
+        if not run_config or self.cfg is None:
+            return ""
+        try:
+            then = yaml.safe_load((self.path / run_config).read_text())
+        except (OSError, yaml.YAMLError):
+            return ""
+        now = yaml.safe_load(dump_config(self.cfg))
+
+        def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+            if not isinstance(d, dict):
+                return {prefix[:-1]: d}
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+
+        a, b = flat(then), flat(now)
+        keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "name"]
+        shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
+        return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
     @contextmanager
     def step(self, step: str, config_hash: str, overwrite: bool = False) -> Iterator[dict[str, Any]]:

@@ -145,11 +145,12 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``."""
     from histowsss.cli.predict_cmd import load_run_config
     from histowsss.engine.atomic import DIR_MODE, write_json, write_text
-    from histowsss.steps.segnet_io import load_segnet
+    from histowsss.steps.segnet_io import check_network_input, load_segnet
 
     run_path, out = Path(run_path), Path(out)
     cfg = load_run_config(run_path)
     files = bundle_files(run_path, cfg, network)
+    check_network_input(cfg, run_path, network)  # config.yaml rewritten by a later run: predict would refuse
     run_abs, out_abs = run_path.resolve(), out.resolve()
     if out_abs == run_abs or run_abs in out_abs.parents or out_abs in run_abs.parents:
         raise ValueError(f"{out}: export into a folder outside the run folder {run_path}, and not one holding it")

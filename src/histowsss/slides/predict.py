@@ -5,7 +5,8 @@ Per slide ``<stem>``, into the output folder:
 * ``<stem>_labels.png``: class ids (uint8) on the output grid (``out_downsample`` level-0 pixels per pixel);
 * ``<stem>_prob.npz``: ``probs`` float16 (C, h, w) on that grid, ``classes``, ``out_downsample``,
   ``level0_size`` (H, W);
-* ``<stem>_overlay.png``: a slide thumbnail (longest side <= 4096 px) with the classes tinted and outlined;
+* ``<stem>_overlay.png``: the slide at the label map's resolution (longest side at most 4096 px) with the classes
+  tinted and outlined;
 * ``<stem>_tissue.png``: the tissue mask the tiles were chosen from (thumbnail resolution);
 * ``<stem>.geojson``: QuPath annotations in level-0 pixel coordinates of the slide;
 * ``<stem>_slide.json``: backend, level-0 size, mpp, working downsample, tiles, timings, and the area of every
@@ -136,7 +137,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                              fill_class=bg, cache_dir=cache, params=params, log=log)
         labels = clean_for(pred.labels(), cfg, pixel_factor=out_factor)
         H0, W0 = slide.dimensions[1], slide.dimensions[0]
-        # overlay on a thumbnail of at most 4096 px
+        # overlay at the label map's resolution, at most 4096 px
         f = max(labels.shape) / 4096
         ow, oh = (labels.shape[1], labels.shape[0]) if f <= 1 else (max(1, round(labels.shape[1] / f)),
                                                                        max(1, round(labels.shape[0] / f)))

@@ -178,5 +178,9 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     if not out_rows:
         raise ValueError(f"{manifest}: no tile holds more than {min_tissue:.0%} tissue; lower --min-tissue or "
                          "--tissue-threshold, or check the slides")
+    from histowsss.data.manifest import rebase_paths
+
+    # the slide and annotation paths were relative to the slides CSV: make them name the same files from out_dir
+    rebase_paths(out_rows, root, out_dir, columns=("slide", "annotations"))
     write_manifest(out_manifest, out_rows)
     return out_manifest

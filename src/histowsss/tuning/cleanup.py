@@ -25,7 +25,8 @@ from histowsss.evaluation.object_score import ObjectScore, predicted_objects
 from histowsss.ops.label_cleanup import clean_objects
 from histowsss.steps.image_gate import apply_gate
 
-__all__ = ["score_cleanup", "choose_by_rank_sum", "fold_gate_absent", "cleanup_from_crossval"]
+__all__ = ["score_cleanup", "choose_by_rank_sum", "fold_gate_absent", "cleanup_from_crossval",
+           "require_instance_masks"]
 
 
 def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterable[Path],
@@ -98,6 +99,24 @@ def fold_gate_absent(files: Iterable[Path], work: Path, run_dir: Path, names: li
         with np.load(f) as z:
             absent.update({k: stored_absent(gate_run, k, names, cut) for k in z.files})
     return absent
+
+
+def require_instance_masks(run_dir: Path) -> None:
+    """ValueError (before any training) when no training image of the run has an instance mask to score objects
+    against: the clean-up choice would train every fold and then find nothing to rank."""
+    from histowsss.config import load_config
+    from histowsss.data.masks import INSTANCE_COLUMN
+    from histowsss.steps import seg_labels
+    from histowsss.steps.common import samples_for
+    from histowsss.tuning.crossval import WEAK
+
+    cfg = load_config(str(Path(run_dir) / "config.yaml"), WEAK)
+    samples = samples_for(cfg, seg_labels.train_splits(cfg))
+    if not any((s.extra.get(INSTANCE_COLUMN) or "").strip() and s.mask for s in samples):
+        raise ValueError(f"{cfg.data.manifest}: --object-areas scores objects against instance masks, but none of its "
+                         f"{len(samples)} training images has a mask and a {INSTANCE_COLUMN} entry; add a "
+                         f"{INSTANCE_COLUMN} column (an image of instance ids per pixel, 0 = none; the connected "
+                         "components of a binary mask will do) or leave out --object-areas")
 
 
 def _competition_rank(keys: list) -> list[int]:
