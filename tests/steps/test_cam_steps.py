@@ -122,8 +122,9 @@ def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
         (rd.path / "checkpoints" / "cam.safetensors").read_bytes()
 
 
-def test_rpnet_trains_through_the_same_step(tiny_manifest, tmp_path):
-    cfg = _cfg(tiny_manifest, ["train_cam.network=rpnet", "train_cam.epochs=1"])
+@pytest.mark.parametrize("frozen", [5, 2])  # 2: the mid level lies past the cached trunk (it once crashed)
+def test_rpnet_trains_through_the_same_step(tiny_manifest, tmp_path, frozen):
+    cfg = _cfg(tiny_manifest, ["train_cam.network=rpnet", "train_cam.epochs=1", f"backbone.frozen_stages={frozen}"])
     rd = RunDir(tmp_path / "run", cfg).init()
     run_pipeline(cfg, rd, stop="make_cam", log=lambda s: None)
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
@@ -352,3 +353,18 @@ def test_a_resumed_make_cam_makes_a_damaged_cam_again(tiny_manifest, tmp_path):
     make_cam.run(cfg, rd)
     assert rd.status("make_cam")["state"] == "done"
     np.testing.assert_array_equal(read_npz(files[0])["cam"], np.load(io.BytesIO(whole))["cam"])
+
+
+def test_false_foreground_of_background_images_skips_ignore_pixels():
+    """An all-background image with unlabelled (255) pixels is still a background image, and its ignore pixels are
+    neither counted nor scored."""
+    from histowsss.steps.eval_cam import _false_fg
+
+    cfg = load_config("demo")  # benign (background) / malignant, threshold mode
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:, :2] = 255  # half the image unlabelled
+    cam = np.zeros((1, 4, 4), np.float32)
+    cam[0, :, 0] = 1.0  # malignant called on one ignore column and nothing else
+    cam[0, 0, 3] = 1.0  # and on one labelled pixel
+    item = {"gt": gt, "cam": cam, "probs": np.array([0.9], np.float32)}
+    assert _false_fg([item], cfg, "threshold", 0.5, 0.5) == round(100 * 1 / 8, 2)

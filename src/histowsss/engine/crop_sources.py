@@ -28,6 +28,13 @@ def _progress(it, description: str, total: int | None = None):
     return track(it, description=description, total=total, transient=False)
 
 
+def cached_levels(model: torch.nn.Module) -> tuple[int, ...]:
+    """The extra feature levels a network asks for (RPNet's mid level) that the frozen trunk computes, so the cache
+    holds them; a level past the trunk is computed by the network itself from the cached features."""
+    bb = model.backbone
+    return tuple(lv for lv in getattr(model, "extra_levels", ()) if bb.features[lv].unit < model.trunk_units)
+
+
 class CachedTrunkSource:
     """Trunk features of ``copies`` augmented versions of every image (float16, on ``store_device``). ``sizes``:
     the images' sizes after ``data.image_scale`` when known (else read from the file headers for the memory check);
@@ -37,8 +44,8 @@ class CachedTrunkSource:
                  normalizer: Normalizer, device: torch.device, seed: int, channels_last: bool = True,
                  sizes: list[tuple[int, int]] | None = None, min_side: int = 0):
         self.start = model.trunk_units
-        self.levels = tuple(getattr(model, "extra_levels", ()))
         bb = model.backbone
+        self.levels = cached_levels(model)
         level = bb.level_of_unit(self.start - 1)
         self.stride = bb.features[level].reduction if level is not None else _probe_stride(bb, self.start)
         rng = np.random.default_rng(seed)
@@ -180,7 +187,7 @@ class CachedPatchSource:
                  data: DataConfig, cfg: TrainCamConfig, normalizer: Normalizer, device: torch.device, seed: int,
                  channels_last: bool = True, batch: int = 64):
         self.start = model.trunk_units
-        self.levels = tuple(getattr(model, "extra_levels", ()))
+        self.levels = cached_levels(model)
         bb = model.backbone
         rng = np.random.default_rng(seed)
         self.index = {id(e): i for i, e in enumerate(examples)}

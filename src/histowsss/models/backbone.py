@@ -38,8 +38,9 @@ class StagedBackbone(nn.Module):
         kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
         try:
             model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs)
-        except RuntimeError as e:
-            raise WeightsError(f"timm cannot build {cfg.name!r}: {e}") from None
+        except (RuntimeError, TypeError) as e:  # TypeError: a model without an output_stride argument
+            raise WeightsError(f"timm cannot build {cfg.name!r}: {e}"
+                               + (f" (backbone.output_stride {cfg.output_stride})" if kwargs else "")) from None
         self.mean, self.std = _load_weights(model, cfg, load_pretrained)
         info = model.feature_info
         names = [f["module"] for f in info]

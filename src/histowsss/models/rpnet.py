@@ -7,7 +7,8 @@ Training sees images in pairs of the same class. For each image and each class i
   (a mid level of the backbone at stride 8, projected by a learned 1x1 conv, and the last feature map f_N
   at stride 16), from the image itself and from its partner, as a whole-region and a "part" prototype
   (seeds inside a random window dropped): 2 levels x 2 images x 2 = 8 prototypes P_n;
-* s_n = cosine(f_N, P_n) (the mid-level similarity uses the projected mid features, resampled to f_N's grid);
+* s_n = cosine(f_N, P_n) for every prototype: the mid-level ones are pooled from the mid features projected into
+  f_N's channel space by that learned 1x1 conv, and compared with the last feature map like the others;
   FM = Gaussian-smoothed max_n relu(s_n), a foreground probability map per class;
 * the prototype branch classifies f_N * FM with the shared 1x1 classifier. As the classifier is linear,
   classifier(f_N * FM)_c = FM_c * CAM_c, which is how it is computed.
@@ -162,6 +163,9 @@ class RPNet(CamNet):
         """Plain logits/CAM; when training with ``targets`` on a paired batch, also ``aux_loss``."""
         if start == 0:
             last, got = self.backbone(x, 0, collect=(self.mid_level,))
+            mid = got.get(self.mid_level)
+        elif self.backbone.features[self.mid_level].unit >= start:  # the mid level lies past the cached trunk
+            last, got = self.backbone(x, start, collect=(self.mid_level,))
             mid = got.get(self.mid_level)
         else:
             last = self.backbone(x, start)[0]

@@ -85,19 +85,28 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 HEAD_PREFIXES = ("classifier", "conv_head", "bn2", "fc", "head", "global_pool", "pre_logits", "head_drop", "norm")
 
 
+def _is_head(key: str) -> bool:
+    return key.split(".", 1)[0] in HEAD_PREFIXES
+
+
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
 
-    Classifier-head tensors may be missing or differ (they are not used). Returns the model keys left
-    at their initial values. Raises WeightsError if the backbone itself does not fit.
+    Classifier-head tensors may be missing or differ (they are not used), on either side. Returns the model keys
+    left at their initial values (head tensors only). Raises WeightsError if any other tensor of the model would
+    stay at its initial value: the weights are for another architecture, or cut short.
     """
     target = model.state_dict()
+
+    def body(keys) -> list[str]:
+        return [k for k in keys if not k.endswith("num_batches_tracked") and not _is_head(k)]
+
     if set(target) <= set(sd) or len(set(target) & set(sd)) >= 0.9 * len(target):
         matched = {k: v for k, v in sd.items() if k in target and target[k].shape == v.shape}
         # by name, everything must fit: a tensor left at init, one of another shape, or one the model lacks (other
         # than the classifier head a feature extractor drops) means weights of another architecture
-        unfit = [k for k in target if k not in matched and not k.endswith("num_batches_tracked")]
-        unused = [k for k in sd if k not in target and k.split(".", 1)[0] not in HEAD_PREFIXES]
+        unfit = body(k for k in target if k not in matched)
+        unused = [k for k in sd if k not in target and not _is_head(k)]
         if unfit or unused:
             what = (f"{len(unfit)} of the model's tensors missing or of another shape (e.g. {unfit[0]})" if unfit
                     else f"{len(unused)} tensors the model does not have (e.g. {unused[0]})")
@@ -110,11 +119,13 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
             if v.shape != vd.shape:
                 break
             matched[kd] = v
+        # by order, the tensors up to the first mismatch fit: every tensor of the body must be among them (a file
+        # cut short, or of a deeper variant, would leave the last blocks, those the CAM reads, at random)
+        unfit = body(k for k in target if k not in matched)
+        if unfit:
+            raise WeightsError(f"{source}: {len(unfit)} of the model's {len(target)} tensors find no tensor of the "
+                               f"same shape in order (first: {unfit[0]}); these weights are for another "
+                               "architecture or incomplete (check backbone.name)")
     missing = [k for k in target if k not in matched]
-    if len(matched) < 0.8 * len(target):
-        raise WeightsError(
-            f"{source}: only {len(matched)} of {len(target)} tensors fit the model; these weights are for another "
-            "architecture (check backbone.name)"
-        )
     model.load_state_dict(matched, strict=False)
     return missing
