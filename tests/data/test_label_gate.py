@@ -57,6 +57,19 @@ def test_gate_contradicts_the_mask_only_within_the_patch_tolerance(seed):
     assert wrong.sum() <= per_patch_limit
 
 
+def test_pixels_no_patch_covers_take_the_image_classes_not_every_class():
+    """border: drop leaves strips no patch covers; an all-background image must stay background there."""
+    data = _data()
+    data.patches.border = "drop"
+    mask = np.zeros((20, 20), np.uint8)
+    allowed = patch_allowed(mask, data)
+    assert allowed[0].all() and not allowed[1].any()
+    assert present_classes(allowed, [0, 1]).tolist() == [True, False]
+    mask[18:, 18:] = 1  # gland only in the uncovered corner: allowed there, as the image holds it
+    allowed = patch_allowed(mask, data)
+    assert allowed[1, 19, 19] and not allowed[1, :16, :16].any()
+
+
 def test_all_ignore_patch_adds_no_constraint():
     data = _data()
     mask = np.full((16, 16), 255, np.uint8)

@@ -173,3 +173,16 @@ def test_cpu_amp_flag_is_ignored_off_the_cpu(gated_run):
     assert (cfg.eval_seg.cpu_amp, cfg.make_cam.cpu_amp) == (True, True)
     apply_cpu_amp(cfg, None, torch.device("cpu"), lines.append)
     assert (cfg.eval_seg.cpu_amp, cfg.make_cam.cpu_amp) == (True, True)
+
+
+def test_stored_probabilities_of_another_make_cam_are_refused(tmp_path: Path):
+    from histowsss.engine.atomic import write_npz
+    from histowsss.steps.image_gate import stored_absent
+
+    write_npz(tmp_path / "cams" / "a.npz", probs=np.array([0.2], np.float32), classes=np.array(["malignant"]),
+              config_hash=np.array("aaaa"))
+    names = ["benign", "malignant"]
+    assert stored_absent(tmp_path, "a", names, 0.5, "aaaa") == [1]
+    assert stored_absent(tmp_path, "a", names, 0.5) == [1]  # no hash asked for (a fold's own CAM stage)
+    with pytest.raises(StepError, match="a.npz: CAM from another configuration"):
+        stored_absent(tmp_path, "a", names, 0.5, "bbbb")

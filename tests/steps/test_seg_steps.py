@@ -374,3 +374,32 @@ def test_train_seg_feeds_channels_last_crops_outside_the_hash(dataset: Path, tmp
         assert seen and all(s == cl for s in seen)
     assert train_seg.config_hash(make_cfg(dataset, "train_seg.channels_last=false")) == \
         train_seg.config_hash(make_cfg(dataset))
+
+
+def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(dataset: Path, tmp_path: Path,
+                                                                             monkeypatch):
+    """pseudo_or_cam / best_on_train decide from what the folder holds: a network trained on CAM labels (IRN not run
+    yet) is trained again once the pseudo-masks exist, and its scores made again, though no hash changed."""
+    cfg = make_cfg(dataset, "train_seg.labels=pseudo_or_cam")
+    run = RunDir(tmp_path / "run", cfg).init()
+    with run.step("train_seg", train_seg.config_hash(cfg)) as info:  # as trained before IRN ran: on CAM labels
+        info.update(label_source="cam")
+    with run.step("eval_seg", eval_seg.config_hash(cfg)):
+        pass
+    assert train_seg.stale_reason(cfg, run) is None  # no pseudo-masks: CAM labels are still the choice
+    fake_pseudo(cfg, run)
+    assert "trained on cam labels" in train_seg.stale_reason(cfg, run)
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(train_seg, "run", lambda c, r, overwrite=False: calls.append(("train_seg", overwrite)))
+    monkeypatch.setattr(eval_seg, "run", lambda c, r, overwrite=False: calls.append(("eval_seg", overwrite)))
+    msgs: list[str] = []
+    run_pipeline(cfg, run, start="train_seg", stop="train_seg", log=msgs.append)
+    assert calls == [("train_seg", True)] and msgs[0].startswith("[redo] train_seg")
+    # the network was trained after its scores were made: eval_seg is made again too
+    st = json.loads((run.path / "status" / "eval_seg.json").read_text())
+    st["started"] = "2000-01-01T00:00:00+0000"
+    (run.path / "status" / "eval_seg.json").write_text(json.dumps(st))
+    assert "trained again" in eval_seg.stale_reason(cfg, run)
+    calls.clear()
+    run_pipeline(cfg, run, start="eval_seg", stop="eval_seg", log=msgs.append)
+    assert calls == [("eval_seg", True)]

@@ -27,21 +27,28 @@ def uses_patch_gate(cfg: RunConfig) -> bool:
 def patch_allowed(class_mask: np.ndarray, data: DataConfig) -> np.ndarray:
     """(C, H, W) bool: classes each pixel may take given the labels of the patches covering it.
 
-    Patches whose pixels are all ignore add no constraint; a pixel left with no class (only possible with
-    unusual patch settings) is allowed every class.
+    Patches whose pixels are all ignore add no constraint. A pixel no labelled patch covers (the strips
+    ``border: drop`` leaves) or left with no class (only possible with unusual patch settings) may take the classes
+    of the image: those present anywhere in its mask, never every class (an all-background image stays background).
     """
     assert data.patches is not None
     h, w = class_mask.shape
     c = len(data.classes.names)
     allowed = np.ones((c, h, w), dtype=bool)
+    covered = np.zeros((h, w), dtype=bool)
     for p in tile_image(h, w, data.patches):
         crop = crop_padded(class_mask, p)
         if not np.any(crop != 255):
             continue
+        covered[p.y : p.y + p.size, p.x : p.x + p.size] = True
         t = patch_labels_from_mask(crop, data.classes, data.patches.min_fraction)
         for k in np.flatnonzero(t < 0.5):
             allowed[k, p.y : p.y + p.size, p.x : p.x + p.size] = False
-    allowed[:, ~allowed.any(axis=0)] = True
+    image_classes = patch_labels_from_mask(class_mask, data.classes, 0.0) > 0.5
+    if not image_classes.any():  # an all-ignore mask: nothing is known
+        image_classes[:] = True
+    loose = ~covered | ~allowed.any(axis=0)
+    allowed[:, loose] = image_classes[:, None]
     return allowed
 
 

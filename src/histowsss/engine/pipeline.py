@@ -66,9 +66,14 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
             log(f"[off ] {name}: {off}")
             continue
         if run.is_done(key, h) and not overwrite:
-            log(f"[skip] {key}: finished with this configuration")
-            continue
-        log(f"[run ] {key}")
+            # a step may know that its finished outputs no longer follow from the folder (its hash cannot say)
+            why = mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None
+            if why is None:
+                log(f"[skip] {key}: finished with this configuration")
+                continue
+            log(f"[redo] {key}: {why}")
+        else:
+            log(f"[run ] {key}")
         t0 = time.time()
         st = run.status(key)
         redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config

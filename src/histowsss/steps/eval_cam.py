@@ -194,9 +194,10 @@ def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float, gate: 
     bg = cfg.data.classes.background_index or 0
     tot = fg = 0
     for it in masked(items):
-        if np.any(it["gt"] != bg):
+        scored = it["gt"] != 255  # ignore pixels (unlabelled, mask_ignore_values) are neither
+        if np.any(it["gt"][scored] != bg):
             continue
         pred = cams_to_labels(it["cam"], presence(it, "predicted", gate), ids, bg, mode, value)
-        tot += pred.size
-        fg += int((pred != bg).sum())
+        tot += int(scored.sum())
+        fg += int((pred[scored] != bg).sum())
     return round(100 * fg / tot, 2) if tot else None

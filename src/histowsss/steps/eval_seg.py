@@ -54,6 +54,22 @@ def status_name(cfg: RunConfig) -> str:
     return f"{STEP}_supervised" if cfg.train_seg.supervised else STEP
 
 
+def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
+    """Why finished scores must be made again although the hash matches: the network was trained again after they
+    were made (train_seg redone for a new label source). None when they stand."""
+    mine = run.status(status_name(cfg)) or {}
+    net = run.status(train_seg.status_name(cfg)) or {}
+    from datetime import datetime
+
+    started, trained = mine.get("started"), net.get("finished")
+    try:
+        later = bool(started and trained) and (datetime.strptime(trained, "%Y-%m-%dT%H:%M:%S%z")
+                                               > datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z"))
+    except ValueError:  # a record of another format: nothing to compare
+        return None
+    return f"its network was trained again at {trained}, after these scores were made ({started})" if later else None
+
+
 def pred_dir_name(tag: str) -> str:
     return "pred" if tag == "seg" else "pred_" + tag.removeprefix("seg_")
 
@@ -122,11 +138,12 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         shutil.rmtree(run.path / pdir, ignore_errors=True)
         gate = None
         if ev.image_gate:
-            from histowsss.steps import eval_cam
+            from histowsss.steps import eval_cam, make_cam
             from histowsss.steps.image_gate import apply_gate, chosen_gate, stored_absent
 
             run.require("eval_cam", eval_cam.config_hash(cfg), status_name(cfg) + " (eval_seg.image_gate)")
             gate = chosen_gate(run.path, cfg)
+            cam_hash = make_cam.config_hash(cfg)
         bg = cfg.data.classes.background_index
         gated_images = 0
         cms = {sp: ConfusionMatrix(len(names)) for sp in splits}
@@ -137,7 +154,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             img = load_image(s.image, cfg.data)
             probs = predict_probs(model, img, cfg, device)
             if gate is not None:
-                absent = stored_absent(run.path, s.name, names, gate)
+                absent = stored_absent(run.path, s.name, names, gate, cam_hash)
                 probs = apply_gate(probs, absent, bg)
                 gated_images += bool([k for k in absent if k != bg])
             pred = labels_from_probs(probs, cfg)

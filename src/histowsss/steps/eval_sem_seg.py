@@ -66,7 +66,9 @@ def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
             coverage[f][0] += int((~ign).sum())
             coverage[f][1] += ign.size
         pseudo = read_png(run.path / "pseudo" / f"{s.name}.png")
-        pseudo_cm.update(gt, pseudo)
+        # without a background class an image with no evidence is ignore (255): nothing to score there
+        unknown = pseudo == IGNORE
+        pseudo_cm.update(np.where(unknown, IGNORE, gt), np.where(unknown, 0, pseudo))
         gi = load_instance_mask(s, cfg.data, gt, bg)
         if gi is not None:
             inst = read_png(run.path / "instances" / f"{s.name}.png").astype(np.int64)

@@ -37,13 +37,18 @@ def absent_classes(probs: np.ndarray, classes: list[str], names: list[str], gate
     return [names.index(str(c)) for c, p in zip(classes, probs) if float(p) < gate and str(c) in names]
 
 
-def stored_absent(run_path: Path, name: str, names: list[str], gate: float) -> list[int]:
-    """Absent classes of one image from make_cam's cams/<name>.npz."""
+def stored_absent(run_path: Path, name: str, names: list[str], gate: float,
+                  expected_hash: str | None = None) -> list[int]:
+    """Absent classes of one image from make_cam's cams/<name>.npz (``expected_hash``: make_cam's config hash the
+    file must carry)."""
     path = run_path / "cams" / f"{name}.npz"
     if not path.exists():
         raise StepError(f"{path} missing: eval_seg.image_gate needs make_cam's image probabilities for every "
                         "evaluated image (make_cam.splits must include eval_seg's splits)")
     z = read_npz(path, "delete it and re-run make_cam with --overwrite")
+    if expected_hash is not None and "config_hash" in z and str(z["config_hash"]) != expected_hash:
+        raise StepError(f"{path}: CAM from another configuration (hash {z['config_hash']} != {expected_hash}); "
+                        "re-run make_cam with --overwrite")
     return absent_classes(z["probs"], list(z["classes"]), names, gate)
 
 

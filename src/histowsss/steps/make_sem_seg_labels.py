@@ -43,6 +43,7 @@ from histowsss.engine.atomic import write_npz, write_png
 from histowsss.engine.device import resolve_device
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.cam_labels import normalize_cams
+from histowsss.ops.ir_labels import IGNORE
 from histowsss.ops.random_walk import random_walk
 from histowsss.steps import train_irn
 from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, cam_mode, fresh_dir, irn_samples,
@@ -148,9 +149,9 @@ def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
     zeroes each CAM channel where its class is not allowed, so the walk does not spread it from there.
     """
     got = walk_scores(cam_norm, present, class_ids, background, mode, boundary, size, radius, beta, exp_times)
-    if got is None:  # no evidence to walk: background, or with no background class the first labelled class
-        labelled = [class_ids[i] for i in range(len(class_ids)) if present[i]]
-        fill = labelled[0] if mode == "argmax" and labelled else background
+    if got is None:  # no evidence to walk: background, or with no background class ignore (nothing is known, as
+        # cam_to_ir_label marks it; train_seg skips ignore pixels)
+        fill = IGNORE if mode == "argmax" else background
         lab = np.full(size, fill, np.uint8)
         if allowed is not None:
             lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
@@ -237,7 +238,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             p_png, p_npz = run.path / "pseudo" / f"{s.name}.png", run.path / "irn" / f"{s.name}.npz"
             argmax = cam_mode(cfg) == "argmax"
             if resume and p_png.exists() and p_npz.exists():
-                has_fg = argmax or bool(np.any(read_png(p_png) != bg))
+                # as a fresh image counts: argmax mode has foreground unless the map is all ignore
+                has_fg = bool(np.any(read_png(p_png) != (IGNORE if argmax else bg)))
                 reused += 1
             else:
                 has_fg = _process_image(cfg, run, model, norm, device, s, present, cam_hash, bg_value)

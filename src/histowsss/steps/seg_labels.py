@@ -121,6 +121,7 @@ def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.nd
     from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
     from histowsss.steps.common import output_classes
     from histowsss.steps.make_cam import STRIDE, cam_path
+    from histowsss.steps.make_cam import config_hash as make_cam_hash
 
     metrics = json.loads((run.path / "metrics" / "cam.json").read_text())
     mode, value = metrics["mode"], float(metrics["chosen_value"])
@@ -128,12 +129,16 @@ def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.nd
     ids = [names.index(n) for n in output_classes(cfg)]
     bg = cfg.data.classes.background_index or 0
     present = image_targets(samples, cfg.data)[:, ids] > 0.5
+    expected = make_cam_hash(cfg)
     out = []
     for s, pr in zip(samples, present):
         p = cam_path(run, s.name)
         if not p.exists():
             raise StepError(f"{p}: CAM missing; make_cam.splits must include the train_seg splits {train_splits(cfg)}")
         z = read_npz(p, "delete it and re-run make_cam with --overwrite")
+        if "config_hash" in z and str(z["config_hash"]) != expected:
+            raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected}); "
+                            "re-run make_cam with --overwrite")
         cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
         allowed = sample_gate(cfg, s)
         if allowed is not None:

@@ -79,6 +79,23 @@ def _upstream_hash(cfg: RunConfig) -> str:
     return f"{pseudo}|cam:{eval_cam.config_hash(cfg)}"
 
 
+def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
+    """Why a finished weak network must be trained again although its hash matches: ``best_on_train`` /
+    ``pseudo_or_cam`` chose its labels from what the folder held then (CAM labels before IRN's pseudo-masks were
+    made, say), and would choose others now. None when it stands."""
+    ts = cfg.train_seg
+    if ts.supervised or ts.labels not in ("best_on_train", "pseudo_or_cam"):
+        return None
+    was = (run.status(status_name(cfg)) or {}).get("label_source")
+    try:
+        now = label_source(cfg, run)
+    except StepError:  # its sources are not all finished: nothing better to train on
+        return None
+    if was is None or was == now:
+        return None
+    return f"trained on {was} labels; train_seg.labels={ts.labels} now picks {now} labels"
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Hash of this step's inputs: the label source's own hash + the data and train_seg sections."""
     payload = f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}"

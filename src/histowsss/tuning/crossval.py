@@ -245,6 +245,8 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
             continue
         cm = ConfusionMatrix(n)
         for g, lab in zip(gt, seg_labels.load_labels(base, src_rd, val_s, source)):
+            unknown = lab == 255  # weak labels may leave pixels ignore (no evidence): not scored
+            g, lab = np.where(unknown, 255, g), np.where(unknown, 0, lab)
             cm.update(g, lab)
             pooled_labels.update(g, lab)
         rec["weak_labels"] = _summary(cm, names)
