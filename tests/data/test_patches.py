@@ -79,11 +79,15 @@ def test_crop_padded_inside_and_reflected():
     out = crop_padded(img, Patch(3, 4, 4))
     assert out.shape == (4, 4, 3)
     np.testing.assert_array_equal(out, np.pad(img, [(0, 2), (0, 1), (0, 0)], mode="reflect")[3:7, 4:8])
-    # 2-D label maps too, and padding larger than the image falls back to edge values
+    # 2-D label maps too, and padding larger than the image reflects again, as the training crops of the pixels are
+    # padded (it once fell back to edge values there, so a patch's label counted other pixels than the network saw)
     m = np.array([[1, 2], [3, 4]])
     out = crop_padded(m, Patch(0, 0, 5))
     assert out.shape == (5, 5)
-    np.testing.assert_array_equal(out, np.pad(m, [(0, 3), (0, 3)], mode="edge"))
+    np.testing.assert_array_equal(out, np.pad(m, [(0, 3), (0, 3)], mode="reflect"))
+    pixels = np.arange(2 * 2 * 3).reshape(2, 2, 3)
+    as_trained = np.pad(pixels, ((0, 3), (0, 3), (0, 0)), mode="reflect")  # crop_sources' padding of pixel crops
+    np.testing.assert_array_equal(crop_padded(pixels, Patch(0, 0, 5)), as_trained)
 
 
 def test_oeem_rule_on_handmade_mask():

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from histowsss.config import load_config
 from histowsss.data.synthetic import generate_synthetic_dataset
@@ -368,3 +369,45 @@ def test_false_foreground_of_background_images_skips_ignore_pixels():
     cam[0, 0, 3] = 1.0  # and on one labelled pixel
     item = {"gt": gt, "cam": cam, "probs": np.array([0.9], np.float32)}
     assert _false_fg([item], cfg, "threshold", 0.5, 0.5) == round(100 * 1 / 8, 2)
+
+
+def test_the_schedule_covers_every_batch_of_a_multi_scale_cache(tiny_manifest):
+    """Cached copies batch per scale, so an epoch can take more batches than a plain split; the learning-rate
+    schedule is as long as the most an epoch can take (it once ended early and trained the last steps at LR 0)."""
+    from histowsss.data.crops import image_targets, random_crop_examples
+    from histowsss.data.transforms import Normalizer
+    from histowsss.engine.crop_sources import CachedTrunkSource
+    from histowsss.steps.common import build_cam_network, samples_for
+
+    cfg = _cfg(tiny_manifest, ["train_cam.cache_scales=[1.0,0.75]", "train_cam.cache_copies=2"])
+    samples = samples_for(cfg, ["train"])
+    model = build_cam_network(cfg)
+    norm = Normalizer(model.backbone.mean, model.backbone.std)
+    src = CachedTrunkSource(model, samples, cfg.data, cfg.train_cam, norm, torch.device("cpu"), 0, False)
+    targets = image_targets(samples, cfg.data)
+    sizes = [(64, 64)] * len(samples)
+    counts = []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        ex = random_crop_examples(targets, sizes, 48, 3, rng)  # 24 crops, batch 8: a plain split takes 3
+        counts.append(sum(1 for _ in src.batches(ex, 8, rng, torch.device("cpu"))))
+    bound = src.max_steps(24, 8)
+    assert max(counts) > 3 and max(counts) <= bound == 4
+
+
+def test_a_diverged_classifier_gets_the_diagnosis_not_a_crash(tiny_manifest, tmp_path, monkeypatch):
+    from histowsss.engine.diagnostics import TrainingFailure
+    from histowsss.models.cam import CamNet
+    from histowsss.steps import train_cam
+
+    real = CamNet.forward
+
+    def nan_forward(self, *a, **k):
+        out = real(self, *a, **k)
+        out["logits"] = out["logits"] * float("nan")
+        return out
+
+    monkeypatch.setattr(CamNet, "forward", nan_forward)
+    cfg = _cfg(tiny_manifest, ["train_cam.epochs=1"])
+    with pytest.raises(TrainingFailure, match="diverged"):
+        train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())

@@ -151,6 +151,34 @@ def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, mon
     assert run.status("train_seg")["state"] == "done"
 
 
+def test_a_resumed_network_with_dropout_is_the_uninterrupted_one(dataset: Path, tmp_path: Path, monkeypatch):
+    """DeepLabV3+ has dropout: torch's draws come from each epoch's seed, so a resume after a kill gives the weights
+    of a run never stopped (the U-Net, without dropout, never showed the difference)."""
+    from safetensors.torch import load_file
+
+    cfg = make_cfg(dataset, "train_seg.architecture=deeplabv3plus")
+    straight = RunDir(tmp_path / "straight", cfg).init()
+    fake_pseudo(cfg, straight)
+    train_seg.run(cfg, straight)
+    resumed = RunDir(tmp_path / "resumed", cfg).init()
+    fake_pseudo(cfg, resumed)
+    original = checkpoints.save_train_state
+
+    def crash_after_first_epoch(path, state):
+        original(path, state)
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg.run(cfg, resumed)
+    monkeypatch.setattr(checkpoints, "save_train_state", original)
+    torch.manual_seed(12345)  # whatever the process drew meanwhile
+    train_seg.run(cfg, resumed)
+    a = load_file(str(straight.path / "checkpoints" / "seg.safetensors"))
+    b = load_file(str(resumed.path / "checkpoints" / "seg.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_fit_on_a_subset_of_the_training_images(dataset: Path, tmp_path: Path):
     """fit(samples=...) trains on exactly the given images (model selection on held-out patients)."""
     from histowsss.engine.distributed import init_distributed

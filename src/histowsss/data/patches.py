@@ -55,13 +55,14 @@ def tile_image(height: int, width: int, cfg: PatchConfig, name: str = "image") -
 
 
 def crop_padded(img: np.ndarray, p: Patch) -> np.ndarray:
-    """Crop a patch, reflect-padding where it crosses the image border."""
+    """Crop a patch, reflect-padding where it crosses the image border (numpy reflects again where the pad is
+    longer than the image), as the training crops of those pixels are padded, so a patch's label counts the
+    pixels the network sees."""
     h, w = img.shape[:2]
     pad_y, pad_x = max(0, p.y + p.size - h), max(0, p.x + p.size - w)
     if pad_y or pad_x:
         pad = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (img.ndim - 2)
-        mode = "reflect" if (pad_y < h and pad_x < w) else "edge"
-        img = np.pad(img, pad, mode=mode)
+        img = np.pad(img, pad, mode="reflect")
     return img[p.y : p.y + p.size, p.x : p.x + p.size]
 
 

@@ -7,6 +7,8 @@ epoch costs only the trainable tail. Otherwise crops are cut, augmented and run 
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterator
 
 import numpy as np
@@ -26,6 +28,14 @@ def _progress(it, description: str, total: int | None = None):
     from rich.progress import track
 
     return track(it, description=description, total=total, transient=False)
+
+
+def even_split_steps(n_examples: int, batch_size: int, paired: bool = False) -> int:
+    """Batches of ``batch_size`` (made even for pairs) over ``n_examples``."""
+    if paired:
+        n_examples -= n_examples % 2
+        batch_size = max(2, batch_size - batch_size % 2)
+    return max(1, math.ceil(n_examples / batch_size))
 
 
 def cached_levels(model: torch.nn.Module) -> tuple[int, ...]:
@@ -80,6 +90,13 @@ class CachedTrunkSource:
                                  "lower train_cam.cache_copies or data.image_scale, or set train_cam.cache_features="
                                  "false (crops then run through the whole network: slower, no cache)")
         model.train()
+
+    def max_steps(self, n_examples: int, batch_size: int, paired: bool = False) -> int:
+        """Most batches an epoch of ``n_examples`` (of one size) can take: each copy scale ends in its own partial
+        batch, so up to one more per extra scale than a plain split (the learning-rate schedule's length)."""
+        unit = 2 if paired else 1
+        n_scales = len({c[2] for c in self.copies[0]}) if self.copies else 1
+        return max(1, math.ceil((n_examples // unit) / max(1, batch_size // unit)) + n_scales - 1)
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
                 device: torch.device, paired: bool = False
@@ -139,6 +156,10 @@ class PixelSource:
         self.aug = aug
         self.normalizer = normalizer
         self.channels_last = channels_last
+
+    def max_steps(self, n_examples: int, batch_size: int, paired: bool = False) -> int:
+        """Batches an epoch of ``n_examples`` takes (pairs: an even batch size)."""
+        return even_split_steps(n_examples, batch_size, paired)
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
                 device: torch.device, paired: bool = False
@@ -229,6 +250,10 @@ class CachedPatchSource:
                                  "lower train_cam.cache_copies, or set train_cam.cache_features=false (patches then "
                                  "run through the whole network: slower, no cache)")
         model.train()
+
+    def max_steps(self, n_examples: int, batch_size: int, paired: bool = False) -> int:
+        """Batches an epoch of ``n_examples`` takes (pairs: an even batch size)."""
+        return even_split_steps(n_examples, batch_size, paired)
 
     def batches(self, examples: list[CropExample], batch_size: int, rng: np.random.Generator,
                 device: torch.device, paired: bool = False

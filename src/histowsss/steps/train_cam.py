@@ -83,7 +83,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         n_examples = len(fixed) if fixed is not None else len(samples) * tc.crops_per_image
         if tc.network == "rpnet":
             n_examples *= 2  # every example is followed by its partner
-        steps_per_epoch = max(1, math.ceil(n_examples / tc.batch_size))
+        # the most batches an epoch can take (cached copies batch per scale): the schedule never runs past its end
+        steps_per_epoch = source.max_steps(n_examples, tc.batch_size, paired=tc.network == "rpnet")
         total = steps_per_epoch * tc.epochs
         warm = int(tc.warmup_epochs * steps_per_epoch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)) *
@@ -133,10 +134,13 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                     all_p.append(torch.sigmoid(out["logits"].detach()).float().cpu().numpy())
                     bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{tc.epochs} loss {np.mean(losses):.4f}")
                 tt, pp = np.concatenate(all_t), np.concatenate(all_p)
+                finite = bool(np.isfinite(pp).all()) and bool(np.isfinite(losses).all())
+                # a diverged epoch (NaN outputs) goes to the diagnosis below, not into BCE / AUC, which raise on NaN
                 plain = float(F.binary_cross_entropy(torch.from_numpy(pp).clamp(1e-6, 1 - 1e-6),
-                                                     torch.from_numpy(tt)).item())
+                                                     torch.from_numpy(tt)).item()) if finite else float("nan")
                 rec = {"epoch": epoch, "loss": float(np.mean(losses)), "bce": plain, "chance_bce": chance,
-                       "acc": accuracy(tt, pp), "auc": macro_auc(tt, pp), "lr": opt.param_groups[-1]["lr"],
+                       "acc": accuracy(tt, pp) if finite else None, "auc": macro_auc(tt, pp) if finite else None,
+                       "lr": opt.param_groups[-1]["lr"],
                        "aux_loss": float(np.mean(aux_losses)) if aux_losses else None,
                        "seconds": round(time.time() - t0, 2), "examples": int(len(tt)),
                        "examples_per_s": round(len(tt) / max(time.time() - t0, 1e-9), 2)}
@@ -145,8 +149,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 bar.update(task, total=next(t for t in bar.tasks if t.id == task).completed
                            + steps_per_epoch * (tc.epochs - epoch - 1))
                 write_text(logs / "train_cam.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+                acc_txt = "nan" if rec["acc"] is None else f"{rec['acc']:.3f}"
                 bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} (chance {chance:.4f}) "
-                                  f"acc {rec['acc']:.3f} auc {rec['auc'] if rec['auc'] is None else round(rec['auc'], 3)} "
+                                  f"acc {acc_txt} auc {rec['auc'] if rec['auc'] is None else round(rec['auc'], 3)} "
                                   f"{rec['examples_per_s']} crops/s")
                 check_epoch(epoch, plain, chance, rec["auc"], pp, tc.min_epochs_before_diagnosis, history)
                 save_resume_point(ckpt_dir / "cam_last.safetensors", state_path, model,

@@ -295,6 +295,9 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), disable=not ctx.is_main) as bar:
         task = bar.add_task(label, total=total, completed=start_epoch * steps_per_epoch, stats="")
         for epoch in range(start_epoch, ts.epochs):
+            # torch's own draws (dropout, e.g. DeepLabV3+'s ASPP) from the epoch's seed, the same on every rank: a run
+            # resumed after a kill trains as one never stopped
+            torch.manual_seed(seed * 1_000_003 + epoch)
             ddp.train()
             t0 = time.time()
             kind = "ce" if epoch < ts.loss_warmup_epochs else loss_kind
@@ -330,8 +333,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
             rec = {"epoch": epoch, "loss": g[0] / max(g[1], 1), "loss_kind": kind,
                    "label_acc": g[2] / max(g[3], 1), "label_prob": g[4] / max(g[3], 1),
                    "lr": opt.param_groups[-1]["lr"], "seconds": round(secs, 2),
-                   "crops": steps_per_epoch * ts.batch_size * ctx.world_size,
-                   "crops_per_s": round(steps_per_epoch * ts.batch_size * ctx.world_size / max(secs, 1e-9), 2)}
+                   "crops": sum(len(c) for c in chunks) * ctx.world_size,  # fewer than a batch: what was drawn
+                   "crops_per_s": round(sum(len(c) for c in chunks) * ctx.world_size / max(secs, 1e-9), 2)}
             history.append(rec)
             if ctx.is_main:
                 write_text(logs / f"train_{t_}.jsonl", "".join(json.dumps(r) + "\n" for r in history))
