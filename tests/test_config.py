@@ -191,3 +191,26 @@ def test_numbers_as_names_and_booleans_as_numbers():
     with pytest.raises(ConfigError, match="loader_threads: true is a boolean"):  # int | None too
         load_config("demo", ["train_seg.loader_threads=true"])
     assert load_config("demo", ["train_seg.loader_threads=null"]).train_seg.loader_threads is None
+    # inside lists and tuples, and in unions with text (bg_offset: a number or "eval_cam"), too
+    for bad in ("make_cam.scales=[true,0.5]", "eval_cam.thresholds=[yes]", "train_cam.augment.scale_range=[on,1.2]",
+                "ir_label.sweep=[[true,0.05]]", "data.mask_ignore_values=[true]", "sem_seg.bg_offset=true"):
+        with pytest.raises(ConfigError, match="boolean"):
+            load_config("demo", [bad])
+    assert load_config("demo", ["sem_seg.bg_offset=eval_cam", "make_cam.scales=[1, 0.5]"]).make_cam.scales == [1, 0.5]
+
+
+def test_an_override_through_a_yaml_alias_changes_only_its_own_section(tmp_path):
+    """Two sections sharing one mapping by a YAML anchor: --set on one of them must not reach the other."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {manifest: m.csv, classes: {names: [a, b], background: a}}\n"
+                    "train_cam: {augment: &aug {flips: true, hed_jitter: 0.03}}\n"
+                    "train_seg: {augment: *aug}\n")
+    cfg = load_config(str(path), ["train_cam.augment.flips=false"])
+    assert cfg.train_cam.augment.flips is False and cfg.train_seg.augment.flips is True
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text"):
+        load_config(str(path))

@@ -213,3 +213,15 @@ def test_mask_mode_reads_masks_from_the_whole_manifest(tmp_path: Path):
     made = config_for_manifest(tmp_path / "m.csv", background="normal")
     assert made.config.data.mask_mode == "class_ids" and made.config.data.classes.names == ["normal", "a", "b"]
     assert "pass --classes in mask-value order" in made.text
+
+
+def test_binary_masks_take_the_class_that_is_not_background_whatever_the_order_given(tmp_path: Path):
+    rows = ["image,split,patient,label,mask"]
+    for i in range(6):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        Image.fromarray(np.zeros((96, 96), np.uint8)).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{'train' if i % 3 else 'test'},p{i},{'malignant' if i % 2 else 'benign'},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv", background="benign", mask_mode="binary",
+                               classes=["malignant", "benign"])  # background given second
+    assert made.config.data.mask_foreground_class == "malignant"

@@ -35,17 +35,34 @@ class Strict(BaseModel):
         if isinstance(data, dict):
             for name, field in cls.model_fields.items():
                 value = data.get(name)
-                if isinstance(value, bool) and _is_number(field.annotation):
-                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, but {name} is a number")
+                if name in data and _bool_for_number(value, field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, but {name} is a number"
+                                     if isinstance(value, bool) else
+                                     f"{name}: {value!r} holds a boolean (YAML reads true/false, yes/no, on/off so) "
+                                     f"where {name} takes numbers")
         return data
 
 
-def _is_number(annotation: Any) -> bool:
-    """int or float, optionally or-None (``int | None``)."""
+def _bool_for_number(value: Any, annotation: Any) -> bool:
+    """True when ``value`` puts a boolean where ``annotation`` takes a number: the field itself (``int``, ``float``,
+    a union holding one, e.g. ``float | Literal["eval_cam"]``) or the items of a list / tuple of them."""
+    if isinstance(value, bool):
+        return _takes_number(annotation)
+    if isinstance(value, (list, tuple)):
+        origin, args = get_origin(annotation), get_args(annotation)
+        if origin in (Union, types.UnionType):
+            return any(_bool_for_number(value, a) for a in args if get_origin(a) in (list, tuple))
+        if origin in (list, tuple) and args:
+            items = args if origin is tuple and Ellipsis not in args else (args[0],) * len(value)
+            return any(_bool_for_number(v, a) for v, a in zip(value, items))
+    return False
+
+
+def _takes_number(annotation: Any) -> bool:
+    """int or float, or a union holding one (``int | None``, ``float | Literal[...]``)."""
     if annotation in (int, float):
         return True
-    args = set(get_args(annotation)) - {type(None)}
-    return get_origin(annotation) in (Union, types.UnionType) and bool(args) and args <= {int, float}
+    return get_origin(annotation) in (Union, types.UnionType) and any(a in (int, float) for a in get_args(annotation))
 
 
 class ClassMap(Strict):
@@ -592,6 +609,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node[k] = {}
             if not isinstance(node[k], dict):
                 raise ConfigError(f"override {ov!r}: {k!r} is not a section")
+            node[k] = dict(node[k])  # its own copy: a YAML alias may share the mapping with another section
             node = node[k]
         node[keys[-1]] = value
     return raw
@@ -630,9 +648,11 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
                 f"config file {source} not found; pass a YAML path or one of the builtin names: {', '.join(BUILTIN_CONFIGS)}"
             )
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     apply_overrides(raw, overrides or [])

@@ -202,8 +202,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                          "(data.mask_ignore_values)")
         if mask_mode is not None:
             data["mask_mode"] = mask_mode
-            if mask_mode == "binary" and len(names) == 2:
-                data["mask_foreground_class"] = names[1]
+            fg = [n for n in names if n != bg]
+            if mask_mode == "binary" and len(fg) == 1:  # whatever order --classes gave: the one that is not background
+                data["mask_foreground_class"] = fg[0]
             notes.append(f"mask_mode {mask_mode} (given)")
         else:
             mode, note = _mask_mode(root, masks, names, bg, list(mask_ignore or []))

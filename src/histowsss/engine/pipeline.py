@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
-from histowsss.engine.run_dir import RunDir
+from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.registry import select_steps, step_module
 
 
@@ -26,6 +26,26 @@ def status_name(cfg: RunConfig, name: str, module) -> str:
 DISTRIBUTED_STEPS = ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised")
 
 
+def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool) -> None:
+    """StepError, before anything is written, when a step of ``plan`` that has work to do reads a step (its
+    ``requires(cfg)``) that neither finished with this configuration nor comes earlier in the plan (``--from`` past
+    a step whose outputs are missing or of other settings)."""
+    scheduled: set[str] = set()
+    for _, mod, h, key, off in plan:
+        if off:
+            continue
+        if (overwrite or not run.is_done(key, h)) and hasattr(mod, "requires"):
+            for need, need_h in mod.requires(cfg):
+                if need in scheduled or run.is_done(need, need_h):
+                    continue
+                st = run.status(need)
+                why = ("has not finished" if not st or st.get("state") != "done"
+                       else "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st)) else ""))
+                raise StepError(f"{key} needs the outputs of {need}, which {why} in {run.path}; start from it: "
+                                f"`histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from)")
+        scheduled.add(key)
+
+
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                overwrite: bool = False) -> list[tuple]:
     """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), checked before
@@ -43,6 +63,7 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
         mod = step_module(name)
         plan.append((name, mod, mod.config_hash(cfg), status_name(cfg, name, mod),
                      getattr(mod, "disabled", lambda c: None)(cfg)))
+    check_inputs(cfg, run, plan, overwrite)
     world = env_world()[1]
     if world > 1:
         todo = [key for name, _, h, key, off in plan

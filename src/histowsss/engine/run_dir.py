@@ -120,17 +120,18 @@ class RunDir:
             raise StepError(f"{for_step} needs the outputs of {step}, which has not finished in {self.path}; "
                             f"run `histowsss run CONFIG --run {self.path} --to {step}` first")
         if st.get("config_hash") != config_hash:
-            diff = self._settings_diff(st.get("run_config"))
+            diff = self.settings_diff(st)
             raise StepError(f"{for_step}: the {step} outputs in {self.path} come from another configuration "
                             f"(hash {st.get('config_hash')} != {config_hash})"
                             + (f"; {step} ran with {diff}: give those settings again (the --set values of that run) "
                                f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
 
-    def _settings_diff(self, run_config: str | None, most: int = 6) -> str:
-        """``key = old (now new)`` for the settings where the config a step ran with (``config_history`` file)
-        differs from this invocation's; "" when unknown."""
+    def settings_diff(self, status: dict, most: int = 6) -> str:
+        """``key = old (now new)`` for the settings where the config a step ran with (its status record's
+        ``config_history`` file) differs from this invocation's; "" when unknown."""
         import yaml
 
+        run_config = status.get("run_config")
         if not run_config or self.cfg is None:
             return ""
         try:

@@ -37,6 +37,13 @@ def config_hash(cfg: RunConfig) -> str:
     return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "ir_label", "points", *gate_sections(cfg))
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    from histowsss.steps import make_cam
+
+    return [("make_cam", make_cam.config_hash(cfg))]
+
+
 def label_dir_name(cfg: RunConfig) -> str:
     """Folder of the labels the next steps train on (the CRF ones when the CRF is enabled)."""
     return "ir_labels_crf" if cfg.ir_label.crf else "ir_labels"

@@ -135,6 +135,11 @@ def config_hash(cfg: RunConfig) -> str:
     return cfg.step_hash("data", "backbone", "train_cam", "make_cam", "eval_cam")
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    return [("make_cam", make_cam_hash(cfg))]
+
+
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write metrics/cam.json: chosen background parameter, per-split metrics for both gatings."""
     ec = cfg.eval_cam

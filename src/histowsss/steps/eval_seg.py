@@ -49,6 +49,16 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    need = [(train_seg.status_name(cfg), train_seg.config_hash(cfg))]
+    if cfg.eval_seg.image_gate:
+        from histowsss.steps import eval_cam
+
+        need.append(("eval_cam", eval_cam.config_hash(cfg)))
+    return need
+
+
 def status_name(cfg: RunConfig) -> str:
     """``eval_seg`` or ``eval_seg_supervised`` (see :func:`histowsss.steps.train_seg.status_name`)."""
     return f"{STEP}_supervised" if cfg.train_seg.supervised else STEP

@@ -21,6 +21,11 @@ def status_name(cfg: RunConfig) -> str:
     return STEP
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps this step reads: the upper-bound network (and eval_cam for the image gate)."""
+    return eval_seg.requires(supervised_config(cfg))
+
+
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Evaluate the upper-bound network on the test splits (see :func:`histowsss.steps.eval_seg.run`)."""
     return eval_seg.run(supervised_config(cfg), run, overwrite=overwrite)

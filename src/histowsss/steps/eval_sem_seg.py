@@ -43,6 +43,13 @@ def config_hash(cfg: RunConfig) -> str:
                          "sem_seg", "ins_seg")
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    return [("eval_cam", eval_cam.config_hash(cfg)), ("cam_to_ir_label", cam_to_ir_label.config_hash(cfg)),
+            ("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)),
+            ("make_ins_seg_labels", make_ins_seg_labels.config_hash(cfg))]
+
+
 def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
     names = cfg.data.classes.names
     bg = background_id(cfg)

@@ -158,6 +158,13 @@ def config_hash(cfg: RunConfig) -> str:
     return cfg.step_hash("data", "backbone", "train_cam", "make_cam")
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    from histowsss.steps.common import cam_hash
+
+    return [("train_cam", cam_hash(cfg))]
+
+
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write cams/<image>.npz (cam at stride 4, float16; image-level probabilities; class names)."""
     mc = cfg.make_cam

@@ -32,6 +32,11 @@ def config_hash(cfg: RunConfig) -> str:
     return cfg.step_hash(*sections, "ins_seg")
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    return [("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
+
+
 def instances_for(dp: np.ndarray, semantic: np.ndarray, background: int, cfg: RunConfig) -> np.ndarray:
     """Instance map (H, W) uint16 from a displacement field (2, h, w) and a semantic map (H, W)."""
     ic = cfg.ins_seg

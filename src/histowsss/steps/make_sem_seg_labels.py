@@ -63,6 +63,16 @@ def config_hash(cfg: RunConfig) -> str:
     return cfg.step_hash(*BASE_SECTIONS, *(("eval_cam",) if uses_eval_cam(cfg) else ()))
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    from histowsss.steps import eval_cam, make_cam
+
+    need = [("train_irn", train_irn.config_hash(cfg)), ("make_cam", make_cam.config_hash(cfg))]
+    if cam_mode(cfg) == "offset" and cfg.sem_seg.bg_offset == "eval_cam":
+        need.append(("eval_cam", eval_cam.config_hash(cfg)))
+    return need
+
+
 def background_value(cfg: RunConfig, run: RunDir) -> float:
     """The constant background score (threshold mode) or background offset (offset mode); 0 in argmax mode."""
     if cam_mode(cfg) == "argmax":

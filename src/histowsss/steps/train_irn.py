@@ -49,6 +49,11 @@ def config_hash(cfg: RunConfig) -> str:
                          *gate_sections(cfg))
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads: checked before a run starts."""
+    return [("cam_to_ir_label", cam_to_ir_label.config_hash(cfg))]
+
+
 def pad_to_multiple(img: np.ndarray, m: int) -> np.ndarray:
     """Edge-pad an image (H, W, ...) at the bottom/right to multiples of ``m`` (so stride-4 cells stay aligned
     under flips and rotations)."""

@@ -102,6 +102,21 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps (status record, config hash) this step reads, where the labels say which before the run:
+    checked before a run starts (pseudo_or_cam / best_on_train decide from the folder when the step runs)."""
+    from histowsss.steps import eval_cam, make_sem_seg_labels
+
+    ts = cfg.train_seg
+    if ts.supervised:
+        return []
+    if ts.labels == "pseudo":
+        return [("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
+    if ts.labels == "cam":
+        return [("eval_cam", eval_cam.config_hash(cfg))]
+    return []
+
+
 # ------------------------------------------------------------------------------------------------------- crops
 def epoch_plan(sizes: list[tuple[int, int]], crop: int, per_image: int, scale_range: tuple[float, float],
                seed: int, epoch: int) -> list[tuple[int, int, int, int, int]]:

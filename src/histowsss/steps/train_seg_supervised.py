@@ -33,6 +33,11 @@ def status_name(cfg: RunConfig) -> str:
     return STEP
 
 
+def requires(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The finished steps this step reads (none: it trains on the masks)."""
+    return train_seg.requires(supervised_config(cfg))
+
+
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Train the upper-bound network (see :func:`histowsss.steps.train_seg.run`)."""
     return train_seg.run(supervised_config(cfg), run, overwrite=overwrite)

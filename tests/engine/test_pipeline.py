@@ -1,0 +1,43 @@
+"""engine/pipeline: a step whose inputs are missing or of other settings is refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from histowsss.config import load_config
+from histowsss.engine.pipeline import plan_steps
+from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.steps import cam_to_ir_label, train_irn
+
+
+def test_from_a_step_whose_inputs_are_missing_is_refused_before_the_folder_changes(tmp_path):
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(run), "--from", "train_irn", "--to", "train_irn"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "train_irn needs the outputs of cam_to_ir_label, which has not finished" in out
+    assert "--from cam_to_ir_label" in out
+    assert not run.exists() or not any(run.iterdir())  # no config.yaml, no status record
+
+
+def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record(tmp_path):
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for step, mod in (("cam_to_ir_label", cam_to_ir_label), ("train_irn", train_irn)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass
+    other = load_config("demo", ["train_cam.epochs=3"])
+    with pytest.raises(StepError, match=r"cam_to_ir_label, which finished with other settings \(train_cam.epochs = "
+                                        r"8 \(now 3\)\)"):
+        plan_steps(other, RunDir(rd.path, other), "train_irn", "train_irn")
+    assert json.loads((rd.path / "status" / "train_irn.json").read_text())["state"] == "done"
+    # the same settings plan fine; an earlier start covers the missing input
+    assert [p[0] for p in plan_steps(cfg, rd, "train_irn", "train_irn")] == ["train_irn"]
+    with pytest.raises(StepError, match="cam_to_ir_label needs the outputs of make_cam"):  # back one step: still
+        plan_steps(other, RunDir(rd.path, other), "cam_to_ir_label", "train_irn")
+    assert len(plan_steps(other, RunDir(rd.path, other), None, "train_irn")) == 5  # from the start: all scheduled
