@@ -92,26 +92,13 @@ def test_eval_cam_requires_the_cams_of_its_config(tiny_manifest, tmp_path):
         eval_cam.run(cfg, rd)
 
 
-def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, monkeypatch):
+def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, kill_after_epoch):
     cfg = _cfg(tiny_manifest, ["train_cam.epochs=3"])
     rd = RunDir(tmp_path / "run", cfg).init()
-    from histowsss.engine import checkpoints
     from histowsss.steps import train_cam
 
-    real = checkpoints.save_train_state
-    calls = {"n": 0}
-
-    def crash_after_first(path, state):
-        real(path, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train_cam.run(cfg, rd)
+    kill_after_epoch(2, train_cam.run, cfg, rd)
     assert rd.status("train_cam")["state"] == "failed"
-    monkeypatch.setattr(checkpoints, "save_train_state", real)
     train_cam.run(cfg, rd)
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]  # epochs 0-1 kept, only epoch 2 trained after the restart

@@ -180,22 +180,11 @@ def test_restart_resumes_without_redoing_images(dataset: Path, tmp_path: Path, m
     assert run.status("make_sem_seg_labels")["state"] == "done"
 
 
-def test_train_irn_resumes_from_last_epoch(dataset: Path, tmp_path: Path, monkeypatch):
+def test_train_irn_resumes_from_last_epoch(dataset: Path, tmp_path: Path, kill_after_epoch):
     cfg = make_cfg(dataset, "train_irn.epochs=2")
     run = prepared_run(tmp_path / "run", cfg)
     cam_to_ir_label.run(cfg, run)
-    from histowsss.engine import checkpoints as t
-
-    real = t.save_train_state
-
-    def save_then_die(path, state):
-        real(path, state)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    monkeypatch.setattr(t, "save_train_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_irn.run(cfg, run)
-    monkeypatch.setattr(t, "save_train_state", real)
+    kill_after_epoch(1, train_irn.run, cfg, run)
     meta = train_irn.run(cfg, run)
     assert run.status("train_irn")["resumed_from_epoch"] == 1
     log = (run.path / "logs" / "train_irn.jsonl").read_text().splitlines()

@@ -125,22 +125,13 @@ def test_weak_and_supervised_networks_stay_finished_side_by_side(dataset: Path, 
     assert {"seg.json", "seg_supervised.json"} <= {p.name for p in (run.path / "metrics").iterdir()}
 
 
-def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, monkeypatch):
+def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, monkeypatch, kill_after_epoch):
     cfg = make_cfg(dataset)
     run = RunDir(tmp_path / "run", cfg).init()
     fake_pseudo(cfg, run)
-    original = checkpoints.save_train_state
-
-    def crash_after_first_epoch(path, state):
-        original(path, state)
-        raise KeyboardInterrupt("simulated interruption")
-
-    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_seg.run(cfg, run)
+    kill_after_epoch(1, train_seg.run, cfg, run)
     assert run.status("train_seg")["state"] == "failed"
     first = json.loads((run.path / "logs" / "train_seg.jsonl").read_text().splitlines()[0])
-    monkeypatch.setattr(checkpoints, "save_train_state", original)
     epochs_run: list[int] = []
     real_plan = train_seg.epoch_plan
     monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
@@ -151,7 +142,7 @@ def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, mon
     assert run.status("train_seg")["state"] == "done"
 
 
-def test_a_resumed_network_with_dropout_is_the_uninterrupted_one(dataset: Path, tmp_path: Path, monkeypatch):
+def test_a_resumed_network_with_dropout_is_the_uninterrupted_one(dataset: Path, tmp_path: Path, kill_after_epoch):
     """DeepLabV3+ has dropout: torch's draws come from each epoch's seed, so a resume after a kill gives the weights
     of a run never stopped (the U-Net, without dropout, never showed the difference)."""
     from safetensors.torch import load_file
@@ -162,16 +153,7 @@ def test_a_resumed_network_with_dropout_is_the_uninterrupted_one(dataset: Path, 
     train_seg.run(cfg, straight)
     resumed = RunDir(tmp_path / "resumed", cfg).init()
     fake_pseudo(cfg, resumed)
-    original = checkpoints.save_train_state
-
-    def crash_after_first_epoch(path, state):
-        original(path, state)
-        raise KeyboardInterrupt("simulated interruption")
-
-    monkeypatch.setattr(checkpoints, "save_train_state", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_seg.run(cfg, resumed)
-    monkeypatch.setattr(checkpoints, "save_train_state", original)
+    kill_after_epoch(1, train_seg.run, cfg, resumed)
     torch.manual_seed(12345)  # whatever the process drew meanwhile
     train_seg.run(cfg, resumed)
     a = load_file(str(straight.path / "checkpoints" / "seg.safetensors"))
