@@ -70,6 +70,16 @@ def test_pixels_no_patch_covers_take_the_image_classes_not_every_class():
     assert allowed[1, 19, 19] and not allowed[1, :16, :16].any()
 
 
+def test_unlabelled_patches_add_no_constraint_in_a_partly_labelled_image():
+    """Pixels under all-ignore patches are covered (nothing is known there), not the strips border: drop leaves:
+    any class may be there, not only those seen elsewhere in the image."""
+    data = _data()
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:] = 255  # top half background, bottom half unlabelled
+    allowed = patch_allowed(mask, data)
+    assert allowed[:, 24:].all()
+
+
 def test_all_ignore_patch_adds_no_constraint():
     data = _data()
     mask = np.full((16, 16), 255, np.uint8)

@@ -44,3 +44,9 @@ def test_a_file_given_as_run_folder_is_named(tmp_path):
     with pytest.raises(FileExistsError, match="afile is a file, not a run folder"):
         RunDir(f, load_config("demo")).init()
     assert f.read_text() == "x"
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(f), "--to", "train_cam"])  # the lock comes first there
+    assert r.exit_code == 2 and "is a file, not a run folder" in " ".join(r.output.split()) and f.read_text() == "x"

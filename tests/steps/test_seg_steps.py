@@ -396,7 +396,11 @@ def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(data
         info.update(label_source="cam")
     with run.step("eval_seg", eval_seg.config_hash(cfg)):
         pass
-    assert train_seg.stale_reason(cfg, run) is None  # no pseudo-masks: CAM labels are still the choice
+    from histowsss.steps import eval_cam
+
+    with run.step("eval_cam", eval_cam.config_hash(cfg)):  # CAM labels available, and still the choice
+        pass
+    assert seg_labels.label_source(cfg, run) == "cam" and train_seg.stale_reason(cfg, run) is None
     fake_pseudo(cfg, run)
     assert "trained on cam labels" in train_seg.stale_reason(cfg, run)
     calls: list[tuple[str, bool]] = []
@@ -413,3 +417,16 @@ def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(data
     calls.clear()
     run_pipeline(cfg, run, start="eval_seg", stop="eval_seg", log=msgs.append)
     assert calls == [("eval_seg", True)]
+    # the upper bound's scores follow its own network the same way
+    from histowsss.steps import eval_seg_supervised, train_seg_supervised
+
+    sup = train_seg_supervised.supervised_config(cfg)
+    with run.step("eval_seg_supervised", eval_seg_supervised.config_hash(cfg)):
+        pass
+    assert eval_seg_supervised.stale_reason(cfg, run) is None
+    with run.step("train_seg_supervised", train_seg.config_hash(sup)):
+        pass
+    st = json.loads((run.path / "status" / "eval_seg_supervised.json").read_text())
+    st["started"] = "2000-01-01T00:00:00+0000"
+    (run.path / "status" / "eval_seg_supervised.json").write_text(json.dumps(st))
+    assert "trained again" in eval_seg_supervised.stale_reason(cfg, run)

@@ -114,9 +114,18 @@ def test_the_choice_switches_off_a_gate_the_candidate_itself_sets_and_needs_a_sc
         cv.choose(none, "iou_x", [""], [False])
 
 
-def test_duplicate_candidates_mark_one_choice():
-    pooled = [{"candidate": i, "overrides": "a=1", "network": {"miou": 50.0}} for i in range(2)]
-    assert cv.choose(pooled, "miou", ["a=1", "a=1"], [False, False])["index"] == 0
+def test_duplicate_candidates_mark_one_choice(tmp_path: Path):
+    """The same candidate given twice: the report marks the chosen row only (it once marked both, by their text)."""
+    from histowsss.evaluation.report import section_tuning
+
+    pooled = [{"candidate": i, "overrides": "a=1", "network": {"miou": m, "fold_mean_miou": m}}
+              for i, m in enumerate((50.0, 52.0))]
+    chosen = cv.choose(pooled, "miou", ["a=1", "a=1"], [False, False])
+    assert chosen["index"] == 1
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "crossval.json").write_text(json.dumps(
+        {"folds": 2, "criterion": "miou", "pooled": pooled, "chosen": chosen, "training_images": 4}))
+    assert section_tuning(tmp_path).count("(chosen)") == 1
 
 
 def test_a_class_missing_from_a_fold_neither_crashes_nor_wins():

@@ -165,7 +165,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 "warning", image, f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than "
                 f"train_cam's crop {train_least}: train_cam will mirror it out to the crop (train_cam.small_images)"))
         if least and min(hs, ws) < least:
-            if asked_size is not None and least == asked_size:  # the size asked for with --min-size
+            if asked_size is not None and least == asked_size > (0 if train_mirrors else train_least):
+                # the size asked for with --min-size (not train_cam's crop, which is no smaller)
                 msg = f"is smaller than --min-size {least}; lower --min-size or remove the image"
             else:
                 msg = (f"is smaller than the crop/patch size {least}; lower the crop size (train_cam.crop_size / "

@@ -37,10 +37,10 @@ def patch_allowed(class_mask: np.ndarray, data: DataConfig) -> np.ndarray:
     allowed = np.ones((c, h, w), dtype=bool)
     covered = np.zeros((h, w), dtype=bool)
     for p in tile_image(h, w, data.patches):
+        covered[p.y : p.y + p.size, p.x : p.x + p.size] = True
         crop = crop_padded(class_mask, p)
         if not np.any(crop != 255):
             continue
-        covered[p.y : p.y + p.size, p.x : p.x + p.size] = True
         t = patch_labels_from_mask(crop, data.classes, data.patches.min_fraction)
         for k in np.flatnonzero(t < 0.5):
             allowed[k, p.y : p.y + p.size, p.x : p.x + p.size] = False

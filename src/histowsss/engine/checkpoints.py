@@ -34,6 +34,8 @@ def load_weights(path: Path, model: nn.Module, device: torch.device | str = "cpu
         raise FileNotFoundError(f"{path}: checkpoint not found; run the training step first")
     try:
         sd = load_file(str(path), device=str(device))
+    except OSError:  # permissions, a vanished disk: not the file's fault
+        raise
     except Exception as e:  # safetensors' own error type: truncated, empty, not a safetensors file
         raise CorruptFileError(f"{path}: unreadable checkpoint ({e}); delete it and re-run the step that wrote it "
                                "with --overwrite") from None
@@ -55,6 +57,8 @@ def load_train_state(path: Path) -> dict[str, Any] | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError):  # permissions, a vanished disk, no memory: not the file's fault
+        raise
     except Exception as e:  # truncated or empty file (pickle/zip errors), or not a state this code wrote
         raise CorruptFileError(f"{path}: unreadable training state ({e}); delete it (the step then starts over)"
                                ) from None

@@ -22,6 +22,12 @@ class StepError(RuntimeError):
 LOCK_FILE = ".lock"
 
 
+def require_folder(path: Path) -> None:
+    """FileExistsError naming ``path`` when it is a file where a run folder is meant to be."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a run folder; choose another --run")
+
+
 @contextmanager
 def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[None]:
     """Hold ``folder/.lock`` while ``what`` works in the run folder: a second histowsss process on the same folder
@@ -41,6 +47,7 @@ def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[Non
     if not folder.is_dir() and not create:  # nothing to guard: the command reports the missing folder itself
         yield
         return
+    require_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -79,8 +86,7 @@ class RunDir:
         self.config_file = f"config_history/{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
         if os.environ.get("RANK", "0") != "0":  # under torchrun the first process writes the run's records
             return self
-        if self.path.exists() and not self.path.is_dir():
-            raise FileExistsError(f"{self.path} is a file, not a run folder; choose another --run")
+        require_folder(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / self.config_file).exists():
             (self.path / "config_history").mkdir(exist_ok=True)

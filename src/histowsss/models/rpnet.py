@@ -161,10 +161,7 @@ class RPNet(CamNet):
     def forward(self, x: torch.Tensor, start: int = 0, targets: torch.Tensor | None = None,
                 extras: dict[int, torch.Tensor] | None = None, **_: object) -> dict[str, torch.Tensor]:
         """Plain logits/CAM; when training with ``targets`` on a paired batch, also ``aux_loss``."""
-        if start == 0:
-            last, got = self.backbone(x, 0, collect=(self.mid_level,))
-            mid = got.get(self.mid_level)
-        elif self.backbone.features[self.mid_level].unit >= start:  # the mid level lies past the cached trunk
+        if self.backbone.features[self.mid_level].unit >= start:  # computed here (from the image, or past the cache)
             last, got = self.backbone(x, start, collect=(self.mid_level,))
             mid = got.get(self.mid_level)
         else:

@@ -50,3 +50,13 @@ def samples_for(cfg: RunConfig, splits: list[str]) -> list[Sample]:
 def all_splits(cfg: RunConfig) -> list[str]:
     d = cfg.data
     return list(dict.fromkeys(d.train_splits + d.val_splits + d.test_splits))
+
+
+def check_cam_hash(arrays: dict, path, expected: str) -> None:
+    """StepError when the CAM file ``path`` (its ``arrays``) was made by make_cam with another configuration than
+    ``expected`` (files without a recorded hash pass)."""
+    from histowsss.engine.run_dir import StepError
+
+    if "config_hash" in arrays and str(arrays["config_hash"]) != expected:
+        raise StepError(f"{path}: CAM from another configuration (hash {arrays['config_hash']} != {expected}); "
+                        "re-run make_cam with --overwrite")

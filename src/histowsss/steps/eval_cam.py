@@ -22,10 +22,10 @@ from histowsss.data.label_gate import patch_allowed, present_classes, uses_patch
 from histowsss.data.masks import load_class_mask
 from histowsss.engine.atomic import read_npz, write_json
 from histowsss.engine.diagnostics import macro_auc
-from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
 from histowsss.evaluation.metrics import ConfusionMatrix
-from histowsss.steps.common import output_classes, samples_for
+from histowsss.steps.common import check_cam_hash, output_classes, samples_for
 from histowsss.steps.make_cam import STRIDE, cam_path
 from histowsss.steps.make_cam import config_hash as make_cam_hash
 
@@ -56,9 +56,7 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
         if not p.exists():
             raise FileNotFoundError(f"{p}: CAM missing; run make_cam for split {s.split}")
         z = read_npz(p, "delete it and re-run make_cam with --overwrite")
-        if "config_hash" in z and str(z["config_hash"]) != expected:
-            raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected}); "
-                            "re-run make_cam with --overwrite")
+        check_cam_hash(z, p, expected)
         cam, probs, size = z["cam"].astype(np.float32), z["probs"], tuple(int(v) for v in z["size"])
         gt = load_class_mask(s, cfg.data) if s.mask is not None else None  # no mask: classification only
         if gt is not None and gt.shape != size:

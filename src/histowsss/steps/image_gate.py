@@ -46,9 +46,10 @@ def stored_absent(run_path: Path, name: str, names: list[str], gate: float,
         raise StepError(f"{path} missing: eval_seg.image_gate needs make_cam's image probabilities for every "
                         "evaluated image (make_cam.splits must include eval_seg's splits)")
     z = read_npz(path, "delete it and re-run make_cam with --overwrite")
-    if expected_hash is not None and "config_hash" in z and str(z["config_hash"]) != expected_hash:
-        raise StepError(f"{path}: CAM from another configuration (hash {z['config_hash']} != {expected_hash}); "
-                        "re-run make_cam with --overwrite")
+    if expected_hash is not None:
+        from histowsss.steps.common import check_cam_hash
+
+        check_cam_hash(z, path, expected_hash)
     return absent_classes(z["probs"], list(z["classes"]), names, gate)
 
 

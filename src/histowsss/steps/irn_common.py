@@ -16,7 +16,7 @@ from histowsss.engine.atomic import read_npz
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.fuse import inference_model
 from histowsss.steps import make_cam
-from histowsss.steps.common import output_classes, samples_for
+from histowsss.steps.common import check_cam_hash, output_classes, samples_for
 
 IGNORE = 255
 STRIDE = make_cam.STRIDE
@@ -88,9 +88,7 @@ def load_cam(run: RunDir, name: str, expected_hash: str) -> tuple[np.ndarray, np
     if not p.exists():
         raise StepError(f"{p}: CAM missing; re-run make_cam")
     z = read_npz(p, "delete it and re-run make_cam with --overwrite")
-    if "config_hash" in z and str(z["config_hash"]) != expected_hash:
-        raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected_hash}); "
-                        "re-run make_cam with --overwrite")
+    check_cam_hash(z, p, expected_hash)
     return z["cam"].astype(np.float32), z["probs"], (int(z["size"][0]), int(z["size"][1]))
 
 

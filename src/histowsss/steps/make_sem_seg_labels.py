@@ -165,7 +165,7 @@ def walk_labels(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
         lab = np.full(size, fill, np.uint8)
         if allowed is not None:
             lab = np.where((forced := force_single(lab, allowed)) == 255, lab, forced).astype(np.uint8)
-        return lab, mode != "argmax" and bool(np.any(lab != background))
+        return lab, bool(np.any(lab != (IGNORE if mode == "argmax" else background)))  # as a resumed image counts
     lab = labels_from_scores(got[0], got[1], background, mode, bg_value, allowed)
     return lab, mode == "argmax" or bool(np.any(lab != background))
 

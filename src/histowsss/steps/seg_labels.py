@@ -119,7 +119,7 @@ def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.nd
     from histowsss.data.crops import image_targets
     from histowsss.data.label_gate import present_classes, sample_gate
     from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
-    from histowsss.steps.common import output_classes
+    from histowsss.steps.common import check_cam_hash, output_classes
     from histowsss.steps.make_cam import STRIDE, cam_path
     from histowsss.steps.make_cam import config_hash as make_cam_hash
 
@@ -136,9 +136,7 @@ def cam_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.nd
         if not p.exists():
             raise StepError(f"{p}: CAM missing; make_cam.splits must include the train_seg splits {train_splits(cfg)}")
         z = read_npz(p, "delete it and re-run make_cam with --overwrite")
-        if "config_hash" in z and str(z["config_hash"]) != expected:
-            raise StepError(f"{p}: CAM from another configuration (hash {z['config_hash']} != {expected}); "
-                            "re-run make_cam with --overwrite")
+        check_cam_hash(z, p, expected)
         cam, size = z["cam"].astype(np.float32), (int(z["size"][0]), int(z["size"][1]))
         allowed = sample_gate(cfg, s)
         if allowed is not None:

@@ -77,9 +77,9 @@ def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
         settings = ", ".join(f"data.{key.get(k, k)} = {now.get(k)!r}" for k in diff)
         from histowsss.export.model_bundle import MODEL_CARD
 
-        fix = (f"this model folder was edited or exported from an inconsistent run folder; export the network again "
-               f"from a run folder whose config.yaml holds those values" if (run_path / MODEL_CARD).exists() else
-               f"a later run rewrote config.yaml; restore those values in config.yaml or re-run "
+        fix = ("this model folder was edited or exported from an inconsistent run folder; export the network again "
+               "from a run folder whose config.yaml holds those values" if (run_path / MODEL_CARD).exists() else
+               "a later run rewrote config.yaml; restore those values in config.yaml or re-run "
                f"`histowsss run CONFIG --run {run_path} --from train_seg`")
         raise StepError(f"{run_path / 'config.yaml'}: {settings}"
                         + f", but network {tag_} was trained with " + ", ".join(f"{trained[k]!r}" for k in diff)
