@@ -41,3 +41,24 @@ def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record
     with pytest.raises(StepError, match="cam_to_ir_label needs the outputs of make_cam"):  # back one step: still
         plan_steps(other, RunDir(rd.path, other), "cam_to_ir_label", "train_irn")
     assert len(plan_steps(other, RunDir(rd.path, other), None, "train_irn")) == 5  # from the start: all scheduled
+
+
+def test_a_step_made_again_makes_the_steps_reading_it_stale(tmp_path, monkeypatch):
+    """make_cam redone (--overwrite, same settings) after eval_cam scored its CAMs: eval_cam is redone too."""
+    from histowsss.engine.pipeline import inputs_newer, run_pipeline
+    from histowsss.steps import eval_cam, make_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for step, mod in (("make_cam", make_cam), ("eval_cam", eval_cam)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass
+    assert inputs_newer(cfg, rd, eval_cam, "eval_cam") is None
+    st = json.loads((rd.path / "status" / "eval_cam.json").read_text())
+    st["started"] = "2000-01-01T00:00:00+0000"  # as if make_cam finished again after eval_cam ran
+    (rd.path / "status" / "eval_cam.json").write_text(json.dumps(st))
+    msgs: list[str] = []
+    ran: list[bool] = []
+    monkeypatch.setattr(eval_cam, "run", lambda c, r, overwrite=False: ran.append(overwrite))
+    run_pipeline(cfg, rd, "eval_cam", "eval_cam", log=msgs.append)
+    assert ran == [True] and msgs[0].startswith("[redo] eval_cam: make_cam was made again")

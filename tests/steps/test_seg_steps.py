@@ -409,24 +409,30 @@ def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(data
     msgs: list[str] = []
     run_pipeline(cfg, run, start="train_seg", stop="train_seg", log=msgs.append)
     assert calls == [("train_seg", True)] and msgs[0].startswith("[redo] train_seg")
-    # the network was trained after its scores were made: eval_seg is made again too
-    st = json.loads((run.path / "status" / "eval_seg.json").read_text())
-    st["started"] = "2000-01-01T00:00:00+0000"
-    (run.path / "status" / "eval_seg.json").write_text(json.dumps(st))
-    assert "trained again" in eval_seg.stale_reason(cfg, run)
+    # the network was trained after its scores were made: eval_seg is made again too (the pipeline's rule: a step
+    # one reads finished after it started)
+    from histowsss.engine.pipeline import inputs_newer
+
+    assert inputs_newer(cfg, run, eval_seg, "eval_seg") is None
+
+    def backdate(key: str) -> None:
+        st = json.loads((run.path / "status" / f"{key}.json").read_text())
+        st["started"] = "2000-01-01T00:00:00+0000"
+        (run.path / "status" / f"{key}.json").write_text(json.dumps(st))
+
+    backdate("eval_seg")
+    assert "train_seg was made again" in inputs_newer(cfg, run, eval_seg, "eval_seg")
     calls.clear()
     run_pipeline(cfg, run, start="eval_seg", stop="eval_seg", log=msgs.append)
-    assert calls == [("eval_seg", True)]
+    assert calls == [("eval_seg", True)] and any(m.startswith("[redo] eval_seg: train_seg was made again") for m in msgs)
     # the upper bound's scores follow its own network the same way
     from histowsss.steps import eval_seg_supervised, train_seg_supervised
 
     sup = train_seg_supervised.supervised_config(cfg)
-    with run.step("eval_seg_supervised", eval_seg_supervised.config_hash(cfg)):
-        pass
-    assert eval_seg_supervised.stale_reason(cfg, run) is None
     with run.step("train_seg_supervised", train_seg.config_hash(sup)):
         pass
-    st = json.loads((run.path / "status" / "eval_seg_supervised.json").read_text())
-    st["started"] = "2000-01-01T00:00:00+0000"
-    (run.path / "status" / "eval_seg_supervised.json").write_text(json.dumps(st))
-    assert "trained again" in eval_seg_supervised.stale_reason(cfg, run)
+    with run.step("eval_seg_supervised", eval_seg_supervised.config_hash(cfg)):
+        pass
+    assert inputs_newer(cfg, run, eval_seg_supervised, "eval_seg_supervised") is None
+    backdate("eval_seg_supervised")
+    assert "train_seg_supervised was made again" in inputs_newer(cfg, run, eval_seg_supervised, "eval_seg_supervised")

@@ -46,6 +46,27 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
         scheduled.add(key)
 
 
+def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
+    """Why the finished step ``key`` is stale: one of the steps it reads (``requires(cfg)``) finished after it
+    started, so its outputs were made from files since replaced. None when it stands."""
+    from datetime import datetime
+
+    def when(text: str | None) -> datetime | None:
+        try:
+            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z") if text else None
+        except ValueError:  # a record of another format: nothing to compare
+            return None
+
+    started = when((run.status(key) or {}).get("started"))
+    if started is None or not hasattr(mod, "requires"):
+        return None
+    for need, _ in mod.requires(cfg):
+        finished = (run.status(need) or {}).get("finished")
+        if (t := when(finished)) is not None and t > started:
+            return f"{need} was made again at {finished}, after these outputs were made ({started:%Y-%m-%dT%H:%M:%S%z})"
+    return None
+
+
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                overwrite: bool = False) -> list[tuple]:
     """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), checked before
@@ -87,8 +108,10 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
             log(f"[off ] {name}: {off}")
             continue
         if run.is_done(key, h) and not overwrite:
-            # a step may know that its finished outputs no longer follow from the folder (its hash cannot say)
-            why = mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None
+            # finished outputs that no longer follow from the folder although the hash matches: an input step was
+            # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
+            why = inputs_newer(cfg, run, mod, key) or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason")
+                                                      else None)
             if why is None:
                 log(f"[skip] {key}: finished with this configuration")
                 continue

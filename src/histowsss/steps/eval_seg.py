@@ -64,22 +64,6 @@ def status_name(cfg: RunConfig) -> str:
     return f"{STEP}_supervised" if cfg.train_seg.supervised else STEP
 
 
-def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
-    """Why finished scores must be made again although the hash matches: the network was trained again after they
-    were made (train_seg redone for a new label source). None when they stand."""
-    mine = run.status(status_name(cfg)) or {}
-    net = run.status(train_seg.status_name(cfg)) or {}
-    from datetime import datetime
-
-    started, trained = mine.get("started"), net.get("finished")
-    try:
-        later = bool(started and trained) and (datetime.strptime(trained, "%Y-%m-%dT%H:%M:%S%z")
-                                               > datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z"))
-    except ValueError:  # a record of another format: nothing to compare
-        return None
-    return f"its network was trained again at {trained}, after these scores were made ({started})" if later else None
-
-
 def pred_dir_name(tag: str) -> str:
     return "pred" if tag == "seg" else "pred_" + tag.removeprefix("seg_")
 

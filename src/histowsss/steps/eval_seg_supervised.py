@@ -26,11 +26,6 @@ def requires(cfg: RunConfig) -> list[tuple[str, str]]:
     return eval_seg.requires(supervised_config(cfg))
 
 
-def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
-    """As eval_seg's: the upper-bound network was trained again after these scores were made."""
-    return eval_seg.stale_reason(supervised_config(cfg), run)
-
-
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Evaluate the upper-bound network on the test splits (see :func:`histowsss.steps.eval_seg.run`)."""
     return eval_seg.run(supervised_config(cfg), run, overwrite=overwrite)
