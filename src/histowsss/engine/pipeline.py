@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
-from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.engine.run_dir import RunDir, StepError, status_time
 from histowsss.steps.registry import select_steps, step_module
 
 
@@ -49,21 +49,14 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
 def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
     """Why the finished step ``key`` is stale: one of the steps it reads (``requires(cfg)``) finished after it
     started, so its outputs were made from files since replaced. None when it stands."""
-    from datetime import datetime
-
-    def when(text: str | None) -> datetime | None:
-        try:
-            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z") if text else None
-        except ValueError:  # a record of another format: nothing to compare
-            return None
-
-    started = when((run.status(key) or {}).get("started"))
+    began = (run.status(key) or {}).get("started")
+    started = status_time(began)
     if started is None or not hasattr(mod, "requires"):
         return None
     for need, _ in mod.requires(cfg):
         finished = (run.status(need) or {}).get("finished")
-        if (t := when(finished)) is not None and t > started:
-            return f"{need} was made again at {finished}, after these outputs were made ({started:%Y-%m-%dT%H:%M:%S%z})"
+        if (t := status_time(finished)) is not None and t > started:
+            return f"{need} was made again at {finished}, after these outputs were made ({began})"
     return None
 
 

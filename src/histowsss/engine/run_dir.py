@@ -204,5 +204,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # of a status record's "started" / "finished"
+
+
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return time.strftime(TIME_FORMAT)
+
+
+def status_time(text: str | None):
+    """A status record's time as a datetime, or None (absent, or written in another format)."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(text, TIME_FORMAT) if text else None
+    except ValueError:
+        return None
