@@ -141,6 +141,17 @@ def test_text_fields_take_the_value_as_written(text, value):
     assert parse_override(text)[1] == value
 
 
+@pytest.mark.parametrize("text, value", [
+    ("data.test_splits=[01, 02]", ["01", "02"]),               # YAML reads 01 as the number 1
+    ("data.train_splits=[yes, 2024]", ["yes", "2024"]),         # ... and yes as true
+    ('data.val_splits=["fold a", b]', ["fold a", "b"]),
+    ("data.val_splits=[]", []),
+])
+def test_lists_of_text_keep_their_items_as_written(text, value):
+    assert parse_override(text)[1] == value
+    assert getattr(load_config("demo", [text]).data, text.split("=")[0].split(".")[1]) == value
+
+
 def test_a_value_that_is_not_valid_yaml_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"make_cam.scales=\[1.0,.*not valid YAML.*\[a, b\]"):
         parse_override("make_cam.scales=[1.0,")

@@ -563,12 +563,20 @@ def _wants_text(annotation: Any) -> bool:
     return bool(args) and all(a in (str, Path) for a in args)
 
 
+def _wants_text_list(annotation: Any) -> bool:
+    """True for a list whose items are text only (``list[str]``; optionally None)."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) \
+        else [annotation]
+    return len(args) == 1 and get_origin(args[0]) is list and _wants_text(get_args(args[0])[0])
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse 'a.b.c=value' into (['a','b','c'], value).
 
     The value is read as YAML (numbers, booleans, null, [lists], {mappings}), except where it is text: for a field
     that only holds text (a name, a path, a colour, a separator) the value is taken as written (``name=2024``,
     ``colors.benign=#ff0000``, ``label_separator=|``, a path with ``#`` or ``: `` in it); quotes may still be used.
+    A list of texts keeps its items as written too (``data.test_splits=[01, yes]`` -> ['01', 'yes']).
     """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train_cam.epochs=3)")
@@ -576,8 +584,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     keys = key.strip().split(".")
     raw = value.strip()
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
-    if _wants_text(_field_type(keys)) and not quoted:
+    field = _field_type(keys)
+    if _wants_text(field) and not quoted:
         return keys, None if raw in _NULLS else raw
+    if _wants_text_list(field) and raw[:1] == "[":
+        try:  # every item as written: YAML would read 01 as 1 and yes as true
+            return keys, yaml.load(value, Loader=yaml.BaseLoader)  # noqa: S506 (BaseLoader builds only str/list/dict)
+        except yaml.YAMLError as e:
+            problem = str(e).strip().splitlines()[0]
+            raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); "
+                              "write lists as [a, b]") from None
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:

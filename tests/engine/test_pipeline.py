@@ -9,7 +9,7 @@ import pytest
 from histowsss.config import load_config
 from histowsss.engine.pipeline import plan_steps
 from histowsss.engine.run_dir import RunDir, StepError
-from histowsss.steps import cam_to_ir_label, train_irn
+from histowsss.steps import cam_to_ir_label, eval_cam, make_sem_seg_labels, train_irn
 
 
 def test_from_a_step_whose_inputs_are_missing_is_refused_before_the_folder_changes(tmp_path):
@@ -62,3 +62,23 @@ def test_a_step_made_again_makes_the_steps_reading_it_stale(tmp_path, monkeypatc
     monkeypatch.setattr(eval_cam, "run", lambda c, r, overwrite=False: ran.append(overwrite))
     run_pipeline(cfg, rd, "eval_cam", "eval_cam", log=msgs.append)
     assert ran == [True] and msgs[0].startswith("[redo] eval_cam: make_cam was made again")
+
+
+@pytest.mark.parametrize("labels", ["pseudo_or_cam", "best_on_train"])
+def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, labels):
+    """pseudo_or_cam / best_on_train train on IRN's pseudo-masks or eval_cam's CAM labels: --from train_seg is refused
+    when neither finished, and planned when either did."""
+    cfg = load_config("demo", [f"train_seg.labels={labels}"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(StepError, match=r"train_seg needs the outputs of eval_cam or make_sem_seg_labels \(eval_cam "
+                                        r"has not finished; make_sem_seg_labels has not finished\).*--from eval_cam"):
+        plan_steps(cfg, rd, "train_seg", "train_seg")
+    assert len(plan_steps(cfg, rd, None, "train_seg")) == 9  # from the start: scheduled
+    with rd.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
+        pass
+    assert [p[0] for p in plan_steps(cfg, rd, "train_seg", "train_seg")] == ["train_seg"]
+    other = tmp_path / "other"
+    rd2 = RunDir(other, cfg).init()
+    with rd2.step("eval_cam", eval_cam.config_hash(cfg)):
+        pass
+    assert [p[0] for p in plan_steps(cfg, rd2, "train_seg", "train_seg")] == ["train_seg"]

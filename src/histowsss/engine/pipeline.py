@@ -7,7 +7,7 @@ from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
 from histowsss.engine.run_dir import RunDir, StepError, status_time
-from histowsss.steps.registry import select_steps, step_module
+from histowsss.steps.registry import PIPELINE, select_steps, step_module
 
 
 def step_config_hash(cfg: RunConfig, module) -> str:
@@ -34,16 +34,28 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     for _, mod, h, key, off in plan:
         if off:
             continue
-        if (overwrite or not run.is_done(key, h)) and hasattr(mod, "requires"):
-            for need, need_h in mod.requires(cfg):
+        if overwrite or not run.is_done(key, h):
+            for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
                 if need in scheduled or run.is_done(need, need_h):
                     continue
-                st = run.status(need)
-                why = ("has not finished" if not st or st.get("state") != "done"
-                       else "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st)) else ""))
-                raise StepError(f"{key} needs the outputs of {need}, which {why} in {run.path}; start from it: "
-                                f"`histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from)")
+                raise StepError(f"{key} needs the outputs of {need}, which {_why_not(run, need)} in {run.path}; start "
+                                f"from it: `histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from)")
+            either = getattr(mod, "requires_any", lambda c: [])(cfg)  # one of these is enough (a fallback label source)
+            if either and not any(need in scheduled or run.is_done(need, need_h) for need, need_h in either):
+                names = " or ".join(need for need, _ in either)
+                whys = "; ".join(f"{need} {_why_not(run, need)}" for need, _ in either)
+                first = min((need for need, _ in either), key=PIPELINE.index)
+                raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
+                                f"{first}: `histowsss run CONFIG --run {run.path} --from {first}` (or leave out --from)")
         scheduled.add(key)
+
+
+def _why_not(run: RunDir, need: str) -> str:
+    """Why the step ``need`` cannot be read: it has not finished, or finished with settings that differ (named)."""
+    st = run.status(need)
+    if not st or st.get("state") != "done":
+        return "has not finished"
+    return "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st)) else "")
 
 
 def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:

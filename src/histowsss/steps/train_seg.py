@@ -117,6 +117,17 @@ def requires(cfg: RunConfig) -> list[tuple[str, str]]:
     return []
 
 
+def requires_any(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Steps of which one finished is enough: pseudo_or_cam / best_on_train train on IRN's pseudo-masks or, without
+    them, on eval_cam's CAM labels (which of the two is decided from the folder when the step runs)."""
+    from histowsss.steps import eval_cam, make_sem_seg_labels
+
+    ts = cfg.train_seg
+    if ts.supervised or ts.labels not in ("pseudo_or_cam", "best_on_train"):
+        return []
+    return [("eval_cam", eval_cam.config_hash(cfg)), ("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
+
+
 # ------------------------------------------------------------------------------------------------------- crops
 def epoch_plan(sizes: list[tuple[int, int]], crop: int, per_image: int, scale_range: tuple[float, float],
                seed: int, epoch: int) -> list[tuple[int, int, int, int, int]]:
