@@ -82,3 +82,55 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
     with rd2.step("eval_cam", eval_cam.config_hash(cfg)):
         pass
     assert [p[0] for p in plan_steps(cfg, rd2, "train_seg", "train_seg")] == ["train_seg"]
+
+
+def test_the_upper_bound_hash_leaves_out_the_weak_label_settings():
+    """Changing how the weak labels are made or weighed does not train the supervised network again."""
+    from histowsss.steps import eval_seg_supervised, train_seg, train_seg_supervised
+
+    base = load_config("glas-gland")
+    for over in ("train_seg.labels=cam", "train_seg.loss=gce", "train_seg.boundary_ignore=4",
+                 "train_seg.patch_veto=true", "train_seg.loss_warmup_epochs=3", "points.radius=9"):
+        other = load_config("glas-gland", [over])
+        assert train_seg_supervised.config_hash(other) == train_seg_supervised.config_hash(base), over
+        assert eval_seg_supervised.config_hash(other) == eval_seg_supervised.config_hash(base), over
+        if over.startswith("train_seg"):
+            assert train_seg.config_hash(other) != train_seg.config_hash(base), over  # the weak network: redone
+    for over in ("train_seg.epochs=3", "train_seg.crop_size=224", "data.image_scale=0.5"):
+        other = load_config("glas-gland", [over])
+        assert train_seg_supervised.config_hash(other) != train_seg_supervised.config_hash(base), over
+
+
+def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path):
+    """A run folder of an earlier version (the supervised hash over every train_seg setting) keeps its finished upper
+    bound: records and checkpoint metadata are relabelled, nothing is retrained; other settings are not adopted."""
+    from histowsss.engine.atomic import write_json
+    from histowsss.engine.pipeline import adopt_legacy_records
+    from histowsss.steps import eval_seg_supervised, train_seg_supervised
+
+    cfg = load_config("demo", ["upper_bound=true"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    old_train = train_seg_supervised.legacy_config_hashes(cfg)[0]
+    old_eval = eval_seg_supervised.legacy_config_hashes(cfg)[0]
+    assert old_train != train_seg_supervised.config_hash(cfg)
+    with rd.step("train_seg_supervised", old_train):
+        pass
+    with rd.step("eval_seg_supervised", old_eval):
+        pass
+    ck = rd.sub("checkpoints")
+    write_json(ck / "seg_supervised.json", {"config_hash": old_train, "member_tags": ["seg_supervised",
+                                                                                      "seg_supervised_m1"]})
+    write_json(ck / "seg_supervised_m1.json", {"config_hash": old_train})
+    # --from a step reading the old record is planned (not refused) before anything is relabelled
+    assert [p[0] for p in plan_steps(cfg, rd, "eval_seg_supervised", "eval_seg_supervised")] == \
+        ["eval_seg_supervised"]
+    other = load_config("demo", ["upper_bound=true", "train_seg.epochs=2"])
+    assert adopt_legacy_records(other, RunDir(rd.path, other), log=lambda m: None) == []  # other settings: not ours
+    logs = []
+    assert adopt_legacy_records(cfg, rd, log=logs.append) == ["train_seg_supervised", "eval_seg_supervised"]
+    assert "[keep] train_seg_supervised" in logs[0]
+    assert rd.is_done("train_seg_supervised", train_seg_supervised.config_hash(cfg))
+    assert rd.is_done("eval_seg_supervised", eval_seg_supervised.config_hash(cfg))
+    for f in ("seg_supervised.json", "seg_supervised_m1.json"):
+        assert json.loads((ck / f).read_text())["config_hash"] == train_seg_supervised.config_hash(cfg)
+    assert adopt_legacy_records(cfg, rd, log=logs.append) == []  # once

@@ -36,7 +36,7 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
             continue
         if overwrite or not run.is_done(key, h):
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
-                if need in scheduled or run.is_done(need, need_h):
+                if need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need):
                     continue
                 raise StepError(f"{key} needs the outputs of {need}, which {_why_not(run, need)} in {run.path}; start "
                                 f"from it: `histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from)")
@@ -48,6 +48,15 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
                 raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
                                 f"{first}: `histowsss run CONFIG --run {run.path} --from {first}` (or leave out --from)")
         scheduled.add(key)
+
+
+def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:
+    """True when step ``key`` finished with these settings under an earlier hash rule (adopted when the run starts,
+    :func:`adopt_legacy_records`)."""
+    mod = step_module(key) if key in PIPELINE else None
+    st = run.status(key)
+    return bool(mod is not None and hasattr(mod, "legacy_config_hashes") and st and st.get("state") == "done"
+                and st.get("config_hash") in mod.legacy_config_hashes(cfg))
 
 
 def _why_not(run: RunDir, need: str) -> str:
@@ -70,6 +79,35 @@ def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
         if (t := status_time(finished)) is not None and t > started:
             return f"{need} was made again at {finished}, after these outputs were made ({began})"
     return None
+
+
+def adopt_legacy_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None] = print) -> list[str]:
+    """Relabel finished steps recorded under an earlier hash rule of the same settings (a step's
+    ``legacy_config_hashes(cfg)``, e.g. the upper bound before its hash left out the weak-label settings): their
+    status record, and what the step keeps of the hash beside its outputs (``adopt_legacy``), take the hash of now,
+    so they stay finished instead of being redone. Outputs are not touched. Returns the steps relabelled."""
+    import os
+
+    from histowsss.engine.atomic import write_json
+
+    if os.environ.get("RANK", "0") != "0" or not (run.path / "status").is_dir():
+        return []
+    adopted = []
+    for name in PIPELINE:
+        mod = step_module(name)
+        if not hasattr(mod, "legacy_config_hashes"):
+            continue
+        key, h = status_name(cfg, name, mod), mod.config_hash(cfg)
+        st = run.status(key)
+        old = (st or {}).get("config_hash")
+        if not st or st.get("state") != "done" or old == h or old not in mod.legacy_config_hashes(cfg):
+            continue
+        if hasattr(mod, "adopt_legacy"):
+            mod.adopt_legacy(cfg, run, old, h)
+        write_json(run.status_path(key), {**st, "config_hash": h, "legacy_config_hash": old})
+        log(f"[keep] {key}: recorded under an earlier hash rule ({old}); the same settings, relabelled {h}")
+        adopted.append(key)
+    return adopted
 
 
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
@@ -106,6 +144,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                  overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
     (see :func:`plan_steps` for what is refused)."""
+    adopt_legacy_records(cfg, run, log)
     plan = plan_steps(cfg, run, start, stop, overwrite)
     results: dict[str, dict] = {}
     for name, mod, h, key, off in plan:

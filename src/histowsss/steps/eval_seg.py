@@ -37,11 +37,11 @@ from histowsss.steps.common import samples_for
 STEP = "eval_seg"
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """Hash of train_seg's inputs + the eval_seg section."""
+def config_hash(cfg: RunConfig, network_hash: str | None = None) -> str:
+    """Hash of train_seg's inputs (``network_hash``: the network's hash given instead) + the eval_seg section."""
     import hashlib
 
-    payload = f"{train_seg.config_hash(cfg)}|{cfg.step_hash('eval_seg')}"
+    payload = f"{network_hash or train_seg.config_hash(cfg)}|{cfg.step_hash('eval_seg')}"
     if cfg.eval_seg.image_gate:  # the gate reads the CAM stage's image probabilities and chosen cut
         from histowsss.steps import eval_cam
 

@@ -17,6 +17,14 @@ def config_hash(cfg: RunConfig) -> str:
     return eval_seg.config_hash(supervised_config(cfg))
 
 
+def legacy_config_hashes(cfg: RunConfig) -> list[str]:
+    """This step's hashes over the upper bound's earlier hashes (see train_seg_supervised.legacy_config_hashes)."""
+    from histowsss.steps import train_seg_supervised
+
+    return [eval_seg.config_hash(supervised_config(cfg), network_hash=h)
+            for h in train_seg_supervised.legacy_config_hashes(cfg)]
+
+
 def status_name(cfg: RunConfig) -> str:
     return STEP
 

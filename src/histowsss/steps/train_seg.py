@@ -96,9 +96,30 @@ def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
     return f"trained on {was} labels; train_seg.labels={ts.labels} now picks {now} labels"
 
 
+# settings only the weak labels read (their source, the filters on them, the loss against their noise): the network
+# trained on the ground-truth masks does not, so changing them leaves a finished upper bound finished
+WEAK_LABEL_SETTINGS = ("labels", "label_dir", "patch_veto", "boundary_ignore", "loss", "loss_warmup_epochs", "gce_q")
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """Hash of this step's inputs: the label source's own hash + the data and train_seg sections."""
-    payload = f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}"
+    """Hash of this step's inputs: the label source's own hash + the data and train_seg sections (+ points, the
+    clicks in the weak labels). The supervised network's hash leaves out the weak-label settings and the clicks."""
+    if not cfg.train_seg.supervised:
+        return _hash(f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}")
+    fields = type(cfg.train_seg).model_fields
+    ts = cfg.train_seg.model_copy(update={k: fields[k].get_default(call_default_factory=True)
+                                          for k in WEAK_LABEL_SETTINGS})
+    return _hash(f"{_upstream_hash(cfg)}|{cfg.model_copy(update={'train_seg': ts}).step_hash('data', 'train_seg')}")
+
+
+def legacy_supervised_hash(cfg: RunConfig) -> str:
+    """The hash the supervised network of ``cfg`` (``train_seg.supervised: true``) was recorded with before it left
+    out the weak-label settings (up to stop 33): a finished upper bound of these settings is adopted, not retrained
+    (:func:`histowsss.engine.pipeline.adopt_legacy_records`)."""
+    return _hash(f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}")
+
+
+def _hash(payload: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -20,6 +20,31 @@ def supervised_config(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={"train_seg": cfg.train_seg.model_copy(update={"supervised": True})})
 
 
+def legacy_config_hashes(cfg: RunConfig) -> list[str]:
+    """Hashes a finished upper bound of these settings was recorded with by earlier versions (they hashed the weak-
+    label settings too); :func:`histowsss.engine.pipeline.adopt_legacy_records` relabels such a record."""
+    return [train_seg.legacy_supervised_hash(supervised_config(cfg))]
+
+
+def adopt_legacy(cfg: RunConfig, run: RunDir, old: str, new: str) -> None:
+    """Relabel the network's checkpoint metadata (every ensemble member's) from hash ``old`` to ``new``."""
+    import json
+
+    from histowsss.engine.atomic import write_json
+    from histowsss.steps.segnet_io import checkpoint_path
+
+    sup = supervised_config(cfg)
+    first = checkpoint_path(run.path, train_seg.tag(sup)).with_suffix(".json")
+    tags = json.loads(first.read_text()).get("member_tags") if first.exists() else None
+    for mt in tags or [train_seg.tag(sup)]:
+        p = checkpoint_path(run.path, mt).with_suffix(".json")
+        if p.exists():
+            meta = json.loads(p.read_text())
+            if meta.get("config_hash") == old:
+                meta["config_hash"] = new
+                write_json(p, meta)
+
+
 def disabled(cfg: RunConfig) -> str | None:
     """Why the step does not run with ``cfg`` (None: it runs)."""
     return None if cfg.upper_bound else "upper_bound is false"
