@@ -105,7 +105,8 @@ class PatchConfig(Strict):
     label_rule: Literal["image", "mask_fraction"] = Field(
         "image",
         description="image: a patch inherits its image's labels (multiple-instance style); "
-        "mask_fraction: a patch carries class c if more than min_fraction of its pixels are c in the mask",
+        "mask_fraction: a patch carries class c if more than min_fraction of its labelled (not ignore) pixels are c in "
+        "the mask",
     )
     min_fraction: float = Field(0.05, ge=0.0, lt=1.0)
 
@@ -162,6 +163,10 @@ class DataConfig(Strict):
                              f"{self.classes.names}")
         if self.mask_mode == "binary_image_label" and self.classes.background is None:
             raise ValueError("mask_mode 'binary_image_label' needs classes.background")
+        if self.mask_mode == "binary_image_label" and self.label_column is None:
+            raise ValueError("mask_mode 'binary_image_label' takes the foreground's class from the image's label, and "
+                             "label_column is null (no labels): set label_column, or use mask_mode 'binary' with "
+                             "mask_foreground_class")
         return self
 
 

@@ -279,3 +279,13 @@ def test_ome_channel_first_tif_reads_samples_last(tmp_path):
     a = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "cyx.ome.tif", np.moveaxis(a, -1, 0), metadata={"axes": "CYX"})
     assert np.array_equal(read_rgb(tmp_path / "cyx.ome.tif"), a)
+
+
+def test_a_mask_turned_by_90_degrees_says_why(tmp_path):
+    """A mask the size of its image turned (an EXIF-rotated photo whose mask was drawn on the stored pixels)."""
+    p = tmp_path / "m.png"
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(p)
+    with pytest.raises(ImageReadError, match="turned by 90 degrees.*EXIF orientation"):
+        read_mask(p, expected_hw=(20, 30))
+    with pytest.raises(ImageReadError, match="belongs to another image"):
+        read_mask(p, expected_hw=(20, 31))

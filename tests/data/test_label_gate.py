@@ -109,3 +109,14 @@ def test_patch_gating_needs_patch_labels():
         load_config("demo", ["eval_cam.label_gating=patch"])
     cfg = load_config("glas-gland", ["eval_cam.label_gating=patch"])
     assert cfg.eval_cam.label_gating == "patch" and cfg.data.patches.label_rule == "mask_fraction"
+
+
+def test_an_image_smaller_than_a_patch_is_named():
+    data = DataConfig.model_validate({"manifest": "m.csv", "label_column": None, "mask_mode": "binary",
+                                      "mask_foreground_class": "gland",
+                                      "classes": {"names": ["background", "gland"], "background": "background"},
+                                      "patches": {"size": 112, "stride": 56, "label_rule": "mask_fraction"}})
+    from histowsss.data.patches import PatchError
+
+    with pytest.raises(PatchError, match="slides/a.png: image 150x100 is smaller than the patch size 112"):
+        patch_allowed(np.zeros((100, 150), np.uint8), data, name="slides/a.png")

@@ -73,7 +73,10 @@ def test_label_column_from_config(builder, data_config):
     # integer class indices are accepted as labels
     assert read_manifest(data_config(m))[0].labels == ("benign",)
     # no label column: no image labels
-    assert read_manifest(data_config(m, label_column=None))[0].labels == ()
+    assert read_manifest(data_config(m, label_column=None, mask_mode="class_ids"))[0].labels == ()
+    # ... which binary_image_label masks cannot do without (their foreground takes the image's label)
+    with pytest.raises(ValueError, match="binary_image_label.*label_column is null.*mask_mode 'binary'"):
+        data_config(m, label_column=None)
 
 
 def test_unknown_class_names_row_file_and_fix(builder, data_config):
@@ -164,6 +167,7 @@ def test_windows_separators_semicolons_and_encodings(builder, data_config):
     win = [dict(r, image=r["image"].replace("/", "\\"), mask=r["mask"].replace("/", "\\")) for r in rows]
     samples = read_manifest(data_config(builder.manifest(win, name="win.csv")), check_files=True)
     assert [s.image for s in samples] == [builder.root / "images" / "a.png", builder.root / "images" / "b.png"]
+    assert [s.name for s in samples] == ["a", "b"]  # the file name, not 'images\\a'
     assert samples[0].mask == builder.root / "masks" / "a.png"
     semi = builder.root / "semi.csv"
     semi.write_text("image;mask;split;patient;label\n" + "".join(
@@ -177,3 +181,14 @@ def test_windows_separators_semicolons_and_encodings(builder, data_config):
     latin.write_bytes("image,split,patient,label\nimages/caf\u00e9.png,train,p,benign\n".encode("cp1252"))
     with pytest.raises(ManifestError, match=r"latin\.csv: not UTF-8.*CSV UTF-8"):
         read_manifest(data_config(latin))
+
+
+def test_row_numbers_are_the_lines_of_the_file(builder, data_config):
+    """Blank lines and cells over several lines do not shift the row named in a message."""
+    rows = [builder.row("a", label="benign"), builder.row("b", label="malignnat")]
+    p = builder.root / "gaps.csv"
+    p.write_text("image,mask,split,patient,label,note\n"
+                 f"{rows[0]['image']},{rows[0]['mask']},train,a,benign,\"two\nlines\"\n\n\n"
+                 f"{rows[1]['image']},{rows[1]['mask']},train,b,malignnat,\n")
+    _, problems = scan_manifest(data_config(p))
+    assert len(problems) == 1 and problems[0].startswith("row 6 (images/b.png): unknown class 'malignnat'")

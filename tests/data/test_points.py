@@ -60,6 +60,13 @@ def test_points_file_and_column_are_joined(tmp_path: Path):
         read_points_file(bad, CLASSES)
     with pytest.raises(FileNotFoundError, match="nope.csv.*points.file"):
         read_points_file(tmp_path / "nope.csv", CLASSES)
+    semi = tmp_path / "semi.csv"  # read like a manifest: ';' separated (a European Excel), rows by file line
+    semi.write_text("image;x;y;class\na;1;2;gland\n\nb;5;6;stroma\n")
+    with pytest.raises(PointsError, match="semi.csv, row 4: unknown class 'stroma'"):
+        read_points_file(semi, CLASSES)
+    bad.write_text("image,x,y\na,1,2\n")
+    with pytest.raises(PointsError, match=r"missing column\(s\) class \(the header has: image, x, y\)"):
+        read_points_file(bad, CLASSES)
 
 
 def test_points_enter_the_hashes_of_the_steps_that_use_them(tmp_path: Path):

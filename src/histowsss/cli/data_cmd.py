@@ -108,7 +108,8 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
     with clear_errors():
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        columns, rows = read_csv_rows(manifest)
+        lines: list[int] = []
+        columns, rows = read_csv_rows(manifest, lines=lines)
         for col in ("patient", label_column):
             if col not in columns:
                 fix = ("add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"
@@ -116,7 +117,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                 raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels: {fix}")
         if not rows:
             raise ValueError(f"{manifest}: no rows to split")
-        empty = [str(i) for i, r in enumerate(rows, start=2) if not r["patient"]]
+        empty = [str(i) for i, r in zip(lines, rows) if not r["patient"]]
         if empty:
             raise ValueError(f"{manifest}: empty patient id in row(s) {', '.join(empty[:20])}; fill them in "
                              "(use the image name where the patient is unknown)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
+
 from histowsss.config import DataConfig, data_split_leaks
 from histowsss.data.io import ImageReadError, image_size, read_mask, read_rgb
 from histowsss.data.manifest import ManifestError, scan_manifest
@@ -95,6 +97,47 @@ def _instance_mask_problem(s, cfg: DataConfig, hw: tuple[int, int]) -> Problem |
     return None
 
 
+def _mask_column_problems(cfg: DataConfig, manifest: str) -> list[Problem]:
+    """A ``data.mask_column`` set by hand that the manifest lacks: no image would have a mask (an error where the
+    labels are read from masks)."""
+    from histowsss.data.manifest import read_table
+
+    default = DataConfig.model_fields["mask_column"].default
+    if not cfg.mask_column or cfg.mask_column == default and not _labels_from_masks(cfg):
+        return []  # (no 'mask' column: a dataset without masks)
+    columns = read_table(cfg.manifest)[0]
+    if cfg.mask_column in columns:
+        return []
+    needed = _labels_from_masks(cfg)
+    return [Problem("error" if needed else "warning", manifest,
+                    f"data.mask_column {cfg.mask_column!r} is not a column of the manifest (the header has: "
+                    f"{', '.join(columns)}): no image has a mask, so "
+                    + ("no training label can be read" if needed
+                       else "nothing can be scored and no supervised upper bound trained")
+                    + "; set data.mask_column to the masks' column" + ("" if needed else " (or null: no masks)"))]
+
+
+def _file_problems(image, mask) -> list[Problem]:
+    """The image (and mask) of a manifest row left out for a row problem: readable, RGB, the mask its size."""
+    out: list[Problem] = []
+    if not image.exists():
+        return out  # (named by the row problem already)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            h, w = read_rgb(image).shape[:2]
+    except Exception as e:
+        return [Problem("error", str(image), _message(e, str(image)) if isinstance(e, ImageReadError)
+                        else f"cannot be read ({type(e).__name__}: {e})")]
+    if mask is not None and mask.exists():
+        try:
+            read_mask(mask, expected_hw=(h, w))
+        except Exception as e:
+            msg = _message(e, str(mask)) if isinstance(e, ImageReadError) else f"cannot be read ({type(e).__name__}: {e})"
+            out.append(Problem("error", str(mask), f"{msg} (image: {image})"))
+    return out
+
+
 def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True,
                   train_min_size: int | None = None, train_mirrors: bool = False,
                   points_file=None, classes_inferred: bool = False) -> list[Problem]:
@@ -102,8 +145,11 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
 
     Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
     mask (instance masks too), every patient found in several splits, every class without a training image, and
-    every training image without the mask its labels are read from is listed (nothing stops at the first problem).
-    ``min_size`` (scaled pixels) defaults to the patch size when ``cfg.patches`` tiles without padding;
+    every training image without the mask its labels are read from is listed (nothing stops at the first problem;
+    the files of rows left out for a row problem are opened too); a split no ``data.*_splits`` names, a
+    ``data.mask_column`` the manifest lacks and class-id masks that look binary (0/255) are warned about.
+    ``min_size`` (scaled pixels, every image) defaults to the patch size when ``cfg.patches`` tiles without padding,
+    for the images that are tiled (every split but the test splits);
     ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold); with
     ``train_mirrors`` (``train_cam.small_images=mirror``) a training image under it is a warning (it will be
     mirrored out to the crop), not an error. ``points_file`` (``points.file``) is read and its clicks checked too.
@@ -111,14 +157,23 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     class without training images is a warning (it may be the background class), not an error.
     """
     manifest = str(cfg.manifest)
+    rejected: list[dict] = []  # rows left out for a problem: their files are opened too
     try:
-        samples, row_problems = scan_manifest(cfg, check_files=True)
+        samples, row_problems = scan_manifest(cfg, check_files=True, rejected=rejected)
     except ManifestError as e:  # no manifest, or required columns missing: nothing else can be checked
         return [Problem("error", manifest, _message(e, manifest))]
     problems = [Problem("error", manifest, p) for p in row_problems]
     if not samples and not row_problems:
         problems.append(Problem("warning", manifest, "the manifest has no rows"))
-    present = sorted({s.split for s in samples})
+    problems += _mask_column_problems(cfg, manifest)
+    present = sorted({s.split for s in samples} | {r["split"] for r in rejected if r["split"]})
+    named = set(cfg.train_splits) | set(cfg.val_splits) | set(cfg.test_splits)
+    for split in present:
+        if split not in named:
+            n = sum(s.split == split for s in samples) + sum(r["split"] == split for r in rejected)
+            problems.append(Problem("warning", manifest, f"split {split!r} ({n} image(s)) is in none of data."
+                                    f"train_splits / val_splits / test_splits ({', '.join(sorted(named))}): no step "
+                                    "uses those images; fix the split column (spelling, case) or add the split"))
     for key, wanted in (("train_splits", cfg.train_splits), ("val_splits", cfg.val_splits),
                         ("test_splits", cfg.test_splits)):
         for split in wanted:
@@ -134,8 +189,9 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
         problems += found
     from_masks = _labels_from_masks(cfg)
     asked_size = min_size  # given by the caller (--min-size), not the patch size below
-    if min_size is None and cfg.patches is not None and cfg.patches.border != "pad":
-        min_size = cfg.patches.size
+    patch_size = cfg.patches.size if min_size is None and cfg.patches is not None and cfg.patches.border != "pad" \
+        else None  # only images that are tiled into patches (not the test splits) must hold one
+    binary_like: list[str] = []  # class_ids masks holding only 0 and 255 (255 = ignore): binary masks?
     it = samples
     if progress:
         from rich.progress import track
@@ -159,7 +215,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
         h, w = img.shape[:2]
         hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
         train_least = (train_min_size or 0) if s.split in cfg.train_splits else 0
-        least = max(min_size or 0, 0 if train_mirrors else train_least)
+        tiled = (patch_size or 0) if s.split not in cfg.test_splits else 0
+        least = max(min_size or 0, tiled, 0 if train_mirrors else train_least)
         if train_mirrors and train_least > least and min(hs, ws) < train_least:
             problems.append(Problem(
                 "warning", image, f"image {ws}x{hs} (after image_scale {cfg.image_scale}) is smaller than "
@@ -204,10 +261,21 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
             try:
                 raw = read_mask(s.mask, expected_hw=(h, w))
                 class_map_from_mask(raw, s, cfg)
+                if cfg.mask_mode == "class_ids" and 255 not in cfg.mask_ignore_values and raw.max() == 255 \
+                        and not np.isin(raw, (0, 255), invert=True).any():
+                    binary_like.append(mask)
             except ImageReadError as e:
                 problems.append(Problem("error", mask, f"{_message(e, mask)} (image: {image})"))
             except Exception as e:
                 problems.append(Problem("error", mask, f"cannot be read ({type(e).__name__}: {e}) (image: {image})"))
+    if binary_like:
+        more = f" (and {len(binary_like) - 2} more)" if len(binary_like) > 2 else ""
+        problems.append(Problem("warning", manifest, f"{len(binary_like)} mask(s) hold only the values 0 and 255, e.g. "
+                                f"{', '.join(binary_like[:2])}{more}: with data.mask_mode=class_ids 255 means "
+                                "'ignore', so they have no foreground pixel; if they are binary masks set "
+                                "data.mask_mode to binary (with data.mask_foreground_class) or binary_image_label"))
+    for r in rejected:  # rows left out for a row problem: their files are checked all the same
+        problems += _file_problems(r["image"], r["mask"])
     for p, splits in patient_split_overlap(samples).items():
         problems.append(Problem("warning", manifest,
                                 f"patient {p} appears in splits {', '.join(splits)}: evaluation is not patient-disjoint "

@@ -179,9 +179,13 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
             )
         m = m[..., 0]
     if expected_hw is not None and tuple(m.shape[:2]) != tuple(expected_hw):
+        turned = tuple(m.shape[:2]) == tuple(expected_hw)[::-1]
         raise ImageReadError(
             f"{path}: mask size {m.shape[1]}x{m.shape[0]} (WxH) differs from its image {expected_hw[1]}x{expected_hw[0]}; "
-            "the mask belongs to another image or was resized: fix the manifest row or re-export the mask"
+            + ("it is the image's size turned by 90 degrees: the image probably carries an EXIF orientation (read as "
+               "displayed) that the mask was not drawn in; export the mask as the image is displayed, or remove the "
+               "image's orientation tag (e.g. `exiftool -Orientation= IMAGE`)" if turned else
+               "the mask belongs to another image or was resized: fix the manifest row or re-export the mask")
         )
     if scale != 1.0:
         m = resize(m, scale, nearest=True)

@@ -24,7 +24,7 @@ def uses_patch_gate(cfg: RunConfig) -> bool:
     return cfg.eval_cam.label_gating == "patch"
 
 
-def patch_allowed(class_mask: np.ndarray, data: DataConfig) -> np.ndarray:
+def patch_allowed(class_mask: np.ndarray, data: DataConfig, name: str = "image") -> np.ndarray:
     """(C, H, W) bool: classes each pixel may take given the labels of the patches covering it.
 
     Patches whose pixels are all ignore add no constraint. A pixel no labelled patch covers (the strips
@@ -36,7 +36,7 @@ def patch_allowed(class_mask: np.ndarray, data: DataConfig) -> np.ndarray:
     c = len(data.classes.names)
     allowed = np.ones((c, h, w), dtype=bool)
     covered = np.zeros((h, w), dtype=bool)
-    for p in tile_image(h, w, data.patches):
+    for p in tile_image(h, w, data.patches, name=name):  # (name: the image, in the too-small error)
         covered[p.y : p.y + p.size, p.x : p.x + p.size] = True
         crop = crop_padded(class_mask, p)
         if not np.any(crop != 255):
@@ -56,7 +56,7 @@ def mask_gate(sample: Sample, data: DataConfig) -> np.ndarray | None:
     """The (C, H, W) gate of a sample from the patch labels of its mask, at image resolution; None without a mask."""
     if sample.mask is None:
         return None
-    return patch_allowed(load_class_mask(sample, data), data)
+    return patch_allowed(load_class_mask(sample, data), data, name=str(sample.image))
 
 
 def sample_gate(cfg: RunConfig, sample: Sample) -> np.ndarray | None:

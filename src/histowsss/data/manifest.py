@@ -51,10 +51,11 @@ def _delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
-def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_table(path: Path, lines: list[int] | None = None) -> tuple[list[str], list[dict[str, str]]]:
     """(columns, rows) of a CSV file, columns stripped, values as written; a BOM (Excel) is tolerated and a file
     separated by ``;`` or tabs instead of commas is read too. Text that is not UTF-8 raises ManifestError naming
-    the file and the fix."""
+    the file and the fix. ``lines``, when given, receives each row's line number in the file (blank lines and
+    cells spanning several lines counted), for messages that name a row."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
@@ -62,7 +63,11 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             f.seek(0)
             reader = csv.DictReader(f, delimiter=_delimiter(header))
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "") for k, v in r.items() if k is not None} for r in reader]
+            rows = []
+            for r in reader:
+                rows.append({(k or "").strip(): (v or "") for k, v in r.items() if k is not None})
+                if lines is not None:  # line_num is the record's last line: back over newlines inside its cells
+                    lines.append(reader.line_num - sum(v.count("\n") for v in r.values() if isinstance(v, str)))
     except UnicodeDecodeError as e:
         raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as 'CSV UTF-8' "
                             "(Excel: Save As > CSV UTF-8; or `iconv -f cp1252 -t utf-8`)") from None
@@ -150,12 +155,14 @@ def _missing_columns_message(path: Path, missing: list[str], columns: list[str],
             f"(the header has: {', '.join(columns) or 'nothing'}). Fix: " + "; ".join(fixes))
 
 
-def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Sample], list[str]]:
+def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dict] | None = None
+                  ) -> tuple[list[Sample], list[str]]:
     """Read the manifest named in ``cfg``: (usable samples, one message per problem row).
 
     A missing manifest or missing required columns raise ManifestError (nothing can be read then);
     row problems (empty fields, unknown classes, duplicate names, missing files with ``check_files``)
-    are collected so that every one of them can be reported at once.
+    are collected so that every one of them can be reported at once. ``rejected``, when given, receives the
+    rows left out for a problem (``{"row", "image", "mask", "split"}``), so that their files can be checked too.
     """
     path = Path(cfg.manifest)
     if not path.exists():
@@ -165,7 +172,8 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
     if path.is_dir():
         raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")
     root = data_root(cfg)
-    columns, rows = read_table(path)
+    lines: list[int] = []
+    columns, rows = read_table(path, lines)
     # a points column that is named but absent would silently give no clicks at all
     required = (list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
                 + ([cfg.points_column] if cfg.points_column else []))
@@ -176,7 +184,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
     samples: list[Sample] = []
     names_seen: dict[str, int] = {}
     files_seen: dict[str, tuple[int, str]] = {}
-    for i, r in enumerate(rows, start=2):
+    for i, r in zip(lines, rows):
         img_rel = r["image"].strip()
         if not img_rel:
             problems.append(f"row {i}: empty image path; fill it in or delete the row")
@@ -203,8 +211,8 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
         elif cfg.label_column and not labels and cfg.classes.background is None:
             row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "
                                 "(fill in the label or set data.classes.background)")
-        name = r.get("name", "").strip() or Path(img_rel).stem
         image = manifest_path(root, img_rel)
+        name = r.get("name", "").strip() or image.stem  # (a Windows path's file name, not 'folder\\file')
         key = os.path.normcase(os.path.normpath(os.path.abspath(image)))
         if key in files_seen:  # e.g. manifests of two sources joined: a test image also in train leaks
             j, other_split = files_seen[key]
@@ -227,6 +235,8 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False) -> tuple[list[Samp
         names_seen.setdefault(name, i)
         if row_problems:
             problems.extend(row_problems)
+            if rejected is not None:
+                rejected.append({"row": i, "image": image, "mask": mask, "split": split})
             continue
         extra = {k: v for k, v in r.items() if k not in ("image", "split", "patient", "name")}
         points = (r.get(cfg.points_column, "").strip() or None) if cfg.points_column else None
@@ -256,16 +266,17 @@ def patients_in_several_splits(samples: list[Sample]) -> dict[str, list[str]]:
     return {p: sorted(sp) for p, sp in sorted(by_patient.items()) if len(sp) > 1}
 
 
-def read_csv_rows(path: Path, what: str = "manifest", fix: str = "pass the path of the manifest CSV"
-                  ) -> tuple[list[str], list[dict[str, str]]]:
+def read_csv_rows(path: Path, what: str = "manifest", fix: str = "pass the path of the manifest CSV",
+                  lines: list[int] | None = None) -> tuple[list[str], list[dict[str, str]]]:
     """(columns, rows) of a CSV with a header, names and values stripped; a BOM (Excel) is tolerated.
 
-    A missing file raises FileNotFoundError saying ``{path}: {what} not found; {fix}``.
+    A missing file raises FileNotFoundError saying ``{path}: {what} not found; {fix}``. ``lines`` receives each
+    row's line number (see :func:`read_table`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found; {fix}")
-    columns, rows = read_table(path)
+    columns, rows = read_table(path, lines)
     return columns, [{k: v.strip() for k, v in r.items()} for r in rows]
 
 

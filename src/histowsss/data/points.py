@@ -9,7 +9,6 @@ least the pixel or grid cell it falls in; where disks of different classes overl
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histowsss.config import ClassMap, RunConfig
-from histowsss.data.manifest import Sample
+from histowsss.data.manifest import ManifestError, Sample, read_table
 
 IGNORE = 255
 
@@ -64,30 +63,34 @@ def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Po
 
 
 def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, list[Point]], list[str]]:
-    """Clicks of a points file by image name, and every row's problem (``"row N: ..."``), the usable rows kept.
-    A missing column is a PointsError (no row can be read)."""
+    """Clicks of a points file by image name, and every row's problem (``"row N: ..."``, N its line in the file),
+    the usable rows kept. Read like a manifest (``,``, ``;`` or tab separated). A missing column is a PointsError
+    (no row can be read)."""
     out: dict[str, list[Point]] = {}
     errors: list[str] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("image", "x", "y", "class") if c not in cols]
-        if missing:
-            raise PointsError(f"{path}: missing column(s) {', '.join(missing)}; a points file has image (the manifest "
-                              "name), x, y (level-0 pixels) and class")
-        for i, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            try:
-                x, y = float(row["x"]), float(row["y"])
-            except ValueError:
-                errors.append(f"row {i}: x and y must be numbers, got {row['x']!r}, {row['y']!r}")
-                continue
-            try:
-                cls = _class_index(row["class"], classes, f"row {i}")
-            except PointsError as e:
-                errors.append(str(e))
-                continue
-            out.setdefault(row["image"], []).append(Point(x, y, cls))
+    lines: list[int] = []
+    try:
+        cols, rows = read_table(Path(path), lines)
+    except ManifestError as e:
+        raise PointsError(str(e)) from None
+    missing = [c for c in ("image", "x", "y", "class") if c not in cols]
+    if missing:
+        raise PointsError(f"{path}: missing column(s) {', '.join(missing)} (the header has: "
+                          f"{', '.join(cols) or 'nothing'}); a points file has image (the manifest name), x, y "
+                          "(level-0 pixels) and class")
+    for i, row in zip(lines, rows):
+        row = {k: v.strip() for k, v in row.items()}
+        try:
+            x, y = float(row["x"]), float(row["y"])
+        except ValueError:
+            errors.append(f"row {i}: x and y must be numbers, got {row['x']!r}, {row['y']!r}")
+            continue
+        try:
+            cls = _class_index(row["class"], classes, f"row {i}")
+        except PointsError as e:
+            errors.append(str(e))
+            continue
+        out.setdefault(row["image"], []).append(Point(x, y, cls))
     return out, errors
 
 

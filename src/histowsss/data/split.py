@@ -12,8 +12,8 @@ def grouped_stratified_split(patients: list[str], labels: list[str], fractions: 
     """Assign every patient to a split so that no patient is in two splits and class proportions match.
 
     ``labels`` holds one label key per row (for multi-label rows, the joined label set). Patients are
-    ordered by their dominant class, shuffled within it, and dealt greedily to the split whose
-    per-class deficit (target count - current count) is largest. Returns patient -> split.
+    shuffled, ordered by their number of images (largest first; ties stay shuffled), and dealt greedily to the
+    split whose per-class deficit (target count - current count) is largest. Returns patient -> split.
     """
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")

@@ -65,7 +65,7 @@ def load_split(cfg: RunConfig, run: RunDir, split_names: list[str], stride: int 
         item = {"name": s.name, "cam": normalize_cams(upsample_cam(cam, size, stride)) if gt is not None else None,
                 "probs": probs, "target": t, "gt": gt}
         if gt is not None and uses_patch_gate(cfg) and s.split not in cfg.data.test_splits:
-            item["allowed"] = patch_allowed(gt, cfg.data)
+            item["allowed"] = patch_allowed(gt, cfg.data, name=str(s.image))
             item["gate_present"] = present_classes(item["allowed"], keep)
         out.append(item)
     return out
