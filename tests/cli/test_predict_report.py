@@ -353,3 +353,26 @@ def test_a_killed_batch_goes_on_with_skip_existing_and_blank_slides_are_skipped(
     assert sorted(Path(r["input"]).name for r in after) == sorted(i.name for i in imgs)
     assert [r for r in after if r["input"] in {x["input"] for x in rows}] == rows  # rebuilt from the outputs alike
     assert not (out / "glass_labels.png").exists()
+
+
+def test_a_slide_predicted_again_without_tissue_leaves_no_stale_outputs(trained_run: Path, tmp_path: Path,
+                                                                        make_slide):
+    """--overwrite of a slide that now shows no tissue (a higher threshold) removes its earlier outputs and row,
+    instead of leaving results the batch says it did not make; image-only inputs warn that slide options are moot."""
+    from tests.conftest import tissue_slide_rgb
+
+    slide = make_slide(tmp_path / "s.tif", tissue_slide_rgb(256, 256), mpp=None)
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(trained_run), str(slide), "--out", str(out), "--downsample", "2",
+            "--slide-tile", "64"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert (out / "s.geojson").exists() and "s.tif" in (out / "predictions.csv").read_text()
+    res = runner.invoke(app, [*args, "--overwrite", "--tissue-threshold", "0.99"])
+    assert res.exit_code == 0, res.output
+    assert "no tissue" in " ".join(res.output.split())
+    assert not list(out.glob("s_*")) and not (out / "s.geojson").exists()
+    assert "s.tif" not in (out / "predictions.csv").read_text()
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "o2"),
+                              "--train-mpp", "0.5"])
+    assert res.exit_code == 0 and "apply to whole-slide inputs only" in " ".join(res.output.split())

@@ -111,6 +111,15 @@ def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, 
     assert res.exit_code != 0 and (out / "note.txt").read_text() == "earlier bundle"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (out / "note.txt").unlink()
+    # a bundle copied in part: predict says to copy or export it again, not to train it
+    part = tmp_path / "part"
+    shutil.copytree(out, part)
+    (part / "checkpoints" / "seg.safetensors").unlink()
+    img = tmp_path / "img.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(img)
+    res = runner.invoke(app, ["predict", "--run", str(part), str(img), "--out", str(tmp_path / "p")])
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "lacks its network's weights" in text and "histowsss export" in text, text
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "sup"), "--supervised"])
     assert res.exit_code == 2 and "seg_supervised.safetensors" in res.output and "train_seg.supervised=true" in res.output
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(gated_run / "model")])

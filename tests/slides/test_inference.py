@@ -98,6 +98,31 @@ def test_bad_arguments(slide_file: Path):
             predict_slide(s, [Tile(0, 0, 30)], dark_pixels, 2, 1.0, out_factor=4)
         with pytest.raises(ValueError, match="returned shape"):
             predict_slide(s, [Tile(0, 0, 32)], lambda rgb: np.zeros((3, 5, 5)), 2, 1.0, progress=False)
+        with pytest.raises(ValueError, match="margin must be 0 or more"):
+            predict_slide(s, [Tile(0, 0, 32)], dark_pixels, 2, 1.0, margin=-8, progress=False)
+
+
+def test_labels_areas_and_float16_probabilities_by_bands(monkeypatch):
+    """The stitched map's conversions, a band of rows at a time, equal the whole-array ones."""
+    from histowsss.slides import inference
+    from histowsss.slides.inference import SlidePrediction
+    from histowsss.slides.predict import cell_areas, level0_areas
+
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 256, (3, 37, 23), dtype=np.uint8)
+    probs[:, 5:9, 3:7] = 0  # nothing predicted there
+    pred = SlidePrediction(probs, 4.0, 1, 0, 0.0)
+    whole = (probs.argmax(0).astype(np.uint8), (probs.astype(np.float32) / 255.0).astype(np.float16))
+    whole[0][probs.max(0) == 0] = UNLABELLED
+    tissue = rng.random((37, 23)) > 0.5
+    cell = cell_areas((37, 23), 4.0, 90, 146)  # the last row and column only partly inside the slide
+    monkeypatch.setattr(inference, "BAND_PIXELS", 50)  # bands of 2 rows
+    lab = pred.labels()
+    assert np.array_equal(lab, whole[0]) and np.array_equal(pred.probs_float16(), whole[1])
+    classes, tissue_px, analysed = level0_areas(lab, tissue, 4.0, 90, 146, 3, 0)
+    assert classes == pytest.approx([float(cell[lab == k].sum()) for k in range(3)])
+    assert tissue_px == pytest.approx(float(cell[tissue].sum()))
+    assert analysed == pytest.approx(float(cell[tissue | (lab != 0)].sum()))
 
 
 def test_reading_ahead_on_threads_gives_the_same_map(slide_file: Path):

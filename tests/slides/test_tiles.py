@@ -59,7 +59,7 @@ def test_tiles_inherit_labels_and_hold_the_slide_pixels(tmp_path: Path, make_sli
     assert r.exit_code == 0 and "warn" not in r.output.lower(), r.output
 
 
-def test_max_tiles_and_overwrite(tmp_path: Path, make_slide):
+def test_max_tiles_and_overwrite(tmp_path: Path, make_slide, monkeypatch):
     m = slide_manifest(tmp_path, make_slide)
     out = tmp_path / "tiles"
     args = ["data", "tiles", str(m), "--out", str(out), "--tile", "16", "--downsample", "2", "--max-tiles", "3"]
@@ -78,6 +78,28 @@ def test_max_tiles_and_overwrite(tmp_path: Path, make_slide):
     for row in rows_of(out / "manifest.csv"):
         assert Image.open(out / row["image"]).size == (32, 32)
     assert "written anew" in r.output
+    # two interrupted calls: the second's settings are on record before its tiles; the first's tiles are gone by
+    # then, so a third call with the second's settings cannot take them for its own
+    (out / "manifest.csv").unlink()
+    assert runner.invoke(app, [*bigger[:5], "--tile", "16", "--downsample", "2"]).exit_code == 0  # (16 px again)
+    (out / "manifest.csv").unlink()
+    from histowsss.engine import atomic
+
+    real, written = atomic.write_png, []
+
+    def killed_after_one(path, arr):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, arr)
+
+    monkeypatch.setattr(atomic, "write_png", killed_after_one)
+    runner.invoke(app, bigger)  # 32 px, killed after its first tile
+    monkeypatch.setattr(atomic, "write_png", real)
+    assert sum(1 for _ in (out / "tiles").rglob("*.png")) <= 1  # the 16 px tiles were removed first
+    assert runner.invoke(app, bigger).exit_code == 0
+    for row in rows_of(out / "manifest.csv"):
+        assert Image.open(out / row["image"]).size == (32, 32)
 
 
 def test_bad_slide_manifests_are_explained(tmp_path: Path, make_slide):

@@ -47,3 +47,17 @@ def test_working_downsample_from_mpp_or_explicit():
         working_downsample("s.svs", 0.25, None)
     with pytest.raises(ValueError, match="s.svs.*--slide-mpp"):
         working_downsample("s.svs", None, 0.5)
+    for slide_mpp, train_mpp in ((0.0, 0.5), (-1.0, 0.5), (0.25, -0.5)):  # not a ZeroDivisionError / a 1x1 map
+        with pytest.raises(ValueError, match="s.svs: .*must be positive"):
+            working_downsample("s.svs", slide_mpp, train_mpp)
+
+
+def test_tissue_at_the_slide_edge_is_kept():
+    """The closing does not erode tissue that the slide's edge cuts (the outside is not glass)."""
+    pink = np.zeros((40, 60, 3), np.uint8)
+    pink[:] = (200, 100, 170)
+    assert tissue_mask(pink, min_area_px=1).all()
+    corner = np.full((40, 60, 3), 242, np.uint8)
+    corner[-5:, -5:] = (200, 100, 170)
+    m = tissue_mask(corner, min_area_px=1)
+    assert m[-5:, -5:].all() and m.sum() == 25

@@ -130,6 +130,13 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                                 f"{' --supervised' if network == 'seg_supervised' else ''}`")
     files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
+    o = slide_options
+    if o is not None and (o.downsample, o.slide_mpp, o.train_mpp) != (None, None, None) and len(slides) < len(files):
+        images = [f.name for f in files if f not in slides]
+        log(f"warning: --downsample / --slide-mpp / --train-mpp apply to whole-slide inputs only; {len(images)} "
+            f"input(s) are read as images, whole and at their own resolution (as the training images were), e.g. "
+            f"{', '.join(images[:3])} (a TIFF is a slide when it has a pyramid or is tiled and larger than "
+            "8192 px; resample a region to the training resolution before predicting it)")
 
     def outputs_of(f: Path) -> list[Path]:
         return slide_output_paths(out_dir, f.stem) if f in slides else output_paths(out_dir, f.stem)
@@ -169,6 +176,10 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                                network, run_dir, log)
             if rec is None:
                 blank.append(f)
+                if overwrite:  # outputs of an earlier prediction of this slide would outlive it: removed
+                    for p in outputs_of(f):
+                        p.unlink(missing_ok=True)
+                    rows.drop(str(f))
                 continue
             records.append(rec)
             rows.add(_summary_row(rec, cfg.data.mpp))
@@ -289,13 +300,13 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             downsample: Optional[float] = typer.Option(
                 None, help="slides: level-0 slide pixels per network pixel (default: from the slide's mpp and the "
                 "run's data.mpp / data.image_scale)"),
-            slide_mpp: Optional[float] = typer.Option(None, help="slides: level-0 microns per pixel, where the slide's "
+            slide_mpp: Optional[float] = typer.Option(None, min=1e-6, help="slides: level-0 microns per pixel, where the slide's "
                                                       "metadata lacks it or is wrong"),
-            train_mpp: Optional[float] = typer.Option(None, help="slides: microns per pixel of the run's training "
+            train_mpp: Optional[float] = typer.Option(None, min=1e-6, help="slides: microns per pixel of the run's training "
                                                       "images (default: the run config's data.mpp)"),
             slide_tile: int = typer.Option(1024, min=16, help="slides: tile size in network pixels (a multiple of "
                                            "--out-factor)"),
-            slide_margin: int = typer.Option(64, help="slides: context read around every tile, network pixels"),
+            slide_margin: int = typer.Option(64, min=0, help="slides: context read around every tile, network pixels"),
             out_factor: int = typer.Option(4, min=1, help="slides: outputs are this many times coarser than the network's "
                                            "resolution"),
             tissue_threshold: Optional[float] = typer.Option(None, help="slides: HSV saturation above which a "

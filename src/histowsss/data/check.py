@@ -268,7 +268,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("error", mask, f"{_message(e, mask)} (image: {image})"))
             except Exception as e:
                 problems.append(Problem("error", mask, f"cannot be read ({type(e).__name__}: {e}) (image: {image})"))
-    if binary_like:
+    if binary_like and not classes_inferred:  # (without a config the mask mode is a default, not the user's word)
         more = f" (and {len(binary_like) - 2} more)" if len(binary_like) > 2 else ""
         problems.append(Problem("warning", manifest, f"{len(binary_like)} mask(s) hold only the values 0 and 255, e.g. "
                                 f"{', '.join(binary_like[:2])}{more}: with data.mask_mode=class_ids 255 means "

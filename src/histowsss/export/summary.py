@@ -37,13 +37,16 @@ def summary_row(*, input_path: str, kind: str, width: int, height: int, mpp: flo
     return row
 
 
-def update_summary(out_dir: Path, rows: list[dict[str, str]]) -> Path:
-    """Merge ``rows`` into ``out_dir/predictions.csv`` (by input; other rows kept) and write it atomically."""
+def update_summary(out_dir: Path, rows: list[dict[str, str]], drop: list[str] = ()) -> Path:
+    """Merge ``rows`` into ``out_dir/predictions.csv`` (by input; other rows kept; the rows of the inputs ``drop``
+    removed) and write it atomically."""
     path = Path(out_dir) / SUMMARY_FILE
     merged: dict[str, dict[str, str]] = {}
     if path.is_file():
         with open(path, newline="", encoding="utf-8") as f:
             merged = {r["input"]: r for r in csv.DictReader(f) if r.get("input")}
+    for key in drop:
+        merged.pop(key, None)
     for r in rows:
         merged[r["input"]] = r
     columns = list(FIRST_COLUMNS)
@@ -77,6 +80,7 @@ class SummaryBuffer:
 
         self.out_dir, self.every_s, self._clock = Path(out_dir), every_s, time.monotonic
         self.pending: list[dict[str, str]] = []
+        self.dropped: list[str] = []
         self.last = self._clock()
 
     def add(self, row: dict[str, str]) -> None:
@@ -84,10 +88,14 @@ class SummaryBuffer:
         if self._clock() - self.last >= self.every_s:
             self.flush()
 
+    def drop(self, input_path: str) -> None:
+        """Remove the row of ``input_path`` (an input predicted again that now has no outputs)."""
+        self.dropped.append(input_path)
+
     def flush(self) -> None:
-        if self.pending:
-            update_summary(self.out_dir, self.pending)
-            self.pending = []
+        if self.pending or self.dropped:
+            update_summary(self.out_dir, self.pending, self.dropped)
+            self.pending, self.dropped = [], []
         self.last = self._clock()
 
     def __enter__(self) -> "SummaryBuffer":

@@ -85,4 +85,8 @@ def working_downsample(path: object, slide_mpp: float | None, train_mpp: float |
     if slide_mpp is None:
         raise ValueError(f"{path}: the slide's metadata has no microns-per-pixel value: pass --slide-mpp (its level-0 "
                          "resolution) or --downsample (level-0 slide pixels per network pixel)")
+    for what, v in (("--slide-mpp (or the slide's metadata)", slide_mpp), ("--train-mpp (or data.mpp)", train_mpp)):
+        if not v > 0:
+            raise ValueError(f"{path}: {what} is {v}; microns per pixel must be positive (e.g. 0.25 at 40x, 0.5 at "
+                             "20x)")
     return (train_mpp / image_scale) / slide_mpp

@@ -34,6 +34,9 @@ from histowsss.slides.grid import Tile, working_size
 from histowsss.slides.reader import Slide
 
 
+BAND_PIXELS = 1 << 22  # output pixels per band of rows where the stitched map is converted (bounded temporaries)
+
+
 @dataclass
 class SlidePrediction:
     """The stitched result: ``probs`` uint8 (C, H, W) at ``out_downsample`` level-0 pixels per pixel."""
@@ -48,9 +51,23 @@ class SlidePrediction:
     def labels(self) -> np.ndarray:
         """Class ids (uint8) of the stitched map; 255 where nothing was predicted and no ``fill_class`` was given
         (off-tissue area of a class map without a background class)."""
-        lab = self.probs.argmax(0).astype(np.uint8)
-        lab[self.probs.max(0) == 0] = UNLABELLED
+        C, H, W = self.probs.shape
+        lab = np.empty((H, W), np.uint8)
+        step = max(1, BAND_PIXELS // max(W, 1))  # rows at a time: argmax's int64 index array stays ~32 MB
+        for r in range(0, H, step):
+            p = self.probs[:, r : r + step]
+            lab[r : r + step] = p.argmax(0)
+            lab[r : r + step][p.max(0) == 0] = UNLABELLED
         return lab
+
+    def probs_float16(self) -> np.ndarray:
+        """The probabilities as float16 in [0, 1] (what predict saves), converted a band of rows at a time."""
+        C, H, W = self.probs.shape
+        out = np.empty((C, H, W), np.float16)
+        step = max(1, BAND_PIXELS // max(W, 1))
+        for r in range(0, H, step):
+            out[:, r : r + step] = self.probs[:, r : r + step].astype(np.float32) / 255.0
+        return out
 
 
 def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
@@ -139,6 +156,8 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
         raise ValueError("all tiles must have the same size")
     if size % out_factor:
         raise ValueError(f"tile size {size} must be a multiple of the output factor {out_factor}")
+    if margin < 0:
+        raise ValueError(f"the tile margin must be 0 or more (network pixels of context), got {margin}")
     ww, wh = working_size(slide.dimensions, downsample)
     Ho, Wo = int(math.ceil(wh / out_factor)), int(math.ceil(ww / out_factor))
     probs = np.zeros((n_classes, Ho, Wo), np.uint8)

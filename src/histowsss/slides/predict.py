@@ -59,6 +59,27 @@ def cell_areas(shape: tuple[int, int], out_downsample: float, width: int, height
     return np.outer(rows, cols) * d * d
 
 
+def level0_areas(labels: np.ndarray, in_tissue: np.ndarray, out_downsample: float, width: int, height: int,
+                 n_classes: int, not_called: int) -> tuple[list[float], float, float]:
+    """Level-0 pixel areas (each output cell's part inside the slide, :func:`cell_areas`): per class, of the tissue
+    mask, and of tissue or any pixel called a class other than ``not_called``; summed a band of rows at a time, so no
+    full-size float map is made."""
+    from histowsss.slides import inference
+
+    H, W = labels.shape
+    cls = np.zeros(256)
+    tissue = analysed = 0.0
+    step = max(1, inference.BAND_PIXELS // 2 // max(W, 1))
+    for r in range(0, H, step):
+        cell = cell_areas((min(H, r + step) - r, W), out_downsample, width, height - r * float(out_downsample))
+        lab = labels[r : r + step]
+        cls += np.bincount(lab.ravel(), weights=cell.ravel(), minlength=256)
+        t = in_tissue[r : r + step]
+        tissue += float(cell[t].sum())
+        analysed += float(cell[t | (lab != not_called)].sum())
+    return [float(v) for v in cls[:n_classes]], tissue, analysed
+
+
 class NoTissueError(ValueError):
     """The slide's thumbnail shows no tissue: nothing to segment (predict skips it and goes on)."""
 
@@ -114,8 +135,11 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
             f"{f' at {mpp:.3f} um/px' if mpp else ''}, network reads it at downsample {ds:.3f}: "
             f"{len(tiles)} tissue tile(s) of {tile_size} px")
         if not tiles:
+            gray = np.array_equal(thumb[..., 0], thumb[..., 1]) and np.array_equal(thumb[..., 0], thumb[..., 2])
             raise NoTissueError(f"{path}: no tissue found (tissue threshold {tissue_threshold}); is the slide blank? "
-                                "Lower --tissue-threshold if it holds faint tissue")
+                                + ("It has no colour at all (its three channels are equal): if it holds tissue, it "
+                                   "is a grayscale scan, and H&E needs colour (scan or export it in RGB)" if gray else
+                                   "Lower --tissue-threshold if it holds faint tissue"))
         stain = _stain_fn(cfg, thumb, tissue)
         backend_used = slide.backend
         origin = (0, 0) if o.no_crop else slide.qupath_origin
@@ -146,7 +170,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         lab_view = np.asarray(Image.fromarray(labels).resize((ow, oh), Image.NEAREST))
     labels_p, prob_p, overlay_p, tissue_p, geo_p, summary_p = slide_output_paths(out_dir, path.stem)
     write_png(labels_p, labels)
-    write_npz(prob_p, probs=(pred.probs.astype(np.float32) / 255.0).astype(np.float16), classes=np.array(names),
+    write_npz(prob_p, probs=pred.probs_float16(), classes=np.array(names),
               out_downsample=np.array(pred.out_downsample), level0_size=np.array((H0, W0)))
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
@@ -154,20 +178,19 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                                simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs,
                                bounds=(W0, H0), origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
-    cell = cell_areas(labels.shape, pred.out_downsample, W0, H0)  # level-0 px of each output cell inside the slide
-    areas = {n: float(cell[labels == i].sum()) for i, n in enumerate(names)}
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
     # the thumbnail's tissue mask misses white lumen and tissue edges that the network calls a class: count them too,
     # so class areas here, in predictions.csv and in the GeoJSON agree
-    called = labels != (bg if bg is not None else UNLABELLED)  # pixels the network gave a non-background class
-    analysed = float(cell[in_tissue | called].sum())
+    class_px, tissue_px, analysed = level0_areas(labels, in_tissue, pred.out_downsample, W0, H0, len(names),
+                                                 bg if bg is not None else UNLABELLED)
+    areas = {n: class_px[i] for i, n in enumerate(names)}
     record = {
         "input": str(path), "kind": "slide", "backend": backend_used, "level0_size": [W0, H0],
         "geojson_origin_level0": list(origin),
         "mpp": mpp, "downsample": ds, "out_downsample": pred.out_downsample, "tile_size": tile_size,
         "margin": margin, "tiles": pred.tiles_total, "tiles_reused": pred.tiles_reused,
         "seconds": round(pred.seconds, 2), "timings": pred.timings, "network": network,
-        "area_level0_px": areas, "tissue_level0_px": float(cell[in_tissue].sum()),
+        "area_level0_px": areas, "tissue_level0_px": tissue_px,
         "tissue_or_class_level0_px": analysed,
         "area_mm2": {n: a * (mpp * 1e-3) ** 2 for n, a in areas.items()} if mpp else None,
         "regions": {n: sum(1 for x in feats if x["properties"]["classification"]["name"] == n)

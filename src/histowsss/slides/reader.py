@@ -57,8 +57,10 @@ def _to_rgb(region) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 4:
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        arr = np.rint(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        a = arr[..., 3:4]
+        if a.min() < 255:  # integer compositing, rounded (an opaque read, the usual one, is only sliced): no float
+            a = a.astype(np.uint16)  # copies of a band of tens of millions of pixels
+            arr = ((arr[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3])
 
 

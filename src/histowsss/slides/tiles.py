@@ -136,8 +136,13 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     record = out_dir / "tiling.json"
     earlier = json.loads(record.read_text()) if record.exists() else None
     rewrite = overwrite or earlier != settings
-    if not overwrite and earlier is not None and earlier != settings:
-        log(f"{out_dir}: tiles of an interrupted call with other settings ({earlier}) are written anew")
+    if earlier is not None and earlier != settings:
+        # removed before the new settings are recorded: a second interrupted call must not find them under those
+        import shutil
+
+        log(f"{out_dir}: tiles of an earlier call with other settings ({earlier}) are removed and written anew")
+        for sub in ("tiles", "masks"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
     write_json(record, settings)
     out_rows: list[dict[str, str]] = []
     for i, r in enumerate(rows, start=2):

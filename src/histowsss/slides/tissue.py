@@ -26,8 +26,9 @@ def tissue_mask(rgb: np.ndarray, threshold: float | None = None, min_area_px: in
         threshold = float(threshold_otsu(sat)) if np.ptp(sat) > 0 else 0.05
         threshold = float(np.clip(threshold, 0.05, 0.2))
     mask = (sat > threshold) & (val > 0.15)
-    if close_radius > 0:
-        mask = ndimage.binary_closing(mask, structure=disk(close_radius), border_value=0)
+    if close_radius > 0:  # padded by the edge's own values: tissue cut by the slide's edge is not eroded there
+        r = close_radius
+        mask = ndimage.binary_closing(np.pad(mask, r, mode="edge"), structure=disk(r))[r:-r, r:-r]
     mask = ndimage.binary_fill_holes(mask)
     if min_area_px > 1:
         lab, n = ndimage.label(mask)

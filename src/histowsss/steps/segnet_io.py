@@ -49,6 +49,12 @@ def segnet_meta(run_path: Path, tag_: str) -> dict:
     when the network was not trained."""
     path = checkpoint_path(run_path, tag_)
     if not path.exists():
+        from histowsss.export.model_bundle import MODEL_CARD
+
+        if (Path(run_path) / MODEL_CARD).is_file():  # an exported model folder missing its weights: not retrainable
+            raise FileNotFoundError(f"{path}: this exported model folder lacks its network's weights (copied in "
+                                    "part?); copy the whole folder again, or export it anew from its run folder "
+                                    "(`histowsss export RUN_DIR --out DIR`)")
         hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
         raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
                                 f"{run_path} --to train_seg{hint}` first")
