@@ -76,9 +76,9 @@ def main() -> None:
                         metrics, checks)
     print(f"chosen min_object_area={chosen['min_object_area']} max_hole_area={chosen['max_hole_area']} "
           f"split_h={chosen['split_h']}: "
-          f"object F1 {c['f1']} (off {o['f1']}), object Dice {c['dice_mean_per_image']} (off "
-          f"{o['dice_mean_per_image']}), Hausdorff {c['hausdorff_mean_per_image']} (off "
-          f"{o['hausdorff_mean_per_image']}), mIoU {chosen['miou']} (off {off['miou']}) -> {path}")
+          f"object F1 {c['f1']} (off {o['f1']}), object Dice {c['dice']} (off "
+          f"{o['dice']}), Hausdorff {c['hausdorff']} (off "
+          f"{o['hausdorff']}), mIoU {chosen['miou']} (off {off['miou']}) -> {path}")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,31 @@ def test_f1_is_zero_when_nothing_is_predicted_and_none_without_any_object():
     empty = ObjectScore()
     empty.update(np.zeros_like(gt), np.zeros_like(gt))
     assert empty.summary()["f1"] is None
+
+
+def test_dice_and_hausdorff_pool_every_object_by_area_as_glas_defines_them():
+    """GlaS weighs each object by its area over all objects of the test set: a large gland segmented well is not
+    outvoted by a tiny one in another image, and images without glands add no object (per-image means beside)."""
+    big = np.zeros((200, 200), np.int64)
+    big[20:180, 20:180] = 1  # 25 600 px, segmented perfectly
+    small = np.zeros((40, 40), np.int64)
+    small[10:20, 10:20] = 1  # 100 px, half found
+    half = small.copy()
+    half[10:20, 15:20] = 0
+    score = ObjectScore()
+    score.update(big, big.copy())
+    score.update(small, half)
+    s = score.summary()
+    # per object: the small gland's Dice is 2*50/150; pooled: (25600 * 1 + 100 * 2/3) / 25700 on the GT side, and
+    # (25600 + 50 * 2/3) / 25650 on the segmented side
+    expect = 0.5 * ((25600 + 100 * 2 / 3) / 25700 + (25600 + 50 * 2 / 3) / 25650)
+    assert s["dice"] == round(100 * expect, 2) and s["dice_mean_per_image"] == round(100 * (1 + 2 / 3) / 2, 2)
+    assert s["hausdorff"] < 0.1 < s["hausdorff_mean_per_image"]  # the tiny object weighs 100 / 25 700
+    empty = np.zeros((40, 40), np.int64)
+    score.update(empty, empty)  # an image without glands and nothing predicted: no object, nothing changes
+    assert (score.summary()["dice"], score.summary()["hausdorff"]) == (s["dice"], s["hausdorff"])
+    speck = empty.copy()
+    speck[5:7, 5:7] = 3
+    score.update(empty, speck)  # a false speck there: one more object with Dice 0 and no Hausdorff partner
+    t = score.summary()
+    assert t["dice"] < s["dice"] and t["hausdorff"] == s["hausdorff"] and t["hausdorff_unpaired_objects"] == 1

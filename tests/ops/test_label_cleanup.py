@@ -116,10 +116,11 @@ def test_split_parts_do_not_touch_even_diagonally(angle):
     assert ((out != lab) <= (lab == 1)).all() and (out != lab).sum() < 80   # only a thin cut, inside the object
 
 
-@pytest.mark.parametrize("angle", [0, 30, 45, 135])
+@pytest.mark.parametrize("angle", [0, 10, 25, 30, 45, 65, 90, 115, 135, 155])
 def test_one_elongated_gland_is_never_split_whatever_its_angle(angle):
     """A single ellipse has one distance-transform ridge; at 45 degrees its plateau pixels touch only at corners,
-    which must still make one marker (4-connected markers cut it into about 20 parts)."""
+    which must still make one marker (4-connected markers cut it into about 20 parts), and at 25 degrees the ridge
+    reaches its top at pixels apart with shallow dips between (skimage's h_maxima made each a marker: 9 parts)."""
     from scipy import ndimage
     from skimage.draw import ellipse
 
@@ -131,3 +132,25 @@ def test_one_elongated_gland_is_never_split_whatever_its_angle(angle):
     out = split_touching(lab, background=0, h=18)
     np.testing.assert_array_equal(out, lab)
     assert ndimage.label(out == 1)[1] == 1
+
+
+def test_convex_shapes_have_no_neck_and_are_never_cut():
+    """Random ellipses and rotated rectangles (one object each, no neck) stay whole at the configs' split_h."""
+    from skimage.draw import ellipse, polygon
+
+    from histowsss.ops.label_cleanup import split_touching
+
+    rng = np.random.default_rng(0)
+    for k in range(24):
+        lab = np.zeros((200, 200), np.uint8)
+        t = rng.uniform(0, np.pi)
+        a, b = rng.uniform(25, 90), rng.uniform(10, 40)
+        if k % 2:
+            rr, cc = ellipse(100, 100, a, b, rotation=t, shape=lab.shape)
+        else:
+            corners = np.array([[-a, -b], [a, -b], [a, b], [-a, b]]) @ np.array([[np.cos(t), np.sin(t)],
+                                                                                  [-np.sin(t), np.cos(t)]])
+            rr, cc = polygon(corners[:, 0] + 100, corners[:, 1] + 100, lab.shape)
+        lab[rr, cc] = 1
+        for h in (12, 18, 24):
+            np.testing.assert_array_equal(split_touching(lab, background=0, h=h), lab, err_msg=f"shape {k}, h {h}")

@@ -40,6 +40,9 @@ def test_specks_and_holes_are_scored_and_the_clean_up_that_removes_them_is_chose
     assert specks_gone["objects"]["tp"] == off["objects"]["tp"]
     chosen = choose_by_rank_sum(rows)
     assert chosen["min_object_area"] == 8 and all("rank_sum" in r for r in rows)
+    # scored in worker processes: the same rows (images merged in their order)
+    assert score_cleanup(cfg, samples, [tmp_path / "fold0_candidate0_probs.npz"], [0, 8], [0, 4], workers=2) == \
+        score_cleanup(cfg, samples, [tmp_path / "fold0_candidate0_probs.npz"], [0, 8], [0, 4], workers=1)
     gated = score_cleanup(cfg, samples, [tmp_path / "fold0_candidate0_probs.npz"], [0], [0],
                           absent={s.name: [1] for s in samples})  # an image gate that removes the gland class
     assert gated[0]["objects"]["tp"] == 0 and gated[0]["objects"]["fp"] == 0 and gated[0][f"iou_{cfg.data.classes.names[1]}"] == 0

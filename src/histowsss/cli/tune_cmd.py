@@ -111,7 +111,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
             keys = ("min_object_area", "max_hole_area", "split_h")
             best = all(r[k] == cl["chosen"][k] for k in keys)
             t2.add_row(*(str(r[k]) for k in keys), _num(r["miou"]), str(o.get("f1")),
-                       str(o.get("dice_mean_per_image")), str(o.get("hausdorff_mean_per_image")),
+                       str(o.get("dice")), str(o.get("hausdorff")),
                        str(r.get("rank_sum", "-")) + (" *" if best else ""))
         console.print(t2)
         console.print("chosen clean-up: " + " ".join(f"--set {o}" for o in cl["overrides"]), markup=False,

@@ -153,21 +153,51 @@ def _f1(p: _Pairing) -> dict[str, Any]:
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "tp": tp, "fp": fp, "fn": fn}
 
 
+def _dice_terms(p: _Pairing) -> tuple[float, float, float, float]:
+    """(sum over segmented objects of area x Dice with their ground-truth partner, their total area, the same over
+    ground-truth objects): the parts of the GlaS object Dice, which weighs each object by its area over all objects
+    (an object without a partner scores 0)."""
+
+    def side(match: np.ndarray, area_own: np.ndarray, area_other: np.ndarray, own_is_s: bool) -> tuple[float, float]:
+        if match.size == 0:
+            return 0.0, 0.0
+        k = np.arange(1, match.size + 1)
+        m = match
+        inter = np.where(m > 0, p.overlap[k, m] if not own_is_s else p.overlap[m, k], 0)
+        dice = 2.0 * inter / (area_own[k] + np.where(m > 0, area_other[m], 0))
+        return float(np.sum(area_own[k] * dice)), float(area_own[1:].sum())
+
+    return (*side(p.match_s, p.area_s, p.area_g, True), *side(p.match_g, p.area_g, p.area_s, False))
+
+
+def _hausdorff_terms(p: _Pairing) -> tuple[float, float, float, float, int]:
+    """(sum over segmented objects of area x Hausdorff to their partner (else the nearest ground-truth object),
+    their total area, the same over ground-truth objects, objects with nothing on the other side of their image):
+    the parts of the GlaS object Hausdorff. Objects of an image whose other side is empty have no distance; they
+    are counted and left out of the sums."""
+    if p.n_g == 0 or p.n_s == 0:
+        return 0.0, 0.0, 0.0, 0.0, p.n_g + p.n_s
+    t1 = 0.0
+    for i in range(1, p.n_s + 1):
+        j = int(p.match_s[i - 1])
+        h = p.hausdorff(j, i) if j else p.nearest_hausdorff(i, from_gt=False)
+        t1 += p.area_s[i] * h
+    t2 = 0.0
+    for j in range(1, p.n_g + 1):
+        i = int(p.match_g[j - 1])
+        h = p.hausdorff(j, i) if i else p.nearest_hausdorff(j, from_gt=True)
+        t2 += p.area_g[j] * h
+    return float(t1), float(p.area_s[1:].sum()), float(t2), float(p.area_g[1:].sum()), 0
+
+
 def _dice(p: _Pairing) -> float:
     empty = _check_counts(p)
     if empty == "both":
         return 1.0
     if empty == "one":
         return 0.0
-
-    def side(match: np.ndarray, area_own: np.ndarray, area_other: np.ndarray, own_is_s: bool) -> float:
-        k = np.arange(1, match.size + 1)
-        m = match
-        inter = np.where(m > 0, p.overlap[k, m] if not own_is_s else p.overlap[m, k], 0)
-        dice = 2.0 * inter / (area_own[k] + np.where(m > 0, area_other[m], 0))
-        return float(np.sum(area_own[k] / area_own[1:].sum() * dice))
-
-    return 0.5 * (side(p.match_s, p.area_s, p.area_g, True) + side(p.match_g, p.area_g, p.area_s, False))
+    s_num, s_den, g_num, g_den = _dice_terms(p)
+    return 0.5 * (s_num / s_den + g_num / g_den)
 
 
 def _hausdorff(p: _Pairing) -> float:
@@ -176,18 +206,8 @@ def _hausdorff(p: _Pairing) -> float:
         return 0.0
     if empty == "one":
         return math.inf
-    total_s, total_g = p.area_s[1:].sum(), p.area_g[1:].sum()
-    t1 = 0.0
-    for i in range(1, p.n_s + 1):
-        j = int(p.match_s[i - 1])
-        h = p.hausdorff(j, i) if j else p.nearest_hausdorff(i, from_gt=False)
-        t1 += p.area_s[i] / total_s * h
-    t2 = 0.0
-    for j in range(1, p.n_g + 1):
-        i = int(p.match_g[j - 1])
-        h = p.hausdorff(j, i) if i else p.nearest_hausdorff(j, from_gt=True)
-        t2 += p.area_g[j] / total_g * h
-    return float(0.5 * (t1 + t2))
+    s_num, s_den, g_num, g_den, _ = _hausdorff_terms(p)
+    return float(0.5 * (s_num / s_den + g_num / g_den))
 
 
 def object_f1(gt: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -209,10 +229,13 @@ def object_hausdorff(gt: np.ndarray, pred: np.ndarray) -> float:
 
 
 def object_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """All GlaS object metrics at once: ``f1``, ``precision``, ``recall``, ``tp``, ``fp``, ``fn``,
-    ``dice`` (fractions / counts) and ``hausdorff`` (pixels; inf when exactly one map is empty)."""
+    """All GlaS object metrics of one image at once: ``f1``, ``precision``, ``recall``, ``tp``, ``fp``, ``fn``,
+    ``dice`` (fractions / counts) and ``hausdorff`` (pixels; inf when exactly one map is empty), and ``terms``: the
+    area-weighted sums a dataset's GlaS Dice and Hausdorff pool over every image's objects
+    (:class:`histowsss.evaluation.object_score.ObjectScore`)."""
     p = _Pairing(gt, pred)
     out = _f1(p)
     out["dice"] = _dice(p)
     out["hausdorff"] = _hausdorff(p)
+    out["terms"] = {"dice": _dice_terms(p), "hausdorff": _hausdorff_terms(p)}
     return out

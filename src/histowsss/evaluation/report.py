@@ -338,10 +338,13 @@ def object_rows(run_path: Path) -> list[dict]:
 
     def add(stage: str, split: str, o: dict | None) -> None:
         if o:
+            pooled = "dice" in o  # (metrics written before stop 34 hold the means over images only)
             rows.append({"stage": stage, "split": split, "images": o.get("images"), "object F1": o.get("f1"),
                          "precision": o.get("precision"), "recall": o.get("recall"),
-                         "object Dice": o.get("dice_mean_per_image"),
-                         "object Hausdorff (px)": o.get("hausdorff_mean_per_image"),
+                         "object Dice": o.get("dice") if pooled else o.get("dice_mean_per_image"),
+                         "object Hausdorff (px)": o.get("hausdorff") if pooled else o.get("hausdorff_mean_per_image"),
+                         "Dice / Hausdorff": "GlaS: over all objects" if pooled else "mean over images",
+                         "objects without a Hausdorff partner": o.get("hausdorff_unpaired_objects"),
                          "images with infinite Hausdorff": o.get("hausdorff_infinite_images")})
 
     sem = _read_json(run_path / "metrics" / "sem_seg.json") or {}

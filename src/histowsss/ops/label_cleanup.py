@@ -77,7 +77,7 @@ def clean_labels(labels: np.ndarray, background: int | None, min_object_area: in
 def split_touching(labels: np.ndarray, background: int, h: float, ignore: int = IGNORE) -> np.ndarray:
     """A copy of ``labels`` whose foreground regions are cut along watershed boundaries (set to ``background``)
     where the distance transform has more than one h-maximum of height ``h`` pixels (see the module)."""
-    from skimage.morphology import h_maxima
+    from skimage.morphology import local_maxima, reconstruction
     from skimage.segmentation import watershed
 
     if labels.ndim != 2:
@@ -90,9 +90,14 @@ def split_touching(labels: np.ndarray, background: int, h: float, ignore: int = 
             continue
         mask = labels == c
         dist = ndimage.distance_transform_edt(mask)  # distance to the nearest other pixel: the image edge is none
-        # 8-connected markers: the ridge of an object lying at 45 degrees is a plateau whose pixels touch only at
-        # corners, and 4-connected labels would cut one straight gland into many parts
-        markers, n = ndimage.label(h_maxima(dist, h).astype(bool) & mask, structure=np.ones((3, 3)))
+        # the h-maxima as regional maxima of the reconstruction of dist - h under dist: one plateau per peak that
+        # stands h above every path to a higher one. (skimage's h_maxima marks the pixels where dist - reconstruction
+        # >= h instead: along an elongated gland's ridge the distance reaches its top at several pixels apart, with
+        # shallow dips between, and each became a marker that cut one gland into many parts.) 8-connected: the
+        # ridge of an object lying at 45 degrees touches only at corners
+        rec = reconstruction(np.maximum(dist - h, 0.0), dist, method="dilation")
+        peaks = local_maxima(rec, connectivity=2, allow_borders=True) & mask
+        markers, n = ndimage.label(peaks, structure=np.ones((3, 3)))
         if n < 2:
             continue
         ws = watershed(-dist, markers, mask=mask)

@@ -4,7 +4,8 @@
 keeps per fold: every training image predicted by a network that never saw its patient) under every combination of
 the values given: pixel metrics from one pooled confusion matrix, and the GlaS object metrics against the manifest's
 instance masks. :func:`choose_by_rank_sum` picks one the way the GlaS challenge ranked its entrants: a standard
-competition rank on each of object F1, object Dice and object Hausdorff, the smallest sum wins (ties: higher mIoU,
+competition rank on each of object F1, object Dice and object Hausdorff (Dice and Hausdorff pooled over all objects,
+as the challenge defines them), the smallest sum wins (ties: higher mIoU,
 then the smaller values). Test images are never read.
 """
 
@@ -29,26 +30,51 @@ __all__ = ["score_cleanup", "choose_by_rank_sum", "fold_gate_absent", "cleanup_f
            "require_instance_masks"]
 
 
+def _score_image(cfg: RunConfig, s: Sample, path: Path, key: str, absent: list[int] | None,
+                 combos: list[tuple]) -> list[tuple[np.ndarray, dict | None]]:
+    """One stored image under every clean-up combination: (confusion counts, object metrics or None) per combo."""
+    from histowsss.evaluation.object_metrics import object_metrics
+
+    names = list(cfg.data.classes.names)
+    bg = cfg.data.classes.background_index
+    gt = load_class_mask(s, cfg.data)
+    gi = load_instance_mask(s, cfg.data, gt, bg)
+    with np.load(path) as z:
+        probs = z[key].astype(np.float32)
+    if absent is not None:
+        probs = apply_gate(probs, absent, bg)
+    lab = probs.argmax(0).astype(np.uint8)
+    out = []
+    for a, h, sp in combos:
+        cleaned = clean_objects(lab, bg, min_object_area=a, max_hole_area=h, split_h=sp)
+        cm = ConfusionMatrix(len(names))
+        cm.update(gt, cleaned)
+        out.append((cm._cm, object_metrics(gi, predicted_objects(cleaned, gt, bg)) if gi is not None else None))
+    return out
+
+
 def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterable[Path],
                   min_object_areas: list[int], max_hole_areas: list[int], split_hs: list[float] | None = None,
                   absent: dict[str, list[int]] | None = None,
-                  log: Callable[[str], None] = lambda m: None) -> list[dict]:
+                  log: Callable[[str], None] = lambda m: None, workers: int | None = None) -> list[dict]:
     """One row per (min_object_area, max_hole_area, split_h): ``miou``, ``iou_<class>`` and ``objects``
     (ObjectScore summary). ``absent``: per image name, the classes an image gate removes before the argmax (as
     ``eval_seg.image_gate``; :func:`histowsss.steps.image_gate.apply_gate`), so the clean-up is chosen on the
     labels the configuration will clean.
 
     ``probs_files``: ``.npz`` files of (C, H, W) probabilities keyed by sample name (at data.image_scale); every
-    stored image must be one of ``samples`` and have a mask.
+    stored image must be one of ``samples`` and have a mask. Images are scored in ``workers`` processes (None: one
+    per core, at most 8; 1: in this process); the rows do not depend on it.
     """
+    import os
+
     names = list(cfg.data.classes.names)
-    bg = cfg.data.classes.background_index
     by_name = {s.name: s for s in samples}
     combos = [(a, h, sp) for a in min_object_areas for h in max_hole_areas for sp in (split_hs or [0.0])]
     cms = {c: ConfusionMatrix(len(names)) for c in combos}
     objs = {c: ObjectScore() for c in combos}
-    seen = 0
     scored: dict[str, Path] = {}
+    jobs = []
     for path in probs_files:
         with np.load(path) as z:
             for key in z.files:
@@ -58,21 +84,33 @@ def score_cleanup(cfg: RunConfig, samples: Iterable[Sample], probs_files: Iterab
                     raise ValueError(f"{path}: {key!r} was scored already from {scored[key].name}; the files must "
                                      "be the folds of one cross-validation")
                 scored[key] = Path(path)
-                s = by_name[key]
-                gt = load_class_mask(s, cfg.data)
-                gi = load_instance_mask(s, cfg.data, gt, bg)
-                probs = z[key].astype(np.float32)
-                if absent is not None:
-                    probs = apply_gate(probs, absent[key], bg)
-                lab = probs.argmax(0).astype(np.uint8)
-                for combo in combos:
-                    a, h, sp = combo
-                    out = clean_objects(lab, bg, min_object_area=a, max_hole_area=h, split_h=sp)
-                    cms[combo].update(gt, out)
-                    if gi is not None:
-                        objs[combo].update(gi, predicted_objects(out, gt, bg))
-                seen += 1
-        log(f"{path.name}: {seen} images scored")
+                jobs.append((by_name[key], Path(path), key, None if absent is None else absent[key]))
+    n = workers if workers is not None else min(os.cpu_count() or 1, 8)
+
+    def take(result: list) -> None:
+        for combo, (counts, m) in zip(combos, result):
+            cms[combo].merge(ConfusionMatrix.from_matrix(counts))
+            if m is not None:
+                objs[combo].add(m)
+
+    if n <= 1 or len(jobs) < 2:
+        results = (_score_image(cfg, s, p, k, ab, combos) for s, p, k, ab in jobs)
+        pool = None
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method))
+        results = pool.map(_score_image, *zip(*[(cfg, s, p, k, ab, combos) for s, p, k, ab in jobs]))
+    try:
+        for i, result in enumerate(results, start=1):  # in the images' order, whatever the workers: same sums
+            take(result)
+            if i % 20 == 0 or i == len(jobs):
+                log(f"{i} of {len(jobs)} images scored")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     rows = []
     for combo in combos:
         sm = cms[combo].summary(names)
@@ -128,14 +166,14 @@ def choose_by_rank_sum(rows: list[dict]) -> dict:
     """The row with the smallest sum of ranks on object F1, object Dice and object Hausdorff (GlaS challenge rule);
     ties go to the higher mIoU, then to the smaller areas and split. Rows without object scores cannot be ranked. Each ranked
     row gets its ``rank_sum``."""
-    scored = [r for r in rows if r.get("objects") and r["objects"]["hausdorff_mean_per_image"] is not None]
+    scored = [r for r in rows if r.get("objects")]
     if not scored:
         raise ValueError("no row has object metrics: the training images need instance masks (mask_cc column)")
     o = [r["objects"] for r in scored]
-    f1 = _competition_rank([-x["f1"] for x in o])
-    dice = _competition_rank([-x["dice_mean_per_image"] for x in o])
-    # an image left with no object on one side has no finite Hausdorff: more such images rank worse first
-    hd = _competition_rank([(x["hausdorff_infinite_images"], x["hausdorff_mean_per_image"]) for x in o])
+    worst = math.inf  # no object predicted at all: no Dice, no Hausdorff, ranked last
+    f1 = _competition_rank([-(x["f1"] or 0.0) for x in o])
+    dice = _competition_rank([-(x["dice"] or 0.0) for x in o])  # pooled over all objects, as GlaS defines it
+    hd = _competition_rank([worst if x["hausdorff"] is None else x["hausdorff"] for x in o])
     for r, a, b, c in zip(scored, f1, dice, hd):
         r["rank_sum"] = a + b + c
     return min(scored, key=lambda r: (r["rank_sum"], -(r["miou"] if r["miou"] is not None else -math.inf),
