@@ -125,3 +125,19 @@ def test_a_pyramid_in_sub_images_is_read_with_its_levels(tmp_path: Path):
         assert len(s.level_downsamples) == 3 and s.level_downsamples[-1] == pytest.approx(4.0, rel=0.02)
         assert s.best_level(4.0) == 2
         np.testing.assert_array_equal(s.read(0, 0, 64, 64, (64, 64)), rgb[:64, :64])
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_reads_from_a_level_land_where_the_box_starts(tmp_path: Path, make_slide, backend: str):
+    """A box whose corner is not on the level's pixel grid is placed to the sub-pixel (tiffslide floors the corner to
+    the level's grid, which shifted tiles by up to a level pixel, each differently)."""
+    pytest.importorskip(backend)
+    img = np.full((512, 512, 3), 242, np.uint8)
+    img[:, 200:] = (200, 100, 170)  # a vertical edge at level-0 x = 200
+    path = make_slide(tmp_path / "edge.tif", img, mpp=0.5, levels=4, tile=64)
+    with open_slide(path, backend) as s:
+        for x0, ds in ((103.0, 4.0), (107.5, 2.5), (101.0, 2.0)):
+            assert s.best_level(ds) > 0
+            row = s.read(x0, 0, 64 * ds, 64 * ds, (64, 64))[32, :, 1].astype(float)
+            edge = 64 - ((242 - row) / (242 - 100)).sum()  # sub-pixel position of the edge, output pixels
+            assert edge == pytest.approx((200 - x0) / ds, abs=0.1), (x0, ds)

@@ -145,22 +145,32 @@ class Slide:
         if ix1 <= ix0 or iy1 <= iy0:
             return canvas
         level_w, level_h = self.level_dimensions[level]
-        lw = max(1, min(int(math.ceil((ix1 - ix0) / ds)), level_w - int(ix0 / ds)))
-        lh = max(1, min(int(math.ceil((iy1 - iy0) / ds)), level_h - int(iy0 / ds)))
+        # whole pixels of the level read, from the one holding the box's corner; asked for at a level-0 point inside
+        # that pixel, so a reader that floors to the level's grid (tiffslide) and one that places the point exactly
+        # (openslide) both start there (up to a level-0 pixel)
+        lx0, ly0 = min(int(ix0 // ds), level_w - 1), min(int(iy0 // ds), level_h - 1)
+        lw = max(1, min(int(math.ceil(ix1 / ds)), level_w) - lx0)
+        lh = max(1, min(int(math.ceil(iy1 / ds)), level_h) - ly0)
+        at = (min(int(math.ceil(lx0 * ds - 1e-6)), W - 1), min(int(math.ceil(ly0 * ds - 1e-6)), H - 1))
         try:
-            region = self.handle.read_region((int(ix0), int(iy0)), level, (lw, lh))
+            region = self.handle.read_region(at, level, (lw, lh))
         except Exception as e:  # corrupt tile data, truncated file
-            raise SlideError(f"{self.path}: reading level {level} at ({int(ix0)}, {int(iy0)}) failed ({e}); the "
+            raise SlideError(f"{self.path}: reading level {level} at {at} failed ({e}); the "
                              "slide file may be truncated or corrupt: re-export or re-copy it") from e
         rgb = _to_rgb(region)
+        # the level-0 point the region starts at: the level's pixel grid for tiffslide, the point asked for otherwise
+        rx0, ry0 = (lx0 * ds, ly0 * ds) if self.backend == "tiffslide" else (float(at[0]), float(at[1]))
         # where the inside part lands in the output grid
         sx, sy = out_w / w0, out_h / h0
         ox0, oy0 = int(round((ix0 - x0) * sx)), int(round((iy0 - y0) * sy))
         ox1, oy1 = int(round((ix1 - x0) * sx)), int(round((iy1 - y0) * sy))
         ow, oh = max(1, min(out_w, ox1) - ox0), max(1, min(out_h, oy1) - oy0)
-        if rgb.shape[1] != ow or rgb.shape[0] != oh:
-            rgb = np.asarray(Image.fromarray(rgb).resize((ow, oh), Image.LANCZOS if ow < rgb.shape[1] else
-                                                        Image.BILINEAR))
+        # the inside part in the region's pixels (fractional), resampled to the output cells it covers
+        box = ((ix0 - rx0) / ds, (iy0 - ry0) / ds, (ix1 - rx0) / ds, (iy1 - ry0) / ds)
+        box = (max(0.0, box[0]), max(0.0, box[1]), min(float(lw), box[2]), min(float(lh), box[3]))
+        if box != (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])) or rgb.shape[1] != ow or rgb.shape[0] != oh:
+            rgb = np.asarray(Image.fromarray(rgb).resize((ow, oh), Image.LANCZOS if ow < box[2] - box[0] else
+                                                        Image.BILINEAR, box=box))
         canvas[oy0 : oy0 + oh, ox0 : ox0 + ow] = rgb[: out_h - oy0, : out_w - ox0]
         return canvas
 
