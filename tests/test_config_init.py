@@ -95,6 +95,25 @@ def test_class_id_masks_and_multi_label(tmp_path: Path):
     assert cfg.train_cam.crop_size == 96
 
 
+@pytest.mark.parametrize("sep", [",", "|"])
+def test_the_label_separator_is_found_in_the_labels(tmp_path: Path, sep: str):
+    """Cells like 'TE,NEC' are sets of classes, not classes of their own; a name holding the character alone is not."""
+    rows = ["image,split,patient,label"]
+    for i, (split, labels) in enumerate([("train", ["TE", "NEC"]), ("train", ["NEC", "STR"]), ("train", ["TE"]),
+                                         ("test", ["STR", "TE"])]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append(f'i{i}.png,{split},p{i},"{sep.join(labels)}"')
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv", background="none")
+    assert made.config.data.multi_label and made.config.data.label_separator == sep
+    assert sorted(made.config.data.classes.names) == ["NEC", "STR", "TE"]
+    one = tmp_path / "one.csv"  # one label per image, names with a comma: kept whole
+    one.write_text('image,split,patient,label\ni0.png,train,p0,"adenoma, low grade"\ni1.png,train,p1,'
+                   '"adenoma, high grade"\ni2.png,test,p2,normal\n')
+    cfg = config_for_manifest(one).config
+    assert not cfg.data.multi_label and "adenoma, low grade" in cfg.data.classes.names
+
+
 def test_tissue_types_without_a_background_class(tmp_path: Path):
     rows = ["image,split,patient,label,mask"]
     for i, (split, labels) in enumerate([("train", "stroma;tumour"), ("train", "tumour;necrosis"),
@@ -225,3 +244,16 @@ def test_binary_masks_take_the_class_that_is_not_background_whatever_the_order_g
     made = config_for_manifest(tmp_path / "m.csv", background="benign", mask_mode="binary",
                                classes=["malignant", "benign"])  # background given second
     assert made.config.data.mask_foreground_class == "malignant"
+
+
+def test_class_name_typos_are_caught(tmp_path: Path):
+    rows = ["image,split,patient,label"]
+    for i, label in enumerate(["normal", "tumour", "Tumour", "tumour", "normal", "tumuor"]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{'test' if i == 5 else 'train'},p{i},{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match="differ only in case or spaces \\('Tumour' / 'tumour'\\)"):
+        config_for_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("\n".join(rows).replace("Tumour", "tumour") + "\n")
+    made = config_for_manifest(tmp_path / "m.csv")
+    assert "class(es) 'tumuor' label a single image: a typo?" in " ".join(made.notes)

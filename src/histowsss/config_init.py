@@ -46,6 +46,22 @@ def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
+SEPARATORS = (";", ",", "|", "+")
+
+
+def _label_separator(rows: list[dict[str, str]], col: str | None) -> str:
+    """The separator of several labels per cell: the first of SEPARATORS that some cell holds and that splits the
+    distinct cells into fewer distinct names (cells that are combinations, 'TE,NEC' and 'NEC,STR' of three classes);
+    ';' when none does (one label per image, or class names that hold a separator without being combinations)."""
+    values = {r.get(col, "").strip() for r in rows} - {""} if col else set()
+    for sep in SEPARATORS:
+        if any(sep in v for v in values):
+            parts = {p.strip() for v in values for p in v.split(sep) if p.strip()}
+            if len(parts) < len(values):
+                return sep
+    return ";"
+
+
 def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], label_column: str | None,
              separator: str) -> tuple[str, list[str], bool]:
     col = label_column or ("label" if "label" in columns else None)
@@ -147,7 +163,7 @@ def _fit(value: int, side: int, multiple: int) -> int:
 def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | None = None,
                         label_column: str | None = None, mask_mode: str | None = None, mpp: float | None = None,
                         image_scale: float | None = None, name: str | None = None,
-                        label_separator: str = ";", out: Path | None = None,
+                        label_separator: str | None = None, out: Path | None = None,
                         mask_ignore: list[int] | None = None, classes: list[str] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
     if profile not in PROFILES:
@@ -158,7 +174,20 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         if col not in columns:
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
                               "make the manifest with `histowsss data manifest`")
+    if label_separator is None:
+        label_separator = _label_separator(rows, label_column or ("label" if "label" in columns else None))
     col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
+    folded: dict[str, list[str]] = {}
+    for n in names:  # 'Te' beside 'TE', 'stroma ' beside 'stroma': typos that would become classes of their own
+        folded.setdefault(" ".join(n.lower().split()), []).append(n)
+    twins = [v for v in folded.values() if len(v) > 1]
+    if twins:
+        raise ConfigError(f"{manifest}: column {col!r} holds class names that differ only in case or spaces ("
+                          + "; ".join(" / ".join(map(repr, v)) for v in twins) + "): fix the labels (typos?) so "
+                          "each class is written one way")
+    counts = {n: sum(n in ([p.strip() for p in r[col].split(label_separator)] if multi else [r[col].strip()])
+                     for r in rows) for n in names}
+    rare = [n for n, k in counts.items() if k == 1]
     if classes:  # the given order: class-id masks are indexed by it
         missing = [n for n in names if n not in classes]
         if missing or len(set(classes)) != len(classes):
@@ -180,6 +209,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                     "; order alphabetical: pass --classes in mask-value order if the masks hold class ids")]
     if multi:
         notes.append(f"several labels per image ('{label_separator}'-separated): multi_label true")
+    if rare:
+        notes.append(f"warning: class(es) {', '.join(map(repr, rare))} label a single image: a typo? (fix the label, "
+                     "or keep it: the CAM classifier can hardly learn a class from one image)")
     splits = _splits(manifest, rows)
     notes.append("splits: " + "; ".join(f"{k[:-7]} = {', '.join(v)}" for k, v in splits.items() if v))
     raw: dict[str, Any] = yaml.safe_load(builtin_config_path(PROFILES[profile]).read_text())

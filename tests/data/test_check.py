@@ -216,3 +216,21 @@ def test_test_images_need_not_hold_a_patch(builder, data_config):
     assert check_dataset(data_config(m, patches=tiles), progress=False) == []
     problems = check_dataset(data_config(m), min_size=32, progress=False)
     assert [p.file.endswith("b.png") for p in problems] == [True]
+
+
+def test_class_id_masks_that_disagree_with_their_labels_are_warned_about(builder, data_config):
+    """Masks numbering the classes in another order than data.classes.names: their classes are not the labels."""
+    rows = []
+    for i, (label, value) in enumerate((("malignant", 1), ("malignant", 1), ("benign", 0))):
+        r = builder.row(f"m{i}", "train" if i < 2 else "test", f"p{i}", label)
+        v = np.zeros((24, 32), np.uint8)
+        v[6:18, 8:24] = value
+        r["mask"] = builder.mask(f"m{i}", values=v)
+        rows.append(r)
+    m = builder.manifest(rows)
+    assert check_dataset(data_config(m, mask_mode="class_ids"), progress=False) == []
+    swapped = data_config(m, mask_mode="class_ids", classes={"names": ["malignant", "benign"], "background": "benign"})
+    problems = check_dataset(swapped, progress=False)
+    assert [p.level for p in problems] == ["warning"]
+    assert "1 of 3 masked image(s) hold classes their labels do not name" in problems[0].message  # the benign one
+    assert "(malignant=0, benign=1)" in problems[0].message and "--classes" in problems[0].message

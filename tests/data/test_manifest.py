@@ -95,6 +95,12 @@ def test_multi_label_hint(builder, data_config):
         read_manifest(data_config(m))
     s = read_manifest(data_config(m, multi_label=True))[0]
     assert s.labels == ("benign", "malignant")
+    comma = builder.manifest([builder.row("a", label="benign,malignant")], name="comma.csv")
+    with pytest.raises(ManifestError, match="reads as several classes separated by ',': set data.multi_label=true "
+                                            "and data.label_separator=','"):
+        read_manifest(data_config(comma))
+    with pytest.raises(ManifestError, match="set data.label_separator=','$"):
+        read_manifest(data_config(comma, multi_label=True))
 
 
 def test_every_row_problem_listed(builder, data_config):

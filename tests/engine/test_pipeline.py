@@ -134,3 +134,39 @@ def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path):
     for f in ("seg_supervised.json", "seg_supervised_m1.json"):
         assert json.loads((ck / f).read_text())["config_hash"] == train_seg_supervised.config_hash(cfg)
     assert adopt_legacy_records(cfg, rd, log=logs.append) == []  # once
+
+
+def test_a_step_made_again_says_why(tmp_path, monkeypatch):
+    """A finished step run again is named with the settings that changed (not a bare [run ]), and a step that
+    stopped says it goes on."""
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import train_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with rd.step("train_cam", train_cam.config_hash(cfg)):
+        pass
+    monkeypatch.setattr(train_cam, "run", lambda c, r, overwrite=False: {})
+    other = load_config("demo", ["train_cam.epochs=3"])
+    logs = []
+    run_pipeline(other, RunDir(rd.path, other).init(), "train_cam", "train_cam", log=logs.append)
+    assert logs[0] == "[redo] train_cam: finished with other settings (train_cam.epochs = 8 (now 3)); made again"
+    rec = json.loads(rd.status_path("train_cam").read_text())
+    rd.status_path("train_cam").write_text(json.dumps({**rec, "state": "failed"}))
+    logs.clear()
+    run_pipeline(other, RunDir(rd.path, other).init(), "train_cam", "train_cam", log=logs.append)
+    assert logs[0].startswith("[run ] train_cam: goes on from where it stopped (failed at ")
+
+
+def test_ctrl_c_says_how_to_go_on(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from histowsss.steps import train_cam
+
+    def interrupted(cfg, run, overwrite=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cam, "run", interrupted)
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "run"), "--to", "train_cam"])
+    assert r.exit_code == 130 and "run the same command again to go on" in " ".join(r.output.split())

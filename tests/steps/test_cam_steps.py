@@ -398,3 +398,16 @@ def test_a_diverged_classifier_gets_the_diagnosis_not_a_crash(tiny_manifest, tmp
     cfg = _cfg(tiny_manifest, ["train_cam.epochs=1"])
     with pytest.raises(TrainingFailure, match="diverged"):
         train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())
+
+
+def test_a_class_no_training_image_carries_is_refused_before_training(tiny_manifest, tmp_path):
+    """A class named in data.classes that no training image is labelled with cannot be learnt: refused at once (as
+    `data check` says), not trained for and then scored 0."""
+    from histowsss.engine.run_dir import StepError
+    from histowsss.steps import train_cam
+
+    cfg = load_config("demo", [f"data.manifest={tiny_manifest}"] + FAST)
+    names = list(cfg.data.classes.names) + ["mucin"]
+    cfg = load_config("demo", [f"data.manifest={tiny_manifest}", f"data.classes.names=[{', '.join(names)}]"] + FAST)
+    with pytest.raises(StepError, match="class 'mucin' has no image in the training splits"):
+        train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())

@@ -31,6 +31,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
          mpp: Optional[float] = typer.Option(None, help="microns per pixel of the images: the network then works at "
                                              "the resolution the profile was measured at"),
          image_scale: Optional[float] = typer.Option(None, help="resize factor on read (instead of --mpp)"),
+         label_separator: Optional[str] = typer.Option(None, help="separator of several labels in one cell (default: "
+                                                       "found in the labels among ';', ',', '|', '+')"),
          name: Optional[str] = typer.Option(None, help="run name (default: the file stem of --out)"),
          overwrite: bool = False) -> None:
     """Write a config for your own manifest: the image-label profile measured on GlaS, fitted to your data
@@ -44,7 +46,7 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
         ignore = comma_list(mask_ignore, "--mask-ignore", int, "4")
         made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
                                    mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out,
-                                   mask_ignore=ignore,
+                                   mask_ignore=ignore, label_separator=label_separator,
                                    classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
         write_text(out, made.text)
     for n in made.notes:

@@ -30,7 +30,12 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         with run_lock(rd.path, "histowsss run"):
             rd.init()
             log(f"run folder: {rd.path}")
-            run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
+            try:
+                run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
+            except KeyboardInterrupt:
+                log("interrupted: finished steps and the last checkpoint of the running one are kept; run the same "
+                    "command again to go on (without --overwrite, which would start the steps over)")
+                raise typer.Exit(130) from None
 
 
 def steps() -> None:

@@ -37,7 +37,7 @@ def _labels_from_masks(cfg: DataConfig) -> bool:
     return cfg.label_column is None or (cfg.patches is not None and cfg.patches.label_rule == "mask_fraction")
 
 
-def _class_coverage(cfg: DataConfig, samples: list, manifest: str, level: str = "error") -> list[Problem]:
+def class_coverage(cfg: DataConfig, samples: list, manifest: str, level: str = "error") -> list[Problem]:
     """A problem per class (background aside) that no image of the training splits is labelled with: the CAM
     classifier would see it only as a negative and could never localise it."""
     if _labels_from_masks(cfg):  # (no label column included)
@@ -182,7 +182,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                                         f"data.{key} names split {split!r} but no image is in it (the manifest has: "
                                         f"{', '.join(present)}); set data.{key} or fix the split column"))
     problems += [Problem("error", manifest, m) for m in data_split_leaks(cfg)]
-    problems += _class_coverage(cfg, samples, manifest, "warning" if classes_inferred else "error")
+    problems += class_coverage(cfg, samples, manifest, "warning" if classes_inferred else "error")
     file_clicks: dict = {}
     if points_file is not None:
         found, file_clicks = _points_file_problems(points_file, cfg, samples)
@@ -192,6 +192,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     patch_size = cfg.patches.size if min_size is None and cfg.patches is not None and cfg.patches.border != "pad" \
         else None  # only images that are tiled into patches (not the test splits) must hold one
     binary_like: list[str] = []  # class_ids masks holding only 0 and 255 (255 = ignore): binary masks?
+    disagree: list[str] = []  # class_ids masks whose classes are not the row's labels: classes in another order?
+    masked_rows = 0
     it = samples
     if progress:
         from rich.progress import track
@@ -260,10 +262,19 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
             mask = str(s.mask)
             try:
                 raw = read_mask(s.mask, expected_hw=(h, w))
-                class_map_from_mask(raw, s, cfg)
-                if cfg.mask_mode == "class_ids" and 255 not in cfg.mask_ignore_values and raw.max() == 255 \
-                        and not np.isin(raw, (0, 255), invert=True).any():
+                cmap = class_map_from_mask(raw, s, cfg)
+                looks_binary = cfg.mask_mode == "class_ids" and 255 not in cfg.mask_ignore_values and \
+                    raw.max() == 255 and not np.isin(raw, (0, 255), invert=True).any()
+                if looks_binary:
                     binary_like.append(mask)
+                elif cfg.mask_mode == "class_ids" and cfg.label_column is not None and not classes_inferred:
+                    names = cfg.classes.names
+                    in_mask = {names[k] for k in np.unique(cmap).tolist() if k < len(names)} - {cfg.classes.background}
+                    labelled = set(s.labels) - {cfg.classes.background}
+                    masked_rows += 1
+                    if in_mask - labelled:  # (labels may name a class a partial mask leaves out: not flagged)
+                        disagree.append(f"row {s.row} {image}: labels {', '.join(sorted(labelled)) or 'none'}; mask "
+                                        f"{', '.join(sorted(in_mask)) or 'none'}")
             except ImageReadError as e:
                 problems.append(Problem("error", mask, f"{_message(e, mask)} (image: {image})"))
             except Exception as e:
@@ -274,6 +285,13 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                                 f"{', '.join(binary_like[:2])}{more}: with data.mask_mode=class_ids 255 means "
                                 "'ignore', so they have no foreground pixel; if they are binary masks set "
                                 "data.mask_mode to binary (with data.mask_foreground_class) or binary_image_label"))
+    if disagree:
+        order = ", ".join(f"{n}={i}" for i, n in enumerate(cfg.classes.names))
+        problems.append(Problem("warning", manifest, f"{len(disagree)} of {masked_rows} masked image(s) hold classes "
+                                f"their labels do not name, e.g. {'; '.join(disagree[:2])}: mask values index "
+                                f"data.classes.names in its order ({order}); if the masks number the classes in "
+                                "another order, list the names in that order (`histowsss init --classes ...`), "
+                                "else fix the labels or the masks"))
     for r in rejected:  # rows left out for a row problem: their files are checked all the same
         problems += _file_problems(r["image"], r["mask"])
     for p, splits in patient_split_overlap(samples).items():
@@ -283,4 +301,4 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     return problems
 
 
-__all__ = ["Problem", "check_dataset", "image_size"]
+__all__ = ["Problem", "check_dataset", "class_coverage", "image_size"]

@@ -201,12 +201,18 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
         unknown = [lab for lab in labels if lab not in cfg.classes.names]
         if unknown:
             hint = ""
-            if not cfg.multi_label and any(cfg.label_separator in u for u in unknown):
-                hint = "; for several labels per image set data.multi_label=true"
+            for sep in dict.fromkeys((cfg.label_separator, ";", ",", "|", "+")):  # several labels, another separator?
+                parts = [p.strip() for u in unknown for p in u.split(sep) if p.strip()]
+                if any(sep in u for u in unknown) and all(p in cfg.classes.names for p in parts):
+                    fix = [] if cfg.multi_label else ["data.multi_label=true"]
+                    fix += [] if sep == cfg.label_separator else [f"data.label_separator='{sep}'"]
+                    hint = (f"; it reads as several classes separated by {sep!r}: set {' and '.join(fix)}"
+                            if fix else "")
+                    break
             row_problems.append(
                 f"row {i} ({img_rel}): unknown class {', '.join(map(repr, unknown))} in column "
-                f"{cfg.label_column!r}; known classes: {', '.join(cfg.classes.names)} (fix the row or add the "
-                f"class to data.classes.names){hint}"
+                f"{cfg.label_column!r}; known classes: {', '.join(cfg.classes.names)}"
+                + (hint or " (fix the row or add the class to data.classes.names)")
             )
         elif cfg.label_column and not labels and cfg.classes.background is None:
             row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "

@@ -161,7 +161,16 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                 continue
             log(f"[redo] {key}: {why}")
         else:
-            log(f"[run ] {key}")
+            st = run.status(key)
+            if overwrite and st is not None and st.get("state") == "done":
+                log(f"[redo] {key}: --overwrite")
+            elif st is not None and st.get("state") == "done":  # say why a finished step is made again
+                diff = run.settings_diff(st)
+                log(f"[redo] {key}: finished with other settings ({diff or 'its inputs changed'}); made again")
+            elif st is not None and st.get("state") in ("running", "failed"):
+                log(f"[run ] {key}: goes on from where it stopped ({st['state']} at {st.get('started', '?')})")
+            else:
+                log(f"[run ] {key}")
         t0 = time.time()
         st = run.status(key)
         redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config

@@ -304,7 +304,10 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     add("Image-level baseline (whole image = classifier's class)", "test",
         (cs.get("test") or {}).get("image_level_baseline"), "every method must beat this", ran_cam)
     add("CAM, classes from the classifier", "test", (cs.get("test") or {}).get("predicted_gating"), chosen, ran_cam)
-    train_split = next((s for s in cs if s not in ("test",)), None)
+    # the first training split scored (masks on val only, as LUAD-HistoSeg / BCSS-WSSS ship them: val)
+    candidates = [s for s in cs if s not in ("test",)]
+    train_split = next((s for s in candidates if ((cs.get(s) or {}).get("label_gating") or {}).get("miou")
+                        is not None), candidates[0] if candidates else None)
     add("CAM, classes from image labels", train_split, (cs.get(train_split) or {}).get("label_gating"),
         "pseudo-label setting (training images)", ran_cam)
     ss = (sem or {}).get("splits", {})

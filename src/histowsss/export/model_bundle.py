@@ -117,7 +117,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [
         f"# histowsss model: {card['network']}",
         "",
-        f"- Classes: {classes}; background: {card['background']}",
+        f"- Classes: {classes}; background: "
+        + (card["background"] if card["background"] is not None else "none (every pixel is one of the classes)"),
         f"- Input: images at {card['mpp'] or 'unknown'} um/px, scaled by {card['image_scale']} before the network; "
         f"stain normalisation: {card['stain_normalization']}",
         f"- Network: {card['architecture']} on {card['encoder']}, {card['members']} member(s); trained {t['epochs']} "

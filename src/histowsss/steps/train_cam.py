@@ -21,7 +21,7 @@ from histowsss.engine.checkpoints import load_weights, resume_point, save_resume
 from histowsss.engine.crop_sources import CachedPatchSource, CachedTrunkSource, PixelSource
 from histowsss.engine.device import resolve_device
 from histowsss.engine.diagnostics import accuracy, chance_bce, check_epoch, macro_auc
-from histowsss.engine.run_dir import RunDir
+from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.common import build_cam_network, cam_hash, output_classes, samples_for
 
 STEP = "train_cam"
@@ -46,6 +46,11 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         samples = samples_for(cfg, data.train_splits)
         if not samples:
             raise ValueError(f"no training images: no manifest row has split in {data.train_splits}")
+        from histowsss.data.check import class_coverage
+
+        unlearnable = class_coverage(data, samples, str(data.manifest))
+        if unlearnable:  # `data check` says it too; a run would train (and score) a class it can never localise
+            raise StepError("; ".join(p.message for p in unlearnable) + f" ({data.manifest})")
         patients = [s.patient for s in samples]
         crop = training_crop_size(data, tc)
         sizes, mirrored = fitted_sizes(samples, data, crop, mirror=tc.small_images == "mirror")
