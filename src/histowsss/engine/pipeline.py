@@ -53,10 +53,7 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:
     """True when step ``key`` finished with these settings under an earlier hash rule (adopted when the run starts,
     :func:`adopt_legacy_records`)."""
-    mod = step_module(key) if key in PIPELINE else None
-    st = run.status(key)
-    return bool(mod is not None and hasattr(mod, "legacy_config_hashes") and st and st.get("state") == "done"
-                and st.get("config_hash") in mod.legacy_config_hashes(cfg))
+    return key in PIPELINE and legacy_match(cfg, run, key, step_module(key)) is not None
 
 
 def _why_not(run: RunDir, need: str) -> str:
@@ -81,6 +78,39 @@ def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
     return None
 
 
+def legacy_match(cfg: RunConfig, run: RunDir, key: str, mod) -> str | None:
+    """The hash of a finished record of step ``key`` made under an earlier hash rule (the module's
+    ``legacy_config_hashes``) with the settings of now, as far as this step reads them; None when it is not one.
+    The earlier rule is applied to the config of now and to the one the record ran with (its ``run_config``): a run
+    that changes a setting the new rule leaves out (a weak-label one, for the upper bound) still keeps the record."""
+    if not hasattr(mod, "legacy_config_hashes"):
+        return None
+    st = run.status(key)
+    h = mod.config_hash(cfg)
+    old = (st or {}).get("config_hash")
+    if not st or st.get("state") != "done" or old == h:
+        return None
+    if old in mod.legacy_config_hashes(cfg):
+        return old
+    then = _recorded_config(run, st)
+    if then is not None and mod.config_hash(then) == h and old in mod.legacy_config_hashes(then):
+        return old
+    return None
+
+
+def _recorded_config(run: RunDir, st: dict) -> RunConfig | None:
+    """The config a status record names (``run_config``, kept in config_history/), or None when unreadable."""
+    from histowsss.config import load_config
+
+    rel = st.get("run_config")
+    if not rel or not (run.path / rel).is_file():
+        return None
+    try:
+        return load_config(str(run.path / rel))
+    except Exception:  # written by another version (an option since removed): not comparable
+        return None
+
+
 def adopt_legacy_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None] = print) -> list[str]:
     """Relabel finished steps recorded under an earlier hash rule of the same settings (a step's
     ``legacy_config_hashes(cfg)``, e.g. the upper bound before its hash left out the weak-label settings): their
@@ -91,17 +121,15 @@ def adopt_legacy_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None]
     from histowsss.engine.atomic import write_json
 
     if os.environ.get("RANK", "0") != "0" or not (run.path / "status").is_dir():
-        return []
+        return []  # (the other ranks take such a record as finished without writing: legacy_match)
     adopted = []
     for name in PIPELINE:
         mod = step_module(name)
-        if not hasattr(mod, "legacy_config_hashes"):
-            continue
         key, h = status_name(cfg, name, mod), mod.config_hash(cfg)
-        st = run.status(key)
-        old = (st or {}).get("config_hash")
-        if not st or st.get("state") != "done" or old == h or old not in mod.legacy_config_hashes(cfg):
+        old = legacy_match(cfg, run, key, mod)
+        if old is None:
             continue
+        st = run.status(key)
         if hasattr(mod, "adopt_legacy"):
             mod.adopt_legacy(cfg, run, old, h)
         write_json(run.status_path(key), {**st, "config_hash": h, "legacy_config_hash": old})
@@ -151,7 +179,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         if off:
             log(f"[off ] {name}: {off}")
             continue
-        if run.is_done(key, h) and not overwrite:
+        if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
             why = inputs_newer(cfg, run, mod, key) or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason")
@@ -168,7 +196,14 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                 diff = run.settings_diff(st)
                 log(f"[redo] {key}: finished with other settings ({diff or 'its inputs changed'}); made again")
             elif st is not None and st.get("state") in ("running", "failed"):
-                log(f"[run ] {key}: goes on from where it stopped ({st['state']} at {st.get('started', '?')})")
+                if overwrite:
+                    log(f"[run ] {key}: starts over (--overwrite; it had stopped, {st['state']})")
+                elif st.get("config_hash") == h:
+                    log(f"[run ] {key}: goes on from where it stopped ({st['state']} at {st.get('started', '?')})")
+                else:
+                    diff = run.settings_diff(st)
+                    log(f"[run ] {key}: starts over (it had stopped with other settings"
+                        + (f": {diff}" if diff else "") + ")")
             else:
                 log(f"[run ] {key}")
         t0 = time.time()

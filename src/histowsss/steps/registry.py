@@ -1,8 +1,9 @@
 """The ordered pipeline: step names -> modules with ``STEP``, ``config_hash(cfg)`` and ``run(cfg, run_dir, overwrite)``;
 optionally ``status_name(cfg)`` (the status record, when it depends on the config) and ``disabled(cfg)`` (a reason
 not to run with this config, e.g. the supervised upper bound without ``upper_bound: true``), ``requires(cfg)`` (the
-finished steps it reads, as (status record, config hash)) and ``requires_any(cfg)`` (steps of which one is enough);
-both are checked before a run starts and make a finished step stale when what it read is made again."""
+finished steps it reads, as (status record, config hash)) and ``requires_any(cfg)`` (steps of which one is enough),
+both checked before a run starts; a finished step is stale when a step of ``requires`` was made again after it (for
+``requires_any``, the step's ``stale_reason`` knows which one it read)."""
 
 from __future__ import annotations
 

@@ -86,14 +86,24 @@ def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
     ts = cfg.train_seg
     if ts.supervised or ts.labels not in ("best_on_train", "pseudo_or_cam"):
         return None
-    was = (run.status(status_name(cfg)) or {}).get("label_source")
+    st = run.status(status_name(cfg)) or {}
+    was = st.get("label_source")
     try:
         now = label_source(cfg, run)
     except StepError:  # its sources are not all finished: nothing better to train on
         return None
-    if was is None or was == now:
+    if was is None:
         return None
-    return f"trained on {was} labels; train_seg.labels={ts.labels} now picks {now} labels"
+    if was != now:
+        return f"trained on {was} labels; train_seg.labels={ts.labels} now picks {now} labels"
+    from histowsss.engine.run_dir import status_time
+
+    source_step = {"pseudo": "make_sem_seg_labels", "cam": "eval_cam"}.get(was)
+    made = status_time((run.status(source_step) or {}).get("finished")) if source_step else None
+    began = status_time(st.get("started"))
+    if made is not None and began is not None and made > began:  # the labels it read were made again since
+        return f"its {was} labels ({source_step}) were made again after it was trained"
+    return None
 
 
 # settings only the weak labels read (their source, the filters on them, the loss against their noise): the network

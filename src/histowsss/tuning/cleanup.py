@@ -173,7 +173,10 @@ def choose_by_rank_sum(rows: list[dict]) -> dict:
     worst = math.inf  # no object predicted at all: no Dice, no Hausdorff, ranked last
     f1 = _competition_rank([-(x["f1"] or 0.0) for x in o])
     dice = _competition_rank([-(x["dice"] or 0.0) for x in o])  # pooled over all objects, as GlaS defines it
-    hd = _competition_rank([worst if x["hausdorff"] is None else x["hausdorff"] for x in o])
+    # objects left with nothing on the other side of their image have no Hausdorff distance: more of them rank worse
+    # first (else deleting every object of an image would improve the pooled Hausdorff)
+    hd = _competition_rank([(x.get("hausdorff_unpaired_objects", 0),
+                             worst if x["hausdorff"] is None else x["hausdorff"]) for x in o])
     for r, a, b, c in zip(scored, f1, dice, hd):
         r["rank_sum"] = a + b + c
     return min(scored, key=lambda r: (r["rank_sum"], -(r["miou"] if r["miou"] is not None else -math.inf),
