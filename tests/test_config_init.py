@@ -257,3 +257,12 @@ def test_class_name_typos_are_caught(tmp_path: Path):
     (tmp_path / "m.csv").write_text("\n".join(rows).replace("Tumour", "tumour") + "\n")
     made = config_for_manifest(tmp_path / "m.csv")
     assert "class(es) 'tumuor' label a single image: a typo?" in " ".join(made.notes)
+
+
+@pytest.mark.parametrize("cells, sep", [(["TE,NEC", "NEC,STR"], ","), (["TE", "STR", "TE,NEC"], ","),
+                                        (["TE|NEC", "NEC|STR", "TE|STR"], "|"),
+                                        (["adenoma, low grade", "adenoma, high grade", "normal"], ";")])
+def test_separator_found_from_few_cells(cells, sep):
+    from histowsss.config_init import _label_separator
+
+    assert _label_separator([{"label": c} for c in cells], "label") == sep

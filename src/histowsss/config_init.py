@@ -50,15 +50,25 @@ SEPARATORS = (";", ",", "|", "+")
 
 
 def _label_separator(rows: list[dict[str, str]], col: str | None) -> str:
-    """The separator of several labels per cell: the first of SEPARATORS that some cell holds and that splits the
-    distinct cells into fewer distinct names (cells that are combinations, 'TE,NEC' and 'NEC,STR' of three classes);
-    ';' when none does (one label per image, or class names that hold a separator without being combinations)."""
+    """The separator of several labels per cell: the first of SEPARATORS that some cell holds and by which the cells
+    read as combinations: fewer distinct names than distinct cells ('TE', 'TE,NEC', 'NEC,STR', 'STR'), a cell with
+    a part that is another cell's whole label ('TE,NEC' beside 'TE'), or a part found first in one cell and later in
+    another ('TE,NEC' and 'NEC,STR'); ';' when none does (one label per image, or names that hold the character
+    without being combinations, 'adenoma, low grade' and 'adenoma, high grade')."""
     values = {r.get(col, "").strip() for r in rows} - {""} if col else set()
     for sep in SEPARATORS:
-        if any(sep in v for v in values):
-            parts = {p.strip() for v in values for p in v.split(sep) if p.strip()}
-            if len(parts) < len(values):
-                return sep
+        multi = [[p.strip() for p in v.split(sep) if p.strip()] for v in values if sep in v]
+        if not multi:
+            continue
+        parts = {p for v in values for p in (q.strip() for q in v.split(sep)) if p}
+        alone = values - {v for v in values if sep in v}
+        positions: dict[str, set[int]] = {}
+        for m in multi:
+            for i, p in enumerate(m):
+                positions.setdefault(p, set()).add(i)
+        if (len(parts) < len(values) or any(p in alone for m in multi if len(m) > 1 for p in m)
+                or any(len(pos) > 1 for pos in positions.values())):
+            return sep
     return ";"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+import pytest
 from typer.testing import CliRunner
 
 from histowsss.cli.app import app
@@ -129,3 +130,20 @@ def test_slides_without_mpp_and_clashing_names(tmp_path: Path, make_slide):
     m.write_text("image,split,patient,label\na/s.tif,train,p1,benign\nb/s.tif,train,p2,benign\n")
     r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "o"), "--downsample", "2"])
     assert r.exit_code == 2 and "rows 2 and 3" in " ".join(r.output.split())
+
+
+def test_row_numbers_are_lines_and_a_bad_mpp_touches_nothing(tmp_path: Path, make_slide):
+    m = slide_manifest(tmp_path, make_slide)
+    text = m.read_text().splitlines()
+    m.write_text("\n".join([text[0], "", *text[1:], "slides/gone.tif,train,p9,benign,colon"]) + "\n")
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "o"), "--mpp", "0.5"])
+    assert r.exit_code == 2 and f"row {len(text) + 2}:" in r.output  # the blank line counted
+    out = tmp_path / "t"
+    (out / "tiles").mkdir(parents=True)
+    (out / "tiles" / "kept.png").write_bytes(b"x")
+    (out / "tiling.json").write_text('{"tile": 99}')
+    from histowsss.slides.tiles import extract_tiles
+
+    with pytest.raises(ValueError, match="--mpp must be positive"):
+        extract_tiles(m, out, tile=16, mpp=0.0)
+    assert (out / "tiles" / "kept.png").exists()

@@ -100,7 +100,8 @@ class ObjectScore:
         return dice, hd
 
     def summary(self) -> dict:
-        """F1 / precision / recall (percent, from the summed counts), mean object Dice (percent), mean Hausdorff (px)."""
+        """F1 / precision / recall (percent, from the summed counts); object Dice (percent) and Hausdorff (px) pooled
+        over all objects (GlaS), and their means over images (``*_mean_per_image``)."""
         p = self.tp / (self.tp + self.fp) if self.tp + self.fp else None
         r = self.tp / (self.tp + self.fn) if self.tp + self.fn else None
         # no true positive while some object exists on either side: F1 0 (as the GlaS code); None with no object at all

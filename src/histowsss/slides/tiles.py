@@ -29,10 +29,11 @@ class SlideManifestError(ValueError):
     """The slide manifest cannot be used; the message names the file, the row and the fix."""
 
 
-def read_slide_manifest(path: Path) -> list[dict[str, str]]:
-    """Rows of a slide manifest (stripped strings), checked for the columns tiling needs."""
+def read_slide_manifest(path: Path, lines: list[int] | None = None) -> list[dict[str, str]]:
+    """Rows of a slide manifest (stripped strings), checked for the columns tiling needs; ``lines`` receives each
+    row's line in the file (for messages)."""
     columns, rows = read_csv_rows(path, "slide manifest", "pass the path of a CSV with columns image, split, "
-                                  "patient and the label column(s)")
+                                  "patient and the label column(s)", lines=lines)
     missing = [c for c in ("image", "split", "patient") if c not in columns]
     if missing:
         raise SlideManifestError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)}); a "
@@ -94,7 +95,11 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     stride = stride or tile
     if tile < 8 or stride < 1:
         raise ValueError(f"tile ({tile}) must be >= 8 and stride ({stride}) >= 1")
-    rows = read_slide_manifest(manifest)
+    for what, v in (("--mpp", mpp), ("--downsample", downsample)):
+        if v is not None and not v > 0:  # checked before anything of an earlier call is touched
+            raise ValueError(f"{what} must be positive, got {v}")
+    lines: list[int] = []
+    rows = read_slide_manifest(manifest, lines)
     root = manifest.parent
     annotated = "annotations" in rows[0]
     if annotated and not mask_classes:
@@ -105,10 +110,10 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     if annotated and "mask" in rows[0]:
         raise SlideManifestError(f"{manifest}: has both 'mask' and 'annotations'; tile masks are written from the "
                                  "annotations into the 'mask' column: rename or drop 'mask'")
-    problems = [f"row {i}: {root / r['image']} not found" for i, r in enumerate(rows, start=2)
+    problems = [f"row {i}: {root / r['image']} not found" for i, r in zip(lines, rows)
                 if not (root / r["image"]).exists()]
     stems: dict[str, int] = {}
-    for i, r in enumerate(rows, start=2):
+    for i, r in zip(lines, rows):
         stem = Path(r["image"]).stem
         if stem in stems:
             problems.append(f"rows {stems[stem]} and {i}: two slides named {stem!r} would share tiles/{stem}/ "
@@ -145,7 +150,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     write_json(record, settings)
     out_rows: list[dict[str, str]] = []
-    for i, r in enumerate(rows, start=2):
+    for i, r in zip(lines, rows):
         path = root / r["image"]
         ann = None
         if annotated and r["annotations"]:

@@ -188,8 +188,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                   "notes": ["'all' is one dataset-level confusion matrix over every evaluated split (not a mean of "
                             "per-split or per-image numbers); per_image is for choosing examples only",
                             "objects: GlaS challenge metrics of the prediction's connected components against the "
-                            "manifest's instance masks (mask_cc); F1 from TP/FP/FN summed over images, object Dice "
-                            "(percent) and Hausdorff (pixels at data.image_scale) averaged over images"]}
+                            "manifest's instance masks (mask_cc); F1 from TP/FP/FN summed over images; dice (percent) "
+                            "and hausdorff (pixels at data.image_scale) pooled over all objects, each weighted by "
+                            "its area, as GlaS defines them; *_mean_per_image: their means over images"]}
         write_json(run.sub("metrics") / f"{tag}.json", result)
         info.update(outputs=[f"metrics/{tag}.json"] + ([f"{pdir}/"] if ev.save_predictions else []), tag=tag,
                     miou=result["all"]["miou"])

@@ -11,8 +11,8 @@ Per split of the IRN images that has masks (train, and val when present), one da
 Object level (:mod:`histowsss.evaluation.object_metrics`), when the manifest has a ``mask_cc`` column of
 instance masks: ``instances/<name>.png`` and, for comparison, the connected components of the pseudo-mask,
 against the ground-truth instances restricted to foreground classes. F1 from the TP/FP/FN summed over images;
-object Dice and Hausdorff are means over images (images whose Hausdorff is infinite, i.e. exactly one side
-empty, are counted and left out of the mean). Writes ``metrics/sem_seg.json``.
+object Dice and Hausdorff pooled over all objects as GlaS defines them, with their means over images beside
+(:class:`histowsss.evaluation.object_score.ObjectScore`). Writes ``metrics/sem_seg.json``.
 """
 
 from __future__ import annotations
