@@ -263,6 +263,6 @@ def test_class_name_typos_are_caught(tmp_path: Path):
                                         (["TE|NEC", "NEC|STR", "TE|STR"], "|"),
                                         (["adenoma, low grade", "adenoma, high grade", "normal"], ";")])
 def test_separator_found_from_few_cells(cells, sep):
-    from histowsss.config_init import _label_separator
+    from histowsss.config_init import label_separator_of
 
-    assert _label_separator([{"label": c} for c in cells], "label") == sep
+    assert label_separator_of([{"label": c} for c in cells], "label") == sep

@@ -49,7 +49,7 @@ def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
 SEPARATORS = (";", ",", "|", "+")
 
 
-def _label_separator(rows: list[dict[str, str]], col: str | None) -> str:
+def label_separator_of(rows: list[dict[str, str]], col: str | None) -> str:
     """The separator of several labels per cell: the first of SEPARATORS that some cell holds and by which the cells
     read as combinations: fewer distinct names than distinct cells ('TE', 'TE,NEC', 'NEC,STR', 'STR'), a cell with
     a part that is another cell's whole label ('TE,NEC' beside 'TE'), or a part found first in one cell and later in
@@ -185,7 +185,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
                               "make the manifest with `histowsss data manifest`")
     if label_separator is None:
-        label_separator = _label_separator(rows, label_column or ("label" if "label" in columns else None))
+        label_separator = label_separator_of(rows, label_column or ("label" if "label" in columns else None))
     col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
     folded: dict[str, list[str]] = {}
     for n in names:  # 'Te' beside 'TE', 'stroma ' beside 'stroma': typos that would become classes of their own

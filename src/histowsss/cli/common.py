@@ -82,9 +82,9 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         if col not in cols:
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(cols)}); pass "
                               "--set data.label_column=COLUMN, or --config with data.label_column and classes")
-        from histowsss.config_init import _label_separator
+        from histowsss.config_init import label_separator_of
 
-        sep = data_over.get("label_separator") or _label_separator(rows, col)  # as `init` finds it
+        sep = data_over.get("label_separator") or label_separator_of(rows, col)  # as `init` finds it
         if sep != ";":
             raw["label_separator"] = sep
         multi = data_over.get("multi_label", any(sep in row[col] for row in rows))

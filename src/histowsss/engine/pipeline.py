@@ -168,6 +168,25 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     return plan
 
 
+def _why_run(run: RunDir, key: str, h: str, overwrite: bool) -> str:
+    """The log line of a step about to run: new, made again (which settings changed), going on after a stop, or
+    starting over."""
+    st = run.status(key) or {}
+    state = st.get("state")
+    if state == "done":
+        if overwrite:
+            return f"[redo] {key}: --overwrite"
+        return f"[redo] {key}: finished with other settings ({run.settings_diff(st) or 'its inputs changed'}); made again"
+    if state in ("running", "failed"):
+        if overwrite:
+            return f"[run ] {key}: starts over (--overwrite; it had stopped, {state})"
+        if st.get("config_hash") == h:
+            return f"[run ] {key}: goes on from where it stopped ({state} at {st.get('started', '?')})"
+        diff = run.settings_diff(st)
+        return f"[run ] {key}: starts over (it had stopped with other settings" + (f": {diff}" if diff else "") + ")"
+    return f"[run ] {key}"
+
+
 def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
@@ -189,23 +208,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                 continue
             log(f"[redo] {key}: {why}")
         else:
-            st = run.status(key)
-            if overwrite and st is not None and st.get("state") == "done":
-                log(f"[redo] {key}: --overwrite")
-            elif st is not None and st.get("state") == "done":  # say why a finished step is made again
-                diff = run.settings_diff(st)
-                log(f"[redo] {key}: finished with other settings ({diff or 'its inputs changed'}); made again")
-            elif st is not None and st.get("state") in ("running", "failed"):
-                if overwrite:
-                    log(f"[run ] {key}: starts over (--overwrite; it had stopped, {st['state']})")
-                elif st.get("config_hash") == h:
-                    log(f"[run ] {key}: goes on from where it stopped ({st['state']} at {st.get('started', '?')})")
-                else:
-                    diff = run.settings_diff(st)
-                    log(f"[run ] {key}: starts over (it had stopped with other settings"
-                        + (f": {diff}" if diff else "") + ")")
-            else:
-                log(f"[run ] {key}")
+            log(_why_run(run, key, h, overwrite))
         t0 = time.time()
         st = run.status(key)
         redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config

@@ -49,7 +49,7 @@ def _score_image(cfg: RunConfig, s: Sample, path: Path, key: str, absent: list[i
         cleaned = clean_objects(lab, bg, min_object_area=a, max_hole_area=h, split_h=sp)
         cm = ConfusionMatrix(len(names))
         cm.update(gt, cleaned)
-        out.append((cm._cm, object_metrics(gi, predicted_objects(cleaned, gt, bg)) if gi is not None else None))
+        out.append((cm.matrix, object_metrics(gi, predicted_objects(cleaned, gt, bg)) if gi is not None else None))
     return out
 
 
