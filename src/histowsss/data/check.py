@@ -117,18 +117,29 @@ def _mask_column_problems(cfg: DataConfig, manifest: str) -> list[Problem]:
                     + "; set data.mask_column to the masks' column" + ("" if needed else " (or null: no masks)"))]
 
 
+def _open_image(path) -> tuple[tuple[int, int] | None, list[Problem]]:
+    """((height, width) or None when unreadable, the problems found: an error, or the reader's warnings)."""
+    image = str(path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            img = read_rgb(path)
+    except ImageReadError as e:
+        return None, [Problem("error", image, _message(e, image))]
+    except Exception as e:  # anything unexpected is still reported per file, and the check goes on
+        return None, [Problem("error", image, f"cannot be read ({type(e).__name__}: {e})")]
+    return img.shape[:2], [Problem("warning", image, _message(w.message, image))  # type: ignore[arg-type]
+                           for w in caught if issubclass(w.category, UserWarning)]
+
+
 def _file_problems(image, mask) -> list[Problem]:
     """The image (and mask) of a manifest row left out for a row problem: readable, RGB, the mask its size."""
-    out: list[Problem] = []
     if not image.exists():
-        return out  # (named by the row problem already)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            h, w = read_rgb(image).shape[:2]
-    except Exception as e:
-        return [Problem("error", str(image), _message(e, str(image)) if isinstance(e, ImageReadError)
-                        else f"cannot be read ({type(e).__name__}: {e})")]
+        return []  # (named by the row problem already)
+    hw, out = _open_image(image)
+    if hw is None:
+        return out
+    h, w = hw
     if mask is not None and mask.exists():
         try:
             read_mask(mask, expected_hw=(h, w))
@@ -201,20 +212,11 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
         it = track(samples, description="checking images", transient=True)
     for s in it:
         image = str(s.image)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                img = read_rgb(s.image)
-        except ImageReadError as e:
-            problems.append(Problem("error", image, _message(e, image)))
+        hw, found = _open_image(s.image)
+        problems += found
+        if hw is None:
             continue
-        except Exception as e:  # anything unexpected is still reported per file, and the check goes on
-            problems.append(Problem("error", image, f"cannot be read ({type(e).__name__}: {e})"))
-            continue
-        for w in caught:
-            if issubclass(w.category, UserWarning):
-                problems.append(Problem("warning", image, _message(w.message, image)))  # type: ignore[arg-type]
-        h, w = img.shape[:2]
+        h, w = hw
         hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
         train_least = (train_min_size or 0) if s.split in cfg.train_splits else 0
         tiled = (patch_size or 0) if s.split not in cfg.test_splits else 0

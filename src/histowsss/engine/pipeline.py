@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
-from histowsss.engine.run_dir import RunDir, StepError, status_time
+from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.registry import PIPELINE, select_steps, step_module
 
 
@@ -67,14 +67,9 @@ def _why_not(run: RunDir, need: str) -> str:
 def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
     """Why the finished step ``key`` is stale: one of the steps it reads (``requires(cfg)``) finished after it
     started, so its outputs were made from files since replaced. None when it stands."""
-    began = (run.status(key) or {}).get("started")
-    started = status_time(began)
-    if started is None or not hasattr(mod, "requires"):
-        return None
-    for need, _ in mod.requires(cfg):
-        finished = (run.status(need) or {}).get("finished")
-        if (t := status_time(finished)) is not None and t > started:
-            return f"{need} was made again at {finished}, after these outputs were made ({began})"
+    for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
+        if (finished := run.made_again_after(need, key)) is not None:
+            return f"{need} was made again at {finished}, after these outputs were made ({run.status(key)['started']})"
     return None
 
 

@@ -132,6 +132,14 @@ class RunDir:
                             + (f"; {step} ran with {diff}: give those settings again (the --set values of that run) "
                                f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
 
+    def made_again_after(self, step: str, key: str) -> str | None:
+        """The time ``step`` finished when that is after the record ``key`` started (the outputs of ``key`` were made
+        from files since replaced); None otherwise, or when either time is unknown."""
+        began = status_time((self.status(key) or {}).get("started"))
+        finished = (self.status(step) or {}).get("finished")
+        t = status_time(finished)
+        return finished if began is not None and t is not None and t > began else None
+
     def settings_diff(self, status: dict, most: int = 6) -> str:
         """``key = old (now new)`` for the settings where the config a step ran with (its status record's
         ``config_history`` file) differs from this invocation's; "" when unknown."""

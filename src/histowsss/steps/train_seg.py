@@ -96,12 +96,8 @@ def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
         return None
     if was != now:
         return f"trained on {was} labels; train_seg.labels={ts.labels} now picks {now} labels"
-    from histowsss.engine.run_dir import status_time
-
     source_step = {"pseudo": "make_sem_seg_labels", "cam": "eval_cam"}.get(was)
-    made = status_time((run.status(source_step) or {}).get("finished")) if source_step else None
-    began = status_time(st.get("started"))
-    if made is not None and began is not None and made > began:  # the labels it read were made again since
+    if source_step and run.made_again_after(source_step, status_name(cfg)):  # the labels it read were replaced
         return f"its {was} labels ({source_step}) were made again after it was trained"
     return None
 
