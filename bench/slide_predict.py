@@ -15,8 +15,11 @@ upsampled 2x (level 0 at 0.31 um/px, as a 40x scan; 4 levels) under ``bench/work
 
 Each is segmented by the product path (``histowsss.slides.predict.predict_slide_file``: tissue mask, 1024 px
 tiles + 64 px margins at the run's resolution, 0.62 um/px, stitched at working resolution) and compared with
-segmenting every image on its own (eval_seg's own inference, ``predict_probs``): gland IoU / mIoU over the
-images' pixels, pixel agreement, and (glass) the IoU within 64 px of an image edge vs further in. Test images
+segmenting every image on its own (eval_seg's own inference and object clean-up, ``predict_probs`` +
+``labels_from_probs``, as the slide's labels are cleaned): gland IoU / mIoU over the
+images' pixels, pixel agreement, and (glass) the IoU within 64 px of an image edge vs further in. Also each image
+on its own framed by 100 px of glass (``per_image_on_glass``: no slide, JPEG or resampling), which separates what
+the glass next to an image's cut edges does to the network from what the slide path does. Test images
 are only scored here; nothing is chosen from them. Writes ``bench/results/slide_predict.<profile>.json``.
 """
 
@@ -95,7 +98,7 @@ def main() -> None:
     from histowsss.data.masks import load_class_mask
     from histowsss.engine.device import resolve_device
     from histowsss.slides.predict import SlideOptions, predict_slide_file
-    from histowsss.steps.eval_seg import predict_probs
+    from histowsss.steps.eval_seg import labels_from_probs, predict_probs
     from histowsss.steps.segnet_io import load_segnet
 
     t_all = time.perf_counter()
@@ -117,14 +120,31 @@ def main() -> None:
     gts = [load_class_mask(s, cfg.data) for s in samples]
 
     t0 = time.perf_counter()
-    own = [predict_probs(model, im, cfg, dev).argmax(0) for im in images]
+    own = [labels_from_probs(predict_probs(model, im, cfg, dev), cfg) for im in images]  # as eval_seg / predict: the clean-up too
     t_images = time.perf_counter() - t0
     metrics: dict = {"images": [s.name for s in samples],
                      "per_image": {**scores(own, gts), "seconds": round(t_images, 1),
                                    "network_mpx_per_s": round(sum(im.shape[0] * im.shape[1] for im in images) / 1e6
                                                               / t_images, 3)}}
-    work = ROOT / "bench/work/slides"
     h, w = images[0].shape[:2]
+    # the same network on each image framed by glass (no slide, no JPEG, no resampling): what the glass context alone
+    # does to the image's edges, apart from the slide path
+    band = np.zeros((h, w), bool)
+    band[:64] = band[-64:] = True
+    band[:, :64] = band[:, -64:] = True
+    rng = np.random.default_rng(0)
+    framed = []
+    for im in images:
+        canvas = np.empty((h + 200, w + 200, 3), np.uint8)
+        canvas[:] = GLASS
+        canvas = np.clip(canvas.astype(np.int16) + rng.integers(-3, 4, canvas.shape), 0, 255).astype(np.uint8)
+        canvas[100 : 100 + h, 100 : 100 + w] = im
+        framed.append(labels_from_probs(predict_probs(model, canvas, cfg, dev), cfg)[100 : 100 + h, 100 : 100 + w])
+    metrics["per_image_on_glass"] = {
+        **scores(framed, gts), "agreement_with_per_image": round(100 * float(np.mean([np.mean(a == o) for a, o in zip(framed, own)])), 2),
+        **{name: scores([c[sel] for c in framed], [g[sel] for g in gts]) for name, sel in (("edge_64px", band), ("interior", ~band))}}
+    print("per_image_on_glass", metrics["per_image_on_glass"])
+    work = ROOT / "bench/work/slides"
     for variant, gap in (("mosaic", 0), ("glass", 100)):
         path = work / f"glas_{variant}.tif"
         corners = build_slide(path, images, gap)
@@ -146,9 +166,6 @@ def main() -> None:
              "tiles": rec["tiles"], "tiles_reused": rec["tiles_reused"], "level0_size": rec["level0_size"], "timings": rec["timings"],
              "network_mpx_per_s": round(rec["timings"]["network_mpx"] / max(rec["timings"]["network_s"], 1e-9), 3),
              "tissue_mpx_per_s": round(len(images) * h * w / 1e6 / secs, 3)}
-        band = np.zeros((h, w), bool)
-        band[:64] = band[-64:] = True
-        band[:, :64] = band[:, -64:] = True
         for name, sel in (("edge_64px", band), ("interior", ~band)):
             m[name] = {"slide": scores([c[sel] for c in crops], [g[sel] for g in gts]),
                        "per_image": scores([o[sel] for o in own], [g[sel] for g in gts])}
