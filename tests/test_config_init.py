@@ -266,3 +266,48 @@ def test_separator_found_from_few_cells(cells, sep):
     from histowsss.config_init import label_separator_of
 
     assert label_separator_of([{"label": c} for c in cells], "label") == sep
+
+
+def _one_hot(tmp_path: Path, marks: list[tuple[str, str, str]], header: str = "TE,NEC,STR") -> Path:
+    rows = [f"image,split,patient,{header},mask"]
+    for i, m in enumerate(marks):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        Image.fromarray(np.arange(96 * 96).reshape(96, 96).astype(np.uint8) % 3).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{'train' if i < len(marks) - 1 else 'test'},p{i},{','.join(m)},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "m.csv"
+
+
+def test_one_column_per_class_is_found_and_kept_in_column_order(tmp_path: Path):
+    """Multi-hot columns (as LUAD-HistoSeg's label vectors written out) are the classes, in column order."""
+    m = _one_hot(tmp_path, [("1", "0", "1"), ("0", "1", "1"), ("1", "0", "0"), ("0", "0", "1")])
+    made = config_for_manifest(m, background="none")
+    d = made.config.data
+    assert d.label_columns == ["TE", "NEC", "STR"] and d.label_column is None and d.multi_label
+    assert d.classes.names == ["TE", "NEC", "STR"] and d.classes.background is None  # mask value = column position
+    assert "columns TE, NEC, STR (one 0/1 column per class): TE, NEC, STR, no background class" in made.text
+    assert "in column order (mask value = position):" in made.text
+    (tmp_path / "c.yaml").write_text(made.text)
+    assert load_config(tmp_path / "c.yaml") == made.config
+    from histowsss.data.manifest import read_manifest
+
+    assert [s.labels for s in read_manifest(d)] == [("TE", "STR"), ("NEC", "STR"), ("TE",), ("STR",)]
+    # one-hot (one mark per row) is single-label; rows with no mark are the background, a class without a column
+    hot = _one_hot(tmp_path, [("1", "0", "0"), ("0", "1", "0"), ("0", "0", "0"), ("0", "0", "1")])
+    with pytest.raises(ConfigError, match="--background NAME"):
+        config_for_manifest(hot, background="none")
+    made = config_for_manifest(hot, background="normal")
+    d = made.config.data
+    assert "in column order (mask value = position, the background first)" in made.text
+    assert not d.multi_label and d.classes.names == ["normal", "TE", "NEC", "STR"] and d.classes.background == "normal"
+
+
+def test_class_columns_given_and_bad_cells_named(tmp_path: Path):
+    m = _one_hot(tmp_path, [("1", "0", "0"), ("0", "1", "0"), ("0", "0", "1")], header="tumour,normal,scanner_ok")
+    d = config_for_manifest(m, label_columns=["normal", "tumour"], mask_mode="class_ids").config.data  # a flag left out
+    assert d.label_columns == ["normal", "tumour"] and d.classes.background == "normal"
+    with pytest.raises(ConfigError, match="not both"):
+        config_for_manifest(m, label_columns=["tumour"], label_column="label")
+    bad = _one_hot(tmp_path, [("1", "0", "0"), ("0", "2", "0"), ("0", "0", "1")])
+    with pytest.raises(ConfigError, match=r"row 3: class column value\(s\) NEC='2'"):
+        config_for_manifest(bad, label_columns=["TE", "NEC", "STR"], background="none")

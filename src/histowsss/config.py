@@ -128,6 +128,10 @@ class DataConfig(Strict):
     label_column: str | None = Field(
         "label", description="column of class names (';'-separated if multi_label); null: labels come from masks "
         "(patch rule) and are used for training only through patches")
+    label_columns: list[str] | None = Field(
+        None, description="instead of label_column: one column per class, named as the class, holding 1 / 0 (also "
+        "true / false, yes / no, x / empty) for present / absent (one-hot or multi-hot); an image with none is "
+        "background (the background class need not have a column)")
     multi_label: bool = False
     label_separator: str = ";"
     classes: ClassMap
@@ -154,8 +158,23 @@ class DataConfig(Strict):
     stain_reference: list[list[float]] | None = Field(None, description="[[L, a, b] mean, [L, a, b] std] for reinhard")
     patches: PatchConfig | None = None
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the manifest holds image labels (a label column or one column per class)."""
+        return self.label_column is not None or bool(self.label_columns)
+
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
+        if self.label_columns is not None:
+            if "label_column" in self.model_fields_set and self.label_column is not None:
+                raise ValueError(f"data.label_column ({self.label_column!r}) and data.label_columns both name labels; "
+                                 "keep one (label_column: null with label_columns)")
+            self.label_column = None  # (the default 'label' gives way to the class columns)
+            unknown = [c for c in self.label_columns if c not in self.classes.names]
+            if unknown or not self.label_columns or len(set(self.label_columns)) != len(self.label_columns):
+                raise ValueError(f"data.label_columns {self.label_columns} must name classes of data.classes.names "
+                                 f"({', '.join(self.classes.names)}), each once (not a class: "
+                                 f"{', '.join(map(repr, unknown)) or 'none'}); a column is named as its class")
         if self.mask_mode == "binary" and self.mask_foreground_class is None:
             raise ValueError("mask_mode 'binary' needs mask_foreground_class (the class of mask>0 pixels)")
         if self.mask_foreground_class is not None and self.mask_foreground_class not in self.classes.names:
@@ -163,7 +182,7 @@ class DataConfig(Strict):
                              f"{self.classes.names}")
         if self.mask_mode == "binary_image_label" and self.classes.background is None:
             raise ValueError("mask_mode 'binary_image_label' needs classes.background")
-        if self.mask_mode == "binary_image_label" and self.label_column is None:
+        if self.mask_mode == "binary_image_label" and not self.has_labels:
             raise ValueError("mask_mode 'binary_image_label' takes the foreground's class from the image's label, and "
                              "label_column is null (no labels): set label_column, or use mask_mode 'binary' with "
                              "mask_foreground_class")

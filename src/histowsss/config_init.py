@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from histowsss.config import ConfigError, RunConfig, builtin_config_path, validate_config
-from histowsss.data.manifest import read_csv_rows
+from histowsss.data.manifest import class_columns_labels, class_columns_of, read_csv_rows
 
 PROFILES = {"cpu": "glas-malignant", "gpu": "glas-malignant-gpu"}
 # microns per network pixel of the profiles: GlaS at 0.62 um/px, read at data.image_scale 0.5 (CPU) or 1.0 (GPU)
@@ -77,7 +77,8 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
     col = label_column or ("label" if "label" in columns else None)
     if col is None or col not in columns:
         raise ConfigError(f"{manifest}: no {(col or 'label')!r} column (columns: {', '.join(columns)}); pass "
-                          "--label-column COLUMN (the column of class names)")
+                          "--label-column COLUMN (the column of class names), or --label-columns A,B,... (one 0/1 "
+                          "column per class)")
     multi = any(separator in r[col] for r in rows)
     names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]]) if v.strip()})
     if len(names) < 2:
@@ -174,7 +175,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                         label_column: str | None = None, mask_mode: str | None = None, mpp: float | None = None,
                         image_scale: float | None = None, name: str | None = None,
                         label_separator: str | None = None, out: Path | None = None,
-                        mask_ignore: list[int] | None = None, classes: list[str] | None = None) -> InitResult:
+                        mask_ignore: list[int] | None = None, classes: list[str] | None = None,
+                        label_columns: list[str] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
@@ -184,19 +186,43 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         if col not in columns:
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
                               "make the manifest with `histowsss data manifest`")
-    if label_separator is None:
-        label_separator = label_separator_of(rows, label_column or ("label" if "label" in columns else None))
-    col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
+    if label_columns and label_column:
+        raise ConfigError("pass --label-column (a column of class names) or --label-columns (one 0/1 column per "
+                          "class), not both")
+    class_cols = list(label_columns or [])
+    if not class_cols and label_column is None and "label" not in columns:
+        class_cols = class_columns_of(columns, rows)  # one-hot / multi-hot columns, found
+    if class_cols:
+        col, names, multi, marked = None, list(class_cols), False, []
+        missing_cols = [c for c in class_cols if c not in columns]
+        if missing_cols:
+            raise ConfigError(f"{manifest}: no column(s) {', '.join(map(repr, missing_cols))} (columns: "
+                              f"{', '.join(columns)}); --label-columns names one 0/1 column per class")
+        lines: list[int] = []
+        read_csv_rows(manifest, lines=lines)  # (the rows' line numbers, for the message)
+        for i, r in zip(lines, rows):
+            labs, bad = class_columns_labels(r, class_cols)
+            if bad:
+                raise ConfigError(f"{manifest}: row {i}: class column value(s) {', '.join(bad)} are neither present "
+                                  "(1, true, yes, x) nor absent (0, false, no, empty); write 1 or 0")
+            marked.append(labs)
+        multi = any(len(m) > 1 for m in marked)
+    else:
+        if label_separator is None:
+            label_separator = label_separator_of(rows, label_column or ("label" if "label" in columns else None))
+        col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
+        marked = [tuple(p.strip() for p in r[col].split(label_separator)) if multi else (r[col].strip(),)
+                  for r in rows]
+    source = f"column {col!r}" if col is not None else f"columns {', '.join(class_cols)} (one 0/1 column per class)"
     folded: dict[str, list[str]] = {}
     for n in names:  # 'Te' beside 'TE', 'stroma ' beside 'stroma': typos that would become classes of their own
         folded.setdefault(" ".join(n.lower().split()), []).append(n)
     twins = [v for v in folded.values() if len(v) > 1]
     if twins:
-        raise ConfigError(f"{manifest}: column {col!r} holds class names that differ only in case or spaces ("
+        raise ConfigError(f"{manifest}: {source} holds class names that differ only in case or spaces ("
                           + "; ".join(" / ".join(map(repr, v)) for v in twins) + "): fix the labels (typos?) so "
                           "each class is written one way")
-    counts = {n: sum(n in ([p.strip() for p in r[col].split(label_separator)] if multi else [r[col].strip()])
-                     for r in rows) for n in names}
+    counts = {n: sum(n in m for m in marked) for n in names}
     rare = [n for n, k in counts.items() if k == 1]
     if classes:  # the given order: class-id masks are indexed by it
         missing = [n for n in names if n not in classes]
@@ -204,21 +230,31 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             raise ConfigError(f"--classes {','.join(classes)}: must name every class of the manifest once "
                               f"({', '.join(names)}; missing: {', '.join(missing) or 'none'})")
         names = list(classes)
-    bg = _background(names, background)
-    if bg is not None and not classes:
-        names = [bg] + [n for n in names if n != bg]
-    if bg is not None:
-        notes = [f"classes from column {col!r}: {', '.join(names)} (background / normal: {bg})"
-                 + (" in the order given by --classes (mask value = position)" if classes else
-                    "; order: background first, then alphabetical (mask value = position): pass --classes in "
-                    "mask-value order if the masks hold class ids")]
+    if class_cols and background is not None and background.lower() != "none" and background not in names:
+        bg = background  # the class of images with no column marked, without a column of its own: mask value 0
+        names = [bg] + names
     else:
-        notes = [f"classes from column {col!r}: {', '.join(names)}, no background class (every pixel is one of "
+        bg = _background(names, background)
+    if class_cols and bg is None and any(not m for m in marked):
+        raise ConfigError(f"{manifest}: some rows mark none of the class columns ({', '.join(class_cols)}) and "
+                          "there is no background class; pass --background NAME (the class of those images: it "
+                          "becomes class 0 if no column holds it) or mark a class in every row")
+    if bg is not None and not classes and not class_cols:
+        names = [bg] + [n for n in names if n != bg]
+    order = (" in the order given by --classes (mask value = position)" if classes else
+             " in column order (mask value = position" + (", the background first)" if bg is not None and bg not in class_cols else ")")
+             + ": pass --classes in mask-value order if the masks hold class ids in another" if class_cols else None)
+    if bg is not None:
+        notes = [f"classes from {source}: {', '.join(names)} (background / normal: {bg})"
+                 + (order or "; order: background first, then alphabetical (mask value = position): pass --classes "
+                    "in mask-value order if the masks hold class ids")]
+    else:
+        notes = [f"classes from {source}: {', '.join(names)}, no background class (every pixel is one of "
                  "them; labels are the best of an image's labelled classes, docs/data.md)"
-                 + ("; order given by --classes (mask value = position)" if classes else
-                    "; order alphabetical: pass --classes in mask-value order if the masks hold class ids")]
+                 + (order or "; order alphabetical: pass --classes in mask-value order if the masks hold class ids")]
     if multi:
-        notes.append(f"several labels per image ('{label_separator}'-separated): multi_label true")
+        notes.append("several labels per image " + (f"('{label_separator}'-separated)" if col is not None else
+                                                     "(several columns marked)") + ": multi_label true")
     if rare:
         notes.append(f"warning: class(es) {', '.join(map(repr, rare))} label a single image: a typo? (fix the label, "
                      "or keep it: the CAM classifier can hardly learn a class from one image)")
@@ -227,13 +263,14 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     raw: dict[str, Any] = yaml.safe_load(builtin_config_path(PROFILES[profile]).read_text())
     root = manifest.parent
     # absolute: the config is often run from another folder than the one init ran in
-    data: dict[str, Any] = {"manifest": str(manifest.resolve()), "label_column": col, "multi_label": multi,
+    data: dict[str, Any] = {"manifest": str(manifest.resolve()), "label_column": col,
+                            **({"label_columns": class_cols} if class_cols else {}), "multi_label": multi,
                             "classes": {"names": names, "background": bg,
                                         "colors": ({bg: BACKGROUND_COLOR} if bg is not None else {})
                                         | {n: PALETTE[i % len(PALETTE)]
                                            for i, n in enumerate(n for n in names if n != bg)}},
                             **splits}
-    if label_separator != ";":
+    if col is not None and label_separator != ";":
         data["label_separator"] = label_separator
     masks = [r["mask"] for r in rows if r.get("mask")] if "mask" in columns else []
     if masks:

@@ -147,6 +147,32 @@ def test_stats_label_column_override_without_config(builder):
     assert r.exit_code == 2 and "--config" in r.output
 
 
+def test_stats_and_split_read_one_column_per_class(builder):
+    """One-hot columns are found without a config (a row with none marked counts as 'none'), and `data split`
+    stratifies by the classes they mark."""
+    rows = []
+    for p in range(12):
+        t, s = ("1", "0") if p % 3 == 0 else ("0", "1") if p % 3 == 1 else ("0", "0")
+        for j in range(2):
+            rows.append(dict(builder.row(f"p{p}_{j}", "train" if p < 9 else "test", f"P{p}", mask=False),
+                             tumour=t, stroma=s))
+    m = builder.manifest(rows, columns=["image", "split", "patient", "tumour", "stroma"])
+    r = invoke("data", "stats", m)
+    assert r.exit_code == 0, r.output
+    # columns: split, images, patients, then images / patients of tumour, stroma, none
+    assert _table_rows(r.stdout)["train"] == ["train", "18", "9", "6", "3", "6", "3", "6", "3"]
+    r = invoke("data", "stats", m, "--set", "data.label_columns=[tumour]")
+    assert r.exit_code == 0 and "stroma" not in r.stdout
+    out = builder.root / "split.csv"
+    r = invoke("data", "split", m, "--out", out, "--test", "0.34", "--val", "0", "--train", "0.66")
+    assert r.exit_code == 0, r.output
+    split = list(csv.DictReader(out.open()))
+    for t, s in (("1", "0"), ("0", "1"), ("0", "0")):  # each kind of patient in both splits
+        assert {x["split"] for x in split if (x["tumour"], x["stroma"]) == (t, s)} == {"train", "test"}
+    r = invoke("data", "split", m, "--out", out, "--overwrite", "--label-columns", "tumour,fat")
+    assert r.exit_code == 2 and "no 'fat' column" in flat(r.output)
+
+
 def test_stats_unknown_class_exits_2(builder):
     m = builder.manifest([builder.row("a", label="benign"), builder.row("b", label="tumour")])
     r = invoke("data", "stats", m, "--config", "demo", "--set", "data.label_column=label")

@@ -198,3 +198,56 @@ def test_row_numbers_are_the_lines_of_the_file(builder, data_config):
                  f"{rows[1]['image']},{rows[1]['mask']},train,b,malignnat,\n")
     _, problems = scan_manifest(data_config(p))
     assert len(problems) == 1 and problems[0].startswith("row 6 (images/b.png): unknown class 'malignnat'")
+
+
+def _class_columns_manifest(builder, cells: list[tuple[str, str, str]]) -> Path:
+    """Rows of three classes written one 0/1 column per class (``cells``: (tumour, stroma, necrosis) marks)."""
+    rows = []
+    for i, (t, s, n) in enumerate(cells):
+        r = builder.row(f"i{i}", "train", f"p{i}", mask=False, seed=i)
+        r.update(tumour=t, stroma=s, necrosis=n)
+        rows.append(r)
+    return builder.manifest(rows, columns=["image", "split", "patient", "tumour", "stroma", "necrosis"])
+
+
+def _class_columns_config(data_config, m: Path, **kw):
+    base = dict(label_column=None, label_columns=["tumour", "stroma", "necrosis"], multi_label=True,
+                classes={"names": ["normal", "tumour", "stroma", "necrosis"], "background": "normal"},
+                mask_column=None, mask_mode="class_ids")
+    return data_config(m, **(base | kw))
+
+
+def test_one_column_per_class_reads_as_the_label_column(builder, data_config):
+    """One-hot / multi-hot columns (1/0, true/false, yes/no, x/empty) give the labels a label column would."""
+    m = _class_columns_manifest(builder, [("1", "0", "0"), ("1", "1", "0"), ("true", "False", "yes"),
+                                          ("x", "", ""), ("0", "0", "0"), ("1.0", "0.0", "0")])
+    samples = read_manifest(_class_columns_config(data_config, m), check_files=True)
+    assert [s.labels for s in samples] == [("tumour",), ("tumour", "stroma"), ("tumour", "necrosis"), ("tumour",),
+                                           ("normal",), ("tumour",)]  # none marked: the background class
+    cfg = _class_columns_config(data_config, m)
+    np.testing.assert_array_equal(samples[1].target(cfg.classes), [0, 1, 1, 0])  # none marked = background only
+    assert cfg.has_labels and cfg.label_column is None
+
+
+def test_class_column_problems_are_named_with_their_fix(builder, data_config):
+    m = _class_columns_manifest(builder, [("1", "0", "0"), ("0.5", "0", "0"), ("1", "1", "0"), ("0", "0", "0")])
+    _, problems = scan_manifest(_class_columns_config(data_config, m, multi_label=False))
+    assert len(problems) == 2
+    assert "row 3 (" in problems[0] and "tumour='0.5'" in problems[0] and "write 1 or 0" in problems[0]
+    assert "row 4 (" in problems[1] and "data.multi_label=true" in problems[1]
+    no_bg = _class_columns_config(data_config, m, classes={"names": ["tumour", "stroma", "necrosis"]})
+    _, problems = scan_manifest(no_bg)
+    assert any("row 5 (" in p and "no class column marked" in p for p in problems)
+    gone = builder.manifest([builder.row("a", mask=False)], name="no_class_columns.csv",
+                            columns=["image", "split", "patient", "tumour"])
+    with pytest.raises(ManifestError) as e:
+        read_manifest(_class_columns_config(data_config, gone))
+    assert "'stroma', 'necrosis'" in str(e.value) and "data.label_columns" in str(e.value)
+
+
+def test_class_columns_config_is_checked(builder, data_config):
+    m = _class_columns_manifest(builder, [("1", "0", "0")])
+    with pytest.raises(ValueError, match="must name classes"):
+        _class_columns_config(data_config, m, label_columns=["tumour", "fat"])
+    with pytest.raises(ValueError, match="keep one"):
+        _class_columns_config(data_config, m, label_column="label")

@@ -100,3 +100,39 @@ def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, 
     if background == "null":  # with no background class every tissue is exported, stroma included
         lab = np.asarray(Image.open(next((tmp_path / "pred").glob("*_labels.png"))))
         assert {NAMES[v] for v in np.unique(lab)} <= named
+
+
+def test_one_column_per_class_trains_as_the_label_column(tissue_manifest: Path, tmp_path: Path):
+    """The same tissue labels written one 0/1 column per class: `histowsss init` finds the columns, `data check`
+    passes, every image reads with the labels of the label column, and the CAM stage trains and scores on them."""
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from histowsss.data.manifest import read_manifest
+
+    rows = list(csv.DictReader(tissue_manifest.open()))
+    for r in rows:
+        marked = r["tissue"].split(";")
+        r.update({n: "1" if n in marked else "0" for n in NAMES})
+        del r["tissue"], r["grade"], r["label"]
+    one_hot = tmp_path / "one_hot.csv"
+    write_manifest(one_hot, rows)
+    cli = CliRunner()
+    res = cli.invoke(app, ["init", str(one_hot), "--out", str(tmp_path / "c.yaml"), "--background", "none",
+                           "--mask-ignore", "9", "--image-scale", "1.5"])  # (init wants >= 64 px)
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "c.yaml", FAST)
+    assert cfg.data.label_columns == NAMES and cfg.data.classes.names == NAMES and cfg.data.multi_label
+    res = cli.invoke(app, ["data", "check", str(one_hot), "--config", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 0, res.output
+    by_column = load_config("demo", [f"data.manifest={tissue_manifest}", "data.label_column=tissue",
+                                     "data.multi_label=true", f"data.classes.names=[{','.join(NAMES)}]",
+                                     "data.classes.background=null", "data.classes.colors={}",
+                                     "data.mask_mode=class_ids"]).data
+    assert [(s.name, set(s.labels)) for s in read_manifest(cfg.data)] == \
+        [(s.name, set(s.labels)) for s in read_manifest(by_column)]
+    run = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, run, stop="eval_cam", log=lambda m: None)
+    cam = json.loads((run.path / "metrics" / "cam.json").read_text())
+    assert cam["mode"] == "argmax" and set(cam["splits"]["test"]["predicted_gating"]["per_class"]) == set(NAMES)
+    assert cam["splits"]["train"]["classification"]["images"] == sum(r["split"] == "train" for r in rows)

@@ -54,7 +54,8 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     """A DataConfig for data commands: from a config file (its data section), with the manifest replaced.
 
     Without a config, the classes are inferred from the manifest's label column ('label', or the column named
-    by ``--set data.label_column=COL``); other ``data.*`` overrides apply on top.
+    by ``--set data.label_column=COL``), or from one 0/1 column per class (``--set data.label_columns=[A,B]``, or
+    found: :func:`~histowsss.data.manifest.class_columns_of`); other ``data.*`` overrides apply on top.
     """
     from histowsss.config import DataConfig, apply_overrides
 
@@ -69,7 +70,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     data_over = over.get("data", {})
     if not isinstance(data_over, dict):
         raise ConfigError("'data' is a section; override its keys, e.g. --set data.label_column=grade")
-    from histowsss.data.manifest import read_csv_rows
+    from histowsss.data.manifest import class_columns_of, read_csv_rows
 
     cols, rows = read_csv_rows(Path(manifest))
     if not rows:
@@ -93,8 +94,17 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         if len(names) < 2:
             names = names + ["other"]
         raw.update(multi_label=multi, classes={"names": names})
+    elif data_over.get("label_columns") or ("label_column" not in data_over and class_columns_of(cols, rows)):
+        from histowsss.data.manifest import class_columns_labels
+
+        class_cols = list(data_over.get("label_columns") or class_columns_of(cols, rows))
+        marked = [class_columns_labels(row, [c for c in class_cols if c in cols])[0] for row in rows]
+        names = class_cols + (["none"] if any(not m for m in marked) and "none" not in class_cols else [])
+        raw.update(label_columns=class_cols, multi_label=data_over.get("multi_label", any(len(m) > 1 for m in marked)),
+                   classes={"names": names, **({"background": "none"} if len(names) > len(class_cols) else {})})
     elif "classes" not in data_over:
-        raise ConfigError(f"{manifest}: no 'label' column; pass --set data.label_column=COLUMN, or --config "
+        raise ConfigError(f"{manifest}: no 'label' column; pass --set data.label_column=COLUMN, "
+                          "--set data.label_columns=[CLASS1,CLASS2,...] (one 0/1 column per class), or --config "
                           "with data.label_column and classes")
     raw.update({k: v for k, v in data_over.items() if k not in ("classes", "manifest")})
     if "classes" in data_over:

@@ -100,9 +100,12 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new manifest with a split column (relative paths rewritten to name the same files from its folder)"),
           train: float = 0.7, val: float = 0.1, test: float = 0.2, seed: int = 0,
           label_column: str = typer.Option("label", help="column whose classes are stratified"),
+          label_columns: Optional[str] = typer.Option(None, help="instead: comma-separated 0/1 columns, one per class "
+                                                      "(default: found when there is no label column)"),
           overwrite: bool = False) -> None:
     """Write a patient-grouped, class-stratified split (no patient in two splits)."""
-    from histowsss.data.manifest import read_csv_rows, rebase_paths, write_manifest
+    from histowsss.data.manifest import (class_columns_labels, class_columns_of, read_csv_rows, rebase_paths,
+                                         write_manifest)
     from histowsss.data.split import grouped_stratified_split
 
     with clear_errors():
@@ -110,10 +113,13 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         lines: list[int] = []
         columns, rows = read_csv_rows(manifest, lines=lines)
-        for col in ("patient", label_column):
+        class_cols = [c.strip() for c in label_columns.split(",") if c.strip()] if label_columns else (
+            class_columns_of(columns, rows) if label_column not in columns else [])
+        for col in ["patient"] + (class_cols or [label_column]):
             if col not in columns:
                 fix = ("add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"
-                       else f"pass --label-column with one of: {', '.join(columns)}")
+                       else f"pass --label-column with one of: {', '.join(columns)}, or --label-columns with its "
+                       "0/1 class columns")
                 raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels: {fix}")
         if not rows:
             raise ValueError(f"{manifest}: no rows to split")
@@ -122,7 +128,9 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
             raise ValueError(f"{manifest}: empty patient id in row(s) {', '.join(empty[:20])}; fill them in "
                              "(use the image name where the patient is unknown)")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
-        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fractions, seed)
+        strata = ([";".join(class_columns_labels(r, class_cols)[0]) for r in rows] if class_cols
+                  else [r[label_column] for r in rows])
+        assign = grouped_stratified_split([r["patient"] for r in rows], strata, fractions, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
         # relative paths that name files from the manifest's folder keep naming them from --out's folder

@@ -21,6 +21,9 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                                   "such as normal, benign, background); 'none' when every pixel is "
                                                   "one of the classes (tissue types)"),
          label_column: Optional[str] = typer.Option(None, help="column of class names (default: label)"),
+         label_columns: Optional[str] = typer.Option(None, help="comma-separated columns, one per class, holding 1 / 0 "
+                                                     "(one-hot or multi-hot labels; default: found when there is no "
+                                                     "label column)"),
          classes: Optional[str] = typer.Option(None, help="comma-separated class names in the order class-id masks "
                                                "use (mask value 0 = the first); default: background first, then "
                                                "alphabetical"),
@@ -47,6 +50,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
         made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
                                    mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out,
                                    mask_ignore=ignore, label_separator=label_separator,
+                                   label_columns=[c.strip() for c in label_columns.split(",") if c.strip()]
+                                   if label_columns else None,
                                    classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
         write_text(out, made.text)
     for n in made.notes:

@@ -34,7 +34,7 @@ def _message(e: BaseException, file: str) -> str:
 
 def _labels_from_masks(cfg: DataConfig) -> bool:
     """Whether training labels are read from the masks (no label column, or patch labels by mask fraction)."""
-    return cfg.label_column is None or (cfg.patches is not None and cfg.patches.label_rule == "mask_fraction")
+    return not cfg.has_labels or (cfg.patches is not None and cfg.patches.label_rule == "mask_fraction")
 
 
 def class_coverage(cfg: DataConfig, samples: list, manifest: str, level: str = "error") -> list[Problem]:
@@ -252,7 +252,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
                                         "y = row) of the image"))
         if s.mask is None and from_masks and s.split in cfg.train_splits:
-            rule = ("data.label_column is null" if cfg.label_column is None
+            rule = ("the manifest has no labels (data.label_column is null)" if not cfg.has_labels
                     else "data.patches.label_rule is mask_fraction")
             problems.append(Problem("error", image, f"training image without a mask, but its labels are read from "
                                     f"the masks ({rule}); fill in its {cfg.mask_column or 'mask'} column or remove "
@@ -269,7 +269,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                     raw.max() == 255 and not np.isin(raw, (0, 255), invert=True).any()
                 if looks_binary:
                     binary_like.append(mask)
-                elif cfg.mask_mode == "class_ids" and cfg.label_column is not None and not classes_inferred:
+                elif cfg.mask_mode == "class_ids" and cfg.has_labels and not classes_inferred:
                     names = cfg.classes.names
                     in_mask = {names[k] for k in np.unique(cmap).tolist() if k < len(names)} - {cfg.classes.background}
                     labelled = set(s.labels) - {cfg.classes.background}

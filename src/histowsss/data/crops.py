@@ -26,7 +26,7 @@ class CropExample:
 
 def image_targets(samples: list[Sample], data: DataConfig) -> np.ndarray:
     """(N, n_classes) multi-hot image labels; without a label column, derived from masks by the patch rule."""
-    if data.label_column:
+    if data.has_labels:
         return np.stack([s.target(data.classes) for s in samples])
     frac = data.patches.min_fraction if data.patches else 0.0
     return np.stack([patch_labels_from_mask(load_class_mask(s, data), data.classes, frac) for s in samples])

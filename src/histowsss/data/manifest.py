@@ -131,6 +131,41 @@ def _parse_labels(raw: str, cfg: DataConfig) -> tuple[str, ...]:
     return tuple(out)
 
 
+PRESENT_VALUES = ("1", "1.0", "true", "yes", "y", "x")
+ABSENT_VALUES = ("0", "0.0", "false", "no", "n", "")
+
+
+def class_columns_labels(row: dict[str, str], columns: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    """(classes marked present, cells that are neither present nor absent) of a row with one column per class
+    (``data.label_columns``): present = 1 / true / yes / x, absent = 0 / false / no / empty (any case)."""
+    labels, bad = [], []
+    for c in columns:
+        v = (row.get(c) or "").strip().lower()
+        if v in PRESENT_VALUES:
+            labels.append(c)
+        elif v not in ABSENT_VALUES:
+            bad.append(f"{c}={row[c].strip()!r}")
+    return tuple(labels), bad
+
+
+NOT_CLASS_COLUMNS = ("image", "split", "patient", "name", "mask", "mask_cc", "points", "label")
+
+
+def class_columns_of(columns: list[str], rows: list[dict[str, str]]) -> list[str]:
+    """The manifest's one-column-per-class labels, found: every column (other than the known ones) whose cells are
+    all present / absent marks with at least one present; [] unless there are two or more (one such column is
+    more likely a flag than a class set)."""
+    found = []
+    for c in columns:
+        if c in NOT_CLASS_COLUMNS:
+            continue
+        values = [(r.get(c) or "").strip().lower() for r in rows]
+        if values and all(v in PRESENT_VALUES or v in ABSENT_VALUES for v in values) and \
+                any(v in PRESENT_VALUES for v in values):
+            found.append(c)
+    return found if len(found) >= 2 else []
+
+
 def _missing_columns_message(path: Path, missing: list[str], columns: list[str], cfg: DataConfig) -> str:
     fixes = []
     lower = {c.lower(): c for c in columns}
@@ -148,6 +183,9 @@ def _missing_columns_message(path: Path, missing: list[str], columns: list[str],
         elif col == cfg.label_column:
             fixes.append(f"set data.label_column to one of the columns ({', '.join(columns)}), e.g. "
                          f"--set data.label_column=COLUMN, or to null to take labels from the masks")
+        elif cfg.label_columns and col in cfg.label_columns:
+            fixes.append(f"data.label_columns names one column per class; add column {col!r} (0 / 1) or set "
+                         f"data.label_columns to the class columns the header has")
         elif col == cfg.points_column:
             fixes.append(f"set data.points_column to the column of clicks (the header has: {', '.join(columns)}), "
                          "or to null to train without clicks")
@@ -176,7 +214,7 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
     columns, rows = read_table(path, lines)
     # a points column that is named but absent would silently give no clicks at all
     required = (list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
-                + ([cfg.points_column] if cfg.points_column else []))
+                + list(cfg.label_columns or []) + ([cfg.points_column] if cfg.points_column else []))
     missing = [c for c in required if c not in columns]
     if missing:
         raise ManifestError(_missing_columns_message(path, missing, columns, cfg))
@@ -199,6 +237,19 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
                                 "the patient is unknown)")
         labels = _parse_labels(r[cfg.label_column], cfg) if cfg.label_column else ()
         unknown = [lab for lab in labels if lab not in cfg.classes.names]
+        if cfg.label_columns:
+            labels, bad = class_columns_labels(r, cfg.label_columns)
+            if bad:
+                row_problems.append(f"row {i} ({img_rel}): class column value(s) {', '.join(bad)} are neither "
+                                    "present (1, true, yes, x) nor absent (0, false, no, empty); write 1 or 0")
+            elif len(labels) > 1 and not cfg.multi_label:
+                row_problems.append(f"row {i} ({img_rel}): {len(labels)} classes marked ({', '.join(labels)}) but "
+                                    "data.multi_label is false; set data.multi_label=true or mark one class per row")
+            elif not labels and cfg.classes.background is None:
+                row_problems.append(f"row {i} ({img_rel}): no class column marked and no background class is "
+                                    "configured (mark a class or set data.classes.background)")
+            elif not labels:  # none marked: the background / normal class, as a label column naming it
+                labels = (cfg.classes.background,)
         if unknown:
             hint = ""
             for sep in dict.fromkeys((cfg.label_separator, ";", ",", "|", "+")):  # several labels, another separator?

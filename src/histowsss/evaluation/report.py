@@ -241,7 +241,7 @@ def section_dataset(cfg, run_path: Path | None = None) -> str:
     except Exception as e:
         return f'<p class="note">manifest not readable from here: {esc(e)}</p>'
     note = ""
-    if not cfg.data.label_column:
+    if not cfg.data.has_labels:
         samples, note = _labels_from_masks(samples, data)
     rows = split_class_table(samples, cfg.data.classes.names)
     cols = list(rows[0].keys()) if rows else ["split"]
