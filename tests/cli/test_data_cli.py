@@ -195,6 +195,26 @@ def test_stats_on_glas(glas_dir, monkeypatch):
     assert "11 patient(s) appear in more than one split" in out and "(1 more)" in out
 
 
+@pytest.mark.glas
+def test_stats_on_glas_written_one_column_per_class(glas_dir, tmp_path):
+    """GlaS's grades as benign / malignant 0/1 columns: found without a config (its numeric columns, width or n_cc,
+    are not taken for classes), the same table as the grade column gives."""
+    rows = list(csv.DictReader((glas_dir / "manifest.csv").open()))
+    for r in rows:
+        r["image"] = str(glas_dir / r["image"])
+        r.update(benign=str(int(r["grade"] == "benign")), malignant=str(int(r["grade"] == "malignant")))
+        del r["grade"], r["label"], r["mask"], r["mask_cc"]
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = invoke("data", "stats", tmp_path / "m.csv")
+    assert r.exit_code == 0, r.output
+    table = _table_rows(r.stdout)
+    assert table["train"] == ["train", "85", "15", "37", "8", "48", "10"]
+    assert table["all"][:2] == ["all", "165"]
+
+
 # -- split ------------------------------------------------------------------------------------------------------------
 
 def _twenty_patients(builder) -> Path:
