@@ -353,3 +353,22 @@ def test_a_manifest_without_rows_says_so(builder):
     for cmd in ("stats", "check"):
         r = invoke("data", cmd, m)
         assert r.exit_code == 2 and "header but no rows" in flat(r.output), r.output
+
+
+def test_split_spreads_the_images_with_masks(builder):
+    """Masks drawn for half of the images: every split gets its share of them, whatever the seed (the class
+    stratification alone gave the test split 4 to 7 of them with these seeds)."""
+    rows = []
+    for p in range(40):
+        label = "malignant" if p % 2 else "benign"
+        rows.append({"image": f"images/p{p}.png", "patient": f"P{p}", "label": label,
+                     "mask": f"masks/p{p}.png" if p % 4 < 2 else ""})
+    m = builder.manifest(rows)
+    for seed in range(5):
+        out = builder.root / f"split{seed}.csv"
+        r = invoke("data", "split", m, "--out", out, "--seed", str(seed))
+        assert r.exit_code == 0, r.output
+        split = list(csv.DictReader(out.open()))
+        masked = {s: sum(1 for x in split if x["split"] == s and x["mask"]) for s in ("train", "val", "test")}
+        assert masked == {"train": 14, "val": 2, "test": 4}, (seed, masked)  # 20 masked images at 70 / 10 / 20 %
+        assert f"test 8 images ({masked['test']} with masks)" in flat(r.output)

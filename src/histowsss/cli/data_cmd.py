@@ -103,10 +103,11 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
           label_columns: Optional[str] = typer.Option(None, help="instead: comma-separated 0/1 columns, one per class "
                                                       "(default: found when there is no label column)"),
           overwrite: bool = False) -> None:
-    """Write a patient-grouped, class-stratified split (no patient in two splits)."""
+    """Write a patient-grouped, class-stratified split (no patient in two splits); when only some images have a
+    mask, those are spread over the splits too."""
     from histowsss.data.manifest import (class_columns_labels, class_columns_of, read_csv_rows, rebase_paths,
                                          write_manifest)
-    from histowsss.data.split import grouped_stratified_split
+    from histowsss.data.split import grouped_stratified_split, strata_with_masks
 
     with clear_errors():
         if out.exists() and not overwrite:
@@ -130,6 +131,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
         strata = ([";".join(class_columns_labels(r, class_cols)[0]) for r in rows] if class_cols
                   else [r[label_column] for r in rows])
+        strata = strata_with_masks(strata, [bool(r.get("mask")) for r in rows])
         assign = grouped_stratified_split([r["patient"] for r in rows], strata, fractions, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
@@ -137,9 +139,14 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         rebased = rebase_paths(rows, manifest.parent, out.parent)
         write_manifest(out, rows)
     counts: dict[str, int] = {}
+    with_masks: dict[str, int] = {}
     for r in rows:
         counts[r["split"]] = counts.get(r["split"], 0) + 1
-    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
+        with_masks[r["split"]] = with_masks.get(r["split"], 0) + bool(r.get("mask"))
+    partial = 0 < sum(with_masks.values()) < len(rows)  # masks for some images: say where they went
+    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{k} {v} images" + (f" ({with_masks[k]} with masks)"
+                                                                             if partial else "")
+                                                          for k, v in counts.items())
                   + (f"; {rebased} relative path(s) rewritten for its folder" if rebased else ""))
 
 

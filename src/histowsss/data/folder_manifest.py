@@ -29,7 +29,7 @@ import numpy as np
 
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.data.manifest import write_manifest
-from histowsss.data.split import grouped_stratified_split
+from histowsss.data.split import grouped_stratified_split, strata_with_masks
 
 SPLIT_FOLDER = re.compile(r"^(train|training|val|valid|validation|dev|test|testing)([-_]?[a-z0-9]+)?$", re.IGNORECASE)
 
@@ -116,7 +116,8 @@ def _finish(root: Path, out: Path, rows: list[dict[str, str]], unmatched: list[s
     _refuse_unmatched(root, unmatched, patient_regex)
     if not by_split:
         fr = {k: v for k, v in (fractions or {"train": 0.7, "val": 0.1, "test": 0.2}).items() if v > 0}
-        assign = grouped_stratified_split([r["patient"] for r in rows], [r[label_column] for r in rows], fr, seed)
+        strata = strata_with_masks([r[label_column] for r in rows], [bool(r.get("mask")) for r in rows])
+        assign = grouped_stratified_split([r["patient"] for r in rows], strata, fr, seed)
         for r in rows:
             r["split"] = assign[r["patient"]]
     write_manifest(out, rows)

@@ -47,3 +47,13 @@ def grouped_stratified_split(patients: list[str], labels: list[str], fractions: 
             moved = next(p for p in reversed(order) if assignment[p] == donor)
             assignment[moved] = s
     return assignment
+
+
+def strata_with_masks(labels: list[str], masked: list[bool]) -> list[str]:
+    """Split keys that also balance the images with masks: when only some rows have a mask (masks drawn for a
+    subset), each label key is split into its masked and unmasked rows, so that every split gets its share of
+    masked images (thresholds are chosen on masked training images, and test quality is measured on masked test
+    images). Unchanged when every row or none has a mask."""
+    if all(masked) or not any(masked):
+        return list(labels)
+    return [f"{lab} +mask" if m else lab for lab, m in zip(labels, masked)]
