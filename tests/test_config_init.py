@@ -285,7 +285,9 @@ def test_one_column_per_class_is_found_and_kept_in_column_order(tmp_path: Path):
     d = made.config.data
     assert d.label_columns == ["TE", "NEC", "STR"] and d.label_column is None and d.multi_label
     assert d.classes.names == ["TE", "NEC", "STR"] and d.classes.background is None  # mask value = column position
-    assert "columns TE, NEC, STR (one 0/1 column per class): TE, NEC, STR, no background class" in made.text
+    assert ("columns TE, NEC, STR (one 0/1 column per class; found: no 'label' column, and these hold 0/1 marks; if "
+            "another column holds the class names, pass --label-column COLUMN): TE, NEC, STR, no background class"
+            in " ".join(made.text.replace("#", " ").split()))
     assert "in column order (mask value = position):" in made.text
     (tmp_path / "c.yaml").write_text(made.text)
     assert load_config(tmp_path / "c.yaml") == made.config
@@ -311,3 +313,20 @@ def test_class_columns_given_and_bad_cells_named(tmp_path: Path):
     bad = _one_hot(tmp_path, [("1", "0", "0"), ("0", "2", "0"), ("0", "0", "1")])
     with pytest.raises(ConfigError, match=r"row 3: class column value\(s\) NEC='2'"):
         config_for_manifest(bad, label_columns=["TE", "NEC", "STR"], background="none")
+
+
+def test_found_class_columns_are_named_in_errors(tmp_path: Path):
+    """Two 0/1 flag columns beside a text column of grades look like class columns: init says what it took and
+    how to name the label column; rows with no mark ask for the background first; a background in another case
+    than its column is refused."""
+    m = _one_hot(tmp_path, [("a", "1", "0"), ("b", "0", "1"), ("a", "1", "1")], header="grade,reviewed,has_points")
+    with pytest.raises(ConfigError, match=r"cannot tell which class is background.*Classes from columns reviewed, "
+                                          r"has_points.*pass --label-column COLUMN"):
+        config_for_manifest(m)
+    assert config_for_manifest(m, label_column="grade", background="a", mask_mode="class_ids").config.data.label_column \
+        == "grade"
+    hot = _one_hot(tmp_path, [("1", "0", "0"), ("0", "0", "0"), ("0", "0", "1")])
+    with pytest.raises(ConfigError, match="some rows mark none of the class columns"):
+        config_for_manifest(hot)  # not the generic "cannot tell which class is background"
+    with pytest.raises(ConfigError, match="the class column is 'TE'"):
+        config_for_manifest(hot, background="te")

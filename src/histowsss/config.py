@@ -15,7 +15,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -157,6 +157,12 @@ class DataConfig(Strict):
     stain_normalization: Literal["none", "reinhard"] = "none"
     stain_reference: list[list[float]] | None = Field(None, description="[[L, a, b] mean, [L, a, b] std] for reinhard")
     patches: PatchConfig | None = None
+
+    @field_validator("label_columns", mode="before")
+    @classmethod
+    def _columns_from_text(cls, v: Any) -> Any:
+        """``--set data.label_columns=A,B`` (text) reads as the list [A, B]."""
+        return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
 
     @property
     def has_labels(self) -> bool:

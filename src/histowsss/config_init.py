@@ -192,6 +192,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     class_cols = list(label_columns or [])
     if not class_cols and label_column is None and "label" not in columns:
         class_cols = class_columns_of(columns, rows)  # one-hot / multi-hot columns, found
+    found = ("; found: no 'label' column, and these hold 0/1 marks; if another column holds the class names, pass "
+             "--label-column COLUMN") if class_cols and not label_columns else ""
     if class_cols:
         col, names, multi, marked = None, list(class_cols), False, []
         missing_cols = [c for c in class_cols if c not in columns]
@@ -213,7 +215,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
         marked = [tuple(p.strip() for p in r[col].split(label_separator)) if multi else (r[col].strip(),)
                   for r in rows]
-    source = f"column {col!r}" if col is not None else f"columns {', '.join(class_cols)} (one 0/1 column per class)"
+    source = (f"column {col!r}" if col is not None
+              else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
     folded: dict[str, list[str]] = {}
     for n in names:  # 'Te' beside 'TE', 'stroma ' beside 'stroma': typos that would become classes of their own
         folded.setdefault(" ".join(n.lower().split()), []).append(n)
@@ -230,14 +233,28 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             raise ConfigError(f"--classes {','.join(classes)}: must name every class of the manifest once "
                               f"({', '.join(names)}; missing: {', '.join(missing) or 'none'})")
         names = list(classes)
+    unmarked = class_cols and any(not m for m in marked)
     if class_cols and background is not None and background.lower() != "none" and background not in names:
+        twin = [n for n in names if n.lower() == background.lower()]
+        if twin:
+            raise ConfigError(f"--background {background!r}: the class column is {twin[0]!r}; pass it as written")
         bg = background  # the class of images with no column marked, without a column of its own: mask value 0
         names = [bg] + names
+    elif unmarked and (background is None or background.lower() == "none") and \
+            not any(n.lower() in BACKGROUND_NAMES for n in names):
+        raise ConfigError(f"{manifest}: some rows mark none of the class columns ({', '.join(class_cols)}{found}) "
+                          "and there is no background class; pass --background NAME (the class of those images: it "
+                          "becomes class 0 if no column holds it) or mark a class in every row")
     else:
-        bg = _background(names, background)
-    if class_cols and bg is None and any(not m for m in marked):
-        raise ConfigError(f"{manifest}: some rows mark none of the class columns ({', '.join(class_cols)}) and "
-                          "there is no background class; pass --background NAME (the class of those images: it "
+        try:
+            bg = _background(names, background)
+        except ConfigError as e:
+            if not found:
+                raise
+            raise ConfigError(f"{e}. Classes from {source}") from None
+    if unmarked and bg is None:
+        raise ConfigError(f"{manifest}: some rows mark none of the class columns ({', '.join(class_cols)}{found}) "
+                          "and there is no background class; pass --background NAME (the class of those images: it "
                           "becomes class 0 if no column holds it) or mark a class in every row")
     if bg is not None and not classes and not class_cols:
         names = [bg] + [n for n in names if n != bg]

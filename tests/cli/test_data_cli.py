@@ -171,6 +171,30 @@ def test_stats_and_split_read_one_column_per_class(builder):
         assert {x["split"] for x in split if (x["tumour"], x["stroma"]) == (t, s)} == {"train", "test"}
     r = invoke("data", "split", m, "--out", out, "--overwrite", "--label-columns", "tumour,fat")
     assert r.exit_code == 2 and "no 'fat' column" in flat(r.output)
+    r = invoke("data", "split", m, "--out", out, "--overwrite", "--label-column", "tisue")  # a typo is not ignored
+    assert r.exit_code == 2 and "no 'tisue' column" in flat(r.output)
+    r = invoke("data", "stats", m, "--set", "data.label_columns=tumour,stroma")  # the list as text
+    assert r.exit_code == 0, r.output
+
+
+def test_found_class_columns_are_said_and_bad_cells_named(builder):
+    rows = [dict(builder.row(f"a{i}", "train", f"P{i}", mask=False), reviewed=str(i % 2), has_points=str(1 - i % 2),
+                 label=("benign", "malignant")[i % 2]) for i in range(6)]
+    m = builder.manifest(rows, columns=["image", "split", "patient", "reviewed", "has_points"])
+    r = invoke("data", "stats", m)  # two flag columns look like classes: said, with the way out
+    assert r.exit_code == 0 and "labels from the 0/1 columns reviewed, has_points (found" in flat(r.output)
+    r = invoke("data", "split", m, "--out", builder.root / "s.csv")
+    assert r.exit_code == 0 and "stratified by the 0/1 columns reviewed, has_points" in flat(r.output)
+    both = builder.manifest(rows, name="both.csv", columns=["image", "split", "patient", "label", "reviewed",
+                                                              "has_points"])
+    r = invoke("data", "stats", both, "--set", "data.label_columns=[reviewed,has_points]")  # 'label' gives way
+    assert r.exit_code == 0, r.output
+    rows[3]["reviewed"] = "0.5"
+    bad = builder.manifest(rows, name="bad.csv", columns=["image", "split", "patient", "reviewed", "has_points"])
+    r = invoke("data", "split", bad, "--out", builder.root / "b.csv")
+    assert r.exit_code == 2 and "row 5: reviewed='0.5'" in flat(r.output)
+    r = invoke("data", "check", bad)  # one typo: still found as class columns, and the cell named
+    assert r.exit_code != 0 and "reviewed='0.5'" in flat(r.output) and "no 'label' column; pass" not in flat(r.output)
 
 
 def test_stats_unknown_class_exits_2(builder):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -50,12 +50,14 @@ def default_run_dir(cfg: RunConfig, run: Path | None) -> Path:
     return run if run is not None else Path("runs") / cfg.name
 
 
-def data_config_from(manifest: Path, config: str | None, overrides: list[str] | None):
+def data_config_from(manifest: Path, config: str | None, overrides: list[str] | None,
+                     log: Callable[[str], None] | None = None):
     """A DataConfig for data commands: from a config file (its data section), with the manifest replaced.
 
     Without a config, the classes are inferred from the manifest's label column ('label', or the column named
     by ``--set data.label_column=COL``), or from one 0/1 column per class (``--set data.label_columns=[A,B]``, or
-    found: :func:`~histowsss.data.manifest.class_columns_of`); other ``data.*`` overrides apply on top.
+    found: :func:`~histowsss.data.manifest.class_columns_of`, which ``log`` is told); other ``data.*`` overrides
+    apply on top.
     """
     from histowsss.config import DataConfig, apply_overrides
 
@@ -76,7 +78,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     if not rows:
         raise ValueError(f"{manifest}: the manifest has a header but no rows; add one row per image (or make the "
                          "manifest with `histowsss data manifest FOLDER`)")
-    col = data_over.get("label_column", "label" if "label" in cols else None)
+    col = data_over.get("label_column", "label" if "label" in cols and not data_over.get("label_columns") else None)
     raw: dict = {"manifest": manifest, "label_column": col,
                  "mask_column": "mask" if "mask" in cols else None}
     if col is not None:
@@ -97,7 +99,12 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     elif data_over.get("label_columns") or ("label_column" not in data_over and class_columns_of(cols, rows)):
         from histowsss.data.manifest import class_columns_labels
 
-        class_cols = list(data_over.get("label_columns") or class_columns_of(cols, rows))
+        given = data_over.get("label_columns")
+        class_cols = ([c.strip() for c in given.split(",") if c.strip()] if isinstance(given, str)
+                      else list(given or class_columns_of(cols, rows)))
+        if not given and log is not None:  # two 0/1 flag columns look the same as class columns: say what was taken
+            log(f"labels from the 0/1 columns {', '.join(class_cols)} (found: no 'label' column); if another "
+                "column holds the class names, pass --set data.label_column=COLUMN")
         marked = [class_columns_labels(row, [c for c in class_cols if c in cols])[0] for row in rows]
         names = class_cols + (["none"] if any(not m for m in marked) and "none" not in class_cols else [])
         raw.update(label_columns=class_cols, multi_label=data_over.get("multi_label", any(len(m) > 1 for m in marked)),
@@ -114,7 +121,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     try:
         return DataConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"'data.{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in e.errors()]
+        lines = [f"'{'.'.join(['data'] + [str(p) for p in err['loc']])}': {err['msg']}" for err in e.errors()]
         raise ConfigError(f"{manifest}: invalid data settings:\n  " + "\n  ".join(lines)) from None
 
 

@@ -23,8 +23,12 @@ SetOpt = typer.Option(None, "--set", "-s", help="override, e.g. data.label_colum
 def stats(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Print images and patients per split and class; warn when a patient is in two splits."""
     with clear_errors():
-        dc = data_config_from(manifest, config, set_)
+        dc = data_config_from(manifest, config, set_, log=_note)
         _print_stats(manifest, dc)
+
+
+def _note(msg: str) -> None:
+    console.print(f"note: {escape(msg)}", highlight=False)
 
 
 def _print_stats(manifest: Path, dc) -> None:
@@ -65,7 +69,7 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
     from histowsss.data.check import check_dataset
 
     with clear_errors():
-        dc = data_config_from(manifest, config, set_)
+        dc = data_config_from(manifest, config, set_, log=_note)
         train_min, mirrors, points_file = None, False, None
         padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
         if config is not None:
@@ -114,8 +118,13 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         lines: list[int] = []
         columns, rows = read_csv_rows(manifest, lines=lines)
+        # the class columns: given, or found when there is no label column and none was named (--label-column left
+        # at its default), and said, since two 0/1 flag columns look the same
         class_cols = [c.strip() for c in label_columns.split(",") if c.strip()] if label_columns else (
-            class_columns_of(columns, rows) if label_column not in columns else [])
+            class_columns_of(columns, rows) if label_column == "label" and label_column not in columns else [])
+        if class_cols and not label_columns:
+            _note(f"stratified by the 0/1 columns {', '.join(class_cols)} (found: no 'label' column); pass "
+                  "--label-column COLUMN if another column holds the class names")
         for col in ["patient"] + (class_cols or [label_column]):
             if col not in columns:
                 fix = ("add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"
@@ -129,8 +138,13 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
             raise ValueError(f"{manifest}: empty patient id in row(s) {', '.join(empty[:20])}; fill them in "
                              "(use the image name where the patient is unknown)")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
-        strata = ([";".join(class_columns_labels(r, class_cols)[0]) for r in rows] if class_cols
-                  else [r[label_column] for r in rows])
+        marks = [class_columns_labels(r, class_cols) for r in rows] if class_cols else []
+        bad = [f"row {i}: {', '.join(b)}" for i, (_, b) in zip(lines, marks) if b]
+        if bad:
+            raise ValueError(f"{manifest}: class column cells that are neither present (1, true, yes, x) nor absent "
+                             f"(0, false, no, empty): {'; '.join(bad[:10])}" + (" ..." if len(bad) > 10 else "")
+                             + "; write 1 or 0")
+        strata = [";".join(labs) for labs, _ in marks] if class_cols else [r[label_column] for r in rows]
         strata = strata_with_masks(strata, [bool(r.get("mask")) for r in rows])
         assign = grouped_stratified_split([r["patient"] for r in rows], strata, fractions, seed)
         for r in rows:

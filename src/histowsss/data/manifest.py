@@ -131,20 +131,35 @@ def _parse_labels(raw: str, cfg: DataConfig) -> tuple[str, ...]:
     return tuple(out)
 
 
-PRESENT_VALUES = ("1", "1.0", "true", "yes", "y", "x")
-ABSENT_VALUES = ("0", "0.0", "false", "no", "n", "")
+PRESENT_WORDS = ("true", "yes", "y", "x")
+ABSENT_WORDS = ("false", "no", "n", "")
+
+
+def class_mark(cell: str | None) -> bool | None:
+    """A one-column-per-class cell read as a mark: True for 1 (1.0, ...), true, yes, y, x; False for 0, false, no,
+    n, empty (any case, spaces ignored); None for anything else (a soft label 0.5, a typo 2)."""
+    v = (cell or "").strip().lower()
+    if v in PRESENT_WORDS:
+        return True
+    if v in ABSENT_WORDS:
+        return False
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return True if x == 1.0 else False if x == 0.0 else None
 
 
 def class_columns_labels(row: dict[str, str], columns: list[str]) -> tuple[tuple[str, ...], list[str]]:
-    """(classes marked present, cells that are neither present nor absent) of a row with one column per class
-    (``data.label_columns``): present = 1 / true / yes / x, absent = 0 / false / no / empty (any case)."""
+    """(classes marked present, cells that are no mark, as ``column='value'``) of a row with one column per class
+    (``data.label_columns``; :func:`class_mark`)."""
     labels, bad = [], []
     for c in columns:
-        v = (row.get(c) or "").strip().lower()
-        if v in PRESENT_VALUES:
+        m = class_mark(row.get(c))
+        if m:
             labels.append(c)
-        elif v not in ABSENT_VALUES:
-            bad.append(f"{c}={row[c].strip()!r}")
+        elif m is None:
+            bad.append(f"{c}={(row.get(c) or '').strip()!r}")
     return tuple(labels), bad
 
 
@@ -153,15 +168,15 @@ NOT_CLASS_COLUMNS = ("image", "split", "patient", "name", "mask", "mask_cc", "po
 
 def class_columns_of(columns: list[str], rows: list[dict[str, str]]) -> list[str]:
     """The manifest's one-column-per-class labels, found: every column (other than the known ones) whose cells are
-    all present / absent marks with at least one present; [] unless there are two or more (one such column is
-    more likely a flag than a class set)."""
+    marks (:func:`class_mark`), at least one present, but for a few typos (one row, or up to 5 % of the rows, which
+    the readers then name by row); [] unless there are two or more (one such column is more likely a flag than a class
+    set). Callers say which columns they took: two 0/1 flag columns look the same."""
     found = []
     for c in columns:
-        if c in NOT_CLASS_COLUMNS:
+        if c in NOT_CLASS_COLUMNS or not rows:
             continue
-        values = [(r.get(c) or "").strip().lower() for r in rows]
-        if values and all(v in PRESENT_VALUES or v in ABSENT_VALUES for v in values) and \
-                any(v in PRESENT_VALUES for v in values):
+        marks = [class_mark(r.get(c)) for r in rows]
+        if sum(m is None for m in marks) <= max(1.0, 0.05 * len(rows)) and any(marks):
             found.append(c)
     return found if len(found) >= 2 else []
 
@@ -184,8 +199,10 @@ def _missing_columns_message(path: Path, missing: list[str], columns: list[str],
             fixes.append(f"set data.label_column to one of the columns ({', '.join(columns)}), e.g. "
                          f"--set data.label_column=COLUMN, or to null to take labels from the masks")
         elif cfg.label_columns and col in cfg.label_columns:
-            fixes.append(f"data.label_columns names one column per class; add column {col!r} (0 / 1) or set "
-                         f"data.label_columns to the class columns the header has")
+            if col == next(c for c in missing if c in cfg.label_columns):  # one fix for all the class columns
+                gone = [c for c in missing if c in cfg.label_columns]
+                fixes.append(f"data.label_columns names one 0/1 column per class; add column(s) "
+                             f"{', '.join(map(repr, gone))} or set data.label_columns to class columns the header has")
         elif col == cfg.points_column:
             fixes.append(f"set data.points_column to the column of clicks (the header has: {', '.join(columns)}), "
                          "or to null to train without clicks")
@@ -205,8 +222,9 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
     path = Path(cfg.manifest)
     if not path.exists():
         where = "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        wanted = REQUIRED_COLUMNS + ((cfg.label_column,) if cfg.label_column else ()) + tuple(cfg.label_columns or ())
         raise ManifestError(f"{path}: manifest not found{where}; pass the path of a CSV with columns "
-                            f"{', '.join(REQUIRED_COLUMNS + ((cfg.label_column,) if cfg.label_column else ()))}")
+                            f"{', '.join(wanted)}")
     if path.is_dir():
         raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")
     root = data_root(cfg)
