@@ -51,6 +51,19 @@ def test_polygons_holes_and_order_are_rasterised(tmp_path: Path):
     np.testing.assert_array_equal(part, m[50:100, 75:125])
 
 
+def test_a_hole_keeps_what_earlier_features_drew(tmp_path: Path):
+    """QuPath's "subtract": a stroma annotation with a hole cut around an earlier tumour annotation, drawn after
+    it; the tumour stays tumour (the hole is no part of the stroma), the hole's rest is background."""
+    gj = write_geojson(tmp_path / "s.geojson", [
+        feature([square(250, 250, 450, 450)], "tumour"),
+        feature([square(100, 100, 600, 600), square(240, 240, 460, 460)], "stroma"),
+    ])
+    m = read_annotations(gj, ["background", "stroma", "tumour"]).rasterize(0, 0, 700, 700, (700, 700))
+    assert (m == 2).sum() == 200 * 200 and (m[250:450, 250:450] == 2).all()
+    assert (m == 0)[240:460, 240:460].sum() == 220 * 220 - 200 * 200  # the hole's ring around the tumour
+    assert (m == 1).sum() == 500 * 500 - 220 * 220
+
+
 def test_annotation_errors_name_the_feature_and_fix(tmp_path: Path):
     gj = write_geojson(tmp_path / "b.geojson", [feature([square(0, 0, 10, 10)], "Stroma")])
     with pytest.raises(AnnotationError, match=r"b.geojson: feature 0 has class 'Stroma'.*--ignore-unknown"):

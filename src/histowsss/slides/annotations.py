@@ -5,7 +5,8 @@ MultiPolygon geometries in level-0 pixel coordinates, each with ``properties.cla
 whose class is not listed in ``classes`` are an error naming the class (pass ``--ignore-unknown`` to skip them);
 features with no classification count as ``default_class`` when one is given. Rasterising assumes the listed
 classes were annotated exhaustively: pixels under no annotation take class 0 (the first listed, e.g. background).
-Later features are drawn over earlier ones; holes take class 0.
+Later features are drawn over earlier ones; a feature's holes are no part of it, so what lies under a hole is
+what earlier features drew there (class 0 where none did: a QuPath "subtract" around another class keeps it).
 """
 
 from __future__ import annotations
@@ -47,17 +48,21 @@ class Annotations:
         hits = sorted(int(i) for i in self._tree.query(box(x0, y0, x0 + w0, y0 + h0)))
         sx, sy = w / w0, h / h0
 
-        def fill(coords, value: int) -> None:
-            # pixel (r, c) covers [c, c+1) x [r, r+1) and is filled when its centre lies inside the ring
+        def inside(coords) -> tuple[np.ndarray, np.ndarray]:
+            # pixel (r, c) covers [c, c+1) x [r, r+1) and is inside when its centre lies inside the ring
             xy = np.asarray(coords, np.float64)
-            rr, cc = fill_polygon((xy[:, 1] - y0) * sy - 0.5, (xy[:, 0] - x0) * sx - 0.5, shape=(h, w))
-            out[rr, cc] = value
+            return fill_polygon((xy[:, 1] - y0) * sy - 0.5, (xy[:, 0] - x0) * sx - 0.5, shape=(h, w))
 
+        covered = np.zeros((h, w), bool)  # one polygon's pixels at a time: its ring less its holes
         for i in hits:
             for poly in getattr(self.geometries[i], "geoms", [self.geometries[i]]):
-                fill(poly.exterior.coords, self.labels[i])
-                for hole in poly.interiors:
-                    fill(hole.coords, 0)
+                rr, cc = inside(poly.exterior.coords)
+                covered[rr, cc] = True
+                for hole in poly.interiors:  # a hole is no part of this feature: what lies under it stays
+                    covered[inside(hole.coords)] = False
+                keep = covered[rr, cc]
+                out[rr[keep], cc[keep]] = self.labels[i]
+                covered[rr, cc] = False
         return out
 
 
