@@ -135,3 +135,35 @@ def test_annotations_of_a_slide_qupath_crops_are_shifted_to_level0(tmp_path: Pat
             lx, ly = 40 + ox, 30 + oy
             want = ((xx + x0 >= lx) & (xx + x0 < lx + 100) & (yy + y0 >= ly) & (yy + y0 < ly + 100)).astype(np.uint8)
             np.testing.assert_array_equal(mask, want)
+
+
+def test_edited_annotations_redo_their_masks_and_bad_rows_stop_before_tiling(tmp_path: Path, make_slide):
+    """An interrupted tiling goes on with the tiles it wrote, but a slide whose annotations were edited since gets
+    its masks anew; a bad annotation file or class in any row stops the call before a tile is written."""
+    (tmp_path / "slides").mkdir()
+    for name in ("a", "b"):
+        make_slide(tmp_path / "slides" / f"{name}.tif", tissue_slide_rgb(), mpp=0.25)
+        write_geojson(tmp_path / "slides" / f"{name}.geojson", [feature([square(60, 40, 160, 140)], "gland")])
+    m = tmp_path / "slides.csv"
+    m.write_text("image,split,patient,label,annotations\nslides/a.tif,train,p1,malignant,slides/a.geojson\n"
+                 "slides/b.tif,test,p2,malignant,slides/b.geojson\n")
+    out = tmp_path / "tiles"
+    args = ["data", "tiles", str(m), "--out", str(out), "--tile", "20", "--downsample", "2",
+            "--mask-classes", "background,gland"]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "manifest.csv").unlink()  # as if the call had been killed before its manifest
+    write_geojson(tmp_path / "slides" / "a.geojson", [])  # a's gland annotation deleted
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "a.tif: its annotations changed" in r.output
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    has_gland = {x["slide"]: False for x in rows}
+    for x in rows:
+        has_gland[x["slide"]] |= bool(np.asarray(Image.open(out / x["mask"])).any())
+    assert has_gland == {"../slides/a.tif": False, "../slides/b.tif": True}
+    write_geojson(tmp_path / "slides" / "b.geojson", [feature([square(0, 0, 10, 10)], "tumour")])
+    fresh = tmp_path / "fresh"
+    r = runner.invoke(app, [*args[:4], str(fresh), *args[5:]])
+    assert r.exit_code == 2 and "b.geojson: feature 0 has class 'tumour'" in r.output
+    assert not fresh.exists() or not any(fresh.rglob("*.png"))  # nothing tiled before the bad row was found

@@ -127,6 +127,7 @@ def test_slides_without_mpp_and_clashing_names(tmp_path: Path, make_slide):
     m.write_text("image,split,patient,label\na/s.tif,train,p1,benign\n")
     r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "o"), "--mpp", "0.5"])
     assert r.exit_code == 2 and "s.tif" in r.output and "--downsample" in r.output
+    assert not (tmp_path / "o").exists()  # found before anything was written (no tiling.json left behind)
     m.write_text("image,split,patient,label\na/s.tif,train,p1,benign\nb/s.tif,train,p2,benign\n")
     r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "o"), "--downsample", "2"])
     assert r.exit_code == 2 and "rows 2 and 3" in " ".join(r.output.split())
@@ -147,3 +148,15 @@ def test_row_numbers_are_lines_and_a_bad_mpp_touches_nothing(tmp_path: Path, mak
     with pytest.raises(ValueError, match="--mpp must be positive"):
         extract_tiles(m, out, tile=16, mpp=0.0)
     assert (out / "tiles" / "kept.png").exists()
+
+
+def test_a_slide_without_tiles_is_warned_about(tmp_path: Path, make_slide):
+    """A blank slide gives no tile: said for the slide, and for its split that would vanish from the manifest."""
+    m = slide_manifest(tmp_path, make_slide)
+    make_slide(tmp_path / "slides" / "blank.tif", np.full((300, 420, 3), 242, np.uint8), mpp=0.25)
+    m.write_text(m.read_text() + "slides/blank.tif,val,p3,benign,colon\n")
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "t"), "--tile", "32", "--mpp", "0.5"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "blank.tif: 0 tile(s)" in out and "warning: no 32-px cell holds more than 50% tissue" in out
+    assert "warning: split(s) val got no tile" in out

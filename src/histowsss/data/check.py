@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -209,7 +210,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     if progress:
         from rich.progress import track
 
-        it = track(samples, description="checking images", transient=True)
+        it = track(samples, description="checking images", transient=True, disable=not sys.stdout.isatty())
     for s in it:
         image = str(s.image)
         hw, found = _open_image(s.image)

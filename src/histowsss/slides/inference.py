@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,7 @@ def predict_slide(slide: Slide, tiles: list[Tile], predict_fn: Callable[[np.ndar
     with contextlib.closing(batches):
         loaded = (b[0] for b in batches)
         for tile, block, rgb in track(loaded, total=len(tiles), description=f"{slide.path.name}: tiles",
-                                      transient=True, disable=not progress):
+                                      transient=True, disable=not progress or not sys.stdout.isatty()):
             if block is not None:
                 reused += 1
             else:

@@ -17,8 +17,10 @@ annotated slides can be evaluated like GlaS (``data.mask_mode: class_ids`` with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -122,52 +124,64 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     if problems:
         raise FileNotFoundError(f"{manifest}: " + "; ".join(problems[:10]) + " (paths are relative to the manifest's "
                                 "folder; fix them or remove the rows)")
+    # everything a slide needs is checked before any tile is written or the record replaced: its resolution, and its
+    # annotation file (readable, every class known), so a bad row stops the call up front, not after hours of tiling
+    from histowsss.slides.annotations import read_annotations
+
+    annotations, origins, annotation_sha = {}, {}, {}
+    for i, r in zip(lines, rows):
+        with open_slide(root / r["image"], backend) as slide:
+            if downsample is None and slide.mpp is None:
+                raise ValueError(f"{root / r['image']} (row {i}): the slide's metadata has no microns-per-pixel "
+                                 "value, so --mpp cannot be met; pass --downsample (level-0 pixels per tile pixel) "
+                                 "instead")
+            if annotated and r["annotations"] and not no_crop and slide.qupath_origin != (0, 0):
+                origins[r["image"]] = list(slide.qupath_origin)  # masks depend on the frame annotations are read in
+        if annotated and r["annotations"]:
+            ann_path = root / r["annotations"]
+            annotations[r["image"]] = read_annotations(ann_path, list(mask_classes or []), default_class,
+                                                       ignore_unknown)
+            annotation_sha[r["image"]] = hashlib.sha256(ann_path.read_bytes()).hexdigest()[:16]
     # tiles of an interrupted call are reused only when they were cut with the same settings (names carry only the
-    # tile's corner, which other tile sizes / resolutions share)
+    # tile's corner, which other tile sizes / resolutions share); a slide's masks only from the same annotations
     from histowsss.engine.atomic import write_json
 
     settings = {"tile": tile, "mpp": mpp, "downsample": downsample, "mask_classes": list(mask_classes or []),
                 "default_class": default_class, "ignore_unknown": ignore_unknown,
-                **({"no_crop": True} if no_crop else {})}
-    if annotated and not no_crop:  # masks of slides QuPath crops depend on the frame their annotations are read in
-        origins = {}
-        for r in rows:
-            if r["annotations"]:
-                with open_slide(root / r["image"], backend) as slide:
-                    if slide.qupath_origin != (0, 0):
-                        origins[r["image"]] = list(slide.qupath_origin)
-        if origins:
-            settings["qupath_origins"] = origins
+                **({"no_crop": True} if no_crop else {}), **({"qupath_origins": origins} if origins else {})}
     record = out_dir / "tiling.json"
     earlier = json.loads(record.read_text()) if record.exists() else None
+    earlier_sha = (earlier or {}).pop("annotation_sha", {})
     rewrite = overwrite or earlier != settings
+    import shutil
+
     if earlier is not None and earlier != settings:
         # removed before the new settings are recorded: a second interrupted call must not find them under those
-        import shutil
-
         log(f"{out_dir}: tiles of an earlier call with other settings ({earlier}) are removed and written anew")
         for sub in ("tiles", "masks"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
-    write_json(record, settings)
+    elif earlier is not None:
+        for image, sha in annotation_sha.items():
+            if earlier_sha.get(image) != sha:  # the annotations were edited since: that slide's masks are redone
+                if (out_dir / "masks" / Path(image).stem).exists():
+                    log(f"{image}: its annotations changed (or were not recorded) since the earlier call; its masks are "
+                        "written anew")
+                shutil.rmtree(out_dir / "masks" / Path(image).stem, ignore_errors=True)
+    write_json(record, {**settings, **({"annotation_sha": annotation_sha} if annotation_sha else {})})
     out_rows: list[dict[str, str]] = []
     for i, r in zip(lines, rows):
         path = root / r["image"]
-        ann = None
-        if annotated and r["annotations"]:
-            from histowsss.slides.annotations import read_annotations
-
-            ann = read_annotations(root / r["annotations"], list(mask_classes or []), default_class, ignore_unknown)
+        ann = annotations.get(r["image"])
         with open_slide(path, backend) as slide:
             ox, oy = (0, 0) if no_crop else slide.qupath_origin  # annotations are in QuPath's (cropped) frame
-            if downsample is None and slide.mpp is None:
-                raise ValueError(f"{path}: the slide's metadata has no microns-per-pixel value, so --mpp cannot be "
-                                 "met; pass --downsample (level-0 pixels per tile pixel) instead")
             ds = working_downsample(path, slide.mpp, mpp, 1.0, downsample)
             cells = tissue_cells(slide, ds, tile, stride, min_tissue, tissue_threshold)
             if max_tiles is not None and len(cells) > max_tiles:
                 cells = sorted(random.Random(f"{seed}/{path.name}").sample(cells, max_tiles), key=lambda c: (c[1], c[0]))
             sub = out_dir / "tiles" / path.stem
-            for x, y, f in track(cells, description=f"{path.name}: tiles", transient=True):
+            # (a transient bar in a log, stdout not a terminal, leaves only a blank line)
+            for x, y, f in track(cells, description=f"{path.name}: tiles", transient=True,
+                                 disable=not sys.stdout.isatty()):
                 x0, y0 = int(round(x * ds)), int(round(y * ds))
                 name = f"{path.stem}_x{x0}_y{y0}.png"
                 dest = sub / name
@@ -184,7 +198,13 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                             write_png(mdest, ann.rasterize(box[0] - ox, box[1] - oy, box[2], box[3], (tile, tile)))
                         row["mask"] = str(mdest.relative_to(out_dir))
                 out_rows.append(row)
-        log(f"{path.name}: {len(cells)} tile(s) of {tile} px at downsample {ds:.3f}")
+        log(f"{path.name}: {len(cells)} tile(s) of {tile} px at downsample {ds:.3f}"
+            + (f" (warning: no {tile}-px cell holds more than {min_tissue:.0%} tissue: the slide gives no training "
+               "or test image; lower --min-tissue, --tile or --tissue-threshold)" if not cells else ""))
+    lost = sorted({r["split"] for r in rows} - {r["split"] for r in out_rows})
+    if out_rows and lost:
+        log(f"warning: split(s) {', '.join(lost)} got no tile (their slides hold no cell with more than "
+            f"{min_tissue:.0%} tissue)")
     if not out_rows:
         raise ValueError(f"{manifest}: no tile holds more than {min_tissue:.0%} tissue; lower --min-tissue or "
                          "--tissue-threshold, or check the slides")
