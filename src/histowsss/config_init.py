@@ -105,6 +105,14 @@ def _background(names: list[str], given: str | None) -> str | None:
     return found[0]
 
 
+def split_role(name: str) -> str | None:
+    """``train_splits``, ``val_splits`` or ``test_splits`` for a split named train*, val* / valid* / dev*, test*;
+    None for other names."""
+    low = name.lower()
+    return ("train_splits" if low.startswith("train") else "val_splits" if low.startswith(("val", "dev"))
+            else "test_splits" if low.startswith("test") else None)
+
+
 def _splits(manifest: Path, rows: list[dict[str, str]]) -> dict[str, list[str]]:
     values = list(dict.fromkeys(r.get("split", "") for r in rows))
     if "" in values:
@@ -112,9 +120,7 @@ def _splits(manifest: Path, rows: list[dict[str, str]]) -> dict[str, list[str]]:
                           "NEW.csv` (patient-grouped, class-stratified)")
     out: dict[str, list[str]] = {"train_splits": [], "val_splits": [], "test_splits": []}
     for v in values:
-        low = v.lower()
-        key = ("train_splits" if low.startswith("train") else "val_splits" if low.startswith(("val", "dev"))
-               else "test_splits" if low.startswith("test") else None)
+        key = split_role(v)
         if key is None:
             raise ConfigError(f"{manifest}: split {v!r} is not train*, val*, valid*, dev* or test*; rename it, or "
                               "write data.train_splits / val_splits / test_splits into the config yourself")

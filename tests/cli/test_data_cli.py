@@ -396,3 +396,13 @@ def test_split_spreads_the_images_with_masks(builder):
         masked = {s: sum(1 for x in split if x["split"] == s and x["mask"]) for s in ("train", "val", "test")}
         assert masked == {"train": 14, "val": 2, "test": 4}, (seed, masked)  # 20 masked images at 70 / 10 / 20 %
         assert f"test 8 images ({masked['test']} with masks)" in flat(r.output)
+
+
+def test_check_without_a_config_reads_the_splits_by_name(builder):
+    """A val split is not "used by no step" (init takes val*, dev*, test* by name too); a split of another name is."""
+    rows = [builder.row("a", "train", "p1", "benign"), builder.row("b", "val", "p2", "malignant"),
+            builder.row("c", "testA", "p3", "benign"), builder.row("d", "holdout", "p4", "benign")]
+    r = invoke("data", "check", builder.manifest(rows))
+    out = flat(r.output)
+    assert "split 'val'" not in out and "split 'testA'" not in out
+    assert "split 'holdout' (1 image(s)) is in none of" in out

@@ -376,3 +376,13 @@ def test_a_slide_predicted_again_without_tissue_leaves_no_stale_outputs(trained_
     res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "o2"),
                               "--train-mpp", "0.5"])
     assert res.exit_code == 0 and "apply to whole-slide inputs only" in " ".join(res.output.split())
+
+
+def test_skip_existing_and_overwrite_are_refused_together(tmp_path):
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    r = CliRunner().invoke(app, ["predict", "--run", str(tmp_path / "run"), str(tmp_path), "--out",
+                                 str(tmp_path / "o"), "--skip-existing", "--overwrite"])
+    assert r.exit_code == 2 and "pass one" in r.output and not (tmp_path / "o").exists()

@@ -56,8 +56,8 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
 
     Without a config, the classes are inferred from the manifest's label column ('label', or the column named
     by ``--set data.label_column=COL``), or from one 0/1 column per class (``--set data.label_columns=[A,B]``, or
-    found: :func:`~histowsss.data.manifest.class_columns_of`, which ``log`` is told); other ``data.*`` overrides
-    apply on top.
+    found: :func:`~histowsss.data.manifest.class_columns_of`, which ``log`` is told), and the splits by their names as
+    ``init`` reads them (train*, val* / dev*, test*); other ``data.*`` overrides apply on top.
     """
     from histowsss.config import DataConfig, apply_overrides
 
@@ -113,6 +113,12 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         raise ConfigError(f"{manifest}: no 'label' column; pass --set data.label_column=COLUMN, "
                           "--set data.label_columns=[CLASS1,CLASS2,...] (one 0/1 column per class), or --config "
                           "with data.label_column and classes")
+    from histowsss.config_init import split_role
+
+    for v in dict.fromkeys(r.get("split", "").strip() for r in rows):  # the splits by name, as `init` reads them
+        role = split_role(v) if v else None
+        if role is not None:
+            raw.setdefault(role, []).append(v)
     raw.update({k: v for k, v in data_over.items() if k not in ("classes", "manifest")})
     if "classes" in data_over:
         raw["classes"] = {**raw.get("classes", {}), **data_over["classes"]}

@@ -328,11 +328,19 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
         if slide_tile % out_factor:  # checked before any slide is opened
             raise ValueError(f"--slide-tile {slide_tile} must be a multiple of --out-factor {out_factor}, e.g. "
                              f"{max(out_factor, slide_tile - slide_tile % out_factor)}")
-        recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
-                              network="seg_supervised" if supervised else "seg", device=device, simplify=simplify,
-                              min_area=min_area, log=log_line, recursive=recursive, cpu_amp=cpu_amp,
-                              skip_existing=skip_existing,
-                              slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile, slide_margin,
-                                                         out_factor, tissue_threshold, slide_backend, no_crop))
+        if skip_existing and overwrite:
+            raise ValueError("--skip-existing keeps finished outputs and --overwrite replaces them: pass one")
+        try:
+            recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
+                                  network="seg_supervised" if supervised else "seg", device=device,
+                                  simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,
+                                  cpu_amp=cpu_amp, skip_existing=skip_existing,
+                                  slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile,
+                                                             slide_margin, out_factor, tissue_threshold,
+                                                             slide_backend, no_crop))
+        except KeyboardInterrupt:
+            log_line("interrupted: finished inputs and a slide's finished tiles are kept; run the same command with "
+                     "--skip-existing to go on")
+            raise typer.Exit(130) from None
     n_slides = sum(r.get("kind") == "slide" for r in recs)
     log_line(f"{len(recs) - n_slides} image(s)" + (f", {n_slides} slide(s)" if n_slides else "") + f" -> {out}")

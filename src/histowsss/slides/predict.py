@@ -136,7 +136,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
             f"{len(tiles)} tissue tile(s) of {tile_size} px")
         if not tiles:
             gray = np.array_equal(thumb[..., 0], thumb[..., 1]) and np.array_equal(thumb[..., 0], thumb[..., 2])
-            raise NoTissueError(f"{path}: no tissue found (tissue threshold {tissue_threshold}); is the slide blank? "
+            raise NoTissueError(f"{path}: no tissue found (tissue threshold "
+                                f"{'Otsu' if tissue_threshold is None else tissue_threshold}); is the slide blank? "
                                 + ("It has no colour at all (its three channels are equal): if it holds tissue, it "
                                    "is a grayscale scan, and H&E needs colour (scan or export it in RGB)" if gray else
                                    "Lower --tissue-threshold if it holds faint tissue"))
