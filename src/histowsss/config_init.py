@@ -173,6 +173,19 @@ def _short_sides(root: Path, images: list[str]) -> np.ndarray:
     return np.array([min(image_size(root / rel)) for rel in images])
 
 
+def _tiling_mpp(manifest: Path) -> float | None:
+    """The microns per pixel ``histowsss data tiles`` cut a tile manifest's tiles at (its ``tiling.json``); None for
+    other manifests, or tiles cut by --downsample."""
+    import json
+
+    record = manifest.parent / "tiling.json"
+    try:
+        mpp = json.loads(record.read_text()).get("mpp") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None
+
+
 def _fit(value: int, side: int, multiple: int) -> int:
     return max(multiple, min(value, side // multiple * multiple))
 
@@ -318,9 +331,20 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     train_names = set(splits["train_splits"])
     train_images = [r["image"] for r in rows if r["split"] in train_names]
     sides = _short_sides(root, train_images)
+    tiled = _tiling_mpp(manifest)
+    from_tiling = tiled is not None and mpp is None and image_scale is None
+    if from_tiling:
+        # tiles cut by `data tiles` are at the resolution asked there: read as they are, and predict reads new
+        # slides at it (data.mpp)
+        mpp, image_scale = tiled, 1.0
+        notes.append(f"tiles cut at {tiled} um/px by `histowsss data tiles` ({manifest.parent / 'tiling.json'}): "
+                     f"data.mpp {tiled}, image_scale 1.0 (read as cut; predict reads new slides at {tiled} um/px). "
+                     f"The {profile} profile was measured at {NETWORK_MPP[profile]} um/px: cut the tiles with --mpp "
+                     f"{NETWORK_MPP[profile]} to work there")
     if image_scale is not None:
         scale = image_scale
-        notes.append(f"image_scale {scale} (given)")
+        if not from_tiling:
+            notes.append(f"image_scale {scale} (given)")
     elif mpp is not None:
         scale = round(mpp / NETWORK_MPP[profile], 4)
         notes.append(f"image_scale {scale}: images at {mpp} um/px read at {NETWORK_MPP[profile]} um/px, the "

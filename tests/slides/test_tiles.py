@@ -160,3 +160,22 @@ def test_a_slide_without_tiles_is_warned_about(tmp_path: Path, make_slide):
     out = " ".join(r.output.split())
     assert "blank.tif: 0 tile(s)" in out and "warning: no 32-px cell holds more than 50% tissue" in out
     assert "warning: split(s) val got no tile" in out
+
+
+def test_init_reads_the_tiles_resolution(tmp_path: Path, make_slide):
+    """`init` on a tile manifest takes data.mpp from tiling.json and reads the tiles as cut (the profile's scale
+    would shrink 96-px tiles at 0.5 um/px to 38 px, under what init accepts)."""
+    from histowsss.config_init import config_for_manifest
+
+    m = slide_manifest(tmp_path, make_slide)
+    m.write_text(m.read_text() + "slides/a.tif,val,p3,benign,colon\n".replace("a.tif", "c.tif"))
+    make_slide(tmp_path / "slides" / "c.tif", tissue_slide_rgb(seed=2), mpp=0.25)
+    out = tmp_path / "t"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "96", "--mpp", "0.5",
+                            "--min-tissue", "0.2"])
+    assert r.exit_code == 0, r.output
+    made = config_for_manifest(out / "manifest.csv", background="benign")
+    assert made.config.data.mpp == 0.5 and made.config.data.image_scale == 1.0
+    assert any("tiles cut at 0.5 um/px by `histowsss data tiles`" in n for n in made.notes)
+    given = config_for_manifest(out / "manifest.csv", background="benign", image_scale=0.8).config.data
+    assert given.image_scale == 0.8 and given.mpp is None
