@@ -386,3 +386,32 @@ def test_skip_existing_and_overwrite_are_refused_together(tmp_path):
     r = CliRunner().invoke(app, ["predict", "--run", str(tmp_path / "run"), str(tmp_path), "--out",
                                  str(tmp_path / "o"), "--skip-existing", "--overwrite"])
     assert r.exit_code == 2 and "pass one" in r.output and not (tmp_path / "o").exists()
+
+
+def test_a_slide_replaced_after_a_kill_is_not_stitched_from_old_tiles(trained_run: Path, tmp_path: Path, make_slide,
+                                                                       monkeypatch):
+    """A killed slide's finished tiles are reused by --skip-existing, unless the slide file was replaced since (a
+    new scan under the same name and pixel size): then it starts afresh, and Ctrl-C says how to go on."""
+    import histowsss.steps.eval_seg as slide_predict  # (slides.predict imports predict_probs when it runs)
+
+    slide, big = _image_slide(trained_run, tmp_path, make_slide)
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(trained_run), str(slide), "--out", str(out), "--downsample", "2",
+            "--slide-tile", "32", "--slide-margin", "8", "--tissue-threshold", "0.01"]
+    real, calls = slide_predict.predict_probs, {"n": 0}
+
+    def killed_after_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(slide_predict, "predict_probs", killed_after_two)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 130 and "--skip-existing to go on" in " ".join(res.output.split())
+    assert len(list((out / "slide.partial").glob("r*_c*.npy"))) == 2
+    monkeypatch.setattr(slide_predict, "predict_probs", real)
+    make_slide(slide, big[::-1].copy(), tile=32)  # the same name and size, another picture
+    res = runner.invoke(app, [*args, "--skip-existing"])
+    assert res.exit_code == 0, res.output
+    assert "cached tiles are from other settings" in " ".join(res.output.split())

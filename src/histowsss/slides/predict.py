@@ -151,7 +151,9 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         def predict_fn(rgb: np.ndarray) -> np.ndarray:
             return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
 
-        params = {"slide": str(Path(path).resolve()), "size": list(slide.dimensions), "downsample": ds,
+        st = Path(path).stat()  # a slide scanned again under the same name and size is another slide
+        params = {"slide": str(Path(path).resolve()), "file": [st.st_size, st.st_mtime_ns],
+                  "size": list(slide.dimensions), "downsample": ds,
                   "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
                   "weights": weights,
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
