@@ -120,7 +120,8 @@ def main() -> None:
     gts = [load_class_mask(s, cfg.data) for s in samples]
 
     t0 = time.perf_counter()
-    own = [labels_from_probs(predict_probs(model, im, cfg, dev), cfg) for im in images]  # as eval_seg / predict: the clean-up too
+    # as eval_seg / predict: with the object clean-up, which the slide's labels get too
+    own = [labels_from_probs(predict_probs(model, im, cfg, dev), cfg) for im in images]
     t_images = time.perf_counter() - t0
     metrics: dict = {"images": [s.name for s in samples],
                      "per_image": {**scores(own, gts), "seconds": round(t_images, 1),
@@ -140,9 +141,11 @@ def main() -> None:
         canvas = np.clip(canvas.astype(np.int16) + rng.integers(-3, 4, canvas.shape), 0, 255).astype(np.uint8)
         canvas[100 : 100 + h, 100 : 100 + w] = im
         framed.append(labels_from_probs(predict_probs(model, canvas, cfg, dev), cfg)[100 : 100 + h, 100 : 100 + w])
+    agree = float(np.mean([np.mean(a == o) for a, o in zip(framed, own)]))
     metrics["per_image_on_glass"] = {
-        **scores(framed, gts), "agreement_with_per_image": round(100 * float(np.mean([np.mean(a == o) for a, o in zip(framed, own)])), 2),
-        **{name: scores([c[sel] for c in framed], [g[sel] for g in gts]) for name, sel in (("edge_64px", band), ("interior", ~band))}}
+        **scores(framed, gts), "agreement_with_per_image": round(100 * agree, 2),
+        **{name: scores([c[sel] for c in framed], [g[sel] for g in gts])
+           for name, sel in (("edge_64px", band), ("interior", ~band))}}
     print("per_image_on_glass", metrics["per_image_on_glass"])
     work = ROOT / "bench/work/slides"
     for variant, gap in (("mosaic", 0), ("glass", 100)):

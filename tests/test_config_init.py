@@ -323,8 +323,8 @@ def test_found_class_columns_are_named_in_errors(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"cannot tell which class is background.*Classes from columns reviewed, "
                                           r"has_points.*pass --label-column COLUMN"):
         config_for_manifest(m)
-    assert config_for_manifest(m, label_column="grade", background="a", mask_mode="class_ids").config.data.label_column \
-        == "grade"
+    by_grade = config_for_manifest(m, label_column="grade", background="a", mask_mode="class_ids")
+    assert by_grade.config.data.label_column == "grade"
     hot = _one_hot(tmp_path, [("1", "0", "0"), ("0", "0", "0"), ("0", "0", "1")])
     with pytest.raises(ConfigError, match="some rows mark none of the class columns"):
         config_for_manifest(hot)  # not the generic "cannot tell which class is background"

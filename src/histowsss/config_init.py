@@ -277,8 +277,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                           "becomes class 0 if no column holds it) or mark a class in every row")
     if bg is not None and not classes and not class_cols:
         names = [bg] + [n for n in names if n != bg]
+    bg_first = ", the background first)" if bg is not None and bg not in class_cols else ")"
     order = (" in the order given by --classes (mask value = position)" if classes else
-             " in column order (mask value = position" + (", the background first)" if bg is not None and bg not in class_cols else ")")
+             " in column order (mask value = position" + bg_first
              + ": pass --classes in mask-value order if the masks hold class ids in another" if class_cols else None)
     if bg is not None:
         notes = [f"classes from {source}: {', '.join(names)} (background / normal: {bg})"

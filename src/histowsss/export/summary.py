@@ -6,8 +6,8 @@ with every pixel called a non-background class, so that the areas agree with the
 mm^2 need the microns per pixel: the slide's own, or for images ``data.mpp`` of the run (images are assumed to
 be at the training images' resolution). Areas and percents are of the label map (``<stem>_labels.png``, all its
 regions); region counts are of the GeoJSON, which leaves out regions under ``predict --min-area`` (16 level-0
-pixels by default), so a class can have area and no region. The file is an index over an output folder: predicting more inputs into
-the same folder adds their rows and replaces the rows of inputs predicted again.
+pixels by default), so a class can have area and no region. The file is an index over an output folder: predicting
+more inputs into the same folder adds their rows and replaces the rows of inputs predicted again.
 """
 
 from __future__ import annotations

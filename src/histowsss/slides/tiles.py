@@ -164,8 +164,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
         for image, sha in annotation_sha.items():
             if earlier_sha.get(image) != sha:  # the annotations were edited since: that slide's masks are redone
                 if (out_dir / "masks" / Path(image).stem).exists():
-                    log(f"{image}: its annotations changed (or were not recorded) since the earlier call; its masks are "
-                        "written anew")
+                    log(f"{image}: its annotations changed (or were not recorded) since the earlier call; its masks "
+                        "are written anew")
                 shutil.rmtree(out_dir / "masks" / Path(image).stem, ignore_errors=True)
     write_json(record, {**settings, **({"annotation_sha": annotation_sha} if annotation_sha else {})})
     out_rows: list[dict[str, str]] = []
