@@ -520,9 +520,31 @@ class RunConfig(Strict):
             section, name = key.split(".")
             dump.get(section, {}).pop(name, None)
         # a section added after runs existed enters only when it holds a non-default value, so those runs stay valid
-        payload = json.dumps({s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)},
-                             sort_keys=True)
+        parts = {s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)}
+        if "points" in sections and (clicks := self.clicks_digest()) is not None:
+            parts["points_content"] = clicks  # clicks added to their file or cell redo the steps they act in
+        payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def clicks_digest(self) -> str | None:
+        """Digest of the clicks themselves (``points.file``'s bytes, the manifest's ``data.points_column`` cells);
+        None when no clicks are configured. A file that cannot be read digests as such (its step then says why)."""
+        if self.points.file is None and self.data.points_column is None:
+            return None
+        h = hashlib.sha256()
+        if self.points.file is not None:
+            f = Path(self.points.file)
+            h.update(f.read_bytes() if f.is_file() else b"(missing)")
+        if self.data.points_column is not None:
+            from histowsss.data.manifest import read_table
+
+            try:
+                _, rows = read_table(Path(self.data.manifest))
+            except Exception:
+                rows = []
+            for r in rows:
+                h.update(f"{r.get('image', '')}\t{r.get('name', '')}\t{r.get(self.data.points_column, '')}\n".encode())
+        return h.hexdigest()[:16]
 
 
 def data_split_leaks(data: DataConfig) -> list[str]:

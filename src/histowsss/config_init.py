@@ -309,6 +309,11 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                             **splits}
     if col is not None and label_separator != ";":
         data["label_separator"] = label_separator
+    if "points" in columns and any(r.get("points") for r in rows):  # clicks: used by the steps after the CAM stage
+        data["points_column"] = "points"
+        n = sum(len([c for c in r["points"].split(";") if c.strip()]) for r in rows if r.get("points"))
+        notes.append(f"clicks from column 'points' ({n} on {sum(bool(r.get('points')) for r in rows)} images): "
+                     "data.points_column points (docs/points.md)")
     masks = [r["mask"] for r in rows if r.get("mask")] if "mask" in columns else []
     if masks:
         data["mask_column"] = "mask"

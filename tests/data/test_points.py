@@ -25,6 +25,9 @@ def test_parse_points_formats_and_errors():
         parse_points("1 2 gland; 5 gland", CLASSES)
     with pytest.raises(PointsError, match="must be numbers"):
         parse_points("a b gland", CLASSES)
+    for bad in ("nan 5 gland", "1 inf gland"):  # (a run crashed on them with no file or row named)
+        with pytest.raises(PointsError, match="img3: click 1 .* must be finite numbers"):
+            parse_points(bad, CLASSES, "img3")
 
 
 def test_point_map_draws_disks_at_scale():
@@ -80,6 +83,38 @@ def test_points_enter_the_hashes_of_the_steps_that_use_them(tmp_path: Path):
         assert step.config_hash(plain) != step.config_hash(clicked)
 
 
+def test_clicks_added_later_redo_the_steps_they_act_in(tmp_path: Path):
+    """Clicks added to the points file, or to the manifest's points cells, change the hashes of the steps that use
+    them (not the CAM stage's), and a redone step says why."""
+    from histowsss.steps import cam_to_ir_label, make_cam, train_seg
+
+    f = tmp_path / "clicks.csv"
+    f.write_text("image,x,y,class\na,1,2,gland\n")
+    cfg = load_config("glas-gland", [f"points.file={f}"])
+    before = {m.__name__: m.config_hash(cfg) for m in (cam_to_ir_label, make_cam, train_seg)}
+    f.write_text("image,x,y,class\na,1,2,gland\na,9,9,background\n")
+    after = {m.__name__: m.config_hash(cfg) for m in (cam_to_ir_label, make_cam, train_seg)}
+    assert after["histowsss.steps.make_cam"] == before["histowsss.steps.make_cam"]
+    assert after["histowsss.steps.cam_to_ir_label"] != before["histowsss.steps.cam_to_ir_label"]
+    assert after["histowsss.steps.train_seg"] != before["histowsss.steps.train_seg"]
+    man = tmp_path / "m.csv"
+    man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland\n")
+    col = load_config("glas-gland", [f"data.manifest={man}", "data.points_column=clicks"])
+    h = cam_to_ir_label.config_hash(col)
+    man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland; 5 5 background\n")
+    assert cam_to_ir_label.config_hash(col) != h
+
+    from histowsss.engine.pipeline import _why_run
+    from histowsss.engine.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run", cfg).init()
+    with run.step("cam_to_ir_label", cam_to_ir_label.config_hash(cfg)):
+        pass
+    f.write_text("image,x,y,class\na,1,2,gland\n")
+    assert "(the clicks changed (points.file or the manifest's points cells))" in _why_run(
+        run, "cam_to_ir_label", cam_to_ir_label.config_hash(cfg), False)
+
+
 def test_data_check_reports_bad_clicks(tmp_path: Path):
     from typer.testing import CliRunner
 
@@ -114,3 +149,61 @@ def test_class_names_with_spaces_are_one_field():
     assert parse_points("10 20 tumour stroma; 1,2,background", classes) == [Point(10, 20, 1), Point(1, 2, 0)]
     with pytest.raises(PointsError, match="unknown class 'tumour  cells'"):
         parse_points("1 2 tumour  cells", classes)
+
+
+def test_a_points_column_is_taken_by_init_and_checked_without_a_config(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from histowsss.config_init import config_for_manifest
+    from PIL import Image
+
+    for n in ("a", "b", "c"):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"{n}.png")
+    m = tmp_path / "m.csv"
+    m.write_text("image,split,patient,label,points\na.png,train,p1,gland,5 5 gland; 90 90 background\n"
+                 "b.png,train,p2,background,\nc.png,test,p3,gland,\n")
+    made = config_for_manifest(m)
+    assert made.config.data.points_column == "points" and any("clicks from column 'points' (2 on 1" in n
+                                                               for n in made.notes)
+    m.write_text(m.read_text().replace("90 90 background", "900 90 background"))
+    r = CliRunner().invoke(app, ["data", "check", str(m)])
+    assert r.exit_code == 1 and "click (900, 90) lies outside the 96x96 image" in " ".join(r.output.split())
+
+
+def test_the_run_says_what_it_makes_of_the_clicks_before_any_step(tmp_path: Path):
+    """Before the CAM stage: a click that cannot be read stops the run; clicks that will be left out (outside
+    their image, on a test image, named for an image the manifest lacks) or contradict their image's labels are
+    counted and named."""
+    from PIL import Image
+
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.run_dir import RunDir
+
+    for n in ("a", "b", "t"):
+        Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(tmp_path / f"{n}.png")
+    m = tmp_path / "m.csv"
+    m.write_text("image,split,patient,label,points\na.png,train,p1,gland,5 5 gland; 60 5 gland\n"
+                 "b.png,train,p2,background,3 3 gland\nt.png,test,p3,gland,1 1 gland\n")
+    f = tmp_path / "clicks.csv"
+    f.write_text("image,x,y,class\na,1,1,background\na.png,2,2,gland\n")
+    over = [f"data.manifest={m}", "data.label_column=label", "data.points_column=points", f"points.file={f}",
+            "data.classes.names=[background,gland]", "data.classes.background=background", "data.classes.colors={}",
+            "data.mask_column=null", "data.mask_mode=class_ids", "data.test_splits=[test]"]
+    cfg = load_config("demo", over)
+    lines: list[str] = []
+    from histowsss.data.points import clicks_report
+
+    lines = clicks_report(cfg)
+    text = "\n".join(lines)
+    assert lines[0] == "clicks: 3 on 2 image(s) of the training splits (1 background, 2 gland)"
+    assert "1 click(s) outside their image, left out" in text and "a (60, 5)" in text
+    assert "1 image(s) with clicks in no split the click steps train on" in text and "t (test)" in text
+    assert "1 click(s) of a class their image is not labelled with" in text and "b (3, 3) gland" in text
+    assert "image name(s) in" in text and "a.png" in text
+    m.write_text(m.read_text().replace("3 3 gland", "3 3 tumour"))
+    logs: list[str] = []
+    run = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(PointsError, match="b .*unknown class 'tumour'"):
+        run_pipeline(cfg, run, log=logs.append)
+    assert run.status("train_cam") is None  # stopped before the CAM stage

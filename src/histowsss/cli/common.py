@@ -80,7 +80,8 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
                          "manifest with `histowsss data manifest FOLDER`)")
     col = data_over.get("label_column", "label" if "label" in cols and not data_over.get("label_columns") else None)
     raw: dict = {"manifest": manifest, "label_column": col,
-                 "mask_column": "mask" if "mask" in cols else None}
+                 "mask_column": "mask" if "mask" in cols else None,
+                 **({"points_column": "points"} if "points" in cols else {})}  # clicks checked as init takes them
     if col is not None:
         if col not in cols:
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(cols)}); pass "

@@ -10,6 +10,7 @@ least the pixel or grid cell it falls in; where disks of different classes overl
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Po
             x, y = float(fields[0]), float(fields[1])
         except ValueError:
             raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be numbers") from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be finite numbers")
         out.append(Point(x, y, _class_index(fields[2], classes, where)))
     return out
 
@@ -84,6 +87,9 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
             x, y = float(row["x"]), float(row["y"])
         except ValueError:
             errors.append(f"row {i}: x and y must be numbers, got {row['x']!r}, {row['y']!r}")
+            continue
+        if not (math.isfinite(x) and math.isfinite(y)):
+            errors.append(f"row {i}: x and y must be finite numbers, got {row['x']!r}, {row['y']!r}")
             continue
         try:
             cls = _class_index(row["class"], classes, f"row {i}")
@@ -152,3 +158,60 @@ def check_points(points: list[Point], size_wh: tuple[int, int], where: str) -> l
     w, h = size_wh
     return [f"{where}: click ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image" for p in points
             if not (0 <= p.x < w and 0 <= p.y < h)]
+
+
+CLICK_STEPS = {"ir_label": "cam_to_ir_label", "sem_seg": "make_sem_seg_labels", "train_seg": "train_seg"}
+
+
+def clicks_report(cfg: RunConfig) -> list[str]:
+    """What the steps will make of the clicks, read before any step runs: a line with their number per class, and
+    a warning for every kind of click they will leave out (outside its image, on an image of no training split,
+    named for an image the manifest lacks) or that contradicts its image's labels. A click that cannot be parsed
+    raises PointsError naming it, before hours of CAM training."""
+    from histowsss.data.io import image_size
+    from histowsss.data.manifest import read_manifest
+
+    samples = read_manifest(cfg.data)
+    trainval = cfg.data.train_splits + cfg.data.val_splits  # (the splits of the IRN steps and of train_seg)
+    used = set(cfg.ir_label.splits or trainval) | set(cfg.train_seg.splits or trainval)
+    names = cfg.data.classes.names
+    bg = cfg.data.classes.background
+    per_class = [0] * len(names)
+    outside, untrained, contradict = [], [], []
+    n_images = 0
+    for smp in samples:
+        pts = sample_points(cfg, smp)
+        if not pts:
+            continue
+        if smp.split not in used:
+            untrained.append(f"{smp.name} ({smp.split})")
+            continue
+        n_images += 1
+        h, w = image_size(smp.image)
+        for p in pts:
+            if not (0 <= p.x < w and 0 <= p.y < h):
+                outside.append(f"{smp.name} ({p.x:g}, {p.y:g})")
+                continue
+            per_class[p.cls] += 1
+            if cfg.data.has_labels and names[p.cls] != bg and names[p.cls] not in smp.labels:
+                contradict.append(f"{smp.name} ({p.x:g}, {p.y:g}) {names[p.cls]} (labels: "
+                                  f"{', '.join(smp.labels) or 'none'})")
+    lines = [f"clicks: {sum(per_class)} on {n_images} image(s) of the training splits ("
+             + ", ".join(f"{k} {n}" for n, k in zip(names, per_class) if k) + ")"]
+
+    def warn(items: list[str], what: str) -> None:
+        if items:
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+            lines.append(f"warning: {len(items)} {what}: {'; '.join(items[:5])}{more}")
+
+    warn(outside, "click(s) outside their image, left out (x = column, y = row, level-0 pixels)")
+    warn(untrained, "image(s) with clicks in no split the click steps train on (ir_label.splits, train_seg.splits), "
+                    "left out")
+    warn(contradict, "click(s) of a class their image is not labelled with: used as given (a wrong click or a "
+                     "wrong label?)")
+    if cfg.points.file is not None:
+        known = {smp.name for smp in samples}
+        stray = sorted(set(read_points_file(Path(cfg.points.file), cfg.data.classes)) - known)
+        warn(stray, f"image name(s) in {cfg.points.file} that the manifest lacks, left out (the image column holds "
+                    "the manifest's name: the file name without its extension, or the name column)")
+    return lines

@@ -171,7 +171,9 @@ def _why_run(run: RunDir, key: str, h: str, overwrite: bool) -> str:
     if state == "done":
         if overwrite:
             return f"[redo] {key}: --overwrite"
-        return f"[redo] {key}: finished with other settings ({run.settings_diff(st) or 'its inputs changed'}); made again"
+        why = run.settings_diff(st) or ("the clicks changed (points.file or the manifest's points cells)"
+                                        if run.clicks_changed(st) else "its inputs changed")
+        return f"[redo] {key}: finished with other settings ({why}); made again"
     if state in ("running", "failed"):
         if overwrite:
             return f"[run ] {key}: starts over (--overwrite; it had stopped, {state})"
@@ -182,12 +184,24 @@ def _why_run(run: RunDir, key: str, h: str, overwrite: bool) -> str:
     return f"[run ] {key}"
 
 
+def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log: Callable[[str], None]) -> None:
+    """Before any step runs: when a step that uses clicks will run, what it will make of them (and a bad click
+    stops the run here, not after the CAM stage)."""
+    from histowsss.data.points import CLICK_STEPS, clicks_report, uses_points
+
+    steps = {CLICK_STEPS[w] for w in CLICK_STEPS if uses_points(cfg, w)}
+    if any(name in steps and not off and (overwrite or not run.is_done(key, h)) for name, _, h, key, off in plan):
+        for line in clicks_report(cfg):
+            log(line)
+
+
 def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
     (see :func:`plan_steps` for what is refused)."""
     adopt_legacy_records(cfg, run, log)
     plan = plan_steps(cfg, run, start, stop, overwrite)
+    _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
     for name, mod, h, key, off in plan:
         if off:

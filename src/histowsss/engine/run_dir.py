@@ -167,6 +167,10 @@ class RunDir:
         shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
+    def clicks_changed(self, status: dict) -> bool:
+        """Whether the clicks (``points.file``, the manifest's points cells) differ from those a step ran with."""
+        return self.cfg is not None and status.get("clicks") != self.cfg.clicks_digest()
+
     @contextmanager
     def step(self, step: str, config_hash: str, overwrite: bool = False) -> Iterator[dict[str, Any]]:
         """Context for running a step: writes 'running', then 'done' (with wall time) or 'failed'.
@@ -188,6 +192,9 @@ class RunDir:
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now()}
         if self.config_file:
             record["run_config"] = self.config_file
+        clicks = self.cfg.clicks_digest() if self.cfg is not None else None
+        if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
+            record["clicks"] = clicks
         write_json(self.status_path(step), record)
         try:
             yield info
