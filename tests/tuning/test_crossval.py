@@ -99,6 +99,10 @@ def test_chosen_overrides_reproduce_the_variant():
         "a.b=1", "c=2", "eval_seg.image_gate=true", "eval_seg.image_gate_cut=0.3"]
     assert cv.chosen_overrides("", "network", True) == ["eval_seg.image_gate=false"]
     assert cv.chosen_overrides("x=1", "network", False) == ["x=1"]
+    # a candidate's own gate settings give way to the variant's (they printed image_gate=true, then =false)
+    assert cv.chosen_overrides("x=1;eval_seg.image_gate=true", "network", False) == ["x=1", "eval_seg.image_gate=false"]
+    assert cv.chosen_overrides("eval_seg.image_gate=true;eval_seg.image_gate_cut=0.5", "image_gate@0.2", False) == [
+        "eval_seg.image_gate=true", "eval_seg.image_gate_cut=0.2"]
 
 
 def test_the_choice_switches_off_a_gate_the_candidate_itself_sets_and_needs_a_score():
@@ -140,6 +144,9 @@ def test_candidates_cannot_change_how_the_data_are_read():
     assert cv.parse_candidate(" train_seg.epochs=3 ;eval_seg.tta=none") == ["train_seg.epochs=3", "eval_seg.tta=none"]
     with pytest.raises(ConfigError, match="data.image_scale=0.5: cross-validation compares"):
         cv.parse_candidate("train_seg.epochs=3;data.image_scale=0.5")
+    for key in ("train_seg.splits=[train,test]", "eval_cam.choose_on=[test]"):  # ignored by the folds, then printed
+        with pytest.raises(ConfigError, match="split settings are not candidates"):
+            cv.parse_candidate(key)
 
 
 def test_crossval_scores_every_training_image_once_and_resumes(dataset: Path, tmp_path: Path, monkeypatch):

@@ -48,6 +48,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     A killed call resumes: finished (fold, candidate) pairs are kept under RUN_DIR/tuning/<name>/ (with
     --keep-work, a later call re-scores other gate cuts there without training).
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from histowsss.engine.atomic import write_json
@@ -91,7 +92,7 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         for vk, v in row.items():
             if isinstance(v, dict):
                 best = row["candidate"] == res["chosen"]["index"] and vk == res["chosen"]["variant"]
-                table.add_row(row["overrides"] or "(run config)", vk, _num(v[crit]) + (" *" if best else ""),
+                table.add_row(escape(row["overrides"] or "(run config)"), vk, _num(v[crit]) + (" *" if best else ""),
                               _num(v["fold_mean_" + crit]))
     console.print(table)
     console.print(f"weak labels themselves: {crit} {_num(res['weak_labels_pooled'][crit])}")

@@ -40,6 +40,8 @@ NETWORK = "network"
 # eval_seg's object clean-up works on the argmax: the kept probabilities do not depend on it, and the pooled pixel
 # scores here are of the plain argmax (tuning.cleanup scores the clean-up on the kept probabilities)
 CLEANUP_KEYS = ("min_object_area", "max_hole_area", "split_h")
+SPLIT_KEYS = ("train_seg.splits", "ir_label.splits", "eval_cam.choose_on", "make_cam.splits")
+GATE_KEYS = ("eval_seg.image_gate", "eval_seg.image_gate_cut")  # decided by the variant, not by a candidate
 WEAK = ["train_seg.supervised=false"]  # a run's config.yaml may hold the last (supervised) run's switch
 
 
@@ -54,6 +56,10 @@ def parse_candidate(text: str) -> list[str]:
     if bad:
         raise ConfigError(f"candidate {text!r}: {', '.join(bad)}: cross-validation compares settings on the run's own "
                           "data settings; to compare data.* settings, make one run per setting and tune each")
+    splits = [o for o in overrides if o.split("=", 1)[0].strip() in SPLIT_KEYS]
+    if splits:  # the folds decide what trains and what is scored; a split setting would be ignored, then printed
+        raise ConfigError(f"candidate {text!r}: {', '.join(splits)}: the folds of the training patients decide what "
+                          "each network trains on and is scored on; split settings are not candidates")
     return overrides
 
 
@@ -353,9 +359,12 @@ def choose(pooled: list[dict], criterion: str, candidates: list[str], gates_on: 
 def chosen_overrides(candidate: str, variant: str, gate_on: bool) -> list[str]:
     """The ``--set`` overrides that give a run the chosen candidate and variant (``gate_on``: the run's config
     already gates, which the ungated ``network`` variant must switch off)."""
-    out = parse_candidate(candidate)
+    given = parse_candidate(candidate)
+    out = [o for o in given if o.split("=", 1)[0].strip() not in GATE_KEYS]  # the variant says whether it gates
+    gated = gate_on or any(o.split("=", 1)[0].strip() == "eval_seg.image_gate"
+                           and o.split("=", 1)[1].strip().lower() in ("true", "1", "yes") for o in given)
     if variant.startswith("image_gate@"):
         out += ["eval_seg.image_gate=true", f"eval_seg.image_gate_cut={variant.split('@', 1)[1]}"]
-    elif variant == NETWORK and gate_on:
+    elif variant == NETWORK and gated:
         out += ["eval_seg.image_gate=false"]
     return out
