@@ -415,3 +415,15 @@ def test_a_slide_replaced_after_a_kill_is_not_stitched_from_old_tiles(trained_ru
     res = runner.invoke(app, [*args, "--skip-existing"])
     assert res.exit_code == 0, res.output
     assert "cached tiles are from other settings" in " ".join(res.output.split())
+
+
+def test_non_finite_probabilities_stop_predict(trained_run: Path, tmp_path: Path, monkeypatch):
+    """A network that gives NaN (damaged weights) is an error naming the input, not labels of class 0."""
+    import histowsss.steps.eval_seg as eval_seg
+
+    real = eval_seg.predict_probs
+    monkeypatch.setattr(eval_seg, "predict_probs", lambda *a, **k: real(*a, **k) * np.nan)
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "o")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"{img.name}: the network's probabilities are not finite" in text, text

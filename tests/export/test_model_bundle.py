@@ -120,6 +120,21 @@ def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, 
     res = runner.invoke(app, ["predict", "--run", str(part), str(img), "--out", str(tmp_path / "p")])
     text = " ".join(res.output.split())
     assert res.exit_code != 0 and "lacks its network's weights" in text and "histowsss export" in text, text
+    # damaged weights (same size, other bytes) are refused by name; an edited config is predicted with, and said
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    w = bad / "checkpoints" / "seg.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-3000:] = bytes(b ^ 0x5A for b in data[-3000:])
+    w.write_bytes(bytes(data))
+    res = runner.invoke(app, ["predict", "--run", str(bad), str(img), "--out", str(tmp_path / "pb")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "seg.safetensors differ(s) from what `histowsss export` wrote" in text, text
+    shutil.rmtree(bad)
+    shutil.copytree(out, bad)
+    (bad / "config.yaml").write_text((bad / "config.yaml").read_text() + "\n")
+    res = runner.invoke(app, ["predict", "--run", str(bad), str(img), "--out", str(tmp_path / "pc")])
+    assert res.exit_code == 0 and "config.yaml changed since the export" in " ".join(res.output.split())
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "sup"), "--supervised"])
     assert res.exit_code == 2 and "seg_supervised.safetensors" in res.output and "train_seg.supervised=true" in res.output
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(gated_run / "model")])

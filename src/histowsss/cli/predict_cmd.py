@@ -128,6 +128,17 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
                                 f"from its run folder with `histowsss export RUN_DIR --out DIR"
                                 f"{' --supervised' if network == 'seg_supervised' else ''}`")
+    if held is not None:  # an exported model is checked against its card: damaged weights predict garbage
+        from histowsss.export.model_bundle import changed_bundle_files
+
+        weights, other = changed_bundle_files(run_dir)
+        if weights:
+            raise ValueError(f"{run_dir}: {', '.join(weights)} differ(s) from what `histowsss export` wrote (sha256 in "
+                             "model.json): a damaged or partial copy; copy the exported folder again, or export it "
+                             "anew from its run folder")
+        if other:
+            log(f"warning: {run_dir}: {', '.join(other)} changed since the export (sha256 in model.json): predicting "
+                "with the changed file(s)")
     files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
     o = slide_options
@@ -217,6 +228,9 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
     original = read_rgb(f)
     img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
     probs = predict_probs(model, img, cfg, dev)
+    if not np.isfinite(probs).all():
+        raise ValueError(f"{f}: the network's probabilities are not finite (NaN / inf): its weights "
+                         f"({run_dir / 'checkpoints'}) are damaged; train or export it again")
     if gate is not None:
         from histowsss.steps.image_gate import apply_gate
 

@@ -201,3 +201,17 @@ def bundle_networks(folder: Path) -> list[str] | None:
     if not path.exists():
         return None
     return [json.loads(path.read_text()).get("network", "seg")]
+
+
+def changed_bundle_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(network weights, other files) of an exported model folder whose bytes differ from what ``export`` wrote
+    (the model card's sha256); missing files are left to the readers, which name them."""
+    card = json.loads((Path(folder) / MODEL_CARD).read_text())
+    weights, other = [], []
+    for name, rec in (card.get("files") or {}).items():
+        f = Path(folder) / name
+        if not f.is_file():
+            continue
+        if f.stat().st_size != rec.get("bytes") or _sha256(f) != rec.get("sha256"):
+            (weights if name.endswith(".safetensors") else other).append(name)
+    return weights, other

@@ -149,7 +149,11 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                 f"{origin} as QuPath's do (--no-crop for the uncropped frame)")
 
         def predict_fn(rgb: np.ndarray) -> np.ndarray:
-            return predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
+            p = predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
+            if not np.isfinite(p).all():
+                raise ValueError(f"{path}: the network's probabilities are not finite (NaN / inf): its weights are "
+                                 "damaged; train or export it again")
+            return p
 
         st = Path(path).stat()  # a slide scanned again under the same name and size is another slide
         params = {"slide": str(Path(path).resolve()), "file": [st.st_size, st.st_mtime_ns],
