@@ -49,6 +49,9 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
     assert model.stat().st_mode & 0o777 == 0o777 & ~umask  # made to be shared: not mkdtemp's private 0700
     card = json.loads((model / "model.json").read_text())
     assert card["network"] == "seg" and card["members"] == 2 and card["inference"]["image_gate"] is True
+    cam = json.loads((gated_run / "metrics" / "cam.json").read_text())
+    assert card["inference"]["image_gate_cut"] == cam["chosen_gate"] and card["clicks"] is False
+    assert f"less than {cam['chosen_gate']:g})" in (model / "MODEL.md").read_text()
     assert [c["name"] for c in card["classes"]] == ["benign", "malignant"]
     assert "test" in card["scores"] and 0 <= card["scores"]["test"]["miou"] <= 100
     for f, info in card["files"].items():  # sizes recorded for every copied file
@@ -120,6 +123,13 @@ def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, 
     res = runner.invoke(app, ["predict", "--run", str(part), str(img), "--out", str(tmp_path / "p")])
     text = " ".join(res.output.split())
     assert res.exit_code != 0 and "lacks its network's weights" in text and "histowsss export" in text, text
+    for name in ("checkpoints/cam.safetensors", "metrics/cam.json", "config.yaml"):  # other parts: the same words
+        shutil.rmtree(part)
+        shutil.copytree(out, part)
+        (part / name).unlink()
+        res = runner.invoke(app, ["predict", "--run", str(part), str(img), "--out", str(tmp_path / "p")])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and "lacks" in text and name in text and "export it anew" in text, text
     # damaged weights (same size, other bytes) are refused by name; an edited config is predicted with, and said
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)

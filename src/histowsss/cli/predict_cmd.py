@@ -122,8 +122,17 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.slides.predict import slide_output_paths
     from histowsss.steps.segnet_io import check_network_input, load_segnet
 
-    cfg = load_run_config(run_dir)
     held = bundle_networks(run_dir)
+    if held is not None:  # an exported model copied in part: its own words, not a run folder's "train it first"
+        from histowsss.export.model_bundle import missing_bundle_files
+
+        missing = missing_bundle_files(run_dir)
+        if missing:
+            what = ("its network's weights" if any(m.endswith(".safetensors") for m in missing) else "files")
+            raise FileNotFoundError(f"{run_dir}: this exported model folder lacks {what} ({', '.join(missing)}; "
+                                    "copied in part?); copy the whole folder again, or export it anew from its run "
+                                    "folder (`histowsss export RUN_DIR --out DIR`)")
+    cfg = load_run_config(run_dir)
     if held is not None and network not in held:
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
                                 f"from its run folder with `histowsss export RUN_DIR --out DIR"

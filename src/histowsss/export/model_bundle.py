@@ -85,6 +85,8 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
     from histowsss import __version__
     from histowsss.steps.segnet_io import segnet_meta
 
+    from histowsss.steps.image_gate import chosen_gate
+
     meta = segnet_meta(run_path, network)
     classes = cfg.data.classes
     return {
@@ -103,8 +105,11 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "members": meta.get("members", 1),
         "trained_on": {"labels": meta.get("label_source"), "loss": meta.get("loss"), "epochs": meta.get("epochs"),
                        "images": meta.get("train_images")},
+        "clicks": (cfg.points.file is not None or cfg.data.points_column is not None)
+        and "train_seg" in cfg.points.use_in,
         "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
-                      "image_gate": cfg.eval_seg.image_gate},
+                      "image_gate": cfg.eval_seg.image_gate,
+                      "image_gate_cut": chosen_gate(run_path, cfg) if cfg.eval_seg.image_gate else None},
         "scores": _scores(run_path, network),
         "files": {f: {"bytes": (bundle / f).stat().st_size, "sha256": _sha256(bundle / f)} for f in files},
     }
@@ -122,9 +127,12 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Input: images at {card['mpp'] or 'unknown'} um/px, scaled by {card['image_scale']} before the network; "
         f"stain normalisation: {card['stain_normalization']}",
         f"- Network: {card['architecture']} on {card['encoder']}, {card['members']} member(s); trained {t['epochs']} "
-        f"epochs on {t['images']} images with {t['labels']} labels ({t['loss']} loss)",
+        f"epochs on {t['images']} images with {t['labels']} labels ({t['loss']} loss)"
+        + ("; the labels corrected by clicks" if card.get("clicks") else ""),
         f"- Inference: {card['inference']['tta']} test-time augmentation at scales {card['inference']['scales']}; "
-        f"image-level gate: {card['inference']['image_gate']}",
+        f"image-level gate: {card['inference']['image_gate']}"
+        + (f" (a class is removed when the classifier gives it less than {card['inference']['image_gate_cut']:g})"
+           if card["inference"].get("image_gate_cut") is not None else ""),
         f"- Exported {card['exported_at']} by histowsss {card['histowsss_version']} from {card['exported_from']}",
         "",
         "Use: `histowsss predict --run THIS_FOLDER IMAGES_OR_SLIDES... --out OUT`",
@@ -215,3 +223,9 @@ def changed_bundle_files(folder: Path) -> tuple[list[str], list[str]]:
         if f.stat().st_size != rec.get("bytes") or _sha256(f) != rec.get("sha256"):
             (weights if name.endswith(".safetensors") else other).append(name)
     return weights, other
+
+
+def missing_bundle_files(folder: Path) -> list[str]:
+    """The files of an exported model folder's card that are not there (a folder copied in part)."""
+    card = json.loads((Path(folder) / MODEL_CARD).read_text())
+    return [name for name in (card.get("files") or {}) if not (Path(folder) / name).is_file()]
