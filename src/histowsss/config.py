@@ -466,7 +466,8 @@ class PointsConfig(Strict):
     """Sparse point annotations (clicks): where they come from and how far a click's class reaches."""
 
     file: Path | None = Field(None, description="CSV of clicks: image (the manifest name), x, y (level-0 pixels of "
-                              "the image), class; joined with data.points_column when both are given")
+                              "the image), class; or a folder of QuPath point exports, one per image, named "
+                              "<image name>.geojson; joined with data.points_column when both are given")
     radius: float = Field(8.0, ge=0.0, description="a click labels the disk of this radius (level-0 pixels) around "
                           "it; at least the pixel or grid cell it falls in")
     use_in: list[Literal["ir_label", "sem_seg", "train_seg"]] = Field(
@@ -534,7 +535,11 @@ class RunConfig(Strict):
         h = hashlib.sha256()
         if self.points.file is not None:
             f = Path(self.points.file)
-            h.update(f.read_bytes() if f.is_file() else b"(missing)")
+            if f.is_dir():  # a folder of QuPath exports: every export's name and bytes
+                for g in sorted(x for x in f.iterdir() if x.is_file() and x.suffix.lower() in (".geojson", ".json")):
+                    h.update(g.name.encode() + b"\0" + g.read_bytes())
+            else:
+                h.update(f.read_bytes() if f.is_file() else b"(missing)")
         if self.data.points_column is not None:
             from histowsss.data.manifest import read_table
 

@@ -207,3 +207,35 @@ def test_the_run_says_what_it_makes_of_the_clicks_before_any_step(tmp_path: Path
     with pytest.raises(PointsError, match="b .*unknown class 'tumour'"):
         run_pipeline(cfg, run, log=logs.append)
     assert run.status("train_cam") is None  # stopped before the CAM stage
+
+
+def test_a_folder_of_qupath_point_exports(tmp_path: Path):
+    """QuPath's File > Export objects as GeoJSON, one file per image named after it: Point and MultiPoint features
+    with their classification are the clicks (areas skipped); an unclassified point or unknown class is named."""
+    import json
+
+    def fc(*feats):
+        return json.dumps({"type": "FeatureCollection", "features": list(feats)})
+
+    def feat(kind, coords, name=None):
+        props = {"objectType": "annotation", **({"classification": {"name": name, "color": [0, 0, 0]}} if name else {})}
+        return {"type": "Feature", "geometry": {"type": kind, "coordinates": coords}, "properties": props}
+
+    d = tmp_path / "clicks"
+    d.mkdir()
+    (d / "a.geojson").write_text(fc(feat("MultiPoint", [[1, 2], [3, 4]], "gland"), feat("Point", [5, 6], "background"),
+                                    feat("Polygon", [[[0, 0], [9, 0], [9, 9], [0, 0]]], "gland")))
+    (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "gland")))
+    assert read_points_file(d, CLASSES) == {"a": (Point(1, 2, 1), Point(3, 4, 1), Point(5, 6, 0)),
+                                            "b": (Point(7, 8, 1),)}
+    cfg = load_config("glas-gland", [f"points.file={d}"])
+    h = cfg.clicks_digest()
+    (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "gland"), feat("Point", [1, 1])))
+    assert cfg.clicks_digest() != h  # an edited export redoes the click steps
+    with pytest.raises(PointsError, match=r"b.geojson: feature 1: a point without a classification"):
+        read_points_file(d, CLASSES)
+    (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "stroma")))
+    with pytest.raises(PointsError, match=r"b.geojson: feature 0: unknown class 'stroma'"):
+        read_points_file(d, CLASSES)
+    with pytest.raises(PointsError, match="does not say which image it belongs to"):
+        read_points_file(d / "a.geojson", CLASSES)

@@ -62,8 +62,9 @@ def _points_file_problems(points_file, cfg: DataConfig, samples: list) -> tuple[
     from histowsss.data.points import PointsError, parse_points_file
 
     path = str(points_file)
-    if not Path(points_file).is_file():
-        return [Problem("error", path, "points file not found; fix points.file (a CSV with image, x, y, class)")], {}
+    if not Path(points_file).exists():
+        return [Problem("error", path, "points file not found; fix points.file (a CSV with image, x, y, class, or a "
+                        "folder of QuPath point exports named <image name>.geojson)")], {}
     try:
         clicks, errors = parse_points_file(points_file, cfg.classes)  # every bad row, the good ones kept
     except (PointsError, OSError, UnicodeDecodeError) as e:

@@ -1,7 +1,8 @@
 """Sparse point annotations: a few clicked pixels per image, each with a class.
 
 Sources (joined): the manifest's ``data.points_column`` (``"x y class; x y class"``, commas also accepted between
-the numbers) and the CSV ``points.file`` (columns ``image`` = the manifest name, ``x``, ``y``, ``class``). Coordinates
+the numbers) and ``points.file``: a CSV (columns ``image`` = the manifest name, ``x``, ``y``, ``class``) or a folder
+of QuPath point exports, one per image, named ``<image name>.geojson``. Coordinates
 are level-0 pixels of the image (x = column, y = row; QuPath's point coordinates), classes are names of
 ``data.classes`` (or their indices). A click labels the disk of ``points.radius`` level-0 pixels around it, at
 least the pixel or grid cell it falls in; where disks of different classes overlap, the later click wins.
@@ -65,10 +66,78 @@ def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Po
     return out
 
 
+def _parse_geojson_points(path: Path, classes: ClassMap) -> tuple[list[Point], list[str]]:
+    """Clicks of one QuPath GeoJSON export (Point / MultiPoint features with a classification; other geometries
+    are skipped), and every feature's problem."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [], [f"{path.name}: not a GeoJSON file ({e})"]
+    feats = doc.get("features", []) if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" else (
+        [doc] if isinstance(doc, dict) and doc.get("type") == "Feature" else doc if isinstance(doc, list) else None)
+    if feats is None:
+        return [], [f"{path.name}: expected a FeatureCollection, a Feature or a list of Features (QuPath: File > "
+                    "Export objects as GeoJSON)"]
+    out, errors = [], []
+    for k, f in enumerate(feats):
+        g = (f or {}).get("geometry") or {}
+        coords = [g.get("coordinates")] if g.get("type") == "Point" else (
+            g.get("coordinates") or [] if g.get("type") == "MultiPoint" else None)
+        if coords is None:
+            continue  # areas and lines: not clicks
+        cls = ((f.get("properties") or {}).get("classification") or {})
+        name = cls.get("name") if isinstance(cls, dict) else cls
+        where = f"{path.name}: feature {k}"
+        if not name:
+            errors.append(f"{where}: a point without a classification; classify it in QuPath (the class of the "
+                          "click)")
+            continue
+        try:
+            c = _class_index(str(name), classes, where)
+        except PointsError as e:
+            errors.append(str(e))
+            continue
+        for xy in coords:
+            try:
+                x, y = float(xy[0]), float(xy[1])
+            except (TypeError, ValueError, IndexError):
+                errors.append(f"{where}: coordinates {xy!r} are not [x, y]")
+                continue
+            if not (math.isfinite(x) and math.isfinite(y)):
+                errors.append(f"{where}: coordinates {xy!r} are not finite")
+                continue
+            out.append(Point(x, y, c))
+    return out, errors
+
+
+def points_folder_files(path: Path) -> list[Path]:
+    """The QuPath exports of a points folder: ``<image name>.geojson`` (or ``.json``), sorted."""
+    return sorted(f for f in Path(path).iterdir() if f.is_file() and f.suffix.lower() in (".geojson", ".json"))
+
+
 def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, list[Point]], list[str]]:
     """Clicks of a points file by image name, and every row's problem (``"row N: ..."``, N its line in the file),
     the usable rows kept. Read like a manifest (``,``, ``;`` or tab separated). A missing column is a PointsError
-    (no row can be read)."""
+    (no row can be read). A folder holds QuPath point exports instead, one per image, named after it
+    (``<image name>.geojson``: File > Export objects as GeoJSON, points in the image's pixels)."""
+    if Path(path).is_dir():
+        files = points_folder_files(Path(path))
+        if not files:
+            raise PointsError(f"{path}: a points folder without .geojson files; put one QuPath export per image in "
+                              "it, named after the image (<image name>.geojson)")
+        by_name: dict[str, list[Point]] = {}
+        problems: list[str] = []
+        for f in files:
+            pts, errs = _parse_geojson_points(f, classes)
+            problems += errs
+            if pts:
+                by_name.setdefault(f.stem, []).extend(pts)
+        return by_name, problems
+    if Path(path).suffix.lower() in (".geojson", ".json"):
+        raise PointsError(f"{path}: a GeoJSON export does not say which image it belongs to; put one export per "
+                          "image, named <image name>.geojson, in a folder and set points.file to the folder")
     out: dict[str, list[Point]] = {}
     errors: list[str] = []
     lines: list[int] = []
@@ -101,7 +170,7 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
 
 
 @functools.lru_cache(maxsize=4)
-def _read_file(path: str, mtime: float, names: tuple[str, ...]) -> dict[str, tuple[Point, ...]]:
+def _read_file(path: str, stamp: object, names: tuple[str, ...]) -> dict[str, tuple[Point, ...]]:
     out, errors = parse_points_file(path, ClassMap(names=list(names)))
     if errors:
         more = f" (and {len(errors) - 1} more row(s); `histowsss data check` lists them all)" if len(errors) > 1 else ""
@@ -110,10 +179,13 @@ def _read_file(path: str, mtime: float, names: tuple[str, ...]) -> dict[str, tup
 
 
 def read_points_file(path: Path, classes: ClassMap) -> dict[str, tuple[Point, ...]]:
-    """Clicks of ``points.file`` by image name (cached while the file is unchanged)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: points file not found; fix points.file (a CSV with image, x, y, class)")
-    return _read_file(str(path), path.stat().st_mtime, tuple(classes.names))
+    """Clicks of ``points.file`` by image name (cached while the file, or the folder's exports, are unchanged)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: points file not found; fix points.file (a CSV with image, x, y, class, or "
+                                "a folder of QuPath point exports named <image name>.geojson)")
+    stamp = (tuple((f.name, f.stat().st_mtime_ns) for f in points_folder_files(path)) if path.is_dir()
+             else path.stat().st_mtime_ns)
+    return _read_file(str(path), stamp, tuple(classes.names))
 
 
 def uses_points(cfg: RunConfig, where: str) -> bool:
