@@ -90,6 +90,7 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
 
 def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, tmp_path: Path):
     out = tmp_path / "model"
+    out.mkdir()  # an empty folder made beforehand is written into without --overwrite
     assert runner.invoke(app, ["export", str(gated_run), "--out", str(out)]).exit_code == 0
     (out / "note.txt").write_text("kept until --overwrite")
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(out)])

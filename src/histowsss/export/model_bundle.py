@@ -163,7 +163,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     run_abs, out_abs = run_path.resolve(), out.resolve()
     if out_abs == run_abs or run_abs in out_abs.parents or out_abs in run_abs.parents:
         raise ValueError(f"{out}: export into a folder outside the run folder {run_path}, and not one holding it")
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):  # an empty folder is used
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and bundle_networks(out) is None)):
         # --overwrite replaces an earlier export, never a folder of other files (it would be deleted)
