@@ -522,14 +522,14 @@ class RunConfig(Strict):
             dump.get(section, {}).pop(name, None)
         # a section added after runs existed enters only when it holds a non-default value, so those runs stay valid
         parts = {s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)}
-        if "points" in sections and (clicks := self.clicks_digest()) is not None:
-            parts["points_content"] = clicks  # clicks added to their file or cell redo the steps they act in
         payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def clicks_digest(self) -> str | None:
-        """Digest of the clicks themselves (``points.file``'s bytes, the manifest's ``data.points_column`` cells);
-        None when no clicks are configured. A file that cannot be read digests as such (its step then says why)."""
+        """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
+        cells by image, in any row order); None when no clicks are configured. Recorded in each step's status, so
+        that a step the clicks act in is made again when they change (not in the hashes: a run made before this
+        record keeps its steps). A file that cannot be read digests as such (its step then says why)."""
         if self.points.file is None and self.data.points_column is None:
             return None
         h = hashlib.sha256()
@@ -547,8 +547,10 @@ class RunConfig(Strict):
                 _, rows = read_table(Path(self.data.manifest))
             except Exception:
                 rows = []
-            for r in rows:
-                h.update(f"{r.get('image', '')}\t{r.get('name', '')}\t{r.get(self.data.points_column, '')}\n".encode())
+            cells = sorted((r.get("name", "").strip() or r.get("image", "").strip(), r[self.data.points_column].strip())
+                           for r in rows if (r.get(self.data.points_column) or "").strip())
+            for name, cell in cells:
+                h.update(f"{name}\t{cell}\n".encode())
         return h.hexdigest()[:16]
 
 

@@ -84,35 +84,43 @@ def test_points_enter_the_hashes_of_the_steps_that_use_them(tmp_path: Path):
 
 
 def test_clicks_added_later_redo_the_steps_they_act_in(tmp_path: Path):
-    """Clicks added to the points file, or to the manifest's points cells, change the hashes of the steps that use
-    them (not the CAM stage's), and a redone step says why."""
-    from histowsss.steps import cam_to_ir_label, make_cam, train_seg
+    """Clicks added to the points file, or to the manifest's points cells, make the finished steps they act in
+    (points.use_in) run again, not the CAM stage, nor steps they do not act in; the hashes stay (runs made before
+    clicks were recorded keep their steps), and row order or rows without clicks change nothing."""
+    from histowsss.engine.pipeline import _clicks_stale
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.steps import cam_to_ir_label
 
     f = tmp_path / "clicks.csv"
     f.write_text("image,x,y,class\na,1,2,gland\n")
-    cfg = load_config("glas-gland", [f"points.file={f}"])
-    before = {m.__name__: m.config_hash(cfg) for m in (cam_to_ir_label, make_cam, train_seg)}
-    f.write_text("image,x,y,class\na,1,2,gland\na,9,9,background\n")
-    after = {m.__name__: m.config_hash(cfg) for m in (cam_to_ir_label, make_cam, train_seg)}
-    assert after["histowsss.steps.make_cam"] == before["histowsss.steps.make_cam"]
-    assert after["histowsss.steps.cam_to_ir_label"] != before["histowsss.steps.cam_to_ir_label"]
-    assert after["histowsss.steps.train_seg"] != before["histowsss.steps.train_seg"]
-    man = tmp_path / "m.csv"
-    man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland\n")
-    col = load_config("glas-gland", [f"data.manifest={man}", "data.points_column=clicks"])
-    h = cam_to_ir_label.config_hash(col)
-    man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland; 5 5 background\n")
-    assert cam_to_ir_label.config_hash(col) != h
-
-    from histowsss.engine.pipeline import _why_run
-    from histowsss.engine.run_dir import RunDir
-
+    cfg = load_config("glas-gland", [f"points.file={f}", "points.use_in=[ir_label,train_seg]"])
+    h = cam_to_ir_label.config_hash(cfg)
     run = RunDir(tmp_path / "run", cfg).init()
-    with run.step("cam_to_ir_label", cam_to_ir_label.config_hash(cfg)):
-        pass
-    f.write_text("image,x,y,class\na,1,2,gland\n")
-    assert "(the clicks changed (points.file or the manifest's points cells))" in _why_run(
-        run, "cam_to_ir_label", cam_to_ir_label.config_hash(cfg), False)
+    for step in ("train_cam", "cam_to_ir_label", "make_sem_seg_labels", "train_seg"):
+        with run.step(step, "h"):
+            pass
+    assert all(_clicks_stale(cfg, run, s, s) is None for s in ("cam_to_ir_label", "train_seg"))
+    f.write_text("image,x,y,class\na,1,2,gland\na,9,9,background\n")
+    assert cam_to_ir_label.config_hash(cfg) == h
+    assert "the clicks changed since it ran" in _clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label")
+    assert "the clicks changed" in _clicks_stale(cfg, run, "train_seg", "train_seg")
+    assert _clicks_stale(cfg, run, "make_sem_seg_labels", "make_sem_seg_labels") is None  # not in use_in
+    assert _clicks_stale(cfg, run, "train_cam", "train_cam") is None
+    st = run.status("cam_to_ir_label")
+    del st["clicks"]  # a record from before clicks were recorded: kept
+    from histowsss.engine.atomic import write_json
+
+    write_json(run.status_path("cam_to_ir_label"), st)
+    assert _clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label") is None
+    man = tmp_path / "m.csv"
+    man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland\nb.png,train,q,gland,\n")
+    col = load_config("glas-gland", [f"data.manifest={man}", "data.points_column=clicks"])
+    d = col.clicks_digest()
+    man.write_text("image,split,patient,label,clicks\nc.png,test,r,gland,\nb.png,train,q,gland,\n"
+                   "a.png,train,p,gland,1 2 gland\n")
+    assert col.clicks_digest() == d  # rows reordered, a row without clicks added
+    man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland; 5 5 background\n")
+    assert col.clicks_digest() != d
 
 
 def test_data_check_reports_bad_clicks(tmp_path: Path):
@@ -223,19 +231,22 @@ def test_a_folder_of_qupath_point_exports(tmp_path: Path):
 
     d = tmp_path / "clicks"
     d.mkdir()
-    (d / "a.geojson").write_text(fc(feat("MultiPoint", [[1, 2], [3, 4]], "gland"), feat("Point", [5, 6], "background"),
-                                    feat("Polygon", [[[0, 0], [9, 0], [9, 9], [0, 0]]], "gland")))
+    (d / "a.tif.geojson").write_text(fc(feat("MultiPoint", [[1, 2], [3, 4]], "gland"),  # QuPath: image.ext.geojson
+                                        feat("Point", [5, 6], "background"),
+                                        feat("Polygon", [[[0, 0], [9, 0], [9, 9], [0, 0]]], "gland")))
     (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "gland")))
     assert read_points_file(d, CLASSES) == {"a": (Point(1, 2, 1), Point(3, 4, 1), Point(5, 6, 0)),
                                             "b": (Point(7, 8, 1),)}
     cfg = load_config("glas-gland", [f"points.file={d}"])
     h = cfg.clicks_digest()
-    (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "gland"), feat("Point", [1, 1])))
+    (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "gland"), feat("Point", [1, 1])))
+    (d / "new.geojson").replace(d / "b.geojson")  # (as an editor saves: a new file in its place)
     assert cfg.clicks_digest() != h  # an edited export redoes the click steps
     with pytest.raises(PointsError, match=r"b.geojson: feature 1: a point without a classification"):
         read_points_file(d, CLASSES)
-    (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "stroma")))
+    (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "stroma")))
+    (d / "new.geojson").replace(d / "b.geojson")
     with pytest.raises(PointsError, match=r"b.geojson: feature 0: unknown class 'stroma'"):
         read_points_file(d, CLASSES)
     with pytest.raises(PointsError, match="does not say which image it belongs to"):
-        read_points_file(d / "a.geojson", CLASSES)
+        read_points_file(d / "a.tif.geojson", CLASSES)

@@ -158,3 +158,15 @@ def test_export_refuses_to_overwrite_and_names_what_is_missing(gated_run: Path, 
     (other / "table.csv").write_text("precious")
     res = runner.invoke(app, ["export", str(gated_run), "--out", str(other), "--overwrite"])
     assert res.exit_code == 2 and "not a model folder" in res.output and (other / "table.csv").exists()
+
+
+def test_the_card_says_whether_clicks_corrected_the_training_labels():
+    from histowsss.config import load_config
+    from histowsss.export.model_bundle import _clicks_in_labels
+
+    plain = load_config("glas-gland")
+    clicked = load_config("glas-gland", ["points.file=c.csv"])
+    irn_only = load_config("glas-gland", ["points.file=c.csv", "points.use_in=[ir_label,sem_seg]"])
+    assert not _clicks_in_labels(plain, "pseudo") and not _clicks_in_labels(clicked, "ground_truth")
+    assert _clicks_in_labels(clicked, "cam") and _clicks_in_labels(irn_only, "pseudo")
+    assert not _clicks_in_labels(irn_only, "cam")  # CAM labels do not see IRN's clicks

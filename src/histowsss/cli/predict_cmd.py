@@ -239,7 +239,8 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
     probs = predict_probs(model, img, cfg, dev)
     if not np.isfinite(probs).all():
         raise ValueError(f"{f}: the network's probabilities are not finite (NaN / inf): its weights "
-                         f"({run_dir / 'checkpoints'}) are damaged; train or export it again")
+                         f"({run_dir / 'checkpoints'}) are damaged (train or export it again), or bfloat16 "
+                         "overflowed (try --no-cpu-amp)")
     if gate is not None:
         from histowsss.steps.image_gate import apply_gate
 

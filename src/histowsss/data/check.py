@@ -59,7 +59,7 @@ def _points_file_problems(points_file, cfg: DataConfig, samples: list) -> tuple[
     """Problems of ``points.file`` (unreadable, unknown class, names not in the manifest) and its clicks by name."""
     from pathlib import Path
 
-    from histowsss.data.points import PointsError, parse_points_file
+    from histowsss.data.points import PointsError, names_rule, parse_points_file
 
     path = str(points_file)
     if not Path(points_file).exists():
@@ -75,9 +75,8 @@ def _points_file_problems(points_file, cfg: DataConfig, samples: list) -> tuple[
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         problems.append(Problem("warning", path, f"clicks for {len(unknown)} image(s) not in the manifest, e.g. "
-                                f"{', '.join(map(repr, unknown[:3]))}{more}: they are not used; the image column "
-                                "holds the manifest's image name (its 'name' column, else the file name without "
-                                "extension)"))
+                                f"{', '.join(map(repr, unknown[:3]))}{more}: they are not used; "
+                                f"{names_rule(points_file)}"))
     return problems, clicks
 
 

@@ -112,6 +112,16 @@ def _parse_geojson_points(path: Path, classes: ClassMap) -> tuple[list[Point], l
     return out, errors
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
+
+
+def names_rule(points_file: Path | str) -> str:
+    """How a points file names its images, for messages about names the manifest lacks."""
+    rule = ("an export's file name less .geojson" if Path(points_file).is_dir() else "the image column")
+    return (f"{rule} must be the manifest's image name: its 'name' column, else the image's file name without its "
+            "extension")
+
+
 def points_folder_files(path: Path) -> list[Path]:
     """The QuPath exports of a points folder: ``<image name>.geojson`` (or ``.json``), sorted."""
     return sorted(f for f in Path(path).iterdir() if f.is_file() and f.suffix.lower() in (".geojson", ".json"))
@@ -132,8 +142,10 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
         for f in files:
             pts, errs = _parse_geojson_points(f, classes)
             problems += errs
-            if pts:
-                by_name.setdefault(f.stem, []).extend(pts)
+            if pts:  # QuPath names exports after the image, often with its extension: a.tif.geojson is 'a'
+                stem = Path(f.stem)
+                name = stem.stem if stem.suffix.lower() in IMAGE_SUFFIXES else f.stem
+                by_name.setdefault(name, []).extend(pts)
         return by_name, problems
     if Path(path).suffix.lower() in (".geojson", ".json"):
         raise PointsError(f"{path}: a GeoJSON export does not say which image it belongs to; put one export per "
@@ -173,7 +185,8 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
 def _read_file(path: str, stamp: object, names: tuple[str, ...]) -> dict[str, tuple[Point, ...]]:
     out, errors = parse_points_file(path, ClassMap(names=list(names)))
     if errors:
-        more = f" (and {len(errors) - 1} more row(s); `histowsss data check` lists them all)" if len(errors) > 1 else ""
+        more = (f" (and {len(errors) - 1} more problem(s); `histowsss data check` lists them all)"
+                if len(errors) > 1 else "")
         raise PointsError(f"{path}, {errors[0]}{more}")
     return {k: tuple(v) for k, v in out.items()}
 
@@ -183,8 +196,9 @@ def read_points_file(path: Path, classes: ClassMap) -> dict[str, tuple[Point, ..
     if not path.exists():
         raise FileNotFoundError(f"{path}: points file not found; fix points.file (a CSV with image, x, y, class, or "
                                 "a folder of QuPath point exports named <image name>.geojson)")
-    stamp = (tuple((f.name, f.stat().st_mtime_ns) for f in points_folder_files(path)) if path.is_dir()
-             else path.stat().st_mtime_ns)
+    # (a folder's own time changes as exports are added, removed or replaced; read once per image of a step, the
+    # stamp must stay cheap for thousands of exports)
+    stamp = ("folder", path.stat().st_mtime_ns) if path.is_dir() else path.stat().st_mtime_ns
     return _read_file(str(path), stamp, tuple(classes.names))
 
 
@@ -284,6 +298,5 @@ def clicks_report(cfg: RunConfig) -> list[str]:
     if cfg.points.file is not None:
         known = {smp.name for smp in samples}
         stray = sorted(set(read_points_file(Path(cfg.points.file), cfg.data.classes)) - known)
-        warn(stray, f"image name(s) in {cfg.points.file} that the manifest lacks, left out (the image column holds "
-                    "the manifest's name: the file name without its extension, or the name column)")
+        warn(stray, f"image name(s) in {cfg.points.file} that the manifest lacks, left out ({names_rule(cfg.points.file)})")
     return lines

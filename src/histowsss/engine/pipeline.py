@@ -171,9 +171,7 @@ def _why_run(run: RunDir, key: str, h: str, overwrite: bool) -> str:
     if state == "done":
         if overwrite:
             return f"[redo] {key}: --overwrite"
-        why = run.settings_diff(st) or ("the clicks changed (points.file or the manifest's points cells)"
-                                        if run.clicks_changed(st) else "its inputs changed")
-        return f"[redo] {key}: finished with other settings ({why}); made again"
+        return f"[redo] {key}: finished with other settings ({run.settings_diff(st) or 'its inputs changed'}); made again"
     if state in ("running", "failed"):
         if overwrite:
             return f"[run ] {key}: starts over (--overwrite; it had stopped, {state})"
@@ -182,6 +180,19 @@ def _why_run(run: RunDir, key: str, h: str, overwrite: bool) -> str:
         diff = run.settings_diff(st)
         return f"[run ] {key}: starts over (it had stopped with other settings" + (f": {diff}" if diff else "") + ")"
     return f"[run ] {key}"
+
+
+def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | None:
+    """Why a finished step the clicks act in (``points.use_in``) must be made again: its clicks were changed since
+    it ran (the steps after it follow as their input is made again); None otherwise."""
+    from histowsss.data.points import CLICK_STEPS, uses_points
+
+    if name not in {CLICK_STEPS[w] for w in CLICK_STEPS if uses_points(cfg, w)}:
+        return None
+    st = run.status(key) or {}
+    if run.clicks_changed(st):
+        return "the clicks changed since it ran (points.file or the manifest's points cells); made again"
+    return None
 
 
 def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log: Callable[[str], None]) -> None:
@@ -210,8 +221,8 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
-            why = inputs_newer(cfg, run, mod, key) or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason")
-                                                      else None)
+            why = inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or (
+                mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None)
             if why is None:
                 log(f"[skip] {key}: finished with this configuration")
                 continue

@@ -168,8 +168,9 @@ class RunDir:
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
     def clicks_changed(self, status: dict) -> bool:
-        """Whether the clicks (``points.file``, the manifest's points cells) differ from those a step ran with."""
-        return self.cfg is not None and status.get("clicks") != self.cfg.clicks_digest()
+        """Whether the clicks (``points.file``, the manifest's points cells) differ from those a step ran with, as
+        far as its record says (records of steps run before clicks were recorded say nothing)."""
+        return self.cfg is not None and "clicks" in status and status["clicks"] != self.cfg.clicks_digest()
 
     @contextmanager
     def step(self, step: str, config_hash: str, overwrite: bool = False) -> Iterator[dict[str, Any]]:

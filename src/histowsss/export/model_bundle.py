@@ -80,6 +80,15 @@ def _scores(run_path: Path, network: str) -> dict[str, Any]:
     return out
 
 
+def _clicks_in_labels(cfg, source: str | None) -> bool:
+    """Whether clicks corrected the labels the network trained on: never ground truth; IRN pseudo-masks when clicks
+    acted in ir_label or sem_seg; any weak labels when they acted in train_seg."""
+    if source == "ground_truth" or (cfg.points.file is None and cfg.data.points_column is None):
+        return False
+    use = set(cfg.points.use_in)
+    return "train_seg" in use or (source == "pseudo" and bool(use & {"ir_label", "sem_seg"}))
+
+
 def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path) -> dict[str, Any]:
     """The content of ``model.json``."""
     from histowsss import __version__
@@ -105,8 +114,7 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "members": meta.get("members", 1),
         "trained_on": {"labels": meta.get("label_source"), "loss": meta.get("loss"), "epochs": meta.get("epochs"),
                        "images": meta.get("train_images")},
-        "clicks": (cfg.points.file is not None or cfg.data.points_column is not None)
-        and "train_seg" in cfg.points.use_in,
+        "clicks": _clicks_in_labels(cfg, meta.get("label_source")),
         "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
                       "image_gate": cfg.eval_seg.image_gate,
                       "image_gate_cut": chosen_gate(run_path, cfg) if cfg.eval_seg.image_gate else None},

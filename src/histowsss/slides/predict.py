@@ -151,8 +151,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         def predict_fn(rgb: np.ndarray) -> np.ndarray:
             p = predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
             if not np.isfinite(p).all():
-                raise ValueError(f"{path}: the network's probabilities are not finite (NaN / inf): its weights are "
-                                 "damaged; train or export it again")
+                raise ValueError(f"{path}: the network's probabilities are not finite (NaN / inf): its weights "
+                                 "are damaged (train or export it again), or bfloat16 overflowed (try --no-cpu-amp)")
             return p
 
         st = Path(path).stat()  # a slide scanned again under the same name and size is another slide

@@ -40,7 +40,7 @@ NETWORK = "network"
 # eval_seg's object clean-up works on the argmax: the kept probabilities do not depend on it, and the pooled pixel
 # scores here are of the plain argmax (tuning.cleanup scores the clean-up on the kept probabilities)
 CLEANUP_KEYS = ("min_object_area", "max_hole_area", "split_h")
-SPLIT_KEYS = ("train_seg.splits", "ir_label.splits", "eval_cam.choose_on", "make_cam.splits")
+SPLIT_KEYS = ("train_seg.splits", "ir_label.splits", "eval_cam.choose_on", "make_cam.splits", "eval_seg.splits")
 GATE_KEYS = ("eval_seg.image_gate", "eval_seg.image_gate_cut")  # decided by the variant, not by a candidate
 WEAK = ["train_seg.supervised=false"]  # a run's config.yaml may hold the last (supervised) run's switch
 
