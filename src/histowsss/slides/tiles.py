@@ -128,7 +128,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     # annotation file (readable, every class known), so a bad row stops the call up front, not after hours of tiling
     from histowsss.slides.annotations import read_annotations
 
-    annotations, origins, annotation_sha = {}, {}, {}
+    origins, annotation_sha = {}, {}
     for i, r in zip(lines, rows):
         with open_slide(root / r["image"], backend) as slide:
             if downsample is None and slide.mpp is None:
@@ -138,9 +138,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
             if annotated and r["annotations"] and not no_crop and slide.qupath_origin != (0, 0):
                 origins[r["image"]] = list(slide.qupath_origin)  # masks depend on the frame annotations are read in
         if annotated and r["annotations"]:
-            ann_path = root / r["annotations"]
-            annotations[r["image"]] = read_annotations(ann_path, list(mask_classes or []), default_class,
-                                                       ignore_unknown)
+            ann_path = root / r["annotations"]  # read to check it, and read again when its slide is tiled (memory)
+            read_annotations(ann_path, list(mask_classes or []), default_class, ignore_unknown)
             annotation_sha[r["image"]] = hashlib.sha256(ann_path.read_bytes()).hexdigest()[:16]
     # tiles of an interrupted call are reused only when they were cut with the same settings (names carry only the
     # tile's corner, which other tile sizes / resolutions share); a slide's masks only from the same annotations
@@ -171,7 +170,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     out_rows: list[dict[str, str]] = []
     for i, r in zip(lines, rows):
         path = root / r["image"]
-        ann = annotations.get(r["image"])
+        ann = (read_annotations(root / r["annotations"], list(mask_classes or []), default_class, ignore_unknown)
+               if annotated and r["annotations"] else None)
         with open_slide(path, backend) as slide:
             ox, oy = (0, 0) if no_crop else slide.qupath_origin  # annotations are in QuPath's (cropped) frame
             ds = working_downsample(path, slide.mpp, mpp, 1.0, downsample)
