@@ -8,7 +8,8 @@ GlaS's grades written two ways: the manifest's ``grade`` column (``data.label_co
 protocol), and ``benign`` / ``malignant`` 0/1 columns with no label column (``data.label_columns``, as a one-hot
 export from a spreadsheet). The one-hot manifest is written under ``bench/work/label_columns_glas/`` (image and mask
 paths pointing at ../shared/data/glas), its config by ``histowsss init`` (which finds the columns), then both run
-the CAM stage (train_cam, make_cam, eval_cam) of the glas-malignant profile in two fresh folders. Checks: the
+the CAM stage (train_cam, make_cam, eval_cam) of the glas-malignant profile in two folders (finished steps of an
+earlier call are kept by their hash). Checks: the
 same labels for every image, and the same CAM-stage scores (test AUC, malignant IoU, mIoU) and CAM files. Test
 images are only scored. Writes ``bench/results/label_columns_glas.<profile>.json``.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -60,9 +60,7 @@ def main() -> None:
     from histowsss.engine.run_dir import RunDir
 
     t0 = time.perf_counter()
-    work = ROOT / "bench" / "work" / f"label_columns_glas.{args.profile}"
-    if work.exists():
-        shutil.rmtree(work)
+    work = ROOT / "bench" / "work" / f"label_columns_glas.{args.profile}"  # (finished steps are kept by their hash)
     manifest = one_hot_manifest(work / "glas_one_hot.csv")
     made = config_for_manifest(manifest, background="benign", mask_mode="binary_image_label", mpp=0.62,
                                profile=args.profile)
@@ -86,10 +84,12 @@ def main() -> None:
                              "malignant_iou": e["predicted_gating"]["per_class"]["malignant"]["iou"],
                              "miou": e["predicted_gating"]["miou"]}
                         for sp, e in m["splits"].items() if "predicted_gating" in e}
-    cams_same = all(
-        np.array_equal(np.load(work / "column" / "cams" / f"{n}.npz")["cams"],
-                       np.load(work / "one_hot" / "cams" / f"{n}.npz")["cams"])
-        for n, _, _ in labels["column"])
+    def arrays(name: str, image: str) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(work / name / "cams" / f"{image}.npz") as z:
+            return z["cam"], z["probs"]
+
+    cams_same = all(all(np.array_equal(a, b) for a, b in zip(arrays("column", n), arrays("one_hot", n)))
+                    for n, _, _ in labels["column"])
     metrics = {"init_found": made.config.data.label_columns, "init_notes": made.notes[:2],
                "images": len(labels["column"]),
                "labels_identical": same_labels, "cam_files_identical": cams_same, "scores": scores,
@@ -97,7 +97,8 @@ def main() -> None:
     checks = [check("labels_identical", same_labels, "every image: the same split and labels", same_labels),
               check("cam_scores_identical", scores["column"] == scores["one_hot"],
                     "the same CAM-stage scores on every split", scores["column"] == scores["one_hot"]),
-              check("cam_files_identical", cams_same, "the same CAM arrays for every image", cams_same)]
+              check("cam_files_identical", cams_same, "the same CAM arrays and class probabilities for every image",
+                    cams_same)]
     config = {"protocol": base, "one_hot_manifest": str(manifest.relative_to(ROOT)),
               "label_columns": made.config.data.label_columns, "steps": "train_cam, make_cam, eval_cam",
               "note": "test images are only scored; nothing is chosen from them"}
