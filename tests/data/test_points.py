@@ -19,7 +19,7 @@ def test_parse_points_formats_and_errors():
     assert parse_points("10 20 gland; 3.5,4 background;", CLASSES) == [Point(10, 20, 1), Point(3.5, 4, 0)]
     assert parse_points("1 2 1", CLASSES) == [Point(1, 2, 1)]  # class indices work too
     assert parse_points("", CLASSES) == []
-    with pytest.raises(PointsError, match=r"img7: unknown class 'tumour'; known classes: background, gland"):
+    with pytest.raises(PointsError, match=r"img7: click 1: unknown class 'tumour'; known classes: background, gland"):
         parse_points("1 2 tumour", CLASSES, "img7")
     with pytest.raises(PointsError, match="click 2 '5 gland' must be 'x y class'"):
         parse_points("1 2 gland; 5 gland", CLASSES)
@@ -139,6 +139,12 @@ def test_data_check_reports_bad_clicks(tmp_path: Path):
     assert r.exit_code == 1
     assert "a.png" in out and "click (40, 5) lies outside the 30x20 image" in out
     assert "b.png" in out and "unknown class 'stroma'" in out
+    m = tmp_path / "m.csv"
+    m.write_text("image,split,patient,label,clicks\nimages/a.png,train,p1,gland,500 40 gland; 1 1 tumour; x 2 gland\n")
+    r = CliRunner().invoke(app, ["data", "check", str(m), "--set", "data.points_column=clicks"])
+    out = " ".join(r.output.split())  # every problem of the cell, each with its click number
+    assert "click 2: unknown class 'tumour'" in out and "click 3 'x 2 gland': x and y must be numbers" in out
+    assert "click (500, 40) lies outside the 30x20 image" in out
     # a points column that the manifest lacks (misspelt) is an error, not a run without clicks
     r = CliRunner().invoke(app, ["data", "check", str(tmp_path / "m.csv"), "--set", "data.points_column=click"])
     out = " ".join(r.output.split())

@@ -237,15 +237,13 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                           else "set train_cam.small_images=mirror") + ", or remove the image")
             problems.append(Problem("error", image, f"image {ws}x{hs} (after image_scale {cfg.image_scale}) {msg}"))
         if s.points:
-            from histowsss.data.points import PointsError, check_points, parse_points
+            from histowsss.data.points import check_points, parse_points_each
 
-            try:
-                for msg in check_points(parse_points(s.points, cfg.classes, f"{cfg.points_column} column"), (w, h),
-                                        f"{cfg.points_column} column"):
-                    problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
-                                            "y = row) of the image"))
-            except PointsError as e:
-                problems.append(Problem("error", image, str(e)))
+            clicks, bad = parse_points_each(s.points, cfg.classes, f"{cfg.points_column} column")
+            problems += [Problem("error", image, msg) for msg in bad]  # every bad click of the cell, not the first
+            for msg in check_points(clicks, (w, h), f"{cfg.points_column} column"):
+                problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
+                                        "y = row) of the image"))
         if s.name in file_clicks:
             from histowsss.data.points import check_points
 

@@ -46,24 +46,42 @@ def _class_index(token: str, classes: ClassMap, where: str) -> int:
 
 
 def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Point]:
-    """Parse ``"x y class; x y class"`` (commas or spaces between the three fields)."""
+    """Parse ``"x y class; x y class"`` (commas or spaces between the three fields); the first bad click raises
+    PointsError (:func:`parse_points_each` lists them all)."""
     out = []
     for k, part in enumerate(p.strip() for p in (text or "").split(";")):
         if not part:
             continue
-        fields = [f for f in re.split(r"[,\s]+", part, maxsplit=2) if f]  # the class name may hold spaces
-        if len(fields) == 3:
-            fields[2] = fields[2].strip(", \t")
-        if len(fields) != 3 or not fields[2]:
-            raise PointsError(f"{where}: click {k + 1} {part!r} must be 'x y class'")
-        try:
-            x, y = float(fields[0]), float(fields[1])
-        except ValueError:
-            raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be numbers") from None
-        if not (math.isfinite(x) and math.isfinite(y)):
-            raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be finite numbers")
-        out.append(Point(x, y, _class_index(fields[2], classes, where)))
+        out.append(_parse_click(part, k, classes, where))
     return out
+
+
+def parse_points_each(text: str, classes: ClassMap, where: str = "points") -> tuple[list[Point], list[str]]:
+    """The clicks of a cell that parse, and a message for each that does not (``histowsss data check``)."""
+    out, errors = [], []
+    for k, part in enumerate(p.strip() for p in (text or "").split(";")):
+        if part:
+            try:
+                out.append(_parse_click(part, k, classes, where))
+            except PointsError as e:
+                errors.append(str(e))
+    return out, errors
+
+
+def _parse_click(part: str, k: int, classes: ClassMap, where: str) -> Point:
+    """One ``x y class`` (the ``k``-th click of its cell)."""
+    fields = [f for f in re.split(r"[,\s]+", part, maxsplit=2) if f]  # the class name may hold spaces
+    if len(fields) == 3:
+        fields[2] = fields[2].strip(", \t")
+    if len(fields) != 3 or not fields[2]:
+        raise PointsError(f"{where}: click {k + 1} {part!r} must be 'x y class'")
+    try:
+        x, y = float(fields[0]), float(fields[1])
+    except ValueError:
+        raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be numbers") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be finite numbers")
+    return Point(x, y, _class_index(fields[2], classes, f"{where}: click {k + 1}"))
 
 
 def _parse_geojson_points(path: Path, classes: ClassMap) -> tuple[list[Point], list[str]]:
