@@ -536,7 +536,9 @@ class RunConfig(Strict):
         if self.points.file is not None:
             f = Path(self.points.file)
             if f.is_dir():  # a folder of QuPath exports: every export's name and bytes
-                for g in sorted(x for x in f.iterdir() if x.is_file() and x.suffix.lower() in (".geojson", ".json")):
+                from histowsss.data.points import points_folder_files
+
+                for g in points_folder_files(f):
                     h.update(g.name.encode() + b"\0" + g.read_bytes())
             else:
                 h.update(f.read_bytes() if f.is_file() else b"(missing)")

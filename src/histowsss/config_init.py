@@ -38,9 +38,9 @@ class InitResult:
     notes: list[str]
 
 
-def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_rows(manifest: Path, lines: list[int] | None = None) -> tuple[list[str], list[dict[str, str]]]:
     columns, rows = read_csv_rows(manifest, fix="pass the manifest CSV (make one from a folder of class "
-                                  "sub-folders with `histowsss data manifest FOLDER --out manifest.csv`)")
+                                  "sub-folders with `histowsss data manifest FOLDER --out manifest.csv`)", lines=lines)
     if not rows:
         raise ConfigError(f"{manifest}: no rows")
     return columns, rows
@@ -200,7 +200,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
     manifest = Path(manifest)
-    columns, rows = _read_rows(manifest)
+    lines: list[int] = []  # (each row's line in the file, for messages)
+    columns, rows = _read_rows(manifest, lines)
     for col in ("image", "split", "patient"):
         if col not in columns:
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
@@ -219,8 +220,6 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         if missing_cols:
             raise ConfigError(f"{manifest}: no column(s) {', '.join(map(repr, missing_cols))} (columns: "
                               f"{', '.join(columns)}); --label-columns names one 0/1 column per class")
-        lines: list[int] = []
-        read_csv_rows(manifest, lines=lines)  # (the rows' line numbers, for the message)
         for i, r in zip(lines, rows):
             labs, bad = class_columns_labels(r, class_cols)
             if bad:

@@ -130,9 +130,6 @@ def _parse_geojson_points(path: Path, classes: ClassMap) -> tuple[list[Point], l
     return out, errors
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
-
-
 def names_rule(points_file: Path | str) -> str:
     """How a points file names its images, for messages about names the manifest lacks."""
     rule = ("an export's file name less .geojson" if Path(points_file).is_dir() else "the image column")
@@ -161,8 +158,11 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
             pts, errs = _parse_geojson_points(f, classes)
             problems += errs
             if pts:  # QuPath names exports after the image, often with its extension: a.tif.geojson is 'a'
+                from histowsss.data.io import IMAGE_SUFFIXES
+                from histowsss.slides.reader import SLIDE_SUFFIXES
+
                 stem = Path(f.stem)
-                name = stem.stem if stem.suffix.lower() in IMAGE_SUFFIXES else f.stem
+                name = stem.stem if stem.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES else f.stem
                 by_name.setdefault(name, []).extend(pts)
         return by_name, problems
     if Path(path).suffix.lower() in (".geojson", ".json"):
@@ -316,5 +316,6 @@ def clicks_report(cfg: RunConfig) -> list[str]:
     if cfg.points.file is not None:
         known = {smp.name for smp in samples}
         stray = sorted(set(read_points_file(Path(cfg.points.file), cfg.data.classes)) - known)
-        warn(stray, f"image name(s) in {cfg.points.file} that the manifest lacks, left out ({names_rule(cfg.points.file)})")
+        warn(stray, f"image name(s) in {cfg.points.file} that the manifest lacks, left out "
+                    f"({names_rule(cfg.points.file)})")
     return lines

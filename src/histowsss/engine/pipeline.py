@@ -201,7 +201,8 @@ def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log
     from histowsss.data.points import CLICK_STEPS, clicks_report, uses_points
 
     steps = {CLICK_STEPS[w] for w in CLICK_STEPS if uses_points(cfg, w)}
-    if any(name in steps and not off and (overwrite or not run.is_done(key, h)) for name, _, h, key, off in plan):
+    if any(name in steps and not off and (overwrite or not run.is_done(key, h) or _clicks_stale(cfg, run, name, key))
+           for name, _, h, key, off in plan):
         for line in clicks_report(cfg):
             log(line)
 
