@@ -98,6 +98,22 @@ def test_patch_examples_mask_fraction(builder, data_config):
     np.testing.assert_array_equal(image_targets(samples, cfg), [[1, 1]])  # no label column: from the mask
 
 
+def test_patches_with_no_labelled_pixel_are_left_out(builder, data_config):
+    """A class-id mask with an ignore (255) block: a patch wholly inside it has no label, not "no class present"."""
+    m = np.zeros((32, 64), np.uint8)
+    m[:, 32:] = 255
+    m[:, :8] = 1
+    builder.image("g", 32, 64)
+    builder.mask("g", values=m)
+    rows = [{"image": "images/g.png", "mask": "masks/g.png", "split": "train", "patient": "p", "label": ""}]
+    cfg = data_config(builder.manifest(rows), label_column=None,
+                      classes={"names": ["background", "gland"], "background": "background"}, mask_mode="class_ids",
+                      patches={"size": 32, "stride": 16, "border": "shift", "label_rule": "mask_fraction"})
+    samples = read_manifest(cfg)
+    ex = patch_examples(samples, cfg, scaled_sizes(samples, cfg))
+    assert [(e.x, e.target.tolist()) for e in ex] == [(0, [1, 1]), (16, [1, 0])]  # the patch at x 32: all ignore
+
+
 def test_patch_examples_image_rule(builder, data_config):
     cfg = _two_images(builder, data_config, h=32, w=32,
                       patches={"size": 16, "stride": 16, "border": "drop", "label_rule": "image"})

@@ -17,3 +17,7 @@ def test_the_cam_label_row_takes_the_training_split_that_was_scored(tmp_path: Pa
     (tmp_path / "metrics" / "cam.json").write_text(json.dumps(cam))
     row = next(r for r in stage_rows(tmp_path, ["TE", "STR"]) if r["stage"] == "CAM, classes from image labels")
     assert (row["split"], row["status"], row["mIoU"]) == ("val", "done", 52.44)
+    cam["label_gating"] = "patch"  # gated by patch labels: the row says so
+    (tmp_path / "metrics" / "cam.json").write_text(json.dumps(cam))
+    stages = [r["stage"] for r in stage_rows(tmp_path, ["TE", "STR"])]
+    assert "CAM, classes from patch labels" in stages and "CAM, classes from image labels" not in stages

@@ -411,3 +411,18 @@ def test_a_class_no_training_image_carries_is_refused_before_training(tiny_manif
     cfg = load_config("demo", [f"data.manifest={tiny_manifest}", f"data.classes.names=[{', '.join(names)}]"] + FAST)
     with pytest.raises(StepError, match="class 'mucin' has no image in the training splits"):
         train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())
+
+
+def test_a_class_no_training_patch_carries_is_refused_before_training(tiny_manifest, tmp_path):
+    """Labels read off the masks by patch: a class no training patch carries (here: no patch is > 99 % gland) is
+    refused by name when the patches are cut, not trained at chance level."""
+    from histowsss.engine.run_dir import StepError
+    from histowsss.steps import train_cam
+
+    cfg = _cfg(tiny_manifest, ["data.label_column=null", "data.classes.names=[background,gland]",
+                               "data.classes.background=background", "data.classes.colors={}",
+                               "data.mask_mode=binary", "data.mask_foreground_class=gland",
+                               "data.patches={size: 32, stride: 32, border: shift, label_rule: mask_fraction, "
+                               "min_fraction: 0.99}"])
+    with pytest.raises(StepError, match=r"class\(es\) 'gland' carried by no training patch"):
+        train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())

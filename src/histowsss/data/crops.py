@@ -9,7 +9,7 @@ import numpy as np
 from histowsss.config import DataConfig, TrainCamConfig
 from histowsss.data.io import image_size
 from histowsss.data.manifest import Sample
-from histowsss.data.masks import load_class_mask
+from histowsss.data.masks import IGNORE, load_class_mask
 from histowsss.data.patches import crop_padded, patch_labels_from_mask, tile_image
 
 
@@ -33,7 +33,8 @@ def image_targets(samples: list[Sample], data: DataConfig) -> np.ndarray:
 
 
 def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> list[CropExample]:
-    """Every patch of every image (``sizes`` = scaled (h, w) per image) with its label by the configured rule."""
+    """Every patch of every image (``sizes`` = scaled (h, w) per image) with its label by the configured rule;
+    by mask fraction, patches with no labelled pixel (all ignore) are left out."""
     assert data.patches is not None
     out = []
     targets = image_targets(samples, data) if data.patches.label_rule == "image" else None
@@ -49,7 +50,10 @@ def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[in
             )
         for p in patches:
             if mask is not None:
-                t = patch_labels_from_mask(crop_padded(mask, p), data.classes, data.patches.min_fraction)
+                window = crop_padded(mask, p)
+                if not (window != IGNORE).any():
+                    continue  # no labelled pixel: no label (an all-ignore patch is not "no class present")
+                t = patch_labels_from_mask(window, data.classes, data.patches.min_fraction)
             else:
                 t = targets[i]  # type: ignore[index]
             out.append(CropExample(i, p.y, p.x, p.size, t))

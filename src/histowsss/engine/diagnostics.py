@@ -33,10 +33,11 @@ def accuracy(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> 
 
 def check_epoch(epoch: int, loss: float, chance: float, auc: float | None, probs: np.ndarray,
                 min_epochs: int, history: list[dict]) -> None:
-    """Raise TrainingFailure with a diagnosis if the loss is NaN, stuck at chance, or predictions collapsed."""
+    """Raise TrainingFailure with a diagnosis if the loss is NaN, stuck at chance, or predictions collapsed
+    (``epoch`` counts from 0; messages count from 1, as the epoch lines)."""
     if not math.isfinite(loss):
         raise TrainingFailure(
-            f"epoch {epoch}: loss is {loss}. Training diverged: lower train_cam.lr (e.g. by 10x), check that images "
+            f"epoch {epoch + 1}: loss is {loss}. Training diverged: lower train_cam.lr (e.g. by 10x), check that images "
             "are not blank/corrupt (`histowsss data check`), keep class_balance on for rare classes."
         )
     if epoch + 1 < min_epochs:
@@ -45,13 +46,14 @@ def check_epoch(epoch: int, loss: float, chance: float, auc: float | None, probs
     collapsed = probs.shape[0] > 10 and bool(np.all(probs.std(axis=0) < 1e-3))
     if collapsed:
         raise TrainingFailure(
-            f"epoch {epoch}: predictions collapsed to one constant per class (std < 1e-3); the classifier ignores "
+            f"epoch {epoch + 1}: predictions collapsed to one constant per class (std < 1e-3); the classifier ignores "
             "its input. Check the labels per class (`histowsss data stats`), lower train_cam.lr, and enable "
             "train_cam.class_balance."
         )
     if stuck:
         raise TrainingFailure(
-            f"epoch {epoch}: loss {loss:.4f} is still at chance level ({chance:.4f}) and AUC is "
+            f"epoch {epoch + 1}: loss {loss:.4f} (unweighted; the epoch line shows the class-balanced one) is still at "
+            f"chance level ({chance:.4f}) and AUC is "
             f"{'n/a' if auc is None else f'{auc:.3f}'}: the classifier is not learning. Likely causes: labels that "
             "do not match the images (see `histowsss data stats`), a learning rate too low or too high, "
             "too many frozen stages for this data (backbone.frozen_stages), or weights=none with too few epochs."

@@ -308,8 +308,11 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     candidates = [s for s in cs if s not in ("test",)]
     train_split = next((s for s in candidates if ((cs.get(s) or {}).get("label_gating") or {}).get("miou")
                         is not None), candidates[0] if candidates else None)
-    add("CAM, classes from image labels", train_split, (cs.get(train_split) or {}).get("label_gating"),
-        "pseudo-label setting (training images)", ran_cam)
+    patch_gated = (cam or {}).get("label_gating") == "patch"
+    add("CAM, classes from patch labels" if patch_gated else "CAM, classes from image labels", train_split,
+        (cs.get(train_split) or {}).get("label_gating"),
+        "pseudo-label setting (training images" + ("; a pixel takes only classes of every labelled patch over it)"
+                                                   if patch_gated else ")"), ran_cam)
     ss = (sem or {}).get("splits", {})
     sem_split = next(iter(ss), None)
     se = ss.get(sem_split) or {}

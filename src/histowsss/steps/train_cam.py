@@ -64,7 +64,16 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         if data.patches is not None:
             fixed = patch_examples(samples, data, sizes)
             fixed = [type(e)(e.image, e.y, e.x, e.size, e.target[keep]) for e in fixed]
+            if not fixed:
+                raise StepError(f"no training patch holds a labelled pixel ({data.manifest}): the masks of the "
+                                "training images are all ignore (255 / data.mask_ignore_values)")
             targets_all = np.stack([e.target for e in fixed])
+            absent = [n for n, k in zip(output_classes(cfg), targets_all.sum(axis=0)) if k == 0]
+            if absent:  # labels read off the masks: `class_coverage` cannot see this before the patches are cut
+                raise StepError(f"class(es) {', '.join(map(repr, absent))} carried by no training patch (more than "
+                                f"{data.patches.min_fraction:.0%} of a patch's labelled pixels, data.patches."
+                                f"min_fraction): they cannot be learnt; check the training masks ({data.manifest}), "
+                                "lower min_fraction, or remove the class from data.classes.names")
         else:
             img_targets = image_targets(samples, data)[:, keep]
             targets_all = img_targets
