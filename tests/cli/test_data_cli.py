@@ -217,6 +217,11 @@ def test_stats_on_glas(glas_dir, monkeypatch):
     assert table["all"][:2] == ["all", "165"]
     out = flat(r.output)
     assert "11 patient(s) appear in more than one split" in out and "(1 more)" in out
+    # glas-gland has no label column: classes counted off the masks, as training derives them (they were all 0)
+    r = invoke("data", "stats", glas_dir / "manifest.csv", "--config", "glas-gland")
+    assert r.exit_code == 0, r.output
+    assert _table_rows(r.stdout)["train"] == ["train", "85", "15", "85", "15", "85", "15"]
+    assert "an image counts for a class when its mask holds it on more than 5 % of the image" in flat(r.output)
 
 
 @pytest.mark.glas

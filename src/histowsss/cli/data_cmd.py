@@ -36,9 +36,12 @@ def _print_stats(manifest: Path, dc) -> None:
     from rich.console import Console
 
     from histowsss.data.manifest import read_manifest
-    from histowsss.data.stats import patient_split_overlap, split_class_table
+    from histowsss.data.stats import labels_from_masks, patient_split_overlap, split_class_table
 
     samples = read_manifest(dc)
+    note = None
+    if not dc.has_labels:  # labels read off the masks: count them as training derives them
+        samples, note = labels_from_masks(samples, dc)
     rows = split_class_table(samples, dc.classes.names)
     table = Table(title=escape(str(manifest)))
     for k in rows[0]:
@@ -49,6 +52,8 @@ def _print_stats(manifest: Path, dc) -> None:
     for r in rows:
         table.add_row(*[escape(str(v)) for v in r.values()])
     Console().print(table)
+    if note:
+        console.print(f"note: {escape(note)}", highlight=False)
     overlap = patient_split_overlap(samples)
     if overlap:
         shown = list(overlap.items())[:10]

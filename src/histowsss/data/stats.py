@@ -28,3 +28,31 @@ def patient_split_overlap(samples: list[Sample]) -> dict[str, list[str]]:
     for s in samples:
         splits_of[s.patient].add(s.split)
     return {p: sorted(v) for p, v in sorted(splits_of.items()) if len(v) > 1}
+
+
+MASK_COUNT_LIMIT = 5000  # images whose masks are read to count classes when there is no label column
+
+
+def labels_from_masks(samples: list[Sample], data) -> tuple[list[Sample], str]:
+    """Without image labels: each image's classes from its mask by the patch rule (a class counts when it covers
+    more than ``data.patches.min_fraction`` of the image), as training derives them; and a note on the counts.
+    Unchanged (with a note saying so) when some image has no mask, there are more than MASK_COUNT_LIMIT images,
+    or a mask cannot be read."""
+    import dataclasses
+
+    from histowsss.data.crops import image_targets
+
+    empty = ("no image-label column (data.label_column is null): per-class image counts are empty; training "
+             "labels come from the masks (patch rule)")
+    if not samples or len(samples) > MASK_COUNT_LIMIT or any(s.mask is None for s in samples):
+        return samples, empty
+    try:
+        targets = image_targets(samples, data)
+    except Exception:
+        return samples, empty
+    names = data.classes.names
+    out = [dataclasses.replace(s, labels=tuple(n for n, t in zip(names, row) if t > 0.5))
+           for s, row in zip(samples, targets)]
+    frac = data.patches.min_fraction if data.patches else 0.0
+    return out, (f"no image-label column (data.label_column is null): an image counts for a class when its mask "
+                 f"holds it on more than {100 * frac:g} % of the image (the patch rule training labels come from)")

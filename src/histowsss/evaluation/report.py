@@ -248,31 +248,13 @@ def section_dataset(cfg, run_path: Path | None = None) -> str:
     return table(rows, cols, left=("split",)) + note
 
 
-MASK_COUNT_LIMIT = 5000  # images whose masks the report reads to count classes when there is no label column
-
-
 def _labels_from_masks(samples: list, data) -> tuple[list, str]:
-    """Without an image-label column: each image's classes from its mask by the patch rule (a class counts when it
-    covers more than ``data.patches.min_fraction`` of the image), as training derives them; and the table's note."""
-    import dataclasses
+    """Without an image-label column: each image's classes from its mask (:func:`histowsss.data.stats.
+    labels_from_masks`), and the table's note."""
+    from histowsss.data.stats import labels_from_masks
 
-    from histowsss.data.crops import image_targets
-
-    empty = ('<p class="note">no image-label column (data.label_column is null): per-class image counts are '
-             "empty; training labels come from the masks (patch rule).</p>")
-    if not samples or len(samples) > MASK_COUNT_LIMIT or any(s.mask is None for s in samples):
-        return samples, empty
-    try:
-        targets = image_targets(samples, data)
-    except Exception:
-        return samples, empty
-    names = data.classes.names
-    out = [dataclasses.replace(s, labels=tuple(n for n, t in zip(names, row) if t > 0.5))
-           for s, row in zip(samples, targets)]
-    frac = data.patches.min_fraction if data.patches else 0.0
-    return out, (f'<p class="note">no image-label column (data.label_column is null): an image counts for a class '
-                 f"when its mask holds it on more than {100 * frac:g} % of the image (the patch rule training labels "
-                 "come from).</p>")
+    out, note = labels_from_masks(samples, data)
+    return out, f'<p class="note">{esc(note)}</p>'
 
 
 def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
