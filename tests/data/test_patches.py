@@ -112,3 +112,19 @@ def test_oeem_rule_ignores_unlabelled_pixels():
     m[0, :5] = 1
     m[0, 5:] = 0
     np.testing.assert_array_equal(patch_labels_from_mask(m, classes, 0.45), [1, 1])  # 50 % of labelled pixels
+
+
+@pytest.mark.parametrize("h, w, size, stride", [(60, 128, 48, 40), (128, 128, 48, 40), (30, 20, 48, 16)])
+def test_padding_to_the_patches_gives_every_padded_crop(h, w, size, stride):
+    """With border: pad, the image padded as far as its patches reach holds each patch's crop_padded window, so
+    cached features of a patch past the border come from the pixels its label counts (they came from a window
+    moved back inside the image)."""
+    from histowsss.data.patches import pad_to_patches
+
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3)).astype(np.uint8)
+    cfg = PatchConfig(size=size, stride=stride, border="pad", label_rule="mask_fraction")
+    padded = pad_to_patches(img, cfg)
+    for p in tile_image(h, w, cfg):
+        np.testing.assert_array_equal(padded[p.y : p.y + p.size, p.x : p.x + p.size], crop_padded(img, p))
+    shift = PatchConfig(size=min(size, h, w), stride=stride, border="shift", label_rule="mask_fraction")
+    assert pad_to_patches(img, shift) is img and pad_to_patches(img, None) is img

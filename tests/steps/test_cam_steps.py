@@ -426,3 +426,27 @@ def test_a_class_no_training_patch_carries_is_refused_before_training(tiny_manif
                                "min_fraction: 0.99}"])
     with pytest.raises(StepError, match=r"class\(es\) 'gland' carried by no training patch"):
         train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())
+
+
+def test_cached_features_of_a_padded_patch_come_from_its_own_window(tiny_manifest):
+    """border: pad: the cache holds each image padded as far as its patches reach, so a patch past the border
+    takes the features of the window its label was counted on (at its own offset, not moved back inside)."""
+    from histowsss.data.crops import patch_examples
+    from histowsss.data.transforms import Normalizer
+    from histowsss.engine.crop_sources import CachedTrunkSource
+    from histowsss.steps.common import build_cam_network, samples_for
+
+    cfg = _cfg(tiny_manifest, ["data.patches={size: 48, stride: 40, border: pad, label_rule: image}",
+                               "train_cam.cache_copies=1"])
+    samples = samples_for(cfg, ["train"])[:2]
+    model = build_cam_network(cfg)
+    src = CachedTrunkSource(model, samples, cfg.data, cfg.train_cam, Normalizer(model.backbone.mean,
+                            model.backbone.std), torch.device("cpu"), 0, False)
+    f, _, _, (h, w), _ = src.copies[0][0]
+    assert (h, w) == (88, 88)  # 64-px images, patches at 0 and 40 reach 88
+    ex = [e for e in patch_examples(samples, cfg.data, [(64, 64)] * 2) if e.image == 0 and e.x == 40 and e.y == 40]
+    got = next(src.batches(ex, 1, np.random.default_rng(0), torch.device("cpu")))[0][0]
+    cells = got.shape[-1]
+    c0 = round(40 / src.stride)
+    assert c0 + cells <= f.shape[2]  # the window is not clamped back inside
+    torch.testing.assert_close(got, f[:, c0 : c0 + cells, c0 : c0 + cells].float())

@@ -66,6 +66,21 @@ def crop_padded(img: np.ndarray, p: Patch) -> np.ndarray:
     return img[p.y : p.y + p.size, p.x : p.x + p.size]
 
 
+def pad_to_patches(img: np.ndarray, cfg: PatchConfig | None) -> np.ndarray:
+    """``img`` reflect-padded at the bottom/right as far as its ``border: pad`` patches reach, so that any window of
+    it is the patch :func:`crop_padded` cuts (cached features of a patch past the border then see the pixels its
+    label counts); unchanged for other borders."""
+    if cfg is None or cfg.border != "pad":
+        return img
+    h, w = img.shape[:2]
+    patches = tile_image(h, w, cfg)
+    pad_y = max(0, max(p.y + p.size for p in patches) - h)
+    pad_x = max(0, max(p.x + p.size for p in patches) - w)
+    if not (pad_y or pad_x):
+        return img
+    return np.pad(img, [(0, pad_y), (0, pad_x)] + [(0, 0)] * (img.ndim - 2), mode="reflect")
+
+
 def patch_labels_from_mask(class_mask: np.ndarray, classes: ClassMap, min_fraction: float,
                            ignore_index: int = 255) -> np.ndarray:
     """Multi-hot patch label: class c is present if more than ``min_fraction`` of the patch's labelled pixels are c.

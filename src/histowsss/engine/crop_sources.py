@@ -20,6 +20,7 @@ from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.config import DataConfig
 from histowsss.data.manifest import Sample
+from histowsss.data.patches import pad_to_patches
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter, mirror_pad, random_dihedral_index
 from histowsss.engine.memory import check_cache_fits, image_pixels
 
@@ -64,7 +65,9 @@ class CachedTrunkSource:
         model.eval()
         held = 0
         for i_s, s in enumerate(_progress(samples, "caching trunk features")):
-            img = mirror_pad(load_image(s.image, data), min_side)
+            # patches past the border (data.patches.border: pad) take their features from the mirrored pixels
+            # their labels count, not from a window moved back inside the image
+            img = pad_to_patches(mirror_pad(load_image(s.image, data), min_side), data.patches)
             per = []
             for c in range(cfg.cache_copies):
                 scale = cfg.cache_scales[c % len(cfg.cache_scales)]
