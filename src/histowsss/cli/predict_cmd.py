@@ -123,31 +123,27 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.steps.segnet_io import check_network_input, load_segnet
 
     held = bundle_networks(run_dir)
-    if held is not None:  # an exported model copied in part: its own words, not a run folder's "train it first"
-        from histowsss.export.model_bundle import missing_bundle_files
+    if held is not None:  # an exported model is checked against its card: copied in part, or damaged
+        from histowsss.export.model_bundle import bundle_file_state
 
-        missing = missing_bundle_files(run_dir)
-        if missing:
+        missing, weights, other = bundle_file_state(run_dir)
+        if missing:  # its own words, not a run folder's "train it first"
             what = ("its network's weights" if any(m.endswith(".safetensors") for m in missing) else "files")
             raise FileNotFoundError(f"{run_dir}: this exported model folder lacks {what} ({', '.join(missing)}; "
                                     "copied in part?); copy the whole folder again, or export it anew from its run "
                                     "folder (`histowsss export RUN_DIR --out DIR`)")
-    cfg = load_run_config(run_dir)
-    if held is not None and network not in held:
-        raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
-                                f"from its run folder with `histowsss export RUN_DIR --out DIR"
-                                f"{' --supervised' if network == 'seg_supervised' else ''}`")
-    if held is not None:  # an exported model is checked against its card: damaged weights predict garbage
-        from histowsss.export.model_bundle import changed_bundle_files
-
-        weights, other = changed_bundle_files(run_dir)
-        if weights:
+        if weights:  # damaged weights predict garbage (NaN)
             raise ValueError(f"{run_dir}: {', '.join(weights)} differ(s) from what `histowsss export` wrote (sha256 in "
                              "model.json): a damaged or partial copy; copy the exported folder again, or export it "
                              "anew from its run folder")
         if other:
             log(f"warning: {run_dir}: {', '.join(other)} changed since the export (sha256 in model.json): predicting "
                 "with the changed file(s)")
+    cfg = load_run_config(run_dir)
+    if held is not None and network not in held:
+        raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
+                                f"from its run folder with `histowsss export RUN_DIR --out DIR"
+                                f"{' --supervised' if network == 'seg_supervised' else ''}`")
     files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
     slides = {f for f in files if is_slide_file(f)}
     o = slide_options
@@ -218,7 +214,7 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
     from histowsss.engine.atomic import write_bytes, write_npz, write_png
     from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
     from histowsss.slides.predict import NoTissueError, predict_slide_file
-    from histowsss.steps.eval_seg import labels_from_probs, predict_probs
+    from histowsss.steps.eval_seg import finite_probs, labels_from_probs, predict_probs
     from histowsss.steps.segnet_io import weights_fingerprint
 
     classes = cfg.data.classes
@@ -236,11 +232,7 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
             return None
     original = read_rgb(f)
     img = load_image(f, cfg.data)  # as the network saw its training images: scaled, stain-normalised
-    probs = predict_probs(model, img, cfg, dev)
-    if not np.isfinite(probs).all():
-        raise ValueError(f"{f}: the network's probabilities are not finite (NaN / inf): its weights "
-                         f"({run_dir / 'checkpoints'}) are damaged (train or export it again), or bfloat16 "
-                         "overflowed (try --no-cpu-amp)")
+    probs = finite_probs(predict_probs(model, img, cfg, dev), f)
     if gate is not None:
         from histowsss.steps.image_gate import apply_gate
 

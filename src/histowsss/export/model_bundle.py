@@ -219,21 +219,15 @@ def bundle_networks(folder: Path) -> list[str] | None:
     return [json.loads(path.read_text()).get("network", "seg")]
 
 
-def changed_bundle_files(folder: Path) -> tuple[list[str], list[str]]:
-    """(network weights, other files) of an exported model folder whose bytes differ from what ``export`` wrote
-    (the model card's sha256); missing files are left to the readers, which name them."""
+def bundle_file_state(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """The files of an exported model folder's card that are (missing, network weights changed, other files
+    changed): bytes that differ from what ``export`` wrote (the card's sha256)."""
     card = json.loads((Path(folder) / MODEL_CARD).read_text())
-    weights, other = [], []
+    missing, weights, other = [], [], []
     for name, rec in (card.get("files") or {}).items():
         f = Path(folder) / name
         if not f.is_file():
-            continue
-        if f.stat().st_size != rec.get("bytes") or _sha256(f) != rec.get("sha256"):
+            missing.append(name)
+        elif f.stat().st_size != rec.get("bytes") or _sha256(f) != rec.get("sha256"):
             (weights if name.endswith(".safetensors") else other).append(name)
-    return weights, other
-
-
-def missing_bundle_files(folder: Path) -> list[str]:
-    """The files of an exported model folder's card that are not there (a folder copied in part)."""
-    card = json.loads((Path(folder) / MODEL_CARD).read_text())
-    return [name for name in (card.get("files") or {}) if not (Path(folder) / name).is_file()]
+    return missing, weights, other

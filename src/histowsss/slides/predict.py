@@ -115,7 +115,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     from histowsss.slides.inference import UNLABELLED, predict_slide
     from histowsss.slides.reader import open_slide
     from histowsss.slides.tissue import tissue_mask
-    from histowsss.steps.eval_seg import clean_for, predict_probs
+    from histowsss.steps.eval_seg import clean_for, finite_probs, predict_probs
 
     o = options or SlideOptions()
     downsample, slide_mpp, train_mpp, backend = o.downsample, o.slide_mpp, o.train_mpp, o.backend
@@ -149,11 +149,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                 f"{origin} as QuPath's do (--no-crop for the uncropped frame)")
 
         def predict_fn(rgb: np.ndarray) -> np.ndarray:
-            p = predict_probs(model, stain(rgb) if stain else rgb, cfg, device)
-            if not np.isfinite(p).all():
-                raise ValueError(f"{path}: the network's probabilities are not finite (NaN / inf): its weights "
-                                 "are damaged (train or export it again), or bfloat16 overflowed (try --no-cpu-amp)")
-            return p
+            return finite_probs(predict_probs(model, stain(rgb) if stain else rgb, cfg, device), path)
 
         st = Path(path).stat()  # a slide scanned again under the same name and size is another slide
         params = {"slide": str(Path(path).resolve()), "file": [st.st_size, st.st_mtime_ns],

@@ -81,6 +81,15 @@ def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
                             cpu_amp=ev.cpu_amp)
 
 
+def finite_probs(probs: np.ndarray, where) -> np.ndarray:
+    """``probs``, or a ValueError naming ``where`` when some are NaN / inf (damaged weights, bfloat16 overflow):
+    predict stops instead of writing labels of class 0."""
+    if not np.isfinite(probs).all():
+        raise ValueError(f"{where}: the network's probabilities are not finite (NaN / inf): its weights are damaged "
+                         "(train or export it again), or bfloat16 overflowed (try --no-cpu-amp)")
+    return probs
+
+
 def labels_from_probs(probs: np.ndarray, cfg: RunConfig) -> np.ndarray:
     """Class ids (uint8) of (C, H, W) probabilities: the argmax, then the eval_seg object clean-up."""
     return clean_for(probs.argmax(0).astype(np.uint8), cfg)
