@@ -148,7 +148,8 @@ def test_stats_label_column_override_without_config(builder):
 
 
 def test_stats_and_split_read_one_column_per_class(builder):
-    """One-hot columns are found without a config (a row with none marked counts as 'none'), and `data split`
+    """One-hot columns are found without a config (a row with none marked counts as 'unmarked', the background, or
+    as the column named like a background class), and `data split`
     stratifies by the classes they mark."""
     rows = []
     for p in range(12):
@@ -159,8 +160,14 @@ def test_stats_and_split_read_one_column_per_class(builder):
     m = builder.manifest(rows, columns=["image", "split", "patient", "tumour", "stroma"])
     r = invoke("data", "stats", m)
     assert r.exit_code == 0, r.output
-    # columns: split, images, patients, then images / patients of tumour, stroma, none
+    # columns: split, images, patients, then images / patients of unmarked, tumour, stroma
     assert _table_rows(r.stdout)["train"] == ["train", "18", "9", "6", "3", "6", "3", "6", "3"]
+    assert "8 row(s) mark none of the class columns: counted as 'unmarked'" in flat(r.output)
+    m2 = builder.root / "m2.csv"
+    m2.write_text(m.read_text().replace("stroma", "normal", 1))  # a background column: unmarked rows are 'normal'
+    r = invoke("data", "stats", m2)
+    assert r.exit_code == 0 and "unmarked" not in r.output
+    assert _table_rows(r.stdout)["train"] == ["train", "18", "9", "6", "3", "12", "6"]
     r = invoke("data", "stats", m, "--set", "data.label_columns=[tumour]")
     assert r.exit_code == 0 and "stroma" not in r.stdout
     out = builder.root / "split.csv"

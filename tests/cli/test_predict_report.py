@@ -15,6 +15,7 @@ from shapely.geometry import shape
 from typer.testing import CliRunner
 
 from histowsss.cli.app import app
+from histowsss.data.io import image_stem
 
 FAST = ["data.image_scale=0.5", "train_seg.encoder=test_efficientnet", "train_seg.encoder_weights=none",
         "train_seg.decoder_channels=[16,16,8,8,8]", "train_seg.epochs=2", "train_seg.batch_size=4",
@@ -32,10 +33,11 @@ def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path
     images = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))
     folder = tmp_path / "in"
     folder.mkdir()
-    shutil.copy(images[1], folder / "b.png")
+    Image.open(images[1]).save(folder / "b.ome.tif")  # OME-TIFF: named 'b', not 'b.ome'
     out = tmp_path / "out"
     res = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[0]), str(folder), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert not list(out.glob("b.ome*"))
     for stem in (images[0].stem, "b"):
         lab = np.asarray(Image.open(out / f"{stem}_labels.png"))
         assert lab.shape == (64, 64) and lab.dtype == np.uint8 and lab.max() <= 1  # level 0: the input's size
@@ -54,7 +56,7 @@ def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path
             assert 0.5 - 1e-3 <= m["min_probability"] <= m["mean_probability"] <= 1
             minx, miny, maxx, maxy = shape(f["geometry"]).bounds
             assert 0 <= minx and maxx <= 64 and 0 <= miny and maxy <= 64  # level-0 pixels of the 64 px input
-    rows = {Path(r["input"]).stem: r for r in csv.DictReader(open(out / "predictions.csv", newline=""))}
+    rows = {image_stem(r["input"]): r for r in csv.DictReader(open(out / "predictions.csv", newline=""))}
     assert set(rows) == {images[0].stem, "b"}
     for stem, r in rows.items():
         lab = np.asarray(Image.open(out / f"{stem}_labels.png"))

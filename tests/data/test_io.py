@@ -289,3 +289,11 @@ def test_a_mask_turned_by_90_degrees_says_why(tmp_path):
         read_mask(p, expected_hw=(20, 30))
     with pytest.raises(ImageReadError, match="belongs to another image"):
         read_mask(p, expected_hw=(20, 31))
+
+
+def test_image_stem_drops_a_two_part_ome_suffix():
+    from histowsss.data.io import image_stem
+
+    assert image_stem("d/a.png") == "a" and image_stem("a.b.png") == "a.b"
+    assert image_stem("slides/s1.ome.tif") == "s1" and image_stem("S1.OME.TIFF") == "S1"
+    assert image_stem(".ome.tif") == ".ome"  # nothing before the suffix: the plain rule

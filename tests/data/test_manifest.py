@@ -33,6 +33,12 @@ def test_root_overrides_manifest_folder(builder, data_config, tmp_path):
     assert s.image == builder.root / "images/a.png"
 
 
+def test_an_ome_tiff_is_named_without_its_two_part_suffix(builder, data_config):
+    m = builder.manifest([builder.row("a", label="benign")], name="m.csv")
+    m.write_text(m.read_text().replace("images/a.png", "images/a.ome.tif"))
+    assert read_manifest(data_config(m))[0].name == "a"
+
+
 def test_manifest_not_found(tmp_path, data_config):
     p = tmp_path / "none.csv"
     with pytest.raises(ManifestError) as e:

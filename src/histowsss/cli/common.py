@@ -106,10 +106,20 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         if not given and log is not None:  # two 0/1 flag columns look the same as class columns: say what was taken
             log(f"labels from the 0/1 columns {', '.join(class_cols)} (found: no 'label' column); if another "
                 "column holds the class names, pass --set data.label_column=COLUMN")
+        from histowsss.config_init import BACKGROUND_NAMES
+
         marked = [class_columns_labels(row, [c for c in class_cols if c in cols])[0] for row in rows]
-        names = class_cols + (["none"] if any(not m for m in marked) and "none" not in class_cols else [])
+        names, bg = list(class_cols), None
+        if any(not m for m in marked):  # rows that mark no class: the background class, as `init` takes it
+            named = [c for c in class_cols if c.lower() in BACKGROUND_NAMES]
+            bg = named[0] if len(named) == 1 else "unmarked"
+            if bg not in names:
+                names = [bg] + names
+                if log is not None:
+                    log(f"{sum(not m for m in marked)} row(s) mark none of the class columns: counted as "
+                        "'unmarked' (the background class; `histowsss init --background NAME` names it)")
         raw.update(label_columns=class_cols, multi_label=data_over.get("multi_label", any(len(m) > 1 for m in marked)),
-                   classes={"names": names, **({"background": "none"} if len(names) > len(class_cols) else {})})
+                   classes={"names": names, **({"background": bg} if bg is not None else {})})
     elif "classes" not in data_over:
         raise ConfigError(f"{manifest}: no 'label' column; pass --set data.label_column=COLUMN, "
                           "--set data.label_columns=[CLASS1,CLASS2,...] (one 0/1 column per class), or --config "

@@ -31,7 +31,7 @@ import numpy as np
 import typer
 
 from histowsss.cli.common import clear_errors, log_line
-from histowsss.data.io import IMAGE_SUFFIXES
+from histowsss.data.io import IMAGE_SUFFIXES, image_stem
 from histowsss.export.overlay import overlay
 from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_inputs, summary_row
 from histowsss.slides.predict import SlideOptions
@@ -72,10 +72,11 @@ def collect_inputs(inputs: list[Path], recursive: bool = False, exclude: Path | 
             raise FileNotFoundError(f"{p}: no such file or folder")
     stems: dict[str, Path] = {}
     for f in out:
-        if f.stem in stems and stems[f.stem] != f:
-            raise ValueError(f"two inputs share the name {f.stem!r} ({stems[f.stem]} and {f}); their outputs would "
+        stem = image_stem(f)
+        if stem in stems and stems[stem] != f:
+            raise ValueError(f"two inputs share the name {stem!r} ({stems[stem]} and {f}); their outputs would "
                              "collide: predict them into different --out folders")
-        stems[f.stem] = f
+        stems[stem] = f
     return list(dict.fromkeys(out))
 
 
@@ -155,7 +156,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             "8192 px; resample a region to the training resolution before predicting it)")
 
     def outputs_of(f: Path) -> list[Path]:
-        return slide_output_paths(out_dir, f.stem) if f in slides else output_paths(out_dir, f.stem)
+        return slide_output_paths(out_dir, image_stem(f)) if f in slides else output_paths(out_dir, image_stem(f))
 
     if skip_existing and not overwrite:  # each input's last output is written last: all there = finished
         done = [f for f in files if all(p.exists() for p in outputs_of(f))]
@@ -244,13 +245,13 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
         from PIL import Image
 
         lab0 = np.asarray(Image.fromarray(lab).resize((W, H), Image.NEAREST))
-    labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, f.stem)
+    labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, image_stem(f))
     write_png(labels_p, lab0)
     write_npz(prob_p, probs=probs.astype(np.float16), classes=np.array(classes.names),
               image_scale=np.array(scale), level0_size=np.array((H, W)))
     write_png(overlay_p, overlay(original, lab0, colors, bg))
     feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
-                               min_area=min_area, id_prefix=f.stem, probs=probs)
+                               min_area=min_area, id_prefix=image_stem(f), probs=probs)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())  # the last output: all there = finished
     counts = _region_counts(feats, classes.names, bg)
     log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
@@ -265,7 +266,7 @@ def _region_counts(feats: list[dict], names: list[str], bg: int | None) -> dict[
 
 def _image_record(f: Path, out_dir: Path, lab0: np.ndarray, counts: dict[str, int], names: list[str]) -> dict:
     """The record of a predicted image from its level-0 label map and region counts."""
-    labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, f.stem)
+    labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, image_stem(f))
     H, W = lab0.shape
     px = np.bincount(lab0.ravel(), minlength=len(names))
     return {"input": str(f), "kind": "image", "labels": str(labels_p), "probs": str(prob_p),
@@ -280,8 +281,8 @@ def _record_from_outputs(f: Path, is_slide: bool, out_dir: Path, cfg) -> dict:
     from histowsss.slides.predict import slide_output_paths
 
     if is_slide:
-        return json.loads(slide_output_paths(out_dir, f.stem)[-1].read_text())
-    labels_p, _, _, geo_p = output_paths(out_dir, f.stem)
+        return json.loads(slide_output_paths(out_dir, image_stem(f))[-1].read_text())
+    labels_p, _, _, geo_p = output_paths(out_dir, image_stem(f))
     feats = json.loads(geo_p.read_text())["features"]
     names = cfg.data.classes.names
     return _image_record(f, out_dir, read_mask(labels_p), _region_counts(feats, names, cfg.data.classes.background_index),

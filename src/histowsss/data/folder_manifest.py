@@ -30,6 +30,7 @@ import numpy as np
 from histowsss.data.io import IMAGE_SUFFIXES
 from histowsss.data.manifest import write_manifest
 from histowsss.data.split import grouped_stratified_split, strata_with_masks
+from histowsss.data.io import image_stem
 
 SPLIT_FOLDER = re.compile(r"^(train|training|val|valid|validation|dev|test|testing)([-_]?[a-z0-9]+)?$", re.IGNORECASE)
 
@@ -65,7 +66,7 @@ def _subfolders(folder: Path, skip: set[Path]) -> list[Path]:
 
 def _patient(rel: str, pattern: re.Pattern[str] | None) -> str | None:
     if pattern is None:
-        return Path(rel).stem
+        return image_stem(rel)
     m = pattern.search(rel)
     if m is None:
         return None
@@ -92,10 +93,11 @@ def _claim(img: Path, root: Path, pattern: re.Pattern[str] | None, seen: dict[st
     if patient is None:
         unmatched.append(rel)
         return None
-    if img.stem in seen:
-        raise FolderLayoutError(f"{root}: two images named {img.stem!r} ({seen[img.stem].relative_to(root)} and "
+    stem = image_stem(img)
+    if stem in seen:
+        raise FolderLayoutError(f"{root}: two images named {stem!r} ({seen[stem].relative_to(root)} and "
                                 f"{rel}); image names must be unique: rename one")
-    seen[img.stem] = img
+    seen[stem] = img
     return patient
 
 
@@ -131,7 +133,7 @@ def _mask_index(masks: list[Path], suffix: str) -> dict[str, Path]:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: mask folder not found")
         for p in _images_below(Path(folder)):
-            stem = p.stem
+            stem = image_stem(p)
             if suffix:
                 if not stem.endswith(suffix):
                     continue
@@ -208,7 +210,7 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
                 continue
             row = {"image": _relpath(img, out), "split": split, "patient": patient, label_column: cls.name}
             if masks is not None:
-                m = mask_index.get(img.stem)
+                m = mask_index.get(image_stem(img))
                 row["mask"] = _relpath(m, out) if m is not None else ""
             rows.append(row)
         if len(rows) == n_before and not unmatched:
@@ -289,10 +291,10 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
     for img in images:
         rel = img.relative_to(root).as_posix()
         try:
-            labels = label_from_name(img.stem, class_names)
+            labels = label_from_name(image_stem(img), class_names)
         except ValueError as e:
             raise FolderLayoutError(f"{rel}: {e}") from None
-        mask = mask_index.get(img.stem)
+        mask = mask_index.get(image_stem(img))
         if labels is None:
             if mask is None:
                 raise FolderLayoutError(f"{rel}: no label vector [..] at the end of its name and no mask to read its "

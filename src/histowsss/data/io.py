@@ -8,6 +8,17 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # the file types read as plain images
+_COMPOUND_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf")  # OME-TIFF: one suffix in two parts
+
+
+def image_stem(path: str | Path) -> str:
+    """An image's name without its file type: `a.png` -> `a`, and `a.ome.tif` -> `a` (not `a.ome`)."""
+    name = Path(path).name
+    low = name.lower()
+    for suf in _COMPOUND_SUFFIXES:
+        if low.endswith(suf) and len(name) > len(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
 
 
 class ImageReadError(ValueError):

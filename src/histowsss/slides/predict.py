@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from histowsss.data.io import image_stem
 
 
 @dataclass
@@ -159,7 +160,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
         if stain is not None:  # the Reinhard source statistics come from the tissue of this reader's thumbnail
             params.update(backend=slide.backend, tissue_threshold=tissue_threshold)
-        cache = out_dir / f"{path.stem}.partial"
+        cache = out_dir / f"{image_stem(path)}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
                              fill_class=bg, cache_dir=cache, params=params, log=log)
         labels = clean_for(pred.labels(), cfg, pixel_factor=out_factor)
@@ -171,14 +172,14 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
         view = slide.read_banded(0, 0, labels.shape[1] * pred.out_downsample, labels.shape[0] * pred.out_downsample,
                                  (ow, oh))
         lab_view = np.asarray(Image.fromarray(labels).resize((ow, oh), Image.NEAREST))
-    labels_p, prob_p, overlay_p, tissue_p, geo_p, summary_p = slide_output_paths(out_dir, path.stem)
+    labels_p, prob_p, overlay_p, tissue_p, geo_p, summary_p = slide_output_paths(out_dir, image_stem(path))
     write_png(labels_p, labels)
     write_npz(prob_p, probs=pred.probs_float16(), classes=np.array(names),
               out_downsample=np.array(pred.out_downsample), level0_size=np.array((H0, W0)))
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
-                               simplify=simplify, min_area=min_area, id_prefix=path.stem, probs=pred.probs,
+                               simplify=simplify, min_area=min_area, id_prefix=image_stem(path), probs=pred.probs,
                                bounds=(W0, H0), origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from histowsss.data.manifest import read_csv_rows
+from histowsss.data.io import image_stem
 
 
 class SlideManifestError(ValueError):
@@ -116,7 +117,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                 if not (root / r["image"]).exists()]
     stems: dict[str, int] = {}
     for i, r in zip(lines, rows):
-        stem = Path(r["image"]).stem
+        stem = image_stem(r["image"])
         if stem in stems:
             problems.append(f"rows {stems[stem]} and {i}: two slides named {stem!r} would share tiles/{stem}/ "
                             "(rename one)")
@@ -162,10 +163,10 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     elif earlier is not None:
         for image, sha in annotation_sha.items():
             if earlier_sha.get(image) != sha:  # the annotations were edited since: that slide's masks are redone
-                if (out_dir / "masks" / Path(image).stem).exists():
+                if (out_dir / "masks" / image_stem(image)).exists():
                     log(f"{image}: its annotations changed (or were not recorded) since the earlier call; its masks "
                         "are written anew")
-                shutil.rmtree(out_dir / "masks" / Path(image).stem, ignore_errors=True)
+                shutil.rmtree(out_dir / "masks" / image_stem(image), ignore_errors=True)
     write_json(record, {**settings, **({"annotation_sha": annotation_sha} if annotation_sha else {})})
     out_rows: list[dict[str, str]] = []
     for i, r in zip(lines, rows):
@@ -178,12 +179,12 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
             cells = tissue_cells(slide, ds, tile, stride, min_tissue, tissue_threshold)
             if max_tiles is not None and len(cells) > max_tiles:
                 cells = sorted(random.Random(f"{seed}/{path.name}").sample(cells, max_tiles), key=lambda c: (c[1], c[0]))
-            sub = out_dir / "tiles" / path.stem
+            sub = out_dir / "tiles" / image_stem(path)
             # (a transient bar in a log, stdout not a terminal, leaves only a blank line)
             for x, y, f in track(cells, description=f"{path.name}: tiles", transient=True,
                                  disable=not sys.stdout.isatty()):
                 x0, y0 = int(round(x * ds)), int(round(y * ds))
-                name = f"{path.stem}_x{x0}_y{y0}.png"
+                name = f"{image_stem(path)}_x{x0}_y{y0}.png"
                 dest = sub / name
                 box = (x * ds, y * ds, tile * ds, tile * ds)
                 if not dest.exists() or rewrite:
@@ -193,7 +194,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                 if annotated:
                     row["mask"] = ""
                     if ann is not None:
-                        mdest = out_dir / "masks" / path.stem / name
+                        mdest = out_dir / "masks" / image_stem(path) / name
                         if not mdest.exists() or rewrite:
                             write_png(mdest, ann.rasterize(box[0] - ox, box[1] - oy, box[2], box[3], (tile, tile)))
                         row["mask"] = str(mdest.relative_to(out_dir))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from histowsss.config import RunConfig
-from histowsss.data.io import resize
+from histowsss.data.io import image_stem, resize
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import IGNORE, load_class_mask
 from histowsss.engine.atomic import read_npz
@@ -69,7 +69,7 @@ def folder_label_path(cfg: RunConfig, sample: Sample) -> Path | None:
     """The label PNG of ``sample`` in train_seg.label_dir: ``<name>.png`` or ``<name>_labels.png`` (what
     ``histowsss predict`` writes), ``name`` being the manifest name or the image file's stem; None if absent."""
     d = Path(cfg.train_seg.label_dir or "")
-    for stem in dict.fromkeys([sample.name, Path(sample.image).stem]):
+    for stem in dict.fromkeys([sample.name, image_stem(sample.image), Path(sample.image).stem]):
         for p in (d / f"{stem}.png", d / f"{stem}_labels.png"):
             if p.exists():
                 return p
