@@ -297,3 +297,19 @@ def test_image_stem_drops_a_two_part_ome_suffix():
     assert image_stem("d/a.png") == "a" and image_stem("a.b.png") == "a.b"
     assert image_stem("slides/s1.ome.tif") == "s1" and image_stem("S1.OME.TIFF") == "S1"
     assert image_stem(".ome.tif") == ".ome"  # nothing before the suffix: the plain rule
+
+
+def test_a_truncated_tif_is_one_clear_error_without_decoder_noise(tmp_path, capfd, caplog):
+    """A copy cut short: the error names the file; tifffile's tag errors, Pillow's warnings and libtiff's
+    stderr lines are not printed around it."""
+    tifffile = pytest.importorskip("tifffile")
+    a = np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "full.tif", a, photometric="rgb", compression="zlib")
+    data = (tmp_path / "full.tif").read_bytes()
+    for i, cut in enumerate((len(data) // 2, 300)):
+        (tmp_path / f"cut{i}.tif").write_bytes(data[:cut])
+        with pytest.raises(ImageReadError, match=rf"cut{i}\.tif: cannot be decoded as an image.*truncated"):
+            read_rgb(tmp_path / f"cut{i}.tif")
+    err = capfd.readouterr().err
+    assert "TIFF" not in err and "Truncated" not in err, err
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]

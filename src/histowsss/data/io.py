@@ -73,11 +73,22 @@ def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
     return np.asarray(out)
 
 
+def _codec_missing(e: BaseException) -> bool:
+    """Whether tifffile failed for want of a codec (LZW, JPEG, ... without imagecodecs), not on damaged data."""
+    text = str(e).lower()
+    return isinstance(e, (NotImplementedError, KeyError)) or "imagecodecs" in text or "not supported" in text
+
+
 def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
     """A TIFF's first image, samples last (planar-separate RGB comes as (3, H, W)); compressions tifffile cannot
     decode without the optional ``imagecodecs`` (LZW, JPEG, ...) are read with Pillow instead."""
+    import logging
+
     import tifffile
 
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a damaged file's tag errors: the one ImageReadError below says it
     try:
         with tifffile.TiffFile(path) as tif:
             arr = np.asarray(tif.asarray())  # series 0, level 0 (tifffile.imread's default)
@@ -87,16 +98,21 @@ def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
         return np.ascontiguousarray(arr)
     except Exception as e:  # decoder errors differ per format
         tiff_error: BaseException = e
-    try:
-        special = _read_pillow(path, keep_palette)
-        if special is not None:
-            return special
-        from PIL import Image
+    finally:
+        log.setLevel(level)
+    if _codec_missing(tiff_error):  # Pillow decodes some of those; a damaged file it would only complain about
+        try:
+            special = _read_pillow(path, keep_palette)
+            if special is not None:
+                return special
+            from PIL import Image
 
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception:
-        pass
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as im:
+                    return np.asarray(im)
+        except Exception:
+            pass
     if "imagecodecs" in str(tiff_error):
         raise ImageReadError(f"{path}: its TIFF compression needs the imagecodecs package ({tiff_error}); "
                              "`pip install imagecodecs` (the [slides] extra brings it), or re-save it uncompressed "
