@@ -236,15 +236,16 @@ def test_slide_geojson_is_in_level0_pixels(trained_run: Path, tmp_path: Path, ma
     # a slide QuPath crops to its openslide.bounds (.mrxs): the GeoJSON is in QuPath's frame, or with --no-crop not
     from histowsss.slides.reader import Slide
 
-    monkeypatch.setattr(Slide, "qupath_origin", property(lambda self: (8, 4)))
-    for no_crop, shift in ((False, (8, 4)), (True, (0, 0))):
+    monkeypatch.setattr(Slide, "qupath_frame", property(lambda self: (8, 4, 100, 90)))
+    for no_crop, shift, size in ((False, (8, 4), (100, 90)), (True, (0, 0), (128, 128))):
         out = tmp_path / f"crop_{no_crop}"
         recs = predict_cmd.predict_images(
             trained_run, [slide], out, min_area=0, simplify=0, log=lambda m: None,
             slide_options=predict_cmd.SlideOptions(train_mpp=1.0, tile_size=16, margin=0, out_factor=2,
                                                    tissue_threshold=0.01, no_crop=no_crop))
         (g,) = json.loads((out / "slide.geojson").read_text())["features"]
-        assert shape(g["geometry"]).bounds == pytest.approx((-shift[0], -shift[1], 128.0 - shift[0], 128.0 - shift[1]))
+        # in the frame's own pixels, cut to it: nothing QuPath does not show (no negative coordinates)
+        assert shape(g["geometry"]).bounds == pytest.approx((0.0, 0.0, *size))
         assert recs[0]["geojson_origin_level0"] == list(shift)
 
 
@@ -254,12 +255,12 @@ def test_the_qupath_origin_is_the_corner_of_the_openslide_bounds():
     from histowsss.slides.reader import Slide
 
     def slide(props):
-        return Slide(Path("x.mrxs"), SimpleNamespace(properties=props), "openslide")
+        return Slide(Path("x.mrxs"), SimpleNamespace(properties=props, dimensions=(9000, 8000)), "openslide")
 
     bounds = {"openslide.bounds-x": "1200", "openslide.bounds-y": "340", "openslide.bounds-width": "5000",
               "openslide.bounds-height": "4000"}
-    assert slide(bounds).qupath_origin == (1200, 340)
-    assert slide({}).qupath_origin == (0, 0)
+    assert slide(bounds).qupath_origin == (1200, 340) and slide(bounds).qupath_frame == (1200, 340, 5000, 4000)
+    assert slide({}).qupath_origin == (0, 0) and slide({}).qupath_frame == (0, 0, 9000, 8000)
     assert slide({k: v for k, v in bounds.items() if not k.endswith("height")}).qupath_origin == (0, 0)
 
 

@@ -114,7 +114,7 @@ def test_annotations_of_a_slide_qupath_crops_are_shifted_to_level0(tmp_path: Pat
 
     (tmp_path / "slides").mkdir()
     make_slide(tmp_path / "slides" / "a.tif", tissue_slide_rgb(), mpp=0.25)
-    monkeypatch.setattr(Slide, "qupath_origin", property(lambda self: (20, 10)))
+    monkeypatch.setattr(Slide, "qupath_frame", property(lambda self: (20, 10, *self.dimensions)))
     write_geojson(tmp_path / "slides" / "a.geojson", [feature([square(40, 30, 140, 130)], "gland")])  # (60,40)-(160,140)
     m = tmp_path / "slides.csv"
     m.write_text("image,split,patient,label,annotations\nslides/a.tif,test,p1,malignant,slides/a.geojson\n")

@@ -98,15 +98,15 @@ def _round_coords(obj: Any, ndigits: int) -> Any:
     return obj
 
 
-def _clip(geom, bounds: tuple[float, float]):
-    """``geom`` cut to the box (0, 0, width, height): a Polygon or MultiPolygon, or None when nothing is left."""
+def _clip(geom, frame: tuple[float, float, float, float]):
+    """``geom`` cut to the box ``frame`` (x0, y0, x1, y1): a Polygon or MultiPolygon, or None when nothing is left."""
     from shapely.geometry import MultiPolygon, Polygon, box
 
-    w, h = bounds
+    x0, y0, x1, y1 = frame
     minx, miny, maxx, maxy = geom.bounds
-    if minx >= 0 and miny >= 0 and maxx <= w and maxy <= h:
+    if minx >= x0 and miny >= y0 and maxx <= x1 and maxy <= y1:
         return geom
-    cut = geom.intersection(box(0, 0, w, h))
+    cut = geom.intersection(box(x0, y0, x1, y1))
     parts = [g for g in getattr(cut, "geoms", [cut]) if isinstance(g, Polygon) and g.area > 0]
     if not parts:
         return None
@@ -120,9 +120,10 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                        origin: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
     """GeoJSON features of every non-background class of a class-id map (IGNORE pixels are skipped).
 
-    ``bounds`` (width, height), in output coordinates: polygons are cut to that box (a slide's output grid rounds
-    its last row and column up, past the slide's edge). ``origin`` (output coordinates) is subtracted from every
-    coordinate after the cut: the corner of QuPath's cropped frame (``Slide.qupath_origin``).
+    ``bounds`` (width, height) of the frame that starts at ``origin``, in output coordinates: polygons are cut to
+    that box (a slide's output grid rounds its last row and column up, past the slide's edge; QuPath shows a slide
+    with openslide bounds cropped to them, ``Slide.qupath_frame``), then ``origin`` is subtracted from every
+    coordinate, so the GeoJSON is in the frame's own pixels.
 
     ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the measurements
     ``mean_probability`` and ``min_probability`` of its class over its pixels (QuPath lists them per annotation,
@@ -145,7 +146,7 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
         for j, (geom, (sl, pixels)) in enumerate(region_polygons(mask, scale=scale, simplify=simplify,
                                                                   min_area=min_area, with_pixels=True)):
             if bounds is not None:
-                geom = _clip(geom, bounds)
+                geom = _clip(geom, (origin[0], origin[1], origin[0] + bounds[0], origin[1] + bounds[1]))
                 if geom is None:
                     continue
             if origin != (0, 0):

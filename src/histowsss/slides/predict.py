@@ -144,7 +144,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                                    "Lower --tissue-threshold if it holds faint tissue"))
         stain = _stain_fn(cfg, thumb, tissue)
         backend_used = slide.backend
-        origin = (0, 0) if o.no_crop else slide.qupath_origin
+        frame = (0, 0, *slide.dimensions) if o.no_crop else slide.qupath_frame
+        origin = frame[:2]
         if origin != (0, 0):
             log(f"{path.name}: QuPath crops this slide to its bounds; GeoJSON coordinates start at level-0 pixel "
                 f"{origin} as QuPath's do (--no-crop for the uncropped frame)")
@@ -180,7 +181,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
                                simplify=simplify, min_area=min_area, id_prefix=image_stem(path), probs=pred.probs,
-                               bounds=(W0, H0), origin=origin)
+                               bounds=frame[2:], origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
     # the thumbnail's tissue mask misses white lumen and tissue edges that the network calls a class: count them too,

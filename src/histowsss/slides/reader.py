@@ -87,18 +87,26 @@ class Slide:
         return tuple((int(w), int(h)) for w, h in self.handle.level_dimensions)
 
     @property
-    def qupath_origin(self) -> tuple[int, int]:
-        """Level-0 pixel where QuPath's image coordinates start: QuPath's OpenSlide reader crops a slide to the
-        ``openslide.bounds-*`` box when the file has one (MIRAX .mrxs, some Hamamatsu), so its (0, 0) is
-        (bounds-x, bounds-y); (0, 0) otherwise. Annotations exchanged with QuPath are shifted by it."""
+    def qupath_frame(self) -> tuple[int, int, int, int]:
+        """The level-0 box (x, y, width, height) QuPath shows of this slide: its OpenSlide reader crops a slide to
+        the ``openslide.bounds-*`` box when the file has one (MIRAX .mrxs, some Hamamatsu), so QuPath's (0, 0) is
+        (bounds-x, bounds-y); the whole slide otherwise. Annotations exchanged with QuPath are shifted by its corner."""
         props = self.handle.properties
         keys = [f"openslide.bounds-{k}" for k in ("x", "y", "width", "height")]
+        whole = (0, 0, *self.dimensions)
         if not all(props.get(k) not in (None, "") for k in keys):
-            return (0, 0)
+            return whole
         try:
-            return (int(props[keys[0]]), int(props[keys[1]]))
+            x, y, w, h = (int(props[k]) for k in keys)
         except (TypeError, ValueError):
-            return (0, 0)
+            return whole
+        return (x, y, w, h) if w > 0 and h > 0 else whole
+
+    @property
+    def qupath_origin(self) -> tuple[int, int]:
+        """Level-0 pixel where QuPath's image coordinates start: the corner of :attr:`qupath_frame`."""
+        x, y, _, _ = self.qupath_frame
+        return (x, y)
 
     @property
     def mpp(self) -> float | None:
