@@ -418,3 +418,17 @@ def test_check_without_a_config_reads_the_splits_by_name(builder):
     out = flat(r.output)
     assert "split 'val'" not in out and "split 'testA'" not in out
     assert "split 'holdout' (1 image(s)) is in none of" in out
+
+
+def test_check_wants_a_patch_only_of_the_images_the_run_tiles(builder):
+    """Training images are cut into patches; a val image only when the patch gate reads its mask's patches
+    (eval_cam.label_gating=patch), so a small val image is an error there and fine otherwise."""
+    rows = [builder.row("good", "train", "p1", "benign", h=48, w=48), builder.row("tiny", "train", "p2", h=48, w=48),
+            builder.row("small_val", "val", "p3", "malignant", h=24, w=40)]
+    m = builder.manifest(rows)
+    base = ["data", "check", m, "--config", "demo", "--set", "data.label_column=label", "--set", "data.patches.size=32",
+            "--set", "data.patches.stride=16", "--set", "data.patches.label_rule=mask_fraction"]
+    r = invoke(*base, "--set", "eval_cam.label_gating=patch")
+    assert r.exit_code == 1 and re.search(r"small_val\.png.*smaller than the crop/patch size 32", flat(r.output))
+    r = invoke(*base, "--set", "eval_cam.label_gating=image")
+    assert r.exit_code == 0 and "small_val" not in flat(r.output), r.output

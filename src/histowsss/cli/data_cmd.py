@@ -75,20 +75,21 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
     with clear_errors():
         dc = data_config_from(manifest, config, set_, log=_note)
-        train_min, mirrors, points_file = None, False, None
+        train_min, mirrors, points_file, gate_tiles = None, False, None, True
         padded = dc.patches is not None and dc.patches.border == "pad"  # padded patches accept small images
         if config is not None:
             from histowsss.config import load_config
 
             full = load_config(config, set_)
             points_file = full.points.file
+            gate_tiles = full.eval_cam.label_gating == "patch"  # the patch gate tiles masked val images too
             if min_size is None and not padded:  # train_cam refuses images smaller than its crop
                 from histowsss.data.crops import training_crop_size
 
                 train_min = training_crop_size(dc, full.train_cam)
                 mirrors = full.train_cam.small_images == "mirror" and dc.patches is None
         problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors,
-                                 points_file=points_file, classes_inferred=config is None)
+                                 points_file=points_file, classes_inferred=config is None, gate_tiles=gate_tiles)
         if config is not None:  # the steps' own splits: test images trained on or used to choose settings
             from histowsss.config import step_split_leaks
             from histowsss.data.check import Problem

@@ -152,7 +152,7 @@ def _file_problems(image, mask) -> list[Problem]:
 
 def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool = True,
                   train_min_size: int | None = None, train_mirrors: bool = False,
-                  points_file=None, classes_inferred: bool = False) -> list[Problem]:
+                  points_file=None, classes_inferred: bool = False, gate_tiles: bool = True) -> list[Problem]:
     """Return every problem found (errors and warnings); an empty list means the data is usable.
 
     Every manifest row problem, every unreadable/grayscale/too-small image, every unreadable or wrongly sized
@@ -161,7 +161,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     the files of rows left out for a row problem are opened too); a split no ``data.*_splits`` names, a
     ``data.mask_column`` the manifest lacks and class-id masks that look binary (0/255) are warned about.
     ``min_size`` (scaled pixels, every image) defaults to the patch size when ``cfg.patches`` tiles without padding,
-    for the images that are tiled (every split but the test splits);
+    for the images that are tiled: the training splits (train_cam's patches) and, with ``gate_tiles``
+    (``eval_cam.label_gating: patch``; unknown without a config, so assumed), the other non-test images with a mask;
     ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold); with
     ``train_mirrors`` (``train_cam.small_images=mirror``) a training image under it is a warning (it will be
     mirrored out to the crop), not an error. ``points_file`` (``points.file``) is read and its clicks checked too.
@@ -202,7 +203,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     from_masks = _labels_from_masks(cfg)
     asked_size = min_size  # given by the caller (--min-size), not the patch size below
     patch_size = cfg.patches.size if min_size is None and cfg.patches is not None and cfg.patches.border != "pad" \
-        else None  # only images that are tiled into patches (not the test splits) must hold one
+        else None  # only images that are tiled into patches must hold one
     binary_like: list[str] = []  # class_ids masks holding only 0 and 255 (255 = ignore): binary masks?
     disagree: list[str] = []  # class_ids masks whose classes are not the row's labels: classes in another order?
     masked_rows = 0
@@ -220,7 +221,9 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
         h, w = hw
         hs, ws = round(h * cfg.image_scale), round(w * cfg.image_scale)
         train_least = (train_min_size or 0) if s.split in cfg.train_splits else 0
-        tiled = (patch_size or 0) if s.split not in cfg.test_splits else 0
+        # train_cam tiles the training images; the patch gate tiles the other labelled ones that have a mask
+        tiled = (patch_size or 0) if s.split in cfg.train_splits or (
+            gate_tiles and s.mask is not None and s.split not in cfg.test_splits) else 0
         least = max(min_size or 0, tiled, 0 if train_mirrors else train_least)
         if train_mirrors and train_least > least and min(hs, ws) < train_least:
             problems.append(Problem(
