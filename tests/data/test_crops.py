@@ -98,6 +98,27 @@ def test_patch_examples_mask_fraction(builder, data_config):
     np.testing.assert_array_equal(image_targets(samples, cfg), [[1, 1]])  # no label column: from the mask
 
 
+def test_image_labels_from_masks_keep_a_class_one_patch_carries(builder, data_config):
+    """A small gland focus (1 % of the image, 10 % of the patches around it): the patches carry 'gland', so the
+    image label does too (the whole-image rule would drop it, and the label gate would erase it from the image)."""
+    from histowsss.data.crops import mask_image_label
+
+    m = np.zeros((200, 200), np.uint8)
+    m[90:110, 90:110] = 255
+    builder.image("f", 200, 200)
+    builder.mask("f", values=m)
+    rows = [{"image": "images/f.png", "mask": "masks/f.png", "split": "train", "patient": "p", "label": ""}]
+    patches = {"size": 64, "stride": 32, "border": "shift", "label_rule": "mask_fraction", "min_fraction": 0.05}
+    cfg = data_config(builder.manifest(rows), label_column=None,
+                      classes={"names": ["background", "gland"], "background": "background"},
+                      mask_mode="binary", mask_foreground_class="gland", patches=patches)
+    samples = read_manifest(cfg)
+    assert any(e.target[1] for e in patch_examples(samples, cfg, scaled_sizes(samples, cfg)))
+    np.testing.assert_array_equal(image_targets(samples, cfg), [[1, 1]])
+    small = cfg.model_copy(update={"patches": cfg.patches.model_copy(update={"size": 256})})
+    np.testing.assert_array_equal(mask_image_label(m.clip(0, 1), small), [1, 0])  # no patch fits: the whole image
+
+
 def test_patches_with_no_labelled_pixel_are_left_out(builder, data_config):
     """A class-id mask with an ignore (255) block: a patch wholly inside it has no label, not "no class present"."""
     m = np.zeros((32, 64), np.uint8)

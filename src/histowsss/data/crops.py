@@ -24,12 +24,31 @@ class CropExample:
     target: np.ndarray
 
 
+def mask_image_label(mask: np.ndarray, data: DataConfig) -> np.ndarray:
+    """Multi-hot image label read off a class mask: the classes its patches carry by the patch rule (a class that
+    covers more than ``min_fraction`` of some patch, so a small focus is not lost to a large image), or of the whole
+    image when it holds no patch; without ``data.patches``, every class present."""
+    if data.patches is None:
+        return patch_labels_from_mask(mask, data.classes, 0.0)
+    from histowsss.data.patches import PatchError
+
+    whole = patch_labels_from_mask(mask, data.classes, data.patches.min_fraction)
+    try:
+        patches = tile_image(*mask.shape[:2], data.patches)
+    except PatchError:  # smaller than a patch (shift / drop): the image is the one patch
+        return whole
+    out = np.zeros_like(whole)
+    for p in patches:
+        np.maximum(out, patch_labels_from_mask(crop_padded(mask, p), data.classes, data.patches.min_fraction), out=out)
+    return out if out.any() else whole
+
+
 def image_targets(samples: list[Sample], data: DataConfig) -> np.ndarray:
-    """(N, n_classes) multi-hot image labels; without a label column, derived from masks by the patch rule."""
+    """(N, n_classes) multi-hot image labels; without a label column, derived from masks by the patch rule
+    (:func:`mask_image_label`)."""
     if data.has_labels:
         return np.stack([s.target(data.classes) for s in samples])
-    frac = data.patches.min_fraction if data.patches else 0.0
-    return np.stack([patch_labels_from_mask(load_class_mask(s, data), data.classes, frac) for s in samples])
+    return np.stack([mask_image_label(load_class_mask(s, data), data) for s in samples])
 
 
 def patch_examples(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> list[CropExample]:

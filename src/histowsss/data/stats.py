@@ -34,8 +34,8 @@ MASK_COUNT_LIMIT = 5000  # images whose masks are read to count classes when the
 
 
 def labels_from_masks(samples: list[Sample], data) -> tuple[list[Sample], str]:
-    """Without image labels: each image's classes from its mask by the patch rule (a class counts when it covers
-    more than ``data.patches.min_fraction`` of the image), as training derives them; and a note on the counts.
+    """Without image labels: each image's classes from its mask by the patch rule (the classes its patches carry,
+    :func:`~histowsss.data.crops.mask_image_label`), as training derives them; and a note on the counts.
     Unchanged (with a note saying so) when some image has no mask, there are more than MASK_COUNT_LIMIT images,
     or a mask cannot be read."""
     import dataclasses
@@ -53,6 +53,6 @@ def labels_from_masks(samples: list[Sample], data) -> tuple[list[Sample], str]:
     names = data.classes.names
     out = [dataclasses.replace(s, labels=tuple(n for n, t in zip(names, row) if t > 0.5))
            for s, row in zip(samples, targets)]
-    frac = data.patches.min_fraction if data.patches else 0.0
-    return out, (f"no image-label column (data.label_column is null): an image counts for a class when its mask "
-                 f"holds it on more than {100 * frac:g} % of the image (the patch rule training labels come from)")
+    rule = (f"some {data.patches.size}-px patch of it holds more than {100 * data.patches.min_fraction:g} % of it "
+            "(the patch rule training labels come from)" if data.patches else "its mask holds it")
+    return out, f"no image-label column (data.label_column is null): an image counts for a class when {rule}"
