@@ -33,7 +33,8 @@ def hex_to_rgb(color: str) -> list[int]:
 
 def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5, min_area: float = 0.0,
                     offset: tuple[float, float] = (0.0, 0.0), with_pixels: bool = False):
-    """Shapely (Multi)Polygons, one per 8-connected region of a boolean ``mask``, in level-0 coordinates.
+    """Shapely (Multi)Polygons, one per 8-connected region of a boolean ``mask``, in level-0 coordinates, yielded
+    one at a time (a slide's regions are not all held at once).
 
     ``offset`` (y, x) is added (in ``mask`` pixels) before scaling; regions whose level-0 area is below
     ``min_area`` are dropped. ``with_pixels``: (polygon, (slices, boolean mask of the region within them)) pairs.
@@ -44,11 +45,11 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
     from skimage.measure import find_contours
 
     lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    out = []
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue
-        comp = np.pad(lab[sl] == i, 1).astype(np.float32)
+        # 1 byte per pixel: find_contours makes its own float64 copy, the largest buffer of a slide's export
+        comp = np.pad(lab[sl] == i, 1).view(np.uint8)
         rings = []
         for ctr in find_contours(comp, 0.5, fully_connected="high"):
             if len(ctr) < 4:
@@ -73,8 +74,7 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
             continue
         geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
         if geom.area >= min_area:
-            out.append((geom, (sl, lab[sl] == i)) if with_pixels else geom)
-    return out
+            yield (geom, (sl, lab[sl] == i)) if with_pixels else geom
 
 
 def polygons_of(geom) -> list:
@@ -155,7 +155,7 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                 geom = translate(geom, -origin[0], -origin[1])
             measurements = {"area_px": round(float(geom.area), 1)}
             if probs is not None:
-                p = np.asarray(probs[c][sl], dtype=np.float32)[pixels] * unit
+                p = np.asarray(probs[c][sl])[pixels].astype(np.float32) * unit  # the region's pixels only
                 measurements.update(mean_probability=round(float(p.mean()), 4), min_probability=round(float(p.min()), 4))
             g = mapping(geom)
             feats.append({
