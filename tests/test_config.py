@@ -225,3 +225,17 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text"):
         load_config(str(path))
+
+
+def test_rpnet_options_are_checked_when_the_config_loads():
+    """A misspelt RPNet option is an error naming it, not a key train_cam would ignore under network: cam."""
+    from histowsss.config import load_config
+
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) 'seed_treshold'; known: mid_level, seed_threshold"):
+        load_config("demo", ["train_cam.rpnet.seed_treshold=0.4"])
+    with pytest.raises(ConfigError, match="mid_level: 1.5 is not an integer"):
+        load_config("demo", ["train_cam.rpnet.mid_level=1.5"])
+    cfg = load_config("demo", ["train_cam.rpnet.sigma=2"])
+    assert cfg.train_cam.rpnet == {"sigma": 2}
+    assert load_config("demo").step_hash("train_cam") == load_config("demo", ["train_cam.rpnet={}"]).step_hash(
+        "train_cam")

@@ -68,7 +68,8 @@ def _takes_number(annotation: Any) -> bool:
 class ClassMap(Strict):
     """Class names, which one is background/normal, and display colours."""
 
-    names: list[str] = Field(min_length=2)
+    names: list[str] = Field(min_length=2, description="the classes, in class-id order: a class-id mask's value "
+                             "is its position here")
     background: str | None = Field(None, description="the background / normal class (absence of any other)")
     colors: dict[str, str] = Field(default_factory=dict, description="class -> '#rrggbb' for overlays/QuPath")
 
@@ -214,6 +215,11 @@ class AugmentConfig(Strict):
     scale_range: tuple[float, float] = (0.8, 1.25)
 
 
+# train_cam.rpnet options and their defaults (models/rpnet.py reads them)
+RPNET_OPTIONS: dict[str, int | float] = {"mid_level": 2, "seed_threshold": 0.5, "consistency_weight": 10.0,
+                                         "branch_weight": 1.0, "sigma": 1.0}
+
+
 class TrainCamConfig(Strict):
     """Classifier training for CAMs."""
 
@@ -251,7 +257,24 @@ class TrainCamConfig(Strict):
                              "main process); kept so that older configs load (and, set, in the hash as before)")
     seed: int = 0
     min_epochs_before_diagnosis: int = Field(3, ge=1)
-    rpnet: dict[str, Any] = Field(default_factory=dict, description="RPNet options (see docs)")
+    rpnet: dict[str, Any] = Field(
+        default_factory=dict, description="RPNet options (network: rpnet), each optional: "
+        + ", ".join(f"{k} ({v})" for k, v in RPNET_OPTIONS.items())
+        + ": the backbone level of the mid-resolution prototypes, the cut of the max-normalised CAM that makes "
+        "the seeds, the weights of the consistency loss and of the prototype branch's loss, and the Gaussian "
+        "smoothing of the foreground map (docs/cam.md)")
+
+    @field_validator("rpnet")
+    @classmethod
+    def _known_rpnet_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(RPNET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(RPNET_OPTIONS)}")
+        for k, val in v.items():
+            kind = type(RPNET_OPTIONS[k])
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or (kind is int and val != int(val)):
+                raise ValueError(f"{k}: {val!r} is not a{'n integer' if kind is int else ' number'}")
+        return v  # as given: the step hash of a run that set none stays the same
 
 
 class MakeCamConfig(Strict):

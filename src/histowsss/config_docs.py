@@ -31,9 +31,11 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         args = [a for a in typing.get_args(ann) if a is not type(None)]
         optional = len(args) == 1 and type(None) in typing.get_args(ann)
         inner = args[0] if optional else ann
-        if isinstance(inner, type) and issubclass(inner, BaseModel) and inner.__name__ != "ClassMap":
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
             doc = (inner.__doc__ or "").strip().splitlines()[0] if inner.__doc__ else ""
-            kind, default = ("section / None", repr(field.default)) if optional else ("section", "")
+            required = field.default is PydanticUndefined and field.default_factory is None
+            kind, default = ("section / None", repr(field.default)) if optional else (
+                "section", "'required'" if required else "")
             rows.append(f"| `{key}` | {kind} | {default} | {doc} |")
             rows += _rows(inner, key + ".")
             continue

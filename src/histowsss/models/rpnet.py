@@ -141,15 +141,18 @@ class RPNet(CamNet):
     def __init__(self, backbone: BackboneConfig, num_outputs: int, head_layers: int = 1, head_channels: int = 256,
                  dropout: float = 0.1, options: dict | None = None, load_pretrained: bool = True, **_: object):
         super().__init__(backbone, num_outputs, head_layers, head_channels, dropout, load_pretrained)
+        from histowsss.config import RPNET_OPTIONS
+
         opts = dict(options or {})
-        self.mid_level = int(opts.pop("mid_level", 2))
-        self.seed_threshold = float(opts.pop("seed_threshold", 0.5))
-        self.consistency_weight = float(opts.pop("consistency_weight", 10.0))
-        self.branch_weight = float(opts.pop("branch_weight", 1.0))
-        self.sigma = float(opts.pop("sigma", 1.0))
-        if opts:
-            raise ValueError(f"unknown train_cam.rpnet option(s) {sorted(opts)}; known: mid_level, seed_threshold, "
-                             "consistency_weight, branch_weight, sigma")
+        unknown = sorted(set(opts) - set(RPNET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown train_cam.rpnet option(s) {unknown}; known: {', '.join(RPNET_OPTIONS)}")
+        opts = {**RPNET_OPTIONS, **opts}
+        self.mid_level = int(opts["mid_level"])
+        self.seed_threshold = float(opts["seed_threshold"])
+        self.consistency_weight = float(opts["consistency_weight"])
+        self.branch_weight = float(opts["branch_weight"])
+        self.sigma = float(opts["sigma"])
         mid_ch = self.backbone.features[self.mid_level].channels
         out_ch = self.classifier.in_channels
         self.mid_proj = nn.Conv2d(mid_ch, out_ch, 1, bias=False)
