@@ -87,6 +87,18 @@ def test_three_tissue_classes_end_to_end(tissue_manifest: Path, tmp_path: Path, 
         crf = load_config("demo", over + ["ir_label.crf=true"])
         with pytest.raises(StepError, match="needs a background class"):
             cam_to_ir_label.run(crf, RunDir(run.path, crf), overwrite=True)
+        # class 0 is a tissue, not background: IRN trains no background pairs, and it gets instances too
+        irn_log = [json.loads(x) for x in (run.path / "logs" / "train_irn.jsonl").read_text().splitlines()]
+        assert "dp_bg" not in irn_log[-1] and "dp_fg" in irn_log[-1]
+        ir_metrics = json.loads((run.path / "metrics" / "ir_label.json").read_text())
+        assert ir_metrics["chosen"]["conf_bg"] is None and run.status("cam_to_ir_label").get("conf_bg") is None
+        fgs = [r["conf_fg"] for r in ir_metrics["sweep"]]
+        assert len(fgs) == len(set(fgs)) and all(r["conf_bg"] is None for r in ir_metrics["sweep"])
+        for png in sorted((run.path / "pseudo").glob("*.png")):
+            lab = np.asarray(Image.open(png))
+            inst = np.asarray(Image.open(run.path / "instances" / png.name))
+            if (lab == 0).sum() > 50:  # a region of class 0 large enough to keep: it has an instance
+                assert inst[lab == 0].max() > 0, png.name
 
     from histowsss.cli import predict_cmd
 

@@ -151,3 +151,22 @@ def test_a_fresh_model_extracts_with_frozen_batchnorm_statistics():
     m.eval()
     assert all(torch.equal(a, b) for a, b in zip(cached, m.extract(x)))
     assert not m.backbone.training
+
+
+def test_without_a_background_class_every_same_class_pair_is_foreground():
+    """Tissue types (no background): class 0 is a tissue like the others, so its pairs are foreground pairs,
+    the positive affinity is the foreground term alone and there is no background displacement term."""
+    lab = torch.zeros(1, 8, 8, dtype=torch.long)
+    lab[0, :, 6:] = 1  # unequal halves: the pooled and the averaged positive terms differ
+    bg0, fg0, neg0 = pair_labels(lab, 3, background=0)
+    bgn, fgn, negn = pair_labels(lab, 3, background=None)
+    assert int(bgn.sum()) == 0 and torch.equal(fgn, fg0 | bg0) and torch.equal(negn, neg0)
+    torch.manual_seed(0)
+    edge, dp = torch.randn(1, 8, 8), torch.randn(1, 2, 8, 8)
+    out = irn_losses(edge, dp, lab, 3, background=None)
+    assert "dp_bg" not in out
+    fg_only = affinity_loss(torch.sigmoid(edge), bgn, fgn, negn, 3, has_background=False)
+    assert torch.allclose(out["pos_aff"], fg_only["pos_aff"])
+    assert torch.allclose(out["total"], (out["pos_aff"] + out["neg_aff"]) / 2 + out["dp_fg"])
+    with_bg = irn_losses(edge, dp, lab, 3, background=0)
+    assert "dp_bg" in with_bg and not torch.allclose(with_bg["pos_aff"], out["pos_aff"])

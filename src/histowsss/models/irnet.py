@@ -17,7 +17,9 @@ Losses (:func:`irn_losses`) follow the reference ``step/train_irn.py``: pixel pa
 offsets of :func:`histowsss.ops.path_index.neighbour_offsets`); pairs touching an ignore pixel are dropped;
 same-label pairs are positive (background or foreground), different-label pairs negative; the affinity of a
 pair is ``1 - max`` boundary probability on its straight path; displacement differences of same-class
-foreground pairs must equal their offset, those of background pairs must vanish.
+foreground pairs must equal their offset, those of background pairs must vanish. Without a background class
+(``background=None``: tissue types) every class is foreground: each same-class pair is a foreground pair, and the
+positive affinity and displacement losses are the foreground terms alone (the reference averages the two kinds).
 """
 
 from __future__ import annotations
@@ -177,13 +179,14 @@ def _shift(padded: torch.Tensor, p: int, dy: int, dx: int, h: int, w: int, step:
     return padded[..., p + dy + oy : p + dy + h : step, p + dx + ox : p + dx + w : step]
 
 
-def pair_labels(labels: torch.Tensor, radius: int, background: int, ignore: int = IGNORE, step: int = 1,
+def pair_labels(labels: torch.Tensor, radius: int, background: int | None, ignore: int = IGNORE, step: int = 1,
                 phase: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pair labels of every (sub-grid) pixel with its half-plane neighbours within ``radius``.
 
     ``labels`` (B, H, W) integer class ids (``ignore`` = unknown). Returns boolean (B, K, h, w) maps
     ``bg_pos`` (both background), ``fg_pos`` (both the same foreground class), ``neg`` (different classes);
-    a pair with an ignore pixel, or whose partner lies outside the image, is in none of them.
+    a pair with an ignore pixel, or whose partner lies outside the image, is in none of them. ``background`` None:
+    no class is background (``bg_pos`` is empty).
     """
     offsets = neighbour_offsets(radius)
     p = radius
@@ -194,8 +197,9 @@ def pair_labels(labels: torch.Tensor, radius: int, background: int, ignore: int 
     src = _shift(lp, p, 0, 0, h, w, step, phase)[:, None]
     valid = (src != ignore) & (dst != ignore)
     same = src == dst
-    bg_pos = valid & same & (src == background)
-    fg_pos = valid & same & (src != background)
+    is_bg = (src == background) if background is not None else torch.zeros_like(src, dtype=torch.bool)
+    bg_pos = valid & same & is_bg
+    fg_pos = valid & same & ~is_bg
     neg = valid & ~same
     return bg_pos, fg_pos, neg
 
@@ -218,9 +222,10 @@ def path_max(boundary: torch.Tensor, radius: int, step: int = 1, phase: tuple[in
 
 
 def affinity_loss(boundary: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor,
-                  radius: int, eps: float = 1e-5, step: int = 1, phase: tuple[int, int] = (0, 0)
-                  ) -> dict[str, torch.Tensor]:
-    """Reference affinity losses from boundary probabilities (B, H, W): ``pos`` (bg/2 + fg/2) and ``neg``.
+                  radius: int, eps: float = 1e-5, step: int = 1, phase: tuple[int, int] = (0, 0),
+                  has_background: bool = True) -> dict[str, torch.Tensor]:
+    """Reference affinity losses from boundary probabilities (B, H, W): ``pos`` (bg/2 + fg/2; fg alone without
+    a background class) and ``neg``.
 
     ``aff = 1 - max boundary on the path``; ``pos = -log(aff)``, ``neg = -log(1 - aff)``, each averaged over
     its pairs (pairs touching ignore pixels are in no mask, so they contribute nothing).
@@ -230,7 +235,7 @@ def affinity_loss(boundary: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Te
     bg = (-bgp * torch.log(aff + eps)).sum() / (bgp.sum() + eps)
     fg = (-fgp * torch.log(aff + eps)).sum() / (fgp.sum() + eps)
     n = (-ng * torch.log(1.0 + eps - aff)).sum() / (ng.sum() + eps)
-    return {"pos_aff": bg / 2 + fg / 2, "neg_aff": n}
+    return {"pos_aff": bg / 2 + fg / 2 if has_background else fg, "neg_aff": n}
 
 
 def displacement_loss(dp: torch.Tensor, fg_pos: torch.Tensor, bg_pos: torch.Tensor, radius: int,
@@ -253,11 +258,18 @@ def displacement_loss(dp: torch.Tensor, fg_pos: torch.Tensor, bg_pos: torch.Tens
     return {"dp_fg": fg, "dp_bg": bg}
 
 
-def irn_losses(edge_logits: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, radius: int, background: int,
-               step: int = 1, phase: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
-    """All IRN losses and their reference combination ``total = (pos + neg) / 2 + (dp_fg + dp_bg) / 2``."""
+def irn_losses(edge_logits: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, radius: int,
+               background: int | None, step: int = 1, phase: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
+    """All IRN losses and their reference combination ``total = (pos + neg) / 2 + (dp_fg + dp_bg) / 2``; without
+    a background class (None) ``pos`` is the foreground term and ``total = (pos + neg) / 2 + dp_fg`` (no
+    ``dp_bg``)."""
     bg_pos, fg_pos, neg = pair_labels(labels, radius, background, step=step, phase=phase)
-    out = affinity_loss(torch.sigmoid(edge_logits), bg_pos, fg_pos, neg, radius, step=step, phase=phase)
+    out = affinity_loss(torch.sigmoid(edge_logits), bg_pos, fg_pos, neg, radius, step=step, phase=phase,
+                        has_background=background is not None)
     out.update(displacement_loss(dp, fg_pos, bg_pos, radius, step=step, phase=phase))
-    out["total"] = (out["pos_aff"] + out["neg_aff"]) / 2 + (out["dp_fg"] + out["dp_bg"]) / 2
+    if background is None:
+        del out["dp_bg"]
+        out["total"] = (out["pos_aff"] + out["neg_aff"]) / 2 + out["dp_fg"]
+    else:
+        out["total"] = (out["pos_aff"] + out["neg_aff"]) / 2 + (out["dp_fg"] + out["dp_bg"]) / 2
     return out

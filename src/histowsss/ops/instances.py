@@ -52,7 +52,7 @@ def upsample_nearest(grid: np.ndarray, stride: int, size: tuple[int, int]) -> np
     return up[: size[0], : size[1]]
 
 
-def instances_from_clusters(semantic: np.ndarray, clusters: np.ndarray, background: int, ignore: int = 255,
+def instances_from_clusters(semantic: np.ndarray, clusters: np.ndarray, background: int | None, ignore: int = 255,
                             min_cluster_fraction: float = 0.1, min_area: int = 16) -> np.ndarray:
     """Instance ids (H, W) uint16 (0 = background) from semantic class ids and centroid clusters (same shape)."""
     out = np.zeros(semantic.shape, dtype=np.int64)

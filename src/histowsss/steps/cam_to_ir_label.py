@@ -68,7 +68,9 @@ class LabelScore:
         p = np.where(p == IGNORE, self.c, p)
         self.cm += np.bincount(g * (self.c + 1) + p, minlength=self.c * (self.c + 1)).reshape(self.c, self.c + 1)
 
-    def summary(self, names: list[str], background: int) -> dict:
+    def summary(self, names: list[str], background: int | None) -> dict:
+        """Precision and coverage of the confident pixels, overall and per class; ``fg_coverage`` over the classes
+        but ``background`` (None: every class)."""
         cm = self.cm.astype(np.float64)
         total = cm.sum()
         conf = cm[:, : self.c]
@@ -156,7 +158,9 @@ def _sweep(cfg: RunConfig, run: RunDir, items: list[tuple[Sample, np.ndarray]], 
         for sc, (fg, bgt) in zip(scores, pairs):
             lab = combine(*_labels(cfg, cam_norm, present, fg, bgt), bg)
             sc.update(gt, lab if gate is None else force_single(lab, gate, IGNORE))
-    return [{"conf_fg": fg, "conf_bg": bgt, **sc.summary(names, bg)} for (fg, bgt), sc in zip(pairs, scores)]
+    argmax = cam_mode(cfg) == "argmax"  # conf_bg unused there
+    return [{"conf_fg": fg, "conf_bg": None if argmax else bgt,
+             **sc.summary(names, cfg.data.classes.background_index)} for (fg, bgt), sc in zip(pairs, scores)]
 
 
 def choose_pair(sweep: list[dict], min_precision: float) -> dict:
@@ -188,6 +192,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         bg = background_id(cfg)
         train = [(s, p) for s, p in zip(samples, pres) if s.split in cfg.data.train_splits and s.mask is not None]
         pairs = list(dict.fromkeys([tuple(p) for p in il.sweep] + [(il.conf_fg, il.conf_bg)]))
+        if argmax:  # conf_bg is unused: one row per conf_fg (the margin)
+            pairs = [(fg, il.conf_bg) for fg in dict.fromkeys(fg for fg, _ in pairs)]
         sweep = _sweep(cfg, run, train, cam_hash, pairs) if train else []
         if il.select == "sweep" and sweep:
             best = choose_pair(sweep, il.min_precision)
@@ -229,11 +235,12 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                               "class beats the second"} if argmax else {}),
                   "resolution": "stride-4 grid, ground truth sampled at cell centres; train images only",
                   "train_images": len(train), "sweep": sweep,
-                  "chosen_metrics": {f: scores[f].summary(names, bg) for f in folders} if train else {},
+                  "chosen_metrics": {f: scores[f].summary(names, cfg.data.classes.background_index)
+                                     for f in folders} if train else {},
                   "images": len(samples), "background_only_images": bg_only,
                   "no_confident_foreground": {"count": len(no_fg), "images": no_fg[:50]}}
         write_json(run.sub("metrics") / "ir_label.json", result)
         info.update(outputs=[f + "/" for f in folders] + ["metrics/ir_label.json"], images=len(samples),
-                    computed=computed, reused=reused, conf_fg=conf_fg, conf_bg=conf_bg,
+                    computed=computed, reused=reused, conf_fg=conf_fg, conf_bg=None if argmax else conf_bg,
                     no_confident_foreground=len(no_fg), background_only_images=bg_only)
         return result

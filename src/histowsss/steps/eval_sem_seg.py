@@ -52,7 +52,8 @@ def requires(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
     names = cfg.data.classes.names
-    bg = background_id(cfg)
+    bg_id = cfg.data.classes.background_index  # None: every class is an object class (tissue types)
+    bg = background_id(cfg)  # a fill value for pixels scored as ignore
     c = len(names)
     folders = ["ir_labels"] + (["ir_labels_crf"] if cfg.ir_label.crf else [])
     # "ignore as background" needs a background class: without one, class 0 would be scored for the ignore pixels
@@ -76,11 +77,11 @@ def _evaluate(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> dict:
         # without a background class an image with no evidence is ignore (255): nothing to score there
         unknown = pseudo == IGNORE
         pseudo_cm.update(np.where(unknown, IGNORE, gt), np.where(unknown, 0, pseudo))
-        gi = load_instance_mask(s, cfg.data, gt, bg)
+        gi = load_instance_mask(s, cfg.data, gt, bg_id)
         if gi is not None:
             inst = read_png(run.path / "instances" / f"{s.name}.png").astype(np.int64)
             inst_score.update(gi, np.where(gt == IGNORE, 0, inst))
-            cc_score.update(gi, predicted_objects(pseudo, gt, bg))
+            cc_score.update(gi, predicted_objects(pseudo, gt, bg_id))
     out: dict = {"images": len(samples)}
     for f in folders:
         out[f] = {k: cm.summary(names) for k, cm in cms[f].items()}

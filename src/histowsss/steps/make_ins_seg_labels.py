@@ -21,7 +21,7 @@ from histowsss.engine.atomic import read_npz, write_png
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.ops.instances import cluster_centroids, find_centroids, instances_from_clusters, upsample_nearest
 from histowsss.steps import make_sem_seg_labels
-from histowsss.steps.irn_common import STRIDE, background_id, fresh_dir, irn_samples, read_png, resuming
+from histowsss.steps.irn_common import STRIDE, fresh_dir, irn_samples, read_png, resuming
 
 STEP = "make_ins_seg_labels"
 
@@ -37,8 +37,9 @@ def requires(cfg: RunConfig) -> list[tuple[str, str]]:
     return [("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
 
 
-def instances_for(dp: np.ndarray, semantic: np.ndarray, background: int, cfg: RunConfig) -> np.ndarray:
-    """Instance map (H, W) uint16 from a displacement field (2, h, w) and a semantic map (H, W)."""
+def instances_for(dp: np.ndarray, semantic: np.ndarray, background: int | None, cfg: RunConfig) -> np.ndarray:
+    """Instance map (H, W) uint16 from a displacement field (2, h, w) and a semantic map (H, W); every class but
+    ``background`` (None: every class, as for tissue types) gets instances."""
     ic = cfg.ins_seg
     centroids = find_centroids(dp, ic.refine_iterations)
     clusters = cluster_centroids(centroids, dp, ic.cluster_threshold)
@@ -54,7 +55,7 @@ def _process_image(cfg: RunConfig, run: RunDir, sample: Sample) -> int:
     dp = read_npz(run.path / "irn" / f"{sample.name}.npz", "delete it and re-run make_sem_seg_labels with "
                   "--overwrite")["dp"].astype(np.float32)
     semantic = read_png(run.path / "pseudo" / f"{sample.name}.png")
-    inst = instances_for(dp, semantic, background_id(cfg), cfg)
+    inst = instances_for(dp, semantic, cfg.data.classes.background_index, cfg)
     write_png(run.path / "instances" / f"{sample.name}.png", inst)
     return int(inst.max())
 

@@ -220,7 +220,8 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
                               ss.beta, ss.exp_times, allowed)
     if clicks:
         lab = apply_points(lab, point_map(clicks, lab.shape, cfg.data.image_scale, cfg.points.radius))
-        has_fg = has_fg or bool(np.any(lab != background_id(cfg)))
+        argmax = cam_mode(cfg) == "argmax"  # no background class: any known pixel counts
+        has_fg = has_fg or bool(np.any((lab != IGNORE) & ((lab != background_id(cfg)) | argmax)))
     write_png(run.path / "pseudo" / f"{sample.name}.png", lab)
     return has_fg
 

@@ -109,7 +109,8 @@ class FeatureCache:
         return out, lw
 
 
-def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t: TrainIrnConfig, background: int,
+def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t: TrainIrnConfig,
+                  background: int | None,
                   rng: np.random.Generator, opt: torch.optim.Optimizer, sched) -> dict[str, torch.Tensor]:
     """One IRN update: the pair losses (source cells on a random ``pair_step`` phase), backward, optimiser and
     learning-rate schedule steps. Returns the losses."""
@@ -163,7 +164,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         t0 = time.time()
         cache = FeatureCache(model, samples, labels, cfg.data, t.copies, norm, device, min_side=t.crop_size)
         cache_s = time.time() - t0
-        bg = background_id(cfg)
+        bg = cfg.data.classes.background_index  # None: every class is foreground (tissue types)
         params = [p for p in model.head.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         n_crops = len(samples) * t.crops_per_image
