@@ -130,6 +130,17 @@ def test_tissue_types_without_a_background_class(tmp_path: Path):
     assert sorted(cfg.data.classes.names) == ["necrosis", "stroma", "tumour"]
     assert cfg.train_cam.background_mode == "class" and "no background class" in made.text
     assert set(cfg.data.classes.colors) == set(cfg.data.classes.names)
+    # the clean-up suggested is the one that works without background (holes and cuts are background), and the
+    # config refuses the others rather than ignoring them
+    text = " ".join(made.text.split())
+    assert "tune RUN --object-areas 0,400,1600`" in text and "--hole-areas" not in text and "mask_cc" in text
+    from histowsss.config import validate_config
+
+    raw = cfg.model_dump(mode="json")
+    for key, value in (("max_hole_area", 400), ("split_h", 12.0)):
+        with pytest.raises(ConfigError, match=rf"eval_seg.{key}={value} needs a background class"):
+            validate_config({**raw, "eval_seg": {**raw["eval_seg"], key: value}})
+    validate_config({**raw, "eval_seg": {**raw["eval_seg"], "min_object_area": 400}})
     # --classes with a named background keeps the given order and says which class is background
     named = config_for_manifest(tmp_path / "m.csv", background="stroma", classes=["tumour", "stroma", "necrosis"])
     assert named.config.data.classes.names == ["tumour", "stroma", "necrosis"]

@@ -531,6 +531,12 @@ class RunConfig(Strict):
         if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
                              "mask_fraction); set train_seg.patch_veto=false for image-level labels")
+        es = self.eval_seg
+        if self.data.classes.background is None and (es.max_hole_area or es.split_h):
+            given = ", ".join(f"{k}={getattr(es, k)}" for k in ("max_hole_area", "split_h") if getattr(es, k))
+            raise ValueError(f"eval_seg.{given} needs a background class (holes are background, and touching "
+                             "objects are cut apart by background): with data.classes.background null set it to 0; "
+                             "min_object_area (small regions take the surrounding class) works without one")
         return self
 
     def step_hash(self, *sections: str) -> str:

@@ -405,9 +405,10 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     cleanup = {k: es[k] for k in ("min_object_area", "max_hole_area", "split_h") if es.get(k)}
     if cleanup:  # chosen for GlaS glands (sizes in GlaS pixels, touching glands split): not for other objects
         es.update({k: 0 for k in cleanup})
+        grid = "--object-areas 0,400,1600" + (" --hole-areas 0,400 --split-h 0,12,18" if bg is not None else "")
         notes.append("eval_seg object clean-up off (the profile's " + ", ".join(f"{k} {v}" for k, v in cleanup.items())
-                     + " was chosen for GlaS glands); choose it on your data with `histowsss tune RUN "
-                     "--object-areas 0,400,1600 --hole-areas 0,400 --split-h 0,12,18`")
+                     + f" was chosen for GlaS glands); choose it on your data with `histowsss tune RUN {grid}` "
+                     "(it scores objects: the training images need instance masks, a mask_cc column)")
     if es.get("image_gate"):
         # eval_cam's cut is chosen on images the classifier trained on; on unseen GlaS patients it cost malignant
         # IoU, and no cut gained more than 0.5 (bench/results/seg_crossval_glas-malignant.cpu.json)
