@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL in the middle of a step resumes and ends with the same files as an uninterrupted run."""
+"""A run stopped with SIGTERM, then killed with SIGKILL, in the middle of a step resumes and ends with the same files
+as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -35,20 +36,34 @@ def test_sigkill_during_make_cam_then_resume(tmp_path):
     shutil.copytree(a, b)  # same trained checkpoint for both runs
     subprocess.run(_cmd(manifest, a, "--from", "make_cam", "--to", "make_cam"), check=True, env=env,
                    capture_output=True)
-    proc = subprocess.Popen(_cmd(manifest, b, "--from", "make_cam", "--to", "make_cam"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600  # generous: on a loaded machine the process may need minutes to start
-    while time.time() < deadline and len(list((b / "cams").glob("*.npz"))) < 3 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def stop_after(n_cams: int, sig: int) -> int:
+        proc = subprocess.Popen(_cmd(manifest, b, "--from", "make_cam", "--to", "make_cam"), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600  # generous: on a loaded machine the process may need minutes to start
+        while time.time() < deadline and len(list((b / "cams").glob("*.npz"))) < n_cams and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        return proc.wait()
+
+    # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does: recorded as failed, with its time
+    assert stop_after(3, signal.SIGTERM) == 143
+    st = json.loads((b / "status" / "make_cam.json").read_text())
+    assert st["state"] == "failed" and st["error"].startswith("Terminated") and st["wall_s"] > 0
+    first_s = st["wall_s"]
+    n_first = len(list((b / "cams").glob("*.npz")))
+    stop_after(n_first + 3, signal.SIGKILL)  # SIGKILL leaves no record of its time
     n_before = len(list((b / "cams").glob("*.npz")))
-    assert json.loads((b / "status" / "make_cam.json").read_text())["state"] == "running"
-    assert 0 < n_before < 24, "the kill must land in the middle of make_cam"
+    st = json.loads((b / "status" / "make_cam.json").read_text())
+    assert st["state"] == "running" and st["sessions"] == 2
+    assert 0 < n_first < n_before < 24, "the kills must land in the middle of make_cam"
     subprocess.run(_cmd(manifest, b, "--from", "make_cam", "--to", "make_cam"), check=True, env=env,
                    capture_output=True)
     st = json.loads((b / "status" / "make_cam.json").read_text())
     assert st["state"] == "done" and st["reused"] >= n_before - 1
+    # the step's time over its sessions: the SIGTERM session's and this one's; the SIGKILLed one's is unknown
+    assert st["sessions"] == 3 and st["wall_s_incomplete"] and st["wall_s"] == pytest.approx(
+        first_s + st["session_wall_s"], abs=0.02)
     names_a = sorted(p.name for p in (a / "cams").glob("*.npz"))
     names_b = sorted(p.name for p in (b / "cams").glob("*.npz"))
     assert names_a == names_b and len(names_a) == 24

@@ -25,3 +25,19 @@ def test_class_counts_come_from_the_masks_without_a_label_column(tmp_path: Path)
     # the 'all' row: images, patients, then per class (benign, malignant) images and patients
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", html.split("<td class=\"l\">all</td>")[1])
     assert int(cells[4]) == want > 0 and int(cells[2]) == len(samples)  # malignant images / benign images
+
+
+def test_timings_add_up_a_resumed_steps_sessions(tmp_path):
+    """A step taken up again shows its time over all sessions, a lower bound when one was killed hard."""
+    import json
+
+    from histowsss.evaluation.report import section_timings
+
+    (tmp_path / "status").mkdir()
+    recs = {"train_cam": {"state": "done", "wall_s": 100.0},
+            "train_irn": {"state": "done", "wall_s": 229.5, "sessions": 3, "wall_s_incomplete": True},
+            "make_cam": {"state": "done", "wall_s": 10.0, "sessions": 2}}
+    for k, v in recs.items():
+        (tmp_path / "status" / f"{k}.json").write_text(json.dumps(v))
+    html = section_timings(tmp_path)
+    assert "≥ 229.5 (3 sessions)" in html and "10.0 (2 sessions)" in html and "≥ 339.5" in html

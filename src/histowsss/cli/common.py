@@ -155,3 +155,34 @@ def comma_list(text: str | None, option: str, kind: type = float, example: str =
 def exit_code(ok: bool) -> None:
     if not ok:
         sys.exit(1)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler pre-empting the job, ``timeout``, ``kill``), raised in the main thread as Ctrl-C is, so
+    that a step records its failure and time and temporary files are cleaned up as after Ctrl-C."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (a KeyboardInterrupt); the old handler is restored after.
+    Exit code 143 (128 + SIGTERM) is the caller's to give."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def interrupt_exit_code(e: KeyboardInterrupt) -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (the shell's 128 + signal number)."""
+    return 143 if isinstance(e, Terminated) else 130

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import clear_errors, default_run_dir, get_config, log_line
+from histowsss.cli.common import (clear_errors, default_run_dir, get_config, interrupt_exit_code, log_line,
+                                  terminate_as_interrupt)
 
 
 def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland[-gpu], glas-malignant[-gpu])"),
@@ -31,11 +32,13 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
             rd.init()
             log(f"run folder: {rd.path}")
             try:
-                run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
-            except KeyboardInterrupt:
-                log("interrupted: finished steps and the last checkpoint of the running one are kept; run the same "
-                    "command again to go on (without --overwrite, which would start the steps over)")
-                raise typer.Exit(130) from None
+                with terminate_as_interrupt():  # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does
+                    run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
+            except KeyboardInterrupt as e:
+                log(f"{'terminated' if interrupt_exit_code(e) == 143 else 'interrupted'}: finished steps and the last "
+                    "checkpoint of the running one are kept; run the same command again to go on (without "
+                    "--overwrite, which would start the steps over)")
+                raise typer.Exit(interrupt_exit_code(e)) from None
 
 
 def steps() -> None:

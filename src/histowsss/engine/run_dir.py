@@ -176,7 +176,10 @@ class RunDir:
     def step(self, step: str, config_hash: str, overwrite: bool = False) -> Iterator[dict[str, Any]]:
         """Context for running a step: writes 'running', then 'done' (with wall time) or 'failed'.
 
-        Yields a dict the step fills with extra status fields (outputs, counts...).
+        Yields a dict the step fills with extra status fields (outputs, counts...). A step taken up again after a
+        failed or killed session (same configuration) adds that session's time: ``wall_s`` is the step's time over
+        all its sessions (``sessions``, ``session_wall_s`` this one's); a session killed hard (SIGKILL, power) wrote
+        no time, so the sum is then a lower bound (``wall_s_incomplete``).
         """
         st = self.status(step)
         if st and st.get("state") == "done" and not overwrite:
@@ -185,25 +188,37 @@ class RunDir:
             raise StepError(f"{step} in {self.path} finished with another configuration; pass --overwrite to redo it")
         info: dict[str, Any] = {}
         t0 = time.time()
+        earlier_s, sessions, incomplete = 0.0, 1, False
+        if st and st.get("state") in ("running", "failed") and st.get("config_hash") == config_hash:
+            sessions = int(st.get("sessions", 1)) + 1
+            earlier_s = float(st.get("wall_s") or 0.0)  # failed: its sessions; running: the sessions before it
+            incomplete = st.get("state") == "running" or st.get("wall_s") is None or bool(st.get("wall_s_incomplete"))
         if st and st.get("state") in ("running", "failed") and os.environ.get("RANK", "0") == "0":
             # a killed run may have left half-written temporary files: its finished files are kept and reused
             removed = remove_partial_files(self.path, older_than=t0)
             if removed:
                 info["partial_files_removed"] = removed
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now()}
+        if sessions > 1:
+            record.update(sessions=sessions, wall_s=round(earlier_s, 2), **({"wall_s_incomplete": True}
+                                                                           if incomplete else {}))
         if self.config_file:
             record["run_config"] = self.config_file
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks"] = clicks
         write_json(self.status_path(step), record)
+        def times() -> dict[str, float]:
+            now = time.time() - t0
+            return {"wall_s": round(earlier_s + now, 2), **({"session_wall_s": round(now, 2)} if sessions > 1 else {})}
+
         try:
             yield info
         except BaseException as e:
-            record.update(state="failed", error=f"{type(e).__name__}: {e}", wall_s=round(time.time() - t0, 2))
+            record.update(state="failed", error=f"{type(e).__name__}: {e}", **times())
             write_json(self.status_path(step), record)
             raise
-        record.update(state="done", finished=_now(), wall_s=round(time.time() - t0, 2), **info)
+        record.update(state="done", finished=_now(), **times(), **info)
         write_json(self.status_path(step), record)
 
 

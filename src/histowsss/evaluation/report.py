@@ -526,15 +526,20 @@ def section_timings(run_path: Path) -> str:
     if not recs:
         return '<p class="note">no status records</p>'
     order = [s for s in PIPELINE if s in recs] + [s for s in recs if s not in PIPELINE]
-    rows, total = [], 0.0
+    rows, total, lower_bound = [], 0.0, False
     for s in order:
         r = recs[s] or {}
         wall = r.get("wall_s")
         if not s.endswith("_supervised"):  # the upper bound is a reference, not part of the weak pipeline
             total += float(wall or 0)
-        rows.append({"step": s, "state": r.get("state"), "wall time (s)": wall, "started": r.get("started"),
+            lower_bound = lower_bound or bool(r.get("wall_s_incomplete"))
+        shown = wall
+        if wall is not None and int(r.get("sessions", 1)) > 1:  # taken up again after a failed or killed session
+            shown = (f"≥ {wall}" if r.get("wall_s_incomplete") else f"{wall}") + f" ({r['sessions']} sessions)"
+        rows.append({"step": s, "state": r.get("state"), "wall time (s)": shown, "started": r.get("started"),
                      "finished": r.get("finished"), "config hash": r.get("config_hash")})
-    rows.append({"step": "total (weak pipeline)", "wall time (s)": round(total, 2)})
+    rows.append({"step": "total (weak pipeline)",
+                 "wall time (s)": f"≥ {round(total, 2)}" if lower_bound else round(total, 2)})
     missing = [s for s in PIPELINE if s not in recs]
     note = f'<p class="note">not run: {esc(", ".join(missing))}</p>' if missing else ""
     return table(rows, ["step", "state", "wall time (s)", "started", "finished", "config hash"],
