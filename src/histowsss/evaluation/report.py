@@ -281,7 +281,7 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     chosen = f"{(cam or {}).get('mode', '')} {(cam or {}).get('chosen_value', '')}".strip()
     if (cam or {}).get("mode") == "argmax":
         chosen = "argmax over the classes (no background)"
-    if ran_cam and not cam.get("chosen_on"):
+    if ran_cam and not cam.get("chosen_on") and cam.get("mode") != "argmax":  # argmax has nothing to choose
         chosen += " (default: no training masks to choose it on)"
     add("Image-level baseline (whole image = classifier's class)", "test",
         (cs.get("test") or {}).get("image_level_baseline"), "every method must beat this", ran_cam)

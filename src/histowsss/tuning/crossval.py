@@ -321,7 +321,9 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
                 pooled.setdefault((ci, vk), ConfusionMatrix(n)).merge(vcm)
                 crec[vk] = _summary(vcm, names)
             rec["candidates"].append(crec)
-            log(json.dumps({"fold": f, **{k: v for k, v in crec.items()}}))
+            scores = "; ".join(f"{vk}: mIoU {m['miou']} (" + ", ".join(f"{c} {m[f'iou_{c}']}" for c in names) + ")"
+                               for vk, m in crec.items() if isinstance(m, dict) and "miou" in m)
+            log(f"{f}: candidate {ci}: {scores}; {crec['train_seconds']} s of training")
         fold_records.append(rec)
 
     pooled_rec = []
