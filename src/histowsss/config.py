@@ -242,6 +242,11 @@ class TrainCamConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     class_balance: bool = True
+    pooling: Literal["gap", "topk"] = Field(
+        "gap", description="how the class map becomes the image's logit: gap (global average, the CAM paper's) or "
+        "topk (the mean of the topk_fraction highest cells, multiple-instance style: a labelled class needs only its "
+        "strongest regions, an absent class must be low everywhere)")
+    topk_fraction: float = Field(0.25, gt=0, le=1, description="share of the cells pooling=topk averages")
     head_layers: int = Field(1, ge=0, description="3x3 conv-BN-ReLU layers between backbone and classifier")
     head_channels: int = Field(256, ge=8)
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -531,6 +536,9 @@ class RunConfig(Strict):
         if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
                              "mask_fraction); set train_seg.patch_veto=false for image-level labels")
+        if self.train_cam.network == "rpnet" and self.train_cam.pooling != "gap":
+            raise ValueError("train_cam.pooling=topk is for network: cam (RPNet's branches pool by average); set "
+                             "train_cam.pooling=gap or train_cam.network=cam")
         es = self.eval_seg
         if self.data.classes.background is None and (es.max_hole_area or es.split_h):
             given = ", ".join(f"{k}={getattr(es, k)}" for k in ("max_hole_area", "split_h") if getattr(es, k))

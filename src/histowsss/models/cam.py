@@ -1,6 +1,8 @@
-"""The plain CAM classifier: backbone -> global average pooling -> 1x1 classifier (no bias)."""
+"""The plain CAM classifier: backbone -> global average pooling (or top-k pooling) -> 1x1 classifier (no bias)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +18,10 @@ class CamNet(nn.Module):
     """GAP + 1x1 classifier on the last (output-stride 16) feature map; CAMs are the classifier applied per cell."""
 
     def __init__(self, backbone: BackboneConfig, num_outputs: int, head_layers: int = 1, head_channels: int = 256,
-                 dropout: float = 0.1, load_pretrained: bool = True, **_: object):
+                 dropout: float = 0.1, load_pretrained: bool = True, pooling: str = "gap", topk_fraction: float = 0.25,
+                 **_: object):
         super().__init__()
+        self.pooling, self.topk_fraction = pooling, topk_fraction
         self.backbone = StagedBackbone(backbone, load_pretrained)
         self.head = make_head(self.backbone.out_channels, head_layers, head_channels)
         out_ch = head_channels if head_layers > 0 else self.backbone.out_channels
@@ -37,8 +41,7 @@ class CamNet(nn.Module):
         """Image-level logits (B, K) and the class activation maps (B, K, h, w) before ReLU."""
         f = self.features(x, start)
         cam = self.classifier(self.dropout(f))
-        # the mean in float32: under bfloat16 autocast (make_cam.cpu_amp) the map is bfloat16, the logits should not be
-        return {"logits": cam.float().mean(dim=(2, 3)), "cam": cam}
+        return {"logits": pool_cam(cam, self.pooling, self.topk_fraction), "cam": cam}
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU'd class activation maps for a batch of normalised images."""
@@ -50,6 +53,20 @@ class CamNet(nn.Module):
         new = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         groups = [{"params": bb, "lr": lr * backbone_mult}, {"params": new, "lr": lr}]
         return [g for g in groups if g["params"]]
+
+
+def pool_cam(cam: torch.Tensor, pooling: str = "gap", topk_fraction: float = 0.25) -> torch.Tensor:
+    """Image-level logits (B, K) of class maps (B, K, h, w): their mean (``gap``), or the mean of each map's
+    ``topk_fraction`` highest cells (at least one; ``topk``). In float32: under bfloat16 autocast (make_cam.cpu_amp)
+    the map is bfloat16, the logits should not be."""
+    c = cam.float()
+    if pooling == "gap":
+        return c.mean(dim=(2, 3))
+    if pooling != "topk":
+        raise ValueError(f"pooling must be 'gap' or 'topk', got {pooling!r}")
+    flat = c.flatten(2)
+    k = max(1, math.ceil(topk_fraction * flat.shape[-1]))
+    return flat.topk(k, dim=-1).values.mean(dim=-1)
 
 
 def make_head(in_ch: int, layers: int, channels: int) -> nn.Module:

@@ -32,6 +32,7 @@ def build_cam_network(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.
     return create_cam_network(cfg.train_cam.network, backbone=cfg.backbone, num_outputs=len(output_classes(cfg)),
                               head_layers=cfg.train_cam.head_layers, head_channels=cfg.train_cam.head_channels,
                               dropout=cfg.train_cam.dropout, options=cfg.train_cam.rpnet,
+                              pooling=cfg.train_cam.pooling, topk_fraction=cfg.train_cam.topk_fraction,
                               load_pretrained=load_pretrained)
 
 
