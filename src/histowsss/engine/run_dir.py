@@ -189,7 +189,7 @@ class RunDir:
         info: dict[str, Any] = {}
         t0 = time.time()
         earlier_s, sessions, incomplete = 0.0, 1, False
-        if st and st.get("state") in ("running", "failed") and st.get("config_hash") == config_hash:
+        if st and st.get("state") in ("running", "failed") and st.get("config_hash") == config_hash and not overwrite:
             sessions = int(st.get("sessions", 1)) + 1
             earlier_s = float(st.get("wall_s") or 0.0)  # failed: its sessions; running: the sessions before it
             incomplete = st.get("state") == "running" or st.get("wall_s") is None or bool(st.get("wall_s_incomplete"))
@@ -208,6 +208,7 @@ class RunDir:
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks"] = clicks
         write_json(self.status_path(step), record)
+
         def times() -> dict[str, float]:
             now = time.time() - t0
             return {"wall_s": round(earlier_s + now, 2), **({"session_wall_s": round(now, 2)} if sessions > 1 else {})}
