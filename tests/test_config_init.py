@@ -341,3 +341,52 @@ def test_found_class_columns_are_named_in_errors(tmp_path: Path):
         config_for_manifest(hot)  # not the generic "cannot tell which class is background"
     with pytest.raises(ConfigError, match="the class column is 'TE'"):
         config_for_manifest(hot, background="te")
+
+
+def test_colour_masks_are_named_and_mapped_with_mask_colors(tmp_path: Path):
+    """RGB masks drawn in class colours: init lists the colours and asks which class each is (pure red / green /
+    white would otherwise pass for binary 0/255 values); with --mask-colors every step reads the ids."""
+    from histowsss.data.io import ImageReadError
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.masks import load_class_mask
+
+    red, green, white = (255, 0, 0), (0, 255, 0), (255, 255, 255)
+    rows = ["image,split,patient,label,mask"]
+    for i, (split, labels) in enumerate([("train", "tumour;stroma"), ("train", "stroma"), ("test", "tumour;stroma")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.zeros((96, 96, 3), np.uint8)
+        m[:] = green
+        m[:24] = white  # glass
+        if "tumour" in labels:
+            m[48:, :48] = red
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=r"colour images \(colours #00ff00, #ffffff, #ff0000\).*--mask-colors"):
+        config_for_manifest(tmp_path / "m.csv", background="none")
+    made = config_for_manifest(tmp_path / "m.csv", background="none",
+                               mask_colors={"tumour": "#FF0000", "stroma": "#00ff00", "ignore": "#ffffff"})
+    cfg = made.config
+    assert cfg.data.mask_mode == "class_ids" and cfg.data.classes.colors["tumour"] == "#FF0000"
+    s = read_manifest(cfg.data)[0]
+    ids = load_class_mask(s, cfg.data)
+    t, st = cfg.data.classes.index("tumour"), cfg.data.classes.index("stroma")
+    assert (ids[:24] == 255).all() and (ids[48:, :48] == t).all() and (ids[24:48] == st).all()
+    from histowsss.data.check import check_dataset
+
+    assert [p for p in check_dataset(cfg.data, progress=False) if p.level == "error"] == []
+    without_red = cfg.data.model_copy(update={"mask_colors": {"stroma": "#00ff00", "ignore": "#ffffff"}})
+    errors = [p.message for p in check_dataset(without_red, progress=False) if p.level == "error"]
+    assert len(errors) == 2 and all("#ff0000" in m for m in errors)  # the two masks that hold red
+    with pytest.raises(ImageReadError, match=r"m0.png: colour\(s\) #ff0000 \(2304 px\) are in no entry of "
+                                             r"data.mask_colors"):
+        load_class_mask(s, without_red)
+    r = CliRunner().invoke(app, ["init", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.yaml"), "--background",
+                                 "none", "--mask-colors", "tumour=#ff0000,stroma=#00ff00,ignore=#ffffff"])
+    assert r.exit_code == 0, r.output
+    assert load_config(str(tmp_path / "c.yaml")).data.mask_colors == {"tumour": "#ff0000", "stroma": "#00ff00",
+                                                                       "ignore": "#ffffff"}
+    for bad, says in (({"tumor": "#ff0000"}, "not a class: 'tumor'"), ({"tumour": "red"}, "not a colour"),
+                      ({"tumour": "#ff0000", "stroma": "#FF0000"}, "the same colour")):
+        with pytest.raises(ConfigError, match=says):
+            load_config(str(tmp_path / "c.yaml"), [f"data.mask_colors={json.dumps(bad)}"])

@@ -146,6 +146,10 @@ class DataConfig(Strict):
     mask_ignore_values: list[int] = Field(
         default_factory=list, description="raw mask values left out of every score and label (ignore), e.g. [4] for "
         "the white background of LUAD-HistoSeg / BCSS-WSSS masks; 255 is always ignore")
+    mask_colors: dict[str, str] | None = Field(
+        None, description="colour masks (RGB, e.g. exported with class colours): class -> '#rrggbb' of its pixels, "
+        "and 'ignore' -> a colour left out (e.g. white background); a colour not listed is an error naming it. "
+        "Needs mask_mode class_ids")
     points_column: str | None = Field(None, description="column of clicks 'x y class; x y class; ...' (level-0 "
                                       "pixels of the image); see the points section")
     train_splits: list[str] = Field(default_factory=lambda: ["train"])
@@ -164,6 +168,24 @@ class DataConfig(Strict):
     def _columns_from_text(cls, v: Any) -> Any:
         """``--set data.label_columns=A,B`` (text) reads as the list [A, B]."""
         return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
+
+    def _check_mask_colors(self) -> None:
+        colors = self.mask_colors or {}
+        unknown = [k for k in colors if k not in self.classes.names and k != "ignore"]
+        bad = [f"{k}: {v!r}" for k, v in colors.items() if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(v).strip())]
+        if unknown or bad or not colors:
+            raise ValueError(f"mask_colors maps each class (of {', '.join(self.classes.names)}) or 'ignore' to a "
+                             f"colour '#rrggbb'" + (f"; not a class: {', '.join(map(repr, unknown))}" if unknown else "")
+                             + (f"; not a colour: {', '.join(bad)}" if bad else ""))
+        seen: dict[str, str] = {}
+        for k, v in colors.items():
+            twin = seen.setdefault(v.strip().lower(), k)
+            if twin != k:
+                raise ValueError(f"mask_colors gives {twin!r} and {k!r} the same colour {v}: a pixel of it would have "
+                                 "two classes")
+        if self.mask_mode != "class_ids":
+            raise ValueError(f"mask_colors maps colours to classes, and mask_mode is {self.mask_mode!r}: set "
+                             "mask_mode class_ids (or leave out mask_colors)")
 
     @property
     def has_labels(self) -> bool:
@@ -184,6 +206,8 @@ class DataConfig(Strict):
                                  f"{', '.join(map(repr, unknown)) or 'none'}); a column is named as its class")
         if self.mask_mode == "binary" and self.mask_foreground_class is None:
             raise ValueError("mask_mode 'binary' needs mask_foreground_class (the class of mask>0 pixels)")
+        if self.mask_colors is not None:
+            self._check_mask_colors()
         if self.mask_foreground_class is not None and self.mask_foreground_class not in self.classes.names:
             raise ValueError(f"mask_foreground_class {self.mask_foreground_class!r} is not one of the classes "
                              f"{self.classes.names}")

@@ -139,13 +139,30 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     # up to 24 masks spread over the whole manifest (it is often sorted by class: the first few could all be
     # one class's and miss the values of the others)
     picks = sorted({int(i) for i in np.linspace(0, len(masks) - 1, min(len(masks), 24)).round()}) if masks else []
+    colours: dict[int, int] = {}  # colour masks: packed 0xRRGGBB -> pixels
     for rel in (masks[i] for i in picks):
         p = root / rel
         try:
             with Image.open(p) as im:
-                values |= {int(v) for v in np.unique(np.asarray(im))} - set(ignore)
+                arr = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA", "P", "PA") else im)
+                if arr.ndim == 3 and not (np.array_equal(arr[..., 0], arr[..., 1]) and
+                                          np.array_equal(arr[..., 0], arr[..., 2])):
+                    from histowsss.data.io import pack_rgb
+
+                    keys, counts = np.unique(pack_rgb(arr), return_counts=True)
+                    for k, n in zip(keys.tolist(), counts.tolist()):
+                        colours[k] = colours.get(k, 0) + n
+                    continue
+                if im.mode in ("P", "PA"):  # a palette mask of grey colours: its indices are the ids
+                    arr = np.asarray(im)
+                values |= {int(v) for v in np.unique(arr if arr.ndim == 2 else arr[..., 0])} - set(ignore)
         except OSError as e:
             raise ConfigError(f"{p}: mask not readable ({e}); fix the file or its path in the manifest") from None
+    if colours:
+        top = sorted(colours, key=lambda k: -colours[k])[:12]
+        raise ConfigError(f"the masks are colour images (colours {', '.join(f'#{k:06x}' for k in top)}"
+                          f"{' ...' if len(colours) > 12 else ''}): say which class each colour is with --mask-colors "
+                          f"'{names[0]}=#{top[0]:06x},...' (and ignore=#rrggbb for colours that are no class)")
     if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
         raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class to put mask 0 "
                           "in; give masks of class indices (0..., 255 = ignore), or name a background class")
@@ -195,7 +212,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                         image_scale: float | None = None, name: str | None = None,
                         label_separator: str | None = None, out: Path | None = None,
                         mask_ignore: list[int] | None = None, classes: list[str] | None = None,
-                        label_columns: list[str] | None = None) -> InitResult:
+                        label_columns: list[str] | None = None,
+                        mask_colors: dict[str, str] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
@@ -320,7 +338,13 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             data["mask_ignore_values"] = list(mask_ignore)
             notes.append(f"mask values {', '.join(map(str, mask_ignore))} are no class: left out of every score "
                          "(data.mask_ignore_values)")
-        if mask_mode is not None:
+        if mask_colors:
+            data.update(mask_mode="class_ids", mask_colors=dict(mask_colors))
+            # overlays and QuPath show each class in its mask colour
+            data["classes"]["colors"].update({k: v for k, v in mask_colors.items() if k in names and k != bg})
+            notes.append("colour masks: " + ", ".join(f"{k} {v}" for k, v in mask_colors.items())
+                         + " (data.mask_colors; the classes are drawn in those colours)")
+        elif mask_mode is not None:
             data["mask_mode"] = mask_mode
             fg = [n for n in names if n != bg]
             if mask_mode == "binary" and len(fg) == 1:  # whatever order --classes gave: the one that is not background

@@ -31,6 +31,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                                  "read from the masks)"),
          mask_ignore: Optional[str] = typer.Option(None, help="comma-separated mask values that are no class, left out "
                                                    "of every score (e.g. 4 for LUAD-HistoSeg / BCSS-WSSS)"),
+         mask_colors: Optional[str] = typer.Option(None, help="colour masks: comma-separated CLASS=#rrggbb, and "
+                                                   "ignore=#rrggbb for a colour that is no class"),
          mpp: Optional[float] = typer.Option(None, help="microns per pixel of the images: the network then works at "
                                              "the resolution the profile was measured at"),
          image_scale: Optional[float] = typer.Option(None, help="resize factor on read (instead of --mpp)"),
@@ -52,7 +54,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                    mask_ignore=ignore, label_separator=label_separator,
                                    label_columns=[c.strip() for c in label_columns.split(",") if c.strip()]
                                    if label_columns else None,
-                                   classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
+                                   classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+                                   mask_colors=_class_colours(mask_colors))
         write_text(out, made.text)
     for n in made.notes:
         console.print(f"- {escape(n)}", highlight=False)
@@ -60,3 +63,16 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
     console.print(f"wrote {escape(str(out))}\nnext: histowsss data check {escape(q(str(manifest)))} --config "
                   f"{escape(q(str(out)))}\n      histowsss run {escape(q(str(out)))} "
                   f"--run {escape(q('runs/' + made.config.name))}", highlight=False)
+
+
+def _class_colours(text: str | None) -> dict[str, str] | None:
+    """``'tumour=#ff0000,ignore=#ffffff'`` -> {'tumour': '#ff0000', 'ignore': '#ffffff'}."""
+    if not text:
+        return None
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, colour = part.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--mask-colors {part!r}: give CLASS=#rrggbb, e.g. tumour=#ff0000")
+        out[name.strip()] = colour.strip()
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 from histowsss.config import DataConfig, data_split_leaks
 from histowsss.data.io import ImageReadError, image_size, read_mask, read_rgb
 from histowsss.data.manifest import ManifestError, scan_manifest
-from histowsss.data.masks import class_map_from_mask
+from histowsss.data.masks import class_map_from_mask, read_class_ids
 from histowsss.data.stats import patient_split_overlap
 
 
@@ -133,7 +133,7 @@ def _open_image(path) -> tuple[tuple[int, int] | None, list[Problem]]:
                            for w in caught if issubclass(w.category, UserWarning)]
 
 
-def _file_problems(image, mask) -> list[Problem]:
+def _file_problems(image, mask, cfg: DataConfig) -> list[Problem]:
     """The image (and mask) of a manifest row left out for a row problem: readable, RGB, the mask its size."""
     if not image.exists():
         return []  # (named by the row problem already)
@@ -143,7 +143,7 @@ def _file_problems(image, mask) -> list[Problem]:
     h, w = hw
     if mask is not None and mask.exists():
         try:
-            read_mask(mask, expected_hw=(h, w))
+            read_class_ids(mask, cfg, expected_hw=(h, w))
         except Exception as e:
             msg = _message(e, str(mask)) if isinstance(e, ImageReadError) else f"cannot be read ({type(e).__name__}: {e})"
             out.append(Problem("error", str(mask), f"{msg} (image: {image})"))
@@ -265,7 +265,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(problem)
             mask = str(s.mask)
             try:
-                raw = read_mask(s.mask, expected_hw=(h, w))
+                raw = read_class_ids(s.mask, cfg, expected_hw=(h, w))
                 cmap = class_map_from_mask(raw, s, cfg)
                 looks_binary = cfg.mask_mode == "class_ids" and 255 not in cfg.mask_ignore_values and \
                     raw.max() == 255 and not np.isin(raw, (0, 255), invert=True).any()
@@ -297,7 +297,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                                 "another order, list the names in that order (`histowsss init --classes ...`), "
                                 "else fix the labels or the masks"))
     for r in rejected:  # rows left out for a row problem: their files are checked all the same
-        problems += _file_problems(r["image"], r["mask"])
+        problems += _file_problems(r["image"], r["mask"], cfg)
     for p, splits in patient_split_overlap(samples).items():
         problems.append(Problem("warning", manifest,
                                 f"patient {p} appears in splits {', '.join(splits)}: evaluation is not patient-disjoint "

@@ -193,16 +193,23 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
     return img
 
 
-def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scale: float = 1.0) -> np.ndarray:
+def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scale: float = 1.0,
+              colors: dict[int, int] | None = None) -> np.ndarray:
     """Read a single-channel mask as an integer array; check its size against the image's (before scaling).
 
-    Palette (indexed) PNGs give their indices, the class ids (as LUAD-HistoSeg and BCSS-WSSS store them)."""
+    Palette (indexed) PNGs give their indices, the class ids (as LUAD-HistoSeg and BCSS-WSSS store them). With
+    ``colors`` (packed 0xRRGGBB -> class id, :func:`pack_rgb`) the mask is read as colours, palette ones too, and
+    each pixel takes the id of its colour; a colour not in ``colors`` is an error that names it."""
     path = Path(path)
-    m = _read_raw(path, keep_palette=True)
-    if m.ndim == 3:
+    m = _read_raw(path, keep_palette=colors is None)
+    if colors is not None:
+        m = _colours_to_ids(path, m, colors)
+    elif m.ndim == 3:
         if m.shape[2] >= 3 and not (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2])):
             raise ImageReadError(
-                f"{path}: colour mask; masks must be single-channel class ids (or binary). Convert it to one channel"
+                f"{path}: colour mask (its pixels are colours, not class ids): map each colour to its class in "
+                "data.mask_colors (e.g. {tumour: '#ff0000', stroma: '#00ff00', ignore: '#ffffff'}), or convert it "
+                "to one channel of class ids"
             )
         m = m[..., 0]
     if expected_hw is not None and tuple(m.shape[:2]) != tuple(expected_hw):
@@ -217,6 +224,31 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
     if scale != 1.0:
         m = resize(m, scale, nearest=True)
     return m.astype(np.int64) if m.dtype != np.uint8 else m
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours as one int per pixel, 0xRRGGBB."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _colours_to_ids(path: Path, m: np.ndarray, colors: dict[int, int]) -> np.ndarray:
+    """Class ids of a colour mask (H, W, 3/4; or grey (H, W), read as (v, v, v)) from ``colors``."""
+    if m.dtype != np.uint8:
+        raise ImageReadError(f"{path}: colour mask of {m.dtype} values; data.mask_colors needs an 8-bit RGB mask "
+                             "(re-export it as 8-bit PNG)")
+    rgb = np.repeat(m[..., None], 3, axis=2) if m.ndim == 2 else m[..., :3]
+    if rgb.shape[2] < 3:  # grey + alpha
+        rgb = np.repeat(rgb[..., :1], 3, axis=2)
+    keys, inverse = np.unique(pack_rgb(rgb), return_inverse=True)
+    unknown = [(int(k), int((inverse == i).sum())) for i, k in enumerate(keys) if int(k) not in colors]
+    if unknown:
+        unknown.sort(key=lambda kv: -kv[1])
+        listed = ", ".join(f"#{k:06x} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ImageReadError(f"{path}: colour(s) {listed} are in no entry of data.mask_colors; add each to its class "
+                             "(or to 'ignore'), e.g. --set \"data.mask_colors={{tumour: '#ff0000', ignore: '#ffffff'}}\"")
+    lut = np.array([colors[int(k)] for k in keys], dtype=np.uint8)
+    return lut[inverse.reshape(rgb.shape[:2])]
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

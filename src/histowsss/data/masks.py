@@ -52,13 +52,25 @@ def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.
     return out
 
 
+def mask_color_ids(cfg: DataConfig) -> dict[int, int] | None:
+    """``data.mask_colors`` as packed 0xRRGGBB -> class id ('ignore' -> IGNORE), for ``read_mask``; None without."""
+    if not cfg.mask_colors:
+        return None
+    return {int(v.strip()[1:], 16): IGNORE if k == "ignore" else cfg.classes.index(k) for k, v in cfg.mask_colors.items()}
+
+
+def read_class_ids(path, cfg: DataConfig, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file's raw values as ``data`` reads them: stored ids, or the ids of its colours (``mask_colors``)."""
+    return read_mask(path, expected_hw=expected_hw, colors=mask_color_ids(cfg))
+
+
 def load_class_mask(sample: Sample, cfg: DataConfig, image_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read ``sample.mask`` and convert it to a class-id map at the configured image scale."""
     if sample.mask is None:
         raise ImageReadError(f"{sample.image}: no mask in the manifest ({cfg.mask_column} column), and this step needs "
                              "one (evaluation; training labels read from masks); fill in the column or remove the row "
                              "(`histowsss data check` lists every such row)")
-    raw = read_mask(sample.mask, expected_hw=image_hw)
+    raw = read_class_ids(sample.mask, cfg, expected_hw=image_hw)
     m = class_map_from_mask(raw, sample, cfg)
     if cfg.image_scale != 1.0:
         from histowsss.data.io import resize
