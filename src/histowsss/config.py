@@ -174,9 +174,9 @@ class DataConfig(Strict):
         unknown = [k for k in colors if k not in self.classes.names and k != "ignore"]
         bad = [f"{k}: {v!r}" for k, v in colors.items() if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(v).strip())]
         if unknown or bad or not colors:
+            not_class = f"; not a class: {', '.join(map(repr, unknown))}" if unknown else ""
             raise ValueError(f"mask_colors maps each class (of {', '.join(self.classes.names)}) or 'ignore' to a "
-                             f"colour '#rrggbb'" + (f"; not a class: {', '.join(map(repr, unknown))}" if unknown else "")
-                             + (f"; not a colour: {', '.join(bad)}" if bad else ""))
+                             f"colour '#rrggbb'{not_class}" + (f"; not a colour: {', '.join(bad)}" if bad else ""))
         seen: dict[str, str] = {}
         for k, v in colors.items():
             twin = seen.setdefault(v.strip().lower(), k)

@@ -246,7 +246,8 @@ def _colours_to_ids(path: Path, m: np.ndarray, colors: dict[int, int]) -> np.nda
         unknown.sort(key=lambda kv: -kv[1])
         listed = ", ".join(f"#{k:06x} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise ImageReadError(f"{path}: colour(s) {listed} are in no entry of data.mask_colors; add each to its class "
-                             "(or to 'ignore'), e.g. --set \"data.mask_colors={{tumour: '#ff0000', ignore: '#ffffff'}}\"")
+                             "(or to 'ignore'), e.g. --set \"data.mask_colors={tumour: '#ff0000', "
+                             "ignore: '#ffffff'}\"")
     lut = np.array([colors[int(k)] for k in keys], dtype=np.uint8)
     return lut[inverse.reshape(rgb.shape[:2])]
 

@@ -56,7 +56,8 @@ def mask_color_ids(cfg: DataConfig) -> dict[int, int] | None:
     """``data.mask_colors`` as packed 0xRRGGBB -> class id ('ignore' -> IGNORE), for ``read_mask``; None without."""
     if not cfg.mask_colors:
         return None
-    return {int(v.strip()[1:], 16): IGNORE if k == "ignore" else cfg.classes.index(k) for k, v in cfg.mask_colors.items()}
+    return {int(v.strip()[1:], 16): IGNORE if k == "ignore" else cfg.classes.index(k)
+            for k, v in cfg.mask_colors.items()}
 
 
 def read_class_ids(path, cfg: DataConfig, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
