@@ -348,3 +348,17 @@ def test_fold_cache_key_takes_cpu_amp_only_when_on():
     assert eval_key(base) == before
     on = eval_key(load_config("demo", ["eval_seg.cpu_amp=true"]))
     assert on["cpu_amp"] is True and on != before
+
+
+def test_cli_refuses_hole_and_split_grids_without_a_background_class(tmp_path: Path):
+    """Tissue types: holes and cuts are background, which they lack; the clean-up grid is refused before any work."""
+    from histowsss.config import dump_config, load_config
+
+    cfg = load_config("demo", ["data.classes.background=null", "train_cam.background_mode=class",
+                              "data.mask_mode=class_ids"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(cfg))
+    for extra in (["--hole-areas", "0,400"], ["--split-h", "0,12"]):
+        r = runner.invoke(app, ["tune", str(run), "--object-areas", "0,400", *extra])
+        assert r.exit_code == 2 and "need a background class" in " ".join(r.output.split()), r.output

@@ -69,15 +69,14 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         if (hole_areas or split_h) and not areas:
             raise ValueError("--hole-areas and --split-h need --object-areas (give 0 to leave small objects alone)")
         if areas:  # before any training: the clean-up needs instance masks to rank
-            from histowsss.tuning.cleanup import require_instance_masks
-
-            require_instance_masks(run_dir)
             from histowsss.cli.predict_cmd import load_run_config
+            from histowsss.tuning.cleanup import require_instance_masks
 
             if (any(holes) or any(splits)) and load_run_config(run_dir).data.classes.background is None:
                 raise ValueError("--hole-areas and --split-h need a background class (holes are background, touching "
                                  "objects are cut apart by it); with data.classes.background null give "
                                  "--object-areas alone")
+            require_instance_masks(run_dir)
         from histowsss.engine.run_dir import run_lock
 
         with run_lock(run_dir, "histowsss tune", create=False):
