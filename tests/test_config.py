@@ -237,5 +237,7 @@ def test_rpnet_options_are_checked_when_the_config_loads():
         load_config("demo", ["train_cam.rpnet.mid_level=1.5"])
     cfg = load_config("demo", ["train_cam.rpnet.sigma=2"])
     assert cfg.train_cam.rpnet == {"sigma": 2}
+    assert load_config("demo", ["train_cam.rpnet={consistency_weight: 1e1}"]).train_cam.rpnet == {
+        "consistency_weight": 10.0}  # YAML 1.1 reads 1e1 as text; RPNet always took it as the number
     assert load_config("demo").step_hash("train_cam") == load_config("demo", ["train_cam.rpnet={}"]).step_hash(
         "train_cam")

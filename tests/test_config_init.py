@@ -137,10 +137,15 @@ def test_tissue_types_without_a_background_class(tmp_path: Path):
     from histowsss.config import validate_config
 
     raw = cfg.model_dump(mode="json")
+    from histowsss.engine.pipeline import plan_steps
+    from histowsss.engine.run_dir import RunDir
+
     for key, value in (("max_hole_area", 400), ("split_h", 12.0)):
+        loaded = validate_config({**raw, "eval_seg": {**raw["eval_seg"], key: value}})  # a run folder still loads
         with pytest.raises(ConfigError, match=rf"eval_seg.{key}={value} needs a background class"):
-            validate_config({**raw, "eval_seg": {**raw["eval_seg"], key: value}})
-    validate_config({**raw, "eval_seg": {**raw["eval_seg"], "min_object_area": 400}})
+            plan_steps(loaded, RunDir(tmp_path / "run", loaded))  # but nothing runs with it
+    ok = validate_config({**raw, "eval_seg": {**raw["eval_seg"], "min_object_area": 400}})
+    assert plan_steps(ok, RunDir(tmp_path / "run", ok))
     # --classes with a named background keeps the given order and says which class is background
     named = config_for_manifest(tmp_path / "m.csv", background="stroma", classes=["tumour", "stroma", "necrosis"])
     assert named.config.data.classes.names == ["tumour", "stroma", "necrosis"]

@@ -299,11 +299,18 @@ class TrainCamConfig(Strict):
         unknown = sorted(set(v) - set(RPNET_OPTIONS))
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(RPNET_OPTIONS)}")
+        out = {}
         for k, val in v.items():
             kind = type(RPNET_OPTIONS[k])
+            if isinstance(val, str):  # YAML 1.1 reads 1e1 as text; RPNet always took it as the number
+                try:
+                    val = float(val)
+                except ValueError:
+                    pass
             if isinstance(val, bool) or not isinstance(val, (int, float)) or (kind is int and val != int(val)):
                 raise ValueError(f"{k}: {val!r} is not a{'n integer' if kind is int else ' number'}")
-        return v  # as given: the step hash of a run that set none stays the same
+            out[k] = val
+        return out  # only what was given: the step hash of a run that set none stays the same
 
 
 class MakeCamConfig(Strict):
@@ -563,12 +570,6 @@ class RunConfig(Strict):
         if self.train_cam.network == "rpnet" and self.train_cam.pooling != "gap":
             raise ValueError("train_cam.pooling=topk is for network: cam (RPNet's branches pool by average); set "
                              "train_cam.pooling=gap or train_cam.network=cam")
-        es = self.eval_seg
-        if self.data.classes.background is None and (es.max_hole_area or es.split_h):
-            given = ", ".join(f"{k}={getattr(es, k)}" for k in ("max_hole_area", "split_h") if getattr(es, k))
-            raise ValueError(f"eval_seg.{given} needs a background class (holes are background, and touching "
-                             "objects are cut apart by background): with data.classes.background null set it to 0; "
-                             "min_object_area (small regions take the surrounding class) works without one")
         return self
 
     def step_hash(self, *sections: str) -> str:
@@ -623,6 +624,19 @@ def data_split_leaks(data: DataConfig) -> list[str]:
     both = sorted(set(data.test_splits) & set(data.train_splits + data.val_splits))
     return [f"split(s) {', '.join(both)} are both in data.test_splits and in data.train_splits/val_splits; a test "
             "split must be held out: name disjoint splits (e.g. `histowsss data split`)"] if both else []
+
+
+def background_only_settings(cfg: "RunConfig") -> list[str]:
+    """Settings that act on the background class, set in a config that has none (they would do nothing).
+
+    Checked when steps are planned, not when a config loads, so run folders made before the check still load."""
+    es = cfg.eval_seg
+    if cfg.data.classes.background is not None:
+        return []
+    given = [f"eval_seg.{k}={getattr(es, k)}" for k in ("max_hole_area", "split_h") if getattr(es, k)]
+    return [f"{', '.join(given)} needs a background class (holes are background, and touching objects are cut apart "
+            "by background): with data.classes.background null set it to 0; min_object_area (small regions take "
+            "the surrounding class) works without one"] if given else []
 
 
 def split_leaks(cfg: RunConfig) -> list[str]:

@@ -430,5 +430,7 @@ def test_check_wants_a_patch_only_of_the_images_the_run_tiles(builder):
             "--set", "data.patches.stride=16", "--set", "data.patches.label_rule=mask_fraction"]
     r = invoke(*base, "--set", "eval_cam.label_gating=patch")
     assert r.exit_code == 1 and re.search(r"small_val\.png.*smaller than the crop/patch size 32", flat(r.output))
+    r = invoke(*base, "--set", "eval_cam.label_gating=image", "--set", "train_seg.patch_veto=true")
+    assert r.exit_code == 1 and "small_val" in flat(r.output)  # the veto reads the val mask's patches too
     r = invoke(*base, "--set", "eval_cam.label_gating=image")
     assert r.exit_code == 0 and "small_val" not in flat(r.output), r.output

@@ -313,3 +313,11 @@ def test_a_truncated_tif_is_one_clear_error_without_decoder_noise(tmp_path, capf
     err = capfd.readouterr().err
     assert "TIFF" not in err and "Truncated" not in err, err
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_a_png_or_jpeg_saved_under_a_tif_name_still_reads(tmp_path):
+    a = np.random.default_rng(3).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "png.tif", format="PNG")
+    Image.fromarray(a).save(tmp_path / "jpeg.tif", format="JPEG", quality=95)
+    assert np.array_equal(read_rgb(tmp_path / "png.tif"), a)
+    assert read_rgb(tmp_path / "jpeg.tif").shape == (20, 30, 3)

@@ -33,10 +33,12 @@ def test_root_overrides_manifest_folder(builder, data_config, tmp_path):
     assert s.image == builder.root / "images/a.png"
 
 
-def test_an_ome_tiff_is_named_without_its_two_part_suffix(builder, data_config):
+def test_an_ome_tiff_keeps_the_name_run_folders_know_it_by(builder, data_config):
+    """'a.ome' (the file stem), as run folders made before predict dropped the '.ome' from its outputs name their
+    files: a finished step keeps finding them."""
     m = builder.manifest([builder.row("a", label="benign")], name="m.csv")
     m.write_text(m.read_text().replace("images/a.png", "images/a.ome.tif"))
-    assert read_manifest(data_config(m))[0].name == "a"
+    assert read_manifest(data_config(m))[0].name == "a.ome"
 
 
 def test_manifest_not_found(tmp_path, data_config):

@@ -241,9 +241,9 @@ def test_a_folder_of_qupath_point_exports(tmp_path: Path):
                                         feat("Point", [5, 6], "background"),
                                         feat("Polygon", [[[0, 0], [9, 0], [9, 9], [0, 0]]], "gland")))
     (d / "b.geojson").write_text(fc(feat("Point", [7, 8], "gland")))
-    (d / "c.ome.tif.geojson").write_text(fc(feat("Point", [2, 2], "gland")))  # an OME-TIFF's image is named 'c'
+    (d / "c.ome.tif.geojson").write_text(fc(feat("Point", [2, 2], "gland")))  # the manifest names c.ome.tif 'c.ome'
     assert read_points_file(d, CLASSES) == {"a": (Point(1, 2, 1), Point(3, 4, 1), Point(5, 6, 0)),
-                                            "b": (Point(7, 8, 1),), "c": (Point(2, 2, 1),)}
+                                            "b": (Point(7, 8, 1),), "c.ome": (Point(2, 2, 1),)}
     cfg = load_config("glas-gland", [f"points.file={d}"])
     h = cfg.clicks_digest()
     (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "gland"), feat("Point", [1, 1])))

@@ -247,8 +247,8 @@ def test_cli_writes_the_result_and_refuses_to_overwrite_it(dataset: Path, tmp_pa
     res = json.loads(out.read_text())
     assert res["chosen"]["variant"] in {"network", "image_gate@0.5"} and not (run.path / "tuning" / "crossval").exists()
     assert "chosen: " in r.output
-    assert re.search(r"fold0: candidate 0: network: mIoU [\d.]+ \(benign [\d.]+, malignant [\d.]+\); image_gate@0.5: mIoU",
-                     " ".join(r.output.split())), r.output  # a line a person reads, not a JSON record
+    line = r"fold0: candidate 0: network: mIoU [\d.]+ \(benign [\d.]+, malignant [\d.]+\); image_gate@0.5: mIoU"
+    assert re.search(line, " ".join(r.output.split())), r.output  # a line a person reads, not a JSON record
     from histowsss.evaluation.report import build_report
 
     text = build_report(run.path)  # the report shows the cross-validation and marks the choice

@@ -82,7 +82,8 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 
             full = load_config(config, set_)
             points_file = full.points.file
-            gate_tiles = full.eval_cam.label_gating == "patch"  # the patch gate tiles masked val images too
+            # the patch gate and train_seg's patch veto tile masked val images too
+            gate_tiles = full.eval_cam.label_gating == "patch" or full.train_seg.patch_veto
             if min_size is None and not padded:  # train_cam refuses images smaller than its crop
                 from histowsss.data.crops import training_crop_size
 

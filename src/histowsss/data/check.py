@@ -162,7 +162,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     ``data.mask_column`` the manifest lacks and class-id masks that look binary (0/255) are warned about.
     ``min_size`` (scaled pixels, every image) defaults to the patch size when ``cfg.patches`` tiles without padding,
     for the images that are tiled: the training splits (train_cam's patches) and, with ``gate_tiles``
-    (``eval_cam.label_gating: patch``; unknown without a config, so assumed), the other non-test images with a mask;
+    (``eval_cam.label_gating: patch`` or ``train_seg.patch_veto``; unknown without a config, so assumed), the
+    other non-test images with a mask;
     ``train_min_size`` applies to the training splits only (train_cam's crop, which they must hold); with
     ``train_mirrors`` (``train_cam.small_images=mirror``) a training image under it is a warning (it will be
     mirrored out to the crop), not an error. ``points_file`` (``points.file``) is read and its clicks checked too.

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histowsss.data.io import IMAGE_SUFFIXES
+from histowsss.data.io import IMAGE_SUFFIXES, image_stem
 from histowsss.data.manifest import write_manifest
 from histowsss.data.split import grouped_stratified_split, strata_with_masks
-from histowsss.data.io import image_stem
 
 SPLIT_FOLDER = re.compile(r"^(train|training|val|valid|validation|dev|test|testing)([-_]?[a-z0-9]+)?$", re.IGNORECASE)
 

@@ -73,10 +73,12 @@ def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
     return np.asarray(out)
 
 
-def _codec_missing(e: BaseException) -> bool:
-    """Whether tifffile failed for want of a codec (LZW, JPEG, ... without imagecodecs), not on damaged data."""
+def _pillow_may_read(e: BaseException) -> bool:
+    """Whether Pillow may read what tifffile could not: a codec it lacks (LZW, JPEG, ... without imagecodecs), or
+    a file that is no TIFF at all (a PNG or JPEG saved under a .tif name); not damaged TIFF data."""
     text = str(e).lower()
-    return isinstance(e, (NotImplementedError, KeyError)) or "imagecodecs" in text or "not supported" in text
+    return (isinstance(e, (NotImplementedError, KeyError)) or "imagecodecs" in text or "not supported" in text
+            or "not a tiff file" in text)
 
 
 def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
@@ -100,7 +102,7 @@ def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
         tiff_error: BaseException = e
     finally:
         log.setLevel(level)
-    if _codec_missing(tiff_error):  # Pillow decodes some of those; a damaged file it would only complain about
+    if _pillow_may_read(tiff_error):  # Pillow decodes some of those; a damaged file it would only complain about
         try:
             special = _read_pillow(path, keep_palette)
             if special is not None:

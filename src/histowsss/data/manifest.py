@@ -10,7 +10,6 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from histowsss.config import ClassMap, DataConfig
-from histowsss.data.io import image_stem
 
 REQUIRED_COLUMNS = ("image", "split", "patient")
 PATH_COLUMNS = ("image", "mask", "mask_cc")  # the columns that hold file paths (relative to the manifest's folder)
@@ -288,7 +287,9 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
             row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "
                                 "(fill in the label or set data.classes.background)")
         image = manifest_path(root, img_rel)
-        name = r.get("name", "").strip() or image_stem(image)  # (a Windows path's file name, not 'folder\\file')
+        # (a Windows path's file name, not 'folder\\file'); 'a.ome' for a.ome.tif, as run folders made before
+        # image_stem existed name its files (predict's outputs drop the '.ome': image_stem)
+        name = r.get("name", "").strip() or image.stem
         key = os.path.normcase(os.path.normpath(os.path.abspath(image)))
         if key in files_seen:  # e.g. manifests of two sources joined: a test image also in train leaks
             j, other_split = files_seen[key]

@@ -158,10 +158,11 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
             pts, errs = _parse_geojson_points(f, classes)
             problems += errs
             if pts:  # QuPath names exports after the image, often with its extension: a.tif.geojson is 'a'
-                from histowsss.data.io import IMAGE_SUFFIXES, image_stem
+                from histowsss.data.io import IMAGE_SUFFIXES
                 from histowsss.slides.reader import SLIDE_SUFFIXES
 
-                name = image_stem(f.stem) if Path(f.stem).suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES else f.stem
+                stem = Path(f.stem)  # (a.ome.tif.geojson is 'a.ome', the manifest's name of a.ome.tif)
+                name = stem.stem if stem.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES else f.stem
                 by_name.setdefault(name, []).extend(pts)
         return by_name, problems
     if Path(path).suffix.lower() in (".geojson", ".json"):

@@ -139,12 +139,15 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     anything is written: test splits that are not held out (:func:`histowsss.config.split_leaks`), unknown step
     names, and under torchrun (WORLD_SIZE > 1) steps other than the
     segmentation ones with work to do (they would run once per process, all on the same files), are errors."""
-    from histowsss.config import split_leaks
+    from histowsss.config import background_only_settings, split_leaks
     from histowsss.engine.distributed import env_world
 
     leaks = split_leaks(cfg)
     if leaks:  # test images trained on, or settings chosen on them
         raise ConfigError("; ".join(leaks))
+    unused = background_only_settings(cfg)
+    if unused:  # they would be recorded as applied and do nothing
+        raise ConfigError("; ".join(unused))
     plan = []
     for name in select_steps(start, stop):
         mod = step_module(name)

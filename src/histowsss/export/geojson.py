@@ -15,7 +15,7 @@ Each feature: ``{"type": "Feature", "id": uuid, "geometry": Polygon | MultiPolyg
 from __future__ import annotations
 
 import uuid
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def hex_to_rgb(color: str) -> list[int]:
 
 
 def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5, min_area: float = 0.0,
-                    offset: tuple[float, float] = (0.0, 0.0), with_pixels: bool = False):
+                    offset: tuple[float, float] = (0.0, 0.0), with_pixels: bool = False) -> Iterator[Any]:
     """Shapely (Multi)Polygons, one per 8-connected region of a boolean ``mask``, in level-0 coordinates, yielded
     one at a time (a slide's regions are not all held at once).
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
 from histowsss.data.io import image_stem
 
 

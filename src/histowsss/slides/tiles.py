@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from histowsss.data.manifest import read_csv_rows
 from histowsss.data.io import image_stem
+from histowsss.data.manifest import read_csv_rows
 
 
 class SlideManifestError(ValueError):

@@ -35,8 +35,7 @@ from histowsss.engine.memory import check_cache_fits, image_pixels
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.models.irnet import IGNORE, irn_losses
 from histowsss.steps import cam_to_ir_label
-from histowsss.steps.irn_common import (STRIDE, background_id, build_irn, gate_sections, irn_path, irn_samples,
-                                        read_png)
+from histowsss.steps.irn_common import STRIDE, build_irn, gate_sections, irn_path, irn_samples, read_png
 
 STEP = "train_irn"
 # dihedral transform indices (histowsss.data.transforms.dihedral): identity, horizontal flip, then rotations

@@ -35,7 +35,6 @@ from histowsss.data.manifest import data_root
 from histowsss.engine.atomic import write_json, write_npz
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.tuning.scratch import fit_on, scratch_run
-from histowsss.data.io import image_stem
 
 NETWORK = "network"
 # eval_seg's object clean-up works on the argmax: the kept probabilities do not depend on it, and the pooled pixel
@@ -94,7 +93,7 @@ def fold_manifest(src_manifest: Path, names: set[str], out: Path, root: Path | N
     base = Path(os.path.abspath(root if root is not None else Path(src_manifest).parent))
     moved: set[str] = set()
     for r in rows:
-        name = r.get("name") or image_stem(r["image"])  # as data/manifest.py names images
+        name = r.get("name") or Path(r["image"]).stem  # as data/manifest.py names images
         for col in path_columns:
             if r.get(col):  # absolute, but symbolic links kept: their names are the images' names
                 r[col] = os.path.abspath(base / r[col])
