@@ -430,3 +430,32 @@ def test_non_finite_probabilities_stop_predict(trained_run: Path, tmp_path: Path
     res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "o")])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and f"{img.name}: the network's probabilities are not finite" in text, text
+
+
+def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_slide(trained_run: Path, tmp_path: Path):
+    """A folder as QuPath's tile exporter writes it: image tiles and '-labelled' label tiles side by side. --skip
+    leaves the label tiles out; --qupath-tiles writes each tile's regions in its slide's level-0 pixels."""
+    images = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))
+    folder = tmp_path / "export"
+    folder.mkdir()
+    name = "CMU-1 [d=2,x=4096,y=8192,w=128,h=128]"
+    shutil.copy(images[0], folder / f"{name}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / f"{name}-labelled.png")  # grey: not an H&E input
+    r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 2 and "--skip" in " ".join(r.output.split())  # the fix is named
+    plain, placed = tmp_path / "plain", tmp_path / "placed"
+    for out, extra in ((plain, []), (placed, ["--qupath-tiles"])):
+        r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(out),
+                                "--skip", "*-labelled.png", *extra])
+        assert r.exit_code == 0, r.output
+        assert not list(out.glob("*-labelled*"))
+    a = json.loads((plain / f"{name}.geojson").read_text())["features"]
+    b = json.loads((placed / f"{name}.geojson").read_text())["features"]
+    assert len(a) == len(b) > 0
+    for fa, fb in zip(a, b):
+        ax0, ay0, ax1, ay1 = shape(fa["geometry"]).bounds
+        assert shape(fb["geometry"]).bounds == pytest.approx((4096 + 2 * ax0, 8192 + 2 * ay0, 4096 + 2 * ax1,
+                                                              8192 + 2 * ay1))
+    r = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[1]), "--out", str(tmp_path / "o3"),
+                            "--qupath-tiles"])
+    assert r.exit_code == 2 and "--qupath-tiles needs names" in " ".join(r.output.split())

@@ -129,3 +129,39 @@ def test_slide_outputs_stop_at_the_slide_edge():
     labels[:, 3] = 1
     assert labels_to_features(labels, ["bg", "gland"], ["#000000", "#ff0000"], scale=0.25, simplify=0,
                               bounds=(12, 10)) == []
+
+
+def test_qupath_tile_names_place_a_tiles_regions_on_the_slide():
+    """QuPath's tile exporter names tiles '<slide> [d=2,x=4096,y=8192,w=512,h=512].jpg': pixel (u, v) of the tile
+    is level-0 pixel (x + d u, y + d v) of the slide."""
+    from pathlib import Path
+
+    from histowsss.export.geojson import place_features, qupath_tile_placement
+
+    assert qupath_tile_placement(Path("CMU-1 [d=2,x=4096,y=8192,w=512,h=512].jpg")) == (2.0, 4096.0, 8192.0)
+    assert qupath_tile_placement(Path("a [b] [x=10, y=20, w=5, h=5].png")) == (1.0, 10.0, 20.0)
+    with pytest.raises(ValueError, match="--qupath-tiles needs names"):
+        qupath_tile_placement(Path("tile_001.png"))
+    lab = np.zeros((8, 8), np.uint8)
+    lab[2:4, 2:6] = 1
+    feats = labels_to_features(lab, ["bg", "t"], ["#000000", "#ff0000"], simplify=0)
+    (f,) = place_features(feats, 2.0, 100.0, 50.0)
+    minx, miny, maxx, maxy = shape(f["geometry"]).bounds
+    ominx, ominy, omaxx, omaxy = shape(feats[0]["geometry"]).bounds
+    assert (minx, miny, maxx, maxy) == pytest.approx((100 + 2 * ominx, 50 + 2 * ominy, 100 + 2 * omaxx, 50 + 2 * omaxy))
+    assert f["properties"]["measurements"]["area_px"] == pytest.approx(4 * feats[0]["properties"]["measurements"][
+        "area_px"], abs=0.2)
+    assert f["id"] == feats[0]["id"] and feats[0]["geometry"] != f["geometry"]
+
+
+def test_region_ids_differ_between_networks_and_repeat_for_the_same_one():
+    from pathlib import Path
+
+    from histowsss.config import load_config
+    from histowsss.export.geojson import feature_id_prefix
+
+    a, b = load_config("demo"), load_config("demo", ["train_seg.epochs=3"])
+    p = Path("x/CMU-7 [d=2,x=0,y=0,w=9,h=9].jpg")
+    assert feature_id_prefix(a, "seg", p) == feature_id_prefix(load_config("demo"), "seg", p)
+    assert len({feature_id_prefix(a, "seg", p), feature_id_prefix(b, "seg", p),
+                feature_id_prefix(a, "seg_supervised", p)}) == 3

@@ -31,7 +31,7 @@ import numpy as np
 import typer
 
 from histowsss.cli.common import clear_errors, interrupt_exit_code, log_line, terminate_as_interrupt
-from histowsss.data.io import IMAGE_SUFFIXES, image_stem
+from histowsss.data.io import IMAGE_SUFFIXES, ImageReadError, image_stem
 from histowsss.export.overlay import overlay
 from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_inputs, summary_row
 from histowsss.slides.predict import SlideOptions
@@ -42,16 +42,22 @@ OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
 OUTPUT_IMAGE_SUFFIXES = ("_labels.png", "_overlay.png", "_tissue.png")  # images predict writes (slides: + tissue)
 
 
-def collect_inputs(inputs: list[Path], recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+def collect_inputs(inputs: list[Path], recursive: bool = False, exclude: Path | None = None,
+                   skip_names: list[str] | None = None) -> list[Path]:
     """Image files named, or found in named folders (``recursive``: in their sub-folders too); clear errors for the
     rest. Found in folders, earlier outputs (label, overlay and tissue PNGs below ``exclude``, the output folder)
-    hidden files (a killed atomic write's ``.<name>.partial.png``, macOS ``._<name>``) and files in hidden or
-    ``*.partial`` folders (slide tile caches) are skipped."""
+    hidden files (a killed atomic write's ``.<name>.partial.png``, macOS ``._<name>``), files in hidden or
+    ``*.partial`` folders (slide tile caches) and files whose name matches a ``skip_names`` pattern (``--skip``,
+    e.g. ``*-labelled.png``: the label tiles QuPath exports beside the images) are skipped."""
+    from fnmatch import fnmatch
+
     skip = exclude.resolve() if exclude is not None else None
 
     def wanted(f: Path, top: Path) -> bool:
         parts = f.relative_to(top).parts
         if parts[-1].startswith(".") or any(x.startswith(".") or x.endswith(".partial") for x in parts[:-1]):
+            return False
+        if any(fnmatch(f.name, pat) for pat in skip_names or ()):
             return False
         if (skip is not None and f.name.endswith(OUTPUT_IMAGE_SUFFIXES)
                 and (skip == f.resolve().parent or skip in f.resolve().parents)):
@@ -108,7 +114,8 @@ def apply_cpu_amp(cfg, cpu_amp: bool | None, dev, log=print) -> None:
 def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool = False,
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
-                   cpu_amp: bool | None = None, skip_existing: bool = False, log=print) -> list[dict]:
+                   cpu_amp: bool | None = None, skip_existing: bool = False, skip_names: list[str] | None = None,
+                   qupath_tiles: bool = False, log=print) -> list[dict]:
     """Segment ``inputs`` with the run's network; returns one record per image or slide predicted (paths, regions
     per class). ``predictions.csv`` is updated as the batch goes (every 10 s and at the end, also when it fails), and
     ``skip_existing`` restores the rows a kill lost from the finished inputs' outputs.
@@ -145,7 +152,13 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
                                 f"from its run folder with `histowsss export RUN_DIR --out DIR"
                                 f"{' --supervised' if network == 'seg_supervised' else ''}`")
-    files = collect_inputs(inputs, recursive=recursive, exclude=out_dir)
+    files = collect_inputs(inputs, recursive=recursive, exclude=out_dir, skip_names=skip_names)
+    if qupath_tiles:  # every name is checked before any work
+        from histowsss.export.geojson import qupath_tile_placement
+
+        placements = {f: qupath_tile_placement(f) for f in files}
+    else:
+        placements = {}
     slides = {f for f in files if is_slide_file(f)}
     o = slide_options
     if o is not None and (o.downsample, o.slide_mpp, o.train_mpp) != (None, None, None) and len(slides) < len(files):
@@ -189,8 +202,12 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     blank: list[Path] = []
     with SummaryBuffer(out_dir) as rows:  # predictions.csv keeps the finished inputs' rows if the batch is killed
         for f in files:
-            rec = _predict_one(f, f in slides, cfg, model, dev, out_dir, gate, slide_options, simplify, min_area,
-                               network, run_dir, log)
+            try:
+                rec = _predict_one(f, f in slides, cfg, model, dev, out_dir, gate, slide_options, simplify, min_area,
+                                   network, run_dir, log, placements.get(f))
+            except ImageReadError as e:  # e.g. a label tile exported beside the images
+                raise ImageReadError(f"{e}; to leave such files of a folder out, pass --skip with a pattern of "
+                                     f"their names (e.g. --skip '*-labelled.png')") from None
             if rec is None:
                 blank.append(f)
                 if overwrite:  # outputs of an earlier prediction of this slide would outlive it: removed
@@ -208,12 +225,15 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
 
 
 def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, slide_options, simplify: float,
-                 min_area: float, network: str, run_dir: Path, log) -> dict | None:
-    """Segment one image or slide and write its outputs; its record, or None for a slide without tissue."""
+                 min_area: float, network: str, run_dir: Path, log,
+                 placement: tuple[float, float, float] | None = None) -> dict | None:
+    """Segment one image or slide and write its outputs; its record, or None for a slide without tissue.
+    ``placement`` (d, x, y): the image is a tile of a slide, and its GeoJSON is written in the slide's level-0
+    pixels (:func:`~histowsss.export.geojson.place_features`)."""
     from histowsss.data.io import read_rgb
     from histowsss.data.loading import load_image
     from histowsss.engine.atomic import write_bytes, write_npz, write_png
-    from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
+    from histowsss.export.geojson import feature_collection, feature_id_prefix, hex_to_rgb, labels_to_features
     from histowsss.slides.predict import NoTissueError, predict_slide_file
     from histowsss.steps.eval_seg import finite_probs, labels_from_probs, predict_probs
     from histowsss.steps.segnet_io import weights_fingerprint
@@ -251,7 +271,11 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
               image_scale=np.array(scale), level0_size=np.array((H, W)))
     write_png(overlay_p, overlay(original, lab0, colors, bg))
     feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
-                               min_area=min_area, id_prefix=image_stem(f), probs=probs)
+                               min_area=min_area, id_prefix=feature_id_prefix(cfg, network, f), probs=probs)
+    if placement is not None:  # a QuPath tile: onto its slide
+        from histowsss.export.geojson import place_features
+
+        feats = place_features(feats, *placement)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())  # the last output: all there = finished
     counts = _region_counts(feats, classes.names, bg)
     log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
@@ -310,6 +334,12 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                "reused)"),
             recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "
                                            "folders given (output names must stay unique)"),
+            qupath_tiles: bool = typer.Option(False, help="the inputs are tiles QuPath's tile exporter wrote, named "
+                                              "'<slide> [d=2,x=..,y=..,w=..,h=..]': their GeoJSON is placed on the "
+                                              "slide (level-0 pixels), to import onto the slide itself"),
+            skip: Optional[list[str]] = typer.Option(None, "--skip", help="leave out files of the folders whose name "
+                                                     "matches this pattern, e.g. '*-labelled.png' (QuPath's label "
+                                                     "tiles beside the images); repeatable"),
             supervised: bool = typer.Option(False, help="use the supervised upper-bound network (seg_supervised)"),
             device: Optional[str] = typer.Option(None, help="device (default: the run config's)"),
             simplify: float = typer.Option(1.0, help="GeoJSON polygon simplification tolerance, level-0 pixels"),
@@ -352,6 +382,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                 recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                                       network="seg_supervised" if supervised else "seg", device=device,
                                       simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,
+                                      skip_names=skip, qupath_tiles=qupath_tiles,
                                       cpu_amp=cpu_amp, skip_existing=skip_existing,
                                       slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile,
                                                                  slide_margin, out_factor, tissue_threshold,

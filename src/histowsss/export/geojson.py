@@ -14,7 +14,9 @@ Each feature: ``{"type": "Feature", "id": uuid, "geometry": Polygon | MultiPolyg
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -170,6 +172,51 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                 },
             })
     return feats
+
+
+def feature_id_prefix(cfg, network: str, path: Path) -> str:
+    """What a predicted region's id is derived from besides its class and number: the network (its configuration)
+    and the input, so the same regions get the same ids again, and two models' regions never share one (QuPath
+    would take them for one object)."""
+    from histowsss.data.io import image_stem
+
+    return f"{network}:{cfg.step_hash('data', 'train_seg', 'eval_seg')}/{image_stem(path)}"
+
+
+_QUPATH_TILE = re.compile(r"\[([^\[\]]*\bx=\s*\d+[^\[\]]*)\]")
+
+
+def qupath_tile_placement(path: Path) -> tuple[float, float, float]:
+    """(downsample d, x, y) of a tile QuPath's tile exporter named ``<slide> [d=2,x=4096,y=8192,w=512,h=512].jpg``
+    (``d`` is 1 when absent): its pixel (u, v) lies at level-0 pixel (x + d u, y + d v) of the slide."""
+    m = None
+    for m in _QUPATH_TILE.finditer(path.name):
+        pass
+    fields = dict(kv.split("=", 1) for kv in (m.group(1).replace(" ", "").split(",") if m else []) if "=" in kv)
+    try:
+        return float(fields.get("d", 1)), float(fields["x"]), float(fields["y"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{path}: --qupath-tiles needs names as QuPath's tile exporter writes them, "
+                         "'<slide> [d=2,x=4096,y=8192,w=512,h=512].<ext>' (x and y: the tile's level-0 corner, d: "
+                         "its downsample); this name has no such brackets") from None
+
+
+def place_features(features: list[dict], d: float, x: float, y: float, ndigits: int = 2) -> list[dict]:
+    """The features of a tile moved onto its slide: every coordinate (u, v) becomes (x + d u, y + d v), and
+    ``area_px`` is scaled by d² (level-0 pixels)."""
+    from shapely.affinity import affine_transform
+    from shapely.geometry import mapping, shape
+
+    out = []
+    for f in features:
+        g = mapping(affine_transform(shape(f["geometry"]), [d, 0, 0, d, x, y]))
+        props = dict(f["properties"])
+        if "area_px" in props.get("measurements", {}):
+            props["measurements"] = {**props["measurements"],
+                                     "area_px": round(props["measurements"]["area_px"] * d * d, 1)}
+        out.append({**f, "geometry": {"type": g["type"], "coordinates": _round_coords(g["coordinates"], ndigits)},
+                    "properties": props})
+    return out
 
 
 def feature_collection(features: list[dict]) -> dict:

@@ -111,7 +111,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     from PIL import Image
 
     from histowsss.engine.atomic import write_bytes, write_json, write_npz, write_png
-    from histowsss.export.geojson import feature_collection, hex_to_rgb, labels_to_features
+    from histowsss.export.geojson import feature_collection, feature_id_prefix, hex_to_rgb, labels_to_features
     from histowsss.export.overlay import overlay
     from histowsss.slides.grid import tissue_tiles, working_downsample
     from histowsss.slides.inference import UNLABELLED, predict_slide
@@ -181,7 +181,8 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
-                               simplify=simplify, min_area=min_area, id_prefix=image_stem(path), probs=pred.probs,
+                               simplify=simplify, min_area=min_area, id_prefix=feature_id_prefix(cfg, network, path),
+                               probs=pred.probs,
                                bounds=frame[2:], origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())
     in_tissue = np.asarray(Image.fromarray(tissue.astype(np.uint8)).resize(labels.shape[::-1], Image.NEAREST)) > 0
