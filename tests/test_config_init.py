@@ -395,3 +395,41 @@ def test_colour_masks_are_named_and_mapped_with_mask_colors(tmp_path: Path):
                       ({"tumour": "#ff0000", "stroma": "#FF0000"}, "the same colour")):
         with pytest.raises(ConfigError, match=says):
             load_config(str(tmp_path / "c.yaml"), [f"data.mask_colors={json.dumps(bad)}"])
+
+
+def test_mask_values_map_qupath_label_tiles(tmp_path: Path):
+    """QuPath's labelled tiles hold 0 (unannotated), then 1, 2 in the order the labels were added, not the classes'
+    positions: init says so and takes --mask-values; every step reads the mapped ids."""
+    from histowsss.data.check import check_dataset
+    from histowsss.data.io import ImageReadError
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.masks import load_class_mask
+
+    rows = ["image,split,patient,label,mask"]
+    for i, (split, labels) in enumerate([("train", "tumour;stroma"), ("train", "stroma"), ("test", "tumour;stroma")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.full((96, 96), 2, np.uint8)  # stroma (added second in QuPath)
+        m[:24] = 0  # unannotated
+        if "tumour" in labels:
+            m[48:, :48] = 1
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=r"values \[0, 1, 2\].*--mask-values"):
+        config_for_manifest(tmp_path / "m.csv", background="none")
+    r = CliRunner().invoke(app, ["init", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.yaml"), "--background",
+                                 "none", "--mask-values", "tumour=1,stroma=2,ignore=0"])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(str(tmp_path / "c.yaml"))
+    assert cfg.data.mask_values == {"tumour": 1, "stroma": 2, "ignore": 0} and cfg.data.mask_mode == "class_ids"
+    s = read_manifest(cfg.data)[0]
+    ids = load_class_mask(s, cfg.data)
+    t, st = cfg.data.classes.index("tumour"), cfg.data.classes.index("stroma")
+    assert (ids[:24] == 255).all() and (ids[48:, :48] == t).all() and (ids[24:48] == st).all()
+    assert [p for p in check_dataset(cfg.data, progress=False) if p.level == "error"] == []
+    no_ignore = cfg.data.model_copy(update={"mask_values": {"tumour": 1, "stroma": 2}})
+    with pytest.raises(ImageReadError, match=r"m0.png: mask value\(s\) 0 \(2304 px\) are in no entry of "
+                                             r"data.mask_values"):
+        load_class_mask(s, no_ignore)
+    with pytest.raises(ConfigError, match="both map masks"):
+        load_config(str(tmp_path / "c.yaml"), ["data.mask_colors={tumour: '#ff0000'}"])

@@ -150,6 +150,10 @@ class DataConfig(Strict):
         None, description="colour masks (RGB, e.g. exported with class colours): class -> '#rrggbb' of its pixels, "
         "and 'ignore' -> a colour left out (e.g. white background); a colour not listed is an error naming it. "
         "Needs mask_mode class_ids")
+    mask_values: dict[str, int] | None = Field(
+        None, description="single-channel masks whose values are not the class positions (e.g. QuPath's labelled "
+        "tiles: 0 unannotated, 1, 2 ... in the order labels were added): class -> its value, and 'ignore' -> a value "
+        "left out; a value not listed is an error naming it. Needs mask_mode class_ids")
     points_column: str | None = Field(None, description="column of clicks 'x y class; x y class; ...' (level-0 "
                                       "pixels of the image); see the points section")
     train_splits: list[str] = Field(default_factory=lambda: ["train"])
@@ -187,6 +191,27 @@ class DataConfig(Strict):
             raise ValueError(f"mask_colors maps colours to classes, and mask_mode is {self.mask_mode!r}: set "
                              "mask_mode class_ids (or leave out mask_colors)")
 
+    def _check_mask_values(self) -> None:
+        values = self.mask_values or {}
+        unknown = [k for k in values if k not in self.classes.names and k != "ignore"]
+        bad = [f"{k}: {v!r}" for k, v in values.items() if not 0 <= v <= 65535]
+        if unknown or bad or not values:
+            not_class = f"; not a class: {', '.join(map(repr, unknown))}" if unknown else ""
+            raise ValueError(f"mask_values maps each class (of {', '.join(self.classes.names)}) or 'ignore' to its "
+                             f"mask value (0-65535){not_class}" + (f"; out of range: {', '.join(bad)}" if bad else ""))
+        seen: dict[int, str] = {}
+        for k, v in values.items():
+            twin = seen.setdefault(v, k)
+            if twin != k:
+                raise ValueError(f"mask_values gives {twin!r} and {k!r} the same value {v}: a pixel of it would "
+                                 "have two classes")
+        if self.mask_colors:
+            raise ValueError("mask_values (grey masks) and mask_colors (colour masks) both map masks: keep the one "
+                             "your masks need")
+        if self.mask_mode != "class_ids":
+            raise ValueError(f"mask_values maps mask values to classes, and mask_mode is {self.mask_mode!r}: set "
+                             "mask_mode class_ids (or leave out mask_values)")
+
     @property
     def has_labels(self) -> bool:
         """Whether the manifest holds image labels (a label column or one column per class)."""
@@ -208,6 +233,8 @@ class DataConfig(Strict):
             raise ValueError("mask_mode 'binary' needs mask_foreground_class (the class of mask>0 pixels)")
         if self.mask_colors is not None:
             self._check_mask_colors()
+        if self.mask_values is not None:
+            self._check_mask_values()
         if self.mask_foreground_class is not None and self.mask_foreground_class not in self.classes.names:
             raise ValueError(f"mask_foreground_class {self.mask_foreground_class!r} is not one of the classes "
                              f"{self.classes.names}")

@@ -179,7 +179,9 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     if ids and max(ids) < len(names):
         return {"mask_mode": "class_ids"}, f"mask values {sorted(values)}: mask_mode class_ids (index into the classes)"
     raise ConfigError(f"masks hold values {sorted(values)[:10]} that are neither binary nor class indices (0..."
-                      f"{len(names) - 1}, 255 = ignore); pass --mask-mode")
+                      f"{len(names) - 1}, 255 = ignore); say which class each value is with --mask-values "
+                      f"'{names[0]}=1,...,ignore=0' (QuPath's labelled tiles: 0 = unannotated, then the labels in the "
+                      "order they were added), or pass --mask-mode")
 
 
 def _short_sides(root: Path, images: list[str]) -> np.ndarray:
@@ -213,7 +215,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                         label_separator: str | None = None, out: Path | None = None,
                         mask_ignore: list[int] | None = None, classes: list[str] | None = None,
                         label_columns: list[str] | None = None,
-                        mask_colors: dict[str, str] | None = None) -> InitResult:
+                        mask_colors: dict[str, str] | None = None,
+                        mask_values: dict[str, int] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
@@ -344,6 +347,10 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             data["classes"]["colors"].update({k: v for k, v in mask_colors.items() if k in names and k != bg})
             notes.append("colour masks: " + ", ".join(f"{k} {v}" for k, v in mask_colors.items())
                          + " (data.mask_colors; the classes are drawn in those colours)")
+        elif mask_values:
+            data.update(mask_mode="class_ids", mask_values=dict(mask_values))
+            notes.append("mask values: " + ", ".join(f"{k} {v}" for k, v in mask_values.items())
+                         + " (data.mask_values)")
         elif mask_mode is not None:
             data["mask_mode"] = mask_mode
             fg = [n for n in names if n != bg]

@@ -33,6 +33,9 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                                    "of every score (e.g. 4 for LUAD-HistoSeg / BCSS-WSSS)"),
          mask_colors: Optional[str] = typer.Option(None, help="colour masks: comma-separated CLASS=#rrggbb, and "
                                                    "ignore=#rrggbb for a colour that is no class"),
+         mask_values: Optional[str] = typer.Option(None, help="masks whose values are not the class positions: "
+                                                   "comma-separated CLASS=VALUE, and ignore=VALUE (e.g. QuPath's "
+                                                   "labelled tiles: 'tumour=1,stroma=2,ignore=0')"),
          mpp: Optional[float] = typer.Option(None, help="microns per pixel of the images: the network then works at "
                                              "the resolution the profile was measured at"),
          image_scale: Optional[float] = typer.Option(None, help="resize factor on read (instead of --mpp)"),
@@ -55,7 +58,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                    label_columns=[c.strip() for c in label_columns.split(",") if c.strip()]
                                    if label_columns else None,
                                    classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-                                   mask_colors=_class_colours(mask_colors))
+                                   mask_colors=_class_colours(mask_colors),
+                                   mask_values=_class_values(mask_values))
         write_text(out, made.text)
     for n in made.notes:
         console.print(f"- {escape(n)}", highlight=False)
@@ -73,6 +77,19 @@ def _class_colours(text: str | None) -> dict[str, str] | None:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, sep, colour = part.rpartition("=")
         if not sep or not name.strip():
-            raise ValueError(f"--mask-colors {part!r}: give CLASS=#rrggbb, e.g. tumour=#ff0000")
+            raise ValueError(f"{part!r}: give CLASS=#rrggbb for --mask-colors (e.g. tumour=#ff0000), CLASS=VALUE for "
+                             "--mask-values (e.g. tumour=1)")
         out[name.strip()] = colour.strip()
     return out
+
+
+def _class_values(text: str | None) -> dict[str, int] | None:
+    """``'tumour=1,stroma=2,ignore=0'`` -> {'tumour': 1, 'stroma': 2, 'ignore': 0}."""
+    out = _class_colours(text)
+    if out is None:
+        return None
+    try:
+        return {k: int(v) for k, v in out.items()}
+    except ValueError:
+        raise ValueError(f"--mask-values {text!r}: give CLASS=VALUE with whole numbers, e.g. "
+                         "tumour=1,ignore=0") from None

@@ -61,8 +61,21 @@ def mask_color_ids(cfg: DataConfig) -> dict[int, int] | None:
 
 
 def read_class_ids(path, cfg: DataConfig, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """A mask file's raw values as ``data`` reads them: stored ids, or the ids of its colours (``mask_colors``)."""
-    return read_mask(path, expected_hw=expected_hw, colors=mask_color_ids(cfg))
+    """A mask file's raw values as ``data`` reads them: stored ids, the ids of its colours (``mask_colors``), or of
+    its values (``mask_values``)."""
+    raw = read_mask(path, expected_hw=expected_hw, colors=mask_color_ids(cfg))
+    if not cfg.mask_values:
+        return raw
+    ids = {v: IGNORE if k == "ignore" else cfg.classes.index(k) for k, v in cfg.mask_values.items()}
+    keys, inverse = np.unique(raw, return_inverse=True)
+    unknown = [(int(k), int((inverse == i).sum())) for i, k in enumerate(keys) if int(k) not in ids]
+    if unknown:
+        unknown.sort(key=lambda kv: -kv[1])
+        listed = ", ".join(f"{k} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ImageReadError(f"{path}: mask value(s) {listed} are in no entry of data.mask_values; add each to its "
+                             "class (or to 'ignore'), e.g. --set \"data.mask_values={tumour: 1, ignore: 0}\"")
+    lut = np.array([ids[int(k)] for k in keys], dtype=np.uint8)
+    return lut[inverse.reshape(raw.shape)]
 
 
 def load_class_mask(sample: Sample, cfg: DataConfig, image_hw: tuple[int, int] | None = None) -> np.ndarray:
