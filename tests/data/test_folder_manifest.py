@@ -146,6 +146,44 @@ def test_label_vectors_in_file_names():
         label_from_name("a-[1 0 1]", names)
     with pytest.raises(ValueError, match="does not hold 4"):
         label_from_name("a-[1 0 2 1]", names)
+    assert label_from_name("CMU-1 [d=2,x=4096,y=8192,w=512,h=512]", names) is None  # QuPath's tile corner
+
+
+def test_a_qupath_labelled_tile_export_becomes_a_manifest_and_a_config(tmp_path: Path):
+    """QuPath's tile exporter: '<slide> [d=..,x=..,y=..]' image tiles beside '-labelled' label tiles (0 unannotated,
+    then the labels in the order added) in one folder; the slide is the patient. Labels come from the label
+    tiles, and init maps their values to the classes."""
+    from histowsss.config_init import config_for_manifest
+    from histowsss.data.folder_manifest import manifest_from_named_labels
+    from histowsss.data.masks import load_class_mask
+    from histowsss.data.manifest import read_manifest
+
+    root = tmp_path / "export"
+    for slide in range(6):
+        for k in range(3):
+            name = f"CMU-{slide} [d=2,x={4096 * k},y=8192,w=192,h=192]"
+            _img(root / f"{name}.jpg", 120 + slide, size=96)
+            lab = np.full((96, 96), 2, np.uint8)  # stroma
+            lab[:10] = 0  # unannotated
+            if (slide + k) % 2:
+                lab[40:, 40:] = 1  # tumour
+            Image.fromarray(lab).save(root / f"{name}-labelled.png")
+    out = tmp_path / "qp.csv"
+    manifest_from_named_labels(root, out, ["unannotated", "tumour", "stroma"], masks=[root],
+                               mask_suffix="-labelled", mask_ignore=[0], patient_regex=r"^(.+?) \[")
+    rows = _rows(out)
+    assert len(rows) == 18 and not any("-labelled" in r["image"] for r in rows)
+    assert {r["patient"] for r in rows} == {f"CMU-{s}" for s in range(6)}
+    assert {r["label"] for r in rows} == {"stroma", "tumour;stroma"}
+    splits = defaultdict(set)
+    for r in rows:
+        splits[r["patient"]].add(r["split"])
+    assert all(len(v) == 1 for v in splits.values())  # each slide in one split
+    cfg = config_for_manifest(out, background="none", mask_values={"tumour": 1, "stroma": 2, "ignore": 0}).config
+    assert sorted(cfg.data.classes.names) == ["stroma", "tumour"]
+    s = next(x for x in read_manifest(cfg.data) if "tumour" in x.labels)
+    ids = load_class_mask(s, cfg.data)
+    assert (ids[:10] == 255).all() and (ids[40:, 40:] == cfg.data.classes.index("tumour")).all()
 
 
 def test_a_luad_histoseg_layout_becomes_a_manifest_and_a_config(tmp_path: Path):

@@ -16,6 +16,10 @@ The public weakly supervised tissue data sets write each patch's multi-label vec
     ROOT/**/<name>[v1 v2 ...].png           split made here
     ROOT/<split>/**/<name>[...].png         split taken from the folder; images without a vector take the
                                             classes present in their mask (validation / test images)
+
+QuPath's tile exporter (image tiles and ``-labelled`` label tiles side by side, named
+``<slide> [d=2,x=..,y=..,w=..,h=..]``) is read the same way: its brackets are no label vector, so every tile takes
+the classes of its label tile (``--masks`` the same folder, ``--mask-suffix -labelled``).
 """
 
 from __future__ import annotations
@@ -179,8 +183,9 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     loose = _direct_images(root)
     if loose:
         raise FolderLayoutError(f"{root}: {len(loose)} image(s) directly in the folder (e.g. {loose[0]}); put every "
-                                "image in a sub-folder named after its class (ROOT/<class>/...), or write the manifest "
-                                "yourself (docs/data.md)")
+                                "image in a sub-folder named after its class (ROOT/<class>/...); for tiles whose "
+                                "classes are in their masks (QuPath's labelled tiles) pass --labels-in-name with the "
+                                "classes in mask-value order and --masks; or write the manifest yourself (docs/data.md)")
     if not top:
         raise FolderLayoutError(f"{root}: no sub-folders; expected ROOT/<class>/<images> or "
                                 "ROOT/<split>/<class>/<images>")
@@ -231,10 +236,11 @@ NAMED_LABEL = re.compile(r"\[([^\[\]]*)\][^\[\]]*$")  # the last [...] of a file
 
 def label_from_name(stem: str, class_names: list[str]) -> list[str] | None:
     """The classes of a file name's multi-label vector (``[1 0 0 1]``, ``[1101]``, ``[1, 1, 0]``), in
-    ``class_names`` order; None when the name carries no vector. Raises ValueError for a vector of the wrong
-    length or with values other than 0 / 1."""
+    ``class_names`` order; None when the name carries no vector: no brackets, or brackets that hold more than
+    digits, spaces and commas (QuPath's tile coordinates ``[d=2,x=4096,y=8192,w=512,h=512]``). Raises ValueError
+    for a vector of the wrong length or with values other than 0 / 1."""
     m = NAMED_LABEL.search(stem)
-    if m is None:
+    if m is None or not re.fullmatch(r"[\d\s,]+", m.group(1)):
         return None
     inside = m.group(1)
     bits = re.findall(r"\d+", inside) if re.search(r"[\s,]", inside.strip()) else list(inside.strip())
