@@ -185,7 +185,8 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
         raise FolderLayoutError(f"{root}: {len(loose)} image(s) directly in the folder (e.g. {loose[0]}); put every "
                                 "image in a sub-folder named after its class (ROOT/<class>/...); for tiles whose "
                                 "classes are in their masks (QuPath's labelled tiles) pass --labels-in-name with the "
-                                "classes in mask-value order and --masks; or write the manifest yourself (docs/data.md)")
+                                "classes in mask-value order and --masks; or write the manifest yourself "
+                                "(docs/data.md)")
     if not top:
         raise FolderLayoutError(f"{root}: no sub-folders; expected ROOT/<class>/<images> or "
                                 "ROOT/<split>/<class>/<images>")
