@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -242,16 +243,23 @@ def _colours_to_ids(path: Path, m: np.ndarray, colors: dict[int, int]) -> np.nda
     rgb = np.repeat(m[..., None], 3, axis=2) if m.ndim == 2 else m[..., :3]
     if rgb.shape[2] < 3:  # grey + alpha
         rgb = np.repeat(rgb[..., :1], 3, axis=2)
-    keys, inverse = np.unique(pack_rgb(rgb), return_inverse=True)
-    unknown = [(int(k), int((inverse == i).sum())) for i, k in enumerate(keys) if int(k) not in colors]
+    return lookup_ids(path, pack_rgb(rgb), colors, "colour(s)", lambda k: f"#{k:06x}", "data.mask_colors",
+                      "{tumour: '#ff0000', ignore: '#ffffff'}")
+
+
+def lookup_ids(path: Path, raw: np.ndarray, table: dict[int, int], what: str, show: Callable[[int], str], key: str,
+               example: str) -> np.ndarray:
+    """uint8 class ids of the values of ``raw`` through ``table``; a value the table lacks is an ImageReadError
+    naming ``path``, the values (most pixels first, ``show`` writes them) and the config ``key`` to add them to."""
+    keys, inverse = np.unique(raw, return_inverse=True)
+    counts = np.bincount(inverse.ravel(), minlength=len(keys))
+    unknown = sorted(((int(k), int(n)) for k, n in zip(keys, counts) if int(k) not in table), key=lambda kv: -kv[1])
     if unknown:
-        unknown.sort(key=lambda kv: -kv[1])
-        listed = ", ".join(f"#{k:06x} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise ImageReadError(f"{path}: colour(s) {listed} are in no entry of data.mask_colors; add each to its class "
-                             "(or to 'ignore'), e.g. --set \"data.mask_colors={tumour: '#ff0000', "
-                             "ignore: '#ffffff'}\"")
-    lut = np.array([colors[int(k)] for k in keys], dtype=np.uint8)
-    return lut[inverse.reshape(rgb.shape[:2])]
+        listed = ", ".join(f"{show(k)} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ImageReadError(f"{path}: {what} {listed} are in no entry of {key}; add each to its class (or to "
+                             f"'ignore'), e.g. --set \"{key}={example}\"")
+    lut = np.array([table[int(k)] for k in keys], dtype=np.uint8)
+    return lut[inverse.reshape(raw.shape)]
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from histowsss.config import DataConfig
-from histowsss.data.io import ImageReadError, read_mask
+from histowsss.data.io import ImageReadError, lookup_ids, read_mask
 from histowsss.data.manifest import Sample, data_root, manifest_path
 
 IGNORE = 255
@@ -67,15 +67,7 @@ def read_class_ids(path, cfg: DataConfig, expected_hw: tuple[int, int] | None = 
     if not cfg.mask_values:
         return raw
     ids = {v: IGNORE if k == "ignore" else cfg.classes.index(k) for k, v in cfg.mask_values.items()}
-    keys, inverse = np.unique(raw, return_inverse=True)
-    unknown = [(int(k), int((inverse == i).sum())) for i, k in enumerate(keys) if int(k) not in ids]
-    if unknown:
-        unknown.sort(key=lambda kv: -kv[1])
-        listed = ", ".join(f"{k} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise ImageReadError(f"{path}: mask value(s) {listed} are in no entry of data.mask_values; add each to its "
-                             "class (or to 'ignore'), e.g. --set \"data.mask_values={tumour: 1, ignore: 0}\"")
-    lut = np.array([ids[int(k)] for k in keys], dtype=np.uint8)
-    return lut[inverse.reshape(raw.shape)]
+    return lookup_ids(path, raw, ids, "mask value(s)", str, "data.mask_values", "{tumour: 1, ignore: 0}")
 
 
 def load_class_mask(sample: Sample, cfg: DataConfig, image_hw: tuple[int, int] | None = None) -> np.ndarray:
