@@ -433,3 +433,27 @@ def test_mask_values_map_qupath_label_tiles(tmp_path: Path):
         load_class_mask(s, no_ignore)
     with pytest.raises(ConfigError, match="both map masks"):
         load_config(str(tmp_path / "c.yaml"), ["data.mask_colors={tumour: '#ff0000'}"])
+
+
+def test_palette_masks_stay_class_ids_and_mask_maps_stand_alone(tmp_path: Path):
+    """A palette mask (LUAD-HistoSeg, BCSS-WSSS) holds class ids however its palette is coloured; init takes one
+    way of reading masks at a time, and an ignore value goes into the map, not beside it."""
+    rows = ["image,split,patient,label,mask"]
+    for i, (split, labels) in enumerate([("train", "TE;NEC"), ("train", "NEC"), ("test", "TE;NEC")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = Image.fromarray(np.broadcast_to(np.where(np.arange(96)[:, None] < 48, 1, 0), (96, 96)).astype(np.uint8))
+        p = m.convert("P")
+        p.putpalette([0, 64, 128, 205, 51, 51, 0, 255, 0] + [0] * (256 * 3 - 9))  # coloured entries
+        p.save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv", background="none", classes=["TE", "NEC"])
+    assert made.config.data.mask_mode == "class_ids" and not made.config.data.mask_colors
+    with pytest.raises(ConfigError, match="--mask-colors and --mask-values both say how masks are read"):
+        config_for_manifest(tmp_path / "m.csv", background="none", mask_colors={"TE": "#ff0000"},
+                            mask_values={"TE": 1})
+    with pytest.raises(ConfigError, match="give the ignored value in the map"):
+        config_for_manifest(tmp_path / "m.csv", background="none", mask_values={"TE": 1, "NEC": 2}, mask_ignore=[0])
+    with pytest.raises(ConfigError, match="mask_ignore_values and mask_values both say"):
+        load_config("demo", ["data.mask_mode=class_ids", "data.mask_values={malignant: 1, benign: 2}",
+                             "data.mask_ignore_values=[0]"])

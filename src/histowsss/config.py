@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import types
 from importlib import resources
@@ -231,6 +232,10 @@ class DataConfig(Strict):
                                  f"{', '.join(map(repr, unknown)) or 'none'}); a column is named as its class")
         if self.mask_mode == "binary" and self.mask_foreground_class is None:
             raise ValueError("mask_mode 'binary' needs mask_foreground_class (the class of mask>0 pixels)")
+        if (self.mask_colors or self.mask_values) and self.mask_ignore_values:
+            key = "mask_colors" if self.mask_colors else "mask_values"
+            raise ValueError(f"mask_ignore_values and {key} both say which mask pixels to leave out: with {key} "
+                             f"give the value as 'ignore' there (and leave mask_ignore_values empty)")
         if self.mask_colors is not None:
             self._check_mask_colors()
         if self.mask_values is not None:
@@ -334,8 +339,9 @@ class TrainCamConfig(Strict):
                     val = float(val)
                 except ValueError:
                     pass
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or (kind is int and val != int(val)):
-                raise ValueError(f"{k}: {val!r} is not a{'n integer' if kind is int else ' number'}")
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or (
+                    kind is int and val != int(val)):
+                raise ValueError(f"{k}: {val!r} is not a{'n integer' if kind is int else ' finite number'}")
             out[k] = val
         return out  # only what was given: the step hash of a run that set none stays the same
 

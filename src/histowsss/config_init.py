@@ -144,17 +144,17 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
         p = root / rel
         try:
             with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA", "P", "PA") else im)
-                if arr.ndim == 3 and not (np.array_equal(arr[..., 0], arr[..., 1]) and
-                                          np.array_equal(arr[..., 0], arr[..., 2])):
+                # a palette mask's pixels are its indices, the class ids (LUAD-HistoSeg, BCSS-WSSS): not colours
+                arr = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA") else im)
+                grey = arr.ndim == 2 or arr.shape[2] < 3 or (np.array_equal(arr[..., 0], arr[..., 1])
+                                                             and np.array_equal(arr[..., 0], arr[..., 2]))
+                if not grey:
                     from histowsss.data.io import pack_rgb
 
                     keys, counts = np.unique(pack_rgb(arr), return_counts=True)
                     for k, n in zip(keys.tolist(), counts.tolist()):
                         colours[k] = colours.get(k, 0) + n
                     continue
-                if im.mode in ("P", "PA"):  # a palette mask of grey colours: its indices are the ids
-                    arr = np.asarray(im)
                 values |= {int(v) for v in np.unique(arr if arr.ndim == 2 else arr[..., 0])} - set(ignore)
         except OSError as e:
             raise ConfigError(f"{p}: mask not readable ({e}); fix the file or its path in the manifest") from None
@@ -218,6 +218,14 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                         mask_colors: dict[str, str] | None = None,
                         mask_values: dict[str, int] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
+    given = [k for k, v in (("--mask-colors", mask_colors), ("--mask-values", mask_values), ("--mask-mode", mask_mode))
+             if v]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} both say how masks are read: pass one (--mask-colors for colour "
+                          "masks, --mask-values for values that are not class positions)")
+    if (mask_colors or mask_values) and mask_ignore:
+        raise ConfigError("--mask-ignore and --mask-colors / --mask-values: give the ignored value in the map as "
+                          "ignore=... instead")
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
     manifest = Path(manifest)

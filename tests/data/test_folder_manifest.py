@@ -179,6 +179,15 @@ def test_a_qupath_labelled_tile_export_becomes_a_manifest_and_a_config(tmp_path:
     for r in rows:
         splits[r["patient"]].add(r["split"])
     assert all(len(v) == 1 for v in splits.values())  # each slide in one split
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    r = CliRunner().invoke(app, ["data", "manifest", str(root), "--out", str(tmp_path / "cli.csv"), "--labels-in-name",
+                                 "unannotated,tumour,stroma", "--mask-ignore", "0", "--masks", str(root),
+                                 "--mask-suffix=-labelled", "--patient-regex", r"^(.+?) \["])
+    assert r.exit_code == 0, r.output  # the next step it prints maps the values (no phantom 'unannotated' class)
+    assert "--background none --mask-values tumour=1,stroma=2,ignore=0" in " ".join(r.output.split())
     cfg = config_for_manifest(out, background="none", mask_values={"tumour": 1, "stroma": 2, "ignore": 0}).config
     assert sorted(cfg.data.classes.names) == ["stroma", "tumour"]
     s = next(x for x in read_manifest(cfg.data) if "tumour" in x.labels)

@@ -82,6 +82,12 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
     for a, b in zip(outs["run"], outs["bundle"]):
         np.testing.assert_array_equal(a, b)
 
+    def region_ids(name: str) -> list[str]:
+        return [f["id"] for p in images for f in json.loads((tmp_path / name / f"{p.stem}.geojson").read_text())[
+            "features"]]
+
+    assert region_ids("run") == region_ids("bundle")  # the same weights: the same region ids, wherever they live
+
     # the bundle holds the weak network only; asking it for the supervised one says so
     res = runner.invoke(app, ["predict", "--run", str(moved), "--supervised", str(images[0]), "--out",
                               str(tmp_path / "sup")])

@@ -229,8 +229,16 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
         console.print("[yellow]warning:[/] no --patient-regex: every image is its own patient, so images of one "
                       "patient can land in different splits; pass a pattern that extracts the patient or slide id",
                       highlight=False)
-    more = (f" --classes {shlex.quote(labels_in_name)} --background none"
-            + (f" --mask-ignore {shlex.quote(str(mask_ignore))}" if mask_ignore else "") if labels_in_name else "")
+    more = ""
+    if labels_in_name:
+        names = [c.strip() for c in labels_in_name.split(",") if c.strip()]
+        ignored = comma_list(mask_ignore, "--mask-ignore", int, "4")
+        if len(ignored) == 1 and ignored[0] < len(names):  # a class position left out (QuPath's 0 = unannotated)
+            values = ",".join(f"{n}={i}" for i, n in enumerate(names) if i != ignored[0])
+            more = f" --background none --mask-values {shlex.quote(f'{values},ignore={ignored[0]}')}"
+        else:
+            more = (f" --classes {shlex.quote(labels_in_name)} --background none"
+                    + (f" --mask-ignore {shlex.quote(str(mask_ignore))}" if mask_ignore else ""))
     # quoted for the shell, so the line can be pasted even where paths hold spaces
     console.print(f"next: histowsss init {escape(shlex.quote(str(made.path)))} --out my.yaml{escape(more)}",
                   highlight=False)

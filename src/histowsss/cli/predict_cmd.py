@@ -192,6 +192,9 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
     model = load_segnet(cfg, run_dir, network, dev)
+    from histowsss.steps.segnet_io import weights_digest
+
+    model_id = f"{network}:{weights_digest(run_dir, network)}"  # in every region's id
     gate = None
     if cfg.eval_seg.image_gate:  # the run's CAM classifier decides which classes an image may contain
         from histowsss.steps.image_gate import ClassifierGate
@@ -204,7 +207,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         for f in files:
             try:
                 rec = _predict_one(f, f in slides, cfg, model, dev, out_dir, gate, slide_options, simplify, min_area,
-                                   network, run_dir, log, placements.get(f))
+                                   network, run_dir, log, placements.get(f), model_id)
             except ImageReadError as e:  # e.g. a label tile exported beside the images
                 raise ImageReadError(f"{e}; to leave such files of a folder out, pass --skip with a pattern of "
                                      f"their names (e.g. --skip '*-labelled.png')") from None
@@ -226,10 +229,10 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
 
 def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, slide_options, simplify: float,
                  min_area: float, network: str, run_dir: Path, log,
-                 placement: tuple[float, float, float] | None = None) -> dict | None:
+                 placement: tuple[float, float, float] | None = None, model_id: str = "") -> dict | None:
     """Segment one image or slide and write its outputs; its record, or None for a slide without tissue.
     ``placement`` (d, x, y): the image is a tile of a slide, and its GeoJSON is written in the slide's level-0
-    pixels (:func:`~histowsss.export.geojson.place_features`)."""
+    pixels (:func:`~histowsss.export.geojson.place_features`). ``model_id`` enters the regions' ids."""
     from histowsss.data.io import read_rgb
     from histowsss.data.loading import load_image
     from histowsss.engine.atomic import write_bytes, write_npz, write_png
@@ -247,7 +250,7 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
         try:
             return predict_slide_file(f, cfg, model, dev, out_dir, slide_options or SlideOptions(),
                                       simplify=simplify, min_area=min_area, network=network,
-                                      weights=weights_fingerprint(run_dir, network), log=log)
+                                      weights=weights_fingerprint(run_dir, network), model_id=model_id, log=log)
         except NoTissueError as e:  # an empty glass slide in a batch: said, and the batch goes on
             log(f"warning: {e}; skipped")
             return None
@@ -271,7 +274,7 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
               image_scale=np.array(scale), level0_size=np.array((H, W)))
     write_png(overlay_p, overlay(original, lab0, colors, bg))
     feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
-                               min_area=min_area, id_prefix=feature_id_prefix(cfg, network, f), probs=probs)
+                               min_area=min_area, id_prefix=feature_id_prefix(model_id, f), probs=probs)
     if placement is not None:  # a QuPath tile: onto its slide
         from histowsss.export.geojson import place_features
 

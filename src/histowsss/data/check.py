@@ -268,7 +268,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
             try:
                 raw = read_class_ids(s.mask, cfg, expected_hw=(h, w))
                 cmap = class_map_from_mask(raw, s, cfg)
-                looks_binary = cfg.mask_mode == "class_ids" and not cfg.mask_colors and \
+                looks_binary = cfg.mask_mode == "class_ids" and not cfg.mask_colors and not cfg.mask_values and \
                     255 not in cfg.mask_ignore_values and \
                     raw.max() == 255 and not np.isin(raw, (0, 255), invert=True).any()
                 if looks_binary:

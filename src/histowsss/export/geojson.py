@@ -174,13 +174,13 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
     return feats
 
 
-def feature_id_prefix(cfg, network: str, path: Path) -> str:
-    """What a predicted region's id is derived from besides its class and number: the network (its configuration)
-    and the input, so the same regions get the same ids again, and two models' regions never share one (QuPath
-    would take them for one object)."""
+def feature_id_prefix(model: str, path: Path) -> str:
+    """What a predicted region's id is derived from besides its class and number: the model (its weights' digest,
+    ``segnet_io.weights_digest``) and the input, so the same model gives the same ids again and two models' regions
+    never share one (QuPath would take them for one object)."""
     from histowsss.data.io import image_stem
 
-    return f"{network}:{cfg.step_hash('data', 'train_seg', 'eval_seg')}/{image_stem(path)}"
+    return f"{model}/{image_stem(path)}"
 
 
 _QUPATH_TILE = re.compile(r"\[([^\[\]]*\bx=\s*\d+[^\[\]]*)\]")

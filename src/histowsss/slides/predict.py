@@ -103,11 +103,11 @@ def _stain_fn(cfg, thumb: np.ndarray, tissue: np.ndarray) -> Callable[[np.ndarra
 
 def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: SlideOptions | None = None, *,
                        min_tissue: float = 0.0, simplify: float = 1.0, min_area: float = 16.0, network: str = "seg",
-                       weights: str = "", log: Callable[[str], None] = print) -> dict:
+                       weights: str = "", model_id: str = "", log: Callable[[str], None] = print) -> dict:
     """Segment one slide and write its outputs (see the module docstring); returns the summary record.
 
     ``weights`` names the network's weights (``segnet_io.weights_fingerprint``): tiles cached by a killed call with
-    other weights are not reused."""
+    other weights are not reused. ``model_id`` (``segnet_io.weights_digest``) enters the regions' ids."""
     from PIL import Image
 
     from histowsss.engine.atomic import write_bytes, write_json, write_npz, write_png
@@ -181,7 +181,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
-                               simplify=simplify, min_area=min_area, id_prefix=feature_id_prefix(cfg, network, path),
+                               simplify=simplify, min_area=min_area, id_prefix=feature_id_prefix(model_id, path),
                                probs=pred.probs,
                                bounds=frame[2:], origin=origin)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from histowsss.config import ConfigError, RunConfig, load_config
-from histowsss.data.manifest import data_root
+from histowsss.data.manifest import data_root, manifest_path
 from histowsss.engine.atomic import write_json, write_npz
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.tuning.scratch import fit_on, scratch_run
@@ -93,10 +93,10 @@ def fold_manifest(src_manifest: Path, names: set[str], out: Path, root: Path | N
     base = Path(os.path.abspath(root if root is not None else Path(src_manifest).parent))
     moved: set[str] = set()
     for r in rows:
-        name = r.get("name") or Path(r["image"]).stem  # as data/manifest.py names images
+        name = r.get("name") or manifest_path(base, r["image"]).stem  # as data/manifest.py names images
         for col in path_columns:
             if r.get(col):  # absolute, but symbolic links kept: their names are the images' names
-                r[col] = os.path.abspath(base / r[col])
+                r[col] = os.path.abspath(manifest_path(base, r[col]))
         if name in names:
             r["split"] = "holdout"
             moved.add(name)
