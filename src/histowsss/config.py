@@ -13,7 +13,7 @@ import types
 from importlib import resources
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Callable, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -174,44 +174,25 @@ class DataConfig(Strict):
         """``--set data.label_columns=A,B`` (text) reads as the list [A, B]."""
         return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
 
-    def _check_mask_colors(self) -> None:
-        colors = self.mask_colors or {}
-        unknown = [k for k in colors if k not in self.classes.names and k != "ignore"]
-        bad = [f"{k}: {v!r}" for k, v in colors.items() if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(v).strip())]
-        if unknown or bad or not colors:
+    def _check_mask_map(self, key: str, mapping: dict[str, Any], valid: Callable[[Any], bool], noun: str,
+                        form: str) -> None:
+        """``mask_colors`` / ``mask_values``: classes (or 'ignore') to distinct valid colours / values, read as
+        class ids (mask_mode class_ids)."""
+        unknown = [k for k in mapping if k not in self.classes.names and k != "ignore"]
+        bad = [f"{k}: {v!r}" for k, v in mapping.items() if not valid(v)]
+        if unknown or bad or not mapping:
             not_class = f"; not a class: {', '.join(map(repr, unknown))}" if unknown else ""
-            raise ValueError(f"mask_colors maps each class (of {', '.join(self.classes.names)}) or 'ignore' to a "
-                             f"colour '#rrggbb'{not_class}" + (f"; not a colour: {', '.join(bad)}" if bad else ""))
-        seen: dict[str, str] = {}
-        for k, v in colors.items():
-            twin = seen.setdefault(v.strip().lower(), k)
+            raise ValueError(f"{key} maps each class (of {', '.join(self.classes.names)}) or 'ignore' to a {noun} "
+                             f"{form}{not_class}" + (f"; not a {noun}: {', '.join(bad)}" if bad else ""))
+        seen: dict[Any, str] = {}
+        for k, v in mapping.items():
+            twin = seen.setdefault(v.strip().lower() if isinstance(v, str) else v, k)
             if twin != k:
-                raise ValueError(f"mask_colors gives {twin!r} and {k!r} the same colour {v}: a pixel of it would have "
-                                 "two classes")
+                raise ValueError(f"{key} gives {twin!r} and {k!r} the same {noun} {v}: a pixel of it would have two "
+                                 "classes")
         if self.mask_mode != "class_ids":
-            raise ValueError(f"mask_colors maps colours to classes, and mask_mode is {self.mask_mode!r}: set "
-                             "mask_mode class_ids (or leave out mask_colors)")
-
-    def _check_mask_values(self) -> None:
-        values = self.mask_values or {}
-        unknown = [k for k in values if k not in self.classes.names and k != "ignore"]
-        bad = [f"{k}: {v!r}" for k, v in values.items() if not 0 <= v <= 65535]
-        if unknown or bad or not values:
-            not_class = f"; not a class: {', '.join(map(repr, unknown))}" if unknown else ""
-            raise ValueError(f"mask_values maps each class (of {', '.join(self.classes.names)}) or 'ignore' to its "
-                             f"mask value (0-65535){not_class}" + (f"; out of range: {', '.join(bad)}" if bad else ""))
-        seen: dict[int, str] = {}
-        for k, v in values.items():
-            twin = seen.setdefault(v, k)
-            if twin != k:
-                raise ValueError(f"mask_values gives {twin!r} and {k!r} the same value {v}: a pixel of it would "
-                                 "have two classes")
-        if self.mask_colors:
-            raise ValueError("mask_values (grey masks) and mask_colors (colour masks) both map masks: keep the one "
-                             "your masks need")
-        if self.mask_mode != "class_ids":
-            raise ValueError(f"mask_values maps mask values to classes, and mask_mode is {self.mask_mode!r}: set "
-                             "mask_mode class_ids (or leave out mask_values)")
+            raise ValueError(f"{key} maps masks to classes, and mask_mode is {self.mask_mode!r}: set mask_mode "
+                             f"class_ids (or leave out {key})")
 
     @property
     def has_labels(self) -> bool:
@@ -236,10 +217,15 @@ class DataConfig(Strict):
             key = "mask_colors" if self.mask_colors else "mask_values"
             raise ValueError(f"mask_ignore_values and {key} both say which mask pixels to leave out: with {key} "
                              f"give the value as 'ignore' there (and leave mask_ignore_values empty)")
+        if self.mask_colors and self.mask_values:
+            raise ValueError("mask_values (grey masks) and mask_colors (colour masks) both map masks: keep the one "
+                             "your masks need")
         if self.mask_colors is not None:
-            self._check_mask_colors()
+            hex_colour = re.compile(r"#[0-9a-fA-F]{6}")
+            self._check_mask_map("mask_colors", self.mask_colors,
+                                 lambda v: bool(hex_colour.fullmatch(str(v).strip())), "colour", "'#rrggbb'")
         if self.mask_values is not None:
-            self._check_mask_values()
+            self._check_mask_map("mask_values", self.mask_values, lambda v: 0 <= v <= 65535, "value", "(0-65535)")
         if self.mask_foreground_class is not None and self.mask_foreground_class not in self.classes.names:
             raise ValueError(f"mask_foreground_class {self.mask_foreground_class!r} is not one of the classes "
                              f"{self.classes.names}")
