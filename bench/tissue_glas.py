@@ -70,6 +70,9 @@ def write_config(work: Path, manifest: Path, profile: str) -> Path:
                         "classes": {"names": NAMES, "background": None,
                                     "colors": {"stroma": "#4363d8", "benign_gland": "#3cb44b",
                                                "malignant_gland": "#e6194b"}}})
+    # the gland profile's hole filling and touching-gland cuts act on background, which this has none of (they did
+    # nothing here before `histowsss run` refused them): off; its small-object clean-up stays
+    raw.setdefault("eval_seg", {}).update(max_hole_area=0, split_h=0)
     path = work / "glas-tissue.yaml"
     path.write_text("# glas-gland profile, three tissues, no background class (bench/tissue_glas.py)\n"
                     + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110))
