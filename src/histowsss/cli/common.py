@@ -186,3 +186,16 @@ def terminate_as_interrupt() -> Iterator[None]:
 def interrupt_exit_code(e: KeyboardInterrupt) -> int:
     """130 after Ctrl-C, 143 after SIGTERM (the shell's 128 + signal number)."""
     return 143 if isinstance(e, Terminated) else 130
+
+
+@contextmanager
+def stop_on_interrupt(how_to_go_on: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Run the block with SIGTERM raised as Ctrl-C is (:func:`terminate_as_interrupt`); either ends the command with
+    'interrupted' / 'terminated: ' + ``how_to_go_on`` and exit code 130 / 143."""
+    try:
+        with terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as e:
+        code = interrupt_exit_code(e)
+        log(f"{'terminated' if code == 143 else 'interrupted'}: {how_to_go_on}")
+        raise typer.Exit(code) from None

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from histowsss.cli.common import clear_errors, interrupt_exit_code, log_line, terminate_as_interrupt
+from histowsss.cli.common import clear_errors, log_line, stop_on_interrupt
 from histowsss.data.io import IMAGE_SUFFIXES, ImageReadError, image_stem
 from histowsss.export.overlay import overlay
 from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_inputs, summary_row
@@ -380,19 +380,15 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                              f"{max(out_factor, slide_tile - slide_tile % out_factor)}")
         if skip_existing and overwrite:
             raise ValueError("--skip-existing keeps finished outputs and --overwrite replaces them: pass one")
-        try:
-            with terminate_as_interrupt():
-                recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
-                                      network="seg_supervised" if supervised else "seg", device=device,
-                                      simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,
-                                      skip_names=skip, qupath_tiles=qupath_tiles,
-                                      cpu_amp=cpu_amp, skip_existing=skip_existing,
-                                      slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile,
-                                                                 slide_margin, out_factor, tissue_threshold,
-                                                                 slide_backend, no_crop))
-        except KeyboardInterrupt as e:
-            log_line(f"{'terminated' if interrupt_exit_code(e) == 143 else 'interrupted'}: finished inputs and a "
-                     "slide's finished tiles are kept; run the same command with --skip-existing to go on")
-            raise typer.Exit(interrupt_exit_code(e)) from None
+        with stop_on_interrupt("finished inputs and a slide's finished tiles are kept; run the same command with "
+                               "--skip-existing to go on", log_line):
+            recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
+                                  network="seg_supervised" if supervised else "seg", device=device,
+                                  simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,
+                                  skip_names=skip, qupath_tiles=qupath_tiles,
+                                  cpu_amp=cpu_amp, skip_existing=skip_existing,
+                                  slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile,
+                                                             slide_margin, out_factor, tissue_threshold,
+                                                             slide_backend, no_crop))
     n_slides = sum(r.get("kind") == "slide" for r in recs)
     log_line(f"{len(recs) - n_slides} image(s)" + (f", {n_slides} slide(s)" if n_slides else "") + f" -> {out}")

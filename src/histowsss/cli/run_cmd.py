@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import (clear_errors, default_run_dir, get_config, interrupt_exit_code, log_line,
-                                  terminate_as_interrupt)
+from histowsss.cli.common import clear_errors, default_run_dir, get_config, log_line, stop_on_interrupt
 
 
 def run(config: str = typer.Argument(..., help="YAML config path or builtin name (demo, glas-gland[-gpu], glas-malignant[-gpu])"),
@@ -31,14 +30,11 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         with run_lock(rd.path, "histowsss run"):
             rd.init()
             log(f"run folder: {rd.path}")
-            try:
-                with terminate_as_interrupt():  # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does
-                    run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
-            except KeyboardInterrupt as e:
-                log(f"{'terminated' if interrupt_exit_code(e) == 143 else 'interrupted'}: finished steps and the last "
-                    "checkpoint of the running one are kept; run the same command again to go on (without "
-                    "--overwrite, which would start the steps over)")
-                raise typer.Exit(interrupt_exit_code(e)) from None
+            # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does
+            with stop_on_interrupt("finished steps and the last checkpoint of the running one are kept; run the "
+                                   "same command again to go on (without --overwrite, which would start the steps "
+                                   "over)", log):
+                run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
 
 
 def steps() -> None:

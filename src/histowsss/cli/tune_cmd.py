@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from histowsss.cli.common import (clear_errors, comma_list, console, interrupt_exit_code, log_line,
-                                  terminate_as_interrupt)
+from histowsss.cli.common import clear_errors, comma_list, console, log_line, stop_on_interrupt
 
 
 def _num(v: float | None) -> str:
@@ -80,16 +79,12 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         from histowsss.engine.run_dir import run_lock
 
         with run_lock(run_dir, "histowsss tune", create=False):
-            try:
-                with terminate_as_interrupt():
-                    res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
-                                   holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
-                    if areas:
-                        res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
-            except KeyboardInterrupt as e:
-                log_line(f"{'terminated' if interrupt_exit_code(e) == 143 else 'interrupted'}: finished folds are "
-                         f"kept in {work}; run the same command again to go on")
-                raise typer.Exit(interrupt_exit_code(e)) from None
+            with stop_on_interrupt(f"finished folds are kept in {work}; run the same command again to go on",
+                                   log_line):
+                res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
+                               holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
+                if areas:
+                    res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
             write_json(out, res)
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
