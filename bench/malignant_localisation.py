@@ -6,7 +6,11 @@ On GlaS **train** malignant images, per-image pixel ROC-AUC of gland vs non-glan
 the benchmark run; a hematoxylin-density prior (colour deconvolution, Gaussian-smoothed); and a
 nearest-neighbour "distance to benign tissue" map (PatchCore-style memory bank of ImageNet features from
 benign train images). AUC 0.5 = no localisation. Also the train IoU of the best global threshold of each
-cue against "whole image = malignant". Train data only: this explains the CAM result, it tunes nothing.
+cue against "whole image = malignant". And cross-image regions (what RPNet-style prototype mining builds on):
+k-means of the same features over every train image, k = 2..8; the best subset of clusters called malignant,
+chosen by reading the gland masks (an oracle, so an upper bound for any rule that picks clusters from image
+labels), and the subset image labels pick (clusters more frequent in malignant than in benign images).
+Train data only: this explains the CAM result, it tunes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,54 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, check, write_result  # noqa: E402
+
+
+def _cluster_oracle(features, cfg, benign: list, malignant: list, load_image, load_class_mask) -> dict:
+    """k-means regions across train images: train IoU of the oracle's best cluster subset and of the image-label
+    rule (clusters more frequent in malignant images), on the feature grid (gland fraction of each cell)."""
+    import itertools
+
+    import torch.nn.functional as F
+    from sklearn.cluster import MiniBatchKMeans
+
+    feats, grids = [], []
+    for i, s in enumerate(benign + malignant):
+        f = features(load_image(s.image, cfg.data))
+        feats.append(f.flatten(1).T.numpy())
+        if i >= len(benign):
+            gt = torch_from(load_class_mask(s, cfg.data) > 0)
+            grids.append(F.interpolate(gt, size=f.shape[1:], mode="area")[0, 0].numpy().ravel())
+    rng = np.random.default_rng(0)
+    bank = np.concatenate([v[rng.choice(len(v), min(400, len(v)), replace=False)] for v in feats])
+    out = {}
+    for k in (2, 3, 4, 6, 8):
+        km = MiniBatchKMeans(k, random_state=0, n_init=5, batch_size=4096).fit(bank)
+        labs = [km.predict(v) for v in feats]
+        lab_b, lab_m = labs[:len(benign)], labs[len(benign):]
+
+        def iou(sel: tuple[int, ...]) -> float:
+            inter = sum(float((np.isin(lab, sel) * gr).sum()) for lab, gr in zip(lab_m, grids))
+            union = sum(float(np.maximum(np.isin(lab, sel), gr).sum()) for lab, gr in zip(lab_m, grids))
+            return round(100 * inter / union, 2)
+
+        subsets = [c for r in range(1, k + 1) for c in itertools.combinations(range(k), r)]
+        best = max(subsets, key=iou)
+        freq_m = np.bincount(np.concatenate(lab_m), minlength=k) / sum(len(x) for x in lab_m)
+        freq_b = np.bincount(np.concatenate(lab_b), minlength=k) / sum(len(x) for x in lab_b)
+        by_labels = tuple(int(c) for c in np.flatnonzero(freq_m > freq_b))
+        gland = [round(float(np.concatenate([gr[lab == c] for lab, gr in zip(lab_m, grids)]).mean()), 2)
+                 for c in range(k)]
+        out[f"k{k}"] = {"oracle_best": iou(best), "oracle_clusters": len(best),
+                        "image_label_rule": iou(by_labels) if by_labels else None,
+                        "whole_image": iou(tuple(range(k))), "cluster_gland_fraction": gland}
+    return out
+
+
+def torch_from(mask: np.ndarray):
+    """A boolean mask as a (1, 1, H, W) float tensor."""
+    import torch
+
+    return torch.from_numpy(mask[None, None].astype(np.float32))
 
 
 def main() -> None:
@@ -82,6 +134,7 @@ def main() -> None:
         gts.append(gt.ravel()[::5])
     g = np.concatenate(gts)
     whole = float(g.mean())
+    clusters = _cluster_oracle(features, cfg, benign, malignant, load_image, load_class_mask)
     best = {}
     for k in aucs:
         r = np.concatenate(pooled[k])
@@ -92,7 +145,8 @@ def main() -> None:
                "pixel_auc_p10_p50_p90": {k: [round(float(x), 3) for x in np.percentile(v, [10, 50, 90])]
                                          for k, v in aucs.items()},
                "train_malignant_iou_best_rank_threshold": best,
-               "train_malignant_iou_whole_image": round(100 * whole, 2)}
+               "train_malignant_iou_whole_image": round(100 * whole, 2),
+               "train_malignant_iou_feature_clusters": clusters}
     # analysis only: the issue's target lives in cam_glas-malignant; this reports the explanation
     checks = [check("cam_pixel_auc_gland_vs_rest_in_malignant_train_images", metrics["pixel_auc_mean"]["cam"],
                     "reported (analysis; 0.5 = no localisation)", True)]

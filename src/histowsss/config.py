@@ -239,13 +239,41 @@ class DataConfig(Strict):
 
 
 class BackboneConfig(Strict):
-    """A timm backbone; weights are 'imagenet' (offline package), 'none' or a local file."""
+    """A timm CNN or vision transformer (e.g. a pathology foundation model); weights 'imagenet', 'none' or a file.
+
+    'imagenet' is the offline package's; a ViT (timm's VisionTransformer) runs on a 16-px token grid
+    (docs/cam.md)."""
 
     name: str = "tf_efficientnet_lite0"
     weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .pth/.safetensors")
     output_stride: Literal[8, 16, 32] = 16
     frozen_stages: int = Field(5, ge=0, description="feature stages kept frozen (0 = train all; >= number of stages = whole backbone)")
     channels_last: bool = True
+    model_kwargs: dict[str, int | float | bool | str | list[int] | None] = Field(
+        default_factory=dict, description="extra arguments of timm.create_model that the weights need (UNI: "
+        "{init_values: 1.0e-5}); act_layer / norm_layer by timm's names, mlp_layer one of Mlp, SwiGLUPacked, SwiGLU, "
+        "GluMlp")
+    mean: tuple[float, float, float] | None = Field(None, description="input normalisation mean (RGB, 0-1), e.g. "
+                                                    "from a foundation model's card; null = the weights' own "
+                                                    "(timm's for the architecture with a local file)")
+    std: tuple[float, float, float] | None = Field(None, description="input normalisation std; null = the weights' own")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BackboneConfig":
+        if re.match(r"(hf[-_]hub|timm)[:/]", self.name):
+            raise ValueError(f"backbone.name {self.name!r} would be fetched from a model hub; give timm's architecture "
+                             "name (e.g. vit_large_patch16_224) and the weights as a local file (backbone.weights)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"backbone.std {list(self.std)} must be positive")
+        # what histowsss sets itself; a model card's num_classes: 0 / pretrained: false / dynamic_img_size: true agree
+        agree = {"num_classes": 0, "pretrained": False, "dynamic_img_size": True}
+        clash = sorted(k for k, v in self.model_kwargs.items()
+                       if k in ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path")
+                       or (k in agree and v != agree[k]))
+        if clash:
+            raise ValueError(f"backbone.model_kwargs {clash} are set by histowsss (output_stride: "
+                             "backbone.output_stride; weights: backbone.weights); remove them")
+        return self
 
 
 class AugmentConfig(Strict):

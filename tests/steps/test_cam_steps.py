@@ -57,6 +57,17 @@ def test_cam_stage_runs_and_writes_its_files(tiny_manifest, tmp_path):
         train_cam.run(cfg, rd)
 
 
+def test_cam_stage_on_a_vision_transformer_backbone(tiny_manifest, tmp_path):
+    """A frozen ViT (cached token maps, 16-px grid) trains the CAM head and gives CAMs on the stride-4 grid."""
+    cfg = _cfg(tiny_manifest, ["backbone.name=vit_tiny_patch16_224", "backbone.weights=none",
+                               "backbone.model_kwargs={depth: 2}"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="eval_cam", log=lambda s: None)
+    with np.load(sorted((rd.path / "cams").glob("*.npz"))[0]) as z:
+        assert z["cam"].shape == (1, 16, 16)
+    assert json.loads((rd.path / "metrics" / "cam.json").read_text())["splits"]["test"]["predicted_gating"]["miou"]
+
+
 def test_make_cam_requires_train_cam_of_the_same_config(tiny_manifest, tmp_path):
     cfg = _cfg(tiny_manifest)
     rd = RunDir(tmp_path / "run", cfg).init()

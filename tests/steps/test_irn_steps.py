@@ -98,6 +98,17 @@ def test_pipeline_end_to_end(dataset: Path, tmp_path: Path):
     assert run_pipeline(cfg, run, start="cam_to_ir_label", stop="eval_sem_seg", log=lambda m: None) == {}
 
 
+def test_irn_steps_on_a_vision_transformer_backbone(dataset: Path, tmp_path: Path):
+    """A ViT (16-px token grid, no stride-4 level of its own) trains and walks: pseudo-masks on the stride-4 grid."""
+    cfg = make_cfg(dataset, "backbone.name=vit_tiny_patch16_224", "backbone.model_kwargs={depth: 2}")
+    run = prepared_run(tmp_path / "run", cfg)
+    run_pipeline(cfg, run, start="cam_to_ir_label", stop="eval_sem_seg", log=lambda m: None)
+    sem = json.loads((run.path / "metrics" / "sem_seg.json").read_text())["splits"]["train"]
+    assert sem["irn_pseudo"]["miou"] is not None
+    with np.load(run.path / "irn" / f"{samples_for(cfg, ['train'])[0].name}.npz") as z:
+        assert z["boundary"].shape == (16, 16)
+
+
 def test_inference_rebuilds_the_backbone_the_heads_were_trained_on(dataset: Path):
     """backbone.weights: none: the frozen random backbone is not saved, so it must come out the same at inference."""
     import torch

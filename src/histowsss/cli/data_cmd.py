@@ -31,6 +31,30 @@ def _note(msg: str) -> None:
     console.print(f"note: {escape(msg)}", highlight=False)
 
 
+def _wide_stats_table(rows: list[dict], title: str) -> Table:
+    """One row per split; images and patients, then both per class."""
+    table = Table(title=escape(title))
+    for k in rows[0]:
+        table.add_column(escape(k), justify="right" if k != "split" else "left", no_wrap=k == "split",
+                         overflow="fold")
+    for r in rows:
+        table.add_row(*[escape(str(v)) for v in r.values()])
+    return table
+
+
+def _long_stats_table(rows: list[dict], classes: list[str], title: str) -> Table:
+    """The same counts with one row per split and class (no class header is folded in a narrow terminal)."""
+    table = Table(title=escape(title))
+    for k in ("split", "class", "images", "patients"):
+        table.add_column(k, justify="left" if k in ("split", "class") else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(escape(str(r["split"])), "(any)", str(r["images"]), str(r["patients"]))
+        for c in classes:
+            table.add_row("", escape(c), str(r[f"{c} images"]), str(r[f"{c} patients"]))
+        table.add_section()
+    return table
+
+
 def _print_stats(manifest: Path, dc) -> None:
     """The images / patients per split and class table, and the patient-overlap warning."""
     from rich.console import Console
@@ -43,15 +67,12 @@ def _print_stats(manifest: Path, dc) -> None:
     if not dc.has_labels:  # labels read off the masks: count them as training derives them
         samples, note = labels_from_masks(samples, dc)
     rows = split_class_table(samples, dc.classes.names)
-    table = Table(title=escape(str(manifest)))
-    for k in rows[0]:
-        # the split names are never cut short; numbers and class headers wrap in narrow terminals
-        split_w = max(len(str(r[k])) for r in rows) if k == "split" else None
-        table.add_column(escape(k), justify="right" if k != "split" else "left", overflow="fold",
-                         no_wrap=k == "split", min_width=split_w)
-    for r in rows:
-        table.add_row(*[escape(str(v)) for v in r.values()])
-    Console().print(table)
+    out = Console()
+    # the wide table when its headers fit wrapped at spaces; else one row per split and class (no word cut)
+    words = [max(max(len(w) for w in str(k).split()), *(len(str(r[k])) for r in rows)) for k in rows[0]]
+    wide = sum(words) + 3 * len(words) + 1 <= out.width
+    out.print(_wide_stats_table(rows, str(manifest)) if wide else
+              _long_stats_table(rows, dc.classes.names, str(manifest)))
     if note:
         console.print(f"note: {escape(note)}", highlight=False)
     overlap = patient_split_overlap(samples)

@@ -1,11 +1,16 @@
-"""timm backbones as an ordered list of stages, so a frozen trunk can be cached and the tail trained."""
+"""timm backbones (CNNs and vision transformers) as an ordered list of units, so a frozen trunk can be cached and the
+tail trained."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from histowsss.config import BackboneConfig
@@ -35,13 +40,12 @@ class StagedBackbone(nn.Module):
         keeping the normalisation those weights imply."""
         super().__init__()
         self.cfg = cfg
-        kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
-        try:
-            model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs)
-        except (RuntimeError, TypeError) as e:  # TypeError: a model without an output_stride argument
-            raise WeightsError(f"timm cannot build {cfg.name!r}: {e}"
-                               + (f" (backbone.output_stride {cfg.output_stride})" if kwargs else "")) from None
+        model = _create(cfg)
         self.mean, self.std = _load_weights(model, cfg, load_pretrained)
+        self.vit: TokenGrid | None = None
+        if isinstance(model, VisionTransformer):
+            self._split_vit(model, cfg)
+            return
         info = model.feature_info
         names = [f["module"] for f in info]
         units: list[tuple[str, nn.Module]] = []
@@ -67,6 +71,26 @@ class StagedBackbone(nn.Module):
         for m in self.units[: self.trunk_units]:
             m.requires_grad_(False)
 
+    def _split_vit(self, model: VisionTransformer, cfg: BackboneConfig) -> None:
+        """Units: the token embedding, then one per block; four feature levels (after blocks d/4, d/2, 3d/4, d) as
+        maps on the 16-px grid, each through the final norm. Frozen whole or trained whole: a part-frozen ViT would
+        continue from cached maps that lost the class / register tokens."""
+        depth = len(model.blocks)
+        if depth < 1:
+            raise WeightsError(f"{cfg.name}: a vision transformer without blocks")
+        self.vit = TokenGrid(model.num_prefix_tokens, model.norm)
+        self.unit_names = ["embed"] + [f"blocks.{i}" for i in range(depth)]
+        self.units = nn.ModuleList([TokenEmbed(model), *model.blocks])
+        ends = sorted({max(1, round(depth * q)) for q in (0.25, 0.5, 0.75, 1.0)})
+        self.features = [FeatureSpec(e, model.embed_dim, GRID) for e in ends]
+        if 0 < cfg.frozen_stages < len(self.features):
+            raise WeightsError(f"backbone.frozen_stages {cfg.frozen_stages}: a vision transformer ({cfg.name}) is "
+                               f"frozen whole (frozen_stages >= {len(self.features)}) or trained whole "
+                               "(frozen_stages: 0)")
+        self.trunk_units = 0 if cfg.frozen_stages == 0 else len(self.units)
+        if self.trunk_units:
+            self.requires_grad_(False)
+
     @property
     def out_channels(self) -> int:
         return self.features[-1].channels
@@ -83,6 +107,8 @@ class StagedBackbone(nn.Module):
         stop = len(self.units) if stop is None else stop
         wanted = {self.features[i].unit: i for i in collect}
         out: dict[int, torch.Tensor] = {}
+        if self.vit is not None:
+            return self._forward_vit(x, start, stop, wanted, out)
         for u in range(start, stop):
             if u < self.trunk_units:
                 with torch.no_grad():
@@ -92,6 +118,24 @@ class StagedBackbone(nn.Module):
             if u in wanted:
                 out[wanted[u]] = x
         return x, out
+
+    def _forward_vit(self, x: torch.Tensor, start: int, stop: int, wanted: dict[int, int],
+                     out: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Tokens between units, maps (B, C, ceil(H/16), ceil(W/16)) out; ``x`` past the units is a cached map."""
+        if start >= stop:
+            return x, out
+        if start != 0:
+            raise RuntimeError("a vision transformer runs from the image (unit 0) or not at all")
+        grid = (math.ceil(x.shape[2] / GRID), math.ceil(x.shape[3] / GRID))
+        for u in range(start, stop):
+            if u < self.trunk_units:
+                with torch.no_grad():
+                    x = self.units[u](x)
+            else:
+                x = self.units[u](x)
+            if u in wanted:
+                out[wanted[u]] = self.vit.to_map(x, grid)
+        return self.vit.to_map(x, grid), out
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the frozen trunk (what the feature cache stores)."""
@@ -105,19 +149,107 @@ class StagedBackbone(nn.Module):
         return None
 
 
+GRID = 16  # vision transformers' feature grid in input pixels, whatever their patch size
+MLP_LAYERS = ("Mlp", "SwiGLUPacked", "SwiGLU", "GluMlp")  # timm.layers classes model_kwargs may name
+
+
+class TokenEmbed(nn.Module):
+    """A ViT's patch embedding, class / register tokens and position embedding (resampled to the image's grid).
+
+    The image is padded at the bottom / right to a multiple of 16 px and, for another patch size p, resized by
+    p / 16, so that one token covers 16 input pixels (the CNN backbones' output stride): a patch-14 foundation model
+    sees the image at 0.875 x its scale."""
+
+    def __init__(self, model: VisionTransformer):
+        super().__init__()
+        ph, pw = model.patch_embed.patch_size
+        if ph != pw:
+            raise WeightsError(f"non-square patches {ph}x{pw} are not supported")
+        self.patch = ph
+        self.patch_embed, self.pos_drop, self.patch_drop, self.norm_pre = (
+            model.patch_embed, model.pos_drop, model.patch_drop, model.norm_pre)
+        self.cls_token, self.reg_token, self.pos_embed = model.cls_token, model.reg_token, model.pos_embed
+        self.no_embed_class, self.num_prefix_tokens = model.no_embed_class, model.num_prefix_tokens
+        if self.pos_embed is None:
+            raise WeightsError("vision transformers without an absolute position embedding (RoPE) are not supported")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = math.ceil(x.shape[2] / GRID), math.ceil(x.shape[3] / GRID)
+        x = F.pad(x, (0, w * GRID - x.shape[3], 0, h * GRID - x.shape[2]))
+        if self.patch != GRID:
+            x = F.interpolate(x, size=(h * self.patch, w * self.patch), mode="bilinear", align_corners=False,
+                              antialias=self.patch < GRID)
+        x = self.patch_embed(x)  # (B, h, w, C): built with dynamic_img_size
+        b, c = x.shape[0], x.shape[-1]
+        pos = resample_abs_pos_embed(self.pos_embed, new_size=(h, w), old_size=self.patch_embed.grid_size,
+                                     num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens)
+        x = x.reshape(b, h * w, c)
+        prefix = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            x = torch.cat(prefix + [x + pos], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos
+        return self.norm_pre(self.patch_drop(self.pos_drop(x)))
+
+
+class TokenGrid(nn.Module):
+    """Tokens (B, prefix + h*w, C) -> normed feature map (B, C, h, w)."""
+
+    def __init__(self, num_prefix_tokens: int, norm: nn.Module):
+        super().__init__()
+        self.num_prefix_tokens, self.norm = num_prefix_tokens, norm
+
+    def to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        t = self.norm(tokens[:, self.num_prefix_tokens:])
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
+
+
+def _create(cfg: BackboneConfig) -> nn.Module:
+    """The timm model (no head), at ``cfg.output_stride``; a vision transformer with a resizable token grid."""
+    kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
+    extra = {k: v for k, v in cfg.model_kwargs.items() if k not in ("num_classes", "pretrained", "dynamic_img_size")}
+    if isinstance(extra.get("mlp_layer"), str):  # a layer class by name, from a fixed list (config text is no code)
+        if extra["mlp_layer"] not in MLP_LAYERS:
+            raise WeightsError(f"backbone.model_kwargs mlp_layer {extra['mlp_layer']!r}: give one of "
+                               + ", ".join(MLP_LAYERS))
+        extra["mlp_layer"] = getattr(timm.layers, extra["mlp_layer"])
+    try:
+        return timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs, **extra)
+    except TypeError as e:
+        first = e  # a model without an output_stride argument: a vision transformer, or an error below
+    except Exception as e:  # an unknown name (RuntimeError), arguments timm's asserts refuse
+        raise WeightsError(f"timm cannot build {cfg.name!r}: {type(e).__name__} {e}"
+                           + (f" (backbone.model_kwargs {cfg.model_kwargs})" if cfg.model_kwargs else "")) from None
+    model, why = None, f"{first}" + (f" (backbone.output_stride {cfg.output_stride})" if kwargs else "")
+    try:
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=0, dynamic_img_size=True, **extra)
+    except Exception as e:  # a model that takes no output_stride, failing for another reason: that one is said
+        if not (isinstance(e, TypeError) and "dynamic_img_size" in str(e)):
+            why = f"{type(e).__name__} {e}"
+    if not isinstance(model, VisionTransformer):
+        raise WeightsError(f"timm cannot build {cfg.name!r}: {why}"
+                           + (f" (backbone.model_kwargs {cfg.model_kwargs})" if cfg.model_kwargs else "")
+                           + "; backbones are timm CNNs that take an output_stride, or timm VisionTransformer models")
+    if cfg.output_stride != GRID:
+        raise WeightsError(f"{cfg.name} is a vision transformer: its features are on a {GRID}-px grid; set "
+                           f"backbone.output_stride: {GRID}")
+    return model
+
+
 def _load_weights(model: nn.Module, cfg: BackboneConfig,
                   load: bool = True) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Load ``cfg.weights`` into ``model`` (unless ``load`` is False); returns the input normalisation (mean, std)."""
     w = cfg.weights
     if w == "none":
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        return cfg.mean or (0.5, 0.5, 0.5), cfg.std or (0.5, 0.5, 0.5)
     if w == "imagenet":
         path = packaged_weights_path(cfg.name) if load else None  # its error names the weight packages
         spec = PACKAGED_WEIGHTS[cfg.name]
         if path is not None:
             load_into(model, read_state_dict(path), str(path))
-        return spec.mean, spec.std
+        return cfg.mean or spec.mean, cfg.std or spec.std
     if load:
         load_into(model, read_state_dict(w), w)
     pc = getattr(model, "pretrained_cfg", {}) or {}
-    return tuple(pc.get("mean", (0.485, 0.456, 0.406))), tuple(pc.get("std", (0.229, 0.224, 0.225)))
+    return (tuple(cfg.mean or pc.get("mean", (0.485, 0.456, 0.406))),
+            tuple(cfg.std or pc.get("std", (0.229, 0.224, 0.225))))

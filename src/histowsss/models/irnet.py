@@ -117,9 +117,13 @@ class IRNet(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()  # frozen: BatchNorm must use its running statistics, also when caching features
         specs = self.backbone.features
+        # a backbone without a stride-4 level (a vision transformer: every level on the 16-px grid) gets the image
+        # itself, average-pooled to stride 4, as the fine level the boundary and displacement heads need
+        self.image_level = min(s.reduction for s in specs) > STRIDE
         self.pool = [max(1, STRIDE // s.reduction) for s in specs]
-        self.reductions = [max(STRIDE, s.reduction) for s in specs]
-        self.head = IRNHeads([s.channels for s in specs], self.reductions, edge_channels, dp_channels)
+        self.reductions = [STRIDE] * self.image_level + [max(STRIDE, s.reduction) for s in specs]
+        channels = [3] * self.image_level + [s.channels for s in specs]
+        self.head = IRNHeads(channels, self.reductions, edge_channels, dp_channels)
 
     @property
     def max_reduction(self) -> int:
@@ -144,6 +148,8 @@ class IRNet(nn.Module):
             if self.pool[i] > 1:
                 f = F.avg_pool2d(f, self.pool[i], ceil_mode=True)
             out.append(f)
+        if self.image_level:
+            out.insert(0, F.avg_pool2d(x.float(), STRIDE, ceil_mode=True))
         return out
 
     def heads(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ model hub); any model also accepts a local ``.safetensors`` / ``.pth`` file. Not
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,23 @@ def _is_head(key: str) -> bool:
     return key.split(".", 1)[0] in HEAD_PREFIXES
 
 
+def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
+    """The backbone.model_kwargs a vision transformer's weights ask for, when the mismatch says which."""
+    hints = []
+    if any(".ls1.gamma" in k for k in keys):
+        hints.append("init_values: 1.0e-5 (LayerScale)" if any(k in sd for k in keys if ".ls1." in k)
+                     else "no init_values (the file has no LayerScale)")
+    if "reg_token" in keys:
+        n = sd["reg_token"].shape[1] if "reg_token" in sd else 0
+        hints.append(f"reg_tokens: {n}")
+    if "pos_embed" in keys and "pos_embed" in sd and "pos_embed" in target and "patch_embed.proj.weight" in sd:
+        n, patch = sd["pos_embed"].shape[1], sd["patch_embed.proj.weight"].shape[-1]
+        sides = [math.isqrt(n - p) for p in (0, 1) if n - p > 0 and math.isqrt(n - p) ** 2 == n - p]
+        hints.append(f"img_size: {sides[0] * patch}" if sides else
+                     f"img_size and class_token / no_embed_class that give a position embedding of {n} tokens")
+    return f"; for a vision transformer set backbone.model_kwargs {{{', '.join(hints)}}}" if hints else ""
+
+
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
 
@@ -111,7 +129,7 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
             what = (f"{len(unfit)} of the model's tensors missing or of another shape (e.g. {unfit[0]})" if unfit
                     else f"{len(unused)} tensors the model does not have (e.g. {unused[0]})")
             raise WeightsError(f"{source}: {what}; these weights are for another architecture (check backbone.name "
-                               "or train_seg.encoder)")
+                               "or train_seg.encoder" + _vit_hint(unfit + unused, sd, target) + ")")
     else:
         src, dst = list(sd.items()), list(target.items())
         matched = {}

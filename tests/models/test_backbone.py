@@ -1,0 +1,115 @@
+"""StagedBackbone: timm CNNs and vision transformers (pathology foundation models) as the CAM / IRN backbone."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from pydantic import ValidationError
+from safetensors.torch import save_file
+
+from histowsss.config import BackboneConfig
+from histowsss.models.backbone import StagedBackbone
+from histowsss.models.irnet import IRNet
+from histowsss.models.weights import WeightsError
+
+torch.manual_seed(0)
+
+
+def _save(model: torch.nn.Module, path) -> str:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def test_vit_weights_file_gives_timms_own_token_features(tmp_path):
+    """A UNI-style file (timm ViT with LayerScale) loads with its model_kwargs and normalisation; at the size it was
+    built for, the feature map is timm's forward_features (final norm) without the class token, token for token."""
+    ref = timm.create_model("vit_tiny_patch16_224", init_values=1e-5, num_classes=0, pretrained=False).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # not the initial values
+    path = _save(ref, tmp_path / "uni_like.safetensors")
+    cfg = BackboneConfig(name="vit_tiny_patch16_224", weights=path, model_kwargs={"init_values": 1e-5},
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    bb = StagedBackbone(cfg).eval()
+    assert bb.mean == (0.485, 0.456, 0.406) and bb.std == (0.229, 0.224, 0.225)
+    x = torch.randn(1, 3, 224, 224)
+    y, feats = bb(x, collect=(3,))
+    with torch.no_grad():
+        want = ref.forward_features(x)[:, 1:].transpose(1, 2).reshape(1, 192, 14, 14)
+    assert y.shape == (1, 192, 14, 14) and torch.allclose(y, want, atol=1e-5)
+    assert torch.equal(feats[3], y)  # the last level is the output
+    # without the LayerScale argument the file is refused, naming the argument
+    with pytest.raises(WeightsError, match="init_values: 1.0e-5"):
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path))
+
+
+@pytest.mark.parametrize("name,kwargs", [("vit_tiny_patch16_224", {}),
+                                         ("vit_small_patch14_reg4_dinov2", {"img_size": 224, "depth": 4})])
+def test_vit_any_image_size_on_the_16px_grid_frozen_whole(name, kwargs):
+    """Any image size gives a ceil(H/16) x ceil(W/16) map (a patch-14 model with register tokens included); four
+    levels; the frozen trunk is every unit, so training from the cache runs nothing."""
+    bb = StagedBackbone(BackboneConfig(name=name, weights="none", model_kwargs=kwargs)).eval()
+    y, feats = bb(torch.randn(2, 3, 100, 130), collect=(0, 1, 2, 3))
+    assert y.shape[2:] == (7, 9) and [f.shape for f in feats.values()] == [y.shape] * 4
+    assert len(bb.features) == 4 and all(f.reduction == 16 for f in bb.features)
+    assert bb.trunk_units == len(bb.units) and not any(p.requires_grad for p in bb.parameters())
+    assert bb(y, bb.trunk_units)[0] is y
+    with pytest.raises(RuntimeError, match="from the image"):
+        bb(y, 3)
+
+
+def test_vit_trained_whole_or_frozen_whole():
+    bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", frozen_stages=0))
+    assert bb.trunk_units == 0 and all(p.requires_grad for p in bb.parameters())
+    y, _ = bb(torch.randn(1, 3, 32, 48))
+    y.mean().backward()
+    assert bb.units[0].pos_embed.grad is not None
+    with pytest.raises(WeightsError, match="frozen whole"):
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", frozen_stages=2))
+    with pytest.raises(WeightsError, match="output_stride: 16"):
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", output_stride=8))
+
+
+def test_unsupported_or_hub_backbones_are_refused_clearly():
+    with pytest.raises(ValidationError, match="model hub"):
+        BackboneConfig(name="hf-hub:MahmoodLab/UNI", weights="none")
+    with pytest.raises(ValidationError, match="output_stride"):
+        BackboneConfig(name="vit_tiny_patch16_224", model_kwargs={"output_stride": 8})
+    with pytest.raises(WeightsError, match="VisionTransformer"):
+        StagedBackbone(BackboneConfig(name="swin_tiny_patch4_window7_224", weights="none"))
+
+
+def test_position_embedding_of_another_size_names_img_size(tmp_path):
+    ref = timm.create_model("vit_tiny_patch16_224", img_size=256, num_classes=0, pretrained=False)
+    path = _save(ref, tmp_path / "vit256.safetensors")
+    with pytest.raises(WeightsError, match="img_size: 256"):
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path))
+    bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, model_kwargs={"img_size": 256}))
+    assert torch.equal(bb.units[0].pos_embed, ref.pos_embed)
+
+
+def test_irn_on_a_vit_takes_the_image_as_its_stride4_level():
+    net = IRNet(BackboneConfig(name="vit_tiny_patch16_224", weights="none"), edge_channels=8, dp_channels=8)
+    assert net.image_level and net.reductions[0] == 4
+    feats = net.extract(torch.randn(1, 3, 70, 90))
+    assert feats[0].shape == (1, 3, 18, 23) and all(f.shape[2:] == (5, 6) for f in feats[1:])
+    edge, dp = net(torch.randn(1, 3, 70, 90))
+    assert edge.shape == (1, 18, 23) and dp.shape == (1, 2, 18, 23)
+    assert not IRNet(BackboneConfig(weights="none")).image_level  # a CNN has its own stride-4 level
+
+
+def test_model_card_arguments_with_layers_by_name():
+    """UNI2-h / Virchow-style arguments: SwiGLU MLP and SiLU by name (from a fixed list, never evaluated), register
+    tokens, no class embedding; a model card's num_classes 0 / dynamic_img_size true are accepted as they agree."""
+    kw = {"img_size": 224, "patch_size": 14, "depth": 2, "num_heads": 4, "embed_dim": 96, "init_values": 1e-5,
+          "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "mlp_layer": "SwiGLUPacked", "act_layer": "silu",
+          "reg_tokens": 8, "num_classes": 0, "dynamic_img_size": True}
+    bb = StagedBackbone(BackboneConfig(name="vit_giant_patch14_224", weights="none", model_kwargs=kw)).eval()
+    assert type(bb.units[1].mlp).__name__ == "GluMlp" and isinstance(bb.units[1].mlp.act, torch.nn.SiLU)
+    assert bb.vit.num_prefix_tokens == 9 and bb(torch.randn(1, 3, 50, 70))[0].shape == (1, 96, 4, 5)
+    with pytest.raises(WeightsError, match="one of Mlp, SwiGLUPacked"):
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none",
+                                      model_kwargs={"mlp_layer": "os.system"}))
+    with pytest.raises(ValidationError, match="num_classes"):
+        BackboneConfig(name="vit_tiny_patch16_224", model_kwargs={"num_classes": 2})
