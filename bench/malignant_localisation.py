@@ -59,8 +59,8 @@ def _cluster_oracle(features, cfg, benign: list, malignant: list, load_image, lo
         freq_m = np.bincount(np.concatenate(lab_m), minlength=k) / sum(len(x) for x in lab_m)
         freq_b = np.bincount(np.concatenate(lab_b), minlength=k) / sum(len(x) for x in lab_b)
         by_labels = tuple(int(c) for c in np.flatnonzero(freq_m > freq_b))
-        gland = [round(float(np.concatenate([gr[lab == c] for lab, gr in zip(lab_m, grids)]).mean()), 2)
-                 for c in range(k)]
+        cells = [np.concatenate([gr[lab == c] for lab, gr in zip(lab_m, grids)]) for c in range(k)]
+        gland = [round(float(x.mean()), 2) if x.size else None for x in cells]  # None: not in malignant images
         out[f"k{k}"] = {"oracle_best": iou(best), "oracle_clusters": len(best),
                         "image_label_rule": iou(by_labels) if by_labels else None,
                         "whole_image": iou(tuple(range(k))), "cluster_gland_fraction": gland}

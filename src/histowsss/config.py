@@ -238,6 +238,9 @@ class DataConfig(Strict):
         return self
 
 
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 class BackboneConfig(Strict):
     """A timm CNN or vision transformer (e.g. a pathology foundation model); weights 'imagenet', 'none' or a file.
 
@@ -247,7 +250,8 @@ class BackboneConfig(Strict):
     name: str = "tf_efficientnet_lite0"
     weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .pth/.safetensors")
     output_stride: Literal[8, 16, 32] = 16
-    frozen_stages: int = Field(5, ge=0, description="feature stages kept frozen (0 = train all; >= number of stages = whole backbone)")
+    frozen_stages: int = Field(5, ge=0, description="feature stages kept frozen (0 = train all; >= number of stages "
+                               "= whole backbone; a vision transformer: 0 or >= 4, frozen or trained whole)")
     channels_last: bool = True
     model_kwargs: dict[str, int | float | bool | str | list[int] | None] = Field(
         default_factory=dict, description="extra arguments of timm.create_model that the weights need (UNI: "
@@ -257,6 +261,14 @@ class BackboneConfig(Strict):
                                                     "from a foundation model's card; null = the weights' own "
                                                     "(timm's for the architecture with a local file)")
     std: tuple[float, float, float] | None = Field(None, description="input normalisation std; null = the weights' own")
+
+    @field_validator("model_kwargs", mode="before")
+    @classmethod
+    def _yaml_floats(cls, v: Any) -> Any:
+        """``1e-5`` as model cards write it is text to YAML 1.1 (which wants ``1.0e-5``): read it as the number."""
+        if isinstance(v, dict):
+            return {k: float(x) if isinstance(x, str) and _EXP_FLOAT.fullmatch(x.strip()) else x for k, x in v.items()}
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "BackboneConfig":

@@ -221,6 +221,15 @@ def test_stats_many_long_class_names_one_row_per_class(builder):
     cells = _cells(r.stdout)
     assert ["train", "(any)", "8", "8"] in cells and ["squamous_carcinoma", "2", "2"] in cells
     assert ["all", "(any)", "12", "12"] in cells and "…" not in r.stdout
+    # wider terminals where rich would still cut 'adenocarcinoma' (it narrows the widest columns first): long too;
+    # wide enough for every header word: the wide table
+    four = [builder.row(f"b{i}", "train", f"P{i}", ("adenocarcinoma", "tumour", "stroma", "normal")[i % 4],
+                        mask=False) for i in range(8)]
+    m4 = builder.manifest(four, name="four.csv")
+    for width, wide in ((123, False), (159, False), (170, True)):
+        r = runner.invoke(app, ["data", "stats", str(m4)], env={"COLUMNS": str(width)})
+        assert r.exit_code == 0 and "adenocarcinoma" in r.stdout, (width, r.stdout)
+        assert (["train", "(any)", "8", "8"] not in _cells(r.stdout)) == wide, (width, r.stdout)
 
 
 def test_stats_unknown_class_exits_2(builder):

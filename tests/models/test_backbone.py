@@ -39,9 +39,16 @@ def test_vit_weights_file_gives_timms_own_token_features(tmp_path):
         want = ref.forward_features(x)[:, 1:].transpose(1, 2).reshape(1, 192, 14, 14)
     assert y.shape == (1, 192, 14, 14) and torch.allclose(y, want, atol=1e-5)
     assert torch.equal(feats[3], y)  # the last level is the output
-    # without the LayerScale argument the file is refused, naming the argument
+    # without the LayerScale argument the file is refused, naming the argument; without its normalisation too
     with pytest.raises(WeightsError, match="init_values: 1.0e-5"):
-        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path))
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, mean=cfg.mean, std=cfg.std))
+    with pytest.raises(WeightsError, match="backbone.mean and backbone.std"):
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, model_kwargs={"init_values": 1e-5}))
+    # a file without the final norm every level goes through is incomplete, not a classifier head
+    incomplete = tmp_path / "no_norm.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items() if not k.startswith("norm.")}, str(incomplete))
+    with pytest.raises(WeightsError, match="no final norm"):
+        StagedBackbone(cfg.model_copy(update={"weights": str(incomplete)}))
 
 
 @pytest.mark.parametrize("name,kwargs", [("vit_tiny_patch16_224", {}),
@@ -59,6 +66,26 @@ def test_vit_any_image_size_on_the_16px_grid_frozen_whole(name, kwargs):
         bb(y, 3)
 
 
+@pytest.mark.parametrize("name,kwargs", [("vit_tiny_patch16_224", {"depth": 2}),
+                                         ("vit_small_patch14_reg4_dinov2", {"img_size": 224, "depth": 2})])
+def test_vit_odd_sizes_token_for_token_timms_forward(name, kwargs, tmp_path):
+    """At an odd size the map is timm's own forward (its position-embedding resampling) on the image padded to a
+    multiple of 16 and, for patch 14, resized by 14/16."""
+    ref = timm.create_model(name, num_classes=0, pretrained=False, dynamic_img_size=True, **kwargs).eval()
+    path = _save(ref, tmp_path / "w.safetensors")
+    bb = StagedBackbone(BackboneConfig(name=name, weights=path, model_kwargs=kwargs, mean=(0.5, 0.5, 0.5),
+                                       std=(0.5, 0.5, 0.5))).eval()
+    x = torch.randn(1, 3, 100, 130)
+    p = ref.patch_embed.patch_size[0]
+    padded = torch.nn.functional.pad(x, (0, 144 - 130, 0, 112 - 100))
+    if p != 16:
+        padded = torch.nn.functional.interpolate(padded, size=(7 * p, 9 * p), mode="bilinear", align_corners=False,
+                                                 antialias=True)
+    with torch.no_grad():
+        tokens = ref.forward_features(padded)[:, ref.num_prefix_tokens:]
+    assert torch.allclose(bb(x)[0], tokens.transpose(1, 2).reshape(1, -1, 7, 9), atol=1e-5)
+
+
 def test_vit_trained_whole_or_frozen_whole():
     bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", frozen_stages=0))
     assert bb.trunk_units == 0 and all(p.requires_grad for p in bb.parameters())
@@ -67,8 +94,9 @@ def test_vit_trained_whole_or_frozen_whole():
     assert bb.units[0].pos_embed.grad is not None
     with pytest.raises(WeightsError, match="frozen whole"):
         StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", frozen_stages=2))
-    with pytest.raises(WeightsError, match="output_stride: 16"):
-        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", output_stride=8))
+    for stride in (8, 32):  # 32 passes no output_stride to timm: the ViT builds, and is refused all the same
+        with pytest.raises(WeightsError, match="output_stride: 16"):
+            StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none", output_stride=stride))
 
 
 def test_unsupported_or_hub_backbones_are_refused_clearly():
@@ -78,15 +106,54 @@ def test_unsupported_or_hub_backbones_are_refused_clearly():
         BackboneConfig(name="vit_tiny_patch16_224", model_kwargs={"output_stride": 8})
     with pytest.raises(WeightsError, match="VisionTransformer"):
         StagedBackbone(BackboneConfig(name="swin_tiny_patch4_window7_224", weights="none"))
+    with pytest.raises(WeightsError, match="distilled"):
+        StagedBackbone(BackboneConfig(name="deit_tiny_distilled_patch16_224", weights="none"))
+    with pytest.raises(WeightsError, match="'init_values'") as e:  # a CNN: the argument named, not output_stride
+        StagedBackbone(BackboneConfig(weights="none", model_kwargs={"init_values": 1e-5}))
+    assert "backbone.output_stride" not in str(e.value)
+
+
+def test_model_card_numbers_as_yaml_writes_them():
+    """``1e-5`` is text to YAML 1.1; in model_kwargs it is read as the number the card means (names stay text)."""
+    from histowsss.config import load_config
+
+    cfg = load_config("demo", ["backbone.model_kwargs={init_values: 1e-5, act_layer: silu, img_size: 224}"])
+    assert cfg.backbone.model_kwargs == {"init_values": 1e-5, "act_layer": "silu", "img_size": 224}
+
+
+def test_average_pooling_vits_norm_every_token_with_fc_norm():
+    bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights="none",
+                                       model_kwargs={"global_pool": "avg", "class_token": False, "depth": 1}))
+    assert isinstance(bb.vit.norm, torch.nn.LayerNorm) and bb.vit.num_prefix_tokens == 0
+
+
+def test_rpnet_mid_level_past_a_shallow_vit_is_named():
+    from histowsss.models.rpnet import RPNet
+
+    with pytest.raises(ValueError, match="mid_level 2: the backbone has feature levels 0..1"):
+        RPNet(BackboneConfig(name="vit_tiny_patch16_224", weights="none", model_kwargs={"depth": 2}), 1)
 
 
 def test_position_embedding_of_another_size_names_img_size(tmp_path):
     ref = timm.create_model("vit_tiny_patch16_224", img_size=256, num_classes=0, pretrained=False)
     path = _save(ref, tmp_path / "vit256.safetensors")
+    norm = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     with pytest.raises(WeightsError, match="img_size: 256"):
-        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path))
-    bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, model_kwargs={"img_size": 256}))
+        StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, **norm))
+    bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=path, model_kwargs={"img_size": 256},
+                                       **norm))
     assert torch.equal(bb.units[0].pos_embed, ref.pos_embed)
+    # a UNI2-style file (registers, no class position embedded, patch 14) asks for each argument it needs
+    kw = {"img_size": 224, "patch_size": 14, "depth": 1, "num_heads": 2, "embed_dim": 32, "no_embed_class": True,
+          "reg_tokens": 8}
+    path2 = _save(timm.create_model("vit_giant_patch14_224", num_classes=0, **kw), tmp_path / "uni2_like.safetensors")
+    with pytest.raises(WeightsError, match=r"reg_tokens: 8, no_embed_class: true, img_size: 224"):
+        StagedBackbone(BackboneConfig(name="vit_giant_patch14_224", weights=path2, **norm,
+                                      model_kwargs={k: v for k, v in kw.items() if k not in ("no_embed_class",
+                                                                                             "reg_tokens")}))
+    with pytest.raises(WeightsError, match=r"patch_size: 14"):
+        StagedBackbone(BackboneConfig(name="vit_giant_patch14_224", weights=path2, **norm,
+                                      model_kwargs={**kw, "patch_size": 16}))
 
 
 def test_irn_on_a_vit_takes_the_image_as_its_stride4_level():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import shlex
-
 from pathlib import Path
 from typing import Optional
 
@@ -68,11 +68,14 @@ def _print_stats(manifest: Path, dc) -> None:
         samples, note = labels_from_masks(samples, dc)
     rows = split_class_table(samples, dc.classes.names)
     out = Console()
-    # the wide table when its headers fit wrapped at spaces; else one row per split and class (no word cut)
-    words = [max(max(len(w) for w in str(k).split()), *(len(str(r[k])) for r in rows)) for k in rows[0]]
-    wide = sum(words) + 3 * len(words) + 1 <= out.width
-    out.print(_wide_stats_table(rows, str(manifest)) if wide else
-              _long_stats_table(rows, dc.classes.names, str(manifest)))
+    # the wide table when every header word comes out whole at this width; else one row per split and class
+    table = _wide_stats_table(rows, str(manifest))
+    trial = Console(width=out.width, file=io.StringIO(), color_system=None)
+    trial.print(table)
+    shown = trial.file.getvalue()
+    if not all(w in shown for k in rows[0] for w in str(k).split()):
+        table = _long_stats_table(rows, dc.classes.names, str(manifest))
+    out.print(table)
     if note:
         console.print(f"note: {escape(note)}", highlight=False)
     overlap = patient_split_overlap(samples)

@@ -78,7 +78,9 @@ class StagedBackbone(nn.Module):
         depth = len(model.blocks)
         if depth < 1:
             raise WeightsError(f"{cfg.name}: a vision transformer without blocks")
-        self.vit = TokenGrid(model.num_prefix_tokens, model.norm)
+        # the final norm; ViTs that pool by average keep it as fc_norm (applied here to every token)
+        norm = model.fc_norm if isinstance(model.norm, nn.Identity) else model.norm
+        self.vit = TokenGrid(model.num_prefix_tokens, norm)
         self.unit_names = ["embed"] + [f"blocks.{i}" for i in range(depth)]
         self.units = nn.ModuleList([TokenEmbed(model), *model.blocks])
         ends = sorted({max(1, round(depth * q)) for q in (0.25, 0.5, 0.75, 1.0)})
@@ -214,13 +216,18 @@ def _create(cfg: BackboneConfig) -> nn.Module:
                                + ", ".join(MLP_LAYERS))
         extra["mlp_layer"] = getattr(timm.layers, extra["mlp_layer"])
     try:
-        return timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs, **extra)
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs, **extra)
     except TypeError as e:
         first = e  # a model without an output_stride argument: a vision transformer, or an error below
     except Exception as e:  # an unknown name (RuntimeError), arguments timm's asserts refuse
         raise WeightsError(f"timm cannot build {cfg.name!r}: {type(e).__name__} {e}"
                            + (f" (backbone.model_kwargs {cfg.model_kwargs})" if cfg.model_kwargs else "")) from None
-    model, why = None, f"{first}" + (f" (backbone.output_stride {cfg.output_stride})" if kwargs else "")
+    else:
+        if not isinstance(model, VisionTransformer):
+            return model
+        first = None  # a ViT built without output_stride (backbone.output_stride 32): refused below
+    model, why = None, f"{first}" + (f" (backbone.output_stride {cfg.output_stride})"
+                                     if "output_stride" in str(first) else "")
     try:
         model = timm.create_model(cfg.name, pretrained=False, num_classes=0, dynamic_img_size=True, **extra)
     except Exception as e:  # a model that takes no output_stride, failing for another reason: that one is said
@@ -233,6 +240,9 @@ def _create(cfg: BackboneConfig) -> nn.Module:
     if cfg.output_stride != GRID:
         raise WeightsError(f"{cfg.name} is a vision transformer: its features are on a {GRID}-px grid; set "
                            f"backbone.output_stride: {GRID}")
+    if getattr(model, "dist_token", None) is not None:
+        raise WeightsError(f"{cfg.name}: distilled vision transformers (a distillation token) are not supported; "
+                           "use the model without distillation")
     return model
 
 
@@ -248,8 +258,16 @@ def _load_weights(model: nn.Module, cfg: BackboneConfig,
         if path is not None:
             load_into(model, read_state_dict(path), str(path))
         return cfg.mean or spec.mean, cfg.std or spec.std
+    vit = isinstance(model, VisionTransformer)
+    if vit and (cfg.mean is None or cfg.std is None):
+        raise WeightsError(f"{w}: set backbone.mean and backbone.std to the normalisation these weights were trained "
+                           "with (their model card; UNI: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]); "
+                           f"timm's default for {cfg.name} need not be it")
     if load:
-        load_into(model, read_state_dict(w), w)
+        missing = load_into(model, read_state_dict(w), w)
+        if vit and not isinstance(model.norm, nn.Identity) and any(k.startswith("norm.") for k in missing):
+            raise WeightsError(f"{w}: no final norm (norm.weight / norm.bias), which every feature level of "
+                               f"{cfg.name} goes through; these weights are incomplete or of another architecture")
     pc = getattr(model, "pretrained_cfg", {}) or {}
     return (tuple(cfg.mean or pc.get("mean", (0.485, 0.456, 0.406))),
             tuple(cfg.std or pc.get("std", (0.229, 0.224, 0.225))))

@@ -153,6 +153,9 @@ class RPNet(CamNet):
         self.consistency_weight = float(opts["consistency_weight"])
         self.branch_weight = float(opts["branch_weight"])
         self.sigma = float(opts["sigma"])
+        if not 0 <= self.mid_level < len(self.backbone.features):
+            raise ValueError(f"train_cam.rpnet mid_level {self.mid_level}: the backbone has feature levels 0.."
+                             f"{len(self.backbone.features) - 1}; set train_cam.rpnet.mid_level to one of them")
         mid_ch = self.backbone.features[self.mid_level].channels
         out_ch = self.classifier.in_channels
         self.mid_proj = nn.Conv2d(mid_ch, out_ch, 1, bias=False)

@@ -97,13 +97,19 @@ def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, to
         hints.append("init_values: 1.0e-5 (LayerScale)" if any(k in sd for k in keys if ".ls1." in k)
                      else "no init_values (the file has no LayerScale)")
     if "reg_token" in keys:
-        n = sd["reg_token"].shape[1] if "reg_token" in sd else 0
-        hints.append(f"reg_tokens: {n}")
-    if "pos_embed" in keys and "pos_embed" in sd and "pos_embed" in target and "patch_embed.proj.weight" in sd:
-        n, patch = sd["pos_embed"].shape[1], sd["patch_embed.proj.weight"].shape[-1]
+        hints.append(f"reg_tokens: {sd['reg_token'].shape[1] if 'reg_token' in sd else 0}")
+    proj = "patch_embed.proj.weight"
+    patch = sd[proj].shape[-1] if proj in sd else None
+    if proj in keys and patch is not None and proj in target and target[proj].shape[-1] != patch:
+        hints.append(f"patch_size: {patch}")
+    if "pos_embed" in keys and "pos_embed" in sd and "pos_embed" in target and patch is not None:
+        n, n_model = sd["pos_embed"].shape[1], target["pos_embed"].shape[1]
+        square = [math.isqrt(m) ** 2 == m for m in (n, n_model)]
+        if square[0] != square[1]:  # one embeds the class token's position, the other does not
+            hints.append(f"no_embed_class: {'true' if square[0] else 'false'}")
         sides = [math.isqrt(n - p) for p in (0, 1) if n - p > 0 and math.isqrt(n - p) ** 2 == n - p]
         hints.append(f"img_size: {sides[0] * patch}" if sides else
-                     f"img_size and class_token / no_embed_class that give a position embedding of {n} tokens")
+                     f"img_size / class_token / no_embed_class giving a position embedding of {n} tokens")
     return f"; for a vision transformer set backbone.model_kwargs {{{', '.join(hints)}}}" if hints else ""
 
 
