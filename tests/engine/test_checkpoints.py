@@ -68,3 +68,28 @@ def test_unreadable_files_name_themselves_and_the_fix(tmp_path: Path):
     state.write_bytes(state.read_bytes()[:30])  # a truncated resume state: warned about, training starts over
     with pytest.warns(UserWarning, match="x_train_state.pt: unreadable training state"):
         assert resume_point(last, state, "abc", overwrite=False) is None
+
+
+def test_weights_without_a_frozen_part_load_only_the_rest(tmp_path: Path):
+    """``skip_prefix`` leaves a frozen part out of the file; loading keeps the model's own tensors there, and a file
+    that lacks anything else, or holds tensors the model has not, is refused."""
+    import pytest
+
+    net = nn.Sequential()
+    net.add_module("backbone", nn.Linear(3, 3))
+    net.add_module("head", nn.Linear(3, 2))
+    path = tmp_path / "w.safetensors"
+    save_weights(path, net, skip_prefix="backbone.")
+    assert weights_stamp(path)["skipped"] == "backbone."
+    other = nn.Sequential()
+    other.add_module("backbone", nn.Linear(3, 3))
+    other.add_module("head", nn.Linear(3, 2))
+    kept = other.backbone.weight.clone()
+    load_weights(path, other)
+    assert torch.equal(other.head.weight, net.head.weight) and torch.equal(other.backbone.weight, kept)
+    save_weights(path, net, skip_prefix="head.")  # the head left out: not a frozen part this model may keep
+    bad = nn.Sequential()
+    bad.add_module("backbone", nn.Linear(3, 3))
+    bad.add_module("tail", nn.Linear(3, 2))
+    with pytest.raises(RuntimeError, match="does not fit the model"):
+        load_weights(path, bad)

@@ -110,6 +110,12 @@ def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, kill_after_epo
 
     kill_after_epoch(2, train_cam.run, cfg, rd)
     assert rd.status("train_cam")["state"] == "failed"
+    # the resume point leaves out the pretrained backbone frozen whole (rebuilt from its weights on resume)
+    from safetensors import safe_open
+
+    with safe_open(str(rd.path / "checkpoints" / "cam_last.safetensors"), framework="pt") as f:
+        assert f.metadata()["skipped"] == "backbone." and f.keys() and not any(k.startswith("backbone.")
+                                                                                 for k in f.keys())
     train_cam.run(cfg, rd)
     log = [json.loads(x) for x in (rd.path / "logs" / "train_cam.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]  # epochs 0-1 kept, only epoch 2 trained after the restart
@@ -119,6 +125,8 @@ def test_train_cam_resumes_after_a_crash(tiny_manifest, tmp_path, kill_after_epo
     train_cam.run(cfg, whole)
     assert (whole.path / "checkpoints" / "cam.safetensors").read_bytes() == \
         (rd.path / "checkpoints" / "cam.safetensors").read_bytes()
+    with safe_open(str(rd.path / "checkpoints" / "cam.safetensors"), framework="pt") as f:
+        assert any(k.startswith("backbone.") for k in f.keys())  # the finished network stands on its own
 
 
 @pytest.mark.parametrize("frozen", [5, 2])  # 2: the mid level lies past the cached trunk (it once crashed)

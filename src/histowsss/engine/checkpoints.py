@@ -14,12 +14,16 @@ from histowsss.engine.atomic import CorruptFileError, atomic_path, write_json
 
 
 def save_weights(path: Path, model: nn.Module, meta: dict[str, Any] | None = None,
-                 stamp: dict[str, str] | None = None) -> None:
+                 stamp: dict[str, str] | None = None, skip_prefix: str | None = None) -> None:
     """Save a model's state dict to ``path`` (.safetensors) and ``meta`` next to it (.json); ``stamp`` goes into
-    the safetensors header (see :func:`weights_stamp`)."""
+    the safetensors header (see :func:`weights_stamp`). ``skip_prefix``: leave out the tensors under it (a frozen
+    backbone the loader rebuilds from its own weights; recorded in the header as ``skipped``)."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+          if skip_prefix is None or not k.startswith(skip_prefix)}
+    if skip_prefix is not None:
+        stamp = {**(stamp or {}), "skipped": skip_prefix}
     with atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt", **(stamp or {})})
     if meta is not None:
@@ -27,7 +31,8 @@ def save_weights(path: Path, model: nn.Module, meta: dict[str, Any] | None = Non
 
 
 def load_weights(path: Path, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load weights saved by ``save_weights``; returns the metadata (empty if none)."""
+    """Load weights saved by ``save_weights``; returns the metadata (empty if none). A file saved with
+    ``skip_prefix`` leaves the model's tensors under that prefix as they are (every other one must be in it)."""
     from safetensors.torch import load_file
 
     if not path.exists():
@@ -39,7 +44,14 @@ def load_weights(path: Path, model: nn.Module, device: torch.device | str = "cpu
     except Exception as e:  # safetensors' own error type: truncated, empty, not a safetensors file
         raise CorruptFileError(f"{path}: unreadable checkpoint ({e}); delete it and re-run the step that wrote it "
                                "with --overwrite") from None
-    model.load_state_dict(sd)
+    skipped = weights_stamp(path).get("skipped")
+    if skipped:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        wrong = [k for k in missing if not k.startswith(skipped)] + list(unexpected)
+        if wrong:
+            raise RuntimeError(f"{path}: does not fit the model ({len(wrong)} tensors, e.g. {wrong[0]})")
+    else:
+        model.load_state_dict(sd)
     meta = path.with_suffix(".json")
     return json.loads(meta.read_text()) if meta.exists() else {}
 
@@ -75,10 +87,13 @@ def weights_stamp(path: Path) -> dict[str, str]:
         return {}
 
 
-def save_resume_point(last_path: Path, state_path: Path, model: nn.Module, state: dict[str, Any]) -> None:
+def save_resume_point(last_path: Path, state_path: Path, model: nn.Module, state: dict[str, Any],
+                      skip_prefix: str | None = None) -> None:
     """After an epoch: the weights (``last_path``) and the optimiser state (``state_path``, with ``config_hash`` and
-    ``epoch``); the weights carry the same config hash and epoch, so a kill between the two writes is detected."""
-    save_weights(last_path, model, stamp={"config_hash": str(state["config_hash"]), "epoch": str(state["epoch"])})
+    ``epoch``); the weights carry the same config hash and epoch, so a kill between the two writes is detected.
+    ``skip_prefix``: a frozen part the resumed step rebuilds itself, not rewritten every epoch."""
+    save_weights(last_path, model, stamp={"config_hash": str(state["config_hash"]), "epoch": str(state["epoch"])},
+                 skip_prefix=skip_prefix)
     save_train_state(state_path, state)
 
 

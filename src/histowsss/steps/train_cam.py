@@ -106,6 +106,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         ckpt_dir = run.sub("checkpoints")
         logs = run.sub("logs")
         state_path = ckpt_dir / "cam_train_state.pt"
+        # pretrained (read from a file or package, the same on resume) and frozen whole; a random one is saved
+        frozen_whole = model.trunk_units == len(model.backbone.units) and cfg.backbone.weights != "none"
         history: list[dict] = []
         start_epoch = 0
         state = resume_point(ckpt_dir / "cam_last.safetensors", state_path, h, overwrite)  # --overwrite retrains
@@ -168,9 +170,12 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                                   f"acc {acc_txt} auc {rec['auc'] if rec['auc'] is None else round(rec['auc'], 3)} "
                                   f"{rec['examples_per_s']} crops/s")
                 check_epoch(epoch, plain, chance, rec["auc"], pp, tc.min_epochs_before_diagnosis, history)
+                # a backbone frozen whole is rebuilt from backbone.weights on resume: not rewritten every epoch
+                # (a ViT-L's 1.2 GB); cam.safetensors keeps it, so the finished network stands on its own
                 save_resume_point(ckpt_dir / "cam_last.safetensors", state_path, model,
                                   {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "history": json.dumps(history)})
+                                   "scheduler": sched.state_dict(), "history": json.dumps(history)},
+                                  skip_prefix="backbone." if frozen_whole else None)
         meta = {"classes": output_classes(cfg), "network": tc.network, "backbone": cfg.backbone.name,
                 "config_hash": h, "epochs": tc.epochs, "final": history[-1] if history else None}
         save_weights(ckpt_dir / "cam.safetensors", model, meta)
