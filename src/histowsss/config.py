@@ -277,6 +277,17 @@ class BackboneConfig(Strict):
                              "name (e.g. vit_large_patch16_224) and the weights as a local file (backbone.weights)")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"backbone.std {list(self.std)} must be positive")
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if v is not None and max(v) > 1:
+                raise ValueError(f"backbone.{key} {list(v)} is on the 0-255 scale; give it on the 0-1 scale "
+                                 f"(divide by 255: {[round(x / 255, 6) for x in v]})")
+        for k, v in self.model_kwargs.items():
+            if isinstance(v, str) and re.fullmatch(r"[\d.\s]+[*/+-][\d.\s*/+-]+", v):
+                raise ValueError(f"backbone.model_kwargs {k}: {v!r} is an expression; write the number it gives")
+            if isinstance(v, str) and v.startswith(("torch.", "nn.", "timm.")):
+                raise ValueError(f"backbone.model_kwargs {k}: {v!r} is a Python path; give timm's name instead "
+                                 "(act_layer: silu / gelu; mlp_layer: SwiGLUPacked)")
         # what histowsss sets itself; a model card's num_classes: 0 / pretrained: false / dynamic_img_size: true agree
         agree = {"num_classes": 0, "pretrained": False, "dynamic_img_size": True}
         clash = sorted(k for k, v in self.model_kwargs.items()
@@ -375,7 +386,7 @@ class TrainCamConfig(Strict):
 class MakeCamConfig(Strict):
     """Multi-scale + flip CAM inference."""
 
-    scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0], min_length=1)
     flip: bool = True
     input_scale: float = Field(1.0, gt=0, description="extra resize of images at inference (e.g. 2.0 for crop-trained nets)")
     patch_size: int | None = Field(None, ge=16, description="patch-wise CAMs: each patch (at each scale) alone "
@@ -646,6 +657,15 @@ class RunConfig(Strict):
         payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
+    def backbone_digest(self) -> str | None:
+        """Fingerprint of a local ``backbone.weights`` file (its size and its first and last 8 MiB), recorded by the
+        steps that read it, so that a file changed in place makes them again; None for 'imagenet' / 'none' or a
+        file that is not there. Kept out of the hashes: a moved file, or an export without it, stays valid."""
+        w = self.backbone.weights
+        if w in ("imagenet", "none"):
+            return None
+        return _file_fingerprint(Path(w))
+
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
         cells by image, in any row order); None when no clicks are configured. Recorded in each step's status, so
@@ -675,6 +695,27 @@ class RunConfig(Strict):
             for name, cell in cells:
                 h.update(f"{name}\t{cell}\n".encode())
         return h.hexdigest()[:16]
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_fingerprint(path: Path, chunk: int = 8 << 20) -> str | None:
+    """sha256 of a file's size, first and last ``chunk`` bytes (cached by path, size and mtime); None if missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256(str(st.st_size).encode())
+        with open(path, "rb") as f:
+            h.update(f.read(chunk))
+            if st.st_size > chunk:
+                f.seek(max(chunk, st.st_size - chunk))
+                h.update(f.read(chunk))
+        _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FINGERPRINTS[key]
 
 
 def data_split_leaks(data: DataConfig) -> list[str]:

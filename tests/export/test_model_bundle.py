@@ -52,6 +52,9 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
     cam = json.loads((gated_run / "metrics" / "cam.json").read_text())
     assert card["inference"]["image_gate_cut"] == cam["chosen_gate"] and card["clicks"] is False
     assert f"less than {cam['chosen_gate']:g})" in (model / "MODEL.md").read_text()
+    # the gate's classifier carries its backbone's weights: the card says so (a foundation model's licence)
+    assert card["gate_classifier"]["backbone"] == "tf_efficientnet_lite0"
+    assert "so their licence applies to this folder" in (model / "MODEL.md").read_text()
     assert [c["name"] for c in card["classes"]] == ["benign", "malignant"]
     assert "test" in card["scores"] and 0 <= card["scores"]["test"]["miou"] <= 100
     for f, info in card["files"].items():  # sizes recorded for every copied file

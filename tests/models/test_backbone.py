@@ -180,3 +180,41 @@ def test_model_card_arguments_with_layers_by_name():
                                       model_kwargs={"mlp_layer": "os.system"}))
     with pytest.raises(ValidationError, match="num_classes"):
         BackboneConfig(name="vit_tiny_patch16_224", model_kwargs={"num_classes": 2})
+
+
+def test_what_a_users_file_or_card_gets_wrong_is_named(tmp_path):
+    """Mismatch hints name the width, the depth or the missing LayerScale (not arguments already right); a file whose
+    keys carry a prefix, or a DINOv2-style unused mask_token, loads; other ViT families, 0-255 normalisation,
+    expressions and Python paths copied from a card, and a missing file are refused with the fix."""
+    norm = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    ls = timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=2, init_values=1e-5)
+    plain = timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=2)
+    p_ls, p_plain = _save(ls, tmp_path / "ls.safetensors"), _save(plain, tmp_path / "plain.safetensors")
+
+    def refused(name: str, path: str, kwargs: dict) -> str:
+        with pytest.raises(WeightsError) as e:
+            StagedBackbone(BackboneConfig(name=name, weights=path, model_kwargs=kwargs, **norm))
+        return str(e.value)
+
+    msg = refused("vit_small_patch16_224", p_ls, {"depth": 2, "init_values": 1e-5})
+    assert "192 wide" in msg and "init_values" not in msg.split("model_kwargs")[-1]
+    assert "{depth: 2}" in refused("vit_tiny_patch16_224", p_ls, {"depth": 3, "init_values": 1e-5})
+    assert "{no init_values (the file has no LayerScale)}" in refused("vit_tiny_patch16_224", p_plain,
+                                                                      {"depth": 2, "init_values": 1e-5})
+    prefixed = tmp_path / "prefixed.safetensors"
+    save_file({f"model.{k}": v.contiguous() for k, v in ls.state_dict().items()}, str(prefixed))
+    bb = StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=str(prefixed),
+                                       model_kwargs={"depth": 2, "init_values": 1e-5}, **norm))
+    assert torch.equal(bb.units[0].pos_embed, ls.pos_embed)
+    masked = tmp_path / "masked.safetensors"
+    save_file({**{k: v.contiguous() for k, v in plain.state_dict().items()}, "mask_token": torch.zeros(1, 192)},
+              str(masked))
+    StagedBackbone(BackboneConfig(name="vit_tiny_patch16_224", weights=str(masked), model_kwargs={"depth": 2}, **norm))
+    assert "builds Eva, not timm's VisionTransformer" in refused("eva02_tiny_patch14_224", "none", {})
+    assert "backbone.weights not found" in refused("vit_tiny_patch16_224", str(tmp_path / "gone.safetensors"), {})
+    with pytest.raises(ValidationError, match="0-255 scale"):
+        BackboneConfig(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+    with pytest.raises(ValidationError, match="is an expression"):
+        BackboneConfig(model_kwargs={"mlp_ratio": "2.66667*2"})
+    with pytest.raises(ValidationError, match="Python path"):
+        BackboneConfig(model_kwargs={"act_layer": "torch.nn.SiLU"})

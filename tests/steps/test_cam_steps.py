@@ -469,3 +469,33 @@ def test_cached_features_of_a_padded_patch_come_from_its_own_window(tiny_manifes
     c0 = round(40 / src.stride)
     assert c0 + cells <= f.shape[2]  # the window is not clamped back inside
     torch.testing.assert_close(got, f[:, c0 : c0 + cells, c0 : c0 + cells].float())
+
+
+def test_a_weights_file_changed_in_place_makes_its_steps_again(tiny_manifest, tmp_path):
+    """backbone.weights is hashed by its path; its contents are fingerprinted in the status of the steps that read
+    it: the same file skips, other contents at the same path make train_cam again, a file gone says nothing."""
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / "fm.safetensors"
+
+    def write(seed: int) -> None:
+        torch.manual_seed(seed)
+        m = timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=1, init_values=1e-5)
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+
+    write(0)
+    cfg = _cfg(tiny_manifest, ["backbone.name=vit_tiny_patch16_224", f"backbone.weights={path}",
+                               "backbone.model_kwargs={depth: 1, init_values: 1e-5}", "backbone.mean=[0.5,0.5,0.5]",
+                               "backbone.std=[0.5,0.5,0.5]", "train_cam.epochs=1"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None)
+    assert rd.status("train_cam")["backbone_weights"] == cfg.backbone_digest()
+    messages: list[str] = []
+    assert run_pipeline(cfg, rd, stop="train_cam", log=messages.append) == {}
+    write(1)
+    messages.clear()
+    assert "train_cam" in run_pipeline(cfg, rd, stop="train_cam", log=messages.append)
+    assert any("backbone weights file (backbone.weights) changed" in m for m in messages)
+    path.unlink()
+    assert run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None) == {}  # not there: nothing to compare

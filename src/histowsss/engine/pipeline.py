@@ -198,6 +198,14 @@ def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | Non
     return None
 
 
+def _weights_stale(run: RunDir, key: str) -> str | None:
+    """Why a finished step that read ``backbone.weights`` must be made again: the file changed since (same path,
+    other contents); None otherwise (also when the file is not there: a step that needs it says so when it runs)."""
+    if run.weights_changed(run.status(key) or {}):
+        return "the backbone weights file (backbone.weights) changed since it ran; made again"
+    return None
+
+
 def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log: Callable[[str], None]) -> None:
     """Before any step runs: when a step that uses clicks will run, what it will make of them (and a bad click
     stops the run here, not after the CAM stage)."""
@@ -225,8 +233,8 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
-            why = inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or (
-                mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None)
+            why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or _weights_stale(run, key)
+                   or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None))
             if why is None:
                 log(f"[skip] {key}: finished with this configuration")
                 continue
@@ -236,6 +244,9 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         t0 = time.time()
         st = run.status(key)
         redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config
+        if st is not None and st.get("state") in ("running", "failed") and not redo and run.weights_changed(st):
+            log(f"[run ] {key}: starts over (the backbone weights file changed since it stopped)")
+            redo = True  # its resume point was trained on the file as it was
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
         log(f"[done] {key} in {time.time() - t0:.1f} s")
     return results

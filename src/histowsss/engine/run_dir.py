@@ -167,6 +167,14 @@ class RunDir:
         shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
+    def weights_changed(self, status: dict) -> bool:
+        """Whether the local ``backbone.weights`` file differs from the one a step read, as far as its record says
+        (a file not there now, or a record without the field, says nothing)."""
+        if self.cfg is None or "backbone_weights" not in status:
+            return False
+        now = self.cfg.backbone_digest()
+        return now is not None and now != status["backbone_weights"]
+
     def clicks_changed(self, status: dict) -> bool:
         """Whether the clicks (``points.file``, the manifest's points cells) differ from those a step ran with, as
         far as its record says (records of steps run before clicks were recorded say nothing)."""
@@ -207,6 +215,9 @@ class RunDir:
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks"] = clicks
+        weights = self.cfg.backbone_digest() if self.cfg is not None and step in BACKBONE_FILE_STEPS else None
+        if weights is not None:  # so that a step that read the file is made again when it changes (weights_changed)
+            record["backbone_weights"] = weights
         write_json(self.status_path(step), record)
 
         def times() -> dict[str, float]:
@@ -235,6 +246,10 @@ def versions() -> dict[str, str]:
             pass
     return out
 
+
+# the steps that read backbone.weights (train_cam builds the CAM network from it; train_irn and
+# make_sem_seg_labels rebuild IRN's frozen backbone from it); the others read checkpoints that hold their weights
+BACKBONE_FILE_STEPS = ("train_cam", "train_irn", "make_sem_seg_labels")
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # of a status record's "started" / "finished"
 

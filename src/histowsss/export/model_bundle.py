@@ -115,6 +115,10 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "trained_on": {"labels": meta.get("label_source"), "loss": meta.get("loss"), "epochs": meta.get("epochs"),
                        "images": meta.get("train_images")},
         "clicks": _clicks_in_labels(cfg, meta.get("label_source")),
+        # with the gate the bundle carries the CAM classifier, its backbone's weights included (their licence
+        # applies to the bundle: a foundation model's may forbid passing them on)
+        "gate_classifier": ({"network": cfg.train_cam.network, "backbone": cfg.backbone.name,
+                             "backbone_weights": cfg.backbone.weights} if cfg.eval_seg.image_gate else None),
         "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
                       "image_gate": cfg.eval_seg.image_gate,
                       "image_gate_cut": chosen_gate(run_path, cfg) if cfg.eval_seg.image_gate else None},
@@ -141,6 +145,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"image-level gate: {card['inference']['image_gate']}"
         + (f" (a class is removed when the classifier gives it less than {card['inference']['image_gate_cut']:g})"
            if card["inference"].get("image_gate_cut") is not None else ""),
+        *([f"- Image gate classifier: {g['network']} on {g['backbone']} (weights: {g['backbone_weights']}); "
+           "checkpoints/cam.safetensors holds those backbone weights, so their licence applies to this folder"]
+          if (g := card.get("gate_classifier")) else []),
         f"- Exported {card['exported_at']} by histowsss {card['histowsss_version']} from {card['exported_from']}",
         "",
         "Use: `histowsss predict --run THIS_FOLDER IMAGES_OR_SLIDES... --out OUT`",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -233,6 +234,9 @@ def _create(cfg: BackboneConfig) -> nn.Module:
     except Exception as e:  # a model that takes no output_stride, failing for another reason: that one is said
         if not (isinstance(e, TypeError) and "dynamic_img_size" in str(e)):
             why = f"{type(e).__name__} {e}"
+    if model is not None and not isinstance(model, VisionTransformer):
+        why = (f"{cfg.name} builds {type(model).__name__}, not timm's VisionTransformer (other transformer families, "
+               "e.g. RoPE ViTs such as EVA, are not supported)")
     if not isinstance(model, VisionTransformer):
         raise WeightsError(f"timm cannot build {cfg.name!r}: {why}"
                            + (f" (backbone.model_kwargs {cfg.model_kwargs})" if cfg.model_kwargs else "")
@@ -264,7 +268,12 @@ def _load_weights(model: nn.Module, cfg: BackboneConfig,
                            "with (their model card; UNI: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]); "
                            f"timm's default for {cfg.name} need not be it")
     if load:
-        missing = load_into(model, read_state_dict(w), w)
+        path = Path(w).expanduser()
+        if not path.exists():
+            raise WeightsError(f"{w}: backbone.weights not found (a relative path is read from the current folder, "
+                               f"{Path.cwd()}); train_cam, train_irn and make_sem_seg_labels build the backbone from "
+                               "it (the finished CAM classifier, make_cam and predict do not need it)")
+        missing = load_into(model, read_state_dict(path), w)
         if vit and not isinstance(model.norm, nn.Identity) and any(k.startswith("norm.") for k in missing):
             raise WeightsError(f"{w}: no final norm (norm.weight / norm.bias), which every feature level of "
                                f"{cfg.name} goes through; these weights are incomplete or of another architecture")

@@ -83,7 +83,8 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 # top-level names of classifier heads that a timm feature extractor (features_only) drops: unused, never an error
-HEAD_PREFIXES = ("classifier", "conv_head", "bn2", "fc", "head", "global_pool", "pre_logits", "head_drop", "norm")
+HEAD_PREFIXES = ("classifier", "conv_head", "bn2", "fc", "head", "global_pool", "pre_logits", "head_drop", "norm",
+                 "mask_token")  # mask_token: a masked-image-modelling ViT's (DINOv2, iBOT), unused at inference
 
 
 def _is_head(key: str) -> bool:
@@ -93,16 +94,24 @@ def _is_head(key: str) -> bool:
 def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
     """The backbone.model_kwargs a vision transformer's weights ask for, when the mismatch says which."""
     hints = []
-    if any(".ls1.gamma" in k for k in keys):
-        hints.append("init_values: 1.0e-5 (LayerScale)" if any(k in sd for k in keys if ".ls1." in k)
-                     else "no init_values (the file has no LayerScale)")
+    in_file = any(".ls1.gamma" in k for k in sd)
+    if in_file != any(".ls1.gamma" in k for k in target):
+        hints.append("init_values: 1.0e-5 (LayerScale)" if in_file else "no init_values (the file has no LayerScale)")
+    width = [t["cls_token" if "cls_token" in t else "pos_embed"].shape[-1] if ("cls_token" in t or "pos_embed" in t)
+             else None for t in (sd, target)]
+    if None not in width and width[0] != width[1]:
+        hints.append(f"a model {width[0]} wide (the name of that size, or embed_dim: {width[0]})")
+    depth = [len({k.split(".")[1] for k in t if k.startswith("blocks.")}) for t in (sd, target)]
+    if depth[0] and depth[1] and depth[0] != depth[1]:
+        hints.append(f"depth: {depth[0]}")
     if "reg_token" in keys:
         hints.append(f"reg_tokens: {sd['reg_token'].shape[1] if 'reg_token' in sd else 0}")
     proj = "patch_embed.proj.weight"
     patch = sd[proj].shape[-1] if proj in sd else None
     if proj in keys and patch is not None and proj in target and target[proj].shape[-1] != patch:
         hints.append(f"patch_size: {patch}")
-    if "pos_embed" in keys and "pos_embed" in sd and "pos_embed" in target and patch is not None:
+    if "pos_embed" in keys and "pos_embed" in sd and "pos_embed" in target and patch is not None \
+            and None not in width and width[0] == width[1] and sd["pos_embed"].shape != target["pos_embed"].shape:
         n, n_model = sd["pos_embed"].shape[1], target["pos_embed"].shape[1]
         square = [math.isqrt(m) ** 2 == m for m in (n, n_model)]
         if square[0] != square[1]:  # one embeds the class token's position, the other does not
@@ -113,6 +122,23 @@ def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, to
     return f"; for a vision transformer set backbone.model_kwargs {{{', '.join(hints)}}}" if hints else ""
 
 
+def _strip_common_prefix(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` without a dotted prefix every key shares (``model.``, ``backbone.``, ``trunk.``), when that makes the
+    names the model's; unchanged otherwise."""
+    keys = list(sd)
+    if not keys or set(keys) & set(target):
+        return sd
+    first = keys[0].split(".")
+    for n in range(1, len(first)):
+        prefix = ".".join(first[:n]) + "."
+        if not all(k.startswith(prefix) for k in keys):
+            break
+        stripped = {k[len(prefix):]: v for k, v in sd.items()}
+        if set(stripped) & set(target):
+            return stripped
+    return sd
+
+
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
 
@@ -121,6 +147,7 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
     stay at its initial value: the weights are for another architecture, or cut short.
     """
     target = model.state_dict()
+    sd = _strip_common_prefix(sd, target)
 
     def body(keys) -> list[str]:
         return [k for k in keys if not k.endswith("num_batches_tracked") and not _is_head(k)]
@@ -149,7 +176,7 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
         if unfit:
             raise WeightsError(f"{source}: {len(unfit)} of the model's {len(target)} tensors find no tensor of the "
                                f"same shape in order (first: {unfit[0]}); these weights are for another "
-                               "architecture or incomplete (check backbone.name)")
+                               "architecture or incomplete (check backbone.name" + _vit_hint(unfit, sd, target) + ")")
     missing = [k for k in target if k not in matched]
     model.load_state_dict(matched, strict=False)
     return missing
