@@ -51,6 +51,16 @@ def test_config_fits_the_manifest(synth: Path, tmp_path: Path):
     assert made.text.startswith("# histowsss config for") and "mask_mode binary_image_label" in made.text
 
 
+def test_label_codes_named_by_another_column_take_the_names(synth: Path):
+    """The synthetic (and GlaS) manifest codes its grade as a 0/1 'label' beside a 'grade' column of names: without
+    --label-column, init takes the names and says so; --label-column label keeps the codes."""
+    made = config_for_manifest(synth)
+    assert made.config.data.label_column == "grade" and made.config.data.classes.names == ["benign", "malignant"]
+    assert "the names of the 'label' column's codes" in made.notes[0]
+    with pytest.raises(ConfigError, match="cannot tell which class is background"):
+        config_for_manifest(synth, label_column="label")
+
+
 def test_resolution_follows_the_images_mpp_and_the_profile(synth: Path):
     cpu = config_for_manifest(synth, label_column="grade", mpp=0.62).config
     gpu = config_for_manifest(synth, label_column="grade", mpp=0.62, profile="gpu").config

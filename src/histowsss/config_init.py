@@ -81,10 +81,31 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
                           "column per class)")
     multi = any(separator in r[col] for r in rows)
     names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]]) if v.strip()})
+    named = None if label_column or multi else _named_twin(columns, rows, col, names)
+    if named is not None:  # 'label' holds codes (0 / 1) that another column names one for one (GlaS's grade)
+        col = named
+        names = sorted({r[col].strip() for r in rows if r[col].strip()})
     if len(names) < 2:
         raise ConfigError(f"{manifest}: column {col!r} holds {len(names)} class name(s) ({', '.join(names)}); "
                           "a classifier needs at least two classes")
     return col, names, multi
+
+
+def _named_twin(columns: list[str], rows: list[dict[str, str]], col: str, codes: list[str]) -> str | None:
+    """A column whose values name the integer codes of ``col`` one for one (``grade`` beside a 0/1 ``label``), or
+    None when the codes are no integers or no column (or more than one) names them so."""
+    if not codes or not all(c.lstrip("-").isdigit() for c in codes):
+        return None
+    found = []
+    for other in columns:
+        if other == col:
+            continue
+        pairs = {(r[col].strip(), r[other].strip()) for r in rows if r[col].strip()}
+        values = {v for _, v in pairs}
+        if (len(pairs) == len(codes) == len(values) and "" not in values
+                and not all(v.lstrip("-").replace(".", "", 1).isdigit() for v in values)):
+            found.append(other)
+    return found[0] if len(found) == 1 else None
 
 
 def _background(names: list[str], given: str | None) -> str | None:
@@ -262,7 +283,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
         marked = [tuple(p.strip() for p in r[col].split(label_separator)) if multi else (r[col].strip(),)
                   for r in rows]
-    source = (f"column {col!r}" if col is not None
+    source = (f"column {col!r}" + (f" (the names of the {'label'!r} column's codes; --label-column label keeps "
+                                   "the codes)" if col != (label_column or "label") and not class_cols else "")
+              if col is not None
               else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
     folded: dict[str, list[str]] = {}
     for n in names:  # 'Te' beside 'TE', 'stroma ' beside 'stroma': typos that would become classes of their own
