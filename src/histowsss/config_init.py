@@ -98,7 +98,9 @@ def _named_twin(columns: list[str], rows: list[dict[str, str]], col: str, codes:
         return None
     found = []
     for other in columns:
-        if other == col:
+        low = other.lower()
+        if other == col or low in ("image", "mask", "mask_cc", "split", "name", "points") or any(
+                w in low for w in ("patient", "case", "slide", "subject", "donor", "specimen", "id")):
             continue
         pairs = {(r[col].strip(), r[other].strip()) for r in rows if r[col].strip()}
         values = {v for _, v in pairs}

@@ -226,6 +226,10 @@ def test_stats_many_long_class_names_one_row_per_class(builder):
     four = [builder.row(f"b{i}", "train", f"P{i}", ("adenocarcinoma", "tumour", "stroma", "normal")[i % 4],
                         mask=False) for i in range(8)]
     m4 = builder.manifest(four, name="four.csv")
+    two = [builder.row(f"c{i}", "train", f"Q{i}", ("normal", "squamous_carcinoma")[i % 2], mask=False)
+           for i in range(4)]
+    r = runner.invoke(app, ["data", "stats", str(builder.manifest(two, name="two.csv"))], env={"COLUMNS": "104"})
+    assert ["train", "(any)", "4", "4"] in _cells(r.stdout)  # the word whole in one header, cut in the other
     for width, wide in ((123, False), (159, False), (170, True)):
         r = runner.invoke(app, ["data", "stats", str(m4)], env={"COLUMNS": str(width)})
         assert r.exit_code == 0 and "adenocarcinoma" in r.stdout, (width, r.stdout)

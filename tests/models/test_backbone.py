@@ -132,6 +132,10 @@ def test_rpnet_mid_level_past_a_shallow_vit_is_named():
 
     with pytest.raises(ValueError, match="mid_level 2: the backbone has feature levels 0..1"):
         RPNet(BackboneConfig(name="vit_tiny_patch16_224", weights="none", model_kwargs={"depth": 2}), 1)
+    # counted from the end, as a Python index (accepted before the check existed)
+    net = RPNet(BackboneConfig(name="vit_tiny_patch16_224", weights="none", model_kwargs={"depth": 2}), 1,
+                options={"mid_level": -2})
+    assert net.mid_level == -2
 
 
 def test_position_embedding_of_another_size_names_img_size(tmp_path):

@@ -494,8 +494,38 @@ def test_a_weights_file_changed_in_place_makes_its_steps_again(tiny_manifest, tm
     messages: list[str] = []
     assert run_pipeline(cfg, rd, stop="train_cam", log=messages.append) == {}
     write(1)
+    # under torchrun a step to be made again is refused as one never run: it would run in every process
+    import os
+
+    from histowsss.config import ConfigError
+    from histowsss.engine.pipeline import plan_steps
+
+    os.environ["WORLD_SIZE"] = "2"
+    try:
+        with pytest.raises(ConfigError, match="train_cam would run in each of the 2 torchrun processes"):
+            plan_steps(cfg, rd, None, "train_cam", False)
+    finally:
+        del os.environ["WORLD_SIZE"]
     messages.clear()
     assert "train_cam" in run_pipeline(cfg, rd, stop="train_cam", log=messages.append)
     assert any("backbone weights file (backbone.weights) changed" in m for m in messages)
+    # a stopped train_cam on a file changed since starts over, saying only that
+    status = json.loads((rd.path / "status" / "train_cam.json").read_text())
+    status.update(state="failed", backbone_weights="0" * 16)
+    (rd.path / "status" / "train_cam.json").write_text(json.dumps(status))
+    messages.clear()
+    run_pipeline(cfg, rd, stop="train_cam", log=messages.append)
+    assert [m for m in messages if m.startswith("[run ]")] == [
+        "[run ] train_cam: starts over (the backbone weights file changed since it stopped)"]
+    # the whole file is fingerprinted (a change in the middle counts), a folder or a missing file is no fingerprint
+    from histowsss.config import _file_fingerprint
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(40 << 20))
+    before = _file_fingerprint(big)
+    with open(big, "r+b") as f:
+        f.seek(20 << 20)
+        f.write(b"x")
+    assert _file_fingerprint(big) != before and _file_fingerprint(tmp_path) is None
     path.unlink()
     assert run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None) == {}  # not there: nothing to compare

@@ -157,7 +157,9 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     world = env_world()[1]
     if world > 1:
         todo = [key for name, _, h, key, off in plan
-                if not off and name not in DISTRIBUTED_STEPS and (overwrite or not run.is_done(key, h))]
+                if not off and name not in DISTRIBUTED_STEPS and (overwrite or not run.is_done(key, h)
+                                                                  or _clicks_stale(cfg, run, name, key)
+                                                                  or _weights_stale(run, key))]
         if todo:
             raise ConfigError(f"{', '.join(todo)} would run in each of the {world} torchrun processes; only the "
                               "segmentation steps share their work: run the earlier steps in one process first "
@@ -226,6 +228,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     plan = plan_steps(cfg, run, start, stop, overwrite)
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
+    overwrite_this = False
     for name, mod, h, key, off in plan:
         if off:
             log(f"[off ] {name}: {off}")
@@ -240,13 +243,18 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                 continue
             log(f"[redo] {key}: {why}")
         else:
-            log(_why_run(run, key, h, overwrite))
+            st = run.status(key)
+            if st is not None and st.get("state") in ("running", "failed") and not overwrite \
+                    and run.weights_changed(st):  # its resume point was trained on the file as it was
+                log(f"[run ] {key}: starts over (the backbone weights file changed since it stopped)")
+                overwrite_this = True
+            else:
+                log(_why_run(run, key, h, overwrite))
         t0 = time.time()
         st = run.status(key)
         redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config
-        if st is not None and st.get("state") in ("running", "failed") and not redo and run.weights_changed(st):
-            log(f"[run ] {key}: starts over (the backbone weights file changed since it stopped)")
-            redo = True  # its resume point was trained on the file as it was
+        if overwrite_this:
+            redo, overwrite_this = True, False
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
         log(f"[done] {key} in {time.time() - t0:.1f} s")
     return results

@@ -153,7 +153,7 @@ class RPNet(CamNet):
         self.consistency_weight = float(opts["consistency_weight"])
         self.branch_weight = float(opts["branch_weight"])
         self.sigma = float(opts["sigma"])
-        if not 0 <= self.mid_level < len(self.backbone.features):
+        if not -len(self.backbone.features) <= self.mid_level < len(self.backbone.features):  # negative: from the end
             raise ValueError(f"train_cam.rpnet mid_level {self.mid_level}: the backbone has feature levels 0.."
                              f"{len(self.backbone.features) - 1}; set train_cam.rpnet.mid_level to one of them")
         mid_ch = self.backbone.features[self.mid_level].channels
