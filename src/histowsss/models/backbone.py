@@ -4,8 +4,11 @@ tail trained."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import timm
 import torch
@@ -110,35 +113,20 @@ class StagedBackbone(nn.Module):
         stop = len(self.units) if stop is None else stop
         wanted = {self.features[i].unit: i for i in collect}
         out: dict[int, torch.Tensor] = {}
-        if self.vit is not None:
-            return self._forward_vit(x, start, stop, wanted, out)
+        as_map: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # noqa: E731
+        if self.vit is not None:  # tokens between units, maps (B, C, ceil(H/16), ceil(W/16)) out
+            if start >= stop:
+                return x, out  # a cached map: nothing to run
+            if start != 0:
+                raise RuntimeError("a vision transformer runs from the image (unit 0) or not at all")
+            grid = (math.ceil(x.shape[2] / GRID), math.ceil(x.shape[3] / GRID))
+            as_map = partial(self.vit.to_map, grid=grid)
         for u in range(start, stop):
-            if u < self.trunk_units:
-                with torch.no_grad():
-                    x = self.units[u](x)
-            else:
+            with torch.no_grad() if u < self.trunk_units else nullcontext():
                 x = self.units[u](x)
             if u in wanted:
-                out[wanted[u]] = x
-        return x, out
-
-    def _forward_vit(self, x: torch.Tensor, start: int, stop: int, wanted: dict[int, int],
-                     out: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Tokens between units, maps (B, C, ceil(H/16), ceil(W/16)) out; ``x`` past the units is a cached map."""
-        if start >= stop:
-            return x, out
-        if start != 0:
-            raise RuntimeError("a vision transformer runs from the image (unit 0) or not at all")
-        grid = (math.ceil(x.shape[2] / GRID), math.ceil(x.shape[3] / GRID))
-        for u in range(start, stop):
-            if u < self.trunk_units:
-                with torch.no_grad():
-                    x = self.units[u](x)
-            else:
-                x = self.units[u](x)
-            if u in wanted:
-                out[wanted[u]] = self.vit.to_map(x, grid)
-        return self.vit.to_map(x, grid), out
+                out[wanted[u]] = as_map(x)
+        return as_map(x), out
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the frozen trunk (what the feature cache stores)."""
