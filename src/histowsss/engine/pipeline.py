@@ -228,11 +228,14 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     plan = plan_steps(cfg, run, start, stop, overwrite)
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
-    overwrite_this = False
     for name, mod, h, key, off in plan:
         if off:
             log(f"[off ] {name}: {off}")
             continue
+        st = run.status(key)
+        # a stopped step whose resume point was trained on the weights file as it was then: it starts over
+        restart = (not overwrite and st is not None and st.get("state") in ("running", "failed")
+                   and run.weights_changed(st))
         if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
@@ -242,19 +245,12 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                 log(f"[skip] {key}: finished with this configuration")
                 continue
             log(f"[redo] {key}: {why}")
+        elif restart:
+            log(f"[run ] {key}: starts over (the backbone weights file changed since it stopped)")
         else:
-            st = run.status(key)
-            if st is not None and st.get("state") in ("running", "failed") and not overwrite \
-                    and run.weights_changed(st):  # its resume point was trained on the file as it was
-                log(f"[run ] {key}: starts over (the backbone weights file changed since it stopped)")
-                overwrite_this = True
-            else:
-                log(_why_run(run, key, h, overwrite))
+            log(_why_run(run, key, h, overwrite))
         t0 = time.time()
-        st = run.status(key)
-        redo = overwrite or (st is not None and st.get("state") == "done")  # done with another config
-        if overwrite_this:
-            redo, overwrite_this = True, False
+        redo = overwrite or restart or (st is not None and st.get("state") == "done")  # done with another config
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
         log(f"[done] {key} in {time.time() - t0:.1f} s")
     return results
