@@ -62,9 +62,9 @@ def test_label_codes_named_by_another_column_take_the_names(synth: Path):
     # a patient column that happens to pair with the codes (one slide per class) is no class name
     rows = [{"image": "a.png", "split": "train", "patient": "TCGA-A1", "label": "0"},
             {"image": "b.png", "split": "train", "patient": "TCGA-B7", "label": "1"}]
-    from histowsss.config_init import _named_twin
+    from histowsss.config_init import code_names_column
 
-    assert _named_twin(list(rows[0]), rows, "label", ["0", "1"]) is None
+    assert code_names_column(list(rows[0]), rows, "label", ["0", "1"]) is None
 
 
 def test_resolution_follows_the_images_mpp_and_the_profile(synth: Path):

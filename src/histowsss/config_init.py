@@ -81,7 +81,7 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
                           "column per class)")
     multi = any(separator in r[col] for r in rows)
     names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]]) if v.strip()})
-    named = None if label_column or multi else _named_twin(columns, rows, col, names)
+    named = None if label_column or multi else code_names_column(columns, rows, col, names)
     if named is not None:  # 'label' holds codes (0 / 1) that another column names one for one (GlaS's grade)
         col = named
         names = sorted({r[col].strip() for r in rows if r[col].strip()})
@@ -91,7 +91,7 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
     return col, names, multi
 
 
-def _named_twin(columns: list[str], rows: list[dict[str, str]], col: str, codes: list[str]) -> str | None:
+def code_names_column(columns: list[str], rows: list[dict[str, str]], col: str, codes: list[str]) -> str | None:
     """A column whose values name the integer codes of ``col`` one for one (``grade`` beside a 0/1 ``label``), or
     None when the codes are no integers or no column (or more than one) names them so."""
     if not codes or not all(c.lstrip("-").isdigit() for c in codes):

@@ -146,6 +146,10 @@ def test_stats_label_column_override_without_config(builder):
     r = invoke("data", "stats", m, "--set", "data.label_column=grade")
     assert r.exit_code == 0, r.output
     assert "benign" in r.stdout and "malignant" in r.stdout
+    r = invoke("data", "stats", m)  # 'label' holds codes that 'grade' names: the names, as init takes them
+    assert r.exit_code == 0 and "benign" in r.stdout and "classes from column 'grade'" in flat(r.output)
+    r = invoke("data", "stats", m, "--set", "data.label_column=label")  # asked for: the codes
+    assert r.exit_code == 0 and "benign" not in r.stdout
     r = invoke("data", "stats", m, "--set", "data.label_column=nope")
     assert r.exit_code == 2 and "no 'nope' column" in flat(r.output)
     r = invoke("data", "stats", m, "--set", "train_cam.epochs=1")

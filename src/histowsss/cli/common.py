@@ -94,6 +94,15 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         multi = data_over.get("multi_label", any(sep in row[col] for row in rows))
         values = [row[col].split(sep) if multi else [row[col]] for row in rows]
         names = sorted({v.strip() for vs in values for v in vs if v.strip()})
+        from histowsss.config_init import code_names_column
+
+        named = None if "label_column" in data_over or multi else code_names_column(cols, rows, col, names)
+        if named is not None:  # integer codes named one for one by another column: its names, as `init` takes
+            if log is not None:
+                log(f"classes from column {named!r}, the names of {col!r}'s codes (--set data.label_column={col} "
+                    "keeps the codes)")
+            col = raw["label_column"] = named
+            names = sorted({row[col].strip() for row in rows if row[col].strip()})
         if len(names) < 2:
             names = names + ["other"]
         raw.update(multi_label=multi, classes={"names": names})
