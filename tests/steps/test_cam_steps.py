@@ -529,3 +529,12 @@ def test_a_weights_file_changed_in_place_makes_its_steps_again(tiny_manifest, tm
     assert _file_fingerprint(big) != before and _file_fingerprint(tmp_path) is None
     path.unlink()
     assert run_pipeline(cfg, rd, stop="train_cam", log=lambda s: None) == {}  # not there: nothing to compare
+
+
+def test_make_cam_says_what_vit_scales_cost_on_the_cpu(tiny_manifest, tmp_path, capsys):
+    cfg = _cfg(tiny_manifest, ["backbone.name=vit_tiny_patch16_224", "backbone.weights=none",
+                               "backbone.model_kwargs={depth: 1}", "train_cam.epochs=1", "make_cam.scales=[1.0,1.5]",
+                               "make_cam.splits=[test]"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="make_cam", log=lambda s: None)
+    assert "make_cam: a vision transformer on the CPU at scales [1.0, 1.5]" in capsys.readouterr().out
