@@ -83,6 +83,11 @@ class ClassifierGate:
         if cfg.backbone.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.norm = Normalizer(self.model.backbone.mean, self.model.backbone.std)
+        from histowsss.steps.make_cam import vit_scales_note
+
+        note = vit_scales_note(self.model, cfg, torch.device(device))
+        if note:  # the gate runs the classifier on every image at make_cam's scales
+            print(f"image gate: {note}", flush=True)
 
     def absent(self, img: np.ndarray) -> list[int]:
         """Absent classes of ``img`` (as load_image returns it), with make_cam's scales, flip and patches."""

@@ -165,6 +165,17 @@ def requires(cfg: RunConfig) -> list[tuple[str, str]]:
     return [("train_cam", cam_hash(cfg))]
 
 
+def vit_scales_note(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> str | None:
+    """What make_cam's scales above 1 cost with a vision transformer on the CPU (attention grows with the square of
+    the tokens: scale 2 costs ~16x scale 1; docs/cam.md); None otherwise."""
+    scales = cfg.make_cam.scales
+    if model.backbone.vit is None or device.type != "cpu" or max(scales) <= 1:
+        return None
+    return (f"a vision transformer on the CPU at scales {scales}: the scales above 1 cost hours on a large model "
+            "(ViT-L: 124 s per GlaS image at 1, 1.5, 2; bench/results/vit_backbone_cost.cpu.json); --set "
+            "make_cam.scales=[1.0], or a GPU")
+
+
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write cams/<image>.npz (cam at stride 4, float16; image-level probabilities; class names)."""
     mc = cfg.make_cam
@@ -177,11 +188,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         norm = Normalizer(model.backbone.mean, model.backbone.std)
         samples = samples_for(cfg, mc.splits or all_splits(cfg))
         classes = output_classes(cfg)
-        if model.backbone.vit is not None and device.type == "cpu" and max(mc.scales) > 1:
-            # attention grows with the square of the tokens: scale 2 costs ~16x scale 1 (docs/cam.md)
-            print(f"make_cam: a vision transformer on the CPU at scales {mc.scales}: the scales above 1 cost hours "
-                  "on a large model (ViT-L: 124 s per GlaS image at 1, 1.5, 2; bench/results/vit_backbone_cost.cpu"
-                  ".json); --set make_cam.scales=[1.0], or a GPU", flush=True)
+        note = vit_scales_note(model, cfg, device)
+        if note:
+            print(f"make_cam: {note}", flush=True)
         done = skipped = 0
         run.sub("cams")
         for s in track(samples, description="make_cam"):
