@@ -700,20 +700,18 @@ class RunConfig(Strict):
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
 
-def _file_fingerprint(path: Path, chunk: int = 16 << 20) -> str | None:
+def _file_fingerprint(path: Path) -> str | None:
     """sha256 of a file's bytes (cached by path, size and mtime: a 1.2 GB file is read once per process, ~1 s);
     None for a path that is no readable regular file (the loader says why when it needs it)."""
+    from histowsss.digest import file_sha256
+
     try:
         st = path.stat()
         if not path.is_file():
             return None
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _FINGERPRINTS:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while block := f.read(chunk):
-                    h.update(block)
-            _FINGERPRINTS[key] = h.hexdigest()[:16]
+            _FINGERPRINTS[key] = file_sha256(path)[:16]
     except OSError:
         return None
     return _FINGERPRINTS[key]

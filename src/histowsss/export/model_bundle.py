@@ -16,7 +16,6 @@ place; an existing bundle is replaced only with ``overwrite``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from histowsss.digest import file_sha256
 
 MODEL_CARD = "model.json"
 
@@ -56,14 +57,6 @@ def bundle_files(run_path: Path, cfg, network: str = "seg") -> list[str]:
     if missing:
         raise FileNotFoundError(f"{run_path / missing[0]}: missing; re-run train_seg for this run folder")
     return files
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _scores(run_path: Path, network: str) -> dict[str, Any]:
@@ -123,7 +116,7 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
                       "image_gate": cfg.eval_seg.image_gate,
                       "image_gate_cut": chosen_gate(run_path, cfg) if cfg.eval_seg.image_gate else None},
         "scores": _scores(run_path, network),
-        "files": {f: {"bytes": (bundle / f).stat().st_size, "sha256": _sha256(bundle / f)} for f in files},
+        "files": {f: {"bytes": (bundle / f).stat().st_size, "sha256": file_sha256(bundle / f)} for f in files},
     }
 
 
@@ -235,6 +228,6 @@ def bundle_file_state(folder: Path) -> tuple[list[str], list[str], list[str]]:
         f = Path(folder) / name
         if not f.is_file():
             missing.append(name)
-        elif f.stat().st_size != rec.get("bytes") or _sha256(f) != rec.get("sha256"):
+        elif f.stat().st_size != rec.get("bytes") or file_sha256(f) != rec.get("sha256"):
             (weights if name.endswith(".safetensors") else other).append(name)
     return missing, weights, other

@@ -108,13 +108,13 @@ def weights_digest(run_path: Path, tag_: str) -> str:
     """SHA-256 of the bytes of the trained network ``tag_``'s checkpoints (every ensemble member): which model made
     a prediction, the same for a copy of the run folder or an exported bundle, another for any other weights."""
     tags = segnet_meta(run_path, tag_).get("member_tags") or [tag_]
+    from histowsss.digest import hash_file
+
     h = hashlib.sha256()
     for mt in tags:
         p = checkpoint_path(run_path, mt)
         if p.exists():
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            hash_file(h, p)
     return h.hexdigest()[:16]
 
 
