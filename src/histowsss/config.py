@@ -239,6 +239,42 @@ class DataConfig(Strict):
 
 
 _EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# timm.create_model arguments histowsss sets itself; a model card's num_classes: 0 / pretrained: false /
+# dynamic_img_size: true agree with it
+_AGREEING_KWARGS = {"num_classes": 0, "pretrained": False, "dynamic_img_size": True}
+
+
+def yaml_floats(v: Any) -> Any:
+    """``1e-5`` as model cards write it is text to YAML 1.1 (which wants ``1.0e-5``): read it as the number."""
+    if isinstance(v, dict):
+        return {k: float(x) if isinstance(x, str) and _EXP_FLOAT.fullmatch(x.strip()) else x for k, x in v.items()}
+    return v
+
+
+def check_normalisation(mean_key: str, mean: tuple[float, ...] | None, std_key: str,
+                        std: tuple[float, ...] | None) -> None:
+    """An input normalisation given in a config: a positive std, both on the 0-1 scale."""
+    if std is not None and min(std) <= 0:
+        raise ValueError(f"{std_key} {list(std)} must be positive")
+    for key, v in ((mean_key, mean), (std_key, std)):
+        if v is not None and max(v) > 1:
+            raise ValueError(f"{key} {list(v)} is on the 0-255 scale; give it on the 0-1 scale "
+                             f"(divide by 255: {[round(x / 255, 6) for x in v]})")
+
+
+def check_model_kwargs(where: str, kwargs: dict[str, Any], reserved: tuple[str, ...], set_by: str) -> None:
+    """Extra timm.create_model arguments from a config: numbers and timm names, never code; none that histowsss
+    sets itself (``reserved``, or disagreeing with ``_AGREEING_KWARGS``)."""
+    for k, v in kwargs.items():
+        if isinstance(v, str) and re.fullmatch(r"[\d.\s]+[*/+-][\d.\s*/+-]+", v):
+            raise ValueError(f"{where} {k}: {v!r} is an expression; write the number it gives")
+        if isinstance(v, str) and v.startswith(("torch.", "nn.", "timm.")):
+            raise ValueError(f"{where} {k}: {v!r} is a Python path; give timm's name instead "
+                             "(act_layer: silu / gelu; mlp_layer: SwiGLUPacked)")
+    clash = sorted(k for k, v in kwargs.items()
+                   if k in reserved or (k in _AGREEING_KWARGS and v != _AGREEING_KWARGS[k]))
+    if clash:
+        raise ValueError(f"{where} {clash} are set by histowsss ({set_by}); remove them")
 
 
 class BackboneConfig(Strict):
@@ -265,37 +301,17 @@ class BackboneConfig(Strict):
     @field_validator("model_kwargs", mode="before")
     @classmethod
     def _yaml_floats(cls, v: Any) -> Any:
-        """``1e-5`` as model cards write it is text to YAML 1.1 (which wants ``1.0e-5``): read it as the number."""
-        if isinstance(v, dict):
-            return {k: float(x) if isinstance(x, str) and _EXP_FLOAT.fullmatch(x.strip()) else x for k, x in v.items()}
-        return v
+        return yaml_floats(v)
 
     @model_validator(mode="after")
     def _check(self) -> "BackboneConfig":
         if re.match(r"(hf[-_]hub|timm)[:/]", self.name):
             raise ValueError(f"backbone.name {self.name!r} would be fetched from a model hub; give timm's architecture "
                              "name (e.g. vit_large_patch16_224) and the weights as a local file (backbone.weights)")
-        if self.std is not None and min(self.std) <= 0:
-            raise ValueError(f"backbone.std {list(self.std)} must be positive")
-        for key in ("mean", "std"):
-            v = getattr(self, key)
-            if v is not None and max(v) > 1:
-                raise ValueError(f"backbone.{key} {list(v)} is on the 0-255 scale; give it on the 0-1 scale "
-                                 f"(divide by 255: {[round(x / 255, 6) for x in v]})")
-        for k, v in self.model_kwargs.items():
-            if isinstance(v, str) and re.fullmatch(r"[\d.\s]+[*/+-][\d.\s*/+-]+", v):
-                raise ValueError(f"backbone.model_kwargs {k}: {v!r} is an expression; write the number it gives")
-            if isinstance(v, str) and v.startswith(("torch.", "nn.", "timm.")):
-                raise ValueError(f"backbone.model_kwargs {k}: {v!r} is a Python path; give timm's name instead "
-                                 "(act_layer: silu / gelu; mlp_layer: SwiGLUPacked)")
-        # what histowsss sets itself; a model card's num_classes: 0 / pretrained: false / dynamic_img_size: true agree
-        agree = {"num_classes": 0, "pretrained": False, "dynamic_img_size": True}
-        clash = sorted(k for k, v in self.model_kwargs.items()
-                       if k in ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path")
-                       or (k in agree and v != agree[k]))
-        if clash:
-            raise ValueError(f"backbone.model_kwargs {clash} are set by histowsss (output_stride: "
-                             "backbone.output_stride; weights: backbone.weights); remove them")
+        check_normalisation("backbone.mean", self.mean, "backbone.std", self.std)
+        check_model_kwargs("backbone.model_kwargs", self.model_kwargs,
+                           ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path"),
+                           "output_stride: backbone.output_stride; weights: backbone.weights")
         return self
 
 
@@ -492,12 +508,27 @@ class InsSegConfig(Strict):
 class TrainSegConfig(Strict):
     """train_seg: the final segmentation network (smp U-Net / DeepLabV3+ on a timm encoder), see docs/segmentation.md."""
 
-    architecture: Literal["unet", "deeplabv3plus"] = "unet"
+    architecture: Literal["unet", "deeplabv3plus", "dpt"] = Field(
+        "unet", description="smp decoder: unet and deeplabv3plus on a timm CNN; dpt (dense prediction transformer) on "
+        "a timm vision transformer, e.g. a pathology foundation model (docs/segmentation.md)")
     encoder: str = Field("tf_efficientnet_lite0", description="timm model name, used through smp's 'tu-' encoder")
     encoder_weights: str = Field("imagenet", description="'imagenet' (offline package), 'none' or a local file; "
                                  "smp never downloads (encoder_weights=None is always passed to smp)")
+    encoder_model_kwargs: dict[str, int | float | bool | str | list[int] | None] = Field(
+        default_factory=dict, description="extra arguments of timm.create_model that the encoder weights need, as "
+        "backbone.model_kwargs (UNI: {init_values: 1.0e-5})")
+    encoder_mean: tuple[float, float, float] | None = Field(None, description="input normalisation mean (RGB, 0-1) "
+                                                            "of the encoder weights; null = theirs (timm's for the "
+                                                            "architecture with a local file); needed for dpt with a "
+                                                            "weights file")
+    encoder_std: tuple[float, float, float] | None = Field(None, description="input normalisation std; null = the "
+                                                           "weights' own")
+    freeze_encoder: bool = Field(False, description="keep the encoder's weights as loaded (no gradients, its "
+                                 "normalisation layers in eval mode): a large pretrained encoder trains only the "
+                                 "decoder, faster and in less memory")
     decoder_channels: list[int] | None = Field(None, description="smp decoder widths (unet: 5 values; "
-                                               "deeplabv3plus: 1 value); null = smp's defaults")
+                                               "deeplabv3plus: 1 value; dpt: 1 value, the fusion width, or 5, the "
+                                               "four reassemble widths and the fusion width); null = smp's defaults")
     labels: Literal["pseudo", "cam", "pseudo_or_cam", "best_on_train", "folder"] = Field(
         "pseudo", description="weak training labels: pseudo = pseudo/<name>.png (IRN), cam = eval_cam's label-gated "
         "CAM labels, pseudo_or_cam = pseudo when make_sem_seg_labels finished, else CAM labels, best_on_train = "
@@ -543,8 +574,20 @@ class TrainSegConfig(Strict):
                          "seed, seed + 1, ... (files seg, seg_m1, ...); eval_seg and predict average their class "
                          "probabilities. Training and inference cost grow with the count")
 
+    @field_validator("encoder_model_kwargs", mode="before")
+    @classmethod
+    def _yaml_floats(cls, v: Any) -> Any:
+        return yaml_floats(v)
+
     @model_validator(mode="after")
     def _check(self) -> "TrainSegConfig":
+        if re.match(r"(hf[-_]hub|timm)[:/]", self.encoder):
+            raise ValueError(f"train_seg.encoder {self.encoder!r} would be fetched from a model hub; give timm's "
+                             "architecture name and the weights as a local file (train_seg.encoder_weights)")
+        check_normalisation("train_seg.encoder_mean", self.encoder_mean, "train_seg.encoder_std", self.encoder_std)
+        check_model_kwargs("train_seg.encoder_model_kwargs", self.encoder_model_kwargs,
+                           ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path",
+                            "in_chans"), "weights: train_seg.encoder_weights")
         if self.labels == "folder" and not self.label_dir:
             raise ValueError("train_seg.labels=folder needs train_seg.label_dir (a folder of class-id PNGs)")
         return self
@@ -661,7 +704,13 @@ class RunConfig(Strict):
         """Fingerprint (sha256) of a local ``backbone.weights`` file, recorded by the steps that read it, so that a
         file changed in place makes them again; None for 'imagenet' / 'none' or a file that is not there. Kept out
         of the hashes: a run folder or an export without the file stays valid."""
-        w = self.backbone.weights
+        return self.weights_file_digest("backbone.weights")
+
+    def weights_file_digest(self, key: str) -> str | None:
+        """Fingerprint of the local weights file that config key ``key`` ('backbone.weights',
+        'train_seg.encoder_weights') names, as :meth:`backbone_digest`."""
+        section, name = key.split(".")
+        w = getattr(getattr(self, section), name)
         if w in ("imagenet", "none"):
             return None
         return _file_fingerprint(Path(w).expanduser())

@@ -179,3 +179,108 @@ def test_cpu_amp_and_channels_last_tiles():
     spy.seen.clear()
     sliding_window_probs(spy, img, norm, amp=True, **kw)  # amp is CUDA's switch: no autocast on the CPU
     assert not any(amp for amp, _ in spy.seen)
+
+
+VITS = [("vit_tiny_patch16_224", {}),  # patch 16, a class token
+        ("vit_small_patch14_reg4_dinov2", {"embed_dim": 48, "num_heads": 2})]  # patch 14, register tokens
+
+
+@pytest.mark.parametrize("encoder,kwargs", VITS)
+def test_dpt_on_a_vision_transformer_gives_input_sized_logits_and_trains_every_tensor(encoder, kwargs):
+    net = SegNet("dpt", encoder, "none", num_classes=3, decoder_channels=[32], model_kwargs=kwargs)
+    assert net.size_divisor == 32 and net.patch == (16 if "patch16" in encoder else 14)
+    x = torch.randn(2, 3, 64, 96)  # not square: a 4 x 6 token grid whatever the patch size
+    out = net(x)
+    assert out.shape == (2, 3, 64, 96)
+    seg_loss(out, torch.randint(0, 3, (2, 64, 96)), "ce").backward()
+    # the final norm and head DPT never reads are pruned: every trainable tensor gets a gradient (DDP needs it)
+    assert not [n for n, p in net.named_parameters() if p.grad is None]
+    assert not any(k.startswith(("net.encoder.model.norm.", "net.encoder.model.head.")) for k in net.state_dict())
+
+
+@pytest.mark.parametrize("encoder,kwargs", VITS)
+def test_dpt_encoder_loads_a_foundation_model_file(encoder, kwargs, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from histowsss.models.weights import WeightsError
+
+    torch.manual_seed(1)
+    kwargs = {**kwargs, "init_values": 1e-5}  # LayerScale, as UNI's
+    ref = timm.create_model(encoder, num_classes=0, dynamic_img_size=True, **kwargs).eval()
+    path = tmp_path / "fm.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    with pytest.raises(WeightsError, match="train_seg.encoder_mean and train_seg.encoder_std"):
+        SegNet("dpt", encoder, str(path), 2, model_kwargs=kwargs)
+    net = SegNet("dpt", encoder, str(path), 2, model_kwargs=kwargs, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)).eval()
+    assert net.mean == (0.5, 0.5, 0.5) and net.std == (0.2, 0.2, 0.2)
+    p = net.patch
+    x = torch.randn(1, 3, 4 * p, 6 * p)
+    with torch.no_grad():
+        want = ref.forward_intermediates(x, indices=net.net.encoder._output_indices, intermediates_only=True)
+        got, _ = net.net.encoder(x)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    # a model not built as the file was (no LayerScale; timm's DINOv2 has it anyway, but its default width): the
+    # error names the config key to set
+    left_out, hint = ("init_values", "init_values: 1.0e-5") if not net.patch == 14 else ("embed_dim", "48 wide")
+    with pytest.raises(WeightsError, match=r"set train_seg.encoder_model_kwargs \{.*" + hint):
+        SegNet("dpt", encoder, str(path), 2, model_kwargs={k: v for k, v in kwargs.items() if k != left_out},
+               mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    with pytest.raises(WeightsError, match="train_seg.encoder_weights not found"):
+        SegNet("dpt", encoder, str(tmp_path / "nope.safetensors"), 2, model_kwargs=kwargs, mean=(0.5,) * 3,
+               std=(0.2,) * 3)
+
+
+def test_decoders_say_which_encoders_they_take():
+    from histowsss.models.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="set train_seg.architecture: dpt"):
+        SegNet("unet", "vit_tiny_patch16_224", "none", 2)
+    with pytest.raises(WeightsError, match="dpt needs a vision transformer encoder"):
+        SegNet("dpt", "test_efficientnet", "none", 2)
+    with pytest.raises(WeightsError, match="name the timm model of that depth"):
+        SegNet("dpt", "vit_tiny_patch16_224", "none", 2, model_kwargs={"depth": 2})
+    with pytest.raises(ValueError, match="1 value .* or 5"):
+        SegNet("dpt", "vit_tiny_patch16_224", "none", 2, decoder_channels=[8, 8])
+    net = SegNet("dpt", "vit_tiny_patch16_224", "none", 2, decoder_channels=[16, 16, 32, 32, 24])
+    assert net.net.decoder.reassemble_blocks[0].project_to_out_channel.out_channels == 16
+    assert net.net.segmentation_head.head[0].in_channels == 24  # the fusion width
+
+
+def test_a_frozen_encoder_keeps_its_weights_and_normalisation_statistics():
+    torch.manual_seed(0)
+    net = SegNet("unet", "test_efficientnet", "none", num_classes=2,
+                 decoder_channels=[16, 16, 8, 8, 8]).freeze_encoder()
+    enc0 = {k: v.clone() for k, v in net.net.encoder.state_dict().items()}
+    dec0 = {k: v.clone() for k, v in net.net.decoder.state_dict().items()}
+    groups = net.param_groups(1e-2, 0.3)
+    assert len(groups) == 1  # the decoder and head only
+    opt = torch.optim.AdamW(groups)
+    net.train()
+    assert not net.net.encoder.training and net.net.decoder.training
+    seg_loss(net(torch.randn(2, 3, 64, 64)), torch.randint(0, 2, (2, 64, 64)), "ce").backward()
+    opt.step()
+    # weights and BatchNorm running statistics of the encoder as they were; the decoder learned
+    assert all(torch.equal(v, net.net.encoder.state_dict()[k]) for k, v in enc0.items())
+    assert any(not torch.equal(v, net.net.decoder.state_dict()[k]) for k, v in dec0.items())
+
+
+def test_train_seg_encoder_settings_are_checked_as_the_backbone_s():
+    from pydantic import ValidationError
+
+    from histowsss.config import TrainSegConfig
+
+    ts = TrainSegConfig(encoder_model_kwargs={"init_values": "1e-5"})  # a model card's text reads as the number
+    assert ts.encoder_model_kwargs == {"init_values": 1e-5}
+    for bad, why in [({"encoder_mean": (123.675, 116.28, 103.53)}, "0-255 scale"),
+                     ({"encoder_std": (0.2, 0.0, 0.2)}, "must be positive"),
+                     ({"encoder_model_kwargs": {"mlp_ratio": "2.66667*2"}}, "is an expression"),
+                     ({"encoder_model_kwargs": {"act_layer": "torch.nn.SiLU"}}, "Python path"),
+                     ({"encoder_model_kwargs": {"in_chans": 4}}, "set by histowsss"),
+                     ({"encoder": "hf-hub:MahmoodLab/UNI"}, "model hub")]:
+        with pytest.raises(ValidationError, match=why):
+            TrainSegConfig(**bad)
+    from histowsss.models.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="mlp_layer 'MyMlp'"):
+        SegNet("dpt", "vit_tiny_patch16_224", "none", 2, model_kwargs={"mlp_layer": "MyMlp"})

@@ -436,3 +436,49 @@ def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(data
     assert inputs_newer(cfg, run, eval_seg_supervised, "eval_seg_supervised") is None
     backdate("eval_seg_supervised")
     assert "train_seg_supervised was made again" in inputs_newer(cfg, run, eval_seg_supervised, "eval_seg_supervised")
+
+
+def test_dpt_on_a_frozen_foundation_model_resumes_evaluates_and_follows_its_file(dataset: Path, tmp_path: Path,
+                                                                                  kill_after_epoch):
+    import os
+
+    import timm
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    fm = tmp_path / "fm.safetensors"  # a stand-in for a pathology foundation model's file (UNI: LayerScale)
+    ref = timm.create_model("vit_tiny_patch16_224", num_classes=0, init_values=1e-5)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(fm))
+    cfg = make_cfg(dataset, "train_seg.architecture=dpt", "train_seg.encoder=vit_tiny_patch16_224",
+                   f"train_seg.encoder_weights={fm}", "train_seg.encoder_model_kwargs={init_values: 1e-5}",
+                   "train_seg.encoder_mean=[0.485,0.456,0.406]", "train_seg.encoder_std=[0.229,0.224,0.225]",
+                   "train_seg.freeze_encoder=true", "train_seg.decoder_channels=[16]")
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    kill_after_epoch(1, train_seg.run, cfg, run)
+    # the per-epoch resume point leaves out the frozen encoder (rebuilt from its file), the decoder is in it
+    with safe_open(str(run.path / "checkpoints" / "seg_last.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert f.metadata()["skipped"] == "net.encoder."
+    assert keys and not any(k.startswith("net.encoder.") for k in keys)
+    train_seg.run(cfg, run)
+    st = run.status("train_seg")
+    assert st["state"] == "done" and st["encoder_weights"] == cfg.weights_file_digest("train_seg.encoder_weights")
+    meta = json.loads((run.path / "checkpoints" / "seg.json").read_text())
+    assert meta["architecture"] == "dpt" and meta["encoder_frozen"]
+    assert meta["encoder_model_kwargs"] == {"init_values": 1e-5} and meta["mean"] == [0.485, 0.456, 0.406]
+    # the encoder is in the final checkpoint as the file gave it: evaluation and predict need no file
+    model = segnet_io.load_segnet(cfg, run.path, "seg")
+    blocks = {k.removeprefix("net.encoder.model."): v for k, v in model.state_dict().items()
+              if k.startswith("net.encoder.model.blocks.")}
+    assert blocks and all(torch.equal(v, ref.state_dict()[k]) for k, v in blocks.items())
+    os.rename(fm, tmp_path / "moved.safetensors")
+    eval_seg.run(cfg, run)
+    assert (run.path / "metrics" / "seg.json").exists()
+    # the same file path with other weights: train_seg is made again
+    ref2 = timm.create_model("vit_tiny_patch16_224", num_classes=0, init_values=1e-5)
+    save_file({k: v.contiguous() for k, v in ref2.state_dict().items()}, str(fm))
+    msgs: list[str] = []
+    run_pipeline(cfg, run, start="train_seg", stop="train_seg", log=msgs.append)
+    assert msgs[0] == "[redo] train_seg: the weights file (train_seg.encoder_weights) changed since it ran; made again"

@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
-from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.engine.run_dir import WEIGHTS_FILE_STEPS, RunDir, StepError
 from histowsss.steps.registry import PIPELINE, select_steps, step_module
 
 
@@ -201,10 +201,10 @@ def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | Non
 
 
 def _weights_stale(run: RunDir, key: str) -> str | None:
-    """Why a finished step that read ``backbone.weights`` must be made again: the file changed since (same path,
+    """Why a finished step that read a weights file (``WEIGHTS_FILE_STEPS``) must be made again: it changed (same path,
     other contents); None otherwise (also when the file is not there: a step that needs it says so when it runs)."""
-    if run.weights_changed(run.status(key) or {}):
-        return "the backbone weights file (backbone.weights) changed since it ran; made again"
+    if run.weights_changed(key, run.status(key) or {}):
+        return f"the weights file ({WEIGHTS_FILE_STEPS[key]}) changed since it ran; made again"
     return None
 
 
@@ -235,7 +235,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         st = run.status(key)
         # a stopped step whose resume point was trained on the weights file as it was then: it starts over
         restart = (not overwrite and st is not None and st.get("state") in ("running", "failed")
-                   and run.weights_changed(st))
+                   and run.weights_changed(key, st))
         if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
@@ -246,7 +246,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                 continue
             log(f"[redo] {key}: {why}")
         elif restart:
-            log(f"[run ] {key}: starts over (the backbone weights file changed since it stopped)")
+            log(f"[run ] {key}: starts over (the weights file {WEIGHTS_FILE_STEPS[key]} changed since it stopped)")
         else:
             log(_why_run(run, key, h, overwrite))
         t0 = time.time()

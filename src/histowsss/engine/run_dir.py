@@ -167,13 +167,14 @@ class RunDir:
         shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
-    def weights_changed(self, status: dict) -> bool:
-        """Whether the local ``backbone.weights`` file differs from the one a step read, as far as its record says
-        (a file not there now, or a record without the field, says nothing)."""
-        if self.cfg is None or "backbone_weights" not in status:
+    def weights_changed(self, step: str, status: dict) -> bool:
+        """Whether the local weights file step ``step`` reads (``WEIGHTS_FILE_STEPS``) differs from the one it read,
+        as far as its record says (a file not there now, or a record without the field, says nothing)."""
+        key = WEIGHTS_FILE_STEPS.get(step)
+        if self.cfg is None or key is None or weights_field(key) not in status:
             return False
-        now = self.cfg.backbone_digest()
-        return now is not None and now != status["backbone_weights"]
+        now = self.cfg.weights_file_digest(key)
+        return now is not None and now != status[weights_field(key)]
 
     def clicks_changed(self, status: dict) -> bool:
         """Whether the clicks (``points.file``, the manifest's points cells) differ from those a step ran with, as
@@ -215,9 +216,10 @@ class RunDir:
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks"] = clicks
-        weights = self.cfg.backbone_digest() if self.cfg is not None and step in BACKBONE_FILE_STEPS else None
+        key = WEIGHTS_FILE_STEPS.get(step)
+        weights = self.cfg.weights_file_digest(key) if self.cfg is not None and key is not None else None
         if weights is not None:  # so that a step that read the file is made again when it changes (weights_changed)
-            record["backbone_weights"] = weights
+            record[weights_field(key)] = weights
         write_json(self.status_path(step), record)
 
         def times() -> dict[str, float]:
@@ -247,9 +249,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-# the steps that read backbone.weights (train_cam builds the CAM network from it; train_irn and
-# make_sem_seg_labels rebuild IRN's frozen backbone from it); the others read checkpoints that hold their weights
-BACKBONE_FILE_STEPS = ("train_cam", "train_irn", "make_sem_seg_labels")
+# the steps that read a local weights file, and the config key naming it: backbone.weights (train_cam builds the CAM
+# network from it; train_irn and make_sem_seg_labels rebuild IRN's frozen backbone from it) and
+# train_seg.encoder_weights (train_seg's encoder); the others read checkpoints that hold their weights
+WEIGHTS_FILE_STEPS = {"train_cam": "backbone.weights", "train_irn": "backbone.weights",
+                      "make_sem_seg_labels": "backbone.weights", "train_seg": "train_seg.encoder_weights",
+                      "train_seg_supervised": "train_seg.encoder_weights"}
+
+
+def weights_field(key: str) -> str:
+    """The status field of the fingerprint of the file config key ``key`` names: backbone_weights, encoder_weights."""
+    return key.split(".")[-1] if key != "backbone.weights" else "backbone_weights"
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # of a status record's "started" / "finished"
 

@@ -104,6 +104,10 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "stain_normalization": cfg.data.stain_normalization,
         "architecture": meta.get("architecture", cfg.train_seg.architecture),
         "encoder": meta.get("encoder", cfg.train_seg.encoder),
+        # the weights the encoder started from ('imagenet', 'none' or a file: a foundation model's licence then
+        # applies to this bundle, whose checkpoints hold the encoder), and whether training left them as they were
+        "encoder_weights": cfg.train_seg.encoder_weights,
+        "encoder_frozen": bool(meta.get("encoder_frozen", False)),
         "members": meta.get("members", 1),
         "trained_on": {"labels": meta.get("label_source"), "loss": meta.get("loss"), "epochs": meta.get("epochs"),
                        "images": meta.get("train_images")},
@@ -134,6 +138,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Network: {card['architecture']} on {card['encoder']}, {card['members']} member(s); trained {t['epochs']} "
         f"epochs on {t['images']} images with {t['labels']} labels ({t['loss']} loss)"
         + ("; the labels corrected by clicks" if card.get("clicks") else ""),
+        *([f"- Encoder weights: {card['encoder_weights']}"
+           + (" (kept frozen)" if card.get("encoder_frozen") else " (fine-tuned)")
+           + "; the network's checkpoints hold them, so their licence applies to this folder"]
+          if card.get("encoder_weights", "imagenet") not in ("imagenet", "none") else []),
         f"- Inference: {card['inference']['tta']} test-time augmentation at scales {card['inference']['scales']}; "
         f"image-level gate: {card['inference']['image_gate']}"
         + (f" (a class is removed when the classifier gives it less than {card['inference']['image_gate_cut']:g})"

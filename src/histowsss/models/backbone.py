@@ -195,15 +195,22 @@ class TokenGrid(nn.Module):
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
 
 
+def timm_kwargs(model_kwargs: dict, where: str) -> dict:
+    """A config's extra ``timm.create_model`` arguments as timm takes them: those histowsss sets itself dropped (the
+    config allows them only with histowsss's values), ``mlp_layer`` from its name in a fixed list (config text is
+    never code)."""
+    extra = {k: v for k, v in model_kwargs.items() if k not in ("num_classes", "pretrained", "dynamic_img_size")}
+    if isinstance(extra.get("mlp_layer"), str):
+        if extra["mlp_layer"] not in MLP_LAYERS:
+            raise WeightsError(f"{where} mlp_layer {extra['mlp_layer']!r}: give one of " + ", ".join(MLP_LAYERS))
+        extra["mlp_layer"] = getattr(timm.layers, extra["mlp_layer"])
+    return extra
+
+
 def _create(cfg: BackboneConfig) -> nn.Module:
     """The timm model (no head), at ``cfg.output_stride``; a vision transformer with a resizable token grid."""
     kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
-    extra = {k: v for k, v in cfg.model_kwargs.items() if k not in ("num_classes", "pretrained", "dynamic_img_size")}
-    if isinstance(extra.get("mlp_layer"), str):  # a layer class by name, from a fixed list (config text is no code)
-        if extra["mlp_layer"] not in MLP_LAYERS:
-            raise WeightsError(f"backbone.model_kwargs mlp_layer {extra['mlp_layer']!r}: give one of "
-                               + ", ".join(MLP_LAYERS))
-        extra["mlp_layer"] = getattr(timm.layers, extra["mlp_layer"])
+    extra = timm_kwargs(cfg.model_kwargs, "backbone.model_kwargs")
     try:
         model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs, **extra)
     except TypeError as e:

@@ -13,6 +13,8 @@ losses (:func:`seg_loss`), see docs/segmentation.md.
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,48 +23,141 @@ from torch import nn
 from histowsss.models.weights import PACKAGED_WEIGHTS, WeightsError, load_into, packaged_weights_path, read_state_dict
 
 IGNORE = 255
-ARCHITECTURES = {"unet": "Unet", "deeplabv3plus": "DeepLabV3Plus"}
+ARCHITECTURES = {"unet": "Unet", "deeplabv3plus": "DeepLabV3Plus", "dpt": "DPT"}
+VIT_GRID = 16  # a dpt encoder's token grid in input pixels, whatever its patch size (as the CAM backbone's)
 
 
 class SegNet(nn.Module):
     """smp network + the normalisation its encoder weights expect; ``forward`` returns logits (B, C, H, W).
 
-    Inputs must have sides divisible by ``size_divisor`` (32 for U-Net, 16 for DeepLabV3+).
+    Inputs must have sides divisible by ``size_divisor`` (32 for U-Net and DPT, 16 for DeepLabV3+). A DPT encoder of
+    patch size p != 16 sees the input resized by p / 16 (one token per 16 input pixels, an even token grid, as the
+    DPT decoder needs); its logits are resized back.
     """
 
     def __init__(self, architecture: str, encoder: str, encoder_weights: str, num_classes: int,
-                 decoder_channels: list[int] | None = None):
+                 decoder_channels: list[int] | None = None, model_kwargs: dict | None = None,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
         super().__init__()
         import segmentation_models_pytorch as smp
 
+        from histowsss.models.backbone import timm_kwargs
+
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-        kwargs: dict = {}
-        if decoder_channels:
-            if architecture == "unet":
-                if len(decoder_channels) != 5:
-                    raise ValueError(f"train_seg.decoder_channels for unet needs 5 values, got {decoder_channels}")
-                kwargs["decoder_channels"] = tuple(decoder_channels)
-            else:
-                kwargs["decoder_channels"] = int(decoder_channels[0])
+        kwargs: dict = timm_kwargs(model_kwargs or {}, "train_seg.encoder_model_kwargs")
+        kwargs.update(_decoder_kwargs(architecture, decoder_channels))
+        if architecture == "dpt":
+            if "depth" in kwargs:  # smp's DPT encoder takes `depth` (its number of feature levels) itself
+                raise WeightsError(f"train_seg.encoder_model_kwargs depth {kwargs['depth']}: a dpt encoder's number of "
+                                   "blocks cannot be set here; name the timm model of that depth")
+            kwargs.update(dynamic_img_size=True, num_classes=0)  # (timm's arguments, passed on by smp)
         try:
-            self.net = getattr(smp, ARCHITECTURES[architecture])(
-                encoder_name=f"tu-{encoder}", encoder_weights=None, classes=num_classes, **kwargs)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise WeightsError(f"smp cannot build {architecture} on timm encoder {encoder!r}: {e}") from None
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*decoder_readout.*")  # set below from the tokens
+                self.net = getattr(smp, ARCHITECTURES[architecture])(
+                    encoder_name=f"tu-{encoder}", encoder_weights=None, classes=num_classes, **kwargs)
+        except (RuntimeError, KeyError, ValueError, TypeError, AssertionError) as e:
+            hint = (" (a vision transformer: set train_seg.architecture: dpt)"
+                    if architecture != "dpt" and "downsampling pattern" in str(e) else
+                    " (dpt needs a vision transformer encoder, timm's VisionTransformer; for a CNN use unet or "
+                    "deeplabv3plus)" if architecture == "dpt" and "dynamic_img_size" in str(e) else "")
+            raise WeightsError(f"smp cannot build {architecture} on timm encoder {encoder!r}: {e}{hint}") from None
         self.architecture, self.encoder_name, self.num_classes = architecture, encoder, num_classes
+        self.patch = VIT_GRID
+        if architecture == "dpt":
+            self.patch = _check_vit_encoder(self.net, encoder)
+            if self.patch != VIT_GRID:
+                _decoder_for_grid(self.net, kwargs)
+        if architecture == "dpt" and encoder_weights not in ("none", "imagenet") and (mean is None or std is None):
+            raise WeightsError(f"{encoder_weights}: set train_seg.encoder_mean and train_seg.encoder_std to the "
+                               "normalisation these weights were trained with (their model card; UNI: mean [0.485, "
+                               f"0.456, 0.406], std [0.229, 0.224, 0.225]); timm's default for {encoder} need not be it")
         self.mean, self.std = load_encoder_weights(self.net.encoder.model, encoder, encoder_weights)
-        self.size_divisor = 32 if architecture == "unet" else 16
+        self.mean, self.std = tuple(mean or self.mean), tuple(std or self.std)
+        if architecture == "dpt":  # the final norm and head, which DPT never reads (and DDP would find unused)
+            self.net.encoder.model.prune_intermediate_layers(self.net.encoder._output_indices, prune_norm=True,
+                                                             prune_head=True)
+        self.size_divisor = 16 if architecture == "deeplabv3plus" else 32
+        self.encoder_frozen = False
+
+    def freeze_encoder(self) -> "SegNet":
+        """Keep the encoder as loaded: no gradients, and its normalisation layers in eval mode while training."""
+        self.encoder_frozen = True
+        for p in self.net.encoder.parameters():
+            p.requires_grad_(False)
+        self.net.encoder.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "SegNet":
+        super().train(mode)
+        if self.encoder_frozen:
+            self.net.encoder.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.patch == VIT_GRID:
+            return self.net(x)
+        # one token per 16 input pixels: the decoder (built for a 16-px grid) gives logits at the input's size
+        h, w = x.shape[2:]
+        return self.net(F.interpolate(x, size=(h // VIT_GRID * self.patch, w // VIT_GRID * self.patch),
+                                      mode="bilinear", align_corners=False, antialias=self.patch < VIT_GRID))
 
     def param_groups(self, lr: float, encoder_lr_mult: float) -> list[dict]:
-        """Encoder at ``lr * encoder_lr_mult``, decoder and head at ``lr``."""
+        """Encoder at ``lr * encoder_lr_mult``, decoder and head at ``lr`` (a frozen encoder: the decoder's only)."""
         enc = [p for p in self.net.encoder.parameters() if p.requires_grad]
-        ids = {id(p) for p in enc}
+        ids = {id(p) for p in self.net.encoder.parameters()}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": enc, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}]
+        return ([{"params": enc, "lr": lr * encoder_lr_mult}] if enc else []) + [{"params": rest, "lr": lr}]
+
+
+def _decoder_kwargs(architecture: str, decoder_channels: list[int] | None) -> dict:
+    """smp's decoder-width arguments from ``train_seg.decoder_channels``."""
+    if not decoder_channels:
+        return {}
+    if architecture == "unet":
+        if len(decoder_channels) != 5:
+            raise ValueError(f"train_seg.decoder_channels for unet needs 5 values, got {decoder_channels}")
+        return {"decoder_channels": tuple(decoder_channels)}
+    if architecture == "dpt":
+        if len(decoder_channels) not in (1, 5):
+            raise ValueError("train_seg.decoder_channels for dpt needs 1 value (the fusion width) or 5 (four "
+                             f"reassemble widths, then the fusion width), got {decoder_channels}")
+        return {"decoder_fusion_channels": int(decoder_channels[-1]),
+                **({"decoder_intermediate_channels": tuple(decoder_channels[:4])} if len(decoder_channels) == 5 else {})}
+    return {"decoder_channels": int(decoder_channels[0])}
+
+
+def _check_vit_encoder(net: nn.Module, encoder: str) -> int:
+    """The patch size of a DPT's encoder, which must be timm's VisionTransformer with square patches."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = net.encoder.model
+    if not isinstance(model, VisionTransformer):
+        raise WeightsError(f"train_seg.architecture dpt needs a vision transformer encoder (timm's VisionTransformer, "
+                           f"e.g. vit_base_patch16_224), and {encoder} builds {type(model).__name__}; for a CNN use "
+                           "unet or deeplabv3plus")
+    if getattr(model, "dist_token", None) is not None or model.pos_embed is None:
+        raise WeightsError(f"{encoder}: distilled vision transformers and ones without an absolute position embedding "
+                           "are not supported as the dpt encoder")
+    ph, pw = model.patch_embed.patch_size
+    if ph != pw:
+        raise WeightsError(f"{encoder}: non-square patches {ph}x{pw} are not supported")
+    return ph
+
+
+def _decoder_for_grid(net: nn.Module, kwargs: dict) -> None:
+    """Rebuild a DPT's decoder for tokens of 16 input pixels (smp's is built for the patch size, e.g. 14, whose
+    upsampling factors 3.5, 1.75 ... no layer can take): the input is resized so that one patch covers 16 pixels."""
+    from segmentation_models_pytorch.base import initialization
+    from segmentation_models_pytorch.decoders.dpt.decoder import DPTDecoder
+
+    enc = net.encoder
+    net.decoder = DPTDecoder(encoder_out_channels=enc.out_channels, encoder_output_strides=[VIT_GRID] * len(
+        enc.out_channels), encoder_has_prefix_tokens=enc.has_prefix_tokens,
+        intermediate_channels=kwargs.get("decoder_intermediate_channels", (256, 512, 1024, 1024)),
+        fusion_channels=kwargs.get("decoder_fusion_channels", 256))
+    initialization.initialize_decoder(net.decoder)
 
 
 class SegEnsemble(nn.Module):
@@ -99,7 +194,12 @@ def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> tuple[
         load_into(model, read_state_dict(path), str(path))
         spec = PACKAGED_WEIGHTS[encoder]
         return spec.mean, spec.std
-    load_into(model, read_state_dict(weights), weights)
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise WeightsError(f"{weights}: train_seg.encoder_weights not found (a relative path is read from the current "
+                           f"folder, {Path.cwd()}); train_seg builds the network from it (eval_seg and predict do "
+                           "not need it)")
+    load_into(model, read_state_dict(path), weights, "train_seg.encoder_model_kwargs")
     pc = getattr(model, "pretrained_cfg", None) or {}
     return tuple(pc.get("mean", (0.485, 0.456, 0.406))), tuple(pc.get("std", (0.229, 0.224, 0.225)))
 
@@ -107,7 +207,8 @@ def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> tuple[
 def build_segnet(train_seg, num_classes: int) -> SegNet:
     """A SegNet from a :class:`histowsss.config.TrainSegConfig`."""
     return SegNet(train_seg.architecture, train_seg.encoder, train_seg.encoder_weights, num_classes,
-                  train_seg.decoder_channels)
+                  train_seg.decoder_channels, train_seg.encoder_model_kwargs, train_seg.encoder_mean,
+                  train_seg.encoder_std)
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", q: float = 0.7,

@@ -91,8 +91,10 @@ def _is_head(key: str) -> bool:
     return key.split(".", 1)[0] in HEAD_PREFIXES
 
 
-def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
-    """The backbone.model_kwargs a vision transformer's weights ask for, when the mismatch says which."""
+def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+              kwargs_key: str = "backbone.model_kwargs") -> str:
+    """The model_kwargs (config key ``kwargs_key``) a vision transformer's weights ask for, when the mismatch says
+    which."""
     hints = []
     in_file = any(".ls1.gamma" in k for k in sd)
     if in_file != any(".ls1.gamma" in k for k in target):
@@ -119,7 +121,7 @@ def _vit_hint(keys: list[str], sd: dict[str, torch.Tensor], target: dict[str, to
         sides = [math.isqrt(n - p) for p in (0, 1) if n - p > 0 and math.isqrt(n - p) ** 2 == n - p]
         hints.append(f"img_size: {sides[0] * patch}" if sides else
                      f"img_size / class_token / no_embed_class giving a position embedding of {n} tokens")
-    return f"; for a vision transformer set backbone.model_kwargs {{{', '.join(hints)}}}" if hints else ""
+    return f"; for a vision transformer set {kwargs_key} {{{', '.join(hints)}}}" if hints else ""
 
 
 def _strip_common_prefix(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -139,7 +141,8 @@ def _strip_common_prefix(sd: dict[str, torch.Tensor], target: dict[str, torch.Te
     return sd
 
 
-def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
+def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str,
+              kwargs_key: str = "backbone.model_kwargs") -> list[str]:
     """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
 
     Classifier-head tensors may be missing or differ (they are not used), on either side. Returns the model keys
@@ -162,7 +165,7 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
             what = (f"{len(unfit)} of the model's tensors missing or of another shape (e.g. {unfit[0]})" if unfit
                     else f"{len(unused)} tensors the model does not have (e.g. {unused[0]})")
             raise WeightsError(f"{source}: {what}; these weights are for another architecture (check backbone.name "
-                               "or train_seg.encoder" + _vit_hint(unfit + unused, sd, target) + ")")
+                               "or train_seg.encoder" + _vit_hint(unfit + unused, sd, target, kwargs_key) + ")")
     else:
         src, dst = list(sd.items()), list(target.items())
         matched = {}
@@ -176,7 +179,8 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> lis
         if unfit:
             raise WeightsError(f"{source}: {len(unfit)} of the model's {len(target)} tensors find no tensor of the "
                                f"same shape in order (first: {unfit[0]}); these weights are for another "
-                               "architecture or incomplete (check backbone.name" + _vit_hint(unfit, sd, target) + ")")
+                               "architecture or incomplete (check backbone.name"
+                               + _vit_hint(unfit, sd, target, kwargs_key) + ")")
     missing = [k for k in target if k not in matched]
     model.load_state_dict(matched, strict=False)
     return missing

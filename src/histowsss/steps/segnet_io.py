@@ -24,7 +24,7 @@ def build_from_meta(cfg: RunConfig, meta: dict, path: Path) -> torch.nn.Module:
     """The network of checkpoint ``path`` (architecture and normalisation from its metadata), in eval mode."""
     from histowsss.models.segnet import build_segnet
 
-    arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels") if k in meta}
+    arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels", "encoder_model_kwargs") if k in meta}
     # the checkpoint holds every weight; the architecture is the one it was trained with (its metadata)
     ts = cfg.train_seg.model_copy(update={"encoder_weights": "none", **arch})
     model = build_segnet(ts, len(meta.get("classes", cfg.data.classes.names)))

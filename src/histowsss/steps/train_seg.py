@@ -257,7 +257,9 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     for k, mt in enumerate(tags):
         base_meta = {"tag": mt, "member": k, "members": n_members, "member_tags": tags, "seed": ts.seed + k,
                      "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
-                     "decoder_channels": ts.decoder_channels, "label_source": source,
+                     "decoder_channels": ts.decoder_channels,
+                     **({"encoder_model_kwargs": ts.encoder_model_kwargs} if ts.encoder_model_kwargs else {}),
+                     "encoder_frozen": ts.freeze_encoder, "label_source": source,
                      "loss": "ce" if ts.supervised else ts.loss, "supervised": ts.supervised, "config_hash": h,
                      "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples),
                      "input": network_input(cfg)}
@@ -311,7 +313,12 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     sizes = [lab.shape for lab in labels]
     n_classes = len(data.classes.names)
     torch.manual_seed(seed)
-    model = build_segnet(ts, n_classes).to(device)
+    model = build_segnet(ts, n_classes)
+    if ts.freeze_encoder:
+        model.freeze_encoder()
+    model = model.to(device)
+    # a pretrained encoder kept frozen is rebuilt from its file on resume: the per-epoch resume point leaves it out
+    skip = "net.encoder." if ts.freeze_encoder and ts.encoder_weights != "none" else None
     if ts.channels_last:
         model = model.to(memory_format=torch.channels_last)
     norm = Normalizer(model.mean, model.std)
@@ -396,7 +403,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                 save_resume_point(last_path, state_path, unwrap(ddp),
                                   {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                   "history": json.dumps(history)})
+                                   "history": json.dumps(history)}, skip_prefix=skip)
             ctx.barrier()
     meta = {"mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
     return meta, unwrap(ddp)
