@@ -12,7 +12,8 @@ profile's train_seg / eval_seg settings, and timed on real GlaS data:
 - ``infer_s``: eval_seg's inference of one GlaS image (775 x 522): the sliding window at the profile's tile size,
   overlap, flip TTA and scales, bfloat16 as the profile sets it.
 
-DPT runs on ViT-B/16 (Phikon's architecture) and ViT-L/16 with LayerScale (UNI's). The weights are random (cost
+DPT runs on ViT-B/16 (Phikon's architecture) and ViT-L/16 with LayerScale (UNI's), with smp's decoder widths and
+with a slim decoder (``train_seg.decoder_channels: [96, 192, 384, 384, 128]``). The weights are random (cost
 only; no foundation model's weights are reachable here). Each time is the fastest of ``--repeat`` runs after a
 warm-up. The estimates multiply by the profile's counts (85 train images x ``crops_per_image`` crops an epoch, its
 epochs and members; 80 test images). No issue sets a target here, so there are no checks.
@@ -35,6 +36,11 @@ NETWORKS = {  # name: train_seg settings
     "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},
     "dpt_vit_large": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
                       "encoder_model_kwargs": {"init_values": 1e-5}},
+    # DPT's decoder at about a third of its default widths (256, 512, 1024, 1024; fusion 256)
+    "dpt_vit_base_slim": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none",
+                          "decoder_channels": [96, 192, 384, 384, 128]},
+    "dpt_vit_large_slim": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
+                           "encoder_model_kwargs": {"init_values": 1e-5}, "decoder_channels": [96, 192, 384, 384, 128]},
 }
 
 
