@@ -451,6 +451,42 @@ def test_mask_values_map_qupath_label_tiles(tmp_path: Path):
         load_config(str(tmp_path / "c.yaml"), ["data.mask_colors={tumour: '#ff0000'}"])
 
 
+def test_several_mask_values_or_colours_merge_into_one_class(tmp_path: Path):
+    """BCSS-style masks hold many tissue codes: a class (or 'ignore') takes a list, from the CLI by naming it twice;
+    a value listed under two classes is refused."""
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.masks import load_class_mask
+
+    rows = ["image,split,patient,label,mask"]
+    codes = np.zeros((96, 96), np.uint8)
+    codes[:, 24:48], codes[:, 48:72], codes[:, 72:] = 3, 5, 7  # 0 and 7: outside the ROI; 3 and 5: two tumour codes
+    for i, (split, label) in enumerate([("train", "tumour"), ("train", "normal"), ("test", "tumour")]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        Image.fromarray(codes).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,{split},p{i},{label},m{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    r = CliRunner().invoke(app, ["init", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.yaml"), "--classes",
+                                 "normal,tumour", "--background", "normal", "--mask-values",
+                                 "tumour=3,tumour=5,ignore=0,ignore=7"])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(str(tmp_path / "c.yaml"))
+    assert cfg.data.mask_values == {"tumour": [3, 5], "ignore": [0, 7]}
+    ids = load_class_mask(read_manifest(cfg.data)[0], cfg.data)
+    t = cfg.data.classes.index("tumour")
+    assert (ids[:, :24] == 255).all() and (ids[:, 24:72] == t).all() and (ids[:, 72:] == 255).all()
+    with pytest.raises(ConfigError, match="gives 'tumour' and 'ignore' the same value 5"):
+        load_config(str(tmp_path / "c.yaml"), ["data.mask_values={tumour: [3, 5], ignore: [0, 5]}"])
+    with pytest.raises(ConfigError, match="not a value: tumour: None"):
+        load_config(str(tmp_path / "c.yaml"), ["data.mask_values={tumour: [], ignore: 0}"])
+    # colours: two shades of one class
+    rgb = np.zeros((96, 96, 3), np.uint8)
+    rgb[:, :48] = (255, 0, 0)
+    rgb[:, 48:] = (200, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "m0.png")
+    two = cfg.data.model_copy(update={"mask_values": None, "mask_colors": {"tumour": ["#ff0000", "#c80000"]}})
+    assert (load_class_mask(read_manifest(cfg.data)[0], two) == t).all()
+
+
 def test_palette_masks_stay_class_ids_and_mask_maps_stand_alone(tmp_path: Path):
     """A palette mask (LUAD-HistoSeg, BCSS-WSSS) holds class ids however its palette is coloured; init takes one
     way of reading masks at a time, and an ignore value goes into the map, not beside it."""

@@ -147,14 +147,15 @@ class DataConfig(Strict):
     mask_ignore_values: list[int] = Field(
         default_factory=list, description="raw mask values left out of every score and label (ignore), e.g. [4] for "
         "the white background of LUAD-HistoSeg / BCSS-WSSS masks; 255 is always ignore")
-    mask_colors: dict[str, str] | None = Field(
-        None, description="colour masks (RGB, e.g. exported with class colours): class -> '#rrggbb' of its pixels, "
-        "and 'ignore' -> a colour left out (e.g. white background); a colour not listed is an error naming it. "
-        "Needs mask_mode class_ids")
-    mask_values: dict[str, int] | None = Field(
+    mask_colors: dict[str, str | list[str]] | None = Field(
+        None, description="colour masks (RGB, e.g. exported with class colours): class -> '#rrggbb' of its pixels "
+        "(or a list: several colours merged into one class), and 'ignore' -> colour(s) left out (e.g. white "
+        "background); a colour not listed is an error naming it. Needs mask_mode class_ids")
+    mask_values: dict[str, int | list[int]] | None = Field(
         None, description="single-channel masks whose values are not the class positions (e.g. QuPath's labelled "
-        "tiles: 0 unannotated, 1, 2 ... in the order labels were added): class -> its value, and 'ignore' -> a value "
-        "left out; a value not listed is an error naming it. Needs mask_mode class_ids")
+        "tiles: 0 unannotated, 1, 2 ... in the order labels were added; BCSS's many tissue codes): class -> its value "
+        "or a list of values (merged into the class), and 'ignore' -> value(s) left out; a value not listed is an "
+        "error naming it. Needs mask_mode class_ids")
     points_column: str | None = Field(None, description="column of clicks 'x y class; x y class; ...' (level-0 "
                                       "pixels of the image); see the points section")
     train_splits: list[str] = Field(default_factory=lambda: ["train"])
@@ -179,17 +180,20 @@ class DataConfig(Strict):
         """``mask_colors`` / ``mask_values``: classes (or 'ignore') to distinct valid colours / values, read as
         class ids (mask_mode class_ids)."""
         unknown = [k for k in mapping if k not in self.classes.names and k != "ignore"]
-        bad = [f"{k}: {v!r}" for k, v in mapping.items() if not valid(v)]
+        listed = {k: v if isinstance(v, list) else [v] for k, v in mapping.items()}
+        bad = [f"{k}: {v!r}" for k, vs in listed.items() for v in vs or [None] if v is None or not valid(v)]
         if unknown or bad or not mapping:
             not_class = f"; not a class: {', '.join(map(repr, unknown))}" if unknown else ""
             raise ValueError(f"{key} maps each class (of {', '.join(self.classes.names)}) or 'ignore' to a {noun} "
-                             f"{form}{not_class}" + (f"; not a {noun}: {', '.join(bad)}" if bad else ""))
+                             f"{form} or a list of them{not_class}" + (f"; not a {noun}: {', '.join(bad)}" if bad
+                                                                        else ""))
         seen: dict[Any, str] = {}
-        for k, v in mapping.items():
-            twin = seen.setdefault(v.strip().lower() if isinstance(v, str) else v, k)
-            if twin != k:
-                raise ValueError(f"{key} gives {twin!r} and {k!r} the same {noun} {v}: a pixel of it would have two "
-                                 "classes")
+        for k, vs in listed.items():
+            for v in vs:
+                twin = seen.setdefault(v.strip().lower() if isinstance(v, str) else v, k)
+                if twin != k:
+                    raise ValueError(f"{key} gives {twin!r} and {k!r} the same {noun} {v}: a pixel of it would have "
+                                     "two classes")
         if self.mask_mode != "class_ids":
             raise ValueError(f"{key} maps masks to classes, and mask_mode is {self.mask_mode!r}: set mask_mode "
                              f"class_ids (or leave out {key})")

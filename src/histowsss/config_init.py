@@ -238,8 +238,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                         label_separator: str | None = None, out: Path | None = None,
                         mask_ignore: list[int] | None = None, classes: list[str] | None = None,
                         label_columns: list[str] | None = None,
-                        mask_colors: dict[str, str] | None = None,
-                        mask_values: dict[str, int] | None = None) -> InitResult:
+                        mask_colors: dict[str, str | list[str]] | None = None,
+                        mask_values: dict[str, int | list[int]] | None = None) -> InitResult:
     """Build, validate and render a config for ``manifest``; raise ConfigError naming what to pass instead."""
     given = [k for k, v in (("--mask-colors", mask_colors), ("--mask-values", mask_values), ("--mask-mode", mask_mode))
              if v]
@@ -377,7 +377,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         if mask_colors:
             data.update(mask_mode="class_ids", mask_colors=dict(mask_colors))
             # overlays and QuPath show each class in its mask colour
-            data["classes"]["colors"].update({k: v for k, v in mask_colors.items() if k in names and k != bg})
+            data["classes"]["colors"].update({k: v[0] if isinstance(v, list) else v for k, v in mask_colors.items()
+                                              if k in names and k != bg})
             notes.append("colour masks: " + ", ".join(f"{k} {v}" for k, v in mask_colors.items())
                          + " (data.mask_colors; the classes are drawn in those colours)")
         elif mask_values:

@@ -32,10 +32,10 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
          mask_ignore: Optional[str] = typer.Option(None, help="comma-separated mask values that are no class, left out "
                                                    "of every score (e.g. 4 for LUAD-HistoSeg / BCSS-WSSS)"),
          mask_colors: Optional[str] = typer.Option(None, help="colour masks: comma-separated CLASS=#rrggbb, and "
-                                                   "ignore=#rrggbb for a colour that is no class"),
+                                                   "ignore=#rrggbb for a colour that is no class; a class named twice takes both"),
          mask_values: Optional[str] = typer.Option(None, help="masks whose values are not the class positions: "
                                                    "comma-separated CLASS=VALUE, and ignore=VALUE (e.g. QuPath's "
-                                                   "labelled tiles: 'tumour=1,stroma=2,ignore=0')"),
+                                                   "labelled tiles: 'tumour=1,stroma=2,ignore=0'; a class named twice takes both)"),
          mpp: Optional[float] = typer.Option(None, help="microns per pixel of the images: the network then works at "
                                              "the resolution the profile was measured at"),
          image_scale: Optional[float] = typer.Option(None, help="resize factor on read (instead of --mpp)"),
@@ -69,27 +69,29 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                   f"--run {escape(q('runs/' + made.config.name))}", highlight=False)
 
 
-def _class_colours(text: str | None) -> dict[str, str] | None:
-    """``'tumour=#ff0000,ignore=#ffffff'`` -> {'tumour': '#ff0000', 'ignore': '#ffffff'}."""
+def _class_colours(text: str | None) -> dict[str, str | list[str]] | None:
+    """``'tumour=#ff0000,ignore=#ffffff'`` -> {'tumour': '#ff0000', 'ignore': '#ffffff'}; a class named twice gets
+    the list of its colours (merged into it)."""
     if not text:
         return None
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, sep, colour = part.rpartition("=")
         if not sep or not name.strip():
             raise ValueError(f"{part!r}: give CLASS=#rrggbb for --mask-colors (e.g. tumour=#ff0000), CLASS=VALUE for "
                              "--mask-values (e.g. tumour=1)")
-        out[name.strip()] = colour.strip()
-    return out
+        out.setdefault(name.strip(), []).append(colour.strip())
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
 
 
-def _class_values(text: str | None) -> dict[str, int] | None:
-    """``'tumour=1,stroma=2,ignore=0'`` -> {'tumour': 1, 'stroma': 2, 'ignore': 0}."""
+def _class_values(text: str | None) -> dict[str, int | list[int]] | None:
+    """``'tumour=1,stroma=2,ignore=0'`` -> {'tumour': 1, 'stroma': 2, 'ignore': 0}; ``'ignore=0,ignore=7'`` gives
+    'ignore' the list [0, 7]."""
     out = _class_colours(text)
     if out is None:
         return None
     try:
-        return {k: int(v) for k, v in out.items()}
+        return {k: [int(x) for x in v] if isinstance(v, list) else int(v) for k, v in out.items()}
     except ValueError:
         raise ValueError(f"--mask-values {text!r}: give CLASS=VALUE with whole numbers, e.g. "
                          "tumour=1,ignore=0") from None

@@ -56,8 +56,13 @@ def mask_color_ids(cfg: DataConfig) -> dict[int, int] | None:
     """``data.mask_colors`` as packed 0xRRGGBB -> class id ('ignore' -> IGNORE), for ``read_mask``; None without."""
     if not cfg.mask_colors:
         return None
-    return {int(v.strip()[1:], 16): IGNORE if k == "ignore" else cfg.classes.index(k)
-            for k, v in cfg.mask_colors.items()}
+    return {int(v.strip()[1:], 16): cls for v, cls in _entries(cfg.mask_colors, cfg)}
+
+
+def _entries(mapping: dict, cfg: DataConfig) -> list[tuple]:
+    """(value, class id) of every value a ``mask_colors`` / ``mask_values`` entry lists ('ignore' -> IGNORE)."""
+    return [(v, IGNORE if k == "ignore" else cfg.classes.index(k))
+            for k, vs in mapping.items() for v in (vs if isinstance(vs, list) else [vs])]
 
 
 def read_class_ids(path, cfg: DataConfig, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -66,7 +71,7 @@ def read_class_ids(path, cfg: DataConfig, expected_hw: tuple[int, int] | None = 
     raw = read_mask(path, expected_hw=expected_hw, colors=mask_color_ids(cfg))
     if not cfg.mask_values:
         return raw
-    ids = {v: IGNORE if k == "ignore" else cfg.classes.index(k) for k, v in cfg.mask_values.items()}
+    ids = dict(_entries(cfg.mask_values, cfg))
     return lookup_ids(path, raw, ids, "mask value(s)", str, "data.mask_values", "{tumour: 1, ignore: 0}")
 
 
