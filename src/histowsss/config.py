@@ -257,7 +257,11 @@ def yaml_floats(v: Any) -> Any:
 
 def check_normalisation(mean_key: str, mean: tuple[float, ...] | None, std_key: str,
                         std: tuple[float, ...] | None) -> None:
-    """An input normalisation given in a config: a positive std, both on the 0-1 scale."""
+    """An input normalisation given in a config: both or neither, a positive std, both on the 0-1 scale."""
+    if (mean is None) != (std is None):
+        given, other = (mean_key, std_key) if mean is not None else (std_key, mean_key)
+        raise ValueError(f"{given} is set and {other} is not: give both (the weights' own normalisation, from their "
+                         "model card), or neither")
     if std is not None and min(std) <= 0:
         raise ValueError(f"{std_key} {list(std)} must be positive")
     for key, v in ((mean_key, mean), (std_key, std)):
@@ -592,6 +596,20 @@ class TrainSegConfig(Strict):
         check_model_kwargs("train_seg.encoder_model_kwargs", self.encoder_model_kwargs,
                            ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path",
                             "in_chans"), "weights: train_seg.encoder_weights")
+        # (deeplabv3plus reads the first value, as it always has: saved run configs with more still load)
+        widths = {"unet": (5,), "dpt": (1, 5)}.get(self.architecture)
+        if widths and self.decoder_channels is not None and len(self.decoder_channels) not in widths:
+            raise ValueError(f"train_seg.decoder_channels {self.decoder_channels} for {self.architecture} needs "
+                             + {"unet": "5 values", "dpt": "1 value (the fusion width) or 5 (four reassemble widths, "
+                                "then the fusion width)"}[self.architecture])
+        if self.architecture == "dpt" and self.encoder_weights == "imagenet":
+            raise ValueError("train_seg.architecture dpt runs on a vision transformer, and no ImageNet weights for "
+                             "one are packaged: set train_seg.encoder (e.g. vit_large_patch16_224) and "
+                             "train_seg.encoder_weights to its file (with encoder_mean / encoder_std), or none")
+        if self.architecture == "dpt" and self.encoder_weights != "none" and self.encoder_mean is None:
+            raise ValueError(f"train_seg.encoder_weights {self.encoder_weights}: set train_seg.encoder_mean and "
+                             "train_seg.encoder_std to the normalisation these weights were trained with (their model "
+                             "card; UNI: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])")
         if self.labels == "folder" and not self.label_dir:
             raise ValueError("train_seg.labels=folder needs train_seg.label_dir (a folder of class-id PNGs)")
         return self

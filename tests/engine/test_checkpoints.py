@@ -93,3 +93,14 @@ def test_weights_without_a_frozen_part_load_only_the_rest(tmp_path: Path):
     bad.add_module("tail", nn.Linear(3, 2))
     with pytest.raises(RuntimeError, match="does not fit the model"):
         load_weights(path, bad)
+
+
+def test_a_resume_point_of_another_weights_file_starts_over(tmp_path: Path, capsys):
+    last, state = tmp_path / "x_last.safetensors", tmp_path / "x_train_state.pt"
+    save_resume_point(last, state, nn.Linear(3, 2), {**_state("abc", 2), "weights_file": "aaaa"})
+    assert resume_point(last, state, "abc", overwrite=False, weights_file="aaaa")["epoch"] == 2
+    assert resume_point(last, state, "abc", overwrite=False, weights_file="bbbb") is None
+    assert "trained on another weights file" in capsys.readouterr().out
+    assert resume_point(last, state, "abc", overwrite=False) is None  # now no file (package / random weights)
+    save_resume_point(last, state, nn.Linear(3, 2), _state("abc", 3))  # saved without a file
+    assert resume_point(last, state, "abc", overwrite=False)["epoch"] == 3

@@ -56,12 +56,13 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
     assert card["gate_classifier"]["backbone"] == "tf_efficientnet_lite0"
     assert "so their licence applies to this folder" in (model / "MODEL.md").read_text()
     # the network's encoder started from no file here; one from a file (a foundation model) is named with its state
-    assert card["encoder_weights"] == "none" and "Encoder weights" not in (model / "MODEL.md").read_text()
+    assert card["encoder_weights"] == {"source": "none"} and "Encoder weights" not in (model / "MODEL.md").read_text()
     from histowsss.export.model_bundle import card_markdown
 
-    fm = card_markdown({**card, "encoder_weights": "/models/uni.safetensors", "encoder_frozen": True})
-    assert ("- Encoder weights: /models/uni.safetensors (kept frozen); the network's checkpoints hold them, so their "
-            "licence applies to this folder") in fm
+    fm = card_markdown({**card, "encoder_weights": {"source": "file", "name": "uni.safetensors",
+                                                    "sha256_16": "0123456789abcdef"}, "encoder_frozen": True})
+    assert ("- Encoder weights: the file uni.safetensors (sha256 0123456789abcdef...), kept frozen; the network's "
+            "checkpoints hold them, so their licence applies to this folder") in fm
     assert [c["name"] for c in card["classes"]] == ["benign", "malignant"]
     assert "test" in card["scores"] and 0 <= card["scores"]["test"]["miou"] <= 100
     for f, info in card["files"].items():  # sizes recorded for every copied file

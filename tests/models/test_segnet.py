@@ -272,8 +272,15 @@ def test_train_seg_encoder_settings_are_checked_as_the_backbone_s():
 
     ts = TrainSegConfig(encoder_model_kwargs={"init_values": "1e-5"})  # a model card's text reads as the number
     assert ts.encoder_model_kwargs == {"init_values": 1e-5}
-    for bad, why in [({"encoder_mean": (123.675, 116.28, 103.53)}, "0-255 scale"),
-                     ({"encoder_std": (0.2, 0.0, 0.2)}, "must be positive"),
+    for bad, why in [({"encoder_mean": (123.675, 116.28, 103.53), "encoder_std": (58.4, 57.1, 57.4)}, "0-255 scale"),
+                     ({"encoder_mean": (0.5, 0.5, 0.5), "encoder_std": (0.2, 0.0, 0.2)}, "must be positive"),
+                     ({"encoder_mean": (0.5, 0.5, 0.5)}, "encoder_mean is set and train_seg.encoder_std is not"),
+                     ({"architecture": "dpt"}, "no ImageNet weights for one are packaged"),
+                     ({"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "/m/uni.bin"},
+                      "set train_seg.encoder_mean and train_seg.encoder_std"),
+                     ({"architecture": "dpt", "encoder_weights": "none", "decoder_channels": [8, 8]},
+                      "1 value .* or 5"),
+                     ({"decoder_channels": [8]}, "for unet needs 5 values"),
                      ({"encoder_model_kwargs": {"mlp_ratio": "2.66667*2"}}, "is an expression"),
                      ({"encoder_model_kwargs": {"act_layer": "torch.nn.SiLU"}}, "Python path"),
                      ({"encoder_model_kwargs": {"in_chans": 4}}, "set by histowsss"),

@@ -482,3 +482,35 @@ def test_dpt_on_a_frozen_foundation_model_resumes_evaluates_and_follows_its_file
     msgs: list[str] = []
     run_pipeline(cfg, run, start="train_seg", stop="train_seg", log=msgs.append)
     assert msgs[0] == "[redo] train_seg: the weights file (train_seg.encoder_weights) changed since it ran; made again"
+
+
+def test_a_stopped_train_seg_starts_over_on_a_changed_encoder_file(dataset: Path, tmp_path: Path, monkeypatch,
+                                                                   kill_after_epoch, capsys):
+    """Even called directly (not through `histowsss run`, which plans the restart), a resume point trained on
+    the file as it was is not continued with another file's frozen encoder; a missing file stops the run before
+    any step."""
+    import timm
+    from safetensors.torch import save_file
+
+    def write(seed: int) -> None:
+        torch.manual_seed(seed)
+        m = timm.create_model("test_efficientnet", features_only=True)
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(enc))
+
+    enc = tmp_path / "encoder.safetensors"
+    write(0)
+    cfg = make_cfg(dataset, f"train_seg.encoder_weights={enc}", "train_seg.freeze_encoder=true")
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    kill_after_epoch(1, train_seg.run, cfg, run)
+    write(1)
+    epochs_run: list[int] = []
+    real_plan = train_seg.epoch_plan
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
+    capsys.readouterr()
+    train_seg.run(cfg, run)
+    assert epochs_run == [0, 1] and "trained on another weights file" in capsys.readouterr().out
+    gone = make_cfg(dataset, f"train_seg.encoder_weights={tmp_path / 'gone.safetensors'}")
+    with pytest.raises(StepError, match="train_seg.encoder_weights is not a file .* train_seg builds its network"):
+        run_pipeline(gone, RunDir(tmp_path / "run2", gone).init(), log=lambda m: None)
+    assert not (tmp_path / "run2" / "status" / "train_cam.json").exists()  # nothing ran

@@ -98,11 +98,12 @@ def save_resume_point(last_path: Path, state_path: Path, model: nn.Module, state
 
 
 def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite: bool,
-                 is_main: bool = True) -> dict[str, Any] | None:
+                 is_main: bool = True, weights_file: str | None = None) -> dict[str, Any] | None:
     """The training state to continue from: None to start over. ``overwrite`` discards an earlier run's resume files
     (rank 0 deletes them, so a later resume cannot pick them up); a state of another config, or one whose weights are
     not of its epoch (a kill between the two writes, a run of another config killed after its first weights), is
-    not resumed."""
+    not resumed. ``weights_file``: the fingerprint of the local weights file the network is built from now (None
+    without one); a state saved (``weights_file`` in it) on another file's weights starts over, saying so."""
     if overwrite:
         if is_main:
             for p in (last_path, state_path):
@@ -117,5 +118,10 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
         return None
     stamp = weights_stamp(last_path)
     if stamp.get("config_hash") != config_hash or stamp.get("epoch") != str(state.get("epoch")):
+        return None
+    if state.get("weights_file") != weights_file:
+        if is_main:
+            print(f"{state_path.name}: trained on another weights file (the same path, other contents) than there is "
+                  "now; not resumed: training starts over")
         return None
     return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
@@ -35,6 +36,7 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
         if off:
             continue
         if overwrite or not run.is_done(key, h):
+            _check_weights_file(cfg, key)
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
                 if need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need):
                     continue
@@ -48,6 +50,19 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
                 raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
                                 f"{first}: `histowsss run CONFIG --run {run.path} --from {first}` (or leave out --from)")
         scheduled.add(key)
+
+
+def _check_weights_file(cfg: RunConfig, key: str) -> None:
+    """StepError, before any step runs, when step ``key`` builds its network from a local weights file
+    (``WEIGHTS_FILE_STEPS``) that is not there: not after the steps before it have run for an hour."""
+    setting = WEIGHTS_FILE_STEPS.get(key)
+    if setting is None:
+        return
+    section, name = setting.split(".")
+    w = getattr(getattr(cfg, section), name)
+    if w not in ("imagenet", "none") and not Path(w).expanduser().is_file():
+        raise StepError(f"{w}: {setting} is not a file (a relative path is read from the current folder, "
+                        f"{Path.cwd()}); {key} builds its network from it. Fix the path, or set {setting}=none")
 
 
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:

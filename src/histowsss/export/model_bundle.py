@@ -104,9 +104,10 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "stain_normalization": cfg.data.stain_normalization,
         "architecture": meta.get("architecture", cfg.train_seg.architecture),
         "encoder": meta.get("encoder", cfg.train_seg.encoder),
-        # the weights the encoder started from ('imagenet', 'none' or a file: a foundation model's licence then
-        # applies to this bundle, whose checkpoints hold the encoder), and whether training left them as they were
-        "encoder_weights": cfg.train_seg.encoder_weights,
+        # the weights the encoder started from, as train_seg recorded them ('imagenet', 'none', or a file by name
+        # and sha256: a foundation model's licence then applies to this bundle, whose checkpoints hold the encoder),
+        # and whether training left them as they were
+        "encoder_weights": meta.get("encoder_weights") or _encoder_weights_then(cfg),
         "encoder_frozen": bool(meta.get("encoder_frozen", False)),
         "members": meta.get("members", 1),
         "trained_on": {"labels": meta.get("label_source"), "loss": meta.get("loss"), "epochs": meta.get("epochs"),
@@ -124,6 +125,12 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
     }
 
 
+def _encoder_weights_then(cfg) -> dict:
+    """For a network trained before train_seg recorded its encoder weights: the config's setting, a file by name."""
+    w = cfg.train_seg.encoder_weights
+    return {"source": w} if w in ("imagenet", "none") else {"source": "file", "name": Path(w).name}
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """``MODEL.md``: the model card for people."""
     classes = ", ".join(f"{c['name']} ({c['color']})" for c in card["classes"])
@@ -138,10 +145,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Network: {card['architecture']} on {card['encoder']}, {card['members']} member(s); trained {t['epochs']} "
         f"epochs on {t['images']} images with {t['labels']} labels ({t['loss']} loss)"
         + ("; the labels corrected by clicks" if card.get("clicks") else ""),
-        *([f"- Encoder weights: {card['encoder_weights']}"
-           + (" (kept frozen)" if card.get("encoder_frozen") else " (fine-tuned)")
+        *([f"- Encoder weights: the file {e['name']}"
+           + (f" (sha256 {e['sha256_16']}...)" if e.get("sha256_16") else "")
+           + (", kept frozen" if card.get("encoder_frozen") else ", fine-tuned")
            + "; the network's checkpoints hold them, so their licence applies to this folder"]
-          if card.get("encoder_weights", "imagenet") not in ("imagenet", "none") else []),
+          if (e := card.get("encoder_weights") or {}).get("source") == "file" else []),
         f"- Inference: {card['inference']['tta']} test-time augmentation at scales {card['inference']['scales']}; "
         f"image-level gate: {card['inference']['image_gate']}"
         + (f" (a class is removed when the classifier gives it less than {card['inference']['image_gate_cut']:g})"

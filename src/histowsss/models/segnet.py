@@ -96,6 +96,9 @@ class SegNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.architecture == "dpt" and (x.shape[2] % self.size_divisor or x.shape[3] % self.size_divisor):
+            raise ValueError(f"a dpt network takes inputs whose sides are multiples of {self.size_divisor} px, got "
+                             f"{x.shape[3]}x{x.shape[2]} (pad the input; crops and tiles are such multiples)")
         if self.patch == VIT_GRID:
             return self.net(x)
         # one token per 16 input pixels: the decoder (built for a 16-px grid) gives logits at the input's size
@@ -135,8 +138,8 @@ def _check_vit_encoder(net: nn.Module, encoder: str) -> int:
     model = net.encoder.model
     if not isinstance(model, VisionTransformer):
         raise WeightsError(f"train_seg.architecture dpt needs a vision transformer encoder (timm's VisionTransformer, "
-                           f"e.g. vit_base_patch16_224), and {encoder} builds {type(model).__name__}; for a CNN use "
-                           "unet or deeplabv3plus")
+                           f"e.g. vit_base_patch16_224), and {encoder} builds {type(model).__name__} (other "
+                           "transformer families, e.g. EVA, are not supported; a CNN goes with unet or deeplabv3plus)")
     if getattr(model, "dist_token", None) is not None or model.pos_embed is None:
         raise WeightsError(f"{encoder}: distilled vision transformers and ones without an absolute position embedding "
                            "are not supported as the dpt encoder")
@@ -190,7 +193,7 @@ def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> tuple[
     if weights == "none":
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if weights == "imagenet":
-        path = packaged_weights_path(encoder)
+        path = packaged_weights_path(encoder, "train_seg.encoder_weights")
         load_into(model, read_state_dict(path), str(path))
         spec = PACKAGED_WEIGHTS[encoder]
         return spec.mean, spec.std

@@ -42,13 +42,14 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
 }
 
 
-def packaged_weights_path(model_name: str) -> Path:
-    """File of the packaged ImageNet weights of ``model_name``; clear error if none is installed."""
+def packaged_weights_path(model_name: str, key: str = "backbone.weights") -> Path:
+    """File of the packaged ImageNet weights of ``model_name``; clear error (naming config ``key``) if none is
+    installed."""
     spec = PACKAGED_WEIGHTS.get(model_name)
     if spec is None:
         raise WeightsError(
             f"no offline ImageNet weights are registered for {model_name!r} (known: {', '.join(PACKAGED_WEIGHTS)}); "
-            "pass backbone.weights=/path/to/weights.safetensors or backbone.weights=none"
+            f"pass {key}=/path/to/weights.safetensors or {key}=none"
         )
     try:
         mod = importlib.import_module(spec.package)

@@ -25,6 +25,8 @@ def build_from_meta(cfg: RunConfig, meta: dict, path: Path) -> torch.nn.Module:
     from histowsss.models.segnet import build_segnet
 
     arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels", "encoder_model_kwargs") if k in meta}
+    if "architecture" in meta:  # a network recorded before encoder_model_kwargs existed was built without any
+        arch.setdefault("encoder_model_kwargs", {})
     # the checkpoint holds every weight; the architecture is the one it was trained with (its metadata)
     ts = cfg.train_seg.model_copy(update={"encoder_weights": "none", **arch})
     model = build_segnet(ts, len(meta.get("classes", cfg.data.classes.names)))

@@ -110,7 +110,9 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         frozen_whole = model.trunk_units == len(model.backbone.units) and cfg.backbone.weights != "none"
         history: list[dict] = []
         start_epoch = 0
-        state = resume_point(ckpt_dir / "cam_last.safetensors", state_path, h, overwrite)  # --overwrite retrains
+        wf = cfg.backbone_digest()  # the weights file the backbone is built from now (None: package / random)
+        state = resume_point(ckpt_dir / "cam_last.safetensors", state_path, h, overwrite,  # --overwrite retrains
+                             weights_file=wf)
         if state is not None:
             load_weights(ckpt_dir / "cam_last.safetensors", model, device="cpu")
             opt.load_state_dict(state["optimizer"])
@@ -174,7 +176,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 # (a ViT-L's 1.2 GB); cam.safetensors keeps it, so the finished network stands on its own
                 save_resume_point(ckpt_dir / "cam_last.safetensors", state_path, model,
                                   {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "history": json.dumps(history)},
+                                   "scheduler": sched.state_dict(), "history": json.dumps(history),
+                                   "weights_file": wf},
                                   skip_prefix="backbone." if frozen_whole else None)
         meta = {"classes": output_classes(cfg), "network": tc.network, "backbone": cfg.backbone.name,
                 "config_hash": h, "epochs": tc.epochs, "final": history[-1] if history else None}

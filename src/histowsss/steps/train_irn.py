@@ -175,7 +175,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         state_path = ckpt / "irn_train_state.pt"
         history: list[dict] = []
         start_epoch = 0
-        state = resume_point(ckpt / "irn_last.safetensors", state_path, h, overwrite)
+        wf = cfg.backbone_digest()  # the frozen backbone is rebuilt from this file: a resume must find the same
+        state = resume_point(ckpt / "irn_last.safetensors", state_path, h, overwrite, weights_file=wf)
         if state is not None:
             load_weights(ckpt / "irn_last.safetensors", model.head)
             opt.load_state_dict(state["optimizer"])
@@ -215,7 +216,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                                   f"dp_bg {rec.get('dp_bg', 0):.3f}) {rec['seconds']} s")
                 save_resume_point(ckpt / "irn_last.safetensors", state_path, model.head,
                                   {"config_hash": h, "epoch": epoch, "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "history": json.dumps(history)})
+                                   "scheduler": sched.state_dict(), "history": json.dumps(history),
+                                   "weights_file": wf})
         meta = {"backbone": cfg.backbone.name, "config_hash": h, "epochs": t.epochs, "radius": t.radius,
                 "copies": t.copies, "final": history[-1] if history else None}
         save_weights(irn_path(run), model.head, meta)

@@ -257,9 +257,9 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     for k, mt in enumerate(tags):
         base_meta = {"tag": mt, "member": k, "members": n_members, "member_tags": tags, "seed": ts.seed + k,
                      "classes": list(data.classes.names), "architecture": ts.architecture, "encoder": ts.encoder,
-                     "decoder_channels": ts.decoder_channels,
-                     **({"encoder_model_kwargs": ts.encoder_model_kwargs} if ts.encoder_model_kwargs else {}),
-                     "encoder_frozen": ts.freeze_encoder, "label_source": source,
+                     "decoder_channels": ts.decoder_channels, "encoder_model_kwargs": ts.encoder_model_kwargs,
+                     "encoder_weights": _encoder_weights_record(cfg), "encoder_frozen": ts.freeze_encoder,
+                     "label_source": source,
                      "loss": "ce" if ts.supervised else ts.loss, "supervised": ts.supervised, "config_hash": h,
                      "epochs": ts.epochs, "world_size": ctx.world_size, "train_images": len(samples),
                      "input": network_input(cfg)}
@@ -283,6 +283,16 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     from histowsss.models.segnet import SegEnsemble
 
     return meta, SegEnsemble(models)
+
+
+def _encoder_weights_record(cfg: RunConfig) -> dict:
+    """What the encoder started from, for the checkpoint's metadata and the export's card: 'imagenet' / 'none', or
+    a local file by name and sha256 (its folder stays out: a shared bundle need not show the trainer's paths)."""
+    w = cfg.train_seg.encoder_weights
+    if w in ("imagenet", "none"):
+        return {"source": w}
+    return {"source": "file", "name": Path(w).name,
+            "sha256_16": cfg.weights_file_digest("train_seg.encoder_weights")}  # its first 16 hex digits
 
 
 def member_tag(tag_: str, k: int) -> str:
@@ -337,7 +347,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     state_path, last_path = ckpt_dir / f"{t_}_train_state.pt", ckpt_dir / f"{t_}_last.safetensors"
     history: list[dict] = []
     start_epoch = 0
-    state = resume_point(last_path, state_path, h, overwrite, ctx.is_main)
+    wf = cfg.weights_file_digest("train_seg.encoder_weights")  # the encoder is built from it: a resume needs the same
+    state = resume_point(last_path, state_path, h, overwrite, ctx.is_main, weights_file=wf)
     if state is not None and state.get("world_size", 1) == ctx.world_size:
         load_weights(last_path, model, device="cpu")
         opt.load_state_dict(state["optimizer"])
@@ -403,7 +414,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                 save_resume_point(last_path, state_path, unwrap(ddp),
                                   {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                   "history": json.dumps(history)}, skip_prefix=skip)
+                                   "history": json.dumps(history), "weights_file": wf}, skip_prefix=skip)
             ctx.barrier()
     meta = {"mean": list(model.mean), "std": list(model.std), "final": history[-1] if history else None}
     return meta, unwrap(ddp)

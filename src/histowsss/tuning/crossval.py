@@ -281,8 +281,10 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         imgs = None
         for ci, (cand, cfg) in enumerate(zip(cands, cfgs)):
             # the gates are not part of the key: the fold's probabilities are kept, so new cuts re-score them
+            # the encoder weights file's contents too (its path is in the hash): one changed in place retrains
+            wf = cfg.weights_file_digest("train_seg.encoder_weights")
             key = _key({"candidate": parsed[ci], "train_seg": train_seg.config_hash(cfg),
-                        "eval_seg": eval_key(cfg),
+                        **({"encoder_weights": wf} if wf else {}), "eval_seg": eval_key(cfg),
                         "val": sorted(s.name for s in val_s),
                         "fit": sorted(s.name for s in fit_s)})
             done_path = work / f"{f}_candidate{ci}.json"
