@@ -241,3 +241,21 @@ def test_rpnet_options_are_checked_when_the_config_loads():
         "consistency_weight": 10.0}  # YAML 1.1 reads 1e1 as text; RPNet always took it as the number
     assert load_config("demo").step_hash("train_cam") == load_config("demo", ["train_cam.rpnet={}"]).step_hash(
         "train_cam")
+
+
+def test_the_imagenet_weights_package_is_fingerprinted_like_a_file(tmp_path, monkeypatch):
+    """'imagenet' reads a file too (the installed package's): an upgrade that changes it is seen as a changed file
+    by the steps that record it, and by resume points."""
+    from histowsss.config import _file_fingerprint, load_config
+    from histowsss.models import weights
+    from histowsss.models.weights import packaged_weights_path
+
+    cfg = load_config("demo", ["backbone.weights=imagenet", "train_seg.encoder_weights=imagenet"])
+    packaged = _file_fingerprint(packaged_weights_path("tf_efficientnet_lite0"))
+    assert packaged is not None
+    assert cfg.backbone_digest() == cfg.weights_file_digest("train_seg.encoder_weights") == packaged
+    upgraded = tmp_path / "lite0_v2.pth"
+    upgraded.write_bytes(b"other weights")
+    monkeypatch.setattr(weights, "packaged_weights_path", lambda name, key="backbone.weights": upgraded)
+    assert cfg.backbone_digest() == _file_fingerprint(upgraded) != packaged
+    assert load_config("demo", ["backbone.weights=none"]).backbone_digest() is None

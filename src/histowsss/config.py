@@ -723,18 +723,27 @@ class RunConfig(Strict):
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def backbone_digest(self) -> str | None:
-        """Fingerprint (sha256) of a local ``backbone.weights`` file, recorded by the steps that read it, so that a
-        file changed in place makes them again; None for 'imagenet' / 'none' or a file that is not there. Kept out
-        of the hashes: a run folder or an export without the file stays valid."""
+        """Fingerprint (sha256) of the ``backbone.weights`` file (a local file, or for 'imagenet' the installed
+        package's), recorded by the steps that read it, so that a file changed in place (or a weights package
+        upgraded) makes them again; None for 'none' or a file that is not there. Kept out of the hashes: a run
+        folder or an export without the file stays valid."""
         return self.weights_file_digest("backbone.weights")
 
     def weights_file_digest(self, key: str) -> str | None:
-        """Fingerprint of the local weights file that config key ``key`` ('backbone.weights',
-        'train_seg.encoder_weights') names, as :meth:`backbone_digest`."""
+        """Fingerprint of the weights file that config key ``key`` ('backbone.weights', 'train_seg.encoder_weights')
+        names, as :meth:`backbone_digest`."""
         section, name = key.split(".")
         w = getattr(getattr(self, section), name)
-        if w in ("imagenet", "none"):
+        if w == "none":
             return None
+        if w == "imagenet":
+            from histowsss.models.weights import packaged_weights_path
+
+            model = self.backbone.name if section == "backbone" else self.train_seg.encoder
+            try:
+                return _file_fingerprint(packaged_weights_path(model))
+            except Exception:  # no such package installed: the step that needs it says so
+                return None
         return _file_fingerprint(Path(w).expanduser())
 
     def clicks_digest(self) -> str | None:

@@ -509,7 +509,7 @@ def test_a_stopped_train_seg_starts_over_on_a_changed_encoder_file(dataset: Path
     monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
     capsys.readouterr()
     train_seg.run(cfg, run)
-    assert epochs_run == [0, 1] and "trained on another weights file" in capsys.readouterr().out
+    assert epochs_run == [0, 1] and "trained on other weights" in capsys.readouterr().out
     gone = make_cfg(dataset, f"train_seg.encoder_weights={tmp_path / 'gone.safetensors'}")
     with pytest.raises(StepError, match="train_seg.encoder_weights is not a file .* train_seg builds its network"):
         run_pipeline(gone, RunDir(tmp_path / "run2", gone).init(), log=lambda m: None)

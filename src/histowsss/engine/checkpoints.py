@@ -103,7 +103,8 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
     (rank 0 deletes them, so a later resume cannot pick them up); a state of another config, or one whose weights are
     not of its epoch (a kill between the two writes, a run of another config killed after its first weights), is
     not resumed. ``weights_file``: the fingerprint of the local weights file the network is built from now (None
-    without one); a state saved (``weights_file`` in it) on another file's weights starts over, saying so."""
+    without one; for 'imagenet' the package's file); a state saved on another file's weights starts over, saying
+    so."""
     if overwrite:
         if is_main:
             for p in (last_path, state_path):
@@ -119,9 +120,10 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
     stamp = weights_stamp(last_path)
     if stamp.get("config_hash") != config_hash or stamp.get("epoch") != str(state.get("epoch")):
         return None
-    if state.get("weights_file") != weights_file:
+    # (a state saved before the file was recorded says nothing about it)
+    if "weights_file" in state and state["weights_file"] != weights_file:
         if is_main:
-            print(f"{state_path.name}: trained on another weights file (the same path, other contents) than there is "
-                  "now; not resumed: training starts over")
+            print(f"{state_path.name}: trained on other weights (a file or weights package with other contents) "
+                  "than there are now; not resumed: training starts over")
         return None
     return state

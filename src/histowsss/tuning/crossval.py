@@ -282,7 +282,8 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         for ci, (cand, cfg) in enumerate(zip(cands, cfgs)):
             # the gates are not part of the key: the fold's probabilities are kept, so new cuts re-score them
             # the encoder weights file's contents too (its path is in the hash): one changed in place retrains
-            wf = cfg.weights_file_digest("train_seg.encoder_weights")
+            wf = (cfg.weights_file_digest("train_seg.encoder_weights")
+                  if cfg.train_seg.encoder_weights not in ("imagenet", "none") else None)
             key = _key({"candidate": parsed[ci], "train_seg": train_seg.config_hash(cfg),
                         **({"encoder_weights": wf} if wf else {}), "eval_seg": eval_key(cfg),
                         "val": sorted(s.name for s in val_s),
