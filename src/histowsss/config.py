@@ -244,7 +244,7 @@ class DataConfig(Strict):
 
 _EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # timm.create_model arguments histowsss sets itself; a model card's num_classes: 0 / pretrained: false /
-# dynamic_img_size: true agree with it
+# dynamic_img_size (either value) agree with it
 _AGREEING_KWARGS = {"num_classes": 0, "pretrained": False, "dynamic_img_size": True}
 
 
@@ -279,8 +279,10 @@ def check_model_kwargs(where: str, kwargs: dict[str, Any], reserved: tuple[str, 
         if isinstance(v, str) and v.startswith(("torch.", "nn.", "timm.")):
             raise ValueError(f"{where} {k}: {v!r} is a Python path; give timm's name instead "
                              "(act_layer: silu / gelu; mlp_layer: SwiGLUPacked)")
+    # dynamic_img_size: false too (H-optimus-0's card): histowsss resamples the position embedding itself
     clash = sorted(k for k, v in kwargs.items()
-                   if k in reserved or (k in _AGREEING_KWARGS and v != _AGREEING_KWARGS[k]))
+                   if k in reserved or (k in _AGREEING_KWARGS and v != _AGREEING_KWARGS[k]
+                                        and not (k == "dynamic_img_size" and isinstance(v, bool))))
     if clash:
         raise ValueError(f"{where} {clash} are set by histowsss ({set_by}); remove them")
 
@@ -292,7 +294,8 @@ class BackboneConfig(Strict):
     (docs/cam.md)."""
 
     name: str = "tf_efficientnet_lite0"
-    weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .pth/.safetensors")
+    weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a state dict "
+                         "(.safetensors, or .pth / .bin read with torch.load(weights_only=True))")
     output_stride: Literal[8, 16, 32] = 16
     frozen_stages: int = Field(5, ge=0, description="feature stages kept frozen (0 = train all; >= number of stages "
                                "= whole backbone; a vision transformer: 0 or >= 4, frozen or trained whole)")

@@ -32,7 +32,7 @@ def test_mismatched_or_stale_files_start_over(tmp_path: Path):
     assert resume_point(last, state, "abc", overwrite=False) is None  # nothing yet
     save_resume_point(last, state, model, _state("abc", 0))
     assert resume_point(last, state, "other", overwrite=False) is None  # another configuration
-    # killed between the two writes of epoch 1: epoch-1 weights beside the epoch-0 state
+    # killed between the two writes of epoch 1: epoch-1 weights beside the epoch-0 state, and no epoch-0 weights
     save_weights(last, model, stamp={"config_hash": "abc", "epoch": "1"})
     assert resume_point(last, state, "abc", overwrite=False) is None
     # a run of another config (started with --overwrite) killed after its first weights: the state is still "abc"
@@ -104,3 +104,36 @@ def test_a_resume_point_of_another_weights_file_starts_over(tmp_path: Path, caps
     assert resume_point(last, state, "abc", overwrite=False) is None  # now no file (package / random weights)
     save_resume_point(last, state, nn.Linear(3, 2), _state("abc", 3))  # saved without a file
     assert resume_point(last, state, "abc", overwrite=False)["epoch"] == 3
+
+
+def test_a_kill_between_the_two_writes_resumes_from_the_epoch_before(tmp_path: Path, monkeypatch, capsys):
+    """The epoch before's weights are kept aside until the new state is written: a kill between the weights and the
+    state of epoch 3 resumes epoch 2's pair, not from scratch; a kill in the first write too."""
+    from histowsss.engine import checkpoints
+    from histowsss.engine.checkpoints import previous_weights_path
+
+    last, state = tmp_path / "x_last.safetensors", tmp_path / "x_train_state.pt"
+    models = [nn.Linear(3, 2) for _ in range(4)]
+    for epoch in range(3):
+        save_resume_point(last, state, models[epoch], _state("abc", epoch))
+    assert not previous_weights_path(last).exists()  # removed once the pair is complete
+    real = checkpoints.save_train_state
+    monkeypatch.setattr(checkpoints, "save_train_state", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        save_resume_point(last, state, models[3], _state("abc", 3))
+    except KeyboardInterrupt:
+        pass
+    got = resume_point(last, state, "abc", overwrite=False)
+    assert got["epoch"] == 2 and got["weights_path"] == str(previous_weights_path(last))
+    other = nn.Linear(3, 2)
+    load_weights(Path(got["weights_path"]), other)
+    assert torch.equal(other.weight, models[2].weight)
+    # the next epoch's pair completes normally from there
+    monkeypatch.setattr(checkpoints, "save_train_state", real)
+    save_resume_point(last, state, models[3], _state("abc", 3))
+    assert resume_point(last, state, "abc", overwrite=False)["weights_path"] == str(last)
+    assert not previous_weights_path(last).exists()
+    # weights of neither epoch: said, and started over
+    save_weights(last, models[0], stamp={"config_hash": "abc", "epoch": "7"})
+    assert resume_point(last, state, "abc", overwrite=False) is None
+    assert "no weights of its epoch 4 beside it" in capsys.readouterr().out

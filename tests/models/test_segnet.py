@@ -236,10 +236,17 @@ def test_decoders_say_which_encoders_they_take():
 
     with pytest.raises(WeightsError, match="set train_seg.architecture: dpt"):
         SegNet("unet", "vit_tiny_patch16_224", "none", 2)
-    with pytest.raises(WeightsError, match="dpt needs a vision transformer encoder"):
-        SegNet("dpt", "test_efficientnet", "none", 2)
-    with pytest.raises(WeightsError, match="name the timm model of that depth"):
-        SegNet("dpt", "vit_tiny_patch16_224", "none", 2, model_kwargs={"depth": 2})
+    with pytest.raises(WeightsError, match="dpt needs a vision transformer encoder .* is a timm efficientnet model"):
+        SegNet("dpt", "test_efficientnet", "none", 2, model_kwargs={"init_values": 1e-5})  # a ViT card's leftover
+    with pytest.raises(WeightsError, match="is a timm eva model"):
+        SegNet("dpt", "eva02_tiny_patch14_224", "none", 2)
+    # a model card's depth (UNI2-h: a giant ViT 24 blocks deep) reaches timm, though smp's DPT takes `depth` itself
+    deep = SegNet("dpt", "vit_tiny_patch16_224", "none", 2, model_kwargs={"depth": 5})
+    assert len(deep.net.encoder.model.blocks) == 5 and deep(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 64)
+    import segmentation_models_pytorch.encoders.timm_vit as timm_vit
+    import timm
+
+    assert timm_vit.timm is timm  # put back
     with pytest.raises(ValueError, match="1 value .* or 5"):
         SegNet("dpt", "vit_tiny_patch16_224", "none", 2, decoder_channels=[8, 8])
     net = SegNet("dpt", "vit_tiny_patch16_224", "none", 2, decoder_channels=[16, 16, 32, 32, 24])
@@ -272,6 +279,10 @@ def test_train_seg_encoder_settings_are_checked_as_the_backbone_s():
 
     ts = TrainSegConfig(encoder_model_kwargs={"init_values": "1e-5"})  # a model card's text reads as the number
     assert ts.encoder_model_kwargs == {"init_values": 1e-5}
+    # H-optimus-0's card says dynamic_img_size: false; histowsss resamples the position embedding itself
+    assert TrainSegConfig(encoder_model_kwargs={"dynamic_img_size": False}).encoder_model_kwargs
+    net = SegNet("dpt", "vit_tiny_patch16_224", "none", 2, [16], {"dynamic_img_size": False})
+    assert net(torch.randn(2, 3, 64, 96)).shape == (2, 2, 64, 96)
     for bad, why in [({"encoder_mean": (123.675, 116.28, 103.53), "encoder_std": (58.4, 57.1, 57.4)}, "0-255 scale"),
                      ({"encoder_mean": (0.5, 0.5, 0.5), "encoder_std": (0.2, 0.0, 0.2)}, "must be positive"),
                      ({"encoder_mean": (0.5, 0.5, 0.5)}, "encoder_mean is set and train_seg.encoder_std is not"),

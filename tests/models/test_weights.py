@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import timm
+import torch
 
 from histowsss.models.weights import WeightsError, load_into
 
@@ -46,3 +47,16 @@ def test_a_full_model_takes_weights_without_its_head():
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
     missing = load_into(model, feats, "features.safetensors")
     assert missing and all(k.split(".", 1)[0] in ("conv_head", "bn2") for k in missing)
+
+
+def test_a_pickled_model_is_refused_with_how_to_save_its_weights(tmp_path):
+    from histowsss.models.weights import WeightsError, read_state_dict
+
+    path = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(3, 2), path)  # the module object, not its state dict
+    with pytest.raises(WeightsError, match=r"whole_model.pt: holds pickled Python objects .* "
+                                           r"torch.save\(model.state_dict\(\), path\)") as e:
+        read_state_dict(path)
+    assert "\x1b[" not in str(e.value)  # no terminal colour codes from torch's own message
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    assert set(read_state_dict(path)) == {"weight", "bias"}

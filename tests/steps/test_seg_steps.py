@@ -514,3 +514,15 @@ def test_a_stopped_train_seg_starts_over_on_a_changed_encoder_file(dataset: Path
     with pytest.raises(StepError, match="train_seg.encoder_weights is not a file .* train_seg builds its network"):
         run_pipeline(gone, RunDir(tmp_path / "run2", gone).init(), log=lambda m: None)
     assert not (tmp_path / "run2" / "status" / "train_cam.json").exists()  # nothing ran
+    # the network train_seg would build, and whether its file fits it, are checked before any step too
+    vit = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("vit_tiny_patch16_224", num_classes=0,
+                                                               init_values=1e-5).state_dict().items()}, str(vit))
+    dpt = ["train_seg.architecture=dpt", f"train_seg.encoder_weights={vit}", "train_seg.encoder_mean=[0.5,0.5,0.5]",
+           "train_seg.encoder_std=[0.2,0.2,0.2]", "train_seg.decoder_channels=[16]"]
+    for extra, why in [(["train_seg.encoder=vit_tiny_patch16_224"], r"init_values: 1.0e-5"),  # card's kwargs left out
+                       (["train_seg.encoder=test_efficientnet"], "is a timm efficientnet model")]:
+        bad = make_cfg(dataset, *dpt, *extra)
+        with pytest.raises(StepError, match="train_seg could not build its network: .*" + why):
+            run_pipeline(bad, RunDir(tmp_path / "run3", bad).init(), log=lambda m: None)
+        assert not (tmp_path / "run3" / "status" / "train_cam.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,25 @@ def weights_stamp(path: Path) -> dict[str, str]:
         return {}
 
 
+def previous_weights_path(last_path: Path) -> Path:
+    """Where the weights of the epoch before are kept while a resume point is replaced (``<stem>.prev.safetensors``)."""
+    return last_path.with_name(f"{last_path.stem}.prev{last_path.suffix}")
+
+
 def save_resume_point(last_path: Path, state_path: Path, model: nn.Module, state: dict[str, Any],
                       skip_prefix: str | None = None) -> None:
     """After an epoch: the weights (``last_path``) and the optimiser state (``state_path``, with ``config_hash`` and
-    ``epoch``); the weights carry the same config hash and epoch, so a kill between the two writes is detected.
-    ``skip_prefix``: a frozen part the resumed step rebuilds itself, not rewritten every epoch."""
+    ``epoch``); the weights carry the same config hash and epoch, so a kill between the two writes is detected, and
+    the epoch before's weights are kept aside (:func:`previous_weights_path`) until the new state is written, so
+    that such a kill resumes from the epoch before instead of starting over. ``skip_prefix``: a frozen part the
+    resumed step rebuilds itself, not rewritten every epoch."""
+    prev = previous_weights_path(last_path)
+    if last_path.exists():
+        os.replace(last_path, prev)
     save_weights(last_path, model, stamp={"config_hash": str(state["config_hash"]), "epoch": str(state["epoch"])},
                  skip_prefix=skip_prefix)
     save_train_state(state_path, state)
+    prev.unlink(missing_ok=True)
 
 
 def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite: bool,
@@ -102,12 +114,14 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
     """The training state to continue from: None to start over. ``overwrite`` discards an earlier run's resume files
     (rank 0 deletes them, so a later resume cannot pick them up); a state of another config, or one whose weights are
     not of its epoch (a kill between the two writes, a run of another config killed after its first weights), is
-    not resumed. ``weights_file``: the fingerprint of the local weights file the network is built from now (None
-    without one; for 'imagenet' the package's file); a state saved on another file's weights starts over, saying
-    so."""
+    not resumed. A kill between the two writes finds the epoch before's weights kept aside: the state's epoch then
+    resumes from them. The weights to load are the returned state's ``"weights_path"``. ``weights_file``: the
+    fingerprint of the local weights file the network is built from now (None without one; for 'imagenet' the
+    package's file); a state saved on another file's weights starts over, saying so."""
+    prev = previous_weights_path(last_path)
     if overwrite:
         if is_main:
-            for p in (last_path, state_path):
+            for p in (last_path, state_path, prev):
                 p.unlink(missing_ok=True)
         return None
     try:
@@ -117,8 +131,12 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
         return None
     if state is None or state.get("config_hash") != config_hash:
         return None
-    stamp = weights_stamp(last_path)
-    if stamp.get("config_hash") != config_hash or stamp.get("epoch") != str(state.get("epoch")):
+    weights = next((p for p in (last_path, prev) if weights_stamp(p).get("config_hash") == config_hash
+                    and weights_stamp(p).get("epoch") == str(state.get("epoch"))), None)
+    if weights is None:
+        if is_main and (last_path.exists() or prev.exists()):
+            print(f"{state_path.name}: no weights of its epoch {int(state.get('epoch', -1)) + 1} beside it; not "
+                  "resumed: training starts over")
         return None
     # (a state saved before the file was recorded says nothing about it)
     if "weights_file" in state and state["weights_file"] != weights_file:
@@ -126,4 +144,4 @@ def resume_point(last_path: Path, state_path: Path, config_hash: str, overwrite:
             print(f"{state_path.name}: trained on other weights (a file or weights package with other contents) "
                   "than there are now; not resumed: training starts over")
         return None
-    return state
+    return {**state, "weights_path": str(weights)}

@@ -32,11 +32,15 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     ``requires(cfg)``) that neither finished with this configuration nor comes earlier in the plan (``--from`` past
     a step whose outputs are missing or of other settings)."""
     scheduled: set[str] = set()
+    checked_segnet = False
     for _, mod, h, key, off in plan:
         if off:
             continue
         if overwrite or not run.is_done(key, h):
             _check_weights_file(cfg, key)
+            if key in ("train_seg", "train_seg_supervised") and not checked_segnet:
+                _check_segnet(cfg, key)
+                checked_segnet = True
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
                 if need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need):
                     continue
@@ -63,6 +67,18 @@ def _check_weights_file(cfg: RunConfig, key: str) -> None:
     if w not in ("imagenet", "none") and not Path(w).expanduser().is_file():
         raise StepError(f"{w}: {setting} is not a file (a relative path is read from the current folder, "
                         f"{Path.cwd()}); {key} builds its network from it. Fix the path, or set {setting}=none")
+
+
+def _check_segnet(cfg: RunConfig, key: str) -> None:
+    """StepError, before any step runs, when step ``key`` could not build its network (architecture, encoder,
+    encoder_model_kwargs) or its encoder weights file does not fit it: not after the CAM and IRN steps."""
+    from histowsss.models.segnet import check_segnet
+    from histowsss.models.weights import WeightsError
+
+    try:
+        check_segnet(cfg.train_seg, len(cfg.data.classes.names))
+    except (WeightsError, ValueError) as e:
+        raise StepError(f"{key} could not build its network: {e}") from None
 
 
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:

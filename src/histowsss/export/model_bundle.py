@@ -116,7 +116,10 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         # with the gate the bundle carries the CAM classifier, its backbone's weights included (their licence
         # applies to the bundle: a foundation model's may forbid passing them on)
         "gate_classifier": ({"network": cfg.train_cam.network, "backbone": cfg.backbone.name,
-                             "backbone_weights": cfg.backbone.weights} if cfg.eval_seg.image_gate else None),
+                             "backbone_weights": _weights_name(cfg.backbone.weights),
+                             **({"backbone_weights_sha256_16": cfg.backbone_digest()}
+                                if cfg.backbone.weights not in ("imagenet", "none") else {})}
+                            if cfg.eval_seg.image_gate else None),
         "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
                       "image_gate": cfg.eval_seg.image_gate,
                       "image_gate_cut": chosen_gate(run_path, cfg) if cfg.eval_seg.image_gate else None},
@@ -125,10 +128,15 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
     }
 
 
+def _weights_name(w: str) -> str:
+    """A weights setting as a shared card shows it: 'imagenet' / 'none', or a file by its name (not its folder)."""
+    return w if w in ("imagenet", "none") else Path(w).name
+
+
 def _encoder_weights_then(cfg) -> dict:
     """For a network trained before train_seg recorded its encoder weights: the config's setting, a file by name."""
     w = cfg.train_seg.encoder_weights
-    return {"source": w} if w in ("imagenet", "none") else {"source": "file", "name": Path(w).name}
+    return {"source": w} if w in ("imagenet", "none") else {"source": "file", "name": _weights_name(w)}
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -154,7 +162,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"image-level gate: {card['inference']['image_gate']}"
         + (f" (a class is removed when the classifier gives it less than {card['inference']['image_gate_cut']:g})"
            if card["inference"].get("image_gate_cut") is not None else ""),
-        *([f"- Image gate classifier: {g['network']} on {g['backbone']} (weights: {g['backbone_weights']}); "
+        *([f"- Image gate classifier: {g['network']} on {g['backbone']} (weights: {g['backbone_weights']}"
+           + (f", sha256 {g['backbone_weights_sha256_16']}..." if g.get("backbone_weights_sha256_16") else "") + "); "
            "checkpoints/cam.safetensors holds those backbone weights, so their licence applies to this folder"]
           if (g := card.get("gate_classifier")) else []),
         f"- Exported {card['exported_at']} by histowsss {card['histowsss_version']} from {card['exported_from']}",

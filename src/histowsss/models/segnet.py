@@ -12,6 +12,7 @@ losses (:func:`seg_loss`), see docs/segmentation.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -47,14 +48,15 @@ class SegNet(nn.Module):
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         kwargs: dict = timm_kwargs(model_kwargs or {}, "train_seg.encoder_model_kwargs")
         kwargs.update(_decoder_kwargs(architecture, decoder_channels))
+        vit_depth = None
         if architecture == "dpt":
-            if "depth" in kwargs:  # smp's DPT encoder takes `depth` (its number of feature levels) itself
-                raise WeightsError(f"train_seg.encoder_model_kwargs depth {kwargs['depth']}: a dpt encoder's number of "
-                                   "blocks cannot be set here; name the timm model of that depth")
+            _check_vit_name(encoder)
+            # smp's DPT encoder takes `depth` (its number of feature levels) itself: the ViT's goes to timm directly
+            vit_depth = kwargs.pop("depth", None)
             kwargs.update(dynamic_img_size=True, num_classes=0)  # (timm's arguments, passed on by smp)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*decoder_readout.*")  # set below from the tokens
+            with warnings.catch_warnings(), _timm_depth(vit_depth):
+                warnings.filterwarnings("ignore", message=".*decoder_readout.*")  # a ViT without a class token
                 self.net = getattr(smp, ARCHITECTURES[architecture])(
                     encoder_name=f"tu-{encoder}", encoder_weights=None, classes=num_classes, **kwargs)
         except (RuntimeError, KeyError, ValueError, TypeError, AssertionError) as e:
@@ -131,6 +133,47 @@ def _decoder_kwargs(architecture: str, decoder_channels: list[int] | None) -> di
     return {"decoder_channels": int(decoder_channels[0])}
 
 
+def _check_vit_name(encoder: str) -> None:
+    """A dpt encoder must be one of timm's VisionTransformer models: said before anything is built (a CNN's own
+    error would name an argument it does not take)."""
+    import timm
+
+    if timm.models.is_model(encoder):
+        module = timm.models.model_entrypoint(encoder).__module__.rsplit(".", 1)[-1]
+        if module != "vision_transformer":
+            raise WeightsError(f"train_seg.architecture dpt needs a vision transformer encoder (timm's "
+                               f"VisionTransformer, e.g. vit_base_patch16_224), and {encoder} is a timm {module} model "
+                               "(other transformer families, e.g. EVA, are not supported; a CNN goes with unet or "
+                               "deeplabv3plus)")
+
+
+@contextlib.contextmanager
+def _timm_depth(depth: int | None):
+    """While smp builds its DPT encoder, give timm.create_model the ViT's ``depth`` (a model card's, e.g. UNI2-h's
+    24 blocks of a giant ViT; no timm name has that shape), which smp's encoder cannot pass on: it takes ``depth``
+    as its own argument."""
+    if depth is None:
+        yield
+        return
+    from segmentation_models_pytorch.encoders import timm_vit
+
+    real = timm_vit.timm
+
+    class _WithDepth:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        @staticmethod
+        def create_model(name: str, **kw):
+            return real.create_model(name, depth=depth, **kw)
+
+    timm_vit.timm = _WithDepth()
+    try:
+        yield
+    finally:
+        timm_vit.timm = real
+
+
 def _check_vit_encoder(net: nn.Module, encoder: str) -> int:
     """The patch size of a DPT's encoder, which must be timm's VisionTransformer with square patches."""
     from timm.models.vision_transformer import VisionTransformer
@@ -205,6 +248,19 @@ def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> tuple[
     load_into(model, read_state_dict(path), weights, "train_seg.encoder_model_kwargs")
     pc = getattr(model, "pretrained_cfg", None) or {}
     return tuple(pc.get("mean", (0.485, 0.456, 0.406))), tuple(pc.get("std", (0.229, 0.224, 0.225)))
+
+
+def check_segnet(train_seg, num_classes: int) -> None:
+    """Build the network ``train_seg`` describes on the meta device (no memory, no weights) and check that its
+    encoder weights file fits it: the WeightsError / ValueError train_seg would raise, before the steps ahead of it
+    run (``histowsss run`` calls this when it plans train_seg)."""
+    with torch.device("meta"):
+        net = SegNet(train_seg.architecture, train_seg.encoder, "none", num_classes, train_seg.decoder_channels,
+                     train_seg.encoder_model_kwargs, train_seg.encoder_mean, train_seg.encoder_std)
+    w = train_seg.encoder_weights
+    if w not in ("imagenet", "none"):
+        load_into(net.net.encoder.model, read_state_dict(Path(w).expanduser()), w, "train_seg.encoder_model_kwargs",
+                  check_only=True)
 
 
 def build_segnet(train_seg, num_classes: int) -> SegNet:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,13 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise WeightsError(f"{path}: cannot be loaded safely ({e}); convert it to .safetensors") from None
+            if "weights_only" in str(e) or "Unsupported global" in str(e):  # a pickled object, not tensors
+                raise WeightsError(f"{path}: holds pickled Python objects (e.g. a whole model saved with "
+                                   "torch.save(model)), which are never unpickled here (that could run code); save "
+                                   "the weights alone: torch.save(model.state_dict(), path), or as .safetensors"
+                                   ) from None
+            first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0][:200]
+            raise WeightsError(f"{path}: cannot be loaded safely ({first}); convert it to .safetensors") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -143,7 +150,7 @@ def _strip_common_prefix(sd: dict[str, torch.Tensor], target: dict[str, torch.Te
 
 
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str,
-              kwargs_key: str = "backbone.model_kwargs") -> list[str]:
+              kwargs_key: str = "backbone.model_kwargs", check_only: bool = False) -> list[str]:
     """Load ``sd`` into ``model``: by name when the names fit, else by order when every shape matches.
 
     Classifier-head tensors may be missing or differ (they are not used), on either side. Returns the model keys
@@ -183,5 +190,6 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str,
                                "architecture or incomplete (check backbone.name"
                                + _vit_hint(unfit, sd, target, kwargs_key) + ")")
     missing = [k for k in target if k not in matched]
-    model.load_state_dict(matched, strict=False)
+    if not check_only:  # check_only: whether the weights fit (e.g. a model built on the meta device), nothing loaded
+        model.load_state_dict(matched, strict=False)
     return missing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,7 +115,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         state = resume_point(ckpt_dir / "cam_last.safetensors", state_path, h, overwrite,  # --overwrite retrains
                              weights_file=wf)
         if state is not None:
-            load_weights(ckpt_dir / "cam_last.safetensors", model, device="cpu")
+            load_weights(Path(state["weights_path"]), model, device="cpu")
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start_epoch = int(state["epoch"]) + 1

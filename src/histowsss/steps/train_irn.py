@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -178,7 +179,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         wf = cfg.backbone_digest()  # the frozen backbone is rebuilt from this file: a resume must find the same
         state = resume_point(ckpt / "irn_last.safetensors", state_path, h, overwrite, weights_file=wf)
         if state is not None:
-            load_weights(ckpt / "irn_last.safetensors", model.head)
+            load_weights(Path(state["weights_path"]), model.head)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start_epoch = int(state["epoch"]) + 1

@@ -350,7 +350,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     wf = cfg.weights_file_digest("train_seg.encoder_weights")  # the encoder is built from it: a resume needs the same
     state = resume_point(last_path, state_path, h, overwrite, ctx.is_main, weights_file=wf)
     if state is not None and state.get("world_size", 1) == ctx.world_size:
-        load_weights(last_path, model, device="cpu")
+        load_weights(Path(state["weights_path"]), model, device="cpu")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
