@@ -33,7 +33,7 @@ class SegNet(nn.Module):
 
     Inputs must have sides divisible by ``size_divisor`` (32 for U-Net and DPT, 16 for DeepLabV3+). A DPT encoder of
     patch size p != 16 sees the input resized by p / 16 (one token per 16 input pixels, an even token grid, as the
-    DPT decoder needs); its logits are resized back.
+    DPT decoder needs), under a decoder built for that 16-px grid, so its logits come out at the input's size.
     """
 
     def __init__(self, architecture: str, encoder: str, encoder_weights: str, num_classes: int,
@@ -61,9 +61,7 @@ class SegNet(nn.Module):
                     encoder_name=f"tu-{encoder}", encoder_weights=None, classes=num_classes, **kwargs)
         except (RuntimeError, KeyError, ValueError, TypeError, AssertionError) as e:
             hint = (" (a vision transformer: set train_seg.architecture: dpt)"
-                    if architecture != "dpt" and "downsampling pattern" in str(e) else
-                    " (dpt needs a vision transformer encoder, timm's VisionTransformer; for a CNN use unet or "
-                    "deeplabv3plus)" if architecture == "dpt" and "dynamic_img_size" in str(e) else "")
+                    if architecture != "dpt" and "downsampling pattern" in str(e) else "")
             raise WeightsError(f"smp cannot build {architecture} on timm encoder {encoder!r}: {e}{hint}") from None
         self.architecture, self.encoder_name, self.num_classes = architecture, encoder, num_classes
         self.patch = VIT_GRID
