@@ -204,3 +204,52 @@ def test_a_network_whose_fallback_labels_were_made_again_is_stale(tmp_path):
     assert train_seg.stale_reason(cfg, rd) is None
     rd.status_path("eval_cam").write_text(json.dumps({**rec, "finished": "2026-01-01T13:00:00+0000"}))
     assert train_seg.stale_reason(cfg, rd) == "its cam labels (eval_cam) were made again after it was trained"
+
+
+def test_a_dry_run_says_what_would_run_and_why_and_writes_nothing(tmp_path, monkeypatch):
+    """`histowsss run --dry-run`: the plan of a real run (skip / redo / run, with reasons; a finished step after one
+    that would run is made again), the checks before any step included, and no file written."""
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import make_cam, train_cam
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(run), "--to", "eval_cam", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = [" ".join(x.split()) for x in r.output.splitlines()]
+    assert "[run ] train_cam" in lines and "[run ] eval_cam" in lines
+    assert any(x.startswith("dry run: 3 step(s) would run (train_cam, make_cam, eval_cam)") for x in lines)
+    assert not run.exists()  # not even the folder
+    cfg = load_config("demo")
+    rd = RunDir(run, cfg).init()
+    for step, mod in (("train_cam", train_cam), ("make_cam", make_cam), ("eval_cam", eval_cam)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass
+    made = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for mod in (train_cam, make_cam, eval_cam):  # a dry run never calls a step
+        monkeypatch.setattr(mod, "run", lambda *a, **k: pytest.fail("a step ran in a dry run"))
+    logs: list[str] = []
+    assert run_pipeline(cfg, rd, None, "eval_cam", log=logs.append, dry_run=True) == {}
+    assert logs[:3] == ["[skip] train_cam: finished with this configuration",
+                        "[skip] make_cam: finished with this configuration",
+                        "[skip] eval_cam: finished with this configuration"]
+    other = load_config("demo", ["train_cam.epochs=3"])  # every step after it has other settings too
+    logs.clear()
+    assert list(run_pipeline(other, RunDir(run, other), None, "eval_cam", log=logs.append, dry_run=True)) == [
+        "train_cam", "make_cam", "eval_cam"]
+    assert logs[0].startswith("[redo] train_cam: finished with other settings (train_cam.epochs = 8 (now 3))")
+    # a finished step after one that would run (a stopped make_cam, the same settings) is made again
+    rec = json.loads(rd.status_path("make_cam").read_text())
+    rd.status_path("make_cam").write_text(json.dumps({**rec, "state": "failed"}))
+    made = sorted(p.relative_to(run) for p in run.rglob("*"))
+    logs.clear()
+    assert list(run_pipeline(cfg, rd, None, "eval_cam", log=logs.append, dry_run=True)) == ["make_cam", "eval_cam"]
+    assert logs[1].startswith("[run ] make_cam: goes on from where it stopped (failed at")
+    assert logs[2] == "[redo] eval_cam: make_cam runs before it, so it would be made again"
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == made
+    # the checks made before any step run in a dry run too
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "run2"), "--dry-run", "--set",
+                                 f"train_seg.encoder_weights={tmp_path / 'gone.safetensors'}"])
+    assert r.exit_code != 0 and "train_seg.encoder_weights is not a file" in " ".join(r.output.split())

@@ -15,7 +15,9 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         start: Optional[str] = typer.Option(None, "--from", help="first step"),
         stop: Optional[str] = typer.Option(None, "--to", help="last step"),
         overwrite: bool = typer.Option(False, help="redo finished steps"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override, e.g. train_cam.epochs=3")) -> None:
+        set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override, e.g. train_cam.epochs=3"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="say which steps would run, be skipped or be made "
+                                     "again, and why, after the checks made before any step; write nothing")) -> None:
     """Run the pipeline (or steps --from .. --to) into a run folder; finished steps are skipped."""
     from histowsss.engine.distributed import is_main_process
     from histowsss.engine.pipeline import plan_steps, run_pipeline
@@ -27,6 +29,10 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         cfg = get_config(config, set_)
         rd = RunDir(default_run_dir(cfg, run_dir), cfg)
         plan_steps(cfg, rd, start, stop, overwrite)  # a refused command leaves the folder's config.yaml as it was
+        if dry_run:
+            log(f"run folder: {rd.path}" + ("" if rd.path.exists() else " (not made yet)"))
+            run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log, dry_run=True)
+            return
         with run_lock(rd.path, "histowsss run"):
             rd.init()
             log(f"run folder: {rd.path}")

@@ -75,10 +75,19 @@ def _check_segnet(cfg: RunConfig, key: str) -> None:
     from histowsss.models.segnet import check_segnet
     from histowsss.models.weights import WeightsError
 
+    w = Path(cfg.train_seg.encoder_weights).expanduser()
+    st = w.stat() if w.is_file() else None
+    done = (cfg.train_seg.model_dump_json(), len(cfg.data.classes.names), st and (st.st_size, st.st_mtime_ns))
+    if done in _SEGNETS_CHECKED:  # (`run` plans twice: before its lock, and when it runs; a file is read once)
+        return
     try:
         check_segnet(cfg.train_seg, len(cfg.data.classes.names))
     except (WeightsError, ValueError) as e:
         raise StepError(f"{key} could not build its network: {e}") from None
+    _SEGNETS_CHECKED.add(done)
+
+
+_SEGNETS_CHECKED: set[tuple] = set()  # the train_seg settings (and weights file) _check_segnet passed
 
 
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:
@@ -252,10 +261,13 @@ def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log
 
 
 def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
-                 overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, dict]:
+                 overwrite: bool = False, log: Callable[[str], None] = print,
+                 dry_run: bool = False) -> dict[str, dict]:
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
-    (see :func:`plan_steps` for what is refused)."""
-    adopt_legacy_records(cfg, run, log)
+    (see :func:`plan_steps` for what is refused). ``dry_run``: say what each step would do and why, write
+    nothing (the steps that would run map to {})."""
+    if not dry_run:
+        adopt_legacy_records(cfg, run, log)
     plan = plan_steps(cfg, run, start, stop, overwrite)
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
@@ -271,6 +283,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
             why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or _weights_stale(run, key)
+                   or (_runs_before(cfg, mod, results) if dry_run else None)
                    or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None))
             if why is None:
                 log(f"[skip] {key}: finished with this configuration")
@@ -280,8 +293,23 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
             log(f"[run ] {key}: starts over (the weights file {WEIGHTS_FILE_STEPS[key]} changed since it stopped)")
         else:
             log(_why_run(run, key, h, overwrite))
+        if dry_run:
+            results[name] = {}
+            continue
         t0 = time.time()
         redo = overwrite or restart or (st is not None and st.get("state") == "done")  # done with another config
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
         log(f"[done] {key} in {time.time() - t0:.1f} s")
+    if dry_run:
+        log(f"dry run: {len(results)} step(s) would run" + (f" ({', '.join(results)})" if results else "")
+            + f"; nothing was written to {run.path}")
     return results
+
+
+def _runs_before(cfg: RunConfig, mod, will_run: dict) -> str | None:
+    """In a dry run: why a finished step would be made again because a step it reads runs before it (a real run
+    sees that from the new outputs' times, :func:`inputs_newer`)."""
+    for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
+        if need in will_run:
+            return f"{need} runs before it, so it would be made again"
+    return None
