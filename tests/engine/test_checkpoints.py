@@ -128,8 +128,18 @@ def test_a_kill_between_the_two_writes_resumes_from_the_epoch_before(tmp_path: P
     other = nn.Linear(3, 2)
     load_weights(Path(got["weights_path"]), other)
     assert torch.equal(other.weight, models[2].weight)
-    # the next epoch's pair completes normally from there
+    # resumed from the kept pair, epoch 3 is trained again: a kill while its weights are written still finds the
+    # epoch-2 pair (the epoch-3 weights the first kill left are not taken for the epoch before)
     monkeypatch.setattr(checkpoints, "save_train_state", real)
+    real_weights = checkpoints.save_weights
+    monkeypatch.setattr(checkpoints, "save_weights", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        save_resume_point(last, state, models[3], _state("abc", 3))
+    except KeyboardInterrupt:
+        pass
+    assert resume_point(last, state, "abc", overwrite=False)["weights_path"] == str(previous_weights_path(last))
+    # the next epoch's pair completes normally from there
+    monkeypatch.setattr(checkpoints, "save_weights", real_weights)
     save_resume_point(last, state, models[3], _state("abc", 3))
     assert resume_point(last, state, "abc", overwrite=False)["weights_path"] == str(last)
     assert not previous_weights_path(last).exists()

@@ -302,3 +302,34 @@ def test_train_seg_encoder_settings_are_checked_as_the_backbone_s():
 
     with pytest.raises(WeightsError, match="mlp_layer 'MyMlp'"):
         SegNet("dpt", "vit_tiny_patch16_224", "none", 2, model_kwargs={"mlp_layer": "MyMlp"})
+
+
+def test_the_network_check_meets_the_file_as_the_build_does(tmp_path):
+    """check_segnet (run before any step) checks the file against the encoder before its unread layers are pruned,
+    as the real build loads it: an average-pooling ViT's fc_norm in the file is no mismatch. smp's own arguments in
+    encoder_model_kwargs are refused (they would change the network, e.g. a sigmoid on the logits)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from histowsss.config import TrainSegConfig
+    from histowsss.models.segnet import build_segnet, check_segnet
+    from histowsss.models.weights import WeightsError, read_state_dict
+
+    kw = {"global_pool": "avg", "class_token": False, "fc_norm": True}
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kw)
+    assert any(k.startswith("fc_norm.") for k in m.state_dict())
+    path = tmp_path / "avg.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    ts = TrainSegConfig(architecture="dpt", encoder="vit_tiny_patch16_224", encoder_weights=str(path),
+                        encoder_model_kwargs=kw, encoder_mean=(0.5,) * 3, encoder_std=(0.2,) * 3, decoder_channels=[16])
+    check_segnet(ts, 2)
+    build_segnet(ts, 2)
+    shapes = read_state_dict(path, shapes_only=True)
+    assert shapes["pos_embed"].device.type == "meta" and shapes["pos_embed"].shape == m.pos_embed.shape
+    torch.save(m.state_dict(), tmp_path / "avg.bin")
+    assert read_state_dict(tmp_path / "avg.bin", shapes_only=True)["pos_embed"].shape == m.pos_embed.shape
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(WeightsError, match="cut.safetensors: unreadable safetensors file"):
+        read_state_dict(tmp_path / "cut.safetensors")
+    with pytest.raises(WeightsError, match=r"\['activation'\]: arguments of smp's Unet itself"):
+        SegNet("unet", "test_efficientnet", "none", 2, model_kwargs={"activation": "sigmoid"})

@@ -101,8 +101,11 @@ def save_resume_point(last_path: Path, state_path: Path, model: nn.Module, state
     that such a kill resumes from the epoch before instead of starting over. ``skip_prefix``: a frozen part the
     resumed step rebuilds itself, not rewritten every epoch."""
     prev = previous_weights_path(last_path)
-    if last_path.exists():
-        os.replace(last_path, prev)
+    before = weights_stamp(last_path)
+    if before.get("config_hash") == str(state["config_hash"]) and before.get("epoch") == str(int(state["epoch"]) - 1):
+        os.replace(last_path, prev)  # the epoch before's pair: kept until this one is complete
+    else:  # a later epoch's weights left by a kill (resumed from the kept pair), or none: the kept pair stays
+        last_path.unlink(missing_ok=True)
     save_weights(last_path, model, stamp={"config_hash": str(state["config_hash"]), "epoch": str(state["epoch"])},
                  skip_prefix=skip_prefix)
     save_train_state(state_path, state)

@@ -36,7 +36,7 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     for _, mod, h, key, off in plan:
         if off:
             continue
-        if overwrite or not run.is_done(key, h):
+        if overwrite or not (run.is_done(key, h) or _legacy_done(cfg, run, key)):
             _check_weights_file(cfg, key)
             if key in ("train_seg", "train_seg_supervised") and not checked_segnet:
                 _check_segnet(cfg, key)
@@ -278,7 +278,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         st = run.status(key)
         # a stopped step whose resume point was trained on the weights file as it was then: it starts over
         restart = (not overwrite and st is not None and st.get("state") in ("running", "failed")
-                   and run.weights_changed(key, st))
+                   and st.get("config_hash") == h and run.weights_changed(key, st))
         if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
             # finished outputs that no longer follow from the folder although the hash matches: an input step was
             # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)

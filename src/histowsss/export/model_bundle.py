@@ -117,8 +117,8 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         # applies to the bundle: a foundation model's may forbid passing them on)
         "gate_classifier": ({"network": cfg.train_cam.network, "backbone": cfg.backbone.name,
                              "backbone_weights": _weights_name(cfg.backbone.weights),
-                             **({"backbone_weights_sha256_16": cfg.backbone_digest()}
-                                if cfg.backbone.weights not in ("imagenet", "none") else {})}
+                             **({"backbone_weights_sha256_16": _trained_on(run_path)}
+                                if cfg.backbone.weights not in ("imagenet", "none") and _trained_on(run_path) else {})}
                             if cfg.eval_seg.image_gate else None),
         "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
                       "image_gate": cfg.eval_seg.image_gate,
@@ -126,6 +126,15 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "scores": _scores(run_path, network),
         "files": {f: {"bytes": (bundle / f).stat().st_size, "sha256": file_sha256(bundle / f)} for f in files},
     }
+
+
+def _trained_on(run_path: Path) -> str | None:
+    """The fingerprint of the backbone weights file the CAM classifier was trained from, as train_cam recorded it
+    (not the file as it is now)."""
+    try:
+        return json.loads((run_path / "status" / "train_cam.json").read_text()).get("backbone_weights")
+    except (OSError, ValueError):
+        return None
 
 
 def _weights_name(w: str) -> str:

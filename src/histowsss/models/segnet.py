@@ -38,7 +38,10 @@ class SegNet(nn.Module):
 
     def __init__(self, architecture: str, encoder: str, encoder_weights: str, num_classes: int,
                  decoder_channels: list[int] | None = None, model_kwargs: dict | None = None,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 prune_unread: bool = True):
+        """``prune_unread=False``: keep a DPT encoder's final norm and head (:meth:`prune_unread`), e.g. to check a
+        weights file against the model as it is when the file is loaded."""
         super().__init__()
         import segmentation_models_pytorch as smp
 
@@ -47,6 +50,7 @@ class SegNet(nn.Module):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         kwargs: dict = timm_kwargs(model_kwargs or {}, "train_seg.encoder_model_kwargs")
+        _check_not_smp_arguments(getattr(smp, ARCHITECTURES[architecture]), kwargs)
         kwargs.update(_decoder_kwargs(architecture, decoder_channels))
         vit_depth = None
         if architecture == "dpt":
@@ -75,11 +79,16 @@ class SegNet(nn.Module):
                                f"0.456, 0.406], std [0.229, 0.224, 0.225]); timm's default for {encoder} need not be it")
         self.mean, self.std = load_encoder_weights(self.net.encoder.model, encoder, encoder_weights)
         self.mean, self.std = tuple(mean or self.mean), tuple(std or self.std)
-        if architecture == "dpt":  # the final norm and head, which DPT never reads (and DDP would find unused)
-            self.net.encoder.model.prune_intermediate_layers(self.net.encoder._output_indices, prune_norm=True,
-                                                             prune_head=True)
+        if prune_unread:
+            self.prune_unread()
         self.size_divisor = 16 if architecture == "deeplabv3plus" else 32
         self.encoder_frozen = False
+
+    def prune_unread(self) -> None:
+        """Remove a DPT encoder's final norm and head, which DPT never reads (DDP would find them unused)."""
+        if self.architecture == "dpt":
+            self.net.encoder.model.prune_intermediate_layers(self.net.encoder._output_indices, prune_norm=True,
+                                                             prune_head=True)
 
     def freeze_encoder(self) -> "SegNet":
         """Keep the encoder as loaded: no gradients, and its normalisation layers in eval mode while training."""
@@ -112,6 +121,17 @@ class SegNet(nn.Module):
         ids = {id(p) for p in self.net.encoder.parameters()}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return ([{"params": enc, "lr": lr * encoder_lr_mult}] if enc else []) + [{"params": rest, "lr": lr}]
+
+
+def _check_not_smp_arguments(smp_class, kwargs: dict) -> None:
+    """``encoder_model_kwargs`` are timm's: a name smp's network takes itself (``activation``, ``aux_params``,
+    ``decoder_*``, ...) would change the network, not the encoder, so it is refused."""
+    import inspect
+
+    own = sorted(set(kwargs) & set(inspect.signature(smp_class.__init__).parameters))
+    if own:
+        raise WeightsError(f"train_seg.encoder_model_kwargs {own}: arguments of smp's {smp_class.__name__} itself, "
+                           "not of the timm encoder; remove them (decoder widths: train_seg.decoder_channels)")
 
 
 def _decoder_kwargs(architecture: str, decoder_channels: list[int] | None) -> dict:
@@ -252,13 +272,13 @@ def check_segnet(train_seg, num_classes: int) -> None:
     """Build the network ``train_seg`` describes on the meta device (no memory, no weights) and check that its
     encoder weights file fits it: the WeightsError / ValueError train_seg would raise, before the steps ahead of it
     run (``histowsss run`` calls this when it plans train_seg)."""
-    with torch.device("meta"):
+    with torch.device("meta"):  # as the file meets it: before the unread layers are pruned
         net = SegNet(train_seg.architecture, train_seg.encoder, "none", num_classes, train_seg.decoder_channels,
-                     train_seg.encoder_model_kwargs, train_seg.encoder_mean, train_seg.encoder_std)
+                     train_seg.encoder_model_kwargs, train_seg.encoder_mean, train_seg.encoder_std, prune_unread=False)
     w = train_seg.encoder_weights
     if w not in ("imagenet", "none"):
-        load_into(net.net.encoder.model, read_state_dict(Path(w).expanduser()), w, "train_seg.encoder_model_kwargs",
-                  check_only=True)
+        load_into(net.net.encoder.model, read_state_dict(Path(w).expanduser(), shapes_only=True), w,
+                  "train_seg.encoder_model_kwargs", check_only=True)
 
 
 def build_segnet(train_seg, num_classes: int) -> SegNet:

@@ -62,18 +62,29 @@ def packaged_weights_path(model_name: str, key: str = "backbone.weights") -> Pat
     return Path(obj())  # type: ignore[operator]
 
 
-def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Load a state dict safely (safetensors, or torch.load with weights_only=True)."""
+def read_state_dict(path: Path | str, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """Load a state dict safely (safetensors, or torch.load with weights_only=True). ``shapes_only``: tensors on
+    the meta device with the file's shapes (a safetensors header; a torch file memory-mapped), to check that a
+    file fits a model without holding its weights in memory."""
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        sd = load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                sd = {k: (torch.empty(f.get_slice(k).get_shape(), device="meta") if shapes_only else f.get_tensor(k))
+                      for k in f.keys()}
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' own error: truncated, not a safetensors file
+            raise WeightsError(f"{path}: unreadable safetensors file ({e}); download or convert it again") from None
     else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = _torch_load(path, shapes_only)
+        except OSError:
+            raise
         except Exception as e:
             if "weights_only" in str(e) or "Unsupported global" in str(e):  # a pickled object, not tensors
                 raise WeightsError(f"{path}: holds pickled Python objects (e.g. a whole model saved with "
@@ -88,6 +99,17 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise WeightsError(f"{path}: does not hold a state dict")
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _torch_load(path: Path, mmap: bool) -> object:
+    """torch.load(weights_only=True); ``mmap``: memory-mapped where the file's format allows (a zip file)."""
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # an old (non-zip) torch file cannot be mapped: read it
+            if "mmap" not in str(e):
+                raise
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # top-level names of classifier heads that a timm feature extractor (features_only) drops: unused, never an error
