@@ -63,3 +63,16 @@ def cam_and_boundary(run_path: Path, name: str):
     with np.load(run_path / "irn" / f"{name}.npz") as z:
         boundary = z["boundary"].astype(np.float32)
     return cam_norm, size, boundary
+
+
+def best_time(fn, repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``fn`` after one warm-up call (allocator, kernels)."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)

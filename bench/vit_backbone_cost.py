@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, write_result  # noqa: E402
+from _common import ROOT, best_time, write_result  # noqa: E402
 
 GLAS = ROOT.parent / "shared" / "data" / "glas"
 BACKBONES = {
@@ -34,16 +34,6 @@ BACKBONES = {
     "vit_base_patch16_224": {},
     "vit_large_patch16_224": {"init_values": 1e-5},
 }
-
-
-def _best(fn, repeat: int) -> float:
-    fn()  # warm-up: allocator, kernels
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -87,10 +77,10 @@ def main() -> None:
                 forward(torch.cat([xs, xs.flip(-1)]), amp)
 
         row = {"parameters_m": round(params / 1e6, 1),
-               "cache_s": round(_best(lambda: forward(x, False), args.repeat), 3),
-               "cache_bf16_s": round(_best(lambda: forward(x, True), args.repeat), 3),
-               "make_cam_s": round(_best(lambda: make_cam(False), args.repeat), 2),
-               "make_cam_bf16_s": round(_best(lambda: make_cam(True), args.repeat), 2)}
+               "cache_s": round(best_time(lambda: forward(x, False), args.repeat), 3),
+               "cache_bf16_s": round(best_time(lambda: forward(x, True), args.repeat), 3),
+               "make_cam_s": round(best_time(lambda: make_cam(False), args.repeat), 2),
+               "make_cam_bf16_s": round(best_time(lambda: make_cam(True), args.repeat), 2)}
         row["stage_estimate_min"] = {
             "train_cam_cache_85x%d" % copies: round(85 * copies * row["cache_s"] / 60, 1),
             "make_cam_165_bf16": round(165 * row["make_cam_bf16_s"] / 60, 1)}

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, write_result  # noqa: E402
+from _common import ROOT, best_time, write_result  # noqa: E402
 
 GLAS = ROOT.parent / "shared" / "data" / "glas"
 NETWORKS = {  # name: train_seg settings
@@ -42,16 +42,6 @@ NETWORKS = {  # name: train_seg settings
     "dpt_vit_large_slim": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
                            "encoder_model_kwargs": {"init_values": 1e-5}, "decoder_channels": [96, 192, 384, 384, 128]},
 }
-
-
-def _best(fn, repeat: int) -> float:
-    fn()  # warm-up: allocator, kernels
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -113,7 +103,7 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
 
-            s = _best(step, args.repeat)
+            s = best_time(step, args.repeat)
             key = "frozen" if frozen else "fine_tuned"
             epoch_min = crops_per_epoch / ts.batch_size * s / 60
             row[key] = {"train_step_s": round(s, 3), "crops_per_s": round(ts.batch_size / s, 2),
@@ -130,7 +120,7 @@ def main() -> None:
                                          size_divisor=net.size_divisor, amp=infer_amp and device.type == "cuda",
                                          cpu_amp=infer_amp and device.type == "cpu")
 
-                row["infer_s"] = round(_best(infer, args.repeat), 2)
+                row["infer_s"] = round(best_time(infer, args.repeat), 2)
                 row["eval_80_test_min"] = round(80 * row["infer_s"] * ts.members / 60, 1)
             del net, opt
         metrics["networks"][name] = row
