@@ -255,6 +255,13 @@ def yaml_floats(v: Any) -> Any:
     return v
 
 
+def check_not_hub(key: str, name: str, weights_key: str) -> None:
+    """A timm model name from a config: an architecture, never a model-hub address (nothing is downloaded)."""
+    if re.match(r"(hf[-_]hub|timm)[:/]", name):
+        raise ValueError(f"{key} {name!r} would be fetched from a model hub; give timm's architecture name (e.g. "
+                         f"vit_large_patch16_224) and the weights as a local file ({weights_key})")
+
+
 def check_normalisation(mean_key: str, mean: tuple[float, ...] | None, std_key: str,
                         std: tuple[float, ...] | None) -> None:
     """An input normalisation given in a config: both or neither, a positive std, both on the 0-1 scale."""
@@ -316,9 +323,7 @@ class BackboneConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "BackboneConfig":
-        if re.match(r"(hf[-_]hub|timm)[:/]", self.name):
-            raise ValueError(f"backbone.name {self.name!r} would be fetched from a model hub; give timm's architecture "
-                             "name (e.g. vit_large_patch16_224) and the weights as a local file (backbone.weights)")
+        check_not_hub("backbone.name", self.name, "backbone.weights")
         check_normalisation("backbone.mean", self.mean, "backbone.std", self.std)
         check_model_kwargs("backbone.model_kwargs", self.model_kwargs,
                            ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path"),
@@ -592,9 +597,7 @@ class TrainSegConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSegConfig":
-        if re.match(r"(hf[-_]hub|timm)[:/]", self.encoder):
-            raise ValueError(f"train_seg.encoder {self.encoder!r} would be fetched from a model hub; give timm's "
-                             "architecture name and the weights as a local file (train_seg.encoder_weights)")
+        check_not_hub("train_seg.encoder", self.encoder, "train_seg.encoder_weights")
         check_normalisation("train_seg.encoder_mean", self.encoder_mean, "train_seg.encoder_std", self.encoder_std)
         check_model_kwargs("train_seg.encoder_model_kwargs", self.encoder_model_kwargs,
                            ("features_only", "output_stride", "pretrained_cfg_overlay", "checkpoint_path",
