@@ -562,6 +562,11 @@ class TrainSegConfig(Strict):
     boundary_ignore: int = Field(0, ge=0, description="weak labels only: pixels within this many pixels (at the "
                                  "labels' resolution, a square window) of a pixel of another class become ignore, "
                                  "so the network does not learn the weak labels' most doubtful pixels; 0 = off")
+    synthetic_fraction: float = Field(0.0, ge=0, le=0.9, description="weak labels only: this fraction of each "
+                                      "epoch's crops is synthesised from single-class patches (a mosaic with smooth "
+                                      "shapes pasted on it, exact masks; data/synthesis.py), the rest cut from the "
+                                      "images with their weak labels; needs data.patches with label_rule: "
+                                      "mask_fraction; 0 = off")
     loss: Literal["oeem", "gce", "ce"] = Field(
         "oeem", description="oeem: pixel CE weighted by the detached probability of the label, normalised per "
         "class (online easy-example mining); gce: generalised CE (1 - p^q) / q; ce: plain. Supervised uses ce")
@@ -708,6 +713,10 @@ class RunConfig(Strict):
         if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
                              "mask_fraction); set train_seg.patch_veto=false for image-level labels")
+        if self.train_seg.synthetic_fraction > 0 and (p is None or p.label_rule != "mask_fraction"):
+            raise ValueError("train_seg.synthetic_fraction needs patch labels read from masks (data.patches with "
+                             "label_rule: mask_fraction): a label inherited from the image does not say a patch is "
+                             "all one class; set train_seg.synthetic_fraction=0")
         if self.train_cam.network == "rpnet" and self.train_cam.pooling != "gap":
             raise ValueError("train_cam.pooling=topk is for network: cam (RPNet's branches pool by average); set "
                              "train_cam.pooling=gap or train_cam.network=cam")

@@ -203,3 +203,43 @@ def test_clicks_overwrite_weak_labels_at_their_resolution(tmp_path):
     off = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"points.file={clicks}",
                                "points.use_in=[ir_label]"])
     assert (click_labels(off, [s], [np.zeros((40, 60), np.uint8)])[0] == 0).all()
+
+
+def test_synthetic_crops_replace_a_fraction_of_the_weak_crops(dataset: Path, tmp_path: Path, monkeypatch):
+    """train_seg.synthetic_fraction: that share of each epoch's crops is stitched from the single-class patches of
+    the training images (exact masks); the other crops are the ones the plan cuts without it; the supervised
+    network ignores the setting."""
+    strict = make_cfg(dataset, PATCHES, "train_seg.synthetic_fraction=0.5", "train_seg.epochs=1")
+    run = RunDir(tmp_path / "strict", strict).init()
+    fake_pseudo(strict, run)
+    with pytest.raises(StepError, match=r"at least two classes.*'malignant': 0.*synthetic_fraction=0"):
+        train_seg.run(strict, run)  # no 16-px patch of these small tumours is 95 % malignant
+    loose = PATCHES.replace("0.05", "0.3")
+    plain = make_cfg(dataset, loose)
+    cfg = make_cfg(dataset, loose, "train_seg.synthetic_fraction=0.5", "train_seg.epochs=1")
+    assert train_seg.config_hash(cfg) != train_seg.config_hash(plain)
+    sup = [load_config("demo", [f"data.manifest={dataset}", PATCHES, "train_seg.supervised=true", *x])
+           for x in ([], ["train_seg.synthetic_fraction=0.5"])]
+    assert train_seg.config_hash(sup[0]) == train_seg.config_hash(sup[1])
+    sizes = [(64, 64)] * 6
+    a = train_seg.epoch_plan(sizes, 32, 4, (0.8, 1.25), 0, 3)
+    b = train_seg.epoch_plan(sizes, 32, 4, (0.8, 1.25), 0, 3, synthetic=0.5)
+    synth = [j for j, e in enumerate(b) if e[0] < 0]
+    assert len(synth) == 12 and all(a[j] == b[j] for j in range(len(a)) if j not in synth)
+    made: list[tuple[np.ndarray, np.ndarray]] = []
+    real_synth = __import__("histowsss.data.synthesis", fromlist=["synthesize"]).synthesize
+
+    def spy(*args, **kw):
+        out = real_synth(*args, **kw)
+        made.append(out)
+        return out
+
+    monkeypatch.setattr("histowsss.data.synthesis.synthesize", spy)
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run, noise=0.3)
+    train_seg.run(cfg, run)
+    st = run.status("train_seg")
+    assert set(st["synthetic_patches"]) == {"benign", "malignant"} and min(st["synthetic_patches"].values()) > 0
+    n = len(samples_for(cfg, seg_labels.train_splits(cfg))) * cfg.train_seg.crops_per_image
+    assert len(made) == round(0.5 * n)
+    assert any(len(np.unique(lab)) > 1 for _, lab in made)

@@ -104,7 +104,8 @@ def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
 
 # settings only the weak labels read (their source, the filters on them, the loss against their noise): the network
 # trained on the ground-truth masks does not, so changing them leaves a finished upper bound finished
-WEAK_LABEL_SETTINGS = ("labels", "label_dir", "patch_veto", "boundary_ignore", "loss", "loss_warmup_epochs", "gce_q")
+WEAK_LABEL_SETTINGS = ("labels", "label_dir", "patch_veto", "boundary_ignore", "loss", "loss_warmup_epochs", "gce_q",
+                       "synthetic_fraction")
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -157,20 +158,32 @@ def requires_any(cfg: RunConfig) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------------------- crops
 def epoch_plan(sizes: list[tuple[int, int]], crop: int, per_image: int, scale_range: tuple[float, float],
-               seed: int, epoch: int) -> list[tuple[int, int, int, int, int]]:
-    """(image, y, x, source side, aug seed) per crop, shuffled; the same on every rank (seeded by epoch)."""
+               seed: int, epoch: int, synthetic: float = 0.0) -> list[tuple[int, int, int, int, int]]:
+    """(image, y, x, source side, aug seed) per crop, shuffled; the same on every rank (seeded by epoch).
+
+    ``synthetic`` > 0: that fraction of the crops (drawn from a stream of their own, so the others stay as without)
+    become synthetic ones, marked by image -1 (:mod:`histowsss.data.synthesis`; side drawn as for the others)."""
     rng = np.random.default_rng([seed, epoch])
     lo, hi = scale_range
+
+    def draw_side(r: np.random.Generator) -> int:
+        s = math.exp(r.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
+        return max(8, int(round(crop / s)))
+
     plan = []
     for i, (h, w) in enumerate(sizes):
         for _ in range(per_image):
-            s = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
-            side = max(8, int(round(crop / s)))
+            side = draw_side(rng)
             y = int(rng.integers(0, max(h, side) - side + 1))
             x = int(rng.integers(0, max(w, side) - side + 1))
             plan.append((i, y, x, side, int(rng.integers(2**31))))
     order = rng.permutation(len(plan))
-    return [plan[j] for j in order]
+    plan = [plan[j] for j in order]
+    if synthetic > 0:
+        srng = np.random.default_rng([seed, epoch, 1])
+        for j in srng.choice(len(plan), int(round(synthetic * len(plan))), replace=False):
+            plan[j] = (-1, 0, 0, draw_side(srng), int(srng.integers(2**31)))
+    return plan
 
 
 def make_crop(img: np.ndarray, lab: np.ndarray, y: int, x: int, side: int, crop: int, aug, seed: int
@@ -187,10 +200,21 @@ def make_crop(img: np.ndarray, lab: np.ndarray, y: int, x: int, side: int, crop:
         lb = resize(np.ascontiguousarray(lb), crop / side, nearest=True)
         im, lb = im[:crop, :crop], lb[:crop, :crop]
     rng = np.random.default_rng(seed)
-    im = hed_jitter(im, rng, aug.hed_jitter)
+    im = hed_jitter(im, rng, aug.hed_jitter)  # (a synthetic crop's stain jitter is shared by its pieces)
     rot = int(rng.integers(4)) if aug.rot90 else 0
     k = rot + (4 if (aug.flips and rng.random() < 0.5) else 0)
     return dihedral(im, k), dihedral(lb, k)
+
+
+def _crop(c: tuple[int, int, int, int, int], images: list[np.ndarray], labels: list[np.ndarray], pools, crop: int,
+          aug) -> tuple[np.ndarray, np.ndarray]:
+    """The crop of plan entry ``c``: cut from its image, or (image -1) synthesised from ``pools``."""
+    if c[0] < 0:
+        from histowsss.data.synthesis import synthesize
+
+        img, lab = synthesize(images, pools, c[3], np.random.default_rng([c[4], 1]))
+        return make_crop(img, lab, 0, 0, c[3], crop, aug, c[4])
+    return make_crop(images[c[0]], labels[c[0]], c[1], c[2], c[3], crop, aug, c[4])
 
 
 # -------------------------------------------------------------------------------------------- status per rank
@@ -234,7 +258,7 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     if not samples:
         raise StepError(f"no training images: no manifest row has split in {train_splits(cfg)}")
     labels = load_labels(cfg, run, samples, source)
-    images = []
+    images: list[np.ndarray] = []
     for s, lab in zip(samples, labels):
         img = load_image(s.image, data)
         if img.shape[:2] != lab.shape:
@@ -245,6 +269,11 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     bad = sorted({int(v) for lab in labels for v in np.unique(lab) if v >= n_classes and v != IGNORE})
     if bad:
         raise StepError(f"{source} labels hold values {bad[:5]} that are not class ids (0..{n_classes - 1} or 255)")
+
+    pools = None
+    if ts.synthetic_fraction > 0 and not ts.supervised:
+        pools = _synthesis_pools(cfg, samples, images)
+        info.update(synthetic_patches={data.classes.names[c]: n for c, n in pools.counts().items()})
 
     n_members = ts.members
     t_start = time.time()
@@ -268,7 +297,7 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
             meta, model = done
         else:
             meta, model = _train_member(cfg, run, ctx, h, overwrite, images, labels, source, mt, ts.seed + k,
-                                        f"{k + 1}/{n_members}" if n_members > 1 else "")
+                                        f"{k + 1}/{n_members}" if n_members > 1 else "", pools)
             meta = {**base_meta, **meta}
             if ctx.is_main:
                 save_weights(checkpoint_path(run.path, mt), unwrap(model), meta)
@@ -283,6 +312,21 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     from histowsss.models.segnet import SegEnsemble
 
     return meta, SegEnsemble(models)
+
+
+def _synthesis_pools(cfg: RunConfig, samples: list[Sample], images: list[np.ndarray]):
+    """The single-class patches of the training images that synthetic crops are stitched from (a clear StepError
+    when there are too few)."""
+    from histowsss.data.synthesis import SynthesisError, single_class_pools
+
+    try:
+        pools = single_class_pools(samples, cfg.data, [im.shape[:2] for im in images])
+    except (SynthesisError, ValueError) as e:
+        raise StepError(f"train_seg.synthetic_fraction: {e}") from None
+    names = cfg.data.classes.names
+    print("synthetic crops from single-class patches: "
+          + ", ".join(f"{names[c]} {n}" for c, n in pools.counts().items()), flush=True)
+    return pools
 
 
 def _encoder_weights_record(cfg: RunConfig) -> dict:
@@ -313,7 +357,7 @@ def _finished_member(cfg: RunConfig, run_path: Path, mt: str, h: str) -> tuple[d
 
 
 def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, images: list[np.ndarray],
-                  labels: list[np.ndarray], source: str, t_: str, seed: int, which: str
+                  labels: list[np.ndarray], source: str, t_: str, seed: int, which: str, pools=None
                   ) -> tuple[dict, torch.nn.Module]:
     """Train one network (files ``<t_>_last`` / ``<t_>_train_state`` for resuming); returns (metadata, model)."""
     from histowsss.models.segnet import build_segnet, seg_loss
@@ -373,11 +417,11 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
             t0 = time.time()
             kind = "ce" if epoch < ts.loss_warmup_epochs else loss_kind
             plan = ctx.shard(epoch_plan(sizes, ts.crop_size, ts.crops_per_image, ts.augment.scale_range,
-                                        seed, epoch))
+                                        seed, epoch, ts.synthetic_fraction if pools is not None else 0.0))
             sums = np.zeros(5)  # loss * steps, steps, correct, valid pixels, label-probability sum
             chunks = [plan[b * ts.batch_size : (b + 1) * ts.batch_size] for b in range(steps_per_epoch)]
-            batches = prefetch_batches(chunks, lambda c: make_crop(images[c[0]], labels[c[0]], c[1], c[2], c[3],
-                                                                   ts.crop_size, ts.augment, c[4]), threads)
+            batches = prefetch_batches(chunks, lambda c: _crop(c, images, labels, pools, ts.crop_size, ts.augment),
+                                       threads)
             for crops in batches:
                 x_t = norm(torch.from_numpy(np.stack([c[0] for c in crops])).to(device))
                 if ts.channels_last:

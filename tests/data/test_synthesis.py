@@ -1,0 +1,69 @@
+"""Synthetic crops stitched from single-class patches (data/synthesis.py): exact masks, fitting pieces, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histowsss.config import load_config
+from histowsss.data.patches import Patch
+from histowsss.data.synthesis import PatchPools, SynthesisError, bezier_shape, cut_sizes, synthesize
+
+COLOURS = {0: (200, 30, 30), 1: (30, 30, 200), 2: (30, 200, 30)}
+
+
+def _solid_pools(n_classes: int = 2, size: int = 16) -> tuple[list[np.ndarray], PatchPools]:
+    """One image per class, every pixel the class's colour, each tiled into single-class patches."""
+    images = [np.tile(np.array(COLOURS[c], np.uint8), (48, 48, 1)) for c in range(n_classes)]
+    pools = {c: [(c, Patch(y, x, size)) for y in range(0, 33, 8) for x in range(0, 33, 8)] for c in range(n_classes)}
+    return images, PatchPools(pools, size)
+
+
+@pytest.mark.parametrize("length, most", [(10, 16), (40, 16), (200, 112), (17, 16), (640, 112)])
+def test_cut_sizes_fill_the_side_with_pieces_that_fit_a_patch(length: int, most: int):
+    for seed in range(20):
+        parts = cut_sizes(length, most, np.random.default_rng(seed))
+        assert sum(parts) == length and min(parts) >= 1 and max(parts) <= most
+
+
+def test_bezier_shape_is_one_smooth_blob_inside_its_square():
+    from scipy import ndimage
+
+    for seed in range(10):
+        m = bezier_shape(64, np.random.default_rng(seed))
+        assert m.shape == (64, 64) and 0.1 < m.mean() < 0.8
+        assert ndimage.label(ndimage.binary_opening(m))[1] >= 1
+        assert ndimage.label(m)[1] <= 3  # a closed curve: one region (a thin pinch may split off a sliver)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_synthetic_masks_are_exact(n_classes: int):
+    """Every pixel of a synthetic crop comes from a patch of the class its mask names, and borders show up."""
+    images, pools = _solid_pools(n_classes)
+    seen = np.zeros(n_classes)
+    mixed = 0
+    for seed in range(30):
+        img, lab = synthesize(images, pools, 40, np.random.default_rng(seed))
+        assert img.shape == (40, 40, 3) and lab.shape == (40, 40) and img.dtype == lab.dtype == np.uint8
+        for c in range(n_classes):
+            assert (img[lab == c] == COLOURS[c]).all()
+            seen[c] += (lab == c).mean()
+        mixed += len(np.unique(lab)) > 1
+    assert (seen > 0.2 * 30 / n_classes).all() and mixed >= 25
+
+
+def test_synthesis_is_deterministic_per_seed():
+    images, pools = _solid_pools()
+    a = synthesize(images, pools, 40, np.random.default_rng(3))
+    b = synthesize(images, pools, 40, np.random.default_rng(3))
+    assert all((x == y).all() for x, y in zip(a, b))
+
+
+def test_pools_need_mask_fraction_patch_labels_and_two_classes(tmp_path):
+    from histowsss.data.synthesis import single_class_pools
+
+    cfg = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}"])
+    with pytest.raises(SynthesisError, match="label_rule: mask_fraction"):
+        single_class_pools([], cfg.data, [])
+    with pytest.raises(Exception, match="synthetic_fraction needs patch labels"):
+        load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", "train_seg.synthetic_fraction=0.25"])
