@@ -117,7 +117,7 @@ class PatchConfig(Strict):
 # them to a finished run's config does not make steps redo their work.
 # data.mpp: metadata; train_cam.small_images: refuse gives the mirror network or nothing; train_seg.channels_last: a
 # memory layout (the same network up to float rounding, as with another thread count)
-HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last")
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last", "train_seg.grad_checkpointing")
 # Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
 LATE_SECTIONS = ("points",)
 
@@ -584,6 +584,10 @@ class TrainSegConfig(Strict):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     cpu_amp: bool = Field(False, description="bfloat16 autocast for training on the CPU too (fast on CPUs with "
                           "AVX512-BF16 or AMX, slow on others, which train_seg names; inference: eval_seg.cpu_amp)")
+    grad_checkpointing: bool = Field(False, description="recompute the encoder's activations in the backward pass "
+                                     "instead of keeping them (timm's gradient checkpointing): less training memory "
+                                     "for fine-tuning a deep encoder (a ViT-L on a GPU), one more encoder forward per "
+                                     "step; the same gradients, so not part of the config hash")
     channels_last: bool = Field(True, description="the network's weights in channels-last memory layout (as its crops "
                                 "are); a layout, so not part of the config hash, though like another thread count it "
                                 "changes the float rounding")
@@ -623,6 +627,9 @@ class TrainSegConfig(Strict):
                              "card; UNI: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])")
         if self.labels == "folder" and not self.label_dir:
             raise ValueError("train_seg.labels=folder needs train_seg.label_dir (a folder of class-id PNGs)")
+        if self.grad_checkpointing and self.freeze_encoder:
+            raise ValueError("train_seg.grad_checkpointing saves nothing with train_seg.freeze_encoder (a frozen "
+                             "encoder keeps no activations for the backward pass); set one of them false")
         return self
 
 

@@ -333,3 +333,42 @@ def test_the_network_check_meets_the_file_as_the_build_does(tmp_path):
         read_state_dict(tmp_path / "cut.safetensors")
     with pytest.raises(WeightsError, match=r"\['activation'\]: arguments of smp's Unet itself"):
         SegNet("unet", "test_efficientnet", "none", 2, model_kwargs={"activation": "sigmoid"})
+
+
+@pytest.mark.parametrize("arch,encoder,kwargs", [("unet", "test_efficientnet", {}),
+                                                 ("dpt", "vit_tiny_patch16_224", {"depth": 4})])
+def test_gradient_checkpointing_recomputes_the_encoder_and_keeps_the_gradients(arch, encoder, kwargs, monkeypatch):
+    import timm.models._features as features
+    import timm.models.efficientnet as effnet
+    import timm.models.vision_transformer as vit
+
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        net = SegNet(arch, encoder, "none", 2, [16, 16, 8, 8, 8] if arch == "unet" else [16], kwargs)
+        calls = []
+        for mod in (features, effnet, vit):
+            real = mod.checkpoint
+            monkeypatch.setattr(mod, "checkpoint", lambda f, *a, _r=real, **k: calls.append(1) or _r(f, *a, **k))
+        if on:
+            net.set_grad_checkpointing()
+        x = torch.randn(2, 3, 64, 64)
+        seg_loss(net.train()(x), torch.randint(0, 2, (2, 64, 64)), "ce").backward()
+        assert bool(calls) == on  # the encoder really is recomputed (and only when asked)
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+
+
+def test_gradient_checkpointing_is_refused_where_it_cannot_help(tmp_path):
+    from histowsss.config import load_config
+
+    with pytest.raises(Exception, match="saves nothing with train_seg.freeze_encoder"):
+        load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", "train_seg.grad_checkpointing=true",
+                             "train_seg.freeze_encoder=true"])
+    a, b = (load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", f"train_seg.grad_checkpointing={v}"])
+            for v in ("false", "true"))
+    from histowsss.steps import train_seg
+
+    assert train_seg.config_hash(a) == train_seg.config_hash(b)  # the same gradients: the same network

@@ -526,3 +526,15 @@ def test_a_stopped_train_seg_starts_over_on_a_changed_encoder_file(dataset: Path
         with pytest.raises(StepError, match="train_seg could not build its network: .*" + why):
             run_pipeline(bad, RunDir(tmp_path / "run3", bad).init(), log=lambda m: None)
         assert not (tmp_path / "run3" / "status" / "train_cam.json").exists()
+
+
+def test_gradient_checkpointing_reaches_the_trained_encoder(dataset: Path, tmp_path: Path):
+    from histowsss.engine.distributed import init_distributed
+
+    cfg = make_cfg(dataset, "train_seg.epochs=1", "train_seg.grad_checkpointing=true")
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    subset = samples_for(cfg, seg_labels.train_splits(cfg))[:2]
+    _, model = train_seg.fit(cfg, run, init_distributed(cfg.device), train_seg.config_hash(cfg), True, {},
+                             samples=subset)
+    assert model.net.encoder.model.grad_checkpointing

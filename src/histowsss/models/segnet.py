@@ -98,6 +98,17 @@ class SegNet(nn.Module):
         self.net.encoder.eval()
         return self
 
+    def set_grad_checkpointing(self, enable: bool = True) -> "SegNet":
+        """Recompute the encoder's activations in the backward pass instead of keeping them (timm's gradient
+        checkpointing: less training memory for a deep encoder, a ViT-L say, at the cost of a second forward through
+        it; the gradients are the same). Raises ValueError for an encoder timm cannot checkpoint."""
+        model = self.net.encoder.model
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"timm encoder {self.encoder_name!r} ({type(model).__name__}) has no gradient "
+                             "checkpointing; set train_seg.grad_checkpointing=false")
+        model.set_grad_checkpointing(enable)
+        return self
+
     def train(self, mode: bool = True) -> "SegNet":
         super().train(mode)
         if self.encoder_frozen:

@@ -370,6 +370,11 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     model = build_segnet(ts, n_classes)
     if ts.freeze_encoder:
         model.freeze_encoder()
+    if ts.grad_checkpointing:
+        try:
+            model.set_grad_checkpointing()
+        except ValueError as e:
+            raise StepError(str(e)) from None
     model = model.to(device)
     # a pretrained encoder kept frozen is rebuilt from its file on resume: the per-epoch resume point leaves it out
     skip = "net.encoder." if ts.freeze_encoder and ts.encoder_weights != "none" else None
