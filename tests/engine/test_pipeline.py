@@ -253,3 +253,45 @@ def test_a_dry_run_says_what_would_run_and_why_and_writes_nothing(tmp_path, monk
     r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "run2"), "--dry-run", "--set",
                                  f"train_seg.encoder_weights={tmp_path / 'gone.safetensors'}"])
     assert r.exit_code != 0 and "train_seg.encoder_weights is not a file" in " ".join(r.output.split())
+
+
+def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, monkeypatch):
+    """A backbone train_cam could not build, or whose weights file does not fit it, stops the run before any step
+    (not when train_cam starts); a step already finished with it is not checked again."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import train_cam
+
+    monkeypatch.chdir(tmp_path)
+    vit = tmp_path / "vit.safetensors"
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in timm.create_model("vit_tiny_patch16_224", num_classes=0)
+               .state_dict().items()}, str(vit))
+    base = ["backbone.name=vit_tiny_patch16_224", f"backbone.weights={vit}", "backbone.frozen_stages=0"]
+    for extra, why in [([], "set backbone.mean and backbone.std"),
+                       (["backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]", "backbone.name=vit_small_patch16_224"],
+                        "another architecture"),
+                       (["backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]", "backbone.frozen_stages=2"],
+                        "frozen whole")]:
+        cfg = load_config("demo", [*base, *extra])
+        rd = RunDir(tmp_path / "run", cfg).init()
+        monkeypatch.setattr(train_cam, "run", lambda *a, **k: pytest.fail("train_cam ran"))
+        with pytest.raises(StepError, match="train_cam could not build its network: .*" + why):
+            run_pipeline(cfg, rd, None, "eval_cam", log=lambda m: None)
+    good = load_config("demo", [*base, "backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]"])
+    rd = RunDir(tmp_path / "run", good)
+    from histowsss.engine import pipeline
+
+    built: list[str] = []
+    real = pipeline._check_network
+    monkeypatch.setattr(pipeline, "_check_network", lambda c, k, s: built.append(k) or real(c, k, s))
+    plan_steps(good, rd, None, "make_sem_seg_labels")  # (which checks the inputs)
+    assert built == ["train_cam"]  # once for the three steps that build the backbone
+    with rd.step("train_cam", train_cam.config_hash(good)):
+        pass
+    built.clear()
+    plan_steps(good, rd, "make_cam", "eval_cam")
+    assert built == []  # nothing ahead builds the backbone from its file

@@ -134,7 +134,7 @@ def test_resumes_from_the_last_finished_epoch(dataset: Path, tmp_path: Path, mon
     first = json.loads((run.path / "logs" / "train_seg.jsonl").read_text().splitlines()[0])
     epochs_run: list[int] = []
     real_plan = train_seg.epoch_plan
-    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a, **k: epochs_run.append(a[5]) or real_plan(*a, **k))
     train_seg.run(cfg, run)
     assert epochs_run == [1]  # epoch 0 was not trained again
     log = [json.loads(x) for x in (run.path / "logs" / "train_seg.jsonl").read_text().splitlines()]
@@ -224,7 +224,7 @@ def test_a_killed_overwrite_is_not_resumed_as_the_network_it_replaces(dataset: P
         train_seg.run(cfg, run, overwrite=True)
     assert not (ck / "seg.safetensors").exists() and not (ck / "seg_train_state.pt").exists()
     plans: list[int] = []
-    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: plans.append(a[-1]) or real_plan(*a))
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a, **k: plans.append(a[5]) or real_plan(*a, **k))
     train_seg.run(cfg, run)
     assert plans == list(range(cfg.train_seg.epochs))  # trained from the start, not resumed from the old run's state
     assert (ck / "seg.safetensors").exists() and run.status("train_seg")["state"] == "done"
@@ -252,7 +252,7 @@ def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset:
     monkeypatch.setattr(checkpoints, "save_train_state", original)
     plans: list[tuple[int, int]] = []
     real_plan = train_seg.epoch_plan
-    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: plans.append((a[-2], a[-1])) or real_plan(*a))
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a, **k: plans.append((a[4], a[5])) or real_plan(*a, **k))
     train_seg.run(cfg, run)
     # the finished member is kept; the second resumes after its first epoch, with its own seed (seed + 1)
     assert plans == [(1, 1)] and (ck / "seg.safetensors").stat().st_mtime_ns == first_member
@@ -506,7 +506,7 @@ def test_a_stopped_train_seg_starts_over_on_a_changed_encoder_file(dataset: Path
     write(1)
     epochs_run: list[int] = []
     real_plan = train_seg.epoch_plan
-    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a: epochs_run.append(a[-1]) or real_plan(*a))
+    monkeypatch.setattr(train_seg, "epoch_plan", lambda *a, **k: epochs_run.append(a[5]) or real_plan(*a, **k))
     capsys.readouterr()
     train_seg.run(cfg, run)
     assert epochs_run == [0, 1] and "trained on other weights" in capsys.readouterr().out

@@ -32,15 +32,16 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     ``requires(cfg)``) that neither finished with this configuration nor comes earlier in the plan (``--from`` past
     a step whose outputs are missing or of other settings)."""
     scheduled: set[str] = set()
-    checked_segnet = False
+    checked: set[str] = set()  # the networks built on the meta device: once per plan
     for _, mod, h, key, off in plan:
         if off:
             continue
         if overwrite or not (run.is_done(key, h) or _legacy_done(cfg, run, key)):
             _check_weights_file(cfg, key)
-            if key in ("train_seg", "train_seg_supervised") and not checked_segnet:
-                _check_segnet(cfg, key)
-                checked_segnet = True
+            setting = WEIGHTS_FILE_STEPS.get(key)
+            if setting is not None and setting not in checked:
+                _check_network(cfg, key, setting)
+                checked.add(setting)
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
                 if need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need):
                     continue
@@ -69,25 +70,32 @@ def _check_weights_file(cfg: RunConfig, key: str) -> None:
                         f"{Path.cwd()}); {key} builds its network from it. Fix the path, or set {setting}=none")
 
 
-def _check_segnet(cfg: RunConfig, key: str) -> None:
-    """StepError, before any step runs, when step ``key`` could not build its network (architecture, encoder,
-    encoder_model_kwargs) or its encoder weights file does not fit it: not after the CAM and IRN steps."""
+def _check_network(cfg: RunConfig, key: str, setting: str) -> None:
+    """StepError, before any step runs, when step ``key`` could not build its network (the CAM backbone for
+    ``backbone.weights``; train_seg's architecture, encoder and encoder_model_kwargs for
+    ``train_seg.encoder_weights``) or its weights file does not fit it: not an hour into the run."""
+    from histowsss.models.backbone import check_backbone
     from histowsss.models.segnet import check_segnet
     from histowsss.models.weights import WeightsError
 
-    w = Path(cfg.train_seg.encoder_weights).expanduser()
+    section = setting.split(".")[0]
+    w = Path(getattr(getattr(cfg, section), setting.split(".")[1])).expanduser()
     st = w.stat() if w.is_file() else None
-    done = (cfg.train_seg.model_dump_json(), len(cfg.data.classes.names), st and (st.st_size, st.st_mtime_ns))
-    if done in _SEGNETS_CHECKED:  # (`run` plans twice: before its lock, and when it runs; a file is read once)
+    done = (setting, getattr(cfg, section).model_dump_json(), len(cfg.data.classes.names),
+            st and (st.st_size, st.st_mtime_ns))
+    if done in _NETWORKS_CHECKED:  # (`run` plans twice: before its lock, and when it runs; a file is read once)
         return
     try:
-        check_segnet(cfg.train_seg, len(cfg.data.classes.names))
+        if section == "backbone":
+            check_backbone(cfg.backbone)
+        else:
+            check_segnet(cfg.train_seg, len(cfg.data.classes.names))
     except (WeightsError, ValueError) as e:
         raise StepError(f"{key} could not build its network: {e}") from None
-    _SEGNETS_CHECKED.add(done)
+    _NETWORKS_CHECKED.add(done)
 
 
-_SEGNETS_CHECKED: set[tuple] = set()  # the train_seg settings (and weights file) _check_segnet passed
+_NETWORKS_CHECKED: set[tuple] = set()  # the network settings (and weights file) _check_network passed
 
 
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:

@@ -207,6 +207,19 @@ def timm_kwargs(model_kwargs: dict, where: str) -> dict:
     return extra
 
 
+def check_backbone(cfg: BackboneConfig) -> None:
+    """Build the backbone ``cfg`` describes on the meta device (no memory, no weights) and check that its weights
+    file fits it: the WeightsError train_cam would raise (unknown name, refused model_kwargs, a ViT off its token
+    grid or without backbone.mean / std for a file, a file of another architecture), before any step runs
+    (``histowsss run`` calls this when it plans a step that builds the backbone)."""
+    with torch.device("meta"):
+        StagedBackbone(cfg, load_pretrained=False)
+        model = _create(cfg)
+    if cfg.weights not in ("imagenet", "none"):
+        load_into(model, read_state_dict(Path(cfg.weights).expanduser(), shapes_only=True), cfg.weights,
+                  check_only=True)
+
+
 def _create(cfg: BackboneConfig) -> nn.Module:
     """The timm model (no head), at ``cfg.output_stride``; a vision transformer with a resizable token grid."""
     kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}

@@ -422,7 +422,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
             t0 = time.time()
             kind = "ce" if epoch < ts.loss_warmup_epochs else loss_kind
             plan = ctx.shard(epoch_plan(sizes, ts.crop_size, ts.crops_per_image, ts.augment.scale_range,
-                                        seed, epoch, ts.synthetic_fraction if pools is not None else 0.0))
+                                        seed, epoch, synthetic=ts.synthetic_fraction if pools is not None else 0.0))
             sums = np.zeros(5)  # loss * steps, steps, correct, valid pixels, label-probability sum
             chunks = [plan[b * ts.batch_size : (b + 1) * ts.batch_size] for b in range(steps_per_epoch)]
             batches = prefetch_batches(chunks, lambda c: _crop(c, images, labels, pools, ts.crop_size, ts.augment),
