@@ -372,3 +372,43 @@ def test_gradient_checkpointing_is_refused_where_it_cannot_help(tmp_path):
     from histowsss.steps import train_seg
 
     assert train_seg.config_hash(a) == train_seg.config_hash(b)  # the same gradients: the same network
+
+
+@pytest.mark.parametrize("arch,encoder,kwargs", [("unet", "test_efficientnet", {}),
+                                                 ("dpt", "vit_small_patch14_reg4_dinov2",
+                                                  {"embed_dim": 48, "num_heads": 2, "depth": 4})])
+def test_an_ensemble_on_one_frozen_encoder_holds_and_runs_it_once(arch, encoder, kwargs, tmp_path):
+    """Members trained on one frozen pretrained encoder carry identical encoders: the ensemble keeps one and runs it
+    once per input, with the same averaged probabilities; members with encoders of their own keep them."""
+    from safetensors.torch import save_file
+
+    from histowsss.models.segnet import SegEnsemble, SharedEncoder
+
+    def member(seed: int) -> SegNet:
+        torch.manual_seed(seed)  # the decoders differ, the encoders are the file's
+        return SegNet(arch, encoder, str(path), 2, [16, 16, 8, 8, 8] if arch == "unet" else [16], kwargs,
+                      mean=(0.5,) * 3, std=(0.2,) * 3).freeze_encoder().eval()
+
+    torch.manual_seed(0)
+    path = tmp_path / "enc.safetensors"
+    donor = SegNet(arch, encoder, "none", 2, [16, 16, 8, 8, 8] if arch == "unet" else [16], kwargs,
+                   prune_unread=False).net.encoder.model
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(path))
+    members = [member(s) for s in (1, 2, 3)]
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0).log()
+        calls = []
+        members[0].net.encoder.register_forward_hook(lambda *a: calls.append(1))
+        ens = SegEnsemble(members).eval()
+        assert isinstance(ens.shared, SharedEncoder) and all(m.net.encoder is ens.shared for m in ens.members)
+        assert torch.allclose(ens(x), expected, atol=1e-5)
+        assert len(calls) == 1  # one encoder pass for three members
+        assert torch.allclose(ens(x * 0.5), SegEnsemble([member(s) for s in (1, 2, 3)])(x * 0.5), atol=1e-5)
+        assert len(calls) == 2
+        n_params = sum(p.numel() for p in ens.parameters())  # (parameters() lists a shared tensor once)
+        assert n_params < sum(p.numel() for m in (member(1), member(2), member(3)) for p in m.parameters())
+        fine_tuned = [member(s) for s in (1, 2)]
+        with torch.no_grad():
+            next(fine_tuned[1].net.encoder.parameters()).add_(1e-3)
+        assert SegEnsemble(fine_tuned).shared is None  # encoders of their own: each kept and run

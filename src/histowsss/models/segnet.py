@@ -250,14 +250,70 @@ class SegEnsemble(nn.Module):
         norms = {(tuple(m.mean), tuple(m.std)) for m in members}
         if len(norms) != 1:
             raise ValueError(f"ensemble members expect different input normalisations: {sorted(norms)}")
+        self.shared = _share_identical_encoders(members)
         self.members = nn.ModuleList(members)
         self.mean, self.std = first.mean, first.std
         self.size_divisor = math.lcm(*(int(m.size_divisor) for m in members))
         self.num_classes = first.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        with self.shared.once() if self.shared is not None else contextlib.nullcontext():
+            probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
         return probs.clamp_min(1e-12).log()
+
+
+class SharedEncoder(nn.Module):
+    """One encoder in place of several identical ones (the members of an ensemble trained on one frozen pretrained
+    encoder): held once, and inside :meth:`once` run once per input, its output handed to every member."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self._cache: list | None = None
+
+    @contextlib.contextmanager
+    def once(self):
+        """Within this block, an input equal to the one before gets that input's output (not computed again)."""
+        self._cache = []
+        try:
+            yield
+        finally:
+            self._cache = None
+
+    def forward(self, x: torch.Tensor):
+        if self._cache is None:
+            return self.encoder(x)
+        if self._cache and self._cache[0].shape == x.shape and torch.equal(self._cache[0], x):
+            return self._cache[1]
+        out = self.encoder(x)
+        self._cache[:] = [x, out]
+        return out
+
+    def __getattr__(self, name: str):  # smp reads the encoder's attributes (out_channels, output_stride ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("encoder"), name)
+
+
+def _share_identical_encoders(members: list[nn.Module]) -> SharedEncoder | None:
+    """When every member is a SegNet whose encoder holds the same tensors as the first's (an ensemble on one frozen
+    pretrained encoder: a ViT-L is 1.2 GB), put one :class:`SharedEncoder` in all of them; None otherwise."""
+    if len(members) < 2 or not all(isinstance(m, SegNet) for m in members):
+        return None
+    encoders = [m.net.encoder for m in members]
+    if any(isinstance(e, SharedEncoder) for e in encoders):
+        return None
+    ref = encoders[0].state_dict()
+    for e in encoders[1:]:
+        sd = e.state_dict()
+        if sd.keys() != ref.keys() or any(sd[k].shape != ref[k].shape or not torch.equal(sd[k], ref[k])
+                                          for k in ref):
+            return None
+    shared = SharedEncoder(encoders[0])
+    for m in members:
+        m.net.encoder = shared
+    return shared
 
 
 def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
