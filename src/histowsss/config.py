@@ -720,10 +720,13 @@ class RunConfig(Strict):
         if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
             raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
                              "mask_fraction); set train_seg.patch_veto=false for image-level labels")
-        if self.train_seg.synthetic_fraction > 0 and (p is None or p.label_rule != "mask_fraction"):
-            raise ValueError("train_seg.synthetic_fraction needs patch labels read from masks (data.patches with "
-                             "label_rule: mask_fraction): a label inherited from the image does not say a patch is "
-                             "all one class; set train_seg.synthetic_fraction=0")
+        if self.train_seg.synthetic_fraction > 0:
+            from histowsss.data.synthesis import SOURCE_FIX, synthesis_source
+
+            if synthesis_source(self.data) is None:
+                raise ValueError(f"train_seg.synthetic_fraction: {SOURCE_FIX}; an image label with an implicit "
+                                 "background, or a patch label inherited from it, does not say a region is all one "
+                                 "class; set train_seg.synthetic_fraction=0")
         if self.train_cam.network == "rpnet" and self.train_cam.pooling != "gap":
             raise ValueError("train_cam.pooling=topk is for network: cam (RPNet's branches pool by average); set "
                              "train_cam.pooling=gap or train_cam.network=cam")

@@ -1,12 +1,14 @@
 """Synthetic training crops with exact masks, stitched from single-class patches (image-mixing synthesis).
 
 A patch whose label names one class only (by the mask-fraction rule: more than ``1 - min_fraction`` of its pixels
-are that class) is a piece of tissue whose class is known pixel for pixel, up to that fraction. Mixing such pieces
+are that class), or a training image whose multi-label tissue label names one class only (patch data sets such as
+WSSS4LUAD / LUAD-HistoSeg, whose labels list every tissue present), is a piece of tissue whose class is known pixel
+for pixel. Mixing such pieces
 gives images whose masks are exact, with sharp class borders that pseudo-masks, blurred by the CAM, lack. This is
 the synthesis of PistoSeg (Fang et al., AAAI 2023: a mosaic of single-label patches) and HisynSeg (Fang et al.,
 2024: mosaics and Bezier-curve shapes), used here beside the pseudo-masks, not instead of them
 (``train_seg.synthetic_fraction``). A synthetic crop is a mosaic of rectangular pieces of single-class patches
-(each piece no larger than a patch), with one or two smooth closed shapes (Bezier curves through random points
+(each piece no larger than the smallest single-class region), with one or two smooth closed shapes (Bezier curves through random points
 around a centre) of another single-class patch pasted on top. Its borders are artificial (a cut through tissue,
 not a gland's outline), so it teaches where one texture ends, not what an outline looks like.
 """
@@ -27,10 +29,21 @@ from histowsss.data.transforms import dihedral
 
 
 @dataclass(frozen=True)
-class PatchPools:
-    """Single-class patches per class id: ``pools[c]`` lists (image index, Patch)."""
+class Region:
+    """A single-class rectangle of training image ``image``: top-left (y, x), height, width (scaled pixels)."""
 
-    pools: dict[int, list[tuple[int, Patch]]]
+    image: int
+    y: int
+    x: int
+    h: int
+    w: int
+
+
+@dataclass(frozen=True)
+class PatchPools:
+    """Single-class regions per class id; ``patch_size``: the largest square every region holds (a piece's most)."""
+
+    pools: dict[int, list[Region]]
     patch_size: int
 
     @property
@@ -47,25 +60,53 @@ class SynthesisError(ValueError):
     """The training data hold too few single-class patches to synthesise from."""
 
 
-def single_class_pools(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> PatchPools:
-    """Every patch (``data.patches``, labels by mask fraction) whose label names exactly one class, by class.
+def synthesis_source(data: DataConfig) -> str | None:
+    """Where single-class tissue comes from: ``patches`` (``data.patches`` labelled by mask fraction), ``images``
+    (multi-label tissue labels, no implicit background class: an image labelled with one class is all that class),
+    or None when neither says a region is all one class (an image label with an implicit background, as in
+    glas-malignant, or patch labels inherited from the image)."""
+    if data.patches is not None:
+        return "patches" if data.patches.label_rule == "mask_fraction" else None
+    if data.has_labels and data.multi_label and data.classes.background is None:
+        return "images"
+    return None
 
-    Needs ``data.patches.label_rule: mask_fraction``: a patch label inherited from the image does not say that the
-    patch is all one class. Raises :class:`SynthesisError` when fewer than two classes have such patches.
+
+SOURCE_FIX = ("synthetic crops need regions known to be one class: patch labels read from masks (data.patches with "
+              "label_rule: mask_fraction) or multi-label tissue labels without a background class (data.multi_label: "
+              "true, data.classes.background: null; an image labelled with one class is all that class)")
+
+
+def single_class_pools(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> PatchPools:
+    """The regions of the training images known to be one class, by class (:func:`synthesis_source`): every patch
+    whose mask-fraction label names one class, or every image whose tissue label names one class.
+
+    Raises :class:`SynthesisError` without such a source, or when fewer than two classes have such regions.
     """
-    if data.patches is None or data.patches.label_rule != "mask_fraction":
-        raise SynthesisError("synthetic crops need patch labels read from masks (data.patches with label_rule: "
-                             "mask_fraction); set train_seg.synthetic_fraction=0")
-    pools: dict[int, list[tuple[int, Patch]]] = {c: [] for c in range(len(data.classes.names))}
-    for ex in patch_examples(samples, data, sizes):
-        hot = np.flatnonzero(ex.target > 0)
-        if len(hot) == 1:
-            pools[int(hot[0])].append((ex.image, Patch(ex.y, ex.x, ex.size)))
-    out = PatchPools(pools, data.patches.size)
+    source = synthesis_source(data)
+    if source is None:
+        raise SynthesisError(f"{SOURCE_FIX}; set train_seg.synthetic_fraction=0")
+    pools: dict[int, list[Region]] = {c: [] for c in range(len(data.classes.names))}
+    if source == "patches":
+        for ex in patch_examples(samples, data, sizes):
+            hot = np.flatnonzero(ex.target > 0)
+            if len(hot) == 1:
+                pools[int(hot[0])].append(Region(ex.image, ex.y, ex.x, ex.size, ex.size))
+    else:
+        for i, (s, (h, w)) in enumerate(zip(samples, sizes)):
+            hot = np.flatnonzero(s.target(data.classes) > 0)
+            if len(hot) == 1:
+                pools[int(hot[0])].append(Region(i, 0, 0, h, w))
+    regions = [r for v in pools.values() for r in v]
+    what = "patches" if source == "patches" else "images"
+    out = PatchPools(pools, min((min(r.h, r.w) for r in regions), default=0))
     if len(out.classes) < 2:
         names = {data.classes.names[c]: n for c, n in out.counts().items()}
-        raise SynthesisError(f"synthetic crops need single-class patches of at least two classes; the training "
+        raise SynthesisError(f"synthetic crops need single-class {what} of at least two classes; the training "
                              f"images have {names}; set train_seg.synthetic_fraction=0")
+    if out.patch_size < 8:
+        raise SynthesisError(f"the smallest single-class {what[:-1]} is {out.patch_size} px across, too small to cut "
+                             "pieces from; set train_seg.synthetic_fraction=0")
     return out
 
 
@@ -110,9 +151,13 @@ def bezier_shape(side: int, rng: np.random.Generator, points: int = 7) -> np.nda
 
 def _piece(images: list[np.ndarray], pools: PatchPools, cls: int, h: int, w: int,
            rng: np.random.Generator) -> np.ndarray:
-    """An (h, w) window of a random single-class patch of class ``cls``, in a random dihedral pose."""
-    i, p = pools.pools[cls][int(rng.integers(len(pools.pools[cls])))]
-    tile = dihedral(crop_padded(images[i], p), int(rng.integers(8)))
+    """An (h, w) window of a random single-class region of class ``cls``, in a random dihedral pose."""
+    r = pools.pools[cls][int(rng.integers(len(pools.pools[cls])))]
+    if r.h == r.w:
+        tile = crop_padded(images[r.image], Patch(r.y, r.x, r.h))
+    else:
+        tile = images[r.image][r.y : r.y + r.h, r.x : r.x + r.w]
+    tile = dihedral(tile, int(rng.integers(8)))
     y = int(rng.integers(0, tile.shape[0] - h + 1))
     x = int(rng.integers(0, tile.shape[1] - w + 1))
     return tile[y : y + h, x : x + w]
