@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from histowsss.config import load_config
-from histowsss.data.synthesis import PatchPools, Region, SynthesisError, bezier_shape, cut_sizes, synthesize
+from histowsss.data.synthesis import RegionPools, Region, SynthesisError, bezier_shape, cut_sizes, synthesize
 
 COLOURS = {0: (200, 30, 30), 1: (30, 30, 200), 2: (30, 200, 30)}
 
 
-def _solid_pools(n_classes: int = 2, size: int = 16) -> tuple[list[np.ndarray], PatchPools]:
+def _solid_pools(n_classes: int = 2, size: int = 16) -> tuple[list[np.ndarray], RegionPools]:
     """One image per class, every pixel the class's colour, each tiled into single-class patches."""
     images = [np.tile(np.array(COLOURS[c], np.uint8), (48, 48, 1)) for c in range(n_classes)]
     pools = {c: [Region(c, y, x, size, size) for y in range(0, 33, 8) for x in range(0, 33, 8)]
              for c in range(n_classes)}
-    return images, PatchPools(pools, size)
+    return images, RegionPools(pools, size)
 
 
 @pytest.mark.parametrize("length, most", [(10, 16), (40, 16), (200, 112), (17, 16), (640, 112)])
@@ -93,7 +93,7 @@ def test_single_class_images_of_multi_label_tissue_data_are_a_source(tmp_path):
 
     images = [load_image(s.image, cfg.data) for s in samples]
     pools = single_class_pools(samples, cfg.data, [im.shape[:2] for im in images])
-    assert pools.counts() == {0: 2, 1: 1} and pools.patch_size == 36
+    assert pools.counts() == {0: 2, 1: 1} and pools.most == 36
     for seed in range(10):
         img, lab = synthesize(images, pools, 64, np.random.default_rng(seed))
         assert (img[lab == 0] == COLOURS[0]).all() and (img[lab == 1] == COLOURS[1]).all()

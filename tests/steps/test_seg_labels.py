@@ -239,7 +239,7 @@ def test_synthetic_crops_replace_a_fraction_of_the_weak_crops(dataset: Path, tmp
     fake_pseudo(cfg, run, noise=0.3)
     train_seg.run(cfg, run)
     st = run.status("train_seg")
-    assert set(st["synthetic_patches"]) == {"benign", "malignant"} and min(st["synthetic_patches"].values()) > 0
+    assert set(st["synthetic_regions"]) == {"benign", "malignant"} and min(st["synthetic_regions"].values()) > 0
     n = len(samples_for(cfg, seg_labels.train_splits(cfg))) * cfg.train_seg.crops_per_image
     assert len(made) == round(0.5 * n)
     assert any(len(np.unique(lab)) > 1 for _, lab in made)

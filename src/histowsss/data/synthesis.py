@@ -40,24 +40,24 @@ class Region:
 
 
 @dataclass(frozen=True)
-class PatchPools:
-    """Single-class regions per class id; ``patch_size``: the largest square every region holds (a piece's most)."""
+class RegionPools:
+    """Single-class regions per class id; ``most``: the largest square every region holds (a piece's longest side)."""
 
     pools: dict[int, list[Region]]
-    patch_size: int
+    most: int
 
     @property
     def classes(self) -> list[int]:
-        """Class ids that have at least one single-class patch."""
+        """Class ids that have at least one single-class region."""
         return sorted(c for c, v in self.pools.items() if v)
 
     def counts(self) -> dict[int, int]:
-        """Single-class patches per class id."""
+        """Single-class regions per class id."""
         return {c: len(v) for c, v in sorted(self.pools.items())}
 
 
 class SynthesisError(ValueError):
-    """The training data hold too few single-class patches to synthesise from."""
+    """The training data hold no source of, or too few, single-class regions to synthesise from."""
 
 
 def synthesis_source(data: DataConfig) -> str | None:
@@ -77,7 +77,7 @@ SOURCE_FIX = ("synthetic crops need regions known to be one class: patch labels 
               "true, data.classes.background: null; an image labelled with one class is all that class)")
 
 
-def single_class_pools(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> PatchPools:
+def single_class_pools(samples: list[Sample], data: DataConfig, sizes: list[tuple[int, int]]) -> RegionPools:
     """The regions of the training images known to be one class, by class (:func:`synthesis_source`): every patch
     whose mask-fraction label names one class, or every image whose tissue label names one class.
 
@@ -99,20 +99,20 @@ def single_class_pools(samples: list[Sample], data: DataConfig, sizes: list[tupl
                 pools[int(hot[0])].append(Region(i, 0, 0, h, w))
     regions = [r for v in pools.values() for r in v]
     what = "patches" if source == "patches" else "images"
-    out = PatchPools(pools, min((min(r.h, r.w) for r in regions), default=0))
+    out = RegionPools(pools, min((min(r.h, r.w) for r in regions), default=0))
     if len(out.classes) < 2:
         names = {data.classes.names[c]: n for c, n in out.counts().items()}
         raise SynthesisError(f"synthetic crops need single-class {what} of at least two classes; the training "
                              f"images have {names}; set train_seg.synthetic_fraction=0")
-    if out.patch_size < 8:
-        raise SynthesisError(f"the smallest single-class {what[:-1]} is {out.patch_size} px across, too small to cut "
+    if out.most < 8:
+        raise SynthesisError(f"the smallest single-class {what[:-1]} is {out.most} px across, too small to cut "
                              "pieces from; set train_seg.synthetic_fraction=0")
     return out
 
 
 def cut_sizes(length: int, most: int, rng: np.random.Generator) -> list[int]:
-    """Random lengths summing to ``length``, each in [most // 4, most] (one piece when ``length <= most`` and a coin
-    says so), for a mosaic whose pieces each fit in a patch of side ``most``."""
+    """Random lengths summing to ``length``, each at most ``most`` and mostly at least ``most // 4`` (a side no longer
+    than ``most`` is cut in two three times in four), for a mosaic whose pieces each fit in a region."""
     n = max(1, math.ceil(length / most))
     if n == 1 and length >= 8 and rng.random() < 0.75:
         n = 2
@@ -149,7 +149,7 @@ def bezier_shape(side: int, rng: np.random.Generator, points: int = 7) -> np.nda
     return mask
 
 
-def _piece(images: list[np.ndarray], pools: PatchPools, cls: int, h: int, w: int,
+def _piece(images: list[np.ndarray], pools: RegionPools, cls: int, h: int, w: int,
            rng: np.random.Generator) -> np.ndarray:
     """An (h, w) window of a random single-class region of class ``cls``, in a random dihedral pose."""
     r = pools.pools[cls][int(rng.integers(len(pools.pools[cls])))]
@@ -163,12 +163,12 @@ def _piece(images: list[np.ndarray], pools: PatchPools, cls: int, h: int, w: int
     return tile[y : y + h, x : x + w]
 
 
-def synthesize(images: list[np.ndarray], pools: PatchPools, side: int, rng: np.random.Generator,
+def synthesize(images: list[np.ndarray], pools: RegionPools, side: int, rng: np.random.Generator,
                shapes: tuple[int, int] = (1, 2)) -> tuple[np.ndarray, np.ndarray]:
     """A ``side`` square image (uint8 RGB) and its class map (uint8): a mosaic of single-class pieces, with
     ``shapes`` (low, high) smooth shapes of other classes pasted on top."""
     classes = pools.classes
-    most = pools.patch_size
+    most = pools.most
     img = np.zeros((side, side, 3), dtype=np.uint8)
     lab = np.zeros((side, side), dtype=np.uint8)
     y0 = 0

@@ -22,13 +22,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from histowsss.config import RunConfig
+from histowsss.config import AugmentConfig, RunConfig
 from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
@@ -43,6 +43,9 @@ from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.common import samples_for
 from histowsss.steps.seg_labels import folder_fingerprint, label_source, load_labels, train_splits
 from histowsss.steps.segnet_io import build_from_meta, checkpoint_path, network_input
+
+if TYPE_CHECKING:  # (synthesis is imported where it is used: only runs that synthesise need skimage's drawing)
+    from histowsss.data.synthesis import RegionPools
 
 STEP = "train_seg"
 
@@ -200,14 +203,14 @@ def make_crop(img: np.ndarray, lab: np.ndarray, y: int, x: int, side: int, crop:
         lb = resize(np.ascontiguousarray(lb), crop / side, nearest=True)
         im, lb = im[:crop, :crop], lb[:crop, :crop]
     rng = np.random.default_rng(seed)
-    im = hed_jitter(im, rng, aug.hed_jitter)  # (a synthetic crop's stain jitter is shared by its pieces)
+    im = hed_jitter(im, rng, aug.hed_jitter)
     rot = int(rng.integers(4)) if aug.rot90 else 0
     k = rot + (4 if (aug.flips and rng.random() < 0.5) else 0)
     return dihedral(im, k), dihedral(lb, k)
 
 
-def _crop(c: tuple[int, int, int, int, int], images: list[np.ndarray], labels: list[np.ndarray], pools, crop: int,
-          aug) -> tuple[np.ndarray, np.ndarray]:
+def _crop(c: tuple[int, int, int, int, int], images: list[np.ndarray], labels: list[np.ndarray],
+          pools: RegionPools | None, crop: int, aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
     """The crop of plan entry ``c``: cut from its image, or (image -1) synthesised from ``pools``."""
     if c[0] < 0:
         from histowsss.data.synthesis import synthesize
@@ -273,7 +276,7 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     pools = None
     if ts.synthetic_fraction > 0 and not ts.supervised:
         pools = _synthesis_pools(cfg, samples, images)
-        info.update(synthetic_patches={data.classes.names[c]: n for c, n in pools.counts().items()})
+        info.update(synthetic_regions={data.classes.names[c]: n for c, n in pools.counts().items()})
 
     n_members = ts.members
     t_start = time.time()
@@ -314,9 +317,9 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     return meta, SegEnsemble(models)
 
 
-def _synthesis_pools(cfg: RunConfig, samples: list[Sample], images: list[np.ndarray]):
-    """The single-class patches of the training images that synthetic crops are stitched from (a clear StepError
-    when there are too few)."""
+def _synthesis_pools(cfg: RunConfig, samples: list[Sample], images: list[np.ndarray]) -> RegionPools:
+    """The single-class regions (patches or images) of the training images that synthetic crops are stitched from
+    (a clear StepError when there are too few)."""
     from histowsss.data.synthesis import SynthesisError, single_class_pools
 
     try:
@@ -324,7 +327,7 @@ def _synthesis_pools(cfg: RunConfig, samples: list[Sample], images: list[np.ndar
     except (SynthesisError, ValueError) as e:
         raise StepError(f"train_seg.synthetic_fraction: {e}") from None
     names = cfg.data.classes.names
-    print("synthetic crops from single-class patches: "
+    print("synthetic crops from single-class regions: "
           + ", ".join(f"{names[c]} {n}" for c, n in pools.counts().items()), flush=True)
     return pools
 
@@ -357,8 +360,8 @@ def _finished_member(cfg: RunConfig, run_path: Path, mt: str, h: str) -> tuple[d
 
 
 def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, images: list[np.ndarray],
-                  labels: list[np.ndarray], source: str, t_: str, seed: int, which: str, pools=None
-                  ) -> tuple[dict, torch.nn.Module]:
+                  labels: list[np.ndarray], source: str, t_: str, seed: int, which: str,
+                  pools: RegionPools | None = None) -> tuple[dict, torch.nn.Module]:
     """Train one network (files ``<t_>_last`` / ``<t_>_train_state`` for resuming); returns (metadata, model)."""
     from histowsss.models.segnet import build_segnet, seg_loss
 
