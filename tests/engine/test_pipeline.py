@@ -272,8 +272,8 @@ def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, 
                .state_dict().items()}, str(vit))
     base = ["backbone.name=vit_tiny_patch16_224", f"backbone.weights={vit}", "backbone.frozen_stages=0"]
     for extra, why in [([], "set backbone.mean and backbone.std"),
-                       (["backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]", "backbone.name=vit_small_patch16_224"],
-                        "another architecture"),
+                       (["backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]",
+                         "backbone.name=vit_small_patch16_224"], "another architecture"),
                        (["backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]", "backbone.frozen_stages=2"],
                         "frozen whole")]:
         cfg = load_config("demo", [*base, *extra])

@@ -212,7 +212,8 @@ def test_synthetic_crops_replace_a_fraction_of_the_weak_crops(dataset: Path, tmp
     strict = make_cfg(dataset, PATCHES, "train_seg.synthetic_fraction=0.5", "train_seg.epochs=1")
     run = RunDir(tmp_path / "strict", strict).init()
     fake_pseudo(strict, run)
-    with pytest.raises(StepError, match=r"single-class patches of at least two classes.*'malignant': 0.*synthetic_fraction=0"):
+    with pytest.raises(StepError, match=r"single-class patches of at least two classes.*'malignant': 0.*"
+                                        r"synthetic_fraction=0"):
         train_seg.run(strict, run)  # no 16-px patch of these small tumours is 95 % malignant
     loose = PATCHES.replace("0.05", "0.3")
     plain = make_cfg(dataset, loose)

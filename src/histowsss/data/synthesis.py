@@ -7,9 +7,9 @@ for pixel. Mixing such pieces
 gives images whose masks are exact, with sharp class borders that pseudo-masks, blurred by the CAM, lack. This is
 the synthesis of PistoSeg (Fang et al., AAAI 2023: a mosaic of single-label patches) and HisynSeg (Fang et al.,
 2024: mosaics and Bezier-curve shapes), used here beside the pseudo-masks, not instead of them
-(``train_seg.synthetic_fraction``). A synthetic crop is a mosaic of rectangular pieces of single-class patches
-(each piece no larger than the smallest single-class region), with one or two smooth closed shapes (Bezier curves through random points
-around a centre) of another single-class patch pasted on top. Its borders are artificial (a cut through tissue,
+(``train_seg.synthetic_fraction``). A synthetic crop is a mosaic of rectangular pieces of single-class regions
+(each no larger than the smallest region), with one or two smooth closed shapes (Bezier curves through random
+points around a centre) of another single-class region pasted on top. Its borders are artificial (a cut through tissue,
 not a gland's outline), so it teaches where one texture ends, not what an outline looks like.
 """
 
