@@ -563,10 +563,10 @@ class TrainSegConfig(Strict):
                                  "labels' resolution, a square window) of a pixel of another class become ignore, "
                                  "so the network does not learn the weak labels' most doubtful pixels; 0 = off")
     synthetic_fraction: float = Field(0.0, ge=0, le=0.9, description="weak labels only: this fraction of each "
-                                      "epoch's crops is synthesised from single-class patches (a mosaic with smooth "
-                                      "shapes pasted on it, exact masks; data/synthesis.py), the rest cut from the "
-                                      "images with their weak labels; needs data.patches with label_rule: "
-                                      "mask_fraction; 0 = off")
+                                      "epoch's crops is synthesised from regions known to be one class (a mosaic "
+                                      "with smooth shapes pasted on it, exact masks; data/synthesis.py), the rest "
+                                      "cut from the images with their weak labels; needs patch labels by mask "
+                                      "fraction, or multi-label tissue labels without a background class; 0 = off")
     loss: Literal["oeem", "gce", "ce"] = Field(
         "oeem", description="oeem: pixel CE weighted by the detached probability of the label, normalised per "
         "class (online easy-example mining); gce: generalised CE (1 - p^q) / q; ce: plain. Supervised uses ce")

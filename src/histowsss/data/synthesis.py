@@ -1,16 +1,15 @@
-"""Synthetic training crops with exact masks, stitched from single-class patches (image-mixing synthesis).
+"""Synthetic training crops with exact masks, stitched from regions known to be one class (image-mixing synthesis).
 
 A patch whose label names one class only (by the mask-fraction rule: more than ``1 - min_fraction`` of its pixels
 are that class), or a training image whose multi-label tissue label names one class only (patch data sets such as
 WSSS4LUAD / LUAD-HistoSeg, whose labels list every tissue present), is a piece of tissue whose class is known pixel
-for pixel. Mixing such pieces
-gives images whose masks are exact, with sharp class borders that pseudo-masks, blurred by the CAM, lack. This is
-the synthesis of PistoSeg (Fang et al., AAAI 2023: a mosaic of single-label patches) and HisynSeg (Fang et al.,
-2024: mosaics and Bezier-curve shapes), used here beside the pseudo-masks, not instead of them
-(``train_seg.synthetic_fraction``). A synthetic crop is a mosaic of rectangular pieces of single-class regions
-(each no larger than the smallest region), with one or two smooth closed shapes (Bezier curves through random
-points around a centre) of another single-class region pasted on top. Its borders are artificial (a cut through tissue,
-not a gland's outline), so it teaches where one texture ends, not what an outline looks like.
+for pixel. Mixing such pieces gives images whose masks are exact, with sharp class borders that pseudo-masks,
+blurred by the CAM, lack. This is the synthesis of PistoSeg (Fang et al., AAAI 2023: a mosaic of single-label
+patches) and HisynSeg (Fang et al., 2024: mosaics and Bezier-curve shapes), used here beside the pseudo-masks, not
+instead of them (``train_seg.synthetic_fraction``). A synthetic crop is a mosaic of rectangular pieces of
+single-class regions (each no larger than the smallest region), with one or two smooth closed shapes (Bezier curves
+through random points around a centre) of another single-class region pasted on top. Its borders are artificial (a
+cut through tissue, not a gland's outline), so it teaches where one texture ends, not what an outline looks like.
 """
 
 from __future__ import annotations
