@@ -244,3 +244,6 @@ def test_synthetic_crops_replace_a_fraction_of_the_weak_crops(dataset: Path, tmp
     n = len(samples_for(cfg, seg_labels.train_splits(cfg))) * cfg.train_seg.crops_per_image
     assert len(made) == round(0.5 * n)
     assert any(len(np.unique(lab)) > 1 for _, lab in made)
+    # the agreement logged is with the weak labels; the synthetic crops' own is logged beside it
+    rec = json.loads((run.path / "logs" / "train_seg.jsonl").read_text().splitlines()[-1])
+    assert 0 <= rec["label_acc"] <= 1 and 0 <= rec["synthetic_acc"] <= 1

@@ -20,27 +20,50 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
                                      "again, and why, after the checks made before any step; write nothing")) -> None:
     """Run the pipeline (or steps --from .. --to) into a run folder; finished steps are skipped."""
     from histowsss.engine.distributed import is_main_process
-    from histowsss.engine.pipeline import plan_steps, run_pipeline
-    from histowsss.engine.run_dir import RunDir, run_lock
+    from histowsss.engine.run_paths import absolute, working_folder
 
     # under torchrun only rank 0 reports (the others run the same steps; their errors still print)
     log = log_line if is_main_process() else (lambda msg: None)
     with clear_errors():
         cfg = get_config(config, set_)
-        rd = RunDir(default_run_dir(cfg, run_dir), cfg)
-        plan_steps(cfg, rd, start, stop, overwrite)  # a refused command leaves the folder's config.yaml as it was
-        if dry_run:
-            log(f"run folder: {rd.path}" + ("" if rd.path.exists() else " (not made yet)"))
-            run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log, dry_run=True)
-            return
-        with run_lock(rd.path, "histowsss run"):
-            rd.init()
-            log(f"run folder: {rd.path}")
-            # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does
-            with stop_on_interrupt("finished steps and the last checkpoint of the running one are kept; run the "
-                                   "same command again to go on (without --overwrite, which would start the steps "
-                                   "over)", log):
-                run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
+        run_path = default_run_dir(cfg, run_dir)
+        base = _run_folder_config_base(config, cfg, log)
+        if base is not None:
+            run_path = absolute(run_path)
+        with working_folder(base):
+            _run(cfg, run_path, start, stop, overwrite, dry_run, log)
+
+
+def _run_folder_config_base(config: str, cfg, log) -> Path | None:
+    """Where the relative paths of ``config`` are read from when it is a run folder's config.yaml (the folder that
+    run was started in, :mod:`histowsss.engine.run_paths`); None for any other config (the current folder)."""
+    from histowsss.engine.run_paths import INVOCATION, run_config_base
+
+    path = Path(config)
+    if not (path.is_file() and (path.parent / INVOCATION).is_file()):
+        return None
+    return run_config_base(path.parent, cfg, config_file=path, log=log)
+
+
+def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:
+    """Plan, then run (or with ``dry_run`` only describe) the steps of ``cfg`` in ``run_path``."""
+    from histowsss.engine.pipeline import plan_steps, run_pipeline
+    from histowsss.engine.run_dir import RunDir, run_lock
+
+    rd = RunDir(run_path, cfg)
+    plan_steps(cfg, rd, start, stop, overwrite)  # a refused command leaves the folder's config.yaml as it was
+    if dry_run:
+        log(f"run folder: {rd.path}" + ("" if rd.path.exists() else " (not made yet)"))
+        run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log, dry_run=True)
+        return
+    with run_lock(rd.path, "histowsss run"):
+        rd.init()
+        log(f"run folder: {rd.path}")
+        # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does
+        with stop_on_interrupt("finished steps and the last checkpoint of the running one are kept; run the "
+                               "same command again to go on (without --overwrite, which would start the steps "
+                               "over)", log):
+            run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
 
 
 def steps() -> None:

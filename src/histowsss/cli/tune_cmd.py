@@ -51,43 +51,16 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     from rich.markup import escape
     from rich.table import Table
 
-    from histowsss.engine.atomic import write_json
-    from histowsss.tuning.cleanup import cleanup_from_crossval
-    from histowsss.tuning.crossval import crossval
+    from histowsss.engine.run_paths import absolute, run_config_base, working_folder
 
     with clear_errors():
-        out = run_dir / "tuning" / f"{name}.json"
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "
-                                  "--name to keep both")
-        work = run_dir / "tuning" / name
-        cuts = comma_list(gate_cuts, "--gate-cuts", float, "0.5,0.3,0.1")
-        areas = comma_list(object_areas, "--object-areas", int, "0,200,800")
-        holes = comma_list(hole_areas, "--hole-areas", int, "0,200") or [0]
-        splits = comma_list(split_h, "--split-h", float, "0,3,6") or [0.0]
-        if (hole_areas or split_h) and not areas:
-            raise ValueError("--hole-areas and --split-h need --object-areas (give 0 to leave small objects alone)")
-        if areas:  # before any training: the clean-up needs instance masks to rank
-            from histowsss.cli.predict_cmd import load_run_config
-            from histowsss.tuning.cleanup import require_instance_masks
-
-            if (any(holes) or any(splits)) and load_run_config(run_dir).data.classes.background is None:
-                raise ValueError("--hole-areas and --split-h need a background class (holes are background, touching "
-                                 "objects are cut apart by it); with data.classes.background null give "
-                                 "--object-areas alone")
-            require_instance_masks(run_dir)
-        from histowsss.engine.run_dir import run_lock
-
-        with run_lock(run_dir, "histowsss tune", create=False):
-            with stop_on_interrupt(f"finished folds are kept in {work}; run the same command again to go on",
-                                   log_line):
-                res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
-                               holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
-                if areas:
-                    res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
-            write_json(out, res)
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
+        base = run_config_base(run_dir, log=log_line)
+        if base is not None:
+            run_dir = absolute(run_dir)
+        with working_folder(base):
+            res = _tune(run_dir, candidate, folds, gate_cuts, holdout_classifier, criterion, name, object_areas,
+                        hole_areas, split_h, keep_work, overwrite, seed)
+    out = run_dir / "tuning" / f"{name}.json"
     crit = res["criterion"]
     table = Table(title=f"{folds}-fold patient cross-validation, {res['training_images']} training images "
                         f"({res['training_patients']} patients), {crit} pooled over the folds")
@@ -126,3 +99,45 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
                       highlight=False)
     log_line(f"result: {out}")
 
+
+def _tune(run_dir: Path, candidate: list[str] | None, folds: int, gate_cuts: str | None, holdout_classifier: bool,
+          criterion: str, name: str, object_areas: str | None, hole_areas: str | None, split_h: str | None,
+          keep_work: bool, overwrite: bool, seed: int) -> dict:
+    """The cross-validation of :func:`tune` (and the clean-up choice), written to RUN_DIR/tuning/<name>.json."""
+    from histowsss.engine.atomic import write_json
+    from histowsss.tuning.cleanup import cleanup_from_crossval
+    from histowsss.tuning.crossval import crossval
+
+    out = run_dir / "tuning" / f"{name}.json"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "
+                              "--name to keep both")
+    work = run_dir / "tuning" / name
+    cuts = comma_list(gate_cuts, "--gate-cuts", float, "0.5,0.3,0.1")
+    areas = comma_list(object_areas, "--object-areas", int, "0,200,800")
+    holes = comma_list(hole_areas, "--hole-areas", int, "0,200") or [0]
+    splits = comma_list(split_h, "--split-h", float, "0,3,6") or [0.0]
+    if (hole_areas or split_h) and not areas:
+        raise ValueError("--hole-areas and --split-h need --object-areas (give 0 to leave small objects alone)")
+    if areas:  # before any training: the clean-up needs instance masks to rank
+        from histowsss.cli.predict_cmd import load_run_config
+        from histowsss.tuning.cleanup import require_instance_masks
+
+        if (any(holes) or any(splits)) and load_run_config(run_dir).data.classes.background is None:
+            raise ValueError("--hole-areas and --split-h need a background class (holes are background, touching "
+                             "objects are cut apart by it); with data.classes.background null give "
+                             "--object-areas alone")
+        require_instance_masks(run_dir)
+    from histowsss.engine.run_dir import run_lock
+
+    with run_lock(run_dir, "histowsss tune", create=False):
+        with stop_on_interrupt(f"finished folds are kept in {work}; run the same command again to go on",
+                               log_line):
+            res = crossval(run_dir, candidate or [], work, folds=folds, gate_cuts=cuts,
+                           holdout_classifier=holdout_classifier, criterion=criterion, seed=seed, log=log_line)
+            if areas:
+                res["cleanup"] = cleanup_from_crossval(run_dir, res, work, areas, holes, splits, log=log_line)
+        write_json(out, res)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return res

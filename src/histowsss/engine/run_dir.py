@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from histowsss.config import RunConfig, dump_config
 from histowsss.engine.atomic import remove_partial_files, write_json, write_text
+from histowsss.engine.run_paths import record_invocation
 
 
 class StepError(RuntimeError):
@@ -67,7 +68,8 @@ def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[Non
 
 
 class RunDir:
-    """A self-describing run folder: ``config.yaml``, ``versions.json``, ``status/<step>.json`` and outputs."""
+    """A self-describing run folder: ``config.yaml``, ``versions.json``, ``invocation.json`` (the working folder
+    relative paths are read from), ``status/<step>.json`` and outputs."""
 
     def __init__(self, path: Path | str, cfg: RunConfig):
         self.path = Path(path)
@@ -93,6 +95,7 @@ class RunDir:
             write_text(self.path / self.config_file, text)
         write_text(self.path / "config.yaml", text)
         write_json(self.path / "versions.json", versions())
+        record_invocation(self.path)  # where config.yaml's relative paths are read from (engine/run_paths.py)
         return self
 
     def sub(self, *parts: str) -> Path:

@@ -426,11 +426,13 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
             kind = "ce" if epoch < ts.loss_warmup_epochs else loss_kind
             plan = ctx.shard(epoch_plan(sizes, ts.crop_size, ts.crops_per_image, ts.augment.scale_range,
                                         seed, epoch, synthetic=ts.synthetic_fraction if pools is not None else 0.0))
-            sums = np.zeros(5)  # loss * steps, steps, correct, valid pixels, label-probability sum
+            # loss * steps, steps, then correct, valid pixels and label-probability sum of all crops, then of the
+            # synthetic ones (exact masks), so that the agreement logged is with the weak labels alone
+            sums = np.zeros(8)
             chunks = [plan[b * ts.batch_size : (b + 1) * ts.batch_size] for b in range(steps_per_epoch)]
             batches = prefetch_batches(chunks, lambda c: _crop(c, images, labels, pools, ts.crop_size, ts.augment),
                                        threads)
-            for crops in batches:
+            for chunk, crops in zip(chunks, batches):
                 x_t = norm(torch.from_numpy(np.stack([c[0] for c in crops])).to(device))
                 if ts.channels_last:
                     x_t = x_t.contiguous(memory_format=torch.channels_last)
@@ -447,14 +449,22 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                     lg = logits.detach().float()
                     safe = torch.where(valid, y_t, torch.zeros_like(y_t))
                     p_lab = torch.softmax(lg, 1).gather(1, safe[:, None])[:, 0]
-                    sums += [float(loss.detach()), 1, float(((lg.argmax(1) == y_t) & valid).sum()),
-                             float(valid.sum()), float(p_lab[valid].sum())]
+                    hit = (lg.argmax(1) == y_t) & valid
+                    batch = [float(loss.detach()), 1, float(hit.sum()), float(valid.sum()), float(p_lab[valid].sum())]
+                    syn = torch.tensor([e[0] < 0 for e in chunk], device=device)[:, None, None] & valid
+                    if pools is not None and bool(syn.any()):
+                        batch += [float((hit & syn).sum()), float(syn.sum()), float(p_lab[syn].sum())]
+                    else:
+                        batch += [0.0, 0.0, 0.0]
+                    sums += batch
                 bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{ts.epochs} loss {sums[0] / sums[1]:.4f}")
             g = ctx.all_reduce_sum(sums.tolist())
             ctx.sync_buffers(ddp)  # identical BatchNorm statistics on every rank before saving
             secs = time.time() - t0
             rec = {"epoch": epoch, "loss": g[0] / max(g[1], 1), "loss_kind": kind,
-                   "label_acc": g[2] / max(g[3], 1), "label_prob": g[4] / max(g[3], 1),
+                   "label_acc": (g[2] - g[5]) / max(g[3] - g[6], 1),
+                   "label_prob": (g[4] - g[7]) / max(g[3] - g[6], 1),
+                   **({"synthetic_acc": g[5] / max(g[6], 1)} if g[6] else {}),
                    "lr": opt.param_groups[-1]["lr"], "seconds": round(secs, 2),
                    "crops": sum(len(c) for c in chunks) * ctx.world_size,  # fewer than a batch: what was drawn
                    "crops_per_s": round(sum(len(c) for c in chunks) * ctx.world_size / max(secs, 1e-9), 2)}
@@ -462,7 +472,9 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
             if ctx.is_main:
                 write_text(logs / f"train_{t_}.jsonl", "".join(json.dumps(r) + "\n" for r in history))
                 bar.console.print(f"epoch {epoch + 1}: loss {rec['loss']:.4f} ({kind}) agreement with {source} "
-                                  f"labels {100 * rec['label_acc']:.1f}% {rec['crops_per_s']} crops/s")
+                                  f"labels {100 * rec['label_acc']:.1f}%"
+                                  + (f" (synthetic crops {100 * rec['synthetic_acc']:.1f}%)" if "synthetic_acc" in rec
+                                     else "") + f" {rec['crops_per_s']} crops/s")
                 save_resume_point(last_path, state_path, unwrap(ddp),
                                   {"config_hash": h, "epoch": epoch, "world_size": ctx.world_size,
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

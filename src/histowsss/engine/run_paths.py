@@ -1,0 +1,107 @@
+"""Where the relative paths of a run folder's config.yaml are read from.
+
+A config's relative paths (``data.manifest``, ``data.root``, ``points.file``, a local ``backbone.weights`` or
+``train_seg.encoder_weights``, ``train_seg.label_dir``) are read from the current folder, as the user wrote them;
+config.yaml keeps them as written, so the step hashes do not change when a whole project folder moves. Each
+``histowsss run`` also records the folder it was started in (``invocation.json``), so that the commands that read a
+run folder (report, predict, export, tune, or ``run RUN/config.yaml``) started from anywhere else, e.g. inside the
+run folder, read those paths from there, with a line that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from histowsss.engine.atomic import write_json
+
+INVOCATION = "invocation.json"
+
+
+def record_invocation(run_path: Path) -> None:
+    """Write ``invocation.json``: the folder this command was started in and its arguments."""
+    write_json(run_path / INVOCATION, {"working_folder": os.getcwd(), "argv": list(sys.argv)})
+
+
+def recorded_working_folder(run_path: Path) -> Path | None:
+    """The folder the run's last ``histowsss run`` was started in; None when not recorded (older runs, exports)."""
+    try:
+        folder = json.loads((Path(run_path) / INVOCATION).read_text()).get("working_folder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(folder) if isinstance(folder, str) and folder else None
+
+
+def relative_paths(cfg) -> dict[str, str]:
+    """The config keys that hold a relative file or folder path, and the path."""
+    values = {"data.manifest": cfg.data.manifest, "data.root": cfg.data.root, "points.file": cfg.points.file,
+              "backbone.weights": cfg.backbone.weights, "train_seg.encoder_weights": cfg.train_seg.encoder_weights,
+              "train_seg.label_dir": cfg.train_seg.label_dir}
+    out = {}
+    for key, v in values.items():
+        if v is None or (key.endswith("weights") and str(v) in ("imagenet", "none")):
+            continue
+        p = Path(str(v)).expanduser()
+        if not p.is_absolute():
+            out[key] = str(v)
+    return out
+
+
+def paths_base(cfg, run_path: Path) -> Path | None:
+    """The folder to read ``cfg``'s relative paths from when it is not the current one: the run's recorded working
+    folder, when some of those paths are missing here and all of them are there; None otherwise (the paths are
+    read from here, and a missing one is named by the step that reads it)."""
+    rel = relative_paths(cfg)
+    if not rel or all(Path(v).expanduser().exists() for v in rel.values()):
+        return None
+    base = recorded_working_folder(run_path)
+    if base is None or not base.is_dir() or base.resolve() == Path.cwd().resolve():
+        return None
+    if all((base / Path(v).expanduser()).exists() for v in rel.values()):
+        return base
+    return None
+
+
+def run_config_base(run_path: Path, cfg=None, config_file: Path | None = None,
+                    log: Callable[[str], None] | None = None) -> Path | None:
+    """:func:`paths_base` for the run folder ``run_path`` and ``cfg`` (default: read from ``config_file``, default
+    the folder's config.yaml), saying which paths are read from where through ``log``; None also when the config
+    cannot be read (the command then says why)."""
+    from histowsss.config import ConfigError, load_config
+
+    config_file = Path(run_path) / "config.yaml" if config_file is None else Path(config_file)
+    if cfg is None:
+        if not config_file.is_file():
+            return None
+        try:
+            cfg = load_config(config_file)
+        except (ConfigError, OSError, ValueError):
+            return None
+    base = paths_base(cfg, run_path)
+    if base is not None and log is not None:
+        keys = ", ".join(relative_paths(cfg))
+        log(f"{config_file}: relative paths ({keys}) read from {base}, the folder `histowsss run` was started in")
+    return base
+
+
+@contextmanager
+def working_folder(base: Path | None) -> Iterator[None]:
+    """Run the block with ``base`` as the current folder (None: stay), and come back after it."""
+    if base is None:
+        yield
+        return
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def absolute(path: Path | None) -> Path | None:
+    """``path`` made absolute from the current folder (before :func:`working_folder` moves away from it)."""
+    return None if path is None else Path(os.path.abspath(Path(path).expanduser()))

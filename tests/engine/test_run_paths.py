@@ -1,0 +1,81 @@
+"""A run folder's relative config paths are read from the folder `histowsss run` was started in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from histowsss.cli.app import app
+from histowsss.config import load_config
+from histowsss.data.synthetic import generate_synthetic_dataset
+from histowsss.engine.run_dir import RunDir
+from histowsss.engine.run_paths import INVOCATION, paths_base, recorded_working_folder, relative_paths, working_folder
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A project folder with data/manifest.csv and a run folder runs/x made from it with a relative manifest path;
+    the current folder is the project's."""
+    proj = tmp_path / "proj"
+    generate_synthetic_dataset(proj / "data", {"train": 2, "test": 1}, size=48)
+    monkeypatch.chdir(proj)
+    cfg = load_config("demo", ["data.manifest=data/manifest.csv"])
+    RunDir(Path("runs/x"), cfg).init()
+    return proj, proj / "runs" / "x"
+
+
+def test_the_run_records_where_it_started_and_keeps_the_path_as_written(project):
+    proj, run = project
+    assert recorded_working_folder(run) == proj
+    cfg = load_config(run / "config.yaml")
+    assert str(cfg.data.manifest) == "data/manifest.csv"  # as written: the step hashes survive a moved project
+    assert relative_paths(cfg) == {"data.manifest": "data/manifest.csv"}
+    assert paths_base(cfg, run) is None  # found from here
+
+
+def test_paths_are_read_from_the_recorded_folder_only_when_missing_here_and_found_there(project, monkeypatch):
+    proj, run = project
+    cfg = load_config(run / "config.yaml")
+    monkeypatch.chdir(run)
+    assert paths_base(cfg, run) == proj
+    (run / INVOCATION).unlink()  # a run made before the record: read from here, as before
+    assert paths_base(cfg, run) is None
+    (run / INVOCATION).write_text('{"working_folder": "%s"}' % (proj / "elsewhere"))  # not there either
+    assert paths_base(cfg, run) is None
+
+
+def test_report_and_a_dry_run_from_inside_the_run_folder_read_the_manifest(project, monkeypatch):
+    proj, run = project
+    monkeypatch.chdir(run)
+    res = runner.invoke(app, ["report", "."])
+    assert res.exit_code == 0, res.output
+    assert f"read from {proj}" in res.output.replace("\n", "")  # (rich wraps lines)
+    html = (run / "report.html").read_text()
+    assert "manifest not readable" not in html and "train" in html
+    assert Path.cwd() == run  # the command came back
+    res = runner.invoke(app, ["run", "config.yaml", "--run", ".", "--to", "eval_cam", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "would run" in res.output and f"read from {proj}" in res.output.replace("\n", "")
+    assert Path.cwd() == run
+
+
+def test_without_the_record_the_report_says_where_it_looked(project, monkeypatch):
+    _, run = project
+    (run / INVOCATION).unlink()
+    monkeypatch.chdir(run)
+    res = runner.invoke(app, ["report", "."])
+    assert res.exit_code == 0, res.output
+    assert "a relative path is read from the current folder" in (run / "report.html").read_text()
+
+
+def test_working_folder_comes_back_after_an_error(tmp_path: Path):
+    here = os.getcwd()
+    with pytest.raises(RuntimeError), working_folder(tmp_path):
+        assert Path.cwd() == tmp_path.resolve()
+        raise RuntimeError("boom")
+    assert os.getcwd() == here
