@@ -245,3 +245,51 @@ def test_a_luad_histoseg_layout_becomes_a_manifest_and_a_config(tmp_path: Path):
     assert cfg.data.train_splits == ["training"] and cfg.data.test_splits == ["test"]
     r = runner.invoke(app, ["data", "check", str(man), "--config", str(cfg_path)])
     assert r.exit_code == 0, r.output
+
+
+def test_colour_masks_give_the_classes_of_images_without_a_label_vector(tmp_path: Path):
+    """Validation masks drawn in class colours (white = no class): `data manifest --labels-in-name` refuses them
+    without `--mask-colors`, naming the option, reads their classes with it, and the suggested `init` line runs."""
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+    from histowsss.config import load_config
+
+    root = tmp_path / "tissue"
+    for p in range(3):
+        for k, v in enumerate(["[1, 0, 1]", "[0, 1, 1]"]):
+            _img(root / "training" / f"{p}-{k}-{v}.png", 90 + 10 * k, size=64)
+    colours = {"TE": (255, 0, 0), "NEC": (0, 255, 0), "LYM": (0, 0, 255), "ignore": (255, 255, 255)}
+    for split, pid in (("val", 10), ("test", 20)):
+        for k in range(2):
+            _img(root / split / "img" / f"{pid + k}-{split[0]}{k}.png", 120, size=64)
+            m = np.full((64, 64, 3), 255, np.uint8)
+            m[:32] = colours["TE"] if k == 0 else colours["LYM"]
+            m[32:, :32] = colours["NEC"]
+            (root / split / "mask").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(m).save(root / split / "mask" / f"{pid + k}-{split[0]}{k}.png")
+    runner = CliRunner()
+    man, cfg_path = tmp_path / "t.csv", tmp_path / "t.yaml"
+    base = ["data", "manifest", str(root), "--out", str(man), "--labels-in-name", "TE,NEC,LYM", "--masks",
+            str(root / "val" / "mask"), "--masks", str(root / "test" / "mask"), "--patient-regex", r"/(\d+)-"]
+    r = runner.invoke(app, base)
+    assert r.exit_code != 0 and "--mask-colors" in r.output and "/mask/" in r.output and not man.exists()
+    r = runner.invoke(app, [*base, "--mask-colors", "TE=#ff0000,NEC=#00ff00,TUM=#0000ff,ignore=#ffffff"])
+    assert r.exit_code != 0 and "'TUM'" in r.output and not man.exists()  # not a class: named
+    r = runner.invoke(app, [*base, "--mask-colors", "TE=#ff0000,NEC=#00ff00", "--mask-ignore", "4"])
+    assert r.exit_code != 0 and "ignore=#rrggbb" in r.output
+    cmap = "TE=#ff0000,NEC=#00ff00,LYM=#0000ff,ignore=#ffffff"
+    r = runner.invoke(app, [*base, "--mask-colors", cmap])
+    assert r.exit_code == 0, r.output
+    rows = {Path(x["image"]).stem: x for x in _rows(man)}
+    assert rows["10-v0"]["label"] == "TE;NEC" and rows["21-t1"]["label"] == "NEC;LYM"
+    assert rows["0-1-[0, 1, 1]"]["label"] == "NEC;LYM"
+    out = " ".join(r.output.split())
+    assert f"--classes TE,NEC,LYM --background none --mask-colors '{cmap}'" in out  # quoted for the shell
+    r = runner.invoke(app, ["init", str(man), "--out", str(cfg_path), "--classes", "TE,NEC,LYM", "--background",
+                            "none", "--mask-colors", cmap])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(str(cfg_path))
+    assert cfg.data.mask_colors["LYM"] == "#0000ff" and cfg.data.classes.names == ["TE", "NEC", "LYM"]
+    r = runner.invoke(app, ["data", "check", str(man), "--config", str(cfg_path)])
+    assert r.exit_code == 0, r.output

@@ -208,3 +208,31 @@ def stop_on_interrupt(how_to_go_on: str, log: Callable[[str], None] = print) -> 
         code = interrupt_exit_code(e)
         log(f"{'terminated' if code == 143 else 'interrupted'}: {how_to_go_on}")
         raise typer.Exit(code) from None
+
+
+def class_colours(text: str | None) -> dict[str, str | list[str]] | None:
+    """``'tumour=#ff0000,ignore=#ffffff'`` -> {'tumour': '#ff0000', 'ignore': '#ffffff'}; a class named twice gets
+    the list of its colours (merged into it)."""
+    if not text:
+        return None
+    out: dict[str, list[str]] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, colour = part.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{part!r}: give CLASS=#rrggbb for --mask-colors (e.g. tumour=#ff0000), CLASS=VALUE for "
+                             "--mask-values (e.g. tumour=1)")
+        out.setdefault(name.strip(), []).append(colour.strip())
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+
+def class_values(text: str | None) -> dict[str, int | list[int]] | None:
+    """``'tumour=1,stroma=2,ignore=0'`` -> {'tumour': 1, 'stroma': 2, 'ignore': 0}; ``'ignore=0,ignore=7'`` gives
+    'ignore' the list [0, 7]."""
+    out = class_colours(text)
+    if out is None:
+        return None
+    try:
+        return {k: [int(x) for x in v] if isinstance(v, list) else int(v) for k, v in out.items()}
+    except ValueError:
+        raise ValueError(f"--mask-values {text!r}: give CLASS=VALUE with whole numbers, e.g. "
+                         "tumour=1,ignore=0") from None

@@ -12,7 +12,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histowsss.cli.common import clear_errors, comma_list, console, data_config_from, log_line
+from histowsss.cli.common import (class_colours, clear_errors, comma_list, console, data_config_from,
+                                  log_line)
 
 app = typer.Typer(help="Inspect, check, split and generate datasets.", no_args_is_help=True)
 
@@ -210,6 +211,9 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
                  "without one take the classes present in their mask"),
              mask_ignore: Optional[str] = typer.Option(
                  None, help="with --labels-in-name: comma-separated mask values that are no class (e.g. 4)"),
+             mask_colors: Optional[str] = typer.Option(
+                 None, help="with --labels-in-name and colour masks: comma-separated CLASS=#rrggbb (and "
+                 "ignore=#rrggbb for pixels of no class), e.g. 'TE=#ff0000,NEC=#00ff00,ignore=#ffffff'"),
              mask_suffix: str = typer.Option("", help="suffix of mask stems, e.g. '_mask' for img1_mask.png"),
              patient_regex: Optional[str] = typer.Option(
                  None, help="regular expression searched in each image's path below FOLDER; its first group (or "
@@ -233,10 +237,14 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
             ignore = comma_list(mask_ignore, "--mask-ignore", int, "4")
             made = manifest_from_named_labels(folder, out, names, masks=masks, mask_suffix=mask_suffix,
                                               mask_ignore=ignore, patient_regex=patient_regex, fractions=fractions,
-                                              label_column=label_column, seed=seed, overwrite=overwrite)
+                                              label_column=label_column, seed=seed, overwrite=overwrite,
+                                              mask_colors=class_colours(mask_colors))
             over = [f"data.label_column={label_column}", "data.multi_label=true",
                     f"data.classes.names=[{','.join(names)}]", "data.classes.background=null"]
         else:
+            if mask_colors:
+                raise ValueError("--mask-colors only applies with --labels-in-name (labels read from masks); for "
+                                 "evaluation set data.mask_colors in the config (histowsss init --mask-colors)")
             if mask_ignore:
                 raise ValueError("--mask-ignore only applies with --labels-in-name (labels read from masks); for "
                                  "evaluation set data.mask_ignore_values in the config (histowsss init --mask-ignore)")
@@ -260,7 +268,10 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     if labels_in_name:
         names = [c.strip() for c in labels_in_name.split(",") if c.strip()]
         ignored = comma_list(mask_ignore, "--mask-ignore", int, "4")
-        if len(ignored) == 1 and ignored[0] < len(names):  # a class position left out (QuPath's 0 = unannotated)
+        if mask_colors:
+            more = (f" --classes {shlex.quote(labels_in_name)} --background none --mask-colors "
+                    f"{shlex.quote(mask_colors)}")
+        elif len(ignored) == 1 and ignored[0] < len(names):  # a class position left out (QuPath's 0 = unannotated)
             values = ",".join(f"{n}={i}" for i, n in enumerate(names) if i != ignored[0])
             more = f" --background none --mask-values {shlex.quote(f'{values},ignore={ignored[0]}')}"
         else:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from histowsss.cli.common import clear_errors, comma_list, console
+from histowsss.cli.common import class_colours, class_values, clear_errors, comma_list, console
 
 
 def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, patient, label[, mask])"),
@@ -58,8 +58,8 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
                                    label_columns=[c.strip() for c in label_columns.split(",") if c.strip()]
                                    if label_columns else None,
                                    classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-                                   mask_colors=_class_colours(mask_colors),
-                                   mask_values=_class_values(mask_values))
+                                   mask_colors=class_colours(mask_colors),
+                                   mask_values=class_values(mask_values))
         write_text(out, made.text)
     for n in made.notes:
         console.print(f"- {escape(n)}", highlight=False)
@@ -67,31 +67,3 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
     console.print(f"wrote {escape(str(out))}\nnext: histowsss data check {escape(q(str(manifest)))} --config "
                   f"{escape(q(str(out)))}\n      histowsss run {escape(q(str(out)))} "
                   f"--run {escape(q('runs/' + made.config.name))}", highlight=False)
-
-
-def _class_colours(text: str | None) -> dict[str, str | list[str]] | None:
-    """``'tumour=#ff0000,ignore=#ffffff'`` -> {'tumour': '#ff0000', 'ignore': '#ffffff'}; a class named twice gets
-    the list of its colours (merged into it)."""
-    if not text:
-        return None
-    out: dict[str, list[str]] = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, sep, colour = part.rpartition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"{part!r}: give CLASS=#rrggbb for --mask-colors (e.g. tumour=#ff0000), CLASS=VALUE for "
-                             "--mask-values (e.g. tumour=1)")
-        out.setdefault(name.strip(), []).append(colour.strip())
-    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
-
-
-def _class_values(text: str | None) -> dict[str, int | list[int]] | None:
-    """``'tumour=1,stroma=2,ignore=0'`` -> {'tumour': 1, 'stroma': 2, 'ignore': 0}; ``'ignore=0,ignore=7'`` gives
-    'ignore' the list [0, 7]."""
-    out = _class_colours(text)
-    if out is None:
-        return None
-    try:
-        return {k: [int(x) for x in v] if isinstance(v, list) else int(v) for k, v in out.items()}
-    except ValueError:
-        raise ValueError(f"--mask-values {text!r}: give CLASS=VALUE with whole numbers, e.g. "
-                         "tumour=1,ignore=0") from None

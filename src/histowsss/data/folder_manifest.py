@@ -251,10 +251,35 @@ def label_from_name(stem: str, class_names: list[str]) -> list[str] | None:
     return [c for c, b in zip(class_names, bits) if b == "1"]
 
 
-def _classes_in_mask(path: Path, class_names: list[str], ignore: list[int]) -> list[str]:
-    from histowsss.data.io import read_mask
+def mask_colour_table(class_names: list[str], mask_colors: dict[str, str | list[str]]) -> dict[int, int]:
+    """``--mask-colors`` (class or 'ignore' -> '#rrggbb', or a list of them) as packed 0xRRGGBB -> class id (ignore
+    -> 255), checked as ``data.mask_colors`` is; FolderLayoutError naming what is wrong."""
+    from pydantic import ValidationError
 
-    raw = read_mask(path)
+    from histowsss.config import DataConfig
+    from histowsss.data.masks import mask_color_ids
+
+    try:
+        cfg = DataConfig(manifest=Path("."), classes={"names": class_names, "background": None},
+                         mask_mode="class_ids", mask_colors=mask_colors)
+    except ValidationError as e:
+        msg = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        raise FolderLayoutError(f"--mask-colors: {msg}".replace("mask_colors maps", "give")) from None
+    return mask_color_ids(cfg) or {}
+
+
+def _classes_in_mask(path: Path, class_names: list[str], ignore: list[int],
+                     colours: dict[int, int] | None = None) -> list[str]:
+    from histowsss.data.io import ImageReadError, read_mask
+
+    try:
+        raw = read_mask(path, colors=colours)
+    except ImageReadError as e:
+        if colours is None and "colour mask" in str(e):  # the fix in this command's words
+            raise FolderLayoutError(f"{path}: colour mask (its pixels are colours, not class ids): pass --mask-colors "
+                                    "with the colour of each class, e.g. 'TE=#ff0000,NEC=#00ff00,ignore=#ffffff' "
+                                    "(`histowsss init` takes the same)") from None
+        raise
     present = [int(v) for v in np.unique(raw) if int(v) not in ignore and int(v) != 255]
     bad = [v for v in present if v >= len(class_names)]
     if bad:
@@ -266,11 +291,13 @@ def _classes_in_mask(path: Path, class_names: list[str], ignore: list[int]) -> l
 def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], masks: list[Path] | None = None,
                                mask_suffix: str = "", mask_ignore: list[int] | None = None,
                                patient_regex: str | None = None, fractions: dict[str, float] | None = None,
-                               label_column: str = "label", seed: int = 0, overwrite: bool = False) -> FolderManifest:
+                               label_column: str = "label", seed: int = 0, overwrite: bool = False,
+                               mask_colors: dict[str, str | list[str]] | None = None) -> FolderManifest:
     """Write a manifest CSV (image, split, patient, label[, mask]) for the images below ``root`` whose file names
     carry a multi-label vector in ``class_names`` order (see the module docstring).
 
-    Images without a vector take the classes present in their mask (``mask_ignore`` values and 255 left out).
+    Images without a vector take the classes present in their mask (``mask_ignore`` values and 255 left out; colour
+    masks read through ``mask_colors``, class or 'ignore' -> '#rrggbb', as ``data.mask_colors``).
     Splits come from top-level split folders when every top-level folder is one, else a patient-grouped split
     stratified by label set is made. Raises FolderLayoutError naming the file and the fix.
     """
@@ -282,6 +309,10 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise FolderLayoutError(f"--labels-in-name {','.join(class_names)}: give two or more distinct class names, "
                                 "in the order of the file names' label vectors")
+    if mask_colors and mask_ignore:
+        raise FolderLayoutError("--mask-ignore and --mask-colors both say which mask pixels to leave out: give the "
+                                "ignored colour in the map as ignore=#rrggbb")
+    colours = mask_colour_table(class_names, mask_colors) if mask_colors else None
     pattern = _compile_patient_regex(patient_regex)
     mask_dirs = _as_list(masks)
     skip = {m.resolve() for m in mask_dirs}
@@ -306,7 +337,7 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
                 raise FolderLayoutError(f"{rel}: no label vector [..] at the end of its name and no mask to read its "
                                         "classes from; pass the mask folder(s) with --masks, or name the file "
                                         "<name>[1 0 ...].png")
-            labels = _classes_in_mask(mask, class_names, list(mask_ignore or []))
+            labels = _classes_in_mask(mask, class_names, list(mask_ignore or []), colours)
         if not labels:
             raise FolderLayoutError(f"{rel}: no class in its label (all zeros, or an empty mask); remove the image or "
                                     "fix its label")
