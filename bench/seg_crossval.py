@@ -31,7 +31,9 @@ from histowsss.tuning.crossval import crossval  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant"], required=True)
+    ap.add_argument("--protocol", choices=["glas-gland", "glas-malignant", "glas-tissue"], required=True,
+                    help="glas-tissue: the three-tissue run of bench/tissue_glas.py (bench/work/tissue_glas.<profile>/"
+                         "run), scored by mIoU")
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--candidate", action="append", required=True,
                     help="config overrides separated by ';' (give train_seg.members=1 when the config trains several)")
@@ -48,8 +50,10 @@ def main() -> None:
     from histowsss.config import load_config
 
     t0 = time.time()
-    src = (args.run or ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}").resolve()
-    criterion = "miou" if args.protocol == "glas-gland" else "iou_malignant"
+    default_run = (ROOT / "bench" / "work" / f"tissue_glas.{args.profile}" / "run" if args.protocol == "glas-tissue"
+                   else ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}")
+    src = (args.run or default_run).resolve()
+    criterion = "iou_malignant" if args.protocol == "glas-malignant" else "miou"
     name = args.name or f"seg_crossval_{args.protocol}"
     work = ROOT / "bench" / "work" / f"{name}.{args.profile}"
     res = crossval(src, args.candidate, work, folds=args.folds, gate_cuts=args.gate_cuts,
