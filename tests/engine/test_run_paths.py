@@ -57,6 +57,7 @@ def test_report_and_a_dry_run_from_inside_the_run_folder_read_the_manifest(proje
     assert f"read from {proj}" in res.output.replace("\n", "")  # (rich wraps lines)
     html = (run / "report.html").read_text()
     assert "manifest not readable" not in html and "train" in html
+    assert "last command" in html and f"<td class=\"l\">{proj}</td>" in html  # the Run table names the invocation
     assert Path.cwd() == run  # the command came back
     res = runner.invoke(app, ["run", "config.yaml", "--run", ".", "--to", "eval_cam", "--dry-run"])
     assert res.exit_code == 0, res.output

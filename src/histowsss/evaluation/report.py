@@ -182,6 +182,18 @@ def _load_cfg(run_path: Path):
         return None, f"config.yaml cannot be read: {e}"
 
 
+def _invocation_facts(run_path: Path) -> list[tuple[str, str]]:
+    """The last `histowsss run` of the folder (invocation.json): its command line and the folder it started in."""
+    import shlex
+
+    rec = _read_json(run_path / "invocation.json")
+    argv = rec.get("argv") if isinstance(rec, dict) else None
+    if not isinstance(argv, list) or not argv:
+        return []
+    argv = [Path(str(argv[0])).name, *map(str, argv[1:])]
+    return [("last command", shlex.join(argv)), ("started in", str(rec.get("working_folder", "")))]
+
+
 def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
     parts = []
     if cfg is not None:
@@ -197,6 +209,7 @@ def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
                                   f"loss {cfg.train_seg.loss}"
                                   + (f", ensemble of {cfg.train_seg.members} seeds" if cfg.train_seg.members > 1
                                      else ""))]
+        facts += _invocation_facts(run_path)
         parts.append(table([{"key": k, "value": v} for k, v in facts], ["key", "value"], left=("key", "value")))
     else:
         parts.append(f'<p class="note">{esc(cfg_err)}</p>')
