@@ -91,17 +91,24 @@ def _scores(d: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--run", type=Path, default=None, help="run folder (default bench/work/tissue_glas.<profile>/run); "
+                    "e.g. a hard-linked copy (`cp -al`) of it, where only the steps an override changes run again")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for "
+                    "histowsss run (repeatable)")
+    ap.add_argument("--name", default="tissue_glas", help="result name (bench/results/<name>.<profile>.json)")
     args = ap.parse_args()
     work = ROOT / "bench" / "work" / f"tissue_glas.{args.profile}"
     work.mkdir(parents=True, exist_ok=True)
+    run = (args.run or work / "run").resolve()
     t0 = time.time()
     config = write_config(work, build_data(work), args.profile)
-    cmd = [str(Path(sys.executable).with_name("histowsss")), "run", str(config), "--run", str(work / "run")]
+    cmd = [str(Path(sys.executable).with_name("histowsss")), "run", str(config), "--run", str(run)]
+    for o in args.overrides:
+        cmd += ["--set", o]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     wall = time.time() - t0
-    run = work / "run"
     cam = json.loads((run / "metrics" / "cam.json").read_text())
     ir = json.loads((run / "metrics" / "ir_label.json").read_text())
     sem = json.loads((run / "metrics" / "sem_seg.json").read_text())["splits"]["train"]
@@ -123,10 +130,11 @@ def main() -> None:
         "weak_over_supervised_miou_pct": round(100 * seg["all"]["miou"] / sup["all"]["miou"], 1),
         "step_seconds": steps, "pipeline_seconds": round(sum(v for v in steps.values() if v), 1),
     }
-    write_result("tissue_glas", args.profile, wall,
+    write_result(args.name, args.profile, wall,
                  {"work": str(work.relative_to(ROOT)), "config": str(config.relative_to(ROOT)),
+                  "overrides": args.overrides,
                   "command": "histowsss run " + str(config.relative_to(ROOT)) + " --run "
-                             + str((work / "run").relative_to(ROOT)),
+                             + str(run.relative_to(ROOT)) + "".join(f" --set {o}" for o in args.overrides),
                   "note": "GlaS as three tissues (stroma, benign gland, malignant gland), crop labels only, no "
                           "background class; thresholds chosen on train, test ground truth read only by the "
                           "evaluation steps; no issue target, so no checks"}, metrics, [])
