@@ -1,0 +1,130 @@
+"""Benchmark: what ``train_seg.grad_checkpointing`` saves in training memory, and what it costs in time.
+
+    python bench/grad_checkpointing_memory.py --profile cpu
+
+One train_seg step (forward, loss, backward, AdamW step) of the glas-gland profile's batch of crops, with the encoder
+fine-tuned, with and without timm's gradient checkpointing of the encoder. On the CPU each setting runs in a fresh
+process and its memory is the peak resident set during the steps less the resident set before the first one (the
+model and optimiser built, the batch cut); on a GPU, ``torch.cuda.max_memory_allocated`` over the steps. The time is
+the fastest of ``--repeat`` steps after a warm-up. Networks: U-Net on lite0, DPT on ViT-B/16 and ViT-L/16 (random
+weights: memory and time do not depend on them). The loss of the first step is compared between the two settings
+(the same weights and batch: the gradients, and so the losses after a step, are the same). No issue sets a target,
+so there are no checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, write_result  # noqa: E402
+
+GLAS = ROOT.parent / "shared" / "data" / "glas"
+NETWORKS = {  # name: train_seg settings
+    "unet_lite0": {"architecture": "unet", "encoder": "tf_efficientnet_lite0", "encoder_weights": "none"},
+    "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},
+    "dpt_vit_large": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
+                      "encoder_model_kwargs": {"init_values": 1e-5}},
+}
+
+
+def child(name: str, checkpointing: bool, profile_name: str, repeat: int) -> dict:
+    """One setting, measured in this process: peak memory over the steps, best step time, the losses."""
+    import resource
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from histowsss.config import load_config
+    from histowsss.data.transforms import Normalizer
+    from histowsss.engine.device import autocast_bf16, bf16_enabled
+    from histowsss.models.segnet import build_segnet, seg_loss
+
+    device = torch.device("cuda" if profile_name == "gpu" and torch.cuda.is_available() else "cpu")
+    ts = load_config("glas-gland-gpu" if profile_name == "gpu" else "glas-gland").train_seg
+    rng = np.random.default_rng(0)
+    images = [np.asarray(Image.open(GLAS / "images" / f"train_{i}.png").convert("RGB")) for i in (1, 2, 3, 4)]
+    c = ts.crop_size
+    crops = []
+    for k in range(ts.batch_size):
+        im = images[k % len(images)]
+        y, x = int(rng.integers(im.shape[0] - c + 1)), int(rng.integers(im.shape[1] - c + 1))
+        crops.append(im[y : y + c, x : x + c])
+    torch.manual_seed(0)
+    net = build_segnet(ts.model_copy(update=NETWORKS[name]), 2).to(device).to(memory_format=torch.channels_last)
+    if checkpointing:
+        net.set_grad_checkpointing(True)
+    norm = Normalizer(net.mean, net.std)
+    x = norm(torch.from_numpy(np.stack(crops)).to(device)).contiguous(memory_format=torch.channels_last)
+    target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, c, c))).to(device)
+    opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
+    amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
+    net.train()
+    losses, times = [], []
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start_alloc = torch.cuda.memory_allocated()
+    for _ in range(repeat + 1):
+        t = time.perf_counter()
+        with autocast_bf16(device, amp):
+            logits = net(x)
+        loss = seg_loss(logits, target, "ce")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+        losses.append(float(loss.detach()))
+    if device.type == "cuda":
+        peak_mib = (torch.cuda.max_memory_allocated() - start_alloc) / 2**20
+    else:
+        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return {"step_s": round(min(times[1:]), 3), "peak_mib_over_model": round(peak_mib), "losses": losses,
+            "bf16": amp, "crop": c, "batch": ts.batch_size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--networks", nargs="+", default=list(NETWORKS))
+    ap.add_argument("--child", nargs=2, metavar=("NETWORK", "ON"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child[0], args.child[1] == "1", args.profile, args.repeat)))
+        return
+    t0 = time.time()
+    metrics: dict = {"networks": {}}
+    for name in args.networks:
+        row = {}
+        for on in (False, True):
+            cmd = [sys.executable, __file__, "--profile", args.profile, "--repeat", str(args.repeat),
+                   "--child", name, "1" if on else "0"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in res.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if res.returncode != 0 or line is None:
+                raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+            row["checkpointing" if on else "plain"] = json.loads(line[len("RESULT "):])
+        p, q = row["plain"], row["checkpointing"]
+        row["memory_saved_pct"] = round(100 * (1 - q["peak_mib_over_model"] / max(p["peak_mib_over_model"], 1)), 1)
+        row["time_added_pct"] = round(100 * (q["step_s"] / p["step_s"] - 1), 1)
+        row["first_loss_abs_diff"] = abs(p["losses"][0] - q["losses"][0])
+        row["second_loss_abs_diff"] = abs(p["losses"][1] - q["losses"][1])
+        metrics["networks"][name] = row
+        print(name, {k: v for k, v in row.items()}, flush=True)
+    path = write_result("grad_checkpointing_memory", args.profile, time.time() - t0,
+                        {"weights": "none (random: memory and time only)", "images": "glas train_1..4.png",
+                         "repeat": args.repeat, "networks": NETWORKS}, metrics, [])
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
