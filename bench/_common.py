@@ -76,3 +76,30 @@ def best_time(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+GLAS = ROOT.parent / "shared" / "data" / "glas"
+
+# segmentation networks the cost benches compare: name -> train_seg settings (random weights unless named)
+SEGNETS = {
+    "unet_lite0": {"architecture": "unet", "encoder": "tf_efficientnet_lite0", "encoder_weights": "none"},
+    "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},
+    "dpt_vit_large": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
+                      "encoder_model_kwargs": {"init_values": 1e-5}},
+}
+
+
+def glas_train_crops(crop: int, batch: int, seed: int = 0):
+    """``batch`` random ``crop``-px RGB crops (uint8, N x H x W x 3) from GlaS train_1..4.png, the first image, and
+    the random generator after the draws (for the targets)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = [np.asarray(Image.open(GLAS / "images" / f"train_{i}.png").convert("RGB")) for i in (1, 2, 3, 4)]
+    crops = []
+    for k in range(batch):
+        im = images[k % len(images)]
+        y, x = int(rng.integers(im.shape[0] - crop + 1)), int(rng.integers(im.shape[1] - crop + 1))
+        crops.append(im[y : y + crop, x : x + crop])
+    return np.stack(crops), images[0], rng

@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, best_time, write_result  # noqa: E402
-
-GLAS = ROOT.parent / "shared" / "data" / "glas"
+from _common import GLAS, best_time, write_result  # noqa: E402
 NETWORKS = {  # name: train_seg settings
     "unet_lite0": {"architecture": "unet", "encoder": "tf_efficientnet_lite0", "encoder_weights": "imagenet"},
     "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},

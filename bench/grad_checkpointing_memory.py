@@ -25,24 +25,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, write_result  # noqa: E402
+from _common import SEGNETS, glas_train_crops, write_result  # noqa: E402
 
-GLAS = ROOT.parent / "shared" / "data" / "glas"
-NETWORKS = {  # name: train_seg settings
-    "unet_lite0": {"architecture": "unet", "encoder": "tf_efficientnet_lite0", "encoder_weights": "none"},
-    "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},
-    "dpt_vit_large": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
-                      "encoder_model_kwargs": {"init_values": 1e-5}},
-}
+NETWORKS = SEGNETS
 
 
 def child(name: str, checkpointing: bool, profile_name: str, repeat: int, crop: int | None) -> dict:
     """One setting, measured in this process: peak memory over the steps, best step time, the losses."""
     import resource
 
-    import numpy as np
     import torch
-    from PIL import Image
 
     from histowsss.config import load_config
     from histowsss.data.transforms import Normalizer
@@ -53,20 +45,14 @@ def child(name: str, checkpointing: bool, profile_name: str, repeat: int, crop: 
     ts = load_config("glas-gland-gpu" if profile_name == "gpu" else "glas-gland").train_seg
     if crop is not None:
         ts = ts.model_copy(update={"crop_size": crop})
-    rng = np.random.default_rng(0)
-    images = [np.asarray(Image.open(GLAS / "images" / f"train_{i}.png").convert("RGB")) for i in (1, 2, 3, 4)]
     c = ts.crop_size
-    crops = []
-    for k in range(ts.batch_size):
-        im = images[k % len(images)]
-        y, x = int(rng.integers(im.shape[0] - c + 1)), int(rng.integers(im.shape[1] - c + 1))
-        crops.append(im[y : y + c, x : x + c])
+    crops, _, rng = glas_train_crops(c, ts.batch_size)
     torch.manual_seed(0)
     net = build_segnet(ts.model_copy(update=NETWORKS[name]), 2).to(device).to(memory_format=torch.channels_last)
     if checkpointing:
         net.set_grad_checkpointing(True)
     norm = Normalizer(net.mean, net.std)
-    x = norm(torch.from_numpy(np.stack(crops)).to(device)).contiguous(memory_format=torch.channels_last)
+    x = norm(torch.from_numpy(crops).to(device)).contiguous(memory_format=torch.channels_last)
     target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, c, c))).to(device)
     opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
     amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)

@@ -28,14 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, best_time, write_result  # noqa: E402
+from _common import SEGNETS, best_time, glas_train_crops, write_result  # noqa: E402
 
-GLAS = ROOT.parent / "shared" / "data" / "glas"
 NETWORKS = {  # name: train_seg settings
-    "unet_lite0": {"architecture": "unet", "encoder": "tf_efficientnet_lite0", "encoder_weights": "none"},
-    "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},
-    "dpt_vit_large": {"architecture": "dpt", "encoder": "vit_large_patch16_224", "encoder_weights": "none",
-                      "encoder_model_kwargs": {"init_values": 1e-5}},
+    **SEGNETS,
     # DPT's decoder at about a third of its default widths (256, 512, 1024, 1024; fusion 256)
     "dpt_vit_base_slim": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none",
                           "decoder_channels": [96, 192, 384, 384, 128]},
@@ -50,9 +46,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--networks", nargs="+", default=list(NETWORKS))
     args = ap.parse_args()
-    import numpy as np
     import torch
-    from PIL import Image
 
     from histowsss.config import load_config
     from histowsss.data.transforms import Normalizer
@@ -64,15 +58,9 @@ def main() -> None:
     device = torch.device("cuda" if args.profile == "gpu" and torch.cuda.is_available() else "cpu")
     profile = load_config("glas-gland-gpu" if args.profile == "gpu" else "glas-gland")
     ts, es = profile.train_seg, profile.eval_seg
-    rng = np.random.default_rng(0)
-    images = [np.asarray(Image.open(GLAS / "images" / f"train_{i}.png").convert("RGB")) for i in (1, 2, 3, 4)]
     c = ts.crop_size
-    crops = []
-    for k in range(ts.batch_size):
-        im = images[k % len(images)]
-        y, x = int(rng.integers(im.shape[0] - c + 1)), int(rng.integers(im.shape[1] - c + 1))
-        crops.append(im[y : y + c, x : x + c])
-    batch_u8 = torch.from_numpy(np.stack(crops))
+    crops, first_image, rng = glas_train_crops(c, ts.batch_size)
+    batch_u8 = torch.from_numpy(crops)
     target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, c, c))).to(device)
     train_amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
     infer_amp = bf16_enabled(device, ts.amp, es.cpu_amp, "eval_seg.cpu_amp", warn=False)
@@ -115,7 +103,7 @@ def main() -> None:
 
                 def infer() -> None:
                     with torch.no_grad():
-                        multiscale_probs(net, images[0], norm, es.scales, tile=es.tile_size, overlap=es.overlap,
+                        multiscale_probs(net, first_image, norm, es.scales, tile=es.tile_size, overlap=es.overlap,
                                          blend=es.blend, tta=es.tta, batch_size=es.batch_size, device=device,
                                          size_divisor=net.size_divisor, amp=infer_amp and device.type == "cuda",
                                          cpu_amp=infer_amp and device.type == "cpu")
