@@ -103,3 +103,31 @@ def glas_train_crops(crop: int, batch: int, seed: int = 0):
         y, x = int(rng.integers(im.shape[0] - crop + 1)), int(rng.integers(im.shape[1] - crop + 1))
         crops.append(im[y : y + crop, x : x + crop])
     return np.stack(crops), images[0], rng
+
+
+def device_and_profile(profile: str):
+    """The torch device of a bench profile ('gpu' -> cuda when there is one) and its glas-gland config."""
+    import torch
+
+    from histowsss.config import load_config
+
+    device = torch.device("cuda" if profile == "gpu" and torch.cuda.is_available() else "cpu")
+    return device, load_config("glas-gland-gpu" if profile == "gpu" else "glas-gland")
+
+
+def seg_train_step(net, x, target, opt, device, amp: bool) -> float:
+    """One train_seg optimiser step (forward under autocast, cross-entropy, backward, step); returns the loss."""
+    import torch
+
+    from histowsss.engine.device import autocast_bf16
+    from histowsss.models.segnet import seg_loss
+
+    with autocast_bf16(device, amp):
+        logits = net(x)
+    loss = seg_loss(logits, target, "ce")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return float(loss.detach())

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GLAS, best_time, write_result  # noqa: E402
+from _common import GLAS, best_time, device_and_profile, write_result  # noqa: E402
 NETWORKS = {  # name: train_seg settings
     "unet_lite0": {"architecture": "unet", "encoder": "tf_efficientnet_lite0", "encoder_weights": "imagenet"},
     "dpt_vit_base": {"architecture": "dpt", "encoder": "vit_base_patch16_224", "encoder_weights": "none"},
@@ -38,15 +38,13 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from histowsss.config import load_config
     from histowsss.data.transforms import Normalizer
     from histowsss.engine.device import bf16_enabled
     from histowsss.engine.inference import multiscale_probs
     from histowsss.models.segnet import SegEnsemble, build_segnet
 
     t0 = time.time()
-    device = torch.device("cuda" if args.profile == "gpu" and torch.cuda.is_available() else "cpu")
-    profile = load_config("glas-gland-gpu" if args.profile == "gpu" else "glas-gland")
+    device, profile = device_and_profile(args.profile)
     ts, es = profile.train_seg, profile.eval_seg
     image = np.asarray(Image.open(GLAS / "images" / "testA_1.png").convert("RGB"))
     amp = bf16_enabled(device, ts.amp, es.cpu_amp, "eval_seg.cpu_amp", warn=False)

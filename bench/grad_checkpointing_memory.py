@@ -5,10 +5,11 @@
 
 One train_seg step (forward, loss, backward, AdamW step) of the glas-gland profile's batch of crops, with the encoder
 fine-tuned, with and without timm's gradient checkpointing of the encoder. On the CPU each setting runs in a fresh
-process and its memory is the peak resident set during the steps less the resident set before the first one (the
-model and optimiser built, the batch cut), and the peak of the later steps above the resident set the first left
-(its gradients and AdamW state then exist, so this is the activations' share: Linux's peak reset,
-/proc/self/clear_refs); on a GPU, ``torch.cuda.max_memory_allocated`` over the steps. The time is
+process; its memory is the peak resident set of the first step less the resident set before it (the model built,
+the batch cut: so the gradients, the AdamW state and the activations; the peak is reset before the step through
+Linux's /proc/self/clear_refs, else ``ru_maxrss``), and the peak of the later steps above the resident set the first
+left (the activations' share, but the allocator keeps freed memory, so it is noisy); on a GPU,
+``torch.cuda.max_memory_allocated`` over the steps. The time is
 the fastest of ``--repeat`` steps after a warm-up. Networks: U-Net on lite0, DPT on ViT-B/16 and ViT-L/16 (random
 weights: memory and time do not depend on them). The loss of the first step is compared between the two settings
 (the same weights and batch: the gradients, and so the losses after a step, are the same). No issue sets a target,
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SEGNETS, glas_train_crops, write_result  # noqa: E402
+from _common import SEGNETS, device_and_profile, glas_train_crops, seg_train_step, write_result  # noqa: E402
 
 NETWORKS = SEGNETS
 
@@ -36,13 +37,12 @@ def child(name: str, checkpointing: bool, profile_name: str, repeat: int, crop: 
 
     import torch
 
-    from histowsss.config import load_config
     from histowsss.data.transforms import Normalizer
-    from histowsss.engine.device import autocast_bf16, bf16_enabled
-    from histowsss.models.segnet import build_segnet, seg_loss
+    from histowsss.engine.device import bf16_enabled
+    from histowsss.models.segnet import build_segnet
 
-    device = torch.device("cuda" if profile_name == "gpu" and torch.cuda.is_available() else "cpu")
-    ts = load_config("glas-gland-gpu" if profile_name == "gpu" else "glas-gland").train_seg
+    device, profile = device_and_profile(profile_name)
+    ts = profile.train_seg
     if crop is not None:
         ts = ts.model_copy(update={"crop_size": crop})
     c = ts.crop_size
@@ -58,30 +58,28 @@ def child(name: str, checkpointing: bool, profile_name: str, repeat: int, crop: 
     amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
     net.train()
     losses, times = [], []
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the peak resident set is reset right before the steps (Linux: /proc/self/clear_refs), so it counts no peak from
+    # before them (nor ru_maxrss's, which a child inherits across exec from a large parent); elsewhere ru_maxrss
+    reset = device.type == "cpu" and _reset_peak()
+    before = _status_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         start_alloc = torch.cuda.memory_allocated()
-    steady = None
+    first_peak = steady = None
     for i in range(repeat + 1):
-        if i == 1 and device.type == "cpu" and _reset_peak():  # gradients and optimiser state now exist
+        if i == 1 and reset:  # gradients and optimiser state now exist
+            first_peak = _status_kib("VmHWM")
+            _reset_peak()
             steady = _status_kib("VmRSS")
         t = time.perf_counter()
-        with autocast_bf16(device, amp):
-            logits = net(x)
-        loss = seg_loss(logits, target, "ce")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        losses.append(seg_train_step(net, x, target, opt, device, amp))
         times.append(time.perf_counter() - t)
-        losses.append(float(loss.detach()))
     out: dict = {}
     if device.type == "cuda":
         out["peak_mib_over_model"] = round((torch.cuda.max_memory_allocated() - start_alloc) / 2**20)
     else:
-        out["peak_mib_over_model"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        peak = first_peak if first_peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_mib_over_model"] = round((peak - before) / 1024)
         if steady is not None:  # the peak of the later steps above what the first left (activations, mostly)
             out["step_peak_mib_over_steady"] = round((_status_kib("VmHWM") - steady) / 1024)
     return {"step_s": round(min(times[1:]), 3), **out, "losses": losses, "bf16": amp, "crop": c,

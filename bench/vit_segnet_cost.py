@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SEGNETS, best_time, glas_train_crops, write_result  # noqa: E402
+from _common import (SEGNETS, best_time, device_and_profile, glas_train_crops, seg_train_step,  # noqa: E402
+                     write_result)
 
 NETWORKS = {  # name: train_seg settings
     **SEGNETS,
@@ -48,15 +49,13 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from histowsss.config import load_config
     from histowsss.data.transforms import Normalizer
-    from histowsss.engine.device import autocast_bf16, bf16_enabled
+    from histowsss.engine.device import bf16_enabled
     from histowsss.engine.inference import multiscale_probs
-    from histowsss.models.segnet import build_segnet, seg_loss
+    from histowsss.models.segnet import build_segnet
 
     t0 = time.time()
-    device = torch.device("cuda" if args.profile == "gpu" and torch.cuda.is_available() else "cpu")
-    profile = load_config("glas-gland-gpu" if args.profile == "gpu" else "glas-gland")
+    device, profile = device_and_profile(args.profile)
     ts, es = profile.train_seg, profile.eval_seg
     c = ts.crop_size
     crops, first_image, rng = glas_train_crops(c, ts.batch_size)
@@ -81,17 +80,7 @@ def main() -> None:
             opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
             net.train()
 
-            def step() -> None:
-                with autocast_bf16(device, train_amp):
-                    logits = net(x)
-                loss = seg_loss(logits, target, "ce")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-
-            s = best_time(step, args.repeat)
+            s = best_time(lambda: seg_train_step(net, x, target, opt, device, train_amp), args.repeat)
             key = "frozen" if frozen else "fine_tuned"
             epoch_min = crops_per_epoch / ts.batch_size * s / 60
             row[key] = {"train_step_s": round(s, 3), "crops_per_s": round(ts.batch_size / s, 2),
