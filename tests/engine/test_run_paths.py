@@ -80,3 +80,20 @@ def test_working_folder_comes_back_after_an_error(tmp_path: Path):
         assert Path.cwd() == tmp_path.resolve()
         raise RuntimeError("boom")
     assert os.getcwd() == here
+
+
+def test_run_folder_paths_makes_the_commands_paths_absolute_before_moving(project, monkeypatch):
+    """predict / export / tune / report: their own path arguments keep meaning what they meant where they were typed."""
+    from histowsss.engine.run_paths import run_folder_paths
+
+    proj, run = project
+    monkeypatch.chdir(run)
+    lines: list[str] = []
+    with run_folder_paths(Path("."), Path("out"), Path("a.png"), log=lines.append) as (r, out, *inputs):
+        assert Path.cwd() == proj.resolve()
+        assert r == run and out == run / "out" and inputs == [run / "a.png"]
+    assert Path.cwd() == run and len(lines) == 1
+    monkeypatch.chdir(proj)  # found from here: nothing moves, nothing is rewritten
+    with run_folder_paths(run, Path("out"), log=lines.append) as (r, out):
+        assert out == Path("out") and Path.cwd() == proj
+    assert len(lines) == 1

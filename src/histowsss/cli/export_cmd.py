@@ -15,14 +15,10 @@ def export(run_dir: Path = typer.Argument(..., help="run folder with a trained s
            overwrite: bool = typer.Option(False, help="replace an existing folder at --out")) -> None:
     """Export a run's network (checkpoints, config, classifier for the image gate) with a model card, to share it:
     `histowsss predict --run MODEL_DIR ...` works as with the run folder."""
-    from histowsss.engine.run_paths import absolute, run_config_base, working_folder
+    from histowsss.engine.run_paths import run_folder_paths
     from histowsss.export.model_bundle import MODEL_CARD, export_model
 
-    with clear_errors():
-        base = run_config_base(run_dir, log=log_line)
-        if base is not None:
-            run_dir, out = absolute(run_dir), absolute(out)
-        with working_folder(base):
-            path = export_model(run_dir, out, "seg_supervised" if supervised else "seg", overwrite=overwrite)
+    with clear_errors(), run_folder_paths(run_dir, out, log=log_line) as (run_dir, out):
+        path = export_model(run_dir, out, "seg_supervised" if supervised else "seg", overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     log_line(f"model: {path} ({size / 1e6:.1f} MB; {MODEL_CARD}, MODEL.md)")

@@ -380,13 +380,12 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                              f"{max(out_factor, slide_tile - slide_tile % out_factor)}")
         if skip_existing and overwrite:
             raise ValueError("--skip-existing keeps finished outputs and --overwrite replaces them: pass one")
-        from histowsss.engine.run_paths import absolute, run_config_base, working_folder
+        from histowsss.engine.run_paths import run_folder_paths
 
-        base = run_config_base(run_dir, log=log_line)
-        if base is not None:
-            run_dir, out, inputs = absolute(run_dir), absolute(out), [absolute(p) for p in inputs]
-        with working_folder(base), stop_on_interrupt("finished inputs and a slide's finished tiles are kept; run "
-                                                     "the same command with --skip-existing to go on", log_line):
+        how_to_go_on = "finished inputs and a slide's finished tiles are kept; run the same command with " \
+                       "--skip-existing to go on"
+        with run_folder_paths(run_dir, out, *inputs, log=log_line) as (run_dir, out, *inputs), \
+                stop_on_interrupt(how_to_go_on, log_line):
             recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                                   network="seg_supervised" if supervised else "seg", device=device,
                                   simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,

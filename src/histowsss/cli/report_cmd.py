@@ -16,13 +16,9 @@ def report(run_dir: Path = typer.Argument(..., help="run folder"),
            overwrite: bool = typer.Option(False, help="replace an existing --out file that is not a report (an "
                                                       "earlier report is always replaced)")) -> None:
     """Write a self-contained HTML report: data, curves, per-stage quality, examples, timings."""
-    from histowsss.engine.run_paths import absolute, run_config_base, working_folder
+    from histowsss.engine.run_paths import run_folder_paths
     from histowsss.evaluation.report import write_report
 
-    with clear_errors():
-        base = run_config_base(run_dir, log=log_line)
-        if base is not None:
-            run_dir, out = absolute(run_dir), absolute(out)
-        with working_folder(base):
-            path = write_report(run_dir, out, overwrite=overwrite)
+    with clear_errors(), run_folder_paths(run_dir, out, log=log_line) as (run_dir, out):
+        path = write_report(run_dir, out, overwrite=overwrite)
     log_line(f"report: {path}")

@@ -20,29 +20,20 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
                                      "again, and why, after the checks made before any step; write nothing")) -> None:
     """Run the pipeline (or steps --from .. --to) into a run folder; finished steps are skipped."""
     from histowsss.engine.distributed import is_main_process
-    from histowsss.engine.run_paths import absolute, working_folder
+    from histowsss.engine.run_paths import INVOCATION, run_folder_paths
 
     # under torchrun only rank 0 reports (the others run the same steps; their errors still print)
     log = log_line if is_main_process() else (lambda msg: None)
     with clear_errors():
         cfg = get_config(config, set_)
         run_path = default_run_dir(cfg, run_dir)
-        base = _run_folder_config_base(config, cfg, log)
-        if base is not None:
-            run_path = absolute(run_path)
-        with working_folder(base):
+        path = Path(config)
+        if path.is_file() and (path.parent / INVOCATION).is_file():
+            # a run folder's config.yaml: its relative paths are read from where that run was started
+            with run_folder_paths(path.parent, run_path, cfg=cfg, config_file=path, log=log) as (_, run_path):
+                _run(cfg, run_path, start, stop, overwrite, dry_run, log)
+        else:
             _run(cfg, run_path, start, stop, overwrite, dry_run, log)
-
-
-def _run_folder_config_base(config: str, cfg, log) -> Path | None:
-    """Where the relative paths of ``config`` are read from when it is a run folder's config.yaml (the folder that
-    run was started in, :mod:`histowsss.engine.run_paths`); None for any other config (the current folder)."""
-    from histowsss.engine.run_paths import INVOCATION, run_config_base
-
-    path = Path(config)
-    if not (path.is_file() and (path.parent / INVOCATION).is_file()):
-        return None
-    return run_config_base(path.parent, cfg, config_file=path, log=log)
 
 
 def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:

@@ -51,13 +51,10 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     from rich.markup import escape
     from rich.table import Table
 
-    from histowsss.engine.run_paths import absolute, run_config_base, working_folder
+    from histowsss.engine.run_paths import run_folder_paths
 
     with clear_errors():
-        base = run_config_base(run_dir, log=log_line)
-        if base is not None:
-            run_dir = absolute(run_dir)
-        with working_folder(base):
+        with run_folder_paths(run_dir, log=log_line) as (run_dir,):
             res = _tune(run_dir, candidate, folds, gate_cuts, holdout_classifier, criterion, name, object_areas,
                         hole_areas, split_h, keep_work, overwrite, seed)
     out = run_dir / "tuning" / f"{name}.json"

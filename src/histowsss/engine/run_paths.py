@@ -102,6 +102,19 @@ def working_folder(base: Path | None) -> Iterator[None]:
         os.chdir(here)
 
 
+@contextmanager
+def run_folder_paths(run_path: Path, *paths: Path | None, cfg=None, config_file: Path | None = None,
+                     log: Callable[[str], None] | None = None) -> Iterator[tuple]:
+    """For a command that reads the run folder ``run_path``: when its config's relative paths are read from the
+    folder the run was started in (:func:`run_config_base`), run the block there, with ``run_path`` and ``paths``
+    (the command's own path arguments) made absolute first; yields (run_path, *paths) as the block must use them."""
+    base = run_config_base(run_path, cfg, config_file=config_file, log=log)
+    if base is not None:
+        run_path, paths = absolute(run_path), tuple(absolute(p) for p in paths)
+    with working_folder(base):
+        yield (run_path, *paths)
+
+
 def absolute(path: Path | None) -> Path | None:
     """``path`` made absolute from the current folder (before :func:`working_folder` moves away from it)."""
     return None if path is None else Path(os.path.abspath(Path(path).expanduser()))
