@@ -186,7 +186,9 @@ def _invocation_facts(run_path: Path) -> list[tuple[str, str]]:
     """The last `histowsss run` of the folder (invocation.json): its command line and the folder it started in."""
     import shlex
 
-    rec = _read_json(run_path / "invocation.json")
+    from histowsss.engine.run_paths import INVOCATION
+
+    rec = _read_json(run_path / INVOCATION)
     argv = rec.get("argv") if isinstance(rec, dict) else None
     if not isinstance(argv, list) or not argv:
         return []

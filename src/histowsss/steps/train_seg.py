@@ -451,8 +451,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                     p_lab = torch.softmax(lg, 1).gather(1, safe[:, None])[:, 0]
                     hit = (lg.argmax(1) == y_t) & valid
                     batch = [float(loss.detach()), 1, float(hit.sum()), float(valid.sum()), float(p_lab[valid].sum())]
-                    syn = torch.tensor([e[0] < 0 for e in chunk], device=device)[:, None, None] & valid
-                    if pools is not None and bool(syn.any()):
+                    if pools is not None and any(e[0] < 0 for e in chunk):  # (plan entries: image -1 = synthetic)
+                        syn = torch.tensor([e[0] < 0 for e in chunk], device=device)[:, None, None] & valid
                         batch += [float((hit & syn).sum()), float(syn.sum()), float(p_lab[syn].sum())]
                     else:
                         batch += [0.0, 0.0, 0.0]
