@@ -116,8 +116,10 @@ class PatchConfig(Strict):
 # Config values that describe the data without changing any step's output: kept out of step hashes, so adding
 # them to a finished run's config does not make steps redo their work.
 # data.mpp: metadata; train_cam.small_images: refuse gives the mirror network or nothing; train_seg.channels_last: a
-# memory layout (the same network up to float rounding, as with another thread count)
-HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last", "train_seg.grad_checkpointing")
+# memory layout, train_seg.fused_optimizer: a kernel (the same network up to float rounding, as with another thread
+# count)
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last", "train_seg.grad_checkpointing",
+               "train_seg.fused_optimizer")
 # Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
 LATE_SECTIONS = ("points",)
 
@@ -591,6 +593,9 @@ class TrainSegConfig(Strict):
     channels_last: bool = Field(True, description="the network's weights in channels-last memory layout (as its crops "
                                 "are); a layout, so not part of the config hash, though like another thread count it "
                                 "changes the float rounding")
+    fused_optimizer: bool = Field(True, description="AdamW on PyTorch's fused kernel (CPU, CUDA): one pass over all "
+                                  "weights instead of PyTorch's CPU default of one tensor at a time; the same update "
+                                  "up to float rounding, so not part of the config hash (before stop 41: false)")
     loader_threads: int | None = Field(None, ge=0, description="threads that cut and augment crops ahead of the "
                                        "network (null: half the cores, at most 8; 0 on <= 2 cores); the batches "
                                        "are the same for any number (set, it is in the hash, as it always was)")

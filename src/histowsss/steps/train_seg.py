@@ -34,6 +34,7 @@ from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import IGNORE
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
+from histowsss.engine.optim import adamw
 from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
 from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
@@ -385,7 +386,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
         model = model.to(memory_format=torch.channels_last)
     norm = Normalizer(model.mean, model.std)
     loss_kind = "ce" if ts.supervised else ts.loss
-    opt = torch.optim.AdamW(model.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
+    opt = adamw(model.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay, fused=ts.fused_optimizer)
     n_crops = len(images) * ts.crops_per_image
     per_rank = -(-n_crops // ctx.world_size)
     steps_per_epoch = max(1, per_rank // ts.batch_size)
