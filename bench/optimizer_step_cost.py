@@ -6,8 +6,11 @@ and fused (``train_seg.fused_optimizer``, the default since stop 41).
 The glas-gland profile's segmentation network (U-Net on lite0, random weights; the cost of a step does not depend
 on them) on one batch of real GlaS train crops with random targets: ``--steps`` training steps per implementation
 from the same start, after warm-up steps. Reports the best and median time of ``optimizer.step()`` alone and of the
-whole step (forward, loss, backward, optimiser), the optimiser's share, and the largest difference of any weight
-from the one-tensor-at-a-time run after the steps (float rounding only: the same update). Speed only; no quality.
+whole step (forward, loss, backward, optimiser), the optimiser's share, and how far each run's weights end from the
+one-tensor-at-a-time run's, beside how far training moved those (the fused kernel orders its float operations
+otherwise, and Adam turns rounding differences of near-zero gradients into full steps, so two runs drift apart as
+with another thread count), with the last losses; and the difference after one float32 step from the same start
+(the update itself). Speed only; no quality.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from _common import SEGNETS, device_and_profile, glas_train_crops, write_result 
 IMPLEMENTATIONS = {"for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
-def measure(kind: str, profile_name: str, steps: int, warmup: int) -> tuple[dict, dict]:
-    """Times of ``steps`` steps with AdamW implementation ``kind``, and the final weights."""
+def measure(kind: str, profile_name: str, steps: int, warmup: int, amp_on: bool = True) -> tuple[dict, dict]:
+    """Times of ``steps`` steps with AdamW implementation ``kind``, and the final weights (``amp_on=False``: in
+    float32 whatever the profile says)."""
     import torch
 
     from histowsss.data.transforms import Normalizer
@@ -43,14 +47,15 @@ def measure(kind: str, profile_name: str, steps: int, warmup: int) -> tuple[dict
     target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, ts.crop_size, ts.crop_size))).to(device)
     opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay,
                             **IMPLEMENTATIONS[kind])
-    amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
+    amp = amp_on and bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
     net.train()
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    opt_t, step_t = [], []
+    start = {k: v.detach().float().cpu().clone() for k, v in net.named_parameters()}
+    opt_t, step_t, losses = [], [], []
     for i in range(warmup + steps):
         sync()
         t0 = time.perf_counter()
@@ -64,12 +69,14 @@ def measure(kind: str, profile_name: str, steps: int, warmup: int) -> tuple[dict
         opt.step()
         sync()
         t2 = time.perf_counter()
+        losses.append(float(loss.detach()))
         if i >= warmup:
             opt_t.append(t2 - t1)
             step_t.append(t2 - t0)
-    weights = {k: v.detach().float().cpu().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+    weights = {k: v.detach().float().cpu().clone() for k, v in net.named_parameters()}
     ms = lambda v: round(1000 * v, 2)  # noqa: E731
-    return ({"optimizer_ms_best": ms(min(opt_t)), "optimizer_ms_median": ms(statistics.median(opt_t)),
+    moved = max(float((weights[k] - start[k]).abs().max()) for k in start)
+    return ({"last_losses": [round(v, 5) for v in losses[-3:]], "max_abs_weight_change_in_training": moved,"optimizer_ms_best": ms(min(opt_t)), "optimizer_ms_median": ms(statistics.median(opt_t)),
              "step_ms_best": ms(min(step_t)), "step_ms_median": ms(statistics.median(step_t)),
              "optimizer_share_of_step_pct": round(100 * statistics.median(opt_t) / statistics.median(step_t), 1)},
             weights)
@@ -96,11 +103,17 @@ def main() -> None:
     for kind in ("foreach", "fused"):
         results[kind]["max_abs_weight_diff_vs_for_loop"] = float(max(
             (weights[kind][k] - ref[k]).abs().max() for k in ref))
+        results[kind]["mean_abs_weight_diff_vs_for_loop"] = float(
+            sum((weights[kind][k] - ref[k]).abs().sum() for k in ref) / sum(v.numel() for v in ref.values()))
+    # one step from the same start in float32: the update itself differs by float rounding only
+    one = {kind: measure(kind, args.profile, 1, 0, amp_on=False)[1] for kind in ("for_loop", "fused")}
+    first_step_diff = float(max((one["fused"][k] - one["for_loop"][k]).abs().max() for k in one["for_loop"]))
     base, fused = results["for_loop"], results["fused"]
     saved = round(base["step_ms_median"] - fused["step_ms_median"], 2)
     metrics = {"implementations": results,
                "fused_step_time_saved_ms": saved,
                "fused_step_time_saved_pct": round(100 * saved / base["step_ms_median"], 1),
+               "float32_first_step_max_abs_weight_diff_fused_vs_for_loop": first_step_diff,
                "fused_supported_here": fused_supported([torch.zeros(1)])}
     device, profile = device_and_profile(args.profile)
     ts = profile.train_seg
