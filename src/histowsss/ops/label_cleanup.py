@@ -98,7 +98,7 @@ def split_touching(labels: np.ndarray, background: int, h: float, ignore: int = 
         for k, sl in enumerate(ndimage.find_objects(objects), start=1):
             if sl is None or _max_distance_bound(sl, labels.shape) <= h:
                 continue  # no pixel of it lies more than h from its outline: no h-maximum above zero
-            box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, labels.shape))
+            box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, size)) for s, size in zip(sl, labels.shape))
             n, cut = _split_one(objects[box] == k, h)
             maxima += n
             if n >= 2:
