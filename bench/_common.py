@@ -65,6 +65,33 @@ def cam_and_boundary(run_path: Path, name: str):
     return cam_norm, size, boundary
 
 
+def irn_run(protocol: str, profile: str):
+    """The finished CAM + IRN run folder of bench/irn_glas.py (bench/work/cam_<protocol>.<profile>) as the train-only
+    IRN analyses read it: ``path``, ``cfg``, the CAM labels' ``mode`` / background id ``bg`` / class ``ids``, the
+    background ``values`` of the CAM labels (eval_cam's chosen one) and of the walk (make_sem_seg_labels': its
+    threshold, or the offset), the train ``samples``, their class ``present`` flags and the class ``names``."""
+    import json
+    from types import SimpleNamespace
+
+    from histowsss.config import load_config
+    from histowsss.steps.common import samples_for
+    from histowsss.steps.irn_common import background_id, cam_class_ids, cam_mode, presence
+
+    path = ROOT / "bench" / "work" / f"cam_{protocol}.{profile}"
+    if not (path / "irn").is_dir():
+        raise SystemExit(f"{path}: run bench/irn_glas.py --protocol {protocol} --keep first")
+    cfg = load_config(str(path / "config.yaml"))
+    ss = cfg.sem_seg
+    mode = cam_mode(cfg)
+    chosen = float(json.loads((path / "metrics" / "cam.json").read_text())["chosen_value"])
+    values = {"cam": chosen, "pseudo": ss.bg_threshold if mode == "threshold"
+              else chosen if ss.bg_offset == "eval_cam" else float(ss.bg_offset)}
+    samples = samples_for(cfg, cfg.data.train_splits)
+    return SimpleNamespace(path=path, cfg=cfg, mode=mode, bg=background_id(cfg), ids=cam_class_ids(cfg),
+                           values=values, samples=samples, present=presence(cfg, samples),
+                           names=cfg.data.classes.names)
+
+
 def best_time(fn, repeat: int) -> float:
     """Seconds of the fastest of ``repeat`` calls of ``fn`` after one warm-up call (allocator, kernels)."""
     import time

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, cam_and_boundary, write_result  # noqa: E402
+from _common import ROOT, cam_and_boundary, irn_run, write_result  # noqa: E402
 
 BANDS = (0, 4, 8, 16, 32, 64)
 
@@ -79,27 +79,16 @@ def main() -> None:
     from skimage.segmentation import watershed
     from sklearn.metrics import roc_auc_score
 
-    from histowsss.config import load_config
     from histowsss.data.masks import load_class_mask
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps.common import samples_for
-    from histowsss.steps.irn_common import STRIDE, background_id, cam_class_ids, cam_mode, presence
+    from histowsss.steps.irn_common import STRIDE
     from histowsss.steps.make_sem_seg_labels import gate_cams, labels_from_scores, walk_scores
 
-    run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
-    if not (run_path / "irn").is_dir():
-        raise SystemExit(f"{run_path}: run bench/irn_glas.py --protocol {args.protocol} --keep first")
-    cfg = load_config(str(run_path / "config.yaml"))
+    run = irn_run(args.protocol, args.profile)
+    run_path, cfg, mode, bg, ids, values = run.path, run.cfg, run.mode, run.bg, run.ids, run.values
     ss = cfg.sem_seg
-    mode, bg, ids = cam_mode(cfg), background_id(cfg), cam_class_ids(cfg)
-    chosen = float(json.loads((run_path / "metrics" / "cam.json").read_text())["chosen_value"])
-    # CAM labels: eval_cam's chosen background value; the walk: make_sem_seg_labels' (its threshold, or the offset)
-    values = {"cam": chosen, "pseudo": cfg.sem_seg.bg_threshold if mode == "threshold"
-              else chosen if ss.bg_offset == "eval_cam" else float(ss.bg_offset)}
     value = values["pseudo"]
-    samples = samples_for(cfg, cfg.data.train_splits)
-    present = presence(cfg, samples)
-    names = cfg.data.classes.names
+    samples, present, names = run.samples, run.present, run.names
     kinds = (["cam", "pseudo"] + [f"vote_{g}" for g in args.spacing] + [f"oracle_{g}" for g in args.spacing]
              + [f"outline_oracle_e{e}" for e in args.oracle_exp_times])
     boundary_auc: list[float] = []

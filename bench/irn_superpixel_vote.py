@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, cam_and_boundary, check, write_result  # noqa: E402
+from _common import ROOT, cam_and_boundary, check, irn_run, write_result  # noqa: E402
 
 SLIC = [(n, c) for n in (200, 600, 1500) for c in (10, 30)]  # (n_segments, compactness)
 FELZENSZWALB = (50, 150)  # scale; sigma 0.8, min_size 50
@@ -53,26 +53,15 @@ def main() -> None:
     from rich.progress import track
     from skimage.segmentation import felzenszwalb, slic
 
-    from histowsss.config import load_config
     from histowsss.data.loading import load_image
     from histowsss.data.masks import load_class_mask
     from histowsss.evaluation.metrics import ConfusionMatrix
-    from histowsss.steps.common import samples_for
-    from histowsss.steps.irn_common import background_id, cam_class_ids, cam_mode, presence
     from histowsss.steps.make_sem_seg_labels import gate_cams, labels_from_scores, walk_scores
 
-    run_path = ROOT / "bench" / "work" / f"cam_{args.protocol}.{args.profile}"
-    if not (run_path / "irn").is_dir():
-        raise SystemExit(f"{run_path}: run bench/irn_glas.py --protocol {args.protocol} --keep first")
-    cfg = load_config(str(run_path / "config.yaml"))
+    run = irn_run(args.protocol, args.profile)
+    run_path, cfg, mode, bg, ids, values = run.path, run.cfg, run.mode, run.bg, run.ids, run.values
     ss = cfg.sem_seg
-    mode, bg, ids = cam_mode(cfg), background_id(cfg), cam_class_ids(cfg)
-    chosen = float(json.loads((run_path / "metrics" / "cam.json").read_text())["chosen_value"])
-    values = {"cam": chosen, "pseudo": cfg.sem_seg.bg_threshold if mode == "threshold"
-              else chosen if ss.bg_offset == "eval_cam" else float(ss.bg_offset)}
-    samples = samples_for(cfg, cfg.data.train_splits)
-    present = presence(cfg, samples)
-    names = cfg.data.classes.names
+    samples, present, names = run.samples, run.present, run.names
     methods = {f"slic_n{n}_c{c}": ("slic", n, c) for n, c in SLIC}
     methods.update({f"felzenszwalb_s{s}": ("felzenszwalb", s, 0) for s in FELZENSZWALB})
     cms = {k: ConfusionMatrix(len(names)) for k in ["cam", "pseudo"] + [f"{m}/{src}" for m in methods
