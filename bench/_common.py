@@ -142,6 +142,36 @@ def device_and_profile(profile: str):
     return device, load_config("glas-gland-gpu" if profile == "gpu" else "glas-gland")
 
 
+def seg_training_setup(name: str, profile_name: str, crop: int | None = None, checkpointing: bool = False,
+                       **adamw_kwargs):
+    """One train_seg step's ingredients for the cost benches, from the same start every call: the SEGNETS network
+    ``name`` (seed 0, channels-last, in training mode) on the profile's device, a normalised batch of real GlaS
+    crops (``crop`` px, default the profile's), random targets, its AdamW (``adamw_kwargs``: the implementation)
+    and whether the profile trains in bfloat16. Returns a namespace (device, ts, net, x, target, opt, amp)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from histowsss.data.transforms import Normalizer
+    from histowsss.engine.device import bf16_enabled
+    from histowsss.models.segnet import build_segnet
+
+    device, profile = device_and_profile(profile_name)
+    ts = profile.train_seg if crop is None else profile.train_seg.model_copy(update={"crop_size": crop})
+    c = ts.crop_size
+    crops, _, rng = glas_train_crops(c, ts.batch_size)
+    torch.manual_seed(0)
+    net = build_segnet(ts.model_copy(update=SEGNETS[name]), 2).to(device).to(memory_format=torch.channels_last)
+    if checkpointing:
+        net.set_grad_checkpointing(True)
+    x = Normalizer(net.mean, net.std)(torch.from_numpy(crops).to(device)).contiguous(memory_format=torch.channels_last)
+    target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, c, c))).to(device)
+    opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay, **adamw_kwargs)
+    amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
+    net.train()
+    return SimpleNamespace(device=device, ts=ts, net=net, x=x, target=target, opt=opt, amp=amp)
+
+
 def seg_train_step(net, x, target, opt, device, amp: bool) -> float:
     """One train_seg optimiser step (forward under autocast, cross-entropy, backward, step); returns the loss."""
     import torch

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SEGNETS, device_and_profile, glas_train_crops, seg_train_step, write_result  # noqa: E402
+from _common import SEGNETS, seg_train_step, seg_training_setup, write_result  # noqa: E402
 
 NETWORKS = SEGNETS
 
@@ -37,26 +37,10 @@ def child(name: str, checkpointing: bool, profile_name: str, repeat: int, crop: 
 
     import torch
 
-    from histowsss.data.transforms import Normalizer
-    from histowsss.engine.device import bf16_enabled
-    from histowsss.models.segnet import build_segnet
-
-    device, profile = device_and_profile(profile_name)
-    ts = profile.train_seg
-    if crop is not None:
-        ts = ts.model_copy(update={"crop_size": crop})
+    setup = seg_training_setup(name, profile_name, crop=crop, checkpointing=checkpointing)
+    device, ts, net, x, target, opt, amp = (setup.device, setup.ts, setup.net, setup.x, setup.target, setup.opt,
+                                            setup.amp)
     c = ts.crop_size
-    crops, _, rng = glas_train_crops(c, ts.batch_size)
-    torch.manual_seed(0)
-    net = build_segnet(ts.model_copy(update=NETWORKS[name]), 2).to(device).to(memory_format=torch.channels_last)
-    if checkpointing:
-        net.set_grad_checkpointing(True)
-    norm = Normalizer(net.mean, net.std)
-    x = norm(torch.from_numpy(crops).to(device)).contiguous(memory_format=torch.channels_last)
-    target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, c, c))).to(device)
-    opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay)
-    amp = bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
-    net.train()
     losses, times = [], []
     # the peak resident set is reset right before the steps (Linux: /proc/self/clear_refs), so it counts no peak from
     # before them (nor ru_maxrss's, which a child inherits across exec from a large parent); elsewhere ru_maxrss

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SEGNETS, device_and_profile, glas_train_crops, write_result  # noqa: E402
+from _common import device_and_profile, seg_training_setup, write_result  # noqa: E402
 
 IMPLEMENTATIONS = {"for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -33,22 +33,12 @@ def measure(kind: str, profile_name: str, steps: int, warmup: int, amp_on: bool 
     float32 whatever the profile says)."""
     import torch
 
-    from histowsss.data.transforms import Normalizer
-    from histowsss.engine.device import autocast_bf16, bf16_enabled
-    from histowsss.models.segnet import build_segnet, seg_loss
+    from histowsss.engine.device import autocast_bf16
+    from histowsss.models.segnet import seg_loss
 
-    device, profile = device_and_profile(profile_name)
-    ts = profile.train_seg
-    crops, _, rng = glas_train_crops(ts.crop_size, ts.batch_size)
-    torch.manual_seed(0)
-    net = build_segnet(ts.model_copy(update=SEGNETS["unet_lite0"]), 2).to(device).to(memory_format=torch.channels_last)
-    norm = Normalizer(net.mean, net.std)
-    x = norm(torch.from_numpy(crops).to(device)).contiguous(memory_format=torch.channels_last)
-    target = torch.from_numpy(rng.integers(0, 2, (ts.batch_size, ts.crop_size, ts.crop_size))).to(device)
-    opt = torch.optim.AdamW(net.param_groups(ts.lr, ts.encoder_lr_mult), weight_decay=ts.weight_decay,
-                            **IMPLEMENTATIONS[kind])
-    amp = amp_on and bf16_enabled(device, ts.amp, ts.cpu_amp, "train_seg.cpu_amp", warn=False)
-    net.train()
+    setup = seg_training_setup("unet_lite0", profile_name, **IMPLEMENTATIONS[kind])
+    device, net, x, target, opt = setup.device, setup.net, setup.x, setup.target, setup.opt
+    amp = amp_on and setup.amp
 
     def sync() -> None:
         if device.type == "cuda":
