@@ -167,8 +167,12 @@ class DataConfig(Strict):
     mpp: float | None = Field(None, gt=0.0, description="microns per pixel of the manifest's images (before "
                               "image_scale); predict reads whole-slide images at this resolution / image_scale. "
                               "Not part of any step's hash")
-    stain_normalization: Literal["none", "reinhard"] = "none"
-    stain_reference: list[list[float]] | None = Field(None, description="[[L, a, b] mean, [L, a, b] std] for reinhard")
+    stain_normalization: Literal["none", "reinhard", "macenko"] = Field(
+        "none", description="reinhard: LAB mean/std matched to a reference; macenko: H&E stain vectors and "
+        "concentrations mapped to a reference (docs/data.md)")
+    stain_reference: list[list[float]] | None = Field(
+        None, description="reinhard: [[L, a, b] mean, [L, a, b] std]; macenko: [[r, g, b OD vector, 99th-percentile "
+        "concentration] of haematoxylin, [the same] of eosin]; `histowsss data stain-reference` measures one")
     patches: PatchConfig | None = None
 
     @field_validator("label_columns", mode="before")
@@ -241,7 +245,25 @@ class DataConfig(Strict):
             raise ValueError("mask_mode 'binary_image_label' takes the foreground's class from the image's label, and "
                              "label_column is null (no labels): set label_column, or use mask_mode 'binary' with "
                              "mask_foreground_class")
+        if self.stain_reference is not None:
+            check_stain_reference(self.stain_normalization, self.stain_reference)
         return self
+
+
+def check_stain_reference(method: str, ref: list[list[float]]) -> None:
+    """``data.stain_reference`` of the shape and range its method reads."""
+    fix = "; `histowsss data stain-reference IMAGES --method {m}` measures one on your images"
+    if method == "none":  # unused (a method switched off with --set keeps its reference)
+        return
+    if method == "reinhard":
+        if len(ref) != 2 or any(len(r) != 3 for r in ref) or min(ref[1]) <= 0:
+            raise ValueError(f"data.stain_reference {ref} for reinhard must be [[L, a, b] mean, [L, a, b] std] with "
+                             "a positive std" + fix.format(m=method))
+    elif len(ref) != 2 or any(len(r) != 4 for r in ref) or any(min(r) < 0 or r[3] <= 0 or sum(r[:3]) <= 0
+                                                                   for r in ref):
+        raise ValueError(f"data.stain_reference {ref} for macenko must be [[r, g, b, c], [r, g, b, c]]: the optical-"
+                         "density vector of haematoxylin, then of eosin (non-negative), each with the 99th percentile "
+                         "of its concentration (positive)" + fix.format(m=method))
 
 
 _EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

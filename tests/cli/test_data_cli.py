@@ -470,3 +470,35 @@ def test_check_wants_a_patch_only_of_the_images_the_run_tiles(builder):
     assert r.exit_code == 1 and "small_val" in flat(r.output)  # the veto reads the val mask's patches too
     r = invoke(*base, "--set", "eval_cam.label_gating=image")
     assert r.exit_code == 0 and "small_val" not in flat(r.output), r.output
+
+
+# -- stain-reference --------------------------------------------------------------------------------------------------
+
+def test_stain_reference_prints_a_reference_the_config_accepts(builder):
+    """Measured on the train images only (the test image is stained otherwise), printed as YAML that loads."""
+    import yaml
+
+    from histowsss.config import DataConfig
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, split in enumerate(("train", "train", "test")):
+        h, e = rng.uniform(0, 1.5, (40, 40)), rng.uniform(0.2, 1.0, (40, 40))
+        od = h[..., None] * np.array([0.65, 0.70, 0.30]) + e[..., None] * np.array([0.07, 0.99, 0.12])
+        if split == "test":  # a different stain: would move the median if it were read
+            od = h[..., None] * np.array([0.2, 0.2, 0.95]) + e[..., None] * np.array([0.9, 0.1, 0.4])
+        Image.fromarray(np.clip(240 * np.exp(-od) - 1, 0, 255).astype(np.uint8)).save(builder.root / f"s{i}.png")
+        rows.append({"image": f"s{i}.png", "split": split, "patient": f"p{i}", "label": "benign"})
+    m = builder.manifest(rows)
+    r = invoke("data", "stain-reference", m, "--method", "macenko")
+    assert r.exit_code == 0, r.stdout
+    assert "measured on 2 images of split(s) train" in flat(r.stdout)
+    data = yaml.safe_load(r.stdout[r.stdout.index("data:"):])["data"]
+    assert data["stain_normalization"] == "macenko"
+    ref = np.asarray(data["stain_reference"])
+    assert ref[0, :3] @ np.array([0.65, 0.70, 0.30]) / np.linalg.norm([0.65, 0.70, 0.30]) > 0.99
+    DataConfig.model_validate({"manifest": m, "classes": {"names": ["benign", "malignant"]}, **data})
+    r = invoke("data", "stain-reference", m, "--method", "vahadane")
+    assert r.exit_code != 0 and "reinhard or macenko" in flat(r.output)
+    r = invoke("data", "stain-reference", m, "--method", "reinhard", "--split", "val")
+    assert r.exit_code != 0 and "no images in split(s) val" in flat(r.output) and "--split" in flat(r.output)

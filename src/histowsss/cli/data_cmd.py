@@ -1,4 +1,4 @@
-"""`histowsss data ...`: stats, check, split, manifest, synth, tiles."""
+"""`histowsss data ...`: stats, check, stain-reference, split, manifest, synth, tiles."""
 
 from __future__ import annotations
 
@@ -133,6 +133,35 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
                   highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(1)
+
+
+@app.command("stain-reference")
+def stain_reference(manifest: Path, method: str = typer.Option(..., "--method", "-m", help="reinhard or macenko"),
+                    split: Optional[list[str]] = typer.Option(
+                        None, "--split", help="splits whose images to measure (default: data.train_splits)"),
+                    config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Measure a data.stain_reference on a manifest's training images; print it as config YAML (stdout)."""
+    from rich.progress import track
+
+    from histowsss.data.io import read_rgb
+    from histowsss.data.manifest import read_manifest
+    from histowsss.data.stain import measure_reference
+
+    if method not in ("reinhard", "macenko"):
+        raise typer.BadParameter(f"{method!r}: give reinhard or macenko", param_hint="--method")
+    with clear_errors():
+        dc = data_config_from(manifest, config, set_, log=_note)
+        splits = split or dc.train_splits
+        samples = read_manifest(dc, splits=splits)
+        if not samples:
+            raise ValueError(f"{manifest}: no images in split(s) {', '.join(splits)}; name the splits to measure "
+                             "with --split")
+        images = (read_rgb(s.image, scale=dc.image_scale) for s in
+                  track(samples, description=f"{method} statistics", console=console, transient=True))
+        ref = measure_reference(method, images)
+    # on stdout, so that it can go into a config file (`... > stain.yaml`)
+    typer.echo(f"# measured on {len(samples)} images of split(s) {', '.join(splits)} of {manifest}\n"
+               f"data:\n  stain_normalization: {method}\n  stain_reference: {ref}")
 
 
 @app.command()

@@ -13,9 +13,8 @@ from histowsss.data.io import read_rgb
 def load_image(path: Path | str, data: DataConfig) -> np.ndarray:
     """RGB uint8 image at ``data.image_scale``, stain-normalised if ``data.stain_normalization`` says so."""
     img = read_rgb(path, scale=data.image_scale)
-    if data.stain_normalization == "reinhard":
-        from histowsss.data.stain import DEFAULT_REFERENCE, reinhard
+    if data.stain_normalization != "none":
+        from histowsss.data.stain import stain_normalizer
 
-        ref = DEFAULT_REFERENCE if data.stain_reference is None else tuple(map(tuple, data.stain_reference))
-        img = reinhard(img, ref)
+        img = stain_normalizer(data.stain_normalization, data.stain_reference)(img)
     return img

@@ -91,14 +91,13 @@ def slide_output_paths(out_dir: Path, stem: str) -> list[Path]:
 
 
 def _stain_fn(cfg, thumb: np.ndarray, tissue: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-    if cfg.data.stain_normalization != "reinhard":
+    method = cfg.data.stain_normalization
+    if method == "none":
         return None
-    from histowsss.data.stain import DEFAULT_REFERENCE, lab_stats, reinhard
+    from histowsss.data.stain import stain_normalizer, stain_source
 
-    ref = DEFAULT_REFERENCE if cfg.data.stain_reference is None else tuple(map(tuple, cfg.data.stain_reference))
     px = thumb[tissue] if tissue.any() else thumb.reshape(-1, 3)
-    source = lab_stats(px.reshape(-1, 1, 3))
-    return lambda rgb: reinhard(rgb, ref, source=source)
+    return stain_normalizer(method, cfg.data.stain_reference, source=stain_source(method, px.reshape(-1, 1, 3)))
 
 
 def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: SlideOptions | None = None, *,
@@ -160,7 +159,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
                   "tile_size": tile_size, "margin": margin, "out_factor": out_factor, "network": network,
                   "weights": weights,
                   "run_config": cfg.step_hash("data", "train_seg", "eval_seg"), "stain": cfg.data.stain_normalization}
-        if stain is not None:  # the Reinhard source statistics come from the tissue of this reader's thumbnail
+        if stain is not None:  # the stain source statistics come from the tissue of this reader's thumbnail
             params.update(backend=slide.backend, tissue_threshold=tissue_threshold)
         cache = out_dir / f"{image_stem(path)}.partial"
         pred = predict_slide(slide, tiles, predict_fn, len(names), ds, margin=margin, out_factor=out_factor,
