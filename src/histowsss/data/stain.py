@@ -11,8 +11,9 @@ every image to the same statistics removes that shortcut.
   optical densities, the robust extreme angles in it); every pixel is unmixed into the two concentrations, which are
   scaled to the reference's and mixed again with the reference's vectors (M. Macenko et al., ISBI 2009). The
   default reference is the median over the 85 GlaS train images (``histowsss data stain-reference``); the published
-  implementations' constants (HEnorm, torchstain) give browner images. torchstain implements the method too, but estimates the vectors from each image it normalises, with no way to
-  hand it the vectors of a whole slide (every tile of a slide must get the same mapping); hence these few lines.
+  implementations' constants (HEnorm, torchstain) give browner images. torchstain implements the method too, but
+  estimates the vectors from each image it normalises, with no way to hand it the vectors of a whole slide (every
+  tile of a slide must get the same mapping); hence these few lines.
 
 Pass your own reference with ``data.stain_reference`` (``histowsss data stain-reference`` measures one).
 """
