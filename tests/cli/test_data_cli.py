@@ -498,6 +498,8 @@ def test_stain_reference_prints_a_reference_the_config_accepts(builder):
     ref = np.asarray(data["stain_reference"])
     assert ref[0, :3] @ np.array([0.65, 0.70, 0.30]) / np.linalg.norm([0.65, 0.70, 0.30]) > 0.99
     DataConfig.model_validate({"manifest": m, "classes": {"names": ["benign", "malignant"]}, **data})
+    r = invoke("data", "stain-reference", m, "--method", "reinhard", "--max-images", "1")
+    assert r.exit_code == 0 and "measured on 1 images (a random sample of 2) of split(s) train" in flat(r.stdout)
     r = invoke("data", "stain-reference", m, "--method", "vahadane")
     assert r.exit_code != 0 and "reinhard or macenko" in flat(r.output)
     r = invoke("data", "stain-reference", m, "--method", "reinhard", "--split", "val")

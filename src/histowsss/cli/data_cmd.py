@@ -139,6 +139,8 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
 def stain_reference(manifest: Path, method: str = typer.Option(..., "--method", "-m", help="reinhard or macenko"),
                     split: Optional[list[str]] = typer.Option(
                         None, "--split", help="splits whose images to measure (default: data.train_splits)"),
+                    max_images: int = typer.Option(
+                        200, min=1, help="measure at most this many images (a fixed random sample of them)"),
                     config: Optional[str] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Measure a data.stain_reference on a manifest's training images; print it as config YAML (stdout)."""
     from rich.progress import track
@@ -156,11 +158,17 @@ def stain_reference(manifest: Path, method: str = typer.Option(..., "--method", 
         if not samples:
             raise ValueError(f"{manifest}: no images in split(s) {', '.join(splits)}; name the splits to measure "
                              "with --split")
+        total = len(samples)
+        if total > max_images:  # the same sample every time
+            import random
+
+            samples = sorted(random.Random(0).sample(samples, max_images), key=lambda s: s.row)
         images = (read_rgb(s.image, scale=dc.image_scale) for s in
                   track(samples, description=f"{method} statistics", console=console, transient=True))
         ref = measure_reference(method, images)
     # on stdout, so that it can go into a config file (`... > stain.yaml`)
-    typer.echo(f"# measured on {len(samples)} images of split(s) {', '.join(splits)} of {manifest}\n"
+    of = f" (a random sample of {total})" if total > len(samples) else ""
+    typer.echo(f"# measured on {len(samples)} images{of} of split(s) {', '.join(splits)} of {manifest}\n"
                f"data:\n  stain_normalization: {method}\n  stain_reference: {ref}")
 
 
