@@ -63,6 +63,14 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
                                                     "sha256_16": "0123456789abcdef"}, "encoder_frozen": True})
     assert ("- Encoder weights: the file uni.safetensors (sha256 0123456789abcdef...), kept frozen; the network's "
             "checkpoints hold them, so their licence applies to this folder") in fm
+    # the stain reference the images were mapped to is written out, the method's default too
+    assert card["stain_normalization"] == "none" and card["stain_reference"] is None
+    from histowsss.data.stain import MACENKO_REFERENCE, effective_reference
+
+    ref = effective_reference("macenko", None)
+    assert ref == [list(r) for r in MACENKO_REFERENCE]
+    fm = card_markdown({**card, "stain_normalization": "macenko", "stain_reference": ref})
+    assert f"stain normalisation: macenko to {ref}" in fm
     assert [c["name"] for c in card["classes"]] == ["benign", "malignant"]
     assert "test" in card["scores"] and 0 <= card["scores"]["test"]["miou"] <= 100
     for f, info in card["files"].items():  # sizes recorded for every copied file

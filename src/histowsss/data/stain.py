@@ -129,6 +129,15 @@ def stain_source(method: str, img: np.ndarray) -> object:
     raise ValueError(f"unknown stain normalisation {method!r}")
 
 
+def effective_reference(method: str, reference: list[list[float]] | None) -> list[list[float]] | None:
+    """The reference ``method`` maps to: the configured one, or the method's default; None for 'none'."""
+    if method == "none":
+        return None
+    if reference is not None:
+        return [list(map(float, r)) for r in reference]
+    return [list(r) for r in (DEFAULT_REFERENCE if method == "reinhard" else MACENKO_REFERENCE)]
+
+
 def stain_normalizer(method: str, reference: list[list[float]] | None = None,
                      source: object = None) -> Callable[[np.ndarray], np.ndarray] | None:
     """RGB uint8 -> RGB uint8 for ``data.stain_normalization`` (None for 'none'), to ``reference`` (default: the
@@ -136,10 +145,10 @@ def stain_normalizer(method: str, reference: list[list[float]] | None = None,
     if method == "none":
         return None
     if method == "reinhard":
-        ref = DEFAULT_REFERENCE if reference is None else tuple(map(tuple, reference))
+        ref = tuple(map(tuple, effective_reference(method, reference)))
         return lambda img: reinhard(img, ref, source=source)
     if method == "macenko":
-        ref = MACENKO_REFERENCE if reference is None else tuple(map(tuple, reference))
+        ref = tuple(map(tuple, effective_reference(method, reference)))
         return lambda img: macenko(img, ref, source=source)
     raise ValueError(f"unknown stain normalisation {method!r}")
 

@@ -85,9 +85,9 @@ def _clicks_in_labels(cfg, source: str | None) -> bool:
 def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path) -> dict[str, Any]:
     """The content of ``model.json``."""
     from histowsss import __version__
-    from histowsss.steps.segnet_io import segnet_meta
-
+    from histowsss.data.stain import effective_reference
     from histowsss.steps.image_gate import chosen_gate
+    from histowsss.steps.segnet_io import segnet_meta
 
     meta = segnet_meta(run_path, network)
     classes = cfg.data.classes
@@ -102,6 +102,8 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "mpp": cfg.data.mpp,
         "image_scale": cfg.data.image_scale,
         "stain_normalization": cfg.data.stain_normalization,
+        # the reference itself, so that the bundle says what its images were mapped to whatever a later default is
+        "stain_reference": effective_reference(cfg.data.stain_normalization, cfg.data.stain_reference),
         "architecture": meta.get("architecture", cfg.train_seg.architecture),
         "encoder": meta.get("encoder", cfg.train_seg.encoder),
         # the weights the encoder started from, as train_seg recorded them ('imagenet', 'none', or a file by name
@@ -158,7 +160,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Classes: {classes}; background: "
         + (card["background"] if card["background"] is not None else "none (every pixel is one of the classes)"),
         f"- Input: images at {card['mpp'] or 'unknown'} um/px, scaled by {card['image_scale']} before the network; "
-        f"stain normalisation: {card['stain_normalization']}",
+        f"stain normalisation: {card['stain_normalization']}"
+        + (f" to {card['stain_reference']}" if card.get("stain_reference") else ""),
         f"- Network: {card['architecture']} on {card['encoder']}, {card['members']} member(s); trained {t['epochs']} "
         f"epochs on {t['images']} images with {t['labels']} labels ({t['loss']} loss)"
         + ("; the labels corrected by clicks" if card.get("clicks") else ""),
