@@ -252,7 +252,7 @@ class DataConfig(Strict):
 
 def check_stain_reference(method: str, ref: list[list[float]]) -> None:
     """``data.stain_reference`` of the shape and range its method reads."""
-    fix = "; `histowsss data stain-reference IMAGES --method {m}` measures one on your images"
+    fix = "; `histowsss data stain-reference MANIFEST --method {m}` measures one on your training images"
     if method == "none":  # unused (a method switched off with --set keeps its reference)
         return
     if method == "reinhard":

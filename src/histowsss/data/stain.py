@@ -64,8 +64,6 @@ def reinhard(img: np.ndarray, reference: tuple = DEFAULT_REFERENCE,
 # Macenko: (OD vector r, g, b, 99th-percentile concentration) of haematoxylin, then of eosin; the median of the 85
 # GlaS train images (`histowsss data stain-reference ../shared/data/glas/manifest.csv -c glas-gland -m macenko`)
 MACENKO_REFERENCE = ((0.4644, 0.8445, 0.2667, 1.711), (0.2653, 0.9411, 0.2095, 1.268))
-# the constants of the method's published implementations (HEnorm, torchstain), for data.stain_reference
-MACENKO_PUBLISHED_REFERENCE = ((0.5626, 0.7201, 0.4062, 1.9705), (0.2159, 0.8012, 0.5581, 1.0308))
 LIGHT = 240.0  # transmitted light intensity (the optical density of this grey level is 0)
 OD_MIN = 0.15  # pixels with an optical density below this in any channel are glass or too pale to carry a stain
 ANGLE_PERCENTILE = 1.0  # robust extremes of the stain angles
@@ -144,13 +142,11 @@ def stain_normalizer(method: str, reference: list[list[float]] | None = None,
     method's own), from ``source`` statistics (:func:`stain_source`; default: each image's own)."""
     if method == "none":
         return None
-    if method == "reinhard":
-        ref = tuple(map(tuple, effective_reference(method, reference)))
-        return lambda img: reinhard(img, ref, source=source)
-    if method == "macenko":
-        ref = tuple(map(tuple, effective_reference(method, reference)))
-        return lambda img: macenko(img, ref, source=source)
-    raise ValueError(f"unknown stain normalisation {method!r}")
+    fn = {"reinhard": reinhard, "macenko": macenko}.get(method)
+    if fn is None:
+        raise ValueError(f"unknown stain normalisation {method!r}")
+    ref = tuple(map(tuple, effective_reference(method, reference)))
+    return lambda img: fn(img, ref, source=source)
 
 
 def measure_reference(method: str, images: Iterable[np.ndarray]) -> list[list[float]]:
