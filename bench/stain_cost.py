@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import GLAS, best_time, write_result  # noqa: E402
 
 from histowsss.data.io import read_rgb  # noqa: E402
-from histowsss.data.stain import lab_stats, macenko, macenko_stains, reinhard  # noqa: E402
+from histowsss.data.stain import lab_stats, macenko, macenko_stains, reinhard, stain_normalizer  # noqa: E402
 
 
 def split_of(name: str) -> str:
@@ -57,11 +57,12 @@ def main() -> None:
     t0 = time.time()
     with open(GLAS / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))[: args.limit]
-    methods = {"none": lambda img: img, "reinhard": reinhard, "macenko": macenko}
+    methods = {m: stain_normalizer(m) or (lambda img: img) for m in ("none", "reinhard", "macenko")}
     means: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in methods}
     times: dict[str, list[float]] = {"reinhard": [], "macenko": [], "macenko_given_source": []}
     for i, row in enumerate(rows):
         img = read_rgb(GLAS / row["image"])
+        h, w = img.shape[:2]
         split = split_of(row["name"])
         for m, fn in methods.items():
             out = fn(img)
@@ -72,7 +73,6 @@ def main() -> None:
         times["macenko_given_source"].append(best_time(lambda: macenko(img, source=src), args.repeat))
         if i % 20 == 0:
             print(f"{i + 1}/{len(rows)} images", flush=True)
-    h, w = read_rgb(GLAS / rows[0]["image"]).shape[:2]
     metrics = {
         "images": len(rows),
         "image_size": [h, w],
