@@ -518,7 +518,7 @@ def test_a_weights_file_changed_in_place_makes_its_steps_again(tiny_manifest, tm
     assert [m for m in messages if m.startswith("[run ]")] == [
         "[run ] train_cam: starts over (the weights file backbone.weights changed since it stopped)"]
     # the whole file is fingerprinted (a change in the middle counts), a folder or a missing file is no fingerprint
-    from histowsss.config import _file_fingerprint
+    from histowsss.config.run import _file_fingerprint
 
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(40 << 20))

@@ -1,0 +1,195 @@
+"""The whole pipeline's config (``RunConfig``): its sections, the step hashes that tie a step's files to its
+settings, the fingerprints of the files it names, and the checks made before steps run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from histowsss.config.base import Strict
+from histowsss.config.cam import BackboneConfig, EvalCamConfig, MakeCamConfig, TrainCamConfig
+from histowsss.config.data import DataConfig, PointsConfig, data_split_leaks
+from histowsss.config.irn import InsSegConfig, IrLabelConfig, SemSegConfig, TrainIrnConfig
+from histowsss.config.seg import EvalSegConfig, TrainSegConfig
+
+
+# Config values that describe the data without changing any step's output: kept out of step hashes, so adding
+# them to a finished run's config does not make steps redo their work.
+# data.mpp: metadata; train_cam.small_images: refuse gives the mirror network or nothing; train_seg.channels_last: a
+# memory layout, train_seg.fused_optimizer: a kernel (the same network up to float rounding, as with another thread
+# count)
+HASH_EXEMPT = ("data.mpp", "train_cam.small_images", "train_seg.channels_last", "train_seg.grad_checkpointing",
+               "train_seg.fused_optimizer")
+# Sections added after runs existed: in a step hash only when set (see RunConfig.step_hash).
+LATE_SECTIONS = ("points",)
+
+
+class RunConfig(Strict):
+    """The whole pipeline's configuration."""
+
+    name: str = "run"
+    seed: int = Field(0, description="unused: every training step has its own (train_cam.seed, train_irn.seed, "
+                      "train_seg.seed); kept so that older configs load")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    upper_bound: bool = Field(False, description="also train and evaluate the segmentation network on the "
+                              "ground-truth masks (steps train_seg_supervised, eval_seg_supervised): the upper bound "
+                              "of the report; needs masks for the training images")
+    data: DataConfig
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    train_cam: TrainCamConfig = Field(default_factory=TrainCamConfig)
+    make_cam: MakeCamConfig = Field(default_factory=MakeCamConfig)
+    eval_cam: EvalCamConfig = Field(default_factory=EvalCamConfig)
+    ir_label: IrLabelConfig = Field(default_factory=IrLabelConfig)
+    train_irn: TrainIrnConfig = Field(default_factory=TrainIrnConfig)
+    sem_seg: SemSegConfig = Field(default_factory=SemSegConfig)
+    ins_seg: InsSegConfig = Field(default_factory=InsSegConfig)
+    train_seg: TrainSegConfig = Field(default_factory=TrainSegConfig)
+    eval_seg: EvalSegConfig = Field(default_factory=EvalSegConfig)
+    points: PointsConfig = Field(default_factory=PointsConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        p = self.data.patches
+        if self.eval_cam.label_gating == "patch" and (p is None or p.label_rule != "mask_fraction"):
+            raise ValueError("eval_cam.label_gating=patch needs patch labels (data.patches with "
+                             "label_rule: mask_fraction); use label_gating=image for image-level labels")
+        if self.train_seg.patch_veto and (p is None or p.label_rule != "mask_fraction"):
+            raise ValueError("train_seg.patch_veto needs patch labels (data.patches with label_rule: "
+                             "mask_fraction); set train_seg.patch_veto=false for image-level labels")
+        if self.train_seg.synthetic_fraction > 0:
+            from histowsss.data.synthesis import SOURCE_FIX, synthesis_source
+
+            if synthesis_source(self.data) is None:
+                raise ValueError(f"train_seg.synthetic_fraction: {SOURCE_FIX}; an image label with an implicit "
+                                 "background, or a patch label inherited from it, does not say a region is all one "
+                                 "class; set train_seg.synthetic_fraction=0")
+        if self.train_cam.network == "rpnet" and self.train_cam.pooling != "gap":
+            raise ValueError("train_cam.pooling=topk is for network: cam (RPNet's branches pool by average); set "
+                             "train_cam.pooling=gap or train_cam.network=cam")
+        return self
+
+    def step_hash(self, *sections: str) -> str:
+        """Short hash of the named config sections (used to tie a step's files to its inputs).
+
+        Only values that differ from the defaults enter the hash, so adding a new option (with a default that
+        keeps the old behaviour) does not invalidate finished runs.
+        """
+        dump = self.model_dump(mode="json", exclude_defaults=True)
+        for key in HASH_EXEMPT:  # metadata no step's output depends on
+            section, name = key.split(".")
+            dump.get(section, {}).pop(name, None)
+        # a section added after runs existed enters only when it holds a non-default value, so those runs stay valid
+        parts = {s: dump.get(s, {}) for s in sections if s not in LATE_SECTIONS or dump.get(s)}
+        payload = json.dumps(parts, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def backbone_digest(self) -> str | None:
+        """Fingerprint (sha256) of the ``backbone.weights`` file (a local file, or for 'imagenet' the installed
+        package's), recorded by the steps that read it, so that a file changed in place (or a weights package
+        upgraded) makes them again; None for 'none' or a file that is not there. Kept out of the hashes: a run
+        folder or an export without the file stays valid."""
+        return self.weights_file_digest("backbone.weights")
+
+    def weights_file_digest(self, key: str) -> str | None:
+        """Fingerprint of the weights file that config key ``key`` ('backbone.weights', 'train_seg.encoder_weights')
+        names, as :meth:`backbone_digest`."""
+        section, name = key.split(".")
+        w = getattr(getattr(self, section), name)
+        if w == "none":
+            return None
+        if w == "imagenet":
+            from histowsss.models.weights import packaged_weights_path
+
+            model = self.backbone.name if section == "backbone" else self.train_seg.encoder
+            try:
+                return _file_fingerprint(packaged_weights_path(model))
+            except Exception:  # no such package installed: the step that needs it says so
+                return None
+        return _file_fingerprint(Path(w).expanduser())
+
+    def clicks_digest(self) -> str | None:
+        """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
+        cells by image, in any row order); None when no clicks are configured. Recorded in each step's status, so
+        that a step the clicks act in is made again when they change (not in the hashes: a run made before this
+        record keeps its steps). A file that cannot be read digests as such (its step then says why)."""
+        if self.points.file is None and self.data.points_column is None:
+            return None
+        h = hashlib.sha256()
+        if self.points.file is not None:
+            f = Path(self.points.file)
+            if f.is_dir():  # a folder of QuPath exports: every export's name and bytes
+                from histowsss.data.points import points_folder_files
+
+                for g in points_folder_files(f):
+                    h.update(g.name.encode() + b"\0" + g.read_bytes())
+            else:
+                h.update(f.read_bytes() if f.is_file() else b"(missing)")
+        if self.data.points_column is not None:
+            from histowsss.data.manifest import read_table
+
+            try:
+                _, rows = read_table(Path(self.data.manifest))
+            except Exception:
+                rows = []
+            cells = sorted((r.get("name", "").strip() or r.get("image", "").strip(), r[self.data.points_column].strip())
+                           for r in rows if (r.get(self.data.points_column) or "").strip())
+            for name, cell in cells:
+                h.update(f"{name}\t{cell}\n".encode())
+        return h.hexdigest()[:16]
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_fingerprint(path: Path) -> str | None:
+    """sha256 of a file's bytes (cached by path, size and mtime: a 1.2 GB file is read once per process, ~1 s);
+    None for a path that is no readable regular file (the loader says why when it needs it)."""
+    from histowsss.digest import file_sha256
+
+    try:
+        st = path.stat()
+        if not path.is_file():
+            return None
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _FINGERPRINTS:
+            _FINGERPRINTS[key] = file_sha256(path)[:16]
+    except OSError:
+        return None
+    return _FINGERPRINTS[key]
+
+
+def background_only_settings(cfg: "RunConfig") -> list[str]:
+    """Settings that act on the background class, set in a config that has none (they would do nothing).
+
+    Checked when steps are planned, not when a config loads, so run folders made before the check still load."""
+    es = cfg.eval_seg
+    if cfg.data.classes.background is not None:
+        return []
+    given = [f"eval_seg.{k}={getattr(es, k)}" for k in ("max_hole_area", "split_h") if getattr(es, k)]
+    return [f"{', '.join(given)} needs a background class (holes are background, and touching objects are cut apart "
+            "by background): with data.classes.background null set it to 0; min_object_area (small regions take "
+            "the surrounding class) works without one"] if given else []
+
+
+def split_leaks(cfg: RunConfig) -> list[str]:
+    """Why the test images would be trained on or used to choose a setting (empty when they are held out): checked
+    before steps run (`histowsss run`, `data check --config`), not on loading, so a finished run folder or exported
+    model made before the check still loads for predict and report."""
+    return data_split_leaks(cfg.data) + step_split_leaks(cfg)
+
+
+def step_split_leaks(cfg: RunConfig) -> list[str]:
+    """The steps' own split settings that name a test split (see :func:`split_leaks`)."""
+    out = []
+    test = set(cfg.data.test_splits)
+    for key, splits, what in (("eval_cam.choose_on", cfg.eval_cam.choose_on, "thresholds are chosen on them"),
+                              ("ir_label.splits", cfg.ir_label.splits, "the IRN trains on them"),
+                              ("train_seg.splits", cfg.train_seg.splits, "the segmentation network trains on them")):
+        leak = sorted(set(splits or []) & test)
+        if leak:
+            out.append(f"{key} names test split(s) {', '.join(leak)}: {what}; leave {key} unset (train + val) or "
+                       "name training/validation splits only")
+    return out
