@@ -1,172 +1,24 @@
 """One self-contained HTML report of a run folder: data, training curves, per-stage quality, examples, timings.
 
-Everything is inline: CSS in a ``<style>`` block, images as base64 PNG ``data:`` URIs, charts as SVG drawn here.
-No external URL is referenced, so the file can be mailed or archived as is. Missing stages are shown as
-"not run"; every section degrades to a short note when its inputs are absent.
+Everything is inline: CSS in a ``<style>`` block, images as base64 PNG ``data:`` URIs, charts as SVG
+(``report_parts``). No external URL is referenced, so the file can be mailed or archived as is. Missing stages are
+shown as "not run"; every section degrades to a short note when its inputs are absent.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
+from histowsss.evaluation.report_parts import (CSS, colorize, esc, fmt, line_chart, png_data_uri, read_json,
+                                            table)
+
 SECTIONS = ("Run", "Dataset", "Per-stage quality", "Model selection", "Training curves", "Examples", "Timings")
-PALETTE = ["#4363d8", "#e6194b", "#3cb44b", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
 _SCORE_WORDS = ("acc", "auc", "prob", "iou", "dice", "f1", "precision", "recall")  # charted on [0, 1]
 _SKIP_KEYS = {"epoch", "seconds", "examples", "crops", "crops_per_s", "examples_per_s", "lr", "world_size"}
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;
-background:#fafafa;padding:0 16px}
-h1{font-size:26px;margin-bottom:4px}h2{font-size:20px;border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
-h3{font-size:15px;margin:14px 0 6px}
-.sub{color:#666;font-size:13px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0;background:#fff}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f0f0f0}
-td.l,th.l{text-align:left}tr.nr td{color:#999;font-style:italic}
-.charts{display:flex;flex-wrap:wrap;gap:16px}.chart{background:#fff;border:1px solid #ddd;padding:6px}
-.grid{display:grid;grid-template-columns:180px repeat(3,max-content);gap:6px 10px;align-items:center}
-.grid img{border:1px solid #ccc;image-rendering:pixelated;max-width:240px}
-.grid .h{font-weight:bold;font-size:13px}.note{color:#666;font-size:13px}
-.legend span{display:inline-block;margin-right:14px;font-size:13px}
-.sw{display:inline-block;width:12px;height:12px;border:1px solid #999;vertical-align:middle;margin-right:4px}
-pre{background:#fff;border:1px solid #ddd;padding:8px;font-size:12px;overflow:auto;max-height:400px}
-nav a{margin-right:12px;font-size:14px}
-"""
-
-
-# --------------------------------------------------------------------------------------------------- utilities
-def esc(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return esc(v)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def png_data_uri(arr: np.ndarray, max_side: int = 240) -> str:
-    """Base64 PNG ``data:`` URI of an RGB / grey uint8 array, downscaled to ``max_side``."""
-    from PIL import Image
-
-    im = Image.fromarray(np.ascontiguousarray(arr))
-    scale = max_side / max(im.size)
-    if scale < 1:
-        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))),
-                       Image.NEAREST if arr.ndim == 2 or arr.dtype != np.uint8 else Image.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def colorize(labels: np.ndarray, colors: list[str], ignore_color: str = "#ffffff") -> np.ndarray:
-    """RGB image of a class-id map (255 = ignore)."""
-    lut = np.zeros((256, 3), np.uint8)
-    lut[:] = [int(ignore_color[i : i + 2], 16) for i in (1, 3, 5)]
-    for c, hx in enumerate(colors):
-        lut[c] = [int(hx[i : i + 2], 16) for i in (1, 3, 5)]
-    return lut[labels.astype(np.uint8)]
-
-
-def table(rows: list[dict], columns: list[str], left: tuple[str, ...] = (), row_class: Callable | None = None) -> str:
-    head = "".join(f'<th class="{"l" if c in left else ""}">{esc(c)}</th>' for c in columns)
-    body = []
-    for r in rows:
-        cls = row_class(r) if row_class else ""
-        cells = "".join(f'<td class="{"l" if c in left else ""}">{_fmt(r.get(c))}</td>' for c in columns)
-        body.append(f'<tr class="{cls}">{cells}</tr>')
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values (steps of 1, 2, 2.5 or 5 x 10^k) covering [lo, hi]."""
-    import math
-
-    raw = (hi - lo) / max(1, n - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start, stop = math.floor(lo / step) * step, math.ceil(hi / step) * step
-    k = int(round((stop - start) / step))
-    return [round(start + i * step, 10) for i in range(k + 1)]
-
-
-def epoch_ticks(x0: float, x1: float) -> list[float]:
-    """x-axis ticks: every epoch of a short whole-number range, else the first epoch and round whole numbers
-    (1, 10, 20, 30, 40 for 40 epochs); five even steps for a range that is not whole numbers."""
-    if not (float(x0).is_integer() and float(x1).is_integer()):
-        return [x0 + (x1 - x0) * i / 4 for i in range(5)]
-    if x1 - x0 <= 5:
-        return [float(v) for v in range(int(x0), int(x1) + 1)]
-    ticks = [v for v in nice_ticks(x0, x1) if x0 < v <= x1 and float(v).is_integer()]
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else x1 - x0
-    if ticks and ticks[0] - x0 < 0.4 * step:
-        ticks = ticks[1:]
-    return [float(x0)] + ticks
-
-
-def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 440, height: int = 240,
-               y_range: tuple[float, float] | None = None) -> str:
-    """Inline SVG line chart of named (x, y) series, with axes, ticks and a legend."""
-    pts = [p for s in series.values() for p in s if p[1] is not None and np.isfinite(p[1])]
-    if not pts:
-        return ""
-    ml, mr, mt, mb = 52, 12, 26, 46
-    pw, ph = width - ml - mr, height - mt - mb
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = y_range if y_range else (min(ys), max(ys))
-    if x1 == x0:
-        x0, x1 = x0 - 0.5, x1 + 0.5
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    yticks = nice_ticks(y0, y1) if not y_range else [y0 + (y1 - y0) * i / 4 for i in range(5)]
-    y0, y1 = yticks[0], yticks[-1]
-    sx = lambda x: ml + (x - x0) / (x1 - x0) * pw  # noqa: E731
-    sy = lambda y: mt + ph - (y - y0) / (y1 - y0) * ph  # noqa: E731
-    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
-           f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
-           f'{esc(title)}</text>',
-           f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fff" stroke="#bbb"/>']
-    for yv in yticks:
-        y = sy(yv)
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{ml - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{yv:.3g}</text>')
-    for xv in epoch_ticks(x0, x1):
-        x = sx(xv)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>')
-        out.append(f'<text x="{x:.1f}" y="{mt + ph + 15}" text-anchor="middle" font-size="10">{xv:.3g}</text>')
-    out.append(f'<text x="{ml + pw}" y="{mt + ph + 28}" text-anchor="end" font-size="11">epoch</text>')
-    lx = ml
-    for k, (name, s) in enumerate(series.items()):
-        col = PALETTE[k % len(PALETTE)]
-        good = [(x, y) for x, y in s if y is not None and np.isfinite(y)]
-        if good:
-            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2"/>')
-            out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{col}"/>' for x, y in good)
-        out.append(f'<rect x="{lx}" y="{height - 10}" width="10" height="4" fill="{col}"/>'
-                   f'<text x="{lx + 13}" y="{height - 5}" font-size="10">{esc(name)}</text>')
-        lx += 20 + 6 * len(name)
-    out.append("</svg>")
-    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------- sections
@@ -188,7 +40,7 @@ def _invocation_facts(run_path: Path) -> list[tuple[str, str]]:
 
     from histowsss.engine.run_paths import INVOCATION
 
-    rec = _read_json(run_path / INVOCATION)
+    rec = read_json(run_path / INVOCATION)
     argv = rec.get("argv") if isinstance(rec, dict) else None
     if not isinstance(argv, list) or not argv:
         return []
@@ -215,7 +67,7 @@ def section_run(run_path: Path, cfg, cfg_err: str | None) -> str:
         parts.append(table([{"key": k, "value": v} for k, v in facts], ["key", "value"], left=("key", "value")))
     else:
         parts.append(f'<p class="note">{esc(cfg_err)}</p>')
-    versions = _read_json(run_path / "versions.json")
+    versions = read_json(run_path / "versions.json")
     if versions:
         parts.append('<p class="sub">' + esc(", ".join(f"{k} {v}" for k, v in versions.items())) + "</p>")
     cfg_text = (run_path / "config.yaml").read_text() if (run_path / "config.yaml").exists() else ""
@@ -234,7 +86,7 @@ def steps_by_config(run_path: Path) -> dict[str, list[str]]:
     """Finished steps grouped by the config file they ran with (``status/<step>.json`` -> ``run_config``)."""
     out: dict[str, list[str]] = {}
     for f in sorted((run_path / "status").glob("*.json")):
-        st = _read_json(f) or {}
+        st = read_json(f) or {}
         if st.get("state") == "done" and st.get("run_config"):
             out.setdefault(st["run_config"], []).append(st.get("step", f.stem))
     return out
@@ -274,10 +126,10 @@ def _labels_from_masks(samples: list, data) -> tuple[list, str]:
 
 def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     """The per-stage quality rows (mIoU, mDice, per-class IoU); stages without metrics are 'not run'."""
-    cam = _read_json(run_path / "metrics" / "cam.json")
-    sem = _read_json(run_path / "metrics" / "sem_seg.json")
-    seg = _read_json(run_path / "metrics" / "seg.json")
-    sup = _read_json(run_path / "metrics" / "seg_supervised.json")
+    cam = read_json(run_path / "metrics" / "cam.json")
+    sem = read_json(run_path / "metrics" / "sem_seg.json")
+    seg = read_json(run_path / "metrics" / "seg.json")
+    sup = read_json(run_path / "metrics" / "seg_supervised.json")
     rows: list[dict] = []
 
     def add(stage: str, split: str | None, summ: dict | None, note: str = "", ran: bool = False) -> None:
@@ -350,14 +202,14 @@ def object_rows(run_path: Path) -> list[dict]:
                          "objects without a Hausdorff partner": o.get("hausdorff_unpaired_objects"),
                          "images with infinite Hausdorff": o.get("hausdorff_infinite_images")})
 
-    sem = _read_json(run_path / "metrics" / "sem_seg.json") or {}
+    sem = read_json(run_path / "metrics" / "sem_seg.json") or {}
     for sp, e in (sem.get("splits") or {}).items():
         objs = (e or {}).get("objects") or {}
         add("IRN instances (displacement field)", sp, objs.get("irn_instances"))
         add("IRN pseudo-masks, connected components", sp, objs.get("pseudo_connected_components"))
     for name, file in (("Segmentation network (weak labels)", "seg.json"),
                        ("Supervised upper bound (ground truth)", "seg_supervised.json")):
-        objs = (_read_json(run_path / "metrics" / file) or {}).get("objects") or {}
+        objs = (read_json(run_path / "metrics" / file) or {}).get("objects") or {}
         splits = objs.get("splits") or {}
         add(name, "+".join(splits) or "test", objs.get("all"))
         if len(splits) > 1:
@@ -408,7 +260,7 @@ def section_tuning(run_path: Path) -> str:
     files = sorted((run_path / "tuning").glob("*.json")) if (run_path / "tuning").is_dir() else []
     parts = []
     for path in files:
-        res = _read_json(path)
+        res = read_json(path)
         if not isinstance(res, dict) or "pooled" not in res:
             continue
         crit = res.get("criterion", "miou")
@@ -431,7 +283,7 @@ def section_tuning(run_path: Path) -> str:
                            left=("candidate", "variant")) +
                      f'<p class="note">{esc(res.get("scored_images", res.get("training_images")))} training images of '
                      f'{esc(res.get("training_patients"))} patients, each scored once by a network that never saw its '
-                     f"patient; the weak labels themselves: {esc(_fmt(weak))}.{esc(gate)} Chosen overrides: "
+                     f"patient; the weak labels themselves: {esc(fmt(weak))}.{esc(gate)} Chosen overrides: "
                      f'<code>{esc(" ".join(chosen.get("overrides") or []) or "none")}</code>. Test images are never '
                      "read.</p>")
     return "".join(parts) or ('<p class="note">no cross-validation in this run folder (<code>histowsss tune RUN'
@@ -486,7 +338,7 @@ def section_examples(run_path: Path, cfg, per_side: int = 3) -> str:
                      for n, c in zip(cfg.data.classes.names, colors))
     for tag, pdir, title in (("seg", "pred", "Segmentation network (weak labels)"),
                              ("seg_supervised", "pred_supervised", "Supervised upper bound")):
-        m = _read_json(run_path / "metrics" / f"{tag}.json")
+        m = read_json(run_path / "metrics" / f"{tag}.json")
         if not m:
             if tag == "seg":
                 blocks.append(f'<h3>{title}</h3><p class="note">not run (no metrics/seg.json)</p>')
@@ -537,7 +389,7 @@ def section_timings(run_path: Path) -> str:
     from histowsss.steps.registry import PIPELINE
 
     sdir = run_path / "status"
-    recs = {p.stem: _read_json(p) for p in sorted(sdir.glob("*.json"))} if sdir.exists() else {}
+    recs = {p.stem: read_json(p) for p in sorted(sdir.glob("*.json"))} if sdir.exists() else {}
     if not recs:
         return '<p class="note">no status records</p>'
     order = [s for s in PIPELINE if s in recs] + [s for s in recs if s not in PIPELINE]
@@ -569,7 +421,7 @@ def build_report(run_path: Path | str) -> str:
     names = list(cfg.data.classes.names) if cfg is not None else []
     if not names:
         for p in ("seg.json", "seg_supervised.json"):
-            m = _read_json(run_path / "metrics" / p)
+            m = read_json(run_path / "metrics" / p)
             if m and m.get("all", {}).get("per_class"):
                 names = list(m["all"]["per_class"])
                 break
