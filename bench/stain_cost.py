@@ -28,10 +28,6 @@ from histowsss.data.io import read_rgb  # noqa: E402
 from histowsss.data.stain import lab_stats, macenko, macenko_stains, reinhard, stain_normalizer  # noqa: E402
 
 
-def split_of(name: str) -> str:
-    return "testA" if name.startswith("testA") else "testB" if name.startswith("testB") else "train"
-
-
 def spread(means: dict[str, list[np.ndarray]]) -> dict:
     """Per split and over all: std over images of the mean LAB colour, and the split means."""
     out = {}
@@ -63,7 +59,7 @@ def main() -> None:
     for i, row in enumerate(rows):
         img = read_rgb(GLAS / row["image"])
         h, w = img.shape[:2]
-        split = split_of(row["name"])
+        split = row["split"]  # train, testA, testB
         for m, fn in methods.items():
             out = fn(img)
             means[m].setdefault(split, []).append(lab_stats(out)[0])
