@@ -200,6 +200,7 @@ def test_a_folder_of_labelled_tiles_trains(synth: Path, tmp_path: Path):
         args += ["--set", s]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
+    assert "quality measured in this run folder" in r.output and "| CAM | test |" in r.output  # run ends with it
     m = json.loads((tmp_path / "run" / "metrics" / "cam.json").read_text())
     assert set(m["splits"]) == {"train", "test"} and 0 <= m["splits"]["test"]["predicted_gating"]["miou"] <= 100
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -509,3 +510,47 @@ def test_palette_masks_stay_class_ids_and_mask_maps_stand_alone(tmp_path: Path):
     with pytest.raises(ConfigError, match="mask_ignore_values and mask_values both say"):
         load_config("demo", ["data.mask_mode=class_ids", "data.mask_values={malignant: 1, benign: 2}",
                              "data.mask_ignore_values=[0]"])
+
+
+def test_init_refuses_to_write_over_its_manifest_or_into_a_folder(synth: Path, tmp_path: Path):
+    text = synth.read_text()
+    r = CliRunner().invoke(app, ["init", str(synth), "--out", str(synth), "--overwrite"])
+    assert r.exit_code == 2 and "is the file this command reads" in r.output and synth.read_text() == text
+    r = CliRunner().invoke(app, ["init", str(synth), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a folder" in r.output
+
+
+def test_the_background_is_found_in_a_class_name_of_several_words(tmp_path: Path):
+    rows = ["image,split,patient,label"]
+    for i, label in enumerate(["Benign glands", "Malignant glands"] * 3):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{'test' if i >= 4 else 'train'},p{i},{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv")
+    assert made.config.data.classes.background == "Benign glands"
+
+
+def test_a_nan_label_is_no_class(tmp_path: Path):
+    rows = ["image,split,patient,label"]
+    for i, label in enumerate(["normal", "tumour", "NaN", "tumour", "normal", "normal"]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{'test' if i == 5 else 'train'},p{i},{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    assert config_for_manifest(tmp_path / "m.csv").config.data.classes.names == ["normal", "tumour"]
+
+
+def test_no_tune_advice_without_training_masks_and_the_upper_bound_says_why_it_is_off(synth: Path, tmp_path: Path):
+    bare = _rewrite(synth, synth.parent / "bare.csv", lambda r: {**r, "mask": ""})
+    notes = " ".join(config_for_manifest(bare, label_column="grade").notes)
+    assert "tune RUN" not in notes and "needs masks for some training images: none have one here" in notes
+    seen: list[int] = []
+
+    def some(r):
+        seen.append(1)
+        return {**r, "mask": r["mask"] if len(seen) % 2 else ""}
+
+    part = _rewrite(synth, synth.parent / "part.csv", some)
+    made = config_for_manifest(part, label_column="grade")
+    assert made.config.upper_bound is False
+    assert any(n.startswith("upper_bound false: ") and "of 6 training images have a mask" in n for n in made.notes)
+    assert "tune RUN" in " ".join(made.notes)

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from histowsss.config import ConfigError, RunConfig, builtin_config_path, validate_config
-from histowsss.data.manifest import class_columns_labels, class_columns_of, read_csv_rows
+from histowsss.data.manifest import class_columns_labels, class_columns_of, is_missing, read_csv_rows
 
 PROFILES = {"cpu": "glas-malignant", "gpu": "glas-malignant-gpu"}
 # microns per network pixel of the profiles: GlaS at 0.62 um/px, read at data.image_scale 0.5 (CPU) or 1.0 (GPU)
@@ -76,11 +76,15 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
              separator: str) -> tuple[str, list[str], bool]:
     col = label_column or ("label" if "label" in columns else None)
     if col is None or col not in columns:
-        raise ConfigError(f"{manifest}: no {(col or 'label')!r} column (columns: {', '.join(columns)}); pass "
+        from histowsss.data.manifest import almost_class_columns
+
+        raise ConfigError(f"{manifest}: no {(col or 'label')!r} column (columns: {', '.join(columns)})"
+                          f"{almost_class_columns(columns, rows) if label_column is None else ''}; pass "
                           "--label-column COLUMN (the column of class names), or --label-columns A,B,... (one 0/1 "
                           "column per class)")
     multi = any(separator in r[col] for r in rows)
-    names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]]) if v.strip()})
+    names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]])
+                    if not is_missing(v)})  # 'NaN' (pandas' missing value) is no class: data check names the rows
     named = None if label_column or multi else code_names_column(columns, rows, col, names)
     if named is not None:  # 'label' holds codes (0 / 1) that another column names one for one (GlaS's grade)
         col = named
@@ -89,6 +93,15 @@ def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], lab
         raise ConfigError(f"{manifest}: column {col!r} holds {len(names)} class name(s) ({', '.join(names)}); "
                           "a classifier needs at least two classes")
     return col, names, multi
+
+
+def class_name_twins(names: list[str]) -> list[list[str]]:
+    """Groups of class names that differ only in case or spaces ('Te' beside 'TE', 'stroma ' beside 'stroma'):
+    typos that would become classes of their own."""
+    folded: dict[str, list[str]] = {}
+    for n in names:
+        folded.setdefault(" ".join(n.lower().split()), []).append(n)
+    return [v for v in folded.values() if len(v) > 1]
 
 
 def code_names_column(columns: list[str], rows: list[dict[str, str]], col: str, codes: list[str]) -> str | None:
@@ -120,6 +133,8 @@ def _background(names: list[str], given: str | None) -> str | None:
                               "or pass --background none when every pixel is one of the classes (tissue types)")
         return given
     found = [n for n in names if n.lower() in BACKGROUND_NAMES]
+    if not found:  # a folder name of several words, 'Benign glands', 'normal mucosa'
+        found = [n for n in names if any(w in BACKGROUND_NAMES for w in n.lower().split())]
     if len(found) != 1:
         raise ConfigError(f"cannot tell which class is background / normal (classes: {', '.join(names)}); pass "
                           "--background NAME: the class of images or pixels with none of the others, or "
@@ -256,8 +271,10 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     columns, rows = _read_rows(manifest, lines)
     for col in ("image", "split", "patient"):
         if col not in columns:
-            raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); see docs/data.md, or "
-                              "make the manifest with `histowsss data manifest`")
+            same = [c for c in columns if c.lower() == col]
+            raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); "
+                              + (f"rename column {same[0]!r} to {col!r} (names are lower case)" if same else
+                                 "see docs/data.md, or make the manifest with `histowsss data manifest`"))
     if label_columns and label_column:
         raise ConfigError("pass --label-column (a column of class names) or --label-columns (one 0/1 column per "
                           "class), not both")
@@ -289,10 +306,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                                    "the codes)" if col != (label_column or "label") and not class_cols else "")
               if col is not None
               else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
-    folded: dict[str, list[str]] = {}
-    for n in names:  # 'Te' beside 'TE', 'stroma ' beside 'stroma': typos that would become classes of their own
-        folded.setdefault(" ".join(n.lower().split()), []).append(n)
-    twins = [v for v in folded.values() if len(v) > 1]
+    twins = class_name_twins(names)
     if twins:
         raise ConfigError(f"{manifest}: {source} holds class names that differ only in case or spaces ("
                           + "; ".join(" / ".join(map(repr, v)) for v in twins) + "): fix the labels (typos?) so "
@@ -350,6 +364,9 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                      "or keep it: the CAM classifier can hardly learn a class from one image)")
     splits = _splits(manifest, rows)
     notes.append("splits: " + "; ".join(f"{k[:-7]} = {', '.join(v)}" for k, v in splits.items() if v))
+    notes.append(f"data.manifest {manifest.resolve()}: absolute, so the config runs from any folder; a run's step "
+                 "hashes hold it, so moving the data makes the steps again unless it is written relative to the folder "
+                 "you run from (README, Configs)")
     raw: dict[str, Any] = yaml.safe_load(builtin_config_path(PROFILES[profile]).read_text())
     root = manifest.parent
     # absolute: the config is often run from another folder than the one init ran in
@@ -463,6 +480,14 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         raw.setdefault("train_cam", {})["background_mode"] = "class"
     raw["name"] = name or (Path(out).stem if out is not None else manifest.stem)
     raw["upper_bound"] = bool(masks) and all(r.get("mask") for r in rows if r["split"] in train_names)
+    train_masks = sum(bool(r.get("mask")) for r in rows if r["split"] in train_names)
+    n_train = sum(r["split"] in train_names for r in rows)
+    if masks and not raw["upper_bound"]:
+        notes.append(f"upper_bound false: {train_masks} of {n_train} training images have a mask, and the supervised "
+                     "upper bound trains on masks of every one (set train_seg.splits to splits with masks for one)")
+    # `tune` scores out-of-fold predictions against the masks of training images: without any, it cannot run
+    tune_hint = (" (`histowsss tune` needs masks for some training images: none have one here)" if not train_masks
+                 else None)
     # IRN's 256 walk steps leaked across thin stroma on GlaS train; 16 steps were chosen there (docs/irn.md)
     raw.setdefault("sem_seg", {})["exp_times"] = 4
     notes.append("sem_seg.exp_times 4 (16 random-walk steps, chosen on GlaS train; IRN's 256 over-spread there)")
@@ -472,16 +497,20 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         es.update({k: 0 for k in cleanup})
         grid = "--object-areas 0,400,1600" + (" --hole-areas 0,400 --split-h 0,12,18" if bg is not None else "")
         notes.append("eval_seg object clean-up off (the profile's " + ", ".join(f"{k} {v}" for k, v in cleanup.items())
-                     + f" was chosen for GlaS glands); choose it on your data with `histowsss tune RUN {grid}` "
-                     "(it scores objects: the training images need instance masks, a mask_cc column)")
+                     + " was chosen for GlaS glands)" + (tune_hint or
+                                                         f"; choose it on your data with `histowsss tune RUN {grid}` "
+                                                         "(it scores objects: the training images need instance "
+                                                         "masks, a mask_cc column)"))
     if es.get("image_gate"):
         # eval_cam's cut is chosen on images the classifier trained on; on unseen GlaS patients it cost malignant
         # IoU, and no cut gained more than 0.5 (bench/results/seg_crossval_glas-malignant.cpu.json)
         raw["eval_seg"]["image_gate"] = False
         raw["eval_seg"]["image_gate_cut"] = None
         notes.append("eval_seg.image_gate off: on GlaS it changed little and a cut chosen on training images removed "
-                     "classes from unseen patients' images; choose it on your patients with `histowsss tune RUN "
-                     "--gate-cuts 0.5,0.2,0.05 --holdout-classifier --criterion iou_<class>`")
+                     "classes from unseen patients' images" + (tune_hint or
+                                                              "; choose it on your patients with `histowsss tune RUN "
+                                                              "--gate-cuts 0.5,0.2,0.05 --holdout-classifier "
+                                                              "--criterion iou_<class>`"))
     cfg = validate_config(raw, origin=f"config for {manifest}")
     header = [f"# histowsss config for {manifest}, made by `histowsss init` from the {PROFILES[profile]} profile",
               "# (image-level labels; CAM -> IRN -> segmentation network). What was chosen from the data:"]

@@ -183,7 +183,7 @@ def test_stats_and_split_read_one_column_per_class(builder):
     r = invoke("data", "stats", m, "--set", "data.label_columns=[tumour]")
     assert r.exit_code == 0 and "stroma" not in r.stdout
     out = builder.root / "split.csv"
-    r = invoke("data", "split", m, "--out", out, "--test", "0.34", "--val", "0", "--train", "0.66")
+    r = invoke("data", "split", m, "--out", out, "--test", "0.34", "--val", "0", "--train", "0.66", "--replace")
     assert r.exit_code == 0, r.output
     split = list(csv.DictReader(out.open()))
     for t, s in (("1", "0"), ("0", "1"), ("0", "0")):  # each kind of patient in both splits
@@ -504,3 +504,75 @@ def test_stain_reference_prints_a_reference_the_config_accepts(builder):
     assert r.exit_code != 0 and "reinhard or macenko" in flat(r.output)
     r = invoke("data", "stain-reference", m, "--method", "reinhard", "--split", "val")
     assert r.exit_code != 0 and "no images in split(s) val" in flat(r.output) and "--split" in flat(r.output)
+
+
+def _with_test_split(builder) -> Path:
+    """Twenty patients, the last four in a fixed test split; patient P2's id written '2' and '2.0' (a spreadsheet)."""
+    rows = []
+    for p in range(20):
+        label = "malignant" if p % 2 else "benign"
+        for j in range(2):
+            pid = (f"{p}.0" if j else f"{p}") if p in (2, 17) else f"P{p}"
+            rows.append({"image": f"images/p{p}_{j}.png", "patient": pid, "label": label,
+                         "split": "test" if p >= 16 and not (p == 17 and j) else "train"})
+    return builder.manifest(rows)
+
+
+def test_split_of_a_manifest_with_a_test_split_needs_keep_test_or_replace(builder):
+    """A fixed test set must not move into training unnoticed."""
+    m = _with_test_split(builder)
+    out = builder.root / "split.csv"
+    r = invoke("data", "split", m, "--out", out)
+    assert r.exit_code == 2 and "already has a split column (images: test 7, train 33)" in flat(r.output)
+    assert "--keep-test" in r.output and "--replace" in r.output and not out.exists()
+    r = invoke("data", "split", m, "--out", out, "--keep-test", "--train", "0.8", "--val", "0.2", "--test", "0")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(out.open()))
+    before = {x["image"]: x["split"] for x in csv.DictReader(m.open())}
+    for x in rows:
+        if before[x["image"]] == "test":
+            assert x["split"] == "test"
+    # patient 17 written '17' (test) and '17.0' (train): one patient, so its other image joined the test split
+    assert {x["split"] for x in rows if x["patient"] in ("17", "17.0")} == {"test"}
+    assert "1 other image(s) of their patients joined them" in flat(r.output)
+    assert {x["split"] for x in rows if before[x["image"]] == "train"} >= {"train", "val"}
+    assert {x["split"] for x in rows if x["patient"] in ("2", "2.0")} in ({"train"}, {"val"})
+    r = invoke("data", "split", m, "--out", out, "--replace", "--overwrite", "--seed", "3")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(out.open()))
+    assert len({x["split"] for x in rows if x["patient"] in ("2", "2.0")}) == 1  # one patient, one split
+
+
+def test_split_refuses_a_folder_or_the_manifest_itself_as_out(builder):
+    m = _twenty_patients(builder)
+    text = m.read_text()
+    r = invoke("data", "split", m, "--out", builder.root)
+    assert r.exit_code == 2 and "is a folder; --out names the file to write" in flat(r.output)
+    r = invoke("data", "split", m, "--out", m, "--overwrite")
+    assert r.exit_code == 2 and "is the file this command reads" in flat(r.output)
+    assert m.read_text() == text
+
+
+def test_split_names_a_column_written_in_another_case(builder):
+    m = builder.manifest([{"image": "a.png", "Patient": "p1", "label": "x"}])
+    r = invoke("data", "split", m, "--out", builder.root / "o.csv")
+    assert r.exit_code == 2 and "rename column 'Patient' to 'patient'" in flat(r.output)
+
+
+def test_stats_and_check_refuse_class_names_that_differ_only_in_case(builder):
+    rows = [builder.row("a", label="benign"), builder.row("b", label="Benign"), builder.row("c", label="malignant")]
+    m = builder.manifest(rows)
+    for cmd in ("stats", "check"):
+        r = invoke("data", cmd, m)
+        assert r.exit_code == 2 and "differ only in case or spaces ('Benign' / 'benign')" in flat(r.output), cmd
+
+
+def test_check_names_the_nan_cells_that_hide_class_columns(builder):
+    rows = [dict(builder.row(f"a{i}", patient=f"P{i}", mask=False), benign=str(i % 2), malignant=str(1 - i % 2))
+            for i in range(12)]
+    rows[3]["benign"] = rows[7]["benign"] = "NaN"  # two of twelve: more than the typos class columns may hold
+    m = builder.manifest(rows, columns=["image", "split", "patient", "benign", "malignant"])
+    r = invoke("data", "check", m)
+    out = flat(r.output)
+    assert r.exit_code == 2 and "columns benign, malignant hold 0/1 marks but for 2 cell(s)" in out
+    assert "row 5 benign='NaN', row 9 benign='NaN'" in out and "write 1 or 0 there" in out

@@ -442,7 +442,8 @@ def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_s
     shutil.copy(images[0], folder / f"{name}.png")
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / f"{name}-labelled.png")  # grey: not an H&E input
     r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(tmp_path / "o1")])
-    assert r.exit_code == 2 and "--skip" in " ".join(r.output.split())  # the fix is named
+    assert r.exit_code == 1 and "--skip" in " ".join(r.output.split())  # skipped, the batch goes on; the fix is named
+    assert (tmp_path / "o1" / f"{name}.geojson").is_file() and not list((tmp_path / "o1").glob("*-labelled*"))
     plain, placed = tmp_path / "plain", tmp_path / "placed"
     for out, extra in ((plain, []), (placed, ["--qupath-tiles"])):
         r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(out),
@@ -459,3 +460,120 @@ def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_s
     r = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[1]), "--out", str(tmp_path / "o3"),
                             "--qupath-tiles"])
     assert r.exit_code == 2 and "--qupath-tiles needs names" in " ".join(r.output.split())
+
+
+def _unreadable_batch(trained_run: Path, folder: Path) -> Path:
+    """a_ok.png, b_notimage.png (text), c_ok.png, d_gray.png (grayscale: refused), e_broken.svs (no slide)."""
+    images = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))
+    folder.mkdir()
+    shutil.copy(images[0], folder / "a_ok.png")
+    (folder / "b_notimage.png").write_text("not an image")
+    shutil.copy(images[1], folder / "c_ok.png")
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(folder / "d_gray.png")
+    (folder / "e_broken.svs").write_bytes(b"junk")
+    return folder
+
+
+def test_a_batch_goes_on_past_unreadable_inputs_lists_them_and_exits_1(trained_run: Path, tmp_path: Path):
+    """An image or slide its reader refuses is skipped with its reason; the good ones are predicted whole, and the
+    command ends with the list of skipped inputs and exit code 1; --skip-existing then predicts only the fixed one."""
+    pytest.importorskip("tiffslide")
+    folder = _unreadable_batch(trained_run, tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(trained_run), str(folder), "--out", str(out)]
+    res = runner.invoke(app, args)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    for stem in ("a_ok", "c_ok"):
+        assert all((out / f"{stem}{suf}").is_file() for suf in ("_labels.png", "_prob.npz", "_overlay.png",
+                                                                 ".geojson"))
+    for stem in ("b_notimage", "d_gray", "e_broken"):
+        assert not list(out.glob(f"{stem}*"))
+    assert sorted(Path(r["input"]).name for r in csv.DictReader(open(out / "predictions.csv", newline=""))) == [
+        "a_ok.png", "c_ok.png"]
+    report = "".join(text[text.index("3 input(s) skipped"):].split())  # the summary, after the batch; unwrapped
+    for line in ("b_notimage.png: cannot be decoded as an image", "d_gray.png: grayscale image",
+                 "e_broken.svs: cannot be opened as a whole-slide image", "--skip-existing"):
+        assert "".join(line.split()) in report, line
+    shutil.copy(folder / "a_ok.png", folder / "b_notimage.png")  # fixed; the other two removed
+    (folder / "d_gray.png").unlink()
+    (folder / "e_broken.svs").unlink()
+    before = (out / "a_ok.geojson").stat().st_mtime_ns
+    res = runner.invoke(app, args + ["--skip-existing"])
+    assert res.exit_code == 0, res.output
+    assert (out / "b_notimage.geojson").is_file() and (out / "a_ok.geojson").stat().st_mtime_ns == before
+    (folder / "a_ok.png").write_text("damaged since")  # --overwrite of an input now unreadable: its outputs kept
+    res = runner.invoke(app, args + ["--overwrite"])
+    assert res.exit_code == 1 and "earlier outputs of its name are kept" in " ".join(res.output.split())
+    assert (out / "a_ok.geojson").stat().st_mtime_ns == before and "a_ok.png" in (out / "predictions.csv").read_text()
+
+
+def test_errors_not_of_one_input_still_stop_the_batch(trained_run: Path, tmp_path: Path, monkeypatch):
+    """Out of memory, or a reader error about another file than the input, stops the batch at the first input; a
+    missing slide reader is said before any work."""
+    import sys
+
+    from histowsss.data.io import ImageReadError
+
+    images = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[:2]
+    args = ["predict", "--run", str(trained_run), *map(str, images)]
+
+    def out_of_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+
+    def other_file(*a, **k):
+        raise ImageReadError(f"{tmp_path / 'reference.png'}: cannot be decoded as an image")
+
+    for target, fn in (("histowsss.steps.eval_seg.predict_probs", out_of_memory),
+                       ("histowsss.data.loading.load_image", other_file)):
+        with monkeypatch.context() as m:
+            m.setattr(target, fn)
+            out = tmp_path / fn.__name__
+            res = runner.invoke(app, [*args, "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert not list(out.glob("*.geojson")) and "skipped" not in res.output  # stopped at the first input
+    slide = tmp_path / "s.svs"
+    slide.write_bytes(b"junk")
+    monkeypatch.setitem(sys.modules, "openslide", None)  # import openslide / tiffslide: ImportError
+    monkeypatch.setitem(sys.modules, "tiffslide", None)
+    res = runner.invoke(app, [*args, str(slide), "--out", str(tmp_path / "noreader")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "no slide reader is available" in text and "pip install" in text, text
+    assert not (tmp_path / "noreader").exists()  # before any work
+
+
+def test_predictions_csv_holds_one_row_per_output(trained_run: Path, tmp_path: Path, monkeypatch):
+    """An output predicted again from another path (another folder's image of the same name, an absolute path)
+    replaces its row, which then describes the new image."""
+    images = sorted((trained_run.parent / "data" / "images").glob("syn_train_*.png"))
+    monkeypatch.chdir(tmp_path)
+    for folder, (a, b) in (("pin", (0, 1)), ("pin4", (2, None))):
+        Path(folder).mkdir()
+        shutil.copy(images[a], Path(folder) / "train_1.png")
+        if b is not None:
+            shutil.copy(images[b], Path(folder) / "train_2.png")
+    run = ["predict", "--run", str(trained_run)]
+    assert runner.invoke(app, [*run, "pin", "--out", "pout"]).exit_code == 0
+    assert runner.invoke(app, [*run, "pin4", "--out", "pout", "--overwrite"]).exit_code == 0
+    res = runner.invoke(app, [*run, str(tmp_path / "pin" / "train_2.png"), "--out", "pout", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open("pout/predictions.csv", newline="")))
+    assert sorted(r["input"] for r in rows) == sorted([str(Path("pin4") / "train_1.png"),
+                                                       str(tmp_path / "pin" / "train_2.png")])
+    for r in rows:  # each row describes the outputs as they now are
+        lab = np.asarray(Image.open(Path("pout") / f"{image_stem(r['input'])}_labels.png"))
+        assert float(r["malignant_percent"]) == pytest.approx(100 * (lab == 1).mean(), abs=0.01)
+
+
+def test_out_naming_a_file_is_a_clear_error_before_any_work(tmp_path: Path):
+    """--out naming an existing file (or a path through one) names it and the fix, before the run is even read."""
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(img)
+    base = tmp_path / "base.csv"
+    base.write_text("a,b\n")
+    for out in (base, base / "sub"):
+        res = runner.invoke(app, ["predict", "--run", str(tmp_path / "no_run"), str(img), "--out", str(out)])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and f"{base}: exists and is a file, not a folder" in text, text
+        assert "--out must be a folder" in text and "pick another name" in text and "Errno" not in text
+    assert base.read_text() == "a,b\n"

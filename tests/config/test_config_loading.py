@@ -156,3 +156,14 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text"):
         load_config(str(path))
+
+
+def test_an_error_of_a_set_value_names_the_set_not_the_file():
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", ["train_seg.epoch=1", "train_cam.epochs=-2"])
+    text = str(e.value)
+    assert "unknown key 'train_seg.epoch' (from --set train_seg.epoch=1, not the file)" in text
+    assert "'train_cam.epochs' (from --set train_cam.epochs=-2, not the file)" in text
+    with pytest.raises(ConfigError) as e:
+        validate_config({"train_cam": {"epochs": -2}}, origin="x.yaml")
+    assert "from --set" not in str(e.value)

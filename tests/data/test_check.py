@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from histowsss.data.check import check_dataset
-from histowsss.data.manifest import read_manifest
+from histowsss.data.manifest import ManifestError, read_manifest
 
 
 def test_clean_dataset_has_no_problems(clean_manifest, data_config):
@@ -93,9 +94,12 @@ def test_missing_column_reported_once(builder, data_config):
 
 
 def test_multi_label_empty_parts_ignored(builder, data_config):
-    m = builder.manifest([builder.row("a", label="malignant;"), builder.row("b", label=" ; ")])
+    m = builder.manifest([builder.row("a", label="malignant;"), builder.row("b", label="benign; ")])
     samples = read_manifest(data_config(m, multi_label=True))
-    assert [s.labels for s in samples] == [("malignant",), ()]
+    assert [s.labels for s in samples] == [("malignant",), ("benign",)]
+    m = builder.manifest([builder.row("a", label="malignant;"), builder.row("b", label=" ; ")], name="m2.csv")
+    with pytest.raises(ManifestError, match=r"row 3 \(images/b.png\): missing label \(';'\)"):
+        read_manifest(data_config(m, multi_label=True))  # no class at all: an error, not a normal image
 
 
 def test_class_without_training_images_is_an_error(builder, data_config):
@@ -234,3 +238,27 @@ def test_class_id_masks_that_disagree_with_their_labels_are_warned_about(builder
     assert [p.level for p in problems] == ["warning"]
     assert "1 of 3 masked image(s) hold classes their labels do not name" in problems[0].message  # the benign one
     assert "(malignant=0, benign=1)" in problems[0].message and "--classes" in problems[0].message
+
+
+def test_a_large_image_is_a_warning_and_one_too_large_an_error(builder, data_config, monkeypatch):
+    """Pillow's limit lowered to 1000 px: a 32 x 24 image (768 px) is far under it, 40 x 30 (1200 px) over it (one
+    warning, none for its mask), 50 x 50 over twice it (an error naming the size and the fix)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    rows = [builder.row("small", "train", "p1", "benign"), builder.row("large", "train", "p2", h=30, w=40),
+            builder.row("huge", "test", "p3", h=50, w=50)]
+    problems = check_dataset(data_config(builder.manifest(rows)), progress=False)
+    assert [(p.level, p.file.rsplit("/", 2)[-2:]) for p in problems] == [
+        ("warning", ["images", "large.png"]), ("error", ["images", "huge.png"])]
+    assert problems[0].message.startswith("large image, 40x30 pixels")
+    assert problems[1].message.startswith("image of 50x50 pixels") and "too large to read whole" in problems[1].message
+    assert "histowsss data tiles" in problems[1].message and "corrupt" not in problems[1].message
+
+
+def test_a_patient_id_written_two_ways_is_named_and_its_split_leak_found(builder, data_config):
+    """'2' in train and '2.0' in test (a spreadsheet's rewrite) are one patient: the leak is not hidden."""
+    rows = [builder.row("a", "train", "2", "benign"), builder.row("b", "test", "2.0", "malignant"),
+            builder.row("c", "train", "p3", "malignant"), builder.row("d", "test", "p4", "benign")]
+    problems = check_dataset(data_config(builder.manifest(rows)), progress=False)
+    text = [p.message for p in problems if p.level == "warning"]
+    assert any("patient id written 2 ways ('2', '2.0'): read as one patient ('2')" in t for t in text), text
+    assert any("patient 2 appears in splits test, train" in t for t in text), text

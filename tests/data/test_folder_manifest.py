@@ -293,3 +293,20 @@ def test_colour_masks_give_the_classes_of_images_without_a_label_vector(tmp_path
     assert cfg.data.mask_colors["LYM"] == "#0000ff" and cfg.data.classes.names == ["TE", "NEC", "LYM"]
     r = runner.invoke(app, ["data", "check", str(man), "--config", str(cfg_path)])
     assert r.exit_code == 0, r.output
+
+
+def test_a_mask_suffix_that_matches_nothing_is_warned(class_folder: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    first = sorted(p for p in class_folder.rglob("*.png"))[0]
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(masks / f"{first.stem}_mask.png")
+    r = CliRunner().invoke(app, ["data", "manifest", str(class_folder), "--out", str(tmp_path / "m.csv"),
+                                 "--masks", str(masks), "--mask-suffix", "_Mask"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert "--masks given, but no mask matched an image" in out and "check --mask-suffix (case matters)" in out
+    assert f"'{first.stem}_mask.png'" in out

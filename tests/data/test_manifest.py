@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histowsss.data.manifest import (ManifestError, patients_in_several_splits, read_manifest, scan_manifest,
-                                     write_manifest)
+from histowsss.data.manifest import (ManifestError, patient_key, patients_in_several_splits, read_manifest,
+                                     scan_manifest, write_manifest)
 
 
 def test_reads_clean_manifest(clean_manifest, data_config):
@@ -137,12 +137,65 @@ def test_every_row_problem_listed(builder, data_config):
         read_manifest(data_config(m), check_files=True)
 
 
-def test_no_label_needs_background(builder, data_config):
-    m = builder.manifest([builder.row("a", label="")])
-    assert read_manifest(data_config(m))[0].labels == ()
+def test_an_empty_or_nan_label_is_an_error_not_a_normal_image(builder, data_config):
+    """A forgotten label (empty, or NaN as pandas writes it) must not train as the background class."""
+    m = builder.manifest([builder.row("a", label=""), builder.row("b", label="NaN"), builder.row("c", label="benign")])
+    with pytest.raises(ManifestError) as e:
+        read_manifest(data_config(m))
+    text = str(e.value)
+    assert "2 problem(s)" in text
+    assert "row 2 (images/a.png): empty label in column 'label'; write the image's class ('benign' for a" in text
+    assert "row 3 (images/b.png): missing label ('NaN')" in text
     cfg = data_config(m, classes={"names": ["x", "y"]}, mask_mode="class_ids")
-    with pytest.raises(ManifestError, match="empty label and no background"):
+    with pytest.raises(ManifestError, match="no background class is configured"):
         read_manifest(cfg)
+
+
+def test_a_class_named_like_a_missing_value_is_a_class(builder, data_config):
+    m = builder.manifest([builder.row("a", label="NA"), builder.row("b", label="benign")])
+    cfg = data_config(m, classes={"names": ["benign", "NA"], "background": "benign"})
+    assert [s.labels for s in read_manifest(cfg)] == [("NA",), ("benign",)]
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "..", "c\\d"])
+def test_a_name_that_is_no_plain_file_name_is_refused(builder, data_config, name):
+    """Names become output file names (cams/<name>.npz): '../x' would write outside the run folder."""
+    rows = [dict(builder.row("a", label="benign"), name=name), builder.row("b", label="benign")]
+    with pytest.raises(ManifestError, match="is not a plain file name"):
+        read_manifest(data_config(builder.manifest(rows)))
+
+
+def test_a_column_named_twice_is_an_error(builder, data_config):
+    builder.row("a", label="benign")
+    m = builder.root / "m.csv"
+    m.write_text("image,split,patient,label,label\nimages/a.png,train,p1,benign,malignant\n")
+    with pytest.raises(ManifestError, match="column\\(s\\) 'label' appear more than once in the header"):
+        read_manifest(data_config(m))
+
+
+def test_a_row_with_a_field_too_many_names_its_line_and_the_quotes(builder, data_config):
+    builder.row("a", label="benign")
+    m = builder.root / "m.csv"
+    m.write_text("image,split,patient,label\nimages/a.png,train,p1,benign\nimages/x,2.png,train,p2,benign\n")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(data_config(m))
+    assert "line 3 has 5 fields but the header has 4 (extra: 'benign')" in str(e.value)
+    assert "double quotes" in str(e.value)
+    m.write_text("image,split,patient,label\nimages/a.png,train,p1,benign,,\n")  # empty extra cells: tolerated
+    assert read_manifest(data_config(m))[0].labels == ("benign",)
+
+
+@pytest.mark.parametrize("written, key", [("2", "2"), ("2.0", "2"), ("02", "2"), (" 7.00 ", "7"), ("p2", "p2"),
+                                          ("2.5", "2.5"), ("-3", "-3")])
+def test_patient_key_reads_a_whole_number_written_two_ways_as_one(written, key):
+    assert patient_key(written) == key
+
+
+def test_one_patient_written_two_ways_is_one_patient_in_leak_checks(builder, data_config):
+    rows = [builder.row("a", "train", "2"), builder.row("b", "test", "2.0"), builder.row("c", "train", "03"),
+            builder.row("d", "train", "3")]
+    samples = read_manifest(data_config(builder.manifest(rows)))
+    assert patients_in_several_splits(samples) == {"2": ["test", "train"]}
 
 
 def test_bom_and_spaces_tolerated(builder, data_config):

@@ -295,3 +295,46 @@ def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, 
     built.clear()
     plan_steps(good, rd, "make_cam", "eval_cam")
     assert built == []  # nothing ahead builds the backbone from its file
+
+
+def test_a_step_made_again_names_only_the_settings_it_reads(tmp_path, monkeypatch):
+    """Changed settings of later steps (eval_seg's) are not given as why train_cam runs again."""
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import train_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with rd.step("train_cam", train_cam.config_hash(cfg)):
+        pass
+    monkeypatch.setattr(train_cam, "run", lambda c, r, overwrite=False: {})
+    other = load_config("demo", ["train_cam.epochs=3", "eval_seg.min_object_area=77", "train_seg.epochs=2"])
+    logs = []
+    run_pipeline(other, RunDir(rd.path, other).init(), "train_cam", "train_cam", log=logs.append)
+    assert logs[0] == "[redo] train_cam: finished with other settings (train_cam.epochs = 8 (now 3)); made again"
+    assert "eval_seg" in RunDir(rd.path, other).settings_diff(rd.status("train_cam"))  # without the step: all
+
+
+def test_manifest_problems_stop_the_run_before_any_step(builder, tmp_path):
+    """A duplicate image row, and the upper bound over training images without masks, are found before the first
+    step, not after it (a dry run says so too)."""
+    from histowsss.data.manifest import ManifestError
+    from histowsss.engine.pipeline import run_pipeline
+
+    rows = [builder.row(f"i{k}", "test" if k > 5 else "train", label="malignant" if k % 2 else "benign",
+                        mask=k != 1) for k in range(8)]
+    rows[1]["mask"] = ""
+    m = builder.manifest(rows + [dict(rows[7], split="train")])
+    over = [f"data.manifest={m}", "data.label_column=label", "data.val_splits=[]", "upper_bound=true"]
+    cfg = load_config("demo", over)
+    rd = RunDir(tmp_path / "run", cfg)
+    with pytest.raises(ManifestError, match="found before any step ran:\n  row 10 .*the same image file as row 9"):
+        run_pipeline(cfg, rd, dry_run=True, log=lambda s: None)
+    m = builder.manifest(rows, name="ok.csv")
+    cfg = load_config("demo", over[1:] + [f"data.manifest={m}"])
+    with pytest.raises(StepError, match=r"upper_bound\) needs a mask for every training image; 1 of 6 have none "
+                                        r"\(e.g. i1\)"):
+        run_pipeline(cfg, RunDir(tmp_path / "run", cfg), dry_run=True, log=lambda s: None)
+    cfg = load_config("demo", over[1:-1] + [f"data.manifest={m}"])  # no upper bound: nothing to refuse
+    logs: list[str] = []
+    run_pipeline(cfg, RunDir(tmp_path / "run", cfg), dry_run=True, log=logs.append)
+    assert logs[-1].startswith("dry run: ")

@@ -21,3 +21,18 @@ def test_the_cam_label_row_takes_the_training_split_that_was_scored(tmp_path: Pa
     (tmp_path / "metrics" / "cam.json").write_text(json.dumps(cam))
     stages = [r["stage"] for r in stage_rows(tmp_path, ["TE", "STR"])]
     assert "CAM, classes from patch labels" in stages and "CAM, classes from image labels" not in stages
+
+
+def test_a_run_without_masks_shows_the_classifier_numbers(tmp_path: Path):
+    """eval_cam scores the classifier without masks: the report and the closing table of run / demo show it."""
+    from histowsss.cli.demo_cmd import stage_table
+    from histowsss.evaluation.report import classification_rows, section_quality
+
+    (tmp_path / "metrics").mkdir()
+    cam = {"mode": "threshold", "splits": {"test": {"classification": {"auc": 97.5, "accuracy": 87.5, "images": 8}}}}
+    (tmp_path / "metrics" / "cam.json").write_text(json.dumps(cam))
+    assert classification_rows(tmp_path) == [{"split": "test", "images": 8, "AUC": 97.5, "accuracy": 87.5}]
+    html = section_quality(tmp_path, ["benign", "malignant"])
+    assert "Image classification" in html and "97.50" in html and "87.50" in html
+    table = stage_table(tmp_path)
+    assert "| classifier (image labels) | test | labels |" in table and "97.50" in table

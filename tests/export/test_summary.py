@@ -63,3 +63,30 @@ def test_rows_are_merged_in_batches_and_on_failure(tmp_path):
     now = SummaryBuffer(tmp_path, every_s=0)
     now.add(row("d"))
     assert "d" in summarised_inputs(tmp_path)
+
+
+def test_one_row_per_output_whatever_path_named_the_input(tmp_path: Path):
+    """Rows are keyed by their output (the GeoJSON's name): the same output predicted from another path (absolute
+    instead of relative, another folder's image of the same name) replaces its row; duplicates an older version
+    left in the file collapse to the latest; drop removes a row by its output."""
+    from histowsss.export.summary import SUMMARY_FILE, summarised_outputs
+
+    def row(inp: str, geojson: str, px: float) -> dict[str, str]:
+        return summary_row(input_path=inp, kind="image", width=10, height=10, mpp=None, basis="image",
+                           basis_px=100, class_px={"tumour": px}, regions={"tumour": 1}, geojson=geojson)
+
+    out = tmp_path / "pout"
+    update_summary(out, [row("pin/train_1.png", "pout/train_1.geojson", 10),
+                         row("pin/train_2.png", "pout/train_2.geojson", 20)])
+    update_summary(out, [row("pin4/train_1.png", "pout/train_1.geojson", 30)])
+    path = update_summary(out, [row("/abs/pin/train_2.png", str(tmp_path / "pout" / "train_2.geojson"), 40)])
+    rows = _read(path)
+    assert [(r["input"], r["tumour_percent"]) for r in rows] == [("pin4/train_1.png", "30.00"),
+                                                                ("/abs/pin/train_2.png", "40.00")]
+    assert summarised_outputs(out) == {"train_1.geojson", "train_2.geojson"}
+    # a file with stale duplicates (as older versions wrote it): one row per output after the next update
+    text = path.read_text()
+    (out / SUMMARY_FILE).write_text(text + text.splitlines()[1].replace("pin4/train_1.png", "old/train_1.png") + "\n")
+    assert len(_read(path)) == 3
+    path = update_summary(out, [], drop=[str(out / "train_2.geojson")])
+    assert [r["input"] for r in _read(path)] == ["old/train_1.png"]

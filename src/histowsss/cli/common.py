@@ -93,8 +93,10 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
             raw["label_separator"] = sep
         multi = data_over.get("multi_label", any(sep in row[col] for row in rows))
         values = [row[col].split(sep) if multi else [row[col]] for row in rows]
-        names = sorted({v.strip() for vs in values for v in vs if v.strip()})
-        from histowsss.config_init import code_names_column
+        from histowsss.data.manifest import is_missing
+
+        names = sorted({v.strip() for vs in values for v in vs if not is_missing(v)})  # 'NaN': a missing label
+        from histowsss.config_init import class_name_twins, code_names_column
 
         named = None if "label_column" in data_over or multi else code_names_column(cols, rows, col, names)
         if named is not None:  # integer codes named one for one by another column: its names, as `init` takes
@@ -103,6 +105,11 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
                     "keeps the codes)")
             col = raw["label_column"] = named
             names = sorted({row[col].strip() for row in rows if row[col].strip()})
+        twins = class_name_twins(names)
+        if twins:  # as `init` refuses them: each would be a class of its own
+            raise ConfigError(f"{manifest}: column {col!r} holds class names that differ only in case or spaces ("
+                              + "; ".join(" / ".join(map(repr, v)) for v in twins) + "): fix the labels (typos?) so "
+                              "each class is written one way")
         if len(names) < 2:
             names = names + ["other"]
         raw.update(multi_label=multi, classes={"names": names})
@@ -130,9 +137,13 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         raw.update(label_columns=class_cols, multi_label=data_over.get("multi_label", any(len(m) > 1 for m in marked)),
                    classes={"names": names, **({"background": bg} if bg is not None else {})})
     elif "classes" not in data_over:
-        raise ConfigError(f"{manifest}: no 'label' column; pass --set data.label_column=COLUMN, "
-                          "--set data.label_columns=[CLASS1,CLASS2,...] (one 0/1 column per class), or --config "
-                          "with data.label_column and classes")
+        from histowsss.data.manifest import almost_class_columns
+
+        same = [c for c in cols if c.lower() == "label"]
+        raise ConfigError(f"{manifest}: no 'label' column{almost_class_columns(cols, rows)}; "
+                          + (f"rename column {same[0]!r} to 'label', or " if same else "")
+                          + "pass --set data.label_column=COLUMN, --set data.label_columns=[CLASS1,CLASS2,...] (one "
+                          "0/1 column per class), or --config with data.label_column and classes")
     from histowsss.config_init import split_role
 
     for v in dict.fromkeys(r.get("split", "").strip() for r in rows):  # the splits by name, as `init` reads them
@@ -149,6 +160,20 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
     except ValidationError as e:
         lines = [f"'{'.'.join(['data'] + [str(p) for p in err['loc']])}': {err['msg']}" for err in e.errors()]
         raise ConfigError(f"{manifest}: invalid data settings:\n  " + "\n  ".join(lines)) from None
+
+
+def check_out_file(out: Path, overwrite: bool, reads: tuple[Path, ...] = ()) -> None:
+    """Refuse an output file path before any work: a folder (``--out`` names the file to write), a file the command
+    reads (``init M.csv --out M.csv`` would replace the manifest), or an existing file without ``--overwrite``."""
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder; --out names the file to write (e.g. {out / 'out.csv'})")
+    for src in reads:
+        if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
+            raise ValueError(f"--out {out} is the file this command reads ({src}); writing it would replace it: "
+                             "choose another name")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
 
 
 def comma_list(text: str | None, option: str, kind: type = float, example: str = "0.5,0.3") -> list:

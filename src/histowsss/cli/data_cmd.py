@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histowsss.cli.common import (class_colours, clear_errors, comma_list, console, data_config_from,
+from histowsss.cli.common import (check_out_file, class_colours, clear_errors, comma_list, console, data_config_from,
                                   log_line)
 
 app = typer.Typer(help="Inspect, check, split and generate datasets.", no_args_is_help=True)
@@ -178,16 +178,22 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
           label_column: str = typer.Option("label", help="column whose classes are stratified"),
           label_columns: Optional[str] = typer.Option(None, help="instead: comma-separated 0/1 columns, one per class "
                                                       "(default: found when there is no label column)"),
+          keep_test: bool = typer.Option(False, "--keep-test", help="the manifest has a split column: keep its "
+                                         "test split(s) (test*) as they are and split the other images into train "
+                                         "and val (--train / --val fractions, rescaled)"),
+          replace: bool = typer.Option(False, "--replace", help="the manifest has a split column: draw a new split "
+                                       "of every image, test images included"),
           overwrite: bool = False) -> None:
     """Write a patient-grouped, class-stratified split (no patient in two splits); when only some images have a
-    mask, those are spread over the splits too."""
-    from histowsss.data.manifest import (class_columns_labels, class_columns_of, read_csv_rows, rebase_paths,
-                                         write_manifest)
+    mask, those are spread over the splits too. A manifest that already has a split needs --keep-test or
+    --replace, so that a fixed test set does not move into training unnoticed."""
+    from histowsss.config_init import split_role
+    from histowsss.data.manifest import (class_columns_labels, class_columns_of, patient_key, read_csv_rows,
+                                         rebase_paths, write_manifest)
     from histowsss.data.split import grouped_stratified_split, strata_with_masks
 
     with clear_errors():
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        check_out_file(out, overwrite, reads=(manifest,))
         lines: list[int] = []
         columns, rows = read_csv_rows(manifest, lines=lines)
         # the class columns: given, or found when there is no label column and none was named (--label-column left
@@ -199,7 +205,9 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                   "--label-column COLUMN if another column holds the class names")
         for col in ["patient"] + (class_cols or [label_column]):
             if col not in columns:
-                fix = ("add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"
+                same = [c for c in columns if c.lower() == col.lower()]
+                fix = (f"rename column {same[0]!r} to {col!r}" if same else
+                       "add a 'patient' column (use the image name where the patient is unknown)" if col == "patient"
                        else f"pass --label-column with one of: {', '.join(columns)}, or --label-columns with its "
                        "0/1 class columns")
                 raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels: {fix}")
@@ -209,7 +217,33 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         if empty:
             raise ValueError(f"{manifest}: empty patient id in row(s) {', '.join(empty[:20])}; fill them in "
                              "(use the image name where the patient is unknown)")
+        existing = {r.get("split", "") for r in rows} - {""}
+        if keep_test and replace:
+            raise typer.BadParameter("pass --keep-test or --replace, not both", param_hint="--keep-test")
+        given = ", ".join(f"{k} {sum(r.get('split') == k for r in rows)}" for k in sorted(existing))
+        has_test = any(split_role(k) == "test_splits" for k in existing)
+        if has_test and not (keep_test or replace):
+            raise ValueError(f"{manifest}: already has a split column (images: {given}); a new split would move "
+                             "its test images into training. Pass --keep-test to keep its test split(s) and split "
+                             "the other images into train / val, or --replace to draw a new split of every image")
+        if (keep_test or replace) and not existing:
+            _note("the manifest has no split yet: --keep-test / --replace change nothing")
+        elif existing and not has_test and not keep_test:
+            _note(f"the split column (images: {given}) is replaced")
+        kept = {}  # patient key -> the test split it is in (--keep-test)
+        if keep_test and existing:
+            for r in rows:
+                if split_role(r.get("split", "")) == "test_splits":
+                    kept.setdefault(patient_key(r["patient"]), r["split"])
+            if not kept:
+                raise ValueError(f"{manifest}: --keep-test, but none of its splits ({', '.join(sorted(existing))}) "
+                                 "is a test split (named test*); pass --replace to split every image")
+            if train + val <= 0:
+                raise typer.BadParameter("--keep-test splits the other images by --train and --val: give them",
+                                         param_hint="--train")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
+        if kept:
+            fractions = {k: v / (train + val) for k, v in {"train": train, "val": val}.items() if v > 0}
         marks = [class_columns_labels(r, class_cols) for r in rows] if class_cols else []
         bad = [f"row {i}: {', '.join(b)}" for i, (_, b) in zip(lines, marks) if b]
         if bad:
@@ -218,9 +252,18 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                              + "; write 1 or 0")
         strata = [";".join(labs) for labs, _ in marks] if class_cols else [r[label_column] for r in rows]
         strata = strata_with_masks(strata, [bool(r.get("mask")) for r in rows])
-        assign = grouped_stratified_split([r["patient"] for r in rows], strata, fractions, seed)
-        for r in rows:
-            r["split"] = assign[r["patient"]]
+        keys = [patient_key(r["patient"]) for r in rows]
+        free = [i for i, k in enumerate(keys) if k not in kept]  # test patients' other images stay with them
+        moved = sum(1 for r, k in zip(rows, keys) if k in kept and r.get("split") != kept[k])
+        if kept and not free:
+            raise ValueError(f"{manifest}: every image's patient is in the test split(s); nothing left to split")
+        assign = grouped_stratified_split([keys[i] for i in free], [strata[i] for i in free], fractions, seed)
+        for r, k in zip(rows, keys):
+            r["split"] = kept[k] if k in kept else assign[k]
+        if kept:
+            _note(f"kept the test split(s) {', '.join(sorted(set(kept.values())))} ({len(kept)} patients)"
+                  + (f"; {moved} other image(s) of their patients joined them (a patient stays in one split)"
+                     if moved else ""))
         # relative paths that name files from the manifest's folder keep naming them from --out's folder
         rebased = rebase_paths(rows, manifest.parent, out.parent)
         write_manifest(out, rows)
@@ -264,6 +307,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     from histowsss.data.folder_manifest import IMAGE_SUFFIXES, manifest_from_folder, manifest_from_named_labels
 
     with clear_errors():
+        check_out_file(out, overwrite)
         if mask_suffix and not masks:
             raise ValueError(f"--mask-suffix {mask_suffix} names the masks found in --masks; give --masks too (the "
                              f"image folder itself, e.g. --masks {folder}, when masks lie beside the images: they are "
@@ -293,6 +337,20 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
     console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
+    if masks and made.rows and not made.masks_found:  # a wrong --mask-suffix or folder finds nothing, silently
+        from histowsss.data.folder_manifest import IMAGE_SUFFIXES as SUFFIXES
+        from histowsss.data.io import image_stem
+
+        example = image_stem(Path(made.rows[0]["image"]))
+        there = next((f.name for m in masks if Path(m).is_dir() for f in sorted(Path(m).rglob("*"))
+                      if f.suffix.lower() in SUFFIXES), None)
+        console.print(f"[yellow]warning:[/] --masks given, but no mask matched an image: a mask is found by the "
+                      f"image's file stem{' + --mask-suffix ' + repr(mask_suffix) if mask_suffix else ''} (image "
+                      f"{escape(repr(example))} wants {escape(repr(example + (mask_suffix or '') + '.png'))} or "
+                      "another image type)"
+                      + (f"; the mask folder holds e.g. {escape(repr(there))}: check --mask-suffix (case matters)"
+                         if there else "; the mask folder holds no image") + ". The manifest has no masks",
+                      highlight=False)
     if made.empty_folders:
         console.print(f"[yellow]warning:[/] no image ({', '.join(IMAGE_SUFFIXES)}) in "
                       f"{escape(', '.join(made.empty_folders))}: left out of the manifest (whole-slide images are "

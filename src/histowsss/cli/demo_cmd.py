@@ -56,6 +56,10 @@ def stage_table(run_path: Path) -> str:
                     row[f"IoU {c}"] = d["iou"]
                 row["AUC"] = e["classification"]["auc"]
                 rows.append(row)
+        for split, e in m["splits"].items():  # scored without masks too: the classifier's image-level numbers
+            if not any(g in e for g in ("label_gating", "predicted_gating")) and e.get("classification"):
+                rows.append({"stage": "classifier (image labels)", "split": split, "classes from": "labels",
+                             "AUC": e["classification"].get("auc"), "accuracy": e["classification"].get("accuracy")})
     sem = run_path / "metrics" / "sem_seg.json"
     if sem.exists():
         m = json.loads(sem.read_text())

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from histowsss.cli.common import class_colours, class_values, clear_errors, comma_list, console
+from histowsss.cli.common import check_out_file, class_colours, class_values, clear_errors, comma_list, console
 
 
 def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, patient, label[, mask])"),
@@ -49,8 +49,7 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
     from histowsss.engine.atomic import write_text
 
     with clear_errors():
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        check_out_file(out, overwrite, reads=(manifest,))
         ignore = comma_list(mask_ignore, "--mask-ignore", int, "4")
         made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
                                    mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out,

@@ -10,15 +10,18 @@ Per input image ``<stem>`` (files, or every image in a folder; ``--recursive``: 
 * ``<stem>_overlay.png``: the image with non-background classes tinted and outlined in their colours;
 * ``<stem>.geojson``: a QuPath-importable FeatureCollection, one annotation per connected region per
   non-background class, in level-0 pixel coordinates;
-* ``predictions.csv`` (one per folder, rows merged across invocations): per input the percent of the image (of the
-  tissue, for slides), region count and mm^2 of every non-background class (:mod:`histowsss.export.summary`).
+* ``predictions.csv`` (one per folder, one row per ``<stem>``, merged across invocations: a stem predicted again
+  replaces its row): per input the percent of the image (of the tissue, for slides), region count and mm^2 of every
+  non-background class (:mod:`histowsss.export.summary`).
 
 Whole-slide images (openslide formats such as .svs/.ndpi/.mrxs, and tiled or pyramidal .tif/.tiff) are segmented
 tile by tile over their tissue at the training resolution, resumably; their outputs are described in
 :mod:`histowsss.slides.predict`.
 
 Existing outputs are never replaced without ``--overwrite`` (checked for every input before any work); every
-file is written atomically.
+file is written atomically. An input the image or slide reader refuses (not an image, damaged, grayscale, a slide
+that cannot be opened or read) is skipped with its reason and the batch goes on; the command then lists the skipped
+inputs and exits with code 1. Other errors (the run folder or model, memory, Ctrl-C) stop the batch at once.
 """
 
 from __future__ import annotations
@@ -33,13 +36,16 @@ import typer
 from histowsss.cli.common import clear_errors, log_line, stop_on_interrupt
 from histowsss.data.io import IMAGE_SUFFIXES, ImageReadError, image_stem
 from histowsss.export.overlay import overlay
-from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_inputs, summary_row
+from histowsss.export.summary import SUMMARY_FILE, SummaryBuffer, summarised_outputs, summary_row
 from histowsss.slides.predict import SlideOptions
-from histowsss.slides.reader import SLIDE_SUFFIXES, is_slide_file
+from histowsss.slides.reader import INSTALL_HINT, SLIDE_SUFFIXES, SlideError, is_slide_file
 
 INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
 OUTPUT_SUFFIXES = ("_labels.png", "_prob.npz", "_overlay.png", ".geojson")
 OUTPUT_IMAGE_SUFFIXES = ("_labels.png", "_overlay.png", "_tissue.png")  # images predict writes (slides: + tissue)
+# errors of one input (the readers' own, naming the file): the input is skipped and the batch goes on
+INPUT_ERRORS: tuple[type[Exception], ...] = (ImageReadError, SlideError)
+SKIP_HINT = "pass --skip with a pattern of their names (e.g. --skip '*-labelled.png')"
 
 
 def collect_inputs(inputs: list[Path], recursive: bool = False, exclude: Path | None = None,
@@ -90,6 +96,33 @@ def output_paths(out_dir: Path, stem: str) -> list[Path]:
     return [out_dir / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES]
 
 
+def check_out_folder(out_dir: Path) -> None:
+    """A clear error, before any work, when ``out_dir`` or a folder above it exists and is not a folder (a file)."""
+    for p in (out_dir, *out_dir.parents):
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            above = "" if p == out_dir else f" (on the way to --out {out_dir})"
+            raise NotADirectoryError(f"{p}: exists and is a file, not a folder{above}; --out must be a folder (it is "
+                                     "made if missing): pick another name for it, or move that file away")
+
+
+def input_error(e: BaseException, f: Path) -> bool:
+    """Whether ``e`` is a problem of the input ``f`` alone: the image or slide reader's error naming ``f`` (not a
+    missing slide reader, which every slide would meet)."""
+    return isinstance(e, INPUT_ERRORS) and str(e).startswith(str(f)) and INSTALL_HINT not in str(e)
+
+
+def skipped_report(skipped: list[tuple[Path, str]]) -> str:
+    """The lines that end a batch with skipped inputs: each with its reason, and how to go on."""
+    lines = [f"{len(skipped)} input(s) skipped, no outputs written for them:"]
+    lines += [f"  {reason}" for _, reason in skipped]
+    lines.append("the outputs of the other inputs are complete; fix or replace the skipped files and run the same "
+                 "command with --skip-existing (instead of --overwrite) to predict only them, or, for files of a "
+                 f"folder that are not inputs (e.g. label tiles), {SKIP_HINT}")
+    return "\n".join(lines)
+
+
 def load_run_config(run_dir: Path):
     from histowsss.config import load_config
 
@@ -115,10 +148,15 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                    network: str = "seg", device: str | None = None, simplify: float = 1.0,
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
                    cpu_amp: bool | None = None, skip_existing: bool = False, skip_names: list[str] | None = None,
-                   qupath_tiles: bool = False, log=print) -> list[dict]:
+                   qupath_tiles: bool = False, skipped: list[tuple[Path, str]] | None = None,
+                   log=print) -> list[dict]:
     """Segment ``inputs`` with the run's network; returns one record per image or slide predicted (paths, regions
     per class). ``predictions.csv`` is updated as the batch goes (every 10 s and at the end, also when it fails), and
     ``skip_existing`` restores the rows a kill lost from the finished inputs' outputs.
+
+    An input the image or slide reader refuses (:func:`input_error`): with a ``skipped`` list, it is logged, appended
+    there as (path, reason) and the batch goes on (earlier outputs of its name are left as they are); without one,
+    its error stops the batch. Any other error stops the batch at once.
 
     Whole-slide images (openslide formats, tiled TIFFs) go through :func:`histowsss.slides.predict.predict_slide_file`;
     a slide without tissue is skipped with a warning. ``skip_existing`` resumes a killed batch: inputs whose outputs
@@ -130,6 +168,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.slides.predict import slide_output_paths
     from histowsss.steps.segnet_io import check_network_input, load_segnet
 
+    check_out_folder(out_dir)
     held = bundle_networks(run_dir)
     if held is not None:  # an exported model is checked against its card: copied in part, or damaged
         from histowsss.export.model_bundle import bundle_file_state
@@ -175,10 +214,10 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         done = [f for f in files if all(p.exists() for p in outputs_of(f))]
         if done:
             log(f"{len(done)} of {len(files)} input(s) already predicted in {out_dir}: skipped (--skip-existing)")
-            listed = summarised_inputs(out_dir)  # a kill can come between an input's outputs and its row
+            listed = summarised_outputs(out_dir)  # a kill can come between an input's outputs and its row
             with SummaryBuffer(out_dir) as rows:
                 for f in done:
-                    if str(f) not in listed:
+                    if _geojson_name(f) not in listed:
                         rows.add(_summary_row(_record_from_outputs(f, f in slides, out_dir, cfg), cfg.data.mpp))
         finished = set(done)
         files = [f for f in files if f not in finished]
@@ -188,6 +227,8 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise FileExistsError(f"{existing[0]} already exists{more}; pass --skip-existing to go on with a killed "
                                   "batch, --overwrite to replace the outputs, or choose another --out folder")
+    if slides.intersection(files):  # not an error of one slide: said before any work
+        _check_slide_reader((slide_options or SlideOptions()).backend, slides.intersection(files))
     dev = resolve_device(device or cfg.device)
     apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
@@ -208,15 +249,24 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             try:
                 rec = _predict_one(f, f in slides, cfg, model, dev, out_dir, gate, slide_options, simplify, min_area,
                                    network, run_dir, log, placements.get(f), model_id)
-            except ImageReadError as e:  # e.g. a label tile exported beside the images
-                raise ImageReadError(f"{e}; to leave such files of a folder out, pass --skip with a pattern of "
-                                     f"their names (e.g. --skip '*-labelled.png')") from None
+            except INPUT_ERRORS as e:  # e.g. a file that is no image, a label tile exported beside the images
+                if not input_error(e, f):
+                    raise
+                if skipped is None:
+                    if isinstance(e, ImageReadError):
+                        raise ImageReadError(f"{e}; to leave such files of a folder out, {SKIP_HINT}") from None
+                    raise
+                kept = [p.name for p in outputs_of(f) if p.exists()]  # of an earlier input of its name (--overwrite)
+                reason = str(e) + (f" (the earlier outputs of its name are kept: {', '.join(kept)})" if kept else "")
+                skipped.append((f, reason))
+                log(f"error: {reason}; skipped, the batch goes on")
+                continue
             if rec is None:
                 blank.append(f)
                 if overwrite:  # outputs of an earlier prediction of this slide would outlive it: removed
                     for p in outputs_of(f):
                         p.unlink(missing_ok=True)
-                    rows.drop(str(f))
+                    rows.drop(_geojson_name(f))
                 continue
             records.append(rec)
             rows.add(_summary_row(rec, cfg.data.mpp))
@@ -225,6 +275,28 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     if records:
         log(f"per-input class fractions and areas: {out_dir / SUMMARY_FILE}")
     return records
+
+
+def _geojson_name(f: Path) -> str:
+    """The name of an input's GeoJSON output (an image's or a slide's): its row's key in predictions.csv."""
+    return f"{image_stem(f)}.geojson"
+
+
+def _check_slide_reader(backend: str, slides: set[Path]) -> None:
+    """A SlideError (no slide is opened) when none of the slide readers ``backend`` names can be imported."""
+    import importlib
+
+    if backend not in ("auto", "openslide", "tiffslide"):
+        raise ValueError(f"--slide-backend {backend!r}: choose auto, openslide or tiffslide")
+    for name in ("openslide", "tiffslide") if backend == "auto" else (backend,):
+        try:
+            importlib.import_module(name)
+            return
+        except Exception:  # ImportError; OSError where openslide's library is missing
+            pass
+    first = sorted(slides)[0]
+    raise SlideError(f"{first}{f' (and {len(slides) - 1} more)' if len(slides) > 1 else ''}: whole-slide input(s), "
+                     f"and no slide reader is available; {INSTALL_HINT}")
 
 
 def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, slide_options, simplify: float,
@@ -312,8 +384,8 @@ def _record_from_outputs(f: Path, is_slide: bool, out_dir: Path, cfg) -> dict:
     labels_p, _, _, geo_p = output_paths(out_dir, image_stem(f))
     feats = json.loads(geo_p.read_text())["features"]
     names = cfg.data.classes.names
-    return _image_record(f, out_dir, read_mask(labels_p), _region_counts(feats, names, cfg.data.classes.background_index),
-                         names)
+    counts = _region_counts(feats, names, cfg.data.classes.background_index)
+    return _image_record(f, out_dir, read_mask(labels_p), counts, names)
 
 
 def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
@@ -330,7 +402,7 @@ def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
 def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
             run_dir: Path = typer.Option(..., "--run", "-r", help="run folder with a trained segmentation network, "
                                                       "or a model folder written by `histowsss export`"),
-            out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+            out: Path = typer.Option(..., "--out", "-o", help="output folder (made if missing; not a file)"),
             overwrite: bool = typer.Option(False, help="replace existing outputs"),
             skip_existing: bool = typer.Option(False, help="go on with a killed batch: inputs whose outputs all "
                                                "exist are skipped, the others predicted (a slide's cached tiles "
@@ -350,15 +422,15 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             downsample: Optional[float] = typer.Option(
                 None, help="slides: level-0 slide pixels per network pixel (default: from the slide's mpp and the "
                 "run's data.mpp / data.image_scale)"),
-            slide_mpp: Optional[float] = typer.Option(None, min=1e-6, help="slides: level-0 microns per pixel, where the slide's "
-                                                      "metadata lacks it or is wrong"),
-            train_mpp: Optional[float] = typer.Option(None, min=1e-6, help="slides: microns per pixel of the run's training "
-                                                      "images (default: the run config's data.mpp)"),
+            slide_mpp: Optional[float] = typer.Option(None, min=1e-6, help="slides: level-0 microns per pixel, "
+                                                      "where the slide's metadata lacks it or is wrong"),
+            train_mpp: Optional[float] = typer.Option(None, min=1e-6, help="slides: microns per pixel of the run's "
+                                                      "training images (default: the run config's data.mpp)"),
             slide_tile: int = typer.Option(1024, min=16, help="slides: tile size in network pixels (a multiple of "
                                            "--out-factor)"),
             slide_margin: int = typer.Option(64, min=0, help="slides: context read around every tile, network pixels"),
-            out_factor: int = typer.Option(4, min=1, help="slides: outputs are this many times coarser than the network's "
-                                           "resolution"),
+            out_factor: int = typer.Option(4, min=1, help="slides: outputs are this many times coarser than the "
+                                           "network's resolution"),
             tissue_threshold: Optional[float] = typer.Option(None, help="slides: HSV saturation above which a "
                                                              "thumbnail pixel is tissue (default: Otsu, clipped to "
                                                              "0.05-0.2)"),
@@ -373,7 +445,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                 "on CPUs without bfloat16 instructions, where it is emulated and slower; ignored on a GPU"),
             ) -> None:
     """Segment images or whole-slide images with a run's network: labels PNG, probabilities, overlay and QuPath
-    GeoJSON per input (slides: tiled over their tissue at the training resolution, plus a summary JSON)."""
+    GeoJSON per input (slides: tiled over their tissue at the training resolution, plus a summary JSON).
+
+    An input that cannot be read (not an image, damaged, grayscale, a slide that does not open) is skipped and the
+    batch goes on; the command ends by listing the skipped inputs with their reasons and exits with code 1."""
     with clear_errors():
         if slide_tile % out_factor:  # checked before any slide is opened
             raise ValueError(f"--slide-tile {slide_tile} must be a multiple of --out-factor {out_factor}, e.g. "
@@ -384,15 +459,19 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
 
         how_to_go_on = "finished inputs and a slide's finished tiles are kept; run the same command with " \
                        "--skip-existing to go on"
+        skipped: list[tuple[Path, str]] = []
         with run_folder_paths(run_dir, out, *inputs, log=log_line) as (run_dir, out, *inputs), \
                 stop_on_interrupt(how_to_go_on, log_line):
             recs = predict_images(run_dir, list(inputs), out, overwrite=overwrite,
                                   network="seg_supervised" if supervised else "seg", device=device,
                                   simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,
                                   skip_names=skip, qupath_tiles=qupath_tiles,
-                                  cpu_amp=cpu_amp, skip_existing=skip_existing,
+                                  cpu_amp=cpu_amp, skip_existing=skip_existing, skipped=skipped,
                                   slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile,
                                                              slide_margin, out_factor, tissue_threshold,
                                                              slide_backend, no_crop))
     n_slides = sum(r.get("kind") == "slide" for r in recs)
     log_line(f"{len(recs) - n_slides} image(s)" + (f", {n_slides} slide(s)" if n_slides else "") + f" -> {out}")
+    if skipped:  # the batch went on past them; scripts notice by the exit code
+        log_line("error: " + skipped_report(skipped))
+        raise typer.Exit(1)

@@ -55,6 +55,12 @@ def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bo
                                "same command again to go on (without --overwrite, which would start the steps "
                                "over)", log):
             run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
+    from histowsss.cli.demo_cmd import stage_table
+
+    table = stage_table(rd.path)  # what the run has measured so far (its metrics/), as the demo ends
+    if table != "(no metrics yet)":
+        log("quality measured in this run folder (percent; `histowsss report " + str(rd.path) + "` for the whole "
+            "report):\n" + table)
 
 
 def steps() -> None:

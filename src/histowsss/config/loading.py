@@ -165,22 +165,27 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     apply_overrides(raw, overrides or [])
-    return validate_config(raw, origin=str(path))
+    given = {".".join(parse_override(ov)[0]): ov for ov in overrides or []}  # key -> the --set as written
+    return validate_config(raw, origin=str(path), overrides=given)
 
 
-def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
-    """Validate a raw dict; errors name each offending key path."""
+def validate_config(raw: dict[str, Any], origin: str = "config", overrides: dict[str, str] | None = None
+                    ) -> RunConfig:
+    """Validate a raw dict; errors name each offending key path, and the ``--set`` that gave it (``overrides``:
+    dotted key -> the override as written) rather than the file when one did."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         lines = []
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
+            ov = next((o for k, o in (overrides or {}).items() if loc == k or loc.startswith(k + ".")), None)
+            via = f" (from --set {ov}, not the file)" if ov else ""
             if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key '{loc}' (check the spelling; see docs/config.md for the keys of each "
+                lines.append(f"unknown key '{loc}'{via} (check the spelling; see docs/config.md for the keys of each "
                              "section)")
             else:
-                lines.append(f"'{loc}': {err['msg']}")
+                lines.append(f"'{loc}'{via}: {err['msg']}")
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

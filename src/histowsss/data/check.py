@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from histowsss.config import DataConfig, data_split_leaks
-from histowsss.data.io import ImageReadError, image_size, read_mask, read_rgb
-from histowsss.data.manifest import ManifestError, scan_manifest
-from histowsss.data.masks import class_map_from_mask, read_class_ids
+from histowsss.data.io import ImageReadError, image_size, lossy_compression, read_mask, read_rgb
+from histowsss.data.manifest import ManifestError, patient_spellings, scan_manifest
+from histowsss.data.masks import BINARY_MODES, class_map_from_mask, read_class_ids
 from histowsss.data.stats import patient_split_overlap
 
 
@@ -118,6 +118,58 @@ def _mask_column_problems(cfg: DataConfig, manifest: str) -> list[Problem]:
                     + "; set data.mask_column to the masks' column" + ("" if needed else " (or null: no masks)"))]
 
 
+# a binary-mode "mask" of more distinct values than this, with fewer of its pixels at 0 than this fraction, is no mask
+# (a photo or the image itself: mask > 0 makes it all foreground): an error, not a warning
+NOT_A_MASK_VALUES = 64
+NOT_A_MASK_ZEROS = 0.01
+_LOSSLESS = "save masks losslessly as PNG"
+
+
+def _listed(values: np.ndarray) -> str:
+    v = values.tolist()
+    return ", ".join(map(str, v)) if len(v) <= 6 else f"{v[0]}, {v[1]}, {v[2]}, ..., {v[-2]}, {v[-1]}"
+
+
+def mask_value_problems(mask, raw: np.ndarray | None, cfg: DataConfig, image: str) -> list[Problem]:
+    """Problems of a mask whose labels are changed or merged without an error: a lossily compressed (JPEG) file, in
+    any mode; in a binary mode (mask > 0 is foreground) more than two values, or two and neither 0, a warning (an
+    error when it has many values and almost no 0: an image, not a mask). ``raw``: its values as read (None:
+    unreadable, only the file type is checked)."""
+    file = str(mask)
+    lossy = lossy_compression(mask)
+    jpeg = f"it is a {lossy} file, whose lossy compression changes the values near every edge" if lossy else ""
+    if raw is not None and cfg.mask_mode in BINARY_MODES and not cfg.mask_colors and not cfg.mask_values:
+        vals = raw[~np.isin(raw, cfg.mask_ignore_values)] if cfg.mask_ignore_values else raw.ravel()
+        if vals.dtype == np.uint8:
+            counts = np.bincount(vals, minlength=256)
+            values = np.flatnonzero(counts)
+            counts = counts[values]
+        else:
+            values, counts = np.unique(vals, return_counts=True)
+        n, total = len(values), max(int(counts.sum()), 1)
+        zeros = float(counts[values == 0].sum()) / total
+        fg = 100 * float(counts[values > 0].sum()) / total
+        rule = f"data.mask_mode={cfg.mask_mode} takes mask > 0 as foreground"
+        if n > NOT_A_MASK_VALUES and zeros < NOT_A_MASK_ZEROS:
+            return [Problem("error", file, f"not a mask, it seems: {n} distinct values ({_listed(values)}) and "
+                            f"{100 * zeros:.1f}% of its pixels at 0; {rule}, which makes {fg:.1f}% of it "
+                            f"foreground. Is it an image rather than its mask? Point the {cfg.mask_column or 'mask'} "
+                            f"column at the mask, and {_LOSSLESS} with 0 / 1 or 0 / 255 (image: {image})")]
+        if n > 2:
+            return [Problem("warning", file, f"binary mask with {n} distinct values ({_listed(values)}), not 2: "
+                            f"{rule}, so every value over 0 is foreground ({fg:.1f}% of its pixels)"
+                            + (f"; {jpeg}" if jpeg else "") + f"; {_LOSSLESS} with 0 / 1 or 0 / 255 (values that "
+                            f"are class ids: set data.mask_mode to class_ids) (image: {image})")]
+        if n == 2 and values[0] > 0:
+            return [Problem("warning", file, f"binary mask whose two values {values[0]} and {values[1]} are both over "
+                            f"0: {rule}, so all of it is foreground" + (f"; {jpeg}" if jpeg else "")
+                            + f"; {_LOSSLESS} with 0 for background and 1 or 255 for foreground (image: {image})")]
+    if lossy:
+        return [Problem("warning", file, f"{lossy} mask: {jpeg} (and so the labels: new values, or other classes, "
+                        f"along every boundary); {_LOSSLESS} (binary masks with 0 / 1 or 0 / 255) (image: {image})")]
+    return []
+
+
 def _open_image(path) -> tuple[tuple[int, int] | None, list[Problem]]:
     """((height, width) or None when unreadable, the problems found: an error, or the reader's warnings)."""
     image = str(path)
@@ -142,11 +194,13 @@ def _file_problems(image, mask, cfg: DataConfig) -> list[Problem]:
         return out
     h, w = hw
     if mask is not None and mask.exists():
+        raw = None
         try:
-            read_class_ids(mask, cfg, expected_hw=(h, w))
+            raw = read_class_ids(mask, cfg, expected_hw=(h, w))
         except Exception as e:
             msg = _message(e, str(mask)) if isinstance(e, ImageReadError) else f"cannot be read ({type(e).__name__}: {e})"
             out.append(Problem("error", str(mask), f"{msg} (image: {image})"))
+        out += mask_value_problems(mask, raw, cfg, str(image))
     return out
 
 
@@ -159,7 +213,8 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     mask (instance masks too), every patient found in several splits, every class without a training image, and
     every training image without the mask its labels are read from is listed (nothing stops at the first problem;
     the files of rows left out for a row problem are opened too); a split no ``data.*_splits`` names, a
-    ``data.mask_column`` the manifest lacks and class-id masks that look binary (0/255) are warned about.
+    ``data.mask_column`` the manifest lacks, class-id masks that look binary (0/255), masks of a binary mode that
+    hold more than two values and JPEG masks are warned about (:func:`mask_value_problems`).
     ``min_size`` (scaled pixels, every image) defaults to the patch size when ``cfg.patches`` tiles without padding,
     for the images that are tiled: the training splits (train_cam's patches) and, with ``gate_tiles``
     (``eval_cam.label_gating: patch`` or ``train_seg.patch_veto``; unknown without a config, so assumed), the
@@ -265,6 +320,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
             if problem is not None:
                 problems.append(problem)
             mask = str(s.mask)
+            raw = None
             try:
                 raw = read_class_ids(s.mask, cfg, expected_hw=(h, w))
                 cmap = class_map_from_mask(raw, s, cfg)
@@ -285,6 +341,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                 problems.append(Problem("error", mask, f"{_message(e, mask)} (image: {image})"))
             except Exception as e:
                 problems.append(Problem("error", mask, f"cannot be read ({type(e).__name__}: {e}) (image: {image})"))
+            problems += mask_value_problems(s.mask, raw, cfg, image)
     if binary_like and not classes_inferred:  # (without a config the mask mode is a default, not the user's word)
         more = f" (and {len(binary_like) - 2} more)" if len(binary_like) > 2 else ""
         problems.append(Problem("warning", manifest, f"{len(binary_like)} mask(s) hold only the values 0 and 255, e.g. "
@@ -300,6 +357,11 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                                 "else fix the labels or the masks"))
     for r in rejected:  # rows left out for a row problem: their files are checked all the same
         problems += _file_problems(r["image"], r["mask"], cfg)
+    for key, written in patient_spellings(samples).items():
+        problems.append(Problem("warning", manifest,
+                                f"patient id written {len(written)} ways ({', '.join(map(repr, written))}): read "
+                                f"as one patient ({key!r}) in splits, folds and these checks (a spreadsheet writes "
+                                "numbers either way); write it one way"))
     for p, splits in patient_split_overlap(samples).items():
         problems.append(Problem("warning", manifest,
                                 f"patient {p} appears in splits {', '.join(splits)}: evaluation is not patient-disjoint "
@@ -307,4 +369,4 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     return problems
 
 
-__all__ = ["Problem", "check_dataset", "class_coverage", "image_size"]
+__all__ = ["Problem", "check_dataset", "class_coverage", "image_size", "mask_value_problems"]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from histowsss.data.io import IMAGE_SUFFIXES, image_stem
-from histowsss.data.manifest import write_manifest
+from histowsss.data.manifest import patient_key, write_manifest
 from histowsss.data.split import grouped_stratified_split, strata_with_masks
 
 SPLIT_FOLDER = re.compile(r"^(train|training|val|valid|validation|dev|test|testing)([-_]?[a-z0-9]+)?$", re.IGNORECASE)
@@ -122,9 +122,9 @@ def _finish(root: Path, out: Path, rows: list[dict[str, str]], unmatched: list[s
     if not by_split:
         fr = {k: v for k, v in (fractions or {"train": 0.7, "val": 0.1, "test": 0.2}).items() if v > 0}
         strata = strata_with_masks([r[label_column] for r in rows], [bool(r.get("mask")) for r in rows])
-        assign = grouped_stratified_split([r["patient"] for r in rows], strata, fr, seed)
+        assign = grouped_stratified_split([patient_key(r["patient"]) for r in rows], strata, fr, seed)
         for r in rows:
-            r["split"] = assign[r["patient"]]
+            r["split"] = assign[patient_key(r["patient"])]
     write_manifest(out, rows)
     return FolderManifest(path=out, rows=rows, splits_from_folders=by_split, patients_from_regex=patient_regex is not None,
                           masks_found=sum(1 for r in rows if r.get("mask")))

@@ -34,10 +34,88 @@ def _corrupt(path: Path, e: BaseException) -> ImageReadError:
     # decoder messages differ per library; keep only their first line (imageio appends "pip install" advice
     # about optional backends, which is not the fix for a broken file)
     cause = (str(e).strip().splitlines() or [""])[0][:200]
+    if type(e).__name__ == "DecompressionBombError":  # over Pillow's limit, its size not read beforehand
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", cause)
+        return _too_large(path, None, int(found.group(1)) if found else None)
     return ImageReadError(
         f"{path}: cannot be decoded as an image ({type(e).__name__}: {cause}); the file is corrupt, truncated or "
         "not an image: re-export or re-download it (or leave it out: its manifest row, or the inputs given)"
     )
+
+
+class LargeImageWarning(UserWarning):
+    """An image large enough to need much memory read whole; over :func:`image_pixel_limits` it is refused."""
+
+
+def image_pixel_limits() -> tuple[int | None, int | None]:
+    """(warn above, refuse above): the pixels (width x height) of an image read whole, any format, TIFF included.
+
+    Pillow's own limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485 px by default, about 9,460 x 9,460), and twice
+    that (178,956,970 px, about 13,380 x 13,380: 0.5 GB as 8-bit RGB, several times that while a step works on it).
+    Larger images are refused before a pixel is decoded; whole-slide images are read in tiles instead
+    (docs/slides.md). ``(None, None)`` when Pillow's limit is switched off (``MAX_IMAGE_PIXELS = None``)."""
+    from PIL import Image
+
+    warn = Image.MAX_IMAGE_PIXELS
+    return (None, None) if warn is None else (int(warn), 2 * int(warn))
+
+
+_TILE_IT = ("cut it into tiles instead: save it as a pyramidal (tiled) TIFF (e.g. `vips tiffsave IMAGE OUT.tif "
+            "--tile --pyramid`, or QuPath's OME-TIFF export), which `histowsss data tiles` (`--downsample` where the "
+            "file has no pixel size for `--mpp`) and `histowsss predict` read as a slide (docs/slides.md), or "
+            "downscale it")
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} Mpx"
+
+
+def _too_large(path: Path, wh: tuple[int, int] | None, pixels: int | None = None) -> ImageReadError:
+    """The refusal of an image over the limit of :func:`image_pixel_limits` (its size as ``wh`` or ``pixels``)."""
+    limit = image_pixel_limits()[1]
+    size = (f"{wh[0]}x{wh[1]} pixels ({_mpx(wh[0] * wh[1])})" if wh is not None
+            else f"{pixels} pixels" if pixels is not None else "more pixels than the limit")
+    return ImageReadError(f"{path}: image of {size} is too large to read whole (the limit is "
+                          f"{_mpx(limit or 0)}: twice PIL.Image.MAX_IMAGE_PIXELS); {_TILE_IT}")
+
+
+def _check_pixels(path: Path, w: int, h: int, warn_large: bool = True) -> None:
+    """Refuse an image over the pixel limit (before decoding it); warn once for one over the warning limit (with
+    ``warn_large``: images, not their one-channel masks)."""
+    warn, limit = image_pixel_limits()
+    if limit is not None and w * h > limit:
+        raise _too_large(path, (w, h))
+    if warn_large and warn is not None and w * h > warn:
+        warnings.warn(f"{path}: large image, {w}x{h} pixels ({_mpx(w * h)}, {w * h * 3 / 2**30:.1f} GiB as 8-bit "
+                      f"RGB), read whole; images over {_mpx(limit or 0)} are refused (limit: twice "
+                      f"PIL.Image.MAX_IMAGE_PIXELS). To use less memory, {_TILE_IT}", LargeImageWarning, stacklevel=4)
+
+
+def _pillow_header(path: Path) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) from the file's header without decoding the pixels and without Pillow's
+    size check (a file over its limit is opened by the plugin of its file type); None when Pillow cannot open it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size[0], im.size[1], _orientation(im)
+    except Image.DecompressionBombError:
+        pass
+    except Exception:
+        return None
+    Image.init()
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt not in Image.OPEN:
+        return None
+    try:
+        with open(path, "rb") as fp, Image.OPEN[fmt][0](fp, str(path)) as im:
+            return im.size[0], im.size[1], _orientation(im)
+    except Exception:
+        return None
 
 
 # Pillow modes whose channels are not R, G, B (a CMYK image would pass for RGBA)
@@ -78,13 +156,87 @@ def _pillow_may_read(e: BaseException) -> bool:
     """Whether Pillow may read what tifffile could not: a codec it lacks (LZW, JPEG, ... without imagecodecs), or
     a file that is no TIFF at all (a PNG or JPEG saved under a .tif name); not damaged TIFF data."""
     text = str(e).lower()
-    return (isinstance(e, (NotImplementedError, KeyError)) or "imagecodecs" in text or "not supported" in text
-            or "not a tiff file" in text)
+    return (isinstance(e, (NotImplementedError, KeyError, _PillowColours)) or "imagecodecs" in text
+            or "not supported" in text or "not a tiff file" in text)
 
 
-def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
-    """A TIFF's first image, samples last (planar-separate RGB comes as (3, H, W)); compressions tifffile cannot
-    decode without the optional ``imagecodecs`` (LZW, JPEG, ...) are read with Pillow instead."""
+class _PillowColours(Exception):
+    """A TIFF in a colour space that Pillow converts to RGB and tifffile does not (YCbCr, not JPEG-compressed)."""
+
+
+_TIFF_JPEG = (6, 7)  # Compression: old- and new-style JPEG, whose YCbCr the codec decodes to RGB
+_TIFF_INKSET = 332  # InkSet tag: 1 = CMYK (the default), 2 = other inks (named in InkNames)
+
+
+def _palette_colours(idx: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """uint8 RGB of palette indices through a TIFF colour map (3, 2**bits): its high bytes, as Pillow reads it (a map
+    whose values are all under 256 was written 8-bit and is taken as it is)."""
+    cmap = np.asarray(colormap)
+    cmap = cmap.astype(np.uint8) if cmap.max() < 256 else (cmap >> 8).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(cmap[:, idx], 0, -1))
+
+
+def _cmyk_to_rgb(path: Path, arr: np.ndarray, page) -> np.ndarray:
+    """RGB (+ alpha) of a separated TIFF of the four CMYK inks, converted as Pillow converts CMYK (a CMYK JPEG reads
+    the same; no ICC profile is applied to either); other ink sets are refused."""
+    from PIL import Image
+
+    extras = tuple(page.extrasamples or ())
+    inks = int(page.samplesperpixel) - len(extras)
+    inkset = page.tags.valueof(_TIFF_INKSET, 1)
+    if inkset != 1 or inks != 4 or arr.ndim != 3 or arr.shape[2] != page.samplesperpixel:
+        raise ImageReadError(f"{path}: separated (print) TIFF of {inks} ink(s)"
+                             + ("" if inkset == 1 else f", InkSet {inkset} (not CMYK)")
+                             + "; only CMYK (four inks) is converted to RGB: export it as an 8-bit RGB TIFF or PNG")
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ImageReadError(f"{path}: CMYK TIFF of {arr.dtype} samples; export it as an 8-bit RGB TIFF or PNG")
+    h, w = arr.shape[:2]
+    rgb = np.asarray(Image.frombytes("CMYK", (w, h), np.ascontiguousarray(arr[..., :4]).tobytes()).convert("RGB"))
+    if extras and int(extras[0]) in (1, 2):  # associated / unassociated alpha: composited on white by read_rgb
+        return np.dstack([rgb, arr[..., 4]])
+    return rgb
+
+
+def _tiff_colours(path: Path, arr: np.ndarray, page, keep_palette: bool) -> np.ndarray:
+    """A TIFF's decoded samples (samples last) by its PhotometricInterpretation: RGB and grey as stored (min-is-white
+    grey too: an image is refused as grey, a mask keeps its stored values, as ImageJ's masks with an inverting LUT
+    mean them); palette indices as colours (masks: the indices, the class ids); CMYK converted to RGB; YCbCr
+    decoded to RGB by the JPEG codec; other colour spaces (CIELAB, ...) refused with the fix."""
+    from tifffile import PHOTOMETRIC
+
+    kind = page.photometric
+    if kind in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE, PHOTOMETRIC.RGB) or (
+            kind == PHOTOMETRIC.YCBCR and int(page.compression) in _TIFF_JPEG):
+        return arr
+    if kind == PHOTOMETRIC.PALETTE and page.colormap is not None:
+        return arr if keep_palette else _palette_colours(arr, page.colormap)
+    if kind == PHOTOMETRIC.SEPARATED:
+        return _cmyk_to_rgb(path, arr, page)
+    name = getattr(kind, "name", str(kind))
+    raise ImageReadError(f"{path}: TIFF of {name} pixels (PhotometricInterpretation {int(kind)}), which is not read "
+                         "(RGB, grey, palette, CMYK and YCbCr are): export it as an 8-bit RGB TIFF or PNG")
+
+
+def _pillow_pixels(path: Path, keep_palette: bool) -> np.ndarray:
+    """A file's pixels decoded by Pillow alone, its warnings silenced (a TIFF's fallback)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        special = _read_pillow(path, keep_palette)
+        if special is not None:
+            return special
+        with Image.open(path) as im:
+            return np.asarray(im)
+
+
+def _read_tiff(path: Path, keep_palette: bool = False, warn_large: bool = True) -> np.ndarray:
+    """A TIFF's first image, samples last (planar-separate RGB comes as (3, H, W)), in RGB where its colour space is
+    another (:func:`_tiff_colours`); refused before decoding when over :func:`image_pixel_limits`. Compressions
+    tifffile cannot decode without the optional ``imagecodecs`` (LZW, JPEG, ...), and uncompressed YCbCr, are read
+    with Pillow instead."""
     import logging
 
     import tifffile
@@ -92,30 +244,43 @@ def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
     log = logging.getLogger("tifffile")
     level = log.level
     log.setLevel(logging.CRITICAL)  # a damaged file's tag errors: the one ImageReadError below says it
+    photometric = None
+    sized = False  # the pixel limit checked (and its warning given) from the TIFF's header
     try:
         with tifffile.TiffFile(path) as tif:
-            arr = np.asarray(tif.asarray())  # series 0, level 0 (tifffile.imread's default)
-            axes = tif.series[0].axes
-        if arr.ndim == 3 and axes[:1] in ("S", "C") and arr.shape[0] in (3, 4):  # planar RGB, OME channels
-            arr = np.moveaxis(arr, 0, -1)
-        return np.ascontiguousarray(arr)
+            series = tif.series[0]  # series 0, level 0 (tifffile.imread's default)
+            page = series.keyframe
+            photometric = page.photometric
+            _check_pixels(path, int(page.imagewidth), int(page.imagelength), warn_large)
+            sized = True
+            if photometric == tifffile.PHOTOMETRIC.YCBCR and int(page.compression) not in _TIFF_JPEG:
+                raise _PillowColours("YCbCr")
+            arr = np.asarray(tif.asarray())
+            if arr.ndim == 3 and (series.axes[:1] == "S" or series.axes[:1] == "C" and arr.shape[0] in (3, 4)):
+                arr = np.moveaxis(arr, 0, -1)  # planar samples, OME channels
+            return np.ascontiguousarray(_tiff_colours(path, arr, page, keep_palette))
+    except ImageReadError:
+        raise
     except Exception as e:  # decoder errors differ per format
         tiff_error: BaseException = e
     finally:
         log.setLevel(level)
     if _pillow_may_read(tiff_error):  # Pillow decodes some of those; a damaged file it would only complain about
+        if not sized:  # (no TIFF at all: a PNG or JPEG under a .tif name)
+            header = _pillow_header(path)
+            if header is not None:
+                _check_pixels(path, header[0], header[1], warn_large)
         try:
-            special = _read_pillow(path, keep_palette)
-            if special is not None:
-                return special
-            from PIL import Image
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(path) as im:
-                    return np.asarray(im)
+            arr = _pillow_pixels(path, keep_palette)
         except Exception:
             pass
+        else:
+            if photometric == tifffile.PHOTOMETRIC.MINISWHITE and arr.ndim == 2 and arr.dtype in (bool, np.uint8):
+                arr = ~arr if arr.dtype == bool else 255 - arr  # Pillow shows it inverted: the stored values back
+            return arr
+    if isinstance(tiff_error, _PillowColours):
+        raise ImageReadError(f"{path}: YCbCr TIFF (not JPEG-compressed) that Pillow cannot convert to RGB; export it "
+                             "as an 8-bit RGB TIFF or PNG") from None
     if "imagecodecs" in str(tiff_error):
         raise ImageReadError(f"{path}: its TIFF compression needs the imagecodecs package ({tiff_error}); "
                              "`pip install imagecodecs` (the [slides] extra brings it), or re-save it uncompressed "
@@ -123,7 +288,7 @@ def _read_tiff(path: Path, keep_palette: bool = False) -> np.ndarray:
     raise _corrupt(path, tiff_error) from None
 
 
-def _read_raw(path: Path, keep_palette: bool = False) -> np.ndarray:
+def _read_raw(path: Path, keep_palette: bool = False, warn_large: bool = True) -> np.ndarray:
     if not path.exists():
         raise _not_found(path)
     if path.is_dir():
@@ -133,20 +298,25 @@ def _read_raw(path: Path, keep_palette: bool = False) -> np.ndarray:
 
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        return _read_tiff(path, keep_palette)
+        return _read_tiff(path, keep_palette, warn_large)
     if suffix in Image.registered_extensions():
         # Pillow's formats: decode with Pillow only (imageio's fallback through every legacy plugin
         # adds nothing for a broken PNG/JPEG but noise and deprecation warnings)
-        try:
-            special = _read_pillow(path, keep_palette)
-            return special if special is not None else np.asarray(iio.imread(path, plugin="pillow"))
-        except Exception as e:
-            cause: BaseException = e
-        try:  # Pillow's own words ("cannot identify image file", "image file is truncated")
-            with Image.open(path) as im:
-                im.load()
-        except Exception as pil_error:
-            cause = pil_error
+        header = _pillow_header(path)
+        if header is not None:
+            _check_pixels(path, header[0], header[1], warn_large)  # refused before decoding, or one warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (Pillow's, once per open: said above)
+            try:
+                special = _read_pillow(path, keep_palette)
+                return special if special is not None else np.asarray(iio.imread(path, plugin="pillow"))
+            except Exception as e:
+                cause: BaseException = e
+            try:  # Pillow's own words ("cannot identify image file", "image file is truncated")
+                with Image.open(path) as im:
+                    im.load()
+            except Exception as pil_error:
+                cause = pil_error
         raise _corrupt(path, cause) from None
     try:
         return np.asarray(iio.imread(path))
@@ -159,9 +329,11 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
 
     Conversions: RGBA -> RGB (alpha composited on white, a warning if not fully opaque);
     16-bit -> 8-bit (v / 257 rounded, so 65535 -> 255; 16-bit PNGs are reduced to their high byte by
-    the PNG decoder, which is within one level of that); floats in [0, 1] -> round(255 v).
-    Refused: grayscale and other channel counts,
-    since stain information is lost (fix: export the RGB image).
+    the PNG decoder, which is within one level of that); floats in [0, 1] -> round(255 v); CMYK (JPEG and TIFF
+    alike, never taken for RGBA), YCbCr and palette colours -> RGB; EXIF orientation applied.
+    Refused: grayscale and other channel counts, since stain information is lost (fix: export the RGB image);
+    TIFF colour spaces other than RGB, grey, palette, CMYK and YCbCr; images over :func:`image_pixel_limits`
+    (before decoding; a warning, once per read, above its lower limit).
     """
     path = Path(path)
     img = _read_raw(path)
@@ -202,9 +374,10 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
 
     Palette (indexed) PNGs give their indices, the class ids (as LUAD-HistoSeg and BCSS-WSSS store them). With
     ``colors`` (packed 0xRRGGBB -> class id, :func:`pack_rgb`) the mask is read as colours, palette ones too, and
-    each pixel takes the id of its colour; a colour not in ``colors`` is an error that names it."""
+    each pixel takes the id of its colour; a colour not in ``colors`` is an error that names it. A mask over
+    :func:`image_pixel_limits` is refused as its image is (without the warning below that: its image gives it)."""
     path = Path(path)
-    m = _read_raw(path, keep_palette=colors is None)
+    m = _read_raw(path, keep_palette=colors is None, warn_large=False)  # (its image warns)
     if colors is not None:
         m = _colours_to_ids(path, m, colors)
     elif m.ndim == 3:
@@ -267,16 +440,31 @@ def image_size(path: Path | str) -> tuple[int, int]:
     path = Path(path)
     if not path.exists():
         raise _not_found(path)
-    try:
-        from PIL import Image
+    header = _pillow_header(path)  # (no pixel limit: the size of an image too large to read is said too)
+    if header is not None:
+        w, h, orientation = header
+        # EXIF orientations 5-8 turn the image by a quarter: read_rgb returns it as shown
+        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    img = _read_raw(path)
+    return img.shape[0], img.shape[1]
 
-        with Image.open(path) as im:
-            w, h = im.size
-            # EXIF orientations 5-8 turn the image by a quarter: read_rgb returns it as shown
-            return (w, h) if _orientation(im) in (5, 6, 7, 8) else (h, w)
-    except Exception:
-        img = _read_raw(path)
-        return img.shape[0], img.shape[1]
+
+def lossy_compression(path: Path | str) -> str | None:
+    """What stores a file's pixels lossily, which changes a mask's labels near every edge: 'JPEG' for a JPEG file
+    (whatever its name), 'JPEG-compressed TIFF' for a TIFF; None for a lossless file or one Pillow cannot open."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                if im.format in ("JPEG", "MPO"):
+                    return "JPEG"
+                if im.format == "TIFF" and str(im.info.get("compression", "")) in ("jpeg", "tiff_jpeg"):
+                    return "JPEG-compressed TIFF"
+    except Exception:  # (unreadable: the reader's own error says so)
+        return None
+    return None
 
 
 def resize(img: np.ndarray, scale: float, nearest: bool) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
@@ -61,13 +62,27 @@ def read_table(path: Path, lines: list[int] | None = None) -> tuple[list[str], l
         with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
             header = f.readline()
             f.seek(0)
-            reader = csv.DictReader(f, delimiter=_delimiter(header))
+            delimiter = _delimiter(header)
+            reader = csv.DictReader(f, delimiter=delimiter)
             columns = [c.strip() for c in (reader.fieldnames or [])]
+            twice = sorted({c for c in columns if c and columns.count(c) > 1})
+            if twice:  # DictReader would keep the last of them and drop the others' values unseen
+                raise ManifestError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the "
+                                    "header; rename or delete the extra column(s) so each name is used once")
             rows = []
             for r in reader:
+                # line_num is the record's last line: back over newlines inside its cells
+                line = reader.line_num - sum(v.count("\n") for v in r.values() if isinstance(v, str))
+                extra = [v for v in (r.get(None) or []) if v.strip()]  # fields beyond the header's columns
+                if extra:
+                    raise ManifestError(
+                        f"{path}: line {line} has {len(columns) + len(r[None])} fields but the header has "
+                        f"{len(columns)} (extra: {', '.join(map(repr, extra))}); a value holding the separator "
+                        f"({delimiter!r}, e.g. in a file name) must be in double quotes, or the row "
+                        "has a cell too many")
                 rows.append({(k or "").strip(): (v or "") for k, v in r.items() if k is not None})
-                if lines is not None:  # line_num is the record's last line: back over newlines inside its cells
-                    lines.append(reader.line_num - sum(v.count("\n") for v in r.values() if isinstance(v, str)))
+                if lines is not None:
+                    lines.append(line)
     except UnicodeDecodeError as e:
         raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as 'CSV UTF-8' "
                             "(Excel: Save As > CSV UTF-8; or `iconv -f cp1252 -t utf-8`)") from None
@@ -118,9 +133,41 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root) if cfg.root is not None else Path(cfg.manifest).parent
 
 
+# cells that spreadsheets and pandas write for a missing value; read as empty unless a class is so named
+MISSING_WORDS = ("nan", "na", "n/a", "#n/a", "none", "null")
+
+
+def is_missing(cell: str | None, class_names: list[str] | tuple[str, ...] = ()) -> bool:
+    """True for an empty cell or one of MISSING_WORDS (``NaN``, ``N/A``, any case) that names no class."""
+    v = (cell or "").strip()
+    return v == "" or (v.lower() in MISSING_WORDS and v not in class_names)
+
+
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+(\.0*)?")
+
+
+def patient_key(patient: str) -> str:
+    """The patient id as compared across rows: as written, but a whole number written the ways a spreadsheet or
+    pandas may write it (``2.0``, ``02``) is the number (``2``), so that one patient written two ways is one patient
+    for splits, folds and leak checks (``data check`` names such ids)."""
+    v = patient.strip()
+    if _WHOLE_NUMBER.fullmatch(v):
+        return str(int(v.split(".")[0]))
+    return v
+
+
+def name_problem(name: str) -> str | None:
+    """Why a manifest ``name`` cannot name a run's output files (``cams/<name>.npz``), or None: it must be a plain
+    file name, no folders (``/``, ``\\``) and not ``.`` or ``..``, which would write outside the run folder."""
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        return (f"name {name!r} is not a plain file name (it names the run's output files, cams/<name>.npz and "
+                "others): remove '/', '\\' and '..' from it")
+    return None
+
+
 def _parse_labels(raw: str, cfg: DataConfig) -> tuple[str, ...]:
     raw = raw.strip()
-    if raw == "":
+    if is_missing(raw, cfg.classes.names):
         return ()
     parts = [p.strip() for p in raw.split(cfg.label_separator) if p.strip()] if cfg.multi_label else [raw]
     out = []
@@ -179,6 +226,25 @@ def class_columns_of(columns: list[str], rows: list[dict[str, str]]) -> list[str
         if sum(m is None for m in marks) <= max(1.0, 0.05 * len(rows)) and any(marks):
             found.append(c)
     return found if len(found) >= 2 else []
+
+
+def almost_class_columns(columns: list[str], rows: list[dict[str, str]], lines: list[int] | None = None) -> str:
+    """A hint for a manifest in which no class columns were found (:func:`class_columns_of`) because of cells that
+    are no 0/1 mark (``NaN`` from pandas, ``?``): the columns that are mostly marks and their first such cells, as
+    ``; columns A, B hold 0/1 marks but for ...: write 1 or 0 there``; '' when there are none."""
+    near, cells = [], []
+    for c in columns:
+        if c in NOT_CLASS_COLUMNS or not rows:
+            continue
+        marks = [class_mark(r.get(c)) for r in rows]
+        bad = [k for k, m in enumerate(marks) if m is None]
+        if any(marks) and len(bad) <= len(rows) // 2:
+            near.append(c)
+            cells += [f"row {lines[k] if lines else k + 2} {c}={(rows[k].get(c) or '').strip()!r}" for k in bad]
+    if len(near) < 2 or not cells:
+        return ""
+    return (f"; columns {', '.join(near)} hold 0/1 marks but for {len(cells)} cell(s) ({', '.join(cells[:5])}"
+            + (", ..." if len(cells) > 5 else "") + "): write 1 or 0 there to read them as one column per class")
 
 
 def _missing_columns_message(path: Path, missing: list[str], columns: list[str], cfg: DataConfig) -> str:
@@ -283,13 +349,21 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
                 f"{cfg.label_column!r}; known classes: {', '.join(cfg.classes.names)}"
                 + (hint or " (fix the row or add the class to data.classes.names)")
             )
-        elif cfg.label_column and not labels and cfg.classes.background is None:
-            row_problems.append(f"row {i} ({img_rel}): empty label and no background class is configured "
-                                "(fill in the label or set data.classes.background)")
+        elif cfg.label_column and not labels:  # a forgotten label must not make a normal (background) example
+            written = r[cfg.label_column].strip()
+            what = f"missing label ({written!r})" if written else "empty label"
+            bg = cfg.classes.background
+            row_problems.append(f"row {i} ({img_rel}): {what} in column {cfg.label_column!r}; write the image's class"
+                                + (f" ({bg!r} for a normal image)" if bg is not None else
+                                   " (no background class is configured: set data.classes.background for images "
+                                   "with none of the classes)"))
         image = manifest_path(root, img_rel)
         # (a Windows path's file name, not 'folder\\file'); 'a.ome' for a.ome.tif, as run folders made before
         # image_stem existed name its files (predict's outputs drop the '.ome': image_stem)
         name = r.get("name", "").strip() or image.stem
+        bad_name = name_problem(name) if r.get("name", "").strip() else None  # (a file's stem holds no '/')
+        if bad_name:
+            row_problems.append(f"row {i} ({img_rel}): {bad_name}")
         key = os.path.normcase(os.path.normpath(os.path.abspath(image)))
         if key in files_seen:  # e.g. manifests of two sources joined: a test image also in train leaks
             j, other_split = files_seen[key]
@@ -335,11 +409,20 @@ def read_manifest(cfg: DataConfig, splits: list[str] | None = None, check_files:
     return samples
 
 
+def patient_spellings(samples: list[Sample]) -> dict[str, list[str]]:
+    """Patient ids written more than one way (``2`` and ``2.0``, ``03`` and ``3``) -> those spellings, sorted: they
+    are read as one patient (:func:`patient_key`), which ``data check`` says so the manifest can be made consistent."""
+    by_key: dict[str, set[str]] = {}
+    for s in samples:
+        by_key.setdefault(patient_key(s.patient), set()).add(s.patient.strip())
+    return {k: sorted(v) for k, v in sorted(by_key.items()) if len(v) > 1}
+
+
 def patients_in_several_splits(samples: list[Sample]) -> dict[str, list[str]]:
     """Patients that appear in more than one split -> sorted list of their splits."""
     by_patient: dict[str, set[str]] = {}
     for s in samples:
-        by_patient.setdefault(s.patient, set()).add(s.split)
+        by_patient.setdefault(patient_key(s.patient), set()).add(s.split)
     return {p: sorted(sp) for p, sp in sorted(by_patient.items()) if len(sp) > 1}
 
 

@@ -9,6 +9,7 @@ from histowsss.data.io import ImageReadError, lookup_ids, read_mask
 from histowsss.data.manifest import Sample, data_root, manifest_path
 
 IGNORE = 255
+BINARY_MODES = ("binary", "binary_image_label")  # data.mask_mode values that read mask > 0 as foreground
 
 
 def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.ndarray:

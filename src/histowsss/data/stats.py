@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from histowsss.data.manifest import Sample
+from histowsss.data.manifest import Sample, patient_key
 
 
 def split_class_table(samples: list[Sample], class_names: list[str]) -> list[dict[str, object]]:
@@ -13,11 +13,12 @@ def split_class_table(samples: list[Sample], class_names: list[str]) -> list[dic
     splits = sorted({s.split for s in samples}, key=lambda x: (x not in ("train", "val"), x))
     for split in splits + ["all"]:
         sub = [s for s in samples if split == "all" or s.split == split]
-        row: dict[str, object] = {"split": split, "images": len(sub), "patients": len({s.patient for s in sub})}
+        row: dict[str, object] = {"split": split, "images": len(sub),
+                                  "patients": len({patient_key(s.patient) for s in sub})}
         for c in class_names:
             with_c = [s for s in sub if c in s.labels]
             row[f"{c} images"] = len(with_c)
-            row[f"{c} patients"] = len({s.patient for s in with_c})
+            row[f"{c} patients"] = len({patient_key(s.patient) for s in with_c})
         rows.append(row)
     return rows
 
@@ -26,7 +27,7 @@ def patient_split_overlap(samples: list[Sample]) -> dict[str, list[str]]:
     """Patients found in two or more splits -> their splits."""
     splits_of: dict[str, set[str]] = defaultdict(set)
     for s in samples:
-        splits_of[s.patient].add(s.split)
+        splits_of[patient_key(s.patient)].add(s.split)
     return {p: sorted(v) for p, v in sorted(splits_of.items()) if len(v) > 1}
 
 

@@ -57,6 +57,34 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
         scheduled.add(key)
 
 
+def check_manifest(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool) -> None:
+    """ManifestError / StepError, before any step runs, for what the steps would otherwise find an hour in: a
+    manifest row problem (a duplicate image, an empty label: :func:`~histowsss.data.manifest.scan_manifest`, files
+    not opened; `histowsss data check` opens them), and the supervised upper bound over training images without a
+    mask. Nothing is checked when no step has work to do, or the manifest is not there yet (the demo makes it)."""
+    todo = [name for name, _, h, key, off in plan if not off and (overwrite or not run.is_done(key, h))]
+    if not todo or not Path(cfg.data.manifest).is_file():
+        return
+    from histowsss.data.manifest import ManifestError, scan_manifest
+
+    samples, problems = scan_manifest(cfg.data)
+    if problems:
+        raise ManifestError(f"{cfg.data.manifest}: {len(problems)} problem(s), found before any step ran:\n  "
+                            + "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if
+                                                             len(problems) > 20 else "")
+                            + "\n(`histowsss data check MANIFEST --config CONFIG` lists them all and opens every file)")
+    if "train_seg_supervised" in todo:
+        from histowsss.steps.seg_labels import train_splits
+
+        train = [s for s in samples if s.split in train_splits(cfg)]
+        missing = [s.name for s in train if s.mask is None]
+        if missing:
+            raise StepError(f"train_seg_supervised (upper_bound) needs a mask for every training image; {len(missing)} "
+                            f"of {len(train)} have none (e.g. {', '.join(missing[:3])}): fill the "
+                            f"{cfg.data.mask_column!r} column, set train_seg.splits to splits with masks, or set "
+                            "upper_bound=false")
+
+
 def _check_weights_file(cfg: RunConfig, key: str) -> None:
     """StepError, before any step runs, when step ``key`` builds its network from a local weights file
     (``WEIGHTS_FILE_STEPS``) that is not there: not after the steps before it have run for an hour."""
@@ -202,6 +230,7 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
         plan.append((name, mod, mod.config_hash(cfg), status_name(cfg, name, mod),
                      getattr(mod, "disabled", lambda c: None)(cfg)))
     check_inputs(cfg, run, plan, overwrite)
+    check_manifest(cfg, run, plan, overwrite)
     world = env_world()[1]
     if world > 1:
         todo = [key for name, _, h, key, off in plan
@@ -216,21 +245,23 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     return plan
 
 
-def _why_run(run: RunDir, key: str, h: str, overwrite: bool) -> str:
-    """The log line of a step about to run: new, made again (which settings changed), going on after a stop, or
-    starting over."""
+def _why_run(run: RunDir, key: str, h: str, overwrite: bool, mod=None) -> str:
+    """The log line of a step about to run: new, made again (which of the settings it reads changed), going on after
+    a stop, or starting over."""
     st = run.status(key) or {}
     state = st.get("state")
+    step_hash = getattr(mod, "config_hash", None)
     if state == "done":
         if overwrite:
             return f"[redo] {key}: --overwrite"
-        return f"[redo] {key}: finished with other settings ({run.settings_diff(st) or 'its inputs changed'}); made again"
+        diff = run.settings_diff(st, step_hash=step_hash) or "its inputs changed"
+        return f"[redo] {key}: finished with other settings ({diff}); made again"
     if state in ("running", "failed"):
         if overwrite:
             return f"[run ] {key}: starts over (--overwrite; it had stopped, {state})"
         if st.get("config_hash") == h:
             return f"[run ] {key}: goes on from where it stopped ({state} at {st.get('started', '?')})"
-        diff = run.settings_diff(st)
+        diff = run.settings_diff(st, step_hash=step_hash)
         return f"[run ] {key}: starts over (it had stopped with other settings" + (f": {diff}" if diff else "") + ")"
     return f"[run ] {key}"
 
@@ -300,7 +331,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         elif restart:
             log(f"[run ] {key}: starts over (the weights file {WEIGHTS_FILE_STEPS[key]} changed since it stopped)")
         else:
-            log(_why_run(run, key, h, overwrite))
+            log(_why_run(run, key, h, overwrite, mod))
         if dry_run:
             results[name] = {}
             continue

@@ -9,7 +9,7 @@ import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from histowsss.config import RunConfig, dump_config
 from histowsss.engine.atomic import remove_partial_files, write_json, write_text
@@ -143,9 +143,12 @@ class RunDir:
         t = status_time(finished)
         return finished if began is not None and t is not None and t > began else None
 
-    def settings_diff(self, status: dict, most: int = 6) -> str:
+    def settings_diff(self, status: dict, most: int = 6, step_hash: Callable[[RunConfig], str] | None = None) -> str:
         """``key = old (now new)`` for the settings where the config a step ran with (its status record's
-        ``config_history`` file) differs from this invocation's; "" when unknown."""
+        ``config_history`` file) differs from this invocation's; "" when unknown. With ``step_hash`` (the step's
+        ``config_hash``), only the settings the step's hash reads are named (each set back alone to its old value
+        changes the hash), so that a gate setting of eval_seg is not given as why train_seg runs again; all of
+        them when no one alone does."""
         import yaml
 
         run_config = status.get("run_config")
@@ -167,6 +170,9 @@ class RunDir:
 
         a, b = flat(then), flat(now)
         keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "name"]
+        if step_hash is not None and len(keys) > 1:
+            read = [k for k in keys if _changes_hash(now, k, a.get(k), step_hash)]
+            keys = read or keys
         shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
@@ -279,3 +285,23 @@ def status_time(text: str | None):
         return datetime.strptime(text, TIME_FORMAT) if text else None
     except ValueError:
         return None
+
+
+def _changes_hash(now: dict, key: str, old: Any, step_hash: Callable[[RunConfig], str]) -> bool:
+    """Whether setting the dotted ``key`` of the config dict ``now`` back to ``old`` changes ``step_hash`` (True too
+    when that config is not valid alone: the key is then named, as before)."""
+    import copy
+
+    changed = copy.deepcopy(now)
+    *path, last = key.split(".")
+    node = changed
+    for part in path:
+        node = node.setdefault(part, {})
+    if old is None and last not in node:
+        return True
+    node[last] = old
+    try:
+        return step_hash(RunConfig.model_validate(changed)) != step_hash(RunConfig.model_validate(now))
+    except Exception:  # (a config that holds this value alone is not valid: keep the key)
+        return True
+

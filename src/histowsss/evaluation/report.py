@@ -187,6 +187,17 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     return rows
 
 
+def classification_rows(run_path: Path) -> list[dict]:
+    """One row per split that eval_cam scored the classifier on: images, AUC and accuracy (percent)."""
+    cam = read_json(run_path / "metrics" / "cam.json") or {}
+    rows = []
+    for split, e in (cam.get("splits") or {}).items():
+        c = (e or {}).get("classification")
+        if c:
+            rows.append({"split": split, "images": c.get("images"), "AUC": c.get("auc"), "accuracy": c.get("accuracy")})
+    return rows
+
+
 def object_rows(run_path: Path) -> list[dict]:
     """GlaS object-level rows (F1, object Dice, object Hausdorff): IRN instances and segmentation networks."""
     rows: list[dict] = []
@@ -226,6 +237,12 @@ def section_quality(run_path: Path, class_names: list[str]) -> str:
             '<p class="note">Percent. Each number comes from one dataset-level confusion matrix over the split(s). '
             "Pseudo-label stages are measured on the training images they label; CAM, baseline and segmentation "
             "on the test split(s).</p>")
+    cls = classification_rows(run_path)
+    if cls:
+        html += ("<h3>Image classification (the CAM classifier)</h3>"
+                 + table(cls, ["split", "images", "AUC", "accuracy"], left=("split",)) +
+                 '<p class="note">Percent, from eval_cam: the classifier\'s image-level scores against the '
+                 "manifest's image labels (no masks needed).</p>")
     objs = object_rows(run_path)
     if objs:
         cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)",

@@ -6,8 +6,10 @@ with every pixel called a non-background class, so that the areas agree with the
 mm^2 need the microns per pixel: the slide's own, or for images ``data.mpp`` of the run (images are assumed to
 be at the training images' resolution). Areas and percents are of the label map (``<stem>_labels.png``, all its
 regions); region counts are of the GeoJSON, which leaves out regions under ``predict --min-area`` (16 level-0
-pixels by default), so a class can have area and no region. The file is an index over an output folder: predicting
-more inputs into the same folder adds their rows and replaces the rows of inputs predicted again.
+pixels by default), so a class can have area and no region. The file is an index over an output folder, one row per
+output (keyed by the name of the GeoJSON, ``<stem>.geojson``, which names all of an input's outputs there):
+predicting more inputs into the same folder adds their rows, and an output written again replaces its row, whatever
+path named its input (relative or absolute, or another image of the same name).
 """
 
 from __future__ import annotations
@@ -39,18 +41,37 @@ def summary_row(*, input_path: str, kind: str, width: int, height: int, mpp: flo
     return row
 
 
-def update_summary(out_dir: Path, rows: list[dict[str, str]], drop: list[str] = ()) -> Path:
-    """Merge ``rows`` into ``out_dir/predictions.csv`` (by input; other rows kept; the rows of the inputs ``drop``
-    removed) and write it atomically."""
+def output_key(geojson: str) -> str:
+    """The key of a row: the file name of its GeoJSON output (``<stem>.geojson``, unique in an output folder), from a
+    path written either way (``/`` or ``\\``, relative or absolute) or from the bare name."""
+    return geojson.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _row_key(row: dict[str, str]) -> str:
+    """A row's output key; a row without a GeoJSON (made by hand) is keyed by its input."""
+    return output_key(row["geojson"]) if row.get("geojson") else "input:" + row.get("input", "")
+
+
+def read_summary(out_dir: Path) -> dict[str, dict[str, str]]:
+    """The rows of ``out_dir/predictions.csv`` by output key (:func:`output_key`; later rows of the same output, as
+    older versions wrote beside the first, win); empty when there is none."""
     path = Path(out_dir) / SUMMARY_FILE
-    merged: dict[str, dict[str, str]] = {}
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as f:
-            merged = {r["input"]: r for r in csv.DictReader(f) if r.get("input")}
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {_row_key(r): r for r in csv.DictReader(f) if r.get("input") or r.get("geojson")}
+
+
+def update_summary(out_dir: Path, rows: list[dict[str, str]], drop: list[str] = ()) -> Path:
+    """Merge ``rows`` into ``out_dir/predictions.csv`` (one row per output: a row replaces the one of the same GeoJSON
+    output, other rows kept; the rows of the outputs ``drop``, GeoJSON paths or names, removed) and write it
+    atomically."""
+    path = Path(out_dir) / SUMMARY_FILE
+    merged = read_summary(out_dir)
     for key in drop:
-        merged.pop(key, None)
+        merged.pop(output_key(key), None)
     for r in rows:
-        merged[r["input"]] = r
+        merged[_row_key(r)] = r
     columns = list(FIRST_COLUMNS)
     for r in merged.values():
         columns += [k for k in r if k not in columns and k != "geojson"]
@@ -65,11 +86,12 @@ def update_summary(out_dir: Path, rows: list[dict[str, str]], drop: list[str] = 
 
 def summarised_inputs(out_dir: Path) -> set[str]:
     """The inputs ``out_dir/predictions.csv`` has a row for (empty when there is none)."""
-    path = Path(out_dir) / SUMMARY_FILE
-    if not path.is_file():
-        return set()
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["input"] for r in csv.DictReader(f) if r.get("input")}
+    return {r["input"] for r in read_summary(out_dir).values() if r.get("input")}
+
+
+def summarised_outputs(out_dir: Path) -> set[str]:
+    """The outputs (GeoJSON file names, :func:`output_key`) ``out_dir/predictions.csv`` has a row for."""
+    return {k for k in read_summary(out_dir) if not k.startswith("input:")}
 
 
 class SummaryBuffer:
@@ -90,9 +112,10 @@ class SummaryBuffer:
         if self._clock() - self.last >= self.every_s:
             self.flush()
 
-    def drop(self, input_path: str) -> None:
-        """Remove the row of ``input_path`` (an input predicted again that now has no outputs)."""
-        self.dropped.append(input_path)
+    def drop(self, geojson: str) -> None:
+        """Remove the row of the output ``geojson`` (its path or name: an input predicted again that now has no
+        outputs)."""
+        self.dropped.append(geojson)
 
     def flush(self) -> None:
         if self.pending or self.dropped:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from histowsss.config import RunConfig
 from histowsss.data.crops import (fitted_sizes, image_targets, patch_examples, random_crop_examples,
                                   training_crop_size)
+from histowsss.data.manifest import patient_key
 from histowsss.data.pairs import pair_examples
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_text
@@ -52,7 +53,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         unlearnable = class_coverage(data, samples, str(data.manifest))
         if unlearnable:  # `data check` says it too; a run would train (and score) a class it can never localise
             raise StepError("; ".join(p.message for p in unlearnable) + f" ({data.manifest})")
-        patients = [s.patient for s in samples]
+        patients = [patient_key(s.patient) for s in samples]
         crop = training_crop_size(data, tc)
         sizes, mirrored = fitted_sizes(samples, data, crop, mirror=tc.small_images == "mirror")
         if mirrored:

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from histowsss.config import ConfigError, RunConfig, load_config
-from histowsss.data.manifest import data_root, manifest_path
+from histowsss.data.manifest import data_root, manifest_path, patient_key
 from histowsss.engine.atomic import write_json, write_npz
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.tuning.scratch import fit_on, scratch_run
@@ -222,7 +222,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
         raise StepError(f"cross-validation scores training images against their masks, but none of the "
                         f"{len(samples)} training images in {base.data.manifest} has one; fill the mask column for "
                         "the images of a few patients (only those are scored; the others still train)")
-    patients = [s.patient or s.name for s in samples]
+    patients = [patient_key(s.patient) or s.name for s in samples]
     strata = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
     assign = fold_assignment(patients, strata, folds, seed)
     fold_names = [f"fold{k}" for k in range(folds)]
