@@ -38,3 +38,19 @@ def test_known_errors_are_one_line_naming_the_file(capsys, monkeypatch, tmp_path
         with common.clear_errors():
             raise CrfUnavailable("the dense CRF needs the optional package pydensecrf2")
     assert "CrfUnavailable: the dense CRF needs the optional package pydensecrf2" in capsys.readouterr().err
+
+
+def test_plain_warnings_print_one_line_once_per_text(capsys):
+    import warnings
+
+    from histowsss.cli.common import plain_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        plain_warnings()
+        for _ in range(2):  # the same text from two places (two steps read one RGBA image): said once
+            warnings.warn("a.png: RGBA image with transparency; composited on white", UserWarning)
+        warnings.warn("soon gone", FutureWarning)
+    err = capsys.readouterr().err
+    assert err.count("warning: a.png: RGBA image with transparency; composited on white") == 1
+    assert "warning: FutureWarning: soon gone" in err and "warnings.warn(" not in err

@@ -91,3 +91,17 @@ def test_a_class_ids_mask_is_not_held_to_two_values(builder, data_config):
     problems = check_dataset(data_config(builder.manifest([_row(builder, "ids", ids)]), mask_mode="class_ids"),
                              progress=False)
     assert _mask_problems(problems, "ids") == []
+
+
+def test_a_jpeg_instance_mask_is_a_warning(builder, data_config):
+    ids = np.zeros((48, 64), np.uint8)
+    ids[5:20, 5:30], ids[25:40, 30:60] = 1, 2
+    rows = [_row(builder, "a", _disk()), _row(builder, "b", _disk())]
+    Image.fromarray(ids).save(builder.root / "masks/a_cc.jpg", quality=75)
+    Image.fromarray(ids).save(builder.root / "masks/b_cc.png")
+    rows[0]["mask_cc"], rows[1]["mask_cc"] = "masks/a_cc.jpg", "masks/b_cc.png"
+    m = builder.manifest(rows, columns=["image", "mask", "mask_cc", "split", "patient", "label"])
+    problems = check_dataset(data_config(m, mask_mode="binary_image_label"), progress=False)
+    found = [p for p in problems if "_cc." in p.file]
+    assert [(p.level, p.file.endswith("a_cc.jpg")) for p in found] == [("warning", True)]
+    assert found[0].message.startswith("JPEG instance mask: ") and "(instance mask of " in found[0].message

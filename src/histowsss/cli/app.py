@@ -20,6 +20,9 @@ app.command("tune")(tune_cmd.tune)
 
 
 def main() -> None:
+    from histowsss.cli.common import plain_warnings
+
+    plain_warnings()
     app()
 
 

@@ -162,6 +162,26 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         raise ConfigError(f"{manifest}: invalid data settings:\n  " + "\n  ".join(lines)) from None
 
 
+def plain_warnings() -> None:
+    """Show Python warnings as one ``warning: message`` line on stderr, each text once per process (an image read by
+    two steps of a command warns once), instead of Python's two lines with the source line that warned. Installed by
+    the console script (:func:`histowsss.cli.app.main`), not by library calls."""
+    import warnings
+
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # warnings.showwarning's signature
+        text = str(message)
+        if text in seen:
+            return
+        seen.add(text)
+        kind = "" if issubclass(category, UserWarning) and category.__module__.startswith(("histowsss", "builtins")) \
+            else f"{category.__name__}: "
+        console.print(f"[yellow]warning:[/] {escape(kind + text)}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def check_out_file(out: Path, overwrite: bool, reads: tuple[Path, ...] = ()) -> None:
     """Refuse an output file path before any work: a folder (``--out`` names the file to write), a file the command
     reads (``init M.csv --out M.csv`` would replace the manifest), or an existing file without ``--overwrite``."""

@@ -95,6 +95,10 @@ def _instance_mask_problem(s, cfg: DataConfig, hw: tuple[int, int]) -> Problem |
         return Problem("error", str(path), f"{_message(e, str(path))} (instance mask of {s.image})")
     except Exception as e:
         return Problem("error", str(path), f"cannot be read ({type(e).__name__}: {e}) (instance mask of {s.image})")
+    lossy = lossy_compression(path)
+    if lossy:  # instance ids changed along every outline: objects split and merged
+        return Problem("warning", str(path), f"{lossy} instance mask: its lossy compression changes the ids near every "
+                       f"outline (objects split and merged); {_LOSSLESS} (instance mask of {s.image})")
     return None
 
 
