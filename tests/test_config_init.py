@@ -528,6 +528,8 @@ def test_the_background_is_found_in_a_class_name_of_several_words(tmp_path: Path
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     made = config_for_manifest(tmp_path / "m.csv")
     assert made.config.data.classes.background == "Benign glands"
+    (tmp_path / "m.csv").write_text("\n".join(rows).replace("Malignant glands", "Not benign") + "\n")
+    assert config_for_manifest(tmp_path / "m.csv").config.data.classes.background == "Benign glands"
 
 
 def test_a_nan_label_is_no_class(tmp_path: Path):

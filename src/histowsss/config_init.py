@@ -133,8 +133,9 @@ def _background(names: list[str], given: str | None) -> str | None:
                               "or pass --background none when every pixel is one of the classes (tissue types)")
         return given
     found = [n for n in names if n.lower() in BACKGROUND_NAMES]
-    if not found:  # a folder name of several words, 'Benign glands', 'normal mucosa'
-        found = [n for n in names if any(w in BACKGROUND_NAMES for w in n.lower().split())]
+    if not found:  # a folder name of several words, 'Benign glands', 'normal mucosa' (not 'not normal')
+        found = [n for n in names if any(w in BACKGROUND_NAMES for w in n.lower().split())
+                 and not {"not", "no", "non"} & set(n.lower().split())]
     if len(found) != 1:
         raise ConfigError(f"cannot tell which class is background / normal (classes: {', '.join(names)}); pass "
                           "--background NAME: the class of images or pixels with none of the others, or "

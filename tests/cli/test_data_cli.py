@@ -576,3 +576,24 @@ def test_check_names_the_nan_cells_that_hide_class_columns(builder):
     out = flat(r.output)
     assert r.exit_code == 2 and "columns benign, malignant hold 0/1 marks but for 2 cell(s)" in out
     assert "row 5 benign='NaN', row 9 benign='NaN'" in out and "write 1 or 0 there" in out
+
+
+def test_keep_test_leaves_every_test_row_in_its_own_split(builder):
+    """GlaS: patients in both testA and testB stay in both; their training images go to the first of them."""
+    rows = []
+    for p in range(12):
+        for j, split in enumerate(("train", "train", "testA" if p < 3 else "train", "testB" if p < 2 else "train")):
+            rows.append({"image": f"images/p{p}_{j}.png", "patient": f"P{p}", "split": split,
+                         "label": "malignant" if p % 2 else "benign"})
+    m = builder.manifest(rows)
+    out = builder.root / "split.csv"
+    r = invoke("data", "split", m, "--out", out, "--keep-test")
+    assert r.exit_code == 0, r.output
+    after = {x["image"]: x["split"] for x in csv.DictReader(out.open())}
+    for x in rows:
+        if x["split"].startswith("test"):
+            assert after[x["image"]] == x["split"], x
+        elif x["patient"] in ("P0", "P1", "P2"):
+            assert after[x["image"]] == "testA", x  # out of training, in the first test split of the patient
+    assert "7 other image(s) of their patients joined them" in flat(r.output)
+    assert "--test 0.2 is not used" in flat(r.output)

@@ -112,3 +112,12 @@ def test_cielab_tiff_is_refused_with_the_fix(tmp_path):
     Image.fromarray(_smooth()).convert("LAB").save(tmp_path / "lab.tif")
     with pytest.raises(ImageReadError, match=r"lab\.tif: TIFF of CIELAB pixels .*export it as an 8-bit RGB TIFF"):
         read_rgb(tmp_path / "lab.tif")
+
+
+def test_a_palette_tiff_without_a_colour_map_is_indices_as_a_mask_and_refused_as_an_image(tmp_path):
+    a = np.zeros((8, 8), np.uint8)
+    a[2:4] = 1
+    tifffile.imwrite(tmp_path / "p.tif", a, photometric="palette")
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.tif"), a)
+    with pytest.raises(ImageReadError, match="palette TIFF without a colour map"):
+        read_rgb(tmp_path / "p.tif")

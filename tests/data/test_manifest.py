@@ -171,6 +171,11 @@ def test_a_column_named_twice_is_an_error(builder, data_config):
     m.write_text("image,split,patient,label,label\nimages/a.png,train,p1,benign,malignant\n")
     with pytest.raises(ManifestError, match="column\\(s\\) 'label' appear more than once in the header"):
         read_manifest(data_config(m))
+    m.write_text("image,split,patient,label,note,note\nimages/a.png,train,p1,benign,,\n")  # a column nothing reads
+    assert read_manifest(data_config(m))[0].labels == ("benign",)
+    m.write_text("image,split,patient,grade,grade\nimages/a.png,train,p1,benign,malignant\n")  # the config's
+    with pytest.raises(ManifestError, match="'grade' appear more than once"):
+        read_manifest(data_config(m, label_column="grade"))
 
 
 def test_a_row_with_a_field_too_many_names_its_line_and_the_quotes(builder, data_config):

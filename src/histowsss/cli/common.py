@@ -74,7 +74,8 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         raise ConfigError("'data' is a section; override its keys, e.g. --set data.label_column=grade")
     from histowsss.data.manifest import class_columns_of, read_csv_rows
 
-    cols, rows = read_csv_rows(Path(manifest))
+    lines: list[int] = []  # (each row's line, for messages that name rows)
+    cols, rows = read_csv_rows(Path(manifest), lines=lines)
     if not rows:
         raise ValueError(f"{manifest}: the manifest has a header but no rows; add one row per image (or make the "
                          "manifest with `histowsss data manifest FOLDER`)")
@@ -140,7 +141,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         from histowsss.data.manifest import almost_class_columns
 
         same = [c for c in cols if c.lower() == "label"]
-        raise ConfigError(f"{manifest}: no 'label' column{almost_class_columns(cols, rows)}; "
+        raise ConfigError(f"{manifest}: no 'label' column{almost_class_columns(cols, rows, lines)}; "
                           + (f"rename column {same[0]!r} to 'label', or " if same else "")
                           + "pass --set data.label_column=COLUMN, --set data.label_columns=[CLASS1,CLASS2,...] (one "
                           "0/1 column per class), or --config with data.label_column and classes")

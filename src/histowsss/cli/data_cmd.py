@@ -241,6 +241,9 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
             if train + val <= 0:
                 raise typer.BadParameter("--keep-test splits the other images by --train and --val: give them",
                                          param_hint="--train")
+            if test > 0:
+                _note(f"--keep-test: the test split(s) are kept as they are, so --test {test:g} is not used; the other "
+                      f"images are split {train / (train + val):.2f} / {val / (train + val):.2f} into train / val")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
         if kept:
             fractions = {k: v / (train + val) for k, v in {"train": train, "val": val}.items() if v > 0}
@@ -253,17 +256,19 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         strata = [";".join(labs) for labs, _ in marks] if class_cols else [r[label_column] for r in rows]
         strata = strata_with_masks(strata, [bool(r.get("mask")) for r in rows])
         keys = [patient_key(r["patient"]) for r in rows]
+        in_test = [bool(kept) and split_role(r.get("split", "")) == "test_splits" for r in rows]
         free = [i for i, k in enumerate(keys) if k not in kept]  # test patients' other images stay with them
-        moved = sum(1 for r, k in zip(rows, keys) if k in kept and r.get("split") != kept[k])
+        moved = sum(1 for r, k, t in zip(rows, keys, in_test) if k in kept and not t)
         if kept and not free:
             raise ValueError(f"{manifest}: every image's patient is in the test split(s); nothing left to split")
         assign = grouped_stratified_split([keys[i] for i in free], [strata[i] for i in free], fractions, seed)
-        for r, k in zip(rows, keys):
-            r["split"] = kept[k] if k in kept else assign[k]
+        for r, k, t in zip(rows, keys, in_test):
+            if not t:  # a test row keeps its split (a patient in testA and testB stays in both)
+                r["split"] = kept[k] if k in kept else assign[k]
         if kept:
             _note(f"kept the test split(s) {', '.join(sorted(set(kept.values())))} ({len(kept)} patients)"
-                  + (f"; {moved} other image(s) of their patients joined them (a patient stays in one split)"
-                     if moved else ""))
+                  + (f"; {moved} other image(s) of their patients joined them (a patient stays out of training; one "
+                     "in several test splits: the first in the file)" if moved else ""))
         # relative paths that name files from the manifest's folder keep naming them from --out's folder
         rebased = rebase_paths(rows, manifest.parent, out.parent)
         write_manifest(out, rows)
@@ -305,6 +310,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
     multi-label vectors in the file names with --labels-in-name); without split folders, a patient-grouped,
     class-stratified split is made."""
     from histowsss.data.folder_manifest import IMAGE_SUFFIXES, manifest_from_folder, manifest_from_named_labels
+    from histowsss.data.manifest import patient_key
 
     with clear_errors():
         check_out_file(out, overwrite)
@@ -335,7 +341,8 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
             over = [f"data.label_column={label_column}"]
         _print_stats(made.path, data_config_from(made.path, None, over))
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
-    console.print(f"{len(made.rows)} images, {len({r['patient'] for r in made.rows})} patients; splits from {source}"
+    console.print(f"{len(made.rows)} images, {len({patient_key(r['patient']) for r in made.rows})} patients; "
+                  f"splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
     if masks and made.rows and not made.masks_found:  # a wrong --mask-suffix or folder finds nothing, silently
         from histowsss.data.folder_manifest import IMAGE_SUFFIXES as SUFFIXES

@@ -124,6 +124,11 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def _orientation(im) -> int:
+    """The EXIF orientation of an opened image (1: as stored), read without decoding its pixels: Pillow's
+    ``getexif`` decodes a whole PNG to look for an eXIf chunk after the image data, so a PNG's is read only from the
+    chunk before it (where the PNG specification puts it), else 1."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # a damaged EXIF block: read the pixels as stored
@@ -210,10 +215,13 @@ def _tiff_colours(path: Path, arr: np.ndarray, page, keep_palette: bool) -> np.n
     if kind in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE, PHOTOMETRIC.RGB) or (
             kind == PHOTOMETRIC.YCBCR and int(page.compression) in _TIFF_JPEG):
         return arr
-    if kind == PHOTOMETRIC.PALETTE and page.colormap is not None:
-        return arr if keep_palette else _palette_colours(arr, page.colormap)
+    if kind == PHOTOMETRIC.PALETTE and (page.colormap is not None or keep_palette):
+        return arr if keep_palette else _palette_colours(arr, page.colormap)  # (a mask: its indices, map or not)
     if kind == PHOTOMETRIC.SEPARATED:
         return _cmyk_to_rgb(path, arr, page)
+    if kind == PHOTOMETRIC.PALETTE:  # (an image of palette indices without their colour map)
+        raise ImageReadError(f"{path}: palette TIFF without a colour map (ColorMap tag): its pixels are indices of "
+                             "colours it does not hold; export it as an 8-bit RGB TIFF or PNG")
     name = getattr(kind, "name", str(kind))
     raise ImageReadError(f"{path}: TIFF of {name} pixels (PhotometricInterpretation {int(kind)}), which is not read "
                          "(RGB, grey, palette, CMYK and YCbCr are): export it as an 8-bit RGB TIFF or PNG")

@@ -52,11 +52,14 @@ def _delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
-def read_table(path: Path, lines: list[int] | None = None) -> tuple[list[str], list[dict[str, str]]]:
+def read_table(path: Path, lines: list[int] | None = None, read: tuple[str | None, ...] = ()
+               ) -> tuple[list[str], list[dict[str, str]]]:
     """(columns, rows) of a CSV file, columns stripped, values as written; a BOM (Excel) is tolerated and a file
     separated by ``;`` or tabs instead of commas is read too. Text that is not UTF-8 raises ManifestError naming
     the file and the fix. ``lines``, when given, receives each row's line number in the file (blank lines and
-    cells spanning several lines counted), for messages that name a row."""
+    cells spanning several lines counted), for messages that name a row. A column the toolkit reads (the known
+    ones, and ``read``: the config's label, mask, points columns) named twice in the header is a ManifestError (a
+    CSV reader keeps the last silently); so is a row with more non-empty fields than the header."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
@@ -65,7 +68,8 @@ def read_table(path: Path, lines: list[int] | None = None) -> tuple[list[str], l
             delimiter = _delimiter(header)
             reader = csv.DictReader(f, delimiter=delimiter)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            twice = sorted({c for c in columns if c and columns.count(c) > 1})
+            known = set(NOT_CLASS_COLUMNS) | {c for c in read if c}
+            twice = sorted({c for c in columns if c in known and columns.count(c) > 1})
             if twice:  # DictReader would keep the last of them and drop the others' values unseen
                 raise ManifestError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the "
                                     "header; rename or delete the extra column(s) so each name is used once")
@@ -133,8 +137,9 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root) if cfg.root is not None else Path(cfg.manifest).parent
 
 
-# cells that spreadsheets and pandas write for a missing value; read as empty unless a class is so named
-MISSING_WORDS = ("nan", "na", "n/a", "#n/a", "none", "null")
+# cells that spreadsheets, pandas and R write for a missing value; read as empty unless a class is so named. 'None'
+# is left out: a plausible class name ("no lesion"), which class inference would otherwise drop
+MISSING_WORDS = ("nan", "na", "n/a", "#n/a", "null")
 
 
 def is_missing(cell: str | None, class_names: list[str] | tuple[str, ...] = ()) -> bool:
@@ -295,7 +300,8 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
         raise ManifestError(f"{path}: is a folder; pass the manifest CSV file inside it")
     root = data_root(cfg)
     lines: list[int] = []
-    columns, rows = read_table(path, lines)
+    columns, rows = read_table(path, lines, read=(cfg.label_column, cfg.mask_column, cfg.points_column,
+                                                  *(cfg.label_columns or ())))
     # a points column that is named but absent would silently give no clicks at all
     required = (list(REQUIRED_COLUMNS) + ([cfg.label_column] if cfg.label_column else [])
                 + list(cfg.label_columns or []) + ([cfg.points_column] if cfg.points_column else []))

@@ -242,7 +242,9 @@ def section_quality(run_path: Path, class_names: list[str]) -> str:
         html += ("<h3>Image classification (the CAM classifier)</h3>"
                  + table(cls, ["split", "images", "AUC", "accuracy"], left=("split",)) +
                  '<p class="note">Percent, from eval_cam: the classifier\'s image-level scores against the '
-                 "manifest's image labels (no masks needed).</p>")
+                 "manifest's image labels (no masks needed). Training and validation splits hold images the "
+                 "classifier was trained or tuned on: only the test split's numbers say how it does on new "
+                 "images.</p>")
     objs = object_rows(run_path)
     if objs:
         cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)",
