@@ -231,6 +231,19 @@ def _short_sides(root: Path, images: list[str]) -> np.ndarray:
     return np.array([min(image_size(root / rel)) for rel in images])
 
 
+def _tiling_mask_classes(manifest: Path) -> list[str] | None:
+    """The ``--mask-classes`` ``histowsss data tiles`` wrote a tile manifest's masks with (its ``tiling.json``), or
+    None."""
+    import json
+
+    record = manifest.parent / "tiling.json"
+    try:
+        got = json.loads(record.read_text()).get("mask_classes") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(c) for c in got] if isinstance(got, list) and len(got) >= 2 else None
+
+
 def _tiling_mpp(manifest: Path) -> float | None:
     """The microns per pixel ``histowsss data tiles`` cut a tile manifest's tiles at (its ``tiling.json``); None for
     other manifests, or tiles cut by --downsample."""
@@ -307,6 +320,19 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                                    "the codes)" if col != (label_column or "label") and not class_cols else "")
               if col is not None
               else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
+    tiled = _tiling_mask_classes(manifest)  # tiles cut by `data tiles` with masks: their values index these
+    tiled_note = None
+    if tiled and not classes and not class_cols:
+        if set(names) <= set(tiled):
+            classes = list(tiled)
+            if background is None and tiled[0] not in names:  # class 0: pixels under no annotation
+                background = tiled[0]
+            tiled_note = (f"classes in the order of the tiles' --mask-classes ({', '.join(tiled)}, tiling.json): "
+                          "mask value = position")
+        else:
+            tiled_note = (f"warning: the tiles' masks index --mask-classes {', '.join(tiled)} (tiling.json), but the "
+                          f"labels name {', '.join(names)}: the masks score the label classes only where the names "
+                          "agree (label the slides with the mask classes to measure every class)")
     twins = class_name_twins(names)
     if twins:
         raise ConfigError(f"{manifest}: {source} holds class names that differ only in case or spaces ("
@@ -357,6 +383,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         notes = [f"classes from {source}: {', '.join(names)}, no background class (every pixel is one of "
                  "them; labels are the best of an image's labelled classes, docs/data.md)"
                  + (order or "; order alphabetical: pass --classes in mask-value order if the masks hold class ids")]
+    if tiled_note:
+        notes.append(tiled_note)
     if multi:
         notes.append("several labels per image " + (f"('{label_separator}'-separated)" if col is not None else
                                                      "(several columns marked)") + ": multi_label true")

@@ -167,3 +167,64 @@ def test_edited_annotations_redo_their_masks_and_bad_rows_stop_before_tiling(tmp
     r = runner.invoke(app, [*args[:4], str(fresh), *args[5:]])
     assert r.exit_code == 2 and "b.geojson: feature 0 has class 'tumour'" in r.output
     assert not fresh.exists() or not any(fresh.rglob("*.png"))  # nothing tiled before the bad row was found
+
+
+def test_what_the_masks_will_not_show_is_said(tmp_path: Path, make_slide):
+    """Features left out (unknown class skipped, points), outside the slide, NaN vertices, a collection: said, not
+    silently dropped (pixels under no annotation become class 0, so a lost annotation teaches 'background')."""
+    gc = {"type": "Feature", "properties": {"classification": {"name": "gland"}},
+          "geometry": {"type": "GeometryCollection", "geometries": [
+              {"type": "Polygon", "coordinates": [square(10, 10, 30, 30)]},
+              {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}]}}
+    gj = write_geojson(tmp_path / "a.geojson", [
+        feature([square(60, 40, 160, 140)], "gland"), feature([square(5000, 5000, 5100, 5100)], "gland"),
+        feature([square(0, 0, 9, 9)], "Tumor"), feature([3, 4], "gland", kind="Point"), gc])
+    ann = read_annotations(gj, ["background", "gland"], ignore_unknown=True)
+    assert ann.feature_ids == [0, 1, 4] and ann.rasterize(0, 0, 40, 40, (40, 40))[20, 20] == 1  # the collection
+    notes = ann.notes(420, 300)
+    assert "1 feature(s) of class 'Tumor' left out (--ignore-unknown)" in notes
+    assert "1 feature(s) without an area (points, lines or no geometry) left out" in notes
+    assert any(n.startswith("feature(s) 1 lie wholly outside the slide's 420x300 frame") for n in notes)
+    assert not any("every tile mask is class 0" in n for n in notes)
+    assert "every tile mask is class 0" in read_annotations(
+        write_geojson(tmp_path / "p.geojson", [feature([3, 4], "gland", kind="Point")]), ["background", "gland"]
+    ).notes(420, 300)[-1]
+    nan = write_geojson(tmp_path / "n.geojson", [feature([[[0, 0], [10, float("nan")], [10, 10], [0, 0]]], "gland")])
+    with pytest.raises(AnnotationError, match="n.geojson: feature 0 has coordinates that are not finite"):
+        read_annotations(nan, ["background", "gland"])
+    case = write_geojson(tmp_path / "c.geojson", [feature([square(0, 0, 10, 10)], "Gland")])
+    with pytest.raises(AnnotationError, match="names are case-sensitive: write 'Gland' in --mask-classes"):
+        read_annotations(case, ["background", "gland"])
+    # through data tiles: the warnings are printed before tiling, naming the file and row
+    (tmp_path / "slides").mkdir()
+    make_slide(tmp_path / "slides" / "a.tif", tissue_slide_rgb(), mpp=0.25)
+    m = tmp_path / "slides.csv"
+    m.write_text(f"image,split,patient,label,annotations\nslides/a.tif,test,p1,malignant,{gj}\n")
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "t"), "--tile", "20", "--downsample",
+                            "2", "--mask-classes", "background,gland", "--ignore-unknown"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert "a.geojson (row 2): feature(s) 1 lie wholly outside the slide's 420x300 frame" in out
+
+
+def test_init_on_annotated_tiles_takes_the_mask_classes_in_their_order(tmp_path: Path, make_slide):
+    """Tissue labels (Gland, Stroma) on slides annotated with --mask-classes Background,Gland,Stroma: init takes
+    the classes in mask order with Background (class 0, unannotated) as the background, without asking."""
+    from histowsss.config_init import config_for_manifest
+
+    (tmp_path / "slides").mkdir()
+    for name, seed in (("a", 0), ("b", 1)):
+        make_slide(tmp_path / "slides" / f"{name}.tif", tissue_slide_rgb(seed=seed), mpp=0.25)
+        write_geojson(tmp_path / "slides" / f"{name}.geojson", [feature([square(60, 40, 160, 140)], "Gland"),
+                                                                 feature([square(200, 150, 300, 250)], "Stroma")])
+    m = tmp_path / "slides.csv"
+    m.write_text("image,split,patient,label,annotations\nslides/a.tif,train,p1,Gland;Stroma,slides/a.geojson\n"
+                 "slides/b.tif,test,p2,Gland,slides/b.geojson\n")
+    out = tmp_path / "tiles"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "64", "--downsample", "1",
+                            "--mask-classes", "Background,Gland,Stroma", "--min-tissue", "0.2"])
+    assert r.exit_code == 0, r.output
+    made = config_for_manifest(out / "manifest.csv")
+    assert made.config.data.classes.names == ["Background", "Gland", "Stroma"]
+    assert made.config.data.classes.background == "Background" and made.config.data.mask_mode == "class_ids"
+    assert any(n.startswith("classes in the order of the tiles' --mask-classes") for n in made.notes)

@@ -141,3 +141,34 @@ def test_reads_from_a_level_land_where_the_box_starts(tmp_path: Path, make_slide
             row = s.read(x0, 0, 64 * ds, 64 * ds, (64, 64))[32, :, 1].astype(float)
             edge = 64 - ((242 - row) / (242 - 100)).sum()  # sub-pixel position of the edge, output pixels
             assert edge == pytest.approx((200 - x0) / ds, abs=0.1), (x0, ds)
+
+
+def test_a_damaged_tiff_slide_is_a_slide_error_not_a_traceback(tmp_path: Path):
+    """A TIFF header and then garbage: tiffslide opens lazily, so the damage must be found while opening."""
+    pytest.importorskip("tiffslide")
+    bad = tmp_path / "damaged.svs"
+    bad.write_bytes(b"II*\x00" + np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    with pytest.raises(SlideError, match="damaged.svs: cannot be opened as a whole-slide image"):
+        open_slide(bad)
+
+
+def test_the_pixel_size_of_an_ome_tiff_is_read_from_its_ome_xml(tmp_path: Path):
+    """bfconvert / QuPath OME-TIFFs keep the pixel size in OME-XML (PhysicalSizeX/Y) and not always in the TIFF
+    resolution tags, where openslide and tiffslide look."""
+    from histowsss.slides.reader import ome_mpp
+
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("tiffslide")
+    rgb = tissue_slide_rgb(256, 384)
+    path = tmp_path / "s.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=(64, 64), subifds=1, photometric="rgb",
+                  metadata={"axes": "YXS", "PhysicalSizeX": 500, "PhysicalSizeXUnit": "nm",
+                            "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "µm"})
+        tif.write(rgb[::2, ::2], tile=(64, 64), subfiletype=1, photometric="rgb")
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.5)
+    xml = '<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image><Pixels ' \
+          'PhysicalSizeX="0.25" PhysicalSizeY="0.25"/></Image></OME>'
+    assert ome_mpp(xml) == pytest.approx(0.25) and ome_mpp("Aperio Image Library") is None
+    assert ome_mpp('<OME><Image><Pixels SizeX="3"/></Image></OME>') is None

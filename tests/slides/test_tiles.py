@@ -179,3 +179,33 @@ def test_init_reads_the_tiles_resolution(tmp_path: Path, make_slide):
     assert any("tiles cut at 0.5 um/px by `histowsss data tiles`" in n for n in made.notes)
     given = config_for_manifest(out / "manifest.csv", background="benign", image_scale=0.8).config.data
     assert given.image_scale == 0.8 and given.mpp is None
+
+
+def test_slide_clicks_go_to_the_tiles_they_fall_in_in_tile_pixels(tmp_path: Path, make_slide):
+    """A points column of level-0 slide clicks: each tile gets the clicks inside it, moved and scaled to its
+    pixels, not the slide's whole cell (which would stamp a click at the same tile pixel of every tile)."""
+    m = slide_manifest(tmp_path, make_slide)
+    text = m.read_text().splitlines()
+    m.write_text("\n".join([text[0] + ",points", text[1] + ",10 20 malignant; 100 70 benign", text[2] + ","]) + "\n")
+    out = tmp_path / "tiles"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "32", "--mpp", "0.5",
+                            "--min-tissue", "0"])
+    assert r.exit_code == 0, r.output
+    rows = rows_of(out / "manifest.csv")
+    a = {(int(x["x"]), int(x["y"])): x["points"] for x in rows if x["slide"].endswith("a.tif")}
+    assert a[(0, 0)] == "5.0 10.0 malignant" and a[(64, 64)] == "18.0 3.0 benign"  # 64 level-0 px per 32-px tile
+    assert sum(bool(v) for v in a.values()) == 2
+    assert not any(x["points"] for x in rows if x["slide"].endswith("b.tif"))
+
+
+def test_empty_patient_or_split_and_bad_clicks_are_refused_before_tiling(tmp_path: Path, make_slide):
+    m = slide_manifest(tmp_path, make_slide)
+    m.write_text(m.read_text().replace(",p2,", ",,"))
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(tmp_path / "t"), "--tile", "32", "--mpp", "0.5"])
+    assert r.exit_code == 2 and "row 3: empty patient" in " ".join(r.output.split())
+    assert not (tmp_path / "t").exists()
+    m2 = slide_manifest(tmp_path / "b", make_slide)
+    text = m2.read_text().splitlines()
+    m2.write_text("\n".join([text[0] + ",points", text[1] + ",10 x malignant", text[2] + ","]) + "\n")
+    r = runner.invoke(app, ["data", "tiles", str(m2), "--out", str(tmp_path / "t2"), "--tile", "32", "--mpp", "0.5"])
+    assert r.exit_code == 2 and "row 2 (points): click 1 '10 x malignant' must be 'x y class'" in r.output

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from histowsss.cli.common import (check_out_file, class_colours, clear_errors, comma_list, console, data_config_from,
-                                  log_line)
+                                  log_line, stop_on_interrupt)
 
 app = typer.Typer(help="Inspect, check, split and generate datasets.", no_args_is_help=True)
 
@@ -421,7 +421,8 @@ def tiles(manifest: Path = typer.Argument(..., help="slide manifest: image (slid
     (and, with QuPath annotations, gets a class mask)."""
     from histowsss.slides.tiles import extract_tiles
 
-    with clear_errors():
+    with clear_errors(), stop_on_interrupt("the tiles cut so far are kept and reused: run the same command again "
+                                           "to go on", log_line):
         path = extract_tiles(manifest, out, tile=tile, stride=stride, mpp=mpp, downsample=downsample,
                              min_tissue=min_tissue, max_tiles=max_tiles, seed=seed, tissue_threshold=tissue_threshold,
                              backend=backend, overwrite=overwrite,

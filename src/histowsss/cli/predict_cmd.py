@@ -410,7 +410,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             recursive: bool = typer.Option(False, "--recursive", "-R", help="also the images in sub-folders of the "
                                            "folders given (output names must stay unique)"),
             qupath_tiles: bool = typer.Option(False, help="the inputs are tiles QuPath's tile exporter wrote, named "
-                                              "'<slide> [d=2,x=..,y=..,w=..,h=..]': their GeoJSON is placed on the "
+                                              "'<slide> \\[d=2,x=..,y=..,w=..,h=..]': their GeoJSON is placed on the "
                                               "slide (level-0 pixels), to import onto the slide itself"),
             skip: Optional[list[str]] = typer.Option(None, "--skip", help="leave out files of the folders whose name "
                                                      "matches this pattern, e.g. '*-labelled.png' (QuPath's label "

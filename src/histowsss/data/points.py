@@ -78,9 +78,11 @@ def _parse_click(part: str, k: int, classes: ClassMap, where: str) -> Point:
     try:
         x, y = float(fields[0]), float(fields[1])
     except ValueError:
-        raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be numbers") from None
+        raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be numbers (write 'x y class', e.g. "
+                          "'120 45 gland'; clicks are separated by ';')") from None
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be finite numbers")
+        raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be finite numbers (level-0 pixels of the "
+                          "image, e.g. '120 45 gland')")
     return Point(x, y, _class_index(fields[2], classes, f"{where}: click {k + 1}"))
 
 

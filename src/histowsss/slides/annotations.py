@@ -12,7 +12,8 @@ what earlier features drew there (class 0 where none did: a QuPath "subtract" ar
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,31 @@ class Annotations:
     path: Path
     geometries: list[Any]
     labels: list[int]
+    skipped: dict[str, int] = field(default_factory=dict)  # why -> how many features were left out
+    feature_ids: list[int] = field(default_factory=list)  # each geometry's feature index in the file
+
+    def outside(self, width: float, height: float) -> list[int]:
+        """Feature indices of the geometries wholly outside the frame (0, 0, width, height): a wrong slide, a wrong
+        frame (QuPath's cropped one, ``--no-crop``) or a wrong scale."""
+        out = []
+        for k, g in zip(self.feature_ids or range(len(self.geometries)), self.geometries):
+            x0, y0, x1, y1 = g.bounds
+            if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+                out.append(k)
+        return out
+
+    def notes(self, width: float, height: float) -> list[str]:
+        """Warnings on what the masks will not show: features left out, features outside the slide's frame, no
+        area at all (every tile mask class 0)."""
+        out = [f"{n} feature(s) {why}" for why, n in self.skipped.items()]
+        far = self.outside(width, height)
+        if far:
+            out.append(f"feature(s) {', '.join(map(str, far[:10]))}{' ...' if len(far) > 10 else ''} lie wholly "
+                       f"outside the slide's {width:g}x{height:g} frame: none of their pixels reaches a mask (another "
+                       "slide's annotations? the image opened in QuPath with another frame: see --no-crop)")
+        if not self.geometries or len(far) == len(self.geometries):
+            out.append("no area annotation lands on the slide: every tile mask is class 0")
+        return out
 
     def __post_init__(self) -> None:
         from shapely import STRtree
@@ -80,7 +106,8 @@ def read_annotations(path: Path, classes: list[str], default_class: str | None =
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AnnotationError(f"{path}: not a GeoJSON file ({e})") from e
+        raise AnnotationError(f"{path}: not a GeoJSON file ({e}); export it again from QuPath (File > Export "
+                              "objects as GeoJSON), or fix the JSON where the message points") from e
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
         feats = doc.get("features", [])
     elif isinstance(doc, dict) and doc.get("type") == "Feature":
@@ -89,11 +116,19 @@ def read_annotations(path: Path, classes: list[str], default_class: str | None =
         feats = doc
     else:
         raise AnnotationError(f"{path}: expected a FeatureCollection, a Feature or a list of Features")
-    geoms, labels = [], []
+    geoms, labels, ids = [], [], []
+    skipped: dict[str, int] = {}
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
     for k, f in enumerate(feats):
         g = (f or {}).get("geometry")
-        if not g or g.get("type") not in ("Polygon", "MultiPolygon"):
-            continue  # points, lines (e.g. QuPath's point annotations) carry no area
+        if not g or g.get("type") not in ("Polygon", "MultiPolygon", "GeometryCollection"):
+            # points, lines (e.g. QuPath's point annotations) carry no area
+            skip("without an area (points, lines or no geometry) left out" if not g or g.get("type") else
+                 "of an unknown geometry type left out")
+            continue
         props = f.get("properties") or {}
         cls = props.get("classification")
         name = cls.get("name") if isinstance(cls, dict) else cls
@@ -104,18 +139,36 @@ def read_annotations(path: Path, classes: list[str], default_class: str | None =
                                       "--default-class")
         if name not in classes:
             if ignore_unknown:
+                skip(f"of class {name!r} left out (--ignore-unknown)")
                 continue
+            twin = [c for c in classes if c.lower() == str(name).lower()]
             raise AnnotationError(f"{path}: feature {k} has class {name!r}, not one of --mask-classes "
-                                  f"({', '.join(classes)}); add it there or pass --ignore-unknown")
+                                  f"({', '.join(classes)})" + (f"; names are case-sensitive: write {name!r} in "
+                                                                f"--mask-classes (not {twin[0]!r})" if twin else
+                                                                "; add it there or pass --ignore-unknown"))
         try:
-            geom = shape(g)
+            with warnings.catch_warnings():  # (shapely's RuntimeWarning on a NaN vertex: the error below says it)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                geom = shape(g)
         except Exception as e:
             raise AnnotationError(f"{path}: feature {k} has an unreadable geometry ({e})") from e
+        if not _finite(geom):
+            raise AnnotationError(f"{path}: feature {k} has coordinates that are not finite numbers (NaN or "
+                                  "infinity); fix or delete it in QuPath and export again")
         if not geom.is_valid:
             geom = make_valid(geom)
         polys = polygons_of(geom)
         if not polys:
+            skip("with an empty area left out")
             continue
         geoms.append(polys[0] if len(polys) == 1 else MultiPolygon(polys))
         labels.append(classes.index(name))
-    return Annotations(path, geoms, labels)
+        ids.append(k)
+    return Annotations(path, geoms, labels, skipped, ids)
+
+
+def _finite(geom) -> bool:
+    """Whether every coordinate of a geometry is finite (no NaN or infinite vertex)."""
+    import shapely
+
+    return bool(np.isfinite(shapely.get_coordinates(geom)).all())

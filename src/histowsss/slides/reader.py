@@ -9,9 +9,10 @@ Both libraries share the OpenSlide API (``dimensions``, ``level_downsamples``, `
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -124,7 +125,9 @@ class Slide:
                     if f > 0 and math.isfinite(f):
                         vals.append(f)
                         break
-        return float(np.mean(vals)) if vals else None
+        if vals:
+            return float(np.mean(vals))
+        return _positive(props.get("aperio.MPP")) or ome_mpp(props.get("tiff.ImageDescription") or "")
 
     def best_level(self, downsample: float) -> int:
         """The deepest level whose downsample is <= ``downsample`` (so reads are resampled down, never up)."""
@@ -213,6 +216,57 @@ class Slide:
         self.close()
 
 
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile's log messages off (a damaged TIFF's offsets and tags), restored after."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _positive(value) -> float | None:
+    """``value`` as a positive finite float, or None."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 and math.isfinite(f) else None
+
+
+# OME's length units in microns (PhysicalSizeXUnit; the default is µm)
+_OME_UNITS = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+
+
+def ome_mpp(description: str) -> float | None:
+    """Microns per pixel of the first image's ``Pixels`` in an OME-XML image description (``PhysicalSizeX`` / ``Y``
+    with their units; the mean of the two), or None: OME-TIFFs (bfconvert, QuPath) keep the pixel size there,
+    where neither openslide nor tiffslide reads it when the TIFF resolution tags lack it."""
+    if "<OME" not in description[:2000]:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(description.encode("utf-8") if description.startswith("<?xml") else description)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    vals = []
+    for axis in ("X", "Y"):
+        size = _positive(pixels.get(f"PhysicalSize{axis}"))
+        unit = _OME_UNITS.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if size is not None and unit is not None:
+            vals.append(size * unit)
+    return float(np.mean(vals)) if vals else None
+
+
 def _deeper_pyramid(slide: Slide) -> Slide:
     """``slide`` (opened by openslide), or the same TIFF opened by tiffslide when tiffslide finds more pyramid
     levels: openslide's generic TIFF reader does not see levels stored as sub-images (SubIFDs: OME-TIFF, bfconvert
@@ -221,9 +275,10 @@ def _deeper_pyramid(slide: Slide) -> Slide:
         import tiffslide
 
         other = Slide(slide.path, tiffslide.TiffSlide(str(slide.path)), "tiffslide")
+        deeper = len(other.level_downsamples) > len(slide.level_downsamples)
     except Exception:
         return slide
-    if len(other.level_downsamples) > len(slide.level_downsamples):
+    if deeper:
         slide.close()
         return other
     other.close()
@@ -257,7 +312,11 @@ def open_slide(path: Path | str, backend: str = "auto") -> Slide:
         try:
             import tiffslide
 
-            return Slide(path, tiffslide.TiffSlide(str(path)), "tiffslide")
+            with _quiet_tifffile():  # (a damaged file's tag complaints: the SlideError below says it once)
+                slide = Slide(path, tiffslide.TiffSlide(str(path)), "tiffslide")
+                # tiffslide opens lazily: a damaged file fails here, as a SlideError below, not at the first read
+                _ = slide.dimensions, slide.level_downsamples, slide.handle.properties
+            return slide
         except ImportError as e:
             tried.append(f"tiffslide not importable ({e})")
         except Exception as e:

@@ -8,7 +8,9 @@ inherits its slide's labels (multiple-instance style: a tile of a malignant slid
 ``data.patches`` is not needed; a patient-grouped split stays patient-grouped. Tiles are taken at the resolution
 asked (``mpp``, or ``downsample`` level-0 pixels per tile pixel), only where the tissue mask covers more than
 ``min_tissue`` of the tile; ``max_tiles`` keeps a seeded random subset per slide. Tiles already on disk are
-reused, so an interrupted run continues; the manifest is written last, atomically.
+reused, so an interrupted run continues; the manifest is written last, atomically. A ``points`` column (clicks
+``"x y class; ..."`` in level-0 slide pixels, QuPath's frame) becomes, per tile, the clicks inside it in tile
+pixels. ``split`` and ``patient`` must be filled for every slide.
 
 With an ``annotations`` column (a QuPath GeoJSON export per slide, relative to the CSV) and ``mask_classes``, each
 tile also gets a class mask rasterised from the annotations (:mod:`histowsss.slides.annotations`), so tiles of
@@ -47,6 +49,43 @@ def read_slide_manifest(path: Path, lines: list[int] | None = None) -> list[dict
     if not rows:
         raise SlideManifestError(f"{path}: no slides listed")
     return rows
+
+
+def slide_clicks(cell: str, where: str) -> list[tuple[float, float, str]]:
+    """The clicks of a slide manifest's ``points`` cell (``"x y class; ..."``, level-0 slide pixels in QuPath's
+    frame, as docs/points.md writes them for images); a click that is no ``x y class`` raises SlideManifestError
+    naming ``where`` (classes are checked by ``data check`` on the tiles)."""
+    import math
+    import re
+
+    out = []
+    for k, part in enumerate(p.strip() for p in (cell or "").split(";")):
+        if not part:
+            continue
+        fields = [f for f in re.split(r"[,\s]+", part, maxsplit=2) if f]
+        try:
+            x, y = float(fields[0]), float(fields[1])
+            ok = len(fields) == 3 and bool(fields[2].strip(", \t")) and math.isfinite(x) and math.isfinite(y)
+        except (ValueError, IndexError):
+            ok = False
+        if not ok:
+            raise SlideManifestError(f"{where}: click {k + 1} {part!r} must be 'x y class' with x, y numbers "
+                                     "(level-0 slide pixels)")
+        out.append((x, y, fields[2].strip(", \t")))
+    return out
+
+
+def tile_clicks(clicks: list[tuple[float, float, str]], box: tuple[float, float, float, float], tile: int,
+                origin: tuple[int, int] = (0, 0)) -> str:
+    """The clicks inside a tile (level-0 ``box`` = x, y, w, h; clicks in QuPath's frame, which starts at
+    ``origin``), in the tile's pixels, as a points cell; '' when none falls in it."""
+    x0, y0, w0, h0 = box
+    out = []
+    for x, y, cls in clicks:
+        tx, ty = (x + origin[0] - x0) * tile / w0, (y + origin[1] - y0) * tile / h0
+        if 0 <= tx < tile and 0 <= ty < tile:
+            out.append(f"{tx:.1f} {ty:.1f} {cls}")
+    return "; ".join(out)
 
 
 def tissue_cells(slide, downsample: float, tile: int, stride: int, min_tissue: float,
@@ -115,6 +154,13 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                                  "annotations into the 'mask' column: rename or drop 'mask'")
     problems = [f"row {i}: {root / r['image']} not found" for i, r in zip(lines, rows)
                 if not (root / r["image"]).exists()]
+    empty = [f"row {i}: empty {col}" for i, r in zip(lines, rows) for col in ("split", "patient") if not r[col]]
+    if empty:  # a tile manifest without them would leave each tile its own patient: tiles of a slide in two splits
+        raise SlideManifestError(f"{manifest}: " + "; ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+                                 + "; fill them in (patient: the slide's patient id, or the slide's name where it is "
+                                 "unknown; split: `histowsss data split` the slide manifest first)")
+    clicks = {r["image"]: slide_clicks(r.get("points", ""), f"{manifest}: row {i} (points)")
+              for i, r in zip(lines, rows) if r.get("points")}
     stems: dict[str, int] = {}
     for i, r in zip(lines, rows):
         stem = image_stem(r["image"])
@@ -138,9 +184,12 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                                  "instead")
             if annotated and r["annotations"] and not no_crop and slide.qupath_origin != (0, 0):
                 origins[r["image"]] = list(slide.qupath_origin)  # masks depend on the frame annotations are read in
+            frame = slide.dimensions if no_crop else slide.qupath_frame[2:]  # (annotations are in this frame)
         if annotated and r["annotations"]:
             ann_path = root / r["annotations"]  # read to check it, and read again when its slide is tiled (memory)
-            read_annotations(ann_path, list(mask_classes or []), default_class, ignore_unknown)
+            checked = read_annotations(ann_path, list(mask_classes or []), default_class, ignore_unknown)
+            for note in checked.notes(*frame):  # what the masks will not show, said before any tile is cut
+                log(f"warning: {ann_path} (row {i}): {note}")
             annotation_sha[r["image"]] = hashlib.sha256(ann_path.read_bytes()).hexdigest()[:16]
     # tiles of an interrupted call are reused only when they were cut with the same settings (names carry only the
     # tile's corner, which other tile sizes / resolutions share); a slide's masks only from the same annotations
@@ -191,6 +240,8 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                     write_png(dest, slide.read(*box, (tile, tile)))
                 row = {**r, "image": str(dest.relative_to(out_dir)), "slide": r["image"], "x": str(x0),
                        "y": str(y0), "tissue": f"{f:.3f}"}
+                if "points" in r:  # the slide's clicks that fall in this tile, in its pixels
+                    row["points"] = tile_clicks(clicks.get(r["image"], []), box, tile, (ox, oy))
                 if annotated:
                     row["mask"] = ""
                     if ann is not None:
