@@ -3,6 +3,7 @@
 Usage::
 
     python bench/slide_predict.py --run bench/work/cam_glas-gland.cpu --profile cpu [--images 8]
+        [--tile-sizes 1024 512 256 --name slide_predict_tiles]
 
 Needs a finished glas-gland run (``bench/cam_glas.py`` + ``bench/seg_glas.py``, see bench/README.md). Builds two
 pyramidal, JPEG-compressed (quality 90) tiled TIFF "slides" from the first ``--images`` GlaS testA images of
@@ -88,6 +89,10 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--tile-sizes", type=int, nargs="+", default=[1024],
+                    help="slide tile sizes (working px) to segment the mosaic with; the first is the reference the "
+                         "others are compared with (does the result depend on where the tiles fall?)")
+    ap.add_argument("--name", default="slide_predict", help="result name (bench/results/<name>.<profile>.json)")
     args = ap.parse_args()
 
     import torch
@@ -159,11 +164,28 @@ def main() -> None:
             elif f.is_dir():
                 shutil.rmtree(f)
         t0 = time.perf_counter()
-        rec = predict_slide_file(path, cfg, model, dev, out, SlideOptions(train_mpp=0.62, out_factor=1), log=print)
+        rec = predict_slide_file(path, cfg, model, dev, out, SlideOptions(train_mpp=0.62, out_factor=1,
+                                                                          tile_size=args.tile_sizes[0]), log=print)
         secs = time.perf_counter() - t0
         from PIL import Image
 
         lab = np.asarray(Image.open(rec["labels"]))
+        if variant == "mosaic" and len(args.tile_sizes) > 1:  # the same slide cut into other tiles
+            by_tile = {}
+            for size in args.tile_sizes[1:]:
+                other_out = work / f"pred_{variant}_tile{size}"
+                shutil.rmtree(other_out, ignore_errors=True)
+                t1 = time.perf_counter()
+                other = predict_slide_file(path, cfg, model, dev, other_out,
+                                           SlideOptions(train_mpp=0.62, out_factor=1, tile_size=size), log=print)
+                other_lab = np.asarray(Image.open(other["labels"]))
+                other_crops = [other_lab[y : y + h, x : x + w] for y, x in corners]
+                by_tile[str(size)] = {
+                    **scores(other_crops, gts), "tiles": other["tiles"], "seconds": round(time.perf_counter() - t1, 1),
+                    "agreement_with_reference_tiles": round(100 * float(np.mean([np.mean(a == b) for a, b in zip(
+                        other_crops, [lab[y : y + h, x : x + w] for y, x in corners])])), 2)}
+                print(f"tile {size}", by_tile[str(size)])
+            metrics["mosaic_by_tile_size"] = {"reference_tile_size": args.tile_sizes[0], **by_tile}
         crops = [lab[y : y + h, x : x + w] for y, x in corners]
         agree = float(np.mean([np.mean(c == o) for c, o in zip(crops, own)]))
         m = {**scores(crops, gts), "agreement_with_per_image": round(100 * agree, 2), "seconds": round(secs, 1),
@@ -178,10 +200,10 @@ def main() -> None:
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     wall = time.perf_counter() - t_all
     config = {"run": str(args.run), "images": args.images, "level0_mpp": 0.31, "working_mpp": 0.62,
-              "tile_size": 1024, "margin": 64, "out_factor": 1, "jpeg_quality": 90, "glass_gap_px": 100,
+              "tile_size": args.tile_sizes[0], "other_tile_sizes": args.tile_sizes[1:], "margin": 64, "out_factor": 1, "jpeg_quality": 90, "glass_gap_px": 100,
               "eval_seg": cfg.eval_seg.model_dump(mode="json"), "device": str(dev),
               "note": "testA images are only scored; no choice is made from them"}
-    p = write_result("slide_predict", args.profile, wall, config, metrics, [])
+    p = write_result(args.name, args.profile, wall, config, metrics, [])
     print(p)
 
 
