@@ -556,3 +556,36 @@ def test_no_tune_advice_without_training_masks_and_the_upper_bound_says_why_it_i
     assert made.config.upper_bound is False
     assert any(n.startswith("upper_bound false: ") and "of 6 training images have a mask" in n for n in made.notes)
     assert "tune RUN" in " ".join(made.notes)
+
+
+def test_masks_numbering_the_classes_in_another_order_are_caught(tmp_path: Path):
+    """Class-id masks in the labels' vector order (tumour = 0, stroma = 1), classes ordered alphabetically: every
+    score would be of swapped classes. init finds the order that fits the labels and asks for it."""
+    rows = ["image,mask,split,patient,label"]
+    for i, labels in enumerate(["tumour", "stroma", "tumour;stroma", "tumour", "stroma", "tumour;stroma"]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.zeros((96, 96), np.uint8) if labels == "tumour" else np.ones((96, 96), np.uint8)
+        if labels == "tumour;stroma":
+            m[:48] = 0
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,m{i}.png,{'test' if i == 5 else 'train'},p{i},{labels}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match="in the order tumour, stroma only 0 do.*Pass --classes tumour,stroma"):
+        config_for_manifest(tmp_path / "m.csv", background="none")
+    made = config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"])
+    assert made.config.data.classes.names == ["tumour", "stroma"] and made.config.data.mask_mode == "class_ids"
+
+
+def test_a_mask_value_that_is_no_class_points_to_mask_ignore(tmp_path: Path):
+    rows = ["image,mask,split,patient,label"]
+    for i, label in enumerate(["tumour", "stroma", "tumour", "stroma"]):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.full((96, 96), 0 if label == "tumour" else 1, np.uint8)
+        m[:10] = 4  # white background, as LUAD-HistoSeg marks it
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,m{i}.png,{'test' if i == 3 else 'train'},p{i},{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match="if 4 marks pixels that are no class .* pass --mask-ignore 4"):
+        config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"])
+    made = config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"], mask_ignore=[4])
+    assert made.config.data.mask_ignore_values == [4]

@@ -217,10 +217,66 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     ids = values - {255}
     if ids and max(ids) < len(names):
         return {"mask_mode": "class_ids"}, f"mask values {sorted(values)}: mask_mode class_ids (index into the classes)"
+    extra = sorted(v for v in ids if v >= len(names))
+    ignore_hint = ""
+    if ids and len(extra) <= 2 and all(v < len(names) for v in ids - set(extra)):  # ids, plus a value for no class?
+        ignore_hint = (f"; if {', '.join(map(str, extra))} {'marks' if len(extra) == 1 else 'mark'} pixels that are no "
+                       f"class (LUAD-HistoSeg and BCSS-WSSS mark white background 4), pass --mask-ignore "
+                       f"{','.join(map(str, extra))}")
     raise ConfigError(f"masks hold values {sorted(values)[:10]} that are neither binary nor class indices (0..."
-                      f"{len(names) - 1}, 255 = ignore); say which class each value is with --mask-values "
-                      f"'{names[0]}=1,...,ignore=0' (QuPath's labelled tiles: 0 = unannotated, then the labels in the "
-                      "order they were added), or pass --mask-mode")
+                      f"{len(names) - 1}, 255 = ignore){ignore_hint}; else say which class each value is with "
+                      f"--mask-values '{names[0]}=1,...,ignore=0' (QuPath's labelled tiles: 0 = unannotated, then the "
+                      "labels in the order they were added), or pass --mask-mode")
+
+
+ORDER_CHECK_ROWS = 200  # masked, labelled rows read to check the class order (spread over the manifest)
+
+
+def _class_order_check(root: Path, rows: list[dict[str, str]], marked: list[tuple[str, ...]], names: list[str],
+                       background: str | None, ignore: list[int], given: bool) -> str | None:
+    """Class-id masks index ``names`` in order: check that order against the labels of masked rows (a mask should
+    hold only classes its image is labelled with). ConfigError when another order fits clearly better (the labels'
+    and masks' orders differ: every score would be of swapped classes), naming the order to pass as --classes; a
+    warning note when no order fits; None when this one does."""
+    import itertools
+
+    from histowsss.data.io import read_mask
+
+    pairs = [(r["mask"], set(m) - {background}) for r, m in zip(rows, marked)
+             if r.get("mask") and any(x for x in m)]
+    if len(pairs) < 3:
+        return None
+    picks = sorted({int(i) for i in np.linspace(0, len(pairs) - 1, min(len(pairs), ORDER_CHECK_ROWS)).round()})
+    seen: list[tuple[frozenset[int], set[str], str]] = []
+    for i in picks:
+        rel, labels = pairs[i]
+        try:
+            ids = np.unique(read_mask(root / rel)).tolist()
+        except Exception:  # (an unreadable mask is data check's to name)
+            continue
+        seen.append((frozenset(int(v) for v in ids if v not in ignore and v != 255 and v < len(names)), labels, rel))
+    if len(seen) < 3:
+        return None
+
+    def wrong(order: tuple[str, ...]) -> int:
+        return sum(1 for ids, labels, _ in seen if {order[k] for k in ids} - {background} - labels)
+
+    now = wrong(tuple(names))
+    if now <= 0.1 * len(seen):
+        return None
+    best = min(itertools.permutations(names), key=wrong) if len(names) <= 7 else tuple(names)
+    example = next(f"{rel} holds {', '.join(sorted({names[k] for k in ids} - {background}))} but is labelled "
+                   f"{', '.join(sorted(labels)) or 'nothing'}" for ids, labels, rel in seen
+                   if {names[k] for k in ids} - {background} - labels)
+    found = (f"{now} of {len(seen)} masked images hold classes their labels do not name in the order "
+             f"{', '.join(names)} (mask value = position), e.g. {example}")
+    if wrong(best) <= max(0.1 * len(seen), now / 4):
+        raise ConfigError(f"{found}; in the order {', '.join(best)} only {wrong(best)} do: the masks number the "
+                          f"classes in another order than {'--classes gave' if given else 'the alphabet'}, and every "
+                          f"score would be of swapped classes. Pass --classes {','.join(best)} (the classes in "
+                          "mask-value order)")
+    return (f"warning: {found}; no order of the classes fits the labels better: check the masks' values and the "
+            "labels (`histowsss data check MANIFEST --config CONFIG` lists each such image)")
 
 
 def _short_sides(root: Path, images: list[str]) -> np.ndarray:
@@ -441,6 +497,11 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             mode, note = _mask_mode(root, masks, names, bg, list(mask_ignore or []))
             data.update(mode)
             notes.append(note)
+            if mode.get("mask_mode") == "class_ids":  # masks index the classes: in this order? (labels say)
+                order_note = _class_order_check(root, rows, marked, names, bg, list(mask_ignore or []),
+                                                given=bool(classes))
+                if order_note:
+                    notes.append(order_note)
     else:
         data["mask_column"] = None
         notes.append("no masks: quality is not measured and there is no supervised upper bound")

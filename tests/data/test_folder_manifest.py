@@ -310,3 +310,18 @@ def test_a_mask_suffix_that_matches_nothing_is_warned(class_folder: Path, tmp_pa
     assert r.exit_code == 0, r.output
     assert "--masks given, but no mask matched an image" in out and "check --mask-suffix (case matters)" in out
     assert f"'{first.stem}_mask.png'" in out
+
+
+def test_every_bad_label_vector_is_listed_at_once(tmp_path: Path):
+    root = tmp_path / "training"
+    _img(root / "a-[1 0 1].png")
+    _img(root / "b-[1 0].png")  # too short
+    _img(root / "c-[0 0 0].png")  # no class
+    _img(root / "d-[0 1 0].png")
+    with pytest.raises(FolderLayoutError) as e:
+        from histowsss.data.folder_manifest import manifest_from_named_labels
+
+        manifest_from_named_labels(tmp_path / "training", tmp_path / "m.csv", ["TE", "NEC", "LYM"])
+    text = str(e.value)
+    assert text.startswith("2 of 4 image(s) cannot be listed:") and "b-[1 0].png: " in text
+    assert "c-[0 0 0].png: no class in its label" in text and not (tmp_path / "m.csv").exists()

@@ -223,7 +223,11 @@ def test_palette_mask_gives_its_indices_and_a_palette_image_its_colours(tmp_path
     im.putpalette([0, 0, 0, 255, 0, 0, 0, 128, 255] + [0] * (256 - 3) * 3)
     im.save(tmp_path / "pal.png")
     assert read_mask(tmp_path / "pal.png").tolist() == ids.tolist()
-    assert read_rgb(tmp_path / "pal.png")[0, 1].tolist() == [255, 0, 0]  # as an image: the colours
+    with pytest.raises(ImageReadError, match="palette image of 3 colour\\(s\\): a label mask, it seems"):
+        read_rgb(tmp_path / "pal.png")  # as an image: a mask taken for one (predict on a folder of masks)
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)
+    Image.fromarray(rgb).quantize(64).save(tmp_path / "pal_image.png")  # an image saved with a palette
+    assert read_rgb(tmp_path / "pal_image.png").shape == (24, 32, 3)  # as an image: its colours
 
 
 def test_cmyk_jpeg_is_converted_not_taken_for_rgba(tmp_path):

@@ -67,20 +67,28 @@ def test_separated_tiff_of_other_inks_is_refused(tmp_path):
 
 
 def test_palette_tiff_image_gives_its_colours_and_a_palette_mask_its_indices(tmp_path):
-    ids = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    ids = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 7) % 64  # 64 colours: an image saved with a palette
     im = Image.fromarray(ids, mode="P")
-    im.putpalette([0, 0, 0, 255, 0, 0, 0, 128, 255] + [0] * (256 - 3) * 3)
+    palette = np.random.default_rng(0).integers(0, 256, (256, 3), np.uint8)
+    palette[1], palette[7] = (255, 0, 0), (0, 128, 255)
+    im.putpalette(palette.ravel().tolist())
     im.save(tmp_path / "pal.tif")
     rgb = _silent_read(tmp_path / "pal.tif")  # was refused as grayscale (the indices)
     np.testing.assert_array_equal(rgb, np.asarray(im.convert("RGB")))
-    assert rgb[0, 1].tolist() == [255, 0, 0] and rgb[1, 0].tolist() == [0, 128, 255]
+    assert rgb[0, 1].tolist() == [0, 128, 255] and rgb[0, 0].tolist() == palette[0].tolist()
     assert read_mask(tmp_path / "pal.tif").tolist() == ids.tolist()
     # a colour map written with 8-bit values (all under 256) is taken as it is
     cmap = np.zeros((3, 256), np.uint16)
-    cmap[:, 1] = (200, 100, 50)
+    cmap[:, 7] = (200, 100, 50)
     tifffile.imwrite(tmp_path / "pal8.tif", ids, photometric="palette", colormap=cmap)
     assert read_rgb(tmp_path / "pal8.tif")[0, 1].tolist() == [200, 100, 50]
     assert read_mask(tmp_path / "pal8.tif").tolist() == ids.tolist()
+    # three colours: a label mask, as LUAD-HistoSeg ships them; refused as an image
+    few = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    tifffile.imwrite(tmp_path / "mask.tif", few, photometric="palette", colormap=cmap)
+    with pytest.raises(ImageReadError, match="palette TIFF of 3 colour\\(s\\): a label mask, it seems"):
+        read_rgb(tmp_path / "mask.tif")
+    assert read_mask(tmp_path / "mask.tif").tolist() == few.tolist()
 
 
 def test_min_is_white_grey_tiff_image_refused_mask_keeps_its_stored_values(tmp_path, monkeypatch):

@@ -118,7 +118,10 @@ def check(manifest: Path, config: Optional[str] = ConfigOpt, set_: Optional[list
                 train_min = training_crop_size(dc, full.train_cam)
                 mirrors = full.train_cam.small_images == "mirror" and dc.patches is None
         problems = check_dataset(dc, min_size=min_size, train_min_size=train_min, train_mirrors=mirrors,
-                                 points_file=points_file, classes_inferred=config is None, gate_tiles=gate_tiles)
+                                 points_file=points_file, gate_tiles=gate_tiles,
+                                 # classes named (a config, or --set data.classes...) are the user's word: checked
+                                 classes_inferred=config is None and not any(
+                                     o.replace(" ", "").startswith("data.classes") for o in set_ or []))
         if config is not None:  # the steps' own splits: test images trained on or used to choose settings
             from histowsss.config import step_split_leaks
             from histowsss.data.check import Problem

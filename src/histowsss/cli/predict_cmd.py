@@ -353,7 +353,8 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
         feats = place_features(feats, *placement)
     write_bytes(geo_p, json.dumps(feature_collection(feats)).encode())  # the last output: all there = finished
     counts = _region_counts(feats, classes.names, bg)
-    log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no regions'} -> {geo_p}")
+    log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) + ' region(s)' if counts else 'no regions'} "
+        f"-> {geo_p}")
     return _image_record(f, out_dir, lab0, counts, classes.names)
 
 

@@ -325,22 +325,27 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
     rows: list[dict[str, str]] = []
     seen: dict[str, Path] = {}
     unmatched: list[str] = []
+    bad: list[str] = []  # every file's problem, said together (a 16k-patch set is not fixed one file per call)
     for img in images:
         rel = img.relative_to(root).as_posix()
         try:
-            labels = label_from_name(image_stem(img), class_names)
-        except ValueError as e:
-            raise FolderLayoutError(f"{rel}: {e}") from None
-        mask = mask_index.get(image_stem(img))
-        if labels is None:
-            if mask is None:
-                raise FolderLayoutError(f"{rel}: no label vector [..] at the end of its name and no mask to read its "
-                                        "classes from; pass the mask folder(s) with --masks, or name the file "
-                                        "<name>[1 0 ...].png")
-            labels = _classes_in_mask(mask, class_names, list(mask_ignore or []), colours)
-        if not labels:
-            raise FolderLayoutError(f"{rel}: no class in its label (all zeros, or an empty mask); remove the image or "
-                                    "fix its label")
+            try:
+                labels = label_from_name(image_stem(img), class_names)
+            except ValueError as e:  # (names the file's stem)
+                raise FolderLayoutError(f"{rel}: {e}") from None
+            mask = mask_index.get(image_stem(img))
+            if labels is None:
+                if mask is None:
+                    raise FolderLayoutError(f"{rel}: no label vector [..] at the end of its name and no mask to read "
+                                            "its classes from; pass the mask folder(s) with --masks, or name the "
+                                            "file <name>[1 0 ...].png")
+                labels = _classes_in_mask(mask, class_names, list(mask_ignore or []), colours)
+            if not labels:
+                raise FolderLayoutError(f"{rel}: no class in its label (all zeros, or an empty mask); remove the "
+                                        "image or fix its label")
+        except FolderLayoutError as e:  # each names its file (the image, or its mask)
+            bad.append(str(e))
+            continue
         patient = _claim(img, root, pattern, seen, unmatched)
         if patient is None:
             continue
@@ -349,4 +354,7 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
         if mask_dirs:
             row["mask"] = _relpath(mask, out) if mask is not None else ""
         rows.append(row)
+    if bad:
+        raise FolderLayoutError(f"{len(bad)} of {len(images)} image(s) cannot be listed:\n  " + "\n  ".join(bad[:20])
+                                + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
     return _finish(root, out, rows, unmatched, patient_regex, by_split, label_column, fractions, seed)

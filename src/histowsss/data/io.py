@@ -118,6 +118,8 @@ def _pillow_header(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
+PALETTE_MASK_COLOURS = 16  # a palette image using this few colours is read as a mask, refused as an image
+
 # Pillow modes whose channels are not R, G, B (a CMYK image would pass for RGBA)
 _TO_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
 _EXIF_ORIENTATION = 0x0112
@@ -142,7 +144,7 @@ def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        palette = keep_palette and im.mode in ("P", "PA")
+        palette = im.mode in ("P", "PA")  # (masks: the indices; images: the colours, unless a mask it seems)
         if not (im.mode in _TO_RGB_MODES or palette or _orientation(im) not in (0, 1)):
             return None
         im.load()
@@ -150,9 +152,14 @@ def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
     if out.mode in _TO_RGB_MODES:
         out = out.convert("RGB")
     if out.mode in ("P", "PA"):
+        arr = np.asarray(out)
         if keep_palette:  # the class ids, not the colours they are shown in
-            arr = np.asarray(out)
             return arr[..., 0] if arr.ndim == 3 else arr
+        used = len(np.unique(arr[..., 0] if arr.ndim == 3 else arr))
+        if used <= PALETTE_MASK_COLOURS:  # LUAD-HistoSeg / BCSS-WSSS ship their masks so: one taken for an image
+            raise ImageReadError(f"{path}: palette image of {used} colour(s): a label mask, it seems, not an H&E "
+                                 "image (stain colours need far more); leave masks out of the images (predict: "
+                                 "--skip with a pattern of their names), or if it is an image, save it as RGB")
         out = out.convert("RGBA" if "transparency" in out.info or out.mode == "PA" else "RGB")
     return np.asarray(out)
 
@@ -216,6 +223,10 @@ def _tiff_colours(path: Path, arr: np.ndarray, page, keep_palette: bool) -> np.n
             kind == PHOTOMETRIC.YCBCR and int(page.compression) in _TIFF_JPEG):
         return arr
     if kind == PHOTOMETRIC.PALETTE and (page.colormap is not None or keep_palette):
+        if not keep_palette and len(np.unique(arr)) <= PALETTE_MASK_COLOURS:
+            raise ImageReadError(f"{path}: palette TIFF of {len(np.unique(arr))} colour(s): a label mask, it seems, "
+                                 "not an H&E image; leave masks out of the images, or if it is an image, save it as "
+                                 "RGB")
         return arr if keep_palette else _palette_colours(arr, page.colormap)  # (a mask: its indices, map or not)
     if kind == PHOTOMETRIC.SEPARATED:
         return _cmyk_to_rgb(path, arr, page)

@@ -35,7 +35,8 @@ def class_map_from_mask(raw: np.ndarray, sample: Sample, cfg: DataConfig) -> np.
             raise ImageReadError(
                 f"{sample.mask}: mask value(s) {sorted(np.unique(out[bad]).tolist())[:5]} are not class ids "
                 f"(0..{len(classes.names) - 1}); set data.mask_mode to 'binary' if the mask is 0/255, or list values "
-                "that mark pixels to leave out in data.mask_ignore_values"
+                "that mark pixels to leave out in data.mask_ignore_values (in the config, or for a command without "
+                f"one --set data.mask_ignore_values=[{sorted(np.unique(out[bad]).tolist())[0]}])"
             )
         return out.astype(np.uint8)
     fg = raw > 0

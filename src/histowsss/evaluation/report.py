@@ -235,8 +235,9 @@ def section_quality(run_path: Path, class_names: list[str]) -> str:
     html = (table(rows, cols, left=("stage", "split", "status", "note"),
                   row_class=lambda r: "nr" if r["status"] == "not run" else "") +
             '<p class="note">Percent. Each number comes from one dataset-level confusion matrix over the split(s). '
-            "Pseudo-label stages are measured on the training images they label; CAM, baseline and segmentation "
-            "on the test split(s).</p>")
+            "Pseudo-label stages are measured on the training images they label (on the validation images where only "
+            "those have masks: the split column says which); CAM, baseline and segmentation on the test "
+            "split(s).</p>")
     cls = classification_rows(run_path)
     if cls:
         html += ("<h3>Image classification (the CAM classifier)</h3>"

@@ -209,5 +209,6 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     write_json(summary_p, record)
     shutil.rmtree(cache, ignore_errors=True)
     log(f"{path.name}: {pred.tiles_total} tiles ({pred.tiles_reused} reused) in {pred.seconds:.1f} s, "
-        f"{', '.join(f'{v} {k}' for k, v in record['regions'].items()) or 'no regions'} -> {geo_p}")
+        + (", ".join(f"{v} {k}" for k, v in record["regions"].items()) + " region(s)" if record["regions"]
+           else "no regions") + f" -> {geo_p}")
     return record

@@ -224,6 +224,10 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
                         "the images of a few patients (only those are scored; the others still train)")
     patients = [patient_key(s.patient) or s.name for s in samples]
     strata = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
+    from histowsss.data.split import strata_with_masks
+
+    # masks for some images only: every fold gets its share of them (only they are scored); unchanged when all have
+    strata = strata_with_masks(strata, [s.mask is not None for s in samples])
     assign = fold_assignment(patients, strata, folds, seed)
     fold_names = [f"fold{k}" for k in range(folds)]
     names = list(base.data.classes.names)
