@@ -589,3 +589,33 @@ def test_a_mask_value_that_is_no_class_points_to_mask_ignore(tmp_path: Path):
         config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"])
     made = config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"], mask_ignore=[4])
     assert made.config.data.mask_ignore_values == [4]
+
+
+def test_single_labels_with_masks_of_more_classes_pass_the_order_check(tmp_path: Path):
+    """One diagnosis per image, masks of every tissue (normal = 0 the background, stroma = 1, tumour = 2): a tumour
+    image's mask holds stroma too. Not a swapped order; init must neither refuse it nor move the background."""
+    rows = ["image,mask,split,patient,label"]
+    for i in range(8):
+        label = ("normal", "stroma", "tumour", "tumour")[i % 4]
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+        m = np.zeros((96, 96), np.uint8)
+        if label != "normal":
+            m[20:60] = 1  # stroma
+        if label == "tumour":
+            m[40:80, 40:80] = 2
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        rows.append(f"i{i}.png,m{i}.png,{'test' if i >= 6 else 'train'},p{i},{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    made = config_for_manifest(tmp_path / "m.csv")
+    assert made.config.data.classes.names == ["normal", "stroma", "tumour"]
+    assert made.config.data.classes.background == "normal"
+    assert not any("masked images hold classes" in n for n in made.notes)
+    # the same masks numbering tumour 1 and stroma 2: found, and the background stays class 0
+    for i in range(8):
+        m = np.asarray(Image.open(tmp_path / f"m{i}.png")).copy()
+        Image.fromarray(np.choose(m, [0, 2, 1]).astype(np.uint8)).save(tmp_path / f"m{i}.png")
+    with pytest.raises(ConfigError, match=r"in the order normal, tumour, stroma only 0 do.*--classes normal,tumour,"
+                                          r"stroma"):
+        config_for_manifest(tmp_path / "m.csv")
+    notes = config_for_manifest(tmp_path / "m.csv", classes=["normal", "stroma", "tumour"]).notes
+    assert any(n.startswith("warning: ") and "check that --classes names the classes" in n for n in notes)

@@ -219,7 +219,7 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
         return {"mask_mode": "class_ids"}, f"mask values {sorted(values)}: mask_mode class_ids (index into the classes)"
     extra = sorted(v for v in ids if v >= len(names))
     ignore_hint = ""
-    if ids and len(extra) <= 2 and all(v < len(names) for v in ids - set(extra)):  # ids, plus a value for no class?
+    if ids and len(extra) <= 2:  # class indices, and one or two values over them: marks for "no class"?
         ignore_hint = (f"; if {', '.join(map(str, extra))} {'marks' if len(extra) == 1 else 'mark'} pixels that are no "
                        f"class (LUAD-HistoSeg and BCSS-WSSS mark white background 4), pass --mask-ignore "
                        f"{','.join(map(str, extra))}")
@@ -229,21 +229,26 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
                       "labels in the order they were added), or pass --mask-mode")
 
 
-ORDER_CHECK_ROWS = 200  # masked, labelled rows read to check the class order (spread over the manifest)
+ORDER_CHECK_ROWS = 100  # masked, labelled rows read to check the class order (spread over the manifest)
+ORDER_SEARCH_MAX = 7  # classes (less the background) whose orders are searched
 
 
 def _class_order_check(root: Path, rows: list[dict[str, str]], marked: list[tuple[str, ...]], names: list[str],
-                       background: str | None, ignore: list[int], given: bool) -> str | None:
-    """Class-id masks index ``names`` in order: check that order against the labels of masked rows (a mask should
-    hold only classes its image is labelled with). ConfigError when another order fits clearly better (the labels'
-    and masks' orders differ: every score would be of swapped classes), naming the order to pass as --classes; a
-    warning note when no order fits; None when this one does."""
+                       background: str | None, ignore: list[int], source: str, multi: bool) -> str | None:
+    """Class-id masks index ``names`` in order (``source``: alphabetical, column order, --classes, tiling.json):
+    check that order against the labels of masked rows. Multi-label rows (tissue types) name every class their mask
+    holds; a single label names the class the mask must hold at least. ConfigError when another order (the
+    background kept in its place) fits clearly better and the order was not the user's (alphabetical or column
+    order: every score would be of swapped classes), naming the order to pass as --classes; a warning note when the
+    order was given (--classes, tiling.json) or no order fits better; None when this one fits."""
     import itertools
 
     from histowsss.data.io import read_mask
+    from histowsss.data.manifest import is_missing
 
-    pairs = [(r["mask"], set(m) - {background}) for r, m in zip(rows, marked)
-             if r.get("mask") and any(x for x in m)]
+    pairs = [(r["mask"], {x for x in m if not is_missing(x, names)} - {background}) for r, m in zip(rows, marked)
+             if r.get("mask")]
+    pairs = [(rel, labels) for rel, labels in pairs if labels]
     if len(pairs) < 3:
         return None
     picks = sorted({int(i) for i in np.linspace(0, len(pairs) - 1, min(len(pairs), ORDER_CHECK_ROWS)).round()})
@@ -251,32 +256,52 @@ def _class_order_check(root: Path, rows: list[dict[str, str]], marked: list[tupl
     for i in picks:
         rel, labels = pairs[i]
         try:
-            ids = np.unique(read_mask(root / rel)).tolist()
+            ids = np.flatnonzero(np.bincount(read_mask(root / rel).ravel(), minlength=256)).tolist()
         except Exception:  # (an unreadable mask is data check's to name)
             continue
         seen.append((frozenset(int(v) for v in ids if v not in ignore and v != 255 and v < len(names)), labels, rel))
     if len(seen) < 3:
         return None
 
+    def misfit(order: tuple[str, ...], ids: frozenset[int], labels: set[str]) -> bool:
+        in_mask = {order[k] for k in ids} - {background}
+        return bool(in_mask - labels) if multi else not labels & in_mask
+
     def wrong(order: tuple[str, ...]) -> int:
-        return sum(1 for ids, labels, _ in seen if {order[k] for k in ids} - {background} - labels)
+        return sum(misfit(order, ids, labels) for ids, labels, _ in seen)
 
     now = wrong(tuple(names))
     if now <= 0.1 * len(seen):
         return None
-    best = min(itertools.permutations(names), key=wrong) if len(names) <= 7 else tuple(names)
-    example = next(f"{rel} holds {', '.join(sorted({names[k] for k in ids} - {background}))} but is labelled "
-                   f"{', '.join(sorted(labels)) or 'nothing'}" for ids, labels, rel in seen
-                   if {names[k] for k in ids} - {background} - labels)
-    found = (f"{now} of {len(seen)} masked images hold classes their labels do not name in the order "
-             f"{', '.join(names)} (mask value = position), e.g. {example}")
-    if wrong(best) <= max(0.1 * len(seen), now / 4):
+    free = [n for n in names if n != background]
+    best = tuple(names)
+    if len(free) <= ORDER_SEARCH_MAX:
+        slots = [k for k, n in enumerate(names) if n != background]
+        for perm in itertools.permutations(free):
+            order = list(names)
+            for k, n in zip(slots, perm):
+                order[k] = n
+            if wrong(tuple(order)) < wrong(best):
+                best = tuple(order)
+    ids, labels, rel = next(x for x in seen if misfit(tuple(names), x[0], x[1]))
+    example = (f"{rel} holds {', '.join(sorted({names[k] for k in ids} - {background})) or 'only background'} "
+               f"but is labelled {', '.join(sorted(labels))}")
+    rule = "their labels do not name" if multi else "lack their labelled class"
+    found = (f"{now} of {len(seen)} masked images hold classes {rule} in the order {', '.join(names)} ({source}; "
+             f"mask value = position), e.g. {example}")
+    better = best != tuple(names) and wrong(best) <= max(0.1 * len(seen), now / 4)
+    if better and source in ("alphabetical", "column order"):
         raise ConfigError(f"{found}; in the order {', '.join(best)} only {wrong(best)} do: the masks number the "
-                          f"classes in another order than {'--classes gave' if given else 'the alphabet'}, and every "
-                          f"score would be of swapped classes. Pass --classes {','.join(best)} (the classes in "
-                          "mask-value order)")
-    return (f"warning: {found}; no order of the classes fits the labels better: check the masks' values and the "
-            "labels (`histowsss data check MANIFEST --config CONFIG` lists each such image)")
+                          f"classes in another order than the {source}, and every score would be of swapped "
+                          f"classes. Pass --classes {','.join(best)} (the classes in mask-value order; a given order "
+                          "is only warned about, so --classes in this order keeps it)")
+    if better:
+        return (f"warning: {found}; in the order {', '.join(best)} only {wrong(best)} do: check that {source} "
+                "names the classes in mask-value order")
+    searched = ("no order of the classes fits the labels better" if len(free) <= ORDER_SEARCH_MAX else
+                f"other orders not searched ({len(free)} classes)")
+    return (f"warning: {found}; {searched}: check the masks' values and the labels (`histowsss data check MANIFEST "
+            "--config CONFIG` lists each such image)")
 
 
 def _short_sides(root: Path, images: list[str]) -> np.ndarray:
@@ -378,9 +403,11 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
               else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
     tiled = _tiling_mask_classes(manifest)  # tiles cut by `data tiles` with masks: their values index these
     tiled_note = None
+    order_from_tiles = False
     if tiled and not classes and not class_cols:
         if set(names) <= set(tiled):
             classes = list(tiled)
+            order_from_tiles = True
             if background is None and tiled[0] not in names:  # class 0: pixels under no annotation
                 background = tiled[0]
             tiled_note = (f"classes in the order of the tiles' --mask-classes ({', '.join(tiled)}, tiling.json): "
@@ -498,8 +525,10 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             data.update(mode)
             notes.append(note)
             if mode.get("mask_mode") == "class_ids":  # masks index the classes: in this order? (labels say)
-                order_note = _class_order_check(root, rows, marked, names, bg, list(mask_ignore or []),
-                                                given=bool(classes))
+                source = ("tiling.json" if order_from_tiles else "--classes" if classes else
+                          "column order" if class_cols else "alphabetical")
+                order_note = _class_order_check(root, rows, marked, names, bg, list(mask_ignore or []), source,
+                                                multi=multi or bool(class_cols))
                 if order_note:
                     notes.append(order_note)
     else:

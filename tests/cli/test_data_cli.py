@@ -597,3 +597,20 @@ def test_keep_test_leaves_every_test_row_in_its_own_split(builder):
             assert after[x["image"]] == "testA", x  # out of training, in the first test split of the patient
     assert "7 other image(s) of their patients joined them" in flat(r.output)
     assert "--test 0.2 is not used" in flat(r.output)
+
+
+def test_check_without_a_config_checks_the_mask_order_when_the_classes_are_named(builder):
+    """--set data.classes... is the user's word as a config is: masks holding classes their labels do not name are
+    said (classes in another order than the masks number them)."""
+    rows = []
+    for k, label in enumerate(["tumour", "stroma", "tumour", "stroma"]):
+        ids = np.full((24, 32), 0 if label == "tumour" else 1, np.uint8)  # tumour = 0, stroma = 1 in the masks
+        r = builder.row(f"i{k}", "train" if k < 2 else "test", f"p{k}", label)
+        builder.mask(f"i{k}", values=ids)
+        rows.append(r)
+    m = builder.manifest(rows)
+    base = ["data", "check", m, "--set", "data.mask_mode=class_ids", "--set", "data.multi_label=true"]
+    r = invoke(*base)
+    assert "hold classes their labels do not name" not in flat(r.output)  # classes inferred: no order to check
+    r = invoke(*base, "--set", "data.classes.names=[stroma,tumour]")
+    assert "4 of 4 masked image(s) hold classes their labels do not name" in flat(r.output), r.output

@@ -223,8 +223,13 @@ def test_palette_mask_gives_its_indices_and_a_palette_image_its_colours(tmp_path
     im.putpalette([0, 0, 0, 255, 0, 0, 0, 128, 255] + [0] * (256 - 3) * 3)
     im.save(tmp_path / "pal.png")
     assert read_mask(tmp_path / "pal.png").tolist() == ids.tolist()
-    with pytest.raises(ImageReadError, match="palette image of 3 colour\\(s\\): a label mask, it seems"):
+    with pytest.raises(ImageReadError, match=r"^\S*pal\.png: palette image of 3 colour\(s\): a label mask, it seems"):
         read_rgb(tmp_path / "pal.png")  # as an image: a mask taken for one (predict on a folder of masks)
+    from histowsss.data.io import pack_rgb
+
+    colours = {int(pack_rgb(np.array([[c]], np.uint8))[0, 0]): k for k, c in
+               enumerate(((0, 0, 0), (255, 0, 0), (0, 128, 255)))}
+    assert read_mask(tmp_path / "pal.png", colors=colours).tolist() == ids.tolist()  # a colour mask, palette-stored
     rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)
     Image.fromarray(rgb).quantize(64).save(tmp_path / "pal_image.png")  # an image saved with a palette
     assert read_rgb(tmp_path / "pal_image.png").shape == (24, 32, 3)  # as an image: its colours

@@ -78,7 +78,7 @@ def test_palette_tiff_image_gives_its_colours_and_a_palette_mask_its_indices(tmp
     assert rgb[0, 1].tolist() == [0, 128, 255] and rgb[0, 0].tolist() == palette[0].tolist()
     assert read_mask(tmp_path / "pal.tif").tolist() == ids.tolist()
     # a colour map written with 8-bit values (all under 256) is taken as it is
-    cmap = np.zeros((3, 256), np.uint16)
+    cmap = np.random.default_rng(1).integers(0, 256, (3, 256)).astype(np.uint16)  # 8-bit values in 16-bit slots
     cmap[:, 7] = (200, 100, 50)
     tifffile.imwrite(tmp_path / "pal8.tif", ids, photometric="palette", colormap=cmap)
     assert read_rgb(tmp_path / "pal8.tif")[0, 1].tolist() == [200, 100, 50]
@@ -86,7 +86,7 @@ def test_palette_tiff_image_gives_its_colours_and_a_palette_mask_its_indices(tmp
     # three colours: a label mask, as LUAD-HistoSeg ships them; refused as an image
     few = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
     tifffile.imwrite(tmp_path / "mask.tif", few, photometric="palette", colormap=cmap)
-    with pytest.raises(ImageReadError, match="palette TIFF of 3 colour\\(s\\): a label mask, it seems"):
+    with pytest.raises(ImageReadError, match=r"mask\.tif: palette image of 3 colour\(s\): a label mask, it seems"):
         read_rgb(tmp_path / "mask.tif")
     assert read_mask(tmp_path / "mask.tif").tolist() == few.tolist()
 

@@ -362,3 +362,17 @@ def test_cli_refuses_hole_and_split_grids_without_a_background_class(tmp_path: P
     for extra in (["--hole-areas", "0,400"], ["--split-h", "0,12"]):
         r = runner.invoke(app, ["tune", str(run), "--object-areas", "0,400", *extra])
         assert r.exit_code == 2 and "need a background class" in " ".join(r.output.split()), r.output
+
+
+def test_folds_share_out_the_masked_images():
+    """Masks for 8 of 40 training patients: every fold gets masked patients (only they are scored), not by luck."""
+    from types import SimpleNamespace
+
+    from histowsss.tuning.crossval import fold_assignment, fold_strata
+
+    samples = [SimpleNamespace(extra={}, labels=("malignant" if k % 2 else "benign",),
+                               mask="m.png" if k % 5 == 0 else None, patient=f"P{k}") for k in range(40)]
+    for seed in range(5):
+        assign = fold_assignment([s.patient for s in samples], fold_strata(samples), 4, seed)
+        masked = {assign[s.patient] for s in samples if s.mask}
+        assert masked == {"fold0", "fold1", "fold2", "fold3"}, (seed, masked)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histowsss.data.io import IMAGE_SUFFIXES, image_stem
+from histowsss.data.io import IMAGE_SUFFIXES, ImageReadError, image_stem
 from histowsss.data.manifest import patient_key, write_manifest
 from histowsss.data.split import grouped_stratified_split, strata_with_masks
 
@@ -343,7 +343,7 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
             if not labels:
                 raise FolderLayoutError(f"{rel}: no class in its label (all zeros, or an empty mask); remove the "
                                         "image or fix its label")
-        except FolderLayoutError as e:  # each names its file (the image, or its mask)
+        except (FolderLayoutError, ImageReadError) as e:  # each names its file (the image, or its mask)
             bad.append(str(e))
             continue
         patient = _claim(img, root, pattern, seen, unmatched)

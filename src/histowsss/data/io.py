@@ -152,14 +152,9 @@ def _read_pillow(path: Path, keep_palette: bool) -> np.ndarray | None:
     if out.mode in _TO_RGB_MODES:
         out = out.convert("RGB")
     if out.mode in ("P", "PA"):
-        arr = np.asarray(out)
         if keep_palette:  # the class ids, not the colours they are shown in
+            arr = np.asarray(out)
             return arr[..., 0] if arr.ndim == 3 else arr
-        used = len(np.unique(arr[..., 0] if arr.ndim == 3 else arr))
-        if used <= PALETTE_MASK_COLOURS:  # LUAD-HistoSeg / BCSS-WSSS ship their masks so: one taken for an image
-            raise ImageReadError(f"{path}: palette image of {used} colour(s): a label mask, it seems, not an H&E "
-                                 "image (stain colours need far more); leave masks out of the images (predict: "
-                                 "--skip with a pattern of their names), or if it is an image, save it as RGB")
         out = out.convert("RGBA" if "transparency" in out.info or out.mode == "PA" else "RGB")
     return np.asarray(out)
 
@@ -223,10 +218,6 @@ def _tiff_colours(path: Path, arr: np.ndarray, page, keep_palette: bool) -> np.n
             kind == PHOTOMETRIC.YCBCR and int(page.compression) in _TIFF_JPEG):
         return arr
     if kind == PHOTOMETRIC.PALETTE and (page.colormap is not None or keep_palette):
-        if not keep_palette and len(np.unique(arr)) <= PALETTE_MASK_COLOURS:
-            raise ImageReadError(f"{path}: palette TIFF of {len(np.unique(arr))} colour(s): a label mask, it seems, "
-                                 "not an H&E image; leave masks out of the images, or if it is an image, save it as "
-                                 "RGB")
         return arr if keep_palette else _palette_colours(arr, page.colormap)  # (a mask: its indices, map or not)
     if kind == PHOTOMETRIC.SEPARATED:
         return _cmyk_to_rgb(path, arr, page)
@@ -329,6 +320,8 @@ def _read_raw(path: Path, keep_palette: bool = False, warn_large: bool = True) -
             try:
                 special = _read_pillow(path, keep_palette)
                 return special if special is not None else np.asarray(iio.imread(path, plugin="pillow"))
+            except ImageReadError:  # (our own words: not 'corrupt')
+                raise
             except Exception as e:
                 cause: BaseException = e
             try:  # Pillow's own words ("cannot identify image file", "image file is truncated")
@@ -341,6 +334,27 @@ def _read_raw(path: Path, keep_palette: bool = False, warn_large: bool = True) -
         return np.asarray(iio.imread(path))
     except Exception as e:
         raise _corrupt(path, e) from None
+
+
+def _refuse_palette_mask(path: Path, img: np.ndarray) -> None:
+    """ImageReadError for a palette (indexed) file of at most PALETTE_MASK_COLOURS colours read as an image: a label
+    mask (LUAD-HistoSeg and BCSS-WSSS ship theirs so) taken for one, say in a folder given to predict."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                palette = im.mode in ("P", "PA")
+    except Exception:
+        return
+    if not palette or img.ndim != 3:
+        return
+    used = len(np.unique(pack_rgb(np.ascontiguousarray(img[..., :3]))))
+    if used <= PALETTE_MASK_COLOURS:
+        raise ImageReadError(f"{path}: palette image of {used} colour(s): a label mask, it seems, not an H&E image "
+                             "(stain colours need far more); leave masks out of the images (predict: --skip with a "
+                             "pattern of their names), or if it is an image, save it as RGB")
 
 
 def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
@@ -356,6 +370,7 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
     """
     path = Path(path)
     img = _read_raw(path)
+    _refuse_palette_mask(path, img)
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 2)):  # L, I;16, LA
         raise ImageReadError(
             f"{path}: grayscale image; H&E needs colour. Export the original RGB image (no conversion is guessed)"

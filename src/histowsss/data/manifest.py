@@ -230,6 +230,10 @@ def class_columns_of(columns: list[str], rows: list[dict[str, str]]) -> list[str
         marks = [class_mark(r.get(c)) for r in rows]
         if sum(m is None for m in marks) <= max(1.0, 0.05 * len(rows)) and any(marks):
             found.append(c)
+    twice = sorted({c for c in found if columns.count(c) > 1})
+    if twice and len(set(found)) >= 2:  # a CSV reader kept only the last of them: the others' marks are lost
+        raise ManifestError(f"class column(s) {', '.join(map(repr, twice))} appear more than once in the header; "
+                            "rename or delete the extra column(s) so each class has one column")
     return found if len(found) >= 2 else []
 
 

@@ -126,8 +126,10 @@ def read_annotations(path: Path, classes: list[str], default_class: str | None =
         g = (f or {}).get("geometry")
         if not g or g.get("type") not in ("Polygon", "MultiPolygon", "GeometryCollection"):
             # points, lines (e.g. QuPath's point annotations) carry no area
-            skip("without an area (points, lines or no geometry) left out" if not g or g.get("type") else
-                 "of an unknown geometry type left out")
+            kind = (g or {}).get("type")
+            skip("without an area (points, lines or no geometry) left out"
+                 if not kind or kind in ("Point", "MultiPoint", "LineString", "MultiLineString") else
+                 f"of geometry type {kind!r}, which has no area GeoJSON knows, left out")
             continue
         props = f.get("properties") or {}
         cls = props.get("classification")

@@ -313,9 +313,13 @@ def open_slide(path: Path | str, backend: str = "auto") -> Slide:
             import tiffslide
 
             with _quiet_tifffile():  # (a damaged file's tag complaints: the SlideError below says it once)
-                slide = Slide(path, tiffslide.TiffSlide(str(path)), "tiffslide")
-                # tiffslide opens lazily: a damaged file fails here, as a SlideError below, not at the first read
-                _ = slide.dimensions, slide.level_downsamples, slide.handle.properties
+                handle = tiffslide.TiffSlide(str(path))
+                try:  # tiffslide opens lazily: a damaged file fails here, as a SlideError below, not at a read
+                    slide = Slide(path, handle, "tiffslide")
+                    _ = slide.dimensions, slide.level_downsamples, slide.handle.properties
+                except Exception:
+                    handle.close()
+                    raise
             return slide
         except ImportError as e:
             tried.append(f"tiffslide not importable ({e})")

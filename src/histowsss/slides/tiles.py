@@ -229,6 +229,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
             if max_tiles is not None and len(cells) > max_tiles:
                 cells = sorted(random.Random(f"{seed}/{path.name}").sample(cells, max_tiles), key=lambda c: (c[1], c[0]))
             sub = out_dir / "tiles" / image_stem(path)
+            placed = 0  # clicks that landed in a tile (with stride < tile, in each tile over them)
             # (a transient bar in a log, stdout not a terminal, leaves only a blank line)
             for x, y, f in track(cells, description=f"{path.name}: tiles", transient=True,
                                  disable=not sys.stdout.isatty()):
@@ -242,6 +243,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                        "y": str(y0), "tissue": f"{f:.3f}"}
                 if "points" in r:  # the slide's clicks that fall in this tile, in its pixels
                     row["points"] = tile_clicks(clicks.get(r["image"], []), box, tile, (ox, oy))
+                    placed += len([c for c in row["points"].split(";") if c.strip()])
                 if annotated:
                     row["mask"] = ""
                     if ann is not None:
@@ -250,6 +252,10 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
                             write_png(mdest, ann.rasterize(box[0] - ox, box[1] - oy, box[2], box[3], (tile, tile)))
                         row["mask"] = str(mdest.relative_to(out_dir))
                 out_rows.append(row)
+        n_clicks = len(clicks.get(r["image"], []))
+        if n_clicks and not placed:
+            log(f"warning: {path.name}: none of its {n_clicks} click(s) falls in a tile (tiles are cut where there "
+                "is tissue; clicks in level-0 slide pixels, QuPath's frame)")
         log(f"{path.name}: {len(cells)} tile(s) of {tile} px at downsample {ds:.3f}"
             + (f" (warning: no {tile}-px cell holds more than {min_tissue:.0%} tissue: the slide gives no training "
                "or test image; lower --min-tissue, --tile or --tissue-threshold)" if not cells else ""))

@@ -67,6 +67,16 @@ def gate_variant(cut: float) -> str:
     return f"image_gate@{cut:g}"
 
 
+def fold_strata(samples: list) -> list[str]:
+    """The stratum of each training image for the folds: its grade (or label set), and where only some images have
+    a mask, whether it has one, so every fold gets its share of the masked images (only they are scored);
+    unchanged when all or none have one."""
+    from histowsss.data.split import strata_with_masks
+
+    strata = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
+    return strata_with_masks(strata, [s.mask is not None for s in samples])
+
+
 def fold_assignment(patients: list[str], strata: list[str], folds: int, seed: int = 0) -> dict[str, str]:
     """Patient -> ``fold<k>``: no patient in two folds, each fold with about the same share of every stratum."""
     from histowsss.data.split import grouped_stratified_split
@@ -223,12 +233,7 @@ def crossval(run_path: Path, candidates: list[str], work: Path, *, folds: int = 
                         f"{len(samples)} training images in {base.data.manifest} has one; fill the mask column for "
                         "the images of a few patients (only those are scored; the others still train)")
     patients = [patient_key(s.patient) or s.name for s in samples]
-    strata = [s.extra.get("grade") or "+".join(s.labels) for s in samples]
-    from histowsss.data.split import strata_with_masks
-
-    # masks for some images only: every fold gets its share of them (only they are scored); unchanged when all have
-    strata = strata_with_masks(strata, [s.mask is not None for s in samples])
-    assign = fold_assignment(patients, strata, folds, seed)
+    assign = fold_assignment(patients, fold_strata(samples), folds, seed)
     fold_names = [f"fold{k}" for k in range(folds)]
     names = list(base.data.classes.names)
     n = len(names)
