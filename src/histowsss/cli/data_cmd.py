@@ -188,7 +188,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                                        "of every image, test images included"),
           overwrite: bool = False) -> None:
     """Write a patient-grouped, class-stratified split (no patient in two splits); when only some images have a
-    mask, those are spread over the splits too. A manifest that already has a split needs --keep-test or
+    mask, those are spread over the splits too. A manifest that already has a test split needs --keep-test or
     --replace, so that a fixed test set does not move into training unnoticed."""
     from histowsss.config_init import split_role
     from histowsss.data.manifest import (class_columns_labels, class_columns_of, patient_key, read_csv_rows,
