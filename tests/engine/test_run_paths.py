@@ -97,3 +97,15 @@ def test_run_folder_paths_makes_the_commands_paths_absolute_before_moving(projec
     with run_folder_paths(run, Path("out"), log=lines.append) as (r, out):
         assert out == Path("out") and Path.cwd() == proj
     assert len(lines) == 1
+
+
+def test_a_run_folders_config_runs_in_that_folder_without_run(project, monkeypatch, tmp_path):
+    """`histowsss run RUN/config.yaml` continues RUN (not a new ./runs/<name>), from inside it or from elsewhere."""
+    proj, run = project
+    for where, arg in ((run, "config.yaml"), (tmp_path, str(run / "config.yaml"))):
+        monkeypatch.chdir(where)
+        res = runner.invoke(app, ["run", arg, "--to", "eval_cam", "--dry-run"])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 0, res.output
+        assert f"run folder: {run}" in out or "run folder: ." in out, out
+        assert not (where / "runs").exists()

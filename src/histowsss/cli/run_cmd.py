@@ -26,9 +26,11 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
     log = log_line if is_main_process() else (lambda msg: None)
     with clear_errors():
         cfg = get_config(config, set_)
-        run_path = default_run_dir(cfg, run_dir)
         path = Path(config)
-        if path.is_file() and (path.parent / INVOCATION).is_file():
+        in_run_folder = path.is_file() and (path.parent / INVOCATION).is_file()
+        # a run folder's config.yaml runs in that folder (not in ./runs/<name>) unless --run says otherwise
+        run_path = path.parent if in_run_folder and run_dir is None else default_run_dir(cfg, run_dir)
+        if in_run_folder:
             # a run folder's config.yaml: its relative paths are read from where that run was started
             with run_folder_paths(path.parent, run_path, cfg=cfg, config_file=path, log=log) as (_, run_path):
                 _run(cfg, run_path, start, stop, overwrite, dry_run, log)
