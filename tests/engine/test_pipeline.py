@@ -338,3 +338,25 @@ def test_manifest_problems_stop_the_run_before_any_step(builder, tmp_path):
     logs: list[str] = []
     run_pipeline(cfg, RunDir(tmp_path / "run", cfg), dry_run=True, log=logs.append)
     assert logs[-1].startswith("dry run: ")
+
+
+def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label_step_runs(tmp_path, monkeypatch):
+    """train_seg with labels decided at run time (best_on_train) has no fixed input: a dry run in which eval_cam
+    (a label source) runs again says train_seg may be made again, as the real run would find."""
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import train_seg
+
+    cfg = load_config("demo")
+    assert cfg.train_seg.labels == "best_on_train"
+    from histowsss.steps import make_cam, train_cam
+
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for step, mod in (("train_cam", train_cam), ("make_cam", make_cam), ("train_seg", train_seg)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass  # eval_cam and the IRN steps have not finished: they would run
+    monkeypatch.setattr(train_seg, "stale_reason", lambda c, r: None)  # (what the files say now: nothing)
+    logs: list[str] = []
+    run_pipeline(cfg, rd, "eval_cam", "train_seg", log=logs.append, dry_run=True)
+    line = next(x for x in logs if "train_seg" in x)
+    assert line.startswith("[redo] train_seg: eval_cam and make_sem_seg_labels run(s) before it, and it would be "
+                           "made again if it read their labels")

@@ -351,4 +351,8 @@ def _runs_before(cfg: RunConfig, mod, will_run: dict) -> str | None:
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
         if need in will_run:
             return f"{need} runs before it, so it would be made again"
+    # a label source decided at run time (best_on_train, pseudo_or_cam): made again when the one it read is
+    either = [need for need, _ in getattr(mod, "requires_any", lambda c: [])(cfg) if need in will_run]
+    if either:
+        return f"{' and '.join(either)} run(s) before it, and it would be made again if it read their labels"
     return None
