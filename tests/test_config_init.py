@@ -279,15 +279,22 @@ def test_binary_masks_take_the_class_that_is_not_background_whatever_the_order_g
     assert made.config.data.mask_foreground_class == "malignant"
 
 
-def test_class_name_typos_are_caught(tmp_path: Path):
+def _labelled_images(folder: Path, labels: list[str], test: set[int]) -> Path:
+    """96-px images ``i<k>.png`` and ``folder/m.csv`` (image, split, patient, label): one patient each, the rows
+    ``test`` in the test split."""
     rows = ["image,split,patient,label"]
-    for i, label in enumerate(["normal", "tumour", "Tumour", "tumour", "normal", "tumuor"]):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
-        rows.append(f"i{i}.png,{'test' if i == 5 else 'train'},p{i},{label}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    for i, label in enumerate(labels):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(folder / f"i{i}.png")
+        rows.append(f"i{i}.png,{'test' if i in test else 'train'},p{i},{label}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
+def test_class_name_typos_are_caught(tmp_path: Path):
+    m = _labelled_images(tmp_path, ["normal", "tumour", "Tumour", "tumour", "normal", "tumuor"], {5})
     with pytest.raises(ConfigError, match="differ only in case or spaces \\('Tumour' / 'tumour'\\)"):
-        config_for_manifest(tmp_path / "m.csv")
-    (tmp_path / "m.csv").write_text("\n".join(rows).replace("Tumour", "tumour") + "\n")
+        config_for_manifest(m)
+    m.write_text(m.read_text().replace("Tumour", "tumour"))
     made = config_for_manifest(tmp_path / "m.csv")
     assert "class(es) 'tumuor' label a single image: a typo?" in " ".join(made.notes)
 
@@ -521,24 +528,16 @@ def test_init_refuses_to_write_over_its_manifest_or_into_a_folder(synth: Path, t
 
 
 def test_the_background_is_found_in_a_class_name_of_several_words(tmp_path: Path):
-    rows = ["image,split,patient,label"]
-    for i, label in enumerate(["Benign glands", "Malignant glands"] * 3):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
-        rows.append(f"i{i}.png,{'test' if i >= 4 else 'train'},p{i},{label}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    made = config_for_manifest(tmp_path / "m.csv")
+    m = _labelled_images(tmp_path, ["Benign glands", "Malignant glands"] * 3, {4, 5})
+    made = config_for_manifest(m)
     assert made.config.data.classes.background == "Benign glands"
-    (tmp_path / "m.csv").write_text("\n".join(rows).replace("Malignant glands", "Not benign") + "\n")
-    assert config_for_manifest(tmp_path / "m.csv").config.data.classes.background == "Benign glands"
+    m.write_text(m.read_text().replace("Malignant glands", "Not benign"))
+    assert config_for_manifest(m).config.data.classes.background == "Benign glands"
 
 
 def test_a_nan_label_is_no_class(tmp_path: Path):
-    rows = ["image,split,patient,label"]
-    for i, label in enumerate(["normal", "tumour", "NaN", "tumour", "normal", "normal"]):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
-        rows.append(f"i{i}.png,{'test' if i == 5 else 'train'},p{i},{label}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    assert config_for_manifest(tmp_path / "m.csv").config.data.classes.names == ["normal", "tumour"]
+    m = _labelled_images(tmp_path, ["normal", "tumour", "NaN", "tumour", "normal", "normal"], {5})
+    assert config_for_manifest(m).config.data.classes.names == ["normal", "tumour"]
 
 
 def test_no_tune_advice_without_training_masks_and_the_upper_bound_says_why_it_is_off(synth: Path, tmp_path: Path):

@@ -171,7 +171,8 @@ class RunDir:
         a, b = flat(then), flat(now)
         keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "name"]
         if step_hash is not None and len(keys) > 1:
-            read = [k for k in keys if _changes_hash(now, k, a.get(k), step_hash)]
+            base = step_hash(self.cfg)  # (the hash of now, once)
+            read = [k for k in keys if _changes_hash(now, k, a.get(k), step_hash, base)]
             keys = read or keys
         shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
@@ -287,9 +288,9 @@ def status_time(text: str | None):
         return None
 
 
-def _changes_hash(now: dict, key: str, old: Any, step_hash: Callable[[RunConfig], str]) -> bool:
-    """Whether setting the dotted ``key`` of the config dict ``now`` back to ``old`` changes ``step_hash`` (True too
-    when that config is not valid alone: the key is then named, as before)."""
+def _changes_hash(now: dict, key: str, old: Any, step_hash: Callable[[RunConfig], str], base: str) -> bool:
+    """Whether setting the dotted ``key`` of the config dict ``now`` back to ``old`` changes ``step_hash`` from
+    ``base`` (its value for ``now``; True too when that config is not valid alone: the key is then named)."""
     import copy
 
     changed = copy.deepcopy(now)
@@ -301,7 +302,7 @@ def _changes_hash(now: dict, key: str, old: Any, step_hash: Callable[[RunConfig]
         return True
     node[last] = old
     try:
-        return step_hash(RunConfig.model_validate(changed)) != step_hash(RunConfig.model_validate(now))
+        return step_hash(RunConfig.model_validate(changed)) != base
     except Exception:  # (a config that holds this value alone is not valid: keep the key)
         return True
 
