@@ -49,7 +49,7 @@ def test_sigkill_during_make_cam_then_resume(tmp_path):
     # SIGTERM (a scheduler's pre-emption) ends the step as Ctrl-C does: recorded as failed, with its time
     assert stop_after(3, signal.SIGTERM) == 143
     st = json.loads((b / "status" / "make_cam.json").read_text())
-    assert st["state"] == "failed" and st["error"].startswith("Terminated") and st["wall_s"] > 0
+    assert st["state"] == "failed" and st["error"] == "Terminated: SIGTERM (exit 143)" and st["wall_s"] > 0
     first_s = st["wall_s"]
     n_first = len(list((b / "cams").glob("*.npz")))
     stop_after(n_first + 3, signal.SIGKILL)  # SIGKILL leaves no record of its time

@@ -229,7 +229,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def _raise(signum, frame):
-        raise Terminated()
+        raise Terminated("SIGTERM (exit 143)")  # (the text a failed step's status record keeps)
 
     old = signal.signal(signal.SIGTERM, _raise)
     try:

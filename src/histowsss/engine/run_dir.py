@@ -239,7 +239,8 @@ class RunDir:
         try:
             yield info
         except BaseException as e:
-            record.update(state="failed", error=f"{type(e).__name__}: {e}", **times())
+            why = str(e) or ("Ctrl-C (SIGINT)" if isinstance(e, KeyboardInterrupt) else "")
+            record.update(state="failed", error=f"{type(e).__name__}: {why}", **times())
             write_json(self.status_path(step), record)
             raise
         record.update(state="done", finished=_now(), **times(), **info)
