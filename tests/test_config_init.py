@@ -226,19 +226,26 @@ def test_crops_follow_the_typical_image_and_small_ones_are_counted(tmp_path: Pat
                for n in made.notes)
 
 
+def _labelled_images(folder: Path, labels: list[str], test: set[int], masks: list[np.ndarray] | None = None) -> Path:
+    """96-px images ``i<k>.png`` (with ``masks``: uint8 masks ``m<k>.png`` in a mask column) and ``folder/m.csv``
+    (image, split, patient, label): one patient each, the rows ``test`` in the test split."""
+    rows = ["image,split,patient,label" + (",mask" if masks is not None else "")]
+    for i, label in enumerate(labels):
+        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(folder / f"i{i}.png")
+        if masks is not None:
+            Image.fromarray(np.asarray(masks[i], np.uint8)).save(folder / f"m{i}.png")
+        rows.append(f"i{i}.png,{'test' if i in test else 'train'},p{i},{label}" + (f",m{i}.png" if masks else ""))
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
 def test_binary_255_masks_without_a_background_class_are_refused(tmp_path: Path):
     """Two tissue classes, masks 0/255 and --background none: 255 would mean ignore, so nothing would be scored."""
-    rows = ["image,split,patient,label,mask"]
-    for i, (split, labels) in enumerate([("train", "stroma;tumour"), ("train", "tumour"), ("test", "stroma;tumour"),
-                                         ("test", "stroma")]):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
-        m = np.zeros((96, 96), np.uint8)
-        m[:48] = 255
-        Image.fromarray(m).save(tmp_path / f"m{i}.png")
-        rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    m = np.zeros((96, 96), np.uint8)
+    m[:48] = 255
+    path = _labelled_images(tmp_path, ["stroma;tumour", "tumour", "stroma;tumour", "stroma"], {2, 3}, [m] * 4)
     with pytest.raises(ConfigError, match="255 means ignore"):
-        config_for_manifest(tmp_path / "m.csv", background="none")
+        config_for_manifest(path, background="none")
 
 
 def test_init_writes_an_absolute_manifest_and_leaves_glas_cleanup_out(synth: Path, monkeypatch):
@@ -279,15 +286,6 @@ def test_binary_masks_take_the_class_that_is_not_background_whatever_the_order_g
     assert made.config.data.mask_foreground_class == "malignant"
 
 
-def _labelled_images(folder: Path, labels: list[str], test: set[int]) -> Path:
-    """96-px images ``i<k>.png`` and ``folder/m.csv`` (image, split, patient, label): one patient each, the rows
-    ``test`` in the test split."""
-    rows = ["image,split,patient,label"]
-    for i, label in enumerate(labels):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(folder / f"i{i}.png")
-        rows.append(f"i{i}.png,{'test' if i in test else 'train'},p{i},{label}")
-    (folder / "m.csv").write_text("\n".join(rows) + "\n")
-    return folder / "m.csv"
 
 
 def test_class_name_typos_are_caught(tmp_path: Path):
@@ -560,15 +558,14 @@ def test_no_tune_advice_without_training_masks_and_the_upper_bound_says_why_it_i
 def test_masks_numbering_the_classes_in_another_order_are_caught(tmp_path: Path):
     """Class-id masks in the labels' vector order (tumour = 0, stroma = 1), classes ordered alphabetically: every
     score would be of swapped classes. init finds the order that fits the labels and asks for it."""
-    rows = ["image,mask,split,patient,label"]
-    for i, labels in enumerate(["tumour", "stroma", "tumour;stroma", "tumour", "stroma", "tumour;stroma"]):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
-        m = np.zeros((96, 96), np.uint8) if labels == "tumour" else np.ones((96, 96), np.uint8)
-        if labels == "tumour;stroma":
+    labels = ["tumour", "stroma", "tumour;stroma", "tumour", "stroma", "tumour;stroma"]
+    masks = []
+    for lab in labels:
+        m = np.zeros((96, 96), np.uint8) if lab == "tumour" else np.ones((96, 96), np.uint8)
+        if lab == "tumour;stroma":
             m[:48] = 0
-        Image.fromarray(m).save(tmp_path / f"m{i}.png")
-        rows.append(f"i{i}.png,m{i}.png,{'test' if i == 5 else 'train'},p{i},{labels}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+        masks.append(m)
+    _labelled_images(tmp_path, labels, {5}, masks)
     with pytest.raises(ConfigError, match="in the order tumour, stroma only 0 do.*Pass --classes tumour,stroma"):
         config_for_manifest(tmp_path / "m.csv", background="none")
     made = config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"])
@@ -576,14 +573,11 @@ def test_masks_numbering_the_classes_in_another_order_are_caught(tmp_path: Path)
 
 
 def test_a_mask_value_that_is_no_class_points_to_mask_ignore(tmp_path: Path):
-    rows = ["image,mask,split,patient,label"]
-    for i, label in enumerate(["tumour", "stroma", "tumour", "stroma"]):
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
-        m = np.full((96, 96), 0 if label == "tumour" else 1, np.uint8)
+    labels = ["tumour", "stroma", "tumour", "stroma"]
+    masks = [np.full((96, 96), 0 if lab == "tumour" else 1, np.uint8) for lab in labels]
+    for m in masks:
         m[:10] = 4  # white background, as LUAD-HistoSeg marks it
-        Image.fromarray(m).save(tmp_path / f"m{i}.png")
-        rows.append(f"i{i}.png,m{i}.png,{'test' if i == 3 else 'train'},p{i},{label}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    _labelled_images(tmp_path, labels, {3}, masks)
     with pytest.raises(ConfigError, match="if 4 marks pixels that are no class .* pass --mask-ignore 4"):
         config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"])
     made = config_for_manifest(tmp_path / "m.csv", background="none", classes=["tumour", "stroma"], mask_ignore=[4])
@@ -593,18 +587,16 @@ def test_a_mask_value_that_is_no_class_points_to_mask_ignore(tmp_path: Path):
 def test_single_labels_with_masks_of_more_classes_pass_the_order_check(tmp_path: Path):
     """One diagnosis per image, masks of every tissue (normal = 0 the background, stroma = 1, tumour = 2): a tumour
     image's mask holds stroma too. Not a swapped order; init must neither refuse it nor move the background."""
-    rows = ["image,mask,split,patient,label"]
-    for i in range(8):
-        label = ("normal", "stroma", "tumour", "tumour")[i % 4]
-        Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(tmp_path / f"i{i}.png")
+    labels = [("normal", "stroma", "tumour", "tumour")[i % 4] for i in range(8)]
+    masks = []
+    for lab in labels:
         m = np.zeros((96, 96), np.uint8)
-        if label != "normal":
+        if lab != "normal":
             m[20:60] = 1  # stroma
-        if label == "tumour":
+        if lab == "tumour":
             m[40:80, 40:80] = 2
-        Image.fromarray(m).save(tmp_path / f"m{i}.png")
-        rows.append(f"i{i}.png,m{i}.png,{'test' if i >= 6 else 'train'},p{i},{label}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+        masks.append(m)
+    _labelled_images(tmp_path, labels, {6, 7}, masks)
     made = config_for_manifest(tmp_path / "m.csv")
     assert made.config.data.classes.names == ["normal", "stroma", "tumour"]
     assert made.config.data.classes.background == "normal"

@@ -312,29 +312,28 @@ def _short_sides(root: Path, images: list[str]) -> np.ndarray:
     return np.array([min(image_size(root / rel)) for rel in images])
 
 
-def _tiling_mask_classes(manifest: Path) -> list[str] | None:
-    """The ``--mask-classes`` ``histowsss data tiles`` wrote a tile manifest's masks with (its ``tiling.json``), or
-    None."""
+def _tiling_record(manifest: Path) -> dict:
+    """The ``tiling.json`` ``histowsss data tiles`` wrote beside a tile manifest; {} for other manifests."""
     import json
 
     record = manifest.parent / "tiling.json"
     try:
-        got = json.loads(record.read_text()).get("mask_classes") if record.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
+        got = json.loads(record.read_text()) if record.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def _tiling_mask_classes(manifest: Path) -> list[str] | None:
+    """The ``--mask-classes`` ``histowsss data tiles`` wrote a tile manifest's masks with, or None."""
+    got = _tiling_record(manifest).get("mask_classes")
     return [str(c) for c in got] if isinstance(got, list) and len(got) >= 2 else None
 
 
 def _tiling_mpp(manifest: Path) -> float | None:
-    """The microns per pixel ``histowsss data tiles`` cut a tile manifest's tiles at (its ``tiling.json``); None for
-    other manifests, or tiles cut by --downsample."""
-    import json
-
-    record = manifest.parent / "tiling.json"
-    try:
-        mpp = json.loads(record.read_text()).get("mpp") if record.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The microns per pixel ``histowsss data tiles`` cut a tile manifest's tiles at; None for other manifests, or
+    tiles cut by --downsample."""
+    mpp = _tiling_record(manifest).get("mpp")
     return float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -242,22 +243,33 @@ def _pillow_pixels(path: Path, keep_palette: bool) -> np.ndarray:
             return np.asarray(im)
 
 
+@contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """tifffile's log messages off (a damaged TIFF's offsets and tags: the caller's own error says it once),
+    restored after."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _read_tiff(path: Path, keep_palette: bool = False, warn_large: bool = True) -> np.ndarray:
     """A TIFF's first image, samples last (planar-separate RGB comes as (3, H, W)), in RGB where its colour space is
     another (:func:`_tiff_colours`); refused before decoding when over :func:`image_pixel_limits`. Compressions
     tifffile cannot decode without the optional ``imagecodecs`` (LZW, JPEG, ...), and uncompressed YCbCr, are read
     with Pillow instead."""
-    import logging
-
     import tifffile
 
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)  # a damaged file's tag errors: the one ImageReadError below says it
     photometric = None
     sized = False  # the pixel limit checked (and its warning given) from the TIFF's header
     try:
-        with tifffile.TiffFile(path) as tif:
+        # (a damaged file's tag errors are not logged: the one ImageReadError below says it)
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]  # series 0, level 0 (tifffile.imread's default)
             page = series.keyframe
             photometric = page.photometric
@@ -273,8 +285,6 @@ def _read_tiff(path: Path, keep_palette: bool = False, warn_large: bool = True) 
         raise
     except Exception as e:  # decoder errors differ per format
         tiff_error: BaseException = e
-    finally:
-        log.setLevel(level)
     if _pillow_may_read(tiff_error):  # Pillow decodes some of those; a damaged file it would only complain about
         if not sized:  # (no TIFF at all: a PNG or JPEG under a .tif name)
             header = _pillow_header(path)

@@ -70,6 +70,13 @@ def parse_points_each(text: str, classes: ClassMap, where: str = "points") -> tu
 
 def _parse_click(part: str, k: int, classes: ClassMap, where: str) -> Point:
     """One ``x y class`` (the ``k``-th click of its cell)."""
+    x, y, name = click_fields(part, k, where)
+    return Point(x, y, _class_index(name, classes, f"{where}: click {k + 1}"))
+
+
+def click_fields(part: str, k: int, where: str) -> tuple[float, float, str]:
+    """(x, y, class name as written) of one ``x y class`` (the ``k``-th click of its cell); PointsError naming
+    ``where`` when it is not one (classes are not checked here: :func:`parse_points` does)."""
     fields = [f for f in re.split(r"[,\s]+", part, maxsplit=2) if f]  # the class name may hold spaces
     if len(fields) == 3:
         fields[2] = fields[2].strip(", \t")
@@ -83,7 +90,7 @@ def _parse_click(part: str, k: int, classes: ClassMap, where: str) -> Point:
     if not (math.isfinite(x) and math.isfinite(y)):
         raise PointsError(f"{where}: click {k + 1} {part!r}: x and y must be finite numbers (level-0 pixels of the "
                           "image, e.g. '120 45 gland')")
-    return Point(x, y, _class_index(fields[2], classes, f"{where}: click {k + 1}"))
+    return x, y, fields[2]
 
 
 def _parse_geojson_points(path: Path, classes: ClassMap) -> tuple[list[Point], list[str]]:

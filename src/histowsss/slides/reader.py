@@ -9,10 +9,9 @@ Both libraries share the OpenSlide API (``dimensions``, ``level_downsamples``, `
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -114,17 +113,10 @@ class Slide:
         """Level-0 microns per pixel from the slide's metadata (mean of x and y), or None if it has none."""
         props = self.handle.properties
         vals = []
-        for axis in ("x", "y"):
-            for key in (f"openslide.mpp-{axis}", f"tiffslide.mpp-{axis}"):
-                v = props.get(key)
-                if v not in (None, ""):
-                    try:
-                        f = float(v)
-                    except (TypeError, ValueError):
-                        continue
-                    if f > 0 and math.isfinite(f):
-                        vals.append(f)
-                        break
+        for axis in ("x", "y"):  # openslide's key, else tiffslide's
+            f = _positive(props.get(f"openslide.mpp-{axis}")) or _positive(props.get(f"tiffslide.mpp-{axis}"))
+            if f is not None:
+                vals.append(f)
         if vals:
             return float(np.mean(vals))
         return _positive(props.get("aperio.MPP")) or ome_mpp(props.get("tiff.ImageDescription") or "")
@@ -216,20 +208,6 @@ class Slide:
         self.close()
 
 
-@contextmanager
-def _quiet_tifffile() -> Iterator[None]:
-    """tifffile's log messages off (a damaged TIFF's offsets and tags), restored after."""
-    import logging
-
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def _positive(value) -> float | None:
     """``value`` as a positive finite float, or None."""
     try:
@@ -312,7 +290,9 @@ def open_slide(path: Path | str, backend: str = "auto") -> Slide:
         try:
             import tiffslide
 
-            with _quiet_tifffile():  # (a damaged file's tag complaints: the SlideError below says it once)
+            from histowsss.data.io import quiet_tifffile
+
+            with quiet_tifffile():  # (a damaged file's tag complaints: the SlideError below says it once)
                 handle = tiffslide.TiffSlide(str(path))
                 try:  # tiffslide opens lazily: a damaged file fails here, as a SlideError below, not at a read
                     slide = Slide(path, handle, "tiffslide")

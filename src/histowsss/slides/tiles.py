@@ -55,23 +55,17 @@ def slide_clicks(cell: str, where: str) -> list[tuple[float, float, str]]:
     """The clicks of a slide manifest's ``points`` cell (``"x y class; ..."``, level-0 slide pixels in QuPath's
     frame, as docs/points.md writes them for images); a click that is no ``x y class`` raises SlideManifestError
     naming ``where`` (classes are checked by ``data check`` on the tiles)."""
-    import math
-    import re
+    from histowsss.data.points import PointsError, click_fields
 
     out = []
     for k, part in enumerate(p.strip() for p in (cell or "").split(";")):
         if not part:
             continue
-        fields = [f for f in re.split(r"[,\s]+", part, maxsplit=2) if f]
         try:
-            x, y = float(fields[0]), float(fields[1])
-            ok = len(fields) == 3 and bool(fields[2].strip(", \t")) and math.isfinite(x) and math.isfinite(y)
-        except (ValueError, IndexError):
-            ok = False
-        if not ok:
+            out.append(click_fields(part, k, where))  # (the parser of the images' points cells)
+        except PointsError:
             raise SlideManifestError(f"{where}: click {k + 1} {part!r} must be 'x y class' with x, y numbers "
-                                     "(level-0 slide pixels)")
-        out.append((x, y, fields[2].strip(", \t")))
+                                     "(level-0 slide pixels)") from None
     return out
 
 
