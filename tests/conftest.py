@@ -111,6 +111,21 @@ def clean_manifest(builder: DatasetBuilder) -> Path:
 
 
 @pytest.fixture
+def demo_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working folder made ``tmp_path``, with a small manifest where the builtin demo config reads it
+    (``runs/demo/data/manifest.csv``, as `histowsss demo` writes it), so that ``load_config("demo")`` plans: `run`
+    refuses a missing manifest before any step. Returns the manifest."""
+    monkeypatch.chdir(tmp_path)
+    b = DatasetBuilder(tmp_path / "runs" / "demo" / "data")
+    rows = [b.row(f"{split}{i}", split, f"P{i}", label, seed=i)
+            for i, (split, label) in enumerate([("train", "benign"), ("train", "malignant"), ("val", "benign"),
+                                                ("val", "malignant"), ("test", "benign"), ("test", "malignant")])]
+    for r in rows:
+        r["grade"] = r.pop("label")
+    return b.manifest(rows)
+
+
+@pytest.fixture
 def glas_dir() -> Path:
     """The real GlaS folder (../shared/data/glas next to the repository); tests using it skip when absent."""
     if not (GLAS_DIR / "manifest.csv").exists():

@@ -68,13 +68,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_under_torchrun_only_the_segmentation_steps_may_run(monkeypatch, tmp_path: Path):
+def test_under_torchrun_only_the_segmentation_steps_may_run(monkeypatch, tmp_path: Path, demo_data: Path):
     """Every other step would run once per process on the same files: refused before anything runs."""
     from histowsss.config import ConfigError, load_config
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.engine.run_dir import RunDir
 
-    cfg = load_config("demo", [f"data.manifest={tmp_path / 'm.csv'}", "upper_bound=false"])
+    cfg = load_config("demo", [f"data.manifest={demo_data}", "upper_bound=false"])
     run = RunDir(tmp_path / "run", cfg).init()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -25,7 +25,7 @@ def test_from_a_step_whose_inputs_are_missing_is_refused_before_the_folder_chang
     assert not run.exists() or not any(run.iterdir())  # no config.yaml, no status record
 
 
-def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record(tmp_path):
+def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record(tmp_path, demo_data):
     cfg = load_config("demo")
     rd = RunDir(tmp_path / "run", cfg).init()
     for step, mod in (("cam_to_ir_label", cam_to_ir_label), ("train_irn", train_irn)):
@@ -65,7 +65,7 @@ def test_a_step_made_again_makes_the_steps_reading_it_stale(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("labels", ["pseudo_or_cam", "best_on_train"])
-def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, labels):
+def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, labels, demo_data):
     """pseudo_or_cam / best_on_train train on IRN's pseudo-masks or eval_cam's CAM labels: --from train_seg is refused
     when neither finished, and planned when either did."""
     cfg = load_config("demo", [f"train_seg.labels={labels}"])
@@ -101,7 +101,7 @@ def test_the_upper_bound_hash_leaves_out_the_weak_label_settings():
         assert train_seg_supervised.config_hash(other) != train_seg_supervised.config_hash(base), over
 
 
-def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path):
+def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path, demo_data):
     """A run folder of an earlier version (the supervised hash over every train_seg setting) keeps its finished upper
     bound: records and checkpoint metadata are relabelled, nothing is retrained; other settings are not adopted."""
     from histowsss.engine.atomic import write_json
@@ -143,7 +143,7 @@ def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path):
     assert adopt_legacy_records(cfg, rd, log=logs.append) == []  # once
 
 
-def test_a_step_made_again_says_why(tmp_path, monkeypatch):
+def test_a_step_made_again_says_why(tmp_path, monkeypatch, demo_data):
     """A finished step run again is named with the settings that changed (not a bare [run ]), and a step that
     stopped says it goes on."""
     from histowsss.engine.pipeline import run_pipeline
@@ -173,7 +173,7 @@ def test_a_step_made_again_says_why(tmp_path, monkeypatch):
     assert logs[0] == "[run ] train_cam: starts over (--overwrite; it had stopped, failed)"
 
 
-def test_ctrl_c_says_how_to_go_on(tmp_path, monkeypatch):
+def test_ctrl_c_says_how_to_go_on(tmp_path, monkeypatch, demo_data):
     from typer.testing import CliRunner
 
     from histowsss.cli.app import app
@@ -206,7 +206,7 @@ def test_a_network_whose_fallback_labels_were_made_again_is_stale(tmp_path):
     assert train_seg.stale_reason(cfg, rd) == "its cam labels (eval_cam) were made again after it was trained"
 
 
-def test_a_dry_run_says_what_would_run_and_why_and_writes_nothing(tmp_path, monkeypatch):
+def test_a_dry_run_says_what_would_run_and_why_and_writes_nothing(tmp_path, monkeypatch, demo_data):
     """`histowsss run --dry-run`: the plan of a real run (skip / redo / run, with reasons; a finished step after one
     that would run is made again), the checks before any step included, and no file written."""
     from typer.testing import CliRunner
@@ -255,7 +255,7 @@ def test_a_dry_run_says_what_would_run_and_why_and_writes_nothing(tmp_path, monk
     assert r.exit_code != 0 and "train_seg.encoder_weights is not a file" in " ".join(r.output.split())
 
 
-def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, monkeypatch):
+def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, monkeypatch, demo_data):
     """A backbone train_cam could not build, or whose weights file does not fit it, stops the run before any step
     (not when train_cam starts); a step already finished with it is not checked again."""
     import timm
@@ -297,7 +297,7 @@ def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, 
     assert built == []  # nothing ahead builds the backbone from its file
 
 
-def test_a_step_made_again_names_only_the_settings_it_reads(tmp_path, monkeypatch):
+def test_a_step_made_again_names_only_the_settings_it_reads(tmp_path, monkeypatch, demo_data):
     """Changed settings of later steps (eval_seg's) are not given as why train_cam runs again."""
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.steps import train_cam
@@ -340,7 +340,7 @@ def test_manifest_problems_stop_the_run_before_any_step(builder, tmp_path):
     assert logs[-1].startswith("dry run: ")
 
 
-def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label_step_runs(tmp_path, monkeypatch):
+def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label_step_runs(tmp_path, monkeypatch, demo_data):
     """train_seg with labels decided at run time (best_on_train) has no fixed input: a dry run in which eval_cam
     (a label source) runs again says train_seg may be made again, as the real run would find."""
     from histowsss.engine.pipeline import run_pipeline
@@ -360,3 +360,27 @@ def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label
     line = next(x for x in logs if "train_seg" in x)
     assert line.startswith("[redo] train_seg: eval_cam and make_sem_seg_labels run(s) before it, and it would be "
                            "made again if it read their labels")
+
+
+def test_a_manifest_that_is_not_there_stops_the_run_before_any_step(tmp_path, monkeypatch):
+    """A project moved (the config's relative manifest path read from another folder): named before any step, not
+    at the first step that reads it; a run whose steps are all done needs no manifest."""
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["run", "demo", "--run", "run", "--set", "data.manifest=moved/manifest.csv"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "moved/manifest.csv: the manifest (data.manifest) is not a file" in out
+    assert f"read from the current folder, {tmp_path}" in out and "train_cam and the steps after it" in out
+    assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(app, ["run", "demo", "--run", "run", "--to", "train_cam"])
+    assert r.exit_code == 2 and "`histowsss demo` writes the demo's data" in " ".join(r.output.split())
+    from histowsss.steps import train_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with rd.step("train_cam", train_cam.config_hash(cfg)):
+        pass
+    assert [p[0] for p in plan_steps(cfg, rd, None, "train_cam")] == ["train_cam"]  # done: nothing reads the manifest

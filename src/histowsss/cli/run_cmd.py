@@ -41,8 +41,9 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
 def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:
     """Plan, then run (or with ``dry_run`` only describe) the steps of ``cfg`` in ``run_path``."""
     from histowsss.engine.pipeline import plan_steps, run_pipeline
-    from histowsss.engine.run_dir import RunDir, run_lock
+    from histowsss.engine.run_dir import RunDir, require_folder, run_lock
 
+    require_folder(run_path)  # (a file given as --run: said before what the plan finds)
     rd = RunDir(run_path, cfg)
     plan_steps(cfg, rd, start, stop, overwrite)  # a refused command leaves the folder's config.yaml as it was
     if dry_run:

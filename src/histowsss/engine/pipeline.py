@@ -61,10 +61,18 @@ def check_manifest(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bo
     """ManifestError / StepError, before any step runs, for what the steps would otherwise find an hour in: a
     manifest row problem (a duplicate image, an empty label: :func:`~histowsss.data.manifest.scan_manifest`, files
     not opened; `histowsss data check` opens them), and the supervised upper bound over training images without a
-    mask. Nothing is checked when no step has work to do, or the manifest is not there yet (the demo makes it)."""
+    mask; a manifest that is not there (a project moved, a relative path read from another folder). Nothing is
+    checked when no step has work to do."""
     todo = [name for name, _, h, key, off in plan if not off and (overwrite or not run.is_done(key, h))]
-    if not todo or not Path(cfg.data.manifest).is_file():
+    if not todo:
         return
+    manifest = Path(cfg.data.manifest).expanduser()
+    if not manifest.is_file():
+        where = "" if manifest.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        raise StepError(f"{cfg.data.manifest}: the manifest (data.manifest) is not a file{where}; {todo[0]} and the "
+                        "steps after it read it. Give its path with `--set data.manifest=PATH`, or start the command "
+                        "from the folder the path is relative to"
+                        + (" (`histowsss demo` writes the demo's data and runs it)" if cfg.name == "demo" else ""))
     from histowsss.data.manifest import ManifestError, scan_manifest
 
     samples, problems = scan_manifest(cfg.data)
