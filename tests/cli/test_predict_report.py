@@ -146,6 +146,33 @@ def test_report_is_self_contained_with_all_sections(trained_run: Path):
     assert "images with infinite Hausdorff" in objects
 
 
+def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_yaml(trained_run: Path, tmp_path: Path):
+    """A run with other settings rewrote config.yaml and stopped before making the network again: the network's
+    numbers are marked stale, with the setting that differs, in the report and in the table `run` ends with."""
+    import yaml
+
+    from histowsss.cli.demo_cmd import stage_table
+    from histowsss.config import load_config
+    from histowsss.engine.pipeline import metrics_standing
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    assert metrics_standing(load_config(run / "config.yaml"), run) == {}
+    assert "stale" not in stage_table(run, {})
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train_seg"]["epochs"] = 7
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    stale = metrics_standing(load_config(run / "config.yaml"), run)
+    assert stale == {"seg": "eval_seg: finished with other settings (train_seg.epochs = 2 (now 7))"}
+    table = stage_table(run, stale)
+    assert "yes (below)" in table.splitlines()[2] and table.splitlines()[-1] == (
+        "stale (metrics/seg.json does not follow from the settings of now): " + stale["seg"])
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    quality = (run / "report.html").read_text().split("<h2>Per-stage quality</h2>", 1)[1].split("</table>", 1)[0]
+    row = next(r for r in quality.split("<tr") if "Segmentation network (weak labels)" in r)
+    assert 'class="stale"' in row and ">stale<" in row and "train_seg.epochs = 2 (now 7)" in row
+
+
 def test_report_of_an_empty_run_folder(tmp_path: Path):
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -384,3 +384,40 @@ def test_a_manifest_that_is_not_there_stops_the_run_before_any_step(tmp_path, mo
     with rd.step("train_cam", train_cam.config_hash(cfg)):
         pass
     assert [p[0] for p in plan_steps(cfg, rd, None, "train_cam")] == ["train_cam"]  # done: nothing reads the manifest
+
+
+def test_outputs_that_do_not_follow_from_the_settings_of_now_are_named_with_the_step_they_came_from(tmp_path,
+                                                                                                     demo_data):
+    """What the report and the closing table mark stale: other settings (config.yaml rewritten by a run that stopped
+    before making them again), a step that did not finish (a stopped --overwrite), an input made again after it."""
+    from histowsss.engine.pipeline import metrics_standing, steps_standing
+    from histowsss.steps import make_cam, train_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for step, mod in (("train_cam", train_cam), ("make_cam", make_cam), ("eval_cam", eval_cam),
+                      ("cam_to_ir_label", cam_to_ir_label)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass
+    (rd.path / "metrics").mkdir()
+    (rd.path / "metrics" / "cam.json").write_text("{}")
+    standing = steps_standing(cfg, rd)
+    assert [standing[s] for s in ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label")] == [None] * 4
+    assert standing["train_irn"] == "has not run" and metrics_standing(cfg, rd.path) == {}
+    other = load_config("demo", ["train_cam.epochs=3"])
+    assert metrics_standing(other, rd.path) == {
+        "cam": "eval_cam: finished with other settings (train_cam.epochs = 8 (now 3))"}
+    # make_cam made again with --overwrite and stopped: what was made from its CAMs does not stand
+    st = json.loads(rd.status_path("make_cam").read_text())
+    rd.status_path("make_cam").write_text(json.dumps({**st, "state": "failed", "finished": None}))
+    standing = steps_standing(cfg, rd)
+    assert standing["make_cam"].startswith("did not finish (failed, started ")
+    assert standing["eval_cam"].startswith("made from make_cam's outputs, which do not stand (make_cam: did not ")
+    assert standing["cam_to_ir_label"].startswith("made from make_cam's outputs")
+    assert metrics_standing(cfg, rd.path)["cam"].startswith("eval_cam: made from make_cam's outputs")
+    # make_cam finished again after eval_cam ran
+    rd.status_path("make_cam").write_text(json.dumps(st))
+    ev = json.loads(rd.status_path("eval_cam").read_text())
+    rd.status_path("eval_cam").write_text(json.dumps({**ev, "started": "2000-01-01T00:00:00+0000"}))
+    assert steps_standing(cfg, rd)["eval_cam"].startswith("make_cam was made again at ")
+    assert steps_standing(cfg, rd)["cam_to_ir_label"] is None

@@ -19,7 +19,7 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
     """Generate synthetic H&E data, run every step on it, print the per-stage quality table."""
     from histowsss.config import load_config
     from histowsss.data.synthetic import generate_synthetic_dataset
-    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.pipeline import metrics_standing, run_pipeline
     from histowsss.engine.run_dir import RunDir
 
     t0 = time.time()
@@ -30,16 +30,19 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
         run_pipeline(cfg, rd, overwrite=overwrite, log=log_line)
     from histowsss.evaluation.report import write_report
 
-    print(stage_table(rd.path))
+    print(stage_table(rd.path, metrics_standing(cfg, rd.path)))
     report = write_report(rd.path, None)
     log_line(f"demo finished in {time.time() - t0:.0f} s; run folder: {rd.path}")
     log_line(f"report: {report}")
 
 
-def stage_table(run_path: Path) -> str:
-    """Markdown table of the measured per-stage quality found in a run folder's metrics/."""
+def stage_table(run_path: Path, stale: dict[str, str] | None = None) -> str:
+    """Markdown table of the measured per-stage quality found in a run folder's metrics/. ``stale``: the metrics
+    files that do not follow from the settings of now and why (:func:`~histowsss.engine.pipeline.metrics_standing`):
+    their rows are marked, and why is said under the table."""
     from histowsss.evaluation.metrics import format_table
 
+    stale = stale or {}
     rows = []
     cam = run_path / "metrics" / "cam.json"
     if cam.exists():
@@ -60,6 +63,7 @@ def stage_table(run_path: Path) -> str:
             if not any(g in e for g in ("label_gating", "predicted_gating")) and e.get("classification"):
                 rows.append({"stage": "classifier (image labels)", "split": split, "classes from": "labels",
                              "AUC": e["classification"].get("auc"), "accuracy": e["classification"].get("accuracy")})
+    source = {id(r): "cam" for r in rows}  # the metrics file of each row
     sem = run_path / "metrics" / "sem_seg.json"
     if sem.exists():
         m = json.loads(sem.read_text())
@@ -71,6 +75,7 @@ def stage_table(run_path: Path) -> str:
                 row = {"stage": stage, "split": split, "classes from": "labels", "mIoU": s["miou"]}
                 row.update({f"IoU {c}": d["iou"] for c, d in s["per_class"].items()})
                 rows.append(row)
+                source[id(row)] = "sem_seg"
     for tag, stage in (("seg", "segmentation network"), ("seg_supervised", "supervised upper bound")):
         p = run_path / "metrics" / f"{tag}.json"
         if p.exists():
@@ -78,7 +83,13 @@ def stage_table(run_path: Path) -> str:
             row = {"stage": stage, "split": "test", "classes from": "network", "mIoU": a["miou"]}
             row.update({f"IoU {c}": d["iou"] for c, d in a["per_class"].items()})
             rows.append(row)
+            source[id(row)] = tag
     if not rows:
         return "(no metrics yet)"
+    shown = [tag for tag in dict.fromkeys(source.values()) if tag in stale]
+    for r in rows:
+        if source[id(r)] in stale:
+            r["stale"] = "yes (below)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    return format_table(rows, cols)
+    notes = [f"stale (metrics/{tag}.json does not follow from the settings of now): {stale[tag]}" for tag in shown]
+    return format_table(rows, cols) + "".join(f"\n{n}" for n in notes)

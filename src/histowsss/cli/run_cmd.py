@@ -59,8 +59,10 @@ def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bo
                                "over)", log):
             run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
     from histowsss.cli.demo_cmd import stage_table
+    from histowsss.engine.pipeline import metrics_standing
 
-    table = stage_table(rd.path)  # what the run has measured so far (its metrics/), as the demo ends
+    # what the run has measured so far (its metrics/), as the demo ends; numbers of other settings marked
+    table = stage_table(rd.path, metrics_standing(cfg, rd.path))
     if table != "(no metrics yet)":
         log("quality measured in this run folder (percent; `histowsss report " + str(rd.path) + "` for the whole "
             "report):\n" + table)

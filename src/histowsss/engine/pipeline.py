@@ -217,6 +217,16 @@ def adopt_legacy_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None]
     return adopted
 
 
+def step_plan(cfg: RunConfig, start: str | None = None, stop: str | None = None) -> list[tuple]:
+    """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), unchecked."""
+    plan = []
+    for name in select_steps(start, stop):
+        mod = step_module(name)
+        plan.append((name, mod, mod.config_hash(cfg), status_name(cfg, name, mod),
+                     getattr(mod, "disabled", lambda c: None)(cfg)))
+    return plan
+
+
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                overwrite: bool = False) -> list[tuple]:
     """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), checked before
@@ -232,11 +242,7 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     unused = background_only_settings(cfg)
     if unused:  # they would be recorded as applied and do nothing
         raise ConfigError("; ".join(unused))
-    plan = []
-    for name in select_steps(start, stop):
-        mod = step_module(name)
-        plan.append((name, mod, mod.config_hash(cfg), status_name(cfg, name, mod),
-                     getattr(mod, "disabled", lambda c: None)(cfg)))
+    plan = step_plan(cfg, start, stop)
     check_inputs(cfg, run, plan, overwrite)
     check_manifest(cfg, run, plan, overwrite)
     world = env_world()[1]
@@ -319,38 +325,103 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
     for name, mod, h, key, off in plan:
-        if off:
-            log(f"[off ] {name}: {off}")
+        verb, line = step_decision(cfg, run, (name, mod, h, key, off), overwrite, results if dry_run else None)
+        log(line)
+        if verb in ("off", "skip"):
             continue
-        st = run.status(key)
-        # a stopped step whose resume point was trained on the weights file as it was then: it starts over
-        restart = (not overwrite and st is not None and st.get("state") in ("running", "failed")
-                   and st.get("config_hash") == h and run.weights_changed(key, st))
-        if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
-            # finished outputs that no longer follow from the folder although the hash matches: an input step was
-            # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
-            why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or _weights_stale(run, key)
-                   or (_runs_before(cfg, mod, results) if dry_run else None)
-                   or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None))
-            if why is None:
-                log(f"[skip] {key}: finished with this configuration")
-                continue
-            log(f"[redo] {key}: {why}")
-        elif restart:
-            log(f"[run ] {key}: starts over (the weights file {WEIGHTS_FILE_STEPS[key]} changed since it stopped)")
-        else:
-            log(_why_run(run, key, h, overwrite, mod))
         if dry_run:
             results[name] = {}
             continue
         t0 = time.time()
-        redo = overwrite or restart or (st is not None and st.get("state") == "done")  # done with another config
+        st = run.status(key)
+        redo = overwrite or verb == "restart" or (st is not None and st.get("state") == "done")  # another config
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
         log(f"[done] {key} in {time.time() - t0:.1f} s")
     if dry_run:
         log(f"dry run: {len(results)} step(s) would run" + (f" ({', '.join(results)})" if results else "")
             + f"; nothing was written to {run.path}")
     return results
+
+
+def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = False,
+                  will_run: dict | None = None) -> tuple[str, str]:
+    """What ``run`` does with the plan ``entry`` (:func:`step_plan`) and the log line that says why: ``off`` (the
+    config leaves it out), ``skip`` (finished with these settings and inputs), ``redo`` (finished, made again),
+    ``restart`` (a stopped step starts over: its weights file changed) or ``run``. ``will_run``: in a dry run, the
+    steps said to run before it (a real run sees those from the new outputs' times)."""
+    name, mod, h, key, off = entry
+    if off:
+        return "off", f"[off ] {name}: {off}"
+    st = run.status(key)
+    if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
+        # finished outputs that no longer follow from the folder although the hash matches: an input step was
+        # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
+        why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or _weights_stale(run, key)
+               or (_runs_before(cfg, mod, will_run) if will_run is not None else None)
+               or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None))
+        if why is None:
+            return "skip", f"[skip] {key}: finished with this configuration"
+        return "redo", f"[redo] {key}: {why}"
+    # a stopped step whose resume point was trained on the weights file as it was then: it starts over
+    if (not overwrite and st is not None and st.get("state") in ("running", "failed")
+            and st.get("config_hash") == h and run.weights_changed(key, st)):
+        return "restart", (f"[run ] {key}: starts over (the weights file {WEIGHTS_FILE_STEPS[key]} changed since it "
+                           "stopped)")
+    return ("redo" if (st or {}).get("state") == "done" else "run"), _why_run(run, key, h, overwrite, mod)
+
+
+def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
+    """For each step's status record: None when its finished outputs follow from ``cfg`` and the folder, else why
+    not: not finished, other settings, an input made again after it (what a run would make again), or an input
+    that does not stand itself (a step whose input has no record says nothing of it). For the report and the run's
+    closing table, whose numbers may come from earlier settings (a run stopped after config.yaml was rewritten) or
+    from outputs a stopped ``--overwrite`` made again only in part."""
+    out: dict[str, str | None] = {}
+    root: dict[str, str] = {}  # the step whose own record does not stand, for those that read it
+    for name, mod, h, key, _ in step_plan(cfg):
+        st = run.status(key)
+        if st is None:
+            out[key] = "has not run"
+            continue
+        if st.get("state") != "done":
+            diff = run.settings_diff(st, step_hash=mod.config_hash) if st.get("config_hash") != h else ""
+            out[key] = f"did not finish ({st.get('state')}, started {st.get('started', '?')}" + (
+                f", with other settings: {diff})" if diff else ")")
+            root[key] = key
+            continue
+        verb, line = step_decision(cfg, run, (name, mod, h, key, None))
+        if verb != "skip":
+            out[key] = line[7:].removeprefix(key).removeprefix(": ").removesuffix("; made again")
+            root[key] = key
+            continue
+        bad = [need for need, _ in getattr(mod, "requires", lambda c: [])(cfg)
+               if run.status(need) is not None and out.get(need) is not None]
+        if bad:
+            first = root.get(bad[0], bad[0])
+            out[key] = f"made from {bad[0]}'s outputs, which do not stand ({first}: {out[first]})"
+            root[key] = first
+        else:
+            out[key] = None
+    return out
+
+
+# the metrics file each evaluation step writes (metrics/<tag>.json), by status record
+METRICS_STEPS = {"cam": "eval_cam", "sem_seg": "eval_sem_seg", "seg": "eval_seg",
+                 "seg_supervised": "eval_seg_supervised"}
+
+
+def metrics_standing(cfg: RunConfig | None, run_path: Path) -> dict[str, str]:
+    """For each metrics file (``cam``, ``sem_seg``, ``seg``, ``seg_supervised``) that does not follow from ``cfg``
+    (the run folder's config.yaml) and the folder: why not (:func:`steps_standing` of the step that wrote it).
+    Empty when all stand, or when that cannot be told (no config; a record or step module that fails)."""
+    if cfg is None:
+        return {}
+    try:
+        standing = steps_standing(cfg, RunDir(run_path, cfg))
+    except Exception:  # a report or closing table is still written; it just cannot say
+        return {}
+    return {tag: f"{step}: {why}" for tag, step in METRICS_STEPS.items()
+            if (why := standing.get(step)) is not None and (Path(run_path) / "metrics" / f"{tag}.json").is_file()}
 
 
 def _runs_before(cfg: RunConfig, mod, will_run: dict) -> str | None:

@@ -172,7 +172,8 @@ class RunDir:
         keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "name"]
         if step_hash is not None and len(keys) > 1:
             base = step_hash(self.cfg)  # (the hash of now, once)
-            read = [k for k in keys if _changes_hash(now, k, a.get(k), step_hash, base)]
+            # (a setting the old config lacks came with a later version: its default is what the step read then)
+            read = [k for k in keys if k in a and _changes_hash(now, k, a.get(k), step_hash, base)]
             keys = read or keys
         shown = [f"{k} = {a.get(k)!r} (now {b.get(k)!r})" for k in keys[:most]]
         return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")

@@ -124,21 +124,28 @@ def _labels_from_masks(samples: list, data) -> tuple[list, str]:
     return out, f'<p class="note">{esc(note)}</p>'
 
 
-def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
-    """The per-stage quality rows (mIoU, mDice, per-class IoU); stages without metrics are 'not run'."""
+def stage_rows(run_path: Path, class_names: list[str], stale: dict[str, str] | None = None) -> list[dict]:
+    """The per-stage quality rows (mIoU, mDice, per-class IoU); stages without metrics are 'not run'. ``stale``:
+    the metrics files that do not follow from the run's config.yaml and why
+    (:func:`~histowsss.engine.pipeline.metrics_standing`): their rows say 'stale' and why."""
+    stale = stale or {}
     cam = read_json(run_path / "metrics" / "cam.json")
     sem = read_json(run_path / "metrics" / "sem_seg.json")
     seg = read_json(run_path / "metrics" / "seg.json")
     sup = read_json(run_path / "metrics" / "seg_supervised.json")
     rows: list[dict] = []
+    current = "cam"  # the metrics file the rows added next come from
 
     def add(stage: str, split: str | None, summ: dict | None, note: str = "", ran: bool = False) -> None:
+        why = stale.get(current) if ran or summ else None
+        if why:
+            note = f"not from config.yaml's settings ({why})" + (f"; {note}" if note else "")
         if not summ:  # a step that ran on images without masks has nothing to score
-            rows.append({"stage": stage, "split": split or "-", "status": "done, no masks to score" if ran else
-                         "not run", "note": note})
+            rows.append({"stage": stage, "split": split or "-", "status": ("stale, " if why else "") + (
+                "done, no masks to score" if ran else "not run"), "note": note})
             return
-        r = {"stage": stage, "split": split, "status": "done", "mIoU": summ.get("miou"), "mDice": summ.get("mdice"),
-             "note": note}
+        r = {"stage": stage, "split": split, "status": "stale" if why else "done", "mIoU": summ.get("miou"),
+             "mDice": summ.get("mdice"), "note": note}
         for c in class_names:
             r[f"IoU {c}"] = (summ.get("per_class", {}).get(c) or {}).get("iou")
         rows.append(r)
@@ -162,6 +169,7 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
         (cs.get(train_split) or {}).get("label_gating"),
         "pseudo-label setting (training images" + ("; a pixel takes only classes of every labelled patch over it)"
                                                    if patch_gated else ")"), ran_cam)
+    current = "sem_seg"
     ss = (sem or {}).get("splits", {})
     sem_split = next(iter(ss), None)
     se = ss.get(sem_split) or {}
@@ -169,7 +177,8 @@ def stage_rows(run_path: Path, class_names: list[str]) -> list[dict]:
     add("IR labels (confident pixels only)", sem_split, ir.get("confident_only"),
         f"coverage {ir.get('coverage')}%" if ir.get("coverage") is not None else "", sem is not None)
     add("IRN pseudo-masks (random walk)", sem_split, se.get("irn_pseudo"), "training images", sem is not None)
-    for name, m in (("Segmentation network (weak labels)", seg), ("Supervised upper bound (ground truth)", sup)):
+    for current, name, m in (("seg", "Segmentation network (weak labels)", seg),
+                             ("seg_supervised", "Supervised upper bound (ground truth)", sup)):
         if not m:
             add(name, None, None)
             continue
@@ -229,11 +238,12 @@ def object_rows(run_path: Path) -> list[dict]:
     return rows
 
 
-def section_quality(run_path: Path, class_names: list[str]) -> str:
-    rows = stage_rows(run_path, class_names)
+def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str] | None = None) -> str:
+    rows = stage_rows(run_path, class_names, stale)
     cols = ["stage", "split", "status", "mIoU", "mDice"] + [f"IoU {c}" for c in class_names] + ["note"]
     html = (table(rows, cols, left=("stage", "split", "status", "note"),
-                  row_class=lambda r: "nr" if r["status"] == "not run" else "") +
+                  row_class=lambda r: "nr" if r["status"] == "not run" else "stale" if "stale" in r["status"]
+                  else "") +
             '<p class="note">Percent. Each number comes from one dataset-level confusion matrix over the split(s). '
             "Pseudo-label stages are measured on the training images they label (on the validation images where only "
             "those have masks: the split column says which); CAM, baseline and segmentation on the test "
@@ -435,6 +445,8 @@ def section_timings(run_path: Path) -> str:
 
 def build_report(run_path: Path | str) -> str:
     """The report's HTML text."""
+    from histowsss.engine.pipeline import metrics_standing
+
     run_path = Path(run_path)
     cfg, err = _load_cfg(run_path)
     cfg = with_reachable_manifest(cfg, run_path)  # the Dataset and Examples sections read the same manifest
@@ -448,7 +460,7 @@ def build_report(run_path: Path | str) -> str:
     body = {
         "Run": section_run(run_path, cfg, err),
         "Dataset": section_dataset(cfg),  # cfg's manifest already resolved above
-        "Per-stage quality": section_quality(run_path, names),
+        "Per-stage quality": section_quality(run_path, names, metrics_standing(cfg, run_path)),
         "Model selection": section_tuning(run_path),
         "Training curves": section_curves(run_path),
         "Examples": section_examples(run_path, cfg),
