@@ -82,6 +82,27 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
     with rd2.step("eval_cam", eval_cam.config_hash(cfg)):
         pass
     assert [p[0] for p in plan_steps(cfg, rd2, "train_seg", "train_seg")] == ["train_seg"]
+    # IRN's pseudo-masks are in the folder, of other settings: --from train_seg would quietly train on CAM labels
+    irn_other = load_config("demo", [f"train_seg.labels={labels}", "train_irn.epochs=1"])
+    with RunDir(other, irn_other).init().step("make_sem_seg_labels", make_sem_seg_labels.config_hash(irn_other)):
+        pass
+    with pytest.raises(StepError, match=r"train_seg would not read make_sem_seg_labels, which finished with other "
+                                        r"settings \(train_irn.epochs = 1 \(now 3\)\).*--from make_sem_seg_labels"):
+        plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")
+    cam = load_config("demo", ["train_seg.labels=cam"])  # said so: CAM labels
+    assert [p[0] for p in plan_steps(cam, RunDir(other, cam), "train_seg", "train_seg")] == ["train_seg"]
+    # best_on_train: eval_sem_seg's scores choose; of other settings, it would not choose
+    from histowsss.steps import eval_sem_seg
+
+    with RunDir(other, cfg).init().step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg), overwrite=True):
+        pass
+    with RunDir(other, irn_other).init().step("eval_sem_seg", eval_sem_seg.config_hash(irn_other)):
+        pass
+    if labels == "best_on_train":
+        with pytest.raises(StepError, match="train_seg would not read eval_sem_seg, which finished with other"):
+            plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")
+    else:
+        assert [p[0] for p in plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")] == ["train_seg"]
 
 
 def test_the_upper_bound_hash_leaves_out_the_weak_label_settings():

@@ -54,6 +54,14 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
                 first = min((need for need, _ in either), key=PIPELINE.index)
                 raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
                                 f"{first}: `histowsss run CONFIG --run {run.path} --from {first}` (or leave out --from)")
+            for need, need_h in getattr(mod, "prefers", lambda c: [])(cfg):  # a fallback taken silently otherwise
+                if (need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need)
+                        or not run.status(need)):
+                    continue
+                raise StepError(f"{key} would not read {need}, which {_why_not(run, need)} in {run.path}, and would "
+                                f"fall back to other labels (train_seg.labels={cfg.train_seg.labels}); start from "
+                                f"{need}: `histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from), "
+                                "or set train_seg.labels=cam to train on the CAM labels")
         scheduled.add(key)
 
 

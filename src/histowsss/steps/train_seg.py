@@ -160,6 +160,22 @@ def requires_any(cfg: RunConfig) -> list[tuple[str, str]]:
     return [("eval_cam", eval_cam.config_hash(cfg)), ("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
 
 
+def prefers(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The steps whose outputs decide the labels of pseudo_or_cam / best_on_train when they finished with this
+    config (IRN's pseudo-masks; for best_on_train also eval_sem_seg, whose scores choose): a run that starts after
+    them (``--from``) while the folder holds them with other settings or unfinished is refused before it starts,
+    instead of training on the CAM labels as if IRN had never run."""
+    from histowsss.steps import eval_sem_seg, make_sem_seg_labels
+
+    ts = cfg.train_seg
+    if ts.supervised or ts.labels not in ("pseudo_or_cam", "best_on_train"):
+        return []
+    out = [("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
+    if ts.labels == "best_on_train":
+        out.append(("eval_sem_seg", eval_sem_seg.config_hash(cfg)))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------- crops
 def epoch_plan(sizes: list[tuple[int, int]], crop: int, per_image: int, scale_range: tuple[float, float],
                seed: int, epoch: int, synthetic: float = 0.0) -> list[tuple[int, int, int, int, int]]:
