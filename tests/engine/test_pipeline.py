@@ -21,8 +21,12 @@ def test_from_a_step_whose_inputs_are_missing_is_refused_before_the_folder_chang
     r = CliRunner().invoke(app, ["run", "demo", "--run", str(run), "--from", "train_irn", "--to", "train_irn"])
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "train_irn needs the outputs of cam_to_ir_label, which has not finished" in out
-    assert "--from cam_to_ir_label" in out
+    assert f"`histowsss run demo --run {run} --from cam_to_ir_label`" in out  # a command that runs as given
     assert not run.exists() or not any(run.iterdir())  # no config.yaml, no status record
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(run), "--from", "train_irn", "--set", "train_cam.epochs=3",
+                                 "-s", "seed=1 "])  # the same settings, --set included
+    out = " ".join(r.output.split())
+    assert f"`histowsss run demo --set train_cam.epochs=3 --set 'seed=1 ' --run {run} --from cam_to_ir_label`" in out
 
 
 def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record(tmp_path, demo_data):

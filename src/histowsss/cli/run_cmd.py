@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -24,7 +26,7 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
 
     # under torchrun only rank 0 reports (the others run the same steps; their errors still print)
     log = log_line if is_main_process() else (lambda msg: None)
-    with clear_errors():
+    with clear_errors(), runnable_commands(config, set_):
         cfg = get_config(config, set_)
         path = Path(config)
         in_run_folder = path.is_file() and (path.parent / INVOCATION).is_file()
@@ -36,6 +38,22 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
                 _run(cfg, run_path, start, stop, overwrite, dry_run, log)
         else:
             _run(cfg, run_path, start, stop, overwrite, dry_run, log)
+
+
+@contextmanager
+def runnable_commands(config: str, set_: list[str] | None) -> Iterator[None]:
+    """The commands a StepError suggests (`histowsss run CONFIG ...`) given with this command's config and its
+    ``--set`` values, so that they run with the same settings when copied."""
+    from histowsss.engine.run_dir import StepError
+
+    try:
+        yield
+    except StepError as e:
+        text = str(e)
+        if "histowsss run CONFIG" not in text:
+            raise
+        given = " ".join([shlex.quote(config), *(f"--set {shlex.quote(v)}" for v in set_ or [])])
+        raise StepError(text.replace("histowsss run CONFIG", f"histowsss run {given}")) from None
 
 
 def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:
