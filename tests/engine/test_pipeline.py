@@ -446,3 +446,50 @@ def test_outputs_that_do_not_follow_from_the_settings_of_now_are_named_with_the_
     rd.status_path("eval_cam").write_text(json.dumps({**ev, "started": "2000-01-01T00:00:00+0000"}))
     assert steps_standing(cfg, rd)["eval_cam"].startswith("make_cam was made again at ")
     assert steps_standing(cfg, rd)["cam_to_ir_label"] is None
+
+
+def test_going_back_to_the_settings_of_before_keeps_a_step_a_stopped_run_did_not_rewrite(tmp_path, monkeypatch):
+    """A run with other settings (train_cam.epochs=2) stopped in train_cam after an epoch: its network of before is
+    still there, so going back keeps it (and every later step) instead of making them again; a run stopped after
+    rewriting it does not."""
+    from histowsss.data.synthetic import generate_synthetic_dataset
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import train_cam
+
+    manifest = generate_synthetic_dataset(tmp_path / "data", {"train": 4, "val": 0, "test": 2}, size=64)
+    fast = [f"data.manifest={manifest}", "train_cam.epochs=1", "train_cam.crop_size=48", "train_cam.crops_per_image=2",
+            "train_cam.cache_copies=1", "train_cam.head_channels=16", "make_cam.scales=[1.0]"]
+    a = load_config("demo", fast)
+    run = RunDir(tmp_path / "run", a).init()
+    run_pipeline(a, run, stop="eval_cam", log=lambda m: None)
+    net = (run.path / "checkpoints" / "cam.safetensors").read_bytes()
+    log_a = (run.path / "logs" / "train_cam.jsonl").read_text()
+    real = train_cam.save_resume_point
+
+    def stopped(*args, **kw):
+        real(*args, **kw)
+        raise KeyboardInterrupt  # Ctrl-C after the first epoch of two
+
+    monkeypatch.setattr(train_cam, "save_resume_point", stopped)
+    b = load_config("demo", [*fast, "train_cam.epochs=2"])
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(b, RunDir(run.path, b).init(), stop="eval_cam", log=lambda m: None)
+    assert json.loads(run.status_path("train_cam").read_text())["state"] == "failed"
+    assert (run.path / "logs" / "train_cam.jsonl").read_text() != log_a  # the stopped run's epoch
+    monkeypatch.setattr(train_cam, "save_resume_point", real)
+    logs: list[str] = []
+    run_pipeline(a, RunDir(run.path, a), stop="eval_cam", log=logs.append, dry_run=True)
+    assert logs[0].startswith("[keep] train_cam: finished with these settings before") and "dry run: 0 step" in logs[-1]
+    logs.clear()
+    run_pipeline(a, RunDir(run.path, a).init(), stop="eval_cam", log=logs.append)
+    assert logs[0].startswith("[keep] train_cam: finished with these settings at ") and len(logs) == 4, logs
+    assert all(m.startswith("[skip]") for m in logs[1:])
+    st = json.loads(run.status_path("train_cam").read_text())
+    assert st["state"] == "done" and st["config_hash"] == train_cam.config_hash(a) and "restored" in st
+    assert (run.path / "checkpoints" / "cam.safetensors").read_bytes() == net
+    assert (run.path / "logs" / "train_cam.jsonl").read_text() == log_a  # the report's curves are its own again
+    # B finished: its network replaced this one, so going back to A trains again
+    run_pipeline(b, RunDir(run.path, b).init(), stop="train_cam", log=lambda m: None)
+    logs.clear()
+    run_pipeline(a, RunDir(run.path, a), stop="train_cam", log=logs.append, dry_run=True)
+    assert logs[0].startswith("[redo] train_cam: finished with other settings (train_cam.epochs = 2 (now 1))")

@@ -50,3 +50,45 @@ def test_a_file_given_as_run_folder_is_named(tmp_path):
 
     r = CliRunner().invoke(app, ["run", "demo", "--run", str(f), "--to", "train_cam"])  # the lock comes first there
     assert r.exit_code == 2 and "is a file, not a run folder" in " ".join(r.output.split()) and f.read_text() == "x"
+
+
+def test_a_finished_record_is_kept_with_its_outputs_and_restorable_only_while_they_are_unchanged(tmp_path):
+    """What a step wrote (not resume points, not the folder's records) is listed in its record; the record is kept
+    when the step runs with other settings, and restorable while every listed file is as it was."""
+    import json
+    import os
+
+    import pytest
+
+    rd = RunDir(tmp_path / "run", load_config("demo")).init()
+    (rd.path / "old.txt").write_text("made before the step")
+    t = os.stat(rd.path / "old.txt").st_mtime_ns - 10**9
+    os.utime(rd.path / "old.txt", ns=(t, t))  # (a second before: a file clock ticks in milliseconds)  # (a clock tick before: coarse file clocks)
+    with rd.step("train_irn", "A"):
+        (rd.path / "checkpoints").mkdir()
+        (rd.path / "checkpoints" / "irn.safetensors").write_bytes(b"A")
+        (rd.path / "checkpoints" / "irn_last.safetensors").write_bytes(b"resume")
+        (rd.path / "checkpoints" / "irn_train_state.pt").write_bytes(b"resume")
+        (rd.path / "logs").mkdir()
+        (rd.path / "logs" / "train_irn.jsonl").write_text('{"epoch": 0}\n')
+    assert sorted(json.loads(rd.status_path("train_irn").read_text())["files"]) == [
+        "checkpoints/irn.safetensors", "logs/train_irn.jsonl"]
+    assert rd.restorable("train_irn", "A") is None  # its own record
+    with pytest.raises(KeyboardInterrupt):
+        with rd.step("train_irn", "B", overwrite=True):
+            (rd.path / "checkpoints" / "irn_last.safetensors").unlink()
+            (rd.path / "logs" / "train_irn.jsonl").write_text('{"epoch": 0, "other": 1}\n')
+            raise KeyboardInterrupt
+    assert rd.restorable("train_irn", "A")["config_hash"] == "A" and rd.restorable("train_irn", "B") is None
+    with pytest.raises(KeyboardInterrupt):  # the same settings as the stopped record: it goes on, nothing restored
+        with rd.step("train_irn", "B"):
+            raise KeyboardInterrupt
+    assert rd.restore("train_irn", "A")["state"] == "done" and rd.is_done("train_irn", "A")
+    assert (rd.path / "logs" / "train_irn.jsonl").read_text() == '{"epoch": 0}\n'
+    assert rd.restorable("train_irn", "A") is None and rd.restore("train_irn", "A") is None
+    with rd.step("train_irn", "B", overwrite=True):  # B finishes: A's network replaced
+        (rd.path / "checkpoints" / "irn.safetensors").write_bytes(b"B")
+    assert rd.restorable("train_irn", "A") is None and rd.restorable("train_irn", "B") is None
+    (rd.path / "checkpoints" / "irn.safetensors").write_bytes(b"A")  # same size, another time: not the same file
+    os.utime(rd.path / "checkpoints" / "irn.safetensors", ns=(1, 1))
+    assert rd.restorable("train_irn", "A") is None

@@ -36,27 +36,26 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     for _, mod, h, key, off in plan:
         if off:
             continue
-        if overwrite or not (run.is_done(key, h) or _legacy_done(cfg, run, key)):
+        if overwrite or not _finished(cfg, run, key, h):
             _check_weights_file(cfg, key)
             setting = WEIGHTS_FILE_STEPS.get(key)
             if setting is not None and setting not in checked:
                 _check_network(cfg, key, setting)
                 checked.add(setting)
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
-                if need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need):
+                if need in scheduled or _finished(cfg, run, need, need_h):
                     continue
                 raise StepError(f"{key} needs the outputs of {need}, which {_why_not(run, need)} in {run.path}; start "
                                 f"from it: `histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from)")
             either = getattr(mod, "requires_any", lambda c: [])(cfg)  # one of these is enough (a fallback label source)
-            if either and not any(need in scheduled or run.is_done(need, need_h) for need, need_h in either):
+            if either and not any(need in scheduled or _finished(cfg, run, need, need_h) for need, need_h in either):
                 names = " or ".join(need for need, _ in either)
                 whys = "; ".join(f"{need} {_why_not(run, need)}" for need, _ in either)
                 first = min((need for need, _ in either), key=PIPELINE.index)
                 raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
                                 f"{first}: `histowsss run CONFIG --run {run.path} --from {first}` (or leave out --from)")
             for need, need_h in getattr(mod, "prefers", lambda c: [])(cfg):  # a fallback taken silently otherwise
-                if (need in scheduled or run.is_done(need, need_h) or _legacy_done(cfg, run, need)
-                        or not run.status(need)):
+                if need in scheduled or _finished(cfg, run, need, need_h) or not run.status(need):
                     continue
                 raise StepError(f"{key} would not read {need}, which {_why_not(run, need)} in {run.path}, and would "
                                 f"fall back to other labels (train_seg.labels={cfg.train_seg.labels}); start from "
@@ -71,7 +70,7 @@ def check_manifest(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bo
     not opened; `histowsss data check` opens them), and the supervised upper bound over training images without a
     mask; a manifest that is not there (a project moved, a relative path read from another folder). Nothing is
     checked when no step has work to do."""
-    todo = [name for name, _, h, key, off in plan if not off and (overwrite or not run.is_done(key, h))]
+    todo = [name for name, _, h, key, off in plan if not off and (overwrite or not _finished(cfg, run, key, h))]
     if not todo:
         return
     manifest = Path(cfg.data.manifest).expanduser()
@@ -140,6 +139,12 @@ def _check_network(cfg: RunConfig, key: str, setting: str) -> None:
 
 
 _NETWORKS_CHECKED: set[tuple] = set()  # the network settings (and weights file) _check_network passed
+
+
+def _finished(cfg: RunConfig, run: RunDir, key: str, h: str) -> bool:
+    """Whether step ``key`` finished with hash ``h``: its record, one of an earlier hash rule (:func:`_legacy_done`),
+    or a kept record whose outputs are unchanged (:meth:`RunDir.restorable`, restored when the run starts)."""
+    return run.is_done(key, h) or _legacy_done(cfg, run, key) or run.restorable(key, h) is not None
 
 
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:
@@ -235,6 +240,26 @@ def step_plan(cfg: RunConfig, start: str | None = None, stop: str | None = None)
     return plan
 
 
+def restore_kept_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None] = print) -> list[str]:
+    """Make finished records kept from these settings the steps' records again where their outputs are unchanged
+    (:meth:`RunDir.restorable`: a run with other settings was stopped in the step before rewriting them), so going
+    back to the settings of before does not make that step and every later one again. Returns the steps restored."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0" or not (run.path / "status" / "kept").is_dir():
+        return []
+    restored = []
+    for name in PIPELINE:
+        mod = step_module(name)
+        key, h = status_name(cfg, name, mod), mod.config_hash(cfg)
+        kept = run.restore(key, h)
+        if kept is not None:
+            log(f"[keep] {key}: finished with these settings at {kept.get('finished', '?')}, and its outputs are "
+                "unchanged since (a run with other settings stopped before rewriting them): not made again")
+            restored.append(key)
+    return restored
+
+
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                overwrite: bool = False) -> list[tuple]:
     """The steps ``start``..``stop`` as (name, module, hash, status key, reason it is off or None), checked before
@@ -256,7 +281,7 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     world = env_world()[1]
     if world > 1:
         todo = [key for name, _, h, key, off in plan
-                if not off and name not in DISTRIBUTED_STEPS and (overwrite or not run.is_done(key, h)
+                if not off and name not in DISTRIBUTED_STEPS and (overwrite or not _finished(cfg, run, key, h)
                                                                   or _clicks_stale(cfg, run, name, key)
                                                                   or _weights_stale(run, key))]
         if todo:
@@ -315,7 +340,8 @@ def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log
     from histowsss.data.points import CLICK_STEPS, clicks_report, uses_points
 
     steps = {CLICK_STEPS[w] for w in CLICK_STEPS if uses_points(cfg, w)}
-    if any(name in steps and not off and (overwrite or not run.is_done(key, h) or _clicks_stale(cfg, run, name, key))
+    if any(name in steps and not off and (overwrite or not _finished(cfg, run, key, h)
+                                          or _clicks_stale(cfg, run, name, key))
            for name, _, h, key, off in plan):
         for line in clicks_report(cfg):
             log(line)
@@ -329,6 +355,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     nothing (the steps that would run map to {})."""
     if not dry_run:
         adopt_legacy_records(cfg, run, log)
+        restore_kept_records(cfg, run, log)
     plan = plan_steps(cfg, run, start, stop, overwrite)
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
@@ -361,6 +388,8 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
     if off:
         return "off", f"[off ] {name}: {off}"
     st = run.status(key)
+    if not overwrite and run.restorable(key, h) is not None:  # (a dry run: a real run restored it when it started)
+        return "skip", f"[keep] {key}: finished with these settings before, its outputs unchanged: not made again"
     if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
         # finished outputs that no longer follow from the folder although the hash matches: an input step was
         # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
@@ -391,7 +420,7 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
         if st is None:
             out[key] = "has not run"
             continue
-        if st.get("state") != "done":
+        if st.get("state") != "done" and run.restorable(key, h) is None:
             diff = run.settings_diff(st, step_hash=mod.config_hash) if st.get("config_hash") != h else ""
             out[key] = f"did not finish ({st.get('state')}, started {st.get('started', '?')}" + (
                 f", with other settings: {diff})" if diff else ")")
