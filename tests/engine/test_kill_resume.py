@@ -55,14 +55,15 @@ def test_sigkill_during_make_cam_then_resume(tmp_path):
     stop_after(n_first + 3, signal.SIGKILL)  # SIGKILL leaves no record of its time
     n_before = len(list((b / "cams").glob("*.npz")))
     st = json.loads((b / "status" / "make_cam.json").read_text())
-    assert st["state"] == "running" and st["sessions"] == 2
+    assert st["state"] == "running" and st["sessions"] == 2 and st["first_started"] <= st["started"]
+    first = st["first_started"]
     assert 0 < n_first < n_before < 24, "the kills must land in the middle of make_cam"
     subprocess.run(_cmd(manifest, b, "--from", "make_cam", "--to", "make_cam"), check=True, env=env,
                    capture_output=True)
     st = json.loads((b / "status" / "make_cam.json").read_text())
     assert st["state"] == "done" and st["reused"] >= n_before - 1
     # the step's time over its sessions: the SIGTERM session's and this one's; the SIGKILLed one's is unknown
-    assert st["sessions"] == 3 and st["wall_s_incomplete"] and st["wall_s"] == pytest.approx(
+    assert st["sessions"] == 3 and st["first_started"] == first and st["wall_s_incomplete"] and st["wall_s"] == pytest.approx(
         first_s + st["session_wall_s"], abs=0.02)
     names_a = sorted(p.name for p in (a / "cams").glob("*.npz"))
     names_b = sorted(p.name for p in (b / "cams").glob("*.npz"))

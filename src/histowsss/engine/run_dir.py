@@ -226,9 +226,9 @@ class RunDir:
         since_ns = since_ns or self.file_clock_ns()
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now(),
                   "since_ns": since_ns}
-        if sessions > 1:
-            record.update(sessions=sessions, wall_s=round(earlier_s, 2), **({"wall_s_incomplete": True}
-                                                                           if incomplete else {}))
+        if sessions > 1:  # (``started``: this session's start; ``first_started``: the first session's)
+            record.update(sessions=sessions, wall_s=round(earlier_s, 2), first_started=st.get("first_started")
+                          or st.get("started"), **({"wall_s_incomplete": True} if incomplete else {}))
         if self.config_file:
             record["run_config"] = self.config_file
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None

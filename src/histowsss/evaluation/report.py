@@ -433,7 +433,8 @@ def section_timings(run_path: Path) -> str:
         shown = wall
         if wall is not None and int(r.get("sessions", 1)) > 1:  # taken up again after a failed or killed session
             shown = (f"≥ {wall}" if r.get("wall_s_incomplete") else f"{wall}") + f" ({r['sessions']} sessions)"
-        rows.append({"step": s, "state": r.get("state"), "wall time (s)": shown, "started": r.get("started"),
+        rows.append({"step": s, "state": r.get("state"), "wall time (s)": shown,
+                     "started": r.get("first_started") or r.get("started"),  # (its first session's start)
                      "finished": r.get("finished"), "config hash": r.get("config_hash")})
     rows.append({"step": "total (weak pipeline)",
                  "wall time (s)": f"≥ {round(total, 2)}" if lower_bound else round(total, 2)})
