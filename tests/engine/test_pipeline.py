@@ -493,3 +493,40 @@ def test_going_back_to_the_settings_of_before_keeps_a_step_a_stopped_run_did_not
     logs.clear()
     run_pipeline(a, RunDir(run.path, a), stop="train_cam", log=logs.append, dry_run=True)
     assert logs[0].startswith("[redo] train_cam: finished with other settings (train_cam.epochs = 2 (now 1))")
+
+
+def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, demo_data):
+    """A run with other CAM settings finished train_cam and stopped as make_cam began (no CAM rewritten): going
+    back, make_cam's kept record has unchanged outputs, but train_cam runs first, so make_cam is made again too."""
+    from histowsss.engine.pipeline import restore_kept_records, run_pipeline, steps_standing
+    from histowsss.steps import make_cam, train_cam
+
+    a, b = load_config("demo"), load_config("demo", ["train_cam.epochs=3"])
+    rd = RunDir(tmp_path / "run", a).init()
+    for step, mod, file in (("train_cam", train_cam, "cam.safetensors"), ("make_cam", make_cam, "x.npz")):
+        with rd.step(step, mod.config_hash(a)):
+            rd.sub("out").joinpath(file).write_bytes(b"A")
+    rb = RunDir(rd.path, b).init()
+    with rb.step("train_cam", train_cam.config_hash(b), overwrite=True):
+        (rd.path / "out" / "cam.safetensors").write_bytes(b"B")
+    with pytest.raises(KeyboardInterrupt):
+        with rb.step("make_cam", make_cam.config_hash(b), overwrite=True):
+            raise KeyboardInterrupt
+    ra = RunDir(rd.path, a)
+    assert rd.restorable("make_cam", make_cam.config_hash(a))
+    assert not rd.restorable("train_cam", train_cam.config_hash(a))  # its network replaced
+    logs: list[str] = []
+    run_pipeline(a, ra, stop="make_cam", log=logs.append, dry_run=True)
+    assert logs[0].startswith("[redo] train_cam: finished with other settings")
+    assert logs[1] == "[redo] make_cam: train_cam runs before it, so it would be made again", logs
+    standing = steps_standing(a, ra)  # A's CAMs, made from A's network, which is not there any more
+    assert standing["train_cam"].startswith("finished with other settings (train_cam.epochs = 3 (now 8))")
+    assert standing["make_cam"].startswith("made from train_cam's outputs, which do not stand (train_cam: ")
+    assert restore_kept_records(a, ra, log=lambda m: None) == ["make_cam"]  # a real run: restored, then ...
+    st = json.loads(rd.status_path("make_cam").read_text())
+    rd.status_path("make_cam").write_text(json.dumps({**st, "started": "2000-01-01T00:00:00+0000"}))
+    with ra.step("train_cam", train_cam.config_hash(a), overwrite=True):  # ... train_cam A made again first
+        pass
+    logs.clear()
+    run_pipeline(a, ra, stop="make_cam", log=logs.append, dry_run=True)
+    assert logs[1].startswith("[redo] make_cam: train_cam was made again at "), logs

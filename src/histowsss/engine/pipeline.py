@@ -161,12 +161,14 @@ def _why_not(run: RunDir, need: str) -> str:
     return "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st)) else "")
 
 
-def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
-    """Why the finished step ``key`` is stale: one of the steps it reads (``requires(cfg)``) finished after it
-    started, so its outputs were made from files since replaced. None when it stands."""
+def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str, record: dict | None = None) -> str | None:
+    """Why the finished step ``key`` (its record, or ``record``: a kept one) is stale: one of the steps it reads
+    (``requires(cfg)``) finished after it started, so its outputs were made from files since replaced. None when it
+    stands."""
+    record = record or run.status(key) or {}
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
-        if (finished := run.made_again_after(need, key)) is not None:
-            return f"{need} was made again at {finished}, after these outputs were made ({run.status(key)['started']})"
+        if (finished := run.made_again_after(need, record)) is not None:
+            return f"{need} was made again at {finished}, after these outputs were made ({record['started']})"
     return None
 
 
@@ -388,8 +390,13 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
     if off:
         return "off", f"[off ] {name}: {off}"
     st = run.status(key)
-    if not overwrite and run.restorable(key, h) is not None:  # (a dry run: a real run restored it when it started)
-        return "skip", f"[keep] {key}: finished with these settings before, its outputs unchanged: not made again"
+    kept = None if overwrite else run.restorable(key, h)
+    if kept is not None:  # (in a dry run: a real run restores it when it starts, then decides as for any record)
+        why = (inputs_newer(cfg, run, mod, key, kept) or (_runs_before(cfg, mod, will_run) if will_run is not None
+                                                          else None))
+        if why is None:
+            return "skip", f"[keep] {key}: finished with these settings before, its outputs unchanged: not made again"
+        return "redo", f"[redo] {key}: {why}"
     if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
         # finished outputs that no longer follow from the folder although the hash matches: an input step was
         # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)

@@ -136,10 +136,11 @@ class RunDir:
                             + (f"; {step} ran with {diff}: give those settings again (the --set values of that run) "
                                f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
 
-    def made_again_after(self, step: str, key: str) -> str | None:
-        """The time ``step`` finished when that is after the record ``key`` started (the outputs of ``key`` were made
-        from files since replaced); None otherwise, or when either time is unknown."""
-        began = status_time((self.status(key) or {}).get("started"))
+    def made_again_after(self, step: str, key: str | dict) -> str | None:
+        """The time ``step`` finished when that is after the record ``key`` (a step's, or a record itself) started
+        (the outputs of ``key`` were made from files since replaced); None otherwise, or when either time is
+        unknown."""
+        began = status_time((key if isinstance(key, dict) else self.status(key) or {}).get("started"))
         finished = (self.status(step) or {}).get("finished")
         t = status_time(finished)
         return finished if began is not None and t is not None and t > began else None
