@@ -171,6 +171,11 @@ def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_ya
     quality = (run / "report.html").read_text().split("<h2>Per-stage quality</h2>", 1)[1].split("</table>", 1)[0]
     row = next(r for r in quality.split("<tr") if "Segmentation network (weak labels)" in r)
     assert 'class="stale"' in row and ">stale<" in row and "train_seg.epochs = 2 (now 7)" in row
+    text = (run / "report.html").read_text()  # the objects table and the examples say so too
+    for section in ("Objects (GlaS challenge metrics)</h3>",
+                    "<h2>Examples</h2><h3>Segmentation network (weak labels)</h3>"):
+        assert text.split(section, 1)[1].startswith('<p class="note stale">Stale, not from config.yaml\'s settings: '
+                                                    "metrics/seg.json (eval_seg: finished with other ")
 
 
 def test_report_of_an_empty_run_folder(tmp_path: Path):

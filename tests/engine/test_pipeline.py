@@ -47,7 +47,7 @@ def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record
     assert len(plan_steps(other, RunDir(rd.path, other), None, "train_irn")) == 5  # from the start: all scheduled
 
 
-def test_a_step_made_again_makes_the_steps_reading_it_stale(tmp_path, monkeypatch):
+def test_a_step_made_again_makes_the_steps_reading_it_stale(tmp_path, monkeypatch, demo_data):
     """make_cam redone (--overwrite, same settings) after eval_cam scored its CAMs: eval_cam is redone too."""
     from histowsss.engine.pipeline import inputs_newer, run_pipeline
     from histowsss.steps import eval_cam, make_cam
@@ -90,8 +90,9 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
     irn_other = load_config("demo", [f"train_seg.labels={labels}", "train_irn.epochs=1"])
     with RunDir(other, irn_other).init().step("make_sem_seg_labels", make_sem_seg_labels.config_hash(irn_other)):
         pass
-    with pytest.raises(StepError, match=r"train_seg would not read make_sem_seg_labels, which finished with other "
-                                        r"settings \(train_irn.epochs = 1 \(now 3\)\).*--from make_sem_seg_labels"):
+    with pytest.raises(StepError, match=r"train_seg \(train_seg.labels=\w+\) would not read make_sem_seg_labels, "
+                                        r"which finished with other settings \(train_irn.epochs = 1 \(now 3\)\) .*"
+                                        r"would train on the CAM labels instead .*--from make_sem_seg_labels"):
         plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")
     cam = load_config("demo", ["train_seg.labels=cam"])  # said so: CAM labels
     assert [p[0] for p in plan_steps(cam, RunDir(other, cam), "train_seg", "train_seg")] == ["train_seg"]
@@ -103,7 +104,8 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
     with RunDir(other, irn_other).init().step("eval_sem_seg", eval_sem_seg.config_hash(irn_other)):
         pass
     if labels == "best_on_train":
-        with pytest.raises(StepError, match="train_seg would not read eval_sem_seg, which finished with other"):
+        with pytest.raises(StepError, match=r"would not read eval_sem_seg, which finished with other .* would not "
+                                            r"compare IRN's pseudo-masks with the CAM labels"):
             plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")
     else:
         assert [p[0] for p in plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")] == ["train_seg"]
@@ -402,6 +404,16 @@ def test_a_manifest_that_is_not_there_stops_the_run_before_any_step(tmp_path, mo
     assert not (tmp_path / "run").exists()
     r = CliRunner().invoke(app, ["run", "demo", "--run", "run", "--to", "train_cam"])
     assert r.exit_code == 2 and "`histowsss demo` writes the demo's data" in " ".join(r.output.split())
+    (tmp_path / "proj").mkdir()  # a run folder started elsewhere: that folder is named
+    monkeypatch.chdir(tmp_path / "proj")
+    RunDir(tmp_path / "proj" / "run", load_config("demo", ["data.manifest=data/m.csv"])).init()
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["run", "proj/run/config.yaml"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"({tmp_path / 'proj'}: this run folder's last `histowsss run` started there)" in out
+    monkeypatch.chdir(tmp_path / "proj")  # started there: not said
+    r = CliRunner().invoke(app, ["run", "run/config.yaml"])
+    assert r.exit_code == 2 and "started there" not in r.output and "data/m.csv: the manifest" in r.output
     from histowsss.steps import train_cam
 
     cfg = load_config("demo")
@@ -479,10 +491,12 @@ def test_going_back_to_the_settings_of_before_keeps_a_step_a_stopped_run_did_not
     monkeypatch.setattr(train_cam, "save_resume_point", real)
     logs: list[str] = []
     run_pipeline(a, RunDir(run.path, a), stop="eval_cam", log=logs.append, dry_run=True)
-    assert logs[0].startswith("[keep] train_cam: finished with these settings before") and "dry run: 0 step" in logs[-1]
+    assert logs[0].startswith("[keep] train_cam: finished with these settings at ")
+    assert logs[0].endswith("its record would be restored") and "dry run: 0 step" in logs[-1], logs
+    assert json.loads(run.status_path("train_cam").read_text())["state"] == "failed"  # (a dry run writes nothing)
     logs.clear()
     run_pipeline(a, RunDir(run.path, a).init(), stop="eval_cam", log=logs.append)
-    assert logs[0].startswith("[keep] train_cam: finished with these settings at ") and len(logs) == 4, logs
+    assert logs[0].endswith("its record is restored") and len(logs) == 4, logs
     assert all(m.startswith("[skip]") for m in logs[1:])
     st = json.loads(run.status_path("train_cam").read_text())
     assert st["state"] == "done" and st["config_hash"] == train_cam.config_hash(a) and "restored" in st
@@ -504,8 +518,9 @@ def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, dem
     a, b = load_config("demo"), load_config("demo", ["train_cam.epochs=3"])
     rd = RunDir(tmp_path / "run", a).init()
     for step, mod, file in (("train_cam", train_cam, "cam.safetensors"), ("make_cam", make_cam, "x.npz")):
-        with rd.step(step, mod.config_hash(a)):
+        with rd.step(step, mod.config_hash(a)) as info:
             rd.sub("out").joinpath(file).write_bytes(b"A")
+            info["outputs"] = [f"out/{file}"]
     rb = RunDir(rd.path, b).init()
     with rb.step("train_cam", train_cam.config_hash(b), overwrite=True):
         (rd.path / "out" / "cam.safetensors").write_bytes(b"B")
@@ -517,8 +532,8 @@ def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, dem
     assert not rd.restorable("train_cam", train_cam.config_hash(a))  # its network replaced
     logs: list[str] = []
     run_pipeline(a, ra, stop="make_cam", log=logs.append, dry_run=True)
-    assert logs[0].startswith("[redo] train_cam: finished with other settings")
-    assert logs[1] == "[redo] make_cam: train_cam runs before it, so it would be made again", logs
+    assert logs[0].startswith("[keep] make_cam: ") and logs[1].startswith("[redo] train_cam: finished with other")
+    assert logs[2] == "[redo] make_cam: train_cam runs before it, so it would be made again", logs
     standing = steps_standing(a, ra)  # A's CAMs, made from A's network, which is not there any more
     assert standing["train_cam"].startswith("finished with other settings (train_cam.epochs = 3 (now 8))")
     assert standing["make_cam"].startswith("made from train_cam's outputs, which do not stand (train_cam: ")

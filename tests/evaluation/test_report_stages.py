@@ -36,3 +36,31 @@ def test_a_run_without_masks_shows_the_classifier_numbers(tmp_path: Path):
     assert "Image classification" in html and "97.50" in html and "87.50" in html
     table = stage_table(tmp_path)
     assert "| classifier (image labels) | test | labels |" in table and "97.50" in table
+
+
+def test_a_relative_manifest_read_from_elsewhere_is_not_taken_for_other_settings(tmp_path: Path, demo_data: Path,
+                                                                                 monkeypatch):
+    """The report resolves a relative manifest that does not resolve from the current folder (started inside the run
+    folder, say): the numbers still follow from config.yaml, whose manifest path is as written."""
+    from histowsss.config import load_config
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.evaluation.report import build_report
+    from histowsss.steps import eval_cam, make_cam, train_cam
+
+    cfg = load_config("demo")  # data.manifest: runs/demo/data/manifest.csv, relative
+    rd = RunDir(tmp_path / "runs" / "x", cfg).init()
+    for step, mod in (("train_cam", train_cam), ("make_cam", make_cam), ("eval_cam", eval_cam)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass
+    scored = {"miou": 50.0, "mdice": 60.0, "per_class": {"benign": {"iou": 50.0}, "malignant": {"iou": 50.0}}}
+    (rd.path / "metrics").mkdir()
+    (rd.path / "metrics" / "cam.json").write_text(json.dumps({"mode": "threshold", "splits": {
+        "test": {"predicted_gating": scored, "classification": {"auc": 90.0, "accuracy": 80.0, "images": 2}}}}))
+    monkeypatch.chdir(rd.path)
+    html = build_report(rd.path)
+    assert ">done<" in html and 'class="stale"' not in html and "Stale, not from" not in html
+    monkeypatch.chdir(tmp_path)
+    other = load_config("demo", ["train_cam.epochs=3"])
+    RunDir(rd.path, other).init()  # config.yaml rewritten with other settings: now stale
+    html = build_report(rd.path)
+    assert 'class="stale"' in html and "settings: metrics/cam.json (eval_cam: finished with other settings" in html

@@ -58,12 +58,12 @@ def runnable_commands(config: str, set_: list[str] | None) -> Iterator[None]:
 
 def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:
     """Plan, then run (or with ``dry_run`` only describe) the steps of ``cfg`` in ``run_path``."""
-    from histowsss.engine.pipeline import plan_steps, run_pipeline
+    from histowsss.engine.pipeline import plan_steps, run_pipeline, with_kept
     from histowsss.engine.run_dir import RunDir, require_folder, run_lock
 
     require_folder(run_path)  # (a file given as --run: said before what the plan finds)
     rd = RunDir(run_path, cfg)
-    plan_steps(cfg, rd, start, stop, overwrite)  # a refused command leaves the folder's config.yaml as it was
+    plan_steps(cfg, with_kept(cfg, rd), start, stop, overwrite)  # a refused command leaves config.yaml as it was
     if dry_run:
         log(f"run folder: {rd.path}" + ("" if rd.path.exists() else " (not made yet)"))
         run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log, dry_run=True)

@@ -27,16 +27,20 @@ def status_name(cfg: RunConfig, name: str, module) -> str:
 DISTRIBUTED_STEPS = ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised")
 
 
-def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool) -> None:
-    """StepError, before anything is written, when a step of ``plan`` that has work to do reads a step (its
-    ``requires(cfg)``) that neither finished with this configuration nor comes earlier in the plan (``--from`` past
-    a step whose outputs are missing or of other settings)."""
+def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool) -> list[str]:
+    """StepError, before anything is written, when a step of ``plan`` that has work to do (:func:`step_decision`:
+    not finished with these settings, or made again as its inputs are) reads a step (its ``requires(cfg)``) that
+    neither finished with this configuration nor comes earlier in the plan (``--from`` past a step whose outputs
+    are missing or of other settings). Returns the status keys of the steps with work to do."""
     scheduled: set[str] = set()
+    will_run: dict[str, dict] = {}
     checked: set[str] = set()  # the networks built on the meta device: once per plan
-    for _, mod, h, key, off in plan:
+    for entry in plan:
+        name, mod, h, key, off = entry
         if off:
             continue
-        if overwrite or not _finished(cfg, run, key, h):
+        if step_decision(cfg, run, entry, overwrite, will_run)[0] != "skip":
+            will_run[name] = {}
             _check_weights_file(cfg, key)
             setting = WEIGHTS_FILE_STEPS.get(key)
             if setting is not None and setting not in checked:
@@ -57,29 +61,37 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
             for need, need_h in getattr(mod, "prefers", lambda c: [])(cfg):  # a fallback taken silently otherwise
                 if need in scheduled or _finished(cfg, run, need, need_h) or not run.status(need):
                     continue
-                raise StepError(f"{key} would not read {need}, which {_why_not(run, need)} in {run.path}, and would "
-                                f"fall back to other labels (train_seg.labels={cfg.train_seg.labels}); start from "
-                                f"{need}: `histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from), "
-                                "or set train_seg.labels=cam to train on the CAM labels")
+                instead = ("would train on the CAM labels instead of IRN's pseudo-masks"
+                           if need == "make_sem_seg_labels" else "would not compare IRN's pseudo-masks with the CAM labels (it would take the "
+                           "pseudo-masks, as pseudo_or_cam)")
+                raise StepError(f"{key} (train_seg.labels={cfg.train_seg.labels}) would not read {need}, which "
+                                f"{_why_not(run, need)} in {run.path}, and {instead}; start from {need}: "
+                                f"`histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from), or say "
+                                "which labels with train_seg.labels=pseudo or cam")
         scheduled.add(key)
+    return [key for name, _, _, key, _ in plan if name in will_run]
 
 
-def check_manifest(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool) -> None:
+def check_manifest(cfg: RunConfig, run: RunDir, todo: list[str]) -> None:
     """ManifestError / StepError, before any step runs, for what the steps would otherwise find an hour in: a
-    manifest row problem (a duplicate image, an empty label: :func:`~histowsss.data.manifest.scan_manifest`, files
-    not opened; `histowsss data check` opens them), and the supervised upper bound over training images without a
-    mask; a manifest that is not there (a project moved, a relative path read from another folder). Nothing is
-    checked when no step has work to do."""
-    todo = [name for name, _, h, key, off in plan if not off and (overwrite or not _finished(cfg, run, key, h))]
+    manifest that is not there (a project moved, a relative path read from another folder), a manifest row problem
+    (a duplicate image, an empty label: :func:`~histowsss.data.manifest.scan_manifest`, files not opened;
+    `histowsss data check` opens them), and the supervised upper bound over training images without a mask.
+    Nothing is checked when no step has work to do (``todo``, :func:`check_inputs`)."""
     if not todo:
         return
-    manifest = Path(cfg.data.manifest).expanduser()
+    manifest = Path(cfg.data.manifest)
     if not manifest.is_file():
+        from histowsss.engine.run_paths import recorded_working_folder
+
         where = "" if manifest.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        base = recorded_working_folder(run.path) if not manifest.is_absolute() else None
+        started = (f" ({base}: this run folder's last `histowsss run` started there)"
+                   if base and base.resolve() != Path.cwd().resolve() else "")
         raise StepError(f"{cfg.data.manifest}: the manifest (data.manifest) is not a file{where}; {todo[0]} and the "
-                        "steps after it read it. Give its path with `--set data.manifest=PATH`, or start the command "
-                        "from the folder the path is relative to"
-                        + (" (`histowsss demo` writes the demo's data and runs it)" if cfg.name == "demo" else ""))
+                        f"steps after it read it. Start the command from the folder the path is relative to{started}, "
+                        "or give its path with --set data.manifest=PATH (other settings: every step is made again)"
+                        + (". `histowsss demo` writes the demo's data and runs it" if cfg.name == "demo" else ""))
     from histowsss.data.manifest import ManifestError, scan_manifest
 
     samples, problems = scan_manifest(cfg.data)
@@ -142,9 +154,9 @@ _NETWORKS_CHECKED: set[tuple] = set()  # the network settings (and weights file)
 
 
 def _finished(cfg: RunConfig, run: RunDir, key: str, h: str) -> bool:
-    """Whether step ``key`` finished with hash ``h``: its record, one of an earlier hash rule (:func:`_legacy_done`),
-    or a kept record whose outputs are unchanged (:meth:`RunDir.restorable`, restored when the run starts)."""
-    return run.is_done(key, h) or _legacy_done(cfg, run, key) or run.restorable(key, h) is not None
+    """Whether step ``key`` finished with hash ``h``: its record, or one of an earlier hash rule
+    (:func:`_legacy_done`). (Kept records to restore: ``run`` is then :func:`with_kept`'s view.)"""
+    return run.is_done(key, h) or _legacy_done(cfg, run, key)
 
 
 def _legacy_done(cfg: RunConfig, run: RunDir, key: str) -> bool:
@@ -161,14 +173,12 @@ def _why_not(run: RunDir, need: str) -> str:
     return "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st)) else "")
 
 
-def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str, record: dict | None = None) -> str | None:
-    """Why the finished step ``key`` (its record, or ``record``: a kept one) is stale: one of the steps it reads
-    (``requires(cfg)``) finished after it started, so its outputs were made from files since replaced. None when it
-    stands."""
-    record = record or run.status(key) or {}
+def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
+    """Why the finished step ``key`` is stale: one of the steps it reads (``requires(cfg)``) finished after it
+    started, so its outputs were made from files since replaced. None when it stands."""
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
-        if (finished := run.made_again_after(need, record)) is not None:
-            return f"{need} was made again at {finished}, after these outputs were made ({record['started']})"
+        if (finished := run.made_again_after(need, key)) is not None:
+            return f"{need} was made again at {finished}, after these outputs were made ({run.status(key)['started']})"
     return None
 
 
@@ -242,23 +252,43 @@ def step_plan(cfg: RunConfig, start: str | None = None, stop: str | None = None)
     return plan
 
 
-def restore_kept_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None] = print) -> list[str]:
-    """Make finished records kept from these settings the steps' records again where their outputs are unchanged
-    (:meth:`RunDir.restorable`: a run with other settings was stopped in the step before rewriting them), so going
-    back to the settings of before does not make that step and every later one again. Returns the steps restored."""
-    import os
-
-    if os.environ.get("RANK", "0") != "0" or not (run.path / "status" / "kept").is_dir():
-        return []
-    restored = []
+def kept_to_restore(cfg: RunConfig, run: RunDir) -> dict[str, dict]:
+    """Status key -> kept finished record of these settings whose outputs are unchanged (:meth:`RunDir.restorable`:
+    a run with other settings was stopped in the step before rewriting them)."""
+    if not (run.path / "status" / "kept").is_dir():
+        return {}
+    out = {}
     for name in PIPELINE:
         mod = step_module(name)
         key, h = status_name(cfg, name, mod), mod.config_hash(cfg)
-        kept = run.restore(key, h)
-        if kept is not None:
-            log(f"[keep] {key}: finished with these settings at {kept.get('finished', '?')}, and its outputs are "
-                "unchanged since (a run with other settings stopped before rewriting them): not made again")
-            restored.append(key)
+        if (kept := run.restorable(key, h)) is not None:
+            out[key] = kept
+    return out
+
+
+def with_kept(cfg: RunConfig, run: RunDir) -> RunDir:
+    """``run`` as it is once the kept records of these settings are restored (:func:`restore_kept_records`): what
+    a dry run, the checks before a run and torchrun's other processes decide on, as the run itself does."""
+    kept = kept_to_restore(cfg, run)
+    return run.restored_view(kept) if kept else run
+
+
+def restore_kept_records(cfg: RunConfig, run: RunDir, log: Callable[[str], None] = print,
+                         dry_run: bool = False) -> list[str]:
+    """Make the kept finished records of these settings whose outputs are unchanged (:func:`kept_to_restore`) the
+    steps' records again, so going back to the settings of before does not make that step and every later one
+    again (each is then decided as any finished record: made again if an input is). Under torchrun only the first
+    process writes; ``dry_run`` writes nothing. Returns the steps restored."""
+    import os
+
+    restored = []
+    for key, kept in kept_to_restore(cfg, run).items():
+        if not dry_run and os.environ.get("RANK", "0") == "0":
+            run.restore(key, kept["config_hash"])
+        log(f"[keep] {key}: finished with these settings at {kept.get('finished', '?')}, its outputs unchanged since "
+            "(a run with other settings stopped before rewriting them): its record "
+            + ("would be restored" if dry_run else "is restored"))
+        restored.append(key)
     return restored
 
 
@@ -278,14 +308,11 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     if unused:  # they would be recorded as applied and do nothing
         raise ConfigError("; ".join(unused))
     plan = step_plan(cfg, start, stop)
-    check_inputs(cfg, run, plan, overwrite)
-    check_manifest(cfg, run, plan, overwrite)
+    todo = check_inputs(cfg, run, plan, overwrite)
+    check_manifest(cfg, run, todo)
     world = env_world()[1]
     if world > 1:
-        todo = [key for name, _, h, key, off in plan
-                if not off and name not in DISTRIBUTED_STEPS and (overwrite or not _finished(cfg, run, key, h)
-                                                                  or _clicks_stale(cfg, run, name, key)
-                                                                  or _weights_stale(run, key))]
+        todo = [key for name, _, _, key, _ in plan if key in todo and name not in DISTRIBUTED_STEPS]
         if todo:
             raise ConfigError(f"{', '.join(todo)} would run in each of the {world} torchrun processes; only the "
                               "segmentation steps share their work: run the earlier steps in one process first "
@@ -357,7 +384,8 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     nothing (the steps that would run map to {})."""
     if not dry_run:
         adopt_legacy_records(cfg, run, log)
-        restore_kept_records(cfg, run, log)
+    restore_kept_records(cfg, run, log, dry_run)
+    run = with_kept(cfg, run)  # (a dry run, torchrun's other processes: the folder as the first one makes it)
     plan = plan_steps(cfg, run, start, stop, overwrite)
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
@@ -373,6 +401,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         st = run.status(key)
         redo = overwrite or verb == "restart" or (st is not None and st.get("state") == "done")  # another config
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
+        run.forget_restored(key)
         log(f"[done] {key} in {time.time() - t0:.1f} s")
     if dry_run:
         log(f"dry run: {len(results)} step(s) would run" + (f" ({', '.join(results)})" if results else "")
@@ -390,13 +419,6 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
     if off:
         return "off", f"[off ] {name}: {off}"
     st = run.status(key)
-    kept = None if overwrite else run.restorable(key, h)
-    if kept is not None:  # (in a dry run: a real run restores it when it starts, then decides as for any record)
-        why = (inputs_newer(cfg, run, mod, key, kept) or (_runs_before(cfg, mod, will_run) if will_run is not None
-                                                          else None))
-        if why is None:
-            return "skip", f"[keep] {key}: finished with these settings before, its outputs unchanged: not made again"
-        return "redo", f"[redo] {key}: {why}"
     if (run.is_done(key, h) or legacy_match(cfg, run, key, mod) is not None) and not overwrite:
         # finished outputs that no longer follow from the folder although the hash matches: an input step was
         # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
@@ -422,12 +444,13 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
     from outputs a stopped ``--overwrite`` made again only in part."""
     out: dict[str, str | None] = {}
     root: dict[str, str] = {}  # the step whose own record does not stand, for those that read it
+    run = with_kept(cfg, run)
     for name, mod, h, key, _ in step_plan(cfg):
         st = run.status(key)
         if st is None:
             out[key] = "has not run"
             continue
-        if st.get("state") != "done" and run.restorable(key, h) is None:
+        if st.get("state") != "done":
             diff = run.settings_diff(st, step_hash=mod.config_hash) if st.get("config_hash") != h else ""
             out[key] = f"did not finish ({st.get('state')}, started {st.get('started', '?')}" + (
                 f", with other settings: {diff})" if diff else ")")

@@ -6,14 +6,13 @@ import hashlib
 import json
 import os
 import platform
-import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from histowsss.config import RunConfig, dump_config
-from histowsss.engine.atomic import remove_partial_files, write_bytes, write_json, write_text
+from histowsss.engine.atomic import remove_partial_files, write_json, write_text
 from histowsss.engine.run_paths import record_invocation
 
 
@@ -76,6 +75,7 @@ class RunDir:
         self.path = Path(path)
         self.cfg = cfg
         self.config_file: str | None = None  # set by init(): the config_history file of this invocation
+        self._overlay: dict[str, dict] = {}  # records read instead of the folder's (restored_view)
 
     def init(self) -> "RunDir":
         """Create the folder and write the resolved config of this invocation as ``config.yaml``.
@@ -109,6 +109,8 @@ class RunDir:
 
     def status(self, step: str) -> dict[str, Any] | None:
         """The step's status record, or None if it never started; an unreadable record is a StepError."""
+        if step in self._overlay:
+            return self._overlay[step]
         p = self.status_path(step)
         if not p.exists():
             return None
@@ -136,11 +138,10 @@ class RunDir:
                             + (f"; {step} ran with {diff}: give those settings again (the --set values of that run) "
                                f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
 
-    def made_again_after(self, step: str, key: str | dict) -> str | None:
-        """The time ``step`` finished when that is after the record ``key`` (a step's, or a record itself) started
-        (the outputs of ``key`` were made from files since replaced); None otherwise, or when either time is
-        unknown."""
-        began = status_time((key if isinstance(key, dict) else self.status(key) or {}).get("started"))
+    def made_again_after(self, step: str, key: str) -> str | None:
+        """The time ``step`` finished when that is after the record ``key`` started (the outputs of ``key`` were made
+        from files since replaced); None otherwise, or when either time is unknown."""
+        began = status_time((self.status(key) or {}).get("started"))
         finished = (self.status(step) or {}).get("finished")
         t = status_time(finished)
         return finished if began is not None and t is not None and t > began else None
@@ -221,7 +222,11 @@ class RunDir:
             if removed:
                 info["partial_files_removed"] = removed
         if st and st.get("state") == "done" and os.environ.get("RANK", "0") == "0":
-            self.keep_record(step, st)  # finished with other settings (or --overwrite): kept, see restorable()
+            from histowsss.engine import kept_records
+
+            if st.get("config_hash") != config_hash:  # finished with other settings: kept (engine/kept_records.py)
+                kept_records.keep(self, step, st)
+            kept_records.discard(self, step, config_hash)  # (these settings made again: a kept record of them is old)
         # the first session's start: the files changed since are this step's outputs (``files``, see restorable)
         since_ns = int(st.get("since_ns") or 0) if sessions > 1 else 0
         since_ns = since_ns or self.file_clock_ns()
@@ -253,7 +258,10 @@ class RunDir:
             write_json(self.status_path(step), record)
             raise
         record.update(state="done", finished=_now(), **times(), **info)
-        record["files"] = self.files_since(since_ns)
+        from histowsss.engine.kept_records import write_listing
+
+        outputs = info.get("outputs") if isinstance(info.get("outputs"), list) else []
+        record["outputs_listed"] = write_listing(self, step, config_hash, since_ns, outputs)
         write_json(self.status_path(step), record)
 
     # -------------------------------------------------------------------- records kept across other settings
@@ -265,107 +273,30 @@ class RunDir:
         clock.write_bytes(b"")
         return os.stat(clock).st_mtime_ns
 
-    def files_since(self, since_ns: int) -> dict[str, list[int]]:
-        """The run folder's files changed since ``since_ns`` (:meth:`file_clock_ns` when a step started: its
-        outputs), as relative path -> [size, mtime_ns]; the folder's own records (status, configs, the report),
-        temporary files and resume points left out. (A file written in the same clock tick before it, of the step
-        before, may be listed too.)"""
-        out: dict[str, list[int]] = {}
-        cut = since_ns
-        for root, dirs, files in os.walk(self.path):
-            rel_root = os.path.relpath(root, self.path)
-            if rel_root == ".":
-                dirs[:] = [d for d in dirs if d not in _NOT_OUTPUTS]
-                files = [f for f in files if f not in _NOT_OUTPUTS]
-            for f in files:
-                if f.startswith(".") or is_resume_file(f):  # temporary files, the lock; resume points
-                    continue
-                try:
-                    st = os.stat(os.path.join(root, f))
-                except OSError:
-                    continue
-                if st.st_mtime_ns >= cut:
-                    out[os.path.normpath(os.path.join(rel_root, f))] = [st.st_size, st.st_mtime_ns]
-        return out
-
-    def kept_path(self, step: str, config_hash: str) -> Path:
-        return self.path / "status" / "kept" / f"{step}.{config_hash}.json"
-
-    def keep_record(self, step: str, record: dict) -> None:
-        """Keep the finished record of ``step`` before the step runs again with other settings (or --overwrite),
-        with a copy of its logs (rewritten from a training step's first epoch on; small)."""
-        h, files = record.get("config_hash"), record.get("files")
-        if not h or not isinstance(files, dict):
-            return
-        logs = self.kept_path(step, h).with_suffix("")
-        for rel in files:
-            if _is_log(rel) and (self.path / rel).is_file():
-                write_bytes(logs / rel, (self.path / rel).read_bytes())
-        write_json(self.kept_path(step, h), record)
-
     def restorable(self, step: str, config_hash: str) -> dict | None:
-        """The kept finished record of ``step`` with ``config_hash`` when its outputs are still there unchanged
-        (every file it listed has the size and modification time it had; logs are kept beside the record): a run
-        with other settings stopped in this step before it rewrote them (training steps write their network at
-        the end), so going back to these settings need not make it again. None when the current record has these
-        settings (finished, or stopped after --overwrite: it goes on), or there is none, or an output changed."""
-        st = self.status(step)
-        if st and st.get("config_hash") == config_hash:
-            return None
-        p = self.kept_path(step, config_hash)
-        try:
-            kept = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return None
-        files = kept.get("files")
-        if kept.get("state") != "done" or kept.get("config_hash") != config_hash or not isinstance(files, dict):
-            return None
-        for rel, (size, mtime_ns) in files.items():
-            try:
-                if _is_log(rel):
-                    if (p.with_suffix("") / rel).stat().st_size != size:
-                        return None
-                    continue
-                now = os.stat(self.path / rel)
-            except OSError:
-                return None
-            if now.st_size != size or now.st_mtime_ns != mtime_ns:
-                return None
-        return kept
+        """The kept finished record of ``step`` with ``config_hash`` whose outputs are there unchanged
+        (:func:`histowsss.engine.kept_records.restorable`), or None."""
+        from histowsss.engine import kept_records
+
+        return kept_records.restorable(self, step, config_hash)
 
     def restore(self, step: str, config_hash: str) -> dict | None:
-        """Make the kept record of ``step`` (:meth:`restorable`) its record again, with its logs; the record it
-        replaces is kept when finished (a stopped one is dropped: that step starts over when its settings come
-        back). Returns the record, or None when there is none to restore."""
-        kept = self.restorable(step, config_hash)
-        if kept is None:
-            return None
-        st = self.status(step)
-        if st and st.get("state") == "done":
-            self.keep_record(step, st)
-        logs = self.kept_path(step, config_hash).with_suffix("")
-        for rel in kept["files"]:
-            if _is_log(rel):
-                write_bytes(self.path / rel, (logs / rel).read_bytes())
-                now = os.stat(self.path / rel)
-                kept["files"][rel] = [now.st_size, now.st_mtime_ns]
-        kept["restored"] = _now()
-        write_json(self.status_path(step), kept)
-        return kept
+        """Make that kept record the step's record again (:func:`histowsss.engine.kept_records.restore`)."""
+        from histowsss.engine import kept_records
 
+        return kept_records.restore(self, step, config_hash)
 
-# the run folder's own records, not outputs of a step (see RunDir.files_since)
-_NOT_OUTPUTS = {"status", "config_history", "config.yaml", "versions.json", "invocation.json", "report.html"}
+    def restored_view(self, records: dict[str, dict]) -> "RunDir":
+        """This folder as it will be once ``records`` (status key -> kept record) are restored: for a dry run, the
+        checks before a run, and the processes of torchrun other than the first (which restores them)."""
+        view = RunDir(self.path, self.cfg)
+        view.config_file = self.config_file
+        view._overlay = dict(records)
+        return view
 
-
-def is_resume_file(name: str) -> bool:
-    """Whether a file name is a training step's resume point (engine/checkpoints.py: ``<tag>_last.safetensors``,
-    its ``.prev`` copy, ``<tag>_train_state.pt``): deleted when the step starts over, read by no later step."""
-    return name.endswith("_train_state.pt") or re.fullmatch(r".+_last(\.prev)?\.safetensors", name) is not None
-
-
-def _is_log(rel: str) -> bool:
-    return Path(rel).parts[0] == "logs"
+    def forget_restored(self, step: str) -> None:
+        """Read ``step``'s record from the folder again (it ran: its record there is the newer)."""
+        self._overlay.pop(step, None)
 
 
 def versions() -> dict[str, str]:

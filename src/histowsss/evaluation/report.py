@@ -238,6 +238,13 @@ def object_rows(run_path: Path) -> list[dict]:
     return rows
 
 
+def _stale_note(stale: dict[str, str], tags: list[str]) -> str:
+    """A warning above a table whose numbers come (partly) from metrics files that do not follow from config.yaml."""
+    why = [f"metrics/{t}.json ({stale[t]})" for t in tags if t in stale]
+    return (f'<p class="note stale">Stale, not from config.yaml\'s settings: {esc("; ".join(why))}.</p>'
+            if why else "")
+
+
 def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str] | None = None) -> str:
     rows = stage_rows(run_path, class_names, stale)
     cols = ["stage", "split", "status", "mIoU", "mDice"] + [f"IoU {c}" for c in class_names] + ["note"]
@@ -248,9 +255,10 @@ def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str
             "Pseudo-label stages are measured on the training images they label (on the validation images where only "
             "those have masks: the split column says which); CAM, baseline and segmentation on the test "
             "split(s).</p>")
+    stale = stale or {}
     cls = classification_rows(run_path)
     if cls:
-        html += ("<h3>Image classification (the CAM classifier)</h3>"
+        html += ("<h3>Image classification (the CAM classifier)</h3>" + _stale_note(stale, ["cam"])
                  + table(cls, ["split", "images", "AUC", "accuracy"], left=("split",)) +
                  '<p class="note">Percent, from eval_cam: the classifier\'s image-level scores against the '
                  "manifest's image labels (no masks needed). Training and validation splits hold images the "
@@ -260,7 +268,8 @@ def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str
     if objs:
         cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)",
                 "images with infinite Hausdorff"]
-        html += ("<h3>Objects (GlaS challenge metrics)</h3>" + table(objs, cols, left=("stage", "split")) +
+        html += ("<h3>Objects (GlaS challenge metrics)</h3>" + _stale_note(stale, ["sem_seg", "seg", "seg_supervised"])
+                 + table(objs, cols, left=("stage", "split")) +
                  '<p class="note">Against the manifest\'s instance masks (<code>mask_cc</code>). A network\'s objects '
                  "are the connected components of its prediction. F1, precision and recall (percent) come from "
                  "matches summed over the images; object Dice (percent) and Hausdorff (pixels) are means over the "
@@ -355,7 +364,7 @@ def section_curves(run_path: Path) -> str:
     return "".join(blocks) or '<p class="note">training logs are empty</p>'
 
 
-def section_examples(run_path: Path, cfg, per_side: int = 3) -> str:
+def section_examples(run_path: Path, cfg, per_side: int = 3, stale: dict[str, str] | None = None) -> str:
     if cfg is None:
         return '<p class="note">not available (no readable config.yaml)</p>'
     from histowsss.data.loading import load_image
@@ -409,7 +418,8 @@ def section_examples(run_path: Path, cfg, per_side: int = 3) -> str:
                                  "".join(f'<img src="{c}" alt="{esc(r["name"])}">' for c in cells))
         head = ('<div class="h"></div><div class="h">image</div><div class="h">prediction</div>'
                 '<div class="h">ground truth</div>')
-        blocks.append(f'<h3>{title}</h3><p class="legend">{legend}<span><i class="sw" style="background:#fff"></i>'
+        blocks.append(f'<h3>{title}</h3>{_stale_note(stale or {}, [tag])}<p class="legend">{legend}'
+                      '<span><i class="sw" style="background:#fff"></i>'
                       f'ignore</span></p><div class="grid">{head}{"".join(rows_html)}</div>'
                       f'<p class="note">Ranked by per-image mIoU over {len(items)} test image(s).</p>')
     return "".join(blocks)
@@ -450,6 +460,7 @@ def build_report(run_path: Path | str) -> str:
 
     run_path = Path(run_path)
     cfg, err = _load_cfg(run_path)
+    stale = metrics_standing(cfg, run_path)  # (before the manifest path is resolved: it is one of the settings)
     cfg = with_reachable_manifest(cfg, run_path)  # the Dataset and Examples sections read the same manifest
     names = list(cfg.data.classes.names) if cfg is not None else []
     if not names:
@@ -461,10 +472,10 @@ def build_report(run_path: Path | str) -> str:
     body = {
         "Run": section_run(run_path, cfg, err),
         "Dataset": section_dataset(cfg),  # cfg's manifest already resolved above
-        "Per-stage quality": section_quality(run_path, names, metrics_standing(cfg, run_path)),
+        "Per-stage quality": section_quality(run_path, names, stale),
         "Model selection": section_tuning(run_path),
         "Training curves": section_curves(run_path),
-        "Examples": section_examples(run_path, cfg),
+        "Examples": section_examples(run_path, cfg, stale=stale),
         "Timings": section_timings(run_path),
     }
     anchor = lambda s: s.lower().replace(" ", "-")  # noqa: E731

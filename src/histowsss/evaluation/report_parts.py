@@ -22,7 +22,7 @@ h3{font-size:15px;margin:14px 0 6px}
 .sub{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0;background:#fff}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f0f0f0}
-td.l,th.l{text-align:left}tr.nr td{color:#999;font-style:italic}tr.stale td{color:#a15c00}
+td.l,th.l{text-align:left}tr.nr td{color:#999;font-style:italic}tr.stale td{color:#a15c00}p.stale{color:#a15c00}
 .charts{display:flex;flex-wrap:wrap;gap:16px}.chart{background:#fff;border:1px solid #ddd;padding:6px}
 .grid{display:grid;grid-template-columns:180px repeat(3,max-content);gap:6px 10px;align-items:center}
 .grid img{border:1px solid #ccc;image-rendering:pixelated;max-width:240px}

@@ -164,7 +164,7 @@ def prefers(cfg: RunConfig) -> list[tuple[str, str]]:
     """The steps whose outputs decide the labels of pseudo_or_cam / best_on_train when they finished with this
     config (IRN's pseudo-masks; for best_on_train also eval_sem_seg, whose scores choose): a run that starts after
     them (``--from``) while the folder holds them with other settings or unfinished is refused before it starts,
-    instead of training on the CAM labels as if IRN had never run."""
+    instead of choosing the labels as if they had never run."""
     from histowsss.steps import eval_sem_seg, make_sem_seg_labels
 
     ts = cfg.train_seg
