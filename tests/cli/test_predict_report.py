@@ -165,16 +165,19 @@ def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_ya
     assert stale == {"seg": "eval_seg: finished with other settings (train_seg.epochs = 2 (now 7))"}
     table = stage_table(run, stale)
     assert "yes (below)" in table.splitlines()[2] and table.splitlines()[-1] == (
-        "stale (metrics/seg.json does not follow from the settings of now): " + stale["seg"])
+        "stale (metrics/seg.json does not follow from the settings and files of now): " + stale["seg"])
     res = runner.invoke(app, ["report", str(run)])
     assert res.exit_code == 0, res.output
     quality = (run / "report.html").read_text().split("<h2>Per-stage quality</h2>", 1)[1].split("</table>", 1)[0]
     row = next(r for r in quality.split("<tr") if "Segmentation network (weak labels)" in r)
     assert 'class="stale"' in row and ">stale<" in row and "train_seg.epochs = 2 (now 7)" in row
     text = (run / "report.html").read_text()  # the objects table and the examples say so too
+    assert text.split("<h3>train_seg</h3>", 1)[1].startswith('<p class="note stale">Stale (train_seg: finished '
+                                                             "with other settings (train_seg.epochs = 2 (now 7))")
     for section in ("Objects (GlaS challenge metrics)</h3>",
                     "<h2>Examples</h2><h3>Segmentation network (weak labels)</h3>"):
-        assert text.split(section, 1)[1].startswith('<p class="note stale">Stale, not from config.yaml\'s settings: '
+        assert text.split(section, 1)[1].startswith('<p class="note stale">Stale (does not follow from config.yaml '
+                                                    "and the folder's files): "
                                                     "metrics/seg.json (eval_seg: finished with other ")
 
 

@@ -21,12 +21,13 @@ def test_from_a_step_whose_inputs_are_missing_is_refused_before_the_folder_chang
     r = CliRunner().invoke(app, ["run", "demo", "--run", str(run), "--from", "train_irn", "--to", "train_irn"])
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "train_irn needs the outputs of cam_to_ir_label, which has not finished" in out
-    assert f"`histowsss run demo --run {run} --from cam_to_ir_label`" in out  # a command that runs as given
+    assert "start from train_cam, which it needs in turn" in out  # the first step missing, and the --to given:
+    assert f"`histowsss run demo --run {run} --from train_cam --to train_irn`" in out  # a command that runs as given
     assert not run.exists() or not any(run.iterdir())  # no config.yaml, no status record
     r = CliRunner().invoke(app, ["run", "demo", "--run", str(run), "--from", "train_irn", "--set", "train_cam.epochs=3",
                                  "-s", "seed=1 "])  # the same settings, --set included
     out = " ".join(r.output.split())
-    assert f"`histowsss run demo --set train_cam.epochs=3 --set 'seed=1 ' --run {run} --from cam_to_ir_label`" in out
+    assert f"`histowsss run demo --set train_cam.epochs=3 --set 'seed=1 ' --run {run} --from train_cam`" in out
 
 
 def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record(tmp_path, demo_data):
@@ -75,7 +76,8 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
     cfg = load_config("demo", [f"train_seg.labels={labels}"])
     rd = RunDir(tmp_path / "run", cfg).init()
     with pytest.raises(StepError, match=r"train_seg needs the outputs of eval_cam or make_sem_seg_labels \(eval_cam "
-                                        r"has not finished; make_sem_seg_labels has not finished\).*--from eval_cam"):
+                                        r"has not finished; make_sem_seg_labels has not finished\).*start from "
+                                        r"train_cam: .*--from train_cam --to train_seg"):
         plan_steps(cfg, rd, "train_seg", "train_seg")
     assert len(plan_steps(cfg, rd, None, "train_seg")) == 9  # from the start: scheduled
     with rd.step("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg)):
@@ -92,7 +94,8 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
         pass
     with pytest.raises(StepError, match=r"train_seg \(train_seg.labels=\w+\) would not read make_sem_seg_labels, "
                                         r"which finished with other settings \(train_irn.epochs = 1 \(now 3\)\) .*"
-                                        r"would train on the CAM labels instead .*--from make_sem_seg_labels"):
+                                        r"would train on the CAM labels instead .*start from train_cam: "
+                                        r".*--from train_cam --to train_seg"):
         plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")
     cam = load_config("demo", ["train_seg.labels=cam"])  # said so: CAM labels
     assert [p[0] for p in plan_steps(cam, RunDir(other, cam), "train_seg", "train_seg")] == ["train_seg"]
@@ -385,8 +388,8 @@ def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label
     logs: list[str] = []
     run_pipeline(cfg, rd, "eval_cam", "train_seg", log=logs.append, dry_run=True)
     line = next(x for x in logs if "train_seg" in x)
-    assert line.startswith("[redo] train_seg: eval_cam and make_sem_seg_labels run(s) before it, and it would be "
-                           "made again if it read their labels")
+    assert line.startswith("[redo] train_seg: eval_cam and make_sem_seg_labels and eval_sem_seg run(s) before it, "
+                           "and it would be made again if the labels it reads or picks change")
 
 
 def test_a_manifest_that_is_not_there_stops_the_run_before_any_step(tmp_path, monkeypatch):
@@ -545,3 +548,68 @@ def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, dem
     logs.clear()
     run_pipeline(a, ra, stop="make_cam", log=logs.append, dry_run=True)
     assert logs[1].startswith("[redo] make_cam: train_cam was made again at "), logs
+
+
+def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path, demo_data):
+    """A label fixed in the manifest: every step is made again; a mask file changed: the steps that read masks
+    (eval_cam on) are; the same rows written another way (order, a column no step reads): nothing is."""
+    from histowsss.engine.pipeline import metrics_standing, run_pipeline
+    from histowsss.steps import make_cam, train_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for step, mod in (("train_cam", train_cam), ("make_cam", make_cam), ("eval_cam", eval_cam)):
+        with rd.step(step, mod.config_hash(cfg)):
+            pass
+    (rd.path / "metrics").mkdir()
+    (rd.path / "metrics" / "cam.json").write_text("{}")
+    text = demo_data.read_text()
+
+    def dry() -> list[str]:
+        logs: list[str] = []
+        run_pipeline(cfg, rd, stop="eval_cam", log=logs.append, dry_run=True)
+        return logs[:-1]
+
+    lines = text.splitlines()
+    demo_data.write_text("\n".join([lines[0] + ",note", *(r + ",x" for r in reversed(lines[1:]))]) + "\n")
+    assert all(m.startswith("[skip]") for m in dry())
+    demo_data.write_text(text.replace("train0.png,train,P0,benign", "train0.png,train,P0,malignant"))
+    assert dry()[0].startswith("[redo] train_cam: the manifest's rows changed since it ran (images, splits, ")
+    assert metrics_standing(cfg, rd.path)["cam"].startswith("eval_cam: made from make_cam's outputs, which do not "
+                                                            "stand (train_cam: the manifest's rows changed")
+    demo_data.write_text(text.replace("masks/test4.png", "masks/test5.png"))
+    assert dry() == ["[skip] train_cam: finished with this configuration",
+                     "[skip] make_cam: finished with this configuration",
+                     f"[redo] eval_cam: the manifest's masks changed since it ran ({cfg.data.manifest}); made again"]
+
+
+@pytest.mark.parametrize("labels", ["pseudo_or_cam", "best_on_train"])
+def test_a_network_is_stale_when_the_labels_it_read_or_the_scores_that_picked_them_do_not_stand(tmp_path, labels,
+                                                                                                demo_data):
+    """train_seg with a label source chosen at run time reads what its record says it read (IRN's pseudo-masks
+    here), and best_on_train the scores that chose them: their staleness is the network's."""
+    from histowsss.engine.pipeline import metrics_standing
+    from histowsss.steps import eval_sem_seg, eval_seg, train_seg
+
+    cfg = load_config("demo", [f"train_seg.labels={labels}"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for step, mod in (("make_sem_seg_labels", make_sem_seg_labels), ("eval_sem_seg", eval_sem_seg),
+                      ("train_seg", train_seg), ("eval_seg", eval_seg)):
+        with rd.step(step, mod.config_hash(cfg)) as info:
+            info["label_source"] = "pseudo"
+    (rd.path / "metrics").mkdir()
+    (rd.path / "metrics" / "seg.json").write_text("{}")
+    assert metrics_standing(cfg, rd.path) == {}
+    st = json.loads(rd.status_path("make_sem_seg_labels").read_text())
+    rd.status_path("make_sem_seg_labels").write_text(json.dumps({**st, "state": "failed"}))  # a stopped --overwrite
+    assert metrics_standing(cfg, rd.path)["seg"].startswith(
+        "eval_seg: made from train_seg's outputs, which do not stand (make_sem_seg_labels: did not finish (failed")
+    rd.status_path("make_sem_seg_labels").write_text(json.dumps(st))
+    other = load_config("demo", [f"train_seg.labels={labels}", "ins_seg.min_area=20"])  # eval_sem_seg's own setting
+    es = json.loads(rd.status_path("eval_sem_seg").read_text())
+    rd.status_path("eval_sem_seg").write_text(json.dumps({**es, "config_hash": eval_sem_seg.config_hash(other)}))
+    stale = metrics_standing(cfg, rd.path)
+    if labels == "best_on_train":  # the scores that picked the pseudo-masks are of other settings
+        assert stale["seg"].startswith("eval_seg: made from train_seg's outputs, which do not stand (eval_sem_seg: ")
+    else:
+        assert "seg" not in stale

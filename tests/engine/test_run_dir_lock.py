@@ -19,7 +19,7 @@ def _hold(folder: str, ready, release) -> None:
         release.wait(30)
 
 
-def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path):
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path, demo_data: Path):
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     p = ctx.Process(target=_hold, args=(str(tmp_path / "run"), ready, release))
@@ -29,6 +29,9 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path):
         with pytest.raises(StepError, match=r"pid \d+ \(histowsss run\) is working in this run folder"):
             with run_lock(tmp_path / "run", "histowsss tune"):
                 pass
+        r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "run"), "--to", "train_cam", "--dry-run"])
+        out = " ".join(r.output.split())  # a dry run may look, and says what it sees
+        assert r.exit_code == 0 and "(histowsss run) is working in this run folder; what follows is the folder" in out
     finally:
         release.set()
         p.join(30)

@@ -100,9 +100,12 @@ def test_run_folder_paths_makes_the_commands_paths_absolute_before_moving(projec
 
 
 def test_a_run_folders_config_runs_in_that_folder_without_run(project, monkeypatch, tmp_path):
-    """`histowsss run RUN/config.yaml` continues RUN (not a new ./runs/<name>), from inside it or from elsewhere."""
+    """`histowsss run RUN/config.yaml` continues RUN (not a new ./runs/<name>), from inside it or from elsewhere; so
+    does one of the configs it ran with (RUN/config_history/<sha>.yaml: going back to earlier settings)."""
     proj, run = project
-    for where, arg in ((run, "config.yaml"), (tmp_path, str(run / "config.yaml"))):
+    history = next((run / "config_history").glob("*.yaml"))
+    for where, arg in ((run, "config.yaml"), (tmp_path, str(run / "config.yaml")), (tmp_path, str(history)),
+                       (run, f"config_history/{history.name}")):
         monkeypatch.chdir(where)
         res = runner.invoke(app, ["run", arg, "--to", "eval_cam", "--dry-run"])
         out = " ".join(res.output.split())

@@ -63,4 +63,4 @@ def test_a_relative_manifest_read_from_elsewhere_is_not_taken_for_other_settings
     other = load_config("demo", ["train_cam.epochs=3"])
     RunDir(rd.path, other).init()  # config.yaml rewritten with other settings: now stale
     html = build_report(rd.path)
-    assert 'class="stale"' in html and "settings: metrics/cam.json (eval_cam: finished with other settings" in html
+    assert 'class="stale"' in html and "files): metrics/cam.json (eval_cam: finished with other settings" in html

@@ -230,6 +230,25 @@ def test_a_killed_overwrite_is_not_resumed_as_the_network_it_replaces(dataset: P
     assert (ck / "seg.safetensors").exists() and run.status("train_seg")["state"] == "done"
 
 
+def test_a_network_of_other_settings_stays_until_a_new_one_is_written_and_comes_back(dataset: Path, tmp_path: Path,
+                                                                                      kill_after_epoch):
+    """A run with other settings, stopped after its first epoch, leaves the finished network of before in place
+    (predict still has one); going back to those settings restores train_seg instead of training it again."""
+    from histowsss.engine.pipeline import restore_kept_records
+
+    cfg = make_cfg(dataset)
+    run = RunDir(tmp_path / "run", cfg).init()
+    fake_pseudo(cfg, run)
+    train_seg.run(cfg, run)
+    net = (run.path / "checkpoints" / "seg.safetensors").read_bytes()
+    other = make_cfg(dataset, "train_seg.epochs=3")
+    kill_after_epoch(1, train_seg.run, other, RunDir(run.path, other).init(), overwrite=True)
+    assert run.status("train_seg")["state"] == "failed"
+    assert (run.path / "checkpoints" / "seg.safetensors").read_bytes() == net
+    assert restore_kept_records(cfg, RunDir(run.path, cfg).init(), log=lambda m: None) == ["train_seg"]
+    assert run.is_done("train_seg", train_seg.config_hash(cfg))
+
+
 def test_seed_ensemble_trains_members_resumes_after_a_kill_and_averages(dataset: Path, tmp_path: Path, monkeypatch):
     cfg = make_cfg(dataset, "train_seg.members=2")
     run = RunDir(tmp_path / "run", cfg).init()

@@ -18,8 +18,9 @@ console = Console(stderr=True)
 
 
 def log_line(message: str) -> None:
-    """Print a progress line as it is (no rich markup: "[skip] step" must not be read as a style tag)."""
-    console.print(message, markup=False, highlight=False)
+    """Print a progress line as it is: no rich markup ("[skip] step" must not be read as a style tag), not wrapped
+    at the console's width (a log file's 80 columns would break tables and commands meant to be copied)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 # OSError: files that cannot be written or read (permissions, a full disk), named by the message; CrfUnavailable: the

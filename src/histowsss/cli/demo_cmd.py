@@ -91,5 +91,6 @@ def stage_table(run_path: Path, stale: dict[str, str] | None = None) -> str:
         if source[id(r)] in stale:
             r["stale"] = "yes (below)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    notes = [f"stale (metrics/{tag}.json does not follow from the settings of now): {stale[tag]}" for tag in shown]
+    notes = [f"stale (metrics/{tag}.json does not follow from the settings and files of now): {stale[tag]}"
+             for tag in shown]
     return format_table(rows, cols) + "".join(f"\n{n}" for n in notes)

@@ -29,12 +29,14 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
     with clear_errors(), runnable_commands(config, set_):
         cfg = get_config(config, set_)
         path = Path(config)
-        in_run_folder = path.is_file() and (path.parent / INVOCATION).is_file()
-        # a run folder's config.yaml runs in that folder (not in ./runs/<name>) unless --run says otherwise
-        run_path = path.parent if in_run_folder and run_dir is None else default_run_dir(cfg, run_dir)
+        # a run folder's config.yaml, or one of the configs it ran with (config_history/<sha>.yaml, to go back)
+        folder = path.parent.parent if path.parent.name == "config_history" else path.parent
+        in_run_folder = path.is_file() and (folder / INVOCATION).is_file()
+        # ... runs in that folder (not in ./runs/<name>) unless --run says otherwise
+        run_path = folder if in_run_folder and run_dir is None else default_run_dir(cfg, run_dir)
         if in_run_folder:
-            # a run folder's config.yaml: its relative paths are read from where that run was started
-            with run_folder_paths(path.parent, run_path, cfg=cfg, config_file=path, log=log) as (_, run_path):
+            # its relative paths are read from where that run was started
+            with run_folder_paths(folder, run_path, cfg=cfg, config_file=path, log=log) as (_, run_path):
                 _run(cfg, run_path, start, stop, overwrite, dry_run, log)
         else:
             _run(cfg, run_path, start, stop, overwrite, dry_run, log)
@@ -59,13 +61,18 @@ def runnable_commands(config: str, set_: list[str] | None) -> Iterator[None]:
 def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:
     """Plan, then run (or with ``dry_run`` only describe) the steps of ``cfg`` in ``run_path``."""
     from histowsss.engine.pipeline import plan_steps, run_pipeline, with_kept
-    from histowsss.engine.run_dir import RunDir, require_folder, run_lock
+    from histowsss.engine.run_dir import RunDir, StepError, require_folder, run_lock
 
     require_folder(run_path)  # (a file given as --run: said before what the plan finds)
     rd = RunDir(run_path, cfg)
     plan_steps(cfg, with_kept(cfg, rd), start, stop, overwrite)  # a refused command leaves config.yaml as it was
     if dry_run:
         log(f"run folder: {rd.path}" + ("" if rd.path.exists() else " (not made yet)"))
+        try:
+            with run_lock(rd.path, "histowsss run --dry-run", create=False):
+                pass
+        except StepError as e:  # (a dry run writes nothing: it may look, but should say what it sees)
+            log(f"note: {str(e).split(';')[0]}; what follows is the folder as it is now, in the middle of that")
         run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log, dry_run=True)
         return
     with run_lock(rd.path, "histowsss run"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -110,6 +111,31 @@ class RunConfig(Strict):
                 return None
         return _file_fingerprint(Path(w).expanduser())
 
+    def manifest_digests(self) -> dict[str, str] | None:
+        """Digests of what the manifest says, as the steps read it (any row order, spelling or extra column aside):
+        ``rows`` (each image's name, file, split, patient and labels) and ``masks`` (its mask and instance mask
+        files). Recorded in each step's status, so that a manifest edited in place (a label fixed, images added)
+        makes the steps that read it again (not in the hashes: a run made before this record keeps its steps).
+        None when the manifest cannot be read (the checks before a run say why)."""
+        from histowsss.data.manifest import patient_key, scan_manifest
+
+        path = Path(self.data.manifest)
+        try:
+            st = path.stat()
+            key = (str(path.resolve()), st.st_size, st.st_mtime_ns, self.data.model_dump_json())
+            if key not in _MANIFEST_DIGESTS:
+                samples, _ = scan_manifest(self.data)
+                here = path.resolve().parent  # (files named from the manifest's folder: a project moved stays)
+                rel = lambda p: os.path.relpath(p, here) if p else ""  # noqa: E731
+                rows = sorted(f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t{';'.join(s.labels)}"
+                              for s in samples)
+                masks = sorted(f"{s.name}\t{rel(s.mask)}\t{s.extra.get('mask_cc', '')}" for s in samples)
+                _MANIFEST_DIGESTS[key] = {k: hashlib.sha256("\n".join(v).encode()).hexdigest()[:16]
+                                          for k, v in (("rows", rows), ("masks", masks))}
+            return dict(_MANIFEST_DIGESTS[key])
+        except Exception:  # missing, unreadable: nothing to compare
+            return None
+
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
         cells by image, in any row order); None when no clicks are configured. Recorded in each step's status, so
@@ -193,3 +219,6 @@ def step_split_leaks(cfg: RunConfig) -> list[str]:
             out.append(f"{key} names test split(s) {', '.join(leak)}: {what}; leave {key} unset (train + val) or "
                        "name training/validation splits only")
     return out
+
+
+_MANIFEST_DIGESTS: dict[tuple, dict[str, str]] = {}  # (manifest file, size, time, data section) -> digests

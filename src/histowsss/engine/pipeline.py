@@ -27,7 +27,19 @@ def status_name(cfg: RunConfig, name: str, module) -> str:
 DISTRIBUTED_STEPS = ("train_seg", "eval_seg", "train_seg_supervised", "eval_seg_supervised")
 
 
-def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool) -> list[str]:
+def _start_from(cfg: RunConfig, run: RunDir, need: str) -> str:
+    """The step to start from so that ``need`` can run: ``need``, or the earliest step before it (through what each
+    reads, ``requires``) that has not finished with these settings, so that the suggested command runs at once."""
+    if need not in PIPELINE:
+        return need
+    for before, h in getattr(step_module(need), "requires", lambda c: [])(cfg):
+        if not _finished(cfg, run, before, h):
+            return min(need, _start_from(cfg, run, before), key=PIPELINE.index)
+    return need
+
+
+def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool, stop: str | None = None
+                 ) -> list[str]:
     """StepError, before anything is written, when a step of ``plan`` that has work to do (:func:`step_decision`:
     not finished with these settings, or made again as its inputs are) reads a step (its ``requires(cfg)``) that
     neither finished with this configuration nor comes earlier in the plan (``--from`` past a step whose outputs
@@ -35,6 +47,11 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     scheduled: set[str] = set()
     will_run: dict[str, dict] = {}
     checked: set[str] = set()  # the networks built on the meta device: once per plan
+    to = f" --to {stop}" if stop else ""
+
+    def command(need: str) -> str:
+        return f"`histowsss run CONFIG --run {run.path} --from {_start_from(cfg, run, need)}{to}` (or leave out --from)"
+
     for entry in plan:
         name, mod, h, key, off = entry
         if off:
@@ -49,15 +66,17 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
                 if need in scheduled or _finished(cfg, run, need, need_h):
                     continue
+                first = _start_from(cfg, run, need)
                 raise StepError(f"{key} needs the outputs of {need}, which {_why_not(run, need)} in {run.path}; start "
-                                f"from it: `histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from)")
+                                + ("from it" if first == need else f"from {first}, which it needs in turn") + ": "
+                                + command(need))
             either = getattr(mod, "requires_any", lambda c: [])(cfg)  # one of these is enough (a fallback label source)
             if either and not any(need in scheduled or _finished(cfg, run, need, need_h) for need, need_h in either):
                 names = " or ".join(need for need, _ in either)
                 whys = "; ".join(f"{need} {_why_not(run, need)}" for need, _ in either)
                 first = min((need for need, _ in either), key=PIPELINE.index)
                 raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
-                                f"{first}: `histowsss run CONFIG --run {run.path} --from {first}` (or leave out --from)")
+                                f"{_start_from(cfg, run, first)}: {command(first)}")
             for need, need_h in getattr(mod, "prefers", lambda c: [])(cfg):  # a fallback taken silently otherwise
                 if need in scheduled or _finished(cfg, run, need, need_h) or not run.status(need):
                     continue
@@ -65,9 +84,9 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
                            if need == "make_sem_seg_labels" else "would not compare IRN's pseudo-masks with the CAM labels (it would take the "
                            "pseudo-masks, as pseudo_or_cam)")
                 raise StepError(f"{key} (train_seg.labels={cfg.train_seg.labels}) would not read {need}, which "
-                                f"{_why_not(run, need)} in {run.path}, and {instead}; start from {need}: "
-                                f"`histowsss run CONFIG --run {run.path} --from {need}` (or leave out --from), or say "
-                                "which labels with train_seg.labels=pseudo or cam")
+                                f"{_why_not(run, need)} in {run.path}, and {instead}; start from "
+                                f"{_start_from(cfg, run, need)}: {command(need)}, or say which labels with "
+                                "train_seg.labels=pseudo or cam")
         scheduled.add(key)
     return [key for name, _, _, key, _ in plan if name in will_run]
 
@@ -86,8 +105,11 @@ def check_manifest(cfg: RunConfig, run: RunDir, todo: list[str]) -> None:
 
         where = "" if manifest.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
         base = recorded_working_folder(run.path) if not manifest.is_absolute() else None
-        started = (f" ({base}: this run folder's last `histowsss run` started there)"
-                   if base and base.resolve() != Path.cwd().resolve() else "")
+        started = ""
+        if base is not None and not base.is_dir():
+            started = f" ({base}, where this run folder's last `histowsss run` started, is gone: a project moved?)"
+        elif base is not None and base.resolve() != Path.cwd().resolve():
+            started = f" ({base}: this run folder's last `histowsss run` started there)"
         raise StepError(f"{cfg.data.manifest}: the manifest (data.manifest) is not a file{where}; {todo[0]} and the "
                         f"steps after it read it. Start the command from the folder the path is relative to{started}, "
                         "or give its path with --set data.manifest=PATH (other settings: every step is made again)"
@@ -170,7 +192,8 @@ def _why_not(run: RunDir, need: str) -> str:
     st = run.status(need)
     if not st or st.get("state") != "done":
         return "has not finished"
-    return "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st)) else "")
+    step_hash = step_module(need).config_hash if need in PIPELINE else None
+    return "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st, step_hash=step_hash)) else "")
 
 
 def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
@@ -308,7 +331,7 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     if unused:  # they would be recorded as applied and do nothing
         raise ConfigError("; ".join(unused))
     plan = step_plan(cfg, start, stop)
-    todo = check_inputs(cfg, run, plan, overwrite)
+    todo = check_inputs(cfg, run, plan, overwrite, stop)
     check_manifest(cfg, run, todo)
     world = env_world()[1]
     if world > 1:
@@ -352,6 +375,27 @@ def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | Non
     st = run.status(key) or {}
     if run.clicks_changed(st):
         return "the clicks changed since it ran (points.file or the manifest's points cells); made again"
+    return None
+
+
+def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | None:
+    """Why a finished step must be made again because the manifest was edited in place since it ran
+    (:meth:`RunConfig.manifest_digests` against its record): its rows (images, splits, patients, labels), or, for the
+    steps that read masks (eval_cam on, and train_cam with patch labels from masks), its masks. None otherwise, also
+    for records made before the manifest was recorded."""
+    then = (run.status(key) or {}).get("manifest")
+    if not isinstance(then, dict):
+        return None
+    now = cfg.manifest_digests()
+    if now is None:
+        return None
+    if then.get("rows") != now["rows"]:
+        return ("the manifest's rows changed since it ran (images, splits, patients or labels; "
+                f"{cfg.data.manifest}); made again")
+    patch_masks = cfg.data.patches is not None and cfg.data.patches.label_rule == "mask_fraction"
+    reads_masks = PIPELINE.index(name) >= PIPELINE.index("eval_cam") or (name == "train_cam" and patch_masks)
+    if reads_masks and then.get("masks") != now["masks"]:
+        return f"the manifest's masks changed since it ran ({cfg.data.manifest}); made again"
     return None
 
 
@@ -423,6 +467,7 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
         # finished outputs that no longer follow from the folder although the hash matches: an input step was
         # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
         why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or _weights_stale(run, key)
+               or _manifest_stale(cfg, run, name, key)
                or (_runs_before(cfg, mod, will_run) if will_run is not None else None)
                or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None))
         if why is None:
@@ -456,19 +501,23 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
                 f", with other settings: {diff})" if diff else ")")
             root[key] = key
             continue
-        verb, line = step_decision(cfg, run, (name, mod, h, key, None))
-        if verb != "skip":
-            out[key] = line[7:].removeprefix(key).removeprefix(": ").removesuffix("; made again")
+        if not (run.is_done(key, h) or _legacy_done(cfg, run, key)):  # other settings: said first
+            out[key] = _why_run(run, key, h, False, mod)[7:].removeprefix(key).removeprefix(": ").removesuffix(
+                "; made again")
             root[key] = key
             continue
-        bad = [need for need, _ in getattr(mod, "requires", lambda c: [])(cfg)
-               if run.status(need) is not None and out.get(need) is not None]
+        read = getattr(mod, "read_steps", lambda c, r: [n for n, _ in getattr(mod, "requires", lambda c: [])(c)])
+        bad = [need for need in read(cfg, st) if run.status(need) is not None and out.get(need) is not None]
         if bad:
             first = root.get(bad[0], bad[0])
             out[key] = f"made from {bad[0]}'s outputs, which do not stand ({first}: {out[first]})"
             root[key] = first
-        else:
-            out[key] = None
+            continue
+        verb, line = step_decision(cfg, run, (name, mod, h, key, None))
+        out[key] = None if verb == "skip" else line[7:].removeprefix(key).removeprefix(": ").removesuffix(
+            "; made again")
+        if out[key] is not None:
+            root[key] = key
     return out
 
 
@@ -477,16 +526,24 @@ METRICS_STEPS = {"cam": "eval_cam", "sem_seg": "eval_sem_seg", "seg": "eval_seg"
                  "seg_supervised": "eval_seg_supervised"}
 
 
-def metrics_standing(cfg: RunConfig | None, run_path: Path) -> dict[str, str]:
-    """For each metrics file (``cam``, ``sem_seg``, ``seg``, ``seg_supervised``) that does not follow from ``cfg``
-    (the run folder's config.yaml) and the folder: why not (:func:`steps_standing` of the step that wrote it).
-    Empty when all stand, or when that cannot be told (no config; a record or step module that fails)."""
+def steps_standing_or_none(cfg: RunConfig | None, run_path: Path) -> dict[str, str | None]:
+    """:func:`steps_standing`, or {} when it cannot be told (no config; a record or step module that fails): a report
+    or closing table is still written, it just cannot say."""
     if cfg is None:
         return {}
     try:
-        standing = steps_standing(cfg, RunDir(run_path, cfg))
-    except Exception:  # a report or closing table is still written; it just cannot say
+        return steps_standing(cfg, RunDir(run_path, cfg))
+    except Exception:
         return {}
+
+
+def metrics_standing(cfg: RunConfig | None, run_path: Path, standing: dict[str, str | None] | None = None
+                     ) -> dict[str, str]:
+    """For each metrics file (``cam``, ``sem_seg``, ``seg``, ``seg_supervised``) that does not follow from ``cfg``
+    (the run folder's config.yaml) and the folder: why not (:func:`steps_standing` of the step that wrote it, or
+    ``standing`` when given). Empty when all stand, or when that cannot be told."""
+    if standing is None:
+        standing = steps_standing_or_none(cfg, run_path)
     return {tag: f"{step}: {why}" for tag, step in METRICS_STEPS.items()
             if (why := standing.get(step)) is not None and (Path(run_path) / "metrics" / f"{tag}.json").is_file()}
 
@@ -497,8 +554,12 @@ def _runs_before(cfg: RunConfig, mod, will_run: dict) -> str | None:
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
         if need in will_run:
             return f"{need} runs before it, so it would be made again"
-    # a label source decided at run time (best_on_train, pseudo_or_cam): made again when the one it read is
-    either = [need for need, _ in getattr(mod, "requires_any", lambda c: [])(cfg) if need in will_run]
+    # a label source decided at run time (best_on_train, pseudo_or_cam): made again when the one it read, or the
+    # scores that pick it, are
+    either = [need for need, _ in getattr(mod, "requires_any", lambda c: [])(cfg) + getattr(mod, "prefers",
+                                                                                             lambda c: [])(cfg)
+              if need in will_run]
     if either:
-        return f"{' and '.join(either)} run(s) before it, and it would be made again if it read their labels"
+        return (f"{' and '.join(dict.fromkeys(either))} run(s) before it, and it would be made again if the labels "
+                "it reads or picks change")
     return None

@@ -240,6 +240,9 @@ class RunDir:
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks"] = clicks
+        manifest = self.cfg.manifest_digests() if self.cfg is not None else None
+        if manifest is not None:  # so that a step is made again when the manifest is edited in place
+            record["manifest"] = manifest
         key = WEIGHTS_FILE_STEPS.get(step)
         weights = self.cfg.weights_file_digest(key) if self.cfg is not None and key is not None else None
         if weights is not None:  # so that a step that read the file is made again when it changes (weights_changed)

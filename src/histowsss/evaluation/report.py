@@ -139,7 +139,7 @@ def stage_rows(run_path: Path, class_names: list[str], stale: dict[str, str] | N
     def add(stage: str, split: str | None, summ: dict | None, note: str = "", ran: bool = False) -> None:
         why = stale.get(current) if ran or summ else None
         if why:
-            note = f"not from config.yaml's settings ({why})" + (f"; {note}" if note else "")
+            note = f"does not follow from config.yaml and the folder's files ({why})" + (f"; {note}" if note else "")
         if not summ:  # a step that ran on images without masks has nothing to score
             rows.append({"stage": stage, "split": split or "-", "status": ("stale, " if why else "") + (
                 "done, no masks to score" if ran else "not run"), "note": note})
@@ -241,8 +241,8 @@ def object_rows(run_path: Path) -> list[dict]:
 def _stale_note(stale: dict[str, str], tags: list[str]) -> str:
     """A warning above a table whose numbers come (partly) from metrics files that do not follow from config.yaml."""
     why = [f"metrics/{t}.json ({stale[t]})" for t in tags if t in stale]
-    return (f'<p class="note stale">Stale, not from config.yaml\'s settings: {esc("; ".join(why))}.</p>'
-            if why else "")
+    return (f'<p class="note stale">Stale (does not follow from config.yaml and the folder\'s files): '
+            f'{esc("; ".join(why))}.</p>' if why else "")
 
 
 def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str] | None = None) -> str:
@@ -329,7 +329,11 @@ def section_tuning(run_path: Path) -> str:
                               "</code> chooses settings on the training patients)</p>")
 
 
-def section_curves(run_path: Path) -> str:
+def section_curves(run_path: Path, standing: dict[str, str | None] | None = None) -> str:
+    """One chart per training log; a log whose step's outputs do not follow from config.yaml (``standing``, from
+    :func:`~histowsss.engine.pipeline.steps_standing`: a stopped run of other settings rewrote it, say) says so."""
+    import re
+
     logs = sorted((run_path / "logs").glob("*.jsonl")) if (run_path / "logs").exists() else []
     if not logs:
         return '<p class="note">no training logs (logs/*.jsonl)</p>'
@@ -359,7 +363,10 @@ def section_curves(run_path: Path) -> str:
             charts.append(line_chart(series(unit_keys), f"{p.stem}: scores (0-1)", y_range=(0.0, 1.0)))
         secs = sum(float(r.get("seconds") or 0) for r in recs)
         charts_html = "".join(f'<div class="chart">{c}</div>' for c in charts if c)
-        blocks.append(f"<h3>{esc(p.stem)}</h3><p class='sub'>{len(recs)} epochs, {secs:.0f} s</p>"
+        step = re.sub(r"_m\d+$", "", p.stem)  # (an ensemble member's log: its step's)
+        why = (standing or {}).get(step)
+        note = f'<p class="note stale">Stale ({esc(step)}: {esc(why)}).</p>' if why else ""
+        blocks.append(f"<h3>{esc(p.stem)}</h3>{note}<p class='sub'>{len(recs)} epochs, {secs:.0f} s</p>"
                       f'<div class="charts">{charts_html}</div>')
     return "".join(blocks) or '<p class="note">training logs are empty</p>'
 
@@ -456,11 +463,12 @@ def section_timings(run_path: Path) -> str:
 
 def build_report(run_path: Path | str) -> str:
     """The report's HTML text."""
-    from histowsss.engine.pipeline import metrics_standing
+    from histowsss.engine.pipeline import metrics_standing, steps_standing_or_none
 
     run_path = Path(run_path)
     cfg, err = _load_cfg(run_path)
-    stale = metrics_standing(cfg, run_path)  # (before the manifest path is resolved: it is one of the settings)
+    standing = steps_standing_or_none(cfg, run_path)  # (before the manifest path is resolved: one of the settings)
+    stale = metrics_standing(cfg, run_path, standing)
     cfg = with_reachable_manifest(cfg, run_path)  # the Dataset and Examples sections read the same manifest
     names = list(cfg.data.classes.names) if cfg is not None else []
     if not names:
@@ -474,7 +482,7 @@ def build_report(run_path: Path | str) -> str:
         "Dataset": section_dataset(cfg),  # cfg's manifest already resolved above
         "Per-stage quality": section_quality(run_path, names, stale),
         "Model selection": section_tuning(run_path),
-        "Training curves": section_curves(run_path),
+        "Training curves": section_curves(run_path, standing),
         "Examples": section_examples(run_path, cfg, stale=stale),
         "Timings": section_timings(run_path),
     }

@@ -160,6 +160,17 @@ def requires_any(cfg: RunConfig) -> list[tuple[str, str]]:
     return [("eval_cam", eval_cam.config_hash(cfg)), ("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
 
 
+def read_steps(cfg: RunConfig, record: dict) -> list[str]:
+    """The steps whose outputs the finished ``record`` of this network was made from: the label source it read
+    (its ``label_source``), and for best_on_train the scores that picked it."""
+    ts = cfg.train_seg
+    if ts.supervised:
+        return []
+    source = {"pseudo": "make_sem_seg_labels", "cam": "eval_cam"}.get(record.get("label_source"))
+    picked = ["eval_sem_seg"] if ts.labels == "best_on_train" else []
+    return [n for n, _ in requires(cfg)] + ([source] if source else []) + picked
+
+
 def prefers(cfg: RunConfig) -> list[tuple[str, str]]:
     """The steps whose outputs decide the labels of pseudo_or_cam / best_on_train when they finished with this
     config (IRN's pseudo-masks; for best_on_train also eval_sem_seg, whose scores choose): a run that starts after
@@ -299,9 +310,15 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     t_start = time.time()
     models, tags = [], [member_tag(t_, k) for k in range(n_members)]
     if overwrite and ctx.is_main:  # start over: a kill and a plain re-run must not find the networks replaced here
-        for mt in tags:
-            for p in (checkpoint_path(run.path, mt), checkpoint_path(run.path, mt).with_suffix(".json")):
-                p.unlink(missing_ok=True)
+        for mt in tags:  # (those of these settings; another's stays until a new one is written: engine/kept_records)
+            meta_path = checkpoint_path(run.path, mt).with_suffix(".json")
+            try:
+                other = json.loads(meta_path.read_text()).get("config_hash") != h
+            except (OSError, ValueError, AttributeError):
+                other = False
+            if not other:
+                checkpoint_path(run.path, mt).unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
     ctx.barrier()
     for k, mt in enumerate(tags):
         base_meta = {"tag": mt, "member": k, "members": n_members, "member_tags": tags, "seed": ts.seed + k,
