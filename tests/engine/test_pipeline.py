@@ -553,9 +553,12 @@ def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, dem
     assert logs[1].startswith("[redo] make_cam: train_cam was made again at "), logs
 
 
-def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path, demo_data):
-    """A label fixed in the manifest: every step is made again; a mask file changed: the steps that read masks
-    (eval_cam on) are; the same rows written another way (order, a column no step reads): nothing is."""
+def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path, demo_data, monkeypatch):
+    """A training label fixed in the manifest: every step is made again; a test label: the steps that read test
+    images (make_cam, the evaluations), not the training ones; a mask file changed: the steps that read masks (eval_cam
+    on); the same rows written another way (order, a column no step reads) or the project moved: nothing is."""
+    import shutil
+
     from histowsss.engine.pipeline import metrics_standing, run_pipeline
     from histowsss.steps import make_cam, train_cam
 
@@ -568,22 +571,31 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     (rd.path / "metrics" / "cam.json").write_text("{}")
     text = demo_data.read_text()
 
-    def dry() -> list[str]:
+    def dry(c=cfg, r=rd) -> list[str]:
         logs: list[str] = []
-        run_pipeline(cfg, rd, stop="eval_cam", log=logs.append, dry_run=True)
-        return logs[:-1]
+        run_pipeline(c, r, stop="eval_cam", log=logs.append, dry_run=True)
+        return [m.split(" (")[0] for m in logs[:-1]]
 
     lines = text.splitlines()
     demo_data.write_text("\n".join([lines[0] + ",note", *(r + ",x" for r in reversed(lines[1:]))]) + "\n")
     assert all(m.startswith("[skip]") for m in dry())
     demo_data.write_text(text.replace("train0.png,train,P0,benign", "train0.png,train,P0,malignant"))
-    assert dry()[0].startswith("[redo] train_cam: the manifest's rows changed since it ran (images, splits, ")
+    assert dry()[0] == "[redo] train_cam: the training splits' rows of the manifest changed since it ran"
     assert metrics_standing(cfg, rd.path)["cam"].startswith("eval_cam: made from make_cam's outputs, which do not "
-                                                            "stand (train_cam: the manifest's rows changed")
-    demo_data.write_text(text.replace("masks/test4.png", "masks/test5.png"))
+                                                            "stand (train_cam: the training splits' rows of the ")
+    demo_data.write_text(text.replace("test4.png,test,P4,benign", "test4.png,test,P4,malignant"))
     assert dry() == ["[skip] train_cam: finished with this configuration",
-                     "[skip] make_cam: finished with this configuration",
-                     f"[redo] eval_cam: the manifest's masks changed since it ran ({cfg.data.manifest}); made again"]
+                     "[redo] make_cam: the rows of the manifest changed since it ran",
+                     "[redo] eval_cam: the rows of the manifest changed since it ran"]
+    demo_data.write_text(text.replace("masks/test4.png", "masks/test5.png"))
+    assert dry()[1:] == ["[skip] make_cam: finished with this configuration",
+                         "[redo] eval_cam: the masks of the manifest changed since it ran"]
+    demo_data.write_text(text)
+    moved = tmp_path / "moved"  # the project moved whole: the same manifest
+    shutil.copytree(tmp_path / "runs", moved / "runs")
+    shutil.copytree(rd.path, moved / "run", symlinks=True)
+    monkeypatch.chdir(moved)
+    assert all(m.startswith("[skip]") for m in dry(cfg, RunDir(moved / "run", cfg)))
 
 
 @pytest.mark.parametrize("labels", ["pseudo_or_cam", "best_on_train"])
@@ -616,3 +628,36 @@ def test_a_network_is_stale_when_the_labels_it_read_or_the_scores_that_picked_th
         assert stale["seg"].startswith("eval_seg: made from train_seg's outputs, which do not stand (eval_sem_seg: ")
     else:
         assert "seg" not in stale
+
+
+def test_a_stopped_step_starts_over_when_its_inputs_changed_since_it_began(tmp_path, demo_data, monkeypatch):
+    """make_cam stopped part-way, then train_cam made again (or the manifest edited): make_cam starts over instead
+    of keeping the CAMs of the old network beside new ones; a stopped record of other settings starts over too."""
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.steps import make_cam, train_cam
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with rd.step("train_cam", train_cam.config_hash(cfg)):
+        pass
+    with pytest.raises(KeyboardInterrupt):
+        with rd.step("make_cam", make_cam.config_hash(cfg)):
+            raise KeyboardInterrupt
+    called: list[bool] = []
+    monkeypatch.setattr(make_cam, "run", lambda c, r, overwrite=False: called.append(overwrite) or {})
+    logs: list[str] = []
+    run_pipeline(cfg, rd, "make_cam", "make_cam", log=logs.append)
+    assert logs == ["[run ] make_cam: goes on from where it stopped" + logs[0].split("stopped", 1)[1], logs[1]]
+    assert called == [False]
+    st = json.loads(rd.status_path("make_cam").read_text())
+    rd.status_path("make_cam").write_text(json.dumps({**st, "state": "failed", "started": "2000-01-01T00:00:00+0000",
+                                                      "first_started": "2000-01-01T00:00:00+0000"}))
+    logs.clear()
+    run_pipeline(cfg, rd, "make_cam", "make_cam", log=logs.append)
+    assert logs[0].startswith("[run ] make_cam: starts over, not from where it stopped (train_cam was made again at ")
+    assert called == [False, True]
+    other = load_config("demo", ["make_cam.scales=[1.0]"])  # a stopped record of other settings: from the start
+    rd.status_path("make_cam").write_text(json.dumps({**st, "state": "failed",
+                                                      "config_hash": make_cam.config_hash(other)}))
+    run_pipeline(cfg, rd, "make_cam", "make_cam", log=lambda m: None)
+    assert called == [False, True, True]

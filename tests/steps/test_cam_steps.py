@@ -516,7 +516,7 @@ def test_a_weights_file_changed_in_place_makes_its_steps_again(tiny_manifest, tm
     messages.clear()
     run_pipeline(cfg, rd, stop="train_cam", log=messages.append)
     assert [m for m in messages if m.startswith("[run ]")] == [
-        "[run ] train_cam: starts over (the weights file backbone.weights changed since it stopped)"]
+        "[run ] train_cam: starts over, not from where it stopped (the weights file (backbone.weights) changed)"]
     # the whole file is fingerprinted (a change in the middle counts), a folder or a missing file is no fingerprint
     from histowsss.config.run import _file_fingerprint
 

@@ -112,29 +112,49 @@ class RunConfig(Strict):
         return _file_fingerprint(Path(w).expanduser())
 
     def manifest_digests(self) -> dict[str, str] | None:
-        """Digests of what the manifest says, as the steps read it (any row order, spelling or extra column aside):
-        ``rows`` (each image's name, file, split, patient and labels) and ``masks`` (its mask and instance mask
-        files). Recorded in each step's status, so that a manifest edited in place (a label fixed, images added)
-        makes the steps that read it again (not in the hashes: a run made before this record keeps its steps).
-        None when the manifest cannot be read (the checks before a run say why)."""
-        from histowsss.data.manifest import patient_key, scan_manifest
+        """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
+        columns no step reads aside): ``rows`` (each image's name, file, split, patient and labels) and ``masks``
+        (its mask and instance mask files), over all images and (``train_rows``, ``train_masks``) over the training
+        splits alone (data.train_splits, val_splits, train_seg.splits). Files are named from the folder image paths
+        are read from (``data.root``, else the manifest's), so a project moved whole keeps them. Recorded in each
+        step's status, so that a manifest edited in place (a label fixed, images added) makes the steps that read
+        it again (not in the hashes: a run made before this record keeps its steps). None when the manifest cannot
+        be read (the checks before a run say why)."""
+        from histowsss.data.manifest import data_root, patient_key, scan_manifest
 
         path = Path(self.data.manifest)
         try:
             st = path.stat()
-            key = (str(path.resolve()), st.st_size, st.st_mtime_ns, self.data.model_dump_json())
-            if key not in _MANIFEST_DIGESTS:
-                samples, _ = scan_manifest(self.data)
-                here = path.resolve().parent  # (files named from the manifest's folder: a project moved stays)
-                rel = lambda p: os.path.relpath(p, here) if p else ""  # noqa: E731
-                rows = sorted(f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t{';'.join(s.labels)}"
-                              for s in samples)
-                masks = sorted(f"{s.name}\t{rel(s.mask)}\t{s.extra.get('mask_cc', '')}" for s in samples)
-                _MANIFEST_DIGESTS[key] = {k: hashlib.sha256("\n".join(v).encode()).hexdigest()[:16]
-                                          for k, v in (("rows", rows), ("masks", masks))}
-            return dict(_MANIFEST_DIGESTS[key])
-        except Exception:  # missing, unreadable: nothing to compare
+        except OSError:
             return None
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, self.data.model_dump_json(),
+               json.dumps(self.train_seg.splits))
+        if key not in _MANIFEST_DIGESTS:
+            try:
+                samples, _ = scan_manifest(self.data)
+            except Exception:  # unreadable: nothing to compare (the checks before a run say why)
+                return None
+            root = data_root(self.data)
+
+            def rel(p) -> str:
+                try:
+                    return os.path.relpath(p, root) if p else ""
+                except ValueError:  # (another drive, on Windows)
+                    return str(p)
+
+            train = set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
+            rows = {s.name: (f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t"
+                             f"{';'.join(sorted(s.labels))}", f"{s.name}\t{rel(s.mask)}\t{s.extra.get('mask_cc', '')}",
+                             s.split in train) for s in samples}
+
+            def digest(lines) -> str:
+                return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+            _MANIFEST_DIGESTS[key] = {
+                "rows": digest(r for r, _, _ in rows.values()), "masks": digest(m for _, m, _ in rows.values()),
+                "train_rows": digest(r for r, _, t in rows.values() if t),
+                "train_masks": digest(m for _, m, t in rows.values() if t)}
+        return dict(_MANIFEST_DIGESTS[key])
 
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``

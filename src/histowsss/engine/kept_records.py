@@ -39,19 +39,27 @@ def _listed(name: str) -> bool:
     return not name.startswith(".") and not is_resume_file(name)
 
 
-def _walk(folder: Path, rel: str, top: bool = False) -> Iterator[tuple[str, os.stat_result]]:
+def _walk(folder: Path, rel: str, top: bool = False, changed_since: int | None = None
+          ) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, stat) of every output file under ``folder``, symbolic links followed (each real folder
-    once); at the run folder's top (``top``) its own records are left out."""
+    once). At the run folder's top (``top``): its own records left out, links not followed, and with
+    ``changed_since`` only the files of folders changed since then (an atomic write renames into its folder)."""
     seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder, followlinks=not top):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        if top and os.path.samefile(root, folder):
+        if top and root == str(folder):
             dirs[:] = [d for d in dirs if d not in NOT_OUTPUTS]
             files = [f for f in files if f not in NOT_OUTPUTS]
+        if changed_since is not None:
+            try:
+                if os.stat(root).st_mtime_ns < changed_since:
+                    continue
+            except OSError:
+                continue
         for f in files:
             if not _listed(f):
                 continue
@@ -75,8 +83,10 @@ def _declared_files(run_path: Path, declared: list[str]) -> Iterator[tuple[str, 
 def output_listing(run_path: Path, since_ns: int, declared: list[str]) -> dict[str, list[int]]:
     """relative path -> [size, mtime_ns] of a finished step's outputs: every file under ``declared`` (the step's
     ``outputs``), and the files of the run folder changed since ``since_ns`` (its start by the folder's file clock;
-    a file of the step before written in the same clock tick may be listed too)."""
-    out = {rel: [st.st_size, st.st_mtime_ns] for rel, st in _walk(run_path, ".", top=True)
+    a file of the step before written in the same clock tick may be listed too), as far as their folders changed
+    (the pipeline's writes are atomic renames; a file rewritten in place in a folder that did not change, outside
+    the declared outputs, is not listed)."""
+    out = {rel: [st.st_size, st.st_mtime_ns] for rel, st in _walk(run_path, ".", top=True, changed_since=since_ns)
            if st.st_mtime_ns >= since_ns}
     out.update({rel: [st.st_size, st.st_mtime_ns] for rel, st in _declared_files(run_path, declared)})
     return out

@@ -201,7 +201,9 @@ def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
     started, so its outputs were made from files since replaced. None when it stands."""
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
         if (finished := run.made_again_after(need, key)) is not None:
-            return f"{need} was made again at {finished}, after these outputs were made ({run.status(key)['started']})"
+            st = run.status(key) or {}
+            return (f"{need} was made again at {finished}, after these outputs were made "
+                    f"({st.get('first_started') or st.get('started')})")
     return None
 
 
@@ -378,24 +380,33 @@ def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | Non
     return None
 
 
+# the steps that read only the training splits' rows of the manifest (the others read every split)
+TRAINING_SIDE = ("train_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels",
+                 "train_seg", "train_seg_supervised")
+
+
 def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | None:
-    """Why a finished step must be made again because the manifest was edited in place since it ran
-    (:meth:`RunConfig.manifest_digests` against its record): its rows (images, splits, patients, labels), or, for the
-    steps that read masks (eval_cam on, and train_cam with patch labels from masks), its masks. None otherwise, also
-    for records made before the manifest was recorded."""
+    """Why a step must be made again because the manifest was edited in place since it ran
+    (:meth:`RunConfig.manifest_digests` against its record): the rows it reads (the training splits' for the steps
+    of :data:`TRAINING_SIDE`; every split's for make_cam and the evaluations), or the masks of those rows where it
+    reads masks (eval_cam on; train_cam when its labels come from masks: patch labels by mask fraction, or no label
+    column). None otherwise, also for records made before the manifest was recorded."""
     then = (run.status(key) or {}).get("manifest")
     if not isinstance(then, dict):
         return None
     now = cfg.manifest_digests()
     if now is None:
         return None
-    if then.get("rows") != now["rows"]:
-        return ("the manifest's rows changed since it ran (images, splits, patients or labels; "
+    part = "train_" if name in TRAINING_SIDE else ""
+    which = "the training splits' " if part else "the "
+    if then.get(part + "rows", now[part + "rows"]) != now[part + "rows"]:
+        return (f"{which}rows of the manifest changed since it ran (images, splits, patients or labels; "
                 f"{cfg.data.manifest}); made again")
-    patch_masks = cfg.data.patches is not None and cfg.data.patches.label_rule == "mask_fraction"
-    reads_masks = PIPELINE.index(name) >= PIPELINE.index("eval_cam") or (name == "train_cam" and patch_masks)
-    if reads_masks and then.get("masks") != now["masks"]:
-        return f"the manifest's masks changed since it ran ({cfg.data.manifest}); made again"
+    masks_labels = not cfg.data.has_labels or (cfg.data.patches is not None
+                                               and cfg.data.patches.label_rule == "mask_fraction")
+    reads_masks = PIPELINE.index(name) >= PIPELINE.index("eval_cam") or (name == "train_cam" and masks_labels)
+    if reads_masks and then.get(part + "masks", now[part + "masks"]) != now[part + "masks"]:
+        return f"{which}masks of the manifest changed since it ran ({cfg.data.manifest}); made again"
     return None
 
 
@@ -443,7 +454,9 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
             continue
         t0 = time.time()
         st = run.status(key)
-        redo = overwrite or verb == "restart" or (st is not None and st.get("state") == "done")  # another config
+        # start over: asked, stale, or a record of other settings (finished, or stopped: nothing of it to go on from)
+        redo = overwrite or verb == "restart" or (st is not None and (st.get("state") == "done"
+                                                                      or st.get("config_hash") != h))
         results[name] = mod.run(cfg, run, overwrite=redo) or {}
         run.forget_restored(key)
         log(f"[done] {key} in {time.time() - t0:.1f} s")
@@ -457,7 +470,8 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
                   will_run: dict | None = None) -> tuple[str, str]:
     """What ``run`` does with the plan ``entry`` (:func:`step_plan`) and the log line that says why: ``off`` (the
     config leaves it out), ``skip`` (finished with these settings and inputs), ``redo`` (finished, made again),
-    ``restart`` (a stopped step starts over: its weights file changed) or ``run``. ``will_run``: in a dry run, the
+    ``restart`` (a stopped step starts over: an input, the manifest, its clicks or weights file changed since it
+    began) or ``run``. ``will_run``: in a dry run, the
     steps said to run before it (a real run sees those from the new outputs' times)."""
     name, mod, h, key, off = entry
     if off:
@@ -473,11 +487,16 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
         if why is None:
             return "skip", f"[skip] {key}: finished with this configuration"
         return "redo", f"[redo] {key}: {why}"
-    # a stopped step whose resume point was trained on the weights file as it was then: it starts over
-    if (not overwrite and st is not None and st.get("state") in ("running", "failed")
-            and st.get("config_hash") == h and run.weights_changed(key, st)):
-        return "restart", (f"[run ] {key}: starts over (the weights file {WEIGHTS_FILE_STEPS[key]} changed since it "
-                           "stopped)")
+    # a stopped step of these settings whose files so far were made from inputs, a manifest, clicks or a weights
+    # file as they were then: it starts over instead of mixing them with new ones
+    if not overwrite and st is not None and st.get("state") in ("running", "failed") and st.get("config_hash") == h:
+        why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key)
+               or _manifest_stale(cfg, run, name, key)
+               or (f"the weights file ({WEIGHTS_FILE_STEPS[key]}) changed" if run.weights_changed(key, st) else None)
+               or (_runs_before(cfg, mod, will_run) if will_run is not None else None))
+        if why is not None:
+            why = why.removesuffix("; made again").removesuffix(", so it would be made again")
+            return "restart", f"[run ] {key}: starts over, not from where it stopped ({why})"
     return ("redo" if (st or {}).get("state") == "done" else "run"), _why_run(run, key, h, overwrite, mod)
 
 

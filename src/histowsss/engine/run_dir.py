@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -139,9 +139,11 @@ class RunDir:
                                f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
 
     def made_again_after(self, step: str, key: str) -> str | None:
-        """The time ``step`` finished when that is after the record ``key`` started (the outputs of ``key`` were made
-        from files since replaced); None otherwise, or when either time is unknown."""
-        began = status_time((self.status(key) or {}).get("started"))
+        """The time ``step`` finished when that is after the record ``key`` started (its first session, for a step
+        taken up again: the outputs of ``key`` were made from files since replaced); None otherwise, or when either
+        time is unknown."""
+        st = self.status(key) or {}
+        began = status_time(st.get("first_started") or st.get("started"))
         finished = (self.status(step) or {}).get("finished")
         t = status_time(finished)
         return finished if began is not None and t is not None and t > began else None
@@ -261,10 +263,15 @@ class RunDir:
             write_json(self.status_path(step), record)
             raise
         record.update(state="done", finished=_now(), **times(), **info)
-        from histowsss.engine.kept_records import write_listing
+        from histowsss.engine.kept_records import listing_path, write_listing
 
         outputs = info.get("outputs") if isinstance(info.get("outputs"), list) else []
-        record["outputs_listed"] = write_listing(self, step, config_hash, since_ns, outputs)
+        try:
+            record["outputs_listed"] = write_listing(self, step, config_hash, since_ns, outputs)
+        except OSError as e:  # the step's work is done: only its record cannot come back after other settings
+            record["outputs_listed"] = f"not listed: {e}"
+            with suppress(OSError):  # (an older listing must not stand for these outputs)
+                listing_path(self, step).unlink(missing_ok=True)
         write_json(self.status_path(step), record)
 
     # -------------------------------------------------------------------- records kept across other settings

@@ -201,6 +201,6 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                             "and hausdorff (pixels at data.image_scale) pooled over all objects, each weighted by "
                             "its area, as GlaS defines them; *_mean_per_image: their means over images"]}
         write_json(run.sub("metrics") / f"{tag}.json", result)
-        info.update(outputs=[f"metrics/{tag}.json"] + ([f"{pdir}/"] if ev.save_predictions else []), tag=tag,
-                    miou=result["all"]["miou"])
+        # (its predictions folder too, emptied when not saved: no other settings' predictions beside these scores)
+        info.update(outputs=[f"metrics/{tag}.json", f"{pdir}/"], tag=tag, miou=result["all"]["miou"])
         return result

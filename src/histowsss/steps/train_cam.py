@@ -184,7 +184,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         meta = {"classes": output_classes(cfg), "network": tc.network, "backbone": cfg.backbone.name,
                 "config_hash": h, "epochs": tc.epochs, "final": history[-1] if history else None}
         save_weights(ckpt_dir / "cam.safetensors", model, meta)
-        info.update(outputs=["checkpoints/cam.safetensors", "logs/train_cam.jsonl"],
+        info.update(outputs=["checkpoints/cam.safetensors", "checkpoints/cam.json", "logs/train_cam.jsonl"],
                     train_seconds=round(time.time() - t_start, 2), examples_per_epoch=n_examples,
                     cached_features=cached)
         return meta

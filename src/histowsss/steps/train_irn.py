@@ -222,7 +222,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
         meta = {"backbone": cfg.backbone.name, "config_hash": h, "epochs": t.epochs, "radius": t.radius,
                 "copies": t.copies, "final": history[-1] if history else None}
         save_weights(irn_path(run), model.head, meta)
-        info.update(outputs=["checkpoints/irn.safetensors", "logs/train_irn.jsonl"], images=len(samples),
+        info.update(outputs=["checkpoints/irn.safetensors", "checkpoints/irn.json", "logs/train_irn.jsonl"],
+                    images=len(samples),
                     cache_seconds=round(cache_s, 2), cache_mb=round(cache.nbytes / 2**20, 1),
                     train_seconds=round(time.time() - t_train, 2), resumed_from_epoch=start_epoch)
         return meta

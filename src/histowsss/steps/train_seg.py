@@ -341,7 +341,8 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
             ctx.barrier()
         models.append(unwrap(model))
     meta = json.loads(checkpoint_path(run.path, t_).with_suffix(".json").read_text()) if ctx.is_main else meta
-    info.update(outputs=[f"checkpoints/{mt}.safetensors" for mt in tags] + [f"logs/train_{mt}.jsonl" for mt in tags],
+    info.update(outputs=[f"checkpoints/{mt}{ext}" for mt in tags for ext in (".safetensors", ".json")]
+                + [f"logs/train_{mt}.jsonl" for mt in tags],
                 tag=t_, members=n_members, label_source=source, train_seconds=round(time.time() - t_start, 2),
                 world_size=ctx.world_size)
     if n_members == 1:
