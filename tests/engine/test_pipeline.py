@@ -371,7 +371,8 @@ def test_manifest_problems_stop_the_run_before_any_step(builder, tmp_path):
     assert logs[-1].startswith("dry run: ")
 
 
-def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label_step_runs(tmp_path, monkeypatch, demo_data):
+def test_a_dry_run_says_a_best_on_train_network_may_be_made_again_when_its_label_step_runs(tmp_path, monkeypatch,
+                                                                                          demo_data):
     """train_seg with labels decided at run time (best_on_train) has no fixed input: a dry run in which eval_cam
     (a label source) runs again says train_seg may be made again, as the real run would find."""
     from histowsss.engine.pipeline import run_pipeline

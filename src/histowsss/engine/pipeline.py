@@ -81,8 +81,8 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
                 if need in scheduled or _finished(cfg, run, need, need_h) or not run.status(need):
                     continue
                 instead = ("would train on the CAM labels instead of IRN's pseudo-masks"
-                           if need == "make_sem_seg_labels" else "would not compare IRN's pseudo-masks with the CAM labels (it would take the "
-                           "pseudo-masks, as pseudo_or_cam)")
+                           if need == "make_sem_seg_labels" else "would not compare IRN's pseudo-masks with the CAM "
+                           "labels (it would take the pseudo-masks, as pseudo_or_cam)")
                 raise StepError(f"{key} (train_seg.labels={cfg.train_seg.labels}) would not read {need}, which "
                                 f"{_why_not(run, need)} in {run.path}, and {instead}; start from "
                                 f"{_start_from(cfg, run, need)}: {command(need)}, or say which labels with "
@@ -471,8 +471,8 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
     """What ``run`` does with the plan ``entry`` (:func:`step_plan`) and the log line that says why: ``off`` (the
     config leaves it out), ``skip`` (finished with these settings and inputs), ``redo`` (finished, made again),
     ``restart`` (a stopped step starts over: an input, the manifest, its clicks or weights file changed since it
-    began) or ``run``. ``will_run``: in a dry run, the
-    steps said to run before it (a real run sees those from the new outputs' times)."""
+    began) or ``run``. ``will_run``: in a dry run, the steps said to run before it (a real run sees those from the
+    new outputs' times)."""
     name, mod, h, key, off = entry
     if off:
         return "off", f"[off ] {name}: {off}"
