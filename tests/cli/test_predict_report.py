@@ -174,6 +174,14 @@ def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_ya
     text = (run / "report.html").read_text()  # the objects table and the examples say so too
     assert text.split("<h3>train_seg</h3>", 1)[1].startswith('<p class="note stale">Stale (train_seg: finished '
                                                              "with other settings (train_seg.epochs = 2 (now 7))")
+    # export would ship a config.yaml that does not describe the network: refused; predict says so
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "does not describe network seg (train_seg: finished with other settings " in out
+    assert not (tmp_path / "model").exists()
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    res = runner.invoke(app, ["predict", "--run", str(run), str(img), "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0 and "note: network seg does not follow from" in " ".join(res.output.split())
     for section in ("Objects (GlaS challenge metrics)</h3>",
                     "<h2>Examples</h2><h3>Segmentation network (weak labels)</h3>"):
         assert text.split(section, 1)[1].startswith('<p class="note stale">Stale (does not follow from config.yaml '

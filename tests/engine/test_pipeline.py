@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from histowsss.config import load_config
@@ -595,6 +596,14 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     assert dry()[1:] == ["[skip] make_cam: finished with this configuration",
                          "[redo] eval_cam: the masks of the manifest changed since it ran"]
     demo_data.write_text(text)
+    mask = demo_data.parent / "masks" / "test4.png"  # a mask re-exported under its name (QuPath, corrected)
+    before = mask.read_bytes()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(mask)
+    assert dry()[1:] == ["[skip] make_cam: finished with this configuration",
+                         "[redo] eval_cam: the masks of the manifest changed since it ran"]
+    mask.write_bytes(before)
     moved = tmp_path / "moved"  # the project moved whole: the same manifest
     shutil.copytree(tmp_path / "runs", moved / "runs")
     shutil.copytree(rd.path, moved / "run", symlinks=True)
@@ -659,6 +668,7 @@ def test_a_stopped_step_starts_over_when_its_inputs_changed_since_it_began(tmp_p
     logs.clear()
     run_pipeline(cfg, rd, "make_cam", "make_cam", log=logs.append)
     assert logs[0].startswith("[run ] make_cam: starts over, not from where it stopped (train_cam was made again at ")
+    assert "after it began (2000-01-01" in logs[0]
     assert called == [False, True]
     other = load_config("demo", ["make_cam.scales=[1.0]"])  # a stopped record of other settings: from the start
     rd.status_path("make_cam").write_text(json.dumps({**st, "state": "failed",

@@ -114,7 +114,8 @@ class RunConfig(Strict):
     def manifest_digests(self) -> dict[str, str] | None:
         """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
         columns no step reads aside): ``rows`` (each image's name, file, split, patient and labels) and ``masks``
-        (its mask and instance mask files), over all images and (``train_rows``, ``train_masks``) over the training
+        (its mask and instance mask files, names and contents: masks re-exported under their names count; image
+        files are not read), over all images and (``train_rows``, ``train_masks``) over the training
         splits alone (data.train_splits, val_splits, train_seg.splits). Files are named from the folder image paths
         are read from (``data.root``, else the manifest's), so a project moved whole keeps them. Recorded in each
         step's status, so that a manifest edited in place (a label fixed, images added) makes the steps that read
@@ -127,34 +128,44 @@ class RunConfig(Strict):
             st = path.stat()
         except OSError:
             return None
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, self.data.model_dump_json(),
-               json.dumps(self.train_seg.splits))
-        if key not in _MANIFEST_DIGESTS:
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, self.data.model_dump_json())
+        if key not in _MANIFEST_SAMPLES:
             try:
-                samples, _ = scan_manifest(self.data)
+                _MANIFEST_SAMPLES[key] = scan_manifest(self.data)[0]
             except Exception:  # unreadable: nothing to compare (the checks before a run say why)
                 return None
-            root = data_root(self.data)
+        samples = _MANIFEST_SAMPLES[key]
+        root = data_root(self.data)
 
-            def rel(p) -> str:
-                try:
-                    return os.path.relpath(p, root) if p else ""
-                except ValueError:  # (another drive, on Windows)
-                    return str(p)
+        def rel(p) -> str:
+            try:
+                return os.path.relpath(p, root) if p else ""
+            except ValueError:  # (another drive, on Windows)
+                return str(p)
 
-            train = set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
-            rows = {s.name: (f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t"
-                             f"{';'.join(sorted(s.labels))}", f"{s.name}\t{rel(s.mask)}\t{s.extra.get('mask_cc', '')}",
-                             s.split in train) for s in samples}
+        def content(f: Path | None) -> str:  # a mask re-exported under its name (masks are small; images are not read)
+            if f is None:
+                return ""
+            try:
+                fs = f.stat()
+                k = (os.path.abspath(f), fs.st_size, fs.st_mtime_ns)
+                if k not in _FILE_DIGESTS:
+                    _FILE_DIGESTS[k] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+                return _FILE_DIGESTS[k]
+            except OSError:
+                return "(unreadable)"
 
-            def digest(lines) -> str:
-                return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+        train = set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
+        rows = [(f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t{';'.join(sorted(s.labels))}",
+                 f"{s.name}\t{rel(s.mask)}\t{content(s.mask)}\t{s.extra.get('mask_cc', '')}\t"
+                 f"{content(Path(root, s.extra['mask_cc']) if s.extra.get('mask_cc') else None)}", s.split in train)
+                for s in samples]
 
-            _MANIFEST_DIGESTS[key] = {
-                "rows": digest(r for r, _, _ in rows.values()), "masks": digest(m for _, m, _ in rows.values()),
-                "train_rows": digest(r for r, _, t in rows.values() if t),
-                "train_masks": digest(m for _, m, t in rows.values() if t)}
-        return dict(_MANIFEST_DIGESTS[key])
+        def digest(lines) -> str:
+            return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+        return {"rows": digest(r for r, _, _ in rows), "masks": digest(m for _, m, _ in rows),
+                "train_rows": digest(r for r, _, t in rows if t), "train_masks": digest(m for _, m, t in rows if t)}
 
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
@@ -241,4 +252,5 @@ def step_split_leaks(cfg: RunConfig) -> list[str]:
     return out
 
 
-_MANIFEST_DIGESTS: dict[tuple, dict[str, str]] = {}  # (manifest file, size, time, data section) -> digests
+_MANIFEST_SAMPLES: dict[tuple, list] = {}  # (manifest file, size, time, data section) -> its samples
+_FILE_DIGESTS: dict[tuple, str] = {}  # (mask file, size, time) -> digest of its bytes

@@ -495,7 +495,8 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
                or (f"the weights file ({WEIGHTS_FILE_STEPS[key]}) changed" if run.weights_changed(key, st) else None)
                or (_runs_before(cfg, mod, will_run) if will_run is not None else None))
         if why is not None:
-            why = why.removesuffix("; made again").removesuffix(", so it would be made again")
+            why = (why.removesuffix("; made again").removesuffix(", so it would be made again")
+                   .replace("after these outputs were made", "after it began"))
             return "restart", f"[run ] {key}: starts over, not from where it stopped ({why})"
     return ("redo" if (st or {}).get("state") == "done" else "run"), _why_run(run, key, h, overwrite, mod)
 

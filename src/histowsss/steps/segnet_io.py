@@ -94,6 +94,18 @@ def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
                         + f" ({fix})")
 
 
+def network_standing(cfg: RunConfig, run_path: Path, tag_: str) -> str | None:
+    """Why the trained network ``tag_`` of a run folder does not follow from its config.yaml (a later run of other
+    settings rewrote config.yaml and stopped before training it again, say): its step's record and why
+    (:func:`~histowsss.engine.pipeline.steps_standing`); None when it does, or when the folder has no record of it
+    (an exported model folder)."""
+    from histowsss.engine.pipeline import steps_standing_or_none
+
+    key = "train_seg_supervised" if tag_ == "seg_supervised" else "train_seg"
+    why = steps_standing_or_none(cfg, Path(run_path)).get(key)
+    return None if why in (None, "has not run") else f"{key}: {why}"
+
+
 def weights_fingerprint(run_path: Path, tag_: str) -> str:
     """Hash of the checkpoint files (names, sizes, modification times) of the trained network ``tag_`` and its
     ensemble members: which weights a cached prediction came from."""
