@@ -45,8 +45,25 @@ def test_paths_are_read_from_the_recorded_folder_only_when_missing_here_and_foun
     assert paths_base(cfg, run) == proj
     (run / INVOCATION).unlink()  # a run made before the record: read from here, as before
     assert paths_base(cfg, run) is None
-    (run / INVOCATION).write_text('{"working_folder": "%s"}' % (proj / "elsewhere"))  # not there either
-    assert paths_base(cfg, run) is None
+    (run / INVOCATION).write_text('{"working_folder": "%s"}' % (proj / "elsewhere"))  # moved: the run's own
+    assert paths_base(cfg, run) == proj  # project (its grandparent, as in runs/<name>)
+    (run / INVOCATION).write_text('{"working_folder": "%s"}' % proj)
+
+
+def test_a_copied_project_reads_its_own_data_not_the_originals(project, monkeypatch, tmp_path):
+    """A project copied whole (the original still there): a command started inside the copy's run folder reads the
+    copy's manifest, and says so."""
+    import shutil
+
+    proj, run = project
+    copy = Path(shutil.copytree(proj, tmp_path / "copy"))
+    monkeypatch.chdir(copy / "runs" / "x")
+    cfg = load_config("config.yaml")
+    assert paths_base(cfg, Path(".")) == copy
+    res = runner.invoke(app, ["run", "config.yaml", "--to", "eval_cam", "--dry-run"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"read from {copy}, the project folder this run folder is in (its runs were " \
+        f"started in {proj})" in out, out
 
 
 def test_report_and_a_dry_run_from_inside_the_run_folder_read_the_manifest(project, monkeypatch):

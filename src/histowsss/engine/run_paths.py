@@ -52,17 +52,23 @@ def relative_paths(cfg) -> dict[str, str]:
 
 
 def paths_base(cfg, run_path: Path) -> Path | None:
-    """The folder to read ``cfg``'s relative paths from when it is not the current one: the run's recorded working
-    folder, when some of those paths are missing here and all of them are there; None otherwise (the paths are
-    read from here, and a missing one is named by the step that reads it)."""
+    """The folder to read ``cfg``'s relative paths from when it is not the current one, when some of those paths
+    are missing here (for a run folder with a recorded working folder): the project folder the run folder is in
+    (its parent or grandparent, as in ``runs/<name>``) when all of them are there, so that a copied project reads
+    its own data and not the original's; else the recorded working folder when all of them are there; None
+    otherwise (the paths are read from here, and a missing one is named by the step that reads it)."""
     rel = relative_paths(cfg)
     if not rel or all(Path(v).expanduser().exists() for v in rel.values()):
         return None
     base = recorded_working_folder(run_path)
-    if base is None or not base.is_dir() or base.resolve() == Path.cwd().resolve():
+    if base is None:
         return None
-    if all((base / Path(v).expanduser()).exists() for v in rel.values()):
-        return base
+    here = Path.cwd().resolve()
+    run_abs = Path(os.path.abspath(run_path))
+    for cand in (run_abs.parent, run_abs.parent.parent, base):
+        if (cand.is_dir() and cand.resolve() != here
+                and all((cand / Path(v).expanduser()).exists() for v in rel.values())):
+            return cand
     return None
 
 
@@ -84,7 +90,10 @@ def run_config_base(run_path: Path, cfg=None, config_file: Path | None = None,
     base = paths_base(cfg, run_path)
     if base is not None and log is not None:
         keys = ", ".join(relative_paths(cfg))
-        log(f"{config_file}: relative paths ({keys}) read from {base}, the folder `histowsss run` was started in")
+        started = recorded_working_folder(run_path)
+        where = ("the folder `histowsss run` was started in" if started is not None and started.resolve() ==
+                 base.resolve() else f"the project folder this run folder is in (its runs were started in {started})")
+        log(f"{config_file}: relative paths ({keys}) read from {base}, {where}")
     return base
 
 
