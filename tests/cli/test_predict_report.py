@@ -177,7 +177,8 @@ def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_ya
     # export would ship a config.yaml that does not describe the network: refused; predict says so
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
     out = " ".join(res.output.split())
-    assert res.exit_code == 2 and "does not describe network seg (train_seg: finished with other settings " in out
+    assert res.exit_code == 2 and "does not describe network seg (train_seg finished with other settings: " \
+        "train_seg.epochs = 2 (now 7))" in out
     assert not (tmp_path / "model").exists()
     img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
     res = runner.invoke(app, ["predict", "--run", str(run), str(img), "--out", str(tmp_path / "pred")])

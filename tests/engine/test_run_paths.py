@@ -45,14 +45,15 @@ def test_paths_are_read_from_the_recorded_folder_only_when_missing_here_and_foun
     assert paths_base(cfg, run) == proj
     (run / INVOCATION).unlink()  # a run made before the record: read from here, as before
     assert paths_base(cfg, run) is None
-    (run / INVOCATION).write_text('{"working_folder": "%s"}' % (proj / "elsewhere"))  # moved: the run's own
-    assert paths_base(cfg, run) == proj  # project (its grandparent, as in runs/<name>)
-    (run / INVOCATION).write_text('{"working_folder": "%s"}' % proj)
+    (run / INVOCATION).write_text('{"working_folder": "%s"}' % (proj / "elsewhere"))  # not there either
+    assert paths_base(cfg, run) is None
 
 
-def test_a_copied_project_reads_its_own_data_not_the_originals(project, monkeypatch, tmp_path):
-    """A project copied whole (the original still there): a command started inside the copy's run folder reads the
-    copy's manifest, and says so."""
+def test_a_copied_or_moved_project_reads_its_own_data_not_the_originals(project, monkeypatch, tmp_path):
+    """A project copied whole (the original still there) or moved: a command started inside the run folder reads
+    the manifest of the project it is in now, and says so; a run folder kept inside another project that holds the
+    same relative paths does not read that project's (it was not started there)."""
+    import json
     import shutil
 
     proj, run = project
@@ -62,8 +63,19 @@ def test_a_copied_project_reads_its_own_data_not_the_originals(project, monkeypa
     assert paths_base(cfg, Path(".")) == copy
     res = runner.invoke(app, ["run", "config.yaml", "--to", "eval_cam", "--dry-run"])
     out = " ".join(res.output.split())
-    assert res.exit_code == 0 and f"read from {copy}, the project folder this run folder is in (its runs were " \
-        f"started in {proj})" in out, out
+    assert res.exit_code == 0 and f"read from {copy}, the project this run folder was moved or copied with (it " \
+        f"was started in {proj})" in out, out
+    moved = tmp_path / "moved"
+    shutil.move(str(copy), moved)  # (the original still there too; a move without one reads the same way)
+    monkeypatch.chdir(moved / "runs" / "x")
+    assert paths_base(cfg, Path(".")) == moved
+    other = Path(shutil.copytree(proj, tmp_path / "other"))  # a run folder of proj placed inside another project
+    shutil.rmtree(other / "runs")
+    monkeypatch.chdir(proj)
+    RunDir(other / "runs" / "y", cfg).init()
+    assert json.loads((other / "runs" / "y" / INVOCATION).read_text())["working_folder"] == str(proj)
+    monkeypatch.chdir(other / "runs" / "y")
+    assert paths_base(cfg, Path(".")) == proj  # where it was started, not the project around it
 
 
 def test_report_and_a_dry_run_from_inside_the_run_folder_read_the_manifest(project, monkeypatch):

@@ -19,6 +19,7 @@ def export(run_dir: Path = typer.Argument(..., help="run folder with a trained s
     from histowsss.export.model_bundle import MODEL_CARD, export_model
 
     with clear_errors(), run_folder_paths(run_dir, out, log=log_line) as (run_dir, out):
-        path = export_model(run_dir, out, "seg_supervised" if supervised else "seg", overwrite=overwrite)
+        path = export_model(run_dir, out, "seg_supervised" if supervised else "seg", overwrite=overwrite,
+                            log=log_line)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     log_line(f"model: {path} ({size / 1e6:.1f} MB; {MODEL_CARD}, MODEL.md)")

@@ -166,7 +166,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     from histowsss.engine.device import resolve_device
     from histowsss.export.model_bundle import bundle_networks
     from histowsss.slides.predict import slide_output_paths
-    from histowsss.steps.segnet_io import check_network_input, load_segnet, network_standing
+    from histowsss.steps.segnet_io import check_network_input, load_segnet, network_described
 
     check_out_folder(out_dir)
     held = bundle_networks(run_dir)
@@ -232,7 +232,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     dev = resolve_device(device or cfg.device)
     apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
-    if (why := network_standing(cfg, run_dir, network)) is not None:
+    if (why := network_described(cfg, run_dir, network)) is not None:
         log(f"note: network {network} does not follow from {run_dir / 'config.yaml'} ({why}); it predicts with "
             "config.yaml's inference settings (eval_seg.*)")
     model = load_segnet(cfg, run_dir, network, dev)

@@ -113,59 +113,71 @@ class RunConfig(Strict):
 
     def manifest_digests(self) -> dict[str, str] | None:
         """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
-        columns no step reads aside): ``rows`` (each image's name, file, split, patient and labels) and ``masks``
-        (its mask and instance mask files, names and contents: masks re-exported under their names count; image
-        files are not read), over all images and (``train_rows``, ``train_masks``) over the training
-        splits alone (data.train_splits, val_splits, train_seg.splits). Files are named from the folder image paths
-        are read from (``data.root``, else the manifest's), so a project moved whole keeps them. Recorded in each
-        step's status, so that a manifest edited in place (a label fixed, images added) makes the steps that read
-        it again (not in the hashes: a run made before this record keeps its steps). None when the manifest cannot
-        be read (the checks before a run say why)."""
-        from histowsss.data.manifest import data_root, patient_key, scan_manifest
+        columns no step reads aside): ``rows`` (each image's name, file, split, patient and labels) and
+        ``mask_files`` (its mask and instance mask files, names and contents: a mask re-exported under its name
+        counts; image files are not read), over all images and (``train_rows``, ``train_mask_files``) over the
+        training splits alone (data.train_splits, val_splits, train_seg.splits). Files are named from the folder
+        image paths are read from (``data.root``, else the manifest's), so a project moved whole keeps them.
+        Recorded in each step's status, so that a manifest edited in place (a label fixed, images added) makes the
+        steps that read it again (not in the hashes: a run made before this record keeps its steps). None when the
+        manifest cannot be read (the checks before a run say why). A mask's contents are read again when its size
+        or modification time changed (a file rewritten at the same size within one tick of the clock is not)."""
+        from histowsss.data.manifest import data_root, manifest_path, patient_key, scan_manifest
 
         path = Path(self.data.manifest)
         try:
             st = path.stat()
         except OSError:
             return None
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, self.data.model_dump_json())
-        if key not in _MANIFEST_SAMPLES:
+        key = (st.st_size, st.st_mtime_ns, self.data.model_dump_json())
+        cached = _MANIFEST_ROWS.get(os.path.abspath(path))
+        if cached is None or cached[0] != key:
             try:
-                _MANIFEST_SAMPLES[key] = scan_manifest(self.data)[0]
+                samples = scan_manifest(self.data)[0]
             except Exception:  # unreadable: nothing to compare (the checks before a run say why)
                 return None
-        samples = _MANIFEST_SAMPLES[key]
-        root = data_root(self.data)
+            root = data_root(self.data)
 
-        def rel(p) -> str:
-            try:
-                return os.path.relpath(p, root) if p else ""
-            except ValueError:  # (another drive, on Windows)
-                return str(p)
+            def rel(p) -> str:
+                try:
+                    return os.path.relpath(p, root) if p else ""
+                except ValueError:  # (another drive, on Windows)
+                    return str(p)
 
-        def content(f: Path | None) -> str:  # a mask re-exported under its name (masks are small; images are not read)
-            if f is None:
-                return ""
+            def cc(s) -> Path | None:  # (read as the instance masks are: data/masks.py)
+                v = (s.extra.get("mask_cc") or "").strip()
+                return manifest_path(root, v) if v else None
+
+            rows = [(s.split, f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t"
+                     f"{';'.join(sorted(s.labels))}", f"{s.name}\t{rel(s.mask)}\t{rel(cc(s))}",
+                     [str(f) for f in (s.mask, cc(s)) if f is not None]) for s in samples]
+            cached = (key, rows)
+            _MANIFEST_ROWS[os.path.abspath(path)] = cached  # (the latest per manifest: tune writes many)
+
+        def content(f: str) -> str:  # a mask's bytes, read again when its size or time changed
             try:
-                fs = f.stat()
-                k = (os.path.abspath(f), fs.st_size, fs.st_mtime_ns)
-                if k not in _FILE_DIGESTS:
-                    _FILE_DIGESTS[k] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-                return _FILE_DIGESTS[k]
+                fs = os.stat(f)
             except OSError:
                 return "(unreadable)"
+            k = (f, fs.st_size, fs.st_mtime_ns)
+            if _FILE_DIGESTS.get(f, (None,))[0] != k:
+                try:
+                    with open(f, "rb") as fh:
+                        _FILE_DIGESTS[f] = (k, hashlib.sha256(fh.read()).hexdigest()[:16])
+                except OSError:
+                    return "(unreadable)"
+            return _FILE_DIGESTS[f][1]
 
         train = set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
-        rows = [(f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t{';'.join(sorted(s.labels))}",
-                 f"{s.name}\t{rel(s.mask)}\t{content(s.mask)}\t{s.extra.get('mask_cc', '')}\t"
-                 f"{content(Path(root, s.extra['mask_cc']) if s.extra.get('mask_cc') else None)}", s.split in train)
-                for s in samples]
+        lines = [(r, m + "\t" + "\t".join(content(f) for f in files), split in train)
+                 for split, r, m, files in cached[1]]
 
-        def digest(lines) -> str:
-            return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+        def digest(items) -> str:
+            return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
-        return {"rows": digest(r for r, _, _ in rows), "masks": digest(m for _, m, _ in rows),
-                "train_rows": digest(r for r, _, t in rows if t), "train_masks": digest(m for _, m, t in rows if t)}
+        return {"rows": digest(r for r, _, _ in lines), "mask_files": digest(m for _, m, _ in lines),
+                "train_rows": digest(r for r, _, t in lines if t),
+                "train_mask_files": digest(m for _, m, t in lines if t)}
 
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
@@ -252,5 +264,6 @@ def step_split_leaks(cfg: RunConfig) -> list[str]:
     return out
 
 
-_MANIFEST_SAMPLES: dict[tuple, list] = {}  # (manifest file, size, time, data section) -> its samples
-_FILE_DIGESTS: dict[tuple, str] = {}  # (mask file, size, time) -> digest of its bytes
+# manifest file -> ((size, time, data section), its rows as digested); mask file -> ((file, size, time), digest)
+_MANIFEST_ROWS: dict[str, tuple] = {}
+_FILE_DIGESTS: dict[str, tuple] = {}

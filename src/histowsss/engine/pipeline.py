@@ -405,7 +405,8 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | N
     masks_labels = not cfg.data.has_labels or (cfg.data.patches is not None
                                                and cfg.data.patches.label_rule == "mask_fraction")
     reads_masks = PIPELINE.index(name) >= PIPELINE.index("eval_cam") or (name == "train_cam" and masks_labels)
-    if reads_masks and then.get(part + "masks", now[part + "masks"]) != now[part + "masks"]:
+    # ("mask_files": names and contents; records that hold only the names, "masks", say nothing of them)
+    if reads_masks and then.get(part + "mask_files", now[part + "mask_files"]) != now[part + "mask_files"]:
         return f"{which}masks of the manifest changed since it ran ({cfg.data.manifest}); made again"
     return None
 

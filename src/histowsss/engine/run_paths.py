@@ -3,9 +3,10 @@
 A config's relative paths (``data.manifest``, ``data.root``, ``points.file``, a local ``backbone.weights`` or
 ``train_seg.encoder_weights``, ``train_seg.label_dir``) are read from the current folder, as the user wrote them;
 config.yaml keeps them as written, so the step hashes do not change when a whole project folder moves. Each
-``histowsss run`` also records the folder it was started in (``invocation.json``), so that the commands that read a
-run folder (report, predict, export, tune, or ``run RUN/config.yaml``) started from anywhere else, e.g. inside the
-run folder, read those paths from there, with a line that says so.
+``histowsss run`` also records the folder it was started in and the run folder (``invocation.json``), so that the
+commands that read a run folder (report, predict, export, tune, or ``run RUN/config.yaml``) started from anywhere
+else, e.g. inside the run folder, read those paths from there, or from the project the run folder was moved or
+copied with since, with a line that says so.
 """
 
 from __future__ import annotations
@@ -23,8 +24,29 @@ INVOCATION = "invocation.json"
 
 
 def record_invocation(run_path: Path) -> None:
-    """Write ``invocation.json``: the folder this command was started in and its arguments."""
-    write_json(run_path / INVOCATION, {"working_folder": os.getcwd(), "argv": list(sys.argv)})
+    """Write ``invocation.json``: the folder this command was started in, the run folder (both absolute) and the
+    command's arguments."""
+    write_json(run_path / INVOCATION, {"working_folder": os.getcwd(), "run_folder": os.path.abspath(run_path),
+                                       "argv": list(sys.argv)})
+
+
+def _moved_project(run_path: Path, base: Path) -> Path | None:
+    """Where the project the run was started in is now, when the run folder was moved or copied with it: the
+    recorded run folder's place below the recorded working folder (``runs/x``, say) taken off the run folder's
+    path now; None when the run folder did not move, was not below that folder, or is not at such a place now."""
+    try:
+        then = json.loads((Path(run_path) / INVOCATION).read_text()).get("run_folder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    now = Path(os.path.abspath(run_path))
+    if not isinstance(then, str) or Path(then) == now:
+        return None
+    below = Path(os.path.relpath(then, base))
+    if below.parts[:1] == ("..",) or str(below) == ".":
+        return None
+    if now.parts[-len(below.parts):] != below.parts:
+        return None
+    return Path(*now.parts[:-len(below.parts)])
 
 
 def recorded_working_folder(run_path: Path) -> Path | None:
@@ -53,10 +75,10 @@ def relative_paths(cfg) -> dict[str, str]:
 
 def paths_base(cfg, run_path: Path) -> Path | None:
     """The folder to read ``cfg``'s relative paths from when it is not the current one, when some of those paths
-    are missing here (for a run folder with a recorded working folder): the project folder the run folder is in
-    (its parent or grandparent, as in ``runs/<name>``) when all of them are there, so that a copied project reads
-    its own data and not the original's; else the recorded working folder when all of them are there; None
-    otherwise (the paths are read from here, and a missing one is named by the step that reads it)."""
+    are missing here: the folder the run was started in, or, when the run folder was moved or copied with its
+    project since, that project's folder now (:func:`_moved_project`: a copied project reads its own data, not the
+    original's), when all of them are there; None otherwise (the paths are read from here, and a missing one is
+    named by the step that reads it)."""
     rel = relative_paths(cfg)
     if not rel or all(Path(v).expanduser().exists() for v in rel.values()):
         return None
@@ -64,9 +86,8 @@ def paths_base(cfg, run_path: Path) -> Path | None:
     if base is None:
         return None
     here = Path.cwd().resolve()
-    run_abs = Path(os.path.abspath(run_path))
-    for cand in (run_abs.parent, run_abs.parent.parent, base):
-        if (cand.is_dir() and cand.resolve() != here
+    for cand in (_moved_project(run_path, base), base):
+        if (cand is not None and cand.is_dir() and cand.resolve() != here
                 and all((cand / Path(v).expanduser()).exists() for v in rel.values())):
             return cand
     return None
@@ -92,7 +113,8 @@ def run_config_base(run_path: Path, cfg=None, config_file: Path | None = None,
         keys = ", ".join(relative_paths(cfg))
         started = recorded_working_folder(run_path)
         where = ("the folder `histowsss run` was started in" if started is not None and started.resolve() ==
-                 base.resolve() else f"the project folder this run folder is in (its runs were started in {started})")
+                 base.resolve() else f"the project this run folder was moved or copied with (it was started in "
+                 f"{started})")
         log(f"{config_file}: relative paths ({keys}) read from {base}, {where}")
     return base
 
@@ -114,9 +136,10 @@ def working_folder(base: Path | None) -> Iterator[None]:
 @contextmanager
 def run_folder_paths(run_path: Path, *paths: Path | None, cfg=None, config_file: Path | None = None,
                      log: Callable[[str], None] | None = None) -> Iterator[tuple]:
-    """For a command that reads the run folder ``run_path``: when its config's relative paths are read from the
-    folder the run was started in (:func:`run_config_base`), run the block there, with ``run_path`` and ``paths``
-    (the command's own path arguments) made absolute first; yields (run_path, *paths) as the block must use them."""
+    """For a command that reads the run folder ``run_path``: when its config's relative paths are read from another
+    folder (:func:`run_config_base`: where the run was started, or its moved project), run the block there, with
+    ``run_path`` and ``paths`` (the command's own path arguments) made absolute first; yields (run_path, *paths) as
+    the block must use them."""
     base = run_config_base(run_path, cfg, config_file=config_file, log=log)
     if base is not None:
         run_path, paths = absolute(run_path), tuple(absolute(p) for p in paths)

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from histowsss.digest import file_sha256
 
@@ -195,23 +195,31 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_model(run_path: Path | str, out: Path | str, network: str = "seg", overwrite: bool = False) -> Path:
-    """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``."""
+def export_model(run_path: Path | str, out: Path | str, network: str = "seg", overwrite: bool = False,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``.
+    ``log``: told when the network is stale (made from inputs since made again)."""
     from histowsss.cli.predict_cmd import load_run_config
     from histowsss.engine.atomic import DIR_MODE, write_json, write_text
     from histowsss.engine.run_dir import StepError
-    from histowsss.steps.segnet_io import check_network_input, load_segnet, network_standing
+    from histowsss.steps.segnet_io import check_network_input, load_segnet, network_described
 
     run_path, out = Path(run_path), Path(out)
     cfg = load_run_config(run_path)
     files = bundle_files(run_path, cfg, network)
     check_network_input(cfg, run_path, network)  # config.yaml rewritten by a later run: predict would refuse
-    why = network_standing(cfg, run_path, network)
+    why = network_described(cfg, run_path, network)
     if why is not None:  # the bundle's config.yaml would not describe its network
         raise StepError(f"{run_path / 'config.yaml'} does not describe network {network} ({why}); finish the run "
                         f"(`histowsss run {run_path / 'config.yaml'}`), or go back to the settings the network was "
                         f"made with (`histowsss run {run_path}/config_history/<sha>.yaml`, its record names the file), "
                         "then export")
+    from histowsss.engine.pipeline import steps_standing_or_none
+
+    stale = steps_standing_or_none(cfg, run_path).get("train_seg_supervised" if network == "seg_supervised"
+                                                      else "train_seg")
+    if stale not in (None, "has not run") and log is not None:  # described, but made from inputs since remade
+        log(f"note: network {network} is stale ({stale}); the export holds it as it is")
     run_abs, out_abs = run_path.resolve(), out.resolve()
     if out_abs == run_abs or run_abs in out_abs.parents or out_abs in run_abs.parents:
         raise ValueError(f"{out}: export into a folder outside the run folder {run_path}, and not one holding it")

@@ -94,16 +94,28 @@ def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
                         + f" ({fix})")
 
 
-def network_standing(cfg: RunConfig, run_path: Path, tag_: str) -> str | None:
-    """Why the trained network ``tag_`` of a run folder does not follow from its config.yaml (a later run of other
-    settings rewrote config.yaml and stopped before training it again, say): its step's record and why
-    (:func:`~histowsss.engine.pipeline.steps_standing`); None when it does, or when the folder has no record of it
-    (an exported model folder)."""
-    from histowsss.engine.pipeline import steps_standing_or_none
+def network_described(cfg: RunConfig, run_path: Path, tag_: str) -> str | None:
+    """Why config.yaml does not describe the trained network ``tag_`` of a run folder: its record did not finish
+    with config.yaml's settings (a later run of other settings rewrote config.yaml and stopped before training it
+    again, say); None when it did, or when the folder has no record of it (an exported model folder). Its inputs
+    are not looked at (:func:`~histowsss.engine.pipeline.steps_standing` does)."""
+    from histowsss.engine.pipeline import legacy_match
+    from histowsss.engine.run_dir import RunDir
+    from histowsss.steps import train_seg, train_seg_supervised
 
-    key = "train_seg_supervised" if tag_ == "seg_supervised" else "train_seg"
-    why = steps_standing_or_none(cfg, Path(run_path)).get(key)
-    return None if why in (None, "has not run") else f"{key}: {why}"
+    rd = RunDir(run_path, cfg)
+    if tag_ == "seg_supervised":
+        key, mod, net_cfg = "train_seg_supervised", train_seg_supervised, cfg
+    else:  # (the weak network, also when config.yaml names the supervised one)
+        key, mod = "train_seg", train_seg
+        net_cfg = cfg.model_copy(update={"train_seg": cfg.train_seg.model_copy(update={"supervised": False})})
+    st = rd.status(key)
+    if st is None or rd.is_done(key, mod.config_hash(net_cfg)) or legacy_match(net_cfg, rd, key, mod) is not None:
+        return None
+    if st.get("state") != "done":
+        return f"{key} did not finish with them ({st.get('state')})"
+    diff = rd.settings_diff(st, step_hash=mod.config_hash)
+    return f"{key} finished with other settings" + (f": {diff}" if diff else "")
 
 
 def weights_fingerprint(run_path: Path, tag_: str) -> str:
