@@ -229,7 +229,8 @@ class RunDir:
             if st.get("config_hash") != config_hash:  # finished with other settings: kept (engine/kept_records.py)
                 kept_records.keep(self, step, st)
             kept_records.discard(self, step, config_hash)  # (these settings made again: a kept record of them is old)
-        # the first session's start: the files changed since are this step's outputs (``files``, see restorable)
+        # the first session's start by the file clock: files changed since are this step's outputs too (listed in
+        # status/files/<step>.json when it finishes, engine/kept_records.py)
         since_ns = int(st.get("since_ns") or 0) if sessions > 1 else 0
         since_ns = since_ns or self.file_clock_ns()
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now(),
