@@ -589,9 +589,12 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     assert metrics_standing(cfg, rd.path)["cam"].startswith("eval_cam: made from make_cam's outputs, which do not "
                                                             "stand (train_cam: the training splits' rows of the ")
     demo_data.write_text(text.replace("test4.png,test,P4,benign", "test4.png,test,P4,malignant"))
-    assert dry() == ["[skip] train_cam: finished with this configuration",
-                     "[redo] make_cam: the rows of the manifest changed since it ran",
+    assert dry() == ["[skip] train_cam: finished with this configuration",  # (make_cam reads no label)
+                     "[skip] make_cam: finished with this configuration",
                      "[redo] eval_cam: the rows of the manifest changed since it ran"]
+    shutil.copy(demo_data.parent / "images" / "test4.png", demo_data.parent / "images" / "test4b.png")
+    demo_data.write_text(text.replace("images/test4.png", "images/test4b.png"))  # another file under its name
+    assert dry()[1] == "[redo] make_cam: the images of the manifest changed since it ran"
     demo_data.write_text(text.replace("masks/test4.png", "masks/test5.png"))
     assert dry()[1:] == ["[skip] make_cam: finished with this configuration",
                          "[redo] eval_cam: the masks of the manifest changed since it ran"]

@@ -113,15 +113,16 @@ class RunConfig(Strict):
 
     def manifest_digests(self) -> dict[str, str] | None:
         """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
-        columns no step reads aside): ``rows`` (each image's name, file, split, patient and labels) and
-        ``mask_files`` (its mask and instance mask files, names and contents: a mask re-exported under its name
-        counts; image files are not read), over all images and (``train_rows``, ``train_mask_files``) over the
-        training splits alone (data.train_splits, val_splits, train_seg.splits). Files are named from the folder
-        image paths are read from (``data.root``, else the manifest's), so a project moved whole keeps them.
-        Recorded in each step's status, so that a manifest edited in place (a label fixed, images added) makes the
-        steps that read it again (not in the hashes: a run made before this record keeps its steps). None when the
-        manifest cannot be read (the checks before a run say why). A mask's contents are read again when its size
-        or modification time changed (a file rewritten at the same size within one tick of the clock is not)."""
+        columns no step reads aside): ``images`` (each image's name, file and split: all make_cam reads), ``rows``
+        (those, with its patient and labels) and ``mask_files`` (its mask and instance mask files, names and
+        contents: a mask re-exported under its name counts; image files are not read), over all images and
+        (``train_rows``, ``train_mask_files``) over the training splits alone (data.train_splits, val_splits,
+        train_seg.splits). Files are named from the folder image paths are read from (``data.root``, else the
+        manifest's), so a project moved whole keeps them. Recorded in each step's status, so that a manifest edited
+        in place (a label fixed, images added) makes the steps that read it again (not in the hashes: a run made
+        before this record keeps its steps). None when the manifest cannot be read (the checks before a run say
+        why). A mask's contents are read again when its size or modification time changed (a file rewritten at the
+        same size within one tick of the clock is not)."""
         from histowsss.data.manifest import data_root, manifest_path, patient_key, scan_manifest
 
         path = Path(self.data.manifest)
@@ -148,7 +149,7 @@ class RunConfig(Strict):
                 v = (s.extra.get("mask_cc") or "").strip()
                 return manifest_path(root, v) if v else None
 
-            rows = [(s.split, f"{s.name}\t{rel(s.image)}\t{s.split}\t{patient_key(s.patient)}\t"
+            rows = [(s.split, f"{s.name}\t{rel(s.image)}\t{s.split}", f"{patient_key(s.patient)}\t"
                      f"{';'.join(sorted(s.labels))}", f"{s.name}\t{rel(s.mask)}\t{rel(cc(s))}",
                      [str(f) for f in (s.mask, cc(s)) if f is not None]) for s in samples]
             cached = (key, rows)
@@ -169,15 +170,16 @@ class RunConfig(Strict):
             return _FILE_DIGESTS[f][1]
 
         train = set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
-        lines = [(r, m + "\t" + "\t".join(content(f) for f in files), split in train)
-                 for split, r, m, files in cached[1]]
+        lines = [(image, f"{image}\t{labels}", m + "\t" + "\t".join(content(f) for f in files), split in train)
+                 for split, image, labels, m, files in cached[1]]
 
         def digest(items) -> str:
             return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
-        return {"rows": digest(r for r, _, _ in lines), "mask_files": digest(m for _, m, _ in lines),
-                "train_rows": digest(r for r, _, t in lines if t),
-                "train_mask_files": digest(m for _, m, t in lines if t)}
+        return {"images": digest(i for i, _, _, _ in lines), "rows": digest(r for _, r, _, _ in lines),
+                "mask_files": digest(m for _, _, m, _ in lines),
+                "train_rows": digest(r for _, r, _, t in lines if t),
+                "train_mask_files": digest(m for _, _, m, t in lines if t)}
 
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``

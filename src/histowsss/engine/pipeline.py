@@ -388,7 +388,8 @@ TRAINING_SIDE = ("train_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labe
 def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | None:
     """Why a step must be made again because the manifest was edited in place since it ran
     (:meth:`RunConfig.manifest_digests` against its record): the rows it reads (the training splits' for the steps
-    of :data:`TRAINING_SIDE`; every split's for make_cam and the evaluations), or the masks of those rows where it
+    of :data:`TRAINING_SIDE`; every split's for the evaluations; for make_cam only which images, under which name
+    and split), or the masks of those rows where it
     reads masks (eval_cam on; train_cam when its labels come from masks: patch labels by mask fraction, or no label
     column). None otherwise, also for records made before the manifest was recorded."""
     then = (run.status(key) or {}).get("manifest")
@@ -399,6 +400,10 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | N
         return None
     part = "train_" if name in TRAINING_SIDE else ""
     which = "the training splits' " if part else "the "
+    if name == "make_cam":  # (CAMs of every class for every image: no label, patient or mask is read)
+        if then.get("images", now["images"]) != now["images"]:
+            return f"the images of the manifest changed since it ran ({cfg.data.manifest}); made again"
+        return None
     if then.get(part + "rows", now[part + "rows"]) != now[part + "rows"]:
         return (f"{which}rows of the manifest changed since it ran (images, splits, patients or labels; "
                 f"{cfg.data.manifest}); made again")
