@@ -49,8 +49,10 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
     checked: set[str] = set()  # the networks built on the meta device: once per plan
     to = f" --to {stop}" if stop else ""
 
-    def command(need: str) -> str:
-        return f"`histowsss run CONFIG --run {run.path} --from {_start_from(cfg, run, need)}{to}` (or leave out --from)"
+    def start(need: str) -> tuple[str, str]:
+        """The first step missing for ``need``, and the command that starts from it."""
+        first = _start_from(cfg, run, need)
+        return first, f"`histowsss run CONFIG --run {run.path} --from {first}{to}` (or leave out --from)"
 
     for entry in plan:
         name, mod, h, key, off = entry
@@ -66,17 +68,17 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
             for need, need_h in getattr(mod, "requires", lambda c: [])(cfg):
                 if need in scheduled or _finished(cfg, run, need, need_h):
                     continue
-                first = _start_from(cfg, run, need)
+                first, command = start(need)
                 raise StepError(f"{key} needs the outputs of {need}, which {_why_not(run, need)} in {run.path}; start "
-                                + ("from it" if first == need else f"from {first}, which it needs in turn") + ": "
-                                + command(need))
+                                + ("from it" if first == need else f"from {first}, which it needs in turn")
+                                + f": {command}")
             either = getattr(mod, "requires_any", lambda c: [])(cfg)  # one of these is enough (a fallback label source)
             if either and not any(need in scheduled or _finished(cfg, run, need, need_h) for need, need_h in either):
                 names = " or ".join(need for need, _ in either)
                 whys = "; ".join(f"{need} {_why_not(run, need)}" for need, _ in either)
                 first = min((need for need, _ in either), key=PIPELINE.index)
                 raise StepError(f"{key} needs the outputs of {names} ({whys}) in {run.path}; start from "
-                                f"{_start_from(cfg, run, first)}: {command(first)}")
+                                + ": ".join(start(first)))
             for need, need_h in getattr(mod, "prefers", lambda c: [])(cfg):  # a fallback taken silently otherwise
                 if need in scheduled or _finished(cfg, run, need, need_h) or not run.status(need):
                     continue
@@ -85,8 +87,7 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
                            "labels (it would take the pseudo-masks, as pseudo_or_cam)")
                 raise StepError(f"{key} (train_seg.labels={cfg.train_seg.labels}) would not read {need}, which "
                                 f"{_why_not(run, need)} in {run.path}, and {instead}; start from "
-                                f"{_start_from(cfg, run, need)}: {command(need)}, or say which labels with "
-                                "train_seg.labels=pseudo or cam")
+                                + ": ".join(start(need)) + ", or say which labels with train_seg.labels=pseudo or cam")
         scheduled.add(key)
     return [key for name, _, _, key, _ in plan if name in will_run]
 
@@ -528,8 +529,7 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             root[key] = key
             continue
         if not (run.is_done(key, h) or _legacy_done(cfg, run, key)):  # other settings: said first
-            out[key] = _why_run(run, key, h, False, mod)[7:].removeprefix(key).removeprefix(": ").removesuffix(
-                "; made again")
+            out[key] = _reason(_why_run(run, key, h, False, mod), key)
             root[key] = key
             continue
         read = getattr(mod, "read_steps", lambda c, r: [n for n, _ in getattr(mod, "requires", lambda c: [])(c)])
@@ -540,11 +540,15 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             root[key] = first
             continue
         verb, line = step_decision(cfg, run, (name, mod, h, key, None))
-        out[key] = None if verb == "skip" else line[7:].removeprefix(key).removeprefix(": ").removesuffix(
-            "; made again")
+        out[key] = None if verb == "skip" else _reason(line, key)
         if out[key] is not None:
             root[key] = key
     return out
+
+
+def _reason(line: str, key: str) -> str:
+    """The why of a decision's log line (``[redo] key: why; made again``)."""
+    return line[7:].removeprefix(key).removeprefix(": ").removesuffix("; made again")
 
 
 # the metrics file each evaluation step writes (metrics/<tag>.json), by status record

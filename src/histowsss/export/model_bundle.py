@@ -202,7 +202,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     from histowsss.cli.predict_cmd import load_run_config
     from histowsss.engine.atomic import DIR_MODE, write_json, write_text
     from histowsss.engine.run_dir import StepError
-    from histowsss.steps.segnet_io import check_network_input, load_segnet, network_described
+    from histowsss.steps.segnet_io import check_network_input, load_segnet, network_described, network_step
 
     run_path, out = Path(run_path), Path(out)
     cfg = load_run_config(run_path)
@@ -216,8 +216,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
                         "then export")
     from histowsss.engine.pipeline import steps_standing_or_none
 
-    stale = steps_standing_or_none(cfg, run_path).get("train_seg_supervised" if network == "seg_supervised"
-                                                      else "train_seg")
+    stale = steps_standing_or_none(cfg, run_path).get(network_step(network))
     if stale not in (None, "has not run") and log is not None:  # described, but made from inputs since remade
         log(f"note: network {network} is stale ({stale}); the export holds it as it is")
     run_abs, out_abs = run_path.resolve(), out.resolve()

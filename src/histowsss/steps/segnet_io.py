@@ -94,6 +94,11 @@ def check_network_input(cfg: RunConfig, run_path: Path, tag_: str) -> None:
                         + f" ({fix})")
 
 
+def network_step(tag_: str) -> str:
+    """The status record of the step that trains network ``tag_`` (seg, seg_supervised)."""
+    return "train_seg_supervised" if tag_ == "seg_supervised" else "train_seg"
+
+
 def network_described(cfg: RunConfig, run_path: Path, tag_: str) -> str | None:
     """Why config.yaml does not describe the trained network ``tag_`` of a run folder: its record did not finish
     with config.yaml's settings (a later run of other settings rewrote config.yaml and stopped before training it
@@ -104,10 +109,11 @@ def network_described(cfg: RunConfig, run_path: Path, tag_: str) -> str | None:
     from histowsss.steps import train_seg, train_seg_supervised
 
     rd = RunDir(run_path, cfg)
+    key = network_step(tag_)
     if tag_ == "seg_supervised":
-        key, mod, net_cfg = "train_seg_supervised", train_seg_supervised, cfg
+        mod, net_cfg = train_seg_supervised, cfg
     else:  # (the weak network, also when config.yaml names the supervised one)
-        key, mod = "train_seg", train_seg
+        mod = train_seg
         net_cfg = cfg.model_copy(update={"train_seg": cfg.train_seg.model_copy(update={"supervised": False})})
     st = rd.status(key)
     if st is None or rd.is_done(key, mod.config_hash(net_cfg)) or legacy_match(net_cfg, rd, key, mod) is not None:
