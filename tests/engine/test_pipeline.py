@@ -561,7 +561,8 @@ def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, dem
 def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path, demo_data, monkeypatch):
     """A training label fixed in the manifest: every step is made again; a test label: the steps that read test
     images (make_cam, the evaluations), not the training ones; a mask file changed: the steps that read masks (eval_cam
-    on); the same rows written another way (order, a column no step reads) or the project moved: nothing is."""
+    on); an image file replaced under its name: the steps that open it, and those after them; the same rows written
+    another way (order, a column no step reads) or the project moved: nothing is."""
     import shutil
 
     from histowsss.engine.pipeline import metrics_standing, run_pipeline
@@ -607,6 +608,25 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     assert dry()[1:] == ["[skip] make_cam: finished with this configuration",
                          "[redo] eval_cam: the masks of the manifest changed since it ran"]
     mask.write_bytes(before)
+    image = demo_data.parent / "images" / "test4.png"  # an image re-exported under its name (other stain, say)
+    before = image.read_bytes()
+    with Image.open(image) as im:
+        Image.fromarray(255 - np.asarray(im.convert("RGB"))).save(image)
+    assert dry() == ["[skip] train_cam: finished with this configuration",  # (a test image: no training step)
+                     "[redo] make_cam: an image file was replaced since it ran",
+                     "[redo] eval_cam: make_cam runs before it, so it would be made again"]
+    train_image = demo_data.parent / "images" / "train0.png"
+    train_before = train_image.read_bytes()
+    with Image.open(train_image) as im:
+        Image.fromarray(255 - np.asarray(im.convert("RGB"))).save(train_image)
+    assert dry()[0] == "[redo] train_cam: a training image file was replaced since it ran"
+    for rec in ("train_cam", "make_cam"):  # records made before image files were fingerprinted say nothing of them
+        st = json.loads(rd.status_path(rec).read_text())
+        manifest = {k: v for k, v in st["manifest"].items() if "image_files" not in k}
+        rd.status_path(rec).write_text(json.dumps({**st, "manifest": manifest}))
+    assert all(m.startswith("[skip]") for m in dry())
+    image.write_bytes(before)
+    train_image.write_bytes(train_before)
     st = json.loads(rd.status_path("eval_cam").read_text())  # a record of the mask names alone (an earlier version)
     old = {k: v for k, v in st["manifest"].items() if "mask" not in k} | {"masks": "0" * 16, "train_masks": "0" * 16}
     rd.status_path("eval_cam").write_text(json.dumps({**st, "manifest": old}))
@@ -682,3 +702,65 @@ def test_a_stopped_step_starts_over_when_its_inputs_changed_since_it_began(tmp_p
                                                       "config_hash": make_cam.config_hash(other)}))
     run_pipeline(cfg, rd, "make_cam", "make_cam", log=lambda m: None)
     assert called == [False, True, True]
+
+
+def test_a_test_label_fixed_makes_eval_cam_again_but_not_the_steps_that_read_its_choices(tmp_path, demo_data,
+                                                                                         monkeypatch):
+    """eval_cam chooses its values on the training splits: a test label fixed makes it again (its test scores), and
+    the steps that read it (the network trained on its CAM labels, eval_sem_seg) stand while what they read of it
+    (its handoff) comes out the same; a training label fixed, or choices that come out otherwise, make them again."""
+    import time
+
+    from histowsss.engine.pipeline import metrics_standing, run_pipeline, step_plan, steps_standing
+
+    cfg = load_config("demo", ["train_seg.labels=cam"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    plan = step_plan(cfg, stop="train_seg")
+    choice = ["choice-A"]
+    made: list[str] = []
+
+    def fake(name: str, mod):
+        def run(c, r, overwrite=False):
+            with r.step(name, mod.config_hash(c), overwrite=overwrite) as info:
+                if name == "eval_cam":
+                    info["handoff"] = choice[0]
+            made.append(name)
+            return {}
+        return run
+
+    for name, mod, *_ in plan:
+        monkeypatch.setattr(mod, "run", fake(name, mod))
+        mod.run(cfg, rd)
+    made.clear()
+    (rd.path / "metrics").mkdir()
+    for tag in ("cam", "sem_seg"):
+        (rd.path / "metrics" / f"{tag}.json").write_text("{}")
+    text = demo_data.read_text()
+    demo_data.write_text(text.replace("test4.png,test,P4,benign", "test4.png,test,P4,malignant"))
+
+    def decisions(dry_run: bool = True) -> list[str]:
+        logs: list[str] = []
+        run_pipeline(cfg, rd, stop="train_seg", log=logs.append, dry_run=dry_run)
+        return [m.split(" (")[0] for m in logs if m.startswith(("[redo]", "[run ]"))]
+
+    assert decisions() == ["[redo] eval_cam: the rows of the manifest changed since it ran"]
+    standing = steps_standing(cfg, rd)
+    assert standing["eval_cam"] and standing["train_seg"] is None  # its test scores alone are stale
+    assert set(metrics_standing(cfg, rd.path)) == {"cam"}
+    first = rd.status("eval_cam")["finished"]
+    time.sleep(1.1)  # (records have a one-second clock)
+    assert decisions(dry_run=False) == ["[redo] eval_cam: the rows of the manifest changed since it ran"]
+    assert made == ["eval_cam"] and rd.status("eval_cam")["handoff_since"] == first != rd.status("eval_cam")["finished"]
+    assert steps_standing(cfg, rd)["train_seg"] is None
+    demo_data.write_text(text)  # the label put back, and eval_cam's choices now come out otherwise
+    choice[0] = "choice-B"
+    time.sleep(1.1)
+    made.clear()
+    lines = decisions(dry_run=False)
+    assert lines[0] == "[redo] eval_cam: the rows of the manifest changed since it ran"
+    again = f"eval_cam was made again at {rd.status('eval_cam')['finished']}, after these outputs were made"
+    assert f"[redo] train_seg: {again}" in lines and f"[redo] eval_sem_seg: {again}" in lines
+    assert rd.status("eval_cam")["handoff_since"] == rd.status("eval_cam")["finished"] and "train_seg" in made
+    demo_data.write_text(text.replace("train0.png,train,P0,benign", "train0.png,train,P0,malignant"))
+    assert "[redo] train_seg: the training splits' rows of the manifest changed since it ran" in decisions()
+    assert steps_standing(cfg, rd)["train_seg"] is not None

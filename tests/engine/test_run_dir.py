@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from histowsss.config import load_config
@@ -51,3 +52,34 @@ def test_a_file_given_as_run_folder_is_named(tmp_path):
     r = CliRunner().invoke(app, ["run", "demo", "--run", str(f), "--to", "train_cam"])  # the lock comes first there
     assert r.exit_code == 2 and "is a file, not a run folder" in " ".join(r.output.split()) and f.read_text() == "x"
 
+
+
+def test_what_later_steps_read_of_a_step_carries_its_time_while_it_comes_out_the_same(tmp_path):
+    """A step made again with the same ``handoff`` keeps the time it last changed (``handoff_since``), also after a
+    stopped run in between; other contents take the new finish time, and made_again_after follows that time."""
+    import time
+
+    rd = RunDir(tmp_path / "run", load_config("demo")).init()
+
+    def make(handoff: str, overwrite: bool = True) -> dict:
+        with rd.step("eval_cam", "h", overwrite=overwrite) as info:
+            info["handoff"] = handoff
+        return rd.status("eval_cam")
+
+    first = make("A", overwrite=False)["finished"]
+    assert rd.status("eval_cam")["handoff_since"] == first
+    with rd.step("train_seg", "t"):
+        pass
+    rd.status_path("train_seg").write_text(json.dumps({**rd.status("train_seg"), "started": first}))
+    time.sleep(1.1)
+    with pytest.raises(KeyboardInterrupt):  # stopped part-way: what it carried is kept for the next run
+        with rd.step("eval_cam", "h", overwrite=True):
+            raise KeyboardInterrupt
+    assert rd.status("eval_cam")["prior_handoff"] == {"handoff": "A", "since": first}
+    again = make("A", overwrite=False)
+    assert again["finished"] != first and again["handoff_since"] == first and "prior_handoff" not in again
+    assert rd.made_again_after("eval_cam", "train_seg") is None  # train_seg read "A": it stands
+    other = make("B")
+    assert other["handoff_since"] == other["finished"]
+    assert rd.made_again_after("eval_cam", "train_seg") == other["finished"]
+    assert make("A")["handoff_since"] != first  # back to A after B: its readers may have read B

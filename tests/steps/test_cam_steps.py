@@ -13,6 +13,7 @@ from histowsss.config import load_config
 from histowsss.data.synthetic import generate_synthetic_dataset
 from histowsss.engine.pipeline import run_pipeline
 from histowsss.engine.run_dir import RunDir, StepError
+from histowsss.steps import eval_cam
 
 FAST = ["train_cam.epochs=2", "train_cam.crop_size=48", "train_cam.crops_per_image=4", "train_cam.cache_copies=2",
         "train_cam.head_channels=32", "make_cam.scales=[1.0]", "make_cam.flip=false",
@@ -47,6 +48,13 @@ def test_cam_stage_runs_and_writes_its_files(tiny_manifest, tmp_path):
     assert "label_gating" not in m["splits"]["test"]  # test labels are not used for gating
     for key in ("miou", "fwiou", "mdice", "per_class"):
         assert key in m["splits"]["test"]["predicted_gating"]
+    # what later steps read of it: the choices and training scores, not the test scores
+    assert rd.status("eval_cam")["handoff"] == eval_cam.handoff_digest(m)
+    test_changed = {**m, "splits": {**m["splits"], "test": {}}, "masked_images": {**m["masked_images"], "test": 0}}
+    assert eval_cam.handoff_digest(test_changed) == eval_cam.handoff_digest(m)
+    assert eval_cam.handoff_digest({**m, "chosen_gate": m["chosen_gate"] + 0.1}) != eval_cam.handoff_digest(m)
+    train_changed = {**m, "splits": {**m["splits"], "train": {}}}
+    assert eval_cam.handoff_digest(train_changed) != eval_cam.handoff_digest(m)
     # finished steps are skipped, and a finished step refuses to run again without overwrite
     messages = []
     run_pipeline(cfg, rd, stop="eval_cam", log=messages.append)

@@ -114,13 +114,14 @@ class RunConfig(Strict):
     def manifest_digests(self) -> dict[str, str] | None:
         """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
         columns no step reads aside): ``images`` (each image's name, file and split: all make_cam reads), ``rows``
-        (those, with its patient and labels) and ``mask_files`` (its mask and instance mask files, names and
-        contents: a mask re-exported under its name counts; image files are not read), over all images and
-        (``train_rows``, ``train_mask_files``) over the training splits alone (data.train_splits, val_splits,
-        train_seg.splits). Files are named from the folder image paths are read from (``data.root``, else the
-        manifest's), so a project moved whole keeps them. Recorded in each step's status, so that a manifest edited
-        in place (a label fixed, images added) makes the steps that read it again (not in the hashes: a run made
-        before this record keeps its steps). None when the manifest cannot be read (the checks before a run say
+        (those, with its patient and labels), ``mask_files`` (its mask and instance mask files, names and
+        contents: a mask re-exported under its name counts) and ``image_files`` (each image file's
+        :func:`image_fingerprint`: one replaced under its name counts), over all images and (``train_rows``,
+        ``train_mask_files``, ``train_image_files``) over the training splits alone (data.train_splits, val_splits,
+        train_seg.splits, ir_label.splits). Files are named from the folder image paths are read from (``data.root``,
+        else the manifest's), so a project moved whole keeps them. Recorded in each step's status, so that a manifest
+        edited in place (a label fixed, images added) makes the steps that read it again (not in the hashes: a run
+        made before this record keeps its steps). None when the manifest cannot be read (the checks before a run say
         why). A mask's contents are read again when its size or modification time changed (a file rewritten at the
         same size within one tick of the clock is not)."""
         from histowsss.data.manifest import data_root, manifest_path, patient_key, scan_manifest
@@ -151,7 +152,7 @@ class RunConfig(Strict):
 
             rows = [(s.split, f"{s.name}\t{rel(s.image)}\t{s.split}", f"{patient_key(s.patient)}\t"
                      f"{';'.join(sorted(s.labels))}", f"{s.name}\t{rel(s.mask)}\t{rel(cc(s))}",
-                     [str(f) for f in (s.mask, cc(s)) if f is not None]) for s in samples]
+                     [str(f) for f in (s.mask, cc(s)) if f is not None], str(s.image)) for s in samples]
             cached = (key, rows)
             _MANIFEST_ROWS[os.path.abspath(path)] = cached  # (the latest per manifest: tune writes many)
 
@@ -169,17 +170,20 @@ class RunConfig(Strict):
                     return "(unreadable)"
             return _FILE_DIGESTS[f][1]
 
-        train = set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
-        lines = [(image, f"{image}\t{labels}", m + "\t" + "\t".join(content(f) for f in files), split in train)
-                 for split, image, labels, m, files in cached[1]]
+        train = (set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
+                 | set(self.ir_label.splits or []))
+        lines = [(image, f"{image}\t{labels}", m + "\t" + "\t".join(content(f) for f in files),
+                  f"{image}\t{image_fingerprint(file)}", split in train)
+                 for split, image, labels, m, files, file in cached[1]]
 
         def digest(items) -> str:
             return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
-        return {"images": digest(i for i, _, _, _ in lines), "rows": digest(r for _, r, _, _ in lines),
-                "mask_files": digest(m for _, _, m, _ in lines),
-                "train_rows": digest(r for _, r, _, t in lines if t),
-                "train_mask_files": digest(m for _, _, m, t in lines if t)}
+        return {"images": digest(x[0] for x in lines), "rows": digest(x[1] for x in lines),
+                "mask_files": digest(x[2] for x in lines), "image_files": digest(x[3] for x in lines),
+                "train_rows": digest(x[1] for x in lines if x[4]),
+                "train_mask_files": digest(x[2] for x in lines if x[4]),
+                "train_image_files": digest(x[3] for x in lines if x[4])}
 
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
@@ -213,6 +217,31 @@ class RunConfig(Strict):
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+IMAGE_SAMPLE = 256 << 10  # bytes read from each end of an image file for its fingerprint
+_IMAGE_FINGERPRINTS: dict[str, tuple] = {}
+
+
+def image_fingerprint(path: str) -> str:
+    """An image file's size and the sha256 of its first and last 256 KiB (the whole file when smaller): a file
+    replaced under its name is seen (other pixels change its header's neighbourhood or its compressed bytes), a
+    project copied whole is not, and a slide of gigabytes costs two small reads. Read again when the file's size or
+    modification time changed; "(unreadable)" for a file that cannot be read (the checks before a run say why)."""
+    try:
+        fs = os.stat(path)
+        key = (fs.st_size, fs.st_mtime_ns)
+        if _IMAGE_FINGERPRINTS.get(path, (None,))[0] != key:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                h.update(f.read(IMAGE_SAMPLE))
+                if fs.st_size > IMAGE_SAMPLE:
+                    f.seek(max(IMAGE_SAMPLE, fs.st_size - IMAGE_SAMPLE))
+                    h.update(f.read(IMAGE_SAMPLE))
+            _IMAGE_FINGERPRINTS[path] = (key, f"{fs.st_size}:{h.hexdigest()[:16]}")
+    except OSError:
+        return "(unreadable)"
+    return _IMAGE_FINGERPRINTS[path][1]
 
 
 def _file_fingerprint(path: Path) -> str | None:

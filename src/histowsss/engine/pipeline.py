@@ -381,29 +381,44 @@ def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | Non
     return None
 
 
-# the steps that read only the training splits' rows of the manifest (the others read every split)
+# the steps that read only the training splits' rows of the manifest (the others read every split; eval_sem_seg
+# scores the pseudo-masks of the IRN's training images)
 TRAINING_SIDE = ("train_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels",
-                 "train_seg", "train_seg_supervised")
+                 "eval_sem_seg", "train_seg", "train_seg_supervised")
 
 
-def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | None:
+# the steps that open image files (cam_to_ir_label too with ir_label.crf); the others read what these made of them
+IMAGE_READERS = ("train_cam", "make_cam", "train_irn", "make_sem_seg_labels", "train_seg", "train_seg_supervised",
+                 "eval_seg", "eval_seg_supervised")
+
+
+def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_only: bool = False) -> str | None:
     """Why a step must be made again because the manifest was edited in place since it ran
     (:meth:`RunConfig.manifest_digests` against its record): the rows it reads (the training splits' for the steps
     of :data:`TRAINING_SIDE`; every split's for the evaluations; for make_cam only which images, under which name
-    and split), or the masks of those rows where it
-    reads masks (eval_cam on; train_cam when its labels come from masks: patch labels by mask fraction, or no label
-    column). None otherwise, also for records made before the manifest was recorded."""
+    and split), the masks of those rows where it reads masks (eval_cam on; train_cam when its labels come from
+    masks: patch labels by mask fraction, or no label column), or their image files' contents where it opens them
+    (:data:`IMAGE_READERS`). None otherwise, also for records made before the manifest was recorded.
+    ``training_only``: the training splits' alone, for any step (what its handoff is made from,
+    :func:`handoff_stands`)."""
     then = (run.status(key) or {}).get("manifest")
     if not isinstance(then, dict):
         return None
     now = cfg.manifest_digests()
     if now is None:
         return None
-    part = "train_" if name in TRAINING_SIDE else ""
+    part = "train_" if name in TRAINING_SIDE or training_only else ""
     which = "the training splits' " if part else "the "
+    # (an image file replaced under its name: "image_files" holds each file's fingerprint; records made before it
+    # hold none and say nothing of them)
+    files_changed = (name in IMAGE_READERS or (name == "cam_to_ir_label" and cfg.ir_label.crf)) and then.get(
+        part + "image_files", now[part + "image_files"]) != now[part + "image_files"]
     if name == "make_cam":  # (CAMs of every class for every image: no label, patient or mask is read)
         if then.get("images", now["images"]) != now["images"]:
             return f"the images of the manifest changed since it ran ({cfg.data.manifest}); made again"
+        if files_changed:
+            return (f"an image file was replaced since it ran (same name, other contents; {cfg.data.manifest}); "
+                    "made again")
         return None
     if then.get(part + "rows", now[part + "rows"]) != now[part + "rows"]:
         return (f"{which}rows of the manifest changed since it ran (images, splits, patients or labels; "
@@ -414,6 +429,9 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | N
     # ("mask_files": names and contents; records that hold only the names, "masks", say nothing of them)
     if reads_masks and then.get(part + "mask_files", now[part + "mask_files"]) != now[part + "mask_files"]:
         return f"{which}masks of the manifest changed since it ran ({cfg.data.manifest}); made again"
+    if files_changed:
+        return (f"{'a training' if part else 'an'} image file was replaced since it ran (same name, other contents; "
+                f"{cfg.data.manifest}); made again")
     return None
 
 
@@ -451,13 +469,14 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     plan = plan_steps(cfg, run, start, stop, overwrite)
     _report_clicks(cfg, run, plan, overwrite, log)
     results: dict[str, dict] = {}
-    for name, mod, h, key, off in plan:
-        verb, line = step_decision(cfg, run, (name, mod, h, key, off), overwrite, results if dry_run else None)
+    for entry in plan:
+        name, mod, h, key, off = entry
+        verb, line = step_decision(cfg, run, entry, overwrite, results if dry_run else None)
         log(line)
         if verb in ("off", "skip"):
             continue
-        if dry_run:
-            results[name] = {}
+        if dry_run:  # (made again with what later steps read of it unchanged: they are not made again for it)
+            results[name] = {"handoff_stands": True} if handoff_stands(cfg, run, entry, results) else {}
             continue
         t0 = time.time()
         st = run.status(key)
@@ -516,6 +535,7 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
     from outputs a stopped ``--overwrite`` made again only in part."""
     out: dict[str, str | None] = {}
     root: dict[str, str] = {}  # the step whose own record does not stand, for those that read it
+    handoff_ok: set[str] = set()  # steps that do not stand, but what later steps read of them does
     run = with_kept(cfg, run)
     for name, mod, h, key, _ in step_plan(cfg):
         st = run.status(key)
@@ -533,7 +553,8 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             root[key] = key
             continue
         read = getattr(mod, "read_steps", lambda c, r: [n for n, _ in getattr(mod, "requires", lambda c: [])(c)])
-        bad = [need for need in read(cfg, st) if run.status(need) is not None and out.get(need) is not None]
+        bad = [need for need in read(cfg, st) if run.status(need) is not None and out.get(need) is not None
+               and need not in handoff_ok]
         if bad:
             first = root.get(bad[0], bad[0])
             out[key] = f"made from {bad[0]}'s outputs, which do not stand ({first}: {out[first]})"
@@ -543,7 +564,27 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
         out[key] = None if verb == "skip" else _reason(line, key)
         if out[key] is not None:
             root[key] = key
+            if handoff_stands(cfg, run, (name, mod, h, key, None)):  # its test scores alone are stale
+                handoff_ok.add(key)
     return out
+
+
+def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | None = None) -> bool:
+    """Whether what later steps read of a finished step (its ``handoff``) stands although the step is made again:
+    it says that this is made from the training splits alone (``handoff_from_training``: eval_cam's choices), it
+    finished with these settings and inputs, and the manifest changed outside the training splits only (a test
+    label or mask fixed). ``will_run``: in a dry run, the steps said to run before it."""
+    name, mod, h, key, off = entry
+    st = run.status(key) or {}
+    if off or not getattr(mod, "handoff_from_training", lambda c: False)(cfg) or st.get("handoff") is None:
+        return False
+    if not run.is_done(key, h) or inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key):
+        return False
+    if _weights_stale(run, key) or (will_run is not None and _runs_before(cfg, mod, will_run)):
+        return False
+    if hasattr(mod, "stale_reason") and mod.stale_reason(cfg, run):
+        return False
+    return _manifest_stale(cfg, run, name, key, training_only=True) is None
 
 
 def _reason(line: str, key: str) -> str:
@@ -581,6 +622,7 @@ def metrics_standing(cfg: RunConfig | None, run_path: Path, standing: dict[str, 
 def _runs_before(cfg: RunConfig, mod, will_run: dict) -> str | None:
     """In a dry run: why a finished step would be made again because a step it reads runs before it (a real run
     sees that from the new outputs' times, :func:`inputs_newer`)."""
+    will_run = {k: v for k, v in will_run.items() if not (v or {}).get("handoff_stands")}
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
         if need in will_run:
             return f"{need} runs before it, so it would be made again"

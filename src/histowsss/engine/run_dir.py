@@ -141,10 +141,12 @@ class RunDir:
     def made_again_after(self, step: str, key: str) -> str | None:
         """The time ``step`` finished when that is after the record ``key`` started (its first session, for a step
         taken up again: the outputs of ``key`` were made from files since replaced); None otherwise, or when either
-        time is unknown."""
+        time is unknown. For a step that records what later steps read of it (``handoff``, e.g. eval_cam's choices),
+        the time that last changed (``handoff_since``): made again with the same choices, its readers stand."""
         st = self.status(key) or {}
         began = status_time(st.get("first_started") or st.get("started"))
-        finished = (self.status(step) or {}).get("finished")
+        made = self.status(step) or {}
+        finished = made.get("handoff_since") or made.get("finished")
         t = status_time(finished)
         return finished if began is not None and t is not None and t > began else None
 
@@ -235,6 +237,8 @@ class RunDir:
         since_ns = since_ns or self.file_clock_ns()
         record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now(),
                   "since_ns": since_ns}
+        if (prior := _prior_handoff(st)) is not None:  # what later steps read of the outputs this run replaces
+            record["prior_handoff"] = prior
         if sessions > 1:  # (``started``: this session's start; ``first_started``: the first session's)
             record.update(sessions=sessions, wall_s=round(earlier_s, 2), first_started=st.get("first_started")
                           or st.get("started"), **({"wall_s_incomplete": True} if incomplete else {}))
@@ -264,6 +268,11 @@ class RunDir:
             write_json(self.status_path(step), record)
             raise
         record.update(state="done", finished=_now(), **times(), **info)
+        if "handoff" in info:  # readers of the outputs stand while what they read is the same (made_again_after)
+            prior = record.pop("prior_handoff", None) or {}
+            same = prior.get("handoff") == info["handoff"] and prior.get("since")
+            record["handoff_since"] = prior["since"] if same else record["finished"]
+        record.pop("prior_handoff", None)
         from histowsss.engine.kept_records import listing_path, write_listing
 
         outputs = info.get("outputs") if isinstance(info.get("outputs"), list) else []
@@ -334,6 +343,19 @@ WEIGHTS_FILE_STEPS = {"train_cam": "backbone.weights", "train_irn": "backbone.we
 def weights_field(key: str) -> str:
     """The status field of the fingerprint of the file config key ``key`` names: backbone_weights, encoder_weights."""
     return key.split(".")[-1] if key != "backbone.weights" else "backbone_weights"
+
+def _prior_handoff(st: dict | None) -> dict | None:
+    """What later steps read of a step's outputs before it runs again (``handoff``, and ``since``: when that last
+    changed) from its record: a finished one's own, or the one a stopped run carried; None when unknown."""
+    if not st:
+        return None
+    if st.get("state") == "done":
+        if st.get("handoff") is None:
+            return None
+        return {"handoff": st["handoff"], "since": st.get("handoff_since") or st.get("finished")}
+    prior = st.get("prior_handoff")
+    return prior if isinstance(prior, dict) else None
+
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # of a status record's "started" / "finished"
 

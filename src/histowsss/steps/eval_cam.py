@@ -13,6 +13,9 @@ the background parameter is ``eval_cam.no_mask_value`` (IRN's 0.15 threshold, of
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 from rich.progress import track
 
@@ -186,8 +189,28 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 entry["predicted_gating"]["background_images_false_fg"] = _false_fg(its, cfg, mode, best, gate)
             result["splits"][split] = entry
         write_json(run.sub("metrics") / "cam.json", result)
-        info.update(outputs=["metrics/cam.json"], chosen_value=best)
+        info.update(outputs=["metrics/cam.json"], chosen_value=best, handoff=handoff_digest(result))
         return result
+
+
+def handoff_from_training(cfg: RunConfig) -> bool:
+    """Whether what later steps read of eval_cam (:func:`handoff_digest`) is made from the rows the manifest's
+    training-side digest covers (``choose_on`` within the training, validation and train_seg splits)."""
+    d = cfg.data
+    choose = cfg.eval_cam.choose_on or (d.train_splits + d.val_splits)
+    return set(choose) <= set(d.train_splits) | set(d.val_splits) | set(cfg.train_seg.splits or [])
+
+
+def handoff_digest(result: dict) -> str:
+    """Digest of what later steps read of metrics/cam.json: the choices and the training splits' scores, all made
+    from the training splits (``choose_on`` may not name a test split). The test split's scores are left out, so
+    that a test label or mask fixed makes eval_cam again but not the steps that read it (train_seg on CAM labels,
+    make_sem_seg_labels' offset, eval_sem_seg, eval_seg's gate): :meth:`RunDir.made_again_after`."""
+    read = {k: v for k, v in result.items() if k not in ("splits", "masked_images")}
+    for k in ("splits", "masked_images"):
+        read[k] = {split: v for split, v in result.get(k, {}).items() if split != "test"}
+    text = json.dumps(read, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _false_fg(items: list[dict], cfg: RunConfig, mode: str, value: float, gate: float) -> float | None:
