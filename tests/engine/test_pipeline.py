@@ -87,8 +87,11 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
     assert [p[0] for p in plan_steps(cfg, rd, "train_seg", "train_seg")] == ["train_seg"]
     other = tmp_path / "other"
     rd2 = RunDir(other, cfg).init()
-    with rd2.step("eval_cam", eval_cam.config_hash(cfg)):
-        pass
+    from histowsss.steps import make_cam
+
+    for step, mod in (("make_cam", make_cam), ("eval_cam", eval_cam)):  # (CAM labels: eval_cam's choice on the CAMs)
+        with rd2.step(step, mod.config_hash(cfg)):
+            pass
     assert [p[0] for p in plan_steps(cfg, rd2, "train_seg", "train_seg")] == ["train_seg"]
     # IRN's pseudo-masks are in the folder, of other settings: --from train_seg would quietly train on CAM labels
     irn_other = load_config("demo", [f"train_seg.labels={labels}", "train_irn.epochs=1"])
@@ -96,8 +99,8 @@ def test_a_label_source_decided_at_run_time_needs_one_of_its_inputs(tmp_path, la
         pass
     with pytest.raises(StepError, match=r"train_seg \(train_seg.labels=\w+\) would not read make_sem_seg_labels, "
                                         r"which finished with other settings \(train_irn.epochs = 1 \(now 3\)\) .*"
-                                        r"would train on the CAM labels instead .*start from train_cam: "
-                                        r".*--from train_cam --to train_seg"):
+                                        r"would train on the CAM labels instead .*start from cam_to_ir_label: "
+                                        r".*--from cam_to_ir_label --to train_seg"):
         plan_steps(cfg, RunDir(other, cfg), "train_seg", "train_seg")
     cam = load_config("demo", ["train_seg.labels=cam"])  # said so: CAM labels
     assert [p[0] for p in plan_steps(cam, RunDir(other, cam), "train_seg", "train_seg")] == ["train_seg"]
@@ -684,7 +687,7 @@ def test_a_stopped_step_starts_over_when_its_inputs_changed_since_it_began(tmp_p
         with rd.step("make_cam", make_cam.config_hash(cfg)):
             raise KeyboardInterrupt
     called: list[bool] = []
-    monkeypatch.setattr(make_cam, "run", lambda c, r, overwrite=False: called.append(overwrite) or {})
+    monkeypatch.setattr(make_cam, "run", lambda c, r, overwrite=False, reuse=False: called.append(overwrite) or {})
     logs: list[str] = []
     run_pipeline(cfg, rd, "make_cam", "make_cam", log=logs.append)
     assert logs == ["[run ] make_cam: goes on from where it stopped" + logs[0].split("stopped", 1)[1], logs[1]]
@@ -720,10 +723,10 @@ def test_a_test_label_fixed_makes_eval_cam_again_but_not_the_steps_that_read_its
     made: list[str] = []
 
     def fake(name: str, mod):
-        def run(c, r, overwrite=False):
+        def run(c, r, overwrite=False, reuse=False):
             with r.step(name, mod.config_hash(c), overwrite=overwrite) as info:
                 if name == "eval_cam":
-                    info["handoff"] = choice[0]
+                    info.update(handoff=choice[0], train_handoff=choice[0])
             made.append(name)
             return {}
         return run
@@ -744,6 +747,9 @@ def test_a_test_label_fixed_makes_eval_cam_again_but_not_the_steps_that_read_its
         return [m.split(" (")[0] for m in logs if m.startswith(("[redo]", "[run ]"))]
 
     assert decisions() == ["[redo] eval_cam: the rows of the manifest changed since it ran"]
+    from histowsss.engine.pipeline import check_inputs
+
+    assert check_inputs(cfg, rd, plan, False) == ["eval_cam"]  # (its readers' inputs are not checked for nothing)
     standing = steps_standing(cfg, rd)
     assert standing["eval_cam"] and standing["train_seg"] is None  # its test scores alone are stale
     assert set(metrics_standing(cfg, rd.path)) == {"cam"}
@@ -764,3 +770,45 @@ def test_a_test_label_fixed_makes_eval_cam_again_but_not_the_steps_that_read_its
     demo_data.write_text(text.replace("train0.png,train,P0,benign", "train0.png,train,P0,malignant"))
     assert "[redo] train_seg: the training splits' rows of the manifest changed since it ran" in decisions()
     assert steps_standing(cfg, rd)["train_seg"] is not None
+
+
+def test_steps_that_read_the_cams_follow_make_cam_when_eval_cam_chooses_the_same(tmp_path, demo_data, monkeypatch):
+    """train_seg on CAM labels reads the CAMs through eval_cam's choice, and eval_seg's gate make_cam's image
+    probabilities: CAMs made again by another network make them again even when eval_cam's choices come out the
+    same (image labels only: the defaults)."""
+    import time
+
+    from histowsss.engine.pipeline import run_pipeline, step_plan, steps_standing
+    from histowsss.steps import train_cam
+
+    cfg = load_config("demo", ["train_seg.labels=cam", "eval_seg.image_gate=true"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    network = ["net-1"]
+
+    def fake(name: str, mod):
+        def run(c, r, overwrite=False, reuse=False):
+            with r.step(name, mod.config_hash(c), overwrite=overwrite) as info:
+                if name == "eval_cam":
+                    info.update(handoff="defaults", train_handoff="defaults")
+                if name == "make_cam":
+                    info.update(handoff=network[0], train_handoff=network[0])
+            return {}
+        return run
+
+    for name, mod, *_ in step_plan(cfg, stop="eval_seg"):
+        monkeypatch.setattr(mod, "run", fake(name, mod))
+        mod.run(cfg, rd)
+    time.sleep(1.1)
+    network[0] = "net-2"
+    logs: list[str] = []
+    with pytest.raises(StepError):  # (refused: train_cam finished already; --overwrite makes it again)
+        train_cam.run(cfg, rd)
+    run_pipeline(cfg, rd, stop="make_cam", overwrite=True, log=logs.append)  # a new classifier and its CAMs
+    standing = steps_standing(cfg, rd)
+    assert standing["train_seg"] and standing["eval_seg"]
+    logs.clear()
+    run_pipeline(cfg, rd, stop="eval_seg", log=logs.append)
+    redone = [m.split(":")[0] for m in logs if m.startswith("[redo]")]
+    assert {"[redo] eval_cam", "[redo] train_seg", "[redo] eval_seg"} <= set(redone), logs
+    assert rd.status("eval_cam")["handoff_since"] != rd.status("eval_cam")["finished"]  # its choices: the same
+    assert any(m.startswith("[redo] train_seg: make_cam was made again at ") for m in logs), logs

@@ -75,7 +75,8 @@ def test_what_later_steps_read_of_a_step_carries_its_time_while_it_comes_out_the
     with pytest.raises(KeyboardInterrupt):  # stopped part-way: what it carried is kept for the next run
         with rd.step("eval_cam", "h", overwrite=True):
             raise KeyboardInterrupt
-    assert rd.status("eval_cam")["prior_handoff"] == {"handoff": "A", "since": first}
+    assert {k: v for k, v in rd.status("eval_cam")["prior_handoff"].items() if k != "since_ns"} == {
+        "handoff": "A", "since": first}
     again = make("A", overwrite=False)
     assert again["finished"] != first and again["handoff_since"] == first and "prior_handoff" not in again
     assert rd.made_again_after("eval_cam", "train_seg") is None  # train_seg read "A": it stands
@@ -83,3 +84,27 @@ def test_what_later_steps_read_of_a_step_carries_its_time_while_it_comes_out_the
     assert other["handoff_since"] == other["finished"]
     assert rd.made_again_after("eval_cam", "train_seg") == other["finished"]
     assert make("A")["handoff_since"] != first  # back to A after B: its readers may have read B
+
+
+def test_the_training_side_reads_the_time_its_own_part_last_changed(tmp_path):
+    """make_cam made again for test images added: its ``train_handoff`` is the same, so a step of the training side
+    (made_again_after with ``training``) stands, and one that reads every split does not."""
+    import time
+
+    rd = RunDir(tmp_path / "run", load_config("demo")).init()
+
+    def make(whole: str, train: str) -> dict:
+        with rd.step("make_cam", "h", overwrite=True) as info:
+            info.update(handoff=whole, train_handoff=train)
+        return rd.status("make_cam")
+
+    first = make("all-1", "train-1")["finished"]
+    for reader in ("cam_to_ir_label", "eval_cam"):
+        with rd.step(reader, "r"):
+            pass
+        rd.status_path(reader).write_text(json.dumps({**rd.status(reader), "started": first}))
+    time.sleep(1.1)
+    again = make("all-2", "train-1")
+    assert again["train_handoff_since"] == first and again["handoff_since"] == again["finished"] != first
+    assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) is None
+    assert rd.made_again_after("make_cam", "eval_cam") == again["finished"]

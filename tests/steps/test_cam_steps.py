@@ -546,3 +546,51 @@ def test_make_cam_says_what_vit_scales_cost_on_the_cpu(tiny_manifest, tmp_path, 
     rd = RunDir(tmp_path / "run", cfg).init()
     run_pipeline(cfg, rd, stop="make_cam", log=lambda s: None)
     assert "make_cam: a vision transformer on the CPU at scales [1.0, 1.5]" in capsys.readouterr().out
+
+
+def test_test_images_added_cost_their_cams_and_leave_the_training_side_standing(tiny_manifest, tmp_path):
+    """make_cam made again because test images were added keeps the CAMs that still hold (same settings, image
+    contents and network) and makes the new ones; the IRN's labels, made from the training images' CAMs, stand.
+    A training image replaced under its name makes its CAM and the training side again."""
+    import shutil
+
+    from PIL import Image
+
+    from histowsss.engine.pipeline import steps_standing
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_manifest.parent, data)
+    manifest = data / tiny_manifest.name
+    cfg = _cfg(manifest)
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=lambda s: None)
+    lines = manifest.read_text().splitlines()
+    test_row = next(r for r in lines if ",test," in r)
+    name = test_row.split(",")[lines[0].split(",").index("name")]
+    manifest.write_text("\n".join(lines + [test_row.replace(name, name + "_added")]) + "\n")
+    shutil.copy(data / "images" / f"{name}.png", data / "images" / f"{name}_added.png")
+    shutil.copy(data / "masks" / f"{name}.png", data / "masks" / f"{name}_added.png")
+    if (data / "masks_cc" / f"{name}.png").exists():
+        shutil.copy(data / "masks_cc" / f"{name}.png", data / "masks_cc" / f"{name}_added.png")
+    standing = steps_standing(cfg, rd)
+    assert standing["make_cam"] and standing["eval_cam"] and standing["cam_to_ir_label"] is None
+    first = rd.status("make_cam")["finished"]
+    logs: list[str] = []
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append, dry_run=True)  # says so beforehand
+    assert [m.split(":")[0] for m in logs[:-1]] == ["[skip] train_cam", "[redo] make_cam", "[redo] eval_cam",
+                                                    "[skip] cam_to_ir_label"], logs
+    logs.clear()
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append)
+    decided = [m.split(":")[0] for m in logs if not m.startswith("[done]")]
+    assert decided == ["[skip] train_cam", "[redo] make_cam", "[redo] eval_cam", "[skip] cam_to_ir_label"], logs
+    st = rd.status("make_cam")
+    assert (st["computed"], st["reused"]) == (1, 14)  # the added image's CAM only
+    assert st["train_handoff_since"] == first and st["handoff_since"] == st["finished"]
+    train_image = data / "images" / "syn_train_000.png"
+    with Image.open(train_image) as im:
+        Image.fromarray(np.asarray(im.convert("RGB"))[:, ::-1].copy()).save(train_image)
+    logs.clear()
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append)
+    decided = [m.split(":")[0] for m in logs if not m.startswith("[done]")]
+    assert decided == ["[redo] train_cam", "[redo] make_cam", "[redo] eval_cam", "[redo] cam_to_ir_label"], logs
+    assert rd.status("make_cam")["computed"] == 15  # a new network: every CAM again

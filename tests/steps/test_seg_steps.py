@@ -411,13 +411,13 @@ def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(data
     yet) is trained again once the pseudo-masks exist, and its scores made again, though no hash changed."""
     cfg = make_cfg(dataset, "train_seg.labels=pseudo_or_cam")
     run = RunDir(tmp_path / "run", cfg).init()
-    with run.step("train_seg", train_seg.config_hash(cfg)) as info:  # as trained before IRN ran: on CAM labels
-        info.update(label_source="cam")
-    with run.step("eval_seg", eval_seg.config_hash(cfg)):
-        pass
     from histowsss.steps import eval_cam
 
     with run.step("eval_cam", eval_cam.config_hash(cfg)):  # CAM labels available, and still the choice
+        pass
+    with run.step("train_seg", train_seg.config_hash(cfg)) as info:  # as trained before IRN ran: on CAM labels
+        info.update(label_source="cam")
+    with run.step("eval_seg", eval_seg.config_hash(cfg)):
         pass
     assert seg_labels.label_source(cfg, run) == "cam" and train_seg.stale_reason(cfg, run) is None
     fake_pseudo(cfg, run)

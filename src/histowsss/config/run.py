@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -111,6 +113,12 @@ class RunConfig(Strict):
                 return None
         return _file_fingerprint(Path(w).expanduser())
 
+    def training_side_splits(self) -> set[str]:
+        """The splits the training steps read (data.train_splits, val_splits, train_seg.splits): the manifest's
+        training-side digests, and make_cam's ``train_handoff``, are made over these. (Not ir_label.splits: a
+        split named there alone is not covered; one digest for all would make train_cam again for it.)"""
+        return set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
+
     def manifest_digests(self) -> dict[str, str] | None:
         """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
         columns no step reads aside): ``images`` (each image's name, file and split: all make_cam reads), ``rows``
@@ -118,20 +126,31 @@ class RunConfig(Strict):
         contents: a mask re-exported under its name counts) and ``image_files`` (each image file's
         :func:`image_fingerprint`: one replaced under its name counts), over all images and (``train_rows``,
         ``train_mask_files``, ``train_image_files``) over the training splits alone (data.train_splits, val_splits,
-        train_seg.splits, ir_label.splits). Files are named from the folder image paths are read from (``data.root``,
+        train_seg.splits). Files are named from the folder image paths are read from (``data.root``,
         else the manifest's), so a project moved whole keeps them. Recorded in each step's status, so that a manifest
         edited in place (a label fixed, images added) makes the steps that read it again (not in the hashes: a run
         made before this record keeps its steps). None when the manifest cannot be read (the checks before a run say
         why). A mask's contents are read again when its size or modification time changed (a file rewritten at the
-        same size within one tick of the clock is not)."""
-        from histowsss.data.manifest import data_root, manifest_path, patient_key, scan_manifest
-
+        same size within one tick of the clock is not). Within :func:`digests_held`, computed once per manifest."""
         path = Path(self.data.manifest)
         try:
             st = path.stat()
         except OSError:
             return None
         key = (st.st_size, st.st_mtime_ns, self.data.model_dump_json())
+        held = (os.path.abspath(path), key, tuple(sorted(self.training_side_splits())))
+        if _DIGESTS_HELD is not None and held in _DIGESTS_HELD:
+            return _DIGESTS_HELD[held]
+        digests = self._manifest_digests(path, key)
+        if _DIGESTS_HELD is not None:
+            _DIGESTS_HELD[held] = digests
+        return digests
+
+    def _manifest_digests(self, path: Path, key: tuple) -> dict[str, str] | None:
+        """:meth:`manifest_digests`, computed (the manifest's rows cached by ``key``, its files' digests by their
+        size and modification time)."""
+        from histowsss.data.manifest import data_root, manifest_path, patient_key, scan_manifest
+
         cached = _MANIFEST_ROWS.get(os.path.abspath(path))
         if cached is None or cached[0] != key:
             try:
@@ -170,8 +189,7 @@ class RunConfig(Strict):
                     return "(unreadable)"
             return _FILE_DIGESTS[f][1]
 
-        train = (set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
-                 | set(self.ir_label.splits or []))
+        train = self.training_side_splits()
         lines = [(image, f"{image}\t{labels}", m + "\t" + "\t".join(content(f) for f in files),
                   f"{image}\t{image_fingerprint(file)}", split in train)
                  for split, image, labels, m, files, file in cached[1]]
@@ -219,25 +237,49 @@ class RunConfig(Strict):
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
 
-IMAGE_SAMPLE = 256 << 10  # bytes read from each end of an image file for its fingerprint
+_DIGESTS_HELD: dict | None = None  # manifest_digests by manifest, within digests_held
+
+
+@contextmanager
+def digests_held() -> Iterator[None]:
+    """Within it, :meth:`RunConfig.manifest_digests` is computed once per manifest (its size, time and data
+    settings): the checks before a run, a dry run and the stale marks ask it for every step, and each time every
+    image and mask file is looked at."""
+    global _DIGESTS_HELD
+    outer = _DIGESTS_HELD
+    if outer is None:
+        _DIGESTS_HELD = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _DIGESTS_HELD = None
+
+
+IMAGE_WHOLE = 16 << 20  # image files up to this size are hashed whole (tiles, GlaS's BMPs)
+IMAGE_BLOCK, IMAGE_BLOCKS = 256 << 10, 32  # larger ones: this many blocks of this size, spread over the file
 _IMAGE_FINGERPRINTS: dict[str, tuple] = {}
 
 
 def image_fingerprint(path: str) -> str:
-    """An image file's size and the sha256 of its first and last 256 KiB (the whole file when smaller): a file
-    replaced under its name is seen (other pixels change its header's neighbourhood or its compressed bytes), a
-    project copied whole is not, and a slide of gigabytes costs two small reads. Read again when the file's size or
-    modification time changed; "(unreadable)" for a file that cannot be read (the checks before a run say why)."""
+    """An image file's size and the sha256 of its bytes: all of them up to 16 MiB (a pixel retouched in an
+    uncompressed BMP counts), else 32 blocks of 256 KiB spread from its first byte to its last (a large image
+    re-exported changes its compressed bytes throughout; an edit within one uncompressed stretch between blocks is
+    not seen). A project copied whole keeps it. Read again when the file's size or modification time changed;
+    "(unreadable)" for a file that cannot be read (the checks before a run say why)."""
     try:
         fs = os.stat(path)
         key = (fs.st_size, fs.st_mtime_ns)
         if _IMAGE_FINGERPRINTS.get(path, (None,))[0] != key:
             h = hashlib.sha256()
             with open(path, "rb") as f:
-                h.update(f.read(IMAGE_SAMPLE))
-                if fs.st_size > IMAGE_SAMPLE:
-                    f.seek(max(IMAGE_SAMPLE, fs.st_size - IMAGE_SAMPLE))
-                    h.update(f.read(IMAGE_SAMPLE))
+                if fs.st_size <= IMAGE_WHOLE:
+                    h.update(f.read())
+                else:
+                    last = fs.st_size - IMAGE_BLOCK
+                    for k in range(IMAGE_BLOCKS):
+                        f.seek(last * k // (IMAGE_BLOCKS - 1))
+                        h.update(f.read(IMAGE_BLOCK))
             _IMAGE_FINGERPRINTS[path] = (key, f"{fs.st_size}:{h.hexdigest()[:16]}")
     except OSError:
         return "(unreadable)"

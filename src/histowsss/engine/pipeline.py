@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
+from histowsss.config.run import digests_held
 from histowsss.engine.run_dir import WEIGHTS_FILE_STEPS, RunDir, StepError
 from histowsss.steps.registry import PIPELINE, select_steps, step_module
 
@@ -59,7 +61,8 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
         if off:
             continue
         if step_decision(cfg, run, entry, overwrite, will_run)[0] != "skip":
-            will_run[name] = {}
+            # (as the dry run: made again for the test splits alone, what the training steps read of it stands)
+            will_run[name] = {"handoff_stands": True} if handoff_stands(cfg, run, entry, will_run) else {}
             _check_weights_file(cfg, key)
             setting = WEIGHTS_FILE_STEPS.get(key)
             if setting is not None and setting not in checked:
@@ -197,11 +200,14 @@ def _why_not(run: RunDir, need: str) -> str:
     return "finished with other settings" + (f" ({d})" if (d := run.settings_diff(st, step_hash=step_hash)) else "")
 
 
-def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str) -> str | None:
+def inputs_newer(cfg: RunConfig, run: RunDir, mod, key: str, training: bool | None = None) -> str | None:
     """Why the finished step ``key`` is stale: one of the steps it reads (``requires(cfg)``) finished after it
-    started, so its outputs were made from files since replaced. None when it stands."""
+    started, so its outputs were made from files since replaced (what it reads of them changed, for a step that
+    records that: :meth:`RunDir.made_again_after`; ``training``: of their training splits' part, by default for the
+    steps of :data:`TRAINING_SIDE`). None when it stands."""
+    training = key in TRAINING_SIDE if training is None else training
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
-        if (finished := run.made_again_after(need, key)) is not None:
+        if (finished := run.made_again_after(need, key, training)) is not None:
             st = run.status(key) or {}
             return (f"{need} was made again at {finished}, after these outputs were made "
                     f"({st.get('first_started') or st.get('started')})")
@@ -409,6 +415,11 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_o
         return None
     part = "train_" if name in TRAINING_SIDE or training_only else ""
     which = "the training splits' " if part else "the "
+    if training_only and name == "make_cam":  # (its training images' CAMs: which, under which name, and their files)
+        if then.get("train_rows", now["train_rows"]) != now["train_rows"] or then.get(
+                "train_image_files", now["train_image_files"]) != now["train_image_files"]:
+            return "the training splits' images changed"
+        return None
     # (an image file replaced under its name: "image_files" holds each file's fingerprint; records made before it
     # hold none and say nothing of them)
     files_changed = (name in IMAGE_READERS or (name == "cam_to_ir_label" and cfg.ir_label.crf)) and then.get(
@@ -417,8 +428,8 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_o
         if then.get("images", now["images"]) != now["images"]:
             return f"the images of the manifest changed since it ran ({cfg.data.manifest}); made again"
         if files_changed:
-            return (f"an image file was replaced since it ran (same name, other contents; {cfg.data.manifest}); "
-                    "made again")
+            return (f"an image file was replaced since it ran (same name, other contents or unreadable; "
+                    f"{cfg.data.manifest}); made again")
         return None
     if then.get(part + "rows", now[part + "rows"]) != now[part + "rows"]:
         return (f"{which}rows of the manifest changed since it ran (images, splits, patients or labels; "
@@ -430,8 +441,8 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_o
     if reads_masks and then.get(part + "mask_files", now[part + "mask_files"]) != now[part + "mask_files"]:
         return f"{which}masks of the manifest changed since it ran ({cfg.data.manifest}); made again"
     if files_changed:
-        return (f"{'a training' if part else 'an'} image file was replaced since it ran (same name, other contents; "
-                f"{cfg.data.manifest}); made again")
+        return (f"{'a training' if part else 'an'} image file was replaced since it ran (same name, other contents "
+                f"or unreadable; {cfg.data.manifest}); made again")
     return None
 
 
@@ -462,12 +473,20 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
     (see :func:`plan_steps` for what is refused). ``dry_run``: say what each step would do and why, write
     nothing (the steps that would run map to {})."""
-    if not dry_run:
-        adopt_legacy_records(cfg, run, log)
-    restore_kept_records(cfg, run, log, dry_run)
-    run = with_kept(cfg, run)  # (a dry run, torchrun's other processes: the folder as the first one makes it)
-    plan = plan_steps(cfg, run, start, stop, overwrite)
-    _report_clicks(cfg, run, plan, overwrite, log)
+    with digests_held():  # (the manifest as it is now, looked at once for the checks; each step records its own)
+        if not dry_run:
+            adopt_legacy_records(cfg, run, log)
+        restore_kept_records(cfg, run, log, dry_run)
+        run = with_kept(cfg, run)  # (a dry run, torchrun's other processes: the folder as the first one makes it)
+        plan = plan_steps(cfg, run, start, stop, overwrite)
+        _report_clicks(cfg, run, plan, overwrite, log)
+    with digests_held() if dry_run else nullcontext():
+        return _run_plan(cfg, run, plan, overwrite, log, dry_run)
+
+
+def _run_plan(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool, log: Callable[[str], None],
+              dry_run: bool) -> dict[str, dict]:
+    """The steps of ``plan`` in order, each as :func:`step_decision` decides (see :func:`run_pipeline`)."""
     results: dict[str, dict] = {}
     for entry in plan:
         name, mod, h, key, off = entry
@@ -483,7 +502,9 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         # start over: asked, stale, or a record of other settings (finished, or stopped: nothing of it to go on from)
         redo = overwrite or verb == "restart" or (st is not None and (st.get("state") == "done"
                                                                       or st.get("config_hash") != h))
-        results[name] = mod.run(cfg, run, overwrite=redo) or {}
+        # (a step that keeps its outputs that still hold, when it is made again for other reasons than --overwrite)
+        reuse = {"reuse": not overwrite} if getattr(mod, "REUSES_OUTPUTS", False) else {}
+        results[name] = mod.run(cfg, run, overwrite=redo, **reuse) or {}
         run.forget_restored(key)
         log(f"[done] {key} in {time.time() - t0:.1f} s")
     if dry_run:
@@ -508,7 +529,7 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
         # made again after them (--overwrite), or the step itself knows why (train_seg's label choice)
         why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key) or _weights_stale(run, key)
                or _manifest_stale(cfg, run, name, key)
-               or (_runs_before(cfg, mod, will_run) if will_run is not None else None)
+               or (_runs_before(cfg, mod, will_run, key in TRAINING_SIDE) if will_run is not None else None)
                or (mod.stale_reason(cfg, run) if hasattr(mod, "stale_reason") else None))
         if why is None:
             return "skip", f"[skip] {key}: finished with this configuration"
@@ -519,7 +540,7 @@ def step_decision(cfg: RunConfig, run: RunDir, entry: tuple, overwrite: bool = F
         why = (inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key)
                or _manifest_stale(cfg, run, name, key)
                or (f"the weights file ({WEIGHTS_FILE_STEPS[key]}) changed" if run.weights_changed(key, st) else None)
-               or (_runs_before(cfg, mod, will_run) if will_run is not None else None))
+               or (_runs_before(cfg, mod, will_run, key in TRAINING_SIDE) if will_run is not None else None))
         if why is not None:
             why = (why.removesuffix("; made again").removesuffix(", so it would be made again")
                    .replace("after these outputs were made", "after it began"))
@@ -533,6 +554,11 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
     that does not stand itself (a step whose input has no record says nothing of it). For the report and the run's
     closing table, whose numbers may come from earlier settings (a run stopped after config.yaml was rewritten) or
     from outputs a stopped ``--overwrite`` made again only in part."""
+    with digests_held():
+        return _steps_standing(cfg, run)
+
+
+def _steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     root: dict[str, str] = {}  # the step whose own record does not stand, for those that read it
     handoff_ok: set[str] = set()  # steps that do not stand, but what later steps read of them does
@@ -553,34 +579,38 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             root[key] = key
             continue
         read = getattr(mod, "read_steps", lambda c, r: [n for n, _ in getattr(mod, "requires", lambda c: [])(c)])
-        bad = [need for need in read(cfg, st) if run.status(need) is not None and out.get(need) is not None
-               and need not in handoff_ok]
-        if bad:
+        bad = [need for need in read(cfg, st) if run.status(need) is not None and out.get(need) is not None]
+        stands = [need for need in bad if need in handoff_ok]  # (their training part does)
+        if bad and (key not in TRAINING_SIDE or len(stands) < len(bad)):
             first = root.get(bad[0], bad[0])
             out[key] = f"made from {bad[0]}'s outputs, which do not stand ({first}: {out[first]})"
             root[key] = first
+            if len(stands) == len(bad) and handoff_stands(cfg, run, (name, mod, h, key, None)):
+                handoff_ok.add(key)
             continue
         verb, line = step_decision(cfg, run, (name, mod, h, key, None))
         out[key] = None if verb == "skip" else _reason(line, key)
         if out[key] is not None:
             root[key] = key
-            if handoff_stands(cfg, run, (name, mod, h, key, None)):  # its test scores alone are stale
+            if handoff_stands(cfg, run, (name, mod, h, key, None)):  # its test split's part alone is stale
                 handoff_ok.add(key)
     return out
 
 
 def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | None = None) -> bool:
-    """Whether what later steps read of a finished step (its ``handoff``) stands although the step is made again:
-    it says that this is made from the training splits alone (``handoff_from_training``: eval_cam's choices), it
-    finished with these settings and inputs, and the manifest changed outside the training splits only (a test
-    label or mask fixed). ``will_run``: in a dry run, the steps said to run before it."""
+    """Whether what the training steps read of a finished step (its ``train_handoff``) stands although the step is
+    made again or does not stand: it says that this is made from the training splits alone
+    (``handoff_from_training``: eval_cam's choices, make_cam's CAMs of training images), it finished with these
+    settings, what it read of its inputs' training part stands, and the manifest changed outside the training
+    splits only (a test label or mask fixed, test images added). ``will_run``: in a dry run, the steps said to run
+    before it."""
     name, mod, h, key, off = entry
     st = run.status(key) or {}
-    if off or not getattr(mod, "handoff_from_training", lambda c: False)(cfg) or st.get("handoff") is None:
+    if off or not getattr(mod, "handoff_from_training", lambda c: False)(cfg) or st.get("train_handoff") is None:
         return False
-    if not run.is_done(key, h) or inputs_newer(cfg, run, mod, key) or _clicks_stale(cfg, run, name, key):
+    if not run.is_done(key, h) or inputs_newer(cfg, run, mod, key, True) or _clicks_stale(cfg, run, name, key):
         return False
-    if _weights_stale(run, key) or (will_run is not None and _runs_before(cfg, mod, will_run)):
+    if _weights_stale(run, key) or (will_run is not None and _runs_before(cfg, mod, will_run, True)):
         return False
     if hasattr(mod, "stale_reason") and mod.stale_reason(cfg, run):
         return False
@@ -619,10 +649,12 @@ def metrics_standing(cfg: RunConfig | None, run_path: Path, standing: dict[str, 
             if (why := standing.get(step)) is not None and (Path(run_path) / "metrics" / f"{tag}.json").is_file()}
 
 
-def _runs_before(cfg: RunConfig, mod, will_run: dict) -> str | None:
+def _runs_before(cfg: RunConfig, mod, will_run: dict, training: bool = False) -> str | None:
     """In a dry run: why a finished step would be made again because a step it reads runs before it (a real run
-    sees that from the new outputs' times, :func:`inputs_newer`)."""
-    will_run = {k: v for k, v in will_run.items() if not (v or {}).get("handoff_stands")}
+    sees that from the new outputs' times, :func:`inputs_newer`). ``training``: it reads the training part of
+    their outputs alone, which a step made again only for the other splits leaves (:func:`handoff_stands`)."""
+    if training:
+        will_run = {k: v for k, v in will_run.items() if not (v or {}).get("handoff_stands")}
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
         if need in will_run:
             return f"{need} runs before it, so it would be made again"

@@ -138,17 +138,28 @@ class RunDir:
                             + (f"; {step} ran with {diff}: give those settings again (the --set values of that run) "
                                f"or re-run {step} with --overwrite" if diff else f"; re-run {step} with --overwrite"))
 
-    def made_again_after(self, step: str, key: str) -> str | None:
+    def made_again_after(self, step: str, key: str, training: bool = False) -> str | None:
         """The time ``step`` finished when that is after the record ``key`` started (its first session, for a step
         taken up again: the outputs of ``key`` were made from files since replaced); None otherwise, or when either
-        time is unknown. For a step that records what later steps read of it (``handoff``, e.g. eval_cam's choices),
-        the time that last changed (``handoff_since``): made again with the same choices, its readers stand."""
+        time is unknown. For a step that records what later steps read of it (``handoff``: eval_cam's choices,
+        make_cam's CAMs by image and network), the time that last changed (``handoff_since``): made again with the
+        same, its readers stand. ``training``: ``key`` reads the training splits' part alone (``train_handoff``:
+        test images added re-make make_cam for them, not the IRN). Times within one second are told apart by the
+        records' nanosecond clock (``*_ns``) where both have it (a fast step made again in the second its reader
+        started)."""
         st = self.status(key) or {}
-        began = status_time(st.get("first_started") or st.get("started"))
+        began = st.get("first_started") or st.get("started")
+        began_ns = st.get("first_started_ns") if st.get("first_started") else st.get("started_ns")
         made = self.status(step) or {}
-        finished = made.get("handoff_since") or made.get("finished")
-        t = status_time(finished)
-        return finished if began is not None and t is not None and t > began else None
+        field = next((f for f in ("train_handoff_since" if training else "", "handoff_since", "finished")
+                      if f and made.get(f)), "finished")
+        finished, finished_ns = made.get(field), made.get(field + "_ns")
+        b, t = status_time(began), status_time(finished)
+        if b is None or t is None:
+            return None
+        if t > b or (t == b and isinstance(finished_ns, int) and isinstance(began_ns, int) and finished_ns > began_ns):
+            return finished
+        return None
 
     def settings_diff(self, status: dict, most: int = 6, step_hash: Callable[[RunConfig], str] | None = None) -> str:
         """``key = old (now new)`` for the settings where the config a step ran with (its status record's
@@ -235,13 +246,17 @@ class RunDir:
         # status/files/<step>.json when it finishes, engine/kept_records.py)
         since_ns = int(st.get("since_ns") or 0) if sessions > 1 else 0
         since_ns = since_ns or self.file_clock_ns()
-        record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now(),
-                  "since_ns": since_ns}
+        started_ns = time.time_ns()
+        record = {"step": step, "state": "running", "config_hash": config_hash, "started": _now(started_ns),
+                  "started_ns": started_ns, "since_ns": since_ns}
         if (prior := _prior_handoff(st)) is not None:  # what later steps read of the outputs this run replaces
             record["prior_handoff"] = prior
         if sessions > 1:  # (``started``: this session's start; ``first_started``: the first session's)
             record.update(sessions=sessions, wall_s=round(earlier_s, 2), first_started=st.get("first_started")
                           or st.get("started"), **({"wall_s_incomplete": True} if incomplete else {}))
+            first_ns = st.get("first_started_ns") if st.get("first_started") else st.get("started_ns")
+            if first_ns is not None:
+                record["first_started_ns"] = first_ns
         if self.config_file:
             record["run_config"] = self.config_file
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None
@@ -267,12 +282,16 @@ class RunDir:
             record.update(state="failed", error=f"{type(e).__name__}: {why}", **times())
             write_json(self.status_path(step), record)
             raise
-        record.update(state="done", finished=_now(), **times(), **info)
-        if "handoff" in info:  # readers of the outputs stand while what they read is the same (made_again_after)
-            prior = record.pop("prior_handoff", None) or {}
-            same = prior.get("handoff") == info["handoff"] and prior.get("since")
-            record["handoff_since"] = prior["since"] if same else record["finished"]
-        record.pop("prior_handoff", None)
+        finished_ns = time.time_ns()
+        record.update(state="done", finished=_now(finished_ns), finished_ns=finished_ns, **times(), **info)
+        prior = record.pop("prior_handoff", None) or {}
+        for side in ("", "train_"):  # readers stand while what they read is the same (made_again_after)
+            if info.get(side + "handoff") is not None:
+                same = prior.get(side + "handoff") == info[side + "handoff"] and prior.get(side + "since")
+                record[side + "handoff_since"] = prior[side + "since"] if same else record["finished"]
+                since_ns = prior.get(side + "since_ns") if same else finished_ns
+                if since_ns is not None:
+                    record[side + "handoff_since_ns"] = since_ns
         from histowsss.engine.kept_records import listing_path, write_listing
 
         outputs = info.get("outputs") if isinstance(info.get("outputs"), list) else []
@@ -346,13 +365,18 @@ def weights_field(key: str) -> str:
 
 def _prior_handoff(st: dict | None) -> dict | None:
     """What later steps read of a step's outputs before it runs again (``handoff``, and ``since``: when that last
-    changed) from its record: a finished one's own, or the one a stopped run carried; None when unknown."""
+    changed; ``train_handoff``, ``train_since``: the training splits' part) from its record: a finished one's own,
+    or the one a stopped run carried; None when unknown."""
     if not st:
         return None
     if st.get("state") == "done":
-        if st.get("handoff") is None:
-            return None
-        return {"handoff": st["handoff"], "since": st.get("handoff_since") or st.get("finished")}
+        out = {}
+        for side in ("", "train_"):
+            if st.get(side + "handoff") is not None:
+                since = st.get(side + "handoff_since")
+                out.update({side + "handoff": st[side + "handoff"], side + "since": since or st.get("finished"),
+                            side + "since_ns": st.get(side + "handoff_since_ns") if since else st.get("finished_ns")})
+        return out or None
     prior = st.get("prior_handoff")
     return prior if isinstance(prior, dict) else None
 
@@ -360,8 +384,9 @@ def _prior_handoff(st: dict | None) -> dict | None:
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # of a status record's "started" / "finished"
 
 
-def _now() -> str:
-    return time.strftime(TIME_FORMAT)
+def _now(ns: int | None = None) -> str:
+    """A status record's time: now, or the ``time.time_ns()`` given."""
+    return time.strftime(TIME_FORMAT, time.localtime(None if ns is None else ns / 1e9))
 
 
 def status_time(text: str | None):

@@ -189,7 +189,8 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
                 entry["predicted_gating"]["background_images_false_fg"] = _false_fg(its, cfg, mode, best, gate)
             result["splits"][split] = entry
         write_json(run.sub("metrics") / "cam.json", result)
-        info.update(outputs=["metrics/cam.json"], chosen_value=best, handoff=handoff_digest(result))
+        handoff = handoff_digest(result)  # (made on the training splits: the training side reads all of it)
+        info.update(outputs=["metrics/cam.json"], chosen_value=best, handoff=handoff, train_handoff=handoff)
         return result
 
 

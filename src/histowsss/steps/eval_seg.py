@@ -52,10 +52,10 @@ def config_hash(cfg: RunConfig, network_hash: str | None = None) -> str:
 def requires(cfg: RunConfig) -> list[tuple[str, str]]:
     """The finished steps (status record, config hash) this step reads: checked before a run starts."""
     need = [(train_seg.status_name(cfg), train_seg.config_hash(cfg))]
-    if cfg.eval_seg.image_gate:
-        from histowsss.steps import eval_cam
+    if cfg.eval_seg.image_gate:  # (eval_cam's chosen cut, make_cam's image probabilities)
+        from histowsss.steps import eval_cam, make_cam
 
-        need.append(("eval_cam", eval_cam.config_hash(cfg)))
+        need += [("eval_cam", eval_cam.config_hash(cfg)), ("make_cam", make_cam.config_hash(cfg))]
     return need
 
 

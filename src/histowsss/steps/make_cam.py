@@ -176,8 +176,55 @@ def vit_scales_note(model: torch.nn.Module, cfg: RunConfig, device: torch.device
             "make_cam.scales=[1.0], or a GPU")
 
 
-def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
-    """Write cams/<image>.npz (cam at stride 4, float16; image-level probabilities; class names)."""
+# the pipeline passes ``reuse``: made again for other reasons than --overwrite, CAM files that still hold keep
+REUSES_OUTPUTS = True
+
+
+def handoff_from_training(cfg: RunConfig) -> bool:
+    """make_cam's ``train_handoff`` covers the CAMs of the training splits' images alone (engine/pipeline.py
+    ``handoff_stands``)."""
+    return True
+
+
+def network_id(run: RunDir, cfg: RunConfig) -> str:
+    """Which classifier CAMs come from: train_cam's settings and the digest of its checkpoint's bytes (trained
+    again, it is another network, unless it came out bit for bit the same)."""
+    from histowsss.digest import file_sha256
+    from histowsss.steps.common import cam_hash
+
+    return f"{cam_hash(cfg)}:{file_sha256(run.path / 'checkpoints' / 'cam.safetensors')[:16]}"
+
+
+def handoff(samples: list, h: str, network: str, prints: dict[str, str]) -> str:
+    """Digest of what readers of these images' CAMs read: which images, their files' contents, the settings and the
+    network (CAM files' own bytes differ from run to run: compressed floats)."""
+    import hashlib
+
+    lines = sorted(f"{s.name}\t{prints[s.name]}" for s in samples)
+    return hashlib.sha256("\n".join([h, network, *lines]).encode()).hexdigest()[:16]
+
+
+def _holds(path: Path, h: str, image: str, network: str, strict: bool) -> bool:
+    """Whether the CAM file at ``path`` is one these settings would make: same settings, and (``strict``; or when
+    the file says) the same image file contents and network. A damaged file does not (made again)."""
+    try:
+        z = read_npz(path)
+    except CorruptFileError:  # a file damaged by a machine crash is made again
+        return False
+    if str(z["config_hash"]) != h:
+        return False
+    if "image" not in z or "network" not in z:  # (written before files said: kept on a resume only)
+        return not strict
+    return str(z["image"]) == image and str(z["network"]) == network
+
+
+def run(cfg: RunConfig, run: RunDir, overwrite: bool = False, reuse: bool = False) -> dict:
+    """Write cams/<image>.npz (cam at stride 4, float16; image-level probabilities; class names; the image file's
+    fingerprint and the network it came from). A step taken up again keeps the files it made; ``reuse`` (made again
+    for other reasons than --overwrite: images added, one replaced, train_cam made again) keeps the files of the
+    same settings, image contents and network, so that test images added cost their CAMs only."""
+    from histowsss.config.run import image_fingerprint
+
     mc = cfg.make_cam
     h = config_hash(cfg)
     with run.step(STEP, h, overwrite=overwrite) as info:
@@ -193,21 +240,22 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
             print(f"make_cam: {note}", flush=True)
         done = skipped = 0
         run.sub("cams")
+        network = network_id(run, cfg)  # (the file load_cam_network read)
+        prints = {s.name: image_fingerprint(str(s.image)) for s in samples}
         for s in track(samples, description="make_cam"):
             path = cam_path(run, s.name)
-            if path.exists() and not overwrite:
-                try:
-                    same = str(read_npz(path)["config_hash"]) == h
-                except CorruptFileError:  # a file damaged by a machine crash is made again
-                    same = False
-                if same:
-                    skipped += 1
-                    continue
+            if path.exists() and (reuse or not overwrite) and _holds(path, h, prints[s.name], network, overwrite):
+                skipped += 1
+                continue
             img = load_image(s.image, cfg.data)
             base_hw = img.shape[:2]
             cam, logits = image_cam(model, img, cfg, norm, device)
             write_npz(path, cam=cam.astype(np.float16), probs=1 / (1 + np.exp(-logits)), classes=np.array(classes),
-                      size=np.array(base_hw), config_hash=np.array(h))
+                      size=np.array(base_hw), config_hash=np.array(h), image=np.array(prints[s.name]),
+                      network=np.array(network))
             done += 1
-        info.update(outputs=["cams/"], images=len(samples), computed=done, reused=skipped)
+        train = cfg.training_side_splits() | set(cfg.ir_label.splits or [])  # (every split a training step reads)
+        info.update(outputs=["cams/"], images=len(samples), computed=done, reused=skipped,
+                    handoff=handoff(samples, h, network, prints),
+                    train_handoff=handoff([s for s in samples if s.split in train], h, network, prints))
         return {"images": len(samples), "computed": done, "reused": skipped}

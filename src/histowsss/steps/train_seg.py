@@ -100,10 +100,14 @@ def stale_reason(cfg: RunConfig, run: RunDir) -> str | None:
         return None
     if was != now:
         return f"trained on {was} labels; train_seg.labels={ts.labels} now picks {now} labels"
-    source_step = {"pseudo": "make_sem_seg_labels", "cam": "eval_cam"}.get(was)
-    if source_step and run.made_again_after(source_step, status_name(cfg)):  # the labels it read were replaced
-        return f"its {was} labels ({source_step}) were made again after it was trained"
+    for source_step in SOURCE_STEPS.get(was, []):  # the labels it read were replaced (training images' part)
+        if run.made_again_after(source_step, status_name(cfg), training=True):
+            return f"its {was} labels ({source_step}) were made again after it was trained"
     return None
+
+
+# the steps whose outputs a label source is made of (CAM labels: eval_cam's choice on make_cam's CAMs)
+SOURCE_STEPS = {"pseudo": ["make_sem_seg_labels"], "cam": ["eval_cam", "make_cam"]}
 
 
 # settings only the weak labels read (their source, the filters on them, the loss against their noise): the network
@@ -144,8 +148,10 @@ def requires(cfg: RunConfig) -> list[tuple[str, str]]:
         return []
     if ts.labels == "pseudo":
         return [("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg))]
-    if ts.labels == "cam":
-        return [("eval_cam", eval_cam.config_hash(cfg))]
+    if ts.labels == "cam":  # (eval_cam's choice made on the CAMs, which it reads too)
+        from histowsss.steps import make_cam
+
+        return [("eval_cam", eval_cam.config_hash(cfg)), ("make_cam", make_cam.config_hash(cfg))]
     return []
 
 
@@ -166,9 +172,9 @@ def read_steps(cfg: RunConfig, record: dict) -> list[str]:
     ts = cfg.train_seg
     if ts.supervised:
         return []
-    source = {"pseudo": "make_sem_seg_labels", "cam": "eval_cam"}.get(record.get("label_source"))
+    source = SOURCE_STEPS.get(record.get("label_source"), [])
     picked = ["eval_sem_seg"] if ts.labels == "best_on_train" else []
-    return [n for n, _ in requires(cfg)] + ([source] if source else []) + picked
+    return list(dict.fromkeys([n for n, _ in requires(cfg)] + source + picked))
 
 
 def prefers(cfg: RunConfig) -> list[tuple[str, str]]:
