@@ -40,14 +40,15 @@ TRAINING_STEPS = ["train_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_lab
 
 
 def cli(*args: str) -> tuple[float, str]:
-    """Run the histowsss CLI; (wall seconds, output). A failure stops the benchmark with its output."""
+    """Run the histowsss CLI; (wall seconds, its output: the step lines are on stderr). A failure stops the
+    benchmark with its output."""
     exe = Path(sys.executable).with_name("histowsss")
     t0 = time.time()
     proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
         raise SystemExit(f"histowsss {' '.join(args)} failed with exit code {proc.returncode}")
-    return time.time() - t0, proc.stdout
+    return time.time() - t0, proc.stdout + proc.stderr
 
 
 def made(log: str) -> list[str]:

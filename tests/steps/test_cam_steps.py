@@ -594,3 +594,69 @@ def test_test_images_added_cost_their_cams_and_leave_the_training_side_standing(
     decided = [m.split(":")[0] for m in logs if not m.startswith("[done]")]
     assert decided == ["[redo] train_cam", "[redo] make_cam", "[redo] eval_cam", "[redo] cam_to_ir_label"], logs
     assert rd.status("make_cam")["computed"] == 15  # a new network: every CAM again
+
+
+def test_a_split_only_the_irn_reads_is_watched_and_the_dry_run_says_what_the_run_does(tiny_manifest, tmp_path):
+    """ir_label.splits may name a split no other training step reads: a label fixed there makes the IRN's labels
+    again (not train_cam); an image replaced there makes its CAM and the IRN's labels again, and the dry run, the
+    stale marks and the run agree (make_cam's training part predicted from the images and checkpoint of now)."""
+    import csv
+    import shutil
+
+    from PIL import Image
+
+    from histowsss.engine.pipeline import steps_standing
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_manifest.parent, data)
+    manifest = data / tiny_manifest.name
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in [r for r in rows if r["split"] == "train"][:2]:
+        r["split"] = "extra"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = _cfg(manifest, ["make_cam.splits=[train,val,test,extra]", "ir_label.splits=[train,val,extra]"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=lambda s: None)
+
+    def dry() -> list[str]:
+        logs: list[str] = []
+        run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append, dry_run=True)
+        return [m.split(":")[0] for m in logs[:-1]]
+
+    extra = next(r for r in rows if r["split"] == "extra")
+    text = manifest.read_text()
+    label = "malignant" if extra["grade"] == "benign" else "benign"
+    manifest.write_text(text.replace(f",extra,{extra['patient']},{extra['grade']},",
+                                     f",extra,{extra['patient']},{label},", 1))
+    assert manifest.read_text() != text
+    assert dry() == ["[skip] train_cam", "[skip] make_cam", "[redo] eval_cam", "[redo] cam_to_ir_label"]
+    manifest.write_text(text)
+    image = data / extra["image"]
+    with Image.open(image) as im:
+        Image.fromarray(np.asarray(im.convert("RGB"))[:, ::-1].copy()).save(image)
+    assert dry() == ["[skip] train_cam", "[redo] make_cam", "[redo] eval_cam", "[redo] cam_to_ir_label"]
+    assert steps_standing(cfg, rd)["cam_to_ir_label"] is not None
+    logs: list[str] = []
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append)
+    assert [m.split(":")[0] for m in logs if not m.startswith("[done]")] == [
+        "[skip] train_cam", "[redo] make_cam", "[redo] eval_cam", "[redo] cam_to_ir_label"]
+    assert rd.status("make_cam")["computed"] == 1
+
+
+def test_a_cam_file_without_a_settings_hash_is_made_again(tmp_path):
+    """CAM files of an early version hold no config hash: make_cam makes them again instead of failing."""
+    from histowsss.engine.atomic import write_npz
+    from histowsss.steps.make_cam import _holds
+
+    path = tmp_path / "x.npz"
+    write_npz(path, cam=np.zeros((1, 2, 2), np.float16))
+    assert not _holds(path, "h", "img", "net", strict=False)
+    write_npz(path, cam=np.zeros((1, 2, 2), np.float16), config_hash=np.array("h"))
+    assert _holds(path, "h", "img", "net", strict=False) and not _holds(path, "h", "img", "net", strict=True)
+    write_npz(path, cam=np.zeros((1, 2, 2), np.float16), config_hash=np.array("h"), image=np.array("img"),
+              network=np.array("net"))
+    assert _holds(path, "h", "img", "net", strict=True) and not _holds(path, "h", "img2", "net", strict=False)

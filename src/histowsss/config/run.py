@@ -115,9 +115,14 @@ class RunConfig(Strict):
 
     def training_side_splits(self) -> set[str]:
         """The splits the training steps read (data.train_splits, val_splits, train_seg.splits): the manifest's
-        training-side digests, and make_cam's ``train_handoff``, are made over these. (Not ir_label.splits: a
-        split named there alone is not covered; one digest for all would make train_cam again for it.)"""
+        training-side digests are made over these (ir_label.splits has its own, :meth:`irn_side_splits`: one digest
+        for both would make train_cam again for a split only the IRN reads)."""
         return set(self.data.train_splits) | set(self.data.val_splits) | set(self.train_seg.splits or [])
+
+    def irn_side_splits(self) -> set[str]:
+        """The splits the IRN steps read (``ir_label.splits``, default train + val): the manifest's ``irn_``
+        digests are made over these."""
+        return set(self.ir_label.splits or (self.data.train_splits + self.data.val_splits))
 
     def manifest_digests(self) -> dict[str, str] | None:
         """Digests of what the manifest says, as the steps read it (row order, the order of an image's labels and
@@ -126,8 +131,9 @@ class RunConfig(Strict):
         contents: a mask re-exported under its name counts) and ``image_files`` (each image file's
         :func:`image_fingerprint`: one replaced under its name counts), over all images and (``train_rows``,
         ``train_mask_files``, ``train_image_files``) over the training splits alone (data.train_splits, val_splits,
-        train_seg.splits). Files are named from the folder image paths are read from (``data.root``,
-        else the manifest's), so a project moved whole keeps them. Recorded in each step's status, so that a manifest
+        train_seg.splits), and (``irn_rows``, ``irn_mask_files``, ``irn_image_files``) over the IRN's. Files are
+        named from the folder image paths are read from (``data.root``, else the manifest's), so a project moved
+        whole keeps them. Recorded in each step's status, so that a manifest
         edited in place (a label fixed, images added) makes the steps that read it again (not in the hashes: a run
         made before this record keeps its steps). None when the manifest cannot be read (the checks before a run say
         why). A mask's contents are read again when its size or modification time changed (a file rewritten at the
@@ -138,7 +144,8 @@ class RunConfig(Strict):
         except OSError:
             return None
         key = (st.st_size, st.st_mtime_ns, self.data.model_dump_json())
-        held = (os.path.abspath(path), key, tuple(sorted(self.training_side_splits())))
+        held = (os.path.abspath(path), key, tuple(sorted(self.training_side_splits())),
+                tuple(sorted(self.irn_side_splits())))
         if _DIGESTS_HELD is not None and held in _DIGESTS_HELD:
             return _DIGESTS_HELD[held]
         digests = self._manifest_digests(path, key)
@@ -189,19 +196,21 @@ class RunConfig(Strict):
                     return "(unreadable)"
             return _FILE_DIGESTS[f][1]
 
-        train = self.training_side_splits()
+        train, irn = self.training_side_splits(), self.irn_side_splits()
         lines = [(image, f"{image}\t{labels}", m + "\t" + "\t".join(content(f) for f in files),
-                  f"{image}\t{image_fingerprint(file)}", split in train)
+                  f"{image}\t{image_fingerprint(file)}", split)
                  for split, image, labels, m, files, file in cached[1]]
 
         def digest(items) -> str:
             return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
-        return {"images": digest(x[0] for x in lines), "rows": digest(x[1] for x in lines),
-                "mask_files": digest(x[2] for x in lines), "image_files": digest(x[3] for x in lines),
-                "train_rows": digest(x[1] for x in lines if x[4]),
-                "train_mask_files": digest(x[2] for x in lines if x[4]),
-                "train_image_files": digest(x[3] for x in lines if x[4])}
+        out = {"images": digest(x[0] for x in lines), "rows": digest(x[1] for x in lines),
+               "mask_files": digest(x[2] for x in lines), "image_files": digest(x[3] for x in lines)}
+        for part, splits in (("train_", train), ("irn_", irn)):
+            out.update({part + "rows": digest(x[1] for x in lines if x[4] in splits),
+                        part + "mask_files": digest(x[2] for x in lines if x[4] in splits),
+                        part + "image_files": digest(x[3] for x in lines if x[4] in splits)})
+        return out
 
     def clicks_digest(self) -> str | None:
         """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``

@@ -393,6 +393,9 @@ TRAINING_SIDE = ("train_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labe
                  "eval_sem_seg", "train_seg", "train_seg_supervised")
 
 
+# the steps that read the IRN's images (ir_label.splits, default train + val)
+IRN_SIDE = ("cam_to_ir_label", "train_irn", "make_sem_seg_labels", "make_ins_seg_labels", "eval_sem_seg")
+
 # the steps that open image files (cam_to_ir_label too with ir_label.crf); the others read what these made of them
 IMAGE_READERS = ("train_cam", "make_cam", "train_irn", "make_sem_seg_labels", "train_seg", "train_seg_supervised",
                  "eval_seg", "eval_seg_supervised")
@@ -415,15 +418,11 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_o
         return None
     part = "train_" if name in TRAINING_SIDE or training_only else ""
     which = "the training splits' " if part else "the "
-    if training_only and name == "make_cam":  # (its training images' CAMs: which, under which name, and their files)
-        if then.get("train_rows", now["train_rows"]) != now["train_rows"] or then.get(
-                "train_image_files", now["train_image_files"]) != now["train_image_files"]:
-            return "the training splits' images changed"
-        return None
     # (an image file replaced under its name: "image_files" holds each file's fingerprint; records made before it
     # hold none and say nothing of them)
-    files_changed = (name in IMAGE_READERS or (name == "cam_to_ir_label" and cfg.ir_label.crf)) and then.get(
-        part + "image_files", now[part + "image_files"]) != now[part + "image_files"]
+    opens_images = name in IMAGE_READERS or (name == "cam_to_ir_label" and cfg.ir_label.crf)
+    files_changed = opens_images and then.get(part + "image_files", now[part + "image_files"]) != now[
+        part + "image_files"]
     if name == "make_cam":  # (CAMs of every class for every image: no label, patient or mask is read)
         if then.get("images", now["images"]) != now["images"]:
             return f"the images of the manifest changed since it ran ({cfg.data.manifest}); made again"
@@ -443,6 +442,12 @@ def _manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_o
     if files_changed:
         return (f"{'a training' if part else 'an'} image file was replaced since it ran (same name, other contents "
                 f"or unreadable; {cfg.data.manifest}); made again")
+    if name in IRN_SIDE:  # (ir_label.splits may name a split the other training steps do not read)
+        for key_, what in (("irn_rows", "rows"), ("irn_mask_files", "masks"), ("irn_image_files", "image files")):
+            reads = {"irn_rows": True, "irn_mask_files": reads_masks, "irn_image_files": opens_images}[key_]
+            if reads and then.get(key_, now[key_]) != now[key_]:
+                return (f"the IRN splits' {what} of the manifest changed since it ran (ir_label.splits; "
+                        f"{cfg.data.manifest}); made again")
     return None
 
 
@@ -614,6 +619,8 @@ def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | N
         return False
     if hasattr(mod, "stale_reason") and mod.stale_reason(cfg, run):
         return False
+    if hasattr(mod, "train_handoff_now"):  # (what it would record now, where that can be told before it runs)
+        return mod.train_handoff_now(cfg, run) == st["train_handoff"]
     return _manifest_stale(cfg, run, name, key, training_only=True) is None
 
 

@@ -181,18 +181,42 @@ REUSES_OUTPUTS = True
 
 
 def handoff_from_training(cfg: RunConfig) -> bool:
-    """make_cam's ``train_handoff`` covers the CAMs of the training splits' images alone (engine/pipeline.py
+    """make_cam's ``train_handoff`` covers the CAMs of the images outside the test splits alone (engine/pipeline.py
     ``handoff_stands``)."""
     return True
+
+
+def training_samples(cfg: RunConfig, samples: list) -> list:
+    """The images whose CAMs the training steps may read: those of every split but the test ones (which no
+    training step may read), so that the digest does not change with ir_label.splits or train_seg.splits."""
+    test = set(cfg.data.test_splits)
+    return [s for s in samples if s.split not in test]
+
+
+def train_handoff_now(cfg: RunConfig, run: RunDir) -> str | None:
+    """The ``train_handoff`` make_cam would record now (the manifest's images as they are, the checkpoint in the
+    folder): a dry run and the stale marks compare it with the record's. None when it cannot be told."""
+    from histowsss.config.run import _file_fingerprint, image_fingerprint
+    from histowsss.steps.common import cam_hash
+
+    checkpoint = _file_fingerprint(run.path / "checkpoints" / "cam.safetensors")
+    try:
+        samples = training_samples(cfg, samples_for(cfg, cfg.make_cam.splits or all_splits(cfg)))
+    except Exception:  # an unreadable manifest: the checks before a run say why
+        return None
+    if checkpoint is None:
+        return None
+    prints = {s.name: image_fingerprint(str(s.image)) for s in samples}
+    return handoff(samples, config_hash(cfg), f"{cam_hash(cfg)}:{checkpoint}", prints)
 
 
 def network_id(run: RunDir, cfg: RunConfig) -> str:
     """Which classifier CAMs come from: train_cam's settings and the digest of its checkpoint's bytes (trained
     again, it is another network, unless it came out bit for bit the same)."""
-    from histowsss.digest import file_sha256
+    from histowsss.config.run import _file_fingerprint
     from histowsss.steps.common import cam_hash
 
-    return f"{cam_hash(cfg)}:{file_sha256(run.path / 'checkpoints' / 'cam.safetensors')[:16]}"
+    return f"{cam_hash(cfg)}:{_file_fingerprint(run.path / 'checkpoints' / 'cam.safetensors')}"
 
 
 def handoff(samples: list, h: str, network: str, prints: dict[str, str]) -> str:
@@ -211,7 +235,7 @@ def _holds(path: Path, h: str, image: str, network: str, strict: bool) -> bool:
         z = read_npz(path)
     except CorruptFileError:  # a file damaged by a machine crash is made again
         return False
-    if str(z["config_hash"]) != h:
+    if "config_hash" not in z or str(z["config_hash"]) != h:  # (files of an early version hold no hash)
         return False
     if "image" not in z or "network" not in z:  # (written before files said: kept on a resume only)
         return not strict
@@ -254,8 +278,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False, reuse: bool = Fals
                       size=np.array(base_hw), config_hash=np.array(h), image=np.array(prints[s.name]),
                       network=np.array(network))
             done += 1
-        train = cfg.training_side_splits() | set(cfg.ir_label.splits or [])  # (every split a training step reads)
         info.update(outputs=["cams/"], images=len(samples), computed=done, reused=skipped,
                     handoff=handoff(samples, h, network, prints),
-                    train_handoff=handoff([s for s in samples if s.split in train], h, network, prints))
+                    train_handoff=handoff(training_samples(cfg, samples), h, network, prints))
         return {"images": len(samples), "computed": done, "reused": skipped}
