@@ -812,3 +812,36 @@ def test_steps_that_read_the_cams_follow_make_cam_when_eval_cam_chooses_the_same
     assert {"[redo] eval_cam", "[redo] train_seg", "[redo] eval_seg"} <= set(redone), logs
     assert rd.status("eval_cam")["handoff_since"] != rd.status("eval_cam")["finished"]  # its choices: the same
     assert any(m.startswith("[redo] train_seg: make_cam was made again at ") for m in logs), logs
+
+
+def test_a_stopped_eval_cam_is_judged_by_the_record_it_replaces(tmp_path, demo_data, monkeypatch):
+    """eval_cam stopped part-way after a test label was fixed: the dry run and the stale marks judge what the
+    training steps read of it by the finished record the stopped run replaced (whose handoff the run carries on),
+    so the network on CAM labels still stands; when that record was of other settings, it does not."""
+    from histowsss.engine.pipeline import run_pipeline, step_plan, steps_standing
+
+    cfg = load_config("demo", ["train_seg.labels=cam"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    for name, mod, *_ in step_plan(cfg, stop="train_seg"):
+        with rd.step(name, mod.config_hash(cfg)) as info:
+            if name == "eval_cam":
+                info.update(handoff="A", train_handoff="A")
+    demo_data.write_text(demo_data.read_text().replace("test4.png,test,P4,benign", "test4.png,test,P4,malignant"))
+    with pytest.raises(KeyboardInterrupt):
+        with rd.step("eval_cam", eval_cam.config_hash(cfg), overwrite=True):
+            raise KeyboardInterrupt
+
+    def decisions(c=cfg) -> list[str]:
+        logs: list[str] = []
+        run_pipeline(c, rd, stop="train_seg", log=logs.append, dry_run=True)
+        return [m.split(" (")[0] for m in logs if m.startswith(("[redo]", "[run ]"))]
+
+    assert decisions() == ["[run ] eval_cam: goes on from where it stopped"]
+    assert steps_standing(cfg, rd)["eval_cam"].startswith("did not finish (interrupted, started ")
+    assert steps_standing(cfg, rd)["train_seg"] is None
+    other = load_config("demo", ["train_seg.labels=cam", "eval_cam.gate_thresholds=[0.5]"])
+    st = rd.status("eval_cam")  # the finished record it replaced was of other settings: its choices tell nothing
+    prior = {**st["prior_handoff"], "record": {**st["prior_handoff"]["record"],
+                                               "config_hash": eval_cam.config_hash(other)}}
+    rd.status_path("eval_cam").write_text(json.dumps({**st, "prior_handoff": prior}))
+    assert "[redo] train_seg: eval_cam runs before it, so it would be made again" in decisions()

@@ -75,8 +75,9 @@ def test_what_later_steps_read_of_a_step_carries_its_time_while_it_comes_out_the
     with pytest.raises(KeyboardInterrupt):  # stopped part-way: what it carried is kept for the next run
         with rd.step("eval_cam", "h", overwrite=True):
             raise KeyboardInterrupt
-    assert {k: v for k, v in rd.status("eval_cam")["prior_handoff"].items() if k != "since_ns"} == {
-        "handoff": "A", "since": first}
+    prior = rd.status("eval_cam")["prior_handoff"]
+    assert {k: v for k, v in prior.items() if k not in ("since_ns", "record")} == {"handoff": "A", "since": first}
+    assert prior["record"]["finished"] == first and prior["record"]["state"] == "done"
     again = make("A", overwrite=False)
     assert again["finished"] != first and again["handoff_since"] == first and "prior_handoff" not in again
     assert rd.made_again_after("eval_cam", "train_seg") is None  # train_seg read "A": it stands

@@ -579,10 +579,21 @@ def test_test_images_added_cost_their_cams_and_leave_the_training_side_standing(
     run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append, dry_run=True)  # says so beforehand
     assert [m.split(":")[0] for m in logs[:-1]] == ["[skip] train_cam", "[redo] make_cam", "[redo] eval_cam",
                                                     "[skip] cam_to_ir_label"], logs
+    from histowsss.steps import make_cam
+
+    with pytest.raises(KeyboardInterrupt):  # make_cam stopped part-way (Ctrl-C): the same said of what follows
+        with rd.step("make_cam", make_cam.config_hash(cfg), overwrite=True):
+            raise KeyboardInterrupt
+    logs.clear()
+    run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append, dry_run=True)
+    assert [m.split(":")[0] for m in logs[:-1]] == ["[skip] train_cam", "[run ] make_cam", "[redo] eval_cam",
+                                                    "[skip] cam_to_ir_label"], logs
+    assert "goes on from where it stopped (interrupted at " in logs[1]
+    assert steps_standing(cfg, rd)["cam_to_ir_label"] is None
     logs.clear()
     run_pipeline(cfg, rd, stop="cam_to_ir_label", log=logs.append)
     decided = [m.split(":")[0] for m in logs if not m.startswith("[done]")]
-    assert decided == ["[skip] train_cam", "[redo] make_cam", "[redo] eval_cam", "[skip] cam_to_ir_label"], logs
+    assert decided == ["[skip] train_cam", "[run ] make_cam", "[redo] eval_cam", "[skip] cam_to_ir_label"], logs
     st = rd.status("make_cam")
     assert (st["computed"], st["reused"]) == (1, 14)  # the added image's CAM only
     assert st["train_handoff_since"] == first and st["handoff_since"] == st["finished"]

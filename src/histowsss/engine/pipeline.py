@@ -366,12 +366,20 @@ def _why_run(run: RunDir, key: str, h: str, overwrite: bool, mod=None) -> str:
         return f"[redo] {key}: finished with other settings ({diff}); made again"
     if state in ("running", "failed"):
         if overwrite:
-            return f"[run ] {key}: starts over (--overwrite; it had stopped, {state})"
+            return f"[run ] {key}: starts over (--overwrite; it had stopped, {_stopped(st)})"
         if st.get("config_hash") == h:
-            return f"[run ] {key}: goes on from where it stopped ({state} at {st.get('started', '?')})"
+            return f"[run ] {key}: goes on from where it stopped ({_stopped(st)} at {st.get('started', '?')})"
         diff = run.settings_diff(st, step_hash=step_hash)
         return f"[run ] {key}: starts over (it had stopped with other settings" + (f": {diff}" if diff else "") + ")"
     return f"[run ] {key}"
+
+
+def _stopped(st: dict) -> str:
+    """How a step that did not finish stopped: ``interrupted`` (Ctrl-C, SIGTERM), ``failed`` (an error) or
+    ``running`` (its process was killed hard, or runs now)."""
+    if st.get("state") == "failed" and str(st.get("error", "")).startswith(("KeyboardInterrupt", "SystemExit")):
+        return "interrupted"
+    return str(st.get("state"))
 
 
 def _clicks_stale(cfg: RunConfig, run: RunDir, name: str, key: str) -> str | None:
@@ -575,9 +583,11 @@ def _steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             continue
         if st.get("state") != "done":
             diff = run.settings_diff(st, step_hash=mod.config_hash) if st.get("config_hash") != h else ""
-            out[key] = f"did not finish ({st.get('state')}, started {st.get('started', '?')}" + (
+            out[key] = f"did not finish ({_stopped(st)}, started {st.get('started', '?')}" + (
                 f", with other settings: {diff})" if diff else ")")
             root[key] = key
+            if handoff_stands(cfg, run, (name, mod, h, key, None)):  # what the training steps read of it stands
+                handoff_ok.add(key)
             continue
         if not (run.is_done(key, h) or _legacy_done(cfg, run, key)):  # other settings: said first
             out[key] = _reason(_why_run(run, key, h, False, mod), key)
@@ -611,6 +621,9 @@ def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | N
     before it."""
     name, mod, h, key, off = entry
     st = run.status(key) or {}
+    prior = (st.get("prior_handoff") or {}).get("record")
+    if st.get("state") in ("running", "failed") and isinstance(prior, dict):  # stopped: judged by the record it
+        run, st = run.with_record(key, prior), prior  # replaces (a run of it carries that record's handoff on)
     if off or not getattr(mod, "handoff_from_training", lambda c: False)(cfg) or st.get("train_handoff") is None:
         return False
     if not run.is_done(key, h) or inputs_newer(cfg, run, mod, key, True) or _clicks_stale(cfg, run, name, key):

@@ -333,6 +333,11 @@ class RunDir:
         view._overlay = dict(records)
         return view
 
+    def with_record(self, step: str, record: dict) -> "RunDir":
+        """This folder as it reads, with ``record`` as ``step``'s status (the finished record a stopped run
+        replaced, to judge what it will make: engine/pipeline.py ``handoff_stands``)."""
+        return self.restored_view({**self._overlay, step: record})
+
     def forget_restored(self, step: str) -> None:
         """Read ``step``'s record from the folder again (it ran: its record there is the newer)."""
         self._overlay.pop(step, None)
@@ -376,6 +381,8 @@ def _prior_handoff(st: dict | None) -> dict | None:
                 since = st.get(side + "handoff_since")
                 out.update({side + "handoff": st[side + "handoff"], side + "since": since or st.get("finished"),
                             side + "since_ns": st.get(side + "handoff_since_ns") if since else st.get("finished_ns")})
+        if out:  # (the finished record itself: a dry run of the stopped step can tell whether it will be the same)
+            out["record"] = {k: v for k, v in st.items() if k != "prior_handoff"}
         return out or None
     prior = st.get("prior_handoff")
     return prior if isinstance(prior, dict) else None
