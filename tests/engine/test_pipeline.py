@@ -839,6 +839,18 @@ def test_a_stopped_eval_cam_is_judged_by_the_record_it_replaces(tmp_path, demo_d
     assert decisions() == ["[run ] eval_cam: goes on from where it stopped"]
     assert steps_standing(cfg, rd)["eval_cam"].startswith("did not finish (interrupted, started ")
     assert steps_standing(cfg, rd)["train_seg"] is None
+    st = rd.status("eval_cam")
+    rd.status_path("eval_cam").write_text(json.dumps({**st, "prior_handoff": "x"}))  # an odd record: no crash
+    assert steps_standing(cfg, rd)["train_seg"] is not None and decisions()[0].startswith("[run ] eval_cam")
+    rd.status_path("eval_cam").write_text(json.dumps(st))
+    from histowsss.steps import make_cam
+
+    make_cam_done = rd.status("make_cam")
+    with pytest.raises(KeyboardInterrupt):  # what eval_cam's finished record was made from is being made again
+        with rd.step("make_cam", make_cam.config_hash(cfg), overwrite=True):
+            raise KeyboardInterrupt
+    assert steps_standing(cfg, rd)["train_seg"] is not None
+    rd.status_path("make_cam").write_text(json.dumps(make_cam_done))
     other = load_config("demo", ["train_seg.labels=cam", "eval_cam.gate_thresholds=[0.5]"])
     st = rd.status("eval_cam")  # the finished record it replaced was of other settings: its choices tell nothing
     prior = {**st["prior_handoff"], "record": {**st["prior_handoff"]["record"],

@@ -109,3 +109,21 @@ def test_the_training_side_reads_the_time_its_own_part_last_changed(tmp_path):
     assert again["train_handoff_since"] == first and again["handoff_since"] == again["finished"] != first
     assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) is None
     assert rd.made_again_after("make_cam", "eval_cam") == again["finished"]
+
+
+def test_a_stopped_step_is_read_by_the_time_it_carries_on(tmp_path):
+    """make_cam stopped part-way carries the finished record's handoff times: a reader made before them is made
+    again (as once the run finishes), not taken as standing because the stopped record has no finish time."""
+    rd = RunDir(tmp_path / "run", load_config("demo")).init()
+    with rd.step("cam_to_ir_label", "r"):
+        pass
+    with rd.step("make_cam", "h") as info:  # (made again after the reader began: nanoseconds tell them apart)
+        info.update(handoff="X", train_handoff="X")
+    finished = rd.status("make_cam")["finished"]
+    assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) == finished
+    with pytest.raises(KeyboardInterrupt):
+        with rd.step("make_cam", "h", overwrite=True):
+            raise KeyboardInterrupt
+    assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) == finished
+    rd.status_path("make_cam").write_text(json.dumps({**rd.status("make_cam"), "prior_handoff": "x"}))
+    assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) is None  # (an odd record: no time)

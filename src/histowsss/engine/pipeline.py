@@ -586,7 +586,9 @@ def _steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             out[key] = f"did not finish ({_stopped(st)}, started {st.get('started', '?')}" + (
                 f", with other settings: {diff})" if diff else ")")
             root[key] = key
-            if handoff_stands(cfg, run, (name, mod, h, key, None)):  # what the training steps read of it stands
+            reads = [n for n, _ in getattr(mod, "requires", lambda c: [])(cfg)]
+            if all(out.get(n) is None or n in handoff_ok for n in reads) and handoff_stands(
+                    cfg, run, (name, mod, h, key, None)):  # what the training steps read of it stands
                 handoff_ok.add(key)
             continue
         if not (run.is_done(key, h) or _legacy_done(cfg, run, key)):  # other settings: said first
@@ -621,7 +623,7 @@ def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | N
     before it."""
     name, mod, h, key, off = entry
     st = run.status(key) or {}
-    prior = (st.get("prior_handoff") or {}).get("record")
+    prior = carried.get("record") if isinstance(carried := st.get("prior_handoff"), dict) else None
     if st.get("state") in ("running", "failed") and isinstance(prior, dict):  # stopped: judged by the record it
         run, st = run.with_record(key, prior), prior  # replaces (a run of it carries that record's handoff on)
     if off or not getattr(mod, "handoff_from_training", lambda c: False)(cfg) or st.get("train_handoff") is None:

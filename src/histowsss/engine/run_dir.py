@@ -151,6 +151,10 @@ class RunDir:
         began = st.get("first_started") or st.get("started")
         began_ns = st.get("first_started_ns") if st.get("first_started") else st.get("started_ns")
         made = self.status(step) or {}
+        prior = made.get("prior_handoff")
+        if made.get("state") in ("running", "failed") and isinstance(prior, dict):  # stopped: what it carries on
+            side = "train_" if training and prior.get("train_since") else ""
+            made = {"finished": prior.get(side + "since"), "finished_ns": prior.get(side + "since_ns")}
         field = next((f for f in ("train_handoff_since" if training else "", "handoff_since", "finished")
                       if f and made.get(f)), "finished")
         finished, finished_ns = made.get(field), made.get(field + "_ns")
