@@ -671,3 +671,37 @@ def test_a_cam_file_without_a_settings_hash_is_made_again(tmp_path):
     write_npz(path, cam=np.zeros((1, 2, 2), np.float16), config_hash=np.array("h"), image=np.array("img"),
               network=np.array("net"))
     assert _holds(path, "h", "img", "net", strict=True) and not _holds(path, "h", "img2", "net", strict=False)
+
+
+def test_going_back_after_a_stopped_make_cam_of_other_settings_costs_the_cams_it_rewrote(tiny_manifest, tmp_path,
+                                                                                        monkeypatch):
+    """make_cam with other scales stopped after rewriting 5 CAMs; going back to the settings before, make_cam
+    computes those 5 again and keeps the rest, and nothing after it is made again (eval_cam, the IRN: their inputs
+    come out as they were); the dry run says the same."""
+    from histowsss.steps import make_cam
+
+    x = _cfg(tiny_manifest)
+    y = _cfg(tiny_manifest, ["make_cam.scales=[1.0,1.5]"])
+    rd = RunDir(tmp_path / "run", x).init()
+    run_pipeline(x, rd, stop="cam_to_ir_label", log=lambda s: None)
+    made = [0]
+    image_cam = make_cam.image_cam
+
+    def stop_after_five(*a, **k):
+        made[0] += 1
+        if made[0] > 5:
+            raise KeyboardInterrupt
+        return image_cam(*a, **k)
+
+    monkeypatch.setattr(make_cam, "image_cam", stop_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(y, RunDir(rd.path, y).init(), stop="cam_to_ir_label", log=lambda s: None)
+    monkeypatch.setattr(make_cam, "image_cam", image_cam)
+    rx = RunDir(rd.path, x).init()
+    for dry_run in (True, False):
+        logs: list[str] = []
+        run_pipeline(x, rx, stop="cam_to_ir_label", log=logs.append, dry_run=dry_run)
+        decided = [m.split(":")[0] for m in logs if m.startswith("[") and not m.startswith("[done]")]
+        assert decided == ["[skip] train_cam", "[run ] make_cam", "[skip] eval_cam", "[skip] cam_to_ir_label"], logs
+    st = rd.status("make_cam")
+    assert (st["computed"], st["reused"]) == (5, 9)

@@ -62,7 +62,7 @@ def check_inputs(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool
             continue
         if step_decision(cfg, run, entry, overwrite, will_run)[0] != "skip":
             # (as the dry run: made again for the test splits alone, what the training steps read of it stands)
-            will_run[name] = {"handoff_stands": True} if handoff_stands(cfg, run, entry, will_run) else {}
+            will_run[name] = handoffs_standing(cfg, run, entry, will_run)
             _check_weights_file(cfg, key)
             setting = WEIGHTS_FILE_STEPS.get(key)
             if setting is not None and setting not in checked:
@@ -508,7 +508,7 @@ def _run_plan(cfg: RunConfig, run: RunDir, plan: list[tuple], overwrite: bool, l
         if verb in ("off", "skip"):
             continue
         if dry_run:  # (made again with what later steps read of it unchanged: they are not made again for it)
-            results[name] = {"handoff_stands": True} if handoff_stands(cfg, run, entry, results) else {}
+            results[name] = handoffs_standing(cfg, run, entry, results)
             continue
         t0 = time.time()
         st = run.status(key)
@@ -574,8 +574,16 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
 def _steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     root: dict[str, str] = {}  # the step whose own record does not stand, for those that read it
-    handoff_ok: set[str] = set()  # steps that do not stand, but what later steps read of them does
+    # steps that do not stand, but what the training steps (True) / the other steps (False) read of them does
+    handoff_ok: dict[bool, set[str]] = {True: set(), False: set()}
     run = with_kept(cfg, run)
+
+    def keep_handoff(entry: tuple, reads: list[str]) -> None:
+        for training in (True, False):
+            if all(out.get(n) is None or n in handoff_ok[True] for n in reads) and handoff_stands(
+                    cfg, run, entry, training=training):
+                handoff_ok[training].add(entry[3])
+
     for name, mod, h, key, _ in step_plan(cfg):
         st = run.status(key)
         if st is None:
@@ -586,10 +594,7 @@ def _steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             out[key] = f"did not finish ({_stopped(st)}, started {st.get('started', '?')}" + (
                 f", with other settings: {diff})" if diff else ")")
             root[key] = key
-            reads = [n for n, _ in getattr(mod, "requires", lambda c: [])(cfg)]
-            if all(out.get(n) is None or n in handoff_ok for n in reads) and handoff_stands(
-                    cfg, run, (name, mod, h, key, None)):  # what the training steps read of it stands
-                handoff_ok.add(key)
+            keep_handoff((name, mod, h, key, None), [n for n, _ in getattr(mod, "requires", lambda c: [])(cfg)])
             continue
         if not (run.is_done(key, h) or _legacy_done(cfg, run, key)):  # other settings: said first
             out[key] = _reason(_why_run(run, key, h, False, mod), key)
@@ -597,36 +602,45 @@ def _steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
             continue
         read = getattr(mod, "read_steps", lambda c, r: [n for n, _ in getattr(mod, "requires", lambda c: [])(c)])
         bad = [need for need in read(cfg, st) if run.status(need) is not None and out.get(need) is not None]
-        stands = [need for need in bad if need in handoff_ok]  # (their training part does)
-        if bad and (key not in TRAINING_SIDE or len(stands) < len(bad)):
+        stands = [need for need in bad if need in handoff_ok[key in TRAINING_SIDE]]  # (what it reads of them does)
+        if len(stands) < len(bad):
             first = root.get(bad[0], bad[0])
             out[key] = f"made from {bad[0]}'s outputs, which do not stand ({first}: {out[first]})"
             root[key] = first
-            if len(stands) == len(bad) and handoff_stands(cfg, run, (name, mod, h, key, None)):
-                handoff_ok.add(key)
+            keep_handoff((name, mod, h, key, None), bad)
             continue
         verb, line = step_decision(cfg, run, (name, mod, h, key, None))
         out[key] = None if verb == "skip" else _reason(line, key)
         if out[key] is not None:
             root[key] = key
-            if handoff_stands(cfg, run, (name, mod, h, key, None)):  # its test split's part alone is stale
-                handoff_ok.add(key)
+            keep_handoff((name, mod, h, key, None), bad)  # (its test split's part alone stale, say)
     return out
 
 
-def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | None = None) -> bool:
-    """Whether what the training steps read of a finished step (its ``train_handoff``) stands although the step is
-    made again or does not stand: it says that this is made from the training splits alone
-    (``handoff_from_training``: eval_cam's choices, make_cam's CAMs of training images), it finished with these
-    settings, what it read of its inputs' training part stands, and the manifest changed outside the training
-    splits only (a test label or mask fixed, test images added). ``will_run``: in a dry run, the steps said to run
-    before it."""
+def handoffs_standing(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict) -> dict[str, bool]:
+    """For a step said to run in a dry run (or the checks before a run): whether what the training steps
+    (``train_handoff_stands``) and the other steps (``handoff_stands``) read of it stands (:func:`handoff_stands`)."""
+    return {"train_handoff_stands": handoff_stands(cfg, run, entry, will_run, training=True),
+            "handoff_stands": handoff_stands(cfg, run, entry, will_run, training=False)}
+
+
+def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | None = None,
+                   training: bool = True) -> bool:
+    """Whether what the training steps read of a finished step (its ``train_handoff``; ``training=False``: what
+    every step reads, its ``handoff``) stands although the step is made again or does not stand: the step can tell
+    what it would record now (``handoff_now``: make_cam, from the images and checkpoint of now), or says that this is
+    made from the training splits alone (``handoff_from_training``: eval_cam's choices), finished with these
+    settings, what it read of its inputs' training part stands, and the manifest changed outside the training splits
+    only (a test label or mask fixed). A stopped step is judged by the finished record it replaced (its run carries
+    that record's handoff on). ``will_run``: in a dry run, the steps said to run before it."""
     name, mod, h, key, off = entry
     st = run.status(key) or {}
     prior = carried.get("record") if isinstance(carried := st.get("prior_handoff"), dict) else None
     if st.get("state") in ("running", "failed") and isinstance(prior, dict):  # stopped: judged by the record it
         run, st = run.with_record(key, prior), prior  # replaces (a run of it carries that record's handoff on)
-    if off or not getattr(mod, "handoff_from_training", lambda c: False)(cfg) or st.get("train_handoff") is None:
+    field = "train_handoff" if training else "handoff"
+    exact = hasattr(mod, "handoff_now")
+    if off or st.get(field) is None or not (exact or getattr(mod, "handoff_from_training", lambda c: False)(cfg)):
         return False
     if not run.is_done(key, h) or inputs_newer(cfg, run, mod, key, True) or _clicks_stale(cfg, run, name, key):
         return False
@@ -634,8 +648,8 @@ def handoff_stands(cfg: RunConfig, run: RunDir, entry: tuple, will_run: dict | N
         return False
     if hasattr(mod, "stale_reason") and mod.stale_reason(cfg, run):
         return False
-    if hasattr(mod, "train_handoff_now"):  # (what it would record now, where that can be told before it runs)
-        return mod.train_handoff_now(cfg, run) == st["train_handoff"]
+    if exact:  # (what it would record now, where that can be told before it runs)
+        return mod.handoff_now(cfg, run, training) == st[field]
     return _manifest_stale(cfg, run, name, key, training_only=True) is None
 
 
@@ -673,10 +687,10 @@ def metrics_standing(cfg: RunConfig | None, run_path: Path, standing: dict[str, 
 
 def _runs_before(cfg: RunConfig, mod, will_run: dict, training: bool = False) -> str | None:
     """In a dry run: why a finished step would be made again because a step it reads runs before it (a real run
-    sees that from the new outputs' times, :func:`inputs_newer`). ``training``: it reads the training part of
-    their outputs alone, which a step made again only for the other splits leaves (:func:`handoff_stands`)."""
-    if training:
-        will_run = {k: v for k, v in will_run.items() if not (v or {}).get("handoff_stands")}
+    sees that from the new outputs' times, :func:`inputs_newer`), unless what it reads of that step stands
+    (:func:`handoff_stands`; ``training``: it reads the training part of their outputs alone)."""
+    side = "train_handoff_stands" if training else "handoff_stands"
+    will_run = {k: v for k, v in will_run.items() if not (v or {}).get(side)}
     for need, _ in getattr(mod, "requires", lambda c: [])(cfg):
         if need in will_run:
             return f"{need} runs before it, so it would be made again"

@@ -180,12 +180,6 @@ def vit_scales_note(model: torch.nn.Module, cfg: RunConfig, device: torch.device
 REUSES_OUTPUTS = True
 
 
-def handoff_from_training(cfg: RunConfig) -> bool:
-    """make_cam's ``train_handoff`` covers the CAMs of the images outside the test splits alone (engine/pipeline.py
-    ``handoff_stands``)."""
-    return True
-
-
 def training_samples(cfg: RunConfig, samples: list) -> list:
     """The images whose CAMs the training steps may read: those of every split but the test ones (which no
     training step may read), so that the digest does not change with ir_label.splits or train_seg.splits."""
@@ -193,19 +187,22 @@ def training_samples(cfg: RunConfig, samples: list) -> list:
     return [s for s in samples if s.split not in test]
 
 
-def train_handoff_now(cfg: RunConfig, run: RunDir) -> str | None:
-    """The ``train_handoff`` make_cam would record now (the manifest's images as they are, the checkpoint in the
-    folder): a dry run and the stale marks compare it with the record's. None when it cannot be told."""
+def handoff_now(cfg: RunConfig, run: RunDir, training: bool = True) -> str | None:
+    """The ``train_handoff`` (``training=False``: ``handoff``) make_cam would record now (the manifest's images as
+    they are, the checkpoint in the folder): a dry run and the stale marks compare it with the record's. None when
+    it cannot be told."""
     from histowsss.config.run import _file_fingerprint, image_fingerprint
     from histowsss.steps.common import cam_hash
 
     checkpoint = _file_fingerprint(run.path / "checkpoints" / "cam.safetensors")
     try:
-        samples = training_samples(cfg, samples_for(cfg, cfg.make_cam.splits or all_splits(cfg)))
+        samples = samples_for(cfg, cfg.make_cam.splits or all_splits(cfg))
     except Exception:  # an unreadable manifest: the checks before a run say why
         return None
     if checkpoint is None:
         return None
+    if training:
+        samples = training_samples(cfg, samples)
     prints = {s.name: image_fingerprint(str(s.image)) for s in samples}
     return handoff(samples, config_hash(cfg), f"{cam_hash(cfg)}:{checkpoint}", prints)
 
