@@ -485,7 +485,8 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
                  dry_run: bool = False) -> dict[str, dict]:
     """Run steps ``start``..``stop``; a finished step with the same config is skipped unless ``overwrite``
     (see :func:`plan_steps` for what is refused). ``dry_run``: say what each step would do and why, write
-    nothing (the steps that would run map to {})."""
+    nothing (the steps that would run map to whether what their readers read of them stands,
+    :func:`handoffs_standing`)."""
     with digests_held():  # (the manifest as it is now, looked at once for the checks; each step records its own)
         if not dry_run:
             adopt_legacy_records(cfg, run, log)

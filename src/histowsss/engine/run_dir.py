@@ -372,6 +372,7 @@ def weights_field(key: str) -> str:
     """The status field of the fingerprint of the file config key ``key`` names: backbone_weights, encoder_weights."""
     return key.split(".")[-1] if key != "backbone.weights" else "backbone_weights"
 
+
 def _prior_handoff(st: dict | None) -> dict | None:
     """What later steps read of a step's outputs before it runs again (``handoff``, and ``since``: when that last
     changed; ``train_handoff``, ``train_since``: the training splits' part) from its record: a finished one's own,

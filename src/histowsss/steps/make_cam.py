@@ -192,19 +192,17 @@ def handoff_now(cfg: RunConfig, run: RunDir, training: bool = True) -> str | Non
     they are, the checkpoint in the folder): a dry run and the stale marks compare it with the record's. None when
     it cannot be told."""
     from histowsss.config.run import _file_fingerprint, image_fingerprint
-    from histowsss.steps.common import cam_hash
 
-    checkpoint = _file_fingerprint(run.path / "checkpoints" / "cam.safetensors")
+    if _file_fingerprint(run.path / "checkpoints" / "cam.safetensors") is None:
+        return None
     try:
         samples = samples_for(cfg, cfg.make_cam.splits or all_splits(cfg))
     except Exception:  # an unreadable manifest: the checks before a run say why
         return None
-    if checkpoint is None:
-        return None
     if training:
         samples = training_samples(cfg, samples)
     prints = {s.name: image_fingerprint(str(s.image)) for s in samples}
-    return handoff(samples, config_hash(cfg), f"{cam_hash(cfg)}:{checkpoint}", prints)
+    return handoff(samples, config_hash(cfg), network_id(run, cfg), prints)
 
 
 def network_id(run: RunDir, cfg: RunConfig) -> str:
