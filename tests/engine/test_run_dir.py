@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -127,3 +128,41 @@ def test_a_stopped_step_is_read_by_the_time_it_carries_on(tmp_path):
     assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) == finished
     rd.status_path("make_cam").write_text(json.dumps({**rd.status("make_cam"), "prior_handoff": "x"}))
     assert rd.made_again_after("make_cam", "cam_to_ir_label", training=True) is None  # (an odd record: no time)
+
+
+def _fresh_process(run_mod) -> None:
+    """Forget every fingerprint this process knows, as a new process would."""
+    for cache in (run_mod._IMAGE_FINGERPRINTS, run_mod._FILE_DIGESTS, run_mod._MANIFEST_ROWS,
+                  run_mod._CACHES_WRITTEN):
+        cache.clear()
+    run_mod._CACHES_READ.clear()
+
+
+def test_image_fingerprints_are_kept_in_the_run_folder_between_processes(tmp_path, demo_data, monkeypatch):
+    """A manifest's image files are read whole once: the next process takes their fingerprints from
+    status/fingerprints.json while their size and time are the same, and reads a file rewritten since; a dry run
+    writes nothing."""
+    import os
+
+    from histowsss.config import run as run_mod
+    from histowsss.engine.pipeline import run_pipeline
+
+    cfg = load_config("demo")
+    _fresh_process(run_mod)
+    dry = RunDir(tmp_path / "dry", cfg).init()
+    run_pipeline(cfg, dry, stop="train_cam", log=lambda m: None, dry_run=True)
+    assert not (dry.path / "status" / "fingerprints.json").exists()
+    rd = RunDir(tmp_path / "run", cfg).init()
+    (rd.path / "status").mkdir(exist_ok=True)
+    first = rd.manifest_digests()
+    assert (rd.path / "status" / "fingerprints.json").is_file()
+    _fresh_process(run_mod)
+    hashed: list[str] = []
+    hash_image = run_mod._hash_image_file
+    monkeypatch.setattr(run_mod, "_hash_image_file", lambda p, n: hashed.append(p) or hash_image(p, n))
+    assert rd.manifest_digests() == first and hashed == []
+    image = demo_data.parent / "images" / "test4.png"
+    t = image.stat().st_mtime_ns + 10**9
+    os.utime(image, ns=(t, t))  # (rewritten with the same bytes, a second later)
+    _fresh_process(run_mod)
+    assert rd.manifest_digests() == first and [Path(p).name for p in hashed] == ["test4.png"]

@@ -192,6 +192,7 @@ class RunConfig(Strict):
                 try:
                     with open(f, "rb") as fh:
                         _FILE_DIGESTS[f] = (k, hashlib.sha256(fh.read()).hexdigest()[:16])
+                    _FINGERPRINTS_MADE[0] += 1
                 except OSError:
                     return "(unreadable)"
             return _FILE_DIGESTS[f][1]
@@ -280,19 +281,67 @@ def image_fingerprint(path: str) -> str:
         fs = os.stat(path)
         key = (fs.st_size, fs.st_mtime_ns)
         if _IMAGE_FINGERPRINTS.get(path, (None,))[0] != key:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                if fs.st_size <= IMAGE_WHOLE:
-                    h.update(f.read())
-                else:
-                    last = fs.st_size - IMAGE_BLOCK
-                    for k in range(IMAGE_BLOCKS):
-                        f.seek(last * k // (IMAGE_BLOCKS - 1))
-                        h.update(f.read(IMAGE_BLOCK))
-            _IMAGE_FINGERPRINTS[path] = (key, f"{fs.st_size}:{h.hexdigest()[:16]}")
+            _IMAGE_FINGERPRINTS[path] = (key, f"{fs.st_size}:{_hash_image_file(path, fs.st_size)}")
+            _FINGERPRINTS_MADE[0] += 1
     except OSError:
         return "(unreadable)"
     return _IMAGE_FINGERPRINTS[path][1]
+
+
+def _hash_image_file(path: str, size: int) -> str:
+    """sha256 (16 hex digits) of an image file's bytes: all of them up to IMAGE_WHOLE, else IMAGE_BLOCKS blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= IMAGE_WHOLE:
+            h.update(f.read())
+        else:
+            last = size - IMAGE_BLOCK
+            for k in range(IMAGE_BLOCKS):
+                f.seek(last * k // (IMAGE_BLOCKS - 1))
+                h.update(f.read(IMAGE_BLOCK))
+    return h.hexdigest()[:16]
+
+
+# the fingerprints kept in a run folder (status/fingerprints.json) between processes: a manifest of many tiles is
+# read whole once, not by every `run`, dry run or `report`
+_FINGERPRINTS_MADE = [0]  # how many this process computed (read from files, not from a cache)
+_CACHES_READ: set[str] = set()
+_CACHES_WRITTEN: dict[str, int] = {}  # cache file -> _FINGERPRINTS_MADE when this process last wrote it
+
+
+def read_fingerprints(path: Path) -> None:
+    """Take the image and mask fingerprints kept in ``path`` (once per process; each is used while its file's size
+    and modification time are those it was made at). A missing or unreadable file is no cache."""
+    key = os.path.abspath(path)
+    if key in _CACHES_READ:
+        return
+    _CACHES_READ.add(key)
+    try:
+        doc = json.loads(Path(path).read_text())
+        images, masks = doc.get("images", {}), doc.get("masks", {})
+        for f, (size, mtime, fp) in images.items():
+            _IMAGE_FINGERPRINTS.setdefault(f, ((int(size), int(mtime)), str(fp)))
+        for f, (size, mtime, fp) in masks.items():
+            _FILE_DIGESTS.setdefault(f, ((f, int(size), int(mtime)), str(fp)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return
+
+
+def keep_fingerprints(path: Path) -> None:
+    """Write the fingerprints this process knows to ``path`` (atomically) when it computed new ones; a folder that
+    cannot be written is no error (the next process reads the files again)."""
+    from histowsss.engine.atomic import write_text
+
+    key = os.path.abspath(path)
+    if _CACHES_WRITTEN.get(key, 0) == _FINGERPRINTS_MADE[0]:
+        return
+    doc = {"images": {f: [k[0], k[1], fp] for f, (k, fp) in _IMAGE_FINGERPRINTS.items()},
+           "masks": {f: [k[1], k[2], fp] for f, (k, fp) in _FILE_DIGESTS.items()}}
+    try:
+        write_text(path, json.dumps(doc, separators=(",", ":")) + "\n")
+    except OSError:
+        return
+    _CACHES_WRITTEN[key] = _FINGERPRINTS_MADE[0]
 
 
 def _file_fingerprint(path: Path) -> str | None:

@@ -488,6 +488,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
     nothing (the steps that would run map to whether what their readers read of them stands,
     :func:`handoffs_standing`)."""
     with digests_held():  # (the manifest as it is now, looked at once for the checks; each step records its own)
+        run.manifest_digests(keep=not dry_run)  # (image and mask fingerprints of earlier processes, kept for later)
         if not dry_run:
             adopt_legacy_records(cfg, run, log)
         restore_kept_records(cfg, run, log, dry_run)
@@ -569,6 +570,7 @@ def steps_standing(cfg: RunConfig, run: RunDir) -> dict[str, str | None]:
     closing table, whose numbers may come from earlier settings (a run stopped after config.yaml was rewritten) or
     from outputs a stopped ``--overwrite`` made again only in part."""
     with digests_held():
+        run.manifest_digests(keep=False)  # (the fingerprints a run kept: a report reads, not writes, them)
         return _steps_standing(cfg, run)
 
 

@@ -266,7 +266,7 @@ class RunDir:
         clicks = self.cfg.clicks_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks"] = clicks
-        manifest = self.cfg.manifest_digests() if self.cfg is not None else None
+        manifest = self.manifest_digests()
         if manifest is not None:  # so that a step is made again when the manifest is edited in place
             record["manifest"] = manifest
         key = WEIGHTS_FILE_STEPS.get(step)
@@ -336,6 +336,21 @@ class RunDir:
         view.config_file = self.config_file
         view._overlay = dict(records)
         return view
+
+    def manifest_digests(self, keep: bool = True) -> dict[str, str] | None:
+        """:meth:`RunConfig.manifest_digests` of this invocation's config, its image and mask fingerprints kept in
+        ``status/fingerprints.json`` between processes (written when new ones were made, by the first process
+        only, unless ``keep`` is False: a dry run, a report); None without a config."""
+        from histowsss.config.run import keep_fingerprints, read_fingerprints
+
+        if self.cfg is None:
+            return None
+        cache = self.path / "status" / "fingerprints.json"
+        read_fingerprints(cache)
+        digests = self.cfg.manifest_digests()
+        if keep and os.environ.get("RANK", "0") == "0" and (self.path / "status").is_dir():
+            keep_fingerprints(cache)
+        return digests
 
     def with_record(self, step: str, record: dict) -> "RunDir":
         """This folder as it reads, with ``record`` as ``step``'s status (the finished record a stopped run
