@@ -140,9 +140,11 @@ def _fresh_process(run_mod) -> None:
 
 def test_image_fingerprints_are_kept_in_the_run_folder_between_processes(tmp_path, demo_data, monkeypatch):
     """A manifest's image files are read whole once: the next process takes their fingerprints from
-    status/fingerprints.json while their size and time are the same, and reads a file rewritten since; a dry run
-    writes nothing."""
+    status/cache/fingerprints.json while their size, times and inode are the same, and reads a file rewritten since,
+    or put in place with its old time; a dry run writes nothing, a damaged cache is no cache, files no longer in the
+    manifest are dropped, and files changed in the last seconds are not kept."""
     import os
+    import shutil
 
     from histowsss.config import run as run_mod
     from histowsss.engine.pipeline import run_pipeline
@@ -151,11 +153,17 @@ def test_image_fingerprints_are_kept_in_the_run_folder_between_processes(tmp_pat
     _fresh_process(run_mod)
     dry = RunDir(tmp_path / "dry", cfg).init()
     run_pipeline(cfg, dry, stop="train_cam", log=lambda m: None, dry_run=True)
-    assert not (dry.path / "status" / "fingerprints.json").exists()
+    assert not (dry.path / "status" / "cache").exists()
     rd = RunDir(tmp_path / "run", cfg).init()
     (rd.path / "status").mkdir(exist_ok=True)
+    cache = rd.path / "status" / "cache" / "fingerprints.json"
     first = rd.manifest_digests()
-    assert (rd.path / "status" / "fingerprints.json").is_file()
+    assert json.loads(cache.read_text())["images"] == {}  # (the demo's files were written just now: not settled)
+    _fresh_process(run_mod)
+    monkeypatch.setattr(run_mod, "SETTLE_NS", 0)
+    assert rd.manifest_digests() == first
+    kept = json.loads(cache.read_text())
+    assert len(kept["images"]) == len(demo_data.read_text().splitlines()) - 1 and kept["masks"]
     _fresh_process(run_mod)
     hashed: list[str] = []
     hash_image = run_mod._hash_image_file
@@ -166,3 +174,23 @@ def test_image_fingerprints_are_kept_in_the_run_folder_between_processes(tmp_pat
     os.utime(image, ns=(t, t))  # (rewritten with the same bytes, a second later)
     _fresh_process(run_mod)
     assert rd.manifest_digests() == first and [Path(p).name for p in hashed] == ["test4.png"]
+    before = image.stat()
+    other = tmp_path / "other.png"  # another file put in place under its name, with its size and time
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF
+    other.write_bytes(bytes(data))
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(other, image)
+    _fresh_process(run_mod)
+    assert rd.manifest_digests()["image_files"] != first["image_files"]
+    for damaged in ('{"images": {"a": [[1e400, 1, 1, 1], "x"]}, "masks": {}}', "[" * 100000, "{", '{"images": 3}'):
+        cache.write_text(damaged)
+        _fresh_process(run_mod)
+        rd.manifest_digests()  # (no crash: the files are read again)
+    lines = demo_data.read_text().splitlines()
+    shutil.copy(demo_data.parent / "images" / "test5.png", demo_data.parent / "images" / "test5b.png")
+    demo_data.write_text("\n".join(line.replace("images/test5.png", "images/test5b.png") for line in lines) + "\n")
+    _fresh_process(run_mod)
+    rd.manifest_digests()
+    names = {Path(f).name for f in json.loads(cache.read_text())["images"]}
+    assert "test5b.png" in names and "test5.png" not in names  # (only the files of the manifest of now)

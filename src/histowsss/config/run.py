@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -182,25 +183,22 @@ class RunConfig(Strict):
             cached = (key, rows)
             _MANIFEST_ROWS[os.path.abspath(path)] = cached  # (the latest per manifest: tune writes many)
 
-        def content(f: str) -> str:  # a mask's bytes, read again when its size or time changed
-            try:
-                fs = os.stat(f)
-            except OSError:
-                return "(unreadable)"
-            k = (f, fs.st_size, fs.st_mtime_ns)
-            if _FILE_DIGESTS.get(f, (None,))[0] != k:
-                try:
-                    with open(f, "rb") as fh:
-                        _FILE_DIGESTS[f] = (k, hashlib.sha256(fh.read()).hexdigest()[:16])
-                    _FINGERPRINTS_MADE[0] += 1
-                except OSError:
-                    return "(unreadable)"
-            return _FILE_DIGESTS[f][1]
+        used: dict[str, set[str]] = {"images": set(), "masks": set()}  # (the fingerprints a run folder keeps)
+
+        def content(f: str) -> str:  # a mask's bytes, read again when its size, times or inode changed
+            f = os.path.abspath(f)
+            used["masks"].add(f)
+            return _fingerprint(_FILE_DIGESTS, f, lambda size: _hash_whole(f))
+
+        def image(f: str) -> str:
+            used["images"].add(os.path.abspath(f))
+            return image_fingerprint(f)
 
         train, irn = self.training_side_splits(), self.irn_side_splits()
-        lines = [(image, f"{image}\t{labels}", m + "\t" + "\t".join(content(f) for f in files),
-                  f"{image}\t{image_fingerprint(file)}", split)
-                 for split, image, labels, m, files, file in cached[1]]
+        lines = [(row, f"{row}\t{labels}", m + "\t" + "\t".join(content(f) for f in files),
+                  f"{row}\t{image(file)}", split)
+                 for split, row, labels, m, files, file in cached[1]]
+        _USED_FILES[os.path.abspath(path)] = used
 
         def digest(items) -> str:
             return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
@@ -268,24 +266,44 @@ def digests_held() -> Iterator[None]:
 
 IMAGE_WHOLE = 16 << 20  # image files up to this size are hashed whole (tiles, GlaS's BMPs)
 IMAGE_BLOCK, IMAGE_BLOCKS = 256 << 10, 32  # larger ones: this many blocks of this size, spread over the file
+# absolute path -> ((size, mtime_ns, inode, ctime_ns), fingerprint, settled: whether a run folder may keep it)
 _IMAGE_FINGERPRINTS: dict[str, tuple] = {}
+_FILE_DIGESTS: dict[str, tuple] = {}  # (masks: their whole bytes)
+_USED_FILES: dict[str, dict[str, set[str]]] = {}  # manifest -> the image and mask files its digests read
+SETTLE_NS = 2 * 10**9  # a file changed this recently may still be written: its fingerprint is not kept
 
 
 def image_fingerprint(path: str) -> str:
     """An image file's size and the sha256 of its bytes: all of them up to 16 MiB (a pixel retouched in an
     uncompressed BMP counts), else 32 blocks of 256 KiB spread from its first byte to its last (a large image
     re-exported changes its compressed bytes throughout; an edit within one uncompressed stretch between blocks is
-    not seen). A project copied whole keeps it. Read again when the file's size or modification time changed;
-    "(unreadable)" for a file that cannot be read (the checks before a run say why)."""
+    not seen). A project copied whole keeps it. Read again when the file's size, times or inode changed (a file
+    put in place with its old modification time has a new inode or change time); "(unreadable)" for a file that
+    cannot be read (the checks before a run say why)."""
+    return _fingerprint(_IMAGE_FINGERPRINTS, os.path.abspath(path), lambda n: _hash_image_file(path, n))
+
+
+def _fingerprint(store: dict[str, tuple], path: str, digest: Callable[[int], str]) -> str:
+    """``store``'s fingerprint of the file at the absolute ``path`` (``size:digest`` for images, ``digest`` for
+    masks), made again when its stat key changed; "(unreadable)" when it cannot be read."""
     try:
         fs = os.stat(path)
-        key = (fs.st_size, fs.st_mtime_ns)
-        if _IMAGE_FINGERPRINTS.get(path, (None,))[0] != key:
-            _IMAGE_FINGERPRINTS[path] = (key, f"{fs.st_size}:{_hash_image_file(path, fs.st_size)}")
+        key = (fs.st_size, fs.st_mtime_ns, fs.st_ino, fs.st_ctime_ns)
+        entry = store.get(path)
+        if entry is None or entry[0] != key:
+            fp = digest(fs.st_size)
+            settled = time.time_ns() - max(fs.st_mtime_ns, fs.st_ctime_ns) > SETTLE_NS
+            store[path] = (key, f"{fs.st_size}:{fp}" if store is _IMAGE_FINGERPRINTS else fp, settled)
             _FINGERPRINTS_MADE[0] += 1
     except OSError:
         return "(unreadable)"
-    return _IMAGE_FINGERPRINTS[path][1]
+    return store[path][1]
+
+
+def _hash_whole(path: str) -> str:
+    """sha256 (16 hex digits) of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def _hash_image_file(path: str, size: int) -> str:
@@ -302,42 +320,46 @@ def _hash_image_file(path: str, size: int) -> str:
     return h.hexdigest()[:16]
 
 
-# the fingerprints kept in a run folder (status/fingerprints.json) between processes: a manifest of many tiles is
-# read whole once, not by every `run`, dry run or `report`
+# the fingerprints kept in a run folder (status/cache/fingerprints.json) between processes: a manifest of many tiles
+# is read whole once, not by every `run` or `report`
 _FINGERPRINTS_MADE = [0]  # how many this process computed (read from files, not from a cache)
 _CACHES_READ: set[str] = set()
 _CACHES_WRITTEN: dict[str, int] = {}  # cache file -> _FINGERPRINTS_MADE when this process last wrote it
 
 
 def read_fingerprints(path: Path) -> None:
-    """Take the image and mask fingerprints kept in ``path`` (once per process; each is used while its file's size
-    and modification time are those it was made at). A missing or unreadable file is no cache."""
+    """Take the image and mask fingerprints kept in ``path`` (once per process; each is used while its file's size,
+    times and inode are those it was made at). A missing, unreadable or damaged file is no cache."""
     key = os.path.abspath(path)
     if key in _CACHES_READ:
         return
     _CACHES_READ.add(key)
     try:
         doc = json.loads(Path(path).read_text())
-        images, masks = doc.get("images", {}), doc.get("masks", {})
-        for f, (size, mtime, fp) in images.items():
-            _IMAGE_FINGERPRINTS.setdefault(f, ((int(size), int(mtime)), str(fp)))
-        for f, (size, mtime, fp) in masks.items():
-            _FILE_DIGESTS.setdefault(f, ((f, int(size), int(mtime)), str(fp)))
-    except (OSError, ValueError, TypeError, AttributeError):
+        found = {name: {str(f): (tuple(int(v) for v in stat), str(fp), True)
+                        for f, (stat, fp) in doc[name].items() if len(stat) == 4}
+                 for name in ("images", "masks")}
+    except Exception:  # (not JSON, other shapes, numbers out of range: the files are read again)
         return
+    for store, name in ((_IMAGE_FINGERPRINTS, "images"), (_FILE_DIGESTS, "masks")):
+        for f, entry in found[name].items():
+            store.setdefault(f, entry)
 
 
-def keep_fingerprints(path: Path) -> None:
-    """Write the fingerprints this process knows to ``path`` (atomically) when it computed new ones; a folder that
+def keep_fingerprints(path: Path, manifest: Path | str) -> None:
+    """Write the fingerprints of the files ``manifest``'s digests read to ``path`` (atomically) when this process
+    made new ones; files changed within the last seconds are left out (they may still be written). A folder that
     cannot be written is no error (the next process reads the files again)."""
     from histowsss.engine.atomic import write_text
 
     key = os.path.abspath(path)
-    if _CACHES_WRITTEN.get(key, 0) == _FINGERPRINTS_MADE[0]:
+    used = _USED_FILES.get(os.path.abspath(manifest))
+    if used is None or _CACHES_WRITTEN.get(key, 0) == _FINGERPRINTS_MADE[0]:
         return
-    doc = {"images": {f: [k[0], k[1], fp] for f, (k, fp) in _IMAGE_FINGERPRINTS.items()},
-           "masks": {f: [k[1], k[2], fp] for f, (k, fp) in _FILE_DIGESTS.items()}}
+    doc = {name: {f: [list(e[0]), e[1]] for f in sorted(used[name]) if (e := store.get(f)) is not None and e[2]}
+           for store, name in ((_IMAGE_FINGERPRINTS, "images"), (_FILE_DIGESTS, "masks"))}
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(doc, separators=(",", ":")) + "\n")
     except OSError:
         return
@@ -397,4 +419,3 @@ def step_split_leaks(cfg: RunConfig) -> list[str]:
 
 # manifest file -> ((size, time, data section), its rows as digested); mask file -> ((file, size, time), digest)
 _MANIFEST_ROWS: dict[str, tuple] = {}
-_FILE_DIGESTS: dict[str, tuple] = {}

@@ -339,17 +339,17 @@ class RunDir:
 
     def manifest_digests(self, keep: bool = True) -> dict[str, str] | None:
         """:meth:`RunConfig.manifest_digests` of this invocation's config, its image and mask fingerprints kept in
-        ``status/fingerprints.json`` between processes (written when new ones were made, by the first process
+        ``status/cache/fingerprints.json`` between processes (written when new ones were made, by the first process
         only, unless ``keep`` is False: a dry run, a report); None without a config."""
         from histowsss.config.run import keep_fingerprints, read_fingerprints
 
         if self.cfg is None:
             return None
-        cache = self.path / "status" / "fingerprints.json"
+        cache = self.path / "status" / "cache" / "fingerprints.json"
         read_fingerprints(cache)
         digests = self.cfg.manifest_digests()
         if keep and os.environ.get("RANK", "0") == "0" and (self.path / "status").is_dir():
-            keep_fingerprints(cache)
+            keep_fingerprints(cache, self.cfg.data.manifest)
         return digests
 
     def with_record(self, step: str, record: dict) -> "RunDir":
