@@ -18,6 +18,7 @@ from histowsss.config.cam import BackboneConfig, EvalCamConfig, MakeCamConfig, T
 from histowsss.config.data import DataConfig, PointsConfig, data_split_leaks
 from histowsss.config.irn import InsSegConfig, IrLabelConfig, SemSegConfig, TrainIrnConfig
 from histowsss.config.seg import EvalSegConfig, TrainSegConfig
+from histowsss.digest import file_sha256
 
 
 # Config values that describe the data without changing any step's output: kept out of step hashes, so adding
@@ -137,8 +138,8 @@ class RunConfig(Strict):
         whole keeps them. Recorded in each step's status, so that a manifest
         edited in place (a label fixed, images added) makes the steps that read it again (not in the hashes: a run
         made before this record keeps its steps). None when the manifest cannot be read (the checks before a run say
-        why). A mask's contents are read again when its size or modification time changed (a file rewritten at the
-        same size within one tick of the clock is not). Within :func:`digests_held`, computed once per manifest."""
+        why). A file's contents are read again when its size, times or inode changed (kept between processes in a
+        run folder: :meth:`RunDir.manifest_digests`). Within :func:`digests_held`, computed once per manifest."""
         path = Path(self.data.manifest)
         try:
             st = path.stat()
@@ -188,7 +189,7 @@ class RunConfig(Strict):
         def content(f: str) -> str:  # a mask's bytes, read again when its size, times or inode changed
             f = os.path.abspath(f)
             used["masks"].add(f)
-            return _fingerprint(_FILE_DIGESTS, f, lambda size: _hash_whole(f))
+            return _fingerprint(_FILE_DIGESTS, f, lambda size: file_sha256(f)[:16])
 
         def image(f: str) -> str:
             used["images"].add(os.path.abspath(f))
@@ -280,43 +281,35 @@ def image_fingerprint(path: str) -> str:
     not seen). A project copied whole keeps it. Read again when the file's size, times or inode changed (a file
     put in place with its old modification time has a new inode or change time); "(unreadable)" for a file that
     cannot be read (the checks before a run say why)."""
-    return _fingerprint(_IMAGE_FINGERPRINTS, os.path.abspath(path), lambda n: _hash_image_file(path, n))
+    return _fingerprint(_IMAGE_FINGERPRINTS, os.path.abspath(path), lambda n: f"{n}:{_hash_image_file(path, n)}")
 
 
 def _fingerprint(store: dict[str, tuple], path: str, digest: Callable[[int], str]) -> str:
-    """``store``'s fingerprint of the file at the absolute ``path`` (``size:digest`` for images, ``digest`` for
-    masks), made again when its stat key changed; "(unreadable)" when it cannot be read."""
+    """``store``'s fingerprint of the file at the absolute ``path`` (``digest(size)``), made again when its stat key
+    changed; "(unreadable)" when it cannot be read."""
     try:
         fs = os.stat(path)
         key = (fs.st_size, fs.st_mtime_ns, fs.st_ino, fs.st_ctime_ns)
         entry = store.get(path)
         if entry is None or entry[0] != key:
-            fp = digest(fs.st_size)
             settled = time.time_ns() - max(fs.st_mtime_ns, fs.st_ctime_ns) > SETTLE_NS
-            store[path] = (key, f"{fs.st_size}:{fp}" if store is _IMAGE_FINGERPRINTS else fp, settled)
+            store[path] = (key, digest(fs.st_size), settled)
             _FINGERPRINTS_MADE[0] += 1
     except OSError:
         return "(unreadable)"
     return store[path][1]
 
 
-def _hash_whole(path: str) -> str:
-    """sha256 (16 hex digits) of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
 def _hash_image_file(path: str, size: int) -> str:
     """sha256 (16 hex digits) of an image file's bytes: all of them up to IMAGE_WHOLE, else IMAGE_BLOCKS blocks."""
+    if size <= IMAGE_WHOLE:
+        return file_sha256(path)[:16]
     h = hashlib.sha256()
+    last = size - IMAGE_BLOCK
     with open(path, "rb") as f:
-        if size <= IMAGE_WHOLE:
-            h.update(f.read())
-        else:
-            last = size - IMAGE_BLOCK
-            for k in range(IMAGE_BLOCKS):
-                f.seek(last * k // (IMAGE_BLOCKS - 1))
-                h.update(f.read(IMAGE_BLOCK))
+        for k in range(IMAGE_BLOCKS):
+            f.seek(last * k // (IMAGE_BLOCKS - 1))
+            h.update(f.read(IMAGE_BLOCK))
     return h.hexdigest()[:16]
 
 
@@ -369,8 +362,6 @@ def keep_fingerprints(path: Path, manifest: Path | str) -> None:
 def _file_fingerprint(path: Path) -> str | None:
     """sha256 of a file's bytes (cached by path, size and mtime: a 1.2 GB file is read once per process, ~1 s);
     None for a path that is no readable regular file (the loader says why when it needs it)."""
-    from histowsss.digest import file_sha256
-
     try:
         st = path.stat()
         if not path.is_file():
@@ -417,5 +408,5 @@ def step_split_leaks(cfg: RunConfig) -> list[str]:
     return out
 
 
-# manifest file -> ((size, time, data section), its rows as digested); mask file -> ((file, size, time), digest)
+# manifest file -> ((size, time, data section), its rows as digested)
 _MANIFEST_ROWS: dict[str, tuple] = {}
