@@ -523,6 +523,7 @@ def test_init_refuses_to_write_over_its_manifest_or_into_a_folder(synth: Path, t
     assert r.exit_code == 2 and "is the file this command reads" in r.output and synth.read_text() == text
     r = CliRunner().invoke(app, ["init", str(synth), "--out", str(tmp_path)])
     assert r.exit_code == 2 and "is a folder" in r.output
+    assert "config.yaml" in "".join(r.output.split())  # (the example names a config file, not a table)
 
 
 def test_the_background_is_found_in_a_class_name_of_several_words(tmp_path: Path):

@@ -67,5 +67,8 @@ def update(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/config.md")
+    # (the repository's docs/config.md, wherever the command is run from, in a source checkout)
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    if not target.is_file():
+        sys.exit(f"error: {target} not found; name the file to rewrite: python -m histowsss.config_docs PATH")
     print(f"{target}: {'updated' if update(target) else 'up to date'}")

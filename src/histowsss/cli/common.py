@@ -184,12 +184,13 @@ def plain_warnings() -> None:
     warnings.showwarning = show
 
 
-def check_out_file(out: Path, overwrite: bool, reads: tuple[Path, ...] = ()) -> None:
-    """Refuse an output file path before any work: a folder (``--out`` names the file to write), a file the command
-    reads (``init M.csv --out M.csv`` would replace the manifest), or an existing file without ``--overwrite``."""
+def check_out_file(out: Path, overwrite: bool, reads: tuple[Path, ...] = (), example: str = "out.csv") -> None:
+    """Refuse an output file path before any work: a folder (``--out`` names the file to write, e.g.
+    ``example`` in it), a file the command reads (``init M.csv --out M.csv`` would replace the manifest), or an
+    existing file without ``--overwrite``."""
     out = Path(out)
     if out.is_dir():
-        raise IsADirectoryError(f"{out} is a folder; --out names the file to write (e.g. {out / 'out.csv'})")
+        raise IsADirectoryError(f"{out} is a folder; --out names the file to write (e.g. {out / example})")
     for src in reads:
         if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
             raise ValueError(f"--out {out} is the file this command reads ({src}); writing it would replace it: "

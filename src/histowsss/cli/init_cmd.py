@@ -49,7 +49,7 @@ def init(manifest: Path = typer.Argument(..., help="manifest CSV (image, split, 
     from histowsss.engine.atomic import write_text
 
     with clear_errors():
-        check_out_file(out, overwrite, reads=(manifest,))
+        check_out_file(out, overwrite, reads=(manifest,), example="config.yaml")
         ignore = comma_list(mask_ignore, "--mask-ignore", int, "4")
         made = config_for_manifest(manifest, profile=profile, background=background, label_column=label_column,
                                    mask_mode=mask_mode, mpp=mpp, image_scale=image_scale, name=name, out=out,
