@@ -351,6 +351,11 @@ def test_split_needs_patient_column_and_ids(builder):
     assert r.exit_code == 2 and "empty patient id in row(s) 2" in flat(r.output)
     r = invoke("data", "split", m, "--out", builder.root / "o.csv", "--label-column", "grade")
     assert r.exit_code == 2 and "no 'grade' column" in flat(r.output)
+    m = builder.manifest([{"image": f"{i}.png", "patient": str(i), "label": c}
+                          for i, c in enumerate(["malignant", "Malignant", "benign"])], name="m3.csv")
+    r = invoke("data", "split", m, "--out", builder.root / "o.csv")
+    assert r.exit_code == 2 and "differ only in case or spaces ('Malignant' / 'malignant')" in flat(r.output)
+    assert not (builder.root / "o.csv").exists()
 
 
 def test_split_fractions_must_sum_to_one(builder):
@@ -535,6 +540,7 @@ def test_split_of_a_manifest_with_a_test_split_needs_keep_test_or_replace(builde
     # patient 17 written '17' (test) and '17.0' (train): one patient, so its other image joined the test split
     assert {x["split"] for x in rows if x["patient"] in ("17", "17.0")} == {"test"}
     assert "1 other image(s) of their patients joined them" in flat(r.output)
+    assert "so the test split(s) now hold 8 of 40 images" in flat(r.output)
     assert {x["split"] for x in rows if before[x["image"]] == "train"} >= {"train", "val"}
     assert {x["split"] for x in rows if x["patient"] in ("2", "2.0")} in ({"train"}, {"val"})
     r = invoke("data", "split", m, "--out", out, "--replace", "--overwrite", "--seed", "3")

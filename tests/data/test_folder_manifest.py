@@ -121,6 +121,10 @@ def test_bad_layouts_name_the_folder_and_the_fix(class_folder: Path, tmp_path: P
         manifest_from_folder(class_folder, tmp_path / "x.csv")
     with pytest.raises(FileNotFoundError, match="folder not found"):
         manifest_from_folder(tmp_path / "nowhere", tmp_path / "x.csv")
+    for split, cls in (("train", "tumour"), ("train", "normal"), ("test", "Tumour"), ("test", "normal")):
+        _img(tmp_path / "cased" / split / cls / f"{split}_{cls}.png")
+    with pytest.raises(FolderLayoutError, match=r"differ only in case.*'Tumour' / 'tumour'.*test/Tumour.*rename"):
+        manifest_from_folder(tmp_path / "cased", tmp_path / "x.csv")  # (refused before the manifest is written)
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -216,6 +216,13 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                 raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels: {fix}")
         if not rows:
             raise ValueError(f"{manifest}: no rows to split")
+        if not class_cols:  # (as `init` and `run` refuse them: each spelling would be a stratum, and a class, of its own)
+            from histowsss.config_init import class_name_twins
+
+            if twins := class_name_twins(sorted({r[label_column].strip() for r in rows if r[label_column].strip()})):
+                raise ValueError(f"{manifest}: column {label_column!r} holds class names that differ only in case or "
+                                 "spaces (" + "; ".join(" / ".join(map(repr, t)) for t in twins) + "): fix the labels "
+                                 "(typos?) so each class is written one way")
         empty = [str(i) for i, r in zip(lines, rows) if not r["patient"]]
         if empty:
             raise ValueError(f"{manifest}: empty patient id in row(s) {', '.join(empty[:20])}; fill them in "
@@ -246,7 +253,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                                          param_hint="--train")
             if test > 0:
                 _note(f"--keep-test: the test split(s) are kept as they are, so --test {test:g} is not used; the other "
-                      f"images are split {train / (train + val):.2f} / {val / (train + val):.2f} into train / val")
+                      f"images are split {train / (train + val):.2f} / {1 - round(train / (train + val), 2):.2f} into train / val")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
         if kept:
             fractions = {k: v / (train + val) for k, v in {"train": train, "val": val}.items() if v > 0}
@@ -271,7 +278,8 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         if kept:
             _note(f"kept the test split(s) {', '.join(sorted(set(kept.values())))} ({len(kept)} patients)"
                   + (f"; {moved} other image(s) of their patients joined them (a patient stays out of training; one "
-                     "in several test splits: the first in the file)" if moved else ""))
+                     "in several test splits: the first in the file), so the test split(s) now hold "
+                     f"{sum(r['split'] in kept.values() for r in rows)} of {len(rows)} images" if moved else ""))
         # relative paths that name files from the manifest's folder keep naming them from --out's folder
         rebased = rebase_paths(rows, manifest.parent, out.parent)
         write_manifest(out, rows)

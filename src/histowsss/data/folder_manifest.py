@@ -227,6 +227,14 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     if len(labels) < 2:
         raise FolderLayoutError(f"{root}: one class only ({labels[0]}); a classifier needs at least two class "
                                 "sub-folders (e.g. normal/ and tumour/)")
+    from histowsss.config_init import class_name_twins
+
+    twins = class_name_twins(labels)
+    if twins:  # (refused before anything is written: each spelling would be a class of its own)
+        folders = [str(c.relative_to(root)) for _, c in groups if any(c.name in t for t in twins)]
+        raise FolderLayoutError(f"{root}: class folders whose names differ only in case or spaces ("
+                                + "; ".join(" / ".join(map(repr, t)) for t in twins) + f": {', '.join(folders)}); "
+                                "each would be a class of its own: rename them so each class is written one way")
     made = _finish(root, out, rows, unmatched, patient_regex, by_split, label_column, fractions, seed)
     made.empty_folders = empty
     return made
