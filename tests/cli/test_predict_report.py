@@ -82,6 +82,23 @@ def test_geojson_coordinates_undo_the_image_scale(trained_run: Path, tmp_path: P
     assert labels[16:32, 8:48].all() and labels.sum() == 16 * 40
 
 
+def test_geojson_of_an_odd_sized_image_spans_it_exactly(trained_run: Path, tmp_path: Path, monkeypatch):
+    """At image_scale 0.5 a 63 x 61 image is read as 32 x 30 (rounded), not 31.5 x 30.5: a region over the whole
+    map spans the whole image, no more (nothing past its edge) and no less (no column left out)."""
+    from histowsss.cli import predict_cmd
+
+    def whole(model, img, cfg, dev):  # every working pixel of the class, at the size the image was read at
+        return np.stack([np.zeros(img.shape[:2]), np.ones(img.shape[:2])]).astype(np.float32)
+
+    monkeypatch.setattr("histowsss.steps.eval_seg.predict_probs", whole)
+    src = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    img = tmp_path / "odd.png"
+    Image.open(src).crop((0, 0, 63, 61)).save(img)
+    predict_cmd.predict_images(trained_run, [img], tmp_path / "out", min_area=0, simplify=0, log=lambda m: None)
+    (f,) = json.loads((tmp_path / "out" / "odd.geojson").read_text())["features"]
+    assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 63.0, 61.0))
+
+
 def test_predict_refuses_to_overwrite(trained_run: Path, tmp_path: Path):
     img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
     out = tmp_path / "out"

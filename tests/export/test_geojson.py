@@ -101,7 +101,7 @@ def test_regions_carry_their_class_probability():
     by_area = {f["properties"]["measurements"]["area_px"] > 30: f["properties"]["measurements"] for f in feats}
     assert len(feats) == 2
     assert by_area[False]["mean_probability"] == pytest.approx(0.9) and by_area[False]["min_probability"] == pytest.approx(0.9)
-    assert by_area[True]["min_probability"] == pytest.approx(0.51)
+    assert by_area[True]["min_probability"] == pytest.approx(0.51)  # (2 px inside its outline)
     assert by_area[True]["mean_probability"] == pytest.approx((63 * 0.55 + 0.51) / 64, abs=1e-4)
     as_uint8 = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0,
                                   probs=np.round(probs * 255).astype(np.uint8))
@@ -168,3 +168,32 @@ def test_region_ids_differ_between_models_and_repeat_for_the_same_one():
                                                     id_prefix=feature_id_prefix(model, p))]
 
     assert ids("seg:aaaa") == ids("seg:aaaa") and ids("seg:aaaa") != ids("seg:bbbb")
+
+
+def test_min_probability_leaves_out_the_outline_and_small_holes_are_filled():
+    """Along a region's outline its class probability is near the decision point whatever the region: the minimum
+    is taken 2 px inside it (over all pixels of a thinner region). A hole smaller than min_area is no hole."""
+    from shapely.geometry import shape
+
+    lab = np.zeros((30, 30), np.uint8)
+    lab[5:25, 5:25] = 1
+    lab[8, 8] = 0  # a one-pixel hole
+    lab[14:20, 14:20] = 0  # a 36 px hole
+    probs = np.zeros((2, 30, 30), np.float32)
+    probs[1][lab == 1] = 0.95
+    probs[1][5, 5:25] = 0.5  # the outline: doubtful everywhere
+    probs[1][12, 20] = 0.7  # inside: the doubt that counts
+    probs[0] = 1 - probs[1]
+    (f,) = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0, min_area=4, probs=probs)
+    assert f["properties"]["measurements"]["min_probability"] == pytest.approx(0.7)
+    assert len(shape(f["geometry"]).interiors) == 1  # the 36 px hole; the one-pixel hole filled
+    (f,) = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0, min_area=0, probs=probs)
+    assert len(shape(f["geometry"]).interiors) == 2
+
+
+def test_scale_per_axis():
+    lab = np.ones((10, 20), np.uint8)
+    (f,) = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0, scale=(10 / 21, 20 / 39))
+    from shapely.geometry import shape
+
+    assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 39.0, 21.0))

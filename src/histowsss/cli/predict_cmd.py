@@ -348,8 +348,10 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
     write_npz(prob_p, probs=probs.astype(np.float16), classes=np.array(classes.names),
               image_scale=np.array(scale), level0_size=np.array((H, W)))
     write_png(overlay_p, overlay(original, lab0, colors, bg))
-    feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=scale, simplify=simplify,
-                               min_area=min_area, id_prefix=feature_id_prefix(model_id, f), probs=probs)
+    # (the working size over the image's per axis: a rounded resize is no exact data.image_scale; cut to the image)
+    feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=(lab.shape[0] / H,
+                               lab.shape[1] / W), simplify=simplify, min_area=min_area, bounds=(W, H),
+                               id_prefix=feature_id_prefix(model_id, f), probs=probs)
     if placement is not None:  # a QuPath tile: onto its slide
         from histowsss.export.geojson import place_features
 

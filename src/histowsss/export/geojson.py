@@ -4,8 +4,10 @@ Geometry: each 8-connected region of a class is traced with marching squares (``
 on the region's 0/1 mask, level 0.5, foreground fully connected), giving its outer boundary and the boundaries of
 its holes; the largest ring is the shell, the others are holes. Coordinates follow QuPath's convention (pixel
 (r, c) covers [c, c+1] x [r, r+1], so a traced point at index (r, c) is (c + 0.5, r + 0.5)) and are divided by
-``scale`` (the data.image_scale the map was computed at) to give level-0 pixels of the original image. Polygons
-are simplified by ``simplify`` level-0 pixels (topology preserved) and repaired with ``shapely.make_valid``.
+``scale`` (the data.image_scale the map was computed at; per axis (y, x), the map's size over the image's, where
+rounding made them differ) to give level-0 pixels of the original image. Polygons are simplified by ``simplify``
+level-0 pixels (topology preserved) and repaired with ``shapely.make_valid``; holes, like regions, smaller than
+``min_area`` are left out (filled).
 
 Each feature: ``{"type": "Feature", "id": uuid, "geometry": Polygon | MultiPolygon, "properties": {"objectType":
 "annotation", "classification": {"name": ..., "color": [r, g, b]}, "isLocked": false, "measurements": {...}}}``
@@ -22,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 IGNORE = 255
+EDGE = 2  # min_probability leaves out a region's pixels within this many (working) pixels of its outline
 _NAMESPACE = uuid.UUID("6f1d2a52-5f43-4d4c-9a37-1b0d7c3e9a11")
 
 
@@ -33,19 +36,22 @@ def hex_to_rgb(color: str) -> list[int]:
     return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
 
 
-def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5, min_area: float = 0.0,
-                    offset: tuple[float, float] = (0.0, 0.0), with_pixels: bool = False) -> Iterator[Any]:
+def region_polygons(mask: np.ndarray, scale: float | tuple[float, float] = 1.0, simplify: float = 0.5,
+                    min_area: float = 0.0, offset: tuple[float, float] = (0.0, 0.0), with_pixels: bool = False
+                    ) -> Iterator[Any]:
     """Shapely (Multi)Polygons, one per 8-connected region of a boolean ``mask``, in level-0 coordinates, yielded
     one at a time (a slide's regions are not all held at once).
 
-    ``offset`` (y, x) is added (in ``mask`` pixels) before scaling; regions whose level-0 area is below
-    ``min_area`` are dropped. ``with_pixels``: (polygon, (slices, boolean mask of the region within them)) pairs.
+    ``scale``: ``mask`` pixels per level-0 pixel, one number or (y, x). ``offset`` (y, x) is added (in ``mask``
+    pixels) before scaling; regions and holes whose level-0 area is below ``min_area`` are dropped (a dropped hole
+    is filled). ``with_pixels``: (polygon, (slices, boolean mask of the region within them)) pairs.
     """
     from scipy import ndimage
     from shapely import make_valid
     from shapely.geometry import MultiPolygon, Polygon
     from skimage.measure import find_contours
 
+    sy, sx = (scale, scale) if np.isscalar(scale) else scale
     lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
@@ -56,8 +62,8 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
         for ctr in find_contours(comp, 0.5, fully_connected="high"):
             if len(ctr) < 4:
                 continue
-            ys = (ctr[:, 0] - 1 + sl[0].start + offset[0] + 0.5) / scale
-            xs = (ctr[:, 1] - 1 + sl[1].start + offset[1] + 0.5) / scale
+            ys = (ctr[:, 0] - 1 + sl[0].start + offset[0] + 0.5) / sy
+            xs = (ctr[:, 1] - 1 + sl[1].start + offset[1] + 0.5) / sx
             ring = Polygon(np.column_stack([xs, ys]))
             if ring.area > 0:
                 rings.append(ring)
@@ -65,7 +71,7 @@ def region_polygons(mask: np.ndarray, scale: float = 1.0, simplify: float = 0.5,
             continue
         rings.sort(key=lambda p: p.area, reverse=True)
         shell, holes = rings[0], rings[1:]
-        inner = [h.exterior.coords for h in holes if shell.contains(h.representative_point())]
+        inner = [h.exterior.coords for h in holes if h.area >= min_area and shell.contains(h.representative_point())]
         poly = Polygon(shell.exterior.coords, inner)
         if not poly.is_valid:
             poly = make_valid(poly)
@@ -116,7 +122,7 @@ def _clip(geom, frame: tuple[float, float, float, float]):
 
 
 def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[str],
-                       background: int | None = 0, scale: float = 1.0, simplify: float = 0.5,
+                       background: int | None = 0, scale: float | tuple[float, float] = 1.0, simplify: float = 0.5,
                        min_area: float = 0.0, id_prefix: str = "", ndigits: int = 2,
                        probs: np.ndarray | None = None, bounds: tuple[float, float] | None = None,
                        origin: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
@@ -127,10 +133,13 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
     with openslide bounds cropped to them, ``Slide.qupath_frame``), then ``origin`` is subtracted from every
     coordinate, so the GeoJSON is in the frame's own pixels.
 
-    ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the measurements
-    ``mean_probability`` and ``min_probability`` of its class over its pixels (QuPath lists them per annotation,
-    so uncertain regions can be sorted out there).
+    ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the
+    measurements ``mean_probability`` of its class over its pixels and ``min_probability`` over those at least
+    :data:`EDGE` pixels inside its outline (all of them in a thinner region: where the class changes the
+    probability is near the decision point whatever the region, so a minimum over the outline says nothing). QuPath
+    lists them per annotation, so uncertain regions can be sorted out there.
     """
+    from scipy import ndimage
     from shapely.geometry import mapping
 
     if len(colors) != len(class_names):
@@ -157,8 +166,11 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
                 geom = translate(geom, -origin[0], -origin[1])
             measurements = {"area_px": round(float(geom.area), 1)}
             if probs is not None:
-                p = np.asarray(probs[c][sl])[pixels].astype(np.float32) * unit  # the region's pixels only
-                measurements.update(mean_probability=round(float(p.mean()), 4), min_probability=round(float(p.min()), 4))
+                p = np.asarray(probs[c][sl]).astype(np.float32) * unit
+                inside = ndimage.binary_erosion(pixels, iterations=EDGE)  # (off the outline)
+                low = p[inside if inside.any() else pixels].min()
+                measurements.update(mean_probability=round(float(p[pixels].mean()), 4),
+                                    min_probability=round(float(low), 4))
             g = mapping(geom)
             feats.append({
                 "type": "Feature",
