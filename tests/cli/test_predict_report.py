@@ -99,6 +99,23 @@ def test_geojson_of_an_odd_sized_image_spans_it_exactly(trained_run: Path, tmp_p
     assert shape(f["geometry"]).bounds == pytest.approx((0.0, 0.0, 63.0, 61.0))
 
 
+def test_a_batch_of_unreadable_inputs_alone_says_none_was_predicted(trained_run: Path, tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(tmp_path / "notes.txt"), "--out",
+                              str(tmp_path / "out")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "no input was predicted; fix or replace" in text and "other inputs" not in text
+
+
+def test_a_config_file_given_for_the_run_folder_is_named_as_such(trained_run: Path, tmp_path: Path):
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    res = runner.invoke(app, ["predict", "--run", str(trained_run / "config.yaml"), str(img), "--out",
+                              str(tmp_path / "out")])
+    assert res.exit_code == 2 and "is a file, a config?: give the folder its run wrote" in " ".join(res.output.split())
+    res = runner.invoke(app, ["report", str(trained_run / "config.yaml")])
+    assert res.exit_code == 2 and "(a config?), not a run folder" in " ".join(res.output.split())
+
+
 def test_predict_refuses_to_overwrite(trained_run: Path, tmp_path: Path):
     img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
     out = tmp_path / "out"

@@ -29,7 +29,13 @@ def test_unknown_key_names_the_key_path():
     with pytest.raises(ConfigError) as e:
         load_config("demo", ["train_cam.epoch=3"])
     msg = str(e.value)
-    assert "train_cam.epoch" in msg and "unknown key" in msg
+    assert "train_cam.epoch" in msg and "unknown key" in msg and "did you mean 'train_cam.epochs'?" in msg
+    with pytest.raises(ConfigError) as e:  # a section unknown as a whole, a key of an optional section, no match
+        load_config("demo", ["trainseg.epochs=1", "data.patches={size: 112}", "data.patches.sise=3", "data.zzz=1"])
+    msg = str(e.value)
+    assert "unknown key 'trainseg' (from --set trainseg.epochs=1, not the file) (did you mean 'train_seg'?" in msg
+    assert "did you mean 'data.patches.size'?" in msg and "unknown key 'data.zzz' (from --set data.zzz=1, not the " \
+        "file) (check the spelling;" in msg
 
 
 def test_unknown_key_in_yaml_file(tmp_path):

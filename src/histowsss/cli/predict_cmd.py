@@ -113,11 +113,13 @@ def input_error(e: BaseException, f: Path) -> bool:
     return isinstance(e, INPUT_ERRORS) and str(e).startswith(str(f)) and INSTALL_HINT not in str(e)
 
 
-def skipped_report(skipped: list[tuple[Path, str]]) -> str:
-    """The lines that end a batch with skipped inputs: each with its reason, and how to go on."""
+def skipped_report(skipped: list[tuple[Path, str]], done: int = 1) -> str:
+    """The lines that end a batch with skipped inputs: each with its reason, and how to go on (``done``: how many
+    inputs were predicted)."""
     lines = [f"{len(skipped)} input(s) skipped, no outputs written for them:"]
     lines += [f"  {reason}" for _, reason in skipped]
-    lines.append("the outputs of the other inputs are complete; fix or replace the skipped files and run the same "
+    lines.append(("the outputs of the other inputs are complete" if done else "no input was predicted") + "; fix or "
+                 "replace the skipped files and run the same "
                  "command with --skip-existing (instead of --overwrite) to predict only them, or, for files of a "
                  f"folder that are not inputs (e.g. label tiles), {SKIP_HINT}")
     return "\n".join(lines)
@@ -128,7 +130,9 @@ def load_run_config(run_dir: Path):
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: not found; --run must be a run folder made by `histowsss run`")
+        raise FileNotFoundError(f"{cfg_path}: not found; --run must be a run folder made by `histowsss run`"
+                                + (f" ({run_dir} is a file, a config?: give the folder its run wrote, runs/<name> "
+                                   "unless --run said another)" if run_dir.is_file() else ""))
     return load_config(cfg_path)
 
 
@@ -479,5 +483,5 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
     n_slides = sum(r.get("kind") == "slide" for r in recs)
     log_line(f"{len(recs) - n_slides} image(s)" + (f", {n_slides} slide(s)" if n_slides else "") + f" -> {out}")
     if skipped:  # the batch went on past them; scripts notice by the exit code
-        log_line("error: " + skipped_report(skipped))
+        log_line("error: " + skipped_report(skipped, len(recs)))
         raise typer.Exit(1)

@@ -179,14 +179,36 @@ def validate_config(raw: dict[str, Any], origin: str = "config", overrides: dict
         lines = []
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            ov = next((o for k, o in (overrides or {}).items() if loc == k or loc.startswith(k + ".")), None)
+            # (a --set of the key, of a key inside it, or of a section unknown as a whole)
+            ov = next((o for k, o in (overrides or {}).items()
+                       if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")), None)
             via = f" (from --set {ov}, not the file)" if ov else ""
             if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key '{loc}'{via} (check the spelling; see docs/config.md for the keys of each "
-                             "section)")
+                near = _near_key(err["loc"])
+                lines.append(f"unknown key '{loc}'{via} (" + (f"did you mean '{near}'? " if near else "check the "
+                             "spelling; ") + "see docs/config.md for the keys of each section)")
             else:
                 lines.append(f"'{loc}'{via}: {err['msg']}")
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _near_key(loc: tuple) -> str | None:
+    """The known key closest to the unknown one at ``loc`` (same section), dotted; None when none is close."""
+    import difflib
+
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, UnionType) or get_origin(ann) is Union:  # (Optional[Section])
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = ann
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join([*map(str, loc[:-1]), near[0]]) if near else None
 
 
 def dump_config(cfg: RunConfig) -> str:

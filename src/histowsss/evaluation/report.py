@@ -511,6 +511,9 @@ def write_report(run_path: Path | str, out: Path | str | None = None, overwrite:
     from histowsss.engine.atomic import write_text
 
     run_path = Path(run_path)
+    if run_path.is_file():
+        raise NotADirectoryError(f"{run_path}: a file (a config?), not a run folder: give the folder `histowsss run` "
+                                 "wrote (runs/<name> unless --run said another)")
     if not run_path.is_dir():
         raise FileNotFoundError(f"{run_path}: run folder not found")
     out_path = Path(out) if out is not None else run_path / "report.html"
