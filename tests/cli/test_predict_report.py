@@ -187,7 +187,7 @@ def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_ya
 
     from histowsss.cli.demo_cmd import stage_table
     from histowsss.config import load_config
-    from histowsss.engine.pipeline import metrics_standing
+    from histowsss.engine.standing import metrics_standing
 
     run = shutil.copytree(trained_run, tmp_path / "run")
     assert metrics_standing(load_config(run / "config.yaml"), run) == {}

@@ -87,7 +87,7 @@ def test_clicks_added_later_redo_the_steps_they_act_in(tmp_path: Path):
     """Clicks added to the points file, or to the manifest's points cells, make the finished steps they act in
     (points.use_in) run again, not the CAM stage, nor steps they do not act in; the hashes stay (runs made before
     clicks were recorded keep their steps), and row order or rows without clicks change nothing."""
-    from histowsss.engine.pipeline import _clicks_stale
+    from histowsss.engine.decisions import clicks_stale
     from histowsss.engine.run_dir import RunDir
     from histowsss.steps import cam_to_ir_label
 
@@ -99,19 +99,19 @@ def test_clicks_added_later_redo_the_steps_they_act_in(tmp_path: Path):
     for step in ("train_cam", "cam_to_ir_label", "make_sem_seg_labels", "train_seg"):
         with run.step(step, "h"):
             pass
-    assert all(_clicks_stale(cfg, run, s, s) is None for s in ("cam_to_ir_label", "train_seg"))
+    assert all(clicks_stale(cfg, run, s, s) is None for s in ("cam_to_ir_label", "train_seg"))
     f.write_text("image,x,y,class\na,1,2,gland\na,9,9,background\n")
     assert cam_to_ir_label.config_hash(cfg) == h
-    assert "the clicks changed since it ran" in _clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label")
-    assert "the clicks changed" in _clicks_stale(cfg, run, "train_seg", "train_seg")
-    assert _clicks_stale(cfg, run, "make_sem_seg_labels", "make_sem_seg_labels") is None  # not in use_in
-    assert _clicks_stale(cfg, run, "train_cam", "train_cam") is None
+    assert "the clicks changed since it ran" in clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label")
+    assert "the clicks changed" in clicks_stale(cfg, run, "train_seg", "train_seg")
+    assert clicks_stale(cfg, run, "make_sem_seg_labels", "make_sem_seg_labels") is None  # not in use_in
+    assert clicks_stale(cfg, run, "train_cam", "train_cam") is None
     st = run.status("cam_to_ir_label")
     del st["clicks"]  # a record from before clicks were recorded: kept
     from histowsss.engine.atomic import write_json
 
     write_json(run.status_path("cam_to_ir_label"), st)
-    assert _clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label") is None
+    assert clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label") is None
     man = tmp_path / "m.csv"
     man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland\nb.png,train,q,gland,\n")
     col = load_config("glas-gland", [f"data.manifest={man}", "data.points_column=clicks"])

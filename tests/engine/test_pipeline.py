@@ -52,7 +52,8 @@ def test_inputs_of_other_settings_are_named_and_a_finished_step_keeps_its_record
 
 def test_a_step_made_again_makes_the_steps_reading_it_stale(tmp_path, monkeypatch, demo_data):
     """make_cam redone (--overwrite, same settings) after eval_cam scored its CAMs: eval_cam is redone too."""
-    from histowsss.engine.pipeline import inputs_newer, run_pipeline
+    from histowsss.engine.decisions import inputs_newer
+    from histowsss.engine.pipeline import run_pipeline
     from histowsss.steps import eval_cam, make_cam
 
     cfg = load_config("demo")
@@ -140,7 +141,7 @@ def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path, d
     """A run folder of an earlier version (the supervised hash over every train_seg setting) keeps its finished upper
     bound: records and checkpoint metadata are relabelled, nothing is retrained; other settings are not adopted."""
     from histowsss.engine.atomic import write_json
-    from histowsss.engine.pipeline import adopt_legacy_records
+    from histowsss.engine.earlier_records import adopt_legacy_records
     from histowsss.steps import eval_seg_supervised, train_seg_supervised
 
     cfg = load_config("demo", ["upper_bound=true"])
@@ -164,7 +165,7 @@ def test_an_upper_bound_recorded_under_the_earlier_hash_rule_is_kept(tmp_path, d
     # the first run after the upgrade changes a weak-label setting (what the narrower hash is for): kept all the same,
     # the earlier rule applied to the config the record ran with; a torchrun rank other than 0 takes it as finished
     weak = load_config("demo", ["upper_bound=true", "train_seg.loss=gce"])
-    from histowsss.engine.pipeline import legacy_match
+    from histowsss.engine.earlier_records import legacy_match
 
     assert legacy_match(weak, RunDir(rd.path, weak), "train_seg_supervised", train_seg_supervised) == old_train
     logs = []
@@ -318,11 +319,11 @@ def test_the_cam_backbone_is_built_on_the_meta_device_before_any_step(tmp_path, 
             run_pipeline(cfg, rd, None, "eval_cam", log=lambda m: None)
     good = load_config("demo", [*base, "backbone.mean=[0.5,0.5,0.5]", "backbone.std=[0.2,0.2,0.2]"])
     rd = RunDir(tmp_path / "run", good)
-    from histowsss.engine import pipeline
+    from histowsss.engine import preflight
 
     built: list[str] = []
-    real = pipeline._check_network
-    monkeypatch.setattr(pipeline, "_check_network", lambda c, k, s: built.append(k) or real(c, k, s))
+    real = preflight._check_network
+    monkeypatch.setattr(preflight, "_check_network", lambda c, k, s: built.append(k) or real(c, k, s))
     plan_steps(good, rd, None, "make_sem_seg_labels")  # (which checks the inputs)
     assert built == ["train_cam"]  # once for the three steps that build the backbone
     with rd.step("train_cam", train_cam.config_hash(good)):
@@ -436,7 +437,7 @@ def test_outputs_that_do_not_follow_from_the_settings_of_now_are_named_with_the_
                                                                                                      demo_data):
     """What the report and the closing table mark stale: other settings (config.yaml rewritten by a run that stopped
     before making them again), a step that did not finish (a stopped --overwrite), an input made again after it."""
-    from histowsss.engine.pipeline import metrics_standing, steps_standing
+    from histowsss.engine.standing import metrics_standing, steps_standing
     from histowsss.steps import make_cam, train_cam
 
     cfg = load_config("demo")
@@ -521,7 +522,9 @@ def test_going_back_to_the_settings_of_before_keeps_a_step_a_stopped_run_did_not
 def test_a_kept_record_whose_input_is_made_again_first_is_not_kept(tmp_path, demo_data):
     """A run with other CAM settings finished train_cam and stopped as make_cam began (no CAM rewritten): going
     back, make_cam's kept record has unchanged outputs, but train_cam runs first, so make_cam is made again too."""
-    from histowsss.engine.pipeline import restore_kept_records, run_pipeline, steps_standing
+    from histowsss.engine.earlier_records import restore_kept_records
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.standing import steps_standing
     from histowsss.steps import make_cam, train_cam
 
     a, b = load_config("demo"), load_config("demo", ["train_cam.epochs=3"])
@@ -568,7 +571,9 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     another way (order, a column no step reads) or the project moved: nothing is."""
     import shutil
 
-    from histowsss.engine.pipeline import metrics_standing, run_pipeline
+    from histowsss.engine.pipeline import run_pipeline
+
+    from histowsss.engine.standing import metrics_standing
     from histowsss.steps import make_cam, train_cam
 
     cfg = load_config("demo")
@@ -646,7 +651,7 @@ def test_a_network_is_stale_when_the_labels_it_read_or_the_scores_that_picked_th
                                                                                                 demo_data):
     """train_seg with a label source chosen at run time reads what its record says it read (IRN's pseudo-masks
     here), and best_on_train the scores that chose them: their staleness is the network's."""
-    from histowsss.engine.pipeline import metrics_standing
+    from histowsss.engine.standing import metrics_standing
     from histowsss.steps import eval_sem_seg, eval_seg, train_seg
 
     cfg = load_config("demo", [f"train_seg.labels={labels}"])
@@ -714,7 +719,11 @@ def test_a_test_label_fixed_makes_eval_cam_again_but_not_the_steps_that_read_its
     (its handoff) comes out the same; a training label fixed, or choices that come out otherwise, make them again."""
     import time
 
-    from histowsss.engine.pipeline import metrics_standing, run_pipeline, step_plan, steps_standing
+    from histowsss.engine.pipeline import run_pipeline
+
+    from histowsss.engine.standing import metrics_standing, steps_standing
+
+    from histowsss.engine.step_plan import step_plan
 
     cfg = load_config("demo", ["train_seg.labels=cam"])
     rd = RunDir(tmp_path / "run", cfg).init()
@@ -747,7 +756,7 @@ def test_a_test_label_fixed_makes_eval_cam_again_but_not_the_steps_that_read_its
         return [m.split(" (")[0] for m in logs if m.startswith(("[redo]", "[run ]"))]
 
     assert decisions() == ["[redo] eval_cam: the rows of the manifest changed since it ran"]
-    from histowsss.engine.pipeline import check_inputs
+    from histowsss.engine.preflight import check_inputs
 
     assert check_inputs(cfg, rd, plan, False) == ["eval_cam"]  # (its readers' inputs are not checked for nothing)
     standing = steps_standing(cfg, rd)
@@ -778,7 +787,11 @@ def test_steps_that_read_the_cams_follow_make_cam_when_eval_cam_chooses_the_same
     same (image labels only: the defaults)."""
     import time
 
-    from histowsss.engine.pipeline import run_pipeline, step_plan, steps_standing
+    from histowsss.engine.pipeline import run_pipeline
+
+    from histowsss.engine.standing import steps_standing
+
+    from histowsss.engine.step_plan import step_plan
     from histowsss.steps import train_cam
 
     cfg = load_config("demo", ["train_seg.labels=cam", "eval_seg.image_gate=true"])
@@ -818,7 +831,9 @@ def test_a_stopped_eval_cam_is_judged_by_the_record_it_replaces(tmp_path, demo_d
     """eval_cam stopped part-way after a test label was fixed: the dry run and the stale marks judge what the
     training steps read of it by the finished record the stopped run replaced (whose handoff the run carries on),
     so the network on CAM labels still stands; when that record was of other settings, it does not."""
-    from histowsss.engine.pipeline import run_pipeline, step_plan, steps_standing
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.standing import steps_standing
+    from histowsss.engine.step_plan import step_plan
 
     cfg = load_config("demo", ["train_seg.labels=cam"])
     rd = RunDir(tmp_path / "run", cfg).init()

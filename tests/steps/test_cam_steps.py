@@ -556,7 +556,7 @@ def test_test_images_added_cost_their_cams_and_leave_the_training_side_standing(
 
     from PIL import Image
 
-    from histowsss.engine.pipeline import steps_standing
+    from histowsss.engine.standing import steps_standing
 
     data = tmp_path / "data"
     shutil.copytree(tiny_manifest.parent, data)
@@ -616,7 +616,7 @@ def test_a_split_only_the_irn_reads_is_watched_and_the_dry_run_says_what_the_run
 
     from PIL import Image
 
-    from histowsss.engine.pipeline import steps_standing
+    from histowsss.engine.standing import steps_standing
 
     data = tmp_path / "data"
     shutil.copytree(tiny_manifest.parent, data)

@@ -234,7 +234,7 @@ def test_a_network_of_other_settings_stays_until_a_new_one_is_written_and_comes_
                                                                                       kill_after_epoch):
     """A run with other settings, stopped after its first epoch, leaves the finished network of before in place
     (predict still has one); going back to those settings restores train_seg instead of training it again."""
-    from histowsss.engine.pipeline import restore_kept_records
+    from histowsss.engine.earlier_records import restore_kept_records
 
     cfg = make_cfg(dataset)
     run = RunDir(tmp_path / "run", cfg).init()
@@ -430,7 +430,7 @@ def test_a_network_trained_before_the_pseudo_masks_existed_is_trained_again(data
     assert calls == [("train_seg", True)] and msgs[0].startswith("[redo] train_seg")
     # the network was trained after its scores were made: eval_seg is made again too (the pipeline's rule: a step
     # one reads finished after it started)
-    from histowsss.engine.pipeline import inputs_newer
+    from histowsss.engine.decisions import inputs_newer
 
     assert inputs_newer(cfg, run, eval_seg, "eval_seg") is None
 

@@ -19,7 +19,8 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
     """Generate synthetic H&E data, run every step on it, print the per-stage quality table."""
     from histowsss.config import load_config
     from histowsss.data.synthetic import generate_synthetic_dataset
-    from histowsss.engine.pipeline import metrics_standing, run_pipeline
+    from histowsss.engine.pipeline import run_pipeline
+    from histowsss.engine.standing import metrics_standing
     from histowsss.engine.run_dir import RunDir
 
     t0 = time.time()
@@ -38,7 +39,7 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
 
 def stage_table(run_path: Path, stale: dict[str, str] | None = None) -> str:
     """Markdown table of the measured per-stage quality found in a run folder's metrics/. ``stale``: the metrics
-    files that do not follow from the settings of now and why (:func:`~histowsss.engine.pipeline.metrics_standing`):
+    files that do not follow from the settings of now and why (:func:`~histowsss.engine.standing.metrics_standing`):
     their rows are marked, and why is said under the table."""
     from histowsss.evaluation.metrics import format_table
 

@@ -60,7 +60,8 @@ def runnable_commands(config: str, set_: list[str] | None) -> Iterator[None]:
 
 def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bool, dry_run: bool, log) -> None:
     """Plan, then run (or with ``dry_run`` only describe) the steps of ``cfg`` in ``run_path``."""
-    from histowsss.engine.pipeline import plan_steps, run_pipeline, with_kept
+    from histowsss.engine.earlier_records import with_kept
+    from histowsss.engine.pipeline import plan_steps, run_pipeline
     from histowsss.engine.run_dir import RunDir, StepError, require_folder, run_lock
 
     require_folder(run_path)  # (a file given as --run: said before what the plan finds)
@@ -84,7 +85,7 @@ def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bo
                                "over)", log):
             run_pipeline(cfg, rd, start, stop, overwrite=overwrite, log=log)
     from histowsss.cli.demo_cmd import stage_table
-    from histowsss.engine.pipeline import metrics_standing
+    from histowsss.engine.standing import metrics_standing
 
     # what the run has measured so far (its metrics/), as the demo ends; numbers of other settings marked
     table = stage_table(rd.path, metrics_standing(cfg, rd.path))

@@ -354,7 +354,7 @@ class RunDir:
 
     def with_record(self, step: str, record: dict) -> "RunDir":
         """This folder as it reads, with ``record`` as ``step``'s status (the finished record a stopped run
-        replaced, to judge what it will make: engine/pipeline.py ``handoff_stands``)."""
+        replaced, to judge what it will make: engine/decisions.py ``handoff_stands``)."""
         return self.restored_view({**self._overlay, step: record})
 
     def forget_restored(self, step: str) -> None:

@@ -127,7 +127,7 @@ def _labels_from_masks(samples: list, data) -> tuple[list, str]:
 def stage_rows(run_path: Path, class_names: list[str], stale: dict[str, str] | None = None) -> list[dict]:
     """The per-stage quality rows (mIoU, mDice, per-class IoU); stages without metrics are 'not run'. ``stale``:
     the metrics files that do not follow from the run's config.yaml and why
-    (:func:`~histowsss.engine.pipeline.metrics_standing`): their rows say 'stale' and why."""
+    (:func:`~histowsss.engine.standing.metrics_standing`): their rows say 'stale' and why."""
     stale = stale or {}
     cam = read_json(run_path / "metrics" / "cam.json")
     sem = read_json(run_path / "metrics" / "sem_seg.json")
@@ -331,7 +331,7 @@ def section_tuning(run_path: Path) -> str:
 
 def section_curves(run_path: Path, standing: dict[str, str | None] | None = None) -> str:
     """One chart per training log; a log whose step's outputs do not follow from config.yaml (``standing``, from
-    :func:`~histowsss.engine.pipeline.steps_standing`: a stopped run of other settings rewrote it, say) says so."""
+    :func:`~histowsss.engine.standing.steps_standing`: a stopped run of other settings rewrote it, say) says so."""
     import re
 
     logs = sorted((run_path / "logs").glob("*.jsonl")) if (run_path / "logs").exists() else []
@@ -463,7 +463,7 @@ def section_timings(run_path: Path) -> str:
 
 def build_report(run_path: Path | str) -> str:
     """The report's HTML text."""
-    from histowsss.engine.pipeline import metrics_standing, steps_standing_or_none
+    from histowsss.engine.standing import metrics_standing, steps_standing_or_none
 
     run_path = Path(run_path)
     cfg, err = _load_cfg(run_path)

@@ -214,7 +214,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
                         f"(`histowsss run {run_path / 'config.yaml'}`), or go back to the settings the network was "
                         f"made with (`histowsss run {run_path}/config_history/<sha>.yaml`, its record names the file), "
                         "then export")
-    from histowsss.engine.pipeline import steps_standing_or_none
+    from histowsss.engine.standing import steps_standing_or_none
 
     stale = steps_standing_or_none(cfg, run_path).get(network_step(network))
     if stale not in (None, "has not run") and log is not None:  # described, but made from inputs since remade

@@ -103,8 +103,8 @@ def network_described(cfg: RunConfig, run_path: Path, tag_: str) -> str | None:
     """Why config.yaml does not describe the trained network ``tag_`` of a run folder: its record did not finish
     with config.yaml's settings (a later run of other settings rewrote config.yaml and stopped before training it
     again, say); None when it did, or when the folder has no record of it (an exported model folder). Its inputs
-    are not looked at (:func:`~histowsss.engine.pipeline.steps_standing` does)."""
-    from histowsss.engine.pipeline import legacy_match
+    are not looked at (:func:`~histowsss.engine.standing.steps_standing` does)."""
+    from histowsss.engine.earlier_records import legacy_match
     from histowsss.engine.run_dir import RunDir
     from histowsss.steps import train_seg, train_seg_supervised
 

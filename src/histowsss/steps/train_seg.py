@@ -130,7 +130,7 @@ def config_hash(cfg: RunConfig) -> str:
 def legacy_supervised_hash(cfg: RunConfig) -> str:
     """The hash the supervised network of ``cfg`` (``train_seg.supervised: true``) was recorded with before it left
     out the weak-label settings (up to stop 33): a finished upper bound of these settings is adopted, not retrained
-    (:func:`histowsss.engine.pipeline.adopt_legacy_records`)."""
+    (:func:`histowsss.engine.earlier_records.adopt_legacy_records`)."""
     return _hash(f"{_upstream_hash(cfg)}|{cfg.step_hash('data', 'train_seg', 'points')}")
 
 

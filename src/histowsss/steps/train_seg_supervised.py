@@ -22,7 +22,7 @@ def supervised_config(cfg: RunConfig) -> RunConfig:
 
 def legacy_config_hashes(cfg: RunConfig) -> list[str]:
     """Hashes a finished upper bound of these settings was recorded with by earlier versions (they hashed the weak-
-    label settings too); :func:`histowsss.engine.pipeline.adopt_legacy_records` relabels such a record."""
+    label settings too); :func:`histowsss.engine.earlier_records.adopt_legacy_records` relabels such a record."""
     return [train_seg.legacy_supervised_hash(supervised_config(cfg))]
 
 
