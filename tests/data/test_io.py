@@ -111,6 +111,10 @@ def test_rgba_transparent_warns_and_composites_on_white(tmp_path):
     assert out[0, 0].tolist() == [255, 255, 255]
     assert abs(int(out[0, 1, 0]) - 127) <= 1
     assert out[1, 1].tolist() == [0, 0, 0]
+    a[..., 3] = 0  # transparent everywhere: a blank image, refused
+    Image.fromarray(a, "RGBA").save(p)
+    with pytest.raises(ImageReadError, match=r"t\.png: RGBA image that is transparent everywhere"):
+        read_rgb(p)
 
 
 def test_16bit_tif_converted_to_8bit(tmp_path):

@@ -370,7 +370,8 @@ def _refuse_palette_mask(path: Path, img: np.ndarray) -> None:
 def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
     """Read an H&E image as uint8 RGB (H, W, 3).
 
-    Conversions: RGBA -> RGB (alpha composited on white, a warning if not fully opaque);
+    Conversions: RGBA -> RGB (alpha composited on white, a warning if not fully opaque; refused if transparent
+    everywhere);
     16-bit -> 8-bit (v / 257 rounded, so 65535 -> 255; 16-bit PNGs are reduced to their high byte by
     the PNG decoder, which is within one level of that); floats in [0, 1] -> round(255 v); CMYK (JPEG and TIFF
     alike, never taken for RGBA), YCbCr and palette colours -> RGB; EXIF orientation applied.
@@ -401,6 +402,9 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
             raise ImageReadError(f"{path}: unsupported pixel type {img.dtype}; save as 8- or 16-bit RGB")
     if img.shape[2] == 4:
         alpha = img[..., 3:4].astype(np.float32) / 255.0
+        if alpha.max() == 0.0:  # (on white: a blank image, which a network still labels)
+            raise ImageReadError(f"{path}: RGBA image that is transparent everywhere (alpha 0): nothing of it shows; "
+                                 "export the image again with its pixels opaque, or leave it out")
         if alpha.min() < 1.0:
             frac = float((alpha < 1.0).mean())
             warnings.warn(f"{path}: RGBA image with transparency ({100 * frac:.1f}% of pixels not opaque); "
