@@ -137,6 +137,14 @@ def test_predict_errors_are_clear(trained_run: Path, tmp_path: Path):
     res = runner.invoke(app, ["predict", "--run", str(trained_run), str(tmp_path), "--supervised", "--out",
                               str(tmp_path / "o")])
     assert res.exit_code == 2  # an empty folder, or no supervised network
+    from histowsss.config import load_config
+    from histowsss.engine.run_dir import RunDir
+
+    partial = RunDir(tmp_path / "partial", load_config("demo")).init()  # (a run stopped before train_seg)
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    res = runner.invoke(app, ["predict", "--run", str(partial.path), str(img), "--out", str(tmp_path / "p")])
+    text = "".join(res.output.split())  # (the command as the folder's own config runs it, copied as it is)
+    assert res.exit_code == 2 and f"histowsssrun{partial.path / 'config.yaml'}--totrain_seg" in text
 
 
 def test_predict_refuses_a_config_rewritten_with_other_input_settings(trained_run: Path, tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -58,10 +59,17 @@ def segnet_meta(run_path: Path, tag_: str) -> dict:
                                     "part?); copy the whole folder again, or export it anew from its run folder "
                                     "(`histowsss export RUN_DIR --out DIR`)")
         hint = " --set train_seg.supervised=true" if tag_ == "seg_supervised" else ""
-        raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run CONFIG --run "
-                                f"{run_path} --to train_seg{hint}` first")
+        raise FileNotFoundError(f"{path}: no trained segmentation network; run `histowsss run "
+                                f"{_run_config(run_path)} --to train_seg{hint}` first")
     meta_path = path.with_suffix(".json")
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def _run_config(run_path: Path) -> str:
+    """How a suggested command names a run's config: the folder's own config.yaml (a run of it runs in that
+    folder), else ``CONFIG --run RUN_DIR``."""
+    own = Path(run_path) / "config.yaml"
+    return shlex.quote(str(own)) if own.is_file() else f"CONFIG --run {shlex.quote(str(run_path))}"
 
 
 def network_input(cfg: RunConfig) -> dict:
@@ -166,7 +174,7 @@ def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device 
             continue
         if not (p.exists() and p.with_suffix(".json").exists()):
             raise StepError(f"{p}: ensemble member {mt} of {tag_} ({len(tags)} members) is missing; "
-                            f"re-run train_seg (`histowsss run CONFIG --run {run_path} --from train_seg --overwrite`)")
+                            f"re-run train_seg (`histowsss run {_run_config(run_path)} --from train_seg --overwrite`)")
         m_meta = json.loads(p.with_suffix(".json").read_text())
         if m_meta.get("config_hash") != meta.get("config_hash"):
             raise StepError(f"{p}: ensemble member {mt} comes from another training run (config hash "
