@@ -93,12 +93,16 @@ def test_clicks_added_later_redo_the_steps_they_act_in(tmp_path: Path):
 
     f = tmp_path / "clicks.csv"
     f.write_text("image,x,y,class\na,1,2,gland\n")
-    cfg = load_config("glas-gland", [f"points.file={f}", "points.use_in=[ir_label,train_seg]"])
+    m0 = tmp_path / "m0.csv"
+    m0.write_text("image,split,patient,label\na.png,train,p,gland\nb.png,train,q,gland\n")
+    cfg = load_config("glas-gland", [f"data.manifest={m0}", f"points.file={f}", "points.use_in=[ir_label,train_seg]"])
     h = cam_to_ir_label.config_hash(cfg)
     run = RunDir(tmp_path / "run", cfg).init()
     for step in ("train_cam", "cam_to_ir_label", "make_sem_seg_labels", "train_seg"):
         with run.step(step, "h"):
             pass
+    assert all(clicks_stale(cfg, run, s, s) is None for s in ("cam_to_ir_label", "train_seg"))
+    f.write_bytes(b"image,x,y,class\r\nzzz,5,5,gland\r\na, 1 ,2,gland\r\n")  # (the same clicks of its images)
     assert all(clicks_stale(cfg, run, s, s) is None for s in ("cam_to_ir_label", "train_seg"))
     f.write_text("image,x,y,class\na,1,2,gland\na,9,9,background\n")
     assert cam_to_ir_label.config_hash(cfg) == h
@@ -107,20 +111,26 @@ def test_clicks_added_later_redo_the_steps_they_act_in(tmp_path: Path):
     assert clicks_stale(cfg, run, "make_sem_seg_labels", "make_sem_seg_labels") is None  # not in use_in
     assert clicks_stale(cfg, run, "train_cam", "train_cam") is None
     st = run.status("cam_to_ir_label")
-    del st["clicks"]  # a record from before clicks were recorded: kept
+    del st["clicks_used"]  # a record from before clicks were recorded: kept
     from histowsss.engine.atomic import write_json
 
+    write_json(run.status_path("cam_to_ir_label"), st)
+    assert clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label") is None
+    st["clicks"] = "0" * 16  # one of before the clicks themselves were recorded: the file's bytes, as then
+    write_json(run.status_path("cam_to_ir_label"), st)
+    assert "the clicks changed" in clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label")
+    st["clicks"] = cfg.clicks_digest()
     write_json(run.status_path("cam_to_ir_label"), st)
     assert clicks_stale(cfg, run, "cam_to_ir_label", "cam_to_ir_label") is None
     man = tmp_path / "m.csv"
     man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland\nb.png,train,q,gland,\n")
     col = load_config("glas-gland", [f"data.manifest={man}", "data.points_column=clicks"])
-    d = col.clicks_digest()
+    d = col.clicks_used_digest()
     man.write_text("image,split,patient,label,clicks\nc.png,test,r,gland,\nb.png,train,q,gland,\n"
-                   "a.png,train,p,gland,1 2 gland\n")
-    assert col.clicks_digest() == d  # rows reordered, a row without clicks added
+                   "a.png,train,p,gland,1  2 gland\n")
+    assert col.clicks_used_digest() == d  # rows reordered, a row without clicks added, other spacing
     man.write_text("image,split,patient,label,clicks\na.png,train,p,gland,1 2 gland; 5 5 background\n")
-    assert col.clicks_digest() != d
+    assert col.clicks_used_digest() != d
 
 
 def test_data_check_reports_bad_clicks(tmp_path: Path):
@@ -244,11 +254,13 @@ def test_a_folder_of_qupath_point_exports(tmp_path: Path):
     (d / "c.ome.tif.geojson").write_text(fc(feat("Point", [2, 2], "gland")))  # the manifest names c.ome.tif 'c.ome'
     assert read_points_file(d, CLASSES) == {"a": (Point(1, 2, 1), Point(3, 4, 1), Point(5, 6, 0)),
                                             "b": (Point(7, 8, 1),), "c.ome": (Point(2, 2, 1),)}
-    cfg = load_config("glas-gland", [f"points.file={d}"])
-    h = cfg.clicks_digest()
+    man = tmp_path / "m.csv"
+    man.write_text("image,split,patient,label\na.tif,train,p,gland\nb.png,train,q,gland\nc.ome.tif,train,r,gland\n")
+    cfg = load_config("glas-gland", [f"points.file={d}", f"data.manifest={man}"])
+    h = cfg.clicks_used_digest()
     (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "gland"), feat("Point", [1, 1])))
     (d / "new.geojson").replace(d / "b.geojson")  # (as an editor saves: a new file in its place)
-    assert cfg.clicks_digest() != h  # an edited export redoes the click steps
+    assert cfg.clicks_used_digest() != h  # an edited export redoes the click steps
     with pytest.raises(PointsError, match=r"b.geojson: feature 1: a point without a classification"):
         read_points_file(d, CLASSES)
     (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "stroma")))

@@ -212,11 +212,41 @@ class RunConfig(Strict):
                         part + "image_files": digest(x[3] for x in lines if x[4] in splits)})
         return out
 
+    def clicks_used_digest(self) -> str | None:
+        """Digest of the clicks the steps use: each manifest image's clicks (points.file's and its points cell's,
+        position and class, in the order they are applied), so that rows sorted, other line endings or spacing, or
+        clicks on images the manifest lacks change nothing; None when no clicks are configured. Recorded in each
+        step's status (``clicks_used``), so that a step the clicks act in is made again when they change (not in
+        the hashes: a run made before this record keeps its steps). Clicks that cannot be read digest as the
+        problem (the step then says it)."""
+        if self.points.file is None and self.data.points_column is None:
+            return None
+        from histowsss.data.manifest import scan_manifest
+        from histowsss.data.points import sample_points
+
+        manifest, points = Path(self.data.manifest), Path(self.points.file) if self.points.file else None
+        files = [manifest] + ([] if points is None else sorted(points.iterdir()) if points.is_dir() else [points])
+        stamps = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p),) for p in files)
+        key = (stamps, self.data.model_dump_json(), self.points.model_dump_json())
+        if key in _CLICKS_USED:
+            return _CLICKS_USED[key]
+        h = hashlib.sha256()
+        try:
+            samples = scan_manifest(self.data)[0]
+            for s in sorted(samples, key=lambda s: s.name):
+                pts = sample_points(self, s)
+                if pts:
+                    h.update((s.name + "\t" + ";".join(f"{p.x!r},{p.y!r},{p.cls}" for p in pts) + "\n").encode())
+        except Exception as e:  # (the step that reads them says what is wrong)
+            h.update(f"unreadable: {type(e).__name__}: {e}".encode())
+        out = _CLICKS_USED[key] = h.hexdigest()[:16]
+        return out
+
     def clicks_digest(self) -> str | None:
-        """Digest of the clicks themselves (``points.file``'s bytes, the manifest's non-empty ``data.points_column``
-        cells by image, in any row order); None when no clicks are configured. Recorded in each step's status, so
-        that a step the clicks act in is made again when they change (not in the hashes: a run made before this
-        record keeps its steps). A file that cannot be read digests as such (its step then says why)."""
+        """Digest of the bytes the clicks are read from (``points.file``'s bytes, the manifest's non-empty
+        ``data.points_column`` cells by image, in any row order): what records of before the clicks themselves
+        (:meth:`clicks_used_digest`) hold; None when no clicks are configured. A file that cannot be read digests
+        as such."""
         if self.points.file is None and self.data.points_column is None:
             return None
         h = hashlib.sha256()
@@ -244,6 +274,7 @@ class RunConfig(Strict):
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+_CLICKS_USED: dict[tuple, str] = {}  # clicks_used_digest by the manifest's and points file's sizes and times
 
 
 _DIGESTS_HELD: dict | None = None  # manifest_digests by manifest, within digests_held

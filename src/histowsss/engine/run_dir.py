@@ -212,7 +212,11 @@ class RunDir:
     def clicks_changed(self, status: dict) -> bool:
         """Whether the clicks (``points.file``, the manifest's points cells) differ from those a step ran with, as
         far as its record says (records of steps run before clicks were recorded say nothing)."""
-        return self.cfg is not None and "clicks" in status and status["clicks"] != self.cfg.clicks_digest()
+        if self.cfg is None:
+            return False
+        if "clicks_used" in status:  # the clicks themselves, of the manifest's images
+            return status["clicks_used"] != self.cfg.clicks_used_digest()
+        return "clicks" in status and status["clicks"] != self.cfg.clicks_digest()  # (records of before: the bytes)
 
     @contextmanager
     def step(self, step: str, config_hash: str, overwrite: bool = False) -> Iterator[dict[str, Any]]:
@@ -263,9 +267,9 @@ class RunDir:
                 record["first_started_ns"] = first_ns
         if self.config_file:
             record["run_config"] = self.config_file
-        clicks = self.cfg.clicks_digest() if self.cfg is not None else None
+        clicks = self.cfg.clicks_used_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
-            record["clicks"] = clicks
+            record["clicks_used"] = clicks
         manifest = self.manifest_digests()
         if manifest is not None:  # so that a step is made again when the manifest is edited in place
             record["manifest"] = manifest
