@@ -533,7 +533,7 @@ def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_s
     plain, placed = tmp_path / "plain", tmp_path / "placed"
     for out, extra in ((plain, []), (placed, ["--qupath-tiles"])):
         r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(out),
-                                "--skip", "*-labelled.png", *extra])
+                                "--skip", "*-labelled.png", "--simplify", "0", "--min-area", "0", *extra])
         assert r.exit_code == 0, r.output
         assert not list(out.glob("*-labelled*"))
     a = json.loads((plain / f"{name}.geojson").read_text())["features"]
@@ -543,6 +543,16 @@ def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_s
         ax0, ay0, ax1, ay1 = shape(fa["geometry"]).bounds
         assert shape(fb["geometry"]).bounds == pytest.approx((4096 + 2 * ax0, 8192 + 2 * ay0, 4096 + 2 * ax1,
                                                               8192 + 2 * ay1))
+    # predictions.csv in the slide's level-0 pixels too (as the GeoJSON's area_px); the fractions the same
+    rows = [next(csv.DictReader(open(out / "predictions.csv", newline=""))) for out in (plain, placed)]
+    assert (rows[1]["width"], rows[1]["height"]) == ("128", "128") and rows[0]["width"] == "64"
+    assert rows[1]["malignant_percent"] == rows[0]["malignant_percent"]
+    # --min-area in the slide's level-0 pixels: a region of the tile counts d² times its tile pixels
+    cut = sorted(f["properties"]["measurements"]["area_px"] for f in b)[len(b) // 2]
+    r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(tmp_path / "cut"),
+                            "--skip", "*-labelled.png", "--simplify", "0", "--min-area", str(cut), "--qupath-tiles"])
+    kept = json.loads((tmp_path / "cut" / f"{name}.geojson").read_text())["features"]
+    assert r.exit_code == 0 and len(kept) == sum(f["properties"]["measurements"]["area_px"] >= cut for f in b)
     r = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[1]), "--out", str(tmp_path / "o3"),
                             "--qupath-tiles"])
     assert r.exit_code == 2 and "--qupath-tiles needs names" in " ".join(r.output.split())

@@ -204,7 +204,16 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         placements = {}
     slides = {f for f in files if is_slide_file(f)}
     o = slide_options
-    if o is not None and (o.downsample, o.slide_mpp, o.train_mpp) != (None, None, None) and len(slides) < len(files):
+    if qupath_tiles and o is not None and o.slide_mpp is not None and cfg.data.mpp:  # (the tiles' own resolution)
+        off = sorted({d for d, _, _ in placements.values() if abs(d * o.slide_mpp / cfg.data.mpp - 1) > 0.1})
+        if off:
+            log(f"warning: tiles exported at downsample {', '.join(f'{d:g}' for d in off)} of a {o.slide_mpp:g} "
+                f"um/px slide are {off[0] * o.slide_mpp:.3g} um/px, and the network reads them as its training "
+                f"images ({cfg.data.mpp:g} um/px): export the tiles at downsample "
+                f"{cfg.data.mpp / o.slide_mpp:.3g} in QuPath")
+    # (with --qupath-tiles, --slide-mpp is the tiles' slide's too: their areas)
+    slide_only = None if o is None else (o.downsample, o.train_mpp) + (() if qupath_tiles else (o.slide_mpp,))
+    if slide_only is not None and any(v is not None for v in slide_only) and len(slides) < len(files):
         images = [f.name for f in files if f not in slides]
         log(f"warning: --downsample / --slide-mpp / --train-mpp apply to whole-slide inputs only; {len(images)} "
             f"input(s) are read as images, whole and at their own resolution (as the training images were), e.g. "
@@ -222,7 +231,9 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             with SummaryBuffer(out_dir) as rows:
                 for f in done:
                     if _geojson_name(f) not in listed:
-                        rows.add(_summary_row(_record_from_outputs(f, f in slides, out_dir, cfg), cfg.data.mpp))
+                        rows.add(_summary_row(_record_from_outputs(f, f in slides, out_dir, cfg, placements.get(f),
+                                                                   _tile_mpp(cfg, o, placements.get(f))),
+                                              cfg.data.mpp))
         finished = set(done)
         files = [f for f in files if f not in finished]
     elif not overwrite:
@@ -353,8 +364,9 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
               image_scale=np.array(scale), level0_size=np.array((H, W)))
     write_png(overlay_p, overlay(original, lab0, colors, bg))
     # (the working size over the image's per axis: a rounded resize is no exact data.image_scale; cut to the image)
+    d = placement[0] if placement is not None else 1.0  # (--simplify, --min-area: the slide's level-0 pixels)
     feats = labels_to_features(lab, classes.names, colors_hex, background=bg, scale=(lab.shape[0] / H,
-                               lab.shape[1] / W), simplify=simplify, min_area=min_area, bounds=(W, H),
+                               lab.shape[1] / W), simplify=simplify / d, min_area=min_area / d ** 2, bounds=(W, H),
                                id_prefix=feature_id_prefix(model_id, f), probs=probs)
     if placement is not None:  # a QuPath tile: onto its slide
         from histowsss.export.geojson import place_features
@@ -364,7 +376,17 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
     counts = _region_counts(feats, classes.names, bg)
     log(f"{f.name}: {', '.join(f'{v} {k}' for k, v in counts.items()) + ' region(s)' if counts else 'no regions'} "
         f"-> {geo_p}")
-    return _image_record(f, out_dir, lab0, counts, classes.names)
+    return _image_record(f, out_dir, lab0, counts, classes.names, placement, _tile_mpp(cfg, slide_options, placement))
+
+
+def _tile_mpp(cfg, slide_options: SlideOptions | None, placement: tuple[float, float, float] | None
+              ) -> float | None:
+    """The level-0 microns per pixel of the slide a QuPath tile was cut from: --slide-mpp, else what the network
+    takes the tile's pixels to be (data.mpp) over its downsample; None for an image, or with no data.mpp."""
+    if placement is None:
+        return None
+    given = slide_options.slide_mpp if slide_options is not None else None
+    return given if given is not None else (cfg.data.mpp / placement[0] if cfg.data.mpp else None)
 
 
 def _region_counts(feats: list[dict], names: list[str], bg: int | None) -> dict[str, int]:
@@ -373,17 +395,22 @@ def _region_counts(feats: list[dict], names: list[str], bg: int | None) -> dict[
             for i, n in enumerate(names) if i != bg}
 
 
-def _image_record(f: Path, out_dir: Path, lab0: np.ndarray, counts: dict[str, int], names: list[str]) -> dict:
-    """The record of a predicted image from its level-0 label map and region counts."""
+def _image_record(f: Path, out_dir: Path, lab0: np.ndarray, counts: dict[str, int], names: list[str],
+                  placement: tuple[float, float, float] | None = None, mpp: float | None = None) -> dict:
+    """The record of a predicted image from its label map and region counts; a QuPath tile's (``placement``: its
+    downsample d) in its slide's level-0 pixels (sizes times d, areas times d², as its GeoJSON), at ``mpp``."""
     labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, image_stem(f))
     H, W = lab0.shape
+    d = placement[0] if placement is not None else 1.0
     px = np.bincount(lab0.ravel(), minlength=len(names))
     return {"input": str(f), "kind": "image", "labels": str(labels_p), "probs": str(prob_p),
-            "overlay": str(overlay_p), "geojson": str(geo_p), "regions": counts, "level0_size": [W, H],
-            "area_level0_px": {n: float(px[i]) for i, n in enumerate(names)}}
+            "overlay": str(overlay_p), "geojson": str(geo_p), "regions": counts,
+            "level0_size": [round(W * d), round(H * d)],
+            "area_level0_px": {n: float(px[i]) * d * d for i, n in enumerate(names)},
+            **({"mpp": mpp} if placement is not None else {})}
 
 
-def _record_from_outputs(f: Path, is_slide: bool, out_dir: Path, cfg) -> dict:
+def _record_from_outputs(f: Path, is_slide: bool, out_dir: Path, cfg, placement=None, mpp=None) -> dict:
     """The record of an input predicted earlier, read back from its outputs (a slide's summary JSON; an image's
     label PNG and GeoJSON): rows of predictions.csv that a killed batch did not write."""
     from histowsss.data.io import read_mask
@@ -395,7 +422,7 @@ def _record_from_outputs(f: Path, is_slide: bool, out_dir: Path, cfg) -> dict:
     feats = json.loads(geo_p.read_text())["features"]
     names = cfg.data.classes.names
     counts = _region_counts(feats, names, cfg.data.classes.background_index)
-    return _image_record(f, out_dir, read_mask(labels_p), counts, names)
+    return _image_record(f, out_dir, read_mask(labels_p), counts, names, placement, mpp)
 
 
 def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
@@ -403,7 +430,7 @@ def _summary_row(rec: dict, images_mpp: float | None) -> dict[str, str]:
     slide = rec["kind"] == "slide"
     w, h = rec["level0_size"]
     return summary_row(input_path=rec["input"], kind=rec["kind"], width=w, height=h,
-                       mpp=rec["mpp"] if slide else images_mpp, basis="tissue" if slide else "image",
+                       mpp=rec["mpp"] if "mpp" in rec else images_mpp, basis="tissue" if slide else "image",
                        basis_px=rec["tissue_or_class_level0_px"] if slide else float(w * h),
                        class_px=rec["area_level0_px"],
                        regions=rec["regions"], geojson=rec["geojson"])
