@@ -553,6 +553,12 @@ def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_s
                             "--skip", "*-labelled.png", "--simplify", "0", "--min-area", str(cut), "--qupath-tiles"])
     kept = json.loads((tmp_path / "cut" / f"{name}.geojson").read_text())["features"]
     assert r.exit_code == 0 and len(kept) == sum(f["properties"]["measurements"]["area_px"] >= cut for f in b)
+    r = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder), "--out", str(tmp_path / "mpp"),
+                            "--skip", "*-labelled.png", "--qupath-tiles", "--slide-mpp", "0.5"])
+    row = next(csv.DictReader(open(tmp_path / "mpp" / "predictions.csv", newline="")))
+    assert r.exit_code == 0 and "whole-slide inputs only" not in r.output and row["mpp"] == "0.5"
+    px = float(row["malignant_percent"]) / 100 * 128 * 128  # level-0 pixels of the slide, 0.5 um each
+    assert float(row["malignant_mm2"]) == pytest.approx(px * 0.25e-6, abs=1e-4)  # (written to 4 decimals)
     r = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[1]), "--out", str(tmp_path / "o3"),
                             "--qupath-tiles"])
     assert r.exit_code == 2 and "--qupath-tiles needs names" in " ".join(r.output.split())
