@@ -32,6 +32,9 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path, demo
         r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "run"), "--to", "train_cam", "--dry-run"])
         out = " ".join(r.output.split())  # a dry run may look, and says what it sees
         assert r.exit_code == 0 and "(histowsss run) is working in this run folder; what follows is the folder" in out
+        assert "(histowsss run)" in (tmp_path / "run" / ".lock").read_text()  # (it writes nothing, the lock neither)
+        r = CliRunner().invoke(app, ["demo", "--run", str(tmp_path / "run")])
+        assert r.exit_code == 2 and "is working in this run folder" in " ".join(r.output.split())  # demo writes too
     finally:
         release.set()
         p.join(30)

@@ -21,10 +21,10 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), "--run", "-r", help="ru
     from histowsss.data.synthetic import generate_synthetic_dataset
     from histowsss.engine.pipeline import run_pipeline
     from histowsss.engine.standing import metrics_standing
-    from histowsss.engine.run_dir import RunDir
+    from histowsss.engine.run_dir import RunDir, run_lock
 
     t0 = time.time()
-    with clear_errors():
+    with clear_errors(), run_lock(run_dir, "histowsss demo"):  # (refused while another command works there)
         manifest = generate_synthetic_dataset(run_dir / "data", seed=seed, overwrite=overwrite)
         cfg = load_config("demo", [f"data.manifest={manifest}", f"seed={seed}"] + list(set_ or []))
         rd = RunDir(run_dir, cfg).init()

@@ -70,7 +70,7 @@ def _run(cfg, run_path: Path, start: str | None, stop: str | None, overwrite: bo
     if dry_run:
         log(f"run folder: {rd.path}" + ("" if rd.path.exists() else " (not made yet)"))
         try:
-            with run_lock(rd.path, "histowsss run --dry-run", create=False):
+            with run_lock(rd.path, "histowsss run --dry-run", create=False, look_only=True):
                 pass
         except StepError as e:  # (a dry run writes nothing: it may look, but should say what it sees)
             log(f"note: {str(e).split(';')[0]}; what follows is the folder as it is now, in the middle of that")

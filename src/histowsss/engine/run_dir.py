@@ -30,12 +30,13 @@ def require_folder(path: Path) -> None:
 
 
 @contextmanager
-def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[None]:
+def run_lock(folder: Path | str, what: str, create: bool = True, look_only: bool = False) -> Iterator[None]:
     """Hold ``folder/.lock`` while ``what`` works in the run folder: a second histowsss process on the same folder
     (whose cleanup of a killed run's temporary files would delete the first one's writes in flight) is refused with
     a clear error. The lock goes with the process, so a killed run leaves none behind. Under torchrun only the first
     process locks. Where the file system has no locks (some network mounts), nothing is checked. ``create``: make the
-    folder if missing (else a missing folder is not locked)."""
+    folder if missing (else a missing folder is not locked). ``look_only`` (a dry run): refused the same, but
+    nothing is written, not even the lock file."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
@@ -48,9 +49,12 @@ def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[Non
     if not folder.is_dir() and not create:  # nothing to guard: the command reports the missing folder itself
         yield
         return
+    if look_only and not (folder / LOCK_FILE).is_file():  # (no process ever locked it: none holds it now)
+        yield
+        return
     require_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | (0 if look_only else os.O_CREAT), 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,8 +64,9 @@ def run_lock(folder: Path | str, what: str, create: bool = True) -> Iterator[Non
                             "before starting another command that writes here") from None
         except OSError:  # no locking on this file system
             pass
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} ({what})".encode())
+        if not look_only:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} ({what})".encode())
         yield
     finally:
         os.close(fd)
