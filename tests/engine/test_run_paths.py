@@ -1,4 +1,4 @@
-"""A run folder's relative config paths are read from the folder `histowsss run` was started in."""
+"""A run folder's relative config paths are read from the folder the run was started in."""
 
 from __future__ import annotations
 
@@ -141,3 +141,27 @@ def test_a_run_folders_config_runs_in_that_folder_without_run(project, monkeypat
         assert res.exit_code == 0, res.output
         assert f"run folder: {run}" in out or "run folder: ." in out, out
         assert not (where / "runs").exists()
+
+
+def test_a_run_started_where_its_data_is_not_keeps_where_it_was_read_from(project, tmp_path, monkeypatch):
+    """`histowsss run` started from another folder, its data gone from both (its steps having nothing to do): it
+    says so, and invocation.json still names the project, so that the run works again once the data is back."""
+    proj, run = project
+    from histowsss.steps import train_cam
+
+    cfg = load_config(str(run / "config.yaml"))
+    with RunDir(run, cfg).step("train_cam", train_cam.config_hash(cfg)):
+        pass  # (finished: nothing to do)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(str(run / "config.yaml"))
+    with pytest.warns(UserWarning, match=r"data.manifest \(data/manifest.csv\): not found from .*elsewhere.* keeps "
+                                         r"the folder relative paths were read from"):
+        RunDir(run, cfg).init()
+    assert recorded_working_folder(run) == proj
+    logs: list[str] = []
+    from histowsss.engine.pipeline import run_pipeline
+
+    run_pipeline(cfg, RunDir(run, cfg), stop="train_cam", log=logs.append, dry_run=True)
+    assert any("data/manifest.csv: the manifest (data.manifest) is not found from" in line for line in logs)

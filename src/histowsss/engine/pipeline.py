@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 from histowsss.config import ConfigError, RunConfig
@@ -60,6 +61,9 @@ def run_pipeline(cfg: RunConfig, run: RunDir, start: str | None = None, stop: st
         restore_kept_records(cfg, run, log, dry_run)
         run = with_kept(cfg, run)  # (a dry run, torchrun's other processes: the folder as the first one makes it)
         plan = plan_steps(cfg, run, start, stop, overwrite)
+        if not Path(cfg.data.manifest).is_file():  # (no step has work: else the checks before a run stop on it)
+            log(f"warning: {cfg.data.manifest}: the manifest (data.manifest) is not found from {Path.cwd()}; the "
+                "finished steps are judged by their records alone (an edit of the data would go unseen)")
         _report_clicks(cfg, run, plan, overwrite, log)
     with digests_held() if dry_run else nullcontext():
         return _run_plan(cfg, run, plan, overwrite, log, dry_run)

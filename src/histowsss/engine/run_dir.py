@@ -101,7 +101,7 @@ class RunDir:
             write_text(self.path / self.config_file, text)
         write_text(self.path / "config.yaml", text)
         write_json(self.path / "versions.json", versions())
-        record_invocation(self.path)  # where config.yaml's relative paths are read from (engine/run_paths.py)
+        record_invocation(self.path, self.cfg)  # where config.yaml's relative paths are read from (engine/run_paths.py)
         return self
 
     def sub(self, *parts: str) -> Path:

@@ -23,9 +23,20 @@ from histowsss.engine.atomic import write_json
 INVOCATION = "invocation.json"
 
 
-def record_invocation(run_path: Path) -> None:
+def record_invocation(run_path: Path, cfg=None) -> None:
     """Write ``invocation.json``: the folder this command was started in, the run folder (both absolute) and the
-    command's arguments."""
+    command's arguments; unless ``cfg``'s relative paths are not all found from this folder and the file is there
+    (the folder they were read from stays recorded, with a warning: a run started from the wrong folder, whose
+    steps had nothing to do, would otherwise lose where its data is)."""
+    missing = [] if cfg is None else [f"{k} ({v})" for k, v in relative_paths(cfg).items()
+                                      if not Path(v).expanduser().exists()]
+    if missing and (run_path / INVOCATION).is_file():
+        import warnings
+
+        warnings.warn(f"{', '.join(missing)}: not found from {os.getcwd()}; {run_path / INVOCATION} keeps the folder "
+                      f"relative paths were read from ({recorded_working_folder(run_path)}). Start from the folder "
+                      "they are relative to, or move the run folder with its project", UserWarning, stacklevel=2)
+        return
     write_json(run_path / INVOCATION, {"working_folder": os.getcwd(), "run_folder": os.path.abspath(run_path),
                                        "argv": list(sys.argv)})
 
@@ -112,7 +123,7 @@ def run_config_base(run_path: Path, cfg=None, config_file: Path | None = None,
     if base is not None and log is not None:
         keys = ", ".join(relative_paths(cfg))
         started = recorded_working_folder(run_path)
-        where = ("the folder `histowsss run` was started in" if started is not None and started.resolve() ==
+        where = ("the folder the run was started in" if started is not None and started.resolve() ==
                  base.resolve() else f"the project this run folder was moved or copied with (it was started in "
                  f"{started})")
         log(f"{config_file}: relative paths ({keys}) read from {base}, {where}")
