@@ -89,3 +89,23 @@ def test_damaged_files_of_a_run_name_themselves_and_the_fix(tmp_path: Path):
     run.status_path("eval_cam").write_text("")
     with pytest.raises(StepError, match=r"eval_cam\.json: unreadable status record.*--from eval_cam --to eval_cam"):
         run.is_done("eval_cam", "x")
+
+
+def test_a_killed_write_of_a_file_is_cleaned_by_the_next_write_of_it(tmp_path: Path):
+    """(A report killed while it was written: the next report removes the leftover, not a live write's, nor
+    another file's.)"""
+    import time
+
+    from histowsss.engine.atomic import remove_partial_files_of
+
+    out = tmp_path / "report [a].html"
+    old = tmp_path / ".report [a].html.x1y2.partial.html"
+    new = tmp_path / ".report [a].html.z3w4.partial.html"
+    other = tmp_path / ".other.html.q5r6.partial.html"
+    for p in (old, new, other):
+        p.write_text("half")
+    hour_ago = time.time() - 3600
+    for p in (old, other):
+        os.utime(p, (hour_ago, hour_ago))
+    assert remove_partial_files_of(out) == 1
+    assert not old.exists() and new.exists() and other.exists()

@@ -44,6 +44,24 @@ def remove_partial_files(folder: Path | str, older_than: float) -> int:
     return n
 
 
+def remove_partial_files_of(path: Path | str, age_s: float = 600.0) -> int:
+    """Delete the temporary files killed writes of ``path`` left beside it (:func:`atomic_path`'s names) that are
+    older than ``age_s`` seconds (a command whose write of it takes that long is no longer writing); returns the
+    count. For commands that write one file into a folder they do not clean otherwise (a report)."""
+    import glob
+    import time
+
+    path, n = Path(path), 0
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < time.time() - age_s:
+                p.unlink()
+                n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
 @contextmanager
 def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.

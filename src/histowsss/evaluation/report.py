@@ -508,7 +508,7 @@ def is_report(path: Path) -> bool:
 def write_report(run_path: Path | str, out: Path | str | None = None, overwrite: bool = False) -> Path:
     """Write ``report.html`` (or ``out``) atomically; returns its path. An earlier report is replaced; any other
     existing file only with ``overwrite``."""
-    from histowsss.engine.atomic import write_text
+    from histowsss.engine.atomic import remove_partial_files_of, write_text
 
     run_path = Path(run_path)
     if run_path.is_file():
@@ -522,5 +522,6 @@ def write_report(run_path: Path | str, out: Path | str | None = None, overwrite:
     if out_path.exists() and not overwrite and not is_report(out_path):
         raise FileExistsError(f"{out_path} exists and is not a histowsss report; choose another --out, or pass "
                               "--overwrite to replace it")
+    remove_partial_files_of(out_path)  # (a report killed while it was written left its temporary file)
     write_text(out_path, build_report(run_path))
     return out_path
