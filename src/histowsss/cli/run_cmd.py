@@ -21,7 +21,7 @@ def run(config: str = typer.Argument(..., help="YAML config path or builtin name
         dry_run: bool = typer.Option(False, "--dry-run", help="say which steps would run, be skipped or be made "
                                      "again, and why, after the checks made before any step; write nothing")) -> None:
     """Run the pipeline (or steps --from .. --to) into a run folder; finished steps are skipped."""
-    from histowsss.engine.distributed import is_main_process
+    from histowsss.engine.ranks import is_main_process
     from histowsss.engine.run_paths import INVOCATION, run_folder_paths
 
     # under torchrun only rank 0 reports (the others run the same steps; their errors still print)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda if available else cpu; otherwise the named device (clear error if unavailable)."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -41,6 +46,8 @@ def autocast_bf16(device: torch.device, enabled: bool):
     """bfloat16 autocast on ``device`` when ``enabled``; a no-op context otherwise (also on devices without
     autocast, where even a disabled ``torch.autocast`` raises)."""
     import contextlib
+
+    import torch
 
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 

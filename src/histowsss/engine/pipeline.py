@@ -16,6 +16,7 @@ from histowsss.engine.preflight import check_inputs, check_manifest
 from histowsss.engine.run_dir import RunDir
 from histowsss.engine.step_plan import DISTRIBUTED_STEPS, step_plan
 
+
 def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str | None = None,
                overwrite: bool = False) -> list[tuple]:
 
@@ -25,7 +26,7 @@ def plan_steps(cfg: RunConfig, run: RunDir, start: str | None = None, stop: str 
     names, and under torchrun (WORLD_SIZE > 1) steps other than the
     segmentation ones with work to do (they would run once per process, all on the same files), are errors."""
     from histowsss.config import background_only_settings, split_leaks
-    from histowsss.engine.distributed import env_world
+    from histowsss.engine.ranks import env_world
 
     leaks = split_leaks(cfg)
     if leaks:  # test images trained on, or settings chosen on them

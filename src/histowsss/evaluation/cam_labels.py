@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def upsample_cam(cam: np.ndarray, size: tuple[int, int], stride: int = 4) -> np.ndarray:
     """Bilinear upsampling of a stride-``stride`` CAM (K, h, w) to image size (K, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.asarray(cam, dtype=np.float32))[None]
     up = F.interpolate(t, size=(cam.shape[1] * stride, cam.shape[2] * stride), mode="bilinear", align_corners=False)
     return up[0, :, : size[0], : size[1]].numpy()

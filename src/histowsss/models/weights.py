@@ -11,9 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class WeightsError(ValueError):
@@ -66,6 +68,8 @@ def read_state_dict(path: Path | str, shapes_only: bool = False) -> dict[str, to
     """Load a state dict safely (safetensors, or torch.load with weights_only=True). ``shapes_only``: tensors on
     the meta device with the file's shapes (a safetensors header; a torch file memory-mapped), to check that a
     file fits a model without holding its weights in memory."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: weights file not found")
@@ -103,6 +107,8 @@ def read_state_dict(path: Path | str, shapes_only: bool = False) -> dict[str, to
 
 def _torch_load(path: Path, mmap: bool) -> object:
     """torch.load(weights_only=True); ``mmap``: memory-mapped where the file's format allows (a zip file)."""
+    import torch
+
     if mmap:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

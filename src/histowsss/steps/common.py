@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from histowsss.config import RunConfig
 from histowsss.data.manifest import Sample, read_manifest
-from histowsss.engine.checkpoints import load_weights
 from histowsss.engine.run_dir import RunDir
-from histowsss.models.fuse import inference_model
+
+if TYPE_CHECKING:
+    import torch
 
 
 def output_classes(cfg: RunConfig) -> list[str]:
@@ -38,6 +39,9 @@ def build_cam_network(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.
 
 def load_cam_network(cfg: RunConfig, run: RunDir, device: torch.device) -> torch.nn.Module:
     """The trained CAM network of a run (requires a finished train_cam with the same config)."""
+    from histowsss.engine.checkpoints import load_weights
+    from histowsss.models.fuse import inference_model
+
     run.require("train_cam", cam_hash(cfg), "this step")
     model = build_cam_network(cfg, load_pretrained=False)
     load_weights(run.path / "checkpoints" / "cam.safetensors", model, device="cpu")

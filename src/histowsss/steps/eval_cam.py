@@ -24,13 +24,11 @@ from histowsss.data.crops import image_targets
 from histowsss.data.label_gate import patch_allowed, present_classes, uses_patch_gate
 from histowsss.data.masks import load_class_mask
 from histowsss.engine.atomic import read_npz, write_json
-from histowsss.engine.diagnostics import macro_auc
 from histowsss.engine.run_dir import RunDir
 from histowsss.evaluation.cam_labels import cams_to_labels, normalize_cams, upsample_cam
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.steps.common import check_cam_hash, output_classes, samples_for
-from histowsss.steps.make_cam import STRIDE, cam_path
-from histowsss.steps.make_cam import config_hash as make_cam_hash
+from histowsss.steps.make_cam import STRIDE, cam_path, config_hash as make_cam_hash
 
 STEP = "eval_cam"
 
@@ -123,6 +121,8 @@ def image_level_baseline(items: list[dict], cfg: RunConfig, gate: float) -> Conf
 
 
 def classification_metrics(items: list[dict], gate_threshold: float) -> dict:
+    from histowsss.engine.diagnostics import macro_auc
+
     t = np.stack([i["target"] for i in items])
     p = np.stack([i["probs"] for i in items])
     auc = macro_auc(t, p)

@@ -25,9 +25,6 @@ from histowsss.data.loading import load_image
 from histowsss.data.masks import load_class_mask, load_instance_mask
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_json, write_png
-from histowsss.engine.device import resolve_device
-from histowsss.engine.distributed import is_main_process
-from histowsss.engine.inference import multiscale_probs
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.metrics import ConfusionMatrix
 from histowsss.evaluation.object_score import ObjectScore, predicted_objects
@@ -74,6 +71,8 @@ def eval_splits(cfg: RunConfig) -> list[str]:
 
 def predict_probs(model, img: np.ndarray, cfg: RunConfig, device) -> np.ndarray:
     """(C, H, W) probabilities of one image (already at data.image_scale) with the eval_seg settings."""
+    from histowsss.engine.inference import multiscale_probs
+
     ev = cfg.eval_seg
     return multiscale_probs(model, img, Normalizer(model.mean, model.std), ev.scales, tile=ev.tile_size,
                             overlap=ev.overlap, blend=ev.blend, tta=ev.tta, batch_size=ev.batch_size,
@@ -122,6 +121,9 @@ def object_summary(per_split: dict[str, ObjectScore]) -> dict | None:
 
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write pred/<name>.png and metrics/seg.json (or the seg_supervised equivalents)."""
+    from histowsss.engine.device import resolve_device
+    from histowsss.engine.ranks import is_main_process
+
     if not is_main_process():
         return {}
     ev = cfg.eval_seg

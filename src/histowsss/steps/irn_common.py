@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from histowsss.config import RunConfig
 from histowsss.data.crops import image_targets
@@ -14,9 +14,11 @@ from histowsss.data.label_gate import cell_centres, sample_gate, uses_patch_gate
 from histowsss.data.manifest import Sample
 from histowsss.engine.atomic import read_npz
 from histowsss.engine.run_dir import RunDir, StepError
-from histowsss.models.fuse import inference_model
 from histowsss.steps import make_cam
 from histowsss.steps.common import check_cam_hash, output_classes, samples_for
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = 255
 STRIDE = make_cam.STRIDE
@@ -133,6 +135,8 @@ def build_irn_as_trained(cfg: RunConfig):
     """The IRN as train_irn built it: seeded with train_irn.seed, so a backbone without pretrained weights
     (``backbone.weights: none``; frozen, not saved with the heads) is the same random network the heads were
     trained on. The caller's random state is left as it was."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train_irn.seed)
         return build_irn(cfg)
@@ -141,6 +145,7 @@ def build_irn_as_trained(cfg: RunConfig):
 def load_irn(cfg: RunConfig, run: RunDir, device: torch.device):
     """The trained IRN of a run (heads from checkpoints/irn.safetensors, frozen backbone from its config)."""
     from histowsss.engine.checkpoints import load_weights
+    from histowsss.models.fuse import inference_model
 
     model = build_irn_as_trained(cfg)
     path = irn_path(run)

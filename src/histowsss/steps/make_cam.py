@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from rich.progress import track
 
 from histowsss.config import RunConfig
@@ -14,18 +14,34 @@ from histowsss.data.io import resize
 from histowsss.data.loading import load_image
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import CorruptFileError, read_npz, write_npz
-from histowsss.engine.device import autocast_bf16, bf16_enabled, resolve_device
 from histowsss.engine.run_dir import RunDir
 from histowsss.steps.common import all_splits, load_cam_network, output_classes, samples_for
 
+if TYPE_CHECKING:
+    import torch
+
 STEP = "make_cam"
 STRIDE = 4
+
+
+def _no_grad(fn):
+    """``torch.no_grad()`` around ``fn``, torch imported at the call (planning a run, or a report, reads this module
+    without loading torch)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def cam_on_pixels(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A network's strided CAM (N, K, hc, wc) on the pixels of its input (N, K, *size): upsampled to the padded
     extent its cells cover (``stride * hc``), then cut to the input (stretching it onto the input instead would
     shift it by up to a stride at the far edges)."""
+    import torch.nn.functional as F
+
     hc, wc = cam.shape[-2:]
     h, w = size
     # the power of two whose grid this is, rounded up ('same' padding, timm's tf_ models) or down (ConvNeXt); where
@@ -46,6 +62,8 @@ def pixels_to_grid(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A per-pixel map (N, K, h', w') of an image of ``size`` (h', w' at any scale) on the stride-4 grid of that
     image: resized to ``size``, padded at the far edges to whole cells, averaged per 4 x 4 cell (the inverse of
     ``evaluation.cam_labels.upsample_cam``)."""
+    import torch.nn.functional as F
+
     h, w = size
     if cam.shape[-2:] != (h, w):
         cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
@@ -54,7 +72,7 @@ def pixels_to_grid(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.avg_pool2d(cam, STRIDE)
 
 
-@torch.no_grad()
+@_no_grad
 def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], flip: bool, norm: Normalizer,
                    device: torch.device, channels_last: bool = True,
                    size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +81,9 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
 
     Returns (cam (K, ceil(H/4), ceil(W/4)) float32, logits (K,)).
     """
+    import torch
+    import torch.nn.functional as F
+
     h, w = size or img.shape[:2]
     total, logits, n = None, None, 0
     for s in scales:
@@ -85,7 +106,7 @@ def multiscale_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float],
     return total.cpu().numpy(), (logits / n).cpu().numpy()  # type: ignore[union-attr]
 
 
-@torch.no_grad()
+@_no_grad
 def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], flip: bool, norm: Normalizer,
                   device: torch.device, patch: int, channels_last: bool = True,
                   batch: int = 64, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +116,9 @@ def patchwise_cam(model: torch.nn.Module, img: np.ndarray, scales: list[float], 
     with no context from outside them. ``size`` as in ``multiscale_cam``. Returns (cam (K, ceil(H/4),
     ceil(W/4)), mean patch logits (K,)).
     """
+    import torch
+    import torch.nn.functional as F
+
     from histowsss.data.patches import Patch, crop_padded, tile_positions
 
     size = size or img.shape[:2]
@@ -138,6 +162,8 @@ def image_cam(model: torch.nn.Module, img: np.ndarray, cfg: RunConfig, norm: Nor
     """make_cam's CAMs and mean logits of one image (as load_image returns it): ``make_cam.input_scale``, then
     patch by patch (``make_cam.patch_size``) or whole, at ``make_cam.scales`` with ``flip``; bfloat16 autocast on the
     CPU with ``make_cam.cpu_amp`` (CAMs and logits come back in float32 either way)."""
+    from histowsss.engine.device import autocast_bf16, bf16_enabled
+
     mc, cl = cfg.make_cam, cfg.backbone.channels_last
     size = img.shape[:2]  # the CAM goes on this image's stride-4 grid, whatever scale the network saw
     if mc.input_scale != 1.0:
@@ -242,7 +268,10 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False, reuse: bool = Fals
     fingerprint and the network it came from). A step taken up again keeps the files it made; ``reuse`` (made again
     for other reasons than --overwrite: images added, one replaced, train_cam made again) keeps the files of the
     same settings, image contents and network, so that test images added cost their CAMs only."""
+    import torch
+
     from histowsss.config.run import image_fingerprint
+    from histowsss.engine.device import resolve_device
 
     mc = cfg.make_cam
     h = config_hash(cfg)

@@ -27,10 +27,9 @@ status record (``no_foreground_label`` / ``no_confident_foreground``).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from rich.progress import track
 
 from histowsss.config import RunConfig
@@ -40,14 +39,15 @@ from histowsss.data.manifest import Sample
 from histowsss.data.points import apply_points, point_map, sample_points, uses_points
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_npz, write_png
-from histowsss.engine.device import resolve_device
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.evaluation.cam_labels import normalize_cams
 from histowsss.ops.ir_labels import IGNORE
-from histowsss.ops.random_walk import random_walk
 from histowsss.steps import train_irn
 from histowsss.steps.irn_common import (STRIDE, background_id, cam_class_ids, cam_mode, fresh_dir, irn_samples,
                                         load_cam, load_irn, presence, read_png, require_cams, resuming)
+
+if TYPE_CHECKING:
+    import torch
 
 STEP = "make_sem_seg_labels"
 BASE_SECTIONS = ("data", "backbone", "train_cam", "make_cam", "ir_label", "points", "train_irn", "sem_seg")
@@ -104,6 +104,10 @@ def walk_scores(cam_norm: torch.Tensor, present: np.ndarray, class_ids: list[int
     channel (background included), each divided by its own maximum. Argmax mode (no background class): every
     labelled channel, each divided by its own maximum.
     """
+    import torch.nn.functional as F
+
+    from histowsss.ops.random_walk import random_walk
+
     ids = np.asarray(class_ids)
     fg_present = [i for i in range(len(class_ids)) if present[i] and (mode == "argmax" or class_ids[i] != background)]
     if not fg_present:
@@ -132,6 +136,8 @@ def labels_from_scores(scores: torch.Tensor, keys: np.ndarray, background: int, 
     ``allowed`` (C, H, W), by class id: the patch-label gate; classes a pixel may not take are left out of its
     argmax, and pixels with a single allowed class get it.
     """
+    import torch
+
     if mode == "threshold":
         scores = torch.cat([torch.full_like(scores[:1], bg_value), scores])
         keys = np.concatenate([[background], keys])
@@ -200,6 +206,8 @@ def seed_cams(cam_norm: np.ndarray, present: np.ndarray, class_ids: list[int], c
 def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device: torch.device, sample: Sample,
                    present: np.ndarray, cam_hash: str, bg_value: float) -> bool:
     """IRN inference + random walk for one image; writes irn/<name>.npz and pseudo/<name>.png; returns has_fg."""
+    import torch
+
     ss = cfg.sem_seg
     cam, _, size = load_cam(run, sample.name, cam_hash)
     img = train_irn.pad_to_multiple(load_image(sample.image, cfg.data), STRIDE)
@@ -228,6 +236,8 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
 
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Write irn/<name>.npz and pseudo/<name>.png for every IRN image."""
+    from histowsss.engine.device import resolve_device
+
     h = config_hash(cfg)
     resume = resuming(run, STEP, h, overwrite)
     with run.step(STEP, h, overwrite=overwrite) as info:

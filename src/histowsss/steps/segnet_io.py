@@ -7,13 +7,13 @@ import hashlib
 import json
 import shlex
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from histowsss.config import RunConfig
-from histowsss.engine.checkpoints import load_weights
 from histowsss.engine.run_dir import StepError
-from histowsss.models.fuse import inference_model
+
+if TYPE_CHECKING:
+    import torch
 
 
 def checkpoint_path(run_path: Path, tag_: str) -> Path:
@@ -23,6 +23,7 @@ def checkpoint_path(run_path: Path, tag_: str) -> Path:
 
 def build_from_meta(cfg: RunConfig, meta: dict, path: Path) -> torch.nn.Module:
     """The network of checkpoint ``path`` (architecture and normalisation from its metadata), in eval mode."""
+    from histowsss.engine.checkpoints import load_weights
     from histowsss.models.segnet import build_segnet
 
     arch = {k: meta[k] for k in ("architecture", "encoder", "decoder_channels", "encoder_model_kwargs") if k in meta}
@@ -164,6 +165,8 @@ def load_segnet(cfg: RunConfig, run_path: Path, tag_: str, device: torch.device 
     A seed ensemble (trained with ``train_seg.members`` > 1; its members are listed in the checkpoint's metadata)
     comes back as one :class:`histowsss.models.segnet.SegEnsemble` that averages the members' probabilities.
     """
+    from histowsss.models.fuse import inference_model
+
     meta = segnet_meta(run_path, tag_)
     models = []
     tags = meta.get("member_tags") or [tag_]

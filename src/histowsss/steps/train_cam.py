@@ -8,21 +8,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from histowsss.config import RunConfig
-from histowsss.data.crops import (fitted_sizes, image_targets, patch_examples, random_crop_examples,
-                                  training_crop_size)
+from histowsss.data.crops import fitted_sizes, image_targets, patch_examples, random_crop_examples, training_crop_size
 from histowsss.data.manifest import patient_key
 from histowsss.data.pairs import pair_examples
 from histowsss.data.transforms import Normalizer
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
-from histowsss.engine.crop_sources import CachedPatchSource, CachedTrunkSource, PixelSource
-from histowsss.engine.device import resolve_device
-from histowsss.engine.diagnostics import accuracy, chance_bce, check_epoch, macro_auc
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.common import build_cam_network, cam_hash, output_classes, samples_for
 
@@ -40,6 +33,14 @@ def config_hash(cfg: RunConfig) -> str:
 
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Train the CAM classifier; writes checkpoints/cam.safetensors and logs/train_cam.jsonl."""
+    import torch
+    import torch.nn.functional as F
+
+    from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
+    from histowsss.engine.crop_sources import CachedPatchSource, CachedTrunkSource, PixelSource
+    from histowsss.engine.device import resolve_device
+    from histowsss.engine.diagnostics import accuracy, chance_bce, check_epoch, macro_auc
+
     tc, data = cfg.train_cam, cfg.data
     h = config_hash(cfg)
     with run.step(STEP, h, overwrite=overwrite) as info:

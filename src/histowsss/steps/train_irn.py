@@ -19,10 +19,9 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
 from histowsss.config import DataConfig, RunConfig, TrainIrnConfig
@@ -30,13 +29,12 @@ from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.transforms import Normalizer, dihedral, mirror_pad
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
-from histowsss.engine.device import resolve_device
-from histowsss.engine.memory import check_cache_fits, image_pixels
 from histowsss.engine.run_dir import RunDir, StepError
-from histowsss.models.irnet import IGNORE, irn_losses
 from histowsss.steps import cam_to_ir_label
 from histowsss.steps.irn_common import STRIDE, build_irn, gate_sections, irn_path, irn_samples, read_png
+
+if TYPE_CHECKING:
+    import torch
 
 STEP = "train_irn"
 # dihedral transform indices (histowsss.data.transforms.dihedral): identity, horizontal flip, then rotations
@@ -69,6 +67,10 @@ class FeatureCache:
 
     def __init__(self, model, samples: list[Sample], labels: list[np.ndarray], data: DataConfig, copies: int,
                  normalizer: Normalizer, device: torch.device, min_side: int = 0):
+        import torch
+
+        from histowsss.engine.memory import check_cache_fits, image_pixels
+
         self.items: list[list[tuple[list[torch.Tensor], torch.Tensor]]] = []
         self.reductions = model.reductions
         self.nbytes = 0
@@ -94,6 +96,10 @@ class FeatureCache:
     def crop(self, i: int, c: int, cells: int, align: int, rng: np.random.Generator
              ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """A random window of ``cells`` x ``cells`` grid cells (origin a multiple of ``align``) of copy ``c``."""
+        import torch.nn.functional as F
+
+        from histowsss.models.irnet import IGNORE
+
         feats, lab = self.items[i][c]
         gh, gw = lab.shape
         oy = align * int(rng.integers(0, max(0, gh - cells) // align + 1))
@@ -114,6 +120,8 @@ def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t:
                   rng: np.random.Generator, opt: torch.optim.Optimizer, sched) -> dict[str, torch.Tensor]:
     """One IRN update: the pair losses (source cells on a random ``pair_step`` phase), backward, optimiser and
     learning-rate schedule steps. Returns the losses."""
+    from histowsss.models.irnet import irn_losses
+
     phase = (int(rng.integers(t.pair_step)), int(rng.integers(t.pair_step)))
     losses = irn_losses(edge, dp, labels, t.radius, background, step=t.pair_step, phase=phase)
     opt.zero_grad(set_to_none=True)
@@ -126,6 +134,8 @@ def optimise_step(edge: torch.Tensor, dp: torch.Tensor, labels: torch.Tensor, t:
 def mirror_to_min_side(img: np.ndarray, lab: np.ndarray, min_side: int) -> tuple[np.ndarray, np.ndarray]:
     """An image (H, W, 3; H, W multiples of STRIDE) smaller than ``min_side`` mirrored out at the bottom/right to
     it, its stride-4 label grid padded with IGNORE to match (nothing is learnt from the mirrored part)."""
+    from histowsss.models.irnet import IGNORE
+
     padded = mirror_pad(img, min_side)
     if padded is img:
         return img, lab
@@ -146,6 +156,11 @@ def load_labels(cfg: RunConfig, run: RunDir, samples: list[Sample]) -> list[np.n
 
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Train the IRN heads; writes checkpoints/irn.safetensors and logs/train_irn.jsonl."""
+    import torch
+
+    from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
+    from histowsss.engine.device import resolve_device
+
     t = cfg.train_irn
     h = config_hash(cfg)
     with run.step(STEP, h, overwrite=overwrite) as info:

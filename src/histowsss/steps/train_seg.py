@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from histowsss.config import AugmentConfig, RunConfig
@@ -34,19 +33,18 @@ from histowsss.data.loading import load_image
 from histowsss.data.manifest import Sample
 from histowsss.data.masks import IGNORE
 from histowsss.data.transforms import Normalizer, dihedral, hed_jitter
-from histowsss.engine.optim import adamw
-from histowsss.engine.prefetch import auto_threads, prefetch_batches
 from histowsss.engine.atomic import write_text
-from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point, save_weights
-from histowsss.engine.device import autocast_bf16, bf16_enabled
-from histowsss.engine.distributed import DistContext, init_distributed, unwrap
 from histowsss.engine.run_dir import RunDir, StepError
 from histowsss.steps.common import samples_for
 from histowsss.steps.seg_labels import folder_fingerprint, label_source, load_labels, train_splits
 from histowsss.steps.segnet_io import build_from_meta, checkpoint_path, network_input
 
-if TYPE_CHECKING:  # (synthesis is imported where it is used: only runs that synthesise need skimage's drawing)
+if TYPE_CHECKING:  # (imported where they are used: planning a run reads this module without torch; only runs
+    # that synthesise need skimage's drawing)
+    import torch
+
     from histowsss.data.synthesis import RegionPools
+    from histowsss.engine.distributed import DistContext
 
 STEP = "train_seg"
 
@@ -271,6 +269,8 @@ def rank_step(run: RunDir, ctx: DistContext, step: str, h: str, overwrite: bool)
 # ---------------------------------------------------------------------------------------------------- training
 def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     """Train; writes checkpoints/<tag>.safetensors (+ .json metadata) and logs/train_<tag>.jsonl."""
+    from histowsss.engine.distributed import init_distributed
+
     h = config_hash(cfg)
     ctx = init_distributed(cfg.device)
     try:
@@ -288,6 +288,9 @@ def fit(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwrite: bool, 
     ``samples`` replaces the images of ``train_seg.splits`` (model selection on a held-out part of them:
     ``bench/seg_schedule.py``); the run's files are written as usual, so pass a scratch run folder then.
     """
+    from histowsss.engine.checkpoints import save_weights
+    from histowsss.engine.distributed import unwrap
+
     ts, data = cfg.train_seg, cfg.data
     t_ = tag(cfg)
     source = label_source(cfg, run)
@@ -404,6 +407,13 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                   labels: list[np.ndarray], source: str, t_: str, seed: int, which: str,
                   pools: RegionPools | None = None) -> tuple[dict, torch.nn.Module]:
     """Train one network (files ``<t_>_last`` / ``<t_>_train_state`` for resuming); returns (metadata, model)."""
+    import torch
+
+    from histowsss.engine.checkpoints import load_weights, resume_point, save_resume_point
+    from histowsss.engine.device import autocast_bf16, bf16_enabled
+    from histowsss.engine.distributed import unwrap
+    from histowsss.engine.optim import adamw
+    from histowsss.engine.prefetch import auto_threads, prefetch_batches
     from histowsss.models.segnet import build_segnet, seg_loss
 
     ts, data = cfg.train_seg, cfg.data
