@@ -486,19 +486,21 @@ def test_going_back_to_the_settings_of_before_keeps_a_step_a_stopped_run_did_not
     run_pipeline(a, run, stop="eval_cam", log=lambda m: None)
     net = (run.path / "checkpoints" / "cam.safetensors").read_bytes()
     log_a = (run.path / "logs" / "train_cam.jsonl").read_text()
-    real = train_cam.save_resume_point
+    from histowsss.engine import checkpoints
+
+    real = checkpoints.save_resume_point
 
     def stopped(*args, **kw):
         real(*args, **kw)
         raise KeyboardInterrupt  # Ctrl-C after the first epoch of two
 
-    monkeypatch.setattr(train_cam, "save_resume_point", stopped)
+    monkeypatch.setattr(checkpoints, "save_resume_point", stopped)  # (train_cam imports it as it runs)
     b = load_config("demo", [*fast, "train_cam.epochs=2"])
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(b, RunDir(run.path, b).init(), stop="eval_cam", log=lambda m: None)
     assert json.loads(run.status_path("train_cam").read_text())["state"] == "failed"
     assert (run.path / "logs" / "train_cam.jsonl").read_text() != log_a  # the stopped run's epoch
-    monkeypatch.setattr(train_cam, "save_resume_point", real)
+    monkeypatch.setattr(checkpoints, "save_resume_point", real)
     logs: list[str] = []
     run_pipeline(a, RunDir(run.path, a), stop="eval_cam", log=logs.append, dry_run=True)
     assert logs[0].startswith("[keep] train_cam: finished with these settings at ")
