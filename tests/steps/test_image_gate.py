@@ -120,8 +120,8 @@ def test_predict_cpu_amp_flags_override_the_run_settings(gated_run, tmp_path: Pa
 
     import yaml
 
+    import histowsss.engine.device as device
     import histowsss.engine.inference as inference
-    import histowsss.steps.make_cam as make_cam
 
     seen: dict[str, list[bool]] = {}
 
@@ -135,7 +135,7 @@ def test_predict_cpu_amp_flags_override_the_run_settings(gated_run, tmp_path: Pa
         monkeypatch.setattr(module, "bf16_enabled", spy)
 
     spy_on(inference)
-    spy_on(make_cam)
+    spy_on(device)  # (make_cam imports it as it runs)
     run_off, items = gated_run
     run_on = tmp_path / "run_on"  # the same run, its config.yaml with both options on
     shutil.copytree(run_off, run_on)
