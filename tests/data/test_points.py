@@ -261,11 +261,59 @@ def test_a_folder_of_qupath_point_exports(tmp_path: Path):
     (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "gland"), feat("Point", [1, 1])))
     (d / "new.geojson").replace(d / "b.geojson")  # (as an editor saves: a new file in its place)
     assert cfg.clicks_used_digest() != h  # an edited export redoes the click steps
-    with pytest.raises(PointsError, match=r"b.geojson: feature 1: a point without a classification"):
+    with pytest.raises(PointsError, match=r"b.geojson: feature 2: a point without a classification"):
         read_points_file(d, CLASSES)
     (d / "new.geojson").write_text(fc(feat("Point", [7, 8], "stroma")))
     (d / "new.geojson").replace(d / "b.geojson")
-    with pytest.raises(PointsError, match=r"b.geojson: feature 0: unknown class 'stroma'"):
+    with pytest.raises(PointsError, match=r"b.geojson: feature 1: unknown class 'stroma'"):
         read_points_file(d, CLASSES)
     with pytest.raises(PointsError, match="does not say which image it belongs to"):
         read_points_file(d / "a.tif.geojson", CLASSES)
+
+
+def test_click_files_as_qupath_users_write_them(tmp_path: Path):
+    """Headers in any case; a class written in another case, or an index past the classes, named with the fix; two
+    exports of one image (an old one left beside a new one) refused, not joined; an empty file, and clicks that
+    no step uses, said."""
+    f = tmp_path / "clicks.csv"
+    f.write_text("Image,X,Y,Class\na,1,2,gland\n")
+    assert read_points_file(f, CLASSES) == {"a": (Point(1, 2, 1),)}
+    f.write_text("image,x,y,class\na,1,2,Gland\nb,3,4,7\n")
+    with pytest.raises(PointsError) as e:
+        read_points_file(f, CLASSES)
+    assert "row 2: unknown class 'Gland'; known classes: background, gland (written 'gland' in the config" in \
+        str(e.value)
+    from histowsss.data.points import parse_points_file
+
+    assert "row 3: unknown class '7'; known classes: background, gland (or an index 0-1)" in parse_points_file(
+        f, CLASSES)[1][1]
+    d = tmp_path / "exports"
+    d.mkdir()
+    point = '{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": ' \
+            '{"classification": {"name": "gland"}}}'
+    (d / "train_1.geojson").write_text(f'{{"type": "FeatureCollection", "features": [{point}]}}')
+    (d / "train_1.png.geojson").write_text(f"[{point}]")  # (QuPath's older export: a bare list)
+    with pytest.raises(PointsError, match=r"train_1.png.geojson: image 'train_1' has another export here too, "
+                                          r"train_1.geojson; keep one export per image"):
+        read_points_file(d, CLASSES)
+
+    from PIL import Image
+
+    from histowsss.data.points import clicks_report
+    from histowsss.engine.pipeline import _report_clicks
+    from histowsss.engine.run_dir import RunDir
+
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    m = tmp_path / "m.csv"
+    m.write_text("image,split,patient,label\na.png,train,p1,gland\n")
+    f.write_text("image,x,y,class\n")
+    over = [f"data.manifest={m}", f"points.file={f}", "data.label_column=label",
+            "data.classes.names=[background,gland]", "data.classes.background=background", "data.classes.colors={}",
+            "data.mask_column=null", "data.mask_mode=class_ids"]
+    assert "warning: no click on any image (an empty points file or column?)" in "\n".join(
+        clicks_report(load_config("demo", over)))
+    cfg = load_config("demo", [*over, "points.use_in=[]"])
+    logs: list[str] = []
+    _report_clicks(cfg, RunDir(tmp_path / "run", cfg), [], False, logs.append)
+    assert logs == ["note: clicks are configured (points.file / data.points_column) but points.use_in is empty: no "
+                    "step uses them"]

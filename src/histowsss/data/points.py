@@ -38,11 +38,15 @@ class Point:
 
 
 def _class_index(token: str, classes: ClassMap, where: str) -> int:
+    """The class a click names: a class name, or its index (0 .. classes - 1)."""
     if token in classes.names:
         return classes.index(token)
     if token.isdigit() and int(token) < len(classes.names):
         return int(token)
-    raise PointsError(f"{where}: unknown class {token!r}; known classes: {', '.join(classes.names)}")
+    same = [n for n in classes.names if " ".join(n.lower().split()) == " ".join(token.lower().split())]
+    hint = (f" (written {same[0]!r} in the config: class names are matched as written, so rename it in QuPath or "
+            "the file)" if same else f" (or an index 0-{len(classes.names) - 1})" if token.isdigit() else "")
+    raise PointsError(f"{where}: unknown class {token!r}; known classes: {', '.join(classes.names)}{hint}")
 
 
 def parse_points(text: str, classes: ClassMap, where: str = "points") -> list[Point]:
@@ -116,7 +120,7 @@ def _parse_geojson_points(path: Path, classes: ClassMap) -> tuple[list[Point], l
             continue  # areas and lines: not clicks
         cls = ((f.get("properties") or {}).get("classification") or {})
         name = cls.get("name") if isinstance(cls, dict) else cls
-        where = f"{path.name}: feature {k}"
+        where = f"{path.name}: feature {k + 1}"  # (counted from 1, as QuPath lists objects)
         if not name:
             errors.append(f"{where}: a point without a classification; classify it in QuPath (the class of the "
                           "click)")
@@ -162,6 +166,7 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
             raise PointsError(f"{path}: a points folder without .geojson files; put one QuPath export per image in "
                               "it, named after the image (<image name>.geojson)")
         by_name: dict[str, list[Point]] = {}
+        source: dict[str, str] = {}  # image name -> the export it was read from
         problems: list[str] = []
         for f in files:
             pts, errs = _parse_geojson_points(f, classes)
@@ -172,6 +177,10 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
 
                 stem = Path(f.stem)  # (a.ome.tif.geojson is 'a.ome', the manifest's name of a.ome.tif)
                 name = stem.stem if stem.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES else f.stem
+                if source.setdefault(name, f.name) != f.name:  # (an old export beside a new one: not joined)
+                    problems.append(f"{f.name}: image {name!r} has another export here too, {source[name]}; keep "
+                                    "one export per image (move the old one away)")
+                    continue
                 by_name.setdefault(name, []).extend(pts)
         return by_name, problems
     if Path(path).suffix.lower() in (".geojson", ".json"):
@@ -184,13 +193,14 @@ def parse_points_file(path: Path | str, classes: ClassMap) -> tuple[dict[str, li
         cols, rows = read_table(Path(path), lines)
     except ManifestError as e:
         raise PointsError(str(e)) from None
-    missing = [c for c in ("image", "x", "y", "class") if c not in cols]
+    named = {c.strip().lower(): c for c in cols}  # (QuPath-style headers: Image, X, Class)
+    missing = [c for c in ("image", "x", "y", "class") if c not in named]
     if missing:
         raise PointsError(f"{path}: missing column(s) {', '.join(missing)} (the header has: "
                           f"{', '.join(cols) or 'nothing'}); a points file has image (the manifest name), x, y "
                           "(level-0 pixels) and class")
     for i, row in zip(lines, rows):
-        row = {k: v.strip() for k, v in row.items()}
+        row = {c: (row.get(named[c]) or "").strip() for c in ("image", "x", "y", "class")}
         try:
             x, y = float(row["x"]), float(row["y"])
         except ValueError:
@@ -322,6 +332,9 @@ def clicks_report(cfg: RunConfig) -> list[str]:
                     "left out")
     warn(contradict, "click(s) of a class their image is not labelled with: used as given (a wrong click or a "
                      "wrong label?)")
+    if not sum(per_class) and not (outside or untrained):
+        lines.append("warning: no click on any image (an empty points file or column?): the steps that use clicks "
+                     "run as without them")
     if cfg.points.file is not None:
         known = {smp.name for smp in samples}
         stray = sorted(set(read_points_file(Path(cfg.points.file), cfg.data.classes)) - known)

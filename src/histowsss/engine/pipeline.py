@@ -105,6 +105,9 @@ def _report_clicks(cfg: RunConfig, run: RunDir, plan: list, overwrite: bool, log
     stops the run here, not after the CAM stage)."""
     from histowsss.data.points import CLICK_STEPS, clicks_report, uses_points
 
+    if (cfg.points.file is not None or cfg.data.points_column is not None) and not cfg.points.use_in:
+        log("note: clicks are configured (points.file / data.points_column) but points.use_in is empty: no step "
+            "uses them")
     steps = {CLICK_STEPS[w] for w in CLICK_STEPS if uses_points(cfg, w)}
     if any(name in steps and not off and (overwrite or not is_finished(cfg, run, key, h)
                                           or clicks_stale(cfg, run, name, key))
