@@ -454,8 +454,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                                      "tiles beside the images); repeatable"),
             supervised: bool = typer.Option(False, help="use the supervised upper-bound network (seg_supervised)"),
             device: Optional[str] = typer.Option(None, help="device (default: the run config's)"),
-            simplify: float = typer.Option(1.0, help="GeoJSON polygon simplification tolerance, level-0 pixels"),
-            min_area: float = typer.Option(16.0, help="drop GeoJSON regions smaller than this (level-0 pixels^2)"),
+            simplify: float = typer.Option(1.0, min=0.0, help="GeoJSON polygon simplification tolerance, level-0 "
+                                           "pixels (a region thinner than about twice it may vanish)"),
+            min_area: float = typer.Option(16.0, min=0.0, help="drop GeoJSON regions (and fill holes) smaller than "
+                                           "this (level-0 pixels^2)"),
             downsample: Optional[float] = typer.Option(
                 None, help="slides: level-0 slide pixels per network pixel (default: from the slide's mpp and the "
                 "run's data.mpp / data.image_scale)"),

@@ -304,15 +304,15 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
 
             clicks, bad = parse_points_each(s.points, cfg.classes, f"{cfg.points_column} column")
             problems += [Problem("error", image, msg) for msg in bad]  # every bad click of the cell, not the first
-            for msg in check_points(clicks, (w, h), f"{cfg.points_column} column"):
-                problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
-                                        "y = row) of the image"))
+            for msg in check_points(clicks, (w, h), f"{cfg.points_column} column"):  # (as `run` says: left out)
+                problems.append(Problem("warning", image, f"{msg}, left out by the steps; clicks are level-0 pixels "
+                                        "(x = column, y = row) of the image"))
         if s.name in file_clicks:
             from histowsss.data.points import check_points
 
             for msg in check_points(list(file_clicks[s.name]), (w, h), str(points_file)):
-                problems.append(Problem("error", image, f"{msg}; clicks are level-0 pixels (x = column, "
-                                        "y = row) of the image"))
+                problems.append(Problem("warning", image, f"{msg}, left out by the steps; clicks are level-0 "
+                                        "pixels (x = column, y = row) of the image"))
         if s.mask is None and from_masks and s.split in cfg.train_splits:
             rule = ("the manifest has no labels (data.label_column is null)" if not cfg.has_labels
                     else "data.patches.label_rule is mask_fraction")
