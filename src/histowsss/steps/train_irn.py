@@ -83,7 +83,7 @@ class FeatureCache:
             img, lab = mirror_to_min_side(img, lab, min_side)
             per = []
             for k in COPY_ORDER[:copies]:
-                x = normalizer(torch.from_numpy(dihedral(img, k))[None].to(device))
+                x = normalizer(torch.from_numpy(np.require(dihedral(img, k), requirements="W"))[None].to(device))
                 feats = [f[0].to(torch.float16) for f in model.extract(x)]
                 self.nbytes += sum(f.numel() * 2 for f in feats)
                 per.append((feats, torch.from_numpy(np.array(dihedral(lab, k), dtype=np.uint8))))
