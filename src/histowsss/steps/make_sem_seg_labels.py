@@ -211,7 +211,7 @@ def _process_image(cfg: RunConfig, run: RunDir, model, norm: Normalizer, device:
     ss = cfg.sem_seg
     cam, _, size = load_cam(run, sample.name, cam_hash)
     img = train_irn.pad_to_multiple(load_image(sample.image, cfg.data), STRIDE)
-    x = norm(torch.from_numpy(img)[None].to(device))
+    x = norm(torch.from_numpy(np.require(img, requirements="W"))[None].to(device))  # (a read-only image)
     boundary, dp = model.infer(x, flip=ss.flip)
     if tuple(boundary.shape) != cam.shape[1:]:
         raise StepError(f"{sample.name}: IRN grid {tuple(boundary.shape)} != CAM grid {cam.shape[1:]}")
