@@ -229,7 +229,7 @@ def test_the_run_says_what_it_makes_of_the_clicks_before_any_step(tmp_path: Path
     m.write_text(m.read_text().replace("3 3 gland", "3 3 tumour"))
     logs: list[str] = []
     run = RunDir(tmp_path / "run", cfg).init()
-    with pytest.raises(PointsError, match="b .*unknown class 'tumour'"):
+    with pytest.raises(PointsError, match=r"m.csv, row 3 \(b\), column 'points': click 1: unknown class 'tumour'"):
         run_pipeline(cfg, run, log=logs.append)
     assert run.status("train_cam") is None  # stopped before the CAM stage
 

@@ -246,7 +246,9 @@ def uses_points(cfg: RunConfig, where: str) -> bool:
 
 def sample_points(cfg: RunConfig, sample: Sample) -> list[Point]:
     """All clicks of one image (manifest column, then points file)."""
-    pts = parse_points(sample.points or "", cfg.data.classes, f"{sample.name} ({cfg.data.points_column})")
+    where = f"{cfg.data.manifest}, row {sample.row} ({sample.name}), column {cfg.data.points_column!r}"
+    pts = parse_points(sample.points or "", cfg.data.classes, where if sample.row else f"{sample.name} "
+                       f"({cfg.data.points_column})")
     if cfg.points.file is not None:
         pts += list(read_points_file(Path(cfg.points.file), cfg.data.classes).get(sample.name, ()))
     return pts
