@@ -194,3 +194,16 @@ def test_image_fingerprints_are_kept_in_the_run_folder_between_processes(tmp_pat
     rd.manifest_digests()
     names = {Path(f).name for f in json.loads(cache.read_text())["images"]}
     assert "test5b.png" in names and "test5.png" not in names  # (only the files of the manifest of now)
+
+
+def test_versions_name_the_source_commit_of_a_checkout():
+    """Installed from a git checkout (pip install -e, as CI and the scripts do), versions.json names its commit."""
+    import subprocess
+
+    from histowsss.engine.run_dir import versions
+
+    src = Path(__import__("histowsss").__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("histowsss is not installed from a git checkout here")
+    assert versions()["histowsss_commit"].split("+")[0] == head.stdout.strip()

@@ -381,7 +381,27 @@ def versions() -> dict[str, str]:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    if (commit := source_commit()) is not None:
+        out["histowsss_commit"] = commit
     return out
+
+
+def source_commit() -> str | None:
+    """The git commit histowsss runs from when it is installed from a checkout (``pip install -e``), with
+    ``+changes`` when its files differ from that commit; None otherwise (a wheel, no git)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]  # (the package folder)
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 # the steps that read a local weights file, and the config key naming it: backbone.weights (train_cam builds the CAM
