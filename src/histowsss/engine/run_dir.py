@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import os
 import platform
@@ -386,6 +387,7 @@ def versions() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def source_commit() -> str | None:
     """The git commit histowsss runs from when it is installed from a checkout (``pip install -e``), with
     ``+changes`` when its files differ from that commit; None otherwise (a wheel, no git)."""
