@@ -660,8 +660,9 @@ def test_predictions_csv_holds_one_row_per_output(trained_run: Path, tmp_path: P
     res = runner.invoke(app, [*run, str(tmp_path / "pin" / "train_2.png"), "--out", "pout", "--overwrite"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open("pout/predictions.csv", newline="")))
-    assert sorted(r["input"] for r in rows) == sorted([str(Path("pin4") / "train_1.png"),
-                                                       str(tmp_path / "pin" / "train_2.png")])
+    assert sorted(r["input"] for r in rows) == sorted([str(tmp_path / "pin4" / "train_1.png"),  # (absolute:
+                                                       str(tmp_path / "pin" / "train_2.png")])  # as given or not)
+    assert all(Path(r["geojson"]).is_absolute() for r in rows)
     for r in rows:  # each row describes the outputs as they now are
         lab = np.asarray(Image.open(Path("pout") / f"{image_stem(r['input'])}_labels.png"))
         assert float(r["malignant_percent"]) == pytest.approx(100 * (lab == 1).mean(), abs=0.01)

@@ -494,8 +494,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                              f"{max(out_factor, slide_tile - slide_tile % out_factor)}")
         if skip_existing and overwrite:
             raise ValueError("--skip-existing keeps finished outputs and --overwrite replaces them: pass one")
-        from histowsss.engine.run_paths import run_folder_paths
+        from histowsss.engine.run_paths import absolute, run_folder_paths
 
+        # (predictions.csv names inputs and outputs by absolute paths, whichever folder the run's paths are read from)
+        out, inputs = absolute(out), [absolute(p) for p in inputs]
         how_to_go_on = "finished inputs and a slide's finished tiles are kept; run the same command with " \
                        "--skip-existing to go on"
         skipped: list[tuple[Path, str]] = []
