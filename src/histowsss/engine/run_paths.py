@@ -25,17 +25,18 @@ INVOCATION = "invocation.json"
 
 def record_invocation(run_path: Path, cfg=None) -> None:
     """Write ``invocation.json``: the folder this command was started in, the run folder (both absolute) and the
-    command's arguments; unless ``cfg``'s relative paths are not all found from this folder and the file is there
-    (the folder they were read from stays recorded, with a warning: a run started from the wrong folder, whose
-    steps had nothing to do, would otherwise lose where its data is)."""
+    command's arguments; unless ``cfg``'s relative paths are not all found from this folder and the file names
+    another (it stays recorded, with a warning: a run started from the wrong folder, whose steps had nothing to do,
+    would otherwise lose where its data is)."""
     missing = [] if cfg is None else [f"{k} ({v})" for k, v in relative_paths(cfg).items()
                                       if not Path(v).expanduser().exists()]
-    if missing and (run_path / INVOCATION).is_file():
+    before = recorded_working_folder(run_path) if missing else None
+    if before is not None and os.path.abspath(before) != os.getcwd():
         import warnings
 
         warnings.warn(f"{', '.join(missing)}: not found from {os.getcwd()}; {run_path / INVOCATION} keeps the folder "
-                      f"relative paths were read from ({recorded_working_folder(run_path)}). Start from the folder "
-                      "they are relative to, or move the run folder with its project", UserWarning, stacklevel=2)
+                      f"relative paths were read from ({before}). Start from the folder they are relative to, or move "
+                      "the run folder with its project", UserWarning, stacklevel=2)
         return
     write_json(run_path / INVOCATION, {"working_folder": os.getcwd(), "run_folder": os.path.abspath(run_path),
                                        "argv": list(sys.argv)})
