@@ -173,3 +173,7 @@ def test_an_error_of_a_set_value_names_the_set_not_the_file():
     with pytest.raises(ConfigError) as e:
         validate_config({"train_cam": {"epochs": -2}}, origin="x.yaml")
     assert "from --set" not in str(e.value)
+    with pytest.raises(ConfigError) as e:  # an error of the file's section, a --set of another key of it beside
+        validate_config({"backbone": {"mean": [0.5, 0.5, 0.5], "channels_last": False}}, origin="x.yaml",
+                        overrides={"backbone.channels_last": "backbone.channels_last=false"})
+    assert "'backbone'" in str(e.value) and "from --set" not in str(e.value)

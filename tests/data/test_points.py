@@ -313,6 +313,9 @@ def test_click_files_as_qupath_users_write_them(tmp_path: Path):
             "data.mask_column=null", "data.mask_mode=class_ids"]
     assert "warning: no click on any image (an empty points file or column?)" in "\n".join(
         clicks_report(load_config("demo", over)))
+    f.write_text("image,x,y,class\nzzz,1,1,gland\n")  # clicks, on an image the manifest lacks: that is said
+    text = "\n".join(clicks_report(load_config("demo", over)))
+    assert "that the manifest lacks" in text and "no click on any image" not in text
     cfg = load_config("demo", [*over, "points.use_in=[]"])
     logs: list[str] = []
     _report_clicks(cfg, RunDir(tmp_path / "run", cfg), [], False, logs.append)

@@ -40,6 +40,12 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path, demo
         p.join(30)
     with run_lock(tmp_path / "run", "histowsss run"):  # free again once the holder is gone
         pass
+    held = (tmp_path / "run" / ".lock").read_text()
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "run"), "--to", "train_cam", "--dry-run"])
+    assert r.exit_code == 0 and (tmp_path / "run" / ".lock").read_text() == held  # a dry run writes no lock
+    (tmp_path / "idle").mkdir()
+    r = CliRunner().invoke(app, ["run", "demo", "--run", str(tmp_path / "idle"), "--to", "train_cam", "--dry-run"])
+    assert r.exit_code == 0 and not (tmp_path / "idle" / ".lock").exists()
     with run_lock(tmp_path / "absent", "histowsss tune", create=False):
         assert not (tmp_path / "absent").exists()
 

@@ -165,3 +165,17 @@ def test_a_run_started_where_its_data_is_not_keeps_where_it_was_read_from(projec
 
     run_pipeline(cfg, RunDir(run, cfg), stop="train_cam", log=logs.append, dry_run=True)
     assert any("data/manifest.csv: the manifest (data.manifest) is not found from" in line for line in logs)
+
+
+def test_a_project_moved_on_purpose_with_one_path_broken_is_recorded_where_it_is(project, tmp_path, monkeypatch):
+    """The old place gone, the data here but points.file misspelt: invocation.json names the new place (the
+    folder that finds the most of the paths), and the step that reads the broken path says so."""
+    import shutil
+
+    proj, run = project
+    moved = tmp_path / "moved"
+    shutil.move(str(proj), str(moved))
+    monkeypatch.chdir(moved)
+    cfg = load_config(str(moved / "runs" / "x" / "config.yaml"), ["points.file=clicks_typo.csv"])
+    RunDir(moved / "runs" / "x", cfg).init()
+    assert recorded_working_folder(moved / "runs" / "x") == moved

@@ -180,10 +180,11 @@ def validate_config(raw: dict[str, Any], origin: str = "config", overrides: dict
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             # (a --set of the key, of a key inside it, or of a section unknown as a whole)
+            unknown = err["type"] == "extra_forbidden"
             ov = next((o for k, o in (overrides or {}).items()
-                       if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")), None)
+                       if loc == k or loc.startswith(k + ".") or (unknown and k.startswith(loc + "."))), None)
             via = f" (from --set {ov}, not the file)" if ov else ""
-            if err["type"] == "extra_forbidden":
+            if unknown:
                 near = _near_key(err["loc"])
                 lines.append(f"unknown key '{loc}'{via} (" + (f"did you mean '{near}'? " if near else "check the "
                              "spelling; ") + "see docs/config.md for the keys of each section)")

@@ -334,12 +334,14 @@ def clicks_report(cfg: RunConfig) -> list[str]:
                     "left out")
     warn(contradict, "click(s) of a class their image is not labelled with: used as given (a wrong click or a "
                      "wrong label?)")
-    if not sum(per_class) and not (outside or untrained):
-        lines.append("warning: no click on any image (an empty points file or column?): the steps that use clicks "
-                     "run as without them")
+    stray: list[str] = []
     if cfg.points.file is not None:
         known = {smp.name for smp in samples}
         stray = sorted(set(read_points_file(Path(cfg.points.file), cfg.data.classes)) - known)
+    if not sum(per_class) and not (outside or untrained or stray):
+        lines.append("warning: no click on any image (an empty points file or column?): the steps that use clicks "
+                     "run as without them")
+    if stray:
         warn(stray, f"image name(s) in {cfg.points.file} that the manifest lacks, left out "
                     f"({names_rule(cfg.points.file)})")
     return lines

@@ -55,7 +55,7 @@ def run_lock(folder: Path | str, what: str, create: bool = True, look_only: bool
         return
     require_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | (0 if look_only else os.O_CREAT), 0o666)
+    fd = os.open(folder / LOCK_FILE, os.O_RDONLY if look_only else os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -394,10 +394,12 @@ def source_commit() -> str | None:
     import subprocess
 
     here = Path(__file__).resolve().parents[1]  # (the package folder)
-    try:
+    try:  # (a wheel installed in a venv inside some other repository is not that repository's code)
+        tracked = subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch", "__init__.py"],
+                                 capture_output=True, text=True, timeout=10)
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10)
-        if head.returncode != 0:
+        if tracked.returncode != 0 or head.returncode != 0:
             return None
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
                                capture_output=True, text=True, timeout=10)

@@ -25,13 +25,15 @@ INVOCATION = "invocation.json"
 
 def record_invocation(run_path: Path, cfg=None) -> None:
     """Write ``invocation.json``: the folder this command was started in, the run folder (both absolute) and the
-    command's arguments; unless ``cfg``'s relative paths are not all found from this folder and the file names
-    another (it stays recorded, with a warning: a run started from the wrong folder, whose steps had nothing to do,
-    would otherwise lose where its data is)."""
-    missing = [] if cfg is None else [f"{k} ({v})" for k, v in relative_paths(cfg).items()
-                                      if not Path(v).expanduser().exists()]
+    command's arguments; unless ``cfg``'s relative paths are not all found from this folder and the folder the file
+    names finds as many of them or more (it stays recorded, with a warning: a run started from the wrong folder,
+    whose steps had nothing to do, would otherwise lose where its data is; a project moved on purpose with one
+    path broken is recorded where it is now)."""
+    rel = relative_paths(cfg) if cfg is not None else {}
+    missing = [f"{k} ({v})" for k, v in rel.items() if not Path(v).expanduser().exists()]
     before = recorded_working_folder(run_path) if missing else None
-    if before is not None and os.path.abspath(before) != os.getcwd():
+    if before is not None and os.path.abspath(before) != os.getcwd() and sum(
+            (before / Path(v).expanduser()).exists() for v in rel.values()) >= len(rel) - len(missing):
         import warnings
 
         warnings.warn(f"{', '.join(missing)}: not found from {os.getcwd()}; {run_path / INVOCATION} keeps the folder "

@@ -83,7 +83,11 @@ def steps_standing_or_none(cfg: RunConfig | None, run_path: Path) -> dict[str, s
         return {}
     try:
         return steps_standing(cfg, RunDir(run_path, cfg))
-    except Exception:
+    except Exception as e:  # (said, so that a broken record or module does not hide the stale marks unnoticed)
+        import warnings
+
+        warnings.warn(f"{run_path}: could not tell which results follow from config.yaml ({type(e).__name__}: {e}); "
+                      "numbers are shown without stale marks", UserWarning, stacklevel=2)
         return {}
 
 
