@@ -64,6 +64,11 @@ def test_best_on_train_picks_the_better_label_source(tmp_path):
         write_json(run.path / "metrics" / "sem_seg.json",
                    {"splits": {"train": {"cam": {"miou": cam}, "irn_pseudo": {"miou": pseudo}}}})
         assert label_source(cfg, run) == expected
+    # over train (15 images) and val (4): each split weighted by its images, not one vote each (user test, stop 47)
+    write_json(run.path / "metrics" / "sem_seg.json",
+               {"splits": {"train": {"images": 15, "cam": {"miou": 30.0}, "irn_pseudo": {"miou": 32.0}},
+                           "val": {"images": 4, "cam": {"miou": 30.0}, "irn_pseudo": {"miou": 24.0}}}})
+    assert label_source(cfg, run) == "pseudo"  # (30.3 vs 30.0; an unweighted mean: 28.0 vs 30.0, cam)
     # eval_cam's settings are an input of train_seg whenever CAM labels may be chosen, never with labels=pseudo
     sweep = "eval_cam.thresholds=[0.3]"
     for labels, follows in (("best_on_train", True), ("pseudo_or_cam", True), ("cam", True), ("pseudo", False)):

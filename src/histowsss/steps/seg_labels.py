@@ -38,14 +38,16 @@ def label_source(cfg: RunConfig, run: RunDir) -> str:
     from histowsss.steps import eval_cam, eval_sem_seg, make_sem_seg_labels
 
     if ts.labels == "best_on_train" and run.is_done("eval_sem_seg", eval_sem_seg.config_hash(cfg)):
-        # whichever of IRN pseudo-masks and CAM labels has the higher mIoU on the training images (metrics/sem_seg.json)
+        # whichever of IRN pseudo-masks and CAM labels has the higher mIoU on the training images (metrics/sem_seg.json;
+        # over several splits, e.g. train and val, each split's mIoU weighted by its images)
         m = json.loads((run.path / "metrics" / "sem_seg.json").read_text())
         if not m["splits"]:  # no training image has a mask: nothing to compare, IRN's pseudo-masks as pseudo_or_cam
             run.require("make_sem_seg_labels", make_sem_seg_labels.config_hash(cfg), CONSUMER)
             return "pseudo"
+        weights = [max(int(e.get("images") or 1), 1) for e in m["splits"].values()]
         pseudo = [e["irn_pseudo"]["miou"] for e in m["splits"].values()]
         cam = [(e.get("cam") or {}).get("miou") for e in m["splits"].values()]
-        if None in cam or float(np.mean(pseudo)) >= float(np.mean(cam)):
+        if None in cam or float(np.average(pseudo, weights=weights)) >= float(np.average(cam, weights=weights)):
             return "pseudo"
         run.require("eval_cam", eval_cam.config_hash(cfg), CONSUMER)
         return "cam"
