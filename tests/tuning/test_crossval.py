@@ -247,6 +247,8 @@ def test_cli_writes_the_result_and_refuses_to_overwrite_it(dataset: Path, tmp_pa
     res = json.loads(out.read_text())
     assert res["chosen"]["variant"] in {"network", "image_gate@0.5"} and not (run.path / "tuning" / "crossval").exists()
     assert "chosen: " in r.output
+    text = " ".join(r.output.split())
+    assert ("the gate was judged with the run's own CAM classifier" in text) == (res["chosen"]["variant"] != "network")
     line = r"fold0: candidate 0: network: mIoU [\d.]+ \(benign [\d.]+, malignant [\d.]+\); image_gate@0.5: mIoU"
     assert re.search(line, " ".join(r.output.split())), r.output  # a line a person reads, not a JSON record
     from histowsss.evaluation.report import build_report
@@ -279,6 +281,11 @@ def test_only_images_with_masks_are_scored_and_their_patients_never_train_the_fo
     for r in rows:
         r["mask"] = ""
     write_manifest(man, rows)
+    from histowsss.cli.tune_cmd import choice_notes
+
+    assert choice_notes(res)[0] == (f"note: scored on {res['scored_images']} of the {res['training_images']} training "
+                                    "images (those with a mask): a choice on so few is noise, give masks for more "
+                                    "patients")  # (said on the console, not only in the JSON)
     with pytest.raises(RuntimeError, match="fill the mask column"):
         cv.crossval(run.path, [""], tmp_path / "work2", folds=2, log=lambda m: None)
 
@@ -348,6 +355,9 @@ def test_fold_cache_key_takes_cpu_amp_only_when_on():
     assert eval_key(base) == before
     on = eval_key(load_config("demo", ["eval_seg.cpu_amp=true"]))
     assert on["cpu_amp"] is True and on != before
+    # the image gate is applied to the kept probabilities afterwards: a run that took tune's gate re-scores them
+    gated = load_config("demo", ["eval_seg.image_gate=true", "eval_seg.image_gate_cut=0.5"])
+    assert eval_key(gated) == before
 
 
 def test_cli_refuses_hole_and_split_grids_without_a_background_class(tmp_path: Path):

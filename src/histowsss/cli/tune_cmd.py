@@ -74,6 +74,8 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
     console.print(table)
     console.print(f"weak labels themselves: {crit} {_num(res['weak_labels_pooled'][crit])}")
     sets = " ".join(f"--set {o}" for o in res["chosen"]["overrides"]) or "(no overrides: the run configuration)"
+    for line in choice_notes(res):
+        log_line(line)
     console.print(f"chosen: {sets}", markup=False, highlight=False)
     if res["chosen"]["candidate"]:
         console.print("(leave out overrides given only to save time, e.g. train_seg.members=1)", markup=False,
@@ -95,6 +97,22 @@ def tune(run_dir: Path = typer.Argument(..., help="run folder whose weak labels 
         console.print("chosen clean-up: " + " ".join(f"--set {o}" for o in cl["overrides"]), markup=False,
                       highlight=False)
     log_line(f"result: {out}")
+
+
+def choice_notes(res: dict) -> list[str]:
+    """What the choice of a cross-validation result rests on, where a reader of the console alone would miss it:
+    how few images were scored (those with a mask), and a gate judged by the run's own classifier."""
+    out = []
+    scored, total = res.get("scored_images"), res["training_images"]
+    if scored is not None and scored < total:
+        unscored = sum(1 for f in res.get("per_fold", []) if not f.get("val_images"))
+        out.append(f"note: scored on {scored} of the {total} training images (those with a mask)"
+                   + (f"; {unscored} fold(s) held none" if unscored else "")
+                   + (": a choice on so few is noise, give masks for more patients" if scored < 20 else ""))
+    if res.get("gate_cuts") and not res.get("holdout_classifier") and res["chosen"]["variant"] != "network":
+        out.append("note: the gate was judged with the run's own CAM classifier, which saw every training image: "
+                   "optimistic; --holdout-classifier trains one per fold that never saw its images")
+    return out
 
 
 def _tune(run_dir: Path, candidate: list[str] | None, folds: int, gate_cuts: str | None, holdout_classifier: bool,

@@ -157,11 +157,16 @@ def _matrix(cm: ConfusionMatrix) -> list[list[int]]:
 
 
 def eval_key(cfg) -> dict:
-    """The eval_seg settings a fold's cached probabilities depend on (not the clean-up, applied afterwards); options
-    added later enter only when set, so earlier caches stay valid."""
+    """The eval_seg settings a fold's cached probabilities depend on (not the clean-up, nor the image gate: both
+    applied to them afterwards, so a run whose gate was set, by `tune`'s own choice say, re-scores its kept folds);
+    options added later enter only when set, so earlier caches stay valid (the gate as its defaults, as they held)."""
     d = cfg.eval_seg.model_dump(mode="json", exclude=set(CLEANUP_KEYS))
     if not d.get("cpu_amp"):
         d.pop("cpu_amp", None)
+    defaults = type(cfg.eval_seg)()
+    for k in (g.split(".")[1] for g in GATE_KEYS):
+        if k in d:
+            d[k] = getattr(defaults, k)
     return d
 
 
