@@ -102,7 +102,9 @@ def test_regions_carry_their_class_probability():
     assert len(feats) == 2
     assert by_area[False]["mean_probability"] == pytest.approx(0.9) and by_area[False]["min_probability"] == pytest.approx(0.9)
     assert by_area[True]["min_probability"] == pytest.approx(0.51)  # (2 px inside its outline)
-    assert by_area[True]["mean_probability"] == pytest.approx((63 * 0.55 + 0.51) / 64, abs=1e-4)
+    assert by_area[True]["mean_probability"] == pytest.approx((15 * 0.55 + 0.51) / 16, abs=1e-4)  # (its inner 4x4)
+    assert all(f["properties"]["measurements"]["min_probability"] <= f["properties"]["measurements"]["mean_probability"]
+               for f in feats)
     as_uint8 = labels_to_features(lab, ["bg", "gland"], ["#00ff00", "#ff0000"], simplify=0,
                                   probs=np.round(probs * 255).astype(np.uint8))
     assert {round(f["properties"]["measurements"]["mean_probability"], 2) for f in as_uint8} == {0.9, 0.55}

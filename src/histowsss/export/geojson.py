@@ -134,10 +134,10 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
     coordinate, so the GeoJSON is in the frame's own pixels.
 
     ``probs`` (C, h, w) on the grid of ``labels``, values in [0, 1] (or uint8, 255 = 1): each region also gets the
-    measurements ``mean_probability`` of its class over its pixels and ``min_probability`` over those at least
-    :data:`EDGE` pixels inside its outline (all of them in a thinner region: where the class changes the
-    probability is near the decision point whatever the region, so a minimum over the outline says nothing). QuPath
-    lists them per annotation, so uncertain regions can be sorted out there.
+    measurements ``mean_probability`` and ``min_probability`` of its class over its pixels at least :data:`EDGE`
+    pixels inside its outline (all of them in a thinner region: where the class changes the probability is near
+    the decision point whatever the region, so the outline says nothing of it). QuPath lists them per annotation,
+    so uncertain regions can be sorted out there.
     """
     from scipy import ndimage
     from shapely.geometry import mapping
@@ -168,9 +168,9 @@ def labels_to_features(labels: np.ndarray, class_names: Sequence[str], colors: S
             if probs is not None:
                 p = np.asarray(probs[c][sl]).astype(np.float32) * unit
                 inside = ndimage.binary_erosion(pixels, iterations=EDGE)  # (off the outline)
-                low = p[inside if inside.any() else pixels].min()
-                measurements.update(mean_probability=round(float(p[pixels].mean()), 4),
-                                    min_probability=round(float(low), 4))
+                p = p[inside if inside.any() else pixels]
+                measurements.update(mean_probability=round(float(p.mean()), 4),
+                                    min_probability=round(float(p.min()), 4))
             g = mapping(geom)
             feats.append({
                 "type": "Feature",
