@@ -438,6 +438,11 @@ def test_a_class_no_training_image_carries_is_refused_before_training(tiny_manif
     cfg = load_config("demo", [f"data.manifest={tiny_manifest}", f"data.classes.names=[{', '.join(names)}]"] + FAST)
     with pytest.raises(StepError, match="class 'mucin' has no image in the training splits"):
         train_cam.run(cfg, RunDir(tmp_path / "run", cfg).init())
+    from histowsss.data.manifest import ManifestError
+    from histowsss.engine.pipeline import plan_steps
+
+    with pytest.raises(ManifestError, match="class 'mucin' has no image in the training splits"):  # (before any step:
+        plan_steps(cfg, RunDir(tmp_path / "run2", cfg))  # `run --dry-run` says it too)
 
 
 def test_a_class_no_training_patch_carries_is_refused_before_training(tiny_manifest, tmp_path):

@@ -109,6 +109,11 @@ def check_manifest(cfg: RunConfig, run: RunDir, todo: list[str]) -> None:
                             + "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if
                                                              len(problems) > 20 else "")
                             + "\n(`histowsss data check MANIFEST --config CONFIG` lists them all and opens every file)")
+    if "train_cam" in todo:  # (not 10 s into train_cam: a class no training image carries cannot be learnt)
+        from histowsss.data.check import class_coverage
+
+        if unlearnable := class_coverage(cfg.data, samples, str(manifest)):
+            raise ManifestError(f"{manifest}: " + "; ".join(p.message for p in unlearnable))
     if "train_seg_supervised" in todo:
         from histowsss.steps.seg_labels import train_splits
 
