@@ -63,7 +63,8 @@ def test_predict_writes_labels_probs_overlay_geojson(trained_run: Path, tmp_path
         assert r["kind"] == "image" and r["basis"] == "image" and (r["width"], r["height"]) == ("64", "64")
         assert float(r["malignant_percent"]) == pytest.approx(100 * (lab == 1).mean(), abs=0.01)
         assert int(r["malignant_regions"]) == sum(1 for x in json.loads((out / f"{stem}.geojson").read_text())["features"])
-        assert r["mpp"] == "" and r["malignant_mm2"] == ""  # the demo config sets no data.mpp
+        assert r["mpp"] == "" and r["malignant_mm2"] == ""  # the demo config sets no data.mpp, and that is said
+    assert "areas in mm² of images need the run's data.mpp, which it lacks" in " ".join(res.output.split())
 
 
 def test_geojson_coordinates_undo_the_image_scale(trained_run: Path, tmp_path: Path, monkeypatch):

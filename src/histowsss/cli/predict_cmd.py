@@ -291,7 +291,9 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     if blank:
         log(f"warning: {len(blank)} slide(s) without tissue, no outputs: {', '.join(f.name for f in blank)}")
     if records:
-        log(f"per-input class fractions and areas: {out_dir / SUMMARY_FILE}")
+        no_mpp = not cfg.data.mpp and any(r.get("kind") != "slide" and not r.get("mpp") for r in records)
+        log(f"per-input class fractions and areas: {out_dir / SUMMARY_FILE}" + (
+            " (areas in mm² of images need the run's data.mpp, which it lacks: left empty)" if no_mpp else ""))
     return records
 
 
