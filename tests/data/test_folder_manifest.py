@@ -329,3 +329,19 @@ def test_every_bad_label_vector_is_listed_at_once(tmp_path: Path):
     text = str(e.value)
     assert text.startswith("2 of 4 image(s) cannot be listed:") and "b-[1 0].png: " in text
     assert "c-[0 0 0].png: no class in its label" in text and not (tmp_path / "m.csv").exists()
+
+
+def test_split_folders_without_a_test_split_are_said(tmp_path: Path):
+    """Only training/ (as BCSS-WSSS ships its labelled patches): the fractions are not used and there is no test
+    split; the command says so, and how to draw one."""
+    from typer.testing import CliRunner
+
+    from histowsss.cli.app import app
+
+    for cls in ("benign", "malignant"):
+        for k in range(2):
+            _img(tmp_path / "ds" / "training" / cls / f"{cls}_{k}.png")
+    r = CliRunner().invoke(app, ["data", "manifest", str(tmp_path / "ds"), "--out", str(tmp_path / "m.csv")])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0 and "the split folders give only training: no test split" in out
+    assert "histowsss data split" in out

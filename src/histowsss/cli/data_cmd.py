@@ -352,6 +352,15 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
             over = [f"data.label_column={label_column}"]
         _print_stats(made.path, data_config_from(made.path, None, over))
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
+    if made.splits_from_folders:  # (--train / --val / --test are not used then: a folder set without test says so)
+        from histowsss.config_init import split_role
+
+        found = sorted({r["split"] for r in made.rows})
+        if not any(split_role(k) == "test_splits" for k in found):
+            console.print(f"[yellow]warning:[/] the split folders give only {escape(', '.join(found))}: no test split "
+                          f"(--train / --val / --test apply without split folders); `histowsss data split {out} "
+                          "--out OTHER.csv` draws a patient-grouped train / val / test split of these images",
+                          highlight=False)
     console.print(f"{len(made.rows)} images, {len({patient_key(r['patient']) for r in made.rows})} patients; "
                   f"splits from {source}"
                   + (f"; {made.masks_found} masks" if masks is not None else ""), highlight=False)
