@@ -389,7 +389,8 @@ def test_colour_masks_are_named_and_mapped_with_mask_colors(tmp_path: Path):
         Image.fromarray(m).save(tmp_path / f"m{i}.png")
         rows.append(f"i{i}.png,{split},p{i},{labels},m{i}.png")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(ConfigError, match=r"colour images \(colours #00ff00, #ffffff, #ff0000\).*--mask-colors"):
+    with pytest.raises(ConfigError, match=r"colour images \(colours #00ff00, #ffffff, #ff0000, most pixels first\).*"
+                                          r"--mask-colors .CLASS=#rrggbb,...., one per class of"):
         config_for_manifest(tmp_path / "m.csv", background="none")
     made = config_for_manifest(tmp_path / "m.csv", background="none",
                                mask_colors={"tumour": "#FF0000", "stroma": "#00ff00", "ignore": "#ffffff"})
@@ -406,7 +407,7 @@ def test_colour_masks_are_named_and_mapped_with_mask_colors(tmp_path: Path):
     errors = [p.message for p in check_dataset(without_red, progress=False) if p.level == "error"]
     assert len(errors) == 2 and all("#ff0000" in m for m in errors)  # the two masks that hold red
     with pytest.raises(ImageReadError, match=r"m0.png: colour\(s\) #ff0000 \(2304 px\) are in no entry of "
-                                             r"data.mask_colors"):
+                                             r"data.mask_colors.*`init` --mask-colors \(CLASS=#ff0000\)"):
         load_class_mask(s, without_red)
     r = CliRunner().invoke(app, ["init", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.yaml"), "--background",
                                  "none", "--mask-colors", "tumour=#ff0000,stroma=#00ff00,ignore=#ffffff"])

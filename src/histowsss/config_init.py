@@ -200,8 +200,10 @@ def _mask_mode(root: Path, masks: list[str], names: list[str], background: str |
     if colours:
         top = sorted(colours, key=lambda k: -colours[k])[:12]
         raise ConfigError(f"the masks are colour images (colours {', '.join(f'#{k:06x}' for k in top)}"
-                          f"{' ...' if len(colours) > 12 else ''}): say which class each colour is with --mask-colors "
-                          f"'{names[0]}=#{top[0]:06x},...' (and ignore=#rrggbb for colours that are no class)")
+                          f"{' ...' if len(colours) > 12 else ''}, most pixels first): say which class each colour is "
+                          f"with --mask-colors 'CLASS=#rrggbb,...', one per class of {', '.join(names)} (and "
+                          "ignore=#rrggbb for colours that are no class); which colour is which class only your "
+                          "annotation tool's legend tells")
     if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
         raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class to put mask 0 "
                           "in; give masks of class indices (0..., 255 = ignore), or name a background class")

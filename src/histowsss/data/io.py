@@ -477,8 +477,10 @@ def lookup_ids(path: Path, raw: np.ndarray, table: dict[int, int], what: str, sh
     unknown = sorted(((int(k), int(n)) for k, n in zip(keys, counts) if int(k) not in table), key=lambda kv: -kv[1])
     if unknown:
         listed = ", ".join(f"{show(k)} ({n} px)" for k, n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        first, option = show(unknown[0][0]), "--mask-colors" if key.endswith("colors") else "--mask-values"
         raise ImageReadError(f"{path}: {what} {listed} are in no entry of {key}; add each to its class (or to "
-                             f"'ignore'), e.g. --set \"{key}={example}\"")
+                             f"'ignore'): in the config, e.g. --set \"{key}={example}\" with your classes (CLASS: "
+                             f"{first!r}), or to `histowsss data manifest` / `init` {option} (CLASS={first})")
     lut = np.array([table[int(k)] for k in keys], dtype=np.uint8)
     return lut[inverse.reshape(raw.shape)]
 
