@@ -327,7 +327,7 @@ def test_every_bad_label_vector_is_listed_at_once(tmp_path: Path):
 
         manifest_from_named_labels(tmp_path / "training", tmp_path / "m.csv", ["TE", "NEC", "LYM"])
     text = str(e.value)
-    assert text.startswith("2 of 4 image(s) cannot be listed:") and "b-[1 0].png: " in text
+    assert text.startswith("2 of 4 image(s) cannot be listed:") and "b-[1 0].png: label vector [1 0]" in text
     assert "c-[0 0 0].png: no class in its label" in text and not (tmp_path / "m.csv").exists()
 
 

@@ -339,8 +339,8 @@ def manifest_from_named_labels(root: Path, out: Path, class_names: list[str], ma
         try:
             try:
                 labels = label_from_name(image_stem(img), class_names)
-            except ValueError as e:  # (names the file's stem)
-                raise FolderLayoutError(f"{rel}: {e}") from None
+            except ValueError as e:  # (its message names the file's stem, which the path holds)
+                raise FolderLayoutError(f"{rel}: {str(e).removeprefix(image_stem(img) + ': ')}") from None
             mask = mask_index.get(image_stem(img))
             if labels is None:
                 if mask is None:
