@@ -216,7 +216,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                 raise ValueError(f"{manifest}: no {col!r} column; splitting needs patient ids and labels: {fix}")
         if not rows:
             raise ValueError(f"{manifest}: no rows to split")
-        if not class_cols:  # (as `init` and `run` refuse them: each spelling would be a stratum, and a class, of its own)
+        if not class_cols:  # (as `init` and `run` refuse them: each spelling would be a stratum, a class, of its own)
             from histowsss.config_init import class_name_twins
 
             if twins := class_name_twins(sorted({r[label_column].strip() for r in rows if r[label_column].strip()})):
@@ -253,7 +253,8 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                                          param_hint="--train")
             if test > 0:
                 _note(f"--keep-test: the test split(s) are kept as they are, so --test {test:g} is not used; the other "
-                      f"images are split {train / (train + val):.2f} / {1 - round(train / (train + val), 2):.2f} into train / val")
+                      f"images are split {train / (train + val):.2f} / {1 - round(train / (train + val), 2):.2f} "
+                      "into train / val")
         fractions = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v > 0}
         if kept:
             fractions = {k: v / (train + val) for k, v in {"train": train, "val": val}.items() if v > 0}

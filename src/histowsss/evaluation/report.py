@@ -263,9 +263,9 @@ def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str
                  '<p class="note">Percent, from eval_cam: the classifier\'s image-level scores against the '
                  "manifest's image labels (no masks needed): AUC macro-averaged over the classes, accuracy the share "
                  "of images whose every class is called present or absent rightly at the chosen class-presence cut "
-                 "(with several labels per image, an exact match of the whole label set). Training and validation splits hold images the "
-                 "classifier was trained or tuned on: only the test split's numbers say how it does on new "
-                 "images.</p>")
+                 "(with several labels per image, an exact match of the whole label set). Training and validation "
+                 "splits hold images the classifier was trained or tuned on: only the test split's numbers say how "
+                 "it does on new images.</p>")
     objs = object_rows(run_path)
     if objs:
         cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)",
