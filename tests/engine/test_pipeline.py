@@ -574,7 +574,6 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     import shutil
 
     from histowsss.engine.pipeline import run_pipeline
-
     from histowsss.engine.standing import metrics_standing
     from histowsss.steps import make_cam, train_cam
 
@@ -625,6 +624,9 @@ def test_a_manifest_edited_in_place_makes_the_steps_that_read_it_again(tmp_path,
     assert dry() == ["[skip] train_cam: finished with this configuration",  # (a test image: no training step)
                      "[redo] make_cam: an image file was replaced since it ran",
                      "[redo] eval_cam: make_cam runs before it, so it would be made again"]
+    logs: list[str] = []
+    run_pipeline(cfg, rd, stop="eval_cam", log=logs.append, dry_run=True)  # (the file named, from the kept prints)
+    assert logs[1].startswith("[redo] make_cam: an image file was replaced since it ran (image test4: same name")
     train_image = demo_data.parent / "images" / "train0.png"
     train_before = train_image.read_bytes()
     with Image.open(train_image) as im:

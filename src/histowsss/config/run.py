@@ -200,12 +200,16 @@ class RunConfig(Strict):
                   f"{row}\t{image(file)}", split)
                  for split, row, labels, m, files, file in cached[1]]
         _USED_FILES[os.path.abspath(path)] = used
+        # (each image's split and fingerprint, under the digest of them all: a re-make can name the files replaced)
+        prints = {row.split("\t", 1)[0]: [split, line[3].rsplit("\t", 1)[-1]]
+                  for (split, row, *_), line in zip(cached[1], lines)}
 
         def digest(items) -> str:
             return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
         out = {"images": digest(x[0] for x in lines), "rows": digest(x[1] for x in lines),
                "mask_files": digest(x[2] for x in lines), "image_files": digest(x[3] for x in lines)}
+        _IMAGE_PRINTS[os.path.abspath(path)] = (out["image_files"], prints)
         for part, splits in (("train_", train), ("irn_", irn)):
             out.update({part + "rows": digest(x[1] for x in lines if x[4] in splits),
                         part + "mask_files": digest(x[2] for x in lines if x[4] in splits),
@@ -302,6 +306,16 @@ IMAGE_BLOCK, IMAGE_BLOCKS = 256 << 10, 32  # larger ones: this many blocks of th
 _IMAGE_FINGERPRINTS: dict[str, tuple] = {}
 _FILE_DIGESTS: dict[str, tuple] = {}  # (masks: their whole bytes)
 _USED_FILES: dict[str, dict[str, set[str]]] = {}  # manifest -> the image and mask files its digests read
+# manifest -> (its image_files digest, image name -> [split, fingerprint]), as last computed
+_IMAGE_PRINTS: dict[str, tuple[str, dict[str, list[str]]]] = {}
+
+
+def image_prints(cfg: "RunConfig") -> tuple[str, dict[str, list[str]]] | None:
+    """(the ``image_files`` digest of ``cfg``'s manifest, each image's [split, fingerprint]) as the manifest is now;
+    None when it cannot be read."""
+    digests = cfg.manifest_digests()
+    held = _IMAGE_PRINTS.get(os.path.abspath(cfg.data.manifest))
+    return held if digests is not None and held is not None and held[0] == digests["image_files"] else None
 SETTLE_NS = 2 * 10**9  # a file changed this recently may still be written: its fingerprint is not kept
 
 

@@ -92,8 +92,8 @@ def manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_on
         if then.get("images", now["images"]) != now["images"]:
             return f"the images of the manifest changed since it ran ({cfg.data.manifest}); made again"
         if files_changed:
-            return (f"an image file was replaced since it ran (same name, other contents or unreadable; "
-                    f"{cfg.data.manifest}); made again")
+            return (f"an image file was replaced since it ran ({_named(run, then)}same name, other contents or "
+                    f"unreadable; {cfg.data.manifest}); made again")
         return None
     if then.get(part + "rows", now[part + "rows"]) != now[part + "rows"]:
         return (f"{which}rows of the manifest changed since it ran (images, splits, patients or labels; "
@@ -105,8 +105,9 @@ def manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_on
     if reads_masks and then.get(part + "mask_files", now[part + "mask_files"]) != now[part + "mask_files"]:
         return f"{which}masks of the manifest changed since it ran ({cfg.data.manifest}); made again"
     if files_changed:
-        return (f"{'a training' if part else 'an'} image file was replaced since it ran (same name, other contents "
-                f"or unreadable; {cfg.data.manifest}); made again")
+        splits = (cfg.training_side_splits() if part else None)
+        return (f"{'a training' if part else 'an'} image file was replaced since it ran ({_named(run, then, splits)}"
+                f"same name, other contents or unreadable; {cfg.data.manifest}); made again")
     if name in IRN_SIDE:  # (ir_label.splits may name a split the other training steps do not read)
         for key_, what in (("irn_rows", "rows"), ("irn_mask_files", "masks"), ("irn_image_files", "image files")):
             reads = {"irn_rows": True, "irn_mask_files": reads_masks, "irn_image_files": opens_images}[key_]
@@ -114,6 +115,16 @@ def manifest_stale(cfg: RunConfig, run: RunDir, name: str, key: str, training_on
                 return (f"the IRN splits' {what} of the manifest changed since it ran (ir_label.splits; "
                         f"{cfg.data.manifest}); made again")
     return None
+
+
+def _named(run: RunDir, then: dict, splits: set[str] | None = None) -> str:
+    """'images a, b and 3 more: ' for the images replaced since the step's record (:meth:`RunDir.replaced_images`),
+    or '' when the image set it ran on was not kept."""
+    names = run.replaced_images(then.get("image_files"), splits)
+    if not names:
+        return ""
+    return f"{'image' if len(names) == 1 else 'images'} {', '.join(names[:3])}" + (
+        f" and {len(names) - 3} more" if len(names) > 3 else "") + ": "
 
 
 def weights_stale(run: RunDir, key: str) -> str | None:

@@ -360,7 +360,44 @@ class RunDir:
         digests = self.cfg.manifest_digests()
         if keep and os.environ.get("RANK", "0") == "0" and (self.path / "status").is_dir():
             keep_fingerprints(cache, self.cfg.data.manifest)
+            self._keep_image_prints()
         return digests
+
+    IMAGE_PRINTS = Path("status") / "cache" / "image_prints.json"
+    KEEP_PRINTS = 3  # the image sets kept (the latest), each under its image_files digest
+
+    def _keep_image_prints(self) -> None:
+        """Keep each image's fingerprint under the digest the steps record (``image_files``), for the last
+        :attr:`KEEP_PRINTS` image sets, so that a step made again for a replaced image file can name it."""
+        from histowsss.config.run import image_prints
+
+        now = image_prints(self.cfg)
+        path = self.path / self.IMAGE_PRINTS
+        kept = self._image_prints()
+        if now is None or now[0] in kept:
+            return
+        kept[now[0]] = {"at": time.time(), "images": now[1]}
+        newest = sorted(kept, key=lambda d: kept[d].get("at", 0))[-self.KEEP_PRINTS:]
+        write_json(path, {d: kept[d] for d in newest})
+
+    def _image_prints(self) -> dict:
+        try:
+            kept = json.loads((self.path / self.IMAGE_PRINTS).read_text())
+        except (OSError, ValueError):
+            return {}
+        return kept if isinstance(kept, dict) else {}
+
+    def replaced_images(self, then: str | None, splits: set[str] | None = None) -> list[str]:
+        """The images (of ``splits``) whose file was replaced since the image set whose ``image_files`` digest is
+        ``then`` (a step's record): same name, other fingerprint; empty when that set was not kept."""
+        from histowsss.config.run import image_prints
+
+        old = (self._image_prints().get(then) or {}).get("images") if then else None
+        now = image_prints(self.cfg) if self.cfg is not None and old else None
+        if not isinstance(old, dict) or now is None:
+            return []
+        return sorted(n for n, (split, fp) in now[1].items()
+                      if n in old and old[n][1] != fp and (splits is None or split in splits))
 
     def with_record(self, step: str, record: dict) -> "RunDir":
         """This folder as it reads, with ``record`` as ``step``'s status (the finished record a stopped run
