@@ -9,7 +9,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -33,8 +33,13 @@ def remove_partial_files(folder: Path | str, older_than: float) -> int:
     """Delete the temporary files of writes killed before they were renamed (``.<name>.<random>.partial<ext>``)
     below ``folder`` whose modification time is before ``older_than`` (a live write's file is newer); returns the
     count."""
+    return _remove_older(Path(folder).rglob(f".*{PARTIAL}*"), older_than)
+
+
+def _remove_older(paths: Iterable[Path], older_than: float) -> int:
+    """Delete the files of ``paths`` modified before ``older_than``; returns the count."""
     n = 0
-    for p in Path(folder).rglob(f".*{PARTIAL}*"):
+    for p in paths:
         try:
             if p.is_file() and p.stat().st_mtime < older_than:
                 p.unlink()
@@ -51,15 +56,8 @@ def remove_partial_files_of(path: Path | str, age_s: float = 600.0) -> int:
     import glob
     import time
 
-    path, n = Path(path), 0
-    for p in path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}*"):
-        try:
-            if p.is_file() and p.stat().st_mtime < time.time() - age_s:
-                p.unlink()
-                n += 1
-        except FileNotFoundError:
-            pass
-    return n
+    path = Path(path)
+    return _remove_older(path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}*"), time.time() - age_s)
 
 
 @contextmanager
