@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["neighbour_offsets", "path_points", "edge_affinities"]
+__all__ = ["neighbour_offsets", "path_points", "check_boundary", "edge_affinities"]
 
 
 def _check_radius(radius: int) -> int:
@@ -70,6 +70,16 @@ def path_points(dy: int, dx: int) -> list[tuple[int, int]]:
     return points
 
 
+def check_boundary(boundary: torch.Tensor) -> None:
+    """Raise a clear error unless ``boundary`` is a floating ``(H, W)`` tensor."""
+    if not isinstance(boundary, torch.Tensor):
+        raise TypeError("boundary must be a torch.Tensor")
+    if boundary.ndim != 2:
+        raise ValueError(f"boundary must have shape (H, W), got {tuple(boundary.shape)}")
+    if not boundary.is_floating_point():
+        raise TypeError(f"boundary must be a floating tensor, got {boundary.dtype}")
+
+
 def edge_affinities(
     boundary: torch.Tensor, radius: int, beta: float
 ) -> tuple[list[tuple[int, int]], torch.Tensor]:
@@ -90,12 +100,7 @@ def edge_affinities(
     pixels). Values of ``1 - max B`` are clamped at 0 so slightly
     out-of-range boundaries cannot produce NaNs.
     """
-    if not isinstance(boundary, torch.Tensor):
-        raise TypeError("boundary must be a torch.Tensor")
-    if boundary.ndim != 2:
-        raise ValueError(f"boundary must have shape (H, W), got {tuple(boundary.shape)}")
-    if not boundary.is_floating_point():
-        raise TypeError(f"boundary must be a floating tensor, got {boundary.dtype}")
+    check_boundary(boundary)
     beta = float(beta)
     if not beta >= 0 or beta == float("inf"):
         raise ValueError(f"beta must be finite and >= 0, got {beta}")

@@ -60,7 +60,7 @@ import warnings
 
 import torch
 
-from histowsss.ops.path_index import edge_affinities
+from histowsss.ops.path_index import check_boundary, edge_affinities
 
 __all__ = ["random_walk", "dense_random_walk", "transition_matrix_dense", "affinity_matrix_dense"]
 
@@ -74,12 +74,7 @@ def _validate(
     beta: float,
     exp_times: int,
 ) -> None:
-    if not isinstance(boundary, torch.Tensor):
-        raise TypeError("boundary must be a torch.Tensor")
-    if boundary.ndim != 2:
-        raise ValueError(f"boundary must have shape (H, W), got {tuple(boundary.shape)}")
-    if not boundary.is_floating_point():
-        raise TypeError(f"boundary must be a floating tensor, got {boundary.dtype}")
+    check_boundary(boundary)
     if cams is not None:
         if not isinstance(cams, torch.Tensor):
             raise TypeError("cams must be a torch.Tensor")
