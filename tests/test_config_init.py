@@ -62,7 +62,7 @@ def test_label_codes_named_by_another_column_take_the_names(synth: Path):
     # a patient column that happens to pair with the codes (one slide per class) is no class name
     rows = [{"image": "a.png", "split": "train", "patient": "TCGA-A1", "label": "0"},
             {"image": "b.png", "split": "train", "patient": "TCGA-B7", "label": "1"}]
-    from histowsss.config_init import code_names_column
+    from histowsss.data.manifest_facts import code_names_column
 
     assert code_names_column(list(rows[0]), rows, "label", ["0", "1"]) is None
 
@@ -295,15 +295,6 @@ def test_class_name_typos_are_caught(tmp_path: Path):
     m.write_text(m.read_text().replace("Tumour", "tumour"))
     made = config_for_manifest(tmp_path / "m.csv")
     assert "class(es) 'tumuor' label a single image: a typo?" in " ".join(made.notes)
-
-
-@pytest.mark.parametrize("cells, sep", [(["TE,NEC", "NEC,STR"], ","), (["TE", "STR", "TE,NEC"], ","),
-                                        (["TE|NEC", "NEC|STR", "TE|STR"], "|"),
-                                        (["adenoma, low grade", "adenoma, high grade", "normal"], ";")])
-def test_separator_found_from_few_cells(cells, sep):
-    from histowsss.config_init import label_separator_of
-
-    assert label_separator_of([{"label": c} for c in cells], "label") == sep
 
 
 def _one_hot(tmp_path: Path, marks: list[tuple[str, str, str]], header: str = "TE,NEC,STR") -> Path:

@@ -17,13 +17,15 @@ import numpy as np
 import yaml
 
 from histowsss.config import ConfigError, RunConfig, builtin_config_path, validate_config
-from histowsss.data.manifest import class_columns_labels, class_columns_of, is_missing, read_csv_rows
+from histowsss.data.manifest import class_columns_labels, class_columns_of
+from histowsss.data.manifest_facts import (BACKGROUND_NAMES, background_class, class_column_and_names,
+                                           class_name_twins, class_order_check, label_separator_of, mask_mode_of,
+                                           read_manifest_rows, short_sides, split_roles, tiling_mask_classes,
+                                           tiling_mpp)
 
 PROFILES = {"cpu": "glas-malignant", "gpu": "glas-malignant-gpu"}
 # microns per network pixel of the profiles: GlaS at 0.62 um/px, read at data.image_scale 0.5 (CPU) or 1.0 (GPU)
 NETWORK_MPP = {"cpu": 1.24, "gpu": 0.62}
-BACKGROUND_NAMES = ("normal", "benign", "background", "healthy", "non-tumour", "non-tumor", "nontumour", "nontumor",
-                    "non_tumour", "non_tumor", "negative", "stroma_normal", "norm")
 PALETTE = ("#e6194b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#008080", "#9a6324")
 BACKGROUND_COLOR = "#3cb44b"
 SMALL_SIDE = 256  # images whose scaled short side is under this are read at full size when no mpp is given
@@ -36,307 +38,6 @@ class InitResult:
     text: str
     config: RunConfig
     notes: list[str]
-
-
-def _read_rows(manifest: Path, lines: list[int] | None = None) -> tuple[list[str], list[dict[str, str]]]:
-    columns, rows = read_csv_rows(manifest, fix="pass the manifest CSV (make one from a folder of class "
-                                  "sub-folders with `histowsss data manifest FOLDER --out manifest.csv`)", lines=lines)
-    if not rows:
-        raise ConfigError(f"{manifest}: no rows")
-    return columns, rows
-
-
-SEPARATORS = (";", ",", "|", "+")
-
-
-def label_separator_of(rows: list[dict[str, str]], col: str | None) -> str:
-    """The separator of several labels per cell: the first of SEPARATORS that some cell holds and by which the cells
-    read as combinations: fewer distinct names than distinct cells ('TE', 'TE,NEC', 'NEC,STR', 'STR'), a cell with
-    a part that is another cell's whole label ('TE,NEC' beside 'TE'), or a part found first in one cell and later in
-    another ('TE,NEC' and 'NEC,STR'); ';' when none does (one label per image, or names that hold the character
-    without being combinations, 'adenoma, low grade' and 'adenoma, high grade')."""
-    values = {r.get(col, "").strip() for r in rows} - {""} if col else set()
-    for sep in SEPARATORS:
-        multi = [[p.strip() for p in v.split(sep) if p.strip()] for v in values if sep in v]
-        if not multi:
-            continue
-        parts = {p for v in values for p in (q.strip() for q in v.split(sep)) if p}
-        alone = values - {v for v in values if sep in v}
-        positions: dict[str, set[int]] = {}
-        for m in multi:
-            for i, p in enumerate(m):
-                positions.setdefault(p, set()).add(i)
-        if (len(parts) < len(values) or any(p in alone for m in multi if len(m) > 1 for p in m)
-                or any(len(pos) > 1 for pos in positions.values())):
-            return sep
-    return ";"
-
-
-def _classes(manifest: Path, columns: list[str], rows: list[dict[str, str]], label_column: str | None,
-             separator: str) -> tuple[str, list[str], bool]:
-    col = label_column or ("label" if "label" in columns else None)
-    if col is None or col not in columns:
-        from histowsss.data.manifest import almost_class_columns
-
-        raise ConfigError(f"{manifest}: no {(col or 'label')!r} column (columns: {', '.join(columns)})"
-                          f"{almost_class_columns(columns, rows) if label_column is None else ''}; pass "
-                          "--label-column COLUMN (the column of class names), or --label-columns A,B,... (one 0/1 "
-                          "column per class)")
-    multi = any(separator in r[col] for r in rows)
-    names = sorted({v.strip() for r in rows for v in (r[col].split(separator) if multi else [r[col]])
-                    if not is_missing(v)})  # 'NaN' (pandas' missing value) is no class: data check names the rows
-    named = None if label_column or multi else code_names_column(columns, rows, col, names)
-    if named is not None:  # 'label' holds codes (0 / 1) that another column names one for one (GlaS's grade)
-        col = named
-        names = sorted({r[col].strip() for r in rows if r[col].strip()})
-    if len(names) < 2:
-        raise ConfigError(f"{manifest}: column {col!r} holds {len(names)} class name(s) ({', '.join(names)}); "
-                          "a classifier needs at least two classes")
-    return col, names, multi
-
-
-def class_name_twins(names: list[str]) -> list[list[str]]:
-    """Groups of class names that differ only in case or spaces ('Te' beside 'TE', 'stroma ' beside 'stroma'):
-    typos that would become classes of their own."""
-    folded: dict[str, list[str]] = {}
-    for n in names:
-        folded.setdefault(" ".join(n.lower().split()), []).append(n)
-    return [v for v in folded.values() if len(v) > 1]
-
-
-def code_names_column(columns: list[str], rows: list[dict[str, str]], col: str, codes: list[str]) -> str | None:
-    """A column whose values name the integer codes of ``col`` one for one (``grade`` beside a 0/1 ``label``), or
-    None when the codes are no integers or no column (or more than one) names them so."""
-    if not codes or not all(c.lstrip("-").isdigit() for c in codes):
-        return None
-    found = []
-    for other in columns:
-        low = other.lower()
-        if other == col or low in ("image", "mask", "mask_cc", "split", "name", "points") or any(
-                w in low for w in ("patient", "case", "slide", "subject", "donor", "specimen", "id")):
-            continue
-        pairs = {(r[col].strip(), r[other].strip()) for r in rows if r[col].strip()}
-        values = {v for _, v in pairs}
-        if (len(pairs) == len(codes) == len(values) and "" not in values
-                and not all(v.lstrip("-").replace(".", "", 1).isdigit() for v in values)):
-            found.append(other)
-    return found[0] if len(found) == 1 else None
-
-
-def _background(names: list[str], given: str | None) -> str | None:
-    """The background / normal class; None for ``--background none`` (tissue types: every pixel is a class)."""
-    if given is not None:
-        if given not in names and given.lower() == "none":
-            return None
-        if given not in names:
-            raise ConfigError(f"--background {given!r} is not one of the manifest's classes: {', '.join(names)}; "
-                              "or pass --background none when every pixel is one of the classes (tissue types)")
-        return given
-    found = [n for n in names if n.lower() in BACKGROUND_NAMES]
-    if not found:  # a folder name of several words, 'Benign glands', 'normal mucosa' (not 'not normal')
-        found = [n for n in names if any(w in BACKGROUND_NAMES for w in n.lower().split())
-                 and not {"not", "no", "non"} & set(n.lower().split())]
-    if len(found) != 1:
-        raise ConfigError(f"cannot tell which class is background / normal (classes: {', '.join(names)}); pass "
-                          "--background NAME: the class of images or pixels with none of the others, or "
-                          "--background none when every pixel is one of the classes (tissue types such as tumour, "
-                          "stroma, necrosis)")
-    return found[0]
-
-
-def split_role(name: str) -> str | None:
-    """``train_splits``, ``val_splits`` or ``test_splits`` for a split named train*, val* / valid* / dev*, test*;
-    None for other names."""
-    low = name.lower()
-    return ("train_splits" if low.startswith("train") else "val_splits" if low.startswith(("val", "dev"))
-            else "test_splits" if low.startswith("test") else None)
-
-
-def _splits(manifest: Path, rows: list[dict[str, str]]) -> dict[str, list[str]]:
-    values = list(dict.fromkeys(r.get("split", "") for r in rows))
-    if "" in values:
-        raise ConfigError(f"{manifest}: rows without a split; make one with `histowsss data split {manifest} --out "
-                          "NEW.csv` (patient-grouped, class-stratified)")
-    out: dict[str, list[str]] = {"train_splits": [], "val_splits": [], "test_splits": []}
-    for v in values:
-        key = split_role(v)
-        if key is None:
-            raise ConfigError(f"{manifest}: split {v!r} is not train*, val*, valid*, dev* or test*; rename it, or "
-                              "write data.train_splits / val_splits / test_splits into the config yourself")
-        out[key].append(v)
-    if not out["train_splits"] or not out["test_splits"]:
-        raise ConfigError(f"{manifest}: needs train and test splits (has: {', '.join(values)}); make them with "
-                          f"`histowsss data split {manifest} --out NEW.csv`")
-    return out
-
-
-def _mask_mode(root: Path, masks: list[str], names: list[str], background: str | None, ignore: list[int]
-               ) -> tuple[dict[str, Any], str]:
-    from PIL import Image
-
-    values: set[int] = set()
-    # up to 24 masks spread over the whole manifest (it is often sorted by class: the first few could all be
-    # one class's and miss the values of the others)
-    picks = sorted({int(i) for i in np.linspace(0, len(masks) - 1, min(len(masks), 24)).round()}) if masks else []
-    colours: dict[int, int] = {}  # colour masks: packed 0xRRGGBB -> pixels
-    for rel in (masks[i] for i in picks):
-        p = root / rel
-        try:
-            with Image.open(p) as im:
-                # a palette mask's pixels are its indices, the class ids (LUAD-HistoSeg, BCSS-WSSS): not colours
-                arr = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA") else im)
-                grey = arr.ndim == 2 or arr.shape[2] < 3 or (np.array_equal(arr[..., 0], arr[..., 1])
-                                                             and np.array_equal(arr[..., 0], arr[..., 2]))
-                if not grey:
-                    from histowsss.data.io import pack_rgb
-
-                    keys, counts = np.unique(pack_rgb(arr), return_counts=True)
-                    for k, n in zip(keys.tolist(), counts.tolist()):
-                        colours[k] = colours.get(k, 0) + n
-                    continue
-                values |= {int(v) for v in np.unique(arr if arr.ndim == 2 else arr[..., 0])} - set(ignore)
-        except OSError as e:
-            raise ConfigError(f"{p}: mask not readable ({e}); fix the file or its path in the manifest") from None
-    if colours:
-        top = sorted(colours, key=lambda k: -colours[k])[:12]
-        raise ConfigError(f"the masks are colour images (colours {', '.join(f'#{k:06x}' for k in top)}"
-                          f"{' ...' if len(colours) > 12 else ''}, most pixels first): say which class each colour is "
-                          f"with --mask-colors 'CLASS=#rrggbb,...', one per class of {', '.join(names)} (and "
-                          "ignore=#rrggbb for colours that are no class); which colour is which class only your "
-                          "annotation tool's legend tells")
-    if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
-        raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class to put mask 0 "
-                          "in; give masks of class indices (0..., 255 = ignore), or name a background class")
-    if values <= {0, 255} and 255 in values and background is None:
-        raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class, and without one "
-                          "255 means ignore: every foreground pixel would go unscored; name the background class "
-                          "(--background), or give masks of class indices (0..., 255 = ignore)")
-    if (values <= {0, 1} or values <= {0, 255}) and background is not None:
-        # binary_image_label, not binary: objects in an image labelled background (benign glands, say) stay background
-        return ({"mask_mode": "binary_image_label"},
-                f"masks look binary ({sorted(values)}): mask_mode binary_image_label (mask > 0 takes the image's own "
-                f"label; images labelled {background} only are all background)")
-    ids = values - {255}
-    if ids and max(ids) < len(names):
-        return {"mask_mode": "class_ids"}, f"mask values {sorted(values)}: mask_mode class_ids (index into the classes)"
-    extra = sorted(v for v in ids if v >= len(names))
-    ignore_hint = ""
-    if ids and len(extra) <= 2:  # class indices, and one or two values over them: marks for "no class"?
-        ignore_hint = (f"; if {', '.join(map(str, extra))} {'marks' if len(extra) == 1 else 'mark'} pixels that are no "
-                       f"class (LUAD-HistoSeg and BCSS-WSSS mark white background 4), pass --mask-ignore "
-                       f"{','.join(map(str, extra))}")
-    raise ConfigError(f"masks hold values {sorted(values)[:10]} that are neither binary nor class indices (0..."
-                      f"{len(names) - 1}, 255 = ignore){ignore_hint}; else say which class each value is with "
-                      f"--mask-values '{names[0]}=1,...,ignore=0' (QuPath's labelled tiles: 0 = unannotated, then the "
-                      "labels in the order they were added), or pass --mask-mode")
-
-
-ORDER_CHECK_ROWS = 100  # masked, labelled rows read to check the class order (spread over the manifest)
-ORDER_SEARCH_MAX = 7  # classes (less the background) whose orders are searched
-
-
-def _class_order_check(root: Path, rows: list[dict[str, str]], marked: list[tuple[str, ...]], names: list[str],
-                       background: str | None, ignore: list[int], source: str, multi: bool) -> str | None:
-    """Class-id masks index ``names`` in order (``source``: alphabetical, column order, --classes, tiling.json):
-    check that order against the labels of masked rows. Multi-label rows (tissue types) name every class their mask
-    holds; a single label names the class the mask must hold at least. ConfigError when another order (the
-    background kept in its place) fits clearly better and the order was not the user's (alphabetical or column
-    order: every score would be of swapped classes), naming the order to pass as --classes; a warning note when the
-    order was given (--classes, tiling.json) or no order fits better; None when this one fits."""
-    import itertools
-
-    from histowsss.data.io import read_mask
-    from histowsss.data.manifest import is_missing
-
-    pairs = [(r["mask"], {x for x in m if not is_missing(x, names)} - {background}) for r, m in zip(rows, marked)
-             if r.get("mask")]
-    pairs = [(rel, labels) for rel, labels in pairs if labels]
-    if len(pairs) < 3:
-        return None
-    picks = sorted({int(i) for i in np.linspace(0, len(pairs) - 1, min(len(pairs), ORDER_CHECK_ROWS)).round()})
-    seen: list[tuple[frozenset[int], set[str], str]] = []
-    for i in picks:
-        rel, labels = pairs[i]
-        try:
-            ids = np.flatnonzero(np.bincount(read_mask(root / rel).ravel(), minlength=256)).tolist()
-        except Exception:  # (an unreadable mask is data check's to name)
-            continue
-        seen.append((frozenset(int(v) for v in ids if v not in ignore and v != 255 and v < len(names)), labels, rel))
-    if len(seen) < 3:
-        return None
-
-    def misfit(order: tuple[str, ...], ids: frozenset[int], labels: set[str]) -> bool:
-        in_mask = {order[k] for k in ids} - {background}
-        return bool(in_mask - labels) if multi else not labels & in_mask
-
-    def wrong(order: tuple[str, ...]) -> int:
-        return sum(misfit(order, ids, labels) for ids, labels, _ in seen)
-
-    now = wrong(tuple(names))
-    if now <= 0.1 * len(seen):
-        return None
-    free = [n for n in names if n != background]
-    best = tuple(names)
-    if len(free) <= ORDER_SEARCH_MAX:
-        slots = [k for k, n in enumerate(names) if n != background]
-        for perm in itertools.permutations(free):
-            order = list(names)
-            for k, n in zip(slots, perm):
-                order[k] = n
-            if wrong(tuple(order)) < wrong(best):
-                best = tuple(order)
-    ids, labels, rel = next(x for x in seen if misfit(tuple(names), x[0], x[1]))
-    example = (f"{rel} holds {', '.join(sorted({names[k] for k in ids} - {background})) or 'only background'} "
-               f"but is labelled {', '.join(sorted(labels))}")
-    rule = "their labels do not name" if multi else "lack their labelled class"
-    found = (f"{now} of {len(seen)} masked images hold classes {rule} in the order {', '.join(names)} ({source}; "
-             f"mask value = position), e.g. {example}")
-    better = best != tuple(names) and wrong(best) <= max(0.1 * len(seen), now / 4)
-    if better and source in ("alphabetical", "column order"):
-        raise ConfigError(f"{found}; in the order {', '.join(best)} only {wrong(best)} do: the masks number the "
-                          f"classes in another order than the {source}, and every score would be of swapped "
-                          f"classes. Pass --classes {','.join(best)} (the classes in mask-value order; a given order "
-                          "is only warned about, so --classes in this order keeps it)")
-    if better:
-        return (f"warning: {found}; in the order {', '.join(best)} only {wrong(best)} do: check that {source} "
-                "names the classes in mask-value order")
-    searched = ("no order of the classes fits the labels better" if len(free) <= ORDER_SEARCH_MAX else
-                f"other orders not searched ({len(free)} classes)")
-    return (f"warning: {found}; {searched}: check the masks' values and the labels (`histowsss data check MANIFEST "
-            "--config CONFIG` lists each such image)")
-
-
-def _short_sides(root: Path, images: list[str]) -> np.ndarray:
-    """Short side of every training image (headers only): the crops follow the typical one, and the notes count
-    the images under train_cam's crop (a sample could miss them)."""
-    from histowsss.data.io import image_size
-
-    return np.array([min(image_size(root / rel)) for rel in images])
-
-
-def _tiling_record(manifest: Path) -> dict:
-    """The ``tiling.json`` ``histowsss data tiles`` wrote beside a tile manifest; {} for other manifests."""
-    import json
-
-    record = manifest.parent / "tiling.json"
-    try:
-        got = json.loads(record.read_text()) if record.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return got if isinstance(got, dict) else {}
-
-
-def _tiling_mask_classes(manifest: Path) -> list[str] | None:
-    """The ``--mask-classes`` ``histowsss data tiles`` wrote a tile manifest's masks with, or None."""
-    got = _tiling_record(manifest).get("mask_classes")
-    return [str(c) for c in got] if isinstance(got, list) and len(got) >= 2 else None
-
-
-def _tiling_mpp(manifest: Path) -> float | None:
-    """The microns per pixel ``histowsss data tiles`` cut a tile manifest's tiles at; None for other manifests, or
-    tiles cut by --downsample."""
-    mpp = _tiling_record(manifest).get("mpp")
-    return float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None
 
 
 def _fit(value: int, side: int, multiple: int) -> int:
@@ -364,7 +65,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
     manifest = Path(manifest)
     lines: list[int] = []  # (each row's line in the file, for messages)
-    columns, rows = _read_rows(manifest, lines)
+    columns, rows = read_manifest_rows(manifest, lines)
     for col in ("image", "split", "patient"):
         if col not in columns:
             same = [c for c in columns if c.lower() == col]
@@ -395,14 +96,14 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     else:
         if label_separator is None:
             label_separator = label_separator_of(rows, label_column or ("label" if "label" in columns else None))
-        col, names, multi = _classes(manifest, columns, rows, label_column, label_separator)
+        col, names, multi = class_column_and_names(manifest, columns, rows, label_column, label_separator)
         marked = [tuple(p.strip() for p in r[col].split(label_separator)) if multi else (r[col].strip(),)
                   for r in rows]
     source = (f"column {col!r}" + (f" (the names of the {'label'!r} column's codes; --label-column label keeps "
                                    "the codes)" if col != (label_column or "label") and not class_cols else "")
               if col is not None
               else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
-    tiled = _tiling_mask_classes(manifest)  # tiles cut by `data tiles` with masks: their values index these
+    tiled = tiling_mask_classes(manifest)  # tiles cut by `data tiles` with masks: their values index these
     tiled_note = None
     order_from_tiles = False
     if tiled and not classes and not class_cols:
@@ -444,7 +145,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                           "becomes class 0 if no column holds it) or mark a class in every row")
     else:
         try:
-            bg = _background(names, background)
+            bg = background_class(names, background)
         except ConfigError as e:
             if not found:
                 raise
@@ -475,7 +176,7 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
     if rare:
         notes.append(f"warning: class(es) {', '.join(map(repr, rare))} label a single image: a typo? (fix the label, "
                      "or keep it: the CAM classifier can hardly learn a class from one image)")
-    splits = _splits(manifest, rows)
+    splits = split_roles(manifest, rows)
     notes.append("splits: " + "; ".join(f"{k[:-7]} = {', '.join(v)}" for k, v in splits.items() if v))
     notes.append(f"data.manifest {manifest.resolve()}: absolute, so the config runs from any folder; a run's step "
                  "hashes hold it, so moving the data makes the steps again unless it is written relative to the folder "
@@ -522,13 +223,13 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                 data["mask_foreground_class"] = fg[0]
             notes.append(f"mask_mode {mask_mode} (given)")
         else:
-            mode, note = _mask_mode(root, masks, names, bg, list(mask_ignore or []))
+            mode, note = mask_mode_of(root, masks, names, bg, list(mask_ignore or []))
             data.update(mode)
             notes.append(note)
             if mode.get("mask_mode") == "class_ids":  # masks index the classes: in this order? (labels say)
                 source = ("tiling.json" if order_from_tiles else "--classes" if classes else
                           "column order" if class_cols else "alphabetical")
-                order_note = _class_order_check(root, rows, marked, names, bg, list(mask_ignore or []), source,
+                order_note = class_order_check(root, rows, marked, names, bg, list(mask_ignore or []), source,
                                                 multi=multi or bool(class_cols))
                 if order_note:
                     notes.append(order_note)
@@ -537,8 +238,8 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
         notes.append("no masks: quality is not measured and there is no supervised upper bound")
     train_names = set(splits["train_splits"])
     train_images = [r["image"] for r in rows if r["split"] in train_names]
-    sides = _short_sides(root, train_images)
-    tiled = _tiling_mpp(manifest)
+    sides = short_sides(root, train_images)
+    tiled = tiling_mpp(manifest)
     from_tiling = tiled is not None and mpp is None and image_scale is None
     if from_tiling:
         # tiles cut by `data tiles` are at the resolution asked there: read as they are, and predict reads new

@@ -88,7 +88,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         if col not in cols:
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(cols)}); pass "
                               "--set data.label_column=COLUMN, or --config with data.label_column and classes")
-        from histowsss.config_init import label_separator_of
+        from histowsss.data.manifest_facts import label_separator_of
 
         sep = data_over.get("label_separator") or label_separator_of(rows, col)  # as `init` finds it
         if sep != ";":
@@ -98,7 +98,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         from histowsss.data.manifest import is_missing
 
         names = sorted({v.strip() for vs in values for v in vs if not is_missing(v)})  # 'NaN': a missing label
-        from histowsss.config_init import class_name_twins, code_names_column
+        from histowsss.data.manifest_facts import class_name_twins, code_names_column
 
         named = None if "label_column" in data_over or multi else code_names_column(cols, rows, col, names)
         if named is not None:  # integer codes named one for one by another column: its names, as `init` takes
@@ -124,7 +124,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
         if not given and log is not None:  # two 0/1 flag columns look the same as class columns: say what was taken
             log(f"labels from the 0/1 columns {', '.join(class_cols)} (found: no 'label' column); if another "
                 "column holds the class names, pass --set data.label_column=COLUMN")
-        from histowsss.config_init import BACKGROUND_NAMES
+        from histowsss.data.manifest_facts import BACKGROUND_NAMES
 
         marked = [class_columns_labels(row, [c for c in class_cols if c in cols])[0] for row in rows]
         names, bg = list(class_cols), None
@@ -146,7 +146,7 @@ def data_config_from(manifest: Path, config: str | None, overrides: list[str] | 
                           + (f"rename column {same[0]!r} to 'label', or " if same else "")
                           + "pass --set data.label_column=COLUMN, --set data.label_columns=[CLASS1,CLASS2,...] (one "
                           "0/1 column per class), or --config with data.label_column and classes")
-    from histowsss.config_init import split_role
+    from histowsss.data.manifest_facts import split_role
 
     for v in dict.fromkeys(r.get("split", "").strip() for r in rows):  # the splits by name, as `init` reads them
         role = split_role(v) if v else None

@@ -190,7 +190,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
     """Write a patient-grouped, class-stratified split (no patient in two splits); when only some images have a
     mask, those are spread over the splits too. A manifest that already has a test split needs --keep-test or
     --replace, so that a fixed test set does not move into training unnoticed."""
-    from histowsss.config_init import split_role
+    from histowsss.data.manifest_facts import split_role
     from histowsss.data.manifest import (class_columns_labels, class_columns_of, patient_key, read_csv_rows,
                                          rebase_paths, write_manifest)
     from histowsss.data.split import grouped_stratified_split, strata_with_masks
@@ -217,7 +217,7 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         if not rows:
             raise ValueError(f"{manifest}: no rows to split")
         if not class_cols:  # (as `init` and `run` refuse them: each spelling would be a stratum, a class, of its own)
-            from histowsss.config_init import class_name_twins
+            from histowsss.data.manifest_facts import class_name_twins
 
             if twins := class_name_twins(sorted({r[label_column].strip() for r in rows if r[label_column].strip()})):
                 raise ValueError(f"{manifest}: column {label_column!r} holds class names that differ only in case or "
@@ -354,7 +354,7 @@ def manifest(folder: Path = typer.Argument(..., help="folder of class sub-folder
         _print_stats(made.path, data_config_from(made.path, None, over))
     source = "split folders" if made.splits_from_folders else "a patient-grouped, class-stratified split made here"
     if made.splits_from_folders:  # (--train / --val / --test are not used then: a folder set without test says so)
-        from histowsss.config_init import split_role
+        from histowsss.data.manifest_facts import split_role
 
         found = sorted({r["split"] for r in made.rows})
         if not any(split_role(k) == "test_splits" for k in found):

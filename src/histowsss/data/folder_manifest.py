@@ -227,7 +227,7 @@ def manifest_from_folder(root: Path, out: Path, masks: Path | list[Path] | None 
     if len(labels) < 2:
         raise FolderLayoutError(f"{root}: one class only ({labels[0]}); a classifier needs at least two class "
                                 "sub-folders (e.g. normal/ and tumour/)")
-    from histowsss.config_init import class_name_twins
+    from histowsss.data.manifest_facts import class_name_twins
 
     twins = class_name_twins(labels)
     if twins:  # (refused before anything is written: each spelling would be a class of its own)

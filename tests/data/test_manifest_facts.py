@@ -1,0 +1,35 @@
+"""Tests for what a manifest says about itself (read for `histowsss init`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from histowsss.config import ConfigError
+from histowsss.data.manifest_facts import background_class, class_name_twins, label_separator_of, split_role
+
+
+@pytest.mark.parametrize("cells, sep", [(["TE,NEC", "NEC,STR"], ","), (["TE", "STR", "TE,NEC"], ","),
+                                        (["TE|NEC", "NEC|STR", "TE|STR"], "|"),
+                                        (["adenoma, low grade", "adenoma, high grade", "normal"], ";")])
+def test_separator_found_from_few_cells(cells, sep):
+    assert label_separator_of([{"label": c} for c in cells], "label") == sep
+
+
+def test_split_roles_follow_the_split_names():
+    assert [split_role(n) for n in ("train", "Training", "val", "valid2", "dev", "testA", "holdout")] == [
+        "train_splits", "train_splits", "val_splits", "val_splits", "val_splits", "test_splits", None]
+
+
+def test_class_names_that_differ_only_in_case_or_spaces_are_twins():
+    assert class_name_twins(["TE", "Te", "stroma ", "stroma", "NEC"]) == [["TE", "Te"], ["stroma ", "stroma"]]
+    assert class_name_twins(["TE", "NEC"]) == []
+
+
+def test_the_background_class_is_found_given_or_refused():
+    assert background_class(["malignant", "Normal mucosa"], None) == "Normal mucosa"
+    assert background_class(["tumour", "not normal", "benign"], None) == "benign"
+    assert background_class(["TE", "NEC"], "none") is None
+    with pytest.raises(ConfigError, match="cannot tell which class is background"):
+        background_class(["TE", "NEC"], None)
+    with pytest.raises(ConfigError, match="is not one of the manifest's classes"):
+        background_class(["TE", "NEC"], "STR")
