@@ -186,7 +186,11 @@ def test_report_is_self_contained_with_all_sections(trained_run: Path):
     objects = text.split("Objects (GlaS challenge metrics)", 1)[1].split("</table>", 1)[0]
     f1 = json.loads((trained_run / "metrics" / "seg.json").read_text())["objects"]["all"]["f1"]
     assert "Segmentation network (weak labels)" in objects and f'<td class="">{f1:.2f}</td>' in objects
-    assert "images with infinite Hausdorff" in objects
+    dice = json.loads((trained_run / "metrics" / "seg.json").read_text())["objects"]["all"]["dice"]
+    assert f'<td class="">{dice:.2f}</td>' in objects  # the pooled GlaS value, not the mean over images
+    assert "objects without a Hausdorff partner" in objects and "images with infinite Hausdorff" not in objects
+    note = text.split("Objects (GlaS challenge metrics)", 1)[1].split("</p>", 1)[0]
+    assert "pooled over every object" in note and "means over the images" not in note
 
 
 def test_report_and_closing_table_mark_numbers_that_do_not_follow_from_config_yaml(trained_run: Path, tmp_path: Path):

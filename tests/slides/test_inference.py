@@ -145,3 +145,14 @@ def test_edge_tiles_are_cut_to_the_slide(slide_file: Path):
         predict_slide(s, [Tile(384, 0, 64), Tile(0, 256, 64), Tile(384, 256, 64)], record, 2, 1.0, margin=8,
                       progress=False)
     assert shapes == [(80, 52), (60, 80), (60, 52)]
+
+
+def test_block_mean_averages_only_what_an_edge_block_holds():
+    a = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
+    got = block_mean(a, 2)
+    assert got.shape == (2, 3, 4) and got.dtype == np.float32
+    for c in range(2):
+        for i in range(3):
+            for j in range(4):
+                assert got[c, i, j] == pytest.approx(a[c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean())
+    assert np.array_equal(block_mean(a[:, :4, :6], 2), a[:, :4, :6].reshape(2, 2, 2, 3, 2).mean(axis=(2, 4)))

@@ -6,9 +6,11 @@ challenge defines them (the sets of all ground-truth and all segmented objects o
 has nothing on the other side have no Hausdorff distance: they are counted (``hausdorff_unpaired_objects``) and left
 out. The means over images of the per-image values
 (:func:`histowsss.evaluation.object_metrics.object_metrics`) are reported beside them (``*_mean_per_image``, as
-many papers' code computes them; images whose Hausdorff is infinite are counted and left out of that mean). :func:`semantic_components` turns a
-class map into instance ids (connected components of each foreground class), the way a semantic network's
-output is scored at object level.
+many papers' code computes them; images whose Hausdorff is infinite are counted and left out of that mean; an image
+with no object on either side, a benign image where only malignant glands are objects, scores Dice 1 and Hausdorff 0
+there, so these means rise with the share of such images while the pooled values do not).
+:func:`semantic_components` turns a class map into instance ids (connected components of each foreground class),
+the way a semantic network's output is scored at object level.
 """
 
 from __future__ import annotations

@@ -269,15 +269,21 @@ def section_quality(run_path: Path, class_names: list[str], stale: dict[str, str
     objs = object_rows(run_path)
     if objs:
         cols = ["stage", "split", "images", "object F1", "precision", "recall", "object Dice", "object Hausdorff (px)",
-                "images with infinite Hausdorff"]
+                "objects without a Hausdorff partner"]
+        if any(r["Dice / Hausdorff"] != "GlaS: over all objects" for r in objs):  # metrics written before stop 34
+            cols += ["Dice / Hausdorff", "images with infinite Hausdorff"]
         html += ("<h3>Objects (GlaS challenge metrics)</h3>" + _stale_note(stale, ["sem_seg", "seg", "seg_supervised"])
                  + table(objs, cols, left=("stage", "split")) +
                  '<p class="note">Against the manifest\'s instance masks (<code>mask_cc</code>). A network\'s objects '
                  "are the connected components of its prediction. F1, precision and recall (percent) come from "
-                 "matches summed over the images; object Dice (percent) and Hausdorff (pixels) are means over the "
-                 "images. An image where exactly one side has no object scores object Dice 0 and an infinite "
-                 "Hausdorff (as in the challenge's code): the Hausdorff mean leaves those images out and the last "
-                 "column counts them, so a network that predicts nothing on hard images cannot look better.</p>")
+                 "matches summed over the images. Object Dice (percent) and Hausdorff (pixels) are the GlaS "
+                 "challenge's: pooled over every object of the split, each weighted by its area over the area of all "
+                 "objects (segmented and ground truth alike), so large glands count more than small ones and an image "
+                 "without objects adds nothing. An object without a partner scores Dice 0 and takes the Hausdorff "
+                 "distance to the nearest object of the other side; objects of an image where the other side has no "
+                 "object at all have no distance: the Hausdorff leaves them out and the last column counts them, so "
+                 "a network that predicts nothing on hard images cannot look better. The means over images are in "
+                 "<code>metrics/*.json</code> (<code>*_mean_per_image</code>).</p>")
     return html
 
 

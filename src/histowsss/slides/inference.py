@@ -72,16 +72,19 @@ class SlidePrediction:
 
 
 def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
-    """(C, H, W) -> (C, ceil(H/f), ceil(W/f)) means of f x f blocks (edge blocks average what they hold)."""
+    """(C, H, W) -> (C, ceil(H/f), ceil(W/f)) means of f x f blocks; a block cut by the right or bottom edge is the
+    mean of the pixels it holds."""
     if factor == 1:
         return a
     C, H, W = a.shape
     Hp, Wp = int(math.ceil(H / factor)) * factor, int(math.ceil(W / factor)) * factor
-    if (Hp, Wp) != (H, W):
-        pad = np.pad(a, ((0, 0), (0, Hp - H), (0, Wp - W)), mode="edge")
-    else:
-        pad = a
-    return pad.reshape(C, Hp // factor, factor, Wp // factor, factor).mean(axis=(2, 4))
+    if (Hp, Wp) == (H, W):
+        return a.reshape(C, Hp // factor, factor, Wp // factor, factor).mean(axis=(2, 4))
+    pad = np.pad(a, ((0, 0), (0, Hp - H), (0, Wp - W)))
+    sums = pad.reshape(C, Hp // factor, factor, Wp // factor, factor).sum(axis=(2, 4), dtype=np.float64)
+    rows = np.minimum(factor, H - np.arange(0, H, factor))
+    cols = np.minimum(factor, W - np.arange(0, W, factor))
+    return (sums / (rows[:, None] * cols[None, :])).astype(np.result_type(a.dtype, np.float32), copy=False)
 
 
 def core_size(tile: Tile, working: tuple[int, int]) -> tuple[int, int]:
