@@ -103,21 +103,21 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                                    "the codes)" if col != (label_column or "label") and not class_cols else "")
               if col is not None
               else f"columns {', '.join(class_cols)} (one 0/1 column per class{found})")
-    tiled = tiling_mask_classes(manifest)  # tiles cut by `data tiles` with masks: their values index these
+    cut_classes = tiling_mask_classes(manifest)  # tiles cut by `data tiles` with masks: their values index these
     tiled_note = None
     order_from_tiles = False
-    if tiled and not classes and not class_cols:
-        if set(names) <= set(tiled):
-            classes = list(tiled)
+    if cut_classes and not classes and not class_cols:
+        if set(names) <= set(cut_classes):
+            classes = list(cut_classes)
             order_from_tiles = True
-            if background is None and tiled[0] not in names:  # class 0: pixels under no annotation
-                background = tiled[0]
-            tiled_note = (f"classes in the order of the tiles' --mask-classes ({', '.join(tiled)}, tiling.json): "
-                          "mask value = position")
+            if background is None and cut_classes[0] not in names:  # class 0: pixels under no annotation
+                background = cut_classes[0]
+            tiled_note = (f"classes in the order of the tiles' --mask-classes ({', '.join(cut_classes)}, "
+                          "tiling.json): mask value = position")
         else:
-            tiled_note = (f"warning: the tiles' masks index --mask-classes {', '.join(tiled)} (tiling.json), but the "
-                          f"labels name {', '.join(names)}: the masks score the label classes only where the names "
-                          "agree (label the slides with the mask classes to measure every class)")
+            tiled_note = (f"warning: the tiles' masks index --mask-classes {', '.join(cut_classes)} (tiling.json), "
+                          f"but the labels name {', '.join(names)}: the masks score the label classes only where the "
+                          "names agree (label the slides with the mask classes to measure every class)")
     twins = class_name_twins(names)
     if twins:
         raise ConfigError(f"{manifest}: {source} holds class names that differ only in case or spaces ("
@@ -223,7 +223,19 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
                 data["mask_foreground_class"] = fg[0]
             notes.append(f"mask_mode {mask_mode} (given)")
         else:
-            mode, note = mask_mode_of(root, masks, names, bg, list(mask_ignore or []))
+            try:
+                mode, note = mask_mode_of(root, masks, names, bg, list(mask_ignore or []))
+            except ConfigError as e:
+                if not (cut_classes and tiled_note and tiled_note.startswith("warning")):
+                    raise
+                values = ", ".join(f"{k} = {c}" for k, c in enumerate(cut_classes))
+                raise ConfigError(
+                    f"{manifest}: the tiles' masks were cut with --mask-classes {', '.join(cut_classes)} "
+                    f"(tiling.json: mask values {values}), but the labels ({source}) name {', '.join(names)}, so "
+                    "the masks cannot be read as label classes. Say which mask value is which label class with "
+                    "--mask-values 'CLASS=VALUE,...' (and ignore=VALUE for values to leave out of every score), or "
+                    "cut the tiles again from annotations named as the labels' classes (or without --mask-classes "
+                    f"when the masks are not needed). ({e})") from None
             data.update(mode)
             notes.append(note)
             if mode.get("mask_mode") == "class_ids":  # masks index the classes: in this order? (labels say)

@@ -228,3 +228,37 @@ def test_init_on_annotated_tiles_takes_the_mask_classes_in_their_order(tmp_path:
     assert made.config.data.classes.names == ["Background", "Gland", "Stroma"]
     assert made.config.data.classes.background == "Background" and made.config.data.mask_mode == "class_ids"
     assert any(n.startswith("classes in the order of the tiles' --mask-classes") for n in made.notes)
+
+
+def test_init_names_the_tiles_mask_classes_when_the_slide_labels_are_other_classes(tmp_path: Path, make_slide):
+    """Slides labelled benign / malignant, annotated background / stroma / gland: the masks cannot be read as the
+    label classes, and the error says why (tiling.json's classes) and what to pass, not a guess at ignore values."""
+    from histowsss.config import ConfigError
+    from histowsss.config_init import config_for_manifest
+
+    (tmp_path / "slides").mkdir()
+    for name, seed in (("a", 0), ("b", 1)):
+        make_slide(tmp_path / "slides" / f"{name}.tif", tissue_slide_rgb(seed=seed), mpp=0.25)
+        write_geojson(tmp_path / "slides" / f"{name}.geojson", [feature([square(0, 0, 420, 300)], "stroma"),
+                                                                 feature([square(60, 40, 160, 140)], "gland")])
+    m = tmp_path / "slides.csv"
+    m.write_text("image,split,patient,grade,annotations\nslides/a.tif,train,p1,malignant,slides/a.geojson\n"
+                 "slides/b.tif,test,p2,benign,slides/b.geojson\n")
+    out = tmp_path / "tiles"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "64", "--downsample", "1",
+                            "--mask-classes", "background,stroma,gland", "--min-tissue", "0.2"])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(ConfigError) as e:
+        config_for_manifest(out / "manifest.csv", label_column="grade")
+    msg = " ".join(str(e.value).split())
+    assert "cut with --mask-classes background, stroma, gland" in msg and "0 = background, 1 = stroma, 2 = gland" in msg
+    assert "name benign, malignant" in msg and "--mask-values" in msg
+    # data check with a config of the label classes says once why the tiles' masks do not fit
+    from histowsss.config import DataConfig
+    from histowsss.data.check import check_dataset
+
+    cfg = DataConfig(manifest=out / "manifest.csv", label_column="grade", mask_mode="class_ids",
+                     classes={"names": ["benign", "malignant"], "background": "benign"})
+    warned = [p.message for p in check_dataset(cfg, progress=False) if "tiling.json" in p.message]
+    assert len(warned) == 1 and "cut with --mask-classes background, stroma, gland" in warned[0]
+    assert "data.classes.names are benign, malignant" in warned[0] and "data.mask_values" in warned[0]

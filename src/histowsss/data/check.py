@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -120,6 +121,27 @@ def _mask_column_problems(cfg: DataConfig, manifest: str) -> list[Problem]:
                     + ("no training label can be read" if needed
                        else "nothing can be scored and no supervised upper bound trained")
                     + "; set data.mask_column to the masks' column" + ("" if needed else " (or null: no masks)"))]
+
+
+def _tiling_classes_problems(cfg: DataConfig, manifest: str) -> list[Problem]:
+    """Tiles cut by ``histowsss data tiles --mask-classes`` whose mask classes are not the config's classes in that
+    order: every mask would be read wrongly (one warning here, not one error per tile)."""
+    from histowsss.data.manifest_facts import tiling_mask_classes
+
+    cut = tiling_mask_classes(Path(cfg.manifest))
+    if not cut or not cfg.mask_column or cfg.mask_values or cfg.mask_colors or cut == list(cfg.classes.names):
+        return []
+    values = ", ".join(f"{k} = {c}" for k, c in enumerate(cut))
+    if cfg.mask_mode == "class_ids":
+        read = "mask value k is read as the k-th of data.classes.names"
+        fix = (f"set data.classes.names to {', '.join(cut)} (mask order) when the labels use those classes, or map "
+               "the values onto the label classes with data.mask_values (CLASS: VALUE, ignore: VALUE)")
+    else:
+        read = f"data.mask_mode={cfg.mask_mode} takes every value over 0 ({', '.join(cut[1:])}) as foreground"
+        fix = "map the values onto the label classes with data.mask_values (and mask_mode class_ids), if that is wrong"
+    return [Problem("warning", manifest, f"the tiles' masks were cut with --mask-classes {', '.join(cut)} "
+                    f"(tiling.json: mask values {values}), but data.classes.names are "
+                    f"{', '.join(cfg.classes.names)}: {read}; {fix}")]
 
 
 # a binary-mode "mask" of more distinct values than this, with fewer of its pixels at 0 than this fraction, is no mask
@@ -239,6 +261,7 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     if not samples and not row_problems:
         problems.append(Problem("warning", manifest, "the manifest has no rows"))
     problems += _mask_column_problems(cfg, manifest)
+    problems += _tiling_classes_problems(cfg, manifest)
     present = sorted({s.split for s in samples} | {r["split"] for r in rejected if r["split"]})
     named = set(cfg.train_splits) | set(cfg.val_splits) | set(cfg.test_splits)
     for split in present:
