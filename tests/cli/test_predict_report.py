@@ -472,6 +472,21 @@ def test_a_slide_predicted_again_without_tissue_leaves_no_stale_outputs(trained_
     assert res.exit_code == 0 and "apply to whole-slide inputs only" in " ".join(res.output.split())
 
 
+def test_slides_without_a_resolution_are_named_before_any_slide_is_segmented(trained_run: Path, tmp_path: Path,
+                                                                               make_slide):
+    """A batch of slides, one without microns per pixel: refused at the start, naming it, not after the others."""
+    from tests.conftest import tissue_slide_rgb
+
+    with_mpp = make_slide(tmp_path / "a.tif", tissue_slide_rgb(256, 256), mpp=0.5)
+    without = make_slide(tmp_path / "b.tif", tissue_slide_rgb(256, 256, seed=1), mpp=None)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(with_mpp), str(without), "--out", str(out),
+                              "--train-mpp", "1.0", "--slide-tile", "64"])
+    text = " ".join(res.output.split()).replace(" ", "")
+    assert res.exit_code != 0 and "1of2slide(s)havenomicrons-per-pixel" in text and "b.tif" in text
+    assert "nothingwaspredicted" in text and not (out / "a.geojson").exists()
+
+
 def test_skip_existing_and_overwrite_are_refused_together(tmp_path):
     from typer.testing import CliRunner
 

@@ -244,6 +244,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                                   "batch, --overwrite to replace the outputs, or choose another --out folder")
     if slides.intersection(files):  # not an error of one slide: said before any work
         _check_slide_reader((slide_options or SlideOptions()).backend, slides.intersection(files))
+        _check_slide_resolutions(sorted(slides.intersection(files)), cfg, slide_options or SlideOptions())
     dev = resolve_device(device or cfg.device)
     apply_cpu_amp(cfg, cpu_amp, dev, log)
     check_network_input(cfg, run_dir, network)
@@ -317,6 +318,33 @@ def _check_slide_reader(backend: str, slides: set[Path]) -> None:
     first = sorted(slides)[0]
     raise SlideError(f"{first}{f' (and {len(slides) - 1} more)' if len(slides) > 1 else ''}: whole-slide input(s), "
                      f"and no slide reader is available; {INSTALL_HINT}")
+
+
+def _check_slide_resolutions(slides: list[Path], cfg, o: SlideOptions) -> None:
+    """Before any slide is segmented: a ValueError naming every slide whose resolution is unknown (no
+    microns-per-pixel in its metadata, and no --slide-mpp or --downsample), so that a long batch does not stop at the
+    first such slide hours in. A slide that cannot be opened is left to its turn (skipped or refused there)."""
+    if o.downsample is not None or o.slide_mpp is not None:
+        return
+    from histowsss.slides.grid import working_downsample
+    from histowsss.slides.reader import open_slide
+
+    train_mpp = o.train_mpp if o.train_mpp is not None else cfg.data.mpp
+    working_downsample(slides[0], 1.0, train_mpp, cfg.data.image_scale)  # the run's own resolution: said first
+    unknown = []
+    for f in slides:
+        try:
+            with open_slide(f, o.backend) as slide:
+                if not slide.mpp:
+                    unknown.append(f)
+        except Exception:  # noqa: BLE001 (an unreadable slide is its own turn's error)
+            continue
+    if unknown:
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise ValueError(f"{len(unknown)} of {len(slides)} slide(s) have no microns-per-pixel value in their metadata: "
+                         f"{', '.join(str(f) for f in unknown[:3])}{more}; nothing was predicted. Pass --slide-mpp "
+                         "(their level-0 resolution) or --downsample (level-0 slide pixels per network pixel), or "
+                         "predict them apart from the slides that have one")
 
 
 def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, slide_options, simplify: float,
