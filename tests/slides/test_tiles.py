@@ -70,6 +70,13 @@ def test_max_tiles_and_overwrite(tmp_path: Path, make_slide, monkeypatch):
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
     assert runner.invoke(app, [*args, "--overwrite", "--seed", "1"]).exit_code == 0
+    # the folder holds what its manifest lists: the first call's tiles that the second did not draw are gone
+    listed = {out / r["image"] for r in rows_of(out / "manifest.csv")}
+    assert set((out / "tiles").rglob("*.png")) == listed and len(listed) == 6
+    (out / "tiles" / "notes.txt").write_text("mine")  # not a tile: kept
+    r = runner.invoke(app, [*args[:-2], "--max-tiles", "1", "--overwrite"])
+    assert r.exit_code == 0 and "were removed" in " ".join(r.output.split())
+    assert len(list((out / "tiles").rglob("*.png"))) == 2 and (out / "tiles" / "notes.txt").exists()
     # an interrupted call (no manifest.csv yet) redone with another tile size: no tile of the old size is reused
     assert runner.invoke(app, [*args[:-2], "--overwrite"]).exit_code == 0  # every 16 px tile
     (out / "manifest.csv").unlink()

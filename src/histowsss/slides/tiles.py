@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -265,4 +266,28 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     # the slide and annotation paths were relative to the slides CSV: make them name the same files from out_dir
     rebase_paths(out_rows, root, out_dir, columns=("slide", "annotations"))
     write_manifest(out_manifest, out_rows)
+    gone = _remove_unlisted_tiles(out_dir, out_rows)
+    if gone:
+        log(f"{out_dir}: {gone} tile / mask file(s) of an earlier call that the new manifest does not list were "
+            "removed (a folder of tiles holds what its manifest lists)")
     return out_manifest
+
+
+TILE_NAME = re.compile(r".+_x\d+_y\d+\.png")
+
+
+def _remove_unlisted_tiles(out_dir: Path, out_rows: list[dict[str, str]]) -> int:
+    """Remove the tile and mask PNGs (``<slide>_x<X>_y<Y>.png`` in ``tiles/<slide>/``, ``masks/<slide>/``) that
+    ``out_rows`` does not list (an earlier call's, with more tiles or other slides), and folders left empty;
+    return how many files went. Other files are left alone."""
+    listed = {(out_dir / r[c]).resolve() for r in out_rows for c in ("image", "mask") if r.get(c)}
+    gone = 0
+    for sub in ("tiles", "masks"):
+        for folder in sorted(p for p in (out_dir / sub).glob("*") if p.is_dir()):
+            for f in folder.iterdir():
+                if f.is_file() and TILE_NAME.fullmatch(f.name) and f.resolve() not in listed:
+                    f.unlink()
+                    gone += 1
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    return gone
