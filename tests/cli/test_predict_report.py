@@ -579,6 +579,15 @@ def test_qupath_tile_export_folder_skips_label_tiles_and_places_regions_on_the_s
     assert r.exit_code == 0 and "whole-slide inputs only" not in r.output and row["mpp"] == "0.5"
     px = float(row["malignant_percent"]) / 100 * 128 * 128  # level-0 pixels of the slide, 0.5 um each
     assert float(row["malignant_mm2"]) == pytest.approx(px * 0.25e-6, abs=1e-4)  # (written to 4 decimals)
+    assert "whose size times d" not in r.output  # 64 px x d=2 is the named 128
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(images[0], odd / "CMU-1 [d=2,x=0,y=0,w=200,h=128].png")  # resized after export, or d misnamed
+    r = runner.invoke(app, ["predict", "--run", str(trained_run), str(odd), "--out", str(tmp_path / "o4"),
+                            "--qupath-tiles"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "1 QuPath tile(s) whose size times d is not the level-0 size" in text
+    assert "64x64 px x d=2 = 128x128, the name says 200x128" in text
     r = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[1]), "--out", str(tmp_path / "o3"),
                             "--qupath-tiles"])
     assert r.exit_code == 2 and "--qupath-tiles needs names" in " ".join(r.output.split())

@@ -200,6 +200,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         from histowsss.export.geojson import qupath_tile_placement
 
         placements = {f: qupath_tile_placement(f) for f in files}
+        _check_tile_extents(placements, log)
     else:
         placements = {}
     slides = {f for f in files if is_slide_file(f)}
@@ -318,6 +319,31 @@ def _check_slide_reader(backend: str, slides: set[Path]) -> None:
     first = sorted(slides)[0]
     raise SlideError(f"{first}{f' (and {len(slides) - 1} more)' if len(slides) > 1 else ''}: whole-slide input(s), "
                      f"and no slide reader is available; {INSTALL_HINT}")
+
+
+def _check_tile_extents(placements: dict[Path, tuple[float, float, float]], log) -> None:
+    """Warn about QuPath tiles whose image size times the downsample d of their name is not the level-0 width and
+    height the name gives (w, h; QuPath rounds, so by more than d + 1 px): d is wrong, or the file was resized after
+    export, and its GeoJSON would be placed at the wrong scale."""
+    from histowsss.data.io import image_size
+    from histowsss.export.geojson import qupath_tile_extent
+
+    off = []
+    for f, (d, _, _) in placements.items():
+        extent = qupath_tile_extent(f)
+        if extent is None:
+            continue
+        try:
+            h, w = image_size(f)
+        except Exception:  # noqa: BLE001 (an unreadable file is its own turn's error)
+            continue
+        if abs(w * d - extent[0]) > d + 1 or abs(h * d - extent[1]) > d + 1:
+            off.append(f"{f.name} ({w}x{h} px x d={d:g} = {w * d:g}x{h * d:g}, the name says {extent[0]:g}x"
+                       f"{extent[1]:g})")
+    if off:
+        log(f"warning: {len(off)} QuPath tile(s) whose size times d is not the level-0 size their name gives: "
+            f"{'; '.join(off[:3])}{' ...' if len(off) > 3 else ''}; their GeoJSON is placed with d as named: check "
+            "the export's downsample, and do not resize tiles after export")
 
 
 def _check_slide_resolutions(slides: list[Path], cfg, o: SlideOptions) -> None:

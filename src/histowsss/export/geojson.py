@@ -213,6 +213,18 @@ def qupath_tile_placement(path: Path) -> tuple[float, float, float]:
                          "its downsample); this name has no such brackets") from None
 
 
+def qupath_tile_extent(path: Path) -> tuple[float, float] | None:
+    """(w, h): the level-0 width and height a QuPath tile's name gives (``w=512,h=512``); None when it gives none."""
+    m = None
+    for m in _QUPATH_TILE.finditer(path.name):
+        pass
+    fields = dict(kv.split("=", 1) for kv in (m.group(1).replace(" ", "").split(",") if m else []) if "=" in kv)
+    try:
+        return float(fields["w"]), float(fields["h"])
+    except (KeyError, ValueError):
+        return None
+
+
 def place_features(features: list[dict], d: float, x: float, y: float, ndigits: int = 2) -> list[dict]:
     """The features of a tile moved onto its slide: every coordinate (u, v) becomes (x + d u, y + d v), and
     ``area_px`` is scaled by d² (level-0 pixels)."""
