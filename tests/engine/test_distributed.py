@@ -192,3 +192,48 @@ def test_every_rank_stops_when_a_node_does_not_see_the_run_folder(tmp_path: Path
         assert "rank(s) [1]" in messages[0] and str(folders[0]) in messages[0] and "every node mounts" in messages[0]
     else:
         assert "rank 0 cannot write into the run folder" in messages[0]
+
+
+_TWO_STEPS = '''
+import sys
+import time
+from pathlib import Path
+
+from histowsss.engine.distributed import init_distributed
+
+out = Path(sys.argv[1])
+for step in range(2):
+    ctx = init_distributed("cpu")
+    ctx.check_shared_folder(out)
+    total = ctx.all_reduce_sum([1.0])[0]
+    ctx.close()
+    if ctx.is_main:
+        time.sleep(2)  # rank 0 evaluates alone (eval_seg) while the other rank goes on to the next step
+    (out / f"rank{ctx.rank}_step{step}").write_text(str(total))
+ctx = init_distributed("cpu")
+try:
+    ctx.check_same("a" if ctx.rank == 0 else "b", "settings")
+except RuntimeError as e:
+    (out / f"rank{ctx.rank}_refused").write_text(str(e))
+'''
+
+
+def test_two_distributed_steps_in_one_torchrun_launch(tmp_path: Path):
+    """train_seg then train_seg_supervised in one launch, rank 0 evaluating alone between them: the second step joins
+    the same process group (destroyed and started again, its ranks met the old group's gloo addresses in torchrun's
+    store: 'connection refused'); ranks with other settings stop with one message."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "two_steps.py"
+    script.write_text(_TWO_STEPS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for rank in (0, 1):
+        for step in (0, 1):
+            assert (tmp_path / f"rank{rank}_step{step}").read_text() == "2.0"
+        assert "rank(s) [1] run with other settings than rank 0" in (tmp_path / f"rank{rank}_refused").read_text()

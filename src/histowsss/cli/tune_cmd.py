@@ -120,9 +120,14 @@ def _tune(run_dir: Path, candidate: list[str] | None, folds: int, gate_cuts: str
           keep_work: bool, overwrite: bool, seed: int) -> dict:
     """The cross-validation of :func:`tune` (and the clean-up choice), written to RUN_DIR/tuning/<name>.json."""
     from histowsss.engine.atomic import write_json
+    from histowsss.engine.ranks import env_world
     from histowsss.tuning.cleanup import cleanup_from_crossval
     from histowsss.tuning.crossval import crossval
 
+    if env_world()[1] > 1:  # every process would predict the folds and write the same files
+        raise RuntimeError(f"tune runs in one process, not under torchrun (WORLD_SIZE={env_world()[1]}): every "
+                           f"process would score the folds and write {run_dir / 'tuning'}; run `histowsss tune` "
+                           "without torchrun (on a GPU machine it uses the first GPU)")
     out = run_dir / "tuning" / f"{name}.json"
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "

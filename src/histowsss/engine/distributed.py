@@ -15,9 +15,11 @@ Conventions that the training steps follow:
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -158,19 +160,60 @@ class DistContext:
             else:
                 dist.barrier()
 
+    def check_same(self, value: str, what: str) -> None:
+        """Raise on every rank unless every rank holds rank 0's ``value`` (a step's settings hash, say): ranks started
+        with other settings would draw other batches and wait for each other in mismatched collective calls until the
+        timeout, with nothing said."""
+        if not self.distributed:
+            return
+        main = self.broadcast_object(value)
+        flags = [0.0] * self.world_size
+        flags[self.rank] = 0.0 if value == main else 1.0
+        differ = [r for r, f in enumerate(self.all_reduce_sum(flags)) if f > 0]
+        if differ:
+            raise RuntimeError(f"rank(s) {differ} run with other {what} than rank 0: start every process with the "
+                               "same config file and --set options (on several nodes, the same files)")
+
     def close(self) -> None:
-        """Destroy the process group if this context created it."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+        """End this context's use of the process group. The group itself stays up until the process exits (see
+        :func:`init_distributed`), so that the next distributed step of the same launch joins it again."""
+        self.owns_group = False
 
     @property
     def _comm_device(self) -> torch.device:
         return self.device if self.backend == "nccl" else torch.device("cpu")
 
 
+TIMEOUT_ENV = "HISTOWSSS_DDP_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 120.0
+
+
+def _timeout() -> timedelta:
+    """How long a rank waits in a collective call: ``HISTOWSSS_DDP_TIMEOUT_MIN`` minutes (default 120). Between
+    two distributed steps of one launch the other ranks wait for rank 0 to evaluate the network alone (eval_seg),
+    which on a large test set takes longer than torch's default (30 min for gloo, 10 for nccl)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        minutes = float(raw) if raw else DEFAULT_TIMEOUT_MIN
+    except ValueError:
+        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: give the minutes as a number") from None
+    if not minutes > 0:
+        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: the minutes must be positive")
+    return timedelta(minutes=minutes)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device_name: str = "auto") -> DistContext:
     """Context for this process; starts the process group when ``WORLD_SIZE > 1`` (and none is running).
+
+    The group is started once per process and destroyed when the process exits: every distributed step of a launch
+    (train_seg, then train_seg_supervised) joins the same group. Destroying it after a step and starting it again
+    made the next step's ranks meet the old group's addresses in torchrun's store (gloo: "connection refused") while
+    rank 0 was still evaluating.
 
     Device: with CUDA, rank r uses ``cuda:LOCAL_RANK`` (``device`` must then be 'auto' or 'cuda'); on CPU
     every rank uses the CPU with the gloo backend. ``MASTER_ADDR`` / ``MASTER_PORT`` come from torchrun.
@@ -195,10 +238,11 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world} but {var} is not set; launch with torchrun")
-        kwargs: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world}
+        kwargs: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world, "timeout": _timeout()}
         if backend == "nccl":
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)
+        atexit.register(_destroy_group)
         owns = True
     else:
         backend = dist.get_backend()

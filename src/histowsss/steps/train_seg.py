@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -275,6 +276,7 @@ def run(cfg: RunConfig, run: RunDir, overwrite: bool = False) -> dict:
     ctx = init_distributed(cfg.device)
     try:
         ctx.check_shared_folder(run.path)
+        ctx.check_same(h, f"{status_name(cfg)} settings (settings hash {h})")
         with rank_step(run, ctx, status_name(cfg), h, overwrite) as info:
             return fit(cfg, run, ctx, h, overwrite, info)[0]
     finally:
@@ -452,7 +454,14 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     start_epoch = 0
     wf = cfg.weights_file_digest("train_seg.encoder_weights")  # the encoder is built from it: a resume needs the same
     state = resume_point(last_path, state_path, h, overwrite, ctx.is_main, weights_file=wf)
-    if state is not None and state.get("world_size", 1) == ctx.world_size:
+    if state is not None and state.get("world_size", 1) != ctx.world_size:
+        if ctx.is_main:
+            print(f"train_seg ({t_}): its resume point (epoch {int(state['epoch']) + 1}) was saved by "
+                  f"{state.get('world_size', 1)} process(es) and this launch has {ctx.world_size}: the epoch plan and "
+                  "batches differ, so training starts over (resume with the same number of processes to go on)",
+                  file=sys.stderr)
+        state = None
+    if state is not None:
         load_weights(Path(state["weights_path"]), model, device="cpu")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
