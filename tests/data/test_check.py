@@ -264,3 +264,33 @@ def test_a_patient_id_written_two_ways_is_named_and_its_split_leak_found(builder
     text = [p.message for p in problems if p.level == "warning"]
     assert any("patient id written 2 ways ('2', '2.0'): read as one patient ('2')" in t for t in text), text
     assert any("patient 2 appears in splits test, train" in t for t in text), text
+
+
+def test_an_image_turned_by_its_exif_tag_while_its_mask_is_not_is_warned_about(builder, data_config):
+    """A half turn (or any turn of a square image) keeps the sizes equal: only the tags tell image and mask apart."""
+    r = builder.row("a", "train", "p1", h=32, w=32)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # turned 180 degrees on reading
+    rgb = np.random.default_rng(0).integers(60, 240, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(builder.root / "images" / "a.jpg", exif=exif)
+    r["image"] = "images/a.jpg"
+    problems = check_dataset(data_config(builder.manifest([r, builder.row("b", "test", "p2")])), progress=False)
+    turned = [p for p in problems if "EXIF orientation 3" in p.message]
+    assert len(turned) == 1 and turned[0].level == "warning" and turned[0].file.endswith("a.jpg")
+    assert "its mask does not" in turned[0].message and "exif_transpose" in turned[0].message
+
+
+def test_symlinks_to_one_image_in_two_splits_are_one_image(builder, data_config):
+    a = builder.row("a", "train", "p1")
+    (builder.root / "images" / "link.png").symlink_to(builder.root / a["image"])
+    b = dict(a, image="images/link.png", split="test", patient="p2")
+    problems = check_dataset(data_config(builder.manifest([a, b])), progress=False)
+    assert any("the same image file as row 2 (split train, through a link)" in p.message for p in problems)
+
+
+def test_a_manifest_whose_paths_are_all_missing_says_what_they_are_relative_to(builder, data_config):
+    rows = [dict(builder.row(n, s, n), image=f"elsewhere/{n}.png") for n, s in (("a", "train"), ("b", "test"))]
+    problems = check_dataset(data_config(builder.manifest(rows)), progress=False)
+    hint = [p for p in problems if "none of the manifest's 2 image(s) is found" in p.message]
+    assert len(hint) == 1 and f"relative paths are read from {builder.root}" in hint[0].message
+    assert "data.root" in hint[0].message

@@ -334,3 +334,24 @@ def test_a_png_or_jpeg_saved_under_a_tif_name_still_reads(tmp_path):
     Image.fromarray(a).save(tmp_path / "jpeg.tif", format="JPEG", quality=95)
     assert np.array_equal(read_rgb(tmp_path / "png.tif"), a)
     assert read_rgb(tmp_path / "jpeg.tif").shape == (20, 30, 3)
+
+
+def test_12bit_data_in_a_16bit_png_is_named(tmp_path):
+    """The PNG reader keeps each 16-bit value's high byte: 12-bit data reads almost black, and is warned about."""
+    a = np.random.default_rng(0).integers(0, 4096, (8, 8, 3)).astype(np.uint16)
+    _png16(tmp_path / "a12.png", a)
+    with pytest.warns(UserWarning, match="16-bit PNG whose values stop under 4096"):
+        out = read_rgb(tmp_path / "a12.png")
+    assert out.max() <= 15
+
+
+def test_a_mask_drawn_in_its_alpha_channel_is_refused(tmp_path):
+    m = np.zeros((8, 8, 4), np.uint8)
+    m[2:6, 2:6, 3] = 255  # black strokes on a transparent layer
+    Image.fromarray(m, "RGBA").save(tmp_path / "m.png")
+    with pytest.raises(ImageReadError, match="drawn in its alpha"):
+        read_mask(tmp_path / "m.png")
+    m[..., 3] = 255  # opaque: the grey values are the mask
+    m[2:6, 2:6, :3] = 1
+    Image.fromarray(m, "RGBA").save(tmp_path / "o.png")
+    assert read_mask(tmp_path / "o.png").tolist() == (m[..., 0]).tolist()

@@ -253,6 +253,15 @@ def test_windows_separators_semicolons_and_encodings(builder, data_config):
     latin.write_bytes("image,split,patient,label\nimages/caf\u00e9.png,train,p,benign\n".encode("cp1252"))
     with pytest.raises(ManifestError, match=r"latin\.csv: not UTF-8.*CSV UTF-8"):
         read_manifest(data_config(latin))
+    utf16 = builder.root / "utf16.csv"
+    utf16.write_bytes("image,split,patient,label\nimages/a.png,train,p,benign\n".encode("utf-16"))
+    with pytest.raises(ManifestError, match=r"it is UTF-16.*iconv -f utf-16"):
+        read_manifest(data_config(utf16))
+    # a European Excel file: ';' separates the columns, a comma sits in a column name; its empty rows are ';;;;'
+    excel = builder.root / "excel.csv"
+    excel.write_text("image;mask;split;patient;label;comment, free text\n" + "".join(
+        f"{r['image']};{r['mask']};{r['split']};{r['patient']};{r['label']};\n" for r in rows) + ";;;;;\n;;;;;\n")
+    assert [s.name for s in read_manifest(data_config(excel), check_files=True)] == ["a", "b"]
 
 
 def test_row_numbers_are_the_lines_of_the_file(builder, data_config):

@@ -33,3 +33,18 @@ def test_the_background_class_is_found_given_or_refused():
         background_class(["TE", "NEC"], None)
     with pytest.raises(ConfigError, match="is not one of the manifest's classes"):
         background_class(["TE", "NEC"], "STR")
+
+
+def test_16_bit_masks_of_0_and_65535_are_binary(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from histowsss.data.manifest_facts import mask_mode_of
+
+    m = np.zeros((16, 16), np.uint16)
+    m[4:12, 4:12] = 65535
+    Image.fromarray(m).save(tmp_path / "m.png")
+    mode, note = mask_mode_of(tmp_path, ["m.png"], ["benign", "malignant"], "benign", [])
+    assert mode == {"mask_mode": "binary_image_label"} and "[0, 65535]" in note
+    with pytest.raises(ConfigError, match="no background class, and without one 65535 is no class"):
+        mask_mode_of(tmp_path, ["m.png"], ["TE", "NEC"], None, [])

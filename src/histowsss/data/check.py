@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from histowsss.config import DataConfig, data_split_leaks
-from histowsss.data.io import ImageReadError, image_size, lossy_compression, read_mask, read_rgb
+from histowsss.data.io import (ImageReadError, file_orientation, image_size, lossy_compression, read_mask,
+                               read_rgb)
 from histowsss.data.manifest import ManifestError, patient_spellings, scan_manifest
 from histowsss.data.masks import BINARY_MODES, class_map_from_mask, read_class_ids
 from histowsss.data.stats import patient_split_overlap
@@ -196,6 +197,20 @@ def mask_value_problems(mask, raw: np.ndarray | None, cfg: DataConfig, image: st
     return []
 
 
+def orientation_problem(image, mask) -> str | None:
+    """An image whose EXIF orientation tag turns it on reading (as viewers show it) while its mask has no such tag
+    (or another one): the two are read turned against each other whenever the mask was made from the stored pixels
+    (most scripts and exporters), and a square image or a half turn keeps the sizes equal, so nothing else notices."""
+    turn, mask_turn = file_orientation(image), file_orientation(mask)
+    if turn in (0, 1) or turn == mask_turn:
+        return None
+    return (f"the image carries EXIF orientation {turn} (it is read turned, as viewers show it) and its mask "
+            f"{'does not' if mask_turn in (0, 1) else f'carries {mask_turn}'} ({mask}): if the mask was made from the "
+            "stored pixels, image and mask are read turned against each other. Save the image with its pixels "
+            "turned and no tag (e.g. `exiftran -ai IMAGE`, or Pillow's ImageOps.exif_transpose), or remove the tag "
+            "(`exiftool -Orientation= IMAGE`), whichever matches how the mask was drawn")
+
+
 def _open_image(path) -> tuple[tuple[int, int] | None, list[Problem]]:
     """((height, width) or None when unreadable, the problems found: an error, or the reader's warnings)."""
     image = str(path)
@@ -258,6 +273,14 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
     except ManifestError as e:  # no manifest, or required columns missing: nothing else can be checked
         return [Problem("error", manifest, _message(e, manifest))]
     problems = [Problem("error", manifest, p) for p in row_problems]
+    if rejected and not samples and all(not Path(r["image"]).exists() for r in rejected):
+        from histowsss.data.manifest import data_root
+
+        problems.append(Problem("error", manifest, f"none of the manifest's {len(rejected)} image(s) is found: "
+                                f"relative paths are read from {data_root(cfg)} ("
+                                + ("data.root" if cfg.root is not None else "the manifest's folder") + "); "
+                                "set data.root to the folder they are relative to, or write them relative to the "
+                                "manifest (or absolute)"))
     if not samples and not row_problems:
         problems.append(Problem("warning", manifest, "the manifest has no rows"))
     problems += _mask_column_problems(cfg, manifest)
@@ -347,6 +370,9 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
             if problem is not None:
                 problems.append(problem)
             mask = str(s.mask)
+            turned = orientation_problem(s.image, s.mask)
+            if turned:
+                problems.append(Problem("warning", image, turned))
             raw = None
             try:
                 raw = read_class_ids(s.mask, cfg, expected_hw=(h, w))

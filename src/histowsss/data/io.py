@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # the file types read as plain images
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")  # the file types read as plain images
 _COMPOUND_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf")  # OME-TIFF: one suffix in two parts
 
 
@@ -135,6 +135,33 @@ def _orientation(im) -> int:
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # a damaged EXIF block: read the pixels as stored
+        return 1
+
+
+def png_bit_depth(path: Path | str) -> int | None:
+    """The bit depth a PNG's header gives (8, 16, ...); None for other files."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return None
+    return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" else None
+
+
+def file_orientation(path: Path | str) -> int:
+    """The EXIF orientation the reader applies to a file (1: read as stored; TIFF orientation tags are not applied,
+    so 1 for TIFFs), without decoding its pixels; 1 for a file that cannot be opened."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return 1
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (its reader says so)
+            with Image.open(path) as im:
+                return _orientation(im)
+    except Exception:  # (unreadable: its reader says so)
         return 1
 
 
@@ -388,6 +415,10 @@ def read_rgb(path: Path | str, scale: float = 1.0) -> np.ndarray:
         )
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ImageReadError(f"{path}: unsupported shape {img.shape}; expected H x W x 3 (RGB) or x 4 (RGBA)")
+    if img.dtype == np.uint8 and png_bit_depth(path) == 16 and 0 < int(img[..., :3].max()) <= 15:
+        warnings.warn(f"{path}: 16-bit PNG whose values stop under 4096 (10- or 12-bit data?): the PNG reader keeps "
+                      "each value's high byte, so it reads almost black. Export it as 8-bit RGB, or rescale it to the "
+                      "full 16-bit range", UserWarning, stacklevel=2)
     if img.dtype == np.uint16:
         top = int(img[..., :3].max())
         if 0 < top <= 4095:  # 10/12-bit camera data in a 16-bit file: / 257 leaves it nearly black
@@ -429,6 +460,13 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
     if colors is not None:
         m = _colours_to_ids(path, m, colors)
     elif m.ndim == 3:
+        if m.shape[2] in (2, 4) and m[..., -1].min() != m[..., -1].max() and m[..., 0].min() == m[..., 0].max() and (
+                m.shape[2] == 2 or (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2]))):
+            raise ImageReadError(
+                f"{path}: the mask is drawn in its alpha (transparency) channel: its colour is one value "
+                f"({int(m[..., 0].flat[0])}) everywhere, so it would read as one class. Save the drawing as a "
+                "one-channel mask of class ids (e.g. the alpha channel itself: 0 = background, 255 = foreground)"
+            )
         if m.shape[2] >= 3 and not (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2])):
             raise ImageReadError(
                 f"{path}: colour mask (its pixels are colours, not class ids): map each colour to its class in "

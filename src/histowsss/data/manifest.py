@@ -43,12 +43,10 @@ class Sample:
 
 
 def _delimiter(header: str) -> str:
-    """The separator of a CSV header line: ``,`` unless the line has none and has ``;`` (Excel in many European
-    locales) or tabs."""
-    if "," in header:
-        return ","
-    counts = {d: header.count(d) for d in (";", "\t")}
-    best = max(counts, key=counts.get)
+    """The separator of a CSV header line: ``,`` unless ``;`` (Excel in many European locales) or tabs separate more
+    of its names than commas do (``image;split;patient;comment, free text``)."""
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: (counts[d], d == ","))  # (a tie: comma)
     return best if counts[best] else ","
 
 
@@ -84,12 +82,18 @@ def read_table(path: Path, lines: list[int] | None = None, read: tuple[str | Non
                         f"{len(columns)} (extra: {', '.join(map(repr, extra))}); a value holding the separator "
                         f"({delimiter!r}, e.g. in a file name) must be in double quotes, or the row "
                         "has a cell too many")
-                rows.append({(k or "").strip(): (v or "") for k, v in r.items() if k is not None})
+                row = {(k or "").strip(): (v or "") for k, v in r.items() if k is not None}
+                if not any(v.strip() for v in row.values()):  # ';;;;' (a spreadsheet's empty rows), as blank lines
+                    continue
+                rows.append(row)
                 if lines is not None:
                     lines.append(line)
     except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as 'CSV UTF-8' "
-                            "(Excel: Save As > CSV UTF-8; or `iconv -f cp1252 -t utf-8`)") from None
+        utf16 = path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")  # (Excel's "Unicode Text" export)
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}"
+                            + ("; it is UTF-16" if utf16 else "") + "); save it as 'CSV UTF-8' (Excel: Save As > CSV "
+                            + ("UTF-8; or `iconv -f utf-16 -t utf-8`)" if utf16 else "UTF-8; or `iconv -f cp1252 -t "
+                               "utf-8`)")) from None
     except csv.Error as e:
         raise ManifestError(f"{path}: not a readable CSV ({e}); save it as UTF-8 CSV with a header row") from None
     return columns, rows
@@ -374,11 +378,12 @@ def scan_manifest(cfg: DataConfig, check_files: bool = False, rejected: list[dic
         bad_name = name_problem(name) if r.get("name", "").strip() else None  # (a file's stem holds no '/')
         if bad_name:
             row_problems.append(f"row {i} ({img_rel}): {bad_name}")
-        key = os.path.normcase(os.path.normpath(os.path.abspath(image)))
+        key = os.path.normcase(os.path.realpath(image))  # (two links to one file are one image)
         if key in files_seen:  # e.g. manifests of two sources joined: a test image also in train leaks
             j, other_split = files_seen[key]
+            link = ", through a link" if Path(image).is_symlink() else ""
             row_problems.append(f"row {i} ({img_rel}, split {split or '?'}): the same image file as row {j} (split "
-                                f"{other_split or '?'}); an image may appear once: delete one of the rows")
+                                f"{other_split or '?'}{link}); an image may appear once: delete one of the rows")
         elif name in names_seen:
             row_problems.append(f"row {i} ({img_rel}): duplicate image name {name!r} (also row {names_seen[name]}); "
                                 "names must be unique: add a unique 'name' column or rename the file")

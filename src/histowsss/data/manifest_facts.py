@@ -182,14 +182,18 @@ def mask_mode_of(root: Path, masks: list[str], names: list[str], background: str
                           f"with --mask-colors 'CLASS=#rrggbb,...', one per class of {', '.join(names)} (and "
                           "ignore=#rrggbb for colours that are no class); which colour is which class only your "
                           "annotation tool's legend tells")
-    if (values <= {0, 1} or values <= {0, 255}) and background is None and len(names) > 2:
+    # 0 / 1, 0 / 255 and 0 / 65535 (16-bit) masks are binary: mask > 0 is foreground
+    binary = values <= {0, 1} or values <= {0, 255} or values <= {0, 65535}
+    if binary and background is None and len(names) > 2:
         raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class to put mask 0 "
                           "in; give masks of class indices (0..., 255 = ignore), or name a background class")
-    if values <= {0, 255} and 255 in values and background is None:
+    if binary and max(values, default=0) > 1 and background is None:
+        top = max(values)
         raise ConfigError(f"masks look binary ({sorted(values)}) but there is no background class, and without one "
-                          "255 means ignore: every foreground pixel would go unscored; name the background class "
-                          "(--background), or give masks of class indices (0..., 255 = ignore)")
-    if (values <= {0, 1} or values <= {0, 255}) and background is not None:
+                          + ("255 means ignore: every foreground pixel would go unscored" if top == 255 else
+                             f"{top} is no class") + "; name the background class (--background), or give masks of "
+                          "class indices (0..., 255 = ignore)")
+    if binary and background is not None:
         # binary_image_label, not binary: objects in an image labelled background (benign glands, say) stay background
         return ({"mask_mode": "binary_image_label"},
                 f"masks look binary ({sorted(values)}): mask_mode binary_image_label (mask > 0 takes the image's own "
