@@ -355,16 +355,19 @@ def _check_slide_resolutions(slides: list[Path], cfg, o: SlideOptions) -> None:
     from histowsss.slides.grid import working_downsample
     from histowsss.slides.reader import open_slide
 
-    train_mpp = o.train_mpp if o.train_mpp is not None else cfg.data.mpp
-    working_downsample(slides[0], 1.0, train_mpp, cfg.data.image_scale)  # the run's own resolution: said first
-    unknown = []
+    opened, unknown = [], []
     for f in slides:
         try:
             with open_slide(f, o.backend) as slide:
+                opened.append(f)
                 if not slide.mpp:
                     unknown.append(f)
         except Exception:  # noqa: BLE001 (an unreadable slide is its own turn's error)
             continue
+    if not opened:
+        return
+    train_mpp = o.train_mpp if o.train_mpp is not None else cfg.data.mpp
+    working_downsample(opened[0], 1.0, train_mpp, cfg.data.image_scale)  # the run's own resolution: said first
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         raise ValueError(f"{len(unknown)} of {len(slides)} slide(s) have no microns-per-pixel value in their metadata: "
