@@ -71,7 +71,10 @@ def config_for_manifest(manifest: Path, profile: str = "cpu", background: str | 
             same = [c for c in columns if c.lower() == col]
             raise ConfigError(f"{manifest}: no {col!r} column (columns: {', '.join(columns)}); "
                               + (f"rename column {same[0]!r} to {col!r} (names are lower case)" if same else
-                                 "see docs/data.md, or make the manifest with `histowsss data manifest`"))
+                                 f"make a patient-grouped split with `histowsss data split {manifest} --out NEW.csv`"
+                                 if col == "split" else
+                                 "see docs/data.md, or make the manifest from a folder of class sub-folders with "
+                                 "`histowsss data manifest`"))
     if label_columns and label_column:
         raise ConfigError("pass --label-column (a column of class names) or --label-columns (one 0/1 column per "
                           "class), not both")

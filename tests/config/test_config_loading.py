@@ -177,3 +177,13 @@ def test_an_error_of_a_set_value_names_the_set_not_the_file():
         validate_config({"backbone": {"mean": [0.5, 0.5, 0.5], "channels_last": False}}, origin="x.yaml",
                         overrides={"backbone.channels_last": "backbone.channels_last=false"})
     assert "'backbone'" in str(e.value) and "from --set" not in str(e.value)
+
+
+def test_class_colours_are_checked_when_the_config_loads():
+    from histowsss.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"colors must be '#rrggbb'.*benign: 'red'"):
+        load_config("demo", ["data.classes.colors.benign=red"])
+    with pytest.raises(ConfigError, match=r"colors names 'nonexistent', not one of the classes"):
+        load_config("demo", ["data.classes.colors.nonexistent=#00ff00"])
+    assert load_config("demo", ["data.classes.colors.benign=#00FF00"]).data.classes.colors["benign"] == "#00FF00"

@@ -12,6 +12,9 @@ from pydantic import Field, field_validator, model_validator
 from histowsss.config.base import Strict
 
 
+_HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
 class ClassMap(Strict):
     """Class names, which one is background/normal, and display colours."""
 
@@ -26,6 +29,13 @@ class ClassMap(Strict):
             raise ValueError(f"class names must be unique, got {self.names}")
         if self.background is not None and self.background not in self.names:
             raise ValueError(f"background class {self.background!r} is not one of names {self.names}")
+        unknown = [k for k in self.colors if k not in self.names]
+        if unknown:
+            raise ValueError(f"colors names {', '.join(map(repr, unknown))}, not one of the classes "
+                             f"({', '.join(self.names)}); fix the name or delete the entry")
+        bad = [f"{k}: {v!r}" for k, v in self.colors.items() if not _HEX_COLOUR.fullmatch(str(v))]
+        if bad:
+            raise ValueError(f"colors must be '#rrggbb' (hex, e.g. '#e6194b'): {', '.join(bad)}")
         return self
 
     def index(self, name: str) -> int:

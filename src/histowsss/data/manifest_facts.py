@@ -270,8 +270,8 @@ def class_order_check(root: Path, rows: list[dict[str, str]], marked: list[tuple
     ids, labels, rel = next(x for x in seen if misfit(tuple(names), x[0], x[1]))
     example = (f"{rel} holds {', '.join(sorted({names[k] for k in ids} - {background})) or 'only background'} "
                f"but is labelled {', '.join(sorted(labels))}")
-    rule = "their labels do not name" if multi else "lack their labelled class"
-    found = (f"{now} of {len(seen)} masked images hold classes {rule} in the order {', '.join(names)} ({source}; "
+    rule = "hold classes their labels do not name" if multi else "lack their labelled class"
+    found = (f"{now} of {len(seen)} masked images {rule} in the order {', '.join(names)} ({source}; "
              f"mask value = position), e.g. {example}")
     better = best != tuple(names) and wrong(best) <= max(0.1 * len(seen), now / 4)
     if better and source in ("alphabetical", "column order"):
