@@ -195,3 +195,24 @@ def test_the_card_says_whether_clicks_corrected_the_training_labels():
     assert not _clicks_in_labels(plain, "pseudo") and not _clicks_in_labels(clicked, "ground_truth")
     assert _clicks_in_labels(clicked, "cam") and _clicks_in_labels(irn_only, "pseudo")
     assert not _clicks_in_labels(irn_only, "cam")  # CAM labels do not see IRN's clicks
+
+
+def test_scores_of_an_earlier_network_are_left_out_of_the_card(gated_run: Path, tmp_path: Path):
+    """eval_seg scored the network before train_seg was made again: the card must not show those scores as this
+    network's."""
+    run = tmp_path / "run"
+    shutil.copytree(gated_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    fresh = json.loads((runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m0")]) and
+                        (tmp_path / "m0" / "model.json")).read_text())
+    assert fresh["scores"] and "scores_left_out" not in fresh
+    record = run / "status" / "eval_seg.json"
+    st = json.loads(record.read_text())
+    st["config_hash"] = "0" * 12  # as if it ran with the network of other settings
+    record.write_text(json.dumps(st))
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m1")])
+    assert res.exit_code == 0, res.output
+    assert "the model card leaves its scores out" in " ".join(res.output.split())
+    card = json.loads((tmp_path / "m1" / "model.json").read_text())
+    assert card["scores"] == {} and card["scores_left_out"].startswith("eval_seg")
+    assert "Scores left out" in (tmp_path / "m1" / "MODEL.md").read_text()

@@ -82,7 +82,8 @@ def _clicks_in_labels(cfg, source: str | None) -> bool:
     return "train_seg" in use or (source == "pseudo" and bool(use & {"ir_label", "sem_seg"}))
 
 
-def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path) -> dict[str, Any]:
+def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path,
+               scores_stale: str | None = None) -> dict[str, Any]:
     """The content of ``model.json``."""
     from histowsss import __version__
     from histowsss.data.stain import effective_reference
@@ -125,7 +126,8 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "inference": {"tta": cfg.eval_seg.tta, "scales": cfg.eval_seg.scales, "tile_size": cfg.eval_seg.tile_size,
                       "image_gate": cfg.eval_seg.image_gate,
                       "image_gate_cut": chosen_gate(run_path, cfg) if cfg.eval_seg.image_gate else None},
-        "scores": _scores(run_path, network),
+        "scores": {} if scores_stale else _scores(run_path, network),
+        **({"scores_left_out": scores_stale} if scores_stale else {}),
         "files": {f: {"bytes": (bundle / f).stat().st_size, "sha256": file_sha256(bundle / f)} for f in files},
     }
 
@@ -190,6 +192,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         for split, s in card["scores"].items():
             ious = " | ".join(str(s["iou"].get(n, "")) for n in names)
             lines.append(f"| {split} | {s['images'] or ''} | {s['miou']} | {ious} |")
+    elif card.get("scores_left_out"):
+        lines.append(f"Scores left out: the run's were not made with this network ({card['scores_left_out']}).")
     else:
         lines.append("Not evaluated in its run (no eval_seg scores).")
     return "\n".join(lines) + "\n"
@@ -216,9 +220,17 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
                         "then export")
     from histowsss.engine.standing import steps_standing_or_none
 
-    stale = steps_standing_or_none(cfg, run_path).get(network_step(network))
+    standing = steps_standing_or_none(cfg, run_path)
+    stale = standing.get(network_step(network))
     if stale not in (None, "has not run") and log is not None:  # described, but made from inputs since remade
         log(f"note: network {network} is stale ({stale}); the export holds it as it is")
+    from histowsss.engine.standing import METRICS_STEPS, metrics_standing
+
+    scores_stale = metrics_standing(cfg, run_path, standing).get(network)  # scores of an earlier network: left out
+    if scores_stale and log is not None:
+        log(f"note: metrics/{network}.json does not follow from this network ({scores_stale}): the model card leaves "
+            f"its scores out; run `histowsss run {run_path / 'config.yaml'} --from {METRICS_STEPS[network]}` first to "
+            "have them")
     run_abs, out_abs = run_path.resolve(), out.resolve()
     if out_abs == run_abs or run_abs in out_abs.parents or out_abs in run_abs.parents:
         raise ValueError(f"{out}: export into a folder outside the run folder {run_path}, and not one holding it")
@@ -236,7 +248,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
         for f in files:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_path / f, tmp / f)
-        card = model_card(run_path, cfg, network, files, tmp)
+        card = model_card(run_path, cfg, network, files, tmp, scores_stale)
         write_json(tmp / MODEL_CARD, card)
         write_text(tmp / "MODEL.md", card_markdown(card))
         load_segnet(cfg, tmp, network)  # the bundle loads as predict will load it
