@@ -487,6 +487,20 @@ def test_slides_without_a_resolution_are_named_before_any_slide_is_segmented(tra
     assert "nothingwaspredicted" in text and not (out / "a.geojson").exists()
 
 
+def test_a_second_predict_into_the_same_output_folder_is_refused(trained_run: Path, tmp_path: Path):
+    """Two predicts into one --out would both pass the overwrite check, then replace each other's outputs and lose
+    rows of predictions.csv: the output folder is locked while one works in it."""
+    from histowsss.engine.run_dir import run_lock
+
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    out = tmp_path / "out"
+    with run_lock(out, "histowsss predict", place="output folder"):  # (another predict, as flock sees it)
+        res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(out)])
+    assert res.exit_code == 2 and "(histowsss predict) is working in this output folder" in " ".join(res.output.split())
+    assert not (out / f"{img.stem}_labels.png").exists()
+    assert runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(out)]).exit_code == 0
+
+
 def test_skip_existing_and_overwrite_are_refused_together(tmp_path):
     from typer.testing import CliRunner
 

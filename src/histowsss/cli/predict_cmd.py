@@ -26,9 +26,10 @@ inputs and exits with code 1. Other errors (the run folder or model, memory, Ctr
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import typer
@@ -167,12 +168,32 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     all exist are skipped, those with only some are predicted again (without it, any existing output is an error
     unless ``overwrite``).
     """
+    check_out_folder(out_dir)
+    from histowsss.engine.run_dir import run_lock
+
+    # a second predict into the same --out would pass the checks below before either wrote, then overwrite the
+    # other's outputs and lose rows of predictions.csv: one predict per output folder at a time
+    # (an --out not there yet is locked when it is made, and its outputs checked again then: a refused predict
+    # leaves no folder behind)
+    with contextlib.ExitStack() as locks:
+        if out_dir.is_dir():
+            locks.enter_context(run_lock(out_dir, "histowsss predict", place="output folder"))
+        return _predict_into(run_dir, inputs, out_dir, overwrite, network, device, simplify, min_area, slide_options,
+                             recursive, cpu_amp, skip_existing, skip_names, qupath_tiles, skipped, log, locks,
+                             locked=out_dir.is_dir())
+
+
+def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool, network: str,
+                  device: str | None, simplify: float, min_area: float, slide_options: SlideOptions | None,
+                  recursive: bool, cpu_amp: bool | None, skip_existing: bool, skip_names: list[str] | None,
+                  qupath_tiles: bool, skipped: list[tuple[Path, str]] | None, log,
+                  locks: contextlib.ExitStack, locked: bool) -> list[dict]:
+    """:func:`predict_images` with ``out_dir`` locked (``locked``), or locked by ``locks`` when it is made."""
     from histowsss.engine.device import resolve_device
     from histowsss.export.model_bundle import bundle_networks
     from histowsss.slides.predict import slide_output_paths
     from histowsss.steps.segnet_io import check_network_input, load_segnet, network_described
 
-    check_out_folder(out_dir)
     held = bundle_networks(run_dir)
     if held is not None:  # an exported model is checked against its card: copied in part, or damaged
         from histowsss.export.model_bundle import bundle_file_state
@@ -238,11 +259,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         finished = set(done)
         files = [f for f in files if f not in finished]
     elif not overwrite:
-        existing = [p for f in files for p in outputs_of(f) if p.exists()]
-        if existing:
-            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise FileExistsError(f"{existing[0]} already exists{more}; pass --skip-existing to go on with a killed "
-                                  "batch, --overwrite to replace the outputs, or choose another --out folder")
+        _refuse_existing(files, outputs_of)
     if slides.intersection(files):  # not an error of one slide: said before any work
         _check_slide_reader((slide_options or SlideOptions()).backend, slides.intersection(files))
         _check_slide_resolutions(sorted(slides.intersection(files)), cfg, slide_options or SlideOptions())
@@ -261,7 +278,13 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
         from histowsss.steps.image_gate import ClassifierGate
 
         gate = ClassifierGate(cfg, run_dir, dev)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not locked:
+        from histowsss.engine.run_dir import run_lock
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(run_lock(out_dir, "histowsss predict", place="output folder"))
+        if not overwrite and not skip_existing:  # (another predict may have made the folder since the check)
+            _refuse_existing(files, outputs_of)
     records: list[dict] = []
     blank: list[Path] = []
     with SummaryBuffer(out_dir) as rows:  # predictions.csv keeps the finished inputs' rows if the batch is killed
@@ -319,6 +342,14 @@ def _check_slide_reader(backend: str, slides: set[Path]) -> None:
     first = sorted(slides)[0]
     raise SlideError(f"{first}{f' (and {len(slides) - 1} more)' if len(slides) > 1 else ''}: whole-slide input(s), "
                      f"and no slide reader is available; {INSTALL_HINT}")
+
+
+def _refuse_existing(files: list[Path], outputs_of: Callable[[Path], list[Path]]) -> None:
+    existing = [p for f in files for p in outputs_of(f) if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} already exists{more}; pass --skip-existing to go on with a killed "
+                              "batch, --overwrite to replace the outputs, or choose another --out folder")
 
 
 def _check_tile_extents(placements: dict[Path, tuple[float, float, float]], log) -> None:

@@ -31,7 +31,8 @@ def require_folder(path: Path) -> None:
 
 
 @contextmanager
-def run_lock(folder: Path | str, what: str, create: bool = True, look_only: bool = False) -> Iterator[None]:
+def run_lock(folder: Path | str, what: str, create: bool = True, look_only: bool = False,
+             place: str = "run folder") -> Iterator[None]:
     """Hold ``folder/.lock`` while ``what`` works in the run folder: a second histowsss process on the same folder
     (whose cleanup of a killed run's temporary files would delete the first one's writes in flight) is refused with
     a clear error. The lock goes with the process, so a killed run leaves none behind. Under torchrun only the first
@@ -61,7 +62,7 @@ def run_lock(folder: Path | str, what: str, create: bool = True, look_only: bool
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            raise StepError(f"{folder}: {holder} is working in this run folder; wait for it to finish (or stop it) "
+            raise StepError(f"{folder}: {holder} is working in this {place}; wait for it to finish (or stop it) "
                             "before starting another command that writes here") from None
         except OSError:  # no locking on this file system
             pass
