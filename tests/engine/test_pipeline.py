@@ -876,3 +876,18 @@ def test_a_stopped_eval_cam_is_judged_by_the_record_it_replaces(tmp_path, demo_d
                                                "config_hash": eval_cam.config_hash(other)}}
     rd.status_path("eval_cam").write_text(json.dumps({**st, "prior_handoff": prior}))
     assert "[redo] train_seg: eval_cam runs before it, so it would be made again" in decisions()
+
+
+def test_a_run_with_nothing_to_score_or_cams_left_out_is_refused_before_any_step(tmp_path, demo_data):
+    """No test image for eval_seg (found only after every training step, before), and make_cam.splits leaving out a
+    split eval_cam reads (make_cam --overwrite could never fix it): said before anything runs."""
+    cfg = load_config("demo", ["data.test_splits=[]", "upper_bound=false"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(StepError, match=r"eval_seg has no image to score.*--to train_seg"):
+        plan_steps(cfg, rd)
+    assert not (rd.path / "status").exists()
+    plan_steps(cfg, rd, stop="train_seg")  # ended before it: fine
+    cfg = load_config("demo", ["make_cam.splits=[train]", "upper_bound=false"])
+    with pytest.raises(StepError, match=r"make_cam.splits \(train\) leaves out split\(s\) val, test, whose CAMs "
+                                        r"eval_cam reads"):
+        plan_steps(cfg, RunDir(tmp_path / "run2", cfg).init())

@@ -114,6 +114,24 @@ def check_manifest(cfg: RunConfig, run: RunDir, todo: list[str]) -> None:
 
         if unlearnable := class_coverage(cfg.data, samples, str(manifest)):
             raise ManifestError(f"{manifest}: " + "; ".join(p.message for p in unlearnable))
+    present = {s.split for s in samples}
+    scoring = [k for k in ("eval_seg", "eval_seg_supervised") if k in todo]
+    if scoring:  # (not after every training step, when eval_seg finds nothing to score)
+        from histowsss.steps.eval_seg import eval_splits
+
+        if not present & set(eval_splits(cfg)):
+            raise StepError(f"{scoring[0]} has no image to score: no manifest row is in its splits "
+                            f"({', '.join(eval_splits(cfg)) or 'none'}; eval_seg.splits, else data.test_splits). Add "
+                            "test images (a test split), set eval_seg.splits, or end the run before it (--to "
+                            "train_seg)")
+    if "eval_cam" in todo and cfg.make_cam.splits is not None:  # eval_cam reads the CAMs of every split
+        from histowsss.steps.common import all_splits
+
+        left_out = [sp for sp in all_splits(cfg) if sp in present and sp not in cfg.make_cam.splits]
+        if left_out:
+            raise StepError(f"make_cam.splits ({', '.join(cfg.make_cam.splits)}) leaves out split(s) "
+                            f"{', '.join(left_out)}, whose CAMs eval_cam reads (it scores every split): add them to "
+                            "make_cam.splits, or set it to null (every split)")
     if "train_seg_supervised" in todo:
         from histowsss.steps.seg_labels import train_splits
 
