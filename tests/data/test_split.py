@@ -79,3 +79,23 @@ def test_same_split_in_every_process():
         outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                 check=True).stdout)
     assert len(outs) == 1 and set(json.loads(outs.pop()).values()) == {"train", "val", "test"}
+
+
+def test_every_class_gets_a_training_patient_with_cover():
+    """A class of one image (on a patient with others) could be dealt to val or test, where it cannot be learnt."""
+    from histowsss.data.split import grouped_stratified_split
+
+    patients, labels = [], []
+    for i in range(12):
+        for _ in range(3):
+            patients.append(f"p{i}")
+            labels.append("normal" if i % 2 else "tumour")
+    patients += ["p12", "p12"]
+    labels += ["normal", "necrosis"]  # the one necrosis image, on a small patient dealt last
+    classes = [{lab} for lab in labels]
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    without = [grouped_stratified_split(patients, labels, fractions, seed)["p12"] for seed in range(8)]
+    assert any(s != "train" for s in without)  # (the deal alone leaves it out of train for some seeds)
+    for seed in range(8):
+        got = grouped_stratified_split(patients, labels, fractions, seed, row_classes=classes, cover="train")
+        assert got["p12"] == "train" and set(got.values()) == {"train", "val", "test"}

@@ -272,7 +272,15 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
         moved = sum(1 for r, k, t in zip(rows, keys, in_test) if k in kept and not t)
         if kept and not free:
             raise ValueError(f"{manifest}: every image's patient is in the test split(s); nothing left to split")
-        assign = grouped_stratified_split([keys[i] for i in free], [strata[i] for i in free], fractions, seed)
+        if class_cols:
+            row_classes = [set(labs) for labs, _ in marks]
+        else:
+            from histowsss.data.manifest_facts import label_separator_of
+
+            sep = label_separator_of(rows, label_column)
+            row_classes = [{c.strip() for c in r[label_column].split(sep) if c.strip()} for r in rows]
+        assign = grouped_stratified_split([keys[i] for i in free], [strata[i] for i in free], fractions, seed,
+                                          row_classes=[row_classes[i] for i in free], cover="train")
         for r, k, t in zip(rows, keys, in_test):
             if not t:  # a test row keeps its split (a patient in testA and testB stays in both)
                 r["split"] = kept[k] if k in kept else assign[k]

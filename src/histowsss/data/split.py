@@ -8,12 +8,17 @@ import numpy as np
 
 
 def grouped_stratified_split(patients: list[str], labels: list[str], fractions: dict[str, float],
-                             seed: int = 0) -> dict[str, str]:
+                             seed: int = 0, row_classes: list[set[str]] | None = None,
+                             cover: str | None = None) -> dict[str, str]:
     """Assign every patient to a split so that no patient is in two splits and class proportions match.
 
     ``labels`` holds one label key per row (for multi-label rows, the joined label set). Patients are
     shuffled, ordered by their number of images (largest first; ties stay shuffled), and dealt greedily to the
-    split whose per-class deficit (target count - current count) is largest. Returns patient -> split.
+    split whose per-class deficit (target count - current count) is largest. With ``cover`` (a split of
+    ``fractions``, the training one) and ``row_classes`` (each row's classes), every class ends with a patient in
+    ``cover``: where the deal left a class out of it (a rare class, one or two images), the patient holding it with
+    the fewest images moves there, since a class no training image carries cannot be learnt. Returns patient ->
+    split.
     """
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
@@ -46,6 +51,15 @@ def grouped_stratified_split(patients: list[str], labels: list[str], fractions: 
             donor = max(fractions, key=lambda d: (held[d], fractions[d]))
             moved = next(p for p in reversed(order) if assignment[p] == donor)
             assignment[moved] = s
+    if cover in fractions and row_classes is not None:
+        held: dict[str, set[str]] = defaultdict(set)
+        for p, classes in zip(patients, row_classes):
+            held[p] |= set(classes)
+        for c in sorted(set().union(*held.values())):
+            if any(assignment[p] == cover and c in held[p] for p in order):
+                continue
+            moved = min((p for p in order if c in held[p]), key=lambda p: sum(per_patient[p].values()))
+            assignment[moved] = cover
     return assignment
 
 
