@@ -216,3 +216,29 @@ def test_scores_of_an_earlier_network_are_left_out_of_the_card(gated_run: Path, 
     card = json.loads((tmp_path / "m1" / "model.json").read_text())
     assert card["scores"] == {} and card["scores_left_out"].startswith("eval_seg")
     assert "Scores left out" in (tmp_path / "m1" / "MODEL.md").read_text()
+
+
+def test_an_interrupted_export_leaves_no_copy_and_killed_ones_are_removed(gated_run: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    import time
+
+    from histowsss.export import model_bundle
+
+    killed = tmp_path / ".m.abc123.partial"  # what an export killed hard (SIGKILL) left, an hour ago
+    (killed / "checkpoints").mkdir(parents=True)
+    hour_ago = time.time() - 3600
+    os.utime(killed, (hour_ago, hour_ago))
+    running = tmp_path / ".m.def456.partial"  # another export's copy, being written now: kept
+    running.mkdir()
+    real = model_bundle.model_card
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt  # Ctrl-C (SIGTERM is raised as one) while the card is written
+
+    monkeypatch.setattr(model_bundle, "model_card", stopped)
+    res = runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 130 and "nothing was exported" in " ".join(res.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.def456.partial"]  # its own copy and the killed one gone
+    monkeypatch.setattr(model_bundle, "model_card", real)
+    assert runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "m")]).exit_code == 0
+    assert running.is_dir()

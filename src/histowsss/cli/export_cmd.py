@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from histowsss.cli.common import clear_errors, log_line
+from histowsss.cli.common import clear_errors, log_line, stop_on_interrupt
 
 
 def export(run_dir: Path = typer.Argument(..., help="run folder with a trained segmentation network"),
@@ -18,7 +18,9 @@ def export(run_dir: Path = typer.Argument(..., help="run folder with a trained s
     from histowsss.engine.run_paths import run_folder_paths
     from histowsss.export.model_bundle import MODEL_CARD, export_model
 
-    with clear_errors(), run_folder_paths(run_dir, out, log=log_line) as (run_dir, out):
+    gone = "nothing was exported (the partial copy is removed); run the command again"
+    with stop_on_interrupt(gone, log=log_line), clear_errors(), \
+            run_folder_paths(run_dir, out, log=log_line) as (run_dir, out):
         path = export_model(run_dir, out, "seg_supervised" if supervised else "seg", overwrite=overwrite,
                             log=log_line)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -199,6 +199,25 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+KILLED_COPY_AGE_S = 600.0  # a partial copy older than this is of an export killed hard (SIGKILL), not one running
+
+
+def _remove_killed_copies(out: Path, log: Callable[[str], None] | None) -> None:
+    """Remove the partial copies (``.<name>.*.partial`` folders beside ``out``) that exports killed hard left, once
+    they are older than :data:`KILLED_COPY_AGE_S` (so a second export running now keeps its own)."""
+    import glob
+
+    for d in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        try:
+            old = d.is_dir() and time.time() - d.stat().st_mtime > KILLED_COPY_AGE_S
+        except OSError:
+            continue
+        if old:
+            shutil.rmtree(d, ignore_errors=True)
+            if log is not None:
+                log(f"removed {d}: the partial copy of an export that was killed")
+
+
 def export_model(run_path: Path | str, out: Path | str, network: str = "seg", overwrite: bool = False,
                  log: Callable[[str], None] | None = None) -> Path:
     """Copy what ``predict`` needs of ``network`` from a run folder into the folder ``out``; returns ``out``.
@@ -242,6 +261,7 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
                               f"(no {MODEL_CARD}); "
                               "--overwrite only replaces an earlier export: choose a new or empty --out")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_killed_copies(out, log)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     os.chmod(tmp, DIR_MODE)  # mkdtemp's folder is private (0700); a bundle is made to be shared
     try:
