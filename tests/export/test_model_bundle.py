@@ -242,3 +242,11 @@ def test_an_interrupted_export_leaves_no_copy_and_killed_ones_are_removed(gated_
     monkeypatch.setattr(model_bundle, "model_card", real)
     assert runner.invoke(app, ["export", str(gated_run), "--out", str(tmp_path / "m")]).exit_code == 0
     assert running.is_dir()
+
+
+def test_report_of_an_exported_model_points_to_its_card(gated_run: Path, tmp_path: Path):
+    model = tmp_path / "model"
+    assert runner.invoke(app, ["export", str(gated_run), "--out", str(model)]).exit_code == 0
+    res = runner.invoke(app, ["report", str(model)])
+    assert res.exit_code != 0 and "an exported model" in " ".join(res.output.split())
+    assert not (model / "report.html").exists()  # nothing written into the shared folder

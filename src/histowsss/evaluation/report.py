@@ -524,6 +524,12 @@ def write_report(run_path: Path | str, out: Path | str | None = None, overwrite:
                                  "wrote (runs/<name> unless --run said another)")
     if not run_path.is_dir():
         raise FileNotFoundError(f"{run_path}: run folder not found")
+    from histowsss.export.model_bundle import MODEL_CARD
+
+    if (run_path / MODEL_CARD).is_file():  # an export holds the network, not the run's data, curves and scores
+        raise ValueError(f"{run_path}: an exported model (histowsss export), not a run folder: its MODEL.md is its "
+                         "card (classes, resolution, training and test scores); `histowsss report` the run folder "
+                         "it was exported from")
     out_path = Path(out) if out is not None else run_path / "report.html"
     if out_path.is_dir():
         raise FileExistsError(f"{out_path} is a folder; give a file name for the report (e.g. {out_path / 'report.html'})")
