@@ -501,6 +501,25 @@ def test_a_second_predict_into_the_same_output_folder_is_refused(trained_run: Pa
     assert runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(out)]).exit_code == 0
 
 
+def test_skip_existing_refuses_outputs_of_another_network(trained_run: Path, tmp_path: Path):
+    """Outputs record the network that made them (``model`` in ``_prob.npz``): a batch resumed with other weights
+    is refused, not completed as a mix of two networks' outputs."""
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(trained_run), str(img), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    with np.load(out / f"{img.stem}_prob.npz") as z:
+        made_by = str(z["model"])
+    assert made_by.startswith("seg:")
+    assert runner.invoke(app, args + ["--skip-existing"]).exit_code == 0  # the same network: skipped
+    z = dict(np.load(out / f"{img.stem}_prob.npz"))
+    np.savez_compressed(out / f"{img.stem}_prob.npz", **{**z, "model": np.array("seg:0123456789abcdef")})
+    res = runner.invoke(app, args + ["--skip-existing"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "1 finished input(s) in this --out were predicted by another network" in text
+    assert f"this is {made_by}" in text
+
+
 def test_skip_existing_and_overwrite_are_refused_together(tmp_path):
     from typer.testing import CliRunner
 

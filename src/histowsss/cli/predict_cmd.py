@@ -6,7 +6,7 @@ Per input image ``<stem>`` (files, or every image in a folder; ``--recursive``: 
 
 * ``<stem>_labels.png``: class ids (uint8) at the input's own resolution (level 0);
 * ``<stem>_prob.npz``: ``probs`` float16 (C, h, w) at the working resolution (data.image_scale), ``classes``,
-  ``image_scale`` and ``level0_size`` (H, W);
+  ``image_scale``, ``level0_size`` (H, W) and ``model`` (``<network>:<weights digest>``: which network made it);
 * ``<stem>_overlay.png``: the image with non-background classes tinted and outlined in their colours;
 * ``<stem>.geojson``: a QuPath-importable FeatureCollection, one annotation per connected region per
   non-background class, in level-0 pixel coordinates;
@@ -245,8 +245,12 @@ def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: b
     def outputs_of(f: Path) -> list[Path]:
         return slide_output_paths(out_dir, image_stem(f)) if f in slides else output_paths(out_dir, image_stem(f))
 
+    from histowsss.steps.segnet_io import weights_digest
+
+    model_id = f"{network}:{weights_digest(run_dir, network)}"  # in every region's id, and in each _prob.npz
     if skip_existing and not overwrite:  # each input's last output is written last: all there = finished
         done = [f for f in files if all(p.exists() for p in outputs_of(f))]
+        _refuse_other_models(done, outputs_of, model_id)
         if done:
             log(f"{len(done)} of {len(files)} input(s) already predicted in {out_dir}: skipped (--skip-existing)")
             listed = summarised_outputs(out_dir)  # a kill can come between an input's outputs and its row
@@ -270,9 +274,6 @@ def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: b
         log(f"note: network {network} does not follow from {run_dir / 'config.yaml'} ({why}); it predicts with "
             "config.yaml's inference settings (eval_seg.*)")
     model = load_segnet(cfg, run_dir, network, dev)
-    from histowsss.steps.segnet_io import weights_digest
-
-    model_id = f"{network}:{weights_digest(run_dir, network)}"  # in every region's id
     gate = None
     if cfg.eval_seg.image_gate:  # the run's CAM classifier decides which classes an image may contain
         from histowsss.steps.image_gate import ClassifierGate
@@ -342,6 +343,26 @@ def _check_slide_reader(backend: str, slides: set[Path]) -> None:
     first = sorted(slides)[0]
     raise SlideError(f"{first}{f' (and {len(slides) - 1} more)' if len(slides) > 1 else ''}: whole-slide input(s), "
                      f"and no slide reader is available; {INSTALL_HINT}")
+
+
+def _refuse_other_models(done: list[Path], outputs_of: Callable[[Path], list[Path]], model_id: str) -> None:
+    """--skip-existing keeps finished outputs as this network's: a FileExistsError when some were made by another
+    network (the ``model`` its ``_prob.npz`` records; files written before it was recorded pass)."""
+    other: list[tuple[Path, str]] = []
+    for f in done:
+        prob = next((p for p in outputs_of(f) if p.name.endswith("_prob.npz")), None)
+        try:
+            with np.load(prob) as z:
+                made_by = str(z["model"]) if "model" in z.files else None
+        except Exception:  # noqa: BLE001 (unreadable: predicted again is no choice here; said as another network)
+            made_by = "unreadable"
+        if made_by is not None and made_by != model_id:
+            other.append((f, made_by))
+    if other:
+        more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+        raise FileExistsError(f"{len(other)} finished input(s) in this --out were predicted by another network: "
+                              f"{other[0][0].name} by {other[0][1]}{more}, this is {model_id}; --skip-existing would "
+                              "keep them as this network's. Predict into another --out, or pass --overwrite")
 
 
 def _refuse_existing(files: list[Path], outputs_of: Callable[[Path], list[Path]]) -> None:
@@ -451,7 +472,7 @@ def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, 
     labels_p, prob_p, overlay_p, geo_p = output_paths(out_dir, image_stem(f))
     write_png(labels_p, lab0)
     write_npz(prob_p, probs=probs.astype(np.float16), classes=np.array(classes.names),
-              image_scale=np.array(scale), level0_size=np.array((H, W)))
+              image_scale=np.array(scale), level0_size=np.array((H, W)), model=np.array(model_id))
     write_png(overlay_p, overlay(original, lab0, colors, bg))
     # (the working size over the image's per axis: a rounded resize is no exact data.image_scale; cut to the image)
     d = placement[0] if placement is not None else 1.0  # (--simplify, --min-area: the slide's level-0 pixels)

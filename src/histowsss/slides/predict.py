@@ -176,7 +176,7 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     labels_p, prob_p, overlay_p, tissue_p, geo_p, summary_p = slide_output_paths(out_dir, image_stem(path))
     write_png(labels_p, labels)
     write_npz(prob_p, probs=pred.probs_float16(), classes=np.array(names),
-              out_downsample=np.array(pred.out_downsample), level0_size=np.array((H0, W0)))
+              out_downsample=np.array(pred.out_downsample), level0_size=np.array((H0, W0)), model=np.array(model_id))
     write_png(overlay_p, overlay(view, lab_view, [hex_to_rgb(c) for c in colors_hex], bg))
     write_png(tissue_p, (tissue * 255).astype(np.uint8))
     feats = labels_to_features(labels, names, colors_hex, background=bg, scale=1.0 / pred.out_downsample,
