@@ -520,6 +520,21 @@ def test_skip_existing_refuses_outputs_of_another_network(trained_run: Path, tmp
     assert f"this is {made_by}" in text
 
 
+def test_colors_recolour_the_outputs_without_touching_the_run(trained_run: Path, tmp_path: Path):
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[1]
+    before = (trained_run / "config.yaml").read_text()
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "o"),
+                              "--colors", "malignant=#00ff00"])
+    assert res.exit_code == 0, res.output
+    feats = json.loads((tmp_path / "o" / f"{img.stem}.geojson").read_text())["features"]
+    assert feats and all(f["properties"]["classification"]["color"] == [0, 255, 0] for f in feats)
+    assert (trained_run / "config.yaml").read_text() == before
+    for bad, said in (("malignant=green", "'#rrggbb'"), ("tumour=#00ff00", "'tumour', not one of the classes")):
+        res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "x"),
+                                  "--colors", bad])
+        assert res.exit_code == 2 and said in " ".join(res.output.split()), res.output
+
+
 def test_skip_existing_and_overwrite_are_refused_together(tmp_path):
     from typer.testing import CliRunner
 

@@ -154,7 +154,7 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
                    min_area: float = 16.0, slide_options: SlideOptions | None = None, recursive: bool = False,
                    cpu_amp: bool | None = None, skip_existing: bool = False, skip_names: list[str] | None = None,
                    qupath_tiles: bool = False, skipped: list[tuple[Path, str]] | None = None,
-                   log=print) -> list[dict]:
+                   log=print, colors: dict[str, str] | None = None) -> list[dict]:
     """Segment ``inputs`` with the run's network; returns one record per image or slide predicted (paths, regions
     per class). ``predictions.csv`` is updated as the batch goes (every 10 s and at the end, also when it fails), and
     ``skip_existing`` restores the rows a kill lost from the finished inputs' outputs.
@@ -180,14 +180,14 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
             locks.enter_context(run_lock(out_dir, "histowsss predict", place="output folder"))
         return _predict_into(run_dir, inputs, out_dir, overwrite, network, device, simplify, min_area, slide_options,
                              recursive, cpu_amp, skip_existing, skip_names, qupath_tiles, skipped, log, locks,
-                             locked=out_dir.is_dir())
+                             locked=out_dir.is_dir(), colors=colors)
 
 
 def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: bool, network: str,
                   device: str | None, simplify: float, min_area: float, slide_options: SlideOptions | None,
                   recursive: bool, cpu_amp: bool | None, skip_existing: bool, skip_names: list[str] | None,
                   qupath_tiles: bool, skipped: list[tuple[Path, str]] | None, log,
-                  locks: contextlib.ExitStack, locked: bool) -> list[dict]:
+                  locks: contextlib.ExitStack, locked: bool, colors: dict[str, str] | None = None) -> list[dict]:
     """:func:`predict_images` with ``out_dir`` locked (``locked``), or locked by ``locks`` when it is made."""
     from histowsss.engine.device import resolve_device
     from histowsss.export.model_bundle import bundle_networks
@@ -212,6 +212,8 @@ def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: b
             log(f"warning: {run_dir}: {', '.join(other)} changed since the export (sha256 in model.json): predicting "
                 "with the changed file(s)")
     cfg = load_run_config(run_dir)
+    if colors:
+        cfg.data.classes = with_colours(cfg.data.classes, colors)
     if held is not None and network not in held:
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
                                 f"from its run folder with `histowsss export RUN_DIR --out DIR"
@@ -343,6 +345,31 @@ def _check_slide_reader(backend: str, slides: set[Path]) -> None:
     first = sorted(slides)[0]
     raise SlideError(f"{first}{f' (and {len(slides) - 1} more)' if len(slides) > 1 else ''}: whole-slide input(s), "
                      f"and no slide reader is available; {INSTALL_HINT}")
+
+
+def _colour_option(text: str | None) -> dict[str, str] | None:
+    """``--colors 'tumour=#ff0000,stroma=#00ff00'`` -> {class: colour}; a class named twice is refused."""
+    from histowsss.cli.common import class_colours
+
+    got = class_colours(text)
+    twice = [k for k, v in (got or {}).items() if isinstance(v, list)]
+    if twice:
+        raise ValueError(f"--colors names {', '.join(twice)} more than once: one colour per class")
+    return got  # type: ignore[return-value]
+
+
+def with_colours(classes, colors: dict[str, str]):
+    """The run's class map with ``colors`` (class -> '#rrggbb', ``--colors``) over its own display colours: how
+    overlays and QuPath show the classes, which no step's output depends on (set in config.yaml instead, they would
+    make every step again). A ValueError names an unknown class or a bad colour."""
+    from pydantic import ValidationError
+
+    from histowsss.config import ClassMap
+
+    try:
+        return ClassMap(names=classes.names, background=classes.background, colors={**classes.colors, **colors})
+    except ValidationError as e:
+        raise ValueError(f"--colors: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _refuse_other_models(done: list[Path], outputs_of: Callable[[Path], list[Path]], model_id: str) -> None:
@@ -589,6 +616,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
             no_crop: bool = typer.Option(False, "--no-crop", help="slides: GeoJSON in the uncropped level-0 frame "
                                          "(for QuPath images opened with --no-crop); default: QuPath's frame, which "
                                          "starts at openslide.bounds-x/y where the slide has them (.mrxs)"),
+            colors: Optional[str] = typer.Option(None, "--colors", help="class colours of the overlays and the "
+                                                 "GeoJSON, 'CLASS=#rrggbb,...' (default: the run's "
+                                                 "data.classes.colors; changed there, every step would be made "
+                                                 "again)"),
             cpu_amp: Optional[bool] = typer.Option(
                 None, "--cpu-amp/--no-cpu-amp", help="bfloat16 inference on the CPU for the segmentation network and "
                 "the image gate's classifier (default: the run's eval_seg.cpu_amp / make_cam.cpu_amp); --no-cpu-amp "
@@ -619,6 +650,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files and/or fo
                                   simplify=simplify, min_area=min_area, log=log_line, recursive=recursive,
                                   skip_names=skip, qupath_tiles=qupath_tiles,
                                   cpu_amp=cpu_amp, skip_existing=skip_existing, skipped=skipped,
+                                  colors=_colour_option(colors),
                                   slide_options=SlideOptions(downsample, slide_mpp, train_mpp, slide_tile,
                                                              slide_margin, out_factor, tissue_threshold,
                                                              slide_backend, no_crop))
