@@ -326,3 +326,15 @@ def test_class_columns_config_is_checked(builder, data_config):
         _class_columns_config(data_config, m, label_columns=["tumour", "fat"])
     with pytest.raises(ValueError, match="keep one"):
         _class_columns_config(data_config, m, label_column="label")
+
+
+def test_a_name_in_another_unicode_normalization_finds_its_file(tmp_path):
+    """macOS writes 'é' as e + accent (NFD); a manifest typed elsewhere holds the one code point (NFC)."""
+    import unicodedata
+
+    from histowsss.data.manifest import manifest_path
+
+    nfd = unicodedata.normalize("NFD", "caf\u00e9.png")
+    (tmp_path / nfd).write_bytes(b"x")
+    assert manifest_path(tmp_path, "caf\u00e9.png") == tmp_path / nfd
+    assert manifest_path(tmp_path, "other.png") == tmp_path / "other.png"

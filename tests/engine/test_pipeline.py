@@ -891,3 +891,16 @@ def test_a_run_with_nothing_to_score_or_cams_left_out_is_refused_before_any_step
     with pytest.raises(StepError, match=r"make_cam.splits \(train\) leaves out split\(s\) val, test, whose CAMs "
                                         r"eval_cam reads"):
         plan_steps(cfg, RunDir(tmp_path / "run2", cfg).init())
+
+
+def test_image_files_that_are_not_there_are_named_before_any_step(tmp_path, demo_data):
+    cfg = load_config("demo", ["upper_bound=false"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    first = sorted((demo_data.parent / "images").glob("*.png"))[0]
+    first.unlink()
+    with pytest.raises(StepError, match=r"1 of the 6 image file\(s\) are not found.*relative paths are read from"):
+        plan_steps(cfg, rd)
+    for f in (demo_data.parent / "images").glob("*.png"):
+        f.unlink()
+    with pytest.raises(StepError, match=r"none of the 6 image file\(s\) is found"):
+        plan_steps(cfg, rd)

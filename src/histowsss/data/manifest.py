@@ -102,11 +102,19 @@ def read_table(path: Path, lines: list[int] | None = None, read: tuple[str | Non
 def manifest_path(root: Path, value: str) -> Path:
     """The file a manifest cell names, relative to ``root`` (absolute paths kept). A path written with Windows
     separators (``images\\a.png``, a manifest made on Windows) is read with ``/`` where the path as written names
-    no file, so it is found on Linux and macOS too (a file whose name holds a backslash still is)."""
+    no file, so it is found on Linux and macOS too (a file whose name holds a backslash still is); a name written in
+    another Unicode normalization than the file's (``é`` as one code point or as ``e`` + accent) is found too."""
     value = value.strip()
     path = Path(root) / value
     if "\\" in value and os.sep == "/" and not path.exists():
-        return Path(root) / PureWindowsPath(value).as_posix()
+        path = Path(root) / PureWindowsPath(value).as_posix()
+    if not path.exists() and not value.isascii():  # é as one code point or as e + accent (macOS file names)
+        import unicodedata
+
+        for form in ("NFC", "NFD"):
+            other = Path(unicodedata.normalize(form, str(path)))
+            if other != path and other.exists():
+                return other
     return path
 
 

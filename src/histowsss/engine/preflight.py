@@ -114,6 +114,16 @@ def check_manifest(cfg: RunConfig, run: RunDir, todo: list[str]) -> None:
 
         if unlearnable := class_coverage(cfg.data, samples, str(manifest)):
             raise ManifestError(f"{manifest}: " + "; ".join(p.message for p in unlearnable))
+    missing = [s for s in samples if not s.image.exists()]
+    if missing:  # (a dry run said "N steps would run"; the run failed at the first image read)
+        from histowsss.data.manifest import data_root
+
+        every = len(missing) == len(samples)
+        raise StepError(f"{cfg.data.manifest}: {'none of the' if every else f'{len(missing)} of the'} "
+                        f"{len(samples)} image file(s) {'is' if every else 'are not'} found, e.g. {missing[0].image}; "
+                        f"relative paths are read from {data_root(cfg.data)} ("
+                        + ("data.root" if cfg.data.root is not None else "the manifest's folder") + "): fix the "
+                        "paths or data.root (`histowsss data check MANIFEST --config CONFIG` lists every problem)")
     present = {s.split for s in samples}
     scoring = [k for k in ("eval_seg", "eval_seg_supervised") if k in todo]
     if scoring:  # (not after every training step, when eval_seg finds nothing to score)

@@ -477,6 +477,8 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), disable=not ctx.is_main) as bar:
         task = bar.add_task(label, total=total, completed=start_epoch * steps_per_epoch, stats="")
+        # (rank 0's running mean: the epoch line's loss is the mean over every rank's crops)
+        loss_name = "rank-0 loss" if ctx.distributed else "loss"
         for epoch in range(start_epoch, ts.epochs):
             # torch's own draws (dropout, e.g. DeepLabV3+'s ASPP) from the epoch's seed, the same on every rank: a run
             # resumed after a kill trains as one never stopped
@@ -517,7 +519,7 @@ def _train_member(cfg: RunConfig, run: RunDir, ctx: DistContext, h: str, overwri
                     else:
                         batch += [0.0, 0.0, 0.0]
                     sums += batch
-                bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{ts.epochs} loss {sums[0] / sums[1]:.4f}")
+                bar.update(task, advance=1, stats=f"epoch {epoch + 1}/{ts.epochs} {loss_name} {sums[0] / sums[1]:.4f}")
             g = ctx.all_reduce_sum(sums.tolist())
             ctx.sync_buffers(ddp)  # identical BatchNorm statistics on every rank before saving
             secs = time.time() - t0
