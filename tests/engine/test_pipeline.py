@@ -666,6 +666,7 @@ def test_a_network_is_stale_when_the_labels_it_read_or_the_scores_that_picked_th
             info["label_source"] = "pseudo"
     (rd.path / "metrics").mkdir()
     (rd.path / "metrics" / "seg.json").write_text("{}")
+    (rd.path / "metrics" / "sem_seg.json").write_text('{"splits": {}}')  # (best_on_train reads it: no masks here)
     assert metrics_standing(cfg, rd.path) == {}
     st = json.loads(rd.status_path("make_sem_seg_labels").read_text())
     rd.status_path("make_sem_seg_labels").write_text(json.dumps({**st, "state": "failed"}))  # a stopped --overwrite

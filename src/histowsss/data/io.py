@@ -368,7 +368,9 @@ def _read_raw(path: Path, keep_palette: bool = False, warn_large: bool = True) -
                 cause = pil_error
         raise _corrupt(path, cause) from None
     try:
-        return np.asarray(iio.imread(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (imageio's legacy plugins, tried in turn)
+            return np.asarray(iio.imread(path))
     except Exception as e:
         raise _corrupt(path, e) from None
 
