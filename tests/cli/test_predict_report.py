@@ -529,7 +529,8 @@ def test_colors_recolour_the_outputs_without_touching_the_run(trained_run: Path,
     feats = json.loads((tmp_path / "o" / f"{img.stem}.geojson").read_text())["features"]
     assert feats and all(f["properties"]["classification"]["color"] == [0, 255, 0] for f in feats)
     assert (trained_run / "config.yaml").read_text() == before
-    for bad, said in (("malignant=green", "'#rrggbb'"), ("tumour=#00ff00", "'tumour', not one of the classes")):
+    for bad, said in (("malignant=green", "'#rrggbb'"), ("tumour=#00ff00", "'tumour' is not one of the classes"),
+                      ("malignant", "give CLASS=#rrggbb")):
         res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "x"),
                                   "--colors", bad])
         assert res.exit_code == 2 and said in " ".join(res.output.split()), res.output

@@ -335,6 +335,8 @@ def test_a_name_in_another_unicode_normalization_finds_its_file(tmp_path):
     from histowsss.data.manifest import manifest_path
 
     nfd = unicodedata.normalize("NFD", "caf\u00e9.png")
-    (tmp_path / nfd).write_bytes(b"x")
-    assert manifest_path(tmp_path, "caf\u00e9.png") == tmp_path / nfd
-    assert manifest_path(tmp_path, "other.png") == tmp_path / "other.png"
+    root = tmp_path / "\u00c9tude"  # the data folder's own name holds an accent (as it is: NFC)
+    root.mkdir()
+    (root / nfd).write_bytes(b"x")
+    assert manifest_path(root, "caf\u00e9.png") == root / nfd
+    assert manifest_path(root, "other.png") == root / "other.png"

@@ -99,3 +99,29 @@ def test_every_class_gets_a_training_patient_with_cover():
     for seed in range(8):
         got = grouped_stratified_split(patients, labels, fractions, seed, row_classes=classes, cover="train")
         assert got["p12"] == "train" and set(got.values()) == {"train", "val", "test"}
+
+
+def test_cover_empties_a_split_only_when_no_training_patient_can_be_spared():
+    import random
+
+    from histowsss.data.split import grouped_stratified_split
+
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    for trial in range(300):
+        rnd = random.Random(trial)
+        patients, labels = [], []
+        for i in range(rnd.randint(3, 6)):
+            for _ in range(rnd.randint(1, 3)):
+                patients.append(f"p{i}")
+                labels.append(rnd.choice(["normal", "tumour"]))
+        patients.append(rnd.choice(sorted(set(patients))))
+        labels.append("necrosis")
+        held: dict[str, set[str]] = {}
+        for p, lab in zip(patients, labels):
+            held.setdefault(p, set()).add(lab)
+        got = grouped_stratified_split(patients, labels, fractions, 0, row_classes=[{x} for x in labels],
+                                       cover="train")
+        train = [p for p in held if got[p] == "train"]
+        assert set(labels) <= set().union(*(held[p] for p in train))  # every class has a training patient
+        if set(got.values()) != set(fractions):  # a split left empty: no training patient could be given up
+            assert not any(all(any(c in held[q] for q in train if q != p) for c in held[p]) for p in train)

@@ -250,3 +250,33 @@ def test_report_of_an_exported_model_points_to_its_card(gated_run: Path, tmp_pat
     res = runner.invoke(app, ["report", str(model)])
     assert res.exit_code != 0 and "an exported model" in " ".join(res.output.split())
     assert not (model / "report.html").exists()  # nothing written into the shared folder
+
+
+def test_colors_with_the_image_gate(gated_run: Path, tmp_path: Path):
+    """The gate's classifier is checked against config.yaml's colours (in its settings hash): --colors only draws."""
+    img = sorted((gated_run.parent / "data" / "images").glob("*test*.png"))[0]
+    res = runner.invoke(app, ["predict", "--run", str(gated_run), str(img), "--out", str(tmp_path / "o"),
+                              "--colors", "malignant=#00ff00"])
+    assert res.exit_code == 0, res.output
+    feats = json.loads((tmp_path / "o" / f"{img.stem}.geojson").read_text())["features"]
+    assert all(f["properties"]["classification"]["color"] == [0, 255, 0] for f in feats)
+
+
+def test_scores_of_this_network_stay_when_only_its_inputs_were_made_again(gated_run: Path, tmp_path: Path):
+    """The labels train_seg read were made again (here: stopped mid-way) after it trained: the network is stale, but
+    eval_seg's scores are still this network's, so the card keeps them."""
+    from histowsss.config import load_config
+    from histowsss.steps import train_seg
+
+    run = tmp_path / "run"
+    shutil.copytree(gated_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    cfg = load_config(str(run / "config.yaml"))
+    read = train_seg.read_steps(cfg, json.loads((run / "status" / "train_seg.json").read_text()))
+    record = run / "status" / f"{read[0]}.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "state": "failed"}))
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "network seg is stale" in out and "leaves its scores out" not in out, res.output
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["scores"] and "scores_left_out" not in card

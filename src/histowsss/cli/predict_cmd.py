@@ -212,8 +212,9 @@ def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: b
             log(f"warning: {run_dir}: {', '.join(other)} changed since the export (sha256 in model.json): predicting "
                 "with the changed file(s)")
     cfg = load_run_config(run_dir)
-    if colors:
-        cfg.data.classes = with_colours(cfg.data.classes, colors)
+    # --colors: only the drawing (overlays, GeoJSON) takes them; the checks of the run's files read config.yaml's
+    draw_cfg = cfg if not colors else cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"classes": with_colours(cfg.data.classes, colors)})})
     if held is not None and network not in held:
         raise FileNotFoundError(f"{run_dir}: this exported model holds {', '.join(held)}, not {network}; export it "
                                 f"from its run folder with `histowsss export RUN_DIR --out DIR"
@@ -293,8 +294,8 @@ def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: b
     with SummaryBuffer(out_dir) as rows:  # predictions.csv keeps the finished inputs' rows if the batch is killed
         for f in files:
             try:
-                rec = _predict_one(f, f in slides, cfg, model, dev, out_dir, gate, slide_options, simplify, min_area,
-                                   network, run_dir, log, placements.get(f), model_id)
+                rec = _predict_one(f, f in slides, draw_cfg, model, dev, out_dir, gate, slide_options, simplify,
+                                   min_area, network, run_dir, log, placements.get(f), model_id)
             except INPUT_ERRORS as e:  # e.g. a file that is no image, a label tile exported beside the images
                 if not input_error(e, f):
                     raise
@@ -349,27 +350,33 @@ def _check_slide_reader(backend: str, slides: set[Path]) -> None:
 
 def _colour_option(text: str | None) -> dict[str, str] | None:
     """``--colors 'tumour=#ff0000,stroma=#00ff00'`` -> {class: colour}; a class named twice is refused."""
-    from histowsss.cli.common import class_colours
-
-    got = class_colours(text)
-    twice = [k for k, v in (got or {}).items() if isinstance(v, list)]
-    if twice:
-        raise ValueError(f"--colors names {', '.join(twice)} more than once: one colour per class")
-    return got  # type: ignore[return-value]
+    if not text:
+        return None
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, colour = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--colors: {part!r}: give CLASS=#rrggbb (e.g. tumour=#ff0000), comma-separated")
+        if name.strip() in out:
+            raise ValueError(f"--colors names {name.strip()} more than once: one colour per class")
+        out[name.strip()] = colour.strip()
+    return out
 
 
 def with_colours(classes, colors: dict[str, str]):
     """The run's class map with ``colors`` (class -> '#rrggbb', ``--colors``) over its own display colours: how
     overlays and QuPath show the classes, which no step's output depends on (set in config.yaml instead, they would
     make every step again). A ValueError names an unknown class or a bad colour."""
-    from pydantic import ValidationError
+    from histowsss.config.data import HEX_COLOUR, ClassMap
 
-    from histowsss.config import ClassMap
-
-    try:
-        return ClassMap(names=classes.names, background=classes.background, colors={**classes.colors, **colors})
-    except ValidationError as e:
-        raise ValueError(f"--colors: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    unknown = [k for k in colors if k not in classes.names]
+    if unknown:
+        raise ValueError(f"--colors: {', '.join(map(repr, unknown))} is not one of the classes "
+                         f"({', '.join(classes.names)})")
+    bad = [f"{k}={v}" for k, v in colors.items() if not HEX_COLOUR.fullmatch(v)]
+    if bad:
+        raise ValueError(f"--colors: give each class a '#rrggbb' colour (hex, e.g. '#e6194b'), not {', '.join(bad)}")
+    return ClassMap(names=classes.names, background=classes.background, colors={**classes.colors, **colors})
 
 
 def _refuse_other_models(done: list[Path], outputs_of: Callable[[Path], list[Path]], model_id: str) -> None:

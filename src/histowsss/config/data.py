@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -12,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from histowsss.config.base import Strict
 
 
-_HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")  # a display colour, as QuPath and the overlays take it
 
 
 class ClassMap(Strict):
@@ -29,13 +30,18 @@ class ClassMap(Strict):
             raise ValueError(f"class names must be unique, got {self.names}")
         if self.background is not None and self.background not in self.names:
             raise ValueError(f"background class {self.background!r} is not one of names {self.names}")
+        # warned, not refused: the colours enter the steps' settings hashes, so a run folder made with such a config
+        # would have to be made again from train_cam to fix them (`histowsss predict --colors` draws with others)
         unknown = [k for k in self.colors if k not in self.names]
         if unknown:
-            raise ValueError(f"colors names {', '.join(map(repr, unknown))}, not one of the classes "
-                             f"({', '.join(self.names)}); fix the name or delete the entry")
-        bad = [f"{k}: {v!r}" for k, v in self.colors.items() if not _HEX_COLOUR.fullmatch(str(v))]
+            warnings.warn(f"data.classes.colors names {', '.join(map(repr, unknown))}, not one of the classes "
+                          f"({', '.join(self.names)}): not used", UserWarning, stacklevel=2)
+        bad = [f"{k}: {v!r}" for k, v in self.colors.items() if not re.fullmatch(r"#?[0-9a-fA-F]{6}", str(v))]
         if bad:
-            raise ValueError(f"colors must be '#rrggbb' (hex, e.g. '#e6194b'): {', '.join(bad)}")
+            warnings.warn(f"data.classes.colors must be '#rrggbb' (hex, e.g. '#e6194b'): {', '.join(bad)}; "
+                          "overlays and GeoJSON cannot be drawn with it: give `histowsss predict` --colors "
+                          "CLASS=#rrggbb (changed in the config, every step would be made again)", UserWarning,
+                          stacklevel=2)
         return self
 
     def index(self, name: str) -> int:

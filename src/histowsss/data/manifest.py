@@ -107,12 +107,13 @@ def manifest_path(root: Path, value: str) -> Path:
     value = value.strip()
     path = Path(root) / value
     if "\\" in value and os.sep == "/" and not path.exists():
-        path = Path(root) / PureWindowsPath(value).as_posix()
+        value = PureWindowsPath(value).as_posix()
+        path = Path(root) / value
     if not path.exists() and not value.isascii():  # é as one code point or as e + accent (macOS file names)
         import unicodedata
 
-        for form in ("NFC", "NFD"):
-            other = Path(unicodedata.normalize(form, str(path)))
+        for form in ("NFC", "NFD"):  # (the cell only: the root is a folder as it is)
+            other = Path(root) / unicodedata.normalize(form, value)
             if other != path and other.exists():
                 return other
     return path

@@ -60,6 +60,17 @@ def grouped_stratified_split(patients: list[str], labels: list[str], fractions: 
                 continue
             moved = min((p for p in order if c in held[p]), key=lambda p: sum(per_patient[p].values()))
             assignment[moved] = cover
+        # a split the moves emptied gets back a training patient whose classes other training patients hold too
+        for s in fractions:
+            if fractions[s] > 0 and s != cover and s not in assignment.values():
+                in_cover = [p for p in order if assignment[p] == cover]
+
+                def spare(p: str) -> bool:
+                    return all(any(c in held[q] for q in in_cover if q != p) for c in held[p])
+
+                spares = [p for p in in_cover if spare(p)]
+                if spares:
+                    assignment[min(spares, key=lambda p: sum(per_patient[p].values()))] = s
     return assignment
 
 

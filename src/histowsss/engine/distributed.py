@@ -197,8 +197,8 @@ def _timeout() -> timedelta:
         minutes = float(raw) if raw else DEFAULT_TIMEOUT_MIN
     except ValueError:
         raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: give the minutes as a number") from None
-    if not minutes > 0:
-        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: the minutes must be positive")
+    if not 0 < minutes < 1e7:
+        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: the minutes must be positive and finite")
     return timedelta(minutes=minutes)
 
 

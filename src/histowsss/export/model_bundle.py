@@ -246,6 +246,8 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     from histowsss.engine.standing import METRICS_STEPS, metrics_standing
 
     scores_stale = metrics_standing(cfg, run_path, standing).get(network)  # scores of an earlier network: left out
+    if scores_stale and standing.get(METRICS_STEPS[network], "").startswith("made from "):
+        scores_stale = None  # eval_seg scored this very network; only what it was trained from was made again since
     if scores_stale and log is not None:
         log(f"note: metrics/{network}.json does not follow from this network ({scores_stale}): the model card leaves "
             f"its scores out; run `histowsss run {run_path / 'config.yaml'} --from {METRICS_STEPS[network]}` first to "
