@@ -286,10 +286,10 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                 r["split"] = kept[k] if k in kept else assign[k]
         empty = [sp for sp in fractions if sp not in assign.values()]
         if empty:  # too few patients: every class's training patient came first
-            console.print(f"[yellow]warning:[/] {', '.join(empty)} got no patient: {len(set(assign))} patient(s) cannot give every "
-                  "class a training patient and every split one (a class no training image carries cannot be "
-                  "learnt, so training came first); add patients, or label more images of the rare class(es)",
-                          highlight=False)
+            console.print(f"[yellow]warning:[/] {', '.join(empty)} got no patient: {len(set(assign))} patient(s) "
+                          "cannot give every class a training patient and every split one (a class no training image "
+                          "carries cannot be learnt, so training came first); add patients, or label more images of "
+                          "the rare class(es)", highlight=False)
         if kept:
             _note(f"kept the test split(s) {', '.join(sorted(set(kept.values())))} ({len(kept)} patients)"
                   + (f"; {moved} other image(s) of their patients joined them (a patient stays out of training; one "
