@@ -193,4 +193,8 @@ def test_class_colours_are_checked_when_the_config_loads():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_config("demo", ["data.classes.colors.benign=#00FF00"]).data.classes.colors["benign"] == "#00FF00"
-        load_config("demo", ["data.classes.colors.benign=00ff00"])  # (as older versions took it: '#' optional)
+        cfg = load_config("demo", ["data.classes.colors.benign=00ff00"])  # (as older versions took it: '#' optional)
+    assert cfg.data.classes.color("benign") == "#00ff00"  # what overlays, reports and GeoJSON draw with
+    with pytest.warns(UserWarning):
+        red = load_config("demo", ["data.classes.colors.malignant=red"]).data.classes
+    assert red.color("malignant") == "#e6194b"  # no hex colour: the default of its position, not a crash

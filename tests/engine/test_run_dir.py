@@ -207,3 +207,23 @@ def test_versions_name_the_source_commit_of_a_checkout():
     if head.returncode != 0:
         pytest.skip("histowsss is not installed from a git checkout here")
     assert versions()["histowsss_commit"].split("+")[0] == head.stdout.strip()
+
+
+def test_versions_are_of_the_code_that_ran_a_step(tmp_path: Path):
+    """A run that skips every step leaves versions.json as it was (the network's code stays named); each step's
+    record keeps the versions it ran with, which an export names."""
+    import json
+
+    from histowsss.config import load_config
+    from histowsss.engine.run_dir import versions
+
+    cfg = load_config("demo")
+    rd = RunDir(tmp_path / "run", cfg).init()
+    assert json.loads((rd.path / "versions.json").read_text()) == versions()
+    (rd.path / "versions.json").write_text('{"histowsss": "0.0.1"}')  # as an older version wrote it
+    RunDir(tmp_path / "run", cfg).init()  # a later command that runs nothing
+    assert json.loads((rd.path / "versions.json").read_text()) == {"histowsss": "0.0.1"}
+    with rd.step("train_cam", "abc"):
+        pass
+    assert json.loads((rd.path / "versions.json").read_text()) == versions()
+    assert json.loads(rd.status_path("train_cam").read_text())["versions"] == versions()

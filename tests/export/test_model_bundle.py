@@ -49,6 +49,7 @@ def test_exported_model_predicts_as_the_run_folder(gated_run: Path, tmp_path: Pa
     assert model.stat().st_mode & 0o777 == 0o777 & ~umask  # made to be shared: not mkdtemp's private 0700
     card = json.loads((model / "model.json").read_text())
     assert card["network"] == "seg" and card["members"] == 2 and card["inference"]["image_gate"] is True
+    assert card["trained_with"]["torch"] and "- Trained with histowsss" in (model / "MODEL.md").read_text()
     cam = json.loads((gated_run / "metrics" / "cam.json").read_text())
     assert card["inference"]["image_gate_cut"] == cam["chosen_gate"] and card["clicks"] is False
     assert f"less than {cam['chosen_gate']:g})" in (model / "MODEL.md").read_text()

@@ -253,7 +253,9 @@ def _predict_into(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: b
     model_id = f"{network}:{weights_digest(run_dir, network)}"  # in every region's id, and in each _prob.npz
     if skip_existing and not overwrite:  # each input's last output is written last: all there = finished
         done = [f for f in files if all(p.exists() for p in outputs_of(f))]
-        _refuse_other_models(done, outputs_of, model_id)
+        if unrecorded := _refuse_other_models(done, outputs_of, model_id):
+            log(f"note: {unrecorded} finished input(s) record no network (predicted by a histowsss before outputs "
+                "recorded it): kept as they are, unchecked; --overwrite predicts them again with this network")
         if done:
             log(f"{len(done)} of {len(files)} input(s) already predicted in {out_dir}: skipped (--skip-existing)")
             listed = summarised_outputs(out_dir)  # a kill can come between an input's outputs and its row
@@ -379,10 +381,12 @@ def with_colours(classes, colors: dict[str, str]):
     return ClassMap(names=classes.names, background=classes.background, colors={**classes.colors, **colors})
 
 
-def _refuse_other_models(done: list[Path], outputs_of: Callable[[Path], list[Path]], model_id: str) -> None:
+def _refuse_other_models(done: list[Path], outputs_of: Callable[[Path], list[Path]], model_id: str) -> int:
     """--skip-existing keeps finished outputs as this network's: a FileExistsError when some were made by another
-    network (the ``model`` its ``_prob.npz`` records; files written before it was recorded pass)."""
+    network (the ``model`` its ``_prob.npz`` records). Returns how many record no network (written by a histowsss
+    before it was recorded): kept unchecked."""
     other: list[tuple[Path, str]] = []
+    unrecorded = 0
     for f in done:
         prob = next((p for p in outputs_of(f) if p.name.endswith("_prob.npz")), None)
         try:
@@ -390,13 +394,16 @@ def _refuse_other_models(done: list[Path], outputs_of: Callable[[Path], list[Pat
                 made_by = str(z["model"]) if "model" in z.files else None
         except Exception:  # noqa: BLE001 (unreadable: predicted again is no choice here; said as another network)
             made_by = "unreadable"
-        if made_by is not None and made_by != model_id:
+        if made_by is None:
+            unrecorded += 1
+        elif made_by != model_id:
             other.append((f, made_by))
     if other:
         more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
         raise FileExistsError(f"{len(other)} finished input(s) in this --out were predicted by another network: "
                               f"{other[0][0].name} by {other[0][1]}{more}, this is {model_id}; --skip-existing would "
                               "keep them as this network's. Predict into another --out, or pass --overwrite")
+    return unrecorded
 
 
 def _refuse_existing(files: list[Path], outputs_of: Callable[[Path], list[Path]]) -> None:

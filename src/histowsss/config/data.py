@@ -39,8 +39,9 @@ class ClassMap(Strict):
         bad = [f"{k}: {v!r}" for k, v in self.colors.items() if not re.fullmatch(r"#?[0-9a-fA-F]{6}", str(v))]
         if bad:
             warnings.warn(f"data.classes.colors must be '#rrggbb' (hex, e.g. '#e6194b'): {', '.join(bad)}; "
-                          "overlays and GeoJSON cannot be drawn with it: give `histowsss predict` --colors "
-                          "CLASS=#rrggbb (changed in the config, every step would be made again)", UserWarning,
+                          "the default colour of its class is drawn instead; `histowsss predict` --colors "
+                          "CLASS=#rrggbb draws another (changed in the config, every step would be made again)",
+                          UserWarning,
                           stacklevel=2)
         return self
 
@@ -56,8 +57,13 @@ class ClassMap(Strict):
         return None if self.background is None else self.names.index(self.background)
 
     def color(self, name: str) -> str:
+        """The class's display colour as '#rrggbb': the configured one ('#' optional), else (none, or one that is no
+        hex colour: warned about when the config loads) the default of its position."""
         default = ["#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
-        return self.colors.get(name, default[self.names.index(name) % len(default)])
+        given = str(self.colors.get(name, "")).strip()
+        if re.fullmatch(r"#?[0-9a-fA-F]{6}", given):
+            return "#" + given.lstrip("#").lower()
+        return default[self.names.index(name) % len(default)]
 
 
 class PatchConfig(Strict):

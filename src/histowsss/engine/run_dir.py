@@ -74,6 +74,14 @@ def run_lock(folder: Path | str, what: str, create: bool = True, look_only: bool
         os.close(fd)
 
 
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class RunDir:
     """A self-describing run folder: ``config.yaml``, ``versions.json``, ``invocation.json`` (the working folder
     relative paths are read from), ``status/<step>.json`` and outputs."""
@@ -102,7 +110,8 @@ class RunDir:
             (self.path / "config_history").mkdir(exist_ok=True)
             write_text(self.path / self.config_file, text)
         write_text(self.path / "config.yaml", text)
-        write_json(self.path / "versions.json", versions())
+        if not (self.path / "versions.json").exists():  # (else written when a step runs: the code that made it)
+            write_json(self.path / "versions.json", versions())
         record_invocation(self.path, self.cfg)  # where config.yaml's relative paths are read from (engine/run_paths.py)
         return self
 
@@ -274,6 +283,10 @@ class RunDir:
                 record["first_started_ns"] = first_ns
         if self.config_file:
             record["run_config"] = self.config_file
+        code = versions()
+        record["versions"] = code  # the code that made this step's outputs (versions.json: that of the last step run)
+        if os.environ.get("RANK", "0") == "0" and read_json_or_none(self.path / "versions.json") != code:
+            write_json(self.path / "versions.json", code)
         clicks = self.cfg.clicks_used_digest() if self.cfg is not None else None
         if clicks is not None:  # so that a step made again for its clicks can say so (clicks_changed)
             record["clicks_used"] = clicks

@@ -82,6 +82,17 @@ def _clicks_in_labels(cfg, source: str | None) -> bool:
     return "train_seg" in use or (source == "pseudo" and bool(use & {"ir_label", "sem_seg"}))
 
 
+def _trained_with(run_path: Path, network: str) -> dict[str, str] | None:
+    """The versions (histowsss and its commit, torch, ...) the network's training step recorded, or None."""
+    from histowsss.steps.segnet_io import network_step
+
+    try:
+        record = json.loads((run_path / "status" / f"{network_step(network)}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("versions")
+
+
 def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path,
                scores_stale: str | None = None) -> dict[str, Any]:
     """The content of ``model.json``."""
@@ -98,6 +109,8 @@ def model_card(run_path: Path, cfg, network: str, files: list[str], bundle: Path
         "exported_from": str(run_path.resolve()),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "histowsss_version": __version__,
+        # the code that trained the network (its step's record; records made before it was kept: not known)
+        "trained_with": _trained_with(run_path, network),
         "classes": [{"name": n, "color": classes.color(n)} for n in classes.names],
         "background": classes.background,
         "mpp": cfg.data.mpp,
@@ -180,6 +193,9 @@ def card_markdown(card: dict[str, Any]) -> str:
            + (f", sha256 {g['backbone_weights_sha256_16']}..." if g.get("backbone_weights_sha256_16") else "") + "); "
            "checkpoints/cam.safetensors holds those backbone weights, so their licence applies to this folder"]
           if (g := card.get("gate_classifier")) else []),
+        *([f"- Trained with histowsss {w.get('histowsss', '?')}"
+           + (f" (commit {w['histowsss_commit']})" if w.get("histowsss_commit") else "")
+           + f", torch {w.get('torch', '?')}, timm {w.get('timm', '?')}"] if (w := card.get("trained_with")) else []),
         f"- Exported {card['exported_at']} by histowsss {card['histowsss_version']} from {card['exported_from']}",
         "",
         "Use: `histowsss predict --run THIS_FOLDER IMAGES_OR_SLIDES... --out OUT`",
