@@ -485,6 +485,19 @@ def test_slides_without_a_resolution_are_named_before_any_slide_is_segmented(tra
     text = " ".join(res.output.split()).replace(" ", "")
     assert res.exit_code != 0 and "1of2slide(s)havenomicrons-per-pixel" in text and "b.tif" in text
     assert "nothingwaspredicted" in text and not (out / "a.geojson").exists()
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(with_mpp), str(without), "--out", str(out),
+                              "--train-mpp", "1.0", "--slide-tile", "64", "--slide-mpp", "0.25"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "a.tif: --slide-mpp 0.25 replaces the 0.500 um/px its metadata gives" in text
+
+
+def test_predict_is_refused_under_torchrun(trained_run: Path, tmp_path: Path, monkeypatch):
+    img = sorted((trained_run.parent / "data" / "images").glob("syn_test_*.png"))[0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    res = runner.invoke(app, ["predict", "--run", str(trained_run), str(img), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "not under torchrun" in " ".join(res.output.split())
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_second_predict_into_the_same_output_folder_is_refused(trained_run: Path, tmp_path: Path):

@@ -257,6 +257,9 @@ def test_windows_separators_semicolons_and_encodings(builder, data_config):
     utf16.write_bytes("image,split,patient,label\nimages/a.png,train,p,benign\n".encode("utf-16"))
     with pytest.raises(ManifestError, match=r"it is UTF-16.*iconv -f utf-16"):
         read_manifest(data_config(utf16))
+    utf16.write_bytes("image,split,patient,label\nimages/a.png,train,p,benign\n".encode("utf-16-le"))  # no BOM
+    with pytest.raises(ManifestError, match=r"UTF-16 text \(without a byte-order mark\)"):
+        read_manifest(data_config(utf16))
     # a European Excel file: ';' separates the columns, a comma sits in a column name; its empty rows are ';;;;'
     excel = builder.root / "excel.csv"
     excel.write_text("image;mask;split;patient;label;comment, free text\n" + "".join(

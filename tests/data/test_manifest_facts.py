@@ -48,3 +48,16 @@ def test_16_bit_masks_of_0_and_65535_are_binary(tmp_path):
     assert mode == {"mask_mode": "binary_image_label"} and "[0, 65535]" in note
     with pytest.raises(ConfigError, match="no background class, and without one 65535 is no class"):
         mask_mode_of(tmp_path, ["m.png"], ["TE", "NEC"], None, [])
+
+
+def test_masks_drawn_in_their_alpha_channel_are_named_by_init(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from histowsss.data.manifest_facts import mask_mode_of
+
+    m = np.zeros((16, 16, 2), np.uint8)
+    m[4:12, 4:12, 1] = 255  # grey 0 everywhere, the drawing in the alpha channel
+    Image.fromarray(m, "LA").save(tmp_path / "m.png")
+    with pytest.raises(ConfigError, match="drawn in its alpha"):
+        mask_mode_of(tmp_path, ["m.png"], ["benign", "malignant"], "benign", [])

@@ -251,6 +251,9 @@ def test_report_of_an_exported_model_points_to_its_card(gated_run: Path, tmp_pat
     res = runner.invoke(app, ["report", str(model)])
     assert res.exit_code != 0 and "an exported model" in " ".join(res.output.split())
     assert not (model / "report.html").exists()  # nothing written into the shared folder
+    res = runner.invoke(app, ["tune", str(model), "-c", "train_seg.epochs=1"])
+    assert res.exit_code != 0 and "an exported model" in " ".join(res.output.split())
+    assert not (model / "tuning").exists()
 
 
 def test_colors_with_the_image_gate(gated_run: Path, tmp_path: Path):

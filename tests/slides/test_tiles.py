@@ -74,6 +74,11 @@ def test_max_tiles_and_overwrite(tmp_path: Path, make_slide, monkeypatch):
     listed = {out / r["image"] for r in rows_of(out / "manifest.csv")}
     assert set((out / "tiles").rglob("*.png")) == listed and len(listed) == 6
     (out / "tiles" / "notes.txt").write_text("mine")  # not a tile: kept
+    fresh = tmp_path / "fresh"  # a folder no call of ours wrote into: PNGs named as tiles are the user's, kept
+    (fresh / "tiles" / "s").mkdir(parents=True)
+    (fresh / "tiles" / "s" / "s_x0_y0.png").write_bytes(b"user's")
+    assert runner.invoke(app, [*args[:4], str(fresh), *args[5:]]).exit_code == 0
+    assert (fresh / "tiles" / "s" / "s_x0_y0.png").read_bytes() == b"user's"
     r = runner.invoke(app, [*args[:-2], "--max-tiles", "1", "--overwrite"])
     assert r.exit_code == 0 and "were removed" in " ".join(r.output.split())
     assert len(list((out / "tiles").rglob("*.png"))) == 2 and (out / "tiles" / "notes.txt").exists()

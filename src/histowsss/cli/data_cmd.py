@@ -290,6 +290,12 @@ def split(manifest: Path, out: Path = typer.Option(..., "--out", "-o", help="new
                           "cannot give every class a training patient and every split one (a class no training image "
                           "carries cannot be learnt, so training came first); add patients, or label more images of "
                           "the rare class(es)", highlight=False)
+        untrained = sorted(set().union(*row_classes) - set().union(*(c for r, c in zip(rows, row_classes)
+                                                                       if r["split"] == "train")))
+        if untrained:  # (a class whose every image a kept test split holds)
+            console.print(f"[yellow]warning:[/] class(es) {', '.join(untrained)} have no training image (their images "
+                          "are all in the kept test split(s)): they cannot be learnt; label training images with "
+                          "them, or leave them out of the classes", highlight=False)
         if kept:
             _note(f"kept the test split(s) {', '.join(sorted(set(kept.values())))} ({len(kept)} patients)"
                   + (f"; {moved} other image(s) of their patients joined them (a patient stays out of training; one "

@@ -169,7 +169,13 @@ def predict_images(run_dir: Path, inputs: list[Path], out_dir: Path, overwrite: 
     unless ``overwrite``).
     """
     check_out_folder(out_dir)
+    from histowsss.engine.ranks import env_world
     from histowsss.engine.run_dir import run_lock
+
+    if env_world()[1] > 1:  # every process would segment every input into the same files
+        raise RuntimeError(f"predict runs in one process, not under torchrun (WORLD_SIZE={env_world()[1]}): every "
+                           "process would segment every input into the same --out; run `histowsss predict` without "
+                           "torchrun (on a GPU machine it uses the first GPU; --device cuda:N picks another)")
 
     # a second predict into the same --out would pass the checks below before either wrote, then overwrite the
     # other's outputs and lose rows of predictions.csv: one predict per output folder at a time
@@ -464,9 +470,9 @@ def _check_slide_resolutions(slides: list[Path], cfg, o: SlideOptions) -> None:
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         raise ValueError(f"{len(unknown)} of {len(slides)} slide(s) have no microns-per-pixel value in their metadata: "
-                         f"{', '.join(str(f) for f in unknown[:3])}{more}; nothing was predicted. Pass --slide-mpp "
-                         "(their level-0 resolution) or --downsample (level-0 slide pixels per network pixel), or "
-                         "predict them apart from the slides that have one")
+                         f"{', '.join(str(f) for f in unknown[:3])}{more}; nothing was predicted. Predict them apart "
+                         "from the slides that have one, with --slide-mpp (their level-0 resolution) or --downsample "
+                         "(level-0 slide pixels per network pixel): either applies to every slide of a call")
 
 
 def _predict_one(f: Path, is_slide: bool, cfg, model, dev, out_dir: Path, gate, slide_options, simplify: float,

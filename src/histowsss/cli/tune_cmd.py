@@ -128,6 +128,11 @@ def _tune(run_dir: Path, candidate: list[str] | None, folds: int, gate_cuts: str
         raise RuntimeError(f"tune runs in one process, not under torchrun (WORLD_SIZE={env_world()[1]}): every "
                            f"process would score the folds and write {run_dir / 'tuning'}; run `histowsss tune` "
                            "without torchrun (on a GPU machine it uses the first GPU)")
+    from histowsss.export.model_bundle import MODEL_CARD
+
+    if (run_dir / MODEL_CARD).is_file():  # an export holds the network, not the weak labels tune trains on
+        raise ValueError(f"{run_dir}: an exported model (histowsss export), not a run folder: tune the run folder it "
+                         "was exported from")
     out = run_dir / "tuning" / f"{name}.json"
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (a finished cross-validation); pass --overwrite to redo it or "

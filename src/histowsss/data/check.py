@@ -403,11 +403,14 @@ def check_dataset(cfg: DataConfig, min_size: int | None = None, progress: bool =
                                 "data.mask_mode to binary (with data.mask_foreground_class) or binary_image_label"))
     if disagree:
         order = ", ".join(f"{n}={i}" for i, n in enumerate(cfg.classes.names))
+        mapped = "data.mask_values" if cfg.mask_values else "data.mask_colors" if cfg.mask_colors else None
+        hint = (f"{mapped} says which class each mask {'value' if cfg.mask_values else 'colour'} is: check it, else "
+                "fix the labels or the masks" if mapped else
+                f"mask values index data.classes.names in its order ({order}); if the masks number the classes in "
+                "another order, list the names in that order (`histowsss init --classes ...`), else fix the labels "
+                "or the masks")
         problems.append(Problem("warning", manifest, f"{len(disagree)} of {masked_rows} masked image(s) hold classes "
-                                f"their labels do not name, e.g. {'; '.join(disagree[:2])}: mask values index "
-                                f"data.classes.names in its order ({order}); if the masks number the classes in "
-                                "another order, list the names in that order (`histowsss init --classes ...`), "
-                                "else fix the labels or the masks"))
+                                f"their labels do not name, e.g. {'; '.join(disagree[:2])}: {hint}"))
     for r in rejected:  # rows left out for a row problem: their files are checked all the same
         problems += _file_problems(r["image"], r["mask"], cfg)
     for key, written in patient_spellings(samples).items():

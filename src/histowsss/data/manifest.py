@@ -62,6 +62,9 @@ def read_table(path: Path, lines: list[int] | None = None, read: tuple[str | Non
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM (Excel exports)
             header = f.readline()
+            if "\x00" in header:  # UTF-16 without its byte-order mark reads as text with a NUL after every letter
+                raise ManifestError(f"{path}: UTF-16 text (without a byte-order mark), not UTF-8; save it as 'CSV "
+                                    "UTF-8' (Excel: Save As > CSV UTF-8; or `iconv -f utf-16le -t utf-8`)")
             f.seek(0)
             delimiter = _delimiter(header)
             reader = csv.DictReader(f, delimiter=delimiter)

@@ -127,6 +127,9 @@ def predict_slide_file(path: Path, cfg, model, device, out_dir: Path, options: S
     bg = classes.background_index  # None (e.g. tissue types): every class is exported, off-tissue area is unlabelled
     with open_slide(path, backend) as slide:
         mpp = slide_mpp if slide_mpp is not None else slide.mpp
+        if slide_mpp is not None and slide.mpp and abs(slide_mpp / slide.mpp - 1) > 0.01 and downsample is None:
+            log(f"warning: {path.name}: --slide-mpp {slide_mpp:g} replaces the {slide.mpp:.3f} um/px its metadata "
+                "gives (every slide of the call is read at --slide-mpp: predict slides with a right resolution apart)")
         ds = working_downsample(path, mpp, train_mpp if train_mpp is not None else cfg.data.mpp,
                                 cfg.data.image_scale, downsample)
         thumb, thumb_ds = slide.thumbnail(2048)

@@ -266,7 +266,7 @@ def extract_tiles(manifest: Path, out_dir: Path, tile: int = 224, stride: int | 
     # the slide and annotation paths were relative to the slides CSV: make them name the same files from out_dir
     rebase_paths(out_rows, root, out_dir, columns=("slide", "annotations"))
     write_manifest(out_manifest, out_rows)
-    gone = _remove_unlisted_tiles(out_dir, out_rows)
+    gone = _remove_unlisted_tiles(out_dir, out_rows) if earlier is not None else 0  # (only after a call of ours)
     if gone:
         log(f"{out_dir}: {gone} tile / mask file(s) of an earlier call that the new manifest does not list were "
             "removed (a folder of tiles holds what its manifest lists)")
