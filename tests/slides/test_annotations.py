@@ -207,23 +207,32 @@ def test_what_the_masks_will_not_show_is_said(tmp_path: Path, make_slide):
     assert "a.geojson (row 2): feature(s) 1 lie wholly outside the slide's 420x300 frame" in out
 
 
+def _annotated_tiles(tmp_path: Path, make_slide, features: list[dict], label_column: str, labels: tuple[str, str],
+                     mask_classes: str) -> Path:
+    """Two slides (a: train, b: test) annotated alike with ``features``, labelled ``labels``, cut into 64 px tiles
+    with ``--mask-classes``; returns the tile folder."""
+    (tmp_path / "slides").mkdir()
+    for name, seed in (("a", 0), ("b", 1)):
+        make_slide(tmp_path / "slides" / f"{name}.tif", tissue_slide_rgb(seed=seed), mpp=0.25)
+        write_geojson(tmp_path / "slides" / f"{name}.geojson", features)
+    m = tmp_path / "slides.csv"
+    m.write_text(f"image,split,patient,{label_column},annotations\nslides/a.tif,train,p1,{labels[0]},slides/a.geojson\n"
+                 f"slides/b.tif,test,p2,{labels[1]},slides/b.geojson\n")
+    out = tmp_path / "tiles"
+    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "64", "--downsample", "1",
+                            "--mask-classes", mask_classes, "--min-tissue", "0.2"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
 def test_init_on_annotated_tiles_takes_the_mask_classes_in_their_order(tmp_path: Path, make_slide):
     """Tissue labels (Gland, Stroma) on slides annotated with --mask-classes Background,Gland,Stroma: init takes
     the classes in mask order with Background (class 0, unannotated) as the background, without asking."""
     from histowsss.config_init import config_for_manifest
 
-    (tmp_path / "slides").mkdir()
-    for name, seed in (("a", 0), ("b", 1)):
-        make_slide(tmp_path / "slides" / f"{name}.tif", tissue_slide_rgb(seed=seed), mpp=0.25)
-        write_geojson(tmp_path / "slides" / f"{name}.geojson", [feature([square(60, 40, 160, 140)], "Gland"),
-                                                                 feature([square(200, 150, 300, 250)], "Stroma")])
-    m = tmp_path / "slides.csv"
-    m.write_text("image,split,patient,label,annotations\nslides/a.tif,train,p1,Gland;Stroma,slides/a.geojson\n"
-                 "slides/b.tif,test,p2,Gland,slides/b.geojson\n")
-    out = tmp_path / "tiles"
-    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "64", "--downsample", "1",
-                            "--mask-classes", "Background,Gland,Stroma", "--min-tissue", "0.2"])
-    assert r.exit_code == 0, r.output
+    out = _annotated_tiles(tmp_path, make_slide, [feature([square(60, 40, 160, 140)], "Gland"),
+                                                  feature([square(200, 150, 300, 250)], "Stroma")],
+                           "label", ("Gland;Stroma", "Gland"), "Background,Gland,Stroma")
     made = config_for_manifest(out / "manifest.csv")
     assert made.config.data.classes.names == ["Background", "Gland", "Stroma"]
     assert made.config.data.classes.background == "Background" and made.config.data.mask_mode == "class_ids"
@@ -236,18 +245,9 @@ def test_init_names_the_tiles_mask_classes_when_the_slide_labels_are_other_class
     from histowsss.config import ConfigError
     from histowsss.config_init import config_for_manifest
 
-    (tmp_path / "slides").mkdir()
-    for name, seed in (("a", 0), ("b", 1)):
-        make_slide(tmp_path / "slides" / f"{name}.tif", tissue_slide_rgb(seed=seed), mpp=0.25)
-        write_geojson(tmp_path / "slides" / f"{name}.geojson", [feature([square(0, 0, 420, 300)], "stroma"),
-                                                                 feature([square(60, 40, 160, 140)], "gland")])
-    m = tmp_path / "slides.csv"
-    m.write_text("image,split,patient,grade,annotations\nslides/a.tif,train,p1,malignant,slides/a.geojson\n"
-                 "slides/b.tif,test,p2,benign,slides/b.geojson\n")
-    out = tmp_path / "tiles"
-    r = runner.invoke(app, ["data", "tiles", str(m), "--out", str(out), "--tile", "64", "--downsample", "1",
-                            "--mask-classes", "background,stroma,gland", "--min-tissue", "0.2"])
-    assert r.exit_code == 0, r.output
+    out = _annotated_tiles(tmp_path, make_slide, [feature([square(0, 0, 420, 300)], "stroma"),
+                                                  feature([square(60, 40, 160, 140)], "gland")],
+                           "grade", ("malignant", "benign"), "background,stroma,gland")
     with pytest.raises(ConfigError) as e:
         config_for_manifest(out / "manifest.csv", label_column="grade")
     msg = " ".join(str(e.value).split())
