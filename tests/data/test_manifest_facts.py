@@ -61,3 +61,20 @@ def test_masks_drawn_in_their_alpha_channel_are_named_by_init(tmp_path):
     Image.fromarray(m, "LA").save(tmp_path / "m.png")
     with pytest.raises(ConfigError, match="drawn in its alpha"):
         mask_mode_of(tmp_path, ["m.png"], ["benign", "malignant"], "benign", [])
+
+
+def test_opaque_rgba_colour_masks_still_get_their_colours_listed(tmp_path):
+    """Only masks drawn in the alpha channel are refused early: an opaque RGBA colour mask (as GIMP saves one) is a
+    colour mask, whose colours init lists with --mask-colors."""
+    import numpy as np
+    from PIL import Image
+
+    from histowsss.data.manifest_facts import mask_mode_of
+
+    m = np.zeros((16, 16, 4), np.uint8)
+    m[..., 3] = 255
+    m[:8, :, 0] = 255
+    m[8:, :, 1] = 255
+    Image.fromarray(m, "RGBA").save(tmp_path / "m.png")
+    with pytest.raises(ConfigError, match=r"colour images \(colours #00ff00, #ff0000|colour images \(colours #ff0000"):
+        mask_mode_of(tmp_path, ["m.png"], ["benign", "malignant"], "benign", [])

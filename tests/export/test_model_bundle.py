@@ -258,12 +258,12 @@ def test_report_of_an_exported_model_points_to_its_card(gated_run: Path, tmp_pat
 
 def test_colors_with_the_image_gate(gated_run: Path, tmp_path: Path):
     """The gate's classifier is checked against config.yaml's colours (in its settings hash): --colors only draws."""
-    img = sorted((gated_run.parent / "data" / "images").glob("*test*.png"))[0]
-    res = runner.invoke(app, ["predict", "--run", str(gated_run), str(img), "--out", str(tmp_path / "o"),
+    imgs = sorted((gated_run.parent / "data" / "images").glob("*test*.png"))
+    res = runner.invoke(app, ["predict", "--run", str(gated_run), *map(str, imgs), "--out", str(tmp_path / "o"),
                               "--colors", "malignant=#00ff00"])
     assert res.exit_code == 0, res.output
-    feats = json.loads((tmp_path / "o" / f"{img.stem}.geojson").read_text())["features"]
-    assert all(f["properties"]["classification"]["color"] == [0, 255, 0] for f in feats)
+    feats = [f for img in imgs for f in json.loads((tmp_path / "o" / f"{img.stem}.geojson").read_text())["features"]]
+    assert feats and all(f["properties"]["classification"]["color"] == [0, 255, 0] for f in feats)
 
 
 def test_scores_of_this_network_stay_when_only_its_inputs_were_made_again(gated_run: Path, tmp_path: Path):
@@ -284,3 +284,20 @@ def test_scores_of_this_network_stay_when_only_its_inputs_were_made_again(gated_
     assert res.exit_code == 0 and "network seg is stale" in out and "leaves its scores out" not in out, res.output
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["scores"] and "scores_left_out" not in card
+    # the image gate's cut does not stand (eval_cam stopped mid-way): the scores it gated are left out
+    gate = run / "status" / "eval_cam.json"
+    gate.write_text(json.dumps({**json.loads(gate.read_text()), "state": "failed"}))
+    assert runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m2")]).exit_code == 0
+    assert "scores_left_out" in json.loads((tmp_path / "m2" / "model.json").read_text())
+
+
+def test_an_export_refused_for_its_gate_names_the_run_folder(gated_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(gated_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    record = run / "status" / "train_cam.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "state": "failed"}))
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m")])
+    out = " ".join(res.output.split()).replace(" ", "")
+    assert res.exit_code != 0 and "train_cam" in out and ".partial" not in out and str(run).replace(" ", "") in out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m")]

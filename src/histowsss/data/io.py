@@ -462,8 +462,7 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
     if colors is not None:
         m = _colours_to_ids(path, m, colors)
     elif m.ndim == 3:
-        if m.shape[2] in (2, 4) and m[..., -1].min() != m[..., -1].max() and m[..., 0].min() == m[..., 0].max() and (
-                m.shape[2] == 2 or (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2]))):
+        if drawn_in_alpha(m):
             raise ImageReadError(
                 f"{path}: the mask is drawn in its alpha (transparency) channel: its colour is one value "
                 f"({int(m[..., 0].flat[0])}) everywhere, so it would read as one class. Save the drawing as a "
@@ -488,6 +487,15 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, scal
     if scale != 1.0:
         m = resize(m, scale, nearest=True)
     return m.astype(np.int64) if m.dtype != np.uint8 else m
+
+
+def drawn_in_alpha(m: np.ndarray) -> bool:
+    """Whether an LA / RGBA mask (H, W, 2 or 4) holds its drawing in the alpha channel: one colour everywhere,
+    the alpha not constant (strokes painted on a transparent layer)."""
+    if m.ndim != 3 or m.shape[2] not in (2, 4) or m[..., -1].min() == m[..., -1].max():
+        return False
+    colour = m[..., :-1]
+    return bool((colour == colour.reshape(-1, colour.shape[-1])[0]).all())
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

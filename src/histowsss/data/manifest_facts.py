@@ -162,12 +162,13 @@ def mask_mode_of(root: Path, masks: list[str], names: list[str], background: str
         try:
             with Image.open(p) as im:
                 if im.mode in ("LA", "RGBA"):  # strokes on a transparent layer: the reader refuses them, say so now
-                    from histowsss.data.io import ImageReadError, read_mask
+                    from histowsss.data.io import drawn_in_alpha
 
-                    try:
-                        read_mask(p)
-                    except ImageReadError as e:
-                        raise ConfigError(str(e)) from None
+                    if drawn_in_alpha(np.asarray(im)):
+                        raise ConfigError(f"{p}: the mask is drawn in its alpha (transparency) channel: its colour "
+                                          "is one value everywhere, so it would read as one class. Save the drawing "
+                                          "as a one-channel mask of class ids (e.g. the alpha channel itself: 0 = "
+                                          "background, 255 = foreground)")
                 # a palette mask's pixels are its indices, the class ids (LUAD-HistoSeg, BCSS-WSSS): not colours
                 arr = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA") else im)
                 grey = arr.ndim == 2 or arr.shape[2] < 3 or (np.array_equal(arr[..., 0], arr[..., 1])

@@ -262,7 +262,10 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
     from histowsss.engine.standing import METRICS_STEPS, metrics_standing
 
     scores_stale = metrics_standing(cfg, run_path, standing).get(network)  # scores of an earlier network: left out
-    if scores_stale and standing.get(METRICS_STEPS[network], "").startswith("made from "):
+    gate_stands = not cfg.eval_seg.image_gate or all(standing.get(k) is None for k in ("train_cam", "make_cam",
+                                                                                       "eval_cam"))
+    if scores_stale and gate_stands and standing.get(METRICS_STEPS[network], "").startswith(
+            f"made from {network_step(network)}'s outputs"):
         scores_stale = None  # eval_seg scored this very network; only what it was trained from was made again since
     if scores_stale and log is not None:
         log(f"note: metrics/{network}.json does not follow from this network ({scores_stale}): the model card leaves "
@@ -289,11 +292,14 @@ def export_model(run_path: Path | str, out: Path | str, network: str = "seg", ov
         card = model_card(run_path, cfg, network, files, tmp, scores_stale)
         write_json(tmp / MODEL_CARD, card)
         write_text(tmp / "MODEL.md", card_markdown(card))
-        load_segnet(cfg, tmp, network)  # the bundle loads as predict will load it
-        if cfg.eval_seg.image_gate:
-            from histowsss.steps.image_gate import ClassifierGate
+        try:
+            load_segnet(cfg, tmp, network)  # the bundle loads as predict will load it
+            if cfg.eval_seg.image_gate:
+                from histowsss.steps.image_gate import ClassifierGate
 
-            ClassifierGate(cfg, tmp, "cpu")
+                ClassifierGate(cfg, tmp, "cpu")
+        except StepError as e:  # (said of the run folder: the temporary copy goes with the error)
+            raise StepError(str(e).replace(str(tmp), str(run_path))) from None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             out.rename(old / out.name)
