@@ -905,3 +905,12 @@ def test_image_files_that_are_not_there_are_named_before_any_step(tmp_path, demo
         f.unlink()
     with pytest.raises(StepError, match=r"none of the 6 image file\(s\) is found"):
         plan_steps(cfg, rd)
+
+
+def test_a_train_irn_crop_off_the_backbone_stride_is_refused_before_any_step(tmp_path, demo_data):
+    cfg = load_config("demo", ["upper_bound=false", "train_irn.crop_size=200"])
+    rd = RunDir(tmp_path / "run", cfg).init()
+    with pytest.raises(StepError, match=r"train_irn.crop_size \(200\) must be a multiple of the backbone's largest "
+                                        r"stride \(16\), e.g. 192"):
+        plan_steps(cfg, rd)
+    plan_steps(load_config("demo", ["upper_bound=false", "train_irn.crop_size=192"]), rd)

@@ -179,12 +179,16 @@ def _check_network(cfg: RunConfig, key: str, setting: str) -> None:
     w = Path(getattr(getattr(cfg, section), setting.split(".")[1])).expanduser()
     st = w.stat() if w.is_file() else None
     done = (setting, getattr(cfg, section).model_dump_json(), len(cfg.data.classes.names),
-            st and (st.st_size, st.st_mtime_ns))
+            st and (st.st_size, st.st_mtime_ns), key, cfg.train_irn.crop_size)
     if done in _NETWORKS_CHECKED:  # (`run` plans twice: before its lock, and when it runs; a file is read once)
         return
     try:
         if section == "backbone":
-            check_backbone(cfg.backbone)
+            largest = max(4, check_backbone(cfg.backbone))  # (IRN's levels are at stride 4 or coarser)
+            crop = cfg.train_irn.crop_size
+            if key in ("train_cam", "train_irn") and crop % largest:  # (train_irn's crops align to it)
+                raise StepError(f"train_irn.crop_size ({crop}) must be a multiple of the backbone's largest stride "
+                                f"({largest}), e.g. {max(largest, crop // largest * largest)}")
         else:
             check_segnet(cfg.train_seg, len(cfg.data.classes.names))
     except (WeightsError, ValueError) as e:

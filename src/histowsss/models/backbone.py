@@ -207,17 +207,19 @@ def timm_kwargs(model_kwargs: dict, where: str) -> dict:
     return extra
 
 
-def check_backbone(cfg: BackboneConfig) -> None:
+def check_backbone(cfg: BackboneConfig) -> int:
     """Build the backbone ``cfg`` describes on the meta device (no memory, no weights) and check that its weights
     file fits it: the WeightsError train_cam would raise (unknown name, refused model_kwargs, a ViT off its token
     grid or without backbone.mean / std for a file, a file of another architecture), before any step runs
-    (``histowsss run`` calls this when it plans a step that builds the backbone)."""
+    (``histowsss run`` calls this when it plans a step that builds the backbone). Returns the largest stride of its
+    feature levels (train_irn's crops are a multiple of it)."""
     with torch.device("meta"):
-        StagedBackbone(cfg, load_pretrained=False)
+        staged = StagedBackbone(cfg, load_pretrained=False)
         model = _create(cfg)
     if cfg.weights not in ("imagenet", "none"):
         load_into(model, read_state_dict(Path(cfg.weights).expanduser(), shapes_only=True), cfg.weights,
                   check_only=True)
+    return max(s.reduction for s in staged.features)
 
 
 def _create(cfg: BackboneConfig) -> nn.Module:
