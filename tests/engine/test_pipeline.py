@@ -914,3 +914,22 @@ def test_a_train_irn_crop_off_the_backbone_stride_is_refused_before_any_step(tmp
                                         r"stride \(16\), e.g. 192"):
         plan_steps(cfg, rd)
     plan_steps(load_config("demo", ["upper_bound=false", "train_irn.crop_size=192"]), rd)
+
+
+def test_jpeg_masks_are_warned_about_when_a_run_plans(tmp_path, demo_data):
+    import csv
+    from pathlib import Path
+
+    from PIL import Image
+
+    rows = list(csv.DictReader(demo_data.open()))
+    mask = demo_data.parent / rows[0]["mask"]
+    Image.open(mask).convert("L").save(mask.with_suffix(".jpg"))
+    rows[0]["mask"] = str(Path(rows[0]["mask"]).with_suffix(".jpg"))
+    with demo_data.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = load_config("demo", ["upper_bound=false"])
+    with pytest.warns(UserWarning, match=r"1 mask\(s\) are JPEG files"):
+        plan_steps(cfg, RunDir(tmp_path / "run", cfg).init())

@@ -124,6 +124,14 @@ def check_manifest(cfg: RunConfig, run: RunDir, todo: list[str]) -> None:
                         f"relative paths are read from {data_root(cfg.data)} ("
                         + ("data.root" if cfg.data.root is not None else "the manifest's folder") + "): fix the "
                         "paths or data.root (`histowsss data check MANIFEST --config CONFIG` lists every problem)")
+    lossy = [s.mask for s in samples if s.mask is not None and s.mask.suffix.lower() in (".jpg", ".jpeg")]
+    if lossy:  # (data check names each; said here too, since a run may start without it)
+        import warnings
+
+        warnings.warn(f"{len(lossy)} mask(s) are JPEG files, e.g. {lossy[0]}: lossy compression changes the mask "
+                      "values near every edge (new values, or other classes, along every outline); save masks "
+                      "losslessly as PNG (`histowsss data check MANIFEST --config CONFIG` lists them)", UserWarning,
+                      stacklevel=2)
     present = {s.split for s in samples}
     scoring = [k for k in ("eval_seg", "eval_seg_supervised") if k in todo]
     if scoring:  # (not after every training step, when eval_seg finds nothing to score)
