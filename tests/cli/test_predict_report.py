@@ -774,3 +774,18 @@ def test_out_naming_a_file_is_a_clear_error_before_any_work(tmp_path: Path):
         assert res.exit_code == 2 and f"{base}: exists and is a file, not a folder" in text, text
         assert "--out must be a folder" in text and "pick another name" in text and "Errno" not in text
     assert base.read_text() == "a,b\n"
+
+
+def test_a_link_to_no_file_in_an_input_folder_is_said(tmp_path: Path):
+    import warnings
+
+    from histowsss.cli.predict_cmd import collect_inputs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "a.png")
+    (folder / "b.png").symlink_to(tmp_path / "moved" / "b.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert collect_inputs([folder]) == [folder / "a.png"]
+    assert any("1 link(s) in the input folder(s) point to no file" in str(w.message) for w in caught)
